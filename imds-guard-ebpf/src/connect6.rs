@@ -1,0 +1,25 @@
+//! `cgroup/connect6`: IPv6 destinations of connect(), including IPv4-mapped ones.
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use imds_guard_common::hook;
+
+use crate::{
+    decide::{Verdict, decide},
+    dst::{Dst, protected_v6, user_ip6, user_port},
+};
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    try_connect6(&ctx).into()
+}
+
+/// Decides by hook and address only: never by the context's family, type
+/// or protocol, which do not say what the caller can reach.
+#[inline(always)]
+fn try_connect6(ctx: &SockAddrContext) -> Verdict {
+    let ip6 = user_ip6(ctx);
+    if !protected_v6(&ip6) {
+        return Verdict::Allow;
+    }
+    decide(ctx, hook::CONNECT6, &Dst::v6(&ip6, user_port(ctx)))
+}

@@ -1,0 +1,103 @@
+//! Reading the destination out of `bpf_sock_addr`, and the protected-address
+//! lookups that every connect on the host goes through.
+
+use aya_ebpf::programs::SockAddrContext;
+use imds_guard_common::family;
+
+use crate::maps::{PROTECTED_V4, PROTECTED_V6};
+
+/// `::ffff:0:0/96` as the third word of `user_ip6` (network byte order).
+const MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// A destination the programs decided is protected.
+pub struct Dst {
+    pub family: u8,
+    /// Network byte order; IPv4 uses the first four bytes.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+}
+
+/// `user_ip4`, as the kernel stores it (network byte order).
+#[inline(always)]
+pub fn user_ip4(ctx: &SockAddrContext) -> u32 {
+    // SAFETY: the kernel hands cgroup/sock_addr programs a valid context.
+    // The verifier only accepts 4-byte loads of this field's words; a
+    // volatile read keeps LLVM from widening or merging it.
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).user_ip4) }
+}
+
+/// `user_ip6`, one 32-bit word at a time: the verifier rejects the wider
+/// loads LLVM would otherwise emit for a 16-byte copy of a context field
+/// (`invalid bpf_context access`).
+#[inline(always)]
+pub fn user_ip6(ctx: &SockAddrContext) -> [u32; 4] {
+    // SAFETY: as in `user_ip4`; each read is one aligned u32 of the context.
+    unsafe {
+        let p = &raw const (*ctx.sock_addr).user_ip6;
+        [
+            core::ptr::read_volatile(&raw const (*p)[0]),
+            core::ptr::read_volatile(&raw const (*p)[1]),
+            core::ptr::read_volatile(&raw const (*p)[2]),
+            core::ptr::read_volatile(&raw const (*p)[3]),
+        ]
+    }
+}
+
+/// The destination port in host byte order (`user_port` holds it in network
+/// byte order in its low 16 bits).
+#[inline(always)]
+pub fn user_port(ctx: &SockAddrContext) -> u16 {
+    // SAFETY: as in `user_ip4`.
+    let raw = unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).user_port) };
+    u16::from_be(raw as u16)
+}
+
+/// Is this IPv4 destination protected? The hot path of every connect.
+#[inline(always)]
+pub fn protected_v4(ip4: u32) -> bool {
+    PROTECTED_V4.get_ptr(&ip4).is_some()
+}
+
+/// Is this IPv6 destination protected? An IPv4-mapped address
+/// (`::ffff:a.b.c.d`) is protected when its IPv4 form is: an AF_INET6 socket
+/// connecting to it runs connect6, not connect4, and reaches the IPv4
+/// service, a known bypass of connect4-only guards.
+#[inline(always)]
+pub fn protected_v6(ip6: &[u32; 4]) -> bool {
+    if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == MAPPED_PREFIX_WORD {
+        return protected_v4(ip6[3]);
+    }
+    PROTECTED_V6.get_ptr(ip6).is_some()
+}
+
+impl Dst {
+    #[inline(always)]
+    pub fn v4(ip4: u32, port: u16) -> Self {
+        let b = ip4.to_ne_bytes();
+        Self {
+            family: family::INET,
+            addr: [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port,
+        }
+    }
+
+    #[inline(always)]
+    pub fn v6(ip6: &[u32; 4], port: u16) -> Self {
+        let mut addr = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let b = ip6[i].to_ne_bytes();
+            addr[i * 4] = b[0];
+            addr[i * 4 + 1] = b[1];
+            addr[i * 4 + 2] = b[2];
+            addr[i * 4 + 3] = b[3];
+            i += 1;
+        }
+        Self {
+            family: family::INET6,
+            addr,
+            port,
+        }
+    }
+}

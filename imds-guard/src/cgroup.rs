@@ -1,0 +1,74 @@
+//! Finding the cgroup v2 hierarchy the guard attaches to.
+//!
+//! Unified hosts mount it at `/sys/fs/cgroup`; hybrid ones (Amazon Linux 2,
+//! this project's CI) at `/sys/fs/cgroup/unified`. Read it from mountinfo,
+//! never guess.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+/// cgroup2's filesystem magic (`CGROUP2_SUPER_MAGIC`).
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read /proc/self/mountinfo")]
+    MountInfo(#[source] procfs::ProcError),
+    #[error("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo)")]
+    NotMounted,
+    #[error("cannot open cgroup {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a cgroup v2 directory")]
+    NotCgroup2 { path: PathBuf },
+}
+
+/// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`.
+pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
+    let mounts = procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .map_err(CgroupError::MountInfo)?;
+    mounts
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| m.mount_point)
+        .ok_or(CgroupError::NotMounted)
+}
+
+/// Opens `path` and checks that it is a directory of a cgroup v2 hierarchy.
+pub fn open(path: &Path) -> Result<File, CgroupError> {
+    let file = File::open(path).map_err(|source| CgroupError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
+    let magic = nix::sys::statfs::fstatfs(&file).map(|s| s.filesystem_type().0 as i64);
+    if !is_dir || magic.ok() != Some(CGROUP2_SUPER_MAGIC) {
+        return Err(CgroupError::NotCgroup2 {
+            path: path.to_owned(),
+        });
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_cgroup2_root_that_opens() {
+        let root = cgroup2_root().expect("this machine mounts cgroup2");
+        open(&root).expect("the root is a cgroup2 directory");
+    }
+
+    #[test]
+    fn refuses_a_directory_that_is_not_a_cgroup() {
+        let err = open(Path::new("/tmp")).expect_err("/tmp is no cgroup");
+        assert_eq!(err.to_string(), "/tmp is not a cgroup v2 directory");
+    }
+}

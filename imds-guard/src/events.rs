@@ -1,0 +1,290 @@
+//! Turning the programs' decision events into log records that explain
+//! themselves: who, what destination, which verdict, and the policy entry
+//! (with its position in the file) or the default that decided.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use imds_guard_common::{Event, family, hook, reason, verdict};
+
+use crate::{
+    policy::{Action, Identity, Policy, Resolver},
+    ratelimit::RateLimiter,
+};
+
+/// One decision, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// `allow`, `deny` or `audit` (a would-deny let through).
+    pub event: &'static str,
+    pub uid: u32,
+    pub gid: u32,
+    /// The process (thread-group) id.
+    pub pid: u32,
+    /// The thread id.
+    pub tid: u32,
+    pub comm: String,
+    pub dst: IpAddr,
+    pub port: u16,
+    pub hook: &'static str,
+    pub cgroup_id: u64,
+    pub reason: u8,
+    /// Policy entry index plus one; 0 for none.
+    pub rule: u32,
+}
+
+impl Decision {
+    /// Decodes an event from the ring buffer; `None` if it is too short.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: the length is checked; `Event` is plain old data and the
+        // ring buffer gives no alignment guarantee, hence read_unaligned.
+        let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        Some(Self::from_event(&ev))
+    }
+
+    pub fn from_event(ev: &Event) -> Self {
+        let dst = if ev.family == family::INET {
+            IpAddr::V4(Ipv4Addr::new(
+                ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3],
+            ))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(ev.addr))
+        };
+        let comm_len = ev
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(ev.comm.len());
+        Self {
+            event: match ev.verdict {
+                verdict::ALLOWED => "allow",
+                verdict::AUDITED => "audit",
+                _ => "deny",
+            },
+            uid: ev.uid,
+            gid: ev.gid,
+            pid: ev.tgid,
+            tid: ev.pid,
+            comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+            dst,
+            port: ev.port,
+            hook: match ev.hook {
+                hook::CONNECT4 => "connect4",
+                hook::CONNECT6 => "connect6",
+                hook::SENDMSG4 => "sendmsg4",
+                _ => "sendmsg6",
+            },
+            cgroup_id: ev.cgroup_id,
+            reason: ev.reason,
+            rule: ev.rule,
+        }
+    }
+
+    /// Why the decision came out as it did, in words, citing the policy.
+    pub fn explain(&self, policy: &Policy) -> String {
+        let entry = (self.rule as usize)
+            .checked_sub(1)
+            .and_then(|i| policy.spec.entries.get(i));
+        let cite = |what: &str| match entry {
+            Some(e) => format!(
+                "{what} by {} at {}:{}:{}",
+                describe(&e.action, &e.identity),
+                policy.spec.path.display(),
+                e.at.line,
+                e.at.col
+            ),
+            None => format!("{what} by a policy entry"),
+        };
+        match self.reason {
+            reason::UID_DENIED => cite(&format!("uid {} is denied", self.uid)),
+            reason::GID_DENIED => cite(&format!("gid {} is denied", self.gid)),
+            reason::UID_ALLOWED => cite(&format!("uid {} is allowed", self.uid)),
+            reason::GID_ALLOWED => cite(&format!("gid {} is allowed", self.gid)),
+            reason::DEFAULT => match policy.default_action {
+                Action::Deny => format!(
+                    "neither uid {} nor gid {} is in [allow], and the policy denies everyone else",
+                    self.uid, self.gid
+                ),
+                Action::Allow => format!(
+                    "neither uid {} nor gid {} is in [deny], and the policy allows everyone else",
+                    self.uid, self.gid
+                ),
+            },
+            reason::INTERNAL_ERROR => {
+                "the guard could not read its configuration, and fails closed".to_owned()
+            }
+            other => format!("unknown reason {other}"),
+        }
+    }
+}
+
+/// `[deny] users "apache"`.
+fn describe(action: &Action, identity: &Identity) -> String {
+    let table = match action {
+        Action::Allow => "[allow]",
+        Action::Deny => "[deny]",
+    };
+    match identity {
+        Identity::User(n) => format!("{table} users \"{n}\""),
+        Identity::Uid(n) => format!("{table} uids {n}"),
+        Identity::Group(n) => format!("{table} groups \"{n}\""),
+        Identity::Gid(n) => format!("{table} gids {n}"),
+    }
+}
+
+/// What counts as "the same record" for rate limiting.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Key {
+    event: &'static str,
+    uid: u32,
+    pid: u32,
+    dst: IpAddr,
+    port: u16,
+}
+
+/// Writes decisions to the log, rate-limited, and reports what was
+/// suppressed and what the kernel could not deliver.
+pub struct EventLog {
+    limiter: RateLimiter<Key, Decision>,
+    names: HashMap<u32, Option<String>>,
+    /// Events the kernel counted as lost that have been reported already.
+    lost_reported: u64,
+}
+
+/// Per key: this many records per window, then one summary.
+const BURST: u32 = 5;
+const WINDOW: Duration = Duration::from_secs(10);
+/// Distinct keys tracked at once; bounds the agent's memory under a storm.
+const MAX_KEYS: usize = 4096;
+/// uid → name cache size; cleared when full.
+const MAX_NAMES: usize = 4096;
+
+impl Default for EventLog {
+    fn default() -> Self {
+        Self {
+            limiter: RateLimiter::new(WINDOW, BURST, MAX_KEYS),
+            names: HashMap::new(),
+            lost_reported: 0,
+        }
+    }
+}
+
+impl EventLog {
+    /// Logs one decision unless rate limiting holds it back.
+    pub fn record(&mut self, d: &Decision, policy: &Policy, resolver: &dyn Resolver, now: Instant) {
+        let key = Key {
+            event: d.event,
+            uid: d.uid,
+            pid: d.pid,
+            dst: d.dst,
+            port: d.port,
+        };
+        if !self.limiter.admit(key, now, || d.clone()) {
+            return;
+        }
+        let user = self.user_name(d.uid, resolver);
+        let why = d.explain(policy);
+        emit(d, user.as_deref(), &why);
+    }
+
+    /// Closes rate-limit windows and reports newly lost events. Call about
+    /// once a second with the kernel's lost-events counter.
+    pub fn tick(&mut self, now: Instant, events_lost: Option<u64>) {
+        let (summaries, overflow) = self.limiter.expire(now);
+        for s in summaries {
+            let d = &s.sample;
+            tracing::warn!(
+                event = "suppressed",
+                suppressed = s.count,
+                uid = d.uid,
+                pid = d.pid,
+                comm = %d.comm,
+                dst = %d.dst,
+                port = d.port,
+                "suppressed {} more {} records like the last one (uid {}, pid {}, {}:{}) in {}s",
+                s.count,
+                d.event,
+                d.uid,
+                d.pid,
+                d.dst,
+                d.port,
+                WINDOW.as_secs()
+            );
+        }
+        if overflow > 0 {
+            tracing::warn!(
+                event = "suppressed",
+                suppressed = overflow,
+                "suppressed {overflow} decision records: more than {MAX_KEYS} distinct callers in {}s",
+                WINDOW.as_secs()
+            );
+        }
+        if let Some(lost) = events_lost
+            && lost > self.lost_reported
+        {
+            let new = lost - self.lost_reported;
+            self.lost_reported = lost;
+            tracing::warn!(
+                event = "lost",
+                lost = new,
+                lost_total = lost,
+                "{new} decision events lost: the ring buffer was full (the decisions were still \
+                 enforced and counted)"
+            );
+        }
+    }
+
+    fn user_name(&mut self, uid: u32, resolver: &dyn Resolver) -> Option<String> {
+        if self.names.len() >= MAX_NAMES {
+            self.names.clear();
+        }
+        self.names
+            .entry(uid)
+            .or_insert_with(|| resolver.user_name(uid))
+            .clone()
+    }
+}
+
+fn emit(d: &Decision, user: Option<&str>, why: &str) {
+    let who = match user {
+        Some(u) => format!("uid {} ({u})", d.uid),
+        None => format!("uid {}", d.uid),
+    };
+    macro_rules! record {
+        ($level:ident, $what:literal) => {
+            tracing::$level!(
+                event = d.event,
+                uid = d.uid,
+                user = user,
+                gid = d.gid,
+                pid = d.pid,
+                tid = d.tid,
+                comm = %d.comm,
+                dst = %d.dst,
+                port = d.port,
+                hook = d.hook,
+                cgroup_id = d.cgroup_id,
+                reason = why,
+                concat!($what, " {}:{} by pid {} ({}) {} gid {}: {}"),
+                d.dst,
+                d.port,
+                d.pid,
+                d.comm,
+                who,
+                d.gid,
+                why
+            )
+        };
+    }
+    match d.event {
+        "deny" => record!(warn, "denied connection to"),
+        "audit" => record!(warn, "would deny (audit mode) connection to"),
+        _ => record!(debug, "allowed connection to"),
+    }
+}

@@ -1,0 +1,11 @@
+//! imds-guard: decides which local processes may reach the cloud instance
+//! metadata service. The binary (`main.rs`) is a thin CLI over these modules.
+
+pub mod cgroup;
+pub mod cli;
+pub mod events;
+pub mod guard;
+pub mod logging;
+pub mod policy;
+pub mod ratelimit;
+pub mod run;
