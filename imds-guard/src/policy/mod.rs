@@ -1,0 +1,265 @@
+//! The policy: what a TOML file says, checked and resolved in two steps.
+//!
+//! 1. [`PolicySpec::parse`] reads the TOML (`raw.rs`) and validates
+//!    everything that can be checked without the host's user database:
+//!    unknown keys, malformed addresses, duplicates, contradictions, a policy
+//!    that decides nothing. `validate --offline` and `render` stop here, and
+//!    keep names as the file spells them.
+//! 2. [`PolicySpec::resolve`] turns user and group names into ids through a
+//!    [`Resolver`] (NSS on a real host) and checks the result again (a name
+//!    and a number for the same id, an id both allowed and denied). Only a
+//!    resolved [`Policy`] reaches the kernel.
+//!
+//! Every error carries the position of what caused it and prints as
+//! `FILE:LINE:COL: what is wrong`.
+//!
+//! [`Policy::decide`] is the reference for what the kernel programs do with
+//! a resolved policy, so tests can state the semantics without a kernel.
+
+mod address;
+mod error;
+mod raw;
+mod resolve;
+mod validate;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+pub use self::{
+    error::{Diagnostic, PolicyError},
+    resolve::{Resolver, SystemResolver},
+};
+
+/// The default protected endpoints: the EC2 instance metadata service over
+/// IPv4 and over IPv6 (Nitro).
+pub const DEFAULT_ADDRESSES: [&str; 2] = ["169.254.169.254", "fd00:ec2::254"];
+
+/// A 1-based position in the policy file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    pub line: u32,
+    pub col: u32,
+}
+
+impl Location {
+    /// "line 3, column 10", for messages that point at a second place.
+    fn in_words(self) -> String {
+        format!("line {}, column {}", self.line, self.col)
+    }
+}
+
+/// `LINE:COL`, the form editors jump to.
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+/// Enforce or only record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Denied connections fail with EPERM. The default when `mode` is absent.
+    #[default]
+    Enforce,
+    /// Denied connections go through and are logged as would-deny.
+    Audit,
+}
+
+/// What a rule says about an identity. `Allow` orders before `Deny`, the
+/// order of the tables in [`PolicySpec::entries`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl Action {
+    /// "allowed" or "denied", for messages.
+    fn done(self) -> &'static str {
+        match self {
+            Self::Allow => "allowed",
+            Self::Deny => "denied",
+        }
+    }
+}
+
+/// Who a rule is about, as the policy file spells it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Identity {
+    /// `users = ["name"]`: resolved to a uid at load.
+    User(String),
+    /// `uids = [N]`.
+    Uid(u32),
+    /// `groups = ["name"]`: resolved to a gid at load.
+    Group(String),
+    /// `gids = [N]`.
+    Gid(u32),
+}
+
+/// `user "root"`, `uid 0`, `group "imds"`, `gid 1500`: how messages name an
+/// identity.
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(name) => write!(f, "user {name:?}"),
+            Self::Uid(uid) => write!(f, "uid {uid}"),
+            Self::Group(name) => write!(f, "group {name:?}"),
+            Self::Gid(gid) => write!(f, "gid {gid}"),
+        }
+    }
+}
+
+/// One entry of `[allow]` or `[deny]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub action: Action,
+    pub identity: Identity,
+    /// Where the entry is written.
+    pub at: Location,
+}
+
+/// A protected destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    /// Where the address is written; `None` for the built-in default.
+    pub at: Option<Location>,
+}
+
+/// A policy that passed every check that needs no user database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySpec {
+    /// The file it was read from (for messages).
+    pub path: PathBuf,
+    pub mode: Mode,
+    /// Non-empty, without duplicates, in file order.
+    pub endpoints: Vec<Endpoint>,
+    /// In file order: `[allow]` entries, then `[deny]` entries, each in the
+    /// order users, uids, groups, gids.
+    pub entries: Vec<Entry>,
+}
+
+impl PolicySpec {
+    /// Reads and validates the policy file at `path`.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text`, read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, PolicyError> {
+        validate::parse(path, text)
+    }
+
+    /// What the policy does with an identity no entry names: deny as soon
+    /// as `[allow]` has an entry, allow otherwise.
+    pub fn default_action(&self) -> Action {
+        if self.entries.iter().any(|e| e.action == Action::Allow) {
+            Action::Deny
+        } else {
+            Action::Allow
+        }
+    }
+
+    /// Resolves names through `resolver` and checks the result.
+    pub fn resolve(&self, resolver: &dyn Resolver) -> Result<Policy, PolicyError> {
+        resolve::resolve(self, resolver)
+    }
+}
+
+/// The rule in force for one uid or gid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRule {
+    pub action: Action,
+    /// Index into [`PolicySpec::entries`] of the entry that made this rule.
+    pub entry: usize,
+}
+
+/// A resolved policy: what the kernel is given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub spec: PolicySpec,
+    pub default_action: Action,
+    pub uids: BTreeMap<u32, IdRule>,
+    pub gids: BTreeMap<u32, IdRule>,
+}
+
+/// Why [`Policy::decide`] decided as it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The uid has a deny rule.
+    UidDenied,
+    /// The gid has a deny rule (and the uid none).
+    GidDenied,
+    /// The uid has an allow rule, and the gid no deny rule.
+    UidAllowed,
+    /// The gid has an allow rule, and the uid no rule.
+    GidAllowed,
+    /// No rule names the uid or the gid: [`Policy::default_action`].
+    Default,
+}
+
+/// The outcome for one process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    pub reason: Reason,
+    /// Index into [`PolicySpec::entries`] of the entry that decided; `None`
+    /// for [`Reason::Default`].
+    pub entry: Option<usize>,
+}
+
+impl Policy {
+    /// What the policy does with a process of real `uid` and `gid` that
+    /// connects to a protected endpoint.
+    ///
+    /// The order mirrors the kernel programs, and any change here must be
+    /// made there too: a deny rule wins over an allow rule whichever id
+    /// each names, then the uid's rule before the gid's, then the default.
+    pub fn decide(&self, uid: u32, gid: u32) -> Decision {
+        let uid_rule = self.uids.get(&uid);
+        let gid_rule = self.gids.get(&gid);
+        let steps = [
+            (uid_rule, Action::Deny, Reason::UidDenied),
+            (gid_rule, Action::Deny, Reason::GidDenied),
+            (uid_rule, Action::Allow, Reason::UidAllowed),
+            (gid_rule, Action::Allow, Reason::GidAllowed),
+        ];
+        for (rule, action, reason) in steps {
+            if let Some(rule) = rule.filter(|rule| rule.action == action) {
+                return Decision {
+                    action,
+                    reason,
+                    entry: Some(rule.entry),
+                };
+            }
+        }
+        Decision {
+            action: self.default_action,
+            reason: Reason::Default,
+            entry: None,
+        }
+    }
+
+    /// Whether connections to `addr` are subject to the policy. An
+    /// IPv4-mapped IPv6 address (`::ffff:169.254.169.254`) is protected when
+    /// its IPv4 address is: a dual-stack IPv6 socket reaches the IPv4
+    /// service that way.
+    pub fn protects(&self, addr: IpAddr) -> bool {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            IpAddr::V4(_) => addr,
+        };
+        self.spec.endpoints.iter().any(|e| e.addr == addr)
+    }
+}
+
+#[cfg(test)]
+mod tests;

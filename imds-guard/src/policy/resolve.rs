@@ -1,0 +1,254 @@
+//! Step two of loading a policy: user and group names become ids through a
+//! [`Resolver`] (NSS on a real host), and the checks that need ids run: a
+//! name and a number for the same id, an id both allowed and denied, more
+//! rules than a kernel map holds.
+//!
+//! Names are resolved once, at load: a user created later is not covered
+//! until the policy is loaded again, which is what the kernel maps (keyed
+//! by id) can express anyway.
+
+use std::collections::{BTreeMap, btree_map};
+
+use imds_guard_common::MAX_ID_RULES;
+use nix::{
+    errno::Errno,
+    unistd::{Group, Uid, User},
+};
+
+use super::{Diagnostic, IdRule, Identity, Policy, PolicyError, PolicySpec};
+
+/// Looks up user and group names. `Err` means the lookup itself failed
+/// (NSS unreachable, a broken `nsswitch.conf`), not that the name is
+/// unknown, which is `Ok(None)`.
+pub trait Resolver {
+    fn user_id(&self, name: &str) -> Result<Option<u32>, String>;
+    fn group_id(&self, name: &str) -> Result<Option<u32>, String>;
+    /// The name of `uid`, for messages and logs; `None` when it has none or
+    /// the lookup fails.
+    fn user_name(&self, uid: u32) -> Option<String>;
+}
+
+/// The host's user database, through NSS (`getpwnam_r`, `getgrnam_r`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemResolver;
+
+impl Resolver for SystemResolver {
+    fn user_id(&self, name: &str) -> Result<Option<u32>, String> {
+        not_found_is_none(User::from_name(name)).map(|user| user.map(|u| u.uid.as_raw()))
+    }
+
+    fn group_id(&self, name: &str) -> Result<Option<u32>, String> {
+        not_found_is_none(Group::from_name(name)).map(|group| group.map(|g| g.gid.as_raw()))
+    }
+
+    fn user_name(&self, uid: u32) -> Option<String> {
+        User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    }
+}
+
+/// `getpwnam_r(3)`: "not found" is a null result with 0, but several NSS
+/// modules return ENOENT or ESRCH for it instead; only other errors are a
+/// failed lookup.
+fn not_found_is_none<T>(result: nix::Result<Option<T>>) -> Result<Option<T>, String> {
+    match result {
+        Ok(found) => Ok(found),
+        Err(Errno::ENOENT | Errno::ESRCH) => Ok(None),
+        Err(errno) => Err(errno.to_string()),
+    }
+}
+
+/// The kernel map a rule lands in, and its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Subject {
+    Uid(u32),
+    Gid(u32),
+}
+
+impl Subject {
+    fn map_name(self) -> &'static str {
+        match self {
+            Self::Uid(_) => "uid",
+            Self::Gid(_) => "gid",
+        }
+    }
+}
+
+/// The id `identity` stands for.
+fn subject(identity: &Identity, resolver: &dyn Resolver) -> Result<Subject, String> {
+    let (found, noun, name) = match identity {
+        Identity::Uid(uid) => return Ok(Subject::Uid(*uid)),
+        Identity::Gid(gid) => return Ok(Subject::Gid(*gid)),
+        Identity::User(name) => (
+            resolver.user_id(name).map(|id| id.map(Subject::Uid)),
+            "user",
+            name,
+        ),
+        Identity::Group(name) => (
+            resolver.group_id(name).map(|id| id.map(Subject::Gid)),
+            "group",
+            name,
+        ),
+    };
+    match found {
+        Ok(Some(subject)) => Ok(subject),
+        Ok(None) => Err(format!("{identity} does not exist on this host")),
+        Err(cause) => Err(format!("cannot look up {noun} {name:?}: {cause}")),
+    }
+}
+
+/// `user "root" (uid 0)` for a name, `uid 0` for a number: a message about
+/// two entries that met at one id says which id.
+fn spelled(identity: &Identity, subject: Subject) -> String {
+    match (identity, subject) {
+        (Identity::User(_) | Identity::Group(_), Subject::Uid(id) | Subject::Gid(id)) => {
+            format!("{identity} ({} {id})", subject.map_name())
+        }
+        _ => identity.to_string(),
+    }
+}
+
+/// Why entry `i` cannot join the rule `earlier` made for the same id.
+fn clash(spec: &PolicySpec, subjects: &[Option<Subject>], i: usize, earlier: IdRule) -> String {
+    let spell = |i: usize| {
+        let identity = &spec.entries[i].identity;
+        subjects[i].map_or_else(|| identity.to_string(), |s| spelled(identity, s))
+    };
+    let (entry, first) = (&spec.entries[i], &spec.entries[earlier.entry]);
+    let (this, that, at) = (spell(i), spell(earlier.entry), first.at.in_words());
+    if earlier.action == entry.action {
+        let done = earlier.action.done();
+        format!("duplicate rule: {this} is already {done} by {that} at {at}")
+    } else {
+        let (here, there) = (entry.action.done(), earlier.action.done());
+        format!("contradictory rules: {this} is {here} here and {there} by {that} at {at}")
+    }
+}
+
+/// Resolves the names of `spec` through `resolver` and builds the id maps,
+/// reporting every problem rather than the first.
+pub(super) fn resolve(spec: &PolicySpec, resolver: &dyn Resolver) -> Result<Policy, PolicyError> {
+    let mut uids = BTreeMap::new();
+    let mut gids = BTreeMap::new();
+    let mut full = [false, false];
+    let mut diagnostics = Vec::new();
+    let mut subjects: Vec<Option<Subject>> = vec![None; spec.entries.len()];
+    // Allow entries before deny entries, each in file order: the later of
+    // two duplicates and the [deny] side of a contradiction get the error,
+    // as in `validate.rs`.
+    let mut order: Vec<usize> = (0..spec.entries.len()).collect();
+    order.sort_by_key(|&i| (spec.entries[i].action, spec.entries[i].at));
+    for i in order {
+        let entry = &spec.entries[i];
+        let subject = match subject(&entry.identity, resolver) {
+            Ok(subject) => subject,
+            Err(message) => {
+                diagnostics.push(Diagnostic {
+                    at: entry.at,
+                    message,
+                });
+                continue;
+            }
+        };
+        subjects[i] = Some(subject);
+        let (map, id, full) = match subject {
+            Subject::Uid(id) => (&mut uids, id, &mut full[0]),
+            Subject::Gid(id) => (&mut gids, id, &mut full[1]),
+        };
+        let capacity = MAX_ID_RULES as usize;
+        let len = map.len();
+        match map.entry(id) {
+            btree_map::Entry::Vacant(_) if len >= capacity => {
+                // Once per map: one message says it all.
+                if !*full {
+                    *full = true;
+                    diagnostics.push(Diagnostic {
+                        at: entry.at,
+                        message: format!(
+                            "too many {} rules: the kernel map holds at most {capacity}",
+                            subject.map_name()
+                        ),
+                    });
+                }
+            }
+            btree_map::Entry::Vacant(slot) => {
+                slot.insert(IdRule {
+                    action: entry.action,
+                    entry: i,
+                });
+            }
+            btree_map::Entry::Occupied(slot) => {
+                let earlier = *slot.get();
+                diagnostics.push(Diagnostic {
+                    at: entry.at,
+                    message: clash(spec, &subjects, i, earlier),
+                });
+            }
+        }
+    }
+    if !diagnostics.is_empty() {
+        return Err(PolicyError::invalid(&spec.path, diagnostics));
+    }
+    Ok(Policy {
+        spec: spec.clone(),
+        default_action: spec.default_action(),
+        uids,
+        gids,
+    })
+}
+
+#[cfg(test)]
+pub(super) mod fake {
+    //! A user database for tests, so they do not depend on the host's.
+
+    use std::collections::HashMap;
+
+    use super::Resolver;
+
+    /// Users and groups by name; a name in `failing` makes the lookup fail.
+    #[derive(Debug, Default)]
+    pub(in crate::policy) struct FakeResolver {
+        pub(in crate::policy) users: HashMap<String, u32>,
+        pub(in crate::policy) groups: HashMap<String, u32>,
+        pub(in crate::policy) failing: Vec<String>,
+    }
+
+    impl FakeResolver {
+        pub(in crate::policy) fn new(users: &[(&str, u32)], groups: &[(&str, u32)]) -> Self {
+            Self {
+                users: users.iter().map(|&(n, id)| (n.to_owned(), id)).collect(),
+                groups: groups.iter().map(|&(n, id)| (n.to_owned(), id)).collect(),
+                failing: Vec::new(),
+            }
+        }
+
+        fn lookup(&self, table: &HashMap<String, u32>, name: &str) -> Result<Option<u32>, String> {
+            if self.failing.iter().any(|f| f == name) {
+                return Err("connection to the directory server timed out".to_owned());
+            }
+            Ok(table.get(name).copied())
+        }
+    }
+
+    impl Resolver for FakeResolver {
+        fn user_id(&self, name: &str) -> Result<Option<u32>, String> {
+            self.lookup(&self.users, name)
+        }
+
+        fn group_id(&self, name: &str) -> Result<Option<u32>, String> {
+            self.lookup(&self.groups, name)
+        }
+
+        fn user_name(&self, uid: u32) -> Option<String> {
+            self.users
+                .iter()
+                .find(|&(_, &id)| id == uid)
+                .map(|(name, _)| name.clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! The policy as a whole: the shipped default file, [`Policy::decide`] for
+//! every [`Reason`], and [`Policy::protects`].
+
+use std::{net::IpAddr, path::Path};
+
+use super::{
+    Action, Decision, Identity, Location, Mode, Policy, PolicySpec, Reason,
+    resolve::fake::FakeResolver,
+};
+
+/// The policy shipped in `config/`, as installed.
+const SHIPPED: &str = include_str!("../../../config/imds-guard.toml");
+
+fn hosts_db() -> FakeResolver {
+    FakeResolver::new(
+        &[("root", 0), ("apache", 48), ("alice", 1001)],
+        &[("root", 0), ("imds", 1500), ("banned", 666)],
+    )
+}
+
+fn policy(text: &str) -> Policy {
+    PolicySpec::parse(Path::new("p.toml"), text)
+        .and_then(|spec| spec.resolve(&hosts_db()))
+        .unwrap_or_else(|e| panic!("the policy was refused:\n{e}\n--- policy:\n{text}"))
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse()
+        .unwrap_or_else(|e| panic!("{text:?} in a test: {e}"))
+}
+
+fn decision(action: Action, reason: Reason, entry: Option<usize>) -> Decision {
+    Decision {
+        action,
+        reason,
+        entry,
+    }
+}
+
+#[test]
+fn the_shipped_policy_allows_root_only_and_enforces() {
+    let spec = PolicySpec::parse(Path::new("config/imds-guard.toml"), SHIPPED)
+        .unwrap_or_else(|e| panic!("the shipped policy does not validate:\n{e}"));
+    assert_eq!(spec.mode, Mode::Enforce);
+    let addrs: Vec<IpAddr> = spec.endpoints.iter().map(|e| e.addr).collect();
+    assert_eq!(addrs, [ip("169.254.169.254"), ip("fd00:ec2::254")]);
+    // Written out, not the built-in default.
+    assert!(spec.endpoints.iter().all(|e| e.at.is_some()), "{spec:?}");
+    let identities: Vec<(Action, &Identity)> = spec
+        .entries
+        .iter()
+        .map(|e| (e.action, &e.identity))
+        .collect();
+    assert_eq!(
+        identities,
+        [(Action::Allow, &Identity::User("root".into()))]
+    );
+
+    let root_only = FakeResolver::new(&[("root", 0)], &[("root", 0)]);
+    let policy = spec
+        .resolve(&root_only)
+        .unwrap_or_else(|e| panic!("the shipped policy does not resolve:\n{e}"));
+    assert_eq!(
+        policy.decide(0, 0),
+        decision(Action::Allow, Reason::UidAllowed, Some(0))
+    );
+    assert_eq!(
+        policy.decide(1000, 1000),
+        decision(Action::Deny, Reason::Default, None)
+    );
+    // A process in group root but not uid 0 is not root.
+    assert_eq!(policy.decide(1000, 0).action, Action::Deny);
+}
+
+/// allow: uid 1001 (alice), gid 1500 (imds); deny: uid 48 (apache),
+/// gid 666 (banned).
+fn mixed() -> Policy {
+    policy(
+        "[allow]\nusers = [\"alice\"]\ngroups = [\"imds\"]\n\
+         [deny]\nusers = [\"apache\"]\ngids = [666]\n",
+    )
+}
+
+#[test]
+fn decide_gives_every_reason_in_the_kernel_order() {
+    let policy = mixed();
+    // Entries: 0 alice, 1 imds, 2 apache, 3 gid 666.
+    let cases = [
+        // A denied uid loses even with an allowed gid.
+        (
+            (48, 1500),
+            decision(Action::Deny, Reason::UidDenied, Some(2)),
+        ),
+        // Deny over allow: uid allowed, gid denied.
+        (
+            (1001, 666),
+            decision(Action::Deny, Reason::GidDenied, Some(3)),
+        ),
+        (
+            (1001, 1500),
+            decision(Action::Allow, Reason::UidAllowed, Some(0)),
+        ),
+        (
+            (1001, 1001),
+            decision(Action::Allow, Reason::UidAllowed, Some(0)),
+        ),
+        (
+            (2000, 1500),
+            decision(Action::Allow, Reason::GidAllowed, Some(1)),
+        ),
+        ((2000, 2000), decision(Action::Deny, Reason::Default, None)),
+        // An id is looked up in its own map only: gid 48 and uid 666 are
+        // not the rules for uid 48 and gid 666.
+        ((666, 48), decision(Action::Deny, Reason::Default, None)),
+    ];
+    for ((uid, gid), expected) in cases {
+        assert_eq!(policy.decide(uid, gid), expected, "uid {uid} gid {gid}");
+    }
+    let entry = |d: Decision| d.entry.map(|i| &policy.spec.entries[i].identity);
+    assert_eq!(
+        entry(policy.decide(48, 0)),
+        Some(&Identity::User("apache".into()))
+    );
+}
+
+#[test]
+fn a_deny_list_alone_allows_by_default() {
+    let policy = policy("[deny]\nusers = [\"apache\"]\n");
+    assert_eq!(
+        policy.decide(1000, 1000),
+        decision(Action::Allow, Reason::Default, None)
+    );
+    assert_eq!(
+        policy.decide(48, 48),
+        decision(Action::Deny, Reason::UidDenied, Some(0))
+    );
+}
+
+#[test]
+fn a_group_alone_can_allow() {
+    let policy = policy("[allow]\ngroups = [\"imds\"]\n");
+    assert_eq!(
+        policy.decide(1000, 1500),
+        decision(Action::Allow, Reason::GidAllowed, Some(0))
+    );
+    assert_eq!(
+        policy.decide(1500, 1000),
+        decision(Action::Deny, Reason::Default, None)
+    );
+}
+
+#[test]
+fn protects_the_listed_addresses_and_the_mapped_form_of_ipv4_ones() {
+    let policy = policy("[allow]\nuids = [0]\n");
+    for protected in [
+        "169.254.169.254",
+        "fd00:ec2::254",
+        "::ffff:169.254.169.254",
+        "::ffff:a9fe:a9fe",
+    ] {
+        assert!(
+            policy.protects(ip(protected)),
+            "{protected} is not protected"
+        );
+    }
+    for open in [
+        "169.254.169.253",
+        "10.0.0.1",
+        // IPv4-compatible, not mapped: a different (deprecated) address.
+        "::169.254.169.254",
+        "fd00:ec2::253",
+        "::ffff:10.0.0.1",
+    ] {
+        assert!(!policy.protects(ip(open)), "{open} is protected");
+    }
+}
+
+#[test]
+fn an_ipv6_only_policy_does_not_protect_mapped_ipv4() {
+    let policy = policy("[endpoints]\naddresses = [\"fd00:ec2::254\"]\n[allow]\nuids = [0]\n");
+    assert!(policy.protects(ip("fd00:ec2::254")));
+    assert!(!policy.protects(ip("169.254.169.254")));
+    assert!(!policy.protects(ip("::ffff:169.254.169.254")));
+}
+
+#[test]
+fn load_reads_the_file_and_names_it_when_it_cannot() {
+    let missing = Path::new("/nonexistent/imds-guard/policy.toml");
+    match PolicySpec::load(missing) {
+        Ok(spec) => panic!("loaded {spec:?}"),
+        Err(e) => assert_eq!(
+            e.to_string(),
+            "/nonexistent/imds-guard/policy.toml: cannot read the policy file"
+        ),
+    }
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/imds-guard.toml");
+    let spec = PolicySpec::load(&shipped)
+        .unwrap_or_else(|e| panic!("cannot load {}: {e}", shipped.display()));
+    assert_eq!(spec.path, shipped);
+}
+
+#[test]
+fn identities_and_locations_print_as_messages_use_them() {
+    let printed: Vec<String> = [
+        Identity::User("root".into()),
+        Identity::Uid(0),
+        Identity::Group("imds".into()),
+        Identity::Gid(1500),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    assert_eq!(
+        printed,
+        ["user \"root\"", "uid 0", "group \"imds\"", "gid 1500"]
+    );
+    assert_eq!(Location { line: 3, col: 14 }.to_string(), "3:14");
+    assert_eq!(
+        Location { line: 3, col: 14 }.in_words(),
+        "line 3, column 14"
+    );
+    assert_eq!(Mode::default(), Mode::Enforce);
+}

@@ -1,0 +1,579 @@
+//! Step one of loading a policy: from TOML text to a [`PolicySpec`], with
+//! every check that needs no user database. Problems are collected rather
+//! than returned at the first, so an operator fixes a file in one pass.
+//!
+//! The keys of `[allow]` and `[deny]` are rows of [`IDENTITY_KEYS`]: a new
+//! identity kind (supplementary groups, systemd units, executables) is a new
+//! row, a new [`Identity`] variant and a new arm in `resolve.rs`.
+//! [`Checker::rules`] reads any table of rules, so per-endpoint rules can
+//! reuse it for a table nested under an endpoint.
+
+use std::{
+    collections::{HashMap, hash_map},
+    net::IpAddr,
+    path::Path,
+};
+
+use imds_guard_common::MAX_ENDPOINTS;
+
+use super::{
+    Action, Endpoint, Entry, Identity, Location, Mode, PolicyError, PolicySpec, address,
+    error::Diagnostic,
+    raw::{self, Key, Node, Source, Value},
+};
+
+/// The keys of the top-level table.
+const TOP_KEYS: &[&str] = &["mode", "endpoints", "allow", "deny"];
+/// The keys of `[endpoints]`.
+const ENDPOINT_KEYS: &[&str] = &["addresses"];
+/// Where problems of the file as a whole are reported.
+const START: Location = Location { line: 1, col: 1 };
+/// The largest valid uid or gid: `(uid_t)-1` means "no id" to the kernel
+/// (`setreuid(-1, ..)` leaves the id alone), so no process runs as it.
+const MAX_ID: u32 = u32::MAX - 1;
+
+/// What one key of `[allow]`/`[deny]` lists.
+struct IdentityKey {
+    key: &'static str,
+    syntax: Syntax,
+}
+
+/// How the values of an identity key are written.
+enum Syntax {
+    /// Names, resolved to ids at load; numbers belong in `numbers_in`.
+    Name {
+        noun: &'static str,
+        numbers_in: &'static str,
+        make: fn(String) -> Identity,
+    },
+    /// Numeric ids, used as written; names belong in `names_in`.
+    Id {
+        noun: &'static str,
+        names_in: &'static str,
+        make: fn(u32) -> Identity,
+    },
+}
+
+/// The identity keys, in the order [`PolicySpec::entries`] documents.
+const IDENTITY_KEYS: [IdentityKey; 4] = [
+    IdentityKey {
+        key: "users",
+        syntax: Syntax::Name {
+            noun: "user",
+            numbers_in: "uids",
+            make: Identity::User,
+        },
+    },
+    IdentityKey {
+        key: "uids",
+        syntax: Syntax::Id {
+            noun: "uid",
+            names_in: "users",
+            make: Identity::Uid,
+        },
+    },
+    IdentityKey {
+        key: "groups",
+        syntax: Syntax::Name {
+            noun: "group",
+            numbers_in: "gids",
+            make: Identity::Group,
+        },
+    },
+    IdentityKey {
+        key: "gids",
+        syntax: Syntax::Id {
+            noun: "gid",
+            names_in: "groups",
+            make: Identity::Gid,
+        },
+    },
+];
+
+/// Reads and checks the policy `text`, read from `path`.
+pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> {
+    let source = Source::new(text);
+    let root =
+        raw::parse(text).map_err(|e| PolicyError::invalid(path, vec![source.syntax_error(&e)]))?;
+    let mut checker = Checker {
+        source: &source,
+        diagnostics: Vec::new(),
+    };
+    let (mode, endpoints, entries) = checker.policy(&root);
+    if !checker.diagnostics.is_empty() {
+        return Err(PolicyError::invalid(path, checker.diagnostics));
+    }
+    Ok(PolicySpec {
+        path: path.to_owned(),
+        mode,
+        endpoints,
+        entries,
+    })
+}
+
+/// Walks the tree and collects diagnostics.
+struct Checker<'a> {
+    source: &'a Source<'a>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// The known keys of a table (unknown ones are reported, not kept).
+type Fields<'n> = HashMap<&'n str, (&'n Key, &'n Node)>;
+
+/// What one table of rules produced.
+struct Rules {
+    entries: Vec<Entry>,
+    /// Values written in the table, valid or not: a table with only wrong
+    /// entries is reported for those, not also as deciding nothing.
+    written: usize,
+    /// The table header (or its key, for an implied table).
+    at: Location,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, at: Location, message: String) {
+        self.diagnostics.push(Diagnostic { at, message });
+    }
+
+    fn key_at(&self, key: &Key, fallback: Location) -> Location {
+        self.source.start(key.span.as_ref()).unwrap_or(fallback)
+    }
+
+    fn node_at(&self, node: &Node, fallback: Location) -> Location {
+        self.source.start(node.span.as_ref()).unwrap_or(fallback)
+    }
+
+    fn policy(&mut self, root: &Node) -> (Mode, Vec<Endpoint>, Vec<Entry>) {
+        let Value::Table(items) = &root.value else {
+            // toml always gives a table at the root; kept total anyway.
+            self.report(START, "expected a table at the top level".to_owned());
+            return (Mode::Enforce, Vec::new(), Vec::new());
+        };
+        let fields = self.fields(items, TOP_KEYS, "at the top level", START);
+        let mode = match fields.get("mode") {
+            Some(&(key, node)) => self.mode(key, node),
+            None => Mode::Enforce,
+        };
+        let endpoints = match fields.get("endpoints") {
+            Some(&(key, node)) => self.endpoints(key, node),
+            None => address::default_endpoints(),
+        };
+        // [allow] before [deny], as `PolicySpec::entries` documents.
+        let mut tables = Vec::new();
+        for (name, action) in [("allow", Action::Allow), ("deny", Action::Deny)] {
+            if let Some(&(key, node)) = fields.get(name) {
+                tables.push(self.rules(name, action, key, node));
+            }
+        }
+        // Rules written under a wrong key ("[allowed]", top-level "users")
+        // are reported as such; "decides nothing" would only repeat it.
+        let misplaced_rules = items.iter().any(|(key, node)| {
+            !TOP_KEYS.contains(&key.name.as_str())
+                && (matches!(node.value, Value::Table(_))
+                    || IDENTITY_KEYS.iter().any(|k| k.key == key.name))
+        });
+        if !misplaced_rules && tables.iter().all(|t| t.written == 0) {
+            let at = tables.iter().map(|t| t.at).min().unwrap_or(START);
+            self.report(
+                at,
+                "the policy decides nothing: add an entry to [allow] (only those may connect) \
+                 or to [deny] (all others may connect)"
+                    .to_owned(),
+            );
+        }
+        let entries: Vec<Entry> = tables.into_iter().flat_map(|t| t.entries).collect();
+        self.cross_check(&entries);
+        (mode, endpoints, entries)
+    }
+
+    /// Sorts the keys of a table into known ones and reports the others.
+    fn fields<'n>(
+        &mut self,
+        items: &'n [(Key, Node)],
+        valid: &[&str],
+        place: &str,
+        fallback: Location,
+    ) -> Fields<'n> {
+        let mut fields = Fields::new();
+        for (key, node) in items {
+            if valid.contains(&key.name.as_str()) {
+                fields.insert(key.name.as_str(), (key, node));
+                continue;
+            }
+            let hint = match (belongs(&key.name), closest(&key.name, valid)) {
+                (Some(home), _) => format!(", {} belongs {home}", key.name),
+                (None, Some(near)) => format!(", did you mean {near:?}?"),
+                (None, None) => String::new(),
+            };
+            self.report(
+                self.key_at(key, fallback),
+                format!(
+                    "unknown key {:?} {place}{hint} (valid keys: {})",
+                    key.name,
+                    valid.join(", ")
+                ),
+            );
+        }
+        fields
+    }
+
+    /// The items of a table, or a report that `name` is not one.
+    fn table<'n>(
+        &mut self,
+        name: &str,
+        key: &Key,
+        node: &'n Node,
+    ) -> Option<(&'n [(Key, Node)], Location)> {
+        let at = self.node_at(node, self.key_at(key, START));
+        match &node.value {
+            Value::Table(items) => Some((items, at)),
+            other => {
+                self.report(
+                    at,
+                    format!("{name}: expected a table, found {}", other.describe()),
+                );
+                None
+            }
+        }
+    }
+
+    fn mode(&mut self, key: &Key, node: &Node) -> Mode {
+        match &node.value {
+            Value::String(s) if s == "enforce" => Mode::Enforce,
+            Value::String(s) if s == "audit" => Mode::Audit,
+            other => {
+                self.report(
+                    self.node_at(node, self.key_at(key, START)),
+                    format!(
+                        "mode: expected \"enforce\" or \"audit\", found {}",
+                        other.describe()
+                    ),
+                );
+                Mode::Enforce
+            }
+        }
+    }
+
+    fn endpoints(&mut self, key: &Key, node: &Node) -> Vec<Endpoint> {
+        const CONTEXT: &str = "[endpoints] addresses";
+        let Some((items, at)) = self.table("endpoints", key, node) else {
+            return Vec::new();
+        };
+        let fields = self.fields(items, ENDPOINT_KEYS, "in [endpoints]", at);
+        let Some(&(key, list)) = fields.get("addresses") else {
+            return address::default_endpoints();
+        };
+        let list_at = self.node_at(list, self.key_at(key, at));
+        let Value::Array(items) = &list.value else {
+            self.report(
+                list_at,
+                format!(
+                    "{CONTEXT}: expected an array of IP address strings, found {}",
+                    list.value.describe()
+                ),
+            );
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.report(
+                list_at,
+                format!(
+                    "{CONTEXT}: the list is empty, which would protect nothing; expected at \
+                     least one address (remove the key to protect the defaults {})",
+                    address::defaults_spelled()
+                ),
+            );
+        }
+        let max = MAX_ENDPOINTS as usize;
+        if let Some(extra) = items.get(max) {
+            self.report(
+                self.node_at(extra, list_at),
+                format!(
+                    "{CONTEXT}: {} addresses, expected at most {max}",
+                    items.len()
+                ),
+            );
+        }
+        let mut seen: HashMap<IpAddr, (Location, &str)> = HashMap::new();
+        let mut endpoints = Vec::new();
+        for item in items {
+            let at = self.node_at(item, list_at);
+            let Value::String(text) = &item.value else {
+                self.report(
+                    at,
+                    format!(
+                        "{CONTEXT}: expected an IP address string, found {}",
+                        item.value.describe()
+                    ),
+                );
+                continue;
+            };
+            let addr = match address::parse(text) {
+                Ok(addr) => addr,
+                Err(why) => {
+                    self.report(at, format!("{CONTEXT}: {why}"));
+                    continue;
+                }
+            };
+            match seen.entry(addr) {
+                hash_map::Entry::Occupied(first) => {
+                    let (first_at, first_text) = *first.get();
+                    self.report(
+                        at,
+                        format!(
+                            "{CONTEXT}: duplicate address {text:?}, already listed as \
+                             {first_text:?} at {}",
+                            first_at.in_words()
+                        ),
+                    );
+                }
+                hash_map::Entry::Vacant(slot) => {
+                    slot.insert((at, text));
+                    endpoints.push(Endpoint { addr, at: Some(at) });
+                }
+            }
+        }
+        endpoints
+    }
+
+    /// Reads a table of rules (`[allow]`, `[deny]`) whose entries all get
+    /// `action`.
+    fn rules(&mut self, name: &str, action: Action, key: &Key, node: &Node) -> Rules {
+        let Some((items, at)) = self.table(name, key, node) else {
+            return Rules {
+                entries: Vec::new(),
+                written: 1,
+                at: self.key_at(key, START),
+            };
+        };
+        let written = items
+            .iter()
+            .map(|(_, node)| match &node.value {
+                Value::Array(values) => values.len(),
+                _ => 1,
+            })
+            .sum();
+        let valid: Vec<&str> = IDENTITY_KEYS.iter().map(|k| k.key).collect();
+        let fields = self.fields(items, &valid, &format!("in [{name}]"), at);
+        let mut entries = Vec::new();
+        for kind in &IDENTITY_KEYS {
+            let Some(&(key, list)) = fields.get(kind.key) else {
+                continue;
+            };
+            let context = format!("[{name}] {}", kind.key);
+            let list_at = self.node_at(list, self.key_at(key, at));
+            let Value::Array(values) = &list.value else {
+                self.report(
+                    list_at,
+                    format!(
+                        "{context}: expected an array of {}, found {}",
+                        kind.syntax.plural(),
+                        list.value.describe()
+                    ),
+                );
+                continue;
+            };
+            for value in values {
+                let at = self.node_at(value, list_at);
+                match kind.syntax.parse(&context, &value.value) {
+                    Ok(identity) => entries.push(Entry {
+                        action,
+                        identity,
+                        at,
+                    }),
+                    Err(message) => self.report(at, message),
+                }
+            }
+        }
+        Rules {
+            entries,
+            written,
+            at,
+        }
+    }
+
+    /// Reports an identity listed twice in one table, or in both.
+    fn cross_check(&mut self, entries: &[Entry]) {
+        // Allow entries first, each table in file order, so a duplicate is
+        // reported at the later of the two and a contradiction at the
+        // [deny] one wherever the tables are (`Action` orders Allow first).
+        let mut order: Vec<&Entry> = entries.iter().collect();
+        order.sort_by_key(|e| (e.action, e.at));
+        let mut first: HashMap<&Identity, &Entry> = HashMap::new();
+        for entry in order {
+            let earlier = match first.entry(&entry.identity) {
+                hash_map::Entry::Vacant(slot) => {
+                    slot.insert(entry);
+                    continue;
+                }
+                hash_map::Entry::Occupied(slot) => *slot.get(),
+            };
+            let message = if earlier.action == entry.action {
+                format!(
+                    "duplicate rule: {} is already {} at {}",
+                    entry.identity,
+                    earlier.action.done(),
+                    earlier.at.in_words()
+                )
+            } else {
+                format!(
+                    "contradictory rules: {} is {} here and {} at {}",
+                    entry.identity,
+                    entry.action.done(),
+                    earlier.action.done(),
+                    earlier.at.in_words()
+                )
+            };
+            self.report(entry.at, message);
+        }
+    }
+}
+
+impl Syntax {
+    /// What an array of these holds, for type errors.
+    fn plural(&self) -> String {
+        match self {
+            Self::Name { noun, .. } => format!("{noun} names"),
+            Self::Id { noun, .. } => format!("{noun}s"),
+        }
+    }
+
+    fn parse(&self, context: &str, value: &Value) -> Result<Identity, String> {
+        match *self {
+            Self::Name {
+                noun,
+                numbers_in,
+                make,
+            } => name(context, noun, numbers_in, value).map(make),
+            Self::Id {
+                noun,
+                names_in,
+                make,
+            } => id(context, noun, names_in, value).map(make),
+        }
+    }
+}
+
+/// A user or group name as NSS could hold it.
+fn name(context: &str, noun: &str, numbers_in: &str, value: &Value) -> Result<String, String> {
+    let name = match value {
+        Value::String(name) => name,
+        Value::Integer(n) => {
+            return Err(format!(
+                "{context}: expected a {noun} name string, found integer {n}; \
+                 put numeric ids in {numbers_in}"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "{context}: expected a {noun} name string, found {}",
+                other.describe()
+            ));
+        }
+    };
+    // getpwnam(3) would look an all-digit string up as a name, which is
+    // almost never what was meant; ids have their own key.
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{context}: {name:?} is a number, not a {noun} name; put numeric ids in {numbers_in}"
+        ));
+    }
+    // The fields of /etc/passwd and /etc/group are ':'-separated lines, and
+    // the lookup takes a C string: no such name can exist.
+    let problem = if name.is_empty() {
+        "it is empty"
+    } else if name.contains('\0') {
+        "it contains a NUL character"
+    } else if name.chars().any(char::is_whitespace) {
+        "it contains whitespace"
+    } else if name.contains(':') {
+        "it contains ':'"
+    } else {
+        return Ok(name.clone());
+    };
+    Err(format!(
+        "{context}: {name:?} is not a valid {noun} name: {problem}"
+    ))
+}
+
+/// A uid or gid.
+fn id(context: &str, noun: &str, names_in: &str, value: &Value) -> Result<u32, String> {
+    match value {
+        Value::Integer(n) => match u32::try_from(*n) {
+            Ok(id) if id <= MAX_ID => Ok(id),
+            Ok(_) => Err(format!(
+                "{context}: {n} is ({noun}_t)-1, not a valid {noun}; expected 0 to {MAX_ID}"
+            )),
+            Err(_) => Err(format!(
+                "{context}: {n} is not a valid {noun}, expected 0 to {MAX_ID}"
+            )),
+        },
+        Value::String(s) if s.parse::<u32>().is_ok() => Err(format!(
+            "{context}: expected an integer {noun}, found string {s:?}; write it without quotes"
+        )),
+        Value::String(s) => Err(format!(
+            "{context}: expected an integer {noun}, found string {s:?}; put names in {names_in}"
+        )),
+        other => Err(format!(
+            "{context}: expected an integer {noun}, found {}",
+            other.describe()
+        )),
+    }
+}
+
+/// Where a key that is unknown here belongs, if it is known elsewhere: the
+/// usual slip is `mode = ".."` written below a table header, which TOML
+/// puts into that table.
+fn belongs(key: &str) -> Option<&'static str> {
+    if key == "mode" {
+        Some("at the top level, above the first table header")
+    } else if ENDPOINT_KEYS.contains(&key) {
+        Some("in [endpoints]")
+    } else if IDENTITY_KEYS.iter().any(|k| k.key == key) {
+        Some("in [allow] or [deny]")
+    } else {
+        None
+    }
+}
+
+/// The valid key `key` is most likely a typo of, if any.
+fn closest<'v>(key: &str, valid: &[&'v str]) -> Option<&'v str> {
+    let key = key.to_lowercase();
+    // A third of the length: "user" → "users", "adresses" → "addresses",
+    // but not "uid" → "gids".
+    let limit = (key.chars().count() / 3).max(1);
+    valid
+        .iter()
+        .map(|&candidate| (edit_distance(&key, candidate), candidate))
+        .filter(|&(distance, _)| distance <= limit)
+        .min_by_key(|&(distance, _)| distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Edit distance in characters, counting a swap of two neighbours as one
+/// edit ("mdoe" → "mode"): optimal string alignment.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // d[i][j]: distance between the first i chars of a and the first j of b.
+    let mut d = vec![vec![0; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let substitute = d[i - 1][j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            let mut best = substitute.min(d[i - 1][j] + 1).min(d[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests;
