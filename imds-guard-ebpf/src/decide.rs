@@ -11,11 +11,13 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use aya_log_ebpf::error;
-use imds_guard_common::{COMM_LEN, Event, IdRule, action, counter, counter_index, mode, reason, verdict};
+use imds_guard_common::{
+    COMM_LEN, Event, IdRule, action, counter, counter_index, mode, reason, verdict,
+};
 
 use crate::{
     dst::Dst,
-    maps::{COUNTERS, CONFIG, EVENTS, GID_RULES, UID_RULES},
+    maps::{CONFIG, COUNTERS, EVENTS, GID_RULES, UID_RULES},
 };
 
 /// What a `cgroup/sock_addr` program returns: for the connect and sendmsg
@@ -97,19 +99,39 @@ fn evaluate(uid: u32, gid: u32, default_action: u32) -> Outcome {
     let by_uid = rule(&UID_RULES, uid);
     let by_gid = rule(&GID_RULES, gid);
     if by_uid.action != NO_RULE && by_uid.action != action::ALLOW {
-        return Outcome { action: action::DENY, reason: reason::UID_DENIED, rule: by_uid.rule };
+        return Outcome {
+            action: action::DENY,
+            reason: reason::UID_DENIED,
+            rule: by_uid.rule,
+        };
     }
     if by_gid.action != NO_RULE && by_gid.action != action::ALLOW {
-        return Outcome { action: action::DENY, reason: reason::GID_DENIED, rule: by_gid.rule };
+        return Outcome {
+            action: action::DENY,
+            reason: reason::GID_DENIED,
+            rule: by_gid.rule,
+        };
     }
     if by_uid.action == action::ALLOW {
-        return Outcome { action: action::ALLOW, reason: reason::UID_ALLOWED, rule: by_uid.rule };
+        return Outcome {
+            action: action::ALLOW,
+            reason: reason::UID_ALLOWED,
+            rule: by_uid.rule,
+        };
     }
     if by_gid.action == action::ALLOW {
-        return Outcome { action: action::ALLOW, reason: reason::GID_ALLOWED, rule: by_gid.rule };
+        return Outcome {
+            action: action::ALLOW,
+            reason: reason::GID_ALLOWED,
+            rule: by_gid.rule,
+        };
     }
     Outcome {
-        action: if default_action == action::ALLOW { action::ALLOW } else { action::DENY },
+        action: if default_action == action::ALLOW {
+            action::ALLOW
+        } else {
+            action::DENY
+        },
         reason: reason::DEFAULT,
         rule: 0,
     }
@@ -124,11 +146,14 @@ const NO_RULE: u32 = 0;
 /// verifier rejects (`R7 pointer |= pointer prohibited`).
 #[inline(always)]
 fn rule(map: &HashMap<u32, IdRule>, id: u32) -> IdRule {
-    match map.get_ptr(&id) {
+    match map.get_ptr(id) {
         // SAFETY: a non-null pointer from a hash map lookup points at a
         // value of the map's type, valid for the duration of the program.
         Some(p) => unsafe { *p },
-        None => IdRule { action: NO_RULE, rule: 0 },
+        None => IdRule {
+            action: NO_RULE,
+            rule: 0,
+        },
     }
 }
 

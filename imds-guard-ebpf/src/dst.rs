@@ -56,7 +56,7 @@ pub fn user_port(ctx: &SockAddrContext) -> u16 {
 /// Is this IPv4 destination protected? The hot path of every connect.
 #[inline(always)]
 pub fn protected_v4(ip4: u32) -> bool {
-    PROTECTED_V4.get_ptr(&ip4).is_some()
+    PROTECTED_V4.get_ptr(ip4).is_some()
 }
 
 /// Is this IPv6 destination protected? An IPv4-mapped address

@@ -16,7 +16,10 @@ mod maps;
 mod sendmsg4;
 mod sendmsg6;
 
-#[cfg(not(test))]
+// Only for the BPF target: a host build of this crate (clippy over the
+// workspace) unifies features with the agent, pulls in `std` through aya,
+// and gets its panic handler from there.
+#[cfg(all(target_arch = "bpf", not(test)))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

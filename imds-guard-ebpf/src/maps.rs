@@ -6,8 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use imds_guard_common::{
-    COUNTERS_LEN, Config, EVENTS_BYTE_SIZE, Endpoint, IdRule, Ipv6Key, MAX_ENDPOINTS,
-    MAX_ID_RULES,
+    COUNTERS_LEN, Config, EVENTS_BYTE_SIZE, Endpoint, IdRule, Ipv6Key, MAX_ENDPOINTS, MAX_ID_RULES,
 };
 
 /// Protected IPv4 destinations, keyed by the address exactly as the kernel
@@ -20,8 +19,7 @@ pub static PROTECTED_V4: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_
 /// IPv4-mapped forms are not stored here: `connect6`/`sendmsg6` map them
 /// back to IPv4 and consult [`PROTECTED_V4`].
 #[map]
-pub static PROTECTED_V6: HashMap<Ipv6Key, Endpoint> =
-    HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+pub static PROTECTED_V6: HashMap<Ipv6Key, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// Rules by real uid. A uid has at most one rule (the agent refuses
 /// contradictions), so the value carries its action.

@@ -47,7 +47,7 @@ pub fn open(path: &Path) -> Result<File, CgroupError> {
         source,
     })?;
     let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
-    let magic = nix::sys::statfs::fstatfs(&file).map(|s| s.filesystem_type().0 as i64);
+    let magic = nix::sys::statfs::fstatfs(&file).map(|s| s.filesystem_type().0);
     if !is_dir || magic.ok() != Some(CGROUP2_SUPER_MAGIC) {
         return Err(CgroupError::NotCgroup2 {
             path: path.to_owned(),

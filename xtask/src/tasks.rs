@@ -33,8 +33,9 @@ fn cargo() -> Command {
 
 pub fn test(extra: &[String]) -> Result<()> {
     setup()?;
-    // The end-to-end tests run the real binary and the probe: build them.
-    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    // The end-to-end tests run the real binary and the probe: build them
+    // (the default members: the eBPF crate only builds for the BPF target).
+    run(cargo().args(["build", "--bins"]))?;
     eprintln!("xtask: unit tests");
     run(cargo().args(["test", "--workspace", "--exclude", "imds-guard-e2e"]))?;
     eprintln!("xtask: privileged end-to-end tests (one at a time)");
@@ -46,6 +47,6 @@ pub fn test(extra: &[String]) -> Result<()> {
 
 pub fn demo() -> Result<()> {
     setup()?;
-    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    run(cargo().args(["build", "--bins"]))?;
     run(cargo().args(["run", "--quiet", "-p", "imds-guard-e2e", "--bin", "imds-guard-demo"]))
 }

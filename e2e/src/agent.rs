@@ -1,0 +1,269 @@
+//! Runs the `imds-guard` agent as a black box and collects its log.
+//!
+//! The agent runs in the host network namespace: it only loads and attaches
+//! programs to the test cgroup and sends no traffic. Its JSON log lines
+//! (stderr, and stdout for good measure) become `serde_json::Value` records
+//! that tests wait on and assert against.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex, PoisonError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+use crate::{TestCgroup, bins::imds_guard_bin, util::lock};
+
+/// How long [`Agent::terminate`] waits after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for the last lines after the agent exits.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `record[name]`, or `record["fields"][name]`: tracing-subscriber's JSON
+/// format nests an event's fields under `fields` unless it is told to
+/// flatten them, and tests should not care which.
+pub fn field<'a>(record: &'a Value, name: &str) -> Option<&'a Value> {
+    record
+        .get(name)
+        .or_else(|| record.get("fields").and_then(|f| f.get(name)))
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    records: Vec<Value>,
+    /// Output streams not yet at end of file; 0 means no more records.
+    open: usize,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    state: Mutex<LogState>,
+    changed: Condvar,
+}
+
+/// A running agent; terminated on drop.
+#[derive(Debug)]
+pub struct Agent {
+    child: Mutex<Child>,
+    pid: u32,
+    log: Arc<Log>,
+}
+
+impl Agent {
+    /// Starts `imds-guard run --config CONFIG --cgroup CGROUP --log-format
+    /// json EXTRA_ARGS...` ([`imds_guard_bin`] finds the binary).
+    pub fn start(config: &Path, cgroup: &TestCgroup, extra_args: &[&str]) -> Self {
+        Self::start_bin(&imds_guard_bin(), config, cgroup, extra_args)
+    }
+
+    /// [`Agent::start`] with an explicit binary (a stand-in, or a build the
+    /// harness would not find).
+    pub fn start_bin(bin: &Path, config: &Path, cgroup: &TestCgroup, extra_args: &[&str]) -> Self {
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--cgroup")
+            .arg(cgroup.path())
+            .args(["--log-format", "json"])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn(&mut cmd);
+        let pid = child.id();
+        let log = Arc::new(Log::default());
+        let streams: [Option<Box<dyn Read + Send>>; 2] = [
+            child.stderr.take().map(|s| Box::new(s) as _),
+            child.stdout.take().map(|s| Box::new(s) as _),
+        ];
+        for (name, stream) in ["stderr", "stdout"].into_iter().zip(streams) {
+            let Some(stream) = stream else { continue };
+            lock(&log.state).open += 1;
+            let log = Arc::clone(&log);
+            thread::Builder::new()
+                .name(format!("imds-guard-{pid}-{name}"))
+                .spawn(move || collect(stream, &log, pid))
+                .unwrap_or_else(|e| panic!("spawning the agent's {name} reader: {e}"));
+        }
+        Agent {
+            child: Mutex::new(child),
+            pid,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Every record so far, in arrival order.
+    pub fn records(&self) -> Vec<Value> {
+        lock(&self.log.state).records.clone()
+    }
+
+    /// Every line so far, one per line, for failure messages.
+    pub fn output(&self) -> String {
+        lock(&self.log.state)
+            .records
+            .iter()
+            .map(|r| match r {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The first record, from the start of the log, that satisfies `pred`;
+    /// waits up to `timeout` for it. `None` on timeout, or as soon as the
+    /// agent has closed its output without one.
+    pub fn wait_for(&self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.log.state);
+        loop {
+            if let Some(found) = state.records.iter().find(|r| pred(r)) {
+                return Some(found.clone());
+            }
+            let now = Instant::now();
+            if state.open == 0 || now >= deadline {
+                return None;
+            }
+            state = self
+                .log
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Waits for the record with `"ready": true` and returns it. Panics, with
+    /// everything the agent printed, if it exits or times out first.
+    pub fn wait_ready(&self, timeout: Duration) -> Value {
+        let ready = |r: &Value| field(r, "ready") == Some(&Value::Bool(true));
+        self.wait_for(ready, timeout).unwrap_or_else(|| {
+            // An agent that closed its output is about to exit: give it a
+            // moment so the message has its status.
+            let status = self.wait_exit(Duration::from_millis(500));
+            panic!(
+                "agent {} not ready within {timeout:?} (exit status: {status:?}); output:\n{}",
+                self.pid,
+                self.output()
+            )
+        })
+    }
+
+    /// The exit status, if the agent has exited.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        lock(&self.child)
+            .try_wait()
+            .unwrap_or_else(|e| panic!("waiting for agent {}: {e}", self.pid))
+    }
+
+    /// Waits up to `timeout` for the agent to exit on its own.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                self.wait_drained();
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the agent: SIGTERM, then SIGKILL after 5 s. Returns its exit
+    /// status once its last lines are collected.
+    pub fn terminate(&self) -> ExitStatus {
+        if let Some(status) = self.exit_status() {
+            self.wait_drained();
+            return status;
+        }
+        // Not yet reaped, so the pid is still our child's.
+        let pid = Pid::from_raw(self.pid as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let status = self.wait_exit(TERM_GRACE).unwrap_or_else(|| {
+            eprintln!(
+                "agent {} ignored SIGTERM for {TERM_GRACE:?}; killing it",
+                self.pid
+            );
+            let mut child = lock(&self.child);
+            let _ = child.kill();
+            child
+                .wait()
+                .unwrap_or_else(|e| panic!("waiting for agent {}: {e}", self.pid))
+        });
+        self.wait_drained();
+        status
+    }
+
+    /// Gives the readers a moment to collect what the agent wrote last.
+    fn wait_drained(&self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut state = lock(&self.log.state);
+        while state.open > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            state = self
+                .log
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Spawns `cmd`, retrying briefly on ETXTBSY: a binary written moments ago
+/// (a stand-in script) stays "busy" while any process forked meanwhile by
+/// another test thread still holds the writing descriptor, until that
+/// process execs and its close-on-exec descriptors go.
+fn spawn(cmd: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("spawning {cmd:?}: {e}"),
+        }
+    }
+}
+
+/// Turns an output stream into records, echoing each line to the test's
+/// stderr (shown when the test fails).
+fn collect(stream: impl Read, log: &Log, pid: u32) {
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        eprintln!("[imds-guard {pid}] {line}");
+        let record = match serde_json::from_str::<Value>(&line) {
+            Ok(value @ Value::Object(_)) => value,
+            _ => Value::String(line),
+        };
+        lock(&log.state).records.push(record);
+        log.changed.notify_all();
+    }
+    lock(&log.state).open -= 1;
+    log.changed.notify_all();
+}

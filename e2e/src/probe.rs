@@ -1,0 +1,173 @@
+//! Runs the `imds-probe` binary: one process, one identity, one action.
+//!
+//! A separate process is the only faithful subject: the agent decides by the
+//! real uid/gid and cgroup of the task that connects, and the test process
+//! itself must keep root and stay in the host namespace and cgroup.
+
+use std::{
+    ffi::OsString,
+    io::Read,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use crate::{Action, Netns, ProbeResult, TestCgroup, bins::probe_bin};
+
+/// How long a probe may take before it is killed and the test fails. Its
+/// own socket timeouts are 2 s per step.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The uid and gid of `nobody`, the default identity: an unprivileged user
+/// no policy is likely to allow by accident.
+pub const NOBODY: u32 = 65_534;
+
+/// A probe configuration; [`Probe::run`] may be called many times.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    netns: PathBuf,
+    cgroup: PathBuf,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    bin: Option<PathBuf>,
+}
+
+impl Probe {
+    /// A probe that will run in `netns` and `cgroup` as uid and gid
+    /// [`NOBODY`] with no supplementary groups.
+    pub fn new(netns: &Netns, cgroup: &TestCgroup) -> Self {
+        Probe {
+            netns: netns.path().to_path_buf(),
+            cgroup: cgroup.path().to_path_buf(),
+            uid: NOBODY,
+            gid: NOBODY,
+            groups: Vec::new(),
+            bin: None,
+        }
+    }
+
+    /// The real, effective and saved uid.
+    #[must_use]
+    pub fn uid(mut self, uid: u32) -> Self {
+        self.uid = uid;
+        self
+    }
+
+    /// The real, effective and saved gid.
+    #[must_use]
+    pub fn gid(mut self, gid: u32) -> Self {
+        self.gid = gid;
+        self
+    }
+
+    /// The supplementary groups (empty by default).
+    #[must_use]
+    pub fn groups(mut self, groups: &[u32]) -> Self {
+        self.groups = groups.to_vec();
+        self
+    }
+
+    /// Runs this binary instead of [`probe_bin`] (for example
+    /// `env!("CARGO_BIN_EXE_imds-probe")` in this package's tests).
+    #[must_use]
+    pub fn bin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bin = Some(path.into());
+        self
+    }
+
+    /// The probe's command line after the binary.
+    pub fn args(&self, action: &Action) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--netns".into(),
+            self.netns.clone().into(),
+            "--cgroup".into(),
+            self.cgroup.clone().into(),
+            "--uid".into(),
+            self.uid.to_string().into(),
+            "--gid".into(),
+            self.gid.to_string().into(),
+        ];
+        if !self.groups.is_empty() {
+            let groups: Vec<String> = self.groups.iter().map(u32::to_string).collect();
+            args.extend(["--groups".into(), groups.join(",").into()]);
+        }
+        args.extend(action.to_args().into_iter().map(OsString::from));
+        args
+    }
+
+    /// Runs `action` in a new probe process and returns what it reported.
+    /// Panics if the probe cannot run, fails as a harness (bad argument,
+    /// setns, setuid...), or takes longer than 10 s.
+    pub fn run(&self, action: Action) -> ProbeResult {
+        let bin = self.bin.clone().unwrap_or_else(probe_bin);
+        let mut child = Command::new(&bin)
+            .args(self.args(&action))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        // Read both pipes while waiting, so a large body cannot fill a pipe
+        // and stall the probe.
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let status = wait_or_kill(&mut child, PROBE_TIMEOUT);
+        let (stdout, stderr) = (join(stdout), join(stderr));
+        let Some(status) = status else {
+            panic!(
+                "probe `{action}` timed out after {PROBE_TIMEOUT:?} and was killed; stderr: {stderr}"
+            );
+        };
+        assert!(
+            status.success(),
+            "probe `{action}` failed as a harness ({status}); stderr: {stderr}"
+        );
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        let result: ProbeResult = serde_json::from_str(line).unwrap_or_else(|e| {
+            panic!("probe `{action}` printed {stdout:?} (not a result: {e}); stderr: {stderr}")
+        });
+        assert_eq!(
+            result.pid,
+            child.id(),
+            "probe `{action}` reported another pid"
+        );
+        result
+    }
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
+}
+
+fn join(reader: JoinHandle<String>) -> String {
+    reader.join().unwrap_or_default()
+}
+
+/// Waits for `child`; after `timeout` kills it (it is our child and not yet
+/// reaped, so the pid is still its own) and returns `None`.
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+            Ok(None) => break,
+            Err(e) => panic!("waiting for probe {}: {e}", child.id()),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}

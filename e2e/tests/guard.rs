@@ -1,0 +1,424 @@
+//! The guard end to end: the real agent binary, the real programs, attached
+//! to the test's child cgroup, probes in the test's own network namespace.
+//! Together these tests take every branch of the programs that touches a
+//! protected address (see `imds-guard-ebpf/src/decide.rs`).
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use common::{LOG, Sandbox};
+use imds_guard_e2e::{
+    Action, Agent, FakeImds, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, Netns, PLAIN_PORT, Probe,
+    ProbeResult, TempDir, TestCgroup, UDP_PORT, field, privileged_or_skip, write_policy,
+};
+use serde_json::Value;
+
+const EPERM: i32 = libc::EPERM;
+
+/// uid 1001 and gid 1500 may connect; nobody else.
+const ALLOW_LIST: &str = r#"
+mode = "enforce"
+[allow]
+uids = [1001]
+gids = [1500]
+"#;
+
+fn imds_v4() -> IpAddr {
+    IMDS_V4.into()
+}
+
+fn imds_v6() -> IpAddr {
+    IMDS_V6.into()
+}
+
+/// The agent's decision record for the probe that produced `r`.
+fn record_for(sb: &Sandbox, event: &str, r: &ProbeResult) -> Value {
+    let pid = u64::from(r.pid);
+    sb.agent
+        .wait_for(
+            |rec| {
+                field(rec, "event").and_then(Value::as_str) == Some(event)
+                    && field(rec, "pid").and_then(Value::as_u64) == Some(pid)
+            },
+            LOG,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no {event} record for pid {pid}; agent output:\n{}",
+                sb.agent.output()
+            )
+        })
+}
+
+fn str_field<'a>(rec: &'a Value, name: &str) -> &'a str {
+    field(rec, name)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("record has no string {name}: {rec}"))
+}
+
+fn u64_field(rec: &Value, name: &str) -> u64 {
+    field(rec, name)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("record has no number {name}: {rec}"))
+}
+
+fn count_events(sb: &Sandbox, event: &str) -> usize {
+    sb.agent
+        .records()
+        .iter()
+        .filter(|r| field(r, "event").and_then(Value::as_str) == Some(event))
+        .count()
+}
+
+#[test]
+fn allowed_uid_reads_the_credentials_over_ipv4_and_ipv6() {
+    if !privileged_or_skip("allowed_uid_reads_the_credentials_over_ipv4_and_ipv6") {
+        return;
+    }
+    let sb = Sandbox::start(ALLOW_LIST);
+    for ip in [imds_v4(), imds_v6()] {
+        let r = sb.probe(1001, 1001).run(Action::http(ip, IMDS_PORT));
+        assert_eq!(
+            r.assert_ok().body,
+            sb.imds.credentials_body(),
+            "credentials body over {ip}"
+        );
+    }
+    // Mapped form by an allowed uid: allowed too (the v4 server answers).
+    sb.probe(1001, 1001)
+        .run(Action::connect_mapped(IMDS_V4, IMDS_PORT))
+        .assert_ok();
+    assert_eq!(count_events(&sb, "deny"), 0, "{}", sb.agent.output());
+}
+
+#[test]
+fn denied_uid_gets_eperm_at_once_over_ipv4_ipv6_and_the_mapped_form() {
+    if !privileged_or_skip("denied_uid_gets_eperm_at_once_over_ipv4_ipv6_and_the_mapped_form") {
+        return;
+    }
+    let sb = Sandbox::start(ALLOW_LIST);
+    let probe = sb.probe(NOBODY, NOBODY);
+    for action in [
+        Action::connect(imds_v4(), IMDS_PORT),
+        Action::connect(imds_v6(), IMDS_PORT),
+        Action::connect_mapped(IMDS_V4, IMDS_PORT),
+        Action::http(imds_v4(), IMDS_PORT),
+        Action::http(imds_v6(), IMDS_PORT),
+        // Any port, not only 80.
+        Action::connect(imds_v4(), 8080),
+        // TCP Fast Open: the implicit connect is decided too.
+        Action::tfo(imds_v4(), IMDS_PORT),
+        Action::tfo(imds_v6(), IMDS_PORT),
+        // Connected UDP.
+        Action::udp_connect(imds_v4(), UDP_PORT),
+        Action::udp_connect(imds_v6(), UDP_PORT),
+    ] {
+        let r = probe.run(action);
+        assert!(
+            !r.ok && r.errno == Some(EPERM),
+            "{action}: expected EPERM, got {r:?}"
+        );
+    }
+    // No connection ever reached the service: nothing left the socket layer.
+    for ip in [imds_v4(), imds_v6()] {
+        assert_eq!(
+            sb.imds.tcp_accepted(SocketAddr::new(ip, IMDS_PORT)),
+            0,
+            "{ip}"
+        );
+    }
+    assert_eq!(sb.imds.requests_served(), 0);
+}
+
+#[test]
+fn udp_sendto_a_protected_address_is_denied() {
+    if !privileged_or_skip("udp_sendto_a_protected_address_is_denied") {
+        return;
+    }
+    let sb = Sandbox::start(ALLOW_LIST);
+    let nobody = sb.probe(NOBODY, NOBODY);
+    for action in [
+        Action::udp_send(imds_v4(), UDP_PORT),
+        Action::udp_send(imds_v6(), UDP_PORT),
+        Action::udp_send_mapped(IMDS_V4, UDP_PORT),
+    ] {
+        let r = nobody.run(action);
+        assert!(
+            !r.ok && r.errno == Some(EPERM),
+            "{action}: expected EPERM, got {r:?}"
+        );
+    }
+    let v4 = SocketAddr::new(imds_v4(), UDP_PORT);
+    let v6 = SocketAddr::new(imds_v6(), UDP_PORT);
+    assert_eq!(sb.imds.udp_received(v4), 0);
+    assert_eq!(sb.imds.udp_received(v6), 0);
+
+    // The same datagram from an allowed uid arrives: the counting works.
+    sb.probe(1001, 1001)
+        .run(Action::udp_send(imds_v4(), UDP_PORT))
+        .assert_ok();
+    assert_eq!(sb.imds.udp_received(v4), 1);
+    // A UDPv6 datagram to a mapped address is handed to the IPv4 path
+    // before any IPv6 hook: sendmsg4 decides it and sees the IPv4 address.
+    let r = nobody.run(Action::udp_send_mapped(IMDS_V4, UDP_PORT));
+    let rec = record_for(&sb, "deny", &r);
+    assert_eq!(str_field(&rec, "dst"), "169.254.169.254", "{rec}");
+    assert_eq!(str_field(&rec, "hook"), "sendmsg4", "{rec}");
+}
+
+#[test]
+fn destinations_that_are_not_protected_work_for_everyone() {
+    if !privileged_or_skip("destinations_that_are_not_protected_work_for_everyone") {
+        return;
+    }
+    let sb = Sandbox::start(ALLOW_LIST);
+    let nobody = sb.probe(NOBODY, NOBODY);
+    let v4 = IpAddr::from(Ipv4Addr::LOCALHOST);
+    let v6 = IpAddr::from(Ipv6Addr::LOCALHOST);
+    for ip in [v4, v6] {
+        let r = nobody.run(Action::http(ip, PLAIN_PORT));
+        assert_eq!(r.assert_ok().body, sb.imds.credentials_body(), "{ip}");
+        nobody.run(Action::udp_send(ip, UDP_PORT)).assert_ok();
+        nobody.run(Action::tfo(ip, PLAIN_PORT)).assert_ok();
+    }
+    // A mapped address whose IPv4 form is not protected.
+    nobody
+        .run(Action::connect_mapped(Ipv4Addr::LOCALHOST, PLAIN_PORT))
+        .assert_ok();
+    nobody
+        .run(Action::udp_send_mapped(Ipv4Addr::LOCALHOST, UDP_PORT))
+        .assert_ok();
+    assert_eq!(sb.imds.udp_received(SocketAddr::new(v4, UDP_PORT)), 2);
+    assert_eq!(sb.imds.udp_received(SocketAddr::new(v6, UDP_PORT)), 1);
+    // Not protected, so not decided: no record at all.
+    for event in ["deny", "audit", "allow"] {
+        assert_eq!(count_events(&sb, event), 0, "{}", sb.agent.output());
+    }
+}
+
+#[test]
+fn the_denial_record_says_who_where_and_why() {
+    if !privileged_or_skip("the_denial_record_says_who_where_and_why") {
+        return;
+    }
+    let sb = Sandbox::start(ALLOW_LIST);
+    let nobody = sb.probe(NOBODY, NOBODY);
+    for (action, dst, hook) in [
+        (
+            Action::connect(imds_v4(), IMDS_PORT),
+            "169.254.169.254",
+            "connect4",
+        ),
+        (
+            Action::connect(imds_v6(), IMDS_PORT),
+            "fd00:ec2::254",
+            "connect6",
+        ),
+        (
+            Action::connect_mapped(IMDS_V4, IMDS_PORT),
+            "::ffff:169.254.169.254",
+            "connect6",
+        ),
+        (
+            Action::udp_send(imds_v6(), UDP_PORT),
+            "fd00:ec2::254",
+            "sendmsg6",
+        ),
+    ] {
+        let r = nobody.run(action);
+        r.assert_errno(EPERM);
+        let rec = record_for(&sb, "deny", &r);
+        assert_eq!(u64_field(&rec, "uid"), u64::from(NOBODY), "{rec}");
+        assert_eq!(u64_field(&rec, "gid"), u64::from(NOBODY), "{rec}");
+        assert_eq!(str_field(&rec, "user"), "nobody", "{rec}");
+        assert_eq!(str_field(&rec, "comm"), r.comm, "{rec}");
+        assert_eq!(str_field(&rec, "dst"), dst, "{rec}");
+        assert_eq!(
+            u64_field(&rec, "port"),
+            u64::from(action.addr().port()),
+            "{rec}"
+        );
+        assert_eq!(str_field(&rec, "hook"), hook, "{rec}");
+        assert_eq!(str_field(&rec, "level"), "WARN", "{rec}");
+        assert!(
+            str_field(&rec, "reason").contains("not")
+                || str_field(&rec, "reason").contains("[allow]"),
+            "{rec}"
+        );
+        let message = str_field(&rec, "message");
+        assert!(
+            message.contains(dst) && message.contains(&r.pid.to_string()),
+            "{rec}"
+        );
+    }
+}
+
+#[test]
+fn every_rule_kind_decides_and_deny_wins_over_allow() {
+    if !privileged_or_skip("every_rule_kind_decides_and_deny_wins_over_allow") {
+        return;
+    }
+    let sb = Sandbox::start(
+        r#"
+[allow]
+uids = [1001]
+gids = [1500]
+[deny]
+uids = [5005]
+gids = [3003]
+"#,
+    );
+    let config = sb.dir.path().join("policy.toml");
+    let config = config.display().to_string();
+    // (uid, gid, allowed?, what the reason must say)
+    let cases: [(u32, u32, bool, String); 6] = [
+        (1001, 1001, true, String::new()),
+        (2002, 1500, true, String::new()),
+        // The uid is allowed, but its gid is denied: deny wins.
+        (
+            1001,
+            3003,
+            false,
+            format!("gid 3003 is denied by [deny] gids 3003 at {config}:7:9"),
+        ),
+        // The gid is allowed, but the uid is denied: deny wins.
+        (
+            5005,
+            1500,
+            false,
+            format!("uid 5005 is denied by [deny] uids 5005 at {config}:6:9"),
+        ),
+        // Neither: the default of a policy with [allow] entries.
+        (
+            2002,
+            2002,
+            false,
+            "neither uid 2002 nor gid 2002 is in [allow]".to_owned(),
+        ),
+        (0, 0, false, "neither uid 0 nor gid 0".to_owned()),
+    ];
+    for (uid, gid, allowed, why) in cases {
+        let r = sb.probe(uid, gid).run(Action::http(imds_v4(), IMDS_PORT));
+        if allowed {
+            assert_eq!(
+                r.assert_ok().body,
+                sb.imds.credentials_body(),
+                "uid {uid} gid {gid}"
+            );
+        } else {
+            assert_eq!(r.errno, Some(EPERM), "uid {uid} gid {gid}: {r:?}");
+            let rec = record_for(&sb, "deny", &r);
+            assert!(
+                str_field(&rec, "reason").contains(&why),
+                "uid {uid} gid {gid}: expected reason containing {why:?}: {rec}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_deny_list_form_allows_everyone_else() {
+    if !privileged_or_skip("the_deny_list_form_allows_everyone_else") {
+        return;
+    }
+    let sb = Sandbox::start("[deny]\nuids = [2002]\ngids = [3003]\n");
+    sb.probe(2002, 2002)
+        .run(Action::connect(imds_v4(), IMDS_PORT))
+        .assert_errno(EPERM);
+    sb.probe(4004, 3003)
+        .run(Action::connect(imds_v6(), IMDS_PORT))
+        .assert_errno(EPERM);
+    for (uid, gid) in [(4004, 4004), (NOBODY, NOBODY), (0, 0)] {
+        let r = sb.probe(uid, gid).run(Action::http(imds_v4(), IMDS_PORT));
+        assert_eq!(r.assert_ok().body, sb.imds.credentials_body(), "uid {uid}");
+    }
+    let r = sb
+        .probe(2002, 2002)
+        .run(Action::udp_send(imds_v4(), UDP_PORT));
+    r.assert_errno(EPERM);
+    let rec = record_for(&sb, "deny", &r);
+    assert!(
+        str_field(&rec, "reason").contains("uid 2002 is denied by [deny] uids 2002"),
+        "{rec}"
+    );
+}
+
+#[test]
+fn names_are_resolved_when_the_agent_starts() {
+    if !privileged_or_skip("names_are_resolved_when_the_agent_starts") {
+        return;
+    }
+    let sb = Sandbox::start("[allow]\nusers = [\"root\"]\ngroups = [\"nogroup\"]\n");
+    sb.probe(0, 0)
+        .run(Action::http(imds_v4(), IMDS_PORT))
+        .assert_ok();
+    // nogroup is 65534 on Debian: nobody's primary group is allowed.
+    sb.probe(NOBODY, NOBODY)
+        .run(Action::http(imds_v4(), IMDS_PORT))
+        .assert_ok();
+    sb.probe(1001, 1001)
+        .run(Action::connect(imds_v4(), IMDS_PORT))
+        .assert_errno(EPERM);
+}
+
+#[test]
+fn audit_mode_lets_the_request_through_and_logs_a_would_deny() {
+    if !privileged_or_skip("audit_mode_lets_the_request_through_and_logs_a_would_deny") {
+        return;
+    }
+    let sb = Sandbox::start("mode = \"audit\"\n[allow]\nuids = [1001]\n");
+    for ip in [imds_v4(), imds_v6()] {
+        let r = sb.probe(NOBODY, NOBODY).run(Action::http(ip, IMDS_PORT));
+        assert_eq!(r.assert_ok().body, sb.imds.credentials_body(), "{ip}");
+        let rec = record_for(&sb, "audit", &r);
+        assert_eq!(u64_field(&rec, "uid"), u64::from(NOBODY));
+        assert_eq!(str_field(&rec, "dst"), ip.to_string());
+    }
+    let r = sb
+        .probe(NOBODY, NOBODY)
+        .run(Action::udp_send(imds_v4(), UDP_PORT));
+    r.assert_ok();
+    record_for(&sb, "audit", &r);
+    assert_eq!(count_events(&sb, "deny"), 0, "{}", sb.agent.output());
+}
+
+#[test]
+fn a_policy_that_does_not_validate_leaves_nothing_attached() {
+    if !privileged_or_skip("a_policy_that_does_not_validate_leaves_nothing_attached") {
+        return;
+    }
+    let netns = Netns::new();
+    let cgroup = TestCgroup::new();
+    let imds = FakeImds::start(&netns);
+    let dir = TempDir::new();
+    for (policy, position, what) in [
+        (
+            "[allow]\nuids = [\"x\"]\n",
+            ":2:9: ",
+            "expected an integer uid",
+        ),
+        (
+            "[allow]\nusers = [\"no-such-user-imds\"]\n",
+            ":2:10: ",
+            "does not exist",
+        ),
+        ("mode = \"enforce\"\n", ":1:1: ", "decides nothing"),
+    ] {
+        let config = write_policy(dir.path(), policy);
+        let agent = Agent::start(&config, &cgroup, &[]);
+        let status = agent
+            .wait_exit(common::READY)
+            .unwrap_or_else(|| panic!("the agent kept running with {policy:?}"));
+        assert_eq!(status.code(), Some(1), "{}", agent.output());
+        let expected = format!("{}{position}", config.display());
+        let out = agent.output();
+        assert!(
+            out.contains(&expected) && out.contains(what),
+            "expected {expected}...{what} in:\n{out}"
+        );
+        // Nothing is attached: the service is reachable by anyone.
+        let r = Probe::new(&netns, &cgroup).run(Action::http(imds_v4(), IMDS_PORT));
+        assert_eq!(r.assert_ok().body, imds.credentials_body());
+    }
+}
