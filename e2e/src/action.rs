@@ -158,6 +158,12 @@ pub struct ProbeResult {
     /// (`TCPI_OPT_SYN_DATA`), i.e. the request left before any `connect()`.
     #[serde(default)]
     pub syn_data: Option<bool>,
+    /// How many times the action was performed (`Probe::repeat`).
+    #[serde(default)]
+    pub attempts: u32,
+    /// How many of those attempts failed with `EPERM`.
+    #[serde(default)]
+    pub eperm: u32,
 }
 
 impl ProbeResult {

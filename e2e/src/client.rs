@@ -69,6 +69,25 @@ fn os_failure(what: impl Display, e: io::Error) -> Failure {
 }
 
 /// Performs `action` once and describes what happened, as this process.
+/// Performs `action` `times` times (at least once) from this one process:
+/// reports the last attempt, with how many attempts there were and how many
+/// failed with `EPERM`.
+pub fn perform_repeatedly(action: &Action, times: u32) -> ProbeResult {
+    let mut eperm = 0;
+    let mut last = perform(action);
+    for i in 1..=times {
+        if last.errno == Some(libc::EPERM) {
+            eperm += 1;
+        }
+        if i < times {
+            last = perform(action);
+        }
+    }
+    last.attempts = times.max(1);
+    last.eperm = eperm;
+    last
+}
+
 pub fn perform(action: &Action) -> ProbeResult {
     let outcome = match *action {
         Action::Http(addr) => http_flow(addr),
@@ -114,6 +133,8 @@ pub fn perform(action: &Action) -> ProbeResult {
             .unwrap_or_default()
             .to_owned(),
         syn_data,
+        attempts: 1,
+        eperm: u32::from(errno == Some(libc::EPERM)),
     }
 }
 

@@ -31,6 +31,7 @@ pub struct Probe {
     uid: u32,
     gid: u32,
     groups: Vec<u32>,
+    repeat: u32,
     bin: Option<PathBuf>,
 }
 
@@ -44,6 +45,7 @@ impl Probe {
             uid: NOBODY,
             gid: NOBODY,
             groups: Vec::new(),
+            repeat: 1,
             bin: None,
         }
     }
@@ -66,6 +68,22 @@ impl Probe {
     #[must_use]
     pub fn groups(mut self, groups: &[u32]) -> Self {
         self.groups = groups.to_vec();
+        self
+    }
+
+    /// Runs in this cgroup directory instead of the test cgroup (for
+    /// example a child of it the test made).
+    #[must_use]
+    pub fn cgroup_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cgroup = dir.into();
+        self
+    }
+
+    /// Performs the action this many times from one process (one pid), for
+    /// storms; the result is the last attempt's, with the counts.
+    #[must_use]
+    pub fn repeat(mut self, times: u32) -> Self {
+        self.repeat = times.max(1);
         self
     }
 
@@ -92,6 +110,9 @@ impl Probe {
         if !self.groups.is_empty() {
             let groups: Vec<String> = self.groups.iter().map(u32::to_string).collect();
             args.extend(["--groups".into(), groups.join(",").into()]);
+        }
+        if self.repeat > 1 {
+            args.extend(["--repeat".into(), self.repeat.to_string().into()]);
         }
         args.extend(action.to_args().into_iter().map(OsString::from));
         args

@@ -125,6 +125,13 @@ impl Guard {
     /// programs deny every protected destination, so a guard attached
     /// before `apply` fails closed.
     pub fn apply(&mut self, policy: &Policy) -> Result<(), GuardError> {
+        self.write_endpoints(policy)?;
+        self.write_rules(policy)?;
+        self.write_config(policy)
+    }
+
+    /// Step one of [`Guard::apply`]: the protected addresses.
+    pub fn write_endpoints(&mut self, policy: &Policy) -> Result<(), GuardError> {
         for (i, endpoint) in policy.spec.endpoints.iter().enumerate() {
             let value = common::Endpoint { index: i as u32 };
             match endpoint.addr {
@@ -142,6 +149,11 @@ impl Guard {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Step two of [`Guard::apply`]: the uid and gid rules.
+    pub fn write_rules(&mut self, policy: &Policy) -> Result<(), GuardError> {
         for (name, rules) in [
             (common::MAP_UID_RULES, &policy.uids),
             (common::MAP_GID_RULES, &policy.gids),
@@ -155,6 +167,12 @@ impl Guard {
                 map.insert(id, value, 0).map_err(map_err(name))?;
             }
         }
+        Ok(())
+    }
+
+    /// Step three of [`Guard::apply`]: mode and default, which make the
+    /// programs decide by the policy rather than fail closed.
+    pub fn write_config(&mut self, policy: &Policy) -> Result<(), GuardError> {
         let config = common::Config {
             mode: match policy.spec.mode {
                 Mode::Enforce => mode::ENFORCE,

@@ -25,7 +25,7 @@ use nix::{
 };
 
 const USAGE: &str = "usage: imds-probe --netns PATH --cgroup DIR --uid N --gid N \
-                     [--groups G1,G2] ACTION ADDR PORT\n\
+                     [--groups G1,G2] [--repeat N] ACTION ADDR PORT\n\
                      actions: http connect connect-mapped udp-send udp-send-mapped udp-connect tfo";
 
 #[derive(Debug)]
@@ -35,12 +35,15 @@ struct Options {
     uid: u32,
     gid: u32,
     groups: Vec<u32>,
+    /// How many times to perform the action (one process, one pid).
+    repeat: u32,
     action: Action,
 }
 
 impl Options {
     fn parse(args: &[String]) -> Result<Self, String> {
         let (mut netns, mut cgroup, mut uid, mut gid, mut groups) = (None, None, None, None, None);
+        let mut repeat = 1;
         let mut rest = args;
         while let [flag, value, tail @ ..] = rest {
             if !flag.starts_with("--") {
@@ -55,6 +58,7 @@ impl Options {
                 "--netns" => netns = Some(PathBuf::from(value)),
                 "--cgroup" => cgroup = Some(PathBuf::from(value)),
                 "--uid" => uid = Some(id()?),
+                "--repeat" => repeat = id()?.max(1),
                 "--gid" => gid = Some(id()?),
                 "--groups" => {
                     groups = Some(
@@ -77,6 +81,7 @@ impl Options {
             uid: uid.ok_or("--uid is required")?,
             gid: gid.ok_or("--gid is required")?,
             groups: groups.unwrap_or_default(),
+            repeat,
             action: Action::from_args(rest)?,
         })
     }
@@ -140,7 +145,7 @@ fn main() -> ExitCode {
         eprintln!("imds-probe: {e}");
         return ExitCode::from(3);
     }
-    let result = client::perform(&opts.action);
+    let result = client::perform_repeatedly(&opts.action, opts.repeat);
     match serde_json::to_string(&result) {
         Ok(line) => {
             println!("{line}");

@@ -1,0 +1,203 @@
+//! The programs driven in-process, to reach states the agent never leaves
+//! the kernel in and to count what the agent hides: attached but not yet
+//! configured (fail closed), another guard attached below ours (no
+//! override), and a full event ring buffer (every decision is still
+//! enforced and accounted for).
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+};
+
+use imds_guard::{
+    events::Decision,
+    guard::Guard,
+    policy::{Policy, PolicySpec, SystemResolver},
+};
+use imds_guard_common::reason;
+use imds_guard_e2e::{
+    Action, FakeImds, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, Netns, PLAIN_PORT, Probe, TestCgroup,
+    privileged_or_skip,
+};
+
+const EPERM: i32 = libc::EPERM;
+
+fn policy(toml: &str) -> Policy {
+    PolicySpec::parse(Path::new("kernel-test.toml"), toml)
+        .unwrap_or_else(|e| panic!("test policy: {e}"))
+        .resolve(&SystemResolver)
+        .unwrap_or_else(|e| panic!("test policy: {e}"))
+}
+
+/// A cgroup below the test's own, removed on drop (after its processes,
+/// which the probes leave when they exit).
+struct ChildCgroup(PathBuf);
+
+impl ChildCgroup {
+    fn new(parent: &TestCgroup, name: &str) -> Self {
+        let path = parent.path().join(name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self(path)
+    }
+}
+
+impl Drop for ChildCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!("could not remove {}", self.0.display());
+    }
+}
+
+#[test]
+fn attached_before_its_config_is_written_the_guard_denies_everyone() {
+    if !privileged_or_skip("attached_before_its_config_is_written_the_guard_denies_everyone") {
+        return;
+    }
+    let netns = Netns::new();
+    let cgroup = TestCgroup::new();
+    let imds = FakeImds::start(&netns);
+    let policy = policy("[allow]\nuids = [0]\n");
+
+    let mut guard = Guard::load(0).expect("load the programs");
+    let mut events = guard.take_events().expect("event ring buffer");
+    // Endpoints only: neither rules nor config yet.
+    guard.write_endpoints(&policy).expect("endpoints");
+    guard.attach(cgroup.path()).expect("attach");
+
+    let root = Probe::new(&netns, &cgroup).uid(0).gid(0);
+    let nobody = Probe::new(&netns, &cgroup);
+    for action in [
+        Action::connect(IMDS_V4, IMDS_PORT),
+        Action::connect(IMDS_V6, IMDS_PORT),
+        Action::connect_mapped(IMDS_V4, IMDS_PORT),
+        Action::udp_send(IMDS_V4, 5353),
+    ] {
+        root.run(action).assert_errno(EPERM);
+        nobody.run(action).assert_errno(EPERM);
+    }
+    // Not protected: untouched even now.
+    nobody
+        .run(Action::connect(Ipv4Addr::LOCALHOST, PLAIN_PORT))
+        .assert_ok();
+
+    let counters = guard.counters().expect("counters");
+    assert_eq!(counters.denied, 8, "{counters:?}");
+    assert_eq!(
+        counters.errors, 8,
+        "every one is an internal error: {counters:?}"
+    );
+    assert_eq!(counters.allowed, 0, "{counters:?}");
+    let mut seen = 0;
+    while let Some(item) = events.next() {
+        let d = Decision::decode(&item).expect("well-formed event");
+        assert_eq!(d.event, "deny", "{d:?}");
+        assert_eq!(d.reason, reason::INTERNAL_ERROR, "{d:?}");
+        seen += 1;
+    }
+    assert_eq!(seen, 8);
+
+    // Now the rest of the policy: root gets through, nobody does not.
+    guard.apply(&policy).expect("apply");
+    let r = root.run(Action::http(IMDS_V4, IMDS_PORT));
+    assert_eq!(r.assert_ok().body, imds.credentials_body());
+    nobody
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_errno(EPERM);
+    assert_eq!(guard.counters().expect("counters").errors, 8);
+}
+
+#[test]
+fn a_guard_attached_in_a_child_cgroup_does_not_replace_ours() {
+    if !privileged_or_skip("a_guard_attached_in_a_child_cgroup_does_not_replace_ours") {
+        return;
+    }
+    let netns = Netns::new();
+    let cgroup = TestCgroup::new();
+    let _imds = FakeImds::start(&netns);
+
+    let mut ours = Guard::load(0).expect("load");
+    ours.apply(&policy("[allow]\nuids = [1001]\n"))
+        .expect("apply");
+    ours.attach(cgroup.path()).expect("attach");
+
+    // Another instance, with a policy that allows nobody, attached below.
+    // Were ours attached with BPF_F_ALLOW_OVERRIDE, this would replace it
+    // for every process in the child.
+    let child = ChildCgroup::new(&cgroup, "child");
+    let mut theirs = Guard::load(0).expect("load");
+    theirs
+        .apply(&policy("[deny]\nuids = [4242]\n"))
+        .expect("apply");
+    theirs.attach(&child.0).expect("attach below");
+
+    let in_child = Probe::new(&netns, &cgroup).cgroup_dir(&child.0);
+    in_child
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_errno(EPERM);
+    in_child
+        .run(Action::connect(IMDS_V6, IMDS_PORT))
+        .assert_errno(EPERM);
+    in_child
+        .uid(1001)
+        .gid(1001)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_ok();
+    // Both programs ran for the child: ours denied, theirs allowed.
+    assert_eq!(ours.counters().expect("counters").denied, 2);
+    assert_eq!(theirs.counters().expect("counters").allowed, 3);
+    drop(theirs);
+    drop(ours);
+}
+
+#[test]
+fn with_the_ring_buffer_full_every_decision_is_still_enforced_and_counted() {
+    if !privileged_or_skip("with_the_ring_buffer_full_every_decision_is_still_enforced_and_counted")
+    {
+        return;
+    }
+    let netns = Netns::new();
+    let cgroup = TestCgroup::new();
+    let _imds = FakeImds::start(&netns);
+    let mut guard = Guard::load(0).expect("load");
+    let mut events = guard.take_events().expect("ring buffer");
+    guard
+        .apply(&policy("[allow]\nuids = [1001]\n"))
+        .expect("apply");
+    guard.attach(cgroup.path()).expect("attach");
+
+    // Nobody reads the ring buffer meanwhile: 1 MiB holds about 11,900
+    // events, so a storm of 15,000 overflows it.
+    const STORM: u32 = 15_000;
+    let r = Probe::new(&netns, &cgroup)
+        .repeat(STORM)
+        .run(Action::connect(IMDS_V4, IMDS_PORT));
+    assert_eq!(r.attempts, STORM);
+    assert_eq!(r.eperm, STORM, "every attempt is denied: {r:?}");
+
+    let c = guard.counters().expect("counters");
+    assert_eq!(c.denied, u64::from(STORM), "{c:?}");
+    assert!(
+        c.events_lost > 0,
+        "the storm should overflow the ring: {c:?}"
+    );
+    let mut received = 0u64;
+    while let Some(item) = events.next() {
+        let d = Decision::decode(&item).expect("well-formed event");
+        assert_eq!((d.event, d.uid, d.pid), ("deny", NOBODY, r.pid));
+        assert_eq!(d.dst, IpAddr::from(IMDS_V4));
+        received += 1;
+    }
+    assert_eq!(
+        received + c.events_lost,
+        c.denied,
+        "received {received} + lost {} must equal denied {}",
+        c.events_lost,
+        c.denied
+    );
+}
