@@ -45,7 +45,9 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("imds-guard has no parent directory")?
         .join(EBPF_CRATE);
-    let root_dir = root_dir.to_str().context("non UTF-8 path to the eBPF crate")?;
+    let root_dir = root_dir
+        .to_str()
+        .context("non UTF-8 path to the eBPF crate")?;
     println!("cargo:rerun-if-changed=../imds-guard-common/src");
 
     let route = choose_route()?;

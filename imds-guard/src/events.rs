@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -256,8 +256,24 @@ fn emit(d: &Decision, user: Option<&str>, why: &str) {
         Some(u) => format!("uid {} ({u})", d.uid),
         None => format!("uid {}", d.uid),
     };
+    // `[v6]:port` for IPv6, as a socket address is written.
+    let to = SocketAddr::new(d.dst, d.port);
+    let what = if d.hook.starts_with("sendmsg") {
+        "datagram"
+    } else {
+        "connection"
+    };
+    let verdict = match d.event {
+        "deny" => "denied",
+        "audit" => "would deny (audit mode)",
+        _ => "allowed",
+    };
+    let message = format!(
+        "{verdict} {what} to {to} by pid {} ({}) {who} gid {}: {why}",
+        d.pid, d.comm, d.gid
+    );
     macro_rules! record {
-        ($level:ident, $what:literal) => {
+        ($level:ident) => {
             tracing::$level!(
                 event = d.event,
                 uid = d.uid,
@@ -271,20 +287,147 @@ fn emit(d: &Decision, user: Option<&str>, why: &str) {
                 hook = d.hook,
                 cgroup_id = d.cgroup_id,
                 reason = why,
-                concat!($what, " {}:{} by pid {} ({}) {} gid {}: {}"),
-                d.dst,
-                d.port,
-                d.pid,
-                d.comm,
-                who,
-                d.gid,
-                why
+                "{message}"
             )
         };
     }
     match d.event {
-        "deny" => record!(warn, "denied connection to"),
-        "audit" => record!(warn, "would deny (audit mode) connection to"),
-        _ => record!(debug, "allowed connection to"),
+        "deny" | "audit" => record!(warn),
+        _ => record!(debug),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use imds_guard_common::COMM_LEN;
+
+    use super::*;
+    use crate::policy::{FakeResolver, PolicySpec};
+
+    fn event(verdict: u8, reason: u8, rule: u32, family: u8, addr: [u8; 16]) -> Event {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        Event {
+            ts_ns: 1,
+            cgroup_id: 77,
+            pid: 4243,
+            tgid: 4242,
+            uid: 1000,
+            gid: 1001,
+            rule,
+            port: 80,
+            hook: hook::CONNECT6,
+            verdict,
+            reason,
+            family,
+            _pad0: [0; 2],
+            addr,
+            comm,
+            _pad1: [0; 4],
+        }
+    }
+
+    fn bytes(ev: &Event) -> Vec<u8> {
+        // SAFETY: `Event` is plain old data without implicit padding.
+        unsafe { std::slice::from_raw_parts((ev as *const Event).cast::<u8>(), size_of::<Event>()) }
+            .to_vec()
+    }
+
+    fn policy() -> Policy {
+        PolicySpec::parse(
+            Path::new("/etc/imds-guard/policy.toml"),
+            "[allow]\nuids = [0]\n[deny]\nusers = [\"apache\"]\n",
+        )
+        .expect("valid")
+        .resolve(&FakeResolver::new(&[("apache", 48)], &[]))
+        .expect("resolves")
+    }
+
+    #[test]
+    fn decodes_every_field_and_the_mapped_address() {
+        let mapped: std::net::Ipv6Addr = "::ffff:169.254.169.254".parse().expect("addr");
+        let ev = event(
+            verdict::DENIED,
+            reason::DEFAULT,
+            0,
+            family::INET6,
+            mapped.octets(),
+        );
+        let d = Decision::decode(&bytes(&ev)).expect("long enough");
+        assert_eq!(d.event, "deny");
+        assert_eq!((d.uid, d.gid, d.pid, d.tid), (1000, 1001, 4242, 4243));
+        assert_eq!(d.comm, "curl");
+        assert_eq!(d.dst, IpAddr::V6(mapped));
+        assert_eq!((d.port, d.hook, d.cgroup_id), (80, "connect6", 77));
+        assert!(
+            Decision::decode(&bytes(&ev)[..79]).is_none(),
+            "short events are refused"
+        );
+    }
+
+    #[test]
+    fn decodes_ipv4_and_audit() {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[169, 254, 169, 254]);
+        let d = Decision::from_event(&event(
+            verdict::AUDITED,
+            reason::DEFAULT,
+            0,
+            family::INET,
+            addr,
+        ));
+        assert_eq!(d.event, "audit");
+        assert_eq!(d.dst, IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)));
+    }
+
+    #[test]
+    fn explains_by_citing_the_entry_and_its_position() {
+        let p = policy();
+        let d = Decision::from_event(&event(
+            verdict::DENIED,
+            reason::UID_DENIED,
+            2,
+            family::INET,
+            [0; 16],
+        ));
+        assert_eq!(
+            d.explain(&p),
+            "uid 1000 is denied by [deny] users \"apache\" at /etc/imds-guard/policy.toml:4:10"
+        );
+        let d = Decision::from_event(&event(
+            verdict::ALLOWED,
+            reason::UID_ALLOWED,
+            1,
+            family::INET,
+            [0; 16],
+        ));
+        assert_eq!(
+            d.explain(&p),
+            "uid 1000 is allowed by [allow] uids 0 at /etc/imds-guard/policy.toml:2:9"
+        );
+        let d = Decision::from_event(&event(
+            verdict::DENIED,
+            reason::DEFAULT,
+            0,
+            family::INET,
+            [0; 16],
+        ));
+        assert_eq!(
+            d.explain(&p),
+            "neither uid 1000 nor gid 1001 is in [allow], and the policy denies everyone else"
+        );
+        let d = Decision::from_event(&event(
+            verdict::DENIED,
+            reason::INTERNAL_ERROR,
+            0,
+            family::INET,
+            [0; 16],
+        ));
+        assert_eq!(
+            d.explain(&p),
+            "the guard could not read its configuration, and fails closed"
+        );
     }
 }

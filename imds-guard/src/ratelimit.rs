@@ -119,10 +119,19 @@ mod tests {
         assert_eq!(admitted, 3);
         assert_eq!(rl.expire(t0 + Duration::from_secs(1)), (vec![], 0));
         let (summaries, overflow) = rl.expire(t0 + W);
-        assert_eq!(summaries, vec![Suppressed { sample: "sample", count: 7 }]);
+        assert_eq!(
+            summaries,
+            vec![Suppressed {
+                sample: "sample",
+                count: 7
+            }]
+        );
         assert_eq!(overflow, 0);
         assert_eq!(rl.tracked(), 0);
-        assert!(rl.admit("k", t0 + W, || "sample"), "a new window logs again");
+        assert!(
+            rl.admit("k", t0 + W, || "sample"),
+            "a new window logs again"
+        );
     }
 
     #[test]
@@ -141,7 +150,13 @@ mod tests {
         assert!(rl.admit("k", t0, || "s"));
         assert!(!rl.admit("k", t0 + W + W, || "s"));
         let (summaries, _) = rl.expire(t0 + W + W);
-        assert_eq!(summaries, vec![Suppressed { sample: "s", count: 1 }]);
+        assert_eq!(
+            summaries,
+            vec![Suppressed {
+                sample: "s",
+                count: 1
+            }]
+        );
     }
 
     #[test]

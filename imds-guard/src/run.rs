@@ -121,7 +121,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // Whatever is still in the ring buffer was decided before we stop.
     drain(events.get_mut(), &mut log, &policy, &resolver);
     let counters = guard.counters().ok().unwrap_or_default();
-    log.tick(Instant::now() + Duration::from_secs(3600), Some(counters.events_lost));
+    log.tick(
+        Instant::now() + Duration::from_secs(3600),
+        Some(counters.events_lost),
+    );
     tracing::info!(
         allowed = counters.allowed,
         denied = counters.denied,

@@ -50,13 +50,28 @@ pub fn setup() -> Result<Route> {
     }
     apt_install(&packages)?;
 
-    if Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         eprintln!("xtask: bpf-linker: installed");
     } else if route == Route::Debian {
         eprintln!("xtask: bpf-linker: building against LLVM 22 (about 2 minutes)");
-        let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{LLVM_PREFIX}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(cmd("cargo")
-            .args(["install", "bpf-linker", "--version", "0.13.0", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "0.13.0",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("PATH", path)
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX))?;
     } else {
@@ -68,7 +83,10 @@ pub fn setup() -> Result<Route> {
             .args(["toolchain", "list"])
             .output()
             .context("rustup is needed to build: install it from your distribution")?;
-        if String::from_utf8_lossy(&list.stdout).lines().any(|l| l.starts_with("bpf-debian")) {
+        if String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .any(|l| l.starts_with("bpf-debian"))
+        {
             eprintln!("xtask: toolchain bpf-debian: linked");
         } else {
             run(cmd("rustup").args(["toolchain", "link", "bpf-debian", "/usr"]))?;

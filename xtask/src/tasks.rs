@@ -48,5 +48,12 @@ pub fn test(extra: &[String]) -> Result<()> {
 pub fn demo() -> Result<()> {
     setup()?;
     run(cargo().args(["build", "--bins"]))?;
-    run(cargo().args(["run", "--quiet", "-p", "imds-guard-e2e", "--bin", "imds-guard-demo"]))
+    run(cargo().args([
+        "run",
+        "--quiet",
+        "-p",
+        "imds-guard-e2e",
+        "--bin",
+        "imds-guard-demo",
+    ]))
 }

@@ -29,6 +29,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+#[cfg(test)]
+pub(crate) use self::resolve::fake::FakeResolver;
 pub use self::{
     error::{Diagnostic, PolicyError},
     resolve::{Resolver, SystemResolver},

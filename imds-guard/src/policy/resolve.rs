@@ -200,7 +200,7 @@ pub(super) fn resolve(spec: &PolicySpec, resolver: &dyn Resolver) -> Result<Poli
 }
 
 #[cfg(test)]
-pub(super) mod fake {
+pub(crate) mod fake {
     //! A user database for tests, so they do not depend on the host's.
 
     use std::collections::HashMap;
@@ -209,14 +209,14 @@ pub(super) mod fake {
 
     /// Users and groups by name; a name in `failing` makes the lookup fail.
     #[derive(Debug, Default)]
-    pub(in crate::policy) struct FakeResolver {
-        pub(in crate::policy) users: HashMap<String, u32>,
-        pub(in crate::policy) groups: HashMap<String, u32>,
-        pub(in crate::policy) failing: Vec<String>,
+    pub(crate) struct FakeResolver {
+        pub(crate) users: HashMap<String, u32>,
+        pub(crate) groups: HashMap<String, u32>,
+        pub(crate) failing: Vec<String>,
     }
 
     impl FakeResolver {
-        pub(in crate::policy) fn new(users: &[(&str, u32)], groups: &[(&str, u32)]) -> Self {
+        pub(crate) fn new(users: &[(&str, u32)], groups: &[(&str, u32)]) -> Self {
             Self {
                 users: users.iter().map(|&(n, id)| (n.to_owned(), id)).collect(),
                 groups: groups.iter().map(|&(n, id)| (n.to_owned(), id)).collect(),
