@@ -201,3 +201,36 @@ fn with_the_ring_buffer_full_every_decision_is_still_enforced_and_counted() {
         c.denied
     );
 }
+
+#[test]
+fn the_mode_switches_at_run_time_without_reloading_the_programs() {
+    if !privileged_or_skip("the_mode_switches_at_run_time_without_reloading_the_programs") {
+        return;
+    }
+    let netns = Netns::new();
+    let cgroup = TestCgroup::new();
+    let imds = FakeImds::start(&netns);
+    let enforce = policy("mode = \"enforce\"\n[allow]\nuids = [1001]\n");
+    let audit = policy("mode = \"audit\"\n[allow]\nuids = [1001]\n");
+    let mut guard = Guard::load(0).expect("load");
+    guard.apply(&enforce).expect("apply");
+    guard.attach(cgroup.path()).expect("attach");
+    let nobody = Probe::new(&netns, &cgroup);
+
+    nobody
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_errno(EPERM);
+    // The same programs, still attached: only the config changes.
+    guard.write_config(&audit).expect("audit");
+    let r = nobody.run(Action::http(IMDS_V4, IMDS_PORT));
+    assert_eq!(r.assert_ok().body, imds.credentials_body());
+    guard.write_config(&enforce).expect("enforce");
+    nobody
+        .run(Action::connect(IMDS_V6, IMDS_PORT))
+        .assert_errno(EPERM);
+
+    // The IMDSv2 flow is four requests (token, listing, role, credentials),
+    // one connection each: four audited.
+    let c = guard.counters().expect("counters");
+    assert_eq!((c.denied, c.audited, c.allowed), (2, 4, 0), "{c:?}");
+}
