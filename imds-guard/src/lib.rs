@@ -8,4 +8,5 @@ pub mod guard;
 pub mod logging;
 pub mod policy;
 pub mod ratelimit;
+pub mod render;
 pub mod run;

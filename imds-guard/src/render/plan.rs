@@ -1,0 +1,168 @@
+//! The policy in the order the eBPF guard evaluates it, as every target
+//! needs it: the entries as owner matches sorted for a first-match
+//! firewall, the default, and the protected addresses by family.
+//!
+//! The guard decides a connection to a protected address in this order
+//! (`Policy::decide`): uid denied, gid denied, uid allowed, gid allowed,
+//! default. Within each step the entries keep their file order. Because
+//! every rule of one step has the same verdict, any order inside a step
+//! gives the same result; keeping file order only makes the output easy to
+//! compare with the policy.
+
+use std::{fmt, net::IpAddr};
+
+use crate::policy::{Action, Identity, Location, PolicySpec};
+
+/// A user or group as the policy writes it: a name, or a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Id<'a> {
+    Name(&'a str),
+    Number(u32),
+}
+
+impl<'a> Id<'a> {
+    /// The name, if it is one (numbers need no quoting).
+    pub(super) fn name(self) -> Option<&'a str> {
+        match self {
+            Self::Name(name) => Some(name),
+            Self::Number(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Id<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(name) => f.write_str(name),
+            Self::Number(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// Whose socket a rule matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Owner<'a> {
+    User(Id<'a>),
+    Group(Id<'a>),
+}
+
+/// One entry of the policy as a firewall rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Rule<'a> {
+    pub(super) action: Action,
+    pub(super) owner: Owner<'a>,
+    /// Where the entry is written, for warnings.
+    pub(super) at: Location,
+}
+
+/// An address family: which of the policy's endpoints a target filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub(super) fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+}
+
+/// What every target renders from.
+#[derive(Clone, Debug)]
+pub(super) struct Plan<'a> {
+    pub(super) spec: &'a PolicySpec,
+    /// First-match order: denied users, denied groups, allowed users,
+    /// allowed groups.
+    pub(super) rules: Vec<Rule<'a>>,
+    /// What happens to an identity no rule names.
+    pub(super) default: Action,
+}
+
+impl<'a> Plan<'a> {
+    pub(super) fn new(spec: &'a PolicySpec) -> Self {
+        let mut rules: Vec<Rule<'a>> = spec
+            .entries
+            .iter()
+            .map(|entry| Rule {
+                action: entry.action,
+                owner: match &entry.identity {
+                    Identity::User(name) => Owner::User(Id::Name(name)),
+                    Identity::Uid(uid) => Owner::User(Id::Number(*uid)),
+                    Identity::Group(name) => Owner::Group(Id::Name(name)),
+                    Identity::Gid(gid) => Owner::Group(Id::Number(*gid)),
+                },
+                at: entry.at,
+            })
+            .collect();
+        // A stable sort keeps file order inside each step.
+        rules.sort_by_key(|rule| match (rule.action, rule.owner) {
+            (Action::Deny, Owner::User(_)) => 0,
+            (Action::Deny, Owner::Group(_)) => 1,
+            (Action::Allow, Owner::User(_)) => 2,
+            (Action::Allow, Owner::Group(_)) => 3,
+        });
+        Self {
+            spec,
+            rules,
+            default: spec.default_action(),
+        }
+    }
+
+    /// The protected addresses of `family`, in file order.
+    pub(super) fn addresses(&self, family: Family) -> Vec<IpAddr> {
+        self.spec
+            .endpoints
+            .iter()
+            .map(|e| e.addr)
+            .filter(|addr| Family::of(*addr) == family)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::policy::{Entry, Mode};
+
+    fn entry(action: Action, identity: Identity, line: u32) -> Entry {
+        Entry {
+            action,
+            identity,
+            at: Location { line, col: 1 },
+        }
+    }
+
+    #[test]
+    fn rules_follow_the_guards_order_and_keep_file_order_within_a_step() {
+        let spec = PolicySpec {
+            path: PathBuf::from("policy.toml"),
+            mode: Mode::Enforce,
+            endpoints: Vec::new(),
+            entries: vec![
+                entry(Action::Allow, Identity::User("alice".into()), 1),
+                entry(Action::Allow, Identity::Gid(10), 2),
+                entry(Action::Allow, Identity::Uid(1000), 3),
+                entry(Action::Deny, Identity::Group("staff".into()), 4),
+                entry(Action::Deny, Identity::User("apache".into()), 5),
+            ],
+        };
+        let plan = Plan::new(&spec);
+        let lines: Vec<u32> = plan.rules.iter().map(|r| r.at.line).collect();
+        assert_eq!(
+            lines,
+            [5, 4, 1, 3, 2],
+            "expected denied users, denied groups, allowed users, allowed groups"
+        );
+        assert_eq!(
+            plan.default,
+            Action::Deny,
+            "an [allow] entry makes the default deny"
+        );
+    }
+}
