@@ -20,7 +20,7 @@ use nix::{
 };
 use serde_json::Value;
 
-use crate::{TestCgroup, bins::imds_guard_bin, util::lock};
+use crate::{TestBpffs, TestCgroup, bins::imds_guard_bin, util::lock};
 
 /// How long [`Agent::terminate`] waits after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
@@ -55,18 +55,38 @@ pub struct Agent {
     child: Mutex<Child>,
     pid: u32,
     log: Arc<Log>,
+    /// The private bpffs the agent pins in, when the test gave none. Dropped
+    /// after the agent is stopped, which detaches whatever it pinned.
+    _own_pins: Option<TestBpffs>,
 }
 
 impl Agent {
     /// Starts `imds-guard run --config CONFIG --cgroup CGROUP --log-format
-    /// json EXTRA_ARGS...` ([`imds_guard_bin`] finds the binary).
+    /// json --pin-dir DIR EXTRA_ARGS...` ([`imds_guard_bin`] finds the
+    /// binary), pinning in a private bpffs of its own.
     pub fn start(config: &Path, cgroup: &TestCgroup, extra_args: &[&str]) -> Self {
         Self::start_bin(&imds_guard_bin(), config, cgroup, extra_args)
+    }
+
+    /// [`Agent::start`] pinning in `pin_dir` (inside a [`TestBpffs`] the test
+    /// holds), for tests that stop and start agents on the same pins.
+    pub fn start_pinned(
+        config: &Path,
+        cgroup: &TestCgroup,
+        pin_dir: &Path,
+        extra_args: &[&str],
+    ) -> Self {
+        let mut args = vec!["--pin-dir", pin_dir.to_str().unwrap_or_else(|| panic!("non UTF-8 pin dir"))];
+        args.extend_from_slice(extra_args);
+        Self::start_bin(&imds_guard_bin(), config, cgroup, &args)
     }
 
     /// [`Agent::start`] with an explicit binary (a stand-in, or a build the
     /// harness would not find).
     pub fn start_bin(bin: &Path, config: &Path, cgroup: &TestCgroup, extra_args: &[&str]) -> Self {
+        // Never let an agent under test pin in the host's /sys/fs/bpf.
+        let own_pins = (!extra_args.contains(&"--pin-dir")).then(TestBpffs::new);
+        let own_pin_dir = own_pins.as_ref().map(TestBpffs::pin_dir);
         let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--config")
@@ -74,6 +94,11 @@ impl Agent {
             .arg("--cgroup")
             .arg(cgroup.path())
             .args(["--log-format", "json"])
+            .args(
+                own_pin_dir
+                    .iter()
+                    .flat_map(|d| [std::ffi::OsStr::new("--pin-dir"), d.as_os_str()]),
+            )
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -98,6 +123,7 @@ impl Agent {
             child: Mutex::new(child),
             pid,
             log,
+            _own_pins: own_pins,
         }
     }
 

@@ -29,6 +29,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 mod action;
 mod agent;
 mod bins;
+mod bpffs;
 mod cgroup;
 pub mod client;
 mod fake_imds;
@@ -42,6 +43,7 @@ pub use self::{
     action::{Action, ProbeResult},
     agent::{Agent, field},
     bins::{imds_guard_bin, probe_bin},
+    bpffs::TestBpffs,
     cgroup::{TestCgroup, cgroup2_root},
     fake_imds::{FakeImds, IMDS_PORT, PLAIN_PORT, ROLE, UDP_PORT, tcp_addrs, udp_addrs},
     files::{TempDir, write_policy},

@@ -314,11 +314,21 @@ while :; do sleep 0.05; done
     let ready = agent.wait_ready(Duration::from_secs(10));
     let argv = field(&ready, "argv").and_then(Value::as_str).unwrap_or("");
     let expected = format!(
-        "run --config {} --cgroup {} --log-format json --extra",
+        "run --config {} --cgroup {} --log-format json --pin-dir ",
         policy.display(),
         cgroup.path().display()
     );
-    assert_eq!(argv, expected);
+    // The agent never pins in the host's /sys/fs/bpf: the runner gives it
+    // a private bpffs of its own.
+    let pin_dir = argv
+        .strip_prefix(&expected)
+        .and_then(|rest| rest.strip_suffix(" --extra"))
+        .unwrap_or_else(|| panic!("unexpected argv {argv:?}"));
+    assert!(
+        pin_dir.starts_with(std::env::temp_dir().to_str().unwrap_or("/tmp"))
+            && pin_dir.ends_with("/imds-guard"),
+        "{pin_dir}"
+    );
     let plain = Value::String("stand-in starting".into());
     assert!(
         agent

@@ -12,7 +12,7 @@ use std::{
 
 use imds_guard::{
     events::Decision,
-    guard::Guard,
+    guard::{Guard, Stamp},
     policy::{Policy, PolicySpec, SystemResolver},
 };
 use imds_guard_common::reason;
@@ -67,8 +67,8 @@ fn attached_before_its_config_is_written_the_guard_denies_everyone() {
     let mut guard = Guard::load(0).expect("load the programs");
     let mut events = guard.take_events().expect("event ring buffer");
     // Endpoints only: neither rules nor config yet.
-    guard.write_endpoints(&policy).expect("endpoints");
-    guard.attach(cgroup.path()).expect("attach");
+    guard.write_endpoints(0, &policy).expect("endpoints");
+    guard.attach(cgroup.path(), None).expect("attach");
 
     let root = Probe::new(&netns, &cgroup).uid(0).gid(0);
     let nobody = Probe::new(&netns, &cgroup);
@@ -103,7 +103,7 @@ fn attached_before_its_config_is_written_the_guard_denies_everyone() {
     assert_eq!(seen, 8);
 
     // Now the rest of the policy: root gets through, nobody does not.
-    guard.apply(&policy).expect("apply");
+    guard.apply(&policy, &Stamp::default()).expect("apply");
     let r = root.run(Action::http(IMDS_V4, IMDS_PORT));
     assert_eq!(r.assert_ok().body, imds.credentials_body());
     nobody
@@ -122,9 +122,9 @@ fn a_guard_attached_in_a_child_cgroup_does_not_replace_ours() {
     let _imds = FakeImds::start(&netns);
 
     let mut ours = Guard::load(0).expect("load");
-    ours.apply(&policy("[allow]\nuids = [1001]\n"))
+    ours.apply(&policy("[allow]\nuids = [1001]\n"), &Stamp::default())
         .expect("apply");
-    ours.attach(cgroup.path()).expect("attach");
+    ours.attach(cgroup.path(), None).expect("attach");
 
     // Another instance, with a policy that allows nobody, attached below.
     // Were ours attached with BPF_F_ALLOW_OVERRIDE, this would replace it
@@ -132,9 +132,9 @@ fn a_guard_attached_in_a_child_cgroup_does_not_replace_ours() {
     let child = ChildCgroup::new(&cgroup, "child");
     let mut theirs = Guard::load(0).expect("load");
     theirs
-        .apply(&policy("[deny]\nuids = [4242]\n"))
+        .apply(&policy("[deny]\nuids = [4242]\n"), &Stamp::default())
         .expect("apply");
-    theirs.attach(&child.0).expect("attach below");
+    theirs.attach(&child.0, None).expect("attach below");
 
     let in_child = Probe::new(&netns, &cgroup).cgroup_dir(&child.0);
     in_child
@@ -167,9 +167,9 @@ fn with_the_ring_buffer_full_every_decision_is_still_enforced_and_counted() {
     let mut guard = Guard::load(0).expect("load");
     let mut events = guard.take_events().expect("ring buffer");
     guard
-        .apply(&policy("[allow]\nuids = [1001]\n"))
+        .apply(&policy("[allow]\nuids = [1001]\n"), &Stamp::default())
         .expect("apply");
-    guard.attach(cgroup.path()).expect("attach");
+    guard.attach(cgroup.path(), None).expect("attach");
 
     // Nobody reads the ring buffer meanwhile: 1 MiB holds about 11,900
     // events, so a storm of 15,000 overflows it.
@@ -213,18 +213,19 @@ fn the_mode_switches_at_run_time_without_reloading_the_programs() {
     let enforce = policy("mode = \"enforce\"\n[allow]\nuids = [1001]\n");
     let audit = policy("mode = \"audit\"\n[allow]\nuids = [1001]\n");
     let mut guard = Guard::load(0).expect("load");
-    guard.apply(&enforce).expect("apply");
-    guard.attach(cgroup.path()).expect("attach");
+    guard.apply(&enforce, &Stamp::default()).expect("apply");
+    guard.attach(cgroup.path(), None).expect("attach");
     let nobody = Probe::new(&netns, &cgroup);
 
     nobody
         .run(Action::connect(IMDS_V4, IMDS_PORT))
         .assert_errno(EPERM);
-    // The same programs, still attached: only the config changes.
-    guard.write_config(&audit).expect("audit");
+    // The same programs, still attached: a reload (the other generation)
+    // switches the mode.
+    assert_eq!(guard.apply(&audit, &Stamp::default()).expect("audit"), 1);
     let r = nobody.run(Action::http(IMDS_V4, IMDS_PORT));
     assert_eq!(r.assert_ok().body, imds.credentials_body());
-    guard.write_config(&enforce).expect("enforce");
+    assert_eq!(guard.apply(&enforce, &Stamp::default()).expect("enforce"), 0);
     nobody
         .run(Action::connect(IMDS_V6, IMDS_PORT))
         .assert_errno(EPERM);

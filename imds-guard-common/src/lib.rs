@@ -8,25 +8,32 @@
 
 use core::mem::size_of;
 
-/// Name of the hash map of protected IPv4 addresses (key: address as the
-/// kernel stores it in `user_ip4`, network byte order; value: [`Endpoint`]).
+/// Name of the one-entry array holding the active policy generation (0 or
+/// 1). A reload writes the other generation completely, then flips this.
+pub const MAP_ACTIVE: &str = "ACTIVE";
+/// Name of the hash map of protected IPv4 addresses (key: [`V4Key`];
+/// value: [`Endpoint`]).
 pub const MAP_PROTECTED_V4: &str = "PROTECTED_V4";
-/// Name of the hash map of protected IPv6 addresses (key: [`Ipv6Key`]).
+/// Name of the hash map of protected IPv6 addresses (key: [`V6Key`]).
 pub const MAP_PROTECTED_V6: &str = "PROTECTED_V6";
-/// Name of the hash map of per-uid rules (key: uid; value: [`IdRule`]).
+/// Name of the hash map of per-uid rules (key: [`IdKey`]; value: [`IdRule`]).
 pub const MAP_UID_RULES: &str = "UID_RULES";
-/// Name of the hash map of per-gid rules (key: gid; value: [`IdRule`]).
+/// Name of the hash map of per-gid rules (key: [`IdKey`]; value: [`IdRule`]).
 pub const MAP_GID_RULES: &str = "GID_RULES";
-/// Name of the one-entry array holding the [`Config`].
+/// Name of the two-entry array holding each generation's [`Config`].
 pub const MAP_CONFIG: &str = "CONFIG";
+
+/// Number of policy generations: the one in force and the one a reload
+/// writes.
+pub const GENERATIONS: u32 = 2;
 /// Name of the ring buffer of [`Event`]s.
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the per-CPU array of counters, indexed by [`counter_index`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
-/// Capacity of the protected-address maps.
+/// Protected addresses per policy (the maps hold two generations).
 pub const MAX_ENDPOINTS: u32 = 64;
-/// Capacity of each identity map.
+/// Rules per identity map per policy (the maps hold two generations).
 pub const MAX_ID_RULES: u32 = 1 << 17;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTE_SIZE: u32 = 1 << 20;
@@ -40,6 +47,34 @@ pub const PROGRAM_SENDMSG6: &str = "sendmsg6";
 /// An IPv6 address as four 32-bit words in the order and byte order of
 /// `bpf_sock_addr.user_ip6`.
 pub type Ipv6Key = [u32; 4];
+
+/// Key of [`MAP_PROTECTED_V4`]: the generation and the address as the
+/// kernel stores it in `user_ip4` (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V4Key {
+    pub generation: u32,
+    pub addr: u32,
+}
+const _: () = assert!(size_of::<V4Key>() == 8);
+
+/// Key of [`MAP_PROTECTED_V6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V6Key {
+    pub generation: u32,
+    pub addr: Ipv6Key,
+}
+const _: () = assert!(size_of::<V6Key>() == 20);
+
+/// Key of [`MAP_UID_RULES`] and [`MAP_GID_RULES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IdKey {
+    pub generation: u32,
+    pub id: u32,
+}
+const _: () = assert!(size_of::<IdKey>() == 8);
 
 /// The value stored for a protected address. Reserved for per-endpoint
 /// rules; today only its presence matters.
@@ -81,7 +116,10 @@ pub struct IdRule {
 }
 const _: () = assert!(size_of::<IdRule>() == 8);
 
-/// Run-time switches, in the single entry of [`MAP_CONFIG`].
+/// One generation's run-time switches, in [`MAP_CONFIG`]. The programs
+/// read `mode` and `default_action`; the rest records what is in force, so
+/// that `imds-guard status` reads it from the kernel rather than trusting a
+/// file.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -89,8 +127,17 @@ pub struct Config {
     pub mode: u32,
     /// The [`action`] for identities no rule names.
     pub default_action: u32,
+    /// SHA-256 of the resolved policy.
+    pub digest: [u8; 32],
+    /// When this generation was written (Unix seconds).
+    pub applied_unix: u64,
+    /// When the programs were first attached (Unix seconds).
+    pub attached_unix: u64,
+    /// The agent that wrote it.
+    pub agent_pid: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Config>() == 8);
+const _: () = assert!(size_of::<Config>() == 64);
 
 /// The hook a decision was taken on.
 pub mod hook {
@@ -185,7 +232,9 @@ pub struct Event {
     pub reason: u8,
     /// One of [`family`]: 4 puts the address in `addr[..4]`.
     pub family: u8,
-    pub _pad0: [u8; 2],
+    /// The policy generation that decided.
+    pub generation: u8,
+    pub _pad0: u8,
     /// Destination address in network byte order.
     pub addr: [u8; 16],
     /// The calling task's `comm`, NUL padded.
@@ -202,6 +251,12 @@ mod pod {
     unsafe impl aya::Pod for super::IdRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::V4Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::V6Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IdKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
 }

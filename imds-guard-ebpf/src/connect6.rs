@@ -5,7 +5,7 @@ use imds_guard_common::hook;
 
 use crate::{
     decide::{Verdict, decide},
-    dst::{Dst, protected_v6, user_ip6, user_port},
+    dst::{Dst, active_generation, protected_v6, user_ip6, user_port},
 };
 
 #[cgroup_sock_addr(connect6)]
@@ -17,9 +17,10 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 /// or protocol, which do not say what the caller can reach.
 #[inline(always)]
 fn try_connect6(ctx: &SockAddrContext) -> Verdict {
+    let generation = active_generation();
     let ip6 = user_ip6(ctx);
-    if !protected_v6(&ip6) {
+    if !protected_v6(generation, &ip6) {
         return Verdict::Allow;
     }
-    decide(ctx, hook::CONNECT6, &Dst::v6(&ip6, user_port(ctx)))
+    decide(ctx, hook::CONNECT6, generation, &Dst::v6(&ip6, user_port(ctx)))
 }

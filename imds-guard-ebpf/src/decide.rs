@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use imds_guard_common::{
-    COMM_LEN, Event, IdRule, action, counter, counter_index, mode, reason, verdict,
+    COMM_LEN, Event, IdKey, IdRule, action, counter, counter_index, mode, reason, verdict,
 };
 
 use crate::{
@@ -45,15 +45,15 @@ struct Outcome {
 
 /// Decides a connection (or datagram) to the protected destination `dst`.
 #[inline(always)]
-pub fn decide(ctx: &SockAddrContext, hook: u8, dst: &Dst) -> Verdict {
+pub fn decide(ctx: &SockAddrContext, hook: u8, generation: u32, dst: &Dst) -> Verdict {
     let uid_gid = bpf_get_current_uid_gid();
     // The real ids, mapped into the initial user namespace.
     let uid = uid_gid as u32;
     let gid = (uid_gid >> 32) as u32;
 
-    let (outcome, audit) = match CONFIG.get(0) {
+    let (outcome, audit) = match CONFIG.get(generation) {
         Some(cfg) if cfg.mode == mode::ENFORCE || cfg.mode == mode::AUDIT => (
-            evaluate(uid, gid, cfg.default_action),
+            evaluate(generation, uid, gid, cfg.default_action),
             cfg.mode == mode::AUDIT,
         ),
         // Unconfigured (the agent has not written the config yet) or a
@@ -82,7 +82,7 @@ pub fn decide(ctx: &SockAddrContext, hook: u8, dst: &Dst) -> Verdict {
     if outcome.reason == reason::INTERNAL_ERROR {
         bump(hook, counter::ERRORS);
     }
-    emit(hook, v, &outcome, uid, gid, dst);
+    emit(hook, v, &outcome, uid, gid, generation, dst);
 
     if v == verdict::DENIED {
         Verdict::Reject
@@ -95,9 +95,9 @@ pub fn decide(ctx: &SockAddrContext, hook: u8, dst: &Dst) -> Verdict {
 /// other than ALLOW denies: a value the agent never writes must not open
 /// the door. `imds_guard::policy::Policy::decide` mirrors this order.
 #[inline(always)]
-fn evaluate(uid: u32, gid: u32, default_action: u32) -> Outcome {
-    let by_uid = rule(&UID_RULES, uid);
-    let by_gid = rule(&GID_RULES, gid);
+fn evaluate(generation: u32, uid: u32, gid: u32, default_action: u32) -> Outcome {
+    let by_uid = rule(&UID_RULES, IdKey { generation, id: uid });
+    let by_gid = rule(&GID_RULES, IdKey { generation, id: gid });
     if by_uid.action != NO_RULE && by_uid.action != action::ALLOW {
         return Outcome {
             action: action::DENY,
@@ -145,8 +145,8 @@ const NO_RULE: u32 = 0;
 /// "either lookup found something" by OR-ing the two pointers, which the
 /// verifier rejects (`R7 pointer |= pointer prohibited`).
 #[inline(always)]
-fn rule(map: &HashMap<u32, IdRule>, id: u32) -> IdRule {
-    match map.get_ptr(id) {
+fn rule(map: &HashMap<IdKey, IdRule>, key: IdKey) -> IdRule {
+    match map.get_ptr(key) {
         // SAFETY: a non-null pointer from a hash map lookup points at a
         // value of the map's type, valid for the duration of the program.
         Some(p) => unsafe { *p },
@@ -167,7 +167,7 @@ fn bump(hook: u8, kind: u32) {
 }
 
 #[inline(always)]
-fn emit(hook: u8, v: u8, outcome: &Outcome, uid: u32, gid: u32, dst: &Dst) {
+fn emit(hook: u8, v: u8, outcome: &Outcome, uid: u32, gid: u32, generation: u32, dst: &Dst) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         bump(hook, counter::EVENTS_LOST);
         return;
@@ -189,7 +189,8 @@ fn emit(hook: u8, v: u8, outcome: &Outcome, uid: u32, gid: u32, dst: &Dst) {
         verdict: v,
         reason: outcome.reason,
         family: dst.family,
-        _pad0: [0; 2],
+        generation: generation as u8,
+        _pad0: 0,
         addr: dst.addr,
         comm,
         _pad1: [0; 4],

@@ -2,9 +2,9 @@
 //! lookups that every connect on the host goes through.
 
 use aya_ebpf::programs::SockAddrContext;
-use imds_guard_common::family;
+use imds_guard_common::{V4Key, V6Key, family};
 
-use crate::maps::{PROTECTED_V4, PROTECTED_V6};
+use crate::maps::{ACTIVE, PROTECTED_V4, PROTECTED_V6};
 
 /// `::ffff:0:0/96` as the third word of `user_ip6` (network byte order).
 const MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
@@ -53,10 +53,24 @@ pub fn user_port(ctx: &SockAddrContext) -> u16 {
     u16::from_be(raw as u16)
 }
 
+/// The policy generation in force. Read once per decision and passed to
+/// every lookup, so a decision never mixes two policies during a reload.
+/// `& 1` keeps any value a valid generation; the single-entry array always
+/// has index 0, so the fallback is only there for the verifier.
+#[inline(always)]
+pub fn active_generation() -> u32 {
+    ACTIVE.get(0).map_or(0, |g| *g & 1)
+}
+
 /// Is this IPv4 destination protected? The hot path of every connect.
 #[inline(always)]
-pub fn protected_v4(ip4: u32) -> bool {
-    PROTECTED_V4.get_ptr(ip4).is_some()
+pub fn protected_v4(generation: u32, ip4: u32) -> bool {
+    PROTECTED_V4
+        .get_ptr(V4Key {
+            generation,
+            addr: ip4,
+        })
+        .is_some()
 }
 
 /// Is this IPv6 destination protected? An IPv4-mapped address
@@ -64,11 +78,16 @@ pub fn protected_v4(ip4: u32) -> bool {
 /// connecting to it runs connect6, not connect4, and reaches the IPv4
 /// service, a known bypass of connect4-only guards.
 #[inline(always)]
-pub fn protected_v6(ip6: &[u32; 4]) -> bool {
+pub fn protected_v6(generation: u32, ip6: &[u32; 4]) -> bool {
     if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == MAPPED_PREFIX_WORD {
-        return protected_v4(ip6[3]);
+        return protected_v4(generation, ip6[3]);
     }
-    PROTECTED_V6.get_ptr(ip6).is_some()
+    PROTECTED_V6
+        .get_ptr(V6Key {
+            generation,
+            addr: *ip6,
+        })
+        .is_some()
 }
 
 impl Dst {

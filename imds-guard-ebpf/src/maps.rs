@@ -6,35 +6,50 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use imds_guard_common::{
-    COUNTERS_LEN, Config, EVENTS_BYTE_SIZE, Endpoint, IdRule, Ipv6Key, MAX_ENDPOINTS, MAX_ID_RULES,
+    COUNTERS_LEN, Config, EVENTS_BYTE_SIZE, Endpoint, GENERATIONS, IdKey, IdRule, MAX_ENDPOINTS,
+    MAX_ID_RULES, V4Key, V6Key,
 };
 
-/// Protected IPv4 destinations, keyed by the address exactly as the kernel
-/// stores it in `user_ip4` (network byte order). Consulted first on every
+/// `BPF_F_NO_PREALLOC`: allocate entries on insert. Memory then follows the
+/// policy's size rather than the maps' capacity, and a deleted entry is
+/// freed after an RCU grace period instead of being reused at once.
+const NO_PREALLOC: u32 = 1;
+
+/// The generation (0 or 1) of every other map that is in force. Read once
+/// per decision, so a decision never mixes two policies.
+#[map]
+pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Protected IPv4 destinations, keyed by generation and the address as the
+/// kernel stores it in `user_ip4` (network byte order). Consulted on every
 /// connect on the host, so it is a hash map: one lookup whatever its size.
 #[map]
-pub static PROTECTED_V4: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+pub static PROTECTED_V4: HashMap<V4Key, Endpoint> =
+    HashMap::with_max_entries(MAX_ENDPOINTS * GENERATIONS, 0);
 
-/// Protected IPv6 destinations, keyed by the four words of `user_ip6`.
-/// IPv4-mapped forms are not stored here: `connect6`/`sendmsg6` map them
-/// back to IPv4 and consult [`PROTECTED_V4`].
+/// Protected IPv6 destinations, keyed by generation and the four words of
+/// `user_ip6`. IPv4-mapped forms are not stored here: `connect6`/`sendmsg6`
+/// map them back to IPv4 and consult [`PROTECTED_V4`].
 #[map]
-pub static PROTECTED_V6: HashMap<Ipv6Key, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+pub static PROTECTED_V6: HashMap<V6Key, Endpoint> =
+    HashMap::with_max_entries(MAX_ENDPOINTS * GENERATIONS, 0);
 
-/// Rules by real uid. A uid has at most one rule (the agent refuses
-/// contradictions), so the value carries its action.
+/// Rules by generation and real uid. A uid has at most one rule per policy
+/// (the agent refuses contradictions), so the value carries its action.
 #[map]
-pub static UID_RULES: HashMap<u32, IdRule> = HashMap::with_max_entries(MAX_ID_RULES, 0);
+pub static UID_RULES: HashMap<IdKey, IdRule> =
+    HashMap::with_max_entries(MAX_ID_RULES * GENERATIONS, NO_PREALLOC);
 
-/// Rules by real primary gid.
+/// Rules by generation and real primary gid.
 #[map]
-pub static GID_RULES: HashMap<u32, IdRule> = HashMap::with_max_entries(MAX_ID_RULES, 0);
+pub static GID_RULES: HashMap<IdKey, IdRule> =
+    HashMap::with_max_entries(MAX_ID_RULES * GENERATIONS, NO_PREALLOC);
 
-/// The single [`Config`]: mode and default action. Zeroed (unconfigured)
-/// until the agent writes it, and the programs deny protected destinations
-/// while it is.
+/// Each generation's [`Config`]: mode and default action. Zeroed
+/// (unconfigured) until the agent writes it, and the programs deny
+/// protected destinations while it is.
 #[map]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<Config> = Array::with_max_entries(GENERATIONS, 0);
 
 /// One [`imds_guard_common::Event`] per decision on a protected destination.
 #[map]

@@ -6,7 +6,7 @@ use imds_guard_common::hook;
 
 use crate::{
     decide::{Verdict, decide},
-    dst::{Dst, protected_v4, user_ip4, user_port},
+    dst::{Dst, active_generation, protected_v4, user_ip4, user_port},
 };
 
 #[cgroup_sock_addr(sendmsg4)]
@@ -18,9 +18,10 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 /// or protocol, which do not say what the caller can reach.
 #[inline(always)]
 fn try_sendmsg4(ctx: &SockAddrContext) -> Verdict {
+    let generation = active_generation();
     let ip4 = user_ip4(ctx);
-    if !protected_v4(ip4) {
+    if !protected_v4(generation, ip4) {
         return Verdict::Allow;
     }
-    decide(ctx, hook::SENDMSG4, &Dst::v4(ip4, user_port(ctx)))
+    decide(ctx, hook::SENDMSG4, generation, &Dst::v4(ip4, user_port(ctx)))
 }

@@ -40,6 +40,44 @@ pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
         .ok_or(CgroupError::NotMounted)
 }
 
+/// The id of an open cgroup v2 directory: its inode number, which is what
+/// `bpf_get_current_cgroup_id()` and link info report.
+pub fn id(file: &File) -> Result<u64, CgroupError> {
+    use std::os::unix::fs::MetadataExt as _;
+    file.metadata()
+        .map(|m| m.ino())
+        .map_err(|source| CgroupError::Open {
+            path: PathBuf::from("(open cgroup)"),
+            source,
+        })
+}
+
+/// Finds the directory of cgroup `id` below `root` (breadth first, at most
+/// `limit` directories looked at), for reports.
+pub fn find_by_id(root: &Path, id: u64, limit: usize) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            return Some(dir);
+        }
+        seen += 1;
+        if seen >= limit {
+            return None;
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            queue.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
+}
+
 /// Opens `path` and checks that it is a directory of a cgroup v2 hierarchy.
 pub fn open(path: &Path) -> Result<File, CgroupError> {
     let file = File::open(path).map_err(|source| CgroupError::Open {

@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::logging::LogFormat;
+use crate::{
+    logging::LogFormat,
+    render::{Format, Target},
+};
 
 /// The policy file read when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/imds-guard/policy.toml";
@@ -27,6 +30,20 @@ pub enum Command {
     /// Check a policy without touching the kernel: exit 0 when valid, 1 with
     /// `FILE:LINE:COL: what is wrong` when not.
     Validate(ValidateArgs),
+    /// Print the policy as firewall rules (iptables, ip6tables, nftables,
+    /// PF, IPFW), for hosts that cannot run the eBPF guard. Names are
+    /// written as the policy spells them, not resolved.
+    Render(RenderArgs),
+    /// Detach the guard and remove everything it pinned; stops a running
+    /// agent too. The only way to turn the guard off on purpose.
+    Detach(DetachArgs),
+    /// Whether the guard is enforcing, where, since when, with which policy,
+    /// and its counters, read from the kernel. Exit 0 only when enforcing
+    /// (or auditing as configured).
+    Status(StatusArgs),
+    /// The verdict a policy gives a process, and the rule that decides it,
+    /// without the kernel. Exit 0 when allowed, 4 when denied.
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -41,6 +58,57 @@ pub struct RunArgs {
     /// How to write log records on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The bpf filesystem directory where the guard pins its links and
+    /// maps, so that it outlives the agent.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+/// Where the guard pins its links and maps by default.
+pub const DEFAULT_PIN_DIR: &str = crate::pins::DEFAULT_DIR;
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// The pin directory of the guard to remove.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The pin directory of the guard to report on.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("who").required(true).args(["user", "uid"])))]
+pub struct CheckArgs {
+    /// The policy file.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// The process's user (its uid, and its primary gid unless --gid).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// The process's real uid.
+    #[arg(long, value_name = "N")]
+    pub uid: Option<u32>,
+    /// The process's real primary gid (default: the user's primary group).
+    #[arg(long, value_name = "N")]
+    pub gid: Option<u32>,
+    /// Supplementary group ids. Shown for completeness: the guard decides
+    /// by the real primary gid only.
+    #[arg(long, value_name = "G,...", value_delimiter = ',')]
+    pub groups: Vec<u32>,
+    /// The destination address.
+    #[arg(long, value_name = "ADDR")]
+    pub dst: std::net::IpAddr,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -52,4 +120,50 @@ pub struct ValidateArgs {
     /// them, such as a config-management CI runner).
     #[arg(long)]
     pub offline: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("target")
+        .required(true)
+        .args(["iptables", "ip6tables", "nftables", "pf", "ipfw"]),
+))]
+pub struct RenderArgs {
+    /// The policy file.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// iptables rules (IPv4 endpoints).
+    #[arg(long)]
+    pub iptables: bool,
+    /// ip6tables rules (IPv6 endpoints).
+    #[arg(long)]
+    pub ip6tables: bool,
+    /// nftables rules (both families, one `table inet`).
+    #[arg(long)]
+    pub nftables: bool,
+    /// PF rules (pf.conf; the last matching rule wins).
+    #[arg(long)]
+    pub pf: bool,
+    /// IPFW rules (the first matching rule wins).
+    #[arg(long)]
+    pub ipfw: bool,
+    /// `commands`: shell commands like the AWS documentation; `file`: what
+    /// the firewall's loader reads.
+    #[arg(long, value_name = "FORMAT", default_value = "commands")]
+    pub format: Format,
+    /// Exit non-zero when the rules cannot say everything the policy says.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+impl RenderArgs {
+    pub fn target(&self) -> Target {
+        match (self.iptables, self.ip6tables, self.nftables, self.pf) {
+            (true, ..) => Target::Iptables,
+            (_, true, ..) => Target::Ip6tables,
+            (_, _, true, _) => Target::Nftables,
+            (_, _, _, true) => Target::Pf,
+            _ => Target::Ipfw,
+        }
+    }
 }

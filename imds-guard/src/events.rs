@@ -34,6 +34,8 @@ pub struct Decision {
     pub reason: u8,
     /// Policy entry index plus one; 0 for none.
     pub rule: u32,
+    /// The policy generation that decided (see `guard.rs`).
+    pub generation: u8,
 }
 
 impl Decision {
@@ -83,6 +85,7 @@ impl Decision {
             cgroup_id: ev.cgroup_id,
             reason: ev.reason,
             rule: ev.rule,
+            generation: ev.generation,
         }
     }
 
@@ -322,7 +325,8 @@ mod tests {
             verdict,
             reason,
             family,
-            _pad0: [0; 2],
+            generation: 0,
+            _pad0: 0,
             addr,
             comm,
             _pad1: [0; 4],
@@ -347,7 +351,7 @@ mod tests {
 
     #[test]
     fn decodes_every_field_and_the_mapped_address() {
-        let mapped: std::net::Ipv6Addr = "::ffff:169.254.169.254".parse().expect("addr");
+        let mapped: Ipv6Addr = "::ffff:169.254.169.254".parse().expect("addr");
         let ev = event(
             verdict::DENIED,
             reason::DEFAULT,

@@ -1,12 +1,18 @@
-//! `imds-guard run`: load the policy, attach, log decisions until told to
-//! stop.
+//! `imds-guard run`: load the policy, attach (or adopt the pinned guard),
+//! log decisions, reload on SIGHUP, until told to stop.
 //!
 //! A policy that does not validate never reaches the kernel: it is parsed,
-//! checked and resolved before anything is loaded. The maps are filled
-//! before the programs are attached, so the first connect the guard sees is
-//! already decided by the policy.
+//! checked and resolved before anything is loaded, and a reload with a bad
+//! file keeps the policy in force. The maps are filled before the programs
+//! are attached or swapped in, so the first connect the new programs see is
+//! already decided by the policy. Exiting leaves the pinned guard in place.
 
-use std::{future::pending, path::PathBuf, time::Instant};
+use std::{
+    future::pending,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -19,9 +25,10 @@ use crate::{
     cgroup::{self, CgroupError},
     cli::RunArgs,
     events::{Decision, EventLog},
-    guard::{Guard, GuardError},
+    guard::{Guard, GuardError, Stamp},
     logging,
-    policy::{Mode, PolicyError, PolicySpec, SystemResolver},
+    pins::Pins,
+    policy::{Mode, Policy, PolicyError, PolicySpec, SystemResolver, hex},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,20 +49,58 @@ pub enum RunError {
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
+/// The policy of each generation, for explaining the decisions made under
+/// it (events still in flight after a reload carry the old generation).
+struct Policies([Option<Arc<Policy>>; 2]);
+
+impl Policies {
+    fn get(&self, generation: u8) -> Option<&Policy> {
+        self.0[usize::from(generation & 1)].as_deref()
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Audit => "audit",
+    }
+}
+
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let io = |what| move |source| RunError::Io { what, source };
+    // Before anything else: from the moment we say we are ready, a signal
+    // must reach these handlers, not the default action.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io("cannot handle SIGTERM"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io("cannot handle SIGINT"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io("cannot handle SIGHUP"))?;
     let resolver = SystemResolver;
     let policy = PolicySpec::load(&args.config)?.resolve(&resolver)?;
-    let cgroup: PathBuf = match args.cgroup {
-        Some(dir) => dir,
+    let cgroup: PathBuf = match &args.cgroup {
+        Some(dir) => dir.clone(),
         None => cgroup::cgroup2_root()?,
     };
+    let pins = Pins::new(&args.pin_dir);
+    pins.prepare()?;
 
     let level = logging::ebpf_log_level();
     let mut guard = Guard::load(level)?;
     let logger = if level > 0 { guard.take_logger() } else { None };
     let events = guard.take_events()?;
-    guard.apply(&policy)?;
-    guard.attach(&cgroup)?;
+    let attached_unix = now_unix();
+    let mut stamp = Stamp {
+        digest: policy.digest(),
+        applied_unix: attached_unix,
+        attached_unix,
+        agent_pid: std::process::id(),
+    };
+    let generation = guard.apply(&policy, &stamp)?;
+    let report = guard.attach(&cgroup, Some(&pins))?;
 
     let endpoints: Vec<String> = policy
         .spec
@@ -63,32 +108,36 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .iter()
         .map(|e| e.addr.to_string())
         .collect();
-    let mode = match policy.spec.mode {
-        Mode::Enforce => "enforce",
-        Mode::Audit => "audit",
+    let mode = mode_name(policy.spec.mode);
+    let how = if report.adopted > 0 {
+        "took over the pinned guard on"
+    } else {
+        "attached to"
     };
     tracing::info!(
         ready = true,
         mode,
         cgroup = %cgroup.display(),
         config = %args.config.display(),
+        pin_dir = %pins.dir().display(),
+        adopted = report.adopted,
         endpoints = %endpoints.join(","),
         uid_rules = policy.uids.len(),
         gid_rules = policy.gids.len(),
-        "guard attached to {} in {mode} mode, protecting {}",
+        digest = %hex(&stamp.digest),
+        "guard {how} {} in {mode} mode, protecting {}",
         cgroup.display(),
         endpoints.join(", ")
     );
 
-    let io = |what| move |source| RunError::Io { what, source };
+    let mut policies = Policies([None, None]);
+    policies.0[generation as usize] = Some(Arc::new(policy));
+
     let mut events = pollable(events).map_err(io("cannot poll the event ring buffer"))?;
     let mut logger = logger
         .map(pollable)
         .transpose()
         .map_err(io("cannot poll the eBPF log ring buffer"))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(io("cannot handle SIGTERM"))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(io("cannot handle SIGINT"))?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(io("cannot handle SIGHUP"))?;
     let mut tick = interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut log = EventLog::default();
@@ -97,13 +146,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => tracing::warn!(
-                "SIGHUP: this version does not reload its policy; the policy in force is \
-                 unchanged (restart the agent to change it)"
-            ),
+            _ = sighup.recv() => {
+                // Decisions made under the policy in force are explained
+                // with it: drain them before it can change.
+                drain(events.get_mut(), &mut log, &policies, &resolver);
+                reload(&mut guard, &args.config, &mut policies, &mut stamp);
+            }
             ready = events.readable_mut() => {
                 let mut ready = ready.map_err(io("cannot poll the event ring buffer"))?;
-                drain(ready.get_inner_mut(), &mut log, &policy, &resolver);
+                drain(ready.get_inner_mut(), &mut log, &policies, &resolver);
                 ready.clear_ready();
             }
             ready = logger_readable(&mut logger) => {
@@ -119,35 +170,100 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     };
 
     // Whatever is still in the ring buffer was decided before we stop.
-    drain(events.get_mut(), &mut log, &policy, &resolver);
+    drain(events.get_mut(), &mut log, &policies, &resolver);
     let counters = guard.counters().ok().unwrap_or_default();
     log.tick(
         Instant::now() + Duration::from_secs(3600),
         Some(counters.events_lost),
     );
+    let outcome = if pins.any_link() {
+        format!(
+            "the guard stays attached to {} (pinned in {}); `imds-guard detach` removes it",
+            cgroup.display(),
+            pins.dir().display()
+        )
+    } else {
+        "the guard was detached".to_owned()
+    };
     tracing::info!(
         allowed = counters.allowed,
         denied = counters.denied,
         audited = counters.audited,
         events_lost = counters.events_lost,
         errors = counters.errors,
-        "{signal_name}: detaching the guard from {} and exiting",
-        cgroup.display()
+        pin_dir = %pins.dir().display(),
+        "{signal_name}: exiting; {outcome}"
     );
-    drop(guard);
     Ok(())
+}
+
+/// Re-reads the policy file and puts it in force, or keeps the policy in
+/// force and says why not.
+fn reload(guard: &mut Guard, config: &Path, policies: &mut Policies, stamp: &mut Stamp) {
+    let started = Instant::now();
+    let policy = match PolicySpec::load(config).and_then(|s| s.resolve(&SystemResolver)) {
+        Ok(policy) => policy,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                tracing::warn!(event = "reload", outcome = "invalid", "{line}");
+            }
+            tracing::warn!(
+                event = "reload",
+                outcome = "invalid",
+                "reload refused: {} does not validate; the policy in force is unchanged",
+                config.display()
+            );
+            return;
+        }
+    };
+    let new_stamp = Stamp {
+        digest: policy.digest(),
+        applied_unix: now_unix(),
+        ..*stamp
+    };
+    match guard.apply(&policy, &new_stamp) {
+        Ok(generation) => {
+            *stamp = new_stamp;
+            let mode = mode_name(policy.spec.mode);
+            tracing::info!(
+                event = "reload",
+                outcome = "applied",
+                mode,
+                generation,
+                digest = %hex(&stamp.digest),
+                micros = started.elapsed().as_micros() as u64,
+                "reloaded {}: {mode} mode, {} uid and {} gid rules",
+                config.display(),
+                policy.uids.len(),
+                policy.gids.len()
+            );
+            policies.0[generation as usize] = Some(Arc::new(policy));
+        }
+        Err(e) => tracing::error!(
+            event = "reload",
+            outcome = "failed",
+            "reload failed, the policy in force is unchanged: {:#}",
+            anyhow::Error::from(e)
+        ),
+    }
 }
 
 fn drain(
     ring: &mut RingBuf<MapData>,
     log: &mut EventLog,
-    policy: &crate::policy::Policy,
+    policies: &Policies,
     resolver: &SystemResolver,
 ) {
     let now = Instant::now();
     while let Some(item) = ring.next() {
         match Decision::decode(&item) {
-            Some(d) => log.record(&d, policy, resolver, now),
+            Some(d) => match policies.get(d.generation) {
+                Some(policy) => log.record(&d, policy, resolver, now),
+                None => tracing::error!(
+                    generation = d.generation,
+                    "event from a generation with no policy"
+                ),
+            },
             None => tracing::error!(len = item.len(), "malformed event from the programs"),
         }
     }

@@ -2,6 +2,8 @@
 //! `validate` exit codes and messages, and `run` refusing a bad policy
 //! before it touches the kernel.
 
+#![expect(clippy::expect_used, reason = "test helpers panic with a message, like the tests")]
+
 use std::{
     fs,
     path::PathBuf,
@@ -126,4 +128,60 @@ fn bad_command_lines_exit_2() {
         Some(2)
     );
     assert_eq!(imds_guard(&["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn check_gives_the_verdict_and_the_rule_without_the_kernel() {
+    let path = policy_file(
+        "check.toml",
+        "[allow]\nusers = [\"root\"]\ngids = [1500]\n[deny]\nuids = [4242]\n",
+    );
+    let p = path.to_str().expect("utf-8");
+    let run = |args: &[&str]| {
+        let mut all = vec!["check", "--config", p];
+        all.extend_from_slice(args);
+        imds_guard(&all)
+    };
+    let stdout = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+
+    let root = run(&["--user", "root", "--dst", "169.254.169.254"]);
+    assert_eq!(root.status.code(), Some(0), "{}", stderr(&root));
+    assert!(
+        stdout(&root).starts_with("allowed: uid 0 gid 0 to 169.254.169.254: uid 0 is allowed by [allow] users \"root\""),
+        "{}",
+        stdout(&root)
+    );
+
+    let other = run(&["--uid", "1000", "--gid", "1000", "--dst", "fd00:ec2::254"]);
+    assert_eq!(other.status.code(), Some(4));
+    assert!(stdout(&other).contains("denied: uid 1000 gid 1000"), "{}", stdout(&other));
+    assert!(stdout(&other).contains("neither uid 1000 nor gid 1000 is in [allow]"), "{}", stdout(&other));
+
+    // Deny wins over an allowed gid, and the rule is cited with its place.
+    let denied = run(&["--uid", "4242", "--gid", "1500", "--dst", "::ffff:169.254.169.254", "--json"]);
+    assert_eq!(denied.status.code(), Some(4));
+    let json: serde_json::Value = serde_json::from_slice(&denied.stdout).expect("json");
+    assert_eq!(json["verdict"], "deny");
+    assert_eq!(json["protected"], true, "the mapped form is protected");
+    assert_eq!(
+        json["reason"],
+        format!("uid 4242 is denied by [deny] uids 4242 at {}:5:9", path.display())
+    );
+
+    // A destination that is not protected is allowed for everyone.
+    let elsewhere = run(&["--uid", "4242", "--gid", "4242", "--dst", "192.0.2.1"]);
+    assert_eq!(elsewhere.status.code(), Some(0));
+    assert!(stdout(&elsewhere).contains("192.0.2.1 is not a protected address"));
+
+    // Without a passwd entry the primary gid must be given.
+    let unknown = run(&["--uid", "54321", "--dst", "169.254.169.254"]);
+    assert_eq!(unknown.status.code(), Some(3));
+    assert!(stderr(&unknown).contains("--gid"), "{}", stderr(&unknown));
+}
+
+#[test]
+fn status_without_a_guard_says_so_and_exits_5() {
+    let out = imds_guard(&["status", "--pin-dir", "/nonexistent/imds-guard"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not attached"));
 }

@@ -17,6 +17,7 @@
 //! a resolved policy, so tests can state the semantics without a kernel.
 
 mod address;
+mod digest;
 mod error;
 mod raw;
 mod resolve;
@@ -32,6 +33,7 @@ use std::{
 #[cfg(test)]
 pub(crate) use self::resolve::fake::FakeResolver;
 pub use self::{
+    digest::hex,
     error::{Diagnostic, PolicyError},
     resolve::{Resolver, SystemResolver},
 };

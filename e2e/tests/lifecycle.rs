@@ -1,0 +1,419 @@
+//! The guard's life beyond one agent: it stays when the agent dies, a new
+//! agent takes it over without a gap, reloads never show a mixed policy,
+//! `status` tells the truth from the kernel, and `detach` removes it all.
+
+#![expect(clippy::expect_used, reason = "test helpers panic with a message, like the tests")]
+
+use std::{
+    os::fd::AsFd as _,
+    path::PathBuf,
+    process::{Command, Output},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    thread,
+    time::Duration,
+};
+
+use imds_guard::{guard::ATTACH_TYPES, sys};
+use imds_guard_e2e::{
+    Action, Agent, FakeImds, IMDS_PORT, IMDS_V4, IMDS_V6, Netns, Probe, TempDir, TestBpffs,
+    TestCgroup, UDP_PORT, field, imds_guard_bin, privileged_or_skip, write_policy,
+};
+use serde_json::Value;
+
+const EPERM: i32 = libc::EPERM;
+const READY: Duration = Duration::from_secs(30);
+
+/// X = uid 1001 and Y = uid 2002 get the same verdicts under both policies
+/// (X allowed, Y denied), by a rule under one and by the default under the
+/// other. Any mix of one policy's rules with the other's default, or a
+/// moment with no rules, gives X a deny or Y an allow: a wrong verdict.
+const P1: &str = "[allow]\nuids = [1001]\n";
+const P2: &str = "[deny]\nuids = [2002]\n";
+const X: u32 = 1001;
+const Y: u32 = 2002;
+/// Z = uid 3003 tells the two policies apart: denied by P1, allowed by P2.
+const Z: u32 = 3003;
+
+/// Field order is drop order: agents stop before the pins, the cgroup and
+/// the namespace go.
+struct World {
+    imds: FakeImds,
+    bpffs: TestBpffs,
+    cgroup: TestCgroup,
+    netns: Netns,
+    dir: TempDir,
+}
+
+impl World {
+    fn new() -> Self {
+        let netns = Netns::new();
+        let imds = FakeImds::start(&netns);
+        Self {
+            imds,
+            bpffs: TestBpffs::new(),
+            cgroup: TestCgroup::new(),
+            netns,
+            dir: TempDir::new(),
+        }
+    }
+
+    fn policy(&self, toml: &str) -> PathBuf {
+        write_policy(self.dir.path(), toml)
+    }
+
+    fn start(&self) -> Agent {
+        let agent = Agent::start_pinned(
+            &self.dir.path().join("policy.toml"),
+            &self.cgroup,
+            &self.bpffs.pin_dir(),
+            &[],
+        );
+        agent.wait_ready(READY);
+        agent
+    }
+
+    fn probe(&self, uid: u32) -> Probe {
+        Probe::new(&self.netns, &self.cgroup).uid(uid).gid(uid)
+    }
+
+    /// Programs attached to the test cgroup itself, per hook.
+    fn attachments(&self) -> Vec<usize> {
+        let dir = std::fs::File::open(self.cgroup.path()).expect("open the cgroup");
+        ATTACH_TYPES
+            .iter()
+            .map(|&t| sys::prog_query(dir.as_fd(), t).expect("query").len())
+            .collect()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        let pin_dir = self.bpffs.pin_dir();
+        Command::new(imds_guard_bin())
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .output()
+            .expect("run imds-guard")
+    }
+
+    fn status(&self) -> (Option<i32>, Value) {
+        let out = self.cli(&["status", "--json"]);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status printed no JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code(), json)
+    }
+
+    fn expect_p1(&self) {
+        self.probe(X)
+            .run(Action::connect(IMDS_V4, IMDS_PORT))
+            .assert_ok();
+        for ip in [std::net::IpAddr::from(IMDS_V4), IMDS_V6.into()] {
+            self.probe(Y)
+                .run(Action::connect(ip, IMDS_PORT))
+                .assert_errno(EPERM);
+        }
+        self.probe(Z)
+            .run(Action::connect(IMDS_V4, IMDS_PORT))
+            .assert_errno(EPERM);
+    }
+}
+
+fn sighup(agent: &Agent) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP the agent");
+}
+
+fn kill9(agent: &Agent) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL the agent");
+    agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("the agent dies");
+}
+
+fn reloads(agent: &Agent, outcome: &str) -> usize {
+    agent
+        .records()
+        .iter()
+        .filter(|r| {
+            field(r, "event").and_then(Value::as_str) == Some("reload")
+                && field(r, "outcome").and_then(Value::as_str) == Some(outcome)
+        })
+        .count()
+}
+
+/// UDP datagrams to the protected address from `uid`, in rounds, until
+/// `stop`: (attempts, refused with EPERM).
+fn hammer(world: &World, uid: u32, stop: &AtomicBool) -> (u64, u64) {
+    let attempts = AtomicU64::new(0);
+    let eperm = AtomicU64::new(0);
+    let probe = world.probe(uid).repeat(2_000);
+    loop {
+        let r = probe.run(Action::udp_send(IMDS_V4, UDP_PORT));
+        attempts.fetch_add(u64::from(r.attempts), Ordering::Relaxed);
+        eperm.fetch_add(u64::from(r.eperm), Ordering::Relaxed);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    (attempts.into_inner(), eperm.into_inner())
+}
+
+#[test]
+fn killed_with_sigkill_the_agent_leaves_the_guard_enforcing() {
+    if !privileged_or_skip("killed_with_sigkill_the_agent_leaves_the_guard_enforcing") {
+        return;
+    }
+    let w = World::new();
+    w.policy(P1);
+    let agent = w.start();
+    w.expect_p1();
+    kill9(&agent);
+    w.expect_p1();
+    let r = w.probe(X).run(Action::http(IMDS_V4, IMDS_PORT));
+    assert_eq!(r.assert_ok().body, w.imds.credentials_body());
+    assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
+    let (code, status) = w.status();
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["enforcing"], true, "{status}");
+    assert_eq!(status["agent_alive"], false, "{status}");
+    assert_eq!(status["policy"]["agent_pid"], agent.pid(), "{status}");
+    assert!(
+        status["counters"]["denied"].as_u64().unwrap_or(0) >= 4,
+        "{status}"
+    );
+}
+
+#[test]
+fn a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment() {
+    if !privileged_or_skip("a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment") {
+        return;
+    }
+    let w = World::new();
+    w.policy(P1);
+    let first = w.start();
+    let (_, before) = w.status();
+    let stop = AtomicBool::new(false);
+    let ((x_attempts, x_eperm), (y_attempts, y_eperm), second) = thread::scope(|s| {
+        let x = s.spawn(|| hammer(&w, X, &stop));
+        let y = s.spawn(|| hammer(&w, Y, &stop));
+        thread::sleep(Duration::from_millis(200));
+        kill9(&first);
+        thread::sleep(Duration::from_millis(100));
+        let second = w.start();
+        thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        (
+            x.join().expect("x hammer"),
+            y.join().expect("y hammer"),
+            second,
+        )
+    });
+    assert_eq!(x_eperm, 0, "allowed uid refused {x_eperm} of {x_attempts} times");
+    assert_eq!(
+        y_eperm, y_attempts,
+        "denied uid got through {} of {y_attempts} times",
+        y_attempts - y_eperm
+    );
+    // The hammers ran from before the kill until after the new agent was
+    // ready, in rounds of 2,000.
+    assert!(y_attempts >= 6_000, "the hammer ran: {y_attempts}");
+    let ready = second
+        .wait_for(|r| field(r, "ready") == Some(&Value::Bool(true)), READY)
+        .expect("ready");
+    assert_eq!(field(&ready, "adopted"), Some(&Value::from(4)), "{ready}");
+    assert_eq!(w.attachments(), vec![1, 1, 1, 1], "exactly one attachment per hook");
+    let (code, after) = w.status();
+    assert_eq!(code, Some(0), "{after}");
+    assert_eq!(after["agent_alive"], true);
+    assert_eq!(after["policy"]["agent_pid"], second.pid());
+    for (b, a) in before["links"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .zip(after["links"].as_array().expect("links"))
+    {
+        assert_eq!(b["link_id"], a["link_id"], "the same link, adopted");
+        assert_ne!(b["prog_id"], a["prog_id"], "with the new agent's program");
+    }
+    w.expect_p1();
+}
+
+#[test]
+fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
+    if !privileged_or_skip("a_reload_with_a_broken_file_keeps_the_policy_in_force") {
+        return;
+    }
+    let w = World::new();
+    let config = w.policy(P1);
+    let agent = w.start();
+    let (_, before) = w.status();
+    w.policy("[allow]\nuids = [1001, \"x\"]\n");
+    sighup(&agent);
+    let expected = format!("{}:2:15:", config.display());
+    let invalid = agent
+        .wait_for(
+            |r| {
+                field(r, "outcome").and_then(Value::as_str) == Some("invalid")
+                    && field(r, "message")
+                        .and_then(Value::as_str)
+                        .is_some_and(|m| m.starts_with(&expected))
+            },
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("no {expected} record:\n{}", agent.output()));
+    assert_eq!(field(&invalid, "level").and_then(Value::as_str), Some("WARN"));
+    w.expect_p1();
+    let (_, after) = w.status();
+    assert_eq!(before["policy"]["digest"], after["policy"]["digest"]);
+
+    // A good file is taken.
+    w.policy(P2);
+    sighup(&agent);
+    agent
+        .wait_for(|r| field(r, "outcome").and_then(Value::as_str) == Some("applied"), Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no applied reload:\n{}", agent.output()));
+    w.probe(Z)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_ok();
+    w.probe(Y)
+        .run(Action::connect(IMDS_V6, IMDS_PORT))
+        .assert_errno(EPERM);
+    let (_, reloaded) = w.status();
+    assert_ne!(before["policy"]["digest"], reloaded["policy"]["digest"]);
+}
+
+#[test]
+fn reloading_under_load_never_gives_a_wrong_verdict() {
+    if !privileged_or_skip("reloading_under_load_never_gives_a_wrong_verdict") {
+        return;
+    }
+    let w = World::new();
+    w.policy(P1);
+    let agent = w.start();
+    let stop = AtomicBool::new(false);
+    const RELOADS: usize = 60;
+    let ((x_attempts, x_eperm), (y_attempts, y_eperm)) = thread::scope(|s| {
+        let x = s.spawn(|| hammer(&w, X, &stop));
+        let y = s.spawn(|| hammer(&w, Y, &stop));
+        for i in 0..RELOADS {
+            w.policy(if i % 2 == 0 { P2 } else { P1 });
+            sighup(&agent);
+            // Let each reload land before the next (signals coalesce).
+            let want = i + 1;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while reloads(&agent, "applied") < want && std::time::Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        (x.join().expect("x"), y.join().expect("y"))
+    });
+    assert_eq!(reloads(&agent, "applied"), RELOADS, "{}", agent.output());
+    assert_eq!(reloads(&agent, "failed"), 0);
+    let wrong = x_eperm + (y_attempts - y_eperm);
+    assert_eq!(
+        wrong, 0,
+        "{x_eperm} of {x_attempts} allowed sends refused, {} of {y_attempts} denied sends let \
+         through, across {RELOADS} reloads",
+        y_attempts - y_eperm
+    );
+    assert!(x_attempts > 10_000 && y_attempts > 10_000);
+}
+
+#[test]
+fn detach_leaves_nothing_pinned_or_attached() {
+    if !privileged_or_skip("detach_leaves_nothing_pinned_or_attached") {
+        return;
+    }
+    let w = World::new();
+    w.policy(P1);
+    let agent = w.start();
+    assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
+    let out = w.cli(&["detach"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("detached 4 link(s)"), "{stdout}");
+    // It stops the agent, which has nothing left to guard.
+    let status = agent.wait_exit(Duration::from_secs(10)).expect("the agent stops");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(w.attachments(), vec![0, 0, 0, 0]);
+    assert!(!w.bpffs.pin_dir().exists(), "the pin directory is gone");
+    // Only bpffs's own `maps.debug` and `progs.debug` remain.
+    let left: Vec<String> = std::fs::read_dir(w.bpffs.path())
+        .expect("read the bpffs")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".debug"))
+        .collect();
+    assert!(left.is_empty(), "left pinned: {left:?}");
+    w.probe(Y)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_ok();
+    let (code, status) = w.status();
+    assert_eq!(code, Some(5), "{status}");
+    assert_eq!(status["attached"], false);
+    // Detaching twice is fine.
+    assert_eq!(w.cli(&["detach"]).status.code(), Some(0));
+}
+
+#[test]
+fn sigterm_leaves_the_guard_pinned() {
+    if !privileged_or_skip("sigterm_leaves_the_guard_pinned") {
+        return;
+    }
+    let w = World::new();
+    w.policy(P1);
+    let agent = w.start();
+    let status = agent.terminate();
+    assert_eq!(status.code(), Some(0));
+    let last = agent.records().into_iter().last().expect("a last record");
+    let message = field(&last, "message").and_then(Value::as_str).unwrap_or("");
+    assert!(message.contains("imds-guard detach"), "{last}");
+    w.expect_p1();
+    assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
+}
+
+#[test]
+fn status_reads_what_is_in_force_from_the_kernel() {
+    if !privileged_or_skip("status_reads_what_is_in_force_from_the_kernel") {
+        return;
+    }
+    let w = World::new();
+    let config = w.policy("mode = \"audit\"\n[allow]\nuids = [1001]\n");
+    let agent = w.start();
+    w.probe(Y)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_ok();
+    let (code, s) = w.status();
+    assert_eq!(code, Some(0), "auditing as configured counts: {s}");
+    assert_eq!(s["mode"], "audit");
+    assert_eq!(s["enforcing"], true);
+    assert_eq!(s["cgroup"], w.cgroup.path().to_str().expect("utf-8"));
+    assert_eq!(s["links"].as_array().map(Vec::len), Some(4));
+    assert_eq!(s["counters"]["audited"], 1, "{s}");
+    assert_eq!(s["agent_alive"], true);
+    let digest = imds_guard::policy::PolicySpec::load(&config)
+        .and_then(|p| p.resolve(&imds_guard::policy::SystemResolver))
+        .map(|p| imds_guard::policy::hex(&p.digest()))
+        .expect("policy");
+    assert_eq!(s["policy"]["digest"], digest.as_str());
+    let ready = agent
+        .wait_for(|r| field(r, "ready").is_some(), READY)
+        .expect("ready");
+    assert_eq!(field(&ready, "digest").and_then(Value::as_str), Some(digest.as_str()));
+    let text = w.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("auditing (mode audit)") && text.contains(&digest), "{text}");
+    drop(agent);
+}

@@ -1,0 +1,175 @@
+//! Where the guard outlives its agent: links and maps pinned in a bpf
+//! filesystem directory (default `/sys/fs/bpf/imds-guard`).
+//!
+//! A pinned link keeps the programs attached after the agent exits or is
+//! killed; the next agent adopts it. The pinned `ACTIVE`, `CONFIG` and
+//! `COUNTERS` maps let `imds-guard status` read what is in force from the
+//! kernel. `imds-guard detach` removes it all.
+
+use std::{
+    fs,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Map, MapData},
+    programs::links::FdLink,
+};
+
+use crate::{
+    guard::{GuardError, PROGRAMS, PINNED_MAPS},
+    sys,
+};
+
+/// The default pin directory.
+pub const DEFAULT_DIR: &str = "/sys/fs/bpf/imds-guard";
+/// Where systemd (and we, if it did not) mount the bpf filesystem.
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A pin directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pins {
+    dir: PathBuf,
+}
+
+fn pin_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> GuardError {
+    let path = path.to_owned();
+    move |source| GuardError::Pin { what, path, source }
+}
+
+/// An aya error with its causes, as one I/O error (aya's pin errors say
+/// which call failed and keep the errno in their source).
+fn chain(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::other(format!("{:#}", anyhow::Error::from(e)))
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+impl Pins {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes sure the directory exists on a bpf filesystem. Mounts one at
+    /// `/sys/fs/bpf` when the directory is below it and nothing is mounted
+    /// there (systemd mounts it on most hosts).
+    pub fn prepare(&self) -> Result<(), GuardError> {
+        let parent = self.dir.parent().unwrap_or(Path::new("/"));
+        if !is_bpffs(parent) {
+            if self.dir.starts_with(BPFFS_ROOT) && !is_bpffs(Path::new(BPFFS_ROOT)) {
+                nix::mount::mount(
+                    Some("bpf"),
+                    BPFFS_ROOT,
+                    Some("bpf"),
+                    nix::mount::MsFlags::empty(),
+                    Some("mode=0700"),
+                )
+                .map_err(|e| {
+                    pin_err("mount a bpf filesystem on", Path::new(BPFFS_ROOT))(e.into())
+                })?;
+            }
+            if !is_bpffs(parent) {
+                return Err(GuardError::Pin {
+                    what: "pin in",
+                    path: self.dir.clone(),
+                    source: std::io::Error::other("it is not on a bpf filesystem"),
+                });
+            }
+        }
+        match fs::create_dir(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(pin_err("create", &self.dir)(e)),
+        }
+    }
+
+    pub fn link_path(&self, program: &str) -> PathBuf {
+        self.dir.join(format!("link_{program}"))
+    }
+
+    pub fn map_path(&self, map: &str) -> PathBuf {
+        self.dir.join(format!("map_{map}"))
+    }
+
+    /// The link pinned for `program`, if there is one.
+    pub fn open_link(&self, program: &str) -> Result<Option<(PathBuf, OwnedFd)>, GuardError> {
+        let path = self.link_path(program);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let fd = sys::obj_get(&path).map_err(pin_err("open the pinned link", &path))?;
+        Ok(Some((path, fd)))
+    }
+
+    /// Pins a link we attached; the pin keeps it attached after we exit.
+    pub fn pin_link(&self, program: &str, link: FdLink) -> Result<(), GuardError> {
+        let path = self.link_path(program);
+        link.pin(&path)
+            .map(drop)
+            .map_err(|e| pin_err("pin the link at", &path)(chain(e)))
+    }
+
+    /// Pins `map`, replacing the pin of an earlier agent's map.
+    pub fn pin_map(&self, name: &str, map: &Map) -> Result<(), GuardError> {
+        let path = self.map_path(name);
+        // bpffs refuses names with a dot in them (`bpf_lookup`, EPERM).
+        let fresh = self.dir.join(format!("new_map_{name}"));
+        let _ = fs::remove_file(&fresh);
+        map.pin(&fresh)
+            .map_err(|e| pin_err("pin the map at", &fresh)(chain(e)))?;
+        fs::rename(&fresh, &path).map_err(pin_err("rename the pinned map to", &path))
+    }
+
+    /// A pinned map, as the `Map` variant `wrap` makes of it.
+    pub fn open_map(&self, name: &str, wrap: fn(MapData) -> Map) -> Result<Option<Map>, GuardError> {
+        let path = self.map_path(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let data = MapData::from_pin(&path).map_err(|e| {
+            pin_err("open the pinned map", &path)(chain(e))
+        })?;
+        Ok(Some(wrap(data)))
+    }
+
+    /// Whether any link is pinned.
+    pub fn any_link(&self) -> bool {
+        PROGRAMS.iter().any(|p| self.link_path(p).exists())
+    }
+
+    /// Detaches every pinned link (whoever else holds it) and removes every
+    /// pin and the directory. Returns the number of links detached.
+    pub fn detach_all(&self) -> Result<usize, GuardError> {
+        let mut detached = 0;
+        for program in PROGRAMS {
+            if let Some((path, fd)) = self.open_link(program)? {
+                use std::os::fd::AsFd as _;
+                sys::link_detach(fd.as_fd()).map_err(pin_err("detach the pinned link", &path))?;
+                fs::remove_file(&path).map_err(pin_err("remove", &path))?;
+                detached += 1;
+            }
+        }
+        for name in PINNED_MAPS {
+            let path = self.map_path(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(pin_err("remove", &path)(e)),
+            }
+        }
+        match fs::remove_dir(&self.dir) {
+            Ok(()) => Ok(detached),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(detached),
+            Err(e) => Err(pin_err("remove", &self.dir)(e)),
+        }
+    }
+}

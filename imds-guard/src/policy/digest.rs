@@ -1,0 +1,81 @@
+//! A digest of what a resolved policy makes the kernel do, so that `status`
+//! and metrics can say which policy is in force and config management can
+//! compare it with what it shipped.
+//!
+//! It covers the decision only (mode, endpoints, default, every uid and gid
+//! rule), in a canonical order: reformatting the file, reordering entries
+//! or renaming a user to the same uid leaves it unchanged.
+
+use std::fmt::Write as _;
+
+use sha2::{Digest as _, Sha256};
+
+use super::{Action, Mode, Policy};
+
+impl Policy {
+    /// SHA-256 of the canonical form of the decision this policy makes.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut text = String::new();
+        let mode = match self.spec.mode {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        };
+        let word = |a: Action| match a {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        };
+        let _ = writeln!(text, "imds-guard policy v1");
+        let _ = writeln!(text, "mode {mode}");
+        let _ = writeln!(text, "default {}", word(self.default_action));
+        let mut endpoints: Vec<_> = self.spec.endpoints.iter().map(|e| e.addr).collect();
+        endpoints.sort();
+        for e in endpoints {
+            let _ = writeln!(text, "endpoint {e}");
+        }
+        for (id, rule) in &self.uids {
+            let _ = writeln!(text, "uid {id} {}", word(rule.action));
+        }
+        for (id, rule) in &self.gids {
+            let _ = writeln!(text, "gid {id} {}", word(rule.action));
+        }
+        Sha256::digest(text.as_bytes()).into()
+    }
+}
+
+/// Lowercase hex, as `sha256sum` prints it.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::policy::{FakeResolver, PolicySpec};
+
+    fn digest(toml: &str) -> String {
+        let r = FakeResolver::new(&[("root", 0), ("alice", 1000)], &[]);
+        let p = PolicySpec::parse(Path::new("p.toml"), toml)
+            .expect("valid")
+            .resolve(&r)
+            .expect("resolves");
+        super::hex(&p.digest())
+    }
+
+    #[test]
+    fn covers_the_decision_not_the_spelling() {
+        let a = digest("[allow]\nusers = [\"root\"]\nuids = [1000]\n");
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, digest("# same\n[allow]\nuids = [1000, 0]\n"));
+        assert_eq!(a, digest("[allow]\nusers = [\"alice\", \"root\"]\n"));
+        assert_ne!(a, digest("[allow]\nuids = [1000]\n"));
+        assert_ne!(a, digest("mode = \"audit\"\n[allow]\nuids = [0, 1000]\n"));
+        assert_ne!(
+            a,
+            digest("[endpoints]\naddresses = [\"169.254.169.254\"]\n[allow]\nuids = [0, 1000]\n")
+        );
+    }
+}
