@@ -2,7 +2,10 @@
 //! agent takes it over without a gap, reloads never show a mixed policy,
 //! `status` tells the truth from the kernel, and `detach` removes it all.
 
-#![expect(clippy::expect_used, reason = "test helpers panic with a message, like the tests")]
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers panic with a message, like the tests"
+)]
 
 use std::{
     os::fd::AsFd as _,
@@ -219,9 +222,13 @@ fn a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment() {
             second,
         )
     });
-    assert_eq!(x_eperm, 0, "allowed uid refused {x_eperm} of {x_attempts} times");
     assert_eq!(
-        y_eperm, y_attempts,
+        x_eperm, 0,
+        "allowed uid refused {x_eperm} of {x_attempts} times"
+    );
+    assert_eq!(
+        y_eperm,
+        y_attempts,
         "denied uid got through {} of {y_attempts} times",
         y_attempts - y_eperm
     );
@@ -232,7 +239,11 @@ fn a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment() {
         .wait_for(|r| field(r, "ready") == Some(&Value::Bool(true)), READY)
         .expect("ready");
     assert_eq!(field(&ready, "adopted"), Some(&Value::from(4)), "{ready}");
-    assert_eq!(w.attachments(), vec![1, 1, 1, 1], "exactly one attachment per hook");
+    assert_eq!(
+        w.attachments(),
+        vec![1, 1, 1, 1],
+        "exactly one attachment per hook"
+    );
     let (code, after) = w.status();
     assert_eq!(code, Some(0), "{after}");
     assert_eq!(after["agent_alive"], true);
@@ -272,7 +283,10 @@ fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
             Duration::from_secs(10),
         )
         .unwrap_or_else(|| panic!("no {expected} record:\n{}", agent.output()));
-    assert_eq!(field(&invalid, "level").and_then(Value::as_str), Some("WARN"));
+    assert_eq!(
+        field(&invalid, "level").and_then(Value::as_str),
+        Some("WARN")
+    );
     w.expect_p1();
     let (_, after) = w.status();
     assert_eq!(before["policy"]["digest"], after["policy"]["digest"]);
@@ -281,7 +295,10 @@ fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
     w.policy(P2);
     sighup(&agent);
     agent
-        .wait_for(|r| field(r, "outcome").and_then(Value::as_str) == Some("applied"), Duration::from_secs(10))
+        .wait_for(
+            |r| field(r, "outcome").and_then(Value::as_str) == Some("applied"),
+            Duration::from_secs(10),
+        )
         .unwrap_or_else(|| panic!("no applied reload:\n{}", agent.output()));
     w.probe(Z)
         .run(Action::connect(IMDS_V4, IMDS_PORT))
@@ -323,7 +340,8 @@ fn reloading_under_load_never_gives_a_wrong_verdict() {
     assert_eq!(reloads(&agent, "failed"), 0);
     let wrong = x_eperm + (y_attempts - y_eperm);
     assert_eq!(
-        wrong, 0,
+        wrong,
+        0,
         "{x_eperm} of {x_attempts} allowed sends refused, {} of {y_attempts} denied sends let \
          through, across {RELOADS} reloads",
         y_attempts - y_eperm
@@ -342,10 +360,17 @@ fn detach_leaves_nothing_pinned_or_attached() {
     assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
     let out = w.cli(&["detach"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("detached 4 link(s)"), "{stdout}");
     // It stops the agent, which has nothing left to guard.
-    let status = agent.wait_exit(Duration::from_secs(10)).expect("the agent stops");
+    let status = agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("the agent stops");
     assert_eq!(status.code(), Some(0));
     assert_eq!(w.attachments(), vec![0, 0, 0, 0]);
     assert!(!w.bpffs.pin_dir().exists(), "the pin directory is gone");
@@ -378,7 +403,9 @@ fn sigterm_leaves_the_guard_pinned() {
     let status = agent.terminate();
     assert_eq!(status.code(), Some(0));
     let last = agent.records().into_iter().last().expect("a last record");
-    let message = field(&last, "message").and_then(Value::as_str).unwrap_or("");
+    let message = field(&last, "message")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     assert!(message.contains("imds-guard detach"), "{last}");
     w.expect_p1();
     assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
@@ -411,9 +438,99 @@ fn status_reads_what_is_in_force_from_the_kernel() {
     let ready = agent
         .wait_for(|r| field(r, "ready").is_some(), READY)
         .expect("ready");
-    assert_eq!(field(&ready, "digest").and_then(Value::as_str), Some(digest.as_str()));
+    assert_eq!(
+        field(&ready, "digest").and_then(Value::as_str),
+        Some(digest.as_str())
+    );
     let text = w.cli(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("auditing (mode audit)") && text.contains(&digest), "{text}");
+    assert!(
+        text.contains("auditing (mode audit)") && text.contains(&digest),
+        "{text}"
+    );
     drop(agent);
+}
+
+/// A free loopback port (bound and released; the agent binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// GET /metrics from the agent, on loopback in the host namespace (the
+/// metrics endpoint is no metadata address).
+fn scrape(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+#[test]
+fn metrics_count_decisions_and_reloads() {
+    if !privileged_or_skip("metrics_count_decisions_and_reloads") {
+        return;
+    }
+    let w = World::new();
+    w.policy(P1);
+    let port = free_port();
+    let agent = Agent::start_pinned(
+        &w.dir.path().join("policy.toml"),
+        &w.cgroup,
+        &w.bpffs.pin_dir(),
+        &["--metrics-listen", &port.to_string()],
+    );
+    agent.wait_ready(READY);
+    w.probe(Y)
+        .run(Action::connect(IMDS_V6, IMDS_PORT))
+        .assert_errno(EPERM);
+    w.policy("[allow]\nuids = [1001, \"x\"]\n");
+    sighup(&agent);
+    agent
+        .wait_for(
+            |r| field(r, "outcome").and_then(Value::as_str) == Some("invalid"),
+            Duration::from_secs(10),
+        )
+        .expect("invalid reload");
+    w.policy(P2);
+    sighup(&agent);
+    agent
+        .wait_for(
+            |r| field(r, "outcome").and_then(Value::as_str) == Some("applied"),
+            Duration::from_secs(10),
+        )
+        .expect("applied reload");
+    // Counters reach the metrics on the agent's one-second tick.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let body = scrape(port);
+        if body.contains("imds_guard_decisions_total{verdict=\"denied\",hook=\"connect6\"} 1")
+            || std::time::Instant::now() > deadline
+        {
+            break body;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for line in [
+        "imds_guard_decisions_total{verdict=\"denied\",hook=\"connect6\"} 1",
+        "imds_guard_decisions_total{verdict=\"denied\",hook=\"connect4\"} 0",
+        "imds_guard_enforcing 1",
+        "imds_guard_reloads_total{outcome=\"applied\"} 1",
+        "imds_guard_reloads_total{outcome=\"invalid\"} 1",
+        "imds_guard_reloads_total{outcome=\"failed\"} 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "no {line:?} in:\n{body}");
+    }
+    let (_, status) = w.status();
+    let digest = status["policy"]["digest"].as_str().expect("digest");
+    assert!(
+        body.contains(digest),
+        "the digest in force, as status reads it: {body}"
+    );
 }

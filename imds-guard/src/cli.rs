@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// maps, so that it outlives the agent.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// Serve Prometheus metrics on this address (`PORT` alone means
+    /// 127.0.0.1:PORT). Off unless given.
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Where the guard pins its links and maps by default.

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod events;
 pub mod guard;
 pub mod logging;
+pub mod metrics;
 pub mod pins;
 pub mod policy;
 pub mod ratelimit;

@@ -27,6 +27,7 @@ use crate::{
     events::{Decision, EventLog},
     guard::{Guard, GuardError, Stamp},
     logging,
+    metrics::{self, Enforcing, Metrics, ReloadOutcome},
     pins::Pins,
     policy::{Mode, Policy, PolicyError, PolicySpec, SystemResolver, hex},
 };
@@ -87,6 +88,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     };
     let pins = Pins::new(&args.pin_dir);
     pins.prepare()?;
+    // Bound before attaching: asked for metrics that cannot be served is a
+    // setup error, not something to find out later.
+    let metrics = Arc::new(Metrics::new());
+    let listener = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io("cannot listen for metrics"))?,
+        ),
+        None => None,
+    };
 
     let level = logging::ebpf_log_level();
     let mut guard = Guard::load(level)?;
@@ -130,6 +142,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         endpoints.join(", ")
     );
 
+    metrics.set_enforcing(Enforcing::Active(policy.spec.mode));
+    metrics.set_policy_digest(&hex(&stamp.digest));
+    let server = listener.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(metrics = %addr, "serving Prometheus metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(metrics::serve(l, Arc::clone(&metrics), |_| {}))
+    });
+
     let mut policies = Policies([None, None]);
     policies.0[generation as usize] = Some(Arc::new(policy));
 
@@ -150,7 +171,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 // Decisions made under the policy in force are explained
                 // with it: drain them before it can change.
                 drain(events.get_mut(), &mut log, &policies, &resolver);
-                reload(&mut guard, &args.config, &mut policies, &mut stamp);
+                let outcome = reload(&mut guard, &args.config, &mut policies, &mut stamp);
+                metrics.reload(outcome);
+                if outcome == ReloadOutcome::Applied {
+                    metrics.set_policy_digest(&hex(&stamp.digest));
+                    if let Some(p) = policies.get(guard.active_generation().unwrap_or(0) as u8) {
+                        metrics.set_enforcing(Enforcing::Active(p.spec.mode));
+                    }
+                }
             }
             ready = events.readable_mut() => {
                 let mut ready = ready.map_err(io("cannot poll the event ring buffer"))?;
@@ -163,12 +191,18 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 ready.clear_ready();
             }
             _ = tick.tick() => {
-                let lost = guard.counters().ok().map(|c| c.events_lost);
-                log.tick(Instant::now(), lost);
+                let counters = guard.counters().ok();
+                if let Some(c) = &counters {
+                    metrics.set_counters(c);
+                }
+                log.tick(Instant::now(), counters.map(|c| c.events_lost));
             }
         }
     };
 
+    if let Some(server) = server {
+        server.abort();
+    }
     // Whatever is still in the ring buffer was decided before we stop.
     drain(events.get_mut(), &mut log, &policies, &resolver);
     let counters = guard.counters().ok().unwrap_or_default();
@@ -199,7 +233,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 
 /// Re-reads the policy file and puts it in force, or keeps the policy in
 /// force and says why not.
-fn reload(guard: &mut Guard, config: &Path, policies: &mut Policies, stamp: &mut Stamp) {
+fn reload(
+    guard: &mut Guard,
+    config: &Path,
+    policies: &mut Policies,
+    stamp: &mut Stamp,
+) -> ReloadOutcome {
     let started = Instant::now();
     let policy = match PolicySpec::load(config).and_then(|s| s.resolve(&SystemResolver)) {
         Ok(policy) => policy,
@@ -213,7 +252,7 @@ fn reload(guard: &mut Guard, config: &Path, policies: &mut Policies, stamp: &mut
                 "reload refused: {} does not validate; the policy in force is unchanged",
                 config.display()
             );
-            return;
+            return ReloadOutcome::Invalid;
         }
     };
     let new_stamp = Stamp {
@@ -238,13 +277,17 @@ fn reload(guard: &mut Guard, config: &Path, policies: &mut Policies, stamp: &mut
                 policy.gids.len()
             );
             policies.0[generation as usize] = Some(Arc::new(policy));
+            ReloadOutcome::Applied
         }
-        Err(e) => tracing::error!(
-            event = "reload",
-            outcome = "failed",
-            "reload failed, the policy in force is unchanged: {:#}",
-            anyhow::Error::from(e)
-        ),
+        Err(e) => {
+            tracing::error!(
+                event = "reload",
+                outcome = "failed",
+                "reload failed, the policy in force is unchanged: {:#}",
+                anyhow::Error::from(e)
+            );
+            ReloadOutcome::Failed
+        }
     }
 }
 

@@ -1,0 +1,528 @@
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use imds_guard_common::{counter, hook};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+    time::timeout,
+};
+
+use super::{
+    Enforcing, Metrics, ReloadOutcome,
+    http::{LIMITS, Limits, serve_with},
+    parse_listen, serve,
+};
+use crate::{guard::Counters, policy::Mode};
+
+fn counters(by_hook: [[u64; counter::KINDS as usize]; hook::COUNT as usize]) -> Counters {
+    Counters {
+        allowed: by_hook.iter().map(|h| h[counter::ALLOWED as usize]).sum(),
+        denied: by_hook.iter().map(|h| h[counter::DENIED as usize]).sum(),
+        audited: by_hook.iter().map(|h| h[counter::AUDITED as usize]).sum(),
+        events_lost: by_hook
+            .iter()
+            .map(|h| h[counter::EVENTS_LOST as usize])
+            .sum(),
+        errors: by_hook.iter().map(|h| h[counter::ERRORS as usize]).sum(),
+        by_hook,
+    }
+}
+
+/// `[allowed, denied, audited, events_lost, errors]` per hook, each number
+/// distinct enough to show where it lands.
+const KNOWN: [[u64; 5]; 4] = [
+    [10, 2, 0, 1, 0],
+    [3, 0, 0, 0, 0],
+    [0, 5, 0, 0, 1],
+    [0, 0, 7, 4, 0],
+];
+
+const EXPECTED: &str = r#"# HELP imds_guard_build_info The running agent's version; always 1.
+# TYPE imds_guard_build_info gauge
+imds_guard_build_info{version="@VERSION@"} 1
+# HELP imds_guard_enforcing 1 while the programs are attached and deciding by the policy, in the mode imds_guard_mode shows (audit mode included); 0 otherwise.
+# TYPE imds_guard_enforcing gauge
+imds_guard_enforcing 1
+# HELP imds_guard_mode 1 for the mode the programs decide in: enforce denies, audit only records would-deny; all 0 while not enforcing.
+# TYPE imds_guard_mode gauge
+imds_guard_mode{mode="enforce"} 1
+imds_guard_mode{mode="audit"} 0
+# HELP imds_guard_policy_info The digest of the policy in force; always 1.
+# TYPE imds_guard_policy_info gauge
+imds_guard_policy_info{digest="sha256:0123abcd"} 1
+# HELP imds_guard_decisions_total Connections and datagrams to a protected destination, by verdict and hook; audited ones would have been denied and went through because the mode is audit.
+# TYPE imds_guard_decisions_total counter
+imds_guard_decisions_total{verdict="allowed",hook="connect4"} 10
+imds_guard_decisions_total{verdict="allowed",hook="connect6"} 3
+imds_guard_decisions_total{verdict="allowed",hook="sendmsg4"} 0
+imds_guard_decisions_total{verdict="allowed",hook="sendmsg6"} 0
+imds_guard_decisions_total{verdict="denied",hook="connect4"} 2
+imds_guard_decisions_total{verdict="denied",hook="connect6"} 0
+imds_guard_decisions_total{verdict="denied",hook="sendmsg4"} 5
+imds_guard_decisions_total{verdict="denied",hook="sendmsg6"} 0
+imds_guard_decisions_total{verdict="audited",hook="connect4"} 0
+imds_guard_decisions_total{verdict="audited",hook="connect6"} 0
+imds_guard_decisions_total{verdict="audited",hook="sendmsg4"} 0
+imds_guard_decisions_total{verdict="audited",hook="sendmsg6"} 7
+# HELP imds_guard_events_lost_total Decision events dropped because the ring buffer was full, by hook; the decisions are still counted.
+# TYPE imds_guard_events_lost_total counter
+imds_guard_events_lost_total{hook="connect4"} 1
+imds_guard_events_lost_total{hook="connect6"} 0
+imds_guard_events_lost_total{hook="sendmsg4"} 0
+imds_guard_events_lost_total{hook="sendmsg6"} 4
+# HELP imds_guard_internal_errors_total Decisions the programs could not make by the policy, by hook; each was denied.
+# TYPE imds_guard_internal_errors_total counter
+imds_guard_internal_errors_total{hook="connect4"} 0
+imds_guard_internal_errors_total{hook="connect6"} 0
+imds_guard_internal_errors_total{hook="sendmsg4"} 1
+imds_guard_internal_errors_total{hook="sendmsg6"} 0
+# HELP imds_guard_reloads_total Policy reloads by outcome: applied; invalid (did not validate, the policy in force is kept); failed (could not be written into the kernel).
+# TYPE imds_guard_reloads_total counter
+imds_guard_reloads_total{outcome="applied"} 2
+imds_guard_reloads_total{outcome="invalid"} 1
+imds_guard_reloads_total{outcome="failed"} 0
+"#;
+
+fn known() -> Metrics {
+    let m = Metrics::new();
+    m.set_counters(&counters(KNOWN));
+    m.reload(ReloadOutcome::Applied);
+    m.reload(ReloadOutcome::Invalid);
+    m.reload(ReloadOutcome::Applied);
+    m.set_enforcing(Enforcing::Active(Mode::Enforce));
+    m.set_policy_digest("sha256:0123abcd");
+    m
+}
+
+#[test]
+fn renders_a_known_state_exactly() {
+    let expected = EXPECTED.replace("@VERSION@", env!("CARGO_PKG_VERSION"));
+    assert_eq!(known().render(), expected);
+}
+
+#[test]
+fn fresh_metrics_are_zero_inactive_and_without_policy_info() {
+    let text = Metrics::new().render();
+    for line in [
+        "imds_guard_enforcing 0\n",
+        "imds_guard_mode{mode=\"enforce\"} 0\n",
+        "imds_guard_mode{mode=\"audit\"} 0\n",
+        "imds_guard_decisions_total{verdict=\"denied\",hook=\"sendmsg6\"} 0\n",
+        "imds_guard_reloads_total{outcome=\"failed\"} 0\n",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    assert!(!text.contains("imds_guard_policy_info"), "{text}");
+}
+
+#[test]
+fn audit_mode_is_enforcing_with_mode_audit_and_inactive_clears_both() {
+    let m = Metrics::new();
+    m.set_enforcing(Enforcing::Active(Mode::Audit));
+    let text = m.render();
+    assert!(text.contains("imds_guard_enforcing 1\n"), "{text}");
+    assert!(
+        text.contains("imds_guard_mode{mode=\"enforce\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("imds_guard_mode{mode=\"audit\"} 1\n"),
+        "{text}"
+    );
+
+    m.set_enforcing(Enforcing::Inactive);
+    let text = m.render();
+    assert!(text.contains("imds_guard_enforcing 0\n"), "{text}");
+    assert!(
+        text.contains("imds_guard_mode{mode=\"audit\"} 0\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn label_values_are_escaped_and_the_digest_replaced() {
+    let m = Metrics::new();
+    m.set_policy_digest("old");
+    m.set_policy_digest("a\"b\\c\nd");
+    let text = m.render();
+    assert!(
+        text.contains("imds_guard_policy_info{digest=\"a\\\"b\\\\c\\nd\"} 1\n"),
+        "{text}"
+    );
+    assert!(!text.contains("old"), "{text}");
+}
+
+/// A structural check of the exposition format, independent of the pinned
+/// text: every sample belongs to the family whose HELP and TYPE precede it,
+/// names are valid and unique, counters end in `_total`, values parse.
+#[test]
+fn exposition_is_well_formed() {
+    let text = known().render();
+    let valid_name = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let mut families = HashSet::new();
+    let mut current: Option<(String, String)> = None;
+    let mut pending_help: Option<String> = None;
+    let mut series = HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect("HELP has text");
+            assert!(valid_name(name) && !help.is_empty(), "{line}");
+            assert!(families.insert(name.to_owned()), "family {name} twice");
+            pending_help = Some(name.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE has a type");
+            assert_eq!(pending_help.take().as_deref(), Some(name), "{line}");
+            assert!(matches!(kind, "counter" | "gauge"), "{line}");
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+            current = Some((name.to_owned(), kind.to_owned()));
+        } else {
+            let (family, _) = current.as_ref().expect("sample before any TYPE");
+            let (key, value) = line.rsplit_once(' ').expect("sample has a value");
+            let name = key.split_once('{').map_or(key, |(n, _)| n);
+            assert_eq!(name, family, "{line}");
+            if let Some(labels) = key.strip_prefix(name) {
+                if !labels.is_empty() {
+                    let inner = labels
+                        .strip_prefix('{')
+                        .and_then(|l| l.strip_suffix('}'))
+                        .expect("labels in braces");
+                    for pair in inner.split(',') {
+                        let (label, v) = pair.split_once('=').expect("label=value");
+                        assert!(valid_name(label), "{line}");
+                        assert!(v.starts_with('"') && v.ends_with('"'), "{line}");
+                    }
+                }
+            }
+            value.parse::<f64>().expect("numeric value");
+            assert!(series.insert(key.to_owned()), "series {key} twice");
+        }
+    }
+    assert!(text.ends_with('\n'));
+}
+
+#[test]
+fn parse_listen_accepts() {
+    for (input, want) in [
+        ("9100", "127.0.0.1:9100"),
+        ("65535", "127.0.0.1:65535"),
+        ("127.0.0.1:9100", "127.0.0.1:9100"),
+        ("0.0.0.0:9100", "0.0.0.0:9100"),
+        ("10.1.2.3:1", "10.1.2.3:1"),
+        ("[::1]:9100", "[::1]:9100"),
+        ("[::]:9100", "[::]:9100"),
+        ("[fd00:ec2::254]:80", "[fd00:ec2::254]:80"),
+        ("localhost:9100", "127.0.0.1:9100"),
+        ("LocalHost:9100", "127.0.0.1:9100"),
+    ] {
+        let want: SocketAddr = want.parse().expect("valid");
+        match parse_listen(input) {
+            Ok(got) => assert_eq!(got, want, "{input}"),
+            Err(e) => panic!("{input}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn parse_listen_rejects_precisely() {
+    for (input, want) in [
+        ("", "expected PORT, IP:PORT, [IPV6]:PORT or localhost:PORT"),
+        (
+            "metrics",
+            "expected PORT, IP:PORT, [IPV6]:PORT or localhost:PORT",
+        ),
+        (
+            "0",
+            "port 0 would listen on a random port no scraper can find; give a fixed port",
+        ),
+        (
+            "127.0.0.1:0",
+            "port 0 would listen on a random port no scraper can find; give a fixed port",
+        ),
+        ("65536", "port 65536 is out of range 1-65535"),
+        (
+            "99999999999999999999",
+            "port 99999999999999999999 is out of range 1-65535",
+        ),
+        ("127.0.0.1", "missing port: write 127.0.0.1:PORT"),
+        (
+            "::1",
+            "an IPv6 address takes brackets and a port: write [::1]:PORT",
+        ),
+        ("[::1]", "missing port: write [::1]:PORT"),
+        ("localhost", "missing port: write localhost:PORT"),
+        ("127.0.0.1:", "`` is not a port number"),
+        ("127.0.0.1:http", "`http` is not a port number"),
+        ("127.0.0.1:+80", "`+80` is not a port number"),
+        ("127.0.0.1: 80", "` 80` is not a port number"),
+        (
+            ":9100",
+            "missing address: write 127.0.0.1:9100 for loopback only, 0.0.0.0:9100 for every interface",
+        ),
+        // A valid address in full, not `::1` and port 9100.
+        (
+            "::1:9100",
+            "an IPv6 address takes brackets and a port: write [::1:9100]:PORT",
+        ),
+        (
+            "fd00:ec2::254::80",
+            "IPv6 addresses go in brackets: [IPV6]:PORT",
+        ),
+        (
+            "[::1:9100",
+            "expected PORT, IP:PORT, [IPV6]:PORT or localhost:PORT",
+        ),
+        (
+            "[::1]9100",
+            "expected PORT, IP:PORT, [IPV6]:PORT or localhost:PORT",
+        ),
+        ("[127.0.0.1]:9100", "`127.0.0.1` is not an IPv6 address"),
+        (
+            "example.com:9100",
+            "`example.com` is not an IP address (host names other than localhost are not resolved)",
+        ),
+        (
+            "127.1:9100",
+            "`127.1` is not an IP address (host names other than localhost are not resolved)",
+        ),
+        (
+            " 9100",
+            "expected PORT, IP:PORT, [IPV6]:PORT or localhost:PORT",
+        ),
+    ] {
+        match parse_listen(input) {
+            Ok(addr) => panic!("{input:?} accepted as {addr}"),
+            Err(e) => assert_eq!(e.to_string(), want, "{input:?}"),
+        }
+    }
+}
+
+/// Starts a server on an ephemeral loopback port.
+async fn start(
+    metrics: Arc<Metrics>,
+    refresh: impl Fn(&Metrics) + Send + Sync + 'static,
+    limits: Limits,
+) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let server = tokio::spawn(serve_with(listener, metrics, Arc::new(refresh), limits));
+    (addr, server)
+}
+
+/// Reads to the end (the server closes), failing the test rather than
+/// hanging if it does not.
+async fn read_all(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .expect("server closed the connection in time")
+        .expect("read the response");
+    String::from_utf8(buf).expect("utf-8 response")
+}
+
+async fn fetch(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send request");
+    read_all(&mut stream).await
+}
+
+/// Status line, headers (one string, lines ending in CRLF), body.
+fn split(response: &str) -> (&str, &str, &str) {
+    let (head, body) = response.split_once("\r\n\r\n").expect("a complete head");
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status, headers, body)
+}
+
+fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
+    headers.split("\r\n").find_map(|line| {
+        let (n, v) = line.split_once(": ")?;
+        n.eq_ignore_ascii_case(name).then_some(v)
+    })
+}
+
+#[tokio::test]
+async fn serves_metrics_at_scrape_time_and_answers_the_rest() {
+    let metrics = Arc::new(Metrics::new());
+    let scrapes = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&scrapes);
+    let refresh = move |m: &Metrics| {
+        let n = counted.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+        let mut by_hook = [[0; 5]; 4];
+        by_hook[hook::CONNECT4 as usize][counter::ALLOWED as usize] = 41 + n;
+        m.set_counters(&counters(by_hook));
+    };
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    // The public entry point, with the production limits.
+    let server = tokio::spawn(serve(listener, Arc::clone(&metrics), refresh));
+
+    let response = fetch(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let (status, headers, body) = split(&response);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        header(headers, "Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert_eq!(header(headers, "Connection"), Some("close"));
+    assert_eq!(
+        header(headers, "Content-Length"),
+        Some(&*body.len().to_string())
+    );
+    assert!(
+        body.contains("imds_guard_decisions_total{verdict=\"allowed\",hook=\"connect4\"} 42\n"),
+        "{body}"
+    );
+    assert_eq!(body, metrics.render());
+
+    let response = fetch(addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let (status, headers, body) = split(&response);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        header(headers, "Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(body.contains("<a href=\"/metrics\">"), "{body}");
+
+    let response = fetch(addr, b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let (status, _, body) = split(&response);
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    assert_eq!(body, "not found\n");
+
+    let response = fetch(
+        addr,
+        b"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    let (status, headers, _) = split(&response);
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    assert_eq!(header(headers, "Allow"), Some("GET, HEAD"));
+
+    let response = fetch(addr, b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let (status, headers, body) = split(&response);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(body, "", "HEAD has no body");
+    assert_eq!(
+        header(headers, "Content-Length"),
+        Some(&*metrics.render().len().to_string())
+    );
+
+    // HTTP/1.0, a query string and bare LF line ends are all fine.
+    let response = fetch(addr, b"GET /metrics?format=text HTTP/1.0\n\n").await;
+    let (status, _, body) = split(&response);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.contains("imds_guard_decisions_total{verdict=\"allowed\",hook=\"connect4\"} 44\n"),
+        "refreshed on every scrape: {body}"
+    );
+
+    let response = fetch(addr, b"hello\r\n\r\n").await;
+    assert_eq!(split(&response).0, "HTTP/1.1 400 Bad Request");
+    let response = fetch(addr, b"GET / HTTP/2.0\r\n\r\n").await;
+    assert_eq!(
+        split(&response).0,
+        "HTTP/1.1 505 HTTP Version Not Supported"
+    );
+
+    // Only the three /metrics requests (GET, HEAD, GET) refreshed.
+    assert_eq!(scrapes.load(Ordering::SeqCst), 3);
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_slow_client_times_out_while_others_are_served() {
+    let limits = Limits {
+        io: Duration::from_millis(300),
+        linger: Duration::from_millis(100),
+        ..LIMITS
+    };
+    let (addr, server) = start(Arc::new(Metrics::new()), |_| {}, limits).await;
+
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: loc")
+        .await
+        .expect("send half a request");
+
+    let response = fetch(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert_eq!(split(&response).0, "HTTP/1.1 200 OK");
+
+    let response = read_all(&mut slow).await;
+    let (status, _, body) = split(&response);
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout");
+    assert_eq!(body, "request timeout\n");
+
+    let response = fetch(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert_eq!(split(&response).0, "HTTP/1.1 200 OK", "still serving");
+    server.abort();
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    let limits = Limits {
+        linger: Duration::from_millis(100),
+        ..LIMITS
+    };
+    let (addr, server) = start(Arc::new(Metrics::new()), |_| {}, limits).await;
+    let mut request = b"GET /metrics HTTP/1.1\r\nX-Padding: ".to_vec();
+    request.resize(LIMITS.request + 100, b'a');
+    let response = fetch(addr, &request).await;
+    assert_eq!(
+        split(&response).0,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+
+    // A head of exactly the limit, terminator included, is served.
+    let mut request = b"GET /metrics HTTP/1.1\r\nX-Padding: ".to_vec();
+    request.resize(LIMITS.request - 4, b'a');
+    request.extend_from_slice(b"\r\n\r\n");
+    let response = fetch(addr, &request).await;
+    assert_eq!(split(&response).0, "HTTP/1.1 200 OK");
+    server.abort();
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let limits = Limits {
+        connections: 2,
+        io: Duration::from_secs(30),
+        ..LIMITS
+    };
+    let (addr, server) = start(Arc::new(Metrics::new()), |_| {}, limits).await;
+
+    let idle1 = TcpStream::connect(addr).await.expect("connect");
+    let _idle2 = TcpStream::connect(addr).await.expect("connect");
+    let mut third = TcpStream::connect(addr).await.expect("connect");
+    third
+        .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+        .await
+        .expect("send request");
+    let mut byte = [0; 1];
+    assert!(
+        timeout(Duration::from_millis(300), third.read(&mut byte))
+            .await
+            .is_err(),
+        "served beyond the limit of 2 connections"
+    );
+
+    // The first idle client leaves; its slot goes to the waiting one.
+    drop(idle1);
+    let response = read_all(&mut third).await;
+    assert_eq!(split(&response).0, "HTTP/1.1 200 OK");
+    server.abort();
+}
