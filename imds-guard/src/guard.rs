@@ -315,9 +315,13 @@ impl Guard {
             Ok(())
         }
         let mut m: HashMap<_, V4Key, common::Endpoint> = self.map_mut(common::MAP_PROTECTED_V4)?;
-        clear(&mut m, common::MAP_PROTECTED_V4, |k| k.generation == generation)?;
+        clear(&mut m, common::MAP_PROTECTED_V4, |k| {
+            k.generation == generation
+        })?;
         let mut m: HashMap<_, V6Key, common::Endpoint> = self.map_mut(common::MAP_PROTECTED_V6)?;
-        clear(&mut m, common::MAP_PROTECTED_V6, |k| k.generation == generation)?;
+        clear(&mut m, common::MAP_PROTECTED_V6, |k| {
+            k.generation == generation
+        })?;
         for name in [common::MAP_UID_RULES, common::MAP_GID_RULES] {
             let mut m: HashMap<_, IdKey, common::IdRule> = self.map_mut(name)?;
             clear(&mut m, name, |k| k.generation == generation)?;
@@ -338,7 +342,11 @@ impl Guard {
     /// Attachments are multi-attach: other programs attached later, here or
     /// in a child cgroup, run in addition to ours and cannot replace them
     /// (a deny from any of them wins).
-    pub fn attach(&mut self, cgroup: &Path, pins: Option<&Pins>) -> Result<AttachReport, GuardError> {
+    pub fn attach(
+        &mut self,
+        cgroup: &Path,
+        pins: Option<&Pins>,
+    ) -> Result<AttachReport, GuardError> {
         let file = cgroup::open(cgroup)?;
         let cgroup_id = cgroup::id(&file)?;
         // From 5.7 aya attaches through a bpf_link, which the kernel always
@@ -390,13 +398,11 @@ impl Guard {
                     source,
                 })?;
             if let Some(pins) = pins {
-                let link = program
-                    .take_link(id)
-                    .map_err(|source| GuardError::Attach {
-                        name,
-                        cgroup: cgroup.display().to_string(),
-                        source,
-                    })?;
+                let link = program.take_link(id).map_err(|source| GuardError::Attach {
+                    name,
+                    cgroup: cgroup.display().to_string(),
+                    source,
+                })?;
                 let link: FdLink = link.try_into().map_err(|e| GuardError::Pin {
                     what: "pin the link of",
                     path: pins.link_path(name),
@@ -408,10 +414,7 @@ impl Guard {
         }
         if let Some(pins) = pins {
             for name in PINNED_MAPS {
-                let map = self
-                    .ebpf
-                    .map(name)
-                    .ok_or(GuardError::MissingMap(name))?;
+                let map = self.ebpf.map(name).ok_or(GuardError::MissingMap(name))?;
                 pins.pin_map(name, map)?;
             }
         }

@@ -11,12 +11,12 @@ use clap::Parser as _;
 use imds_guard::{
     check::check,
     cli::{CheckArgs, Cli, Command, DetachArgs, RenderArgs, StatusArgs, ValidateArgs},
-    pins::Pins,
-    status::{Status, is_agent},
     logging,
+    pins::Pins,
     policy::{PolicyError, PolicySpec, SystemResolver},
     render::render,
     run::{RunError, run},
+    status::{Status, is_agent},
 };
 
 const EXIT_INVALID_POLICY: u8 = 1;
@@ -69,7 +69,10 @@ fn runtime_error(e: impl Into<anyhow::Error>) -> ExitCode {
 fn detach(args: &DetachArgs) -> ExitCode {
     let pins = Pins::new(&args.pin_dir);
     if !pins.dir().exists() {
-        println!("nothing is pinned at {}: no guard to detach", pins.dir().display());
+        println!(
+            "nothing is pinned at {}: no guard to detach",
+            pins.dir().display()
+        );
         return ExitCode::SUCCESS;
     }
     // Read who runs it before its pins go.
@@ -137,7 +140,9 @@ fn check_one(args: &CheckArgs) -> ExitCode {
         return runtime_error(anyhow::anyhow!("give --user or --uid"));
     };
     let Some(gid) = args.gid.or(user.as_ref().map(|u| u.gid.as_raw())) else {
-        eprintln!("imds-guard: uid {uid} has no entry on this host: give its primary group with --gid");
+        eprintln!(
+            "imds-guard: uid {uid} has no entry on this host: give its primary group with --gid"
+        );
         return ExitCode::from(EXIT_RUNTIME);
     };
     let v = check(&policy, uid, gid, args.dst);

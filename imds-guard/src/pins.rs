@@ -18,7 +18,7 @@ use aya::{
 };
 
 use crate::{
-    guard::{GuardError, PROGRAMS, PINNED_MAPS},
+    guard::{GuardError, PINNED_MAPS, PROGRAMS},
     sys,
 };
 
@@ -130,14 +130,17 @@ impl Pins {
     }
 
     /// A pinned map, as the `Map` variant `wrap` makes of it.
-    pub fn open_map(&self, name: &str, wrap: fn(MapData) -> Map) -> Result<Option<Map>, GuardError> {
+    pub fn open_map(
+        &self,
+        name: &str,
+        wrap: fn(MapData) -> Map,
+    ) -> Result<Option<Map>, GuardError> {
         let path = self.map_path(name);
         if !path.exists() {
             return Ok(None);
         }
-        let data = MapData::from_pin(&path).map_err(|e| {
-            pin_err("open the pinned map", &path)(chain(e))
-        })?;
+        let data = MapData::from_pin(&path)
+            .map_err(|e| pin_err("open the pinned map", &path)(chain(e)))?;
         Ok(Some(wrap(data)))
     }
 

@@ -60,13 +60,10 @@ impl Status {
                 });
             }
         }
-        let cgroup = links
-            .iter()
-            .find(|l| l.cgroup_id != 0)
-            .and_then(|l| {
-                let root = cgroup::cgroup2_root().ok()?;
-                cgroup::find_by_id(&root, l.cgroup_id, 100_000)
-            });
+        let cgroup = links.iter().find(|l| l.cgroup_id != 0).and_then(|l| {
+            let root = cgroup::cgroup2_root().ok()?;
+            cgroup::find_by_id(&root, l.cgroup_id, 100_000)
+        });
         let active = pins.open_map(common::MAP_ACTIVE, Map::Array)?;
         let config_map = pins.open_map(common::MAP_CONFIG, Map::Array)?;
         let config = match (active, config_map) {
@@ -147,19 +144,32 @@ impl Status {
         use std::fmt::Write as _;
         let mut s = String::new();
         let state = if self.enforcing() {
-            format!("{} (mode {})", if self.mode() == "audit" { "auditing" } else { "enforcing" }, self.mode())
+            format!(
+                "{} (mode {})",
+                if self.mode() == "audit" {
+                    "auditing"
+                } else {
+                    "enforcing"
+                },
+                self.mode()
+            )
         } else if self.links.is_empty() {
             "not attached".to_owned()
         } else {
-            format!("NOT enforcing ({} of {} hooks attached, mode {})", self.links.iter().filter(|l| l.cgroup_id != 0).count(), PROGRAMS.len(), self.mode())
+            format!(
+                "NOT enforcing ({} of {} hooks attached, mode {})",
+                self.links.iter().filter(|l| l.cgroup_id != 0).count(),
+                PROGRAMS.len(),
+                self.mode()
+            )
         };
         let _ = writeln!(s, "imds-guard: {state}");
         let _ = writeln!(s, "  pins:     {}", self.pin_dir.display());
         if let Some(l) = self.links.first() {
-            let path = self
-                .cgroup
-                .as_ref()
-                .map_or_else(|| "(path not found)".to_owned(), |p| p.display().to_string());
+            let path = self.cgroup.as_ref().map_or_else(
+                || "(path not found)".to_owned(),
+                |p| p.display().to_string(),
+            );
             let _ = writeln!(s, "  cgroup:   {path} (id {})", l.cgroup_id);
         }
         for l in &self.links {
@@ -173,7 +183,11 @@ impl Status {
             );
         }
         if let Some((generation, c)) = self.config {
-            let _ = writeln!(s, "  policy:   sha256 {} (generation {generation})", hex(&c.digest));
+            let _ = writeln!(
+                s,
+                "  policy:   sha256 {} (generation {generation})",
+                hex(&c.digest)
+            );
             let _ = writeln!(
                 s,
                 "  since:    {} (attached), policy applied {}",
@@ -184,7 +198,11 @@ impl Status {
                 s,
                 "  agent:    pid {} {}",
                 c.agent_pid,
-                if self.agent_alive { "running" } else { "not running (enforcement continues)" }
+                if self.agent_alive {
+                    "running"
+                } else {
+                    "not running (enforcement continues)"
+                }
             );
         }
         if let Some(c) = self.counters {

@@ -2,7 +2,10 @@
 //! `validate` exit codes and messages, and `run` refusing a bad policy
 //! before it touches the kernel.
 
-#![expect(clippy::expect_used, reason = "test helpers panic with a message, like the tests")]
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers panic with a message, like the tests"
+)]
 
 use std::{
     fs,
@@ -147,25 +150,46 @@ fn check_gives_the_verdict_and_the_rule_without_the_kernel() {
     let root = run(&["--user", "root", "--dst", "169.254.169.254"]);
     assert_eq!(root.status.code(), Some(0), "{}", stderr(&root));
     assert!(
-        stdout(&root).starts_with("allowed: uid 0 gid 0 to 169.254.169.254: uid 0 is allowed by [allow] users \"root\""),
+        stdout(&root).starts_with(
+            "allowed: uid 0 gid 0 to 169.254.169.254: uid 0 is allowed by [allow] users \"root\""
+        ),
         "{}",
         stdout(&root)
     );
 
     let other = run(&["--uid", "1000", "--gid", "1000", "--dst", "fd00:ec2::254"]);
     assert_eq!(other.status.code(), Some(4));
-    assert!(stdout(&other).contains("denied: uid 1000 gid 1000"), "{}", stdout(&other));
-    assert!(stdout(&other).contains("neither uid 1000 nor gid 1000 is in [allow]"), "{}", stdout(&other));
+    assert!(
+        stdout(&other).contains("denied: uid 1000 gid 1000"),
+        "{}",
+        stdout(&other)
+    );
+    assert!(
+        stdout(&other).contains("neither uid 1000 nor gid 1000 is in [allow]"),
+        "{}",
+        stdout(&other)
+    );
 
     // Deny wins over an allowed gid, and the rule is cited with its place.
-    let denied = run(&["--uid", "4242", "--gid", "1500", "--dst", "::ffff:169.254.169.254", "--json"]);
+    let denied = run(&[
+        "--uid",
+        "4242",
+        "--gid",
+        "1500",
+        "--dst",
+        "::ffff:169.254.169.254",
+        "--json",
+    ]);
     assert_eq!(denied.status.code(), Some(4));
     let json: serde_json::Value = serde_json::from_slice(&denied.stdout).expect("json");
     assert_eq!(json["verdict"], "deny");
     assert_eq!(json["protected"], true, "the mapped form is protected");
     assert_eq!(
         json["reason"],
-        format!("uid 4242 is denied by [deny] uids 4242 at {}:5:9", path.display())
+        format!(
+            "uid 4242 is denied by [deny] uids 4242 at {}:5:9",
+            path.display()
+        )
     );
 
     // A destination that is not protected is allowed for everyone.
