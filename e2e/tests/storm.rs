@@ -60,4 +60,10 @@ fn repeated_denials_are_rate_limited_with_a_count_of_what_was_suppressed() {
         "{last}"
     );
     assert_eq!(field(&last, "events_lost").and_then(Value::as_u64), Some(0));
+    // Every decision reached the agent, the suppressed ones included.
+    assert_eq!(
+        field(&last, "events_received").and_then(Value::as_u64),
+        Some(u64::from(STORM)),
+        "{last}"
+    );
 }

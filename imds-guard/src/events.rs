@@ -158,6 +158,9 @@ pub struct EventLog {
     names: HashMap<u32, Option<String>>,
     /// Events the kernel counted as lost that have been reported already.
     lost_reported: u64,
+    /// Every event read from the ring buffer, logged or suppressed: with
+    /// the kernel's lost count it accounts for every decision.
+    received: u64,
 }
 
 /// Per key: this many records per window, then one summary.
@@ -174,6 +177,7 @@ impl Default for EventLog {
             limiter: RateLimiter::new(WINDOW, BURST, MAX_KEYS),
             names: HashMap::new(),
             lost_reported: 0,
+            received: 0,
         }
     }
 }
@@ -181,6 +185,7 @@ impl Default for EventLog {
 impl EventLog {
     /// Logs one decision unless rate limiting holds it back.
     pub fn record(&mut self, d: &Decision, policy: &Policy, resolver: &dyn Resolver, now: Instant) {
+        self.received += 1;
         let key = Key {
             event: d.event,
             uid: d.uid,
@@ -241,6 +246,11 @@ impl EventLog {
                  enforced and counted)"
             );
         }
+    }
+
+    /// Events read from the ring buffer so far.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     fn user_name(&mut self, uid: u32, resolver: &dyn Resolver) -> Option<String> {

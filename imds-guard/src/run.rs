@@ -224,6 +224,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         denied = counters.denied,
         audited = counters.audited,
         events_lost = counters.events_lost,
+        events_received = log.received(),
         errors = counters.errors,
         pin_dir = %pins.dir().display(),
         "{signal_name}: exiting; {outcome}"
