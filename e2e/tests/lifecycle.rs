@@ -155,6 +155,16 @@ fn reloads(agent: &Agent, outcome: &str) -> usize {
         .count()
 }
 
+/// Waits for a reload record with `outcome`.
+fn reloaded(agent: &Agent, outcome: &str) -> Value {
+    agent
+        .wait_for(
+            |r| field(r, "outcome").and_then(Value::as_str) == Some(outcome),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("no {outcome} reload:\n{}", agent.output()))
+}
+
 /// UDP datagrams to the protected address from `uid`, in rounds, until
 /// `stop`: (attempts, refused with EPERM).
 fn hammer(world: &World, uid: u32, stop: &AtomicBool) -> (u64, u64) {
@@ -294,12 +304,7 @@ fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
     // A good file is taken.
     w.policy(P2);
     sighup(&agent);
-    agent
-        .wait_for(
-            |r| field(r, "outcome").and_then(Value::as_str) == Some("applied"),
-            Duration::from_secs(10),
-        )
-        .unwrap_or_else(|| panic!("no applied reload:\n{}", agent.output()));
+    reloaded(&agent, "applied");
     w.probe(Z)
         .run(Action::connect(IMDS_V4, IMDS_PORT))
         .assert_ok();
@@ -491,20 +496,10 @@ fn metrics_count_decisions_and_reloads() {
         .assert_errno(EPERM);
     w.policy("[allow]\nuids = [1001, \"x\"]\n");
     sighup(&agent);
-    agent
-        .wait_for(
-            |r| field(r, "outcome").and_then(Value::as_str) == Some("invalid"),
-            Duration::from_secs(10),
-        )
-        .expect("invalid reload");
+    reloaded(&agent, "invalid");
     w.policy(P2);
     sighup(&agent);
-    agent
-        .wait_for(
-            |r| field(r, "outcome").and_then(Value::as_str) == Some("applied"),
-            Duration::from_secs(10),
-        )
-        .expect("applied reload");
+    reloaded(&agent, "applied");
     // Counters reach the metrics on the agent's one-second tick.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let body = loop {
