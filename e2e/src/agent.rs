@@ -76,14 +76,41 @@ impl Agent {
         pin_dir: &Path,
         extra_args: &[&str],
     ) -> Self {
-        let mut args = vec!["--pin-dir", pin_dir.to_str().unwrap_or_else(|| panic!("non UTF-8 pin dir"))];
+        Self::start_pinned_env(config, cgroup, pin_dir, extra_args, &[])
+    }
+
+    /// [`Agent::start_pinned`] with extra environment variables (for
+    /// example a `NOTIFY_SOCKET` the test listens on).
+    pub fn start_pinned_env(
+        config: &Path,
+        cgroup: &TestCgroup,
+        pin_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut args = vec![
+            "--pin-dir",
+            pin_dir
+                .to_str()
+                .unwrap_or_else(|| panic!("non UTF-8 pin dir")),
+        ];
         args.extend_from_slice(extra_args);
-        Self::start_bin(&imds_guard_bin(), config, cgroup, &args)
+        Self::spawn_agent(&imds_guard_bin(), config, cgroup, &args, env)
     }
 
     /// [`Agent::start`] with an explicit binary (a stand-in, or a build the
     /// harness would not find).
     pub fn start_bin(bin: &Path, config: &Path, cgroup: &TestCgroup, extra_args: &[&str]) -> Self {
+        Self::spawn_agent(bin, config, cgroup, extra_args, &[])
+    }
+
+    fn spawn_agent(
+        bin: &Path,
+        config: &Path,
+        cgroup: &TestCgroup,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         // Never let an agent under test pin in the host's /sys/fs/bpf.
         let own_pins = (!extra_args.contains(&"--pin-dir")).then(TestBpffs::new);
         let own_pin_dir = own_pins.as_ref().map(TestBpffs::pin_dir);
@@ -100,6 +127,7 @@ impl Agent {
                     .flat_map(|d| [std::ffi::OsStr::new("--pin-dir"), d.as_os_str()]),
             )
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

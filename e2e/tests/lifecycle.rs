@@ -529,3 +529,90 @@ fn metrics_count_decisions_and_reloads() {
         "the digest in force, as status reads it: {body}"
     );
 }
+
+#[test]
+fn systemd_is_told_when_the_guard_is_ready_reloading_and_stopping() {
+    if !privileged_or_skip("systemd_is_told_when_the_guard_is_ready_reloading_and_stopping") {
+        return;
+    }
+    let w = World::new();
+    w.policy(P1);
+    let socket = w.dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&socket).expect("bind the notify socket");
+    listener
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = listener.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let agent = Agent::start_pinned_env(
+        &w.dir.path().join("policy.toml"),
+        &w.cgroup,
+        &w.bpffs.pin_dir(),
+        &[],
+        &[("NOTIFY_SOCKET", socket.to_str().expect("utf-8"))],
+    );
+    let ready = next();
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    assert!(
+        ready.contains("STATUS=enforce, policy sha256 "),
+        "{ready:?}"
+    );
+    // READY=1 comes once the guard is in force: it is already enforcing.
+    w.expect_p1();
+
+    w.policy(P2);
+    sighup(&agent);
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    let ready_again = next();
+    assert!(ready_again.starts_with("READY=1\n"), "{ready_again:?}");
+    assert!(!ready_again.contains("refused"), "{ready_again:?}");
+
+    w.policy("mode = 3\n");
+    sighup(&agent);
+    assert!(next().starts_with("RELOADING=1"));
+    assert!(next().contains("(last reload refused)"));
+
+    agent.terminate();
+    assert_eq!(next(), "STOPPING=1");
+}
+
+#[test]
+fn a_second_agent_refuses_to_take_over_from_a_live_one() {
+    if !privileged_or_skip("a_second_agent_refuses_to_take_over_from_a_live_one") {
+        return;
+    }
+    let w = World::new();
+    w.policy(P1);
+    let first = w.start();
+    let second = Agent::start_pinned(
+        &w.dir.path().join("policy.toml"),
+        &w.cgroup,
+        &w.bpffs.pin_dir(),
+        &[],
+    );
+    let status = second
+        .wait_exit(Duration::from_secs(30))
+        .expect("the second agent exits");
+    assert_eq!(status.code(), Some(3), "{}", second.output());
+    assert!(
+        second
+            .output()
+            .contains(&format!("another imds-guard agent (pid {})", first.pid())),
+        "{}",
+        second.output()
+    );
+    let (_, s) = w.status();
+    assert_eq!(
+        s["policy"]["agent_pid"],
+        first.pid(),
+        "the first keeps the guard"
+    );
+    assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
+}

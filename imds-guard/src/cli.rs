@@ -44,6 +44,8 @@ pub enum Command {
     /// The verdict a policy gives a process, and the rule that decides it,
     /// without the kernel. Exit 0 when allowed, 4 when denied.
     Check(CheckArgs),
+    /// Write the man pages or shell completions (for packaging).
+    Generate(crate::generate::GenerateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,8 +57,9 @@ pub struct RunArgs {
     /// cgroup v2 hierarchy, found in /proc/self/mountinfo).
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
-    /// How to write log records on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    /// How to write log records: `auto` is the journal when stderr is
+    /// connected to it (under systemd), text on stderr otherwise.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
     /// The bpf filesystem directory where the guard pins its links and
     /// maps, so that it outlives the agent.

@@ -58,6 +58,15 @@ fn main() -> ExitCode {
         Command::Detach(args) => detach(&args),
         Command::Status(args) => status(&args),
         Command::Check(args) => check_one(&args),
+        Command::Generate(args) => {
+            match imds_guard::generate::run_generate(
+                &args,
+                <Cli as clap::CommandFactory>::command(),
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => runtime_error(e),
+            }
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use crate::{
     guard::{Guard, GuardError, Stamp},
     logging,
     metrics::{self, Enforcing, Metrics, ReloadOutcome},
+    notify,
     pins::Pins,
     policy::{Mode, Policy, PolicyError, PolicySpec, SystemResolver, hex},
 };
@@ -40,6 +41,11 @@ pub enum RunError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Guard(#[from] GuardError),
+    #[error(
+        "another imds-guard agent (pid {pid}) runs the guard pinned in {pin_dir}; stop it first \
+         (a restarted agent takes over the pins of one that stopped or died)"
+    )]
+    AgentRunning { pid: u32, pin_dir: PathBuf },
     #[error("{what}")]
     Io {
         what: &'static str,
@@ -88,6 +94,18 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     };
     let pins = Pins::new(&args.pin_dir);
     pins.prepare()?;
+    // Two agents on one guard would each believe their maps are in force.
+    if let Some((_, config)) = crate::status::Status::read(&pins)
+        .ok()
+        .and_then(|s| s.config)
+        && config.agent_pid != std::process::id()
+        && crate::status::is_agent(config.agent_pid)
+    {
+        return Err(RunError::AgentRunning {
+            pid: config.agent_pid,
+            pin_dir: pins.dir().to_owned(),
+        });
+    }
     // Bound before attaching: asked for metrics that cannot be served is a
     // setup error, not something to find out later.
     let metrics = Arc::new(Metrics::new());
@@ -144,6 +162,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 
     metrics.set_enforcing(Enforcing::Active(policy.spec.mode));
     metrics.set_policy_digest(&hex(&stamp.digest));
+    // systemd (Type=notify) starts what is ordered after us only now: the
+    // programs are attached with the policy in force.
+    notified(notify::ready(&format!(
+        "{mode}, policy sha256 {}",
+        hex(&stamp.digest)
+    )));
     let server = listener.map(|l| {
         if let Ok(addr) = l.local_addr() {
             tracing::info!(metrics = %addr, "serving Prometheus metrics on http://{addr}/metrics");
@@ -171,8 +195,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 // Decisions made under the policy in force are explained
                 // with it: drain them before it can change.
                 drain(events.get_mut(), &mut log, &policies, &resolver);
+                notified(notify::reloading());
                 let outcome = reload(&mut guard, &args.config, &mut policies, &mut stamp);
                 metrics.reload(outcome);
+                let mode = policies
+                    .get(guard.active_generation().unwrap_or(0) as u8)
+                    .map_or("enforce", |p| mode_name(p.spec.mode));
+                notified(notify::ready(&format!(
+                    "{mode}, policy sha256 {}{}",
+                    hex(&stamp.digest),
+                    if outcome == ReloadOutcome::Applied { "" } else { " (last reload refused)" }
+                )));
                 if outcome == ReloadOutcome::Applied {
                     metrics.set_policy_digest(&hex(&stamp.digest));
                     if let Some(p) = policies.get(guard.active_generation().unwrap_or(0) as u8) {
@@ -200,6 +233,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     };
 
+    notified(notify::stopping());
     if let Some(server) = server {
         server.abort();
     }
@@ -230,6 +264,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         "{signal_name}: exiting; {outcome}"
     );
     Ok(())
+}
+
+/// systemd notifications are best effort: without systemd they do nothing,
+/// and a failure to send one is worth a line, not an exit.
+fn notified(result: Result<(), notify::NotifyError>) {
+    if let Err(e) = result {
+        tracing::warn!("cannot notify systemd: {:#}", anyhow::Error::from(e));
+    }
 }
 
 /// Re-reads the policy file and puts it in force, or keeps the policy in

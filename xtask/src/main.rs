@@ -1,9 +1,10 @@
 //! Project tasks cargo alone cannot do: install the eBPF toolchain, run the
-//! privileged tests, run the demo.
+//! privileged tests, run the demo, build the packages, run the benchmark.
 //!
 //! `xtask` depends on nothing of the project, so that it builds on a bare
 //! machine before the eBPF toolchain exists.
 
+mod dist;
 mod setup;
 mod tasks;
 
@@ -32,6 +33,25 @@ enum Command {
     /// Set up, build, and show the guard at work in a sandbox: its own
     /// network namespace with a fake IMDS, its own child cgroup.
     Demo,
+    /// Build the release binary, then target/dist/imds-guard_VERSION-1_ARCH.deb
+    /// and target/dist/imds-guard-VERSION-1.ARCH.rpm.
+    Dist {
+        /// Then check them: the .deb is installed on this machine (as root,
+        /// not booted with systemd), checked and purged, then installed and
+        /// run under systemd in a systemd-nspawn boot of this system; the
+        /// .rpm is inspected with rpm -qp.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Set up, build in release mode, and measure what the guard costs beside
+    /// the iptables and nftables rules `render` emits; rewrites
+    /// docs/BENCHMARKS.md. As root.
+    Bench {
+        /// Arguments for the benchmark (`--help` lists them; `--quick` for a
+        /// short smoke run).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -39,5 +59,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::setup().map(drop),
         Command::Test { args } => tasks::test(&args),
         Command::Demo => tasks::demo(),
+        Command::Dist { check } => dist::dist(check),
+        Command::Bench { args } => tasks::bench(&args),
     }
 }

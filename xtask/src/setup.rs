@@ -22,8 +22,21 @@ const DEBIAN_BUILD: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-/// What the tests and the demo use on every route.
-const TEST_TOOLS: &[&str] = &["iproute2", "util-linux", "iptables", "nftables"];
+/// What the tests, the demo and the packaging (`dist`) use on every route:
+/// dpkg-dev for dpkg-shlibdeps, rpm for rpmbuild, systemd for
+/// systemd-analyze, systemd-container for systemd-nspawn, man-db (with
+/// groff) for the man page checks.
+const TEST_TOOLS: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "iptables",
+    "nftables",
+    "dpkg-dev",
+    "rpm",
+    "systemd",
+    "systemd-container",
+    "man-db",
+];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Which way the eBPF programs are built.

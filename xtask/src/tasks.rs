@@ -42,7 +42,12 @@ pub fn test(extra: &[String]) -> Result<()> {
     run(cargo()
         .args(["test", "-p", "imds-guard-e2e", "--"])
         .arg("--test-threads=1")
-        .args(extra))
+        .args(extra))?;
+    if extra.is_empty() {
+        eprintln!("xtask: packages (.deb installed and removed again, .rpm inspected)");
+        crate::dist::dist(true)?;
+    }
+    Ok(())
 }
 
 pub fn demo() -> Result<()> {
@@ -56,4 +61,22 @@ pub fn demo() -> Result<()> {
         "--bin",
         "imds-guard-demo",
     ]))
+}
+
+pub fn bench(extra: &[String]) -> Result<()> {
+    setup()?;
+    // The bench starts the release agent and its own release binary.
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "imds-guard-e2e",
+            "--bin",
+            "imds-guard-bench",
+            "--",
+        ])
+        .args(extra))
 }

@@ -1,0 +1,172 @@
+//! The `.deb`: the staged tree and its `DEBIAN/` directory (control,
+//! conffiles, md5sums, maintainer scripts), built by
+//! `dpkg-deb --build --root-owner-group`.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    Build, RELEASE, arch, fresh_dir,
+    layout::{self, CONFIG, Entry, Format},
+    stdout,
+};
+use crate::tasks::run;
+
+/// The maintainer scripts (`sh -n` checked by `--check`).
+pub const SCRIPTS: [(&str, &str); 3] = [
+    ("postinst", include_str!("scripts/deb-postinst")),
+    ("prerm", include_str!("scripts/deb-prerm")),
+    ("postrm", include_str!("scripts/deb-postrm")),
+];
+
+const SUMMARY: &str = "decides which local processes may reach the cloud instance metadata service";
+/// The extended description, wrapped; `debian_description` indents it.
+const DESCRIPTION: &str = "imds-guard keeps the credentials the cloud instance metadata service
+(169.254.169.254, fd00:ec2::254) hands out away from local processes that
+should not have them. eBPF cgroup connect and sendmsg programs refuse a
+connection or datagram to a protected address unless the policy in
+/etc/imds-guard/policy.toml allows the caller's uid or gid; every denial
+is logged to the journal with who made it and which policy entry decided.
+
+The guard stays pinned in the kernel when the service stops; run
+`imds-guard detach` to turn it off. Removing the package does that.";
+
+/// deb-control(5): continuation lines start with a space, an empty line
+/// is " .".
+fn debian_description(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.is_empty() {
+                " .\n".to_owned()
+            } else {
+                format!(" {l}\n")
+            }
+        })
+        .collect()
+}
+
+/// `0.1.0-1`.
+pub fn version(build: &Build) -> String {
+    format!("{}-{RELEASE}", build.version)
+}
+
+pub fn build(build: &Build) -> Result<PathBuf> {
+    let (arch, _) = arch()?;
+    let entries = layout::entries(build, Format::Deb)?;
+    let root = build.dist.join("deb-root");
+    layout::stage(&entries, &root)?;
+
+    let debian = root.join("DEBIAN");
+    fresh_dir(&debian)?;
+    let depends = shlib_depends(&build.bin, &build.dist.join("shlibdeps"))?;
+    let control = format!(
+        "Package: imds-guard\n\
+         Version: {version}\n\
+         Architecture: {arch}\n\
+         Maintainer: imds-guard developers <imds-guard@localhost>\n\
+         Installed-Size: {size}\n\
+         Depends: {depends}\n\
+         Section: admin\n\
+         Priority: optional\n\
+         Description: {SUMMARY}\n{description}",
+        version = version(build),
+        size = installed_size_kib(&entries, &root)?,
+        description = debian_description(DESCRIPTION),
+    );
+    write(&debian.join("control"), &control, 0o644)?;
+    write(&debian.join("conffiles"), &format!("{CONFIG}\n"), 0o644)?;
+    write(&debian.join("md5sums"), &md5sums(&entries, &root)?, 0o644)?;
+    for (name, script) in SCRIPTS {
+        write(&debian.join(name), script, 0o755)?;
+    }
+
+    let out = build
+        .dist
+        .join(format!("imds-guard_{}_{arch}.deb", version(build)));
+    run(Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&root)
+        .arg(&out))?;
+    Ok(out)
+}
+
+fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
+    fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))
+}
+
+/// The shared-library dependencies of `bin`, as `dpkg-shlibdeps` computes
+/// them (`libc6 (>= 2.34), libgcc-s1 (>= 4.2)`). It wants to run in a
+/// source package: `scratch` becomes a minimal one.
+fn shlib_depends(bin: &Path, scratch: &Path) -> Result<String> {
+    fresh_dir(&scratch.join("debian"))?;
+    fs::write(
+        scratch.join("debian/control"),
+        "Source: imds-guard\n\nPackage: imds-guard\nArchitecture: any\n",
+    )
+    .with_context(|| format!("cannot write {}/debian/control", scratch.display()))?;
+    let out = stdout(
+        Command::new("dpkg-shlibdeps")
+            .arg("-O")
+            .arg(bin)
+            .current_dir(scratch),
+    )
+    .context("dpkg-shlibdeps (package dpkg-dev) computes the .deb's Depends")?;
+    match out.trim().strip_prefix("shlibs:Depends=") {
+        Some(deps) if !deps.is_empty() => Ok(deps.to_owned()),
+        _ => bail!("dpkg-shlibdeps printed {out:?}, not shlibs:Depends=…"),
+    }
+}
+
+/// `Installed-Size`, in KiB, as dpkg-gencontrol counts it: each file
+/// rounded up to a KiB.
+fn installed_size_kib(entries: &[Entry], root: &Path) -> Result<u64> {
+    let mut kib = 0;
+    for e in entries {
+        let path = root.join(e.path.trim_start_matches('/'));
+        let len = fs::metadata(&path)
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len();
+        kib += len.div_ceil(1024);
+    }
+    Ok(kib)
+}
+
+/// `DEBIAN/md5sums` for `dpkg --verify`; conffiles are left out (dpkg
+/// records their sums itself).
+fn md5sums(entries: &[Entry], root: &Path) -> Result<String> {
+    let relative: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.path != CONFIG)
+        .map(|e| e.path.trim_start_matches('/'))
+        .collect();
+    stdout(Command::new("md5sum").args(&relative).current_dir(root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_description_is_indented_with_dots_for_blank_lines() {
+        assert_eq!(
+            debian_description("first line\nsecond\n\nthird"),
+            " first line\n second\n .\n third\n"
+        );
+    }
+
+    #[test]
+    fn the_shipped_description_has_no_line_dpkg_would_misread() {
+        for line in debian_description(DESCRIPTION).lines() {
+            assert!(line.starts_with(' '), "{line:?}");
+            assert!(line.len() <= 80, "too long for dpkg -s: {line:?}");
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The `.rpm`: a generated spec whose `%install` copies the staged tree,
+//! built by `rpmbuild -bb`. The scriptlets use plain `systemctl` rather
+//! than the `%systemd_*` macros, which rpmbuild outside Fedora's family
+//! (Debian's `rpm` here) does not define.
+
+use std::{fmt::Write as _, fs, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, ensure};
+
+use super::{
+    Build, RELEASE, arch, fresh_dir,
+    layout::{self, CONFIG, DOC_DIR, Format},
+};
+use crate::tasks::run;
+
+/// The scriptlets, by spec section.
+pub const SCRIPTLETS: [(&str, &str); 3] = [
+    ("%post", include_str!("scripts/rpm-post")),
+    ("%preun", include_str!("scripts/rpm-preun")),
+    ("%postun", include_str!("scripts/rpm-postun")),
+];
+
+pub fn build(build: &Build) -> Result<PathBuf> {
+    let (_, arch) = arch()?;
+    let entries = layout::entries(build, Format::Rpm)?;
+    let stage = build.dist.join("rpm-root");
+    layout::stage(&entries, &stage)?;
+
+    let mut files = String::from("%defattr(-,root,root,-)\n%dir /etc/imds-guard\n");
+    writeln!(files, "%dir {DOC_DIR}")?;
+    for e in &entries {
+        if e.path == CONFIG {
+            writeln!(files, "%config(noreplace) {}", e.path)?;
+        } else if e.path.starts_with(DOC_DIR) {
+            writeln!(files, "%doc {}", e.path)?;
+        } else {
+            writeln!(files, "{}", e.path)?;
+        }
+    }
+    let mut scriptlets = String::new();
+    for (section, body) in SCRIPTLETS {
+        writeln!(scriptlets, "{section}\n{body}")?;
+    }
+    // The binary is built and the man pages compressed already: no
+    // debuginfo subpackage, build-id links or brp-* post-processing (which
+    // would also need binutils).
+    let spec = format!(
+        "%global debug_package %{{nil}}\n\
+         %global _build_id_links none\n\
+         %global __os_install_post %{{nil}}\n\
+         Name: imds-guard\n\
+         Version: {version}\n\
+         Release: {RELEASE}\n\
+         Summary: Decides which local processes may reach the cloud instance metadata service\n\
+         License: MIT OR Apache-2.0\n\
+         \n\
+         %description\n\
+         eBPF cgroup connect and sendmsg programs refuse a connection or datagram to\n\
+         the instance metadata service (169.254.169.254, fd00:ec2::254) unless the\n\
+         policy in /etc/imds-guard/policy.toml allows the caller's uid or gid. The\n\
+         guard stays pinned when the service stops: `imds-guard detach` turns it\n\
+         off, and erasing the package does that.\n\
+         \n\
+         %install\n\
+         mkdir -p %{{buildroot}}\n\
+         cp -a '{stage}/.' %{{buildroot}}/\n\
+         \n\
+         {scriptlets}\n\
+         %files\n\
+         {files}",
+        version = build.version,
+        stage = stage.display(),
+    );
+
+    let top = build.dist.join("rpmbuild");
+    fresh_dir(&top)?;
+    let spec_path = top.join("imds-guard.spec");
+    fs::write(&spec_path, spec).with_context(|| format!("cannot write {}", spec_path.display()))?;
+    run(Command::new("rpmbuild")
+        .args(["-bb", "--quiet", "--target", arch, "--define"])
+        .arg(format!("_topdir {}", top.display()))
+        .arg(&spec_path))?;
+
+    let name = format!("imds-guard-{}-{RELEASE}.{arch}.rpm", build.version);
+    let built = top.join("RPMS").join(arch).join(&name);
+    ensure!(
+        built.is_file(),
+        "rpmbuild succeeded but did not write {}",
+        built.display()
+    );
+    let out = build.dist.join(&name);
+    fs::rename(&built, &out)
+        .with_context(|| format!("cannot move {} to {}", built.display(), out.display()))?;
+    Ok(out)
+}
