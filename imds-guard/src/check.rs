@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::{
     cli::CheckArgs,
-    events::Decision,
+    events::explain,
     policy::{Action, Mode, Policy, Reason},
 };
 
@@ -33,27 +33,14 @@ pub fn check(policy: &Policy, uid: u32, gid: u32, dst: IpAddr) -> Verdict {
     let d = policy.decide(uid, gid);
     let denied = d.action == Action::Deny;
     let audit = policy.spec.mode == Mode::Audit;
-    let event = Decision {
-        event: "",
-        uid,
-        gid,
-        pid: 0,
-        tid: 0,
-        comm: String::new(),
-        dst,
-        port: 0,
-        hook: "",
-        cgroup_id: 0,
-        reason: match d.reason {
-            Reason::UidDenied => reason::UID_DENIED,
-            Reason::GidDenied => reason::GID_DENIED,
-            Reason::UidAllowed => reason::UID_ALLOWED,
-            Reason::GidAllowed => reason::GID_ALLOWED,
-            Reason::Default => reason::DEFAULT,
-        },
-        rule: d.entry.map_or(0, |e| e as u32 + 1),
-        generation: 0,
+    let reason = match d.reason {
+        Reason::UidDenied => reason::UID_DENIED,
+        Reason::GidDenied => reason::GID_DENIED,
+        Reason::UidAllowed => reason::UID_ALLOWED,
+        Reason::GidAllowed => reason::GID_ALLOWED,
+        Reason::Default => reason::DEFAULT,
     };
+    let rule = d.entry.map_or(0, |e| e as u32 + 1);
     Verdict {
         verdict: match (denied, audit) {
             (false, _) => "allow",
@@ -61,7 +48,7 @@ pub fn check(policy: &Policy, uid: u32, gid: u32, dst: IpAddr) -> Verdict {
             (true, true) => "audit",
         },
         protected: true,
-        why: event.explain(policy),
+        why: explain(policy, reason, rule, uid, gid),
     }
 }
 

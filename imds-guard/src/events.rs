@@ -91,39 +91,44 @@ impl Decision {
 
     /// Why the decision came out as it did, in words, citing the policy.
     pub fn explain(&self, policy: &Policy) -> String {
-        let entry = (self.rule as usize)
-            .checked_sub(1)
-            .and_then(|i| policy.spec.entries.get(i));
-        let cite = |what: &str| match entry {
-            Some(e) => format!(
-                "{what} by {} at {}:{}:{}",
-                describe(&e.action, &e.identity),
-                policy.spec.path.display(),
-                e.at.line,
-                e.at.col
+        explain(policy, self.reason, self.rule, self.uid, self.gid)
+    }
+}
+
+/// Why a decision with `reason` and `rule` (policy entry index plus one, 0
+/// for none) came out as it did for `uid`/`gid`, citing the policy entry
+/// and its position in the file.
+pub fn explain(policy: &Policy, reason: u8, rule: u32, uid: u32, gid: u32) -> String {
+    let entry = (rule as usize)
+        .checked_sub(1)
+        .and_then(|i| policy.spec.entries.get(i));
+    let cite = |what: &str| match entry {
+        Some(e) => format!(
+            "{what} by {} at {}:{}:{}",
+            describe(&e.action, &e.identity),
+            policy.spec.path.display(),
+            e.at.line,
+            e.at.col
+        ),
+        None => format!("{what} by a policy entry"),
+    };
+    match reason {
+        reason::UID_DENIED => cite(&format!("uid {uid} is denied")),
+        reason::GID_DENIED => cite(&format!("gid {gid} is denied")),
+        reason::UID_ALLOWED => cite(&format!("uid {uid} is allowed")),
+        reason::GID_ALLOWED => cite(&format!("gid {gid} is allowed")),
+        reason::DEFAULT => match policy.default_action {
+            Action::Deny => format!(
+                "neither uid {uid} nor gid {gid} is in [allow], and the policy denies everyone else"
             ),
-            None => format!("{what} by a policy entry"),
-        };
-        match self.reason {
-            reason::UID_DENIED => cite(&format!("uid {} is denied", self.uid)),
-            reason::GID_DENIED => cite(&format!("gid {} is denied", self.gid)),
-            reason::UID_ALLOWED => cite(&format!("uid {} is allowed", self.uid)),
-            reason::GID_ALLOWED => cite(&format!("gid {} is allowed", self.gid)),
-            reason::DEFAULT => match policy.default_action {
-                Action::Deny => format!(
-                    "neither uid {} nor gid {} is in [allow], and the policy denies everyone else",
-                    self.uid, self.gid
-                ),
-                Action::Allow => format!(
-                    "neither uid {} nor gid {} is in [deny], and the policy allows everyone else",
-                    self.uid, self.gid
-                ),
-            },
-            reason::INTERNAL_ERROR => {
-                "the guard could not read its configuration, and fails closed".to_owned()
-            }
-            other => format!("unknown reason {other}"),
+            Action::Allow => format!(
+                "neither uid {uid} nor gid {gid} is in [deny], and the policy allows everyone else"
+            ),
+        },
+        reason::INTERNAL_ERROR => {
+            "the guard could not read its configuration, and fails closed".to_owned()
         }
+        other => format!("unknown reason {other}"),
     }
 }
 

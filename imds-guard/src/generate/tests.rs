@@ -18,13 +18,22 @@ fn text(page: &ManPage) -> String {
 
 #[test]
 fn one_page_for_the_whole_and_one_per_command() {
+    // One page per visible command at every depth (`generate man` gets
+    // `imds-guard-generate-man.8`).
+    fn walk(cmd: &clap::Command, prefix: &str, out: &mut Vec<String>) {
+        for s in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            let name = format!("{prefix}-{}", s.get_name());
+            out.push(format!("{name}.8"));
+            walk(s, &name, out);
+        }
+    }
     let cmd = Cli::command();
     let mut expected = vec!["imds-guard.8".to_owned()];
-    let mut subs: Vec<String> = cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-        .map(|s| format!("imds-guard-{}.8", s.get_name()))
-        .collect();
+    let mut subs = Vec::new();
+    walk(&cmd, "imds-guard", &mut subs);
     subs.sort();
     expected.extend(subs);
     let names: Vec<String> = pages().into_iter().map(|p| p.file_name).collect();
