@@ -225,7 +225,10 @@ fn the_mode_switches_at_run_time_without_reloading_the_programs() {
     assert_eq!(guard.apply(&audit, &Stamp::default()).expect("audit"), 1);
     let r = nobody.run(Action::http(IMDS_V4, IMDS_PORT));
     assert_eq!(r.assert_ok().body, imds.credentials_body());
-    assert_eq!(guard.apply(&enforce, &Stamp::default()).expect("enforce"), 0);
+    assert_eq!(
+        guard.apply(&enforce, &Stamp::default()).expect("enforce"),
+        0
+    );
     nobody
         .run(Action::connect(IMDS_V6, IMDS_PORT))
         .assert_errno(EPERM);

@@ -23,5 +23,10 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
     if !protected_v4(generation, ip4) {
         return Verdict::Allow;
     }
-    decide(ctx, hook::CONNECT4, generation, &Dst::v4(ip4, user_port(ctx)))
+    decide(
+        ctx,
+        hook::CONNECT4,
+        generation,
+        &Dst::v4(ip4, user_port(ctx)),
+    )
 }

@@ -96,8 +96,20 @@ pub fn decide(ctx: &SockAddrContext, hook: u8, generation: u32, dst: &Dst) -> Ve
 /// the door. `imds_guard::policy::Policy::decide` mirrors this order.
 #[inline(always)]
 fn evaluate(generation: u32, uid: u32, gid: u32, default_action: u32) -> Outcome {
-    let by_uid = rule(&UID_RULES, IdKey { generation, id: uid });
-    let by_gid = rule(&GID_RULES, IdKey { generation, id: gid });
+    let by_uid = rule(
+        &UID_RULES,
+        IdKey {
+            generation,
+            id: uid,
+        },
+    );
+    let by_gid = rule(
+        &GID_RULES,
+        IdKey {
+            generation,
+            id: gid,
+        },
+    );
     if by_uid.action != NO_RULE && by_uid.action != action::ALLOW {
         return Outcome {
             action: action::DENY,

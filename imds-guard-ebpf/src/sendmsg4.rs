@@ -23,5 +23,10 @@ fn try_sendmsg4(ctx: &SockAddrContext) -> Verdict {
     if !protected_v4(generation, ip4) {
         return Verdict::Allow;
     }
-    decide(ctx, hook::SENDMSG4, generation, &Dst::v4(ip4, user_port(ctx)))
+    decide(
+        ctx,
+        hook::SENDMSG4,
+        generation,
+        &Dst::v4(ip4, user_port(ctx)),
+    )
 }

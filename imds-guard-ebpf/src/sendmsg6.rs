@@ -22,5 +22,10 @@ fn try_sendmsg6(ctx: &SockAddrContext) -> Verdict {
     if !protected_v6(generation, &ip6) {
         return Verdict::Allow;
     }
-    decide(ctx, hook::SENDMSG6, generation, &Dst::v6(&ip6, user_port(ctx)))
+    decide(
+        ctx,
+        hook::SENDMSG6,
+        generation,
+        &Dst::v6(&ip6, user_port(ctx)),
+    )
 }
