@@ -616,3 +616,32 @@ fn a_second_agent_refuses_to_take_over_from_a_live_one() {
     );
     assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
 }
+
+#[test]
+fn a_pinned_link_that_was_detached_is_replaced_not_trusted() {
+    if !privileged_or_skip("a_pinned_link_that_was_detached_is_replaced_not_trusted") {
+        return;
+    }
+    let w = World::new();
+    w.policy(P1);
+    let first = w.start();
+    kill9(&first);
+    // Someone detached one hook's link (BPF_LINK_DETACH) but left its pin.
+    let pin = w.bpffs.pin_dir().join("link_connect6");
+    let link = sys::obj_get(&pin).expect("open the pinned link");
+    sys::link_detach(link.as_fd()).expect("detach it");
+    assert_eq!(w.attachments(), vec![1, 0, 1, 1]);
+    let (code, _) = w.status();
+    assert_eq!(code, Some(5), "a detached hook is not enforcing");
+
+    let second = w.start();
+    let ready = second
+        .wait_for(|r| field(r, "ready") == Some(&Value::Bool(true)), READY)
+        .expect("ready");
+    assert_eq!(field(&ready, "adopted"), Some(&Value::from(3)), "{ready}");
+    assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
+    w.probe(Y)
+        .run(Action::connect(IMDS_V6, IMDS_PORT))
+        .assert_errno(EPERM);
+    assert_eq!(w.status().0, Some(0));
+}

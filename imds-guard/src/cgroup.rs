@@ -18,6 +18,12 @@ pub enum CgroupError {
     MountInfo(#[source] procfs::ProcError),
     #[error("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo)")]
     NotMounted,
+    #[error(
+        "the cgroup v2 mount at {mount_point} shows only the subtree {root} (a cgroup namespace?): \
+         attaching there would leave the rest of the host unguarded; run in the host's cgroup \
+         namespace, or name the cgroup with --cgroup"
+    )]
+    Subtree { mount_point: PathBuf, root: String },
     #[error("cannot open cgroup {path}")]
     Open {
         path: PathBuf,
@@ -28,16 +34,28 @@ pub enum CgroupError {
     NotCgroup2 { path: PathBuf },
 }
 
-/// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`.
+/// The mount point of the whole cgroup v2 hierarchy, from
+/// `/proc/self/mountinfo`. A mount that shows only a subtree (inside a
+/// cgroup namespace) is refused: attached there the guard would miss every
+/// process outside it.
 pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
     let mounts = procfs::process::Process::myself()
         .and_then(|p| p.mountinfo())
         .map_err(CgroupError::MountInfo)?;
-    mounts
+    let cgroup2: Vec<_> = mounts
         .into_iter()
-        .find(|m| m.fs_type == "cgroup2")
-        .map(|m| m.mount_point)
-        .ok_or(CgroupError::NotMounted)
+        .filter(|m| m.fs_type == "cgroup2")
+        .collect();
+    if let Some(m) = cgroup2.iter().find(|m| m.root == "/") {
+        return Ok(m.mount_point.clone());
+    }
+    match cgroup2.into_iter().next() {
+        Some(m) => Err(CgroupError::Subtree {
+            mount_point: m.mount_point,
+            root: m.root,
+        }),
+        None => Err(CgroupError::NotMounted),
+    }
 }
 
 /// The id of an open cgroup v2 directory: its inode number, which is what

@@ -104,6 +104,11 @@ pub enum GuardError {
         #[source]
         source: MapError,
     },
+    #[error(
+        "the kernel has policy generation {live} in force, which this agent meant to write: \
+         refusing to change the policy in force entry by entry"
+    )]
+    GenerationMismatch { live: u32 },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
 }
@@ -146,6 +151,8 @@ pub struct Guard {
     ebpf: Ebpf,
     /// The generation in force, once one was written.
     active: Option<u32>,
+    /// Waits out program runs that may still read a generation.
+    grace: sys::GracePeriod,
 }
 
 impl Guard {
@@ -160,7 +167,16 @@ impl Guard {
             .override_global(aya_log::LEVEL, &ebpf_log_level, false)
             .load(OBJECT)
             .map_err(GuardError::Load)?;
-        let mut guard = Self { ebpf, active: None };
+        let grace = sys::GracePeriod::new().map_err(|source| GuardError::Pin {
+            what: "create the grace-period map",
+            path: PathBuf::from("(BPF_MAP_TYPE_ARRAY_OF_MAPS)"),
+            source,
+        })?;
+        let mut guard = Self {
+            ebpf,
+            active: None,
+            grace,
+        };
         for name in PROGRAMS {
             guard
                 .program(name)?
@@ -198,23 +214,57 @@ impl Guard {
     /// one, clear it.
     pub fn apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
         let next = self.next_generation();
-        // Left over by an interrupted reload; nothing reads it.
+        if self.active.is_some() && self.read_active()? == next {
+            // Our bookkeeping and the kernel disagree: writing here would
+            // change the policy in force entry by entry. Refuse.
+            return Err(GuardError::GenerationMismatch { live: next });
+        }
+        // Left over by an interrupted reload; nothing reads it (the last
+        // flip away from it was followed by a grace period).
         self.clear_generation(next)?;
         self.write_endpoints(next, policy)?;
         self.write_rules(next, policy)?;
         self.write_config(next, policy, stamp)?;
-        if let Some(old) = self.active {
-            let mut active: Array<_, u32> = self.map_mut(common::MAP_ACTIVE)?;
-            // 0 and 1 differ in one byte: no reader can see a torn value,
-            // however the kernel copies it.
-            active
-                .set(0, next, 0)
-                .map_err(map_err(common::MAP_ACTIVE))?;
-            sys::synchronize_rcu();
-            self.clear_generation(old)?;
-        }
+        let Some(old) = self.active else {
+            self.active = Some(next);
+            return Ok(next);
+        };
+        // Everything written above is visible on every CPU before any
+        // reader can see the flip (a grace period implies a full barrier
+        // on each CPU), whatever the architecture's store ordering.
+        self.wait_grace()?;
+        let mut active: Array<_, u32> = self.map_mut(common::MAP_ACTIVE)?;
+        // 0 and 1 differ in one byte: no reader can see a torn value,
+        // however the kernel copies it.
+        active
+            .set(0, next, 0)
+            .map_err(map_err(common::MAP_ACTIVE))?;
         self.active = Some(next);
+        // Every program run that read the old generation has ended...
+        self.wait_grace()?;
+        // ...so it can go. Should this fail, the next apply clears it
+        // before writing there: it is not in force either way.
+        if let Err(e) = self.clear_generation(old) {
+            tracing::warn!(
+                "could not clear policy generation {old} after a reload: {:#}",
+                anyhow::Error::from(e)
+            );
+        }
         Ok(next)
+    }
+
+    fn wait_grace(&self) -> Result<(), GuardError> {
+        self.grace.wait().map_err(|source| GuardError::Pin {
+            what: "wait for an RCU grace period with",
+            path: PathBuf::from("(BPF_MAP_TYPE_ARRAY_OF_MAPS)"),
+            source,
+        })
+    }
+
+    /// `ACTIVE` as the kernel has it.
+    fn read_active(&mut self) -> Result<u32, GuardError> {
+        let active: Array<_, u32> = self.map_mut(common::MAP_ACTIVE)?;
+        active.get(&0, 0).map_err(map_err(common::MAP_ACTIVE))
     }
 
     /// The generation the next [`Guard::apply`] writes.
@@ -294,18 +344,21 @@ impl Guard {
             .map_err(map_err(common::MAP_CONFIG))
     }
 
-    /// Removes every entry of `generation`, its config included.
+    /// Removes every entry of `generation`, its config first: should a
+    /// reader still meet this generation, an unconfigured one denies.
     fn clear_generation(&mut self, generation: u32) -> Result<(), GuardError> {
         fn clear<K: aya::Pod + Copy, V: aya::Pod>(
             map: &mut HashMap<&mut MapData, K, V>,
             name: &'static str,
             of: impl Fn(&K) -> bool,
         ) -> Result<(), GuardError> {
-            let keys: Vec<K> = map
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| of(k))
-                .collect();
+            let mut keys = Vec::new();
+            for key in map.keys() {
+                let key = key.map_err(|source| GuardError::Map { name, source })?;
+                if of(&key) {
+                    keys.push(key);
+                }
+            }
             for k in keys {
                 match map.remove(&k) {
                     Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -326,9 +379,7 @@ impl Guard {
             let mut m: HashMap<_, IdKey, common::IdRule> = self.map_mut(name)?;
             clear(&mut m, name, |k| k.generation == generation)?;
         }
-        let mut map: Array<_, common::Config> = self.map_mut(common::MAP_CONFIG)?;
-        map.set(generation, common::Config::default(), 0)
-            .map_err(map_err(common::MAP_CONFIG))
+        Ok(())
     }
 
     /// Attaches every program to the cgroup v2 directory `cgroup`.
@@ -360,26 +411,47 @@ impl Guard {
         } else {
             CgroupAttachMode::AllowMultiple
         };
-        let mut report = AttachReport::default();
+        // Check every pinned link before swapping any, so that a problem
+        // leaves the guard as it was rather than half old, half new.
+        let mut pinned = Vec::new();
         for name in PROGRAMS {
-            let pinned = match pins {
-                Some(pins) => pins.open_link(name)?,
-                None => None,
+            let Some(pins) = pins else {
+                pinned.push(None);
+                continue;
             };
-            if let Some((path, link)) = pinned {
-                let info = sys::link_info(link.as_fd()).map_err(|source| GuardError::Pin {
-                    what: "read the pinned link",
+            let Some((path, link)) = pins.open_link(name)? else {
+                pinned.push(None);
+                continue;
+            };
+            let info = sys::link_info(link.as_fd()).map_err(|source| GuardError::Pin {
+                what: "read the pinned link",
+                path: path.clone(),
+                source,
+            })?;
+            if info.cgroup_id == 0 {
+                // Detached (its cgroup was removed, or `BPF_LINK_DETACH`):
+                // it guards nothing; attach anew in its place.
+                std::fs::remove_file(&path).map_err(|source| GuardError::Pin {
+                    what: "remove the stale pinned link",
                     path: path.clone(),
                     source,
                 })?;
-                if info.cgroup_id != cgroup_id {
-                    return Err(GuardError::OtherCgroup {
-                        pin: path,
-                        cgroup: cgroup.display().to_string(),
-                        pinned: info.cgroup_id,
-                        wanted: cgroup_id,
-                    });
-                }
+                pinned.push(None);
+                continue;
+            }
+            if info.cgroup_id != cgroup_id {
+                return Err(GuardError::OtherCgroup {
+                    pin: path,
+                    cgroup: cgroup.display().to_string(),
+                    pinned: info.cgroup_id,
+                    wanted: cgroup_id,
+                });
+            }
+            pinned.push(Some((path, link)));
+        }
+        let mut report = AttachReport::default();
+        for (name, pinned) in PROGRAMS.into_iter().zip(pinned) {
+            if let Some((path, link)) = pinned {
                 let program = self.program(name)?;
                 let prog_fd = program
                     .fd()

@@ -84,10 +84,12 @@ fn detach(args: &DetachArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    // Read who runs it before its pins go.
-    let agent = Status::read(&pins)
-        .ok()
-        .and_then(|s| s.config)
+    // Read who runs it before its pins go: the pid the live agent wrote,
+    // if an agent holds the lock and that pid is an imds-guard process.
+    let agent = pins
+        .locked()
+        .then(|| Status::read(&pins).ok().and_then(|s| s.config))
+        .flatten()
         .map(|(_, c)| c.agent_pid)
         .filter(|&pid| is_agent(pid));
     match pins.detach_all() {

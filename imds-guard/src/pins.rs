@@ -144,6 +144,37 @@ impl Pins {
         Ok(Some(wrap(data)))
     }
 
+    /// Takes the agent lock: an exclusive `flock` on the pin directory, held
+    /// for as long as the returned file is open (the process's life). `None`
+    /// when another agent holds it. Only root can open the directory, and a
+    /// dead agent's lock goes with it, so neither a stale pid nor a forged
+    /// process name can stand in for a live agent.
+    pub fn lock(&self) -> Result<Option<fs::File>, GuardError> {
+        let dir = fs::File::open(&self.dir).map_err(pin_err("open", &self.dir))?;
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(dir));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(pin_err("lock", &self.dir)(e))
+        }
+    }
+
+    /// Whether an agent holds the lock now.
+    pub fn locked(&self) -> bool {
+        let Ok(dir) = fs::File::open(&self.dir) else {
+            return false;
+        };
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: flock on a descriptor we own; a shared lock we get is
+        // released when `dir` closes.
+        unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+    }
+
     /// Whether any link is pinned.
     pub fn any_link(&self) -> bool {
         PROGRAMS.iter().any(|p| self.link_path(p).exists())

@@ -95,28 +95,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let pins = Pins::new(&args.pin_dir);
     pins.prepare()?;
     // Two agents on one guard would each believe their maps are in force.
-    if let Some((_, config)) = crate::status::Status::read(&pins)
-        .ok()
-        .and_then(|s| s.config)
-        && config.agent_pid != std::process::id()
-        && crate::status::is_agent(config.agent_pid)
-    {
+    let Some(_lock) = pins.lock()? else {
+        let pid = crate::status::Status::read(&pins)
+            .ok()
+            .and_then(|s| s.config)
+            .map_or(0, |(_, c)| c.agent_pid);
         return Err(RunError::AgentRunning {
-            pid: config.agent_pid,
+            pid,
             pin_dir: pins.dir().to_owned(),
         });
-    }
-    // Bound before attaching: asked for metrics that cannot be served is a
-    // setup error, not something to find out later.
-    let metrics = Arc::new(Metrics::new());
-    let listener = match args.metrics_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(io("cannot listen for metrics"))?,
-        ),
-        None => None,
     };
+    let metrics = Arc::new(Metrics::new());
 
     let level = logging::ebpf_log_level();
     let mut guard = Guard::load(level)?;
@@ -168,12 +157,28 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         "{mode}, policy sha256 {}",
         hex(&stamp.digest)
     )));
-    let server = listener.map(|l| {
-        if let Ok(addr) = l.local_addr() {
-            tracing::info!(metrics = %addr, "serving Prometheus metrics on http://{addr}/metrics");
-        }
-        tokio::spawn(metrics::serve(l, Arc::clone(&metrics), |_| {}))
-    });
+    // Only now, with the guard in force: metrics that cannot be served are
+    // worth an error record, never a reason to leave the host unguarded.
+    let server = match args.metrics_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(metrics = %addr, "serving Prometheus metrics on http://{addr}/metrics");
+                Some(tokio::spawn(metrics::serve(
+                    l,
+                    Arc::clone(&metrics),
+                    |_| {},
+                )))
+            }
+            Err(e) => {
+                tracing::error!(
+                    metrics = %addr,
+                    "cannot listen for metrics on {addr}: {e}; the guard runs without them"
+                );
+                None
+            }
+        },
+        None => None,
+    };
 
     let mut policies = Policies([None, None]);
     policies.0[generation as usize] = Some(Arc::new(policy));

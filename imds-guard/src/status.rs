@@ -74,7 +74,7 @@ impl Status {
             .open_map(common::MAP_COUNTERS, Map::PerCpuArray)?
             .map(|m| guard::read_counters(&m))
             .transpose()?;
-        let agent_alive = config.is_some_and(|(_, c)| is_agent(c.agent_pid));
+        let agent_alive = pins.locked();
         Ok(Self {
             pin_dir: pins.dir().to_owned(),
             links,

@@ -11,12 +11,14 @@ use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
 };
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
@@ -189,23 +191,96 @@ pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u3
     Ok(ids)
 }
 
-/// Waits until every program run that started before the call has ended.
+/// Waits until every program run that started before the call has ended:
+/// an RCU grace period, since cgroup programs run inside an RCU read-side
+/// critical section.
 ///
-/// cgroup programs run inside an RCU read-side critical section, and
-/// `MEMBARRIER_CMD_GLOBAL` is `synchronize_rcu()` (kernel/sched/membarrier.c)
-/// on machines with more than one CPU online. Where membarrier is refused
-/// (nohz_full) or skips the grace period (one CPU), a pause far longer than
-/// any program run stands in.
-pub fn synchronize_rcu() {
-    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-    // SAFETY: membarrier and sysconf take no pointers.
-    let (ret, cpus) = unsafe {
-        (
-            libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0),
-            libc::sysconf(libc::_SC_NPROCESSORS_ONLN),
-        )
+/// Updating a map-in-map element makes the kernel call `synchronize_rcu()`
+/// before the syscall returns (`maybe_wait_bpf_programs()` in
+/// kernel/bpf/syscall.c), whatever the number of CPUs or `nohz_full`; so
+/// this holds one `BPF_MAP_TYPE_ARRAY_OF_MAPS` of one slot and rewrites it.
+/// (`membarrier(MEMBARRIER_CMD_GLOBAL)` is no substitute: it skips the
+/// grace period on a single online CPU and fails under `nohz_full`.)
+pub struct GracePeriod {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+#[repr(C)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+    map_ifindex: u32,
+    btf_fd: u32,
+    btf_key_type_id: u32,
+    btf_value_type_id: u32,
+    btf_vmlinux_value_type_id: u32,
+    map_extra: u64,
+}
+
+fn map_create(map_type: u32, inner: Option<BorrowedFd<'_>>, name: &[u8]) -> io::Result<OwnedFd> {
+    let mut map_name = [0u8; 16];
+    map_name[..name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
+    let mut attr = MapCreate {
+        map_type,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        map_flags: 0,
+        inner_map_fd: inner.map_or(0, |fd| fd.as_raw_fd() as u32),
+        numa_node: 0,
+        map_name,
+        map_ifindex: 0,
+        btf_fd: 0,
+        btf_key_type_id: 0,
+        btf_value_type_id: 0,
+        btf_vmlinux_value_type_id: 0,
+        map_extra: 0,
     };
-    if ret != 0 || cpus <= 1 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: BPF_MAP_CREATE returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl GracePeriod {
+    pub fn new() -> io::Result<Self> {
+        let inner = map_create(BPF_MAP_TYPE_ARRAY, None, b"imdsg_rcu_in")?;
+        let outer = map_create(
+            BPF_MAP_TYPE_ARRAY_OF_MAPS,
+            Some(inner.as_fd()),
+            b"imdsg_rcu",
+        )?;
+        Ok(Self { outer, inner })
+    }
+
+    /// Returns once an RCU grace period has elapsed.
+    pub fn wait(&self) -> io::Result<()> {
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let key: u32 = 0;
+        let value: u32 = self.inner.as_raw_fd() as u32;
+        let mut attr = Attr {
+            map_fd: self.outer.as_raw_fd() as u32,
+            _pad: 0,
+            key: (&raw const key) as u64,
+            value: (&raw const value) as u64,
+            flags: 0,
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
     }
 }

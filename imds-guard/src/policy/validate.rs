@@ -160,9 +160,14 @@ impl Checker<'_> {
         };
         // [allow] before [deny], as `PolicySpec::entries` documents.
         let mut tables = Vec::new();
+        let mut empty_allow = None;
         for (name, action) in [("allow", Action::Allow), ("deny", Action::Deny)] {
             if let Some(&(key, node)) = fields.get(name) {
-                tables.push(self.rules(name, action, key, node));
+                let rules = self.rules(name, action, key, node);
+                if action == Action::Allow && rules.written == 0 {
+                    empty_allow = Some(rules.at);
+                }
+                tables.push(rules);
             }
         }
         // Rules written under a wrong key ("[allowed]", top-level "users")
@@ -178,6 +183,15 @@ impl Checker<'_> {
                 at,
                 "the policy decides nothing: add an entry to [allow] (only those may connect) \
                  or to [deny] (all others may connect)"
+                    .to_owned(),
+            );
+        } else if let Some(at) = empty_allow {
+            // Emptying the last allowed identity must not turn "only these
+            // may connect" into "everyone not denied may connect".
+            self.report(
+                at,
+                "[allow] has no entry, so it would allow everyone not in [deny]: list who may \
+                 connect, or remove the [allow] table to allow everyone not denied"
                     .to_owned(),
             );
         }

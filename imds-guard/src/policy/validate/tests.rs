@@ -609,3 +609,23 @@ fn closest_only_suggests_near_misses() {
     assert_eq!(super::edit_distance("mdoe", "mode"), 1);
     assert_eq!(super::edit_distance("abc", ""), 3);
 }
+
+#[test]
+fn an_empty_allow_table_beside_deny_entries_is_refused() {
+    // Emptying the last allowed identity would otherwise turn the policy
+    // from "only these" into "everyone not denied".
+    assert_eq!(
+        errors("[allow]\nusers = []\n[deny]\nuids = [1000]\n"),
+        "p.toml:1:1: [allow] has no entry, so it would allow everyone not in [deny]: list who \
+         may connect, or remove the [allow] table to allow everyone not denied"
+    );
+    // Without [allow] the deny-list form stands.
+    assert_eq!(
+        spec("[deny]\nuids = [1000]\n").default_action(),
+        Action::Allow
+    );
+    // Both empty: one diagnostic, "decides nothing".
+    let both = errors("[allow]\n[deny]\n");
+    assert!(both.contains("decides nothing"), "{both}");
+    assert_eq!(both.lines().count(), 1, "{both}");
+}
