@@ -1,0 +1,588 @@
+//! The results as markdown: printed on stdout and written to
+//! `docs/BENCHMARKS.md`, so the document is always what a run produced.
+
+use std::fmt::Write as _;
+
+use super::{
+    agent::AgentResult,
+    cli::Settings,
+    hotpath::{self, HotResult},
+    machine::{Machine, load},
+    quiet,
+    runtime::{self, RuntimeResult},
+    scale::ScaleResult,
+    setup::Kind,
+    stats::{Summary, Table, mib, ms, ns, pct, thousands},
+    storm::{self, StormResult},
+    worker,
+};
+
+/// Everything one run measured; a section not run is `None`.
+pub struct Results {
+    pub machine: Machine,
+    pub legacy: Option<String>,
+    pub hot: Option<HotResult>,
+    pub runtime: Option<RuntimeResult>,
+    pub scale: Option<ScaleResult>,
+    pub storm: Option<StormResult>,
+    pub agent: Option<AgentResult>,
+}
+
+fn rate(s: &Summary) -> String {
+    s.show(|x| format!("{}/s", thousands(x)))
+}
+
+fn ratio(s: &Summary) -> String {
+    s.show(pct)
+}
+
+fn secs(d: std::time::Duration) -> String {
+    ms(d.as_secs_f64() * 1e3)
+}
+
+fn yes(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "yes",
+        Some(false) => "**NO**",
+        None => "unavailable",
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "unavailable".to_owned(), |v| thousands(v as f64))
+}
+
+pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
+    let mut md = String::new();
+    let m = &r.machine;
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "What imds-guard costs, measured by `imds-guard-bench` (`cargo xtask bench`). \
+         This file is written by that command: rerun it rather than edit it.\n"
+    );
+    let (loops, busy, _) = quiet::totals();
+    let (timed, stalled) = worker::stalls();
+    if stalled * 50 > timed || busy * 10 > loops {
+        let _ = writeln!(
+            md,
+            "**Warning: {stalled} of {timed} timed loops stalled on a retransmit, and {busy} of \
+             {loops} started on a busy machine: the figures of this run are not reliable. \
+             Rerun on a quiet machine.**\n"
+        );
+    }
+    if s.quick {
+        let _ = writeln!(
+            md,
+            "**A `--quick` smoke run: few, short rounds; the figures are indicative only.**\n"
+        );
+    }
+    headline(&mut md, r);
+    let _ = writeln!(md, "## Where and how\n");
+    let mut t = Table::new(&["", ""]);
+    let vm = if m.virtual_machine {
+        ", virtual machine"
+    } else {
+        ""
+    };
+    t.row(vec![
+        "machine".into(),
+        format!("{} CPUs, {}, {:.1} GiB RAM{vm}", m.cpus, m.model, m.mem_gib),
+    ]);
+    t.row(vec!["kernel".into(), m.kernel.clone()]);
+    t.row(vec![
+        "firewall tools".into(),
+        format!("{}; {}; {}", m.iptables, m.nft, m.iptables_legacy),
+    ]);
+    t.row(vec!["commit".into(), m.commit.clone()]);
+    t.row(vec!["date".into(), m.date.clone()]);
+    t.row(vec![
+        "load average (1, 5, 15 min)".into(),
+        format!("{} at the start, {} at the end", m.load_start, load()),
+    ]);
+    t.row(vec!["command".into(), format!("`{}`", s.command)]);
+    md.push_str(&t.render());
+    let (loops, busy, waited) = quiet::totals();
+    let (timed, stalled) = worker::stalls();
+    let _ = writeln!(
+        md,
+        "\n\
+         - **Interleaved.** The configurations compared live side by side, each in its own \
+         network namespace and child cgroup, and every round runs each of them once, in a \
+         rotating order (A B C, B C A, ...), so drift of the machine over the run hits all \
+         of them alike. Each figure is the **median over {rounds} rounds, [min–max]**; each \
+         ratio is taken within a round (configuration / no guard in the same round), then \
+         its median and range are shown.\n\
+         - **Quiet gate.** Before each timed loop the bench waits (up to {per_loop:.1} s, \
+         {total:.0} s in all) \
+         until the rest of the machine uses less than a quarter of a CPU; in this run \
+         {busy} of {loops} timed loops had to start without that ({waited:.0} s waited in \
+         all).\n\
+         - **The client** is a child process of the bench that joins the configuration's \
+         cgroup and namespace, becomes the uid under test, and runs a tight loop of \
+         socket() + connect() + close() (with `SO_LINGER` 0, so close sends a RST and no \
+         TIME_WAIT piles up), timing itself with the monotonic clock: {warm} ms untimed, then \
+         {run} ms timed. The listener on the other end accepts and closes, in a thread of the \
+         bench. On a machine with two CPUs or more the client runs alone on the last CPU, the \
+         listeners and the agents on the first: left to the scheduler, a client and its \
+         listener share a CPU in some loops and not in others, which moves the rate by tens \
+         of percent. While connections keep coming the listener drains its \
+         queue every millisecond instead of waiting on it, so that a connect does not have to \
+         wake it up. A connect that takes longer than 200 ms \
+         has stalled on a retransmit (a dropped SYN waits 1 s) rather than on the path \
+         measured: {stalled} of {timed} timed loops had one (each such loop stays in, at \
+         its lower rate).\n\
+         - **Safety.** Nothing leaves the bench's namespaces: the metadata addresses \
+         (169.254.169.254, fd00:ec2::254) sit on each namespace's loopback, the programs are \
+         attached to child cgroups only, pinned in a private bpffs, and the firewall rules \
+         are loaded inside the namespaces with `nsenter --net`.\n\
+         - **The firewall rules** are what `imds-guard render` prints for the same policy: \
+         Debian's `iptables` is the nf_tables backend (`iptables-nft`); `iptables-legacy`, \
+         the older x_tables backend, is measured too where the kernel has it. Only \
+         IPv4 traffic is timed, so only the `iptables` (not `ip6tables`) rules are loaded.\n",
+        rounds = s.rounds,
+        warm = s.timing.warmup_ms,
+        run = s.timing.run_ms,
+        waited = waited.as_secs_f64(),
+        per_loop = quiet::limits().0.as_secs_f64(),
+        total = quiet::limits().1.as_secs_f64(),
+    );
+    if let Some(reason) = &r.legacy {
+        let _ = writeln!(md, "iptables-legacy was left out: {reason}.\n");
+    }
+    if let Some(h) = &r.hot {
+        hot(&mut md, h);
+    }
+    if let Some(rt) = &r.runtime {
+        run_time(&mut md, rt);
+    }
+    if let Some(sc) = &r.scale {
+        scale(&mut md, sc, plot);
+    }
+    if let Some(st) = &r.storm {
+        storm_section(&mut md, st);
+    }
+    if let Some(a) = &r.agent {
+        agent(&mut md, a, s);
+    }
+    limits(&mut md);
+    md
+}
+
+fn headline(md: &mut String, r: &Results) {
+    let mut lines = Vec::new();
+    if let Some(h) = &r.hot {
+        let parts: Vec<String> = h
+            .rows
+            .iter()
+            .skip(2)
+            .map(|row| format!("{} {}", row.label, pct(row.ratio.median)))
+            .collect();
+        let mut line = format!(
+            "Hot path (connect to an address no policy protects), rate against no guard: {}",
+            parts.join(", ")
+        );
+        if let Some(c) = h.rows.iter().find(|row| row.label == hotpath::CONTROL) {
+            let _ = write!(
+                line,
+                ". A second unguarded namespace, measured the same way, came out at {} [{}–{}]: \
+                 differences within that spread are this machine's noise",
+                pct(c.ratio.median),
+                pct(c.ratio.min),
+                pct(c.ratio.max)
+            );
+        }
+        if let Some(np) = r.runtime.as_ref().and_then(|rt| rt.rows.first()) {
+            let _ = write!(
+                line,
+                "; the kernel's own accounting puts imds-guard's share at {} ({} per connect)",
+                pct(np.share.median),
+                ns(np.ns.median)
+            );
+        }
+        lines.push(line + ".");
+    }
+    if let Some(rt) = &r.runtime {
+        let at = |name: &str| {
+            rt.rows
+                .iter()
+                .find(|row| row.path.starts_with(name))
+                .map_or_else(|| "n/a".to_owned(), |row| ns(row.ns.median))
+        };
+        lines.push(format!(
+            "Program run time per connect (kernel bpf_stats, IPv4): not protected {}, allowed {} \
+             ({} with the agent stopped, so that no event wakes it up: the rest is the wake-up), \
+             denied {}.",
+            at("not protected (127"),
+            at("allowed (169"),
+            at("allowed, agent stopped"),
+            at("denied (169"),
+        ));
+    }
+    if let Some(sc) = &r.scale {
+        let (Some(&lo), Some(&hi)) = (sc.sizes.first(), sc.sizes.last()) else {
+            return;
+        };
+        let mut parts = Vec::new();
+        for &k in &sc.kinds {
+            if let (Some(a), Some(b)) = (sc.cell(lo, k), sc.cell(hi, k)) {
+                parts.push(format!(
+                    "{} {} → {}",
+                    k.name(),
+                    pct(a.protected_ratio.median),
+                    pct(b.protected_ratio.median)
+                ));
+            }
+        }
+        let mut line = format!(
+            "Protected path, allowed uid listed last, {} → {} allowed uids (rate vs no guard): {}",
+            thousands(f64::from(lo)),
+            thousands(f64::from(hi)),
+            parts.join("; ")
+        );
+        let guard: Vec<f64> = sc
+            .cells
+            .iter()
+            .filter(|c| c.kind == Kind::ImdsGuard)
+            .map(|c| c.protected_ratio.median)
+            .collect();
+        let (min, max) = guard
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        if !guard.is_empty() {
+            let _ = write!(
+                line,
+                ". imds-guard's median stays between {} and {} at every size (one hash lookup \
+                 whatever the size); what this path costs it is mostly the event each allowed \
+                 connect writes and the wake-up of the agent that comes with it (section 2)",
+                pct(min),
+                pct(max)
+            );
+        }
+        lines.push(line + ".");
+    }
+    if let Some(st) = &r.storm {
+        let d = st.summary(|run| Some(run.denials_per_s()));
+        let all = st.runs.iter().all(|run| run.accounted() == Some(true));
+        let some_missing = st.runs.iter().any(|run| run.accounted().is_none());
+        lines.push(format!(
+            "Denial storm: {} denials/s; events received + lost = denied {}.",
+            thousands(d.median),
+            if some_missing {
+                "unavailable (the agent did not report events_received)"
+            } else if all {
+                "in every run"
+            } else {
+                "**NOT** in every run"
+            }
+        ));
+    }
+    if let Some(a) = &r.agent {
+        lines.push(format!(
+            "Agent: enforcing {} after spawn, reload applied in {}, idle RSS {}.",
+            ms(a.ready_ms.median),
+            ms(a.reload_us.median / 1e3),
+            mib(a.idle_rss_kib.median)
+        ));
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(md, "## Headline\n");
+        for l in lines {
+            let _ = writeln!(md, "- {l}");
+        }
+        md.push('\n');
+    }
+}
+
+fn hot(md: &mut String, h: &HotResult) {
+    let _ = writeln!(
+        md,
+        "## 1. Hot path: connect to a destination that is not protected\n\n\
+         connect()+close() to 127.0.0.1:8080 in the bench namespace as uid 65534, the path \
+         every connect on a guarded host takes. Policy: root only (`{}`), the shipped \
+         default; for it `render --iptables --format commands` prints AWS's own rule \
+         (`--match owner ! --uid-owner root --jump REJECT` on OUTPUT), loaded here as \
+         printed; nftables gets `render --nftables --format file` (`nft -f`). \
+         {} rounds.\n",
+        hotpath::POLICY.trim().replace('\n', " "),
+        h.rounds
+    );
+    let mut t = Table::new(&[
+        "configuration",
+        "connects/s",
+        "vs no guard",
+        "set up in",
+        "a denied connect",
+    ]);
+    for (i, row) in h.rows.iter().enumerate() {
+        t.row(vec![
+            row.label.to_owned(),
+            rate(&row.rate),
+            if i == 0 {
+                "100% (baseline)".to_owned()
+            } else {
+                ratio(&row.ratio)
+            },
+            match row.kind {
+                Kind::None => "–".to_owned(),
+                Kind::ImdsGuard => format!("{} (spawn to ready)", secs(row.load_time)),
+                _ => format!("{} (load)", secs(row.load_time)),
+            },
+            row.denied.show(),
+        ]);
+    }
+    md.push_str(&t.render());
+    let _ = writeln!(
+        md,
+        "\n\"A denied connect\" is one connect() by uid 65534 to 169.254.169.254:80, made \
+         while checking each configuration before the measurement: what it returned and how \
+         long it took. The eBPF guard refuses the call itself, before any packet exists. \
+         Behind a REJECT rule the call failed here only after about a second, TCP's initial \
+         SYN retransmission timeout: the ICMP error answering the first SYN did not end it, \
+         the one answering the retransmitted SYN did (most likely because on loopback the \
+         first error arrives while connect() still holds its socket, where Linux records it \
+         as a soft error only).\n"
+    );
+}
+
+fn run_time(md: &mut String, rt: &RuntimeResult) {
+    let _ = writeln!(
+        md,
+        "## 2. Program run time per invocation\n\n\
+         The kernel's own accounting: with `kernel.bpf_stats_enabled=1` (restored afterwards), \
+         `run_time_ns / run_cnt` of the program, read from its descriptor before and after each \
+         timed loop. Policy `{}`; allowed = uid 1001, denied = uid 65534. The share is that \
+         time against the whole connect()+close() the client timed in the same loop. \
+         {} rounds. run_cnt grew by exactly the number of connects in every loop: {}.\n",
+        runtime::POLICY.trim().replace('\n', " "),
+        rt.rounds,
+        if rt.counts_exact { "yes" } else { "**no**" }
+    );
+    let mut t = Table::new(&[
+        "path",
+        "program",
+        "ns per run",
+        "share of connect()+close()",
+        "runs counted",
+    ]);
+    for row in &rt.rows {
+        t.row(vec![
+            row.path.to_owned(),
+            row.program.to_owned(),
+            row.ns.show(ns),
+            row.share.show(pct),
+            thousands(row.runs as f64),
+        ]);
+    }
+    md.push_str(&t.render());
+    let _ = writeln!(
+        md,
+        "\nbpf_stats times the program with two clock reads around it, so a few ns of each \
+         figure are the measurement's own, and so is anything that interrupts the program on \
+         its CPU. Every decision on a protected address (allowed ones too) writes an event to \
+         the ring buffer; when the agent has read everything before it, the submit wakes the \
+         agent up, which the kernel does from an interrupt on the connecting CPU, inside the \
+         timed window. \"allowed, agent stopped\" is the allowed IPv4 path with the agent \
+         stopped (SIGSTOP, at most {} connects, fewer than the ring holds): nothing reads the \
+         ring, so no submit wakes anyone, and the difference to \"allowed\" is what the wake-up \
+         costs the connecting process.\n",
+        thousands(runtime::STOPPED_CONNECTS as f64)
+    );
+}
+
+fn scale(md: &mut String, sc: &ScaleResult, plot: Option<&str>) {
+    let _ = writeln!(
+        md,
+        "## 3. Scale: 1 to {} allowed uids\n\n\
+         The policy allows root and then N−1 other uids (`[allow] uids = [0, 100000, \
+         100001, ...]`); iptables gets the chain `render --iptables --format file` emits \
+         (`iptables-restore --noflush`, then the OUTPUT hook its header gives: one `--uid-owner` \
+         RETURN rule per uid, in order, then REJECT), nftables the set `render --nftables \
+         --format file` emits (`nft -f`). **Hot**: uid 65534 to 127.0.0.1:8080. **Protected**: \
+         the uid listed last (the worst case for a chain walked in order) to \
+         169.254.169.254:80, where the bench's listener answers; root is listed first because \
+         the firewalls also judge the listener's own packets (its SYN-ACK carries the \
+         listening socket as owner). The baseline, no guard, runs {} (hot) and {} (protected). \
+         {} rounds.\n",
+        thousands(f64::from(sc.sizes.last().copied().unwrap_or(0))),
+        rate(&sc.base_hot),
+        rate(&sc.base_protected),
+        sc.rounds
+    );
+    if let Some(p) = plot {
+        let _ = writeln!(
+            md,
+            "![connect rate against the number of allowed uids]({p})\n"
+        );
+    }
+    let mut t = Table::new(&[
+        "allowed uids",
+        "configuration",
+        "hot connects/s",
+        "hot vs no guard",
+        "protected connects/s",
+        "protected vs no guard",
+        "set up in",
+    ]);
+    for &n in &sc.sizes {
+        for &k in &sc.kinds {
+            let Some(c) = sc.cell(n, k) else { continue };
+            t.row(vec![
+                thousands(f64::from(n)),
+                k.name().to_owned(),
+                rate(&c.hot),
+                ratio(&c.hot_ratio),
+                rate(&c.protected),
+                ratio(&c.protected_ratio),
+                secs(c.load_time),
+            ]);
+        }
+    }
+    md.push_str(&t.render());
+    let _ = writeln!(
+        md,
+        "\n\"Set up in\" is, for imds-guard, the agent's spawn to its `ready` record (policy \
+         parsed and resolved, programs loaded, maps filled, attached); for the firewalls, the \
+         load command alone (the rules rendered beforehand).\n\n\
+         The agent at each size: connect4 run time on the protected path (bpf_stats, \
+         interleaved across sizes, {} rounds), SIGHUP reloads of the same policy (the agent's \
+         `micros`: read, validate, resolve, write the other generation, flip, clear the old \
+         one; and SIGHUP to its record), and its resident memory.\n",
+        sc.rounds
+    );
+    let mut t = Table::new(&[
+        "allowed uids",
+        "connect4 ns per run",
+        "spawn to ready",
+        "reload (agent's micros)",
+        "SIGHUP to record",
+        "RSS",
+    ]);
+    for a in &sc.agents {
+        t.row(vec![
+            thousands(f64::from(a.n)),
+            a.prog_ns.show(ns),
+            secs(a.ready),
+            a.reload_us.show(|x| ms(x / 1e3)),
+            a.reload_wall_ms.show(ms),
+            mib(a.rss_kib as f64),
+        ]);
+    }
+    md.push_str(&t.render());
+    md.push('\n');
+}
+
+fn storm_section(md: &mut String, st: &StormResult) {
+    let _ = writeln!(
+        md,
+        "## 4. Denial storm\n\n\
+         {} processes, each its own denied uid (60001, 60002, ...), connect to \
+         169.254.169.254:80 in a loop for {} s while the real agent (`imds-guard run \
+         --log-format json`, policy `{}`) reports; {} run(s), each with a fresh agent. \
+         Denied is the kernel's counter from the agent's final (SIGTERM) record, checked \
+         against the EPERMs the processes saw; received is the agent's own count of events it \
+         read (`events_received`), lost the kernel's count of events the full ring buffer \
+         could not take (`events_lost`). The agent's CPU time (utime + stime, over the storm \
+         and the half second after it; the share is of that window) and peak RSS (VmHWM) are \
+         read from /proc just before SIGTERM.\n",
+        st.procs,
+        st.duration.as_secs(),
+        storm::POLICY.trim().replace('\n', " "),
+        st.runs.len()
+    );
+    let mut t = Table::new(&[
+        "run",
+        "denials/s",
+        "denied (kernel)",
+        "= EPERMs seen",
+        "events received",
+        "events lost",
+        "received + lost = denied",
+        "agent CPU",
+        "idle RSS",
+        "peak RSS",
+    ]);
+    for (i, run) in st.runs.iter().enumerate() {
+        t.row(vec![
+            (i + 1).to_string(),
+            thousands(run.denials_per_s()),
+            opt(run.denied),
+            yes(run.denied_matches()).to_owned(),
+            opt(run.received),
+            opt(run.lost),
+            yes(run.accounted()).to_owned(),
+            format!(
+                "{:.2} s ({} of one CPU)",
+                run.cpu_s,
+                pct(run.cpu_s / run.window_s)
+            ),
+            mib(run.idle_rss_kib as f64),
+            mib(run.hwm_kib as f64),
+        ]);
+    }
+    md.push_str(&t.render());
+    let _ = writeln!(
+        md,
+        "\nMedians over the runs: {} denials/s, agent CPU {} s, peak RSS {}.\n",
+        st.summary(|r| Some(r.denials_per_s())).show(thousands),
+        st.summary(|r| Some(r.cpu_s)).show(|x| format!("{x:.2}")),
+        st.summary(|r| Some(r.hwm_kib as f64)).show(mib),
+    );
+}
+
+fn agent(md: &mut String, a: &AgentResult, _s: &Settings) {
+    let _ = writeln!(
+        md,
+        "## 5. Agent\n\n\
+         {} fresh agents (policy `{}`), {} SIGHUP reloads each. Spawn to enforcing is the time \
+         from spawning `imds-guard run` to its `\"ready\":true` record; the reload is the \
+         `micros` field of its `event=reload outcome=applied` record, and SIGHUP to that \
+         record as the bench sees it (polled every ms); idle RSS is VmRSS after {} s idle.\n",
+        a.runs,
+        super::agent::POLICY.trim().replace('\n', " "),
+        a.reloads,
+        a.idle.as_secs()
+    );
+    let mut t = Table::new(&["figure", "median [min–max]", "samples"]);
+    t.row(vec![
+        "spawn to enforcing".into(),
+        a.ready_ms.show(ms),
+        a.ready_ms.n.to_string(),
+    ]);
+    t.row(vec![
+        "reload, agent's `micros`".into(),
+        a.reload_us.show(|x| ms(x / 1e3)),
+        a.reload_us.n.to_string(),
+    ]);
+    t.row(vec![
+        "reload, SIGHUP to record".into(),
+        a.reload_wall_ms.show(ms),
+        a.reload_wall_ms.n.to_string(),
+    ]);
+    t.row(vec![
+        "idle RSS".into(),
+        a.idle_rss_kib.show(mib),
+        a.idle_rss_kib.n.to_string(),
+    ]);
+    md.push_str(&t.render());
+    md.push('\n');
+}
+
+fn limits(md: &mut String) {
+    let _ = writeln!(
+        md,
+        "## What these figures do not say\n\n\
+         - Loopback connects in a namespace are the cheapest connects there are, so every \
+         fixed cost shows here at its largest relative size; a connect over a real network \
+         costs more, and the same absolute cost is a smaller share of it.\n\
+         - The firewall rules act on every packet of a connection to a protected address \
+         (both directions' OUTPUT, here: SYN, ACK, RST from the client, SYN-ACK from the \
+         listener), the guard once per connect() or sendmsg(); that difference is part of \
+         what is measured.\n\
+         - UDP (sendmsg4/sendmsg6) is not timed: the firewall rules AWS suggests and \
+         `render` emits filter TCP only.\n\
+         - Timings on a shared or virtual machine move with its neighbours: compare ratios \
+         within one run, and look at the ranges before reading a difference of a few \
+         percent.\n"
+    );
+}

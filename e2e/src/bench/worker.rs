@@ -1,0 +1,353 @@
+//! The measuring client: a child process (the bench binary itself, run with
+//! a hidden `--worker JOB` argument) that joins a bench cgroup and network
+//! namespace, becomes the wanted uid, and does connect()+close() to one
+//! address in a tight loop, timing itself with the monotonic clock.
+//!
+//! A process of its own is the only faithful subject: the guard decides by
+//! the real uid and the cgroup of the task that connects, and the bench
+//! itself stays root, in the host namespace and cgroup. Each connect uses a
+//! fresh socket with `SO_LINGER {on, 0}`, so that close() sends a RST and
+//! leaves no TIME_WAIT: a loop of ~10^5 connects would otherwise run out of
+//! ephemeral ports within a second.
+
+use std::{
+    fs,
+    io::Read,
+    net::SocketAddr,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, Stdio},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use nix::{
+    errno::Errno,
+    sched::{CloneFlags, setns},
+    sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrStorage, connect, setsockopt, socket, sockopt,
+    },
+    unistd::{Gid, Uid, getresgid, getresuid, setgroups, setresgid, setresuid},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{cli::Timing, cpus, interrupt};
+
+/// The hidden first argument that makes the binary a worker.
+pub const WORKER_ARG: &str = "--worker";
+
+/// How long past its own deadline a worker may take before it is killed.
+const GRACE: Duration = Duration::from_secs(20);
+
+/// What one worker does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub netns: PathBuf,
+    pub cgroup: PathBuf,
+    /// Real, effective and saved uid, and (the same number) gid.
+    pub uid: u32,
+    pub dst: SocketAddr,
+    pub warmup_ms: u64,
+    /// The timed loop stops after this long, or after `max_connects`.
+    pub run_ms: u64,
+    pub max_connects: u64,
+    /// The CPU to run on (see `cpus`); `None` leaves it to the scheduler.
+    #[serde(default)]
+    pub cpu: Option<usize>,
+}
+
+impl Job {
+    pub fn new(netns: &Path, cgroup: &Path, uid: u32, dst: SocketAddr, timing: Timing) -> Self {
+        Job {
+            netns: netns.to_path_buf(),
+            cgroup: cgroup.to_path_buf(),
+            uid,
+            dst,
+            warmup_ms: timing.warmup_ms,
+            run_ms: timing.run_ms,
+            // A bound, far above what a loopback connect loop reaches.
+            max_connects: 200_000 * timing.run_ms.max(1),
+            cpu: cpus::client(),
+        }
+    }
+
+    /// Exactly `n` connects, untimed warmup excluded (probes, storms).
+    pub fn count(mut self, n: u64, within: Duration) -> Self {
+        self.warmup_ms = 0;
+        self.run_ms = within.as_millis() as u64;
+        self.max_connects = n;
+        self
+    }
+
+    /// As many connects as fit in `d`, on any CPU (storms: several
+    /// workers at once).
+    pub fn for_time(mut self, d: Duration) -> Self {
+        self.cpu = None;
+        self.warmup_ms = 0;
+        self.run_ms = d.as_millis() as u64;
+        self.max_connects = 1_000_000_000;
+        self
+    }
+}
+
+/// What a worker reports: one JSON line on stdout.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Tally {
+    /// Connects in the timed loop.
+    pub connects: u64,
+    pub ok: u64,
+    pub eperm: u64,
+    /// Failures other than EPERM, and the errno of the last one.
+    pub other: u64,
+    pub last_errno: Option<i32>,
+    /// Connects during the warmup (not timed, but the programs ran).
+    pub warmup: u64,
+    pub elapsed_ns: u64,
+    /// The longest single connect of the timed loop.
+    #[serde(default)]
+    pub slowest_ns: u64,
+}
+
+impl Tally {
+    /// Connects per second in the timed loop.
+    pub fn rate(&self) -> f64 {
+        self.connects as f64 / (self.elapsed_ns.max(1) as f64 / 1e9)
+    }
+
+    /// Every connect, warmup included: what the kernel counted.
+    pub fn total(&self) -> u64 {
+        self.connects + self.warmup
+    }
+}
+
+/// The worker's side: `imds-guard-bench --worker JOB`.
+pub fn main(job: &str) -> ExitCode {
+    let job: Job = match serde_json::from_str(job) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("imds-guard-bench worker: bad job {job:?}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = enter(&job) {
+        eprintln!("imds-guard-bench worker: {e}");
+        return ExitCode::from(3);
+    }
+    let tally = run(&job);
+    match serde_json::to_string(&tally) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("imds-guard-bench worker: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// (device, inode) of a namespace file: equal pairs are the same namespace.
+fn ns_id(path: &Path) -> Result<(u64, u64), String> {
+    fs::metadata(path)
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|e| format!("stat {}: {e}", path.display()))
+}
+
+/// Joins the cgroup and the namespace while root, then drops to the uid
+/// (groups, gid, uid: each step needs the privilege the next removes).
+fn enter(job: &Job) -> Result<(), String> {
+    let procs = job.cgroup.join("cgroup.procs");
+    fs::write(&procs, "0").map_err(|e| format!("joining {}: {e}", procs.display()))?;
+    let own = Path::new("/proc/thread-self/ns/net");
+    let before = ns_id(own)?;
+    let ns =
+        fs::File::open(&job.netns).map_err(|e| format!("opening {}: {e}", job.netns.display()))?;
+    setns(&ns, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("setns into {}: {e}", job.netns.display()))?;
+    // The worker starts in the host's namespace, where a metadata address
+    // may be the real service: joining must have moved it.
+    if ns_id(own)? == before {
+        return Err(format!(
+            "refusing to run: {} is not a separate namespace",
+            job.netns.display()
+        ));
+    }
+    let (uid, gid) = (Uid::from_raw(job.uid), Gid::from_raw(job.uid));
+    setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    setresgid(gid, gid, gid).map_err(|e| format!("setresgid {gid}: {e}"))?;
+    setresuid(uid, uid, uid).map_err(|e| format!("setresuid {uid}: {e}"))?;
+    let ids = getresuid().map_err(|e| format!("getresuid: {e}"))?;
+    let gids = getresgid().map_err(|e| format!("getresgid: {e}"))?;
+    if [ids.real, ids.effective, ids.saved] != [uid; 3]
+        || [gids.real, gids.effective, gids.saved] != [gid; 3]
+    {
+        return Err(format!("ids did not change: {ids:?} {gids:?}"));
+    }
+    if let Some(cpu) = job.cpu {
+        cpus::pin(0, cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn run(job: &Job) -> Tally {
+    let family = if job.dst.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let addr = SockaddrStorage::from(job.dst);
+    let mut tally = Tally::default();
+    let warm_until = Instant::now() + Duration::from_millis(job.warmup_ms);
+    while job.warmup_ms > 0 && Instant::now() < warm_until && tally.warmup < job.max_connects {
+        let _ = connect_once(family, &addr);
+        tally.warmup += 1;
+    }
+    let start = Instant::now();
+    let until = start + Duration::from_millis(job.run_ms);
+    let mut last = start;
+    while tally.connects < job.max_connects {
+        match connect_once(family, &addr) {
+            Ok(()) => tally.ok += 1,
+            Err(Errno::EPERM) => tally.eperm += 1,
+            Err(e) => {
+                tally.other += 1;
+                tally.last_errno = Some(e as i32);
+            }
+        }
+        tally.connects += 1;
+        // Read every time, whatever the configuration, so the clock's cost
+        // (tens of ns against microseconds per connect) is the same for all.
+        let now = Instant::now();
+        tally.slowest_ns = tally.slowest_ns.max((now - last).as_nanos() as u64);
+        last = now;
+        if now >= until {
+            break;
+        }
+    }
+    tally.elapsed_ns = start.elapsed().as_nanos() as u64;
+    tally
+}
+
+/// socket(), connect(), close() with a RST.
+fn connect_once(family: AddressFamily, addr: &SockaddrStorage) -> Result<(), Errno> {
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let rst = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(&fd, sockopt::Linger, &rst)?;
+    connect(fd.as_raw_fd(), addr)
+}
+
+/// Whether to print every loop's tally on stderr (`--verbose`).
+pub static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+/// A single connect this slow stalled on a retransmit (a dropped SYN
+/// waits 1 s), not on the path being measured.
+const STALL_NS: u64 = 200_000_000;
+
+/// Timed loops so far, and those in which a connect stalled.
+static LOOPS: AtomicU64 = AtomicU64::new(0);
+static STALLED: AtomicU64 = AtomicU64::new(0);
+
+/// (timed loops, loops with a stalled connect).
+pub fn stalls() -> (u64, u64) {
+    (
+        LOOPS.load(Ordering::Relaxed),
+        STALLED.load(Ordering::Relaxed),
+    )
+}
+
+/// A worker started by [`spawn`]; [`Running::wait`] collects its tally.
+pub struct Running {
+    child: Child,
+    deadline: Instant,
+    what: String,
+}
+
+/// Starts a worker for `job`.
+pub fn spawn(job: &Job) -> anyhow::Result<Running> {
+    interrupt::check()?;
+    // This very binary, even if a build replaced the file meanwhile.
+    let exe = "/proc/self/exe";
+    let child = Command::new(exe)
+        .arg(WORKER_ARG)
+        .arg(serde_json::to_string(job)?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {exe}"))?;
+    Ok(Running {
+        child,
+        deadline: Instant::now() + Duration::from_millis(job.warmup_ms + job.run_ms) + GRACE,
+        what: format!(
+            "{} uid {} to {}",
+            job.netns.file_name().unwrap_or_default().to_string_lossy(),
+            job.uid,
+            job.dst
+        ),
+    })
+}
+
+impl Running {
+    /// Waits for the worker (killing it past its deadline) and parses its
+    /// report.
+    pub fn wait(mut self) -> anyhow::Result<Tally> {
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > self.deadline {
+                // Our own child, not yet reaped: the pid is still its own.
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("a worker ran past its deadline and was killed");
+            }
+            thread::sleep(Duration::from_millis(2));
+        };
+        let mut out = String::new();
+        let mut err = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            s.read_to_string(&mut out)?;
+        }
+        if let Some(mut s) = self.child.stderr.take() {
+            s.read_to_string(&mut err)?;
+        }
+        interrupt::check()?;
+        if !status.success() {
+            bail!("worker failed ({status}): {}", err.trim());
+        }
+        let line = out.lines().last().unwrap_or_default();
+        let tally: Tally = serde_json::from_str(line)
+            .with_context(|| format!("worker printed {out:?}; stderr: {err}"))?;
+        // One-connect probes are not loops (and a REJECTed SYN can take a
+        // retransmit to fail).
+        if tally.connects > 1 {
+            LOOPS.fetch_add(1, Ordering::Relaxed);
+            if tally.slowest_ns > STALL_NS {
+                STALLED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if VERBOSE.load(Ordering::Relaxed) {
+            eprintln!(
+                "\n  {}: {:.0}/s, {} connects ({} ok, {} EPERM, {} other), slowest {:.1} ms",
+                self.what,
+                tally.rate(),
+                tally.connects,
+                tally.ok,
+                tally.eperm,
+                tally.other,
+                tally.slowest_ns as f64 / 1e6
+            );
+        }
+        Ok(tally)
+    }
+}
+
+/// Runs one worker to completion.
+pub fn run_job(job: &Job) -> anyhow::Result<Tally> {
+    spawn(job)?.wait()
+}
