@@ -118,6 +118,8 @@ fn run(s: &Settings) -> anyhow::Result<()> {
             eprintln!("wrote {}", dir.join(plot_name).display());
         }
     }
+    let failed = report::failed_checks(&results);
+    anyhow::ensure!(failed.is_empty(), "checks failed: {}", failed.join("; "));
     Ok(())
 }
 

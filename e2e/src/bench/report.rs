@@ -28,6 +28,35 @@ pub struct Results {
     pub agent: Option<AgentResult>,
 }
 
+/// The exact checks of this run that failed: the kernel's run count
+/// against the connects made, and the storm's accounting.
+pub fn failed_checks(r: &Results) -> Vec<String> {
+    let mut failed = Vec::new();
+    if r.runtime.as_ref().is_some_and(|rt| !rt.counts_exact) {
+        failed.push("run_cnt did not grow by exactly the connects made".to_owned());
+    }
+    for (i, run) in r.storm.iter().flat_map(|st| &st.runs).enumerate() {
+        if run.denied_matches() == Some(false) {
+            failed.push(format!(
+                "storm {}: denied {:?} is not the {} EPERMs seen",
+                i + 1,
+                run.denied,
+                run.eperm
+            ));
+        }
+        if run.accounted() == Some(false) {
+            failed.push(format!(
+                "storm {}: events received {:?} + lost {:?} != denied {:?}",
+                i + 1,
+                run.received,
+                run.lost,
+                run.denied
+            ));
+        }
+    }
+    failed
+}
+
 fn rate(s: &Summary) -> String {
     s.show(|x| format!("{}/s", thousands(x)))
 }
@@ -131,7 +160,8 @@ pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
          wake it up. A connect that takes longer than 200 ms \
          has stalled on a retransmit (a dropped SYN waits 1 s) rather than on the path \
          measured: {stalled} of {timed} timed loops had one (each such loop stays in, at \
-         its lower rate).\n\
+         its lower rate), and {overran} ran past their deadline (20 s more than planned), were \
+         killed and run again.\n\
          - **Safety.** Nothing leaves the bench's namespaces: the metadata addresses \
          (169.254.169.254, fd00:ec2::254) sit on each namespace's loopback, the programs are \
          attached to child cgroups only, pinned in a private bpffs, and the firewall rules \
@@ -144,6 +174,7 @@ pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
         warm = s.timing.warmup_ms,
         run = s.timing.run_ms,
         waited = waited.as_secs_f64(),
+        overran = worker::overran(),
         per_loop = quiet::limits().0.as_secs_f64(),
         total = quiet::limits().1.as_secs_f64(),
     );
