@@ -212,23 +212,33 @@ impl EventLog {
         let (summaries, overflow) = self.limiter.expire(now);
         for s in summaries {
             let d = &s.sample;
-            tracing::warn!(
-                event = "suppressed",
-                suppressed = s.count,
-                uid = d.uid,
-                pid = d.pid,
-                comm = %d.comm,
-                dst = %d.dst,
-                port = d.port,
-                "suppressed {} more {} records like the last one (uid {}, pid {}, {}:{}) in {}s",
-                s.count,
-                d.event,
-                d.uid,
-                d.pid,
-                d.dst,
-                d.port,
-                WINDOW.as_secs()
-            );
+            macro_rules! summary {
+                ($level:ident) => {
+                    tracing::$level!(
+                        event = "suppressed",
+                        suppressed = s.count,
+                        uid = d.uid,
+                        pid = d.pid,
+                        comm = %d.comm,
+                        dst = %d.dst,
+                        port = d.port,
+                        "suppressed {} more {} records like the last one (uid {}, pid {}, {}) in {}s",
+                        s.count,
+                        d.event,
+                        d.uid,
+                        d.pid,
+                        SocketAddr::new(d.dst, d.port),
+                        WINDOW.as_secs()
+                    )
+                };
+            }
+            // At the level of what was suppressed: allowed decisions are
+            // debug records, so is the count of those held back.
+            if d.event == "allow" {
+                summary!(debug);
+            } else {
+                summary!(warn);
+            }
         }
         if overflow > 0 {
             tracing::warn!(
