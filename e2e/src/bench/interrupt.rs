@@ -1,6 +1,6 @@
 //! Ctrl-C and SIGTERM end the bench between two runs, through the normal
 //! error path, so that every guard type drops: namespaces, cgroups, agents,
-//! bpffs mounts, and the `kernel.bpf_stats_enabled` sysctl are restored.
+//! bpffs mounts, and the bpf run-time accounting are all put back.
 //! The default action would kill the process and leak all of them.
 
 use std::sync::atomic::{AtomicBool, Ordering};

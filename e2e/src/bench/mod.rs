@@ -20,6 +20,7 @@ mod cpus;
 mod firewall;
 mod hotpath;
 mod interrupt;
+mod lock;
 mod machine;
 mod plot;
 mod progstats;
@@ -69,6 +70,7 @@ fn run(s: &Settings) -> anyhow::Result<()> {
         anyhow::bail!("the bench needs root, cgroup v2, iproute2 and network namespaces");
     }
     interrupt::install()?;
+    let _one_at_a_time = lock::exclusive()?;
     worker::VERBOSE.store(s.verbose, std::sync::atomic::Ordering::Relaxed);
     if s.quick {
         quiet::limit(Duration::from_millis(500), Duration::from_secs(10));

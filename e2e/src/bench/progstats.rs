@@ -1,8 +1,17 @@
-//! The kernel's own accounting of program run time: with
-//! `kernel.bpf_stats_enabled` set, each program's `run_time_ns` and
-//! `run_cnt` grow on every run (kernel/bpf/syscall.c, shown in the fdinfo
-//! of a program descriptor). The sysctl is turned on only for the sections
-//! that read it (it costs two clock reads per run) and restored on drop.
+//! The kernel's own accounting of program run time: while it is on, each
+//! program's `run_time_ns` and `run_cnt` grow on every run
+//! (kernel/bpf/syscall.c, shown in the fdinfo of a program descriptor). It
+//! is turned on only for the sections that read it (it costs two clock
+//! reads per run), and off again afterwards, even on failure.
+//!
+//! It is turned on with `BPF_ENABLE_STATS`, which enables the same
+//! accounting as `kernel.bpf_stats_enabled` through a descriptor: the
+//! kernel counts its users and turns the accounting off when the last
+//! descriptor closes, even if the bench is killed, and the sysctl is never
+//! written. Saving and restoring the sysctl instead races with anyone else
+//! who does the same (each restores what it saw, and the last one wins),
+//! so it is only the fallback for kernels without `BPF_ENABLE_STATS`
+//! (before 5.8).
 
 use std::{
     collections::BTreeMap,
@@ -12,34 +21,89 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use imds_guard_e2e::imds_guard_bin;
 use serde_json::Value;
 
 const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+const BPF_STATS_RUN_TIME: u32 = 0;
 
-/// `kernel.bpf_stats_enabled=1` while it lives; the previous value after.
-pub struct StatsEnabled {
-    previous: String,
+/// `bpf(cmd, attr)`, returning the new descriptor it makes.
+fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
+    // SAFETY: `attr` is the `#[repr(C)]` prefix of `union bpf_attr` that
+    // `cmd` reads, valid for its size during the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            (attr as *mut T).cast::<libc::c_void>(),
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the call returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Run-time accounting on while it lives, off (as it was) after.
+pub enum StatsEnabled {
+    /// Holds the `BPF_ENABLE_STATS` descriptor; closing it ends our share.
+    Fd { _held: OwnedFd },
+    /// The fallback: the sysctl's previous value, written back on drop.
+    Sysctl(String),
 }
 
 impl StatsEnabled {
     pub fn new() -> anyhow::Result<Self> {
-        let previous = fs::read_to_string(SYSCTL).with_context(|| format!("reading {SYSCTL}"))?;
-        let previous = previous.trim().to_owned();
-        fs::write(SYSCTL, "1").with_context(|| format!("writing {SYSCTL}"))?;
-        Ok(StatsEnabled { previous })
+        #[repr(C)]
+        struct Attr {
+            type_: u32,
+        }
+        let mut attr = Attr {
+            type_: BPF_STATS_RUN_TIME,
+        };
+        match bpf_fd(BPF_ENABLE_STATS, &mut attr) {
+            Ok(fd) => Ok(Self::Fd { _held: fd }),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let previous = fs::read_to_string(SYSCTL)
+                    .with_context(|| format!("reading {SYSCTL}"))?
+                    .trim()
+                    .to_owned();
+                fs::write(SYSCTL, "1").with_context(|| format!("writing {SYSCTL}"))?;
+                Ok(Self::Sysctl(previous))
+            }
+            Err(e) => Err(e).context("BPF_ENABLE_STATS"),
+        }
+    }
+}
+
+impl StatsEnabled {
+    /// How the accounting was turned on, for the report.
+    pub fn how(&self) -> &'static str {
+        match self {
+            Self::Fd { .. } => {
+                "turned on with `BPF_ENABLE_STATS` (the switch behind `kernel.bpf_stats_enabled`, \
+                 held by a descriptor: off again when it closes, even if the bench is killed; \
+                 the sysctl itself is never written)"
+            }
+            Self::Sysctl(_) => {
+                "turned on with `kernel.bpf_stats_enabled=1` (this kernel has no \
+                 `BPF_ENABLE_STATS`), and the sysctl restored afterwards"
+            }
+        }
     }
 }
 
 impl Drop for StatsEnabled {
     fn drop(&mut self) {
-        if let Err(e) = fs::write(SYSCTL, &self.previous) {
-            eprintln!(
-                "could not restore {SYSCTL} to {}: {e}; restore it by hand",
-                self.previous
-            );
+        if let Self::Sysctl(previous) = self {
+            if let Err(e) = fs::write(SYSCTL, &*previous) {
+                eprintln!("could not restore {SYSCTL} to {previous}: {e}; restore it by hand");
+            }
         }
     }
 }
@@ -69,27 +133,9 @@ impl Prog {
             next_id: 0,
             open_flags: 0,
         };
-        // SAFETY: `attr` is the `#[repr(C)]` prefix of `union bpf_attr`
-        // that BPF_PROG_GET_FD_BY_ID reads, valid for its size during the
-        // call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_GET_FD_BY_ID,
-                (&raw mut attr).cast::<libc::c_void>(),
-                size_of::<Attr>() as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            bail!(
-                "opening bpf program {id}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        // SAFETY: the call returned a new descriptor that nothing else owns.
-        Ok(Prog {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        })
+        let fd = bpf_fd(BPF_PROG_GET_FD_BY_ID, &mut attr)
+            .with_context(|| format!("opening bpf program {id}"))?;
+        Ok(Prog { fd })
     }
 
     /// The counters now, from this descriptor's fdinfo.

@@ -145,8 +145,8 @@ pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
          - **Quiet gate.** Before each timed loop the bench waits (up to {per_loop:.1} s, \
          {total:.0} s in all) \
          until the rest of the machine uses less than a quarter of a CPU; in this run \
-         {busy} of {loops} timed loops had to start without that ({waited:.0} s waited in \
-         all).\n\
+         {busy} of {loops} timed loops had to start without that, and the gate waited \
+         {waited:.0} s in all (beyond its own 40 ms sample per loop).\n\
          - **The client** is a child process of the bench that joins the configuration's \
          cgroup and namespace, becomes the uid under test, and runs a tight loop of \
          socket() + connect() + close() (with `SO_LINGER` 0, so close sends a RST and no \
@@ -380,11 +380,12 @@ fn run_time(md: &mut String, rt: &RuntimeResult) {
     let _ = writeln!(
         md,
         "## 2. Program run time per invocation\n\n\
-         The kernel's own accounting: with `kernel.bpf_stats_enabled=1` (restored afterwards), \
-         `run_time_ns / run_cnt` of the program, read from its descriptor before and after each \
-         timed loop. Policy `{}`; allowed = uid 1001, denied = uid 65534. The share is that \
-         time against the whole connect()+close() the client timed in the same loop. \
-         {} rounds. run_cnt grew by exactly the number of connects in every loop: {}.\n",
+         The kernel's own accounting: `run_time_ns / run_cnt` of the program, read from its \
+         descriptor before and after each timed loop, with the accounting {}. Policy `{}`; \
+         allowed = uid 1001, denied = uid 65534. The share is that time against the whole \
+         connect()+close() the client timed in the same loop. {} rounds. run_cnt grew by \
+         exactly the number of connects in every loop: {}.\n",
+        rt.stats_how,
         runtime::POLICY.trim().replace('\n', " "),
         rt.rounds,
         if rt.counts_exact { "yes" } else { "**no**" }

@@ -1,5 +1,5 @@
 //! Section 2, program run time per invocation, from the kernel's own
-//! accounting (`run_time_ns / run_cnt` with `kernel.bpf_stats_enabled`),
+//! accounting (`run_time_ns / run_cnt`, see `progstats`),
 //! for the three paths a connect can take through the guard, over IPv4
 //! (connect4) and IPv6 (connect6).
 
@@ -117,6 +117,8 @@ pub struct RuntimeResult {
     pub rounds: usize,
     /// Whether every round's run_cnt grew by exactly the worker's connects.
     pub counts_exact: bool,
+    /// How the accounting was turned on.
+    pub stats_how: &'static str,
 }
 
 pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
@@ -128,6 +130,7 @@ pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
     let progs = guard_programs(&pin_dir)?;
     let mut exact = true;
     let stats = StatsEnabled::new()?;
+    let stats_how = stats.how();
     let samples = interleave("program run time", PATHS.len(), s.rounds, |i| {
         let p = &PATHS[i];
         let prog = progs
@@ -169,6 +172,7 @@ pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
         rows,
         rounds: s.rounds,
         counts_exact: exact,
+        stats_how,
     })
 }
 
