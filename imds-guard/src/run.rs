@@ -153,9 +153,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     metrics.set_policy_digest(&hex(&stamp.digest));
     // systemd (Type=notify) starts what is ordered after us only now: the
     // programs are attached with the policy in force.
-    notified(notify::ready(&format!(
-        "{mode}, policy sha256 {}",
-        hex(&stamp.digest)
+    notified(notify::ready(&ready_status(
+        policy.spec.mode,
+        &stamp.digest,
+        true,
     )));
     // Only now, with the guard in force: metrics that cannot be served are
     // worth an error record, never a reason to leave the host unguarded.
@@ -205,17 +206,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 metrics.reload(outcome);
                 let mode = policies
                     .get(guard.active_generation().unwrap_or(0) as u8)
-                    .map_or("enforce", |p| mode_name(p.spec.mode));
-                notified(notify::ready(&format!(
-                    "{mode}, policy sha256 {}{}",
-                    hex(&stamp.digest),
-                    if outcome == ReloadOutcome::Applied { "" } else { " (last reload refused)" }
-                )));
-                if outcome == ReloadOutcome::Applied {
+                    .map_or(Mode::Enforce, |p| p.spec.mode);
+                let applied = outcome == ReloadOutcome::Applied;
+                notified(notify::ready(&ready_status(mode, &stamp.digest, applied)));
+                if applied {
                     metrics.set_policy_digest(&hex(&stamp.digest));
-                    if let Some(p) = policies.get(guard.active_generation().unwrap_or(0) as u8) {
-                        metrics.set_enforcing(Enforcing::Active(p.spec.mode));
-                    }
+                    metrics.set_enforcing(Enforcing::Active(mode));
                 }
             }
             ready = events.readable_mut() => {
@@ -269,6 +265,21 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         "{signal_name}: exiting; {outcome}"
     );
     Ok(())
+}
+
+/// The one-line status systemd shows: mode and policy in force, and
+/// whether the last reload was refused.
+fn ready_status(mode: Mode, digest: &[u8], last_reload_applied: bool) -> String {
+    format!(
+        "{}, policy sha256 {}{}",
+        mode_name(mode),
+        hex(digest),
+        if last_reload_applied {
+            ""
+        } else {
+            " (last reload refused)"
+        }
+    )
 }
 
 /// systemd notifications are best effort: without systemd they do nothing,
