@@ -60,12 +60,12 @@ pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
 
 /// The id of an open cgroup v2 directory: its inode number, which is what
 /// `bpf_get_current_cgroup_id()` and link info report.
-pub fn id(file: &File) -> Result<u64, CgroupError> {
+pub fn id(file: &File, path: &Path) -> Result<u64, CgroupError> {
     use std::os::unix::fs::MetadataExt as _;
     file.metadata()
         .map(|m| m.ino())
         .map_err(|source| CgroupError::Open {
-            path: PathBuf::from("(open cgroup)"),
+            path: path.to_owned(),
             source,
         })
 }

@@ -399,7 +399,7 @@ impl Guard {
         pins: Option<&Pins>,
     ) -> Result<AttachReport, GuardError> {
         let file = cgroup::open(cgroup)?;
-        let cgroup_id = cgroup::id(&file)?;
+        let cgroup_id = cgroup::id(&file, cgroup)?;
         // From 5.7 aya attaches through a bpf_link, which the kernel always
         // attaches with BPF_F_ALLOW_MULTI and which takes no attach flags
         // (`cgroup_bpf_link_attach` in kernel/bpf/cgroup.c): `Single` means
