@@ -19,14 +19,14 @@ mod rpm;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::{
+    process::{cargo, output, run, target_dir},
     setup::setup,
-    tasks::{cmd, run},
 };
 
 /// What the release build produced, and where the packages go.
@@ -62,8 +62,7 @@ pub fn dist(check: bool) -> Result<()> {
 
 /// Builds the release binary and has it generate its pages and scripts.
 fn build() -> Result<Build> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(cmd(&cargo).args(["build", "--release", "-p", "imds-guard"]))?;
+    run(cargo().args(["build", "--release", "-p", "imds-guard"]))?;
     let target = target_dir();
     let bin = target.join("release/imds-guard");
     ensure!(
@@ -98,21 +97,6 @@ fn build() -> Result<Build> {
     })
 }
 
-/// The workspace, whose `config/` and `README.md` are packaged.
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_owned()
-}
-
-/// The target directory cargo used: `CARGO_TARGET_DIR` when set, else
-/// `target/` in the workspace.
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => workspace_root().join(dir),
-        None => workspace_root().join("target"),
-    }
-}
-
 /// The version `imds-guard --version` prints (`imds-guard 0.1.0`): what the
 /// packages are named after is what the binary says it is.
 fn version(bin: &Path) -> Result<String> {
@@ -128,33 +112,6 @@ fn version(bin: &Path) -> Result<String> {
             text.trim()
         ),
     }
-}
-
-/// Runs `c`, capturing its output; fails with its stderr unless it exits 0.
-pub fn output(c: &mut Command) -> Result<Output> {
-    let out = c.output().with_context(|| format!("cannot run {c:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{c:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
-}
-
-/// `c`'s stdout as text, when it exits 0.
-pub fn stdout(c: &mut Command) -> Result<String> {
-    Ok(String::from_utf8_lossy(&output(c)?.stdout).into_owned())
-}
-
-/// Empties (or creates) `dir`.
-fn fresh_dir(dir: &Path) -> Result<()> {
-    if dir.exists() {
-        fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
-    }
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
 
 /// Host architecture names: (Debian, RPM).

@@ -5,6 +5,7 @@
 //! machine before the eBPF toolchain exists.
 
 mod dist;
+mod process;
 mod setup;
 mod tasks;
 

@@ -10,7 +10,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::tasks::{cmd, run};
+use crate::process::{cmd, is_root, run};
 
 /// What the Debian route needs to build the programs.
 const DEBIAN_BUILD: &[&str] = &[
@@ -140,7 +140,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         eprintln!("xtask: Debian packages: all installed");
         return Ok(());
     }
-    if !nix_is_root() {
+    if !is_root() {
         bail!(
             "these Debian packages are missing and installing them needs root: {}",
             missing.join(" ")
@@ -152,11 +152,4 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
-}
-
-fn nix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }

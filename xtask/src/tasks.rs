@@ -1,35 +1,11 @@
-//! `test` and `demo`, and the small process helpers they share.
+//! `test`, `demo` and `bench`: set up, build, and run.
 
-use std::process::Command;
+use anyhow::Result;
 
-use anyhow::{Context as _, Result, bail};
-
-use crate::setup::setup;
-
-/// A command run from the workspace root.
-pub fn cmd(program: &str) -> Command {
-    let mut c = Command::new(program);
-    c.current_dir(workspace_root());
-    c
-}
-
-/// Runs `c` with inherited stdio; fails unless it exits 0.
-pub fn run(c: &mut Command) -> Result<()> {
-    let status = c.status().with_context(|| format!("cannot run {c:?}"))?;
-    if !status.success() {
-        bail!("{c:?} failed: {status}");
-    }
-    Ok(())
-}
-
-fn workspace_root() -> std::path::PathBuf {
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_owned()
-}
-
-fn cargo() -> Command {
-    cmd(&std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-}
+use crate::{
+    process::{cargo, run},
+    setup::setup,
+};
 
 pub fn test(extra: &[String]) -> Result<()> {
     setup()?;

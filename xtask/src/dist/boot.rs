@@ -19,8 +19,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Build, fresh_dir};
-use crate::tasks::run;
+use super::Build;
+use crate::process::{fresh_dir, run};
 
 const FILES: [(&str, &str, u32); 5] = [
     ("boot.sh", include_str!("boot/boot.sh"), 0o755),

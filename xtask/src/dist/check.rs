@@ -18,10 +18,11 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{
-    Build, RELEASE, arch, deb, fresh_dir,
+    Build, RELEASE, arch, deb,
     layout::{self, BIN, CONFIG, DOC_DIR, Format},
-    output, rpm, stdout,
+    rpm,
 };
+use crate::process::{fresh_dir, is_root, output, stdout};
 
 /// Where the postinst's offline `systemctl enable` puts its symlink (the
 /// unit's `WantedBy=sysinit.target`).
@@ -179,9 +180,7 @@ fn cannot_install() -> Option<String> {
                 .to_owned(),
         );
     }
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    (String::from_utf8_lossy(&uid.stdout).trim() != "0")
-        .then(|| "installing a package needs root".to_owned())
+    (!is_root()).then(|| "installing a package needs root".to_owned())
 }
 
 /// `${Status}` of imds-guard, empty when dpkg never heard of it.

@@ -12,11 +12,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    Build, RELEASE, arch, fresh_dir,
+    Build, RELEASE, arch,
     layout::{self, CONFIG, Entry, Format},
-    stdout,
 };
-use crate::tasks::run;
+use crate::process::{fresh_dir, run, stdout};
 
 /// The maintainer scripts (`sh -n` checked by `--check`).
 pub const SCRIPTS: [(&str, &str); 3] = [

@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use super::{Build, fresh_dir, output, workspace_root};
+use super::Build;
+use crate::process::{fresh_dir, output, workspace_root};
 
 /// The shells whose completions are packaged.
 pub const SHELLS: [&str; 3] = ["bash", "zsh", "fish"];

@@ -8,10 +8,10 @@ use std::{fmt::Write as _, fs, path::PathBuf, process::Command};
 use anyhow::{Context as _, Result, ensure};
 
 use super::{
-    Build, RELEASE, arch, fresh_dir,
+    Build, RELEASE, arch,
     layout::{self, CONFIG, DOC_DIR, Format},
 };
-use crate::tasks::run;
+use crate::process::{fresh_dir, run};
 
 /// The scriptlets, by spec section.
 pub const SCRIPTLETS: [(&str, &str); 3] = [
