@@ -1,5 +1,5 @@
 //! Builds the eBPF programs in `imds-guard-ebpf` and leaves the object in
-//! `OUT_DIR/imds-guard`, where `src/guard.rs` embeds it.
+//! `OUT_DIR/imds-guard`, where `src/kernel/loader.rs` embeds it.
 //!
 //! Two routes, chosen by what the machine has (and said in a build warning):
 //! - `nightly` with `rust-src`: the usual aya route, `-Z build-std=core`;

@@ -40,7 +40,7 @@ use std::{
 };
 
 use imds_guard::{
-    guard::{Counters, Guard, Stamp},
+    kernel::{Counters, Guard, Stamp},
     policy::{Action as Verdict, Mode, Policy, PolicySpec, SystemResolver},
     render::{Format, Target},
 };

@@ -11,11 +11,12 @@ use std::{
 };
 
 use imds_guard::{
-    events::Decision,
-    guard::{Guard, Stamp},
-    policy::{Policy, PolicySpec, SystemResolver},
+    kernel::{
+        Guard, Stamp,
+        records::{DecisionRecord, RecordReason},
+    },
+    policy::{Outcome, Policy, PolicySpec, SystemResolver},
 };
-use imds_guard_common::reason;
 use imds_guard_e2e::{
     Action, FakeImds, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, Netns, PLAIN_PORT, Probe, TestCgroup,
     privileged_or_skip,
@@ -95,9 +96,9 @@ fn attached_before_its_config_is_written_the_guard_denies_everyone() {
     assert_eq!(counters.allowed, 0, "{counters:?}");
     let mut seen = 0;
     while let Some(item) = events.next() {
-        let d = Decision::decode(&item).expect("well-formed event");
-        assert_eq!(d.event, "deny", "{d:?}");
-        assert_eq!(d.reason, reason::INTERNAL_ERROR, "{d:?}");
+        let d = DecisionRecord::decode(&item).expect("well-formed event");
+        assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+        assert_eq!(d.reason, RecordReason::InternalError, "{d:?}");
         seen += 1;
     }
     assert_eq!(seen, 8);
@@ -188,8 +189,8 @@ fn with_the_ring_buffer_full_every_decision_is_still_enforced_and_counted() {
     );
     let mut received = 0u64;
     while let Some(item) = events.next() {
-        let d = Decision::decode(&item).expect("well-formed event");
-        assert_eq!((d.event, d.uid, d.pid), ("deny", NOBODY, r.pid));
+        let d = DecisionRecord::decode(&item).expect("well-formed event");
+        assert_eq!((d.outcome, d.uid, d.pid), (Outcome::Deny, NOBODY, r.pid));
         assert_eq!(d.dst, IpAddr::from(IMDS_V4));
         received += 1;
     }

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use imds_guard::{guard::ATTACH_TYPES, sys};
+use imds_guard::kernel::{hooks::HOOKS, sys};
 use imds_guard_e2e::{
     Action, Agent, FakeImds, IMDS_PORT, IMDS_V4, IMDS_V6, Netns, Probe, TempDir, TestBpffs,
     TestCgroup, UDP_PORT, field, imds_guard_bin, privileged_or_skip, write_policy,
@@ -82,9 +82,13 @@ impl World {
     /// Programs attached to the test cgroup itself, per hook.
     fn attachments(&self) -> Vec<usize> {
         let dir = std::fs::File::open(self.cgroup.path()).expect("open the cgroup");
-        ATTACH_TYPES
+        HOOKS
             .iter()
-            .map(|&t| sys::prog_query(dir.as_fd(), t).expect("query").len())
+            .map(|h| {
+                sys::prog_query(dir.as_fd(), h.attach_type)
+                    .expect("query")
+                    .len()
+            })
             .collect()
     }
 

@@ -1,21 +1,17 @@
-//! The decision for a protected destination: who is calling, what the
-//! policy says, the event and the counters. Only protected destinations get
+//! The decision for a protected destination: what the policy says of the
+//! caller, the event and the counters. Only protected destinations get
 //! here; everything else was allowed by the hook after one map lookup.
+//! Generic over the program's context, with the caller handed in: it reads
+//! nothing of the running task itself (`caller.rs` does).
 
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
-    },
-    maps::HashMap,
-    programs::SockAddrContext,
-};
+use aya_ebpf::{EbpfContext, helpers::generated::bpf_ktime_get_ns, maps::HashMap};
 use aya_log_ebpf::error;
 use imds_guard_common::{
-    COMM_LEN, Event, IdKey, IdRule, action, counter, counter_index, mode, reason, verdict,
+    Event, IdKey, IdRule, action, counter, counter_index, kind, mode, reason, verdict,
 };
 
 use crate::{
+    caller::Caller,
     dst::Dst,
     maps::{CONFIG, COUNTERS, EVENTS, GID_RULES, UID_RULES},
 };
@@ -40,20 +36,23 @@ impl From<Verdict> for i32 {
 struct Outcome {
     action: u32,
     reason: u8,
-    rule: u32,
+    /// The deciding entry's number (1-based), 0 for none.
+    entry: u32,
 }
 
-/// Decides a connection (or datagram) to the protected destination `dst`.
+/// Decides a connection (or datagram) by `caller` to the protected
+/// destination `dst`, under policy `generation`.
 #[inline(always)]
-pub fn decide(ctx: &SockAddrContext, hook: u8, generation: u32, dst: &Dst) -> Verdict {
-    let uid_gid = bpf_get_current_uid_gid();
-    // The real ids, mapped into the initial user namespace.
-    let uid = uid_gid as u32;
-    let gid = (uid_gid >> 32) as u32;
-
+pub fn decide<C: EbpfContext>(
+    ctx: &C,
+    hook: u8,
+    generation: u32,
+    caller: &Caller,
+    dst: &Dst,
+) -> Verdict {
     let (outcome, audit) = match CONFIG.get(generation) {
         Some(cfg) if cfg.mode == mode::ENFORCE || cfg.mode == mode::AUDIT => (
-            evaluate(generation, uid, gid, cfg.default_action),
+            evaluate(generation, caller.uid, caller.gid, cfg.default_action),
             cfg.mode == mode::AUDIT,
         ),
         // Unconfigured (the agent has not written the config yet) or a
@@ -64,7 +63,7 @@ pub fn decide(ctx: &SockAddrContext, hook: u8, generation: u32, dst: &Dst) -> Ve
                 Outcome {
                     action: action::DENY,
                     reason: reason::INTERNAL_ERROR,
-                    rule: 0,
+                    entry: 0,
                 },
                 false,
             )
@@ -82,7 +81,7 @@ pub fn decide(ctx: &SockAddrContext, hook: u8, generation: u32, dst: &Dst) -> Ve
     if outcome.reason == reason::INTERNAL_ERROR {
         bump(hook, counter::ERRORS);
     }
-    emit(hook, v, &outcome, uid, gid, generation, dst);
+    emit(hook, v, &outcome, caller, generation, dst);
 
     if v == verdict::DENIED {
         Verdict::Reject
@@ -114,28 +113,28 @@ fn evaluate(generation: u32, uid: u32, gid: u32, default_action: u32) -> Outcome
         return Outcome {
             action: action::DENY,
             reason: reason::UID_DENIED,
-            rule: by_uid.rule,
+            entry: by_uid.entry,
         };
     }
     if by_gid.action != NO_RULE && by_gid.action != action::ALLOW {
         return Outcome {
             action: action::DENY,
             reason: reason::GID_DENIED,
-            rule: by_gid.rule,
+            entry: by_gid.entry,
         };
     }
     if by_uid.action == action::ALLOW {
         return Outcome {
             action: action::ALLOW,
             reason: reason::UID_ALLOWED,
-            rule: by_uid.rule,
+            entry: by_uid.entry,
         };
     }
     if by_gid.action == action::ALLOW {
         return Outcome {
             action: action::ALLOW,
             reason: reason::GID_ALLOWED,
-            rule: by_gid.rule,
+            entry: by_gid.entry,
         };
     }
     Outcome {
@@ -145,7 +144,7 @@ fn evaluate(generation: u32, uid: u32, gid: u32, default_action: u32) -> Outcome
             action::DENY
         },
         reason: reason::DEFAULT,
-        rule: 0,
+        entry: 0,
     }
 }
 
@@ -164,7 +163,7 @@ fn rule(map: &HashMap<IdKey, IdRule>, key: IdKey) -> IdRule {
         Some(p) => unsafe { *p },
         None => IdRule {
             action: NO_RULE,
-            rule: 0,
+            entry: 0,
         },
     }
 }
@@ -179,32 +178,30 @@ fn bump(hook: u8, kind: u32) {
 }
 
 #[inline(always)]
-fn emit(hook: u8, v: u8, outcome: &Outcome, uid: u32, gid: u32, generation: u32, dst: &Dst) {
+fn emit(hook: u8, v: u8, outcome: &Outcome, caller: &Caller, generation: u32, dst: &Dst) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         bump(hook, counter::EVENTS_LOST);
         return;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
-    // SAFETY: helpers without preconditions, allowed in cgroup/sock_addr.
-    let (ts_ns, cgroup_id) = unsafe { (bpf_ktime_get_ns(), bpf_get_current_cgroup_id()) };
+    // SAFETY: a helper without preconditions.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
     entry.write(Event {
         ts_ns,
-        cgroup_id,
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        uid,
-        gid,
-        rule: outcome.rule,
+        cgroup_id: caller.cgroup_id,
+        tid: caller.tid,
+        tgid: caller.tgid,
+        uid: caller.uid,
+        gid: caller.gid,
+        entry: outcome.entry,
         port: dst.port,
         hook,
         verdict: v,
         reason: outcome.reason,
         family: dst.family,
         generation: generation as u8,
-        _pad0: 0,
+        kind: kind::DECISION,
         addr: dst.addr,
-        comm,
+        comm: caller.comm,
         _pad1: [0; 4],
     });
     entry.submit(0);

@@ -1,20 +1,16 @@
-//! The eBPF side of imds-guard: one `cgroup/sock_addr` program per hook.
-//!
-//! `connect4`/`connect6` decide TCP connects (including TCP Fast Open, whose
-//! implicit connect runs the same hooks), connected UDP, and MPTCP;
-//! `sendmsg4`/`sendmsg6` decide unconnected UDP datagrams, which never run a
-//! connect hook. The decision itself lives in `decide.rs`; each hook module
-//! only reads its destination.
+//! The eBPF side of imds-guard. This file only wires the modules up; one
+//! module per program type (`sock_addr.rs`: the four `cgroup/sock_addr`
+//! entry points), `caller.rs` reads who is calling, `dst.rs` the
+//! destination and whether it is protected, `decide.rs` what the policy
+//! says, `maps.rs` every map.
 #![no_std]
 #![no_main]
 
-mod connect4;
-mod connect6;
+mod caller;
 mod decide;
 mod dst;
 mod maps;
-mod sendmsg4;
-mod sendmsg6;
+mod sock_addr;
 
 // Only for the BPF target: a host build of this crate (clippy over the
 // workspace) unifies features with the agent, pulls in `std` through aya,

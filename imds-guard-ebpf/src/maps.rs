@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use imds_guard_common::{
-    COUNTERS_LEN, Config, EVENTS_BYTE_SIZE, Endpoint, GENERATIONS, IdKey, IdRule, MAX_ENDPOINTS,
+    COUNTERS_LEN, Config, EVENTS_BYTE_SIZE, GENERATIONS, IdKey, IdRule, MAX_ENDPOINTS,
     MAX_ID_RULES, V4Key, V6Key,
 };
 
@@ -21,17 +21,18 @@ const NO_PREALLOC: u32 = 1;
 pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Protected IPv4 destinations, keyed by generation and the address as the
-/// kernel stores it in `user_ip4` (network byte order). Consulted on every
-/// connect on the host, so it is a hash map: one lookup whatever its size.
+/// kernel stores it in `user_ip4` (network byte order); the value is
+/// [`imds_guard_common::PROTECTED`]. Consulted on every connect on the
+/// host, so it is a hash map: one lookup whatever its size.
 #[map]
-pub static PROTECTED_V4: HashMap<V4Key, Endpoint> =
+pub static PROTECTED_V4: HashMap<V4Key, u32> =
     HashMap::with_max_entries(MAX_ENDPOINTS * GENERATIONS, 0);
 
 /// Protected IPv6 destinations, keyed by generation and the four words of
 /// `user_ip6`. IPv4-mapped forms are not stored here: `connect6`/`sendmsg6`
 /// map them back to IPv4 and consult [`PROTECTED_V4`].
 #[map]
-pub static PROTECTED_V6: HashMap<V6Key, Endpoint> =
+pub static PROTECTED_V6: HashMap<V6Key, u32> =
     HashMap::with_max_entries(MAX_ENDPOINTS * GENERATIONS, 0);
 
 /// Rules by generation and real uid. A uid has at most one rule per policy

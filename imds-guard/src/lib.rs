@@ -1,19 +1,21 @@
 //! imds-guard: decides which local processes may reach the cloud instance
-//! metadata service. The binary (`main.rs`) is a thin CLI over these modules.
+//! metadata service. The binary (`main.rs`) is a thin shell over [`cli`].
+//!
+//! The folders are the layers, and imports only go down:
+//! - [`policy`] and [`render`]: pure policy logic (TOML to a validated,
+//!   resolved policy; the same policy as firewall rules). They import
+//!   nothing of this crate.
+//! - [`kernel`]: the eBPF programs, their maps, pins and links. Imports
+//!   `policy`.
+//! - [`daemon`]: the agent's run loop, reloads, the decision log, metrics,
+//!   systemd. Imports `kernel` and `policy`.
+//! - [`cli`]: the commands. Imports everything.
+//!
+//! [`chain`] is a leaf every layer may use.
 
-pub mod cgroup;
-pub mod check;
+pub mod chain;
 pub mod cli;
-pub mod events;
-pub mod generate;
-pub mod guard;
-pub mod logging;
-pub mod metrics;
-pub mod notify;
-pub mod pins;
+pub mod daemon;
+pub mod kernel;
 pub mod policy;
-pub mod ratelimit;
 pub mod render;
-pub mod run;
-pub mod status;
-pub mod sys;

@@ -197,10 +197,24 @@ fn check_gives_the_verdict_and_the_rule_without_the_kernel() {
     assert_eq!(elsewhere.status.code(), Some(0));
     assert!(stdout(&elsewhere).contains("192.0.2.1 is not a protected address"));
 
-    // Without a passwd entry the primary gid must be given.
+    // Without a passwd entry the primary gid must be given: a usage error.
     let unknown = run(&["--uid", "54321", "--dst", "169.254.169.254"]);
-    assert_eq!(unknown.status.code(), Some(3));
+    assert_eq!(unknown.status.code(), Some(2));
     assert!(stderr(&unknown).contains("--gid"), "{}", stderr(&unknown));
+
+    // A user that does not exist is a usage error too, and says so.
+    let nobody = run(&[
+        "--user",
+        "no-such-user-imds-cli",
+        "--dst",
+        "169.254.169.254",
+    ]);
+    assert_eq!(nobody.status.code(), Some(2));
+    assert!(
+        stderr(&nobody).contains("user \"no-such-user-imds-cli\" does not exist on this host"),
+        "{}",
+        stderr(&nobody)
+    );
 }
 
 #[test]

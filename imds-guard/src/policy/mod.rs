@@ -14,11 +14,17 @@
 //! `FILE:LINE:COL: what is wrong`.
 //!
 //! [`Policy::decide`] is the reference for what the kernel programs do with
-//! a resolved policy, so tests can state the semantics without a kernel.
+//! a resolved policy, so tests can state the semantics without a kernel;
+//! [`check`] and [`explain`] put its decisions in words.
+//!
+//! Imports: nothing of this crate. `render` reads a [`PolicySpec`]; the
+//! kernel side writes a [`Policy`] into its maps.
 
 mod address;
+mod check;
 mod digest;
 mod error;
+mod explain;
 mod raw;
 mod resolve;
 mod validate;
@@ -33,8 +39,10 @@ use std::{
 #[cfg(test)]
 pub(crate) use self::resolve::fake::FakeResolver;
 pub use self::{
+    check::{CheckReport, check},
     digest::hex,
     error::{Diagnostic, PolicyError},
+    explain::explain,
     resolve::{Resolver, SystemResolver},
 };
 
@@ -71,6 +79,50 @@ pub enum Mode {
     Enforce,
     /// Denied connections go through and are logged as would-deny.
     Audit,
+}
+
+impl Mode {
+    /// As the policy file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to a connection to a protected address: the policy's
+/// action, and the mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// Denied by the policy; let through and logged because the mode is
+    /// audit.
+    Audit,
+}
+
+impl Outcome {
+    /// The `event` field of a log record, the `verdict` of `check --json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a rule says about an identity. `Allow` orders before `Deny`, the
@@ -183,7 +235,7 @@ impl PolicySpec {
 pub struct IdRule {
     pub action: Action,
     /// Index into [`PolicySpec::entries`] of the entry that made this rule.
-    pub entry: usize,
+    pub index: usize,
 }
 
 /// A resolved policy: what the kernel is given.
@@ -217,7 +269,7 @@ pub struct Decision {
     pub reason: Reason,
     /// Index into [`PolicySpec::entries`] of the entry that decided; `None`
     /// for [`Reason::Default`].
-    pub entry: Option<usize>,
+    pub index: Option<usize>,
 }
 
 impl Policy {
@@ -241,14 +293,14 @@ impl Policy {
                 return Decision {
                     action,
                     reason,
-                    entry: Some(rule.entry),
+                    index: Some(rule.index),
                 };
             }
         }
         Decision {
             action: self.default_action,
             reason: Reason::Default,
-            entry: None,
+            index: None,
         }
     }
 

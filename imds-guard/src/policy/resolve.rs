@@ -116,8 +116,8 @@ fn clash(spec: &PolicySpec, subjects: &[Option<Subject>], i: usize, earlier: IdR
         let identity = &spec.entries[i].identity;
         subjects[i].map_or_else(|| identity.to_string(), |s| spelled(identity, s))
     };
-    let (entry, first) = (&spec.entries[i], &spec.entries[earlier.entry]);
-    let (this, that, at) = (spell(i), spell(earlier.entry), first.at.in_words());
+    let (entry, first) = (&spec.entries[i], &spec.entries[earlier.index]);
+    let (this, that, at) = (spell(i), spell(earlier.index), first.at.in_words());
     if earlier.action == entry.action {
         let done = earlier.action.done();
         format!("duplicate rule: {this} is already {done} by {that} at {at}")
@@ -176,7 +176,7 @@ pub(super) fn resolve(spec: &PolicySpec, resolver: &dyn Resolver) -> Result<Poli
             btree_map::Entry::Vacant(slot) => {
                 slot.insert(IdRule {
                     action: entry.action,
-                    entry: i,
+                    index: i,
                 });
             }
             btree_map::Entry::Occupied(slot) => {

@@ -29,11 +29,11 @@ fn ip(text: &str) -> IpAddr {
         .unwrap_or_else(|e| panic!("{text:?} in a test: {e}"))
 }
 
-fn decision(action: Action, reason: Reason, entry: Option<usize>) -> Decision {
+fn decision(action: Action, reason: Reason, index: Option<usize>) -> Decision {
     Decision {
         action,
         reason,
-        entry,
+        index,
     }
 }
 
@@ -116,7 +116,7 @@ fn decide_gives_every_reason_in_the_kernel_order() {
     for ((uid, gid), expected) in cases {
         assert_eq!(policy.decide(uid, gid), expected, "uid {uid} gid {gid}");
     }
-    let entry = |d: Decision| d.entry.map(|i| &policy.spec.entries[i].identity);
+    let entry = |d: Decision| d.index.map(|i| &policy.spec.entries[i].identity);
     assert_eq!(
         entry(policy.decide(48, 0)),
         Some(&Identity::User("apache".into()))

@@ -33,8 +33,8 @@ fn errors(text: &str, resolver: &dyn Resolver) -> String {
     }
 }
 
-fn rule(action: Action, entry: usize) -> IdRule {
-    IdRule { action, entry }
+fn rule(action: Action, index: usize) -> IdRule {
+    IdRule { action, index }
 }
 
 #[test]

@@ -17,13 +17,16 @@ use aya::{
     programs::links::FdLink,
 };
 
-use crate::{
-    guard::{GuardError, PINNED_MAPS, PROGRAMS},
-    sys,
-};
+use super::{hooks::HOOKS, sys};
 
 /// The default pin directory.
 pub const DEFAULT_DIR: &str = "/sys/fs/bpf/imds-guard";
+/// The maps `status` reads back from their pins.
+pub const PINNED_MAPS: [&str; 3] = [
+    imds_guard_common::MAP_ACTIVE,
+    imds_guard_common::MAP_CONFIG,
+    imds_guard_common::MAP_COUNTERS,
+];
 /// Where systemd (and we, if it did not) mount the bpf filesystem.
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// `BPF_FS_MAGIC`.
@@ -35,9 +38,29 @@ pub struct Pins {
     dir: PathBuf,
 }
 
-fn pin_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> GuardError {
+/// Something that could not be done with a pin or the pin directory.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {path}")]
+pub struct PinError {
+    what: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+impl PinError {
+    pub fn new(what: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+fn pin_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PinError {
     let path = path.to_owned();
-    move |source| GuardError::Pin { what, path, source }
+    move |source| PinError { what, path, source }
 }
 
 /// An aya error with its causes, as one I/O error (aya's pin errors say
@@ -62,7 +85,7 @@ impl Pins {
     /// Makes sure the directory exists on a bpf filesystem. Mounts one at
     /// `/sys/fs/bpf` when the directory is below it and nothing is mounted
     /// there (systemd mounts it on most hosts).
-    pub fn prepare(&self) -> Result<(), GuardError> {
+    pub fn prepare(&self) -> Result<(), PinError> {
         let parent = self.dir.parent().unwrap_or(Path::new("/"));
         if !is_bpffs(parent) {
             if self.dir.starts_with(BPFFS_ROOT) && !is_bpffs(Path::new(BPFFS_ROOT)) {
@@ -78,7 +101,7 @@ impl Pins {
                 })?;
             }
             if !is_bpffs(parent) {
-                return Err(GuardError::Pin {
+                return Err(PinError {
                     what: "pin in",
                     path: self.dir.clone(),
                     source: std::io::Error::other("it is not on a bpf filesystem"),
@@ -101,7 +124,7 @@ impl Pins {
     }
 
     /// The link pinned for `program`, if there is one.
-    pub fn open_link(&self, program: &str) -> Result<Option<(PathBuf, OwnedFd)>, GuardError> {
+    pub fn open_link(&self, program: &str) -> Result<Option<(PathBuf, OwnedFd)>, PinError> {
         let path = self.link_path(program);
         if !path.exists() {
             return Ok(None);
@@ -111,7 +134,7 @@ impl Pins {
     }
 
     /// Pins a link we attached; the pin keeps it attached after we exit.
-    pub fn pin_link(&self, program: &str, link: FdLink) -> Result<(), GuardError> {
+    pub fn pin_link(&self, program: &str, link: FdLink) -> Result<(), PinError> {
         let path = self.link_path(program);
         link.pin(&path)
             .map(drop)
@@ -119,7 +142,7 @@ impl Pins {
     }
 
     /// Pins `map`, replacing the pin of an earlier agent's map.
-    pub fn pin_map(&self, name: &str, map: &Map) -> Result<(), GuardError> {
+    pub fn pin_map(&self, name: &str, map: &Map) -> Result<(), PinError> {
         let path = self.map_path(name);
         // bpffs refuses names with a dot in them (`bpf_lookup`, EPERM).
         let fresh = self.dir.join(format!("new_map_{name}"));
@@ -130,11 +153,7 @@ impl Pins {
     }
 
     /// A pinned map, as the `Map` variant `wrap` makes of it.
-    pub fn open_map(
-        &self,
-        name: &str,
-        wrap: fn(MapData) -> Map,
-    ) -> Result<Option<Map>, GuardError> {
+    pub fn open_map(&self, name: &str, wrap: fn(MapData) -> Map) -> Result<Option<Map>, PinError> {
         let path = self.map_path(name);
         if !path.exists() {
             return Ok(None);
@@ -149,7 +168,7 @@ impl Pins {
     /// when another agent holds it. Only root can open the directory, and a
     /// dead agent's lock goes with it, so neither a stale pid nor a forged
     /// process name can stand in for a live agent.
-    pub fn lock(&self) -> Result<Option<fs::File>, GuardError> {
+    pub fn lock(&self) -> Result<Option<fs::File>, PinError> {
         let dir = fs::File::open(&self.dir).map_err(pin_err("open", &self.dir))?;
         use std::os::fd::AsRawFd as _;
         // SAFETY: flock on a descriptor we own.
@@ -177,15 +196,15 @@ impl Pins {
 
     /// Whether any link is pinned.
     pub fn any_link(&self) -> bool {
-        PROGRAMS.iter().any(|p| self.link_path(p).exists())
+        HOOKS.iter().any(|h| self.link_path(h.program).exists())
     }
 
     /// Detaches every pinned link (whoever else holds it) and removes every
     /// pin and the directory. Returns the number of links detached.
-    pub fn detach_all(&self) -> Result<usize, GuardError> {
+    pub fn detach_all(&self) -> Result<usize, PinError> {
         let mut detached = 0;
-        for program in PROGRAMS {
-            if let Some((path, fd)) = self.open_link(program)? {
+        for hook in &HOOKS {
+            if let Some((path, fd)) = self.open_link(hook.program)? {
                 use std::os::fd::AsFd as _;
                 sys::link_detach(fd.as_fd()).map_err(pin_err("detach the pinned link", &path))?;
                 fs::remove_file(&path).map_err(pin_err("remove", &path))?;

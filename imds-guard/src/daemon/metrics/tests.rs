@@ -1,12 +1,4 @@
-use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use imds_guard_common::{counter, hook};
 use tokio::{
@@ -21,7 +13,7 @@ use super::{
     http::{LIMITS, Limits, serve_with},
     parse_listen, serve,
 };
-use crate::{guard::Counters, policy::Mode};
+use crate::{kernel::Counters, policy::Mode};
 
 fn counters(by_hook: [[u64; counter::KINDS as usize]; hook::COUNT as usize]) -> Counters {
     Counters {
@@ -311,16 +303,12 @@ fn parse_listen_rejects_precisely() {
 }
 
 /// Starts a server on an ephemeral loopback port.
-async fn start(
-    metrics: Arc<Metrics>,
-    refresh: impl Fn(&Metrics) + Send + Sync + 'static,
-    limits: Limits,
-) -> (SocketAddr, JoinHandle<()>) {
+async fn start(metrics: Arc<Metrics>, limits: Limits) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
-    let server = tokio::spawn(serve_with(listener, metrics, Arc::new(refresh), limits));
+    let server = tokio::spawn(serve_with(listener, metrics, limits));
     (addr, server)
 }
 
@@ -356,22 +344,17 @@ fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
 }
 
 #[tokio::test]
-async fn serves_metrics_at_scrape_time_and_answers_the_rest() {
+async fn serves_metrics_and_answers_the_rest() {
     let metrics = Arc::new(Metrics::new());
-    let scrapes = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&scrapes);
-    let refresh = move |m: &Metrics| {
-        let n = counted.fetch_add(1, Ordering::SeqCst) as u64 + 1;
-        let mut by_hook = [[0; 5]; 4];
-        by_hook[hook::CONNECT4 as usize][counter::ALLOWED as usize] = 41 + n;
-        m.set_counters(&counters(by_hook));
-    };
+    let mut by_hook = [[0; 5]; 4];
+    by_hook[hook::CONNECT4 as usize][counter::ALLOWED as usize] = 42;
+    metrics.set_counters(&counters(by_hook));
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     // The public entry point, with the production limits.
-    let server = tokio::spawn(serve(listener, Arc::clone(&metrics), refresh));
+    let server = tokio::spawn(serve(listener, Arc::clone(&metrics)));
 
     let response = fetch(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     let (status, headers, body) = split(&response);
@@ -427,10 +410,7 @@ async fn serves_metrics_at_scrape_time_and_answers_the_rest() {
     let response = fetch(addr, b"GET /metrics?format=text HTTP/1.0\n\n").await;
     let (status, _, body) = split(&response);
     assert_eq!(status, "HTTP/1.1 200 OK");
-    assert!(
-        body.contains("imds_guard_decisions_total{verdict=\"allowed\",hook=\"connect4\"} 44\n"),
-        "refreshed on every scrape: {body}"
-    );
+    assert_eq!(body, metrics.render());
 
     let response = fetch(addr, b"hello\r\n\r\n").await;
     assert_eq!(split(&response).0, "HTTP/1.1 400 Bad Request");
@@ -440,8 +420,6 @@ async fn serves_metrics_at_scrape_time_and_answers_the_rest() {
         "HTTP/1.1 505 HTTP Version Not Supported"
     );
 
-    // Only the three /metrics requests (GET, HEAD, GET) refreshed.
-    assert_eq!(scrapes.load(Ordering::SeqCst), 3);
     server.abort();
 }
 
@@ -452,7 +430,7 @@ async fn a_slow_client_times_out_while_others_are_served() {
         linger: Duration::from_millis(100),
         ..LIMITS
     };
-    let (addr, server) = start(Arc::new(Metrics::new()), |_| {}, limits).await;
+    let (addr, server) = start(Arc::new(Metrics::new()), limits).await;
 
     let mut slow = TcpStream::connect(addr).await.expect("connect");
     slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: loc")
@@ -478,7 +456,7 @@ async fn an_oversized_request_head_is_refused() {
         linger: Duration::from_millis(100),
         ..LIMITS
     };
-    let (addr, server) = start(Arc::new(Metrics::new()), |_| {}, limits).await;
+    let (addr, server) = start(Arc::new(Metrics::new()), limits).await;
     let mut request = b"GET /metrics HTTP/1.1\r\nX-Padding: ".to_vec();
     request.resize(LIMITS.request + 100, b'a');
     let response = fetch(addr, &request).await;
@@ -503,7 +481,7 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
         io: Duration::from_secs(30),
         ..LIMITS
     };
-    let (addr, server) = start(Arc::new(Metrics::new()), |_| {}, limits).await;
+    let (addr, server) = start(Arc::new(Metrics::new()), limits).await;
 
     let idle1 = TcpStream::connect(addr).await.expect("connect");
     let _idle2 = TcpStream::connect(addr).await.expect("connect");

@@ -41,29 +41,15 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// progress. Spawn it: `tokio::spawn(serve(..))`, and abort the handle on
 /// shutdown.
 ///
-/// `refresh` runs before each `/metrics` response, so counters can be read
-/// from the kernel at scrape time; pass `|_| {}` if the run loop keeps
-/// `metrics` current itself. It runs on the runtime thread, so it must be
-/// quick (a few map reads), and a failure in it is its own to log: the
-/// response then carries the last snapshot.
+/// The run loop keeps `metrics` current (the counters once a second).
 ///
 /// Accept errors (out of file descriptors, say) are logged and retried
 /// after a pause; the server never gives up on its own.
-pub async fn serve<F>(listener: TcpListener, metrics: Arc<Metrics>, refresh: F)
-where
-    F: Fn(&Metrics) + Send + Sync + 'static,
-{
-    serve_with(listener, metrics, Arc::new(refresh), LIMITS).await;
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    serve_with(listener, metrics, LIMITS).await;
 }
 
-pub(super) async fn serve_with<F>(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    refresh: Arc<F>,
-    limits: Limits,
-) where
-    F: Fn(&Metrics) + Send + Sync + 'static,
-{
+pub(super) async fn serve_with(listener: TcpListener, metrics: Arc<Metrics>, limits: Limits) {
     // Owning the connection tasks means dropping the server drops them too.
     let mut connections = JoinSet::new();
     loop {
@@ -77,12 +63,7 @@ pub(super) async fn serve_with<F>(
         }
         match listener.accept().await {
             Ok((stream, _)) => {
-                connections.spawn(exchange(
-                    stream,
-                    Arc::clone(&metrics),
-                    Arc::clone(&refresh),
-                    limits,
-                ));
+                connections.spawn(exchange(stream, Arc::clone(&metrics), limits));
             }
             Err(e) => {
                 // Mostly EMFILE/ENFILE, which do not clear at once; retrying
@@ -95,17 +76,14 @@ pub(super) async fn serve_with<F>(
 }
 
 /// One request, one response, then close.
-async fn exchange<F>(mut stream: TcpStream, metrics: Arc<Metrics>, refresh: Arc<F>, limits: Limits)
-where
-    F: Fn(&Metrics),
-{
+async fn exchange(mut stream: TcpStream, metrics: Arc<Metrics>, limits: Limits) {
     let response = match timeout(limits.io, read_head(&mut stream, limits.request)).await {
         Err(_) => Response::error(408, "Request Timeout"),
         // The client went away (or reset) before finishing its request:
         // there is no one to answer.
         Ok(Err(_)) => return,
         Ok(Ok(None)) => Response::error(431, "Request Header Fields Too Large"),
-        Ok(Ok(Some(head))) => respond(&head, &metrics, &*refresh),
+        Ok(Ok(Some(head))) => respond(&head, &metrics),
     };
     // Bounded too: a client that never reads must not keep its slot.
     if let Ok(Ok(())) = timeout(limits.io, stream.write_all(&response.to_bytes())).await {
@@ -166,7 +144,7 @@ async fn drain(stream: &mut TcpStream) {
 }
 
 /// The response to a complete request head.
-fn respond(head: &[u8], metrics: &Metrics, refresh: &dyn Fn(&Metrics)) -> Response {
+fn respond(head: &[u8], metrics: &Metrics) -> Response {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Ok(line) = std::str::from_utf8(line) else {
@@ -193,10 +171,7 @@ fn respond(head: &[u8], metrics: &Metrics, refresh: &dyn Fn(&Metrics)) -> Respon
     };
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     let mut response = match path {
-        "/metrics" => {
-            refresh(metrics);
-            Response::ok(METRICS_TYPE, metrics.render())
-        }
+        "/metrics" => Response::ok(METRICS_TYPE, metrics.render()),
         "/" => Response::ok(HTML_TYPE, INDEX.to_owned()),
         _ => Response::error(404, "Not Found"),
     };

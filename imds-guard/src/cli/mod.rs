@@ -1,14 +1,43 @@
-//! The command line, kept apart from `main` so that the man page and shell
-//! completions can be generated from the same definitions.
+//! The command line: its definitions (kept apart from `main` so that the
+//! man pages and shell completions are generated from them), one module
+//! per command with its `execute`, and the one exit path (`exit.rs`).
+//!
+//! Imports: everything (`policy`, `render`, `kernel`, `daemon`); nothing
+//! imports this but `main`.
+
+mod check;
+mod detach;
+mod exit;
+pub mod generate;
+mod render;
+mod run;
+mod status;
+mod validate;
 
 use std::path::PathBuf;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, CommandFactory as _, Parser, Subcommand};
 
+pub use self::exit::{CliError, Outcome, report};
 use crate::{
-    logging::LogFormat,
+    daemon::logging::LogFormat,
     render::{Format, Target},
 };
+
+/// Runs the command `cli` names.
+pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
+    match cli.command {
+        Command::Run(args) => run::execute(args),
+        Command::Validate(args) => validate::execute(&args),
+        Command::Render(args) => render::execute(&args),
+        Command::Detach(args) => detach::execute(&args),
+        Command::Status(args) => status::execute(&args),
+        Command::Check(args) => check::execute(&args),
+        Command::Generate(args) => generate::run_generate(&args, Cli::command())
+            .map(|()| Outcome::Success)
+            .map_err(CliError::runtime),
+    }
+}
 
 /// The policy file read when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/imds-guard/policy.toml";
@@ -45,7 +74,7 @@ pub enum Command {
     /// without the kernel. Exit 0 when allowed, 4 when denied.
     Check(CheckArgs),
     /// Write the man pages or shell completions (for packaging).
-    Generate(crate::generate::GenerateArgs),
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -67,12 +96,12 @@ pub struct RunArgs {
     pub pin_dir: PathBuf,
     /// Serve Prometheus metrics on this address (`PORT` alone means
     /// 127.0.0.1:PORT). Off unless given.
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_listen)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::daemon::metrics::parse_listen)]
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Where the guard pins its links and maps by default.
-pub const DEFAULT_PIN_DIR: &str = crate::pins::DEFAULT_DIR;
+pub const DEFAULT_PIN_DIR: &str = crate::kernel::pins::DEFAULT_DIR;
 
 #[derive(Debug, Args)]
 pub struct DetachArgs {

@@ -65,12 +65,6 @@ pub fn stopping() -> Result<(), NotifyError> {
     notify_env(STOPPING)
 }
 
-/// `STATUS=…`: a one-line status for `systemctl status`, without a change
-/// of state.
-pub fn status(status: &str) -> Result<(), NotifyError> {
-    notify_env(&format!("STATUS={}", one_line(status)))
-}
-
 const STOPPING: &str = "STOPPING=1";
 
 fn ready_message(status: &str) -> String {

@@ -15,10 +15,13 @@ use std::{
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
-use imds_guard_common::{counter, hook};
+use imds_guard_common::counter;
 
 pub use self::http::serve;
-use crate::{guard::Counters, policy::Mode};
+use crate::{
+    kernel::{Counters, hooks::HOOKS},
+    policy::Mode,
+};
 
 mod http;
 
@@ -181,7 +184,7 @@ impl Metrics {
     }
 
     /// Replaces the decision counters with a snapshot read from the kernel
-    /// ([`crate::guard::Guard::counters`]).
+    /// ([`crate::kernel::Guard::counters`]).
     pub fn set_counters(&self, counters: &Counters) {
         self.state().counters = *counters;
     }
@@ -217,21 +220,13 @@ impl Metrics {
     }
 }
 
-/// Label values for `hook`, indexed by `imds_guard_common::hook`.
-const HOOKS: [(u8, &str); hook::COUNT as usize] = [
-    (hook::CONNECT4, "connect4"),
-    (hook::CONNECT6, "connect6"),
-    (hook::SENDMSG4, "sendmsg4"),
-    (hook::SENDMSG6, "sendmsg6"),
-];
-
 const VERDICTS: [(u32, &str); 3] = [
     (counter::ALLOWED, "allowed"),
     (counter::DENIED, "denied"),
     (counter::AUDITED, "audited"),
 ];
 
-const MODES: [(Mode, &str); 2] = [(Mode::Enforce, "enforce"), (Mode::Audit, "audit")];
+const MODES: [Mode; 2] = [Mode::Enforce, Mode::Audit];
 
 struct Exposition<'a>(&'a State);
 
@@ -242,7 +237,12 @@ impl fmt::Display for Exposition<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.0;
         let by_hook = |kind: u32| {
-            HOOKS.map(|(h, name)| (name, s.counters.by_hook[usize::from(h)][kind as usize]))
+            HOOKS.map(|h| {
+                (
+                    h.hook.as_str(),
+                    s.counters.by_hook[h.hook as usize][kind as usize],
+                )
+            })
         };
 
         header(
@@ -275,10 +275,10 @@ impl fmt::Display for Exposition<'_> {
             "gauge",
             "1 for the mode the programs decide in: enforce denies, audit only records would-deny; all 0 while not enforcing.",
         )?;
-        for (mode, name) in MODES {
+        for mode in MODES {
             writeln!(
                 f,
-                "imds_guard_mode{{mode=\"{name}\"}} {}",
+                "imds_guard_mode{{mode=\"{mode}\"}} {}",
                 u8::from(active == Some(mode))
             )?;
         }

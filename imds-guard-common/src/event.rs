@@ -1,0 +1,95 @@
+//! The records the programs send through [`crate::MAP_EVENTS`], and the
+//! numbers they give hooks, verdicts and reasons.
+
+use core::mem::size_of;
+
+/// The hook a decision was taken on.
+pub mod hook {
+    pub const CONNECT4: u8 = 0;
+    pub const CONNECT6: u8 = 1;
+    pub const SENDMSG4: u8 = 2;
+    pub const SENDMSG6: u8 = 3;
+    /// Number of hooks.
+    pub const COUNT: u32 = 4;
+}
+
+/// The verdict recorded in an [`Event`].
+pub mod verdict {
+    pub const ALLOWED: u8 = 1;
+    pub const DENIED: u8 = 2;
+    /// Would have been denied; let through because the mode is audit.
+    pub const AUDITED: u8 = 3;
+}
+
+/// Why a decision came out as it did.
+pub mod reason {
+    /// The caller's uid is in the deny list.
+    pub const UID_DENIED: u8 = 1;
+    /// The caller's gid is in the deny list.
+    pub const GID_DENIED: u8 = 2;
+    /// The caller's uid is in the allow list.
+    pub const UID_ALLOWED: u8 = 3;
+    /// The caller's gid is in the allow list.
+    pub const GID_ALLOWED: u8 = 4;
+    /// No rule names the caller; the policy's default decided.
+    pub const DEFAULT: u8 = 5;
+    /// The programs could not read their configuration (fail closed).
+    pub const INTERNAL_ERROR: u8 = 6;
+}
+
+/// What kind of record an [`Event`] is: room for record kinds other than
+/// decisions, which an older agent then refuses rather than misreads.
+pub mod kind {
+    /// A decision on a protected destination.
+    pub const DECISION: u8 = 0;
+}
+
+/// Address family of the destination in an [`Event`].
+pub mod family {
+    pub const INET: u8 = 4;
+    pub const INET6: u8 = 6;
+}
+
+/// Length of a task's `comm`.
+pub const COMM_LEN: usize = 16;
+
+/// One decision on a protected destination, sent through
+/// [`crate::MAP_EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: nanoseconds since boot (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// The cgroup v2 id of the calling task.
+    pub cgroup_id: u64,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    /// Thread-group id (what userspace calls the pid).
+    pub tgid: u32,
+    /// Real uid, as seen from the initial user namespace.
+    pub uid: u32,
+    /// Real gid, as seen from the initial user namespace.
+    pub gid: u32,
+    /// The number (1-based) of the policy entry that decided; 0 for none.
+    pub entry: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// One of [`hook`].
+    pub hook: u8,
+    /// One of [`verdict`].
+    pub verdict: u8,
+    /// One of [`reason`].
+    pub reason: u8,
+    /// One of [`family`]: 4 puts the address in `addr[..4]`.
+    pub family: u8,
+    /// The policy generation that decided.
+    pub generation: u8,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// Destination address in network byte order.
+    pub addr: [u8; 16],
+    /// The calling task's `comm`, NUL padded.
+    pub comm: [u8; COMM_LEN],
+    pub _pad1: [u8; 4],
+}
+const _: () = assert!(size_of::<Event>() == 80);

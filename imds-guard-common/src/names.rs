@@ -1,0 +1,28 @@
+//! One source of truth for names both sides use: maps and programs, as
+//! the object file spells them.
+
+/// The one-entry array holding the active policy generation (0 or 1). A
+/// reload writes the other generation completely, then flips this.
+pub const MAP_ACTIVE: &str = "ACTIVE";
+/// The hash map of protected IPv4 addresses (key: [`crate::V4Key`]).
+pub const MAP_PROTECTED_V4: &str = "PROTECTED_V4";
+/// The hash map of protected IPv6 addresses (key: [`crate::V6Key`]).
+pub const MAP_PROTECTED_V6: &str = "PROTECTED_V6";
+/// The hash map of per-uid rules (key: [`crate::IdKey`]; value:
+/// [`crate::IdRule`]).
+pub const MAP_UID_RULES: &str = "UID_RULES";
+/// The hash map of per-gid rules (key: [`crate::IdKey`]; value:
+/// [`crate::IdRule`]).
+pub const MAP_GID_RULES: &str = "GID_RULES";
+/// The two-entry array holding each generation's [`crate::Config`].
+pub const MAP_CONFIG: &str = "CONFIG";
+/// The ring buffer of [`crate::Event`]s.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// The per-CPU array of counters, indexed by [`crate::counter_index`].
+pub const MAP_COUNTERS: &str = "COUNTERS";
+
+/// The names of the programs, one per hook, as the object file spells them.
+pub const PROGRAM_CONNECT4: &str = "connect4";
+pub const PROGRAM_CONNECT6: &str = "connect6";
+pub const PROGRAM_SENDMSG4: &str = "sendmsg4";
+pub const PROGRAM_SENDMSG6: &str = "sendmsg6";

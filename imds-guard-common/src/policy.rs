@@ -1,0 +1,99 @@
+//! The policy as the maps hold it: keys, values and switches, in two
+//! generations (the one in force and the one a reload writes).
+
+use core::mem::size_of;
+
+use crate::Ipv6Key;
+
+/// Number of policy generations: the one in force and the one a reload
+/// writes.
+pub const GENERATIONS: u32 = 2;
+/// Protected addresses per policy (the maps hold two generations).
+pub const MAX_ENDPOINTS: u32 = 64;
+/// Rules per identity map per policy (the maps hold two generations).
+pub const MAX_ID_RULES: u32 = 1 << 17;
+
+/// The value of a protected address in [`crate::MAP_PROTECTED_V4`] and
+/// [`crate::MAP_PROTECTED_V6`]: only the key's presence matters.
+pub const PROTECTED: u32 = 1;
+
+/// Key of [`crate::MAP_PROTECTED_V4`]: the generation and the address as
+/// the kernel stores it in `user_ip4` (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V4Key {
+    pub generation: u32,
+    pub addr: u32,
+}
+const _: () = assert!(size_of::<V4Key>() == 8);
+
+/// Key of [`crate::MAP_PROTECTED_V6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V6Key {
+    pub generation: u32,
+    pub addr: Ipv6Key,
+}
+const _: () = assert!(size_of::<V6Key>() == 20);
+
+/// Key of [`crate::MAP_UID_RULES`] and [`crate::MAP_GID_RULES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IdKey {
+    pub generation: u32,
+    pub id: u32,
+}
+const _: () = assert!(size_of::<IdKey>() == 8);
+
+/// What a rule or a default says.
+pub mod action {
+    /// Let the connection through.
+    pub const ALLOW: u32 = 1;
+    /// Reject the connection with EPERM.
+    pub const DENY: u32 = 2;
+}
+
+/// Enforcement mode. A zeroed [`Config`] (the agent has not written it
+/// yet) has neither, and the programs deny protected destinations with it:
+/// they fail closed.
+pub mod mode {
+    /// Denied connections fail with EPERM.
+    pub const ENFORCE: u32 = 1;
+    /// Denied connections go through and are recorded as audited.
+    pub const AUDIT: u32 = 2;
+}
+
+/// The rule stored for one uid or gid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdRule {
+    /// [`action::ALLOW`] or [`action::DENY`].
+    pub action: u32,
+    /// The number (1-based) of the policy entry that produced this rule;
+    /// 0 for none.
+    pub entry: u32,
+}
+const _: () = assert!(size_of::<IdRule>() == 8);
+
+/// One generation's run-time switches, in [`crate::MAP_CONFIG`]. The
+/// programs read `mode` and `default_action`; the rest records what is in
+/// force, so that `imds-guard status` reads it from the kernel rather than
+/// trusting a file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// One of [`mode`].
+    pub mode: u32,
+    /// The [`action`] for identities no rule names.
+    pub default_action: u32,
+    /// SHA-256 of the resolved policy.
+    pub digest: [u8; 32],
+    /// When this generation was written (Unix seconds).
+    pub applied_unix: u64,
+    /// When the programs were first attached (Unix seconds).
+    pub attached_unix: u64,
+    /// The agent that wrote it.
+    pub agent_pid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Config>() == 64);

@@ -1,0 +1,65 @@
+//! The four `cgroup/sock_addr` entry points. `connect4`/`connect6` decide
+//! TCP connects (including TCP Fast Open, whose implicit connect runs the
+//! same hooks), connected UDP and MPTCP; `sendmsg4`/`sendmsg6` decide
+//! unconnected UDP datagrams, which never run a connect hook (UDPv6 sends to
+//! an IPv4-mapped address run `sendmsg4`).
+//!
+//! Each entry point is one line over a v4 or a v6 helper (helpers, not a
+//! macro, so that every `#[cgroup_sock_addr(..)]` stays greppable). They
+//! decide by hook and address only: never by the context's family, type or
+//! protocol, which do not say what the caller can reach (connect4 runs for
+//! an AF_INET address given to an AF_INET6 socket, and MPTCP reports
+//! protocol 6).
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use imds_guard_common::hook;
+
+use crate::{
+    caller::Caller,
+    decide::{Verdict, decide},
+    dst::{Dst, active_generation, protected_v4, protected_v6, user_ip4, user_ip6, user_port},
+};
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    v4(&ctx, hook::CONNECT4).into()
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    v6(&ctx, hook::CONNECT6).into()
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    v4(&ctx, hook::SENDMSG4).into()
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    v6(&ctx, hook::SENDMSG6).into()
+}
+
+/// An IPv4 destination (`user_ip4`).
+#[inline(always)]
+fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
+    let generation = active_generation();
+    let ip4 = user_ip4(ctx);
+    if !protected_v4(generation, ip4) {
+        return Verdict::Allow;
+    }
+    let dst = Dst::v4(ip4, user_port(ctx));
+    decide(ctx, hook, generation, &Caller::current(), &dst)
+}
+
+/// An IPv6 destination (`user_ip6`), IPv4-mapped ones included.
+#[inline(always)]
+fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
+    let generation = active_generation();
+    let ip6 = user_ip6(ctx);
+    if !protected_v6(generation, &ip6) {
+        return Verdict::Allow;
+    }
+    let dst = Dst::v6(&ip6, user_port(ctx));
+    decide(ctx, hook, generation, &Caller::current(), &dst)
+}

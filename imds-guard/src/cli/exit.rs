@@ -1,0 +1,93 @@
+//! The one exit path: every command returns `Result<Outcome, CliError>`,
+//! and `main` turns it into the documented exit code after [`report`]
+//! printed the error once.
+//!
+//! Exit codes: 0 success; 1 the policy is invalid (nothing was attached or
+//! changed); 2 bad command line; 3 the guard could not be set up or run;
+//! 4 `check`: the process is denied, or `render --strict`: the rules cannot
+//! say everything the policy says; 5 `status`: the guard is not enforcing.
+
+use std::{error::Error, fmt, process::ExitCode};
+
+use crate::{chain::Chain, policy::PolicyError};
+
+/// How a command that did its job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// `check`: the process is denied (or would be, in audit mode).
+    Denied,
+    /// `render --strict`: there were warnings.
+    StrictWarnings,
+    /// `status`: the guard is not enforcing.
+    NotEnforcing,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Success => 0,
+            Self::Denied | Self::StrictWarnings => 4,
+            Self::NotEnforcing => 5,
+        })
+    }
+}
+
+/// Why a command could not do its job.
+#[derive(Debug)]
+pub enum CliError {
+    /// The policy does not validate: nothing was attached or changed.
+    Policy(PolicyError),
+    /// The command line cannot be acted on (clap's own errors exit 2 too).
+    Usage(String),
+    /// The guard could not be set up, read or run.
+    Runtime(Box<dyn Error + Send + Sync + 'static>),
+}
+
+impl CliError {
+    pub fn runtime(e: impl Error + Send + Sync + 'static) -> Self {
+        Self::Runtime(Box::new(e))
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Policy(_) => 1,
+            Self::Usage(_) => 2,
+            Self::Runtime(_) => 3,
+        })
+    }
+}
+
+impl From<PolicyError> for CliError {
+    fn from(e: PolicyError) -> Self {
+        Self::Policy(e)
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Policy(e) => Chain(e).fmt(f),
+            Self::Usage(message) => f.write_str(message),
+            Self::Runtime(e) => Chain(e.as_ref()).fmt(f),
+        }
+    }
+}
+
+/// Prints `e` once. A policy's diagnostics go to stderr as they are, one
+/// `FILE:LINE:COL: what` per line, for the operator; other errors are
+/// `imds-guard: what: why`. Once the agent's log is set up (`run`), errors
+/// are log records too, so that the journal has them.
+pub fn report(e: &CliError) {
+    let logging = tracing::dispatcher::has_been_set();
+    match e {
+        CliError::Policy(_) => {
+            eprintln!("{e}");
+            if logging {
+                tracing::error!("the policy is invalid; nothing was attached");
+            }
+        }
+        _ if logging => tracing::error!("{e}"),
+        _ => eprintln!("imds-guard: {e}"),
+    }
+}

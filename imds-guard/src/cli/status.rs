@@ -1,0 +1,173 @@
+//! `imds-guard status`: what the kernel enforces, as text or JSON.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::{CliError, Outcome, StatusArgs};
+use crate::{
+    kernel::{hooks::HOOKS, inspect::Status, pins::Pins},
+    policy::{Mode, hex},
+};
+
+pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
+    let status = Status::read(&Pins::new(&args.pin_dir)).map_err(CliError::runtime)?;
+    if args.json {
+        println!("{}", to_json(&status));
+    } else {
+        print!("{}", to_text(&status));
+    }
+    Ok(if status.enforcing() {
+        Outcome::Success
+    } else {
+        Outcome::NotEnforcing
+    })
+}
+
+/// The mode in force, or `unconfigured` when none is written.
+fn mode_name(status: &Status) -> &'static str {
+    status.mode().map_or("unconfigured", Mode::as_str)
+}
+
+pub fn to_json(status: &Status) -> Value {
+    let config = status.config.map(|(generation, c)| {
+        json!({
+            "generation": generation,
+            "digest": hex(&c.digest),
+            "applied_unix": c.applied_unix,
+            "attached_unix": c.attached_unix,
+            "agent_pid": c.agent_pid,
+        })
+    });
+    let counters = status.counters.map(|c| {
+        json!({
+            "allowed": c.allowed,
+            "denied": c.denied,
+            "audited": c.audited,
+            "events_lost": c.events_lost,
+            "internal_errors": c.errors,
+        })
+    });
+    json!({
+        "enforcing": status.enforcing(),
+        "attached": !status.links.is_empty(),
+        "mode": mode_name(status),
+        "pin_dir": status.pin_dir,
+        "cgroup": status.cgroup,
+        "cgroup_id": status.links.first().map(|l| l.cgroup_id),
+        "links": status.links.iter().map(|l| json!({
+            "program": l.hook.as_str(),
+            "link_id": l.link_id,
+            "prog_id": l.prog_id,
+            "cgroup_id": l.cgroup_id,
+        })).collect::<Vec<_>>(),
+        "policy": config,
+        "counters": counters,
+        "agent_alive": status.agent_alive,
+    })
+}
+
+pub fn to_text(status: &Status) -> String {
+    let mut s = String::new();
+    let mode = mode_name(status);
+    let state = if status.enforcing() {
+        let doing = if status.mode() == Some(Mode::Audit) {
+            "auditing"
+        } else {
+            "enforcing"
+        };
+        format!("{doing} (mode {mode})")
+    } else if status.links.is_empty() {
+        "not attached".to_owned()
+    } else {
+        format!(
+            "NOT enforcing ({} of {} hooks attached, mode {mode})",
+            status.live_links(),
+            HOOKS.len(),
+        )
+    };
+    let _ = writeln!(s, "imds-guard: {state}");
+    let _ = writeln!(s, "  pins:     {}", status.pin_dir.display());
+    if let Some(l) = status.links.first() {
+        let path = status.cgroup.as_ref().map_or_else(
+            || "(path not found)".to_owned(),
+            |p| p.display().to_string(),
+        );
+        let _ = writeln!(s, "  cgroup:   {path} (id {})", l.cgroup_id);
+    }
+    for l in &status.links {
+        let _ = writeln!(
+            s,
+            "  {:<9} link {} program {}{}",
+            l.hook.as_str(),
+            l.link_id,
+            l.prog_id,
+            if l.cgroup_id == 0 { " (detached)" } else { "" }
+        );
+    }
+    if let Some((generation, c)) = status.config {
+        let _ = writeln!(
+            s,
+            "  policy:   sha256 {} (generation {generation})",
+            hex(&c.digest)
+        );
+        let _ = writeln!(
+            s,
+            "  since:    {} (attached), policy applied {}",
+            utc(c.attached_unix),
+            utc(c.applied_unix)
+        );
+        let _ = writeln!(
+            s,
+            "  agent:    pid {} {}",
+            c.agent_pid,
+            if status.agent_alive {
+                "running"
+            } else {
+                "not running (enforcement continues)"
+            }
+        );
+    }
+    if let Some(c) = status.counters {
+        let _ = writeln!(
+            s,
+            "  counters: allowed {} denied {} audited {} events lost {} internal errors {}",
+            c.allowed, c.denied, c.audited, c.events_lost, c.errors
+        );
+    }
+    s
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (Howard Hinnant's
+/// civil-from-days; no time zone database needed for UTC).
+pub fn utc(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3_600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn formats_unix_seconds_as_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_434_009), "2026-11-23T11:40:09Z");
+    }
+}

@@ -1,0 +1,399 @@
+//! The agent (`imds-guard run`): load the policy, attach (or adopt the
+//! pinned guard), log decisions, reload on SIGHUP, until told to stop.
+//!
+//! A policy that does not validate never reaches the kernel: it is parsed,
+//! checked and resolved before anything is loaded, and a reload with a bad
+//! file keeps the policy in force. The maps are filled before the programs
+//! are attached or swapped in, so the first connect the new programs see is
+//! already decided by the policy. Exiting leaves the pinned guard in place.
+//!
+//! Imports: `kernel` and `policy`; never `cli`, which builds a [`Config`]
+//! from its arguments and calls [`run`].
+
+pub mod events;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod ratelimit;
+mod reload;
+
+use std::{
+    fs::File,
+    future::pending,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::{AsyncFd, AsyncFdReadyMutGuard},
+    signal::unix::{Signal, SignalKind, signal},
+    task::JoinHandle,
+    time::{Duration, Interval, MissedTickBehavior, interval},
+};
+
+use self::{
+    events::EventLog,
+    metrics::{Enforcing, Metrics},
+    reload::Policies,
+};
+use crate::{
+    kernel::{
+        AttachReport, Guard, GuardError, Stamp,
+        cgroup::{self, CgroupError},
+        inspect::Status,
+        pins::{PinError, Pins},
+    },
+    policy::{Mode, Policy, PolicyError, PolicySpec, SystemResolver, hex},
+};
+
+/// What `imds-guard run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The policy file.
+    pub config: PathBuf,
+    /// The cgroup v2 directory to attach to; the hierarchy's root if none.
+    pub cgroup: Option<PathBuf>,
+    pub pin_dir: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error(
+        "another imds-guard agent (pid {pid}) runs the guard pinned in {pin_dir}; stop it first \
+         (a restarted agent takes over the pins of one that stopped or died)"
+    )]
+    AgentRunning { pid: u32, pin_dir: PathBuf },
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Io { what, source }
+}
+
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// The signals the agent acts on, handled from before it is ready: from
+/// the moment it says it is, a signal must reach these handlers, not the
+/// default action.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, DaemonError> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(io_err("cannot handle SIGTERM"))?,
+            int: signal(SignalKind::interrupt()).map_err(io_err("cannot handle SIGINT"))?,
+            hup: signal(SignalKind::hangup()).map_err(io_err("cannot handle SIGHUP"))?,
+        })
+    }
+}
+
+/// The ring buffers the run loop polls.
+struct Rings {
+    events: AsyncFd<RingBuf<MapData>>,
+    logger: Option<AsyncFd<Logger>>,
+}
+
+/// A running agent: the guard it loaded, the policies of both generations,
+/// and what it reports through.
+pub struct Daemon {
+    config: Config,
+    cgroup: PathBuf,
+    pins: Pins,
+    /// The agent lock on the pin directory, held for the agent's life.
+    _lock: File,
+    guard: Guard,
+    policies: Policies,
+    stamp: Stamp,
+    metrics: Arc<Metrics>,
+    server: Option<JoinHandle<()>>,
+    log: EventLog,
+    resolver: SystemResolver,
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let mut signals = Signals::new()?;
+    let (mut daemon, report, mut rings) = Daemon::start(config)?;
+    daemon.announce_ready(&report);
+    daemon.serve_metrics().await;
+    let mut tick = interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let signal_name = daemon.run_loop(&mut signals, &mut rings, &mut tick).await?;
+    daemon.shutdown(signal_name, &mut rings);
+    Ok(())
+}
+
+impl Daemon {
+    /// Loads and resolves the policy, takes the pin directory, loads the
+    /// programs, puts the policy in force and attaches.
+    fn start(config: Config) -> Result<(Self, AttachReport, Rings), DaemonError> {
+        let resolver = SystemResolver;
+        let policy = PolicySpec::load(&config.config)?.resolve(&resolver)?;
+        let cgroup = match &config.cgroup {
+            Some(dir) => dir.clone(),
+            None => cgroup::cgroup2_root()?,
+        };
+        let pins = Pins::new(&config.pin_dir);
+        pins.prepare()?;
+        // Two agents on one guard would each believe their maps are in force.
+        let Some(lock) = pins.lock()? else {
+            let pid = Status::read(&pins)
+                .ok()
+                .and_then(|s| s.config)
+                .map_or(0, |(_, c)| c.agent_pid);
+            return Err(DaemonError::AgentRunning {
+                pid,
+                pin_dir: pins.dir().to_owned(),
+            });
+        };
+
+        let level = logging::ebpf_log_level();
+        let mut guard = Guard::load(level)?;
+        let logger = if level > 0 { guard.take_logger() } else { None };
+        let events = guard.take_events()?;
+        let attached_unix = now_unix();
+        let stamp = Stamp {
+            digest: policy.digest(),
+            applied_unix: attached_unix,
+            attached_unix,
+            agent_pid: std::process::id(),
+        };
+        let generation = guard.apply(&policy, &stamp)?;
+        let report = guard.attach(&cgroup, Some(&pins))?;
+        let rings = Rings {
+            events: pollable(events).map_err(io_err("cannot poll the event ring buffer"))?,
+            logger: logger
+                .map(pollable)
+                .transpose()
+                .map_err(io_err("cannot poll the eBPF log ring buffer"))?,
+        };
+        let daemon = Self {
+            config,
+            cgroup,
+            pins,
+            _lock: lock,
+            guard,
+            policies: Policies::first(generation, policy),
+            stamp,
+            metrics: Arc::new(Metrics::new()),
+            server: None,
+            log: EventLog::default(),
+            resolver,
+        };
+        Ok((daemon, report, rings))
+    }
+
+    /// The policy in force.
+    fn policy(&self) -> Option<&Policy> {
+        self.policies.in_force(&self.guard)
+    }
+
+    /// Says the guard is enforcing: the `ready=true` record, the metrics,
+    /// and `READY=1` to systemd, which starts what is ordered after us only
+    /// now.
+    fn announce_ready(&self, report: &AttachReport) {
+        let Some(policy) = self.policy() else {
+            return;
+        };
+        let endpoints: Vec<String> = policy
+            .spec
+            .endpoints
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        let mode = policy.spec.mode;
+        let how = if report.adopted > 0 {
+            "took over the pinned guard on"
+        } else {
+            "attached to"
+        };
+        tracing::info!(
+            ready = true,
+            mode = mode.as_str(),
+            cgroup = %self.cgroup.display(),
+            config = %self.config.config.display(),
+            pin_dir = %self.pins.dir().display(),
+            adopted = report.adopted,
+            endpoints = %endpoints.join(","),
+            uid_rules = policy.uids.len(),
+            gid_rules = policy.gids.len(),
+            digest = %hex(&self.stamp.digest),
+            "guard {how} {} in {mode} mode, protecting {}",
+            self.cgroup.display(),
+            endpoints.join(", ")
+        );
+        self.metrics.set_enforcing(Enforcing::Active(mode));
+        self.metrics.set_policy_digest(&hex(&self.stamp.digest));
+        notified(notify::ready(&ready_status(mode, &self.stamp.digest, true)));
+    }
+
+    /// Starts the metrics server, if asked for. Only now, with the guard in
+    /// force: metrics that cannot be served are worth an error record,
+    /// never a reason to leave the host unguarded.
+    async fn serve_metrics(&mut self) {
+        let Some(addr) = self.config.metrics_listen else {
+            return;
+        };
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(metrics = %addr, "serving Prometheus metrics on http://{addr}/metrics");
+                self.server = Some(tokio::spawn(metrics::serve(l, Arc::clone(&self.metrics))));
+            }
+            Err(e) => tracing::error!(
+                metrics = %addr,
+                "cannot listen for metrics on {addr}: {e}; the guard runs without them"
+            ),
+        }
+    }
+
+    /// Reads events, reloads and ticks until SIGTERM or SIGINT; returns the
+    /// signal's name.
+    async fn run_loop(
+        &mut self,
+        signals: &mut Signals,
+        rings: &mut Rings,
+        tick: &mut Interval,
+    ) -> Result<&'static str, DaemonError> {
+        loop {
+            tokio::select! {
+                _ = signals.term.recv() => return Ok("SIGTERM"),
+                _ = signals.int.recv() => return Ok("SIGINT"),
+                _ = signals.hup.recv() => self.on_hup(rings.events.get_mut()),
+                ready = rings.events.readable_mut() => {
+                    let mut ready = ready.map_err(io_err("cannot poll the event ring buffer"))?;
+                    self.drain(ready.get_inner_mut());
+                    ready.clear_ready();
+                }
+                ready = logger_readable(&mut rings.logger) => {
+                    let mut ready = ready.map_err(io_err("cannot poll the eBPF log ring buffer"))?;
+                    ready.get_inner_mut().flush();
+                    ready.clear_ready();
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    /// About once a second: counters into the metrics, rate-limit windows
+    /// closed, lost events reported.
+    fn on_tick(&mut self) {
+        let counters = self.guard.counters().ok();
+        if let Some(c) = &counters {
+            self.metrics.set_counters(c);
+        }
+        self.log
+            .tick(Instant::now(), counters.map(|c| c.events_lost));
+    }
+
+    /// Logs every decision waiting in the ring buffer.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let now = Instant::now();
+        while let Some(item) = ring.next() {
+            self.log
+                .record_bytes(&item, &self.policies, &self.resolver, now);
+        }
+    }
+
+    /// Stops: tells systemd, drains what was decided before, and says what
+    /// stays in force.
+    fn shutdown(mut self, signal_name: &str, rings: &mut Rings) {
+        notified(notify::stopping());
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        // Whatever is still in the ring buffer was decided before we stop.
+        self.drain(rings.events.get_mut());
+        let counters = self.guard.counters().ok().unwrap_or_default();
+        self.log.tick(
+            Instant::now() + Duration::from_secs(3600),
+            Some(counters.events_lost),
+        );
+        let outcome = if self.pins.any_link() {
+            format!(
+                "the guard stays attached to {} (pinned in {}); `imds-guard detach` removes it",
+                self.cgroup.display(),
+                self.pins.dir().display()
+            )
+        } else {
+            "the guard was detached".to_owned()
+        };
+        tracing::info!(
+            allowed = counters.allowed,
+            denied = counters.denied,
+            audited = counters.audited,
+            events_lost = counters.events_lost,
+            events_received = self.log.received(),
+            errors = counters.errors,
+            pin_dir = %self.pins.dir().display(),
+            "{signal_name}: exiting; {outcome}"
+        );
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The one-line status systemd shows: mode and policy in force, and
+/// whether the last reload was refused.
+fn ready_status(mode: Mode, digest: &[u8], last_reload_applied: bool) -> String {
+    format!(
+        "{mode}, policy sha256 {}{}",
+        hex(digest),
+        if last_reload_applied {
+            ""
+        } else {
+            " (last reload refused)"
+        }
+    )
+}
+
+/// systemd notifications are best effort: without systemd they do nothing,
+/// and a failure to send one is worth a line, not an exit.
+fn notified(result: Result<(), notify::NotifyError>) {
+    if let Err(e) = result {
+        tracing::warn!("cannot notify systemd: {:#}", anyhow::Error::from(e));
+    }
+}
+
+/// Registers a ring buffer with the reactor.
+fn pollable<T: std::os::fd::AsRawFd>(ring: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: both ring buffers (`RingBuf<MapData>`, `EbpfLogger`) own their
+    // map's descriptor and close it only when dropped, which is after the
+    // `AsyncFd` that owns them.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// Readiness of the aya-log ring buffer; never ready when logging is off.
+async fn logger_readable(
+    logger: &mut Option<AsyncFd<Logger>>,
+) -> std::io::Result<AsyncFdReadyMutGuard<'_, Logger>> {
+    match logger {
+        Some(l) => l.readable_mut().await,
+        None => pending().await,
+    }
+}

@@ -1,0 +1,376 @@
+//! The loaded eBPF programs and their maps: one handle that loads the
+//! object, attaches (or adopts a pinned attachment) and reads the
+//! counters. Writing policies into the maps is `policy_maps.rs`.
+//!
+//! Attaching is planned, then executed: every pinned link is checked before
+//! any is touched, so a problem leaves the guard as it was rather than half
+//! old, half new (bpfman's manager works the same way).
+
+use std::{
+    os::fd::{AsFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader, include_bytes_aligned,
+    maps::{Map, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+    util::KernelVersion,
+};
+use imds_guard_common::{self as common, counter};
+
+use super::{
+    cgroup::{self, CgroupError},
+    hooks::{HOOKS, HookSpec},
+    pins::{PINNED_MAPS, PinError, Pins},
+    sys,
+};
+
+/// The object `build.rs` compiled from `imds-guard-ebpf`.
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("this binary was built without its eBPF programs (AYA_BUILD_SKIP was set)")]
+    NoObject,
+    #[error("cannot load the eBPF object")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("cannot load program {name} into the kernel")]
+    LoadProgram {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot attach program {name} to {cgroup}")]
+    Attach {
+        name: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot pin the link of program {name}: it is not a bpf_link")]
+    NotALink {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error(
+        "the guard pinned at {pin} is attached to another cgroup (id {pinned}) than {cgroup} \
+         (id {wanted}); run `imds-guard detach` first to move it"
+    )]
+    OtherCgroup {
+        pin: PathBuf,
+        cgroup: PathBuf,
+        pinned: u64,
+        wanted: u64,
+    },
+    #[error("cannot replace the program of the pinned link {path}")]
+    Update {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot access map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot create the map used to wait for RCU grace periods")]
+    GraceMap(#[source] std::io::Error),
+    #[error("cannot wait for an RCU grace period")]
+    Grace(#[source] std::io::Error),
+    #[error(
+        "the kernel has policy generation {live} in force, which this agent meant to write: \
+         refusing to change the policy in force entry by entry"
+    )]
+    GenerationMismatch { live: u32 },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
+/// Totals over all CPUs and hooks (`by_hook` keeps the per-hook split).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub allowed: u64,
+    pub denied: u64,
+    pub audited: u64,
+    pub events_lost: u64,
+    pub errors: u64,
+    /// `[hook][counter kind]`, in the order of [`HOOKS`].
+    pub by_hook: [[u64; counter::KINDS as usize]; HOOKS.len()],
+}
+
+/// What a policy's config records besides mode and default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub digest: [u8; 32],
+    pub applied_unix: u64,
+    pub attached_unix: u64,
+    pub agent_pid: u32,
+}
+
+/// How [`Guard::attach`] found each hook.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachReport {
+    /// Hooks whose pinned link now runs our programs (an earlier agent's).
+    pub adopted: usize,
+    /// Hooks attached anew.
+    pub attached: usize,
+}
+
+/// What [`Guard::attach`] does for one hook.
+enum Step {
+    /// Swap our program into this pinned link (`BPF_LINK_UPDATE`).
+    Adopt { path: PathBuf, link: OwnedFd },
+    /// Attach anew (and pin, when pinning).
+    Attach,
+}
+
+/// The loaded (and, after [`Guard::attach`], attached) programs.
+///
+/// Without pins, dropping it detaches the programs. With pins, the links
+/// outlive it: enforcement stays until `imds-guard detach`.
+pub struct Guard {
+    pub(super) ebpf: Ebpf,
+    /// The generation in force, once one was written.
+    pub(super) active: Option<u32>,
+    /// Waits out program runs that may still read a generation.
+    pub(super) grace: sys::GracePeriod,
+}
+
+impl Guard {
+    /// Loads the programs into the kernel, unattached, with fresh maps.
+    /// `ebpf_log_level` is the aya-log level of the programs' diagnostics
+    /// (0: off).
+    pub fn load(ebpf_log_level: u8) -> Result<Self, GuardError> {
+        if OBJECT.is_empty() {
+            return Err(GuardError::NoObject);
+        }
+        let ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &ebpf_log_level, false)
+            .load(OBJECT)
+            .map_err(GuardError::Load)?;
+        let grace = sys::GracePeriod::new().map_err(GuardError::GraceMap)?;
+        let mut guard = Self {
+            ebpf,
+            active: None,
+            grace,
+        };
+        for spec in &HOOKS {
+            let name = spec.program;
+            guard
+                .program(spec)?
+                .load()
+                .map_err(|source| GuardError::LoadProgram { name, source })?;
+        }
+        Ok(guard)
+    }
+
+    /// The aya-log ring buffer, for bridging program diagnostics into
+    /// tracing.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    /// The ring buffer of decision events.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, GuardError> {
+        let map = self
+            .ebpf
+            .take_map(common::MAP_EVENTS)
+            .ok_or(GuardError::MissingMap(common::MAP_EVENTS))?;
+        RingBuf::try_from(map).map_err(map_err(common::MAP_EVENTS))
+    }
+
+    /// Attaches every program to the cgroup v2 directory `cgroup`.
+    ///
+    /// Without `pins`, the links belong to this handle. With `pins`, a hook
+    /// whose link is pinned already (an earlier agent's, or one that died)
+    /// gets our program swapped into that link atomically
+    /// (`BPF_LINK_UPDATE`): no moment without a guard, and never two
+    /// attachments. A hook without a pinned link is attached and pinned.
+    ///
+    /// Attachments are multi-attach: other programs attached later, here or
+    /// in a child cgroup, run in addition to ours and cannot replace them
+    /// (a deny from any of them wins).
+    pub fn attach(
+        &mut self,
+        cgroup: &Path,
+        pins: Option<&Pins>,
+    ) -> Result<AttachReport, GuardError> {
+        let file = cgroup::open(cgroup)?;
+        let cgroup_id = cgroup::id(&file, cgroup)?;
+        let plan = match pins {
+            Some(pins) => plan(pins, cgroup, cgroup_id)?,
+            None => HOOKS.iter().map(|_| Step::Attach).collect(),
+        };
+        let mut report = AttachReport::default();
+        for (spec, step) in HOOKS.iter().zip(plan) {
+            match step {
+                Step::Adopt { path, link } => {
+                    self.adopt(spec, path, &link)?;
+                    report.adopted += 1;
+                }
+                Step::Attach => {
+                    self.attach_new(spec, &file, cgroup, pins)?;
+                    report.attached += 1;
+                }
+            }
+        }
+        if let Some(pins) = pins {
+            for name in PINNED_MAPS {
+                let map = self.ebpf.map(name).ok_or(GuardError::MissingMap(name))?;
+                pins.pin_map(name, map)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Swaps our program for `spec` into the pinned `link`.
+    fn adopt(&mut self, spec: &HookSpec, path: PathBuf, link: &OwnedFd) -> Result<(), GuardError> {
+        let name = spec.program;
+        let program = self.program(spec)?;
+        let prog_fd = program
+            .fd()
+            .map_err(|source| GuardError::LoadProgram { name, source })?;
+        sys::link_update(link.as_fd(), prog_fd.as_fd())
+            .map_err(|source| GuardError::Update { path, source })
+    }
+
+    /// Attaches our program for `spec` to `file` (the cgroup at `path`),
+    /// and pins its link when pinning.
+    fn attach_new(
+        &mut self,
+        spec: &HookSpec,
+        file: &std::fs::File,
+        path: &Path,
+        pins: Option<&Pins>,
+    ) -> Result<(), GuardError> {
+        let name = spec.program;
+        let attach_err = |source| GuardError::Attach {
+            name,
+            cgroup: path.to_owned(),
+            source,
+        };
+        let program = self.program(spec)?;
+        let id = program.attach(file, attach_mode()).map_err(attach_err)?;
+        if let Some(pins) = pins {
+            let link = program.take_link(id).map_err(attach_err)?;
+            let link: FdLink = link
+                .try_into()
+                .map_err(|source| GuardError::NotALink { name, source })?;
+            pins.pin_link(name, link)?;
+        }
+        Ok(())
+    }
+
+    /// The counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, GuardError> {
+        let map = self
+            .ebpf
+            .map(common::MAP_COUNTERS)
+            .ok_or(GuardError::MissingMap(common::MAP_COUNTERS))?;
+        read_counters(map)
+    }
+
+    fn program(&mut self, spec: &HookSpec) -> Result<&mut CgroupSockAddr, GuardError> {
+        self.ebpf
+            .program_mut(spec.program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(GuardError::MissingProgram(spec.program))
+    }
+
+    pub(super) fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, GuardError>
+    where
+        T: TryFrom<&'a mut Map, Error = MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(GuardError::MissingMap(name))?;
+        T::try_from(map).map_err(map_err(name))
+    }
+}
+
+/// From 5.7 aya attaches through a bpf_link, which the kernel always
+/// attaches with BPF_F_ALLOW_MULTI and which takes no attach flags
+/// (`cgroup_bpf_link_attach` in kernel/bpf/cgroup.c): `Single` means "no
+/// flags" there. Measured on 6.18: BPF_F_ALLOW_MULTI fails with EINVAL.
+/// Before 5.7 it is BPF_PROG_ATTACH, and the flag is needed.
+fn attach_mode() -> CgroupAttachMode {
+    let links = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
+    if links {
+        CgroupAttachMode::Single
+    } else {
+        CgroupAttachMode::AllowMultiple
+    }
+}
+
+/// What to do for each hook, in the order of [`HOOKS`], given what is
+/// pinned: every pinned link is checked before anything changes.
+fn plan(pins: &Pins, cgroup: &Path, cgroup_id: u64) -> Result<Vec<Step>, GuardError> {
+    let mut plan = Vec::with_capacity(HOOKS.len());
+    for spec in &HOOKS {
+        let Some((path, link)) = pins.open_link(spec.program)? else {
+            plan.push(Step::Attach);
+            continue;
+        };
+        let info = sys::link_info(link.as_fd())
+            .map_err(|e| PinError::new("read the pinned link", &path, e))?;
+        if info.cgroup_id == 0 {
+            // Detached (its cgroup was removed, or `BPF_LINK_DETACH`): it
+            // guards nothing; attach anew in its place.
+            std::fs::remove_file(&path)
+                .map_err(|e| PinError::new("remove the stale pinned link", &path, e))?;
+            plan.push(Step::Attach);
+            continue;
+        }
+        if info.cgroup_id != cgroup_id {
+            return Err(GuardError::OtherCgroup {
+                pin: path,
+                cgroup: cgroup.to_owned(),
+                pinned: info.cgroup_id,
+                wanted: cgroup_id,
+            });
+        }
+        plan.push(Step::Adopt { path, link });
+    }
+    Ok(plan)
+}
+
+/// The counters of a `COUNTERS` map (ours, or one opened from its pin).
+/// The hooks it has are read from the map's own length, so that the map
+/// of an older agent with fewer hooks reads as zeros for the others.
+pub fn read_counters(map: &Map) -> Result<Counters, GuardError> {
+    let array: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map).map_err(map_err(common::MAP_COUNTERS))?;
+    let hooks = (array.len() / counter::KINDS) as usize;
+    let mut c = Counters::default();
+    for spec in HOOKS.iter().take(hooks) {
+        for kind in 0..counter::KINDS {
+            let values = array
+                .get(&common::counter_index(spec.wire, kind), 0)
+                .map_err(map_err(common::MAP_COUNTERS))?;
+            let total: u64 = values.iter().sum();
+            c.by_hook[usize::from(spec.wire)][kind as usize] = total;
+            match kind {
+                counter::ALLOWED => c.allowed += total,
+                counter::DENIED => c.denied += total,
+                counter::AUDITED => c.audited += total,
+                counter::EVENTS_LOST => c.events_lost += total,
+                _ => c.errors += total,
+            }
+        }
+    }
+    Ok(c)
+}
+
+pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> GuardError {
+    move |source| GuardError::Map { name, source }
+}

@@ -1,0 +1,19 @@
+//! The kernel side: loading the eBPF programs (`loader.rs`), writing
+//! policies into their maps (`policy_maps.rs`), attaching or adopting them
+//! and pinning (`pins.rs`), and reading back what is in force (`inspect.rs`)
+//! and what they report (`records.rs`). `hooks.rs` is the one table of
+//! hooks; `sys.rs` the `bpf(2)` commands aya does not wrap.
+//!
+//! Imports: `policy` only. Nothing here logs decisions, talks to systemd or
+//! prints for the operator: that is `daemon` and `cli`, which import this.
+
+pub mod cgroup;
+pub mod hooks;
+pub mod inspect;
+pub mod loader;
+pub mod pins;
+mod policy_maps;
+pub mod records;
+pub mod sys;
+
+pub use self::loader::{AttachReport, Counters, Guard, GuardError, Stamp};

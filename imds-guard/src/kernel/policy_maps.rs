@@ -1,0 +1,221 @@
+//! Writing policies into the maps, in two generations. [`Guard::apply`]
+//! writes the one not in force, flips `ACTIVE`, waits for every program run
+//! that may still use the old one, and clears it: each decision reads
+//! `ACTIVE` once, so it sees the old policy or the new one, never a mix.
+
+use std::net::IpAddr;
+
+use aya::maps::{Array, HashMap, MapData, MapError};
+use imds_guard_common::{self as common, GENERATIONS, IdKey, Ipv6Key, V4Key, V6Key, action, mode};
+
+use super::{
+    loader::{Guard, GuardError, Stamp, map_err},
+    records::entry_number,
+};
+use crate::policy::{Action, Mode, Policy};
+
+impl Guard {
+    /// The generation in force, if a policy was applied.
+    pub fn active_generation(&self) -> Option<u32> {
+        self.active
+    }
+
+    /// Puts `policy` in force; returns its generation. The first call
+    /// writes generation 0, which `ACTIVE` already names (until its config
+    /// is written the programs deny every protected destination: a guard
+    /// attached before `apply` fails closed). Later calls are reloads:
+    /// write the other generation, flip, wait out the readers of the old
+    /// one, clear it.
+    pub fn apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
+        let next = self.next_generation();
+        if self.active.is_some() && self.read_active()? == next {
+            // Our bookkeeping and the kernel disagree: writing here would
+            // change the policy in force entry by entry. Refuse.
+            return Err(GuardError::GenerationMismatch { live: next });
+        }
+        // Left over by an interrupted reload; nothing reads it (the last
+        // flip away from it was followed by a grace period).
+        self.clear_generation(next)?;
+        self.write_endpoints(next, policy)?;
+        self.write_rules(next, policy)?;
+        self.write_config(next, policy, stamp)?;
+        let Some(old) = self.active else {
+            self.active = Some(next);
+            return Ok(next);
+        };
+        // Everything written above is visible on every CPU before any
+        // reader can see the flip (a grace period implies a full barrier
+        // on each CPU), whatever the architecture's store ordering.
+        self.wait_grace()?;
+        let mut active: Array<_, u32> = self.map_mut(common::MAP_ACTIVE)?;
+        // 0 and 1 differ in one byte: no reader can see a torn value,
+        // however the kernel copies it.
+        active
+            .set(0, next, 0)
+            .map_err(map_err(common::MAP_ACTIVE))?;
+        self.active = Some(next);
+        // Every program run that read the old generation has ended...
+        self.wait_grace()?;
+        // ...so it can go. Should this fail, the next apply clears it
+        // before writing there: it is not in force either way.
+        if let Err(e) = self.clear_generation(old) {
+            tracing::warn!(
+                "could not clear policy generation {old} after a reload: {:#}",
+                anyhow::Error::from(e)
+            );
+        }
+        Ok(next)
+    }
+
+    fn wait_grace(&self) -> Result<(), GuardError> {
+        self.grace.wait().map_err(GuardError::Grace)
+    }
+
+    /// `ACTIVE` as the kernel has it.
+    fn read_active(&mut self) -> Result<u32, GuardError> {
+        let active: Array<_, u32> = self.map_mut(common::MAP_ACTIVE)?;
+        active.get(&0, 0).map_err(map_err(common::MAP_ACTIVE))
+    }
+
+    /// The generation the next [`Guard::apply`] writes.
+    pub fn next_generation(&self) -> u32 {
+        self.active.map_or(0, |g| (g + 1) % GENERATIONS)
+    }
+
+    /// Writes only the protected addresses of `policy` into `generation`,
+    /// nothing else: for tests of the states in between.
+    pub fn write_endpoints(&mut self, generation: u32, policy: &Policy) -> Result<(), GuardError> {
+        let value = common::PROTECTED;
+        for endpoint in &policy.spec.endpoints {
+            match endpoint.addr {
+                IpAddr::V4(v4) => {
+                    let mut map: HashMap<_, V4Key, u32> = self.map_mut(common::MAP_PROTECTED_V4)?;
+                    let key = V4Key {
+                        generation,
+                        addr: u32::from_ne_bytes(v4.octets()),
+                    };
+                    map.insert(key, value, 0)
+                        .map_err(map_err(common::MAP_PROTECTED_V4))?;
+                }
+                IpAddr::V6(v6) => {
+                    let mut map: HashMap<_, V6Key, u32> = self.map_mut(common::MAP_PROTECTED_V6)?;
+                    let key = V6Key {
+                        generation,
+                        addr: ipv6_key(&v6.octets()),
+                    };
+                    map.insert(key, value, 0)
+                        .map_err(map_err(common::MAP_PROTECTED_V6))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_rules(&mut self, generation: u32, policy: &Policy) -> Result<(), GuardError> {
+        for (name, rules) in [
+            (common::MAP_UID_RULES, &policy.uids),
+            (common::MAP_GID_RULES, &policy.gids),
+        ] {
+            let mut map: HashMap<_, IdKey, common::IdRule> = self.map_mut(name)?;
+            for (&id, rule) in rules {
+                let value = common::IdRule {
+                    action: kernel_action(rule.action),
+                    entry: entry_number(Some(rule.index)),
+                };
+                map.insert(IdKey { generation, id }, value, 0)
+                    .map_err(map_err(name))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_config(
+        &mut self,
+        generation: u32,
+        policy: &Policy,
+        stamp: &Stamp,
+    ) -> Result<(), GuardError> {
+        let config = common::Config {
+            mode: match policy.spec.mode {
+                Mode::Enforce => mode::ENFORCE,
+                Mode::Audit => mode::AUDIT,
+            },
+            default_action: kernel_action(policy.default_action),
+            digest: stamp.digest,
+            applied_unix: stamp.applied_unix,
+            attached_unix: stamp.attached_unix,
+            agent_pid: stamp.agent_pid,
+            _pad: 0,
+        };
+        let mut map: Array<_, common::Config> = self.map_mut(common::MAP_CONFIG)?;
+        map.set(generation, config, 0)
+            .map_err(map_err(common::MAP_CONFIG))
+    }
+
+    /// Removes every entry of `generation`, its config first: should a
+    /// reader still meet this generation, an unconfigured one denies.
+    fn clear_generation(&mut self, generation: u32) -> Result<(), GuardError> {
+        fn clear<K: aya::Pod + Copy, V: aya::Pod>(
+            map: &mut HashMap<&mut MapData, K, V>,
+            name: &'static str,
+            of: impl Fn(&K) -> bool,
+        ) -> Result<(), GuardError> {
+            let mut keys = Vec::new();
+            for key in map.keys() {
+                let key = key.map_err(|source| GuardError::Map { name, source })?;
+                if of(&key) {
+                    keys.push(key);
+                }
+            }
+            for k in keys {
+                match map.remove(&k) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(source) => return Err(GuardError::Map { name, source }),
+                }
+            }
+            Ok(())
+        }
+        let mut m: HashMap<_, V4Key, u32> = self.map_mut(common::MAP_PROTECTED_V4)?;
+        clear(&mut m, common::MAP_PROTECTED_V4, |k| {
+            k.generation == generation
+        })?;
+        let mut m: HashMap<_, V6Key, u32> = self.map_mut(common::MAP_PROTECTED_V6)?;
+        clear(&mut m, common::MAP_PROTECTED_V6, |k| {
+            k.generation == generation
+        })?;
+        for name in [common::MAP_UID_RULES, common::MAP_GID_RULES] {
+            let mut m: HashMap<_, IdKey, common::IdRule> = self.map_mut(name)?;
+            clear(&mut m, name, |k| k.generation == generation)?;
+        }
+        Ok(())
+    }
+}
+
+fn kernel_action(a: Action) -> u32 {
+    match a {
+        Action::Allow => action::ALLOW,
+        Action::Deny => action::DENY,
+    }
+}
+
+/// The four words of `user_ip6` for an address, as the kernel stores them.
+fn ipv6_key(octets: &[u8; 16]) -> Ipv6Key {
+    let mut key = [0u32; 4];
+    for (word, chunk) in key.iter_mut().zip(octets.chunks_exact(4)) {
+        *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_key_keeps_network_byte_order_in_memory() {
+        let addr: std::net::Ipv6Addr = "fd00:ec2::254".parse().expect("valid");
+        let key = ipv6_key(&addr.octets());
+        let bytes: Vec<u8> = key.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(bytes, addr.octets());
+    }
+}

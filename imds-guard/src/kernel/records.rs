@@ -1,0 +1,241 @@
+//! The records the programs send through the `EVENTS` ring buffer, decoded
+//! and typed. A record with a hook, outcome or reason this agent does not
+//! know is an error, never filed under a name it does know.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use imds_guard_common::{Event, family, reason, verdict};
+
+use super::hooks::Hook;
+use crate::policy::{Outcome, Reason};
+
+/// [`Outcome`] from the programs' verdict number.
+fn outcome(v: u8) -> Option<Outcome> {
+    match v {
+        verdict::ALLOWED => Some(Outcome::Allow),
+        verdict::DENIED => Some(Outcome::Deny),
+        verdict::AUDITED => Some(Outcome::Audit),
+        _ => None,
+    }
+}
+
+/// Why the programs decided as they did: the policy's reasons, or a
+/// failure to read the configuration (which denies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordReason {
+    Policy(Reason),
+    /// The programs could not read their configuration and failed closed.
+    InternalError,
+}
+
+impl RecordReason {
+    fn from_wire(r: u8) -> Option<Self> {
+        Some(match r {
+            reason::UID_DENIED => Self::Policy(Reason::UidDenied),
+            reason::GID_DENIED => Self::Policy(Reason::GidDenied),
+            reason::UID_ALLOWED => Self::Policy(Reason::UidAllowed),
+            reason::GID_ALLOWED => Self::Policy(Reason::GidAllowed),
+            reason::DEFAULT => Self::Policy(Reason::Default),
+            reason::INTERNAL_ERROR => Self::InternalError,
+            _ => return None,
+        })
+    }
+}
+
+/// A record the agent cannot read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("a record of {0} bytes is shorter than a decision record")]
+    Short(usize),
+    #[error("a decision record names hook {0}, which this agent does not know")]
+    Hook(u8),
+    #[error("a decision record has verdict {0}, which this agent does not know")]
+    Outcome(u8),
+    #[error("a decision record has reason {0}, which this agent does not know")]
+    Reason(u8),
+}
+
+/// One decision, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionRecord {
+    pub outcome: Outcome,
+    pub uid: u32,
+    pub gid: u32,
+    /// The process (thread-group) id.
+    pub pid: u32,
+    /// The thread id.
+    pub tid: u32,
+    pub comm: String,
+    pub dst: IpAddr,
+    pub port: u16,
+    pub hook: Hook,
+    pub cgroup_id: u64,
+    pub reason: RecordReason,
+    /// The number (1-based) of the policy entry that decided, as the
+    /// programs carry it; 0 for none.
+    pub entry: u32,
+    /// The policy generation that decided (see `loader.rs`).
+    pub generation: u8,
+}
+
+impl DecisionRecord {
+    /// Decodes a record from the ring buffer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        if bytes.len() < size_of::<Event>() {
+            return Err(RecordError::Short(bytes.len()));
+        }
+        // SAFETY: the length is checked; `Event` is plain old data and the
+        // ring buffer gives no alignment guarantee, hence read_unaligned.
+        let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        Self::from_event(&ev)
+    }
+
+    pub fn from_event(ev: &Event) -> Result<Self, RecordError> {
+        let dst = if ev.family == family::INET {
+            IpAddr::V4(Ipv4Addr::new(
+                ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3],
+            ))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(ev.addr))
+        };
+        let comm_len = ev
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(ev.comm.len());
+        Ok(Self {
+            outcome: outcome(ev.verdict).ok_or(RecordError::Outcome(ev.verdict))?,
+            uid: ev.uid,
+            gid: ev.gid,
+            pid: ev.tgid,
+            tid: ev.tid,
+            comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+            dst,
+            port: ev.port,
+            hook: Hook::from_wire(ev.hook).ok_or(RecordError::Hook(ev.hook))?,
+            cgroup_id: ev.cgroup_id,
+            reason: RecordReason::from_wire(ev.reason).ok_or(RecordError::Reason(ev.reason))?,
+            entry: ev.entry,
+            generation: ev.generation,
+        })
+    }
+
+    /// The index into the policy's entries of the entry that decided.
+    pub fn entry_index(&self) -> Option<usize> {
+        entry_index(self.entry)
+    }
+}
+
+/// The entry index a wire entry number stands for (`0` is none).
+pub fn entry_index(entry: u32) -> Option<usize> {
+    (entry as usize).checked_sub(1)
+}
+
+/// The wire entry number of an entry index.
+pub fn entry_number(index: Option<usize>) -> u32 {
+    index.map_or(0, |i| i as u32 + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use imds_guard_common::{COMM_LEN, hook};
+
+    use super::*;
+
+    pub(crate) fn event(verdict: u8, reason: u8, entry: u32, family: u8, addr: [u8; 16]) -> Event {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        Event {
+            ts_ns: 1,
+            cgroup_id: 77,
+            tid: 4243,
+            tgid: 4242,
+            uid: 1000,
+            gid: 1001,
+            entry,
+            port: 80,
+            hook: hook::CONNECT6,
+            verdict,
+            reason,
+            family,
+            generation: 0,
+            kind: 0,
+            addr,
+            comm,
+            _pad1: [0; 4],
+        }
+    }
+
+    fn bytes(ev: &Event) -> Vec<u8> {
+        // SAFETY: `Event` is plain old data without implicit padding.
+        unsafe { std::slice::from_raw_parts((ev as *const Event).cast::<u8>(), size_of::<Event>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_every_field_and_the_mapped_address() {
+        let mapped: Ipv6Addr = "::ffff:169.254.169.254".parse().expect("addr");
+        let ev = event(
+            verdict::DENIED,
+            reason::DEFAULT,
+            0,
+            family::INET6,
+            mapped.octets(),
+        );
+        let d = DecisionRecord::decode(&bytes(&ev)).expect("long enough");
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!((d.uid, d.gid, d.pid, d.tid), (1000, 1001, 4242, 4243));
+        assert_eq!(d.comm, "curl");
+        assert_eq!(d.dst, IpAddr::V6(mapped));
+        assert_eq!((d.port, d.hook, d.cgroup_id), (80, Hook::Connect6, 77));
+        assert_eq!(
+            DecisionRecord::decode(&bytes(&ev)[..79]),
+            Err(RecordError::Short(79)),
+            "short events are refused"
+        );
+    }
+
+    #[test]
+    fn decodes_ipv4_and_audit() {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[169, 254, 169, 254]);
+        let d = DecisionRecord::from_event(&event(
+            verdict::AUDITED,
+            reason::DEFAULT,
+            0,
+            family::INET,
+            addr,
+        ))
+        .expect("valid");
+        assert_eq!(d.outcome, Outcome::Audit);
+        assert_eq!(d.dst, IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)));
+    }
+
+    #[test]
+    fn unknown_hooks_verdicts_and_reasons_are_errors_not_other_names() {
+        let mut ev = event(verdict::DENIED, reason::DEFAULT, 0, family::INET, [0; 16]);
+        ev.hook = hook::COUNT as u8;
+        assert_eq!(
+            DecisionRecord::from_event(&ev),
+            Err(RecordError::Hook(hook::COUNT as u8))
+        );
+        let ev = event(0, reason::DEFAULT, 0, family::INET, [0; 16]);
+        assert_eq!(
+            DecisionRecord::from_event(&ev),
+            Err(RecordError::Outcome(0))
+        );
+        let ev = event(verdict::DENIED, 99, 0, family::INET, [0; 16]);
+        assert_eq!(
+            DecisionRecord::from_event(&ev),
+            Err(RecordError::Reason(99))
+        );
+    }
+
+    #[test]
+    fn entry_numbers_are_one_based_with_zero_for_none() {
+        assert_eq!(entry_index(0), None);
+        assert_eq!(entry_index(1), Some(0));
+        assert_eq!(entry_number(None), 0);
+        assert_eq!(entry_number(Some(0)), 1);
+    }
+}
