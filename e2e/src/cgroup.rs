@@ -94,6 +94,14 @@ impl TestCgroup {
         Ok(TestCgroup { path })
     }
 
+    /// A cgroup below this one, `name`, removed on drop like this one (with
+    /// every process still in it); drop it before its parent.
+    pub fn child(&self, name: &str) -> Self {
+        let path = self.path.join(name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        TestCgroup { path }
+    }
+
     /// The cgroup's directory, what the agent's `--cgroup` takes.
     pub fn path(&self) -> &Path {
         &self.path

@@ -1,7 +1,8 @@
 //! Harness for the privileged end-to-end tests.
 //!
 //! Every test builds its own world and tears it down on drop, even when it
-//! panics:
+//! panics. [`Sandbox`] puts the pieces together (with or without the agent);
+//! the pieces are:
 //!
 //! - [`Netns`]: a network namespace whose loopback carries the metadata
 //!   addresses, so no test traffic ever reaches the real metadata service of
@@ -36,6 +37,7 @@ mod fake_imds;
 mod files;
 mod netns;
 mod probe;
+mod sandbox;
 mod skip;
 mod util;
 
@@ -49,6 +51,7 @@ pub use self::{
     files::{TempDir, write_policy},
     netns::Netns,
     probe::{NOBODY, Probe},
+    sandbox::{LOG, READY, Sandbox},
     skip::privileged_or_skip,
 };
 

@@ -45,8 +45,8 @@ use imds_guard::{
     render::{Format, Target},
 };
 use imds_guard_e2e::{
-    Action, FakeImds, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, Netns, PLAIN_PORT, Probe, ProbeResult,
-    TestCgroup, privileged_or_skip,
+    Action, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, PLAIN_PORT, Probe, ProbeResult, Sandbox,
+    privileged_or_skip,
 };
 
 use self::firewall::{
@@ -222,59 +222,38 @@ fn with_supplementary_groups(policy: &Policy, who: Who) -> Verdict {
     }
 }
 
-/// A namespace with the fake IMDS and a cgroup for the probes. Fields drop
-/// in order: the server before the namespace it lives in.
-struct World {
-    imds: FakeImds,
-    cgroup: TestCgroup,
-    netns: Netns,
+fn probe(sb: &Sandbox, who: Who) -> Probe {
+    sb.probe()
+        .bin(env!("CARGO_BIN_EXE_imds-probe"))
+        .uid(who.uid)
+        .gid(who.gid)
+        .groups(who.groups)
 }
 
-impl World {
-    fn new() -> Self {
-        let netns = Netns::new();
-        let cgroup = TestCgroup::new();
-        let imds = FakeImds::start(&netns);
-        World {
-            imds,
-            cgroup,
-            netns,
-        }
-    }
-
-    fn probe(&self, who: Who) -> Probe {
-        Probe::new(&self.netns, &self.cgroup)
-            .bin(env!("CARGO_BIN_EXE_imds-probe"))
-            .uid(who.uid)
-            .gid(who.gid)
-            .groups(who.groups)
-    }
-
-    /// Every identity to every destination, one TCP connect each.
-    fn matrix(&self) -> Vec<Seen> {
-        let mut seen = Vec::new();
-        for who in IDENTITIES {
-            let probe = self.probe(who);
-            for dst in destinations() {
-                let result = probe.run(Action::Connect(dst));
-                seen.push(Seen { who, dst, result });
-            }
-        }
-        seen
-    }
-
-    /// Checks that the fake IMDS accepted exactly the connections the
-    /// probes saw succeed: a refused SYN never reaches it.
-    fn assert_accepted(&self, seen: &[Seen], side: &str) {
+/// Every identity to every destination, one TCP connect each.
+fn matrix(sb: &Sandbox) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    for who in IDENTITIES {
+        let probe = probe(sb, who);
         for dst in destinations() {
-            let ok = seen.iter().filter(|s| s.dst == dst && s.result.ok).count();
-            let accepted = self.imds.tcp_accepted(dst);
-            assert_eq!(
-                accepted, ok,
-                "{side}: the fake IMDS accepted {accepted} connections on {dst}, \
-                 the probes saw {ok}"
-            );
+            let result = probe.run(Action::Connect(dst));
+            seen.push(Seen { who, dst, result });
         }
+    }
+    seen
+}
+
+/// Checks that the fake IMDS accepted exactly the connections the
+/// probes saw succeed: a refused SYN never reaches it.
+fn assert_accepted(sb: &Sandbox, seen: &[Seen], side: &str) {
+    for dst in destinations() {
+        let ok = seen.iter().filter(|s| s.dst == dst && s.result.ok).count();
+        let accepted = sb.imds.tcp_accepted(dst);
+        assert_eq!(
+            accepted, ok,
+            "{side}: the fake IMDS accepted {accepted} connections on {dst}, \
+             the probes saw {ok}"
+        );
     }
 }
 
@@ -299,7 +278,7 @@ fn resolved(spec: &PolicySpec) -> Policy {
 /// The matrix with the guard attached to the probes' cgroup, and its
 /// counters.
 fn under_guard(policy: &Policy) -> (Vec<Seen>, Counters) {
-    let world = World::new();
+    let world = Sandbox::new();
     // Declared after the world, so it detaches before the cgroup goes.
     let mut guard = Guard::load(0).unwrap_or_else(|e| panic!("loading the guard: {e}"));
     guard
@@ -308,8 +287,8 @@ fn under_guard(policy: &Policy) -> (Vec<Seen>, Counters) {
     guard
         .attach(world.cgroup.path(), None)
         .unwrap_or_else(|e| panic!("attaching to {}: {e}", world.cgroup.path().display()));
-    let seen = world.matrix();
-    world.assert_accepted(&seen, "guard");
+    let seen = matrix(&world);
+    assert_accepted(&world, &seen, "guard");
     let counters = guard
         .counters()
         .unwrap_or_else(|e| panic!("reading the guard's counters: {e}"));
@@ -319,10 +298,10 @@ fn under_guard(policy: &Policy) -> (Vec<Seen>, Counters) {
 /// The matrix with only `side`'s rules deciding (no guard on the cgroup),
 /// the text loaded, and the ruleset as the tools show it afterwards.
 fn under_rules(side: Side, spec: &PolicySpec) -> (Vec<Seen>, String, String) {
-    let world = World::new();
+    let world = Sandbox::new();
     let loaded = load(&world.netns, side, spec);
-    let seen = world.matrix();
-    world.assert_accepted(&seen, &format!("{side:?}"));
+    let seen = matrix(&world);
+    assert_accepted(&world, &seen, &format!("{side:?}"));
     let ruleset = ruleset(&world.netns, side);
     (seen, loaded, ruleset)
 }
@@ -554,9 +533,9 @@ gids = [1500]
     );
 
     for side in [Side::XtablesFile, Side::NftablesFile] {
-        let world = World::new();
+        let world = Sandbox::new();
         let loaded = load(&world.netns, side, &spec);
-        let seen = world.matrix();
+        let seen = matrix(&world);
         let ruleset = ruleset(&world.netns, side);
         let refused: Vec<&Seen> = seen.iter().filter(|s| !s.result.ok).collect();
         assert!(
@@ -564,7 +543,7 @@ gids = [1500]
             "{side:?} in audit mode refused {refused:#?}\n\
              rules loaded:\n{loaded}\nruleset:\n{ruleset}"
         );
-        world.assert_accepted(&seen, &format!("{side:?}"));
+        assert_accepted(&world, &seen, &format!("{side:?}"));
         match side {
             Side::XtablesFile => {
                 // LOG writes nothing from a namespace (nf_log_all_netns is

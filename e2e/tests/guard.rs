@@ -3,14 +3,11 @@
 //! Together these tests take every branch of the programs that touches a
 //! protected address (see `imds-guard-ebpf/src/decide.rs`).
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use common::{LOG, Sandbox};
 use imds_guard_e2e::{
-    Action, Agent, FakeImds, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, Netns, PLAIN_PORT, Probe,
-    ProbeResult, TempDir, TestCgroup, UDP_PORT, field, privileged_or_skip, write_policy,
+    Action, IMDS_PORT, IMDS_V4, IMDS_V6, LOG, NOBODY, PLAIN_PORT, ProbeResult, READY, Sandbox,
+    UDP_PORT, field, privileged_or_skip,
 };
 use serde_json::Value;
 
@@ -35,7 +32,7 @@ fn imds_v6() -> IpAddr {
 /// The agent's decision record for the probe that produced `r`.
 fn record_for(sb: &Sandbox, event: &str, r: &ProbeResult) -> Value {
     let pid = u64::from(r.pid);
-    sb.agent
+    sb.agent()
         .wait_for(
             |rec| {
                 field(rec, "event").and_then(Value::as_str) == Some(event)
@@ -46,7 +43,7 @@ fn record_for(sb: &Sandbox, event: &str, r: &ProbeResult) -> Value {
         .unwrap_or_else(|| {
             panic!(
                 "no {event} record for pid {pid}; agent output:\n{}",
-                sb.agent.output()
+                sb.agent().output()
             )
         })
 }
@@ -64,7 +61,7 @@ fn u64_field(rec: &Value, name: &str) -> u64 {
 }
 
 fn count_events(sb: &Sandbox, event: &str) -> usize {
-    sb.agent
+    sb.agent()
         .records()
         .iter()
         .filter(|r| field(r, "event").and_then(Value::as_str) == Some(event))
@@ -76,9 +73,9 @@ fn allowed_uid_reads_the_credentials_over_ipv4_and_ipv6() {
     if !privileged_or_skip("allowed_uid_reads_the_credentials_over_ipv4_and_ipv6") {
         return;
     }
-    let sb = Sandbox::start(ALLOW_LIST);
+    let sb = Sandbox::with_agent(ALLOW_LIST);
     for ip in [imds_v4(), imds_v6()] {
-        let r = sb.probe(1001, 1001).run(Action::http(ip, IMDS_PORT));
+        let r = sb.probe_as(1001, 1001).run(Action::http(ip, IMDS_PORT));
         assert_eq!(
             r.assert_ok().body,
             sb.imds.credentials_body(),
@@ -86,10 +83,10 @@ fn allowed_uid_reads_the_credentials_over_ipv4_and_ipv6() {
         );
     }
     // Mapped form by an allowed uid: allowed too (the v4 server answers).
-    sb.probe(1001, 1001)
+    sb.probe_as(1001, 1001)
         .run(Action::connect_mapped(IMDS_V4, IMDS_PORT))
         .assert_ok();
-    assert_eq!(count_events(&sb, "deny"), 0, "{}", sb.agent.output());
+    assert_eq!(count_events(&sb, "deny"), 0, "{}", sb.agent().output());
 }
 
 #[test]
@@ -97,8 +94,8 @@ fn denied_uid_gets_eperm_at_once_over_ipv4_ipv6_and_the_mapped_form() {
     if !privileged_or_skip("denied_uid_gets_eperm_at_once_over_ipv4_ipv6_and_the_mapped_form") {
         return;
     }
-    let sb = Sandbox::start(ALLOW_LIST);
-    let probe = sb.probe(NOBODY, NOBODY);
+    let sb = Sandbox::with_agent(ALLOW_LIST);
+    let probe = sb.probe_as(NOBODY, NOBODY);
     for action in [
         Action::connect(imds_v4(), IMDS_PORT),
         Action::connect(imds_v6(), IMDS_PORT),
@@ -136,8 +133,8 @@ fn udp_sendto_a_protected_address_is_denied() {
     if !privileged_or_skip("udp_sendto_a_protected_address_is_denied") {
         return;
     }
-    let sb = Sandbox::start(ALLOW_LIST);
-    let nobody = sb.probe(NOBODY, NOBODY);
+    let sb = Sandbox::with_agent(ALLOW_LIST);
+    let nobody = sb.probe_as(NOBODY, NOBODY);
     for action in [
         Action::udp_send(imds_v4(), UDP_PORT),
         Action::udp_send(imds_v6(), UDP_PORT),
@@ -155,7 +152,7 @@ fn udp_sendto_a_protected_address_is_denied() {
     assert_eq!(sb.imds.udp_received(v6), 0);
 
     // The same datagram from an allowed uid arrives: the counting works.
-    sb.probe(1001, 1001)
+    sb.probe_as(1001, 1001)
         .run(Action::udp_send(imds_v4(), UDP_PORT))
         .assert_ok();
     assert_eq!(sb.imds.udp_received(v4), 1);
@@ -172,8 +169,8 @@ fn destinations_that_are_not_protected_work_for_everyone() {
     if !privileged_or_skip("destinations_that_are_not_protected_work_for_everyone") {
         return;
     }
-    let sb = Sandbox::start(ALLOW_LIST);
-    let nobody = sb.probe(NOBODY, NOBODY);
+    let sb = Sandbox::with_agent(ALLOW_LIST);
+    let nobody = sb.probe_as(NOBODY, NOBODY);
     let v4 = IpAddr::from(Ipv4Addr::LOCALHOST);
     let v6 = IpAddr::from(Ipv6Addr::LOCALHOST);
     for ip in [v4, v6] {
@@ -193,7 +190,7 @@ fn destinations_that_are_not_protected_work_for_everyone() {
     assert_eq!(sb.imds.udp_received(SocketAddr::new(v6, UDP_PORT)), 1);
     // Not protected, so not decided: no record at all.
     for event in ["deny", "audit", "allow"] {
-        assert_eq!(count_events(&sb, event), 0, "{}", sb.agent.output());
+        assert_eq!(count_events(&sb, event), 0, "{}", sb.agent().output());
     }
 }
 
@@ -202,8 +199,8 @@ fn the_denial_record_says_who_where_and_why() {
     if !privileged_or_skip("the_denial_record_says_who_where_and_why") {
         return;
     }
-    let sb = Sandbox::start(ALLOW_LIST);
-    let nobody = sb.probe(NOBODY, NOBODY);
+    let sb = Sandbox::with_agent(ALLOW_LIST);
+    let nobody = sb.probe_as(NOBODY, NOBODY);
     for (action, dst, hook) in [
         (
             Action::connect(imds_v4(), IMDS_PORT),
@@ -259,7 +256,7 @@ fn every_rule_kind_decides_and_deny_wins_over_allow() {
     if !privileged_or_skip("every_rule_kind_decides_and_deny_wins_over_allow") {
         return;
     }
-    let sb = Sandbox::start(
+    let sb = Sandbox::with_agent(
         r#"
 [allow]
 uids = [1001]
@@ -269,7 +266,7 @@ uids = [5005]
 gids = [3003]
 "#,
     );
-    let config = sb.dir.path().join("policy.toml");
+    let config = sb.policy_path();
     let config = config.display().to_string();
     // (uid, gid, allowed?, what the reason must say)
     let cases: [(u32, u32, bool, String); 6] = [
@@ -299,7 +296,9 @@ gids = [3003]
         (0, 0, false, "neither uid 0 nor gid 0".to_owned()),
     ];
     for (uid, gid, allowed, why) in cases {
-        let r = sb.probe(uid, gid).run(Action::http(imds_v4(), IMDS_PORT));
+        let r = sb
+            .probe_as(uid, gid)
+            .run(Action::http(imds_v4(), IMDS_PORT));
         if allowed {
             assert_eq!(
                 r.assert_ok().body,
@@ -322,19 +321,21 @@ fn the_deny_list_form_allows_everyone_else() {
     if !privileged_or_skip("the_deny_list_form_allows_everyone_else") {
         return;
     }
-    let sb = Sandbox::start("[deny]\nuids = [2002]\ngids = [3003]\n");
-    sb.probe(2002, 2002)
+    let sb = Sandbox::with_agent("[deny]\nuids = [2002]\ngids = [3003]\n");
+    sb.probe_as(2002, 2002)
         .run(Action::connect(imds_v4(), IMDS_PORT))
         .assert_errno(EPERM);
-    sb.probe(4004, 3003)
+    sb.probe_as(4004, 3003)
         .run(Action::connect(imds_v6(), IMDS_PORT))
         .assert_errno(EPERM);
     for (uid, gid) in [(4004, 4004), (NOBODY, NOBODY), (0, 0)] {
-        let r = sb.probe(uid, gid).run(Action::http(imds_v4(), IMDS_PORT));
+        let r = sb
+            .probe_as(uid, gid)
+            .run(Action::http(imds_v4(), IMDS_PORT));
         assert_eq!(r.assert_ok().body, sb.imds.credentials_body(), "uid {uid}");
     }
     let r = sb
-        .probe(2002, 2002)
+        .probe_as(2002, 2002)
         .run(Action::udp_send(imds_v4(), UDP_PORT));
     r.assert_errno(EPERM);
     let rec = record_for(&sb, "deny", &r);
@@ -349,15 +350,15 @@ fn names_are_resolved_when_the_agent_starts() {
     if !privileged_or_skip("names_are_resolved_when_the_agent_starts") {
         return;
     }
-    let sb = Sandbox::start("[allow]\nusers = [\"root\"]\ngroups = [\"nogroup\"]\n");
-    sb.probe(0, 0)
+    let sb = Sandbox::with_agent("[allow]\nusers = [\"root\"]\ngroups = [\"nogroup\"]\n");
+    sb.probe_as(0, 0)
         .run(Action::http(imds_v4(), IMDS_PORT))
         .assert_ok();
     // nogroup is 65534 on Debian: nobody's primary group is allowed.
-    sb.probe(NOBODY, NOBODY)
+    sb.probe_as(NOBODY, NOBODY)
         .run(Action::http(imds_v4(), IMDS_PORT))
         .assert_ok();
-    sb.probe(1001, 1001)
+    sb.probe_as(1001, 1001)
         .run(Action::connect(imds_v4(), IMDS_PORT))
         .assert_errno(EPERM);
 }
@@ -367,20 +368,20 @@ fn audit_mode_lets_the_request_through_and_logs_a_would_deny() {
     if !privileged_or_skip("audit_mode_lets_the_request_through_and_logs_a_would_deny") {
         return;
     }
-    let sb = Sandbox::start("mode = \"audit\"\n[allow]\nuids = [1001]\n");
+    let sb = Sandbox::with_agent("mode = \"audit\"\n[allow]\nuids = [1001]\n");
     for ip in [imds_v4(), imds_v6()] {
-        let r = sb.probe(NOBODY, NOBODY).run(Action::http(ip, IMDS_PORT));
+        let r = sb.probe_as(NOBODY, NOBODY).run(Action::http(ip, IMDS_PORT));
         assert_eq!(r.assert_ok().body, sb.imds.credentials_body(), "{ip}");
         let rec = record_for(&sb, "audit", &r);
         assert_eq!(u64_field(&rec, "uid"), u64::from(NOBODY));
         assert_eq!(str_field(&rec, "dst"), ip.to_string());
     }
     let r = sb
-        .probe(NOBODY, NOBODY)
+        .probe_as(NOBODY, NOBODY)
         .run(Action::udp_send(imds_v4(), UDP_PORT));
     r.assert_ok();
     record_for(&sb, "audit", &r);
-    assert_eq!(count_events(&sb, "deny"), 0, "{}", sb.agent.output());
+    assert_eq!(count_events(&sb, "deny"), 0, "{}", sb.agent().output());
 }
 
 #[test]
@@ -388,10 +389,7 @@ fn a_policy_that_does_not_validate_leaves_nothing_attached() {
     if !privileged_or_skip("a_policy_that_does_not_validate_leaves_nothing_attached") {
         return;
     }
-    let netns = Netns::new();
-    let cgroup = TestCgroup::new();
-    let imds = FakeImds::start(&netns);
-    let dir = TempDir::new();
+    let sb = Sandbox::new();
     for (policy, position, what) in [
         (
             "[allow]\nuids = [\"x\"]\n",
@@ -405,10 +403,10 @@ fn a_policy_that_does_not_validate_leaves_nothing_attached() {
         ),
         ("mode = \"enforce\"\n", ":1:1: ", "decides nothing"),
     ] {
-        let config = write_policy(dir.path(), policy);
-        let agent = Agent::start(&config, &cgroup, &[]);
+        let config = sb.policy(policy);
+        let agent = sb.spawn_agent(&[], &[]);
         let status = agent
-            .wait_exit(common::READY)
+            .wait_exit(READY)
             .unwrap_or_else(|| panic!("the agent kept running with {policy:?}"));
         assert_eq!(status.code(), Some(1), "{}", agent.output());
         let expected = format!("{}{position}", config.display());
@@ -418,7 +416,7 @@ fn a_policy_that_does_not_validate_leaves_nothing_attached() {
             "expected {expected}...{what} in:\n{out}"
         );
         // Nothing is attached: the service is reachable by anyone.
-        let r = Probe::new(&netns, &cgroup).run(Action::http(imds_v4(), IMDS_PORT));
-        assert_eq!(r.assert_ok().body, imds.credentials_body());
+        let r = sb.probe().run(Action::http(imds_v4(), IMDS_PORT));
+        assert_eq!(r.assert_ok().body, sb.imds.credentials_body());
     }
 }

@@ -13,35 +13,16 @@ use std::{
 
 use imds_guard_e2e::{
     Action, Agent, FakeImds, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, Netns, PLAIN_PORT, Probe,
-    TempDir, TestCgroup, UDP_PORT, cgroup2_root, field, privileged_or_skip, write_policy,
+    Sandbox, TempDir, TestCgroup, UDP_PORT, cgroup2_root, field, privileged_or_skip, write_policy,
 };
 use serde_json::Value;
 
-/// A namespace with a fake IMDS, a cgroup, and a probe as `nobody`.
-/// Fields drop in order: the server before the namespace it lives in.
-struct World {
-    imds: FakeImds,
-    probe: Probe,
-    cgroup: TestCgroup,
-    netns: Netns,
-}
-
-impl World {
-    fn new() -> Self {
-        let netns = Netns::new();
-        let cgroup = TestCgroup::new();
-        let imds = FakeImds::start(&netns);
-        let probe = Probe::new(&netns, &cgroup)
-            .uid(NOBODY)
-            .gid(NOBODY)
-            .bin(env!("CARGO_BIN_EXE_imds-probe"));
-        World {
-            imds,
-            probe,
-            cgroup,
-            netns,
-        }
-    }
+/// The probe these smoke tests use: `nobody`, this package's own build.
+fn nobody(w: &Sandbox) -> Probe {
+    w.probe()
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .bin(env!("CARGO_BIN_EXE_imds-probe"))
 }
 
 fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
@@ -53,9 +34,9 @@ fn http_flow_gets_the_credentials_over_both_metadata_addresses() {
     if !privileged_or_skip("http_flow_gets_the_credentials_over_both_metadata_addresses") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     for ip in [IpAddr::from(IMDS_V4), IMDS_V6.into()] {
-        let result = w.probe.run(Action::http(ip, IMDS_PORT));
+        let result = nobody(&w).run(Action::http(ip, IMDS_PORT));
         assert_eq!(
             result.assert_ok().body,
             w.imds.credentials_body(),
@@ -75,15 +56,13 @@ fn probe_runs_as_the_requested_identity_in_the_test_cgroup() {
     if !privileged_or_skip("probe_runs_as_the_requested_identity_in_the_test_cgroup") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     for (uid, gid, groups) in [
         (NOBODY, NOBODY, vec![]),
         (1000, 1001, vec![100, 101]),
         (0, 0, vec![0]),
     ] {
-        let result = w
-            .probe
-            .clone()
+        let result = nobody(&w)
             .uid(uid)
             .gid(gid)
             .groups(&groups)
@@ -104,11 +83,11 @@ fn connect_reaches_unprotected_destinations() {
     if !privileged_or_skip("connect_reaches_unprotected_destinations") {
         return;
     }
-    let w = World::new();
-    w.probe
+    let w = Sandbox::new();
+    nobody(&w)
         .run(Action::connect(Ipv4Addr::LOCALHOST, PLAIN_PORT))
         .assert_ok();
-    w.probe
+    nobody(&w)
         .run(Action::connect(Ipv6Addr::LOCALHOST, PLAIN_PORT))
         .assert_ok();
     assert_eq!(
@@ -130,8 +109,8 @@ fn connect_to_a_closed_port_is_refused() {
     }
     // Shows the probe reports errno, and that "not ok" is not something the
     // harness produces by itself for a reachable port.
-    let w = World::new();
-    w.probe
+    let w = Sandbox::new();
+    nobody(&w)
         .run(Action::connect(Ipv4Addr::LOCALHOST, 9))
         .assert_errno(libc::ECONNREFUSED);
 }
@@ -141,22 +120,26 @@ fn udp_datagrams_arrive() {
     if !privileged_or_skip("udp_datagrams_arrive") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     let v4 = addr(IMDS_V4, UDP_PORT);
-    w.probe.run(Action::udp_send(IMDS_V4, UDP_PORT)).assert_ok();
+    nobody(&w)
+        .run(Action::udp_send(IMDS_V4, UDP_PORT))
+        .assert_ok();
     assert_eq!(w.imds.udp_received(v4), 1);
-    w.probe.run(Action::udp_send(IMDS_V6, UDP_PORT)).assert_ok();
+    nobody(&w)
+        .run(Action::udp_send(IMDS_V6, UDP_PORT))
+        .assert_ok();
     assert_eq!(w.imds.udp_received(addr(IMDS_V6, UDP_PORT)), 1);
     // The mapped form lands on the IPv4 socket.
-    w.probe
+    nobody(&w)
         .run(Action::udp_send_mapped(IMDS_V4, UDP_PORT))
         .assert_ok();
     assert_eq!(w.imds.udp_received(v4), 2);
-    w.probe
+    nobody(&w)
         .run(Action::udp_connect(IMDS_V4, UDP_PORT))
         .assert_ok();
     assert_eq!(w.imds.udp_received(v4), 3);
-    w.probe
+    nobody(&w)
         .run(Action::udp_send(Ipv4Addr::LOCALHOST, UDP_PORT))
         .assert_ok();
     assert_eq!(w.imds.udp_received(addr(Ipv4Addr::LOCALHOST, UDP_PORT)), 1);
@@ -167,8 +150,8 @@ fn connect_mapped_reaches_the_ipv4_server() {
     if !privileged_or_skip("connect_mapped_reaches_the_ipv4_server") {
         return;
     }
-    let w = World::new();
-    w.probe
+    let w = Sandbox::new();
+    nobody(&w)
         .run(Action::connect_mapped(IMDS_V4, IMDS_PORT))
         .assert_ok();
     assert_eq!(w.imds.tcp_accepted(addr(IMDS_V4, IMDS_PORT)), 1);
@@ -180,9 +163,9 @@ fn tfo_carries_the_request_in_the_syn() {
     if !privileged_or_skip("tfo_carries_the_request_in_the_syn") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     for ip in [IpAddr::from(IMDS_V4), IMDS_V6.into()] {
-        let result = w.probe.run(Action::tfo(ip, IMDS_PORT));
+        let result = nobody(&w).run(Action::tfo(ip, IMDS_PORT));
         assert!(
             result.assert_ok().body.starts_with("AQAEA"),
             "not a token: {result:?}"
@@ -263,7 +246,7 @@ fn guards_clean_up_when_a_test_panics() {
     }
     let mut paths = None;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let w = World::new();
+        let w = Sandbox::new();
         paths = Some((w.netns.path().to_path_buf(), w.cgroup.path().to_path_buf()));
         panic!("deliberate panic with the guards alive");
     }));

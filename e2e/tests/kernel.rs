@@ -5,9 +5,8 @@
 //! enforced and accounted for).
 
 use std::{
-    fs,
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use imds_guard::{
@@ -18,8 +17,7 @@ use imds_guard::{
     policy::{Outcome, Policy, PolicySpec, SystemResolver},
 };
 use imds_guard_e2e::{
-    Action, FakeImds, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, Netns, PLAIN_PORT, Probe, TestCgroup,
-    privileged_or_skip,
+    Action, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, PLAIN_PORT, Sandbox, privileged_or_skip,
 };
 
 const EPERM: i32 = libc::EPERM;
@@ -31,48 +29,22 @@ fn policy(toml: &str) -> Policy {
         .unwrap_or_else(|e| panic!("test policy: {e}"))
 }
 
-/// A cgroup below the test's own, removed on drop (after its processes,
-/// which the probes leave when they exit).
-struct ChildCgroup(PathBuf);
-
-impl ChildCgroup {
-    fn new(parent: &TestCgroup, name: &str) -> Self {
-        let path = parent.path().join(name);
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Self(path)
-    }
-}
-
-impl Drop for ChildCgroup {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            if fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        eprintln!("could not remove {}", self.0.display());
-    }
-}
-
 #[test]
 fn attached_before_its_config_is_written_the_guard_denies_everyone() {
     if !privileged_or_skip("attached_before_its_config_is_written_the_guard_denies_everyone") {
         return;
     }
-    let netns = Netns::new();
-    let cgroup = TestCgroup::new();
-    let imds = FakeImds::start(&netns);
+    let sb = Sandbox::new();
     let policy = policy("[allow]\nuids = [0]\n");
 
     let mut guard = Guard::load(0).expect("load the programs");
     let mut events = guard.take_events().expect("event ring buffer");
     // Endpoints only: neither rules nor config yet.
     guard.write_endpoints(0, &policy).expect("endpoints");
-    guard.attach(cgroup.path(), None).expect("attach");
+    guard.attach(sb.cgroup.path(), None).expect("attach");
 
-    let root = Probe::new(&netns, &cgroup).uid(0).gid(0);
-    let nobody = Probe::new(&netns, &cgroup);
+    let root = sb.probe().uid(0).gid(0);
+    let nobody = sb.probe();
     for action in [
         Action::connect(IMDS_V4, IMDS_PORT),
         Action::connect(IMDS_V6, IMDS_PORT),
@@ -106,7 +78,7 @@ fn attached_before_its_config_is_written_the_guard_denies_everyone() {
     // Now the rest of the policy: root gets through, nobody does not.
     guard.apply(&policy, &Stamp::default()).expect("apply");
     let r = root.run(Action::http(IMDS_V4, IMDS_PORT));
-    assert_eq!(r.assert_ok().body, imds.credentials_body());
+    assert_eq!(r.assert_ok().body, sb.imds.credentials_body());
     nobody
         .run(Action::connect(IMDS_V4, IMDS_PORT))
         .assert_errno(EPERM);
@@ -118,26 +90,24 @@ fn a_guard_attached_in_a_child_cgroup_does_not_replace_ours() {
     if !privileged_or_skip("a_guard_attached_in_a_child_cgroup_does_not_replace_ours") {
         return;
     }
-    let netns = Netns::new();
-    let cgroup = TestCgroup::new();
-    let _imds = FakeImds::start(&netns);
+    let sb = Sandbox::new();
 
     let mut ours = Guard::load(0).expect("load");
     ours.apply(&policy("[allow]\nuids = [1001]\n"), &Stamp::default())
         .expect("apply");
-    ours.attach(cgroup.path(), None).expect("attach");
+    ours.attach(sb.cgroup.path(), None).expect("attach");
 
     // Another instance, with a policy that allows nobody, attached below.
     // Were ours attached with BPF_F_ALLOW_OVERRIDE, this would replace it
     // for every process in the child.
-    let child = ChildCgroup::new(&cgroup, "child");
+    let child = sb.cgroup.child("child");
     let mut theirs = Guard::load(0).expect("load");
     theirs
         .apply(&policy("[deny]\nuids = [4242]\n"), &Stamp::default())
         .expect("apply");
-    theirs.attach(&child.0, None).expect("attach below");
+    theirs.attach(child.path(), None).expect("attach below");
 
-    let in_child = Probe::new(&netns, &cgroup).cgroup_dir(&child.0);
+    let in_child = sb.probe().cgroup_dir(child.path());
     in_child
         .run(Action::connect(IMDS_V4, IMDS_PORT))
         .assert_errno(EPERM);
@@ -162,20 +132,19 @@ fn with_the_ring_buffer_full_every_decision_is_still_enforced_and_counted() {
     {
         return;
     }
-    let netns = Netns::new();
-    let cgroup = TestCgroup::new();
-    let _imds = FakeImds::start(&netns);
+    let sb = Sandbox::new();
     let mut guard = Guard::load(0).expect("load");
     let mut events = guard.take_events().expect("ring buffer");
     guard
         .apply(&policy("[allow]\nuids = [1001]\n"), &Stamp::default())
         .expect("apply");
-    guard.attach(cgroup.path(), None).expect("attach");
+    guard.attach(sb.cgroup.path(), None).expect("attach");
 
     // Nobody reads the ring buffer meanwhile: 1 MiB holds about 11,900
     // events, so a storm of 15,000 overflows it.
     const STORM: u32 = 15_000;
-    let r = Probe::new(&netns, &cgroup)
+    let r = sb
+        .probe()
         .repeat(STORM)
         .run(Action::connect(IMDS_V4, IMDS_PORT));
     assert_eq!(r.attempts, STORM);
@@ -208,15 +177,13 @@ fn the_mode_switches_at_run_time_without_reloading_the_programs() {
     if !privileged_or_skip("the_mode_switches_at_run_time_without_reloading_the_programs") {
         return;
     }
-    let netns = Netns::new();
-    let cgroup = TestCgroup::new();
-    let imds = FakeImds::start(&netns);
+    let sb = Sandbox::new();
     let enforce = policy("mode = \"enforce\"\n[allow]\nuids = [1001]\n");
     let audit = policy("mode = \"audit\"\n[allow]\nuids = [1001]\n");
     let mut guard = Guard::load(0).expect("load");
     guard.apply(&enforce, &Stamp::default()).expect("apply");
-    guard.attach(cgroup.path(), None).expect("attach");
-    let nobody = Probe::new(&netns, &cgroup);
+    guard.attach(sb.cgroup.path(), None).expect("attach");
+    let nobody = sb.probe();
 
     nobody
         .run(Action::connect(IMDS_V4, IMDS_PORT))
@@ -225,7 +192,7 @@ fn the_mode_switches_at_run_time_without_reloading_the_programs() {
     // switches the mode.
     assert_eq!(guard.apply(&audit, &Stamp::default()).expect("audit"), 1);
     let r = nobody.run(Action::http(IMDS_V4, IMDS_PORT));
-    assert_eq!(r.assert_ok().body, imds.credentials_body());
+    assert_eq!(r.assert_ok().body, sb.imds.credentials_body());
     assert_eq!(
         guard.apply(&enforce, &Stamp::default()).expect("enforce"),
         0

@@ -9,8 +9,6 @@
 
 use std::{
     os::fd::AsFd as _,
-    path::PathBuf,
-    process::{Command, Output},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     thread,
     time::Duration,
@@ -18,8 +16,7 @@ use std::{
 
 use imds_guard::kernel::{hooks::HOOKS, sys};
 use imds_guard_e2e::{
-    Action, Agent, FakeImds, IMDS_PORT, IMDS_V4, IMDS_V6, Netns, Probe, TempDir, TestBpffs,
-    TestCgroup, UDP_PORT, field, imds_guard_bin, privileged_or_skip, write_policy,
+    Action, Agent, IMDS_PORT, IMDS_V4, IMDS_V6, Probe, Sandbox, UDP_PORT, field, privileged_or_skip,
 };
 use serde_json::Value;
 
@@ -37,96 +34,36 @@ const Y: u32 = 2002;
 /// Z = uid 3003 tells the two policies apart: denied by P1, allowed by P2.
 const Z: u32 = 3003;
 
-/// Field order is drop order: agents stop before the pins, the cgroup and
-/// the namespace go.
-struct World {
-    imds: FakeImds,
-    bpffs: TestBpffs,
-    cgroup: TestCgroup,
-    netns: Netns,
-    dir: TempDir,
+/// The test's identity for `uid`: its own uid and gid.
+fn probe(w: &Sandbox, uid: u32) -> Probe {
+    w.probe_as(uid, uid)
 }
 
-impl World {
-    fn new() -> Self {
-        let netns = Netns::new();
-        let imds = FakeImds::start(&netns);
-        Self {
-            imds,
-            bpffs: TestBpffs::new(),
-            cgroup: TestCgroup::new(),
-            netns,
-            dir: TempDir::new(),
-        }
-    }
+/// Programs attached to the test cgroup itself, per hook.
+fn attachments(w: &Sandbox) -> Vec<usize> {
+    let dir = std::fs::File::open(w.cgroup.path()).expect("open the cgroup");
+    HOOKS
+        .iter()
+        .map(|h| {
+            sys::prog_query(dir.as_fd(), h.attach_type)
+                .expect("query")
+                .len()
+        })
+        .collect()
+}
 
-    fn policy(&self, toml: &str) -> PathBuf {
-        write_policy(self.dir.path(), toml)
-    }
-
-    fn start(&self) -> Agent {
-        let agent = Agent::start_pinned(
-            &self.dir.path().join("policy.toml"),
-            &self.cgroup,
-            &self.bpffs.pin_dir(),
-            &[],
-        );
-        agent.wait_ready(READY);
-        agent
-    }
-
-    fn probe(&self, uid: u32) -> Probe {
-        Probe::new(&self.netns, &self.cgroup).uid(uid).gid(uid)
-    }
-
-    /// Programs attached to the test cgroup itself, per hook.
-    fn attachments(&self) -> Vec<usize> {
-        let dir = std::fs::File::open(self.cgroup.path()).expect("open the cgroup");
-        HOOKS
-            .iter()
-            .map(|h| {
-                sys::prog_query(dir.as_fd(), h.attach_type)
-                    .expect("query")
-                    .len()
-            })
-            .collect()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        let pin_dir = self.bpffs.pin_dir();
-        Command::new(imds_guard_bin())
-            .args(args)
-            .arg("--pin-dir")
-            .arg(&pin_dir)
-            .output()
-            .expect("run imds-guard")
-    }
-
-    fn status(&self) -> (Option<i32>, Value) {
-        let out = self.cli(&["status", "--json"]);
-        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "status printed no JSON ({e}): {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (out.status.code(), json)
-    }
-
-    fn expect_p1(&self) {
-        self.probe(X)
-            .run(Action::connect(IMDS_V4, IMDS_PORT))
-            .assert_ok();
-        for ip in [std::net::IpAddr::from(IMDS_V4), IMDS_V6.into()] {
-            self.probe(Y)
-                .run(Action::connect(ip, IMDS_PORT))
-                .assert_errno(EPERM);
-        }
-        self.probe(Z)
-            .run(Action::connect(IMDS_V4, IMDS_PORT))
+fn expect_p1(w: &Sandbox) {
+    probe(w, X)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_ok();
+    for ip in [std::net::IpAddr::from(IMDS_V4), IMDS_V6.into()] {
+        probe(w, Y)
+            .run(Action::connect(ip, IMDS_PORT))
             .assert_errno(EPERM);
     }
+    probe(w, Z)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_errno(EPERM);
 }
 
 fn sighup(agent: &Agent) {
@@ -171,10 +108,10 @@ fn reloaded(agent: &Agent, outcome: &str) -> Value {
 
 /// UDP datagrams to the protected address from `uid`, in rounds, until
 /// `stop`: (attempts, refused with EPERM).
-fn hammer(world: &World, uid: u32, stop: &AtomicBool) -> (u64, u64) {
+fn hammer(world: &Sandbox, uid: u32, stop: &AtomicBool) -> (u64, u64) {
     let attempts = AtomicU64::new(0);
     let eperm = AtomicU64::new(0);
-    let probe = world.probe(uid).repeat(2_000);
+    let probe = probe(world, uid).repeat(2_000);
     loop {
         let r = probe.run(Action::udp_send(IMDS_V4, UDP_PORT));
         attempts.fetch_add(u64::from(r.attempts), Ordering::Relaxed);
@@ -191,15 +128,15 @@ fn killed_with_sigkill_the_agent_leaves_the_guard_enforcing() {
     if !privileged_or_skip("killed_with_sigkill_the_agent_leaves_the_guard_enforcing") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     w.policy(P1);
-    let agent = w.start();
-    w.expect_p1();
+    let agent = w.start_agent(&[]);
+    expect_p1(&w);
     kill9(&agent);
-    w.expect_p1();
-    let r = w.probe(X).run(Action::http(IMDS_V4, IMDS_PORT));
+    expect_p1(&w);
+    let r = probe(&w, X).run(Action::http(IMDS_V4, IMDS_PORT));
     assert_eq!(r.assert_ok().body, w.imds.credentials_body());
-    assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
+    assert_eq!(attachments(&w), vec![1, 1, 1, 1]);
     let (code, status) = w.status();
     assert_eq!(code, Some(0), "{status}");
     assert_eq!(status["enforcing"], true, "{status}");
@@ -216,9 +153,9 @@ fn a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment() {
     if !privileged_or_skip("a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     w.policy(P1);
-    let first = w.start();
+    let first = w.start_agent(&[]);
     let (_, before) = w.status();
     let stop = AtomicBool::new(false);
     let ((x_attempts, x_eperm), (y_attempts, y_eperm), second) = thread::scope(|s| {
@@ -227,7 +164,7 @@ fn a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment() {
         thread::sleep(Duration::from_millis(200));
         kill9(&first);
         thread::sleep(Duration::from_millis(100));
-        let second = w.start();
+        let second = w.start_agent(&[]);
         thread::sleep(Duration::from_millis(200));
         stop.store(true, Ordering::Relaxed);
         (
@@ -254,7 +191,7 @@ fn a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment() {
         .expect("ready");
     assert_eq!(field(&ready, "adopted"), Some(&Value::from(4)), "{ready}");
     assert_eq!(
-        w.attachments(),
+        attachments(&w),
         vec![1, 1, 1, 1],
         "exactly one attachment per hook"
     );
@@ -271,7 +208,7 @@ fn a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment() {
         assert_eq!(b["link_id"], a["link_id"], "the same link, adopted");
         assert_ne!(b["prog_id"], a["prog_id"], "with the new agent's program");
     }
-    w.expect_p1();
+    expect_p1(&w);
 }
 
 #[test]
@@ -279,9 +216,9 @@ fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
     if !privileged_or_skip("a_reload_with_a_broken_file_keeps_the_policy_in_force") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     let config = w.policy(P1);
-    let agent = w.start();
+    let agent = w.start_agent(&[]);
     let (_, before) = w.status();
     w.policy("[allow]\nuids = [1001, \"x\"]\n");
     sighup(&agent);
@@ -301,7 +238,7 @@ fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
         field(&invalid, "level").and_then(Value::as_str),
         Some("WARN")
     );
-    w.expect_p1();
+    expect_p1(&w);
     let (_, after) = w.status();
     assert_eq!(before["policy"]["digest"], after["policy"]["digest"]);
 
@@ -309,10 +246,10 @@ fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
     w.policy(P2);
     sighup(&agent);
     reloaded(&agent, "applied");
-    w.probe(Z)
+    probe(&w, Z)
         .run(Action::connect(IMDS_V4, IMDS_PORT))
         .assert_ok();
-    w.probe(Y)
+    probe(&w, Y)
         .run(Action::connect(IMDS_V6, IMDS_PORT))
         .assert_errno(EPERM);
     let (_, reloaded) = w.status();
@@ -324,9 +261,9 @@ fn reloading_under_load_never_gives_a_wrong_verdict() {
     if !privileged_or_skip("reloading_under_load_never_gives_a_wrong_verdict") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     w.policy(P1);
-    let agent = w.start();
+    let agent = w.start_agent(&[]);
     let stop = AtomicBool::new(false);
     const RELOADS: usize = 60;
     let ((x_attempts, x_eperm), (y_attempts, y_eperm)) = thread::scope(|s| {
@@ -363,10 +300,10 @@ fn detach_leaves_nothing_pinned_or_attached() {
     if !privileged_or_skip("detach_leaves_nothing_pinned_or_attached") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     w.policy(P1);
-    let agent = w.start();
-    assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
+    let agent = w.start_agent(&[]);
+    assert_eq!(attachments(&w), vec![1, 1, 1, 1]);
     let out = w.cli(&["detach"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -381,8 +318,8 @@ fn detach_leaves_nothing_pinned_or_attached() {
         .wait_exit(Duration::from_secs(10))
         .expect("the agent stops");
     assert_eq!(status.code(), Some(0));
-    assert_eq!(w.attachments(), vec![0, 0, 0, 0]);
-    assert!(!w.bpffs.pin_dir().exists(), "the pin directory is gone");
+    assert_eq!(attachments(&w), vec![0, 0, 0, 0]);
+    assert!(!w.pin_dir().exists(), "the pin directory is gone");
     // Only bpffs's own `maps.debug` and `progs.debug` remain.
     let left: Vec<String> = std::fs::read_dir(w.bpffs.path())
         .expect("read the bpffs")
@@ -391,7 +328,7 @@ fn detach_leaves_nothing_pinned_or_attached() {
         .filter(|n| !n.ends_with(".debug"))
         .collect();
     assert!(left.is_empty(), "left pinned: {left:?}");
-    w.probe(Y)
+    probe(&w, Y)
         .run(Action::connect(IMDS_V4, IMDS_PORT))
         .assert_ok();
     let (code, status) = w.status();
@@ -406,9 +343,9 @@ fn sigterm_leaves_the_guard_pinned() {
     if !privileged_or_skip("sigterm_leaves_the_guard_pinned") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     w.policy(P1);
-    let agent = w.start();
+    let agent = w.start_agent(&[]);
     let status = agent.terminate();
     assert_eq!(status.code(), Some(0));
     let last = agent.records().into_iter().last().expect("a last record");
@@ -416,8 +353,8 @@ fn sigterm_leaves_the_guard_pinned() {
         .and_then(Value::as_str)
         .unwrap_or("");
     assert!(message.contains("imds-guard detach"), "{last}");
-    w.expect_p1();
-    assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
+    expect_p1(&w);
+    assert_eq!(attachments(&w), vec![1, 1, 1, 1]);
 }
 
 #[test]
@@ -425,10 +362,10 @@ fn status_reads_what_is_in_force_from_the_kernel() {
     if !privileged_or_skip("status_reads_what_is_in_force_from_the_kernel") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     let config = w.policy("mode = \"audit\"\n[allow]\nuids = [1001]\n");
-    let agent = w.start();
-    w.probe(Y)
+    let agent = w.start_agent(&[]);
+    probe(&w, Y)
         .run(Action::connect(IMDS_V4, IMDS_PORT))
         .assert_ok();
     let (code, s) = w.status();
@@ -485,17 +422,17 @@ fn metrics_count_decisions_and_reloads() {
     if !privileged_or_skip("metrics_count_decisions_and_reloads") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     w.policy(P1);
     let port = free_port();
     let agent = Agent::start_pinned(
         &w.dir.path().join("policy.toml"),
         &w.cgroup,
-        &w.bpffs.pin_dir(),
+        &w.pin_dir(),
         &["--metrics-listen", &port.to_string()],
     );
     agent.wait_ready(READY);
-    w.probe(Y)
+    probe(&w, Y)
         .run(Action::connect(IMDS_V6, IMDS_PORT))
         .assert_errno(EPERM);
     w.policy("[allow]\nuids = [1001, \"x\"]\n");
@@ -539,7 +476,7 @@ fn systemd_is_told_when_the_guard_is_ready_reloading_and_stopping() {
     if !privileged_or_skip("systemd_is_told_when_the_guard_is_ready_reloading_and_stopping") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     w.policy(P1);
     let socket = w.dir.path().join("notify.sock");
     let listener = std::os::unix::net::UnixDatagram::bind(&socket).expect("bind the notify socket");
@@ -554,7 +491,7 @@ fn systemd_is_told_when_the_guard_is_ready_reloading_and_stopping() {
     let agent = Agent::start_pinned_env(
         &w.dir.path().join("policy.toml"),
         &w.cgroup,
-        &w.bpffs.pin_dir(),
+        &w.pin_dir(),
         &[],
         &[("NOTIFY_SOCKET", socket.to_str().expect("utf-8"))],
     );
@@ -565,7 +502,7 @@ fn systemd_is_told_when_the_guard_is_ready_reloading_and_stopping() {
         "{ready:?}"
     );
     // READY=1 comes once the guard is in force: it is already enforcing.
-    w.expect_p1();
+    expect_p1(&w);
 
     w.policy(P2);
     sighup(&agent);
@@ -592,13 +529,13 @@ fn a_second_agent_refuses_to_take_over_from_a_live_one() {
     if !privileged_or_skip("a_second_agent_refuses_to_take_over_from_a_live_one") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     w.policy(P1);
-    let first = w.start();
+    let first = w.start_agent(&[]);
     let second = Agent::start_pinned(
         &w.dir.path().join("policy.toml"),
         &w.cgroup,
-        &w.bpffs.pin_dir(),
+        &w.pin_dir(),
         &[],
     );
     let status = second
@@ -618,7 +555,7 @@ fn a_second_agent_refuses_to_take_over_from_a_live_one() {
         first.pid(),
         "the first keeps the guard"
     );
-    assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
+    assert_eq!(attachments(&w), vec![1, 1, 1, 1]);
 }
 
 #[test]
@@ -626,25 +563,25 @@ fn a_pinned_link_that_was_detached_is_replaced_not_trusted() {
     if !privileged_or_skip("a_pinned_link_that_was_detached_is_replaced_not_trusted") {
         return;
     }
-    let w = World::new();
+    let w = Sandbox::new();
     w.policy(P1);
-    let first = w.start();
+    let first = w.start_agent(&[]);
     kill9(&first);
     // Someone detached one hook's link (BPF_LINK_DETACH) but left its pin.
-    let pin = w.bpffs.pin_dir().join("link_connect6");
+    let pin = w.pin_dir().join("link_connect6");
     let link = sys::obj_get(&pin).expect("open the pinned link");
     sys::link_detach(link.as_fd()).expect("detach it");
-    assert_eq!(w.attachments(), vec![1, 0, 1, 1]);
+    assert_eq!(attachments(&w), vec![1, 0, 1, 1]);
     let (code, _) = w.status();
     assert_eq!(code, Some(5), "a detached hook is not enforcing");
 
-    let second = w.start();
+    let second = w.start_agent(&[]);
     let ready = second
         .wait_for(|r| field(r, "ready") == Some(&Value::Bool(true)), READY)
         .expect("ready");
     assert_eq!(field(&ready, "adopted"), Some(&Value::from(3)), "{ready}");
-    assert_eq!(w.attachments(), vec![1, 1, 1, 1]);
-    w.probe(Y)
+    assert_eq!(attachments(&w), vec![1, 1, 1, 1]);
+    probe(&w, Y)
         .run(Action::connect(IMDS_V6, IMDS_PORT))
         .assert_errno(EPERM);
     assert_eq!(w.status().0, Some(0));

@@ -1,12 +1,9 @@
 //! A denial storm through the agent: the log stays bounded, and says what
 //! it held back.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Sandbox;
-use imds_guard_e2e::{Action, IMDS_PORT, IMDS_V4, NOBODY, field, privileged_or_skip};
+use imds_guard_e2e::{Action, IMDS_PORT, IMDS_V4, NOBODY, Sandbox, field, privileged_or_skip};
 use serde_json::Value;
 
 #[test]
@@ -15,10 +12,10 @@ fn repeated_denials_are_rate_limited_with_a_count_of_what_was_suppressed() {
     {
         return;
     }
-    let sb = Sandbox::start("[allow]\nuids = [1001]\n");
+    let sb = Sandbox::with_agent("[allow]\nuids = [1001]\n");
     const STORM: u32 = 300;
     let r = sb
-        .probe(NOBODY, NOBODY)
+        .probe_as(NOBODY, NOBODY)
         .repeat(STORM)
         .run(Action::connect(IMDS_V4, IMDS_PORT));
     assert_eq!(r.eperm, STORM, "{r:?}");
@@ -30,10 +27,15 @@ fn repeated_denials_are_rate_limited_with_a_count_of_what_was_suppressed() {
     };
     // The summary comes when the 10 s window closes.
     let summary = sb
-        .agent
+        .agent()
         .wait_for(|rec| is(rec, "suppressed"), Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no suppressed record:\n{}", sb.agent.output()));
-    let denies = sb.agent.records().iter().filter(|r| is(r, "deny")).count();
+        .unwrap_or_else(|| panic!("no suppressed record:\n{}", sb.agent().output()));
+    let denies = sb
+        .agent()
+        .records()
+        .iter()
+        .filter(|r| is(r, "deny"))
+        .count();
     assert_eq!(denies, 5, "a burst of 5 records per window");
     assert_eq!(
         field(&summary, "suppressed").and_then(Value::as_u64),
@@ -46,14 +48,14 @@ fn repeated_denials_are_rate_limited_with_a_count_of_what_was_suppressed() {
     );
 
     // The final counters the agent reports on SIGTERM count every denial.
-    sb.agent.terminate();
+    sb.agent().terminate();
     let last = sb
-        .agent
+        .agent()
         .records()
         .into_iter()
         .rev()
         .find(|r| field(r, "denied").is_some())
-        .unwrap_or_else(|| panic!("no final counters:\n{}", sb.agent.output()));
+        .unwrap_or_else(|| panic!("no final counters:\n{}", sb.agent().output()));
     assert_eq!(
         field(&last, "denied").and_then(Value::as_u64),
         Some(u64::from(STORM)),

@@ -49,8 +49,6 @@ pub fn bench(extra: &[String]) -> Result<()> {
             "--quiet",
             "--release",
             "-p",
-            "imds-guard-e2e",
-            "--bin",
             "imds-guard-bench",
             "--",
         ])

@@ -235,16 +235,15 @@ impl fmt::Display for Exposition<'_> {
     /// series exists from the first scrape and `rate()` sees its first
     /// increment (Prometheus's advice on initialising metrics).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.0;
-        let by_hook = |kind: u32| {
-            HOOKS.map(|h| {
-                (
-                    h.hook.as_str(),
-                    s.counters.by_hook[h.hook as usize][kind as usize],
-                )
-            })
-        };
+        self.state(f)?;
+        self.counters(f)
+    }
+}
 
+impl Exposition<'_> {
+    /// Build, enforcement, mode and policy: what the agent is.
+    fn state(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
         header(
             f,
             "imds_guard_build_info",
@@ -296,6 +295,21 @@ impl fmt::Display for Exposition<'_> {
                 LabelValue(digest)
             )?;
         }
+
+        Ok(())
+    }
+
+    /// Decisions, losses, errors and reloads: what the agent counted.
+    fn counters(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        let by_hook = |kind: u32| {
+            HOOKS.map(|h| {
+                (
+                    h.hook.as_str(),
+                    s.counters.by_hook[h.hook as usize][kind as usize],
+                )
+            })
+        };
 
         header(
             f,

@@ -1,3 +1,17 @@
+//! `imds-guard-bench`: what the guard costs, measured against no guard and
+//! against the iptables and nftables rules `imds-guard render` emits for the
+//! same policy. Run it as root with `cargo xtask bench [--quick]`, or after
+//! `cargo build --release --bins`:
+//!
+//! ```text
+//! cargo run --release -p imds-guard-bench -- [--quick]
+//! ```
+//!
+//! Everything runs in network namespaces and child cgroups the bench makes
+//! (see `imds_guard_e2e`), like the privileged tests: no traffic ever leaves
+//! for the host's own metadata service. The results go to stdout and, for a
+//! full run, to `docs/BENCHMARKS.md` and `docs/bench-scale.svg`.
+//!
 //! The benchmark of issue 5: what a guarded connect costs, against no guard
 //! and the equivalent iptables and nftables rules, at scale, under a denial
 //! storm, and what the agent itself costs.
@@ -45,7 +59,7 @@ use self::{
     report::Results,
 };
 
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(worker::WORKER_ARG) {
         return worker::main(argv.get(2).map_or("", String::as_str));
