@@ -136,7 +136,7 @@ fn killed_with_sigkill_the_agent_leaves_the_guard_enforcing() {
     expect_p1(&w);
     let r = probe(&w, X).run(Action::http(IMDS_V4, IMDS_PORT));
     assert_eq!(r.assert_ok().body, w.imds.credentials_body());
-    assert_eq!(attachments(&w), vec![1, 1, 1, 1]);
+    assert_eq!(attachments(&w), vec![1; HOOKS.len()]);
     let (code, status) = w.status();
     assert_eq!(code, Some(0), "{status}");
     assert_eq!(status["enforcing"], true, "{status}");
@@ -189,10 +189,14 @@ fn a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment() {
     let ready = second
         .wait_for(|r| field(r, "ready") == Some(&Value::Bool(true)), READY)
         .expect("ready");
-    assert_eq!(field(&ready, "adopted"), Some(&Value::from(4)), "{ready}");
+    assert_eq!(
+        field(&ready, "adopted"),
+        Some(&Value::from(HOOKS.len())),
+        "{ready}"
+    );
     assert_eq!(
         attachments(&w),
-        vec![1, 1, 1, 1],
+        vec![1; HOOKS.len()],
         "exactly one attachment per hook"
     );
     let (code, after) = w.status();
@@ -303,7 +307,7 @@ fn detach_leaves_nothing_pinned_or_attached() {
     let w = Sandbox::new();
     w.policy(P1);
     let agent = w.start_agent(&[]);
-    assert_eq!(attachments(&w), vec![1, 1, 1, 1]);
+    assert_eq!(attachments(&w), vec![1; HOOKS.len()]);
     let out = w.cli(&["detach"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -312,13 +316,16 @@ fn detach_leaves_nothing_pinned_or_attached() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("detached 4 link(s)"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("detached {} link(s)", HOOKS.len())),
+        "{stdout}"
+    );
     // It stops the agent, which has nothing left to guard.
     let status = agent
         .wait_exit(Duration::from_secs(10))
         .expect("the agent stops");
     assert_eq!(status.code(), Some(0));
-    assert_eq!(attachments(&w), vec![0, 0, 0, 0]);
+    assert_eq!(attachments(&w), vec![0; HOOKS.len()]);
     assert!(!w.pin_dir().exists(), "the pin directory is gone");
     // Only bpffs's own `maps.debug` and `progs.debug` remain.
     let left: Vec<String> = std::fs::read_dir(w.bpffs.path())
@@ -354,7 +361,7 @@ fn sigterm_leaves_the_guard_pinned() {
         .unwrap_or("");
     assert!(message.contains("imds-guard detach"), "{last}");
     expect_p1(&w);
-    assert_eq!(attachments(&w), vec![1, 1, 1, 1]);
+    assert_eq!(attachments(&w), vec![1; HOOKS.len()]);
 }
 
 #[test]
@@ -373,7 +380,7 @@ fn status_reads_what_is_in_force_from_the_kernel() {
     assert_eq!(s["mode"], "audit");
     assert_eq!(s["enforcing"], true);
     assert_eq!(s["cgroup"], w.cgroup.path().to_str().expect("utf-8"));
-    assert_eq!(s["links"].as_array().map(Vec::len), Some(4));
+    assert_eq!(s["links"].as_array().map(Vec::len), Some(HOOKS.len()));
     assert_eq!(s["counters"]["audited"], 1, "{s}");
     assert_eq!(s["agent_alive"], true);
     let digest = imds_guard::policy::PolicySpec::load(&config)
@@ -555,7 +562,7 @@ fn a_second_agent_refuses_to_take_over_from_a_live_one() {
         first.pid(),
         "the first keeps the guard"
     );
-    assert_eq!(attachments(&w), vec![1, 1, 1, 1]);
+    assert_eq!(attachments(&w), vec![1; HOOKS.len()]);
 }
 
 #[test]
@@ -571,7 +578,7 @@ fn a_pinned_link_that_was_detached_is_replaced_not_trusted() {
     let pin = w.pin_dir().join("link_connect6");
     let link = sys::obj_get(&pin).expect("open the pinned link");
     sys::link_detach(link.as_fd()).expect("detach it");
-    assert_eq!(attachments(&w), vec![1, 0, 1, 1]);
+    assert_eq!(attachments(&w), vec![1, 0, 1, 1, 1]);
     let (code, _) = w.status();
     assert_eq!(code, Some(5), "a detached hook is not enforcing");
 
@@ -579,8 +586,12 @@ fn a_pinned_link_that_was_detached_is_replaced_not_trusted() {
     let ready = second
         .wait_for(|r| field(r, "ready") == Some(&Value::Bool(true)), READY)
         .expect("ready");
-    assert_eq!(field(&ready, "adopted"), Some(&Value::from(3)), "{ready}");
-    assert_eq!(attachments(&w), vec![1, 1, 1, 1]);
+    assert_eq!(
+        field(&ready, "adopted"),
+        Some(&Value::from(HOOKS.len() - 1)),
+        "{ready}"
+    );
+    assert_eq!(attachments(&w), vec![1; HOOKS.len()]);
     probe(&w, Y)
         .run(Action::connect(IMDS_V6, IMDS_PORT))
         .assert_errno(EPERM);

@@ -9,8 +9,10 @@ pub mod hook {
     pub const CONNECT6: u8 = 1;
     pub const SENDMSG4: u8 = 2;
     pub const SENDMSG6: u8 = 3;
+    /// `cgroup_skb/egress`: a packet a local socket sends, whatever built it.
+    pub const EGRESS: u8 = 4;
     /// Number of hooks.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// The verdict recorded in an [`Event`].
@@ -35,6 +37,9 @@ pub mod reason {
     pub const DEFAULT: u8 = 5;
     /// The programs could not read their configuration (fail closed).
     pub const INTERNAL_ERROR: u8 = 6;
+    /// Nobody can be held to account for it: a kernel thread, or a socket
+    /// no process opened (fail closed).
+    pub const NO_IDENTITY: u8 = 7;
 }
 
 /// What kind of record an [`Event`] is: room for record kinds other than
@@ -90,6 +95,9 @@ pub struct Event {
     pub addr: [u8; 16],
     /// The calling task's `comm`, NUL padded.
     pub comm: [u8; COMM_LEN],
-    pub _pad1: [u8; 4],
+    /// The IP protocol of a packet (`egress`), 0 where the hook does not
+    /// look at one.
+    pub proto: u8,
+    pub _pad1: [u8; 3],
 }
 const _: () = assert!(size_of::<Event>() == 80);

@@ -10,6 +10,7 @@ mod addr;
 mod counters;
 mod event;
 mod names;
+mod offsets;
 mod policy;
 
 pub use self::{
@@ -17,9 +18,10 @@ pub use self::{
     counters::{COUNTERS_LEN, counter, counter_index},
     event::{COMM_LEN, Event, family, hook, kind, reason, verdict},
     names::*,
+    offsets::{Offsets, PF_KTHREAD},
     policy::{
-        Config, GENERATIONS, IdKey, IdRule, MAX_ENDPOINTS, MAX_ID_RULES, PROTECTED, V4Key, V6Key,
-        action, mode,
+        Config, Decided, GENERATIONS, IdKey, IdRule, MAX_DECIDED, MAX_ENDPOINTS, MAX_ID_RULES,
+        PROTECTED, V4Key, V6Key, action, mode,
     },
 };
 
@@ -41,4 +43,8 @@ mod pod {
     unsafe impl aya::Pod for super::IdKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Decided {}
 }

@@ -20,9 +20,13 @@ pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_EVENTS: &str = "EVENTS";
 /// The per-CPU array of counters, indexed by [`crate::counter_index`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// The LRU hash of sockets whose traffic to a protected address was
+/// decided already (key: socket cookie; value: [`crate::Decided`]).
+pub const MAP_DECIDED: &str = "DECIDED";
 
 /// The names of the programs, one per hook, as the object file spells them.
 pub const PROGRAM_CONNECT4: &str = "connect4";
 pub const PROGRAM_CONNECT6: &str = "connect6";
 pub const PROGRAM_SENDMSG4: &str = "sendmsg4";
 pub const PROGRAM_SENDMSG6: &str = "sendmsg6";
+pub const PROGRAM_EGRESS: &str = "egress";

@@ -36,6 +36,21 @@ pub struct V6Key {
 }
 const _: () = assert!(size_of::<V6Key>() == 20);
 
+/// Sockets remembered in [`crate::MAP_DECIDED`] at once; the least recently
+/// used is forgotten first, and its next packet is judged again.
+pub const MAX_DECIDED: u32 = 1 << 16;
+
+/// The value of [`crate::MAP_DECIDED`]: the protected destination a
+/// socket's connect (or datagram) was let through to, as an IPv6 address
+/// (an IPv4 one in its mapped form, `::ffff:a.b.c.d`), in network byte
+/// order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decided {
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<Decided>() == 16);
+
 /// Key of [`crate::MAP_UID_RULES`] and [`crate::MAP_GID_RULES`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

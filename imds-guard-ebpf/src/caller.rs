@@ -1,48 +1,143 @@
-//! Who is calling: the only place that reads the calling task's identity.
-//! The decision (`decide.rs`) is handed a [`Caller`] and reads nothing of
-//! the task itself, so a program that judges someone else (a packet's
-//! socket owner) can reuse it.
+//! Who is calling: the only place that reads an identity. The decision
+//! (`decide.rs`) is handed a [`Caller`] and reads nothing of the task
+//! itself, so the same decision serves the process calling `connect()`
+//! and the owner of a socket whose packet is leaving.
+//!
+//! Where no identity can be established (a kernel thread, a socket no
+//! process opened, a read that fails), there is no [`Caller`], and the
+//! decision denies.
 
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
     generated::bpf_get_current_cgroup_id,
 };
-use imds_guard_common::COMM_LEN;
+use imds_guard_common::{COMM_LEN, Offsets, PF_KTHREAD};
+
+use crate::kernel::{current_task, offsets, read, read_ptr};
 
 /// The identity a decision is about, and what its record says of it.
 pub struct Caller {
-    /// The real uid, mapped into the initial user namespace.
-    pub uid: u32,
-    /// The real primary gid, mapped into the initial user namespace.
-    pub gid: u32,
-    /// Thread id (the kernel's pid).
+    /// Whom the policy judges, if anyone can be held to account.
+    pub ids: Result<Ids, NoCaller>,
+    /// Thread id (the kernel's pid); 0 when the acting process is unknown.
     pub tid: u32,
-    /// Thread-group id (what userspace calls the pid).
+    /// Thread-group id (what userspace calls the pid); 0 when unknown.
     pub tgid: u32,
     pub comm: [u8; COMM_LEN],
-    /// The cgroup v2 id.
+    /// The cgroup v2 id: the task's, or the socket's.
     pub cgroup_id: u64,
+}
+
+/// The ids the policy judges.
+#[derive(Clone, Copy)]
+pub struct Ids {
+    /// The real uid, as the initial user namespace sees it.
+    pub uid: u32,
+    /// The real primary gid, as the initial user namespace sees it.
+    pub gid: u32,
+}
+
+/// Why a [`Caller`] has no [`Ids`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NoCaller {
+    /// The agent did not hand the programs their offsets: an internal
+    /// error.
+    NoOffsets,
+    /// Nobody can be held to account: a kernel thread, a socket without a
+    /// file, or a read that failed.
+    Unknown,
 }
 
 impl Caller {
     /// The task running the program: for `sock_addr` hooks, the process
-    /// calling `connect()`/`sendmsg()`.
+    /// calling `connect()`/`sendmsg()`. A kernel thread (a kworker opening
+    /// an MPTCP subflow for a peer's ADD_ADDR, say) acts for nobody: its
+    /// credentials are root's, which must not count.
     #[inline(always)]
     pub fn current() -> Self {
-        // `bpf_get_current_uid_gid` reads the real ids of the task's
-        // credentials, mapped into the initial user namespace.
-        let uid_gid = bpf_get_current_uid_gid();
         let pid_tgid = bpf_get_current_pid_tgid();
-        // SAFETY: a helper without preconditions, allowed in every program
-        // type that attaches to a cgroup.
-        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         Self {
-            uid: uid_gid as u32,
-            gid: (uid_gid >> 32) as u32,
+            ids: current_ids(),
             tid: pid_tgid as u32,
             tgid: (pid_tgid >> 32) as u32,
             comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
-            cgroup_id,
+            cgroup_id: current_cgroup_id(),
         }
     }
+
+    /// The owner of the socket at `sk` (a `struct sock *`): the
+    /// credentials of whoever opened it (`sk->sk_socket->file->f_cred`),
+    /// which is what firewalls' owner matches read too. A socket without a
+    /// file (a kernel socket: an MPTCP subflow, a tunnel's, the stack's
+    /// own) has no owner.
+    ///
+    /// The acting process is named only when the running task is the
+    /// owner itself (same credentials object, so the same process): a
+    /// packet may leave from a timer or another CPU's softirq.
+    #[inline(always)]
+    pub fn of_socket(sk: Option<u64>, cgroup_id: u64) -> Self {
+        let mut caller = Self {
+            ids: Err(NoCaller::Unknown),
+            tid: 0,
+            tgid: 0,
+            comm: [0u8; COMM_LEN],
+            cgroup_id,
+        };
+        let Some(off) = offsets() else {
+            caller.ids = Err(NoCaller::NoOffsets);
+            return caller;
+        };
+        let Some(cred) = sk.and_then(|sk| socket_cred(sk, &off)) else {
+            return caller;
+        };
+        caller.ids = cred_ids(cred, &off);
+        if read_ptr(current_task(), off.task_cred) == Some(cred) {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            caller.tid = pid_tgid as u32;
+            caller.tgid = (pid_tgid >> 32) as u32;
+            caller.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+        }
+        caller
+    }
+}
+
+/// The running task's ids, unless it is a kernel thread.
+#[inline(always)]
+fn current_ids() -> Result<Ids, NoCaller> {
+    let off = offsets().ok_or(NoCaller::NoOffsets)?;
+    let flags: u32 = read(current_task(), off.task_flags).ok_or(NoCaller::Unknown)?;
+    if flags & PF_KTHREAD != 0 {
+        return Err(NoCaller::Unknown);
+    }
+    // `bpf_get_current_uid_gid` reads the same fields of the task's
+    // credentials, mapped into the initial user namespace.
+    let uid_gid = bpf_get_current_uid_gid();
+    Ok(Ids {
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+    })
+}
+
+/// The real uid and gid of the credentials at `cred`.
+#[inline(always)]
+fn cred_ids(cred: u64, off: &Offsets) -> Result<Ids, NoCaller> {
+    Ok(Ids {
+        uid: read(cred, off.cred_uid).ok_or(NoCaller::Unknown)?,
+        gid: read(cred, off.cred_gid).ok_or(NoCaller::Unknown)?,
+    })
+}
+
+/// `sk->sk_socket->file->f_cred`.
+#[inline(always)]
+fn socket_cred(sk: u64, off: &Offsets) -> Option<u64> {
+    let socket = read_ptr(sk, off.sock_socket)?;
+    let file = read_ptr(socket, off.socket_file)?;
+    read_ptr(file, off.file_cred)
+}
+
+#[inline(always)]
+fn current_cgroup_id() -> u64 {
+    // SAFETY: a helper without preconditions, allowed in every program
+    // type that attaches to a cgroup.
+    unsafe { bpf_get_current_cgroup_id() }
 }

@@ -11,7 +11,7 @@ use imds_guard_common::{
 };
 
 use crate::{
-    caller::Caller,
+    caller::{Caller, NoCaller},
     dst::Dst,
     maps::{CONFIG, COUNTERS, EVENTS, GID_RULES, UID_RULES},
 };
@@ -50,24 +50,36 @@ pub fn decide<C: EbpfContext>(
     caller: &Caller,
     dst: &Dst,
 ) -> Verdict {
-    let (outcome, audit) = match CONFIG.get(generation) {
-        Some(cfg) if cfg.mode == mode::ENFORCE || cfg.mode == mode::AUDIT => (
-            evaluate(generation, caller.uid, caller.gid, cfg.default_action),
+    let internal_error = Outcome {
+        action: action::DENY,
+        reason: reason::INTERNAL_ERROR,
+        entry: 0,
+    };
+    let (outcome, audit) = match (CONFIG.get(generation), caller.ids) {
+        // Unconfigured (the agent has not written the config yet), a value
+        // we never write, or no offsets to read identities with: fail
+        // closed, and say so.
+        (None, _) | (_, Err(NoCaller::NoOffsets)) => {
+            error!(ctx, "imds-guard: no valid configuration; denying");
+            (internal_error, false)
+        }
+        (Some(cfg), _) if cfg.mode != mode::ENFORCE && cfg.mode != mode::AUDIT => {
+            error!(ctx, "imds-guard: no valid configuration; denying");
+            (internal_error, false)
+        }
+        // Nobody to judge: deny (or, in audit mode, record the would-deny).
+        (Some(cfg), Err(NoCaller::Unknown)) => (
+            Outcome {
+                action: action::DENY,
+                reason: reason::NO_IDENTITY,
+                entry: 0,
+            },
             cfg.mode == mode::AUDIT,
         ),
-        // Unconfigured (the agent has not written the config yet) or a
-        // value we never write: fail closed, and say so.
-        _ => {
-            error!(ctx, "imds-guard: no valid configuration; denying");
-            (
-                Outcome {
-                    action: action::DENY,
-                    reason: reason::INTERNAL_ERROR,
-                    entry: 0,
-                },
-                false,
-            )
-        }
+        (Some(cfg), Ok(ids)) => (
+            evaluate(generation, ids.uid, ids.gid, cfg.default_action),
+            cfg.mode == mode::AUDIT,
+        ),
     };
 
     let (v, kind) = if outcome.action == action::ALLOW {
@@ -190,8 +202,9 @@ fn emit(hook: u8, v: u8, outcome: &Outcome, caller: &Caller, generation: u32, ds
         cgroup_id: caller.cgroup_id,
         tid: caller.tid,
         tgid: caller.tgid,
-        uid: caller.uid,
-        gid: caller.gid,
+        // u32::MAX, `(uid_t)-1`, is no id: no process runs as it.
+        uid: caller.ids.map_or(u32::MAX, |ids| ids.uid),
+        gid: caller.ids.map_or(u32::MAX, |ids| ids.gid),
         entry: outcome.entry,
         port: dst.port,
         hook,
@@ -202,7 +215,8 @@ fn emit(hook: u8, v: u8, outcome: &Outcome, caller: &Caller, generation: u32, ds
         kind: kind::DECISION,
         addr: dst.addr,
         comm: caller.comm,
-        _pad1: [0; 4],
+        proto: dst.proto,
+        _pad1: [0; 3],
     });
     entry.submit(0);
 }

@@ -2,7 +2,7 @@
 //! lookups that every connect on the host goes through.
 
 use aya_ebpf::programs::SockAddrContext;
-use imds_guard_common::{V4Key, V6Key, family};
+use imds_guard_common::{Decided, V4Key, V6Key, family};
 
 use crate::maps::{ACTIVE, PROTECTED_V4, PROTECTED_V6};
 
@@ -14,8 +14,10 @@ pub struct Dst {
     pub family: u8,
     /// Network byte order; IPv4 uses the first four bytes.
     pub addr: [u8; 16],
-    /// Host byte order.
+    /// Host byte order; 0 when there is none (a raw packet, ICMP).
     pub port: u16,
+    /// The IP protocol, for packets; 0 for the `sock_addr` hooks.
+    pub proto: u8,
 }
 
 /// `user_ip4`, as the kernel stores it (network byte order).
@@ -98,6 +100,7 @@ impl Dst {
             family: family::INET,
             addr: [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             port,
+            proto: 0,
         }
     }
 
@@ -117,6 +120,23 @@ impl Dst {
             family: family::INET6,
             addr,
             port,
+            proto: 0,
+        }
+    }
+
+    /// The destination as [`imds_guard_common::Decided`] keeps it: IPv6,
+    /// an IPv4 address in its mapped form.
+    #[inline(always)]
+    pub fn decided(&self) -> Decided {
+        let a = self.addr;
+        if self.family == family::INET {
+            Decided {
+                addr: [
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+                ],
+            }
+        } else {
+            Decided { addr: a }
         }
     }
 }

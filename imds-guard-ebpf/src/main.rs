@@ -1,15 +1,18 @@
 //! The eBPF side of imds-guard. This file only wires the modules up; one
 //! module per program type (`sock_addr.rs`: the four `cgroup/sock_addr`
-//! entry points), `caller.rs` reads who is calling, `dst.rs` the
-//! destination and whether it is protected, `decide.rs` what the policy
-//! says, `maps.rs` every map.
+//! entry points; `skb.rs`: `cgroup_skb/egress`), `caller.rs` reads who is
+//! calling (through `kernel.rs`, the only reader of kernel memory),
+//! `dst.rs` the destination and whether it is protected, `decide.rs` what
+//! the policy says, `maps.rs` every map.
 #![no_std]
 #![no_main]
 
 mod caller;
 mod decide;
 mod dst;
+mod kernel;
 mod maps;
+mod skb;
 mod sock_addr;
 
 // Only for the BPF target: a host build of this crate (clippy over the

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use imds_guard_common::{
-    COUNTERS_LEN, Config, EVENTS_BYTE_SIZE, GENERATIONS, IdKey, IdRule, MAX_ENDPOINTS,
-    MAX_ID_RULES, V4Key, V6Key,
+    COUNTERS_LEN, Config, Decided, EVENTS_BYTE_SIZE, GENERATIONS, IdKey, IdRule, MAX_DECIDED,
+    MAX_ENDPOINTS, MAX_ID_RULES, V4Key, V6Key,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate entries on insert. Memory then follows the
@@ -59,3 +59,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTE_SIZE, 0);
 /// Per-CPU counters, indexed by [`imds_guard_common::counter_index`].
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// Sockets whose traffic to a protected address was let through already,
+/// by socket cookie: by the `sock_addr` hooks (a connect, a datagram) or by
+/// `egress` (the owner's first packet). `egress` lets their packets to that
+/// same address go without judging them again. Least recently used first
+/// out: a socket forgotten is judged again by its owner.
+#[map]
+pub static DECIDED: LruHashMap<u64, Decided> = LruHashMap::with_max_entries(MAX_DECIDED, 0);

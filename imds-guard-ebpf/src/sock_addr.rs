@@ -11,13 +11,16 @@
 //! an AF_INET address given to an AF_INET6 socket, and MPTCP reports
 //! protocol 6).
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
+};
 use imds_guard_common::hook;
 
 use crate::{
     caller::Caller,
     decide::{Verdict, decide},
     dst::{Dst, active_generation, protected_v4, protected_v6, user_ip4, user_ip6, user_port},
+    maps::DECIDED,
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -49,7 +52,11 @@ fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
         return Verdict::Allow;
     }
     let dst = Dst::v4(ip4, user_port(ctx));
-    decide(ctx, hook, generation, &Caller::current(), &dst)
+    remembered(
+        ctx,
+        &dst,
+        decide(ctx, hook, generation, &Caller::current(), &dst),
+    )
 }
 
 /// An IPv6 destination (`user_ip6`), IPv4-mapped ones included.
@@ -61,5 +68,23 @@ fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
         return Verdict::Allow;
     }
     let dst = Dst::v6(&ip6, user_port(ctx));
-    decide(ctx, hook, generation, &Caller::current(), &dst)
+    remembered(
+        ctx,
+        &dst,
+        decide(ctx, hook, generation, &Caller::current(), &dst),
+    )
+}
+
+/// Remembers a socket let through to `dst`, so that `egress` does not judge
+/// its packets to `dst` again (by the socket's owner, who may differ from
+/// the process that connected: a setuid program, a passed descriptor).
+/// Should the map refuse, `egress` judges them by the owner instead.
+#[inline(always)]
+fn remembered(ctx: &SockAddrContext, dst: &Dst, verdict: Verdict) -> Verdict {
+    if verdict == Verdict::Allow {
+        // SAFETY: the helper takes the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        let _ = DECIDED.insert(cookie, dst.decided(), 0);
+    }
+    verdict
 }

@@ -23,6 +23,9 @@ pub fn explain_record(d: &DecisionRecord, policy: &Policy) -> String {
         RecordReason::InternalError => {
             "the guard could not read its configuration, and fails closed".to_owned()
         }
+        RecordReason::NoIdentity => "nobody can be held to account for it (a kernel thread, or a \
+             socket no process opened), and the guard fails closed"
+            .to_owned(),
     }
 }
 
@@ -118,7 +121,7 @@ impl EventLog {
         if !self.limiter.admit(key, now, || d.clone()) {
             return;
         }
-        let user = self.user_name(d.uid, resolver);
+        let user = d.ids().and_then(|(uid, _)| self.user_name(uid, resolver));
         let why = explain_record(d, policy);
         emit(d, user.as_deref(), &why);
     }
@@ -196,39 +199,52 @@ impl EventLog {
     }
 }
 
-fn emit(d: &DecisionRecord, user: Option<&str>, why: &str) {
-    let who = match user {
-        Some(u) => format!("uid {} ({u})", d.uid),
-        None => format!("uid {}", d.uid),
-    };
-    // `[v6]:port` for IPv6, as a socket address is written.
-    let to = SocketAddr::new(d.dst, d.port);
-    let what = if d.hook.spec().datagram {
-        "datagram"
-    } else {
-        "connection"
-    };
+/// `denied connection to 169.254.169.254:80 by pid 4242 (curl) uid 1000
+/// (alice) gid 1000`: what was decided, and who, in words.
+fn describe(d: &DecisionRecord, user: Option<&str>) -> String {
     let verdict = match d.outcome {
         Outcome::Deny => "denied",
         Outcome::Audit => "would deny (audit mode)",
         Outcome::Allow => "allowed",
     };
-    let message = format!(
-        "{verdict} {what} to {to} by pid {} ({}) {who} gid {}: {why}",
-        d.pid, d.comm, d.gid
-    );
+    let what = match d.proto_name() {
+        Some(proto) => format!("{} ({proto})", d.hook.spec().subject.as_str()),
+        None => d.hook.spec().subject.as_str().to_owned(),
+    };
+    // `[v6]:port` for IPv6, as a socket address is written.
+    let to = SocketAddr::new(d.dst, d.port);
+    let ids = match (d.ids(), user) {
+        (None, _) => "with no identity".to_owned(),
+        (Some((uid, gid)), Some(u)) => format!("uid {uid} ({u}) gid {gid}"),
+        (Some((uid, gid)), None) => format!("uid {uid} gid {gid}"),
+    };
+    if d.pid == 0 {
+        format!("{verdict} {what} to {to} from a socket {ids}")
+    } else {
+        format!(
+            "{verdict} {what} to {to} by pid {} ({}) {ids}",
+            d.pid, d.comm
+        )
+    }
+}
+
+fn emit(d: &DecisionRecord, user: Option<&str>, why: &str) {
+    let message = format!("{}: {why}", describe(d, user));
+    let (uid, gid) = d.ids().unzip();
+    let known_pid = (d.pid != 0).then_some(d.pid);
     macro_rules! record {
         ($level:ident) => {
             tracing::$level!(
                 event = d.outcome.as_str(),
-                uid = d.uid,
+                uid = uid,
                 user = user,
-                gid = d.gid,
-                pid = d.pid,
-                tid = d.tid,
-                comm = %d.comm,
+                gid = gid,
+                pid = known_pid,
+                tid = known_pid.map(|_| d.tid),
+                comm = known_pid.map(|_| d.comm.as_str()),
                 dst = %d.dst,
                 port = d.port,
+                proto = d.proto_name(),
                 hook = d.hook.as_str(),
                 cgroup_id = d.cgroup_id,
                 reason = why,

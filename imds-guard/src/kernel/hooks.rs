@@ -16,6 +16,34 @@ pub enum Hook {
     Connect6,
     Sendmsg4,
     Sendmsg6,
+    Egress,
+}
+
+/// The kind of program behind a hook, which says how it is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR`: judges a `connect()`/`sendmsg()`.
+    SockAddr,
+    /// `BPF_PROG_TYPE_CGROUP_SKB` on egress: judges a packet.
+    SkbEgress,
+}
+
+/// What a hook decides, for the words of a log message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    Connection,
+    Datagram,
+    Packet,
+}
+
+impl Subject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connection => "connection",
+            Self::Datagram => "datagram",
+            Self::Packet => "packet",
+        }
+    }
 }
 
 /// What the loader needs to know of one hook.
@@ -29,9 +57,8 @@ pub struct HookSpec {
     pub attach_type: u32,
     /// The number the programs use for it ([`imds_guard_common::hook`]).
     pub wire: u8,
-    /// Whether it decides single datagrams (`sendmsg`) rather than
-    /// connections, for the words of a log message.
-    pub datagram: bool,
+    pub kind: ProgramKind,
+    pub subject: Subject,
 }
 
 /// Every hook, in the order they are attached and reported.
@@ -41,28 +68,40 @@ pub const HOOKS: [HookSpec; hook::COUNT as usize] = [
         program: imds_guard_common::PROGRAM_CONNECT4,
         attach_type: attach_type::CGROUP_INET4_CONNECT,
         wire: hook::CONNECT4,
-        datagram: false,
+        kind: ProgramKind::SockAddr,
+        subject: Subject::Connection,
     },
     HookSpec {
         hook: Hook::Connect6,
         program: imds_guard_common::PROGRAM_CONNECT6,
         attach_type: attach_type::CGROUP_INET6_CONNECT,
         wire: hook::CONNECT6,
-        datagram: false,
+        kind: ProgramKind::SockAddr,
+        subject: Subject::Connection,
     },
     HookSpec {
         hook: Hook::Sendmsg4,
         program: imds_guard_common::PROGRAM_SENDMSG4,
         attach_type: attach_type::CGROUP_UDP4_SENDMSG,
         wire: hook::SENDMSG4,
-        datagram: true,
+        kind: ProgramKind::SockAddr,
+        subject: Subject::Datagram,
     },
     HookSpec {
         hook: Hook::Sendmsg6,
         program: imds_guard_common::PROGRAM_SENDMSG6,
         attach_type: attach_type::CGROUP_UDP6_SENDMSG,
         wire: hook::SENDMSG6,
-        datagram: true,
+        kind: ProgramKind::SockAddr,
+        subject: Subject::Datagram,
+    },
+    HookSpec {
+        hook: Hook::Egress,
+        program: imds_guard_common::PROGRAM_EGRESS,
+        attach_type: attach_type::CGROUP_INET_EGRESS,
+        wire: hook::EGRESS,
+        kind: ProgramKind::SkbEgress,
+        subject: Subject::Packet,
     },
 ];
 
@@ -114,6 +153,9 @@ mod tests {
     #[test]
     fn names_are_the_program_names() {
         let names: Vec<_> = HOOKS.iter().map(|s| s.hook.as_str()).collect();
-        assert_eq!(names, ["connect4", "connect6", "sendmsg4", "sendmsg6"]);
+        assert_eq!(
+            names,
+            ["connect4", "connect6", "sendmsg4", "sendmsg6", "egress"]
+        );
     }
 }

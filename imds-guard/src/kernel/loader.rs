@@ -14,17 +14,25 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
     maps::{Map, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, ProgramFd,
+        links::FdLink,
+    },
     util::KernelVersion,
 };
 use imds_guard_common::{self as common, counter};
 
 use super::{
+    btf::{Btf, BtfError},
     cgroup::{self, CgroupError},
-    hooks::{HOOKS, HookSpec},
+    hooks::{HOOKS, HookSpec, ProgramKind},
+    offsets::{self, OffsetError},
     pins::{PINNED_MAPS, PinError, Pins},
     sys,
 };
+
+/// The programs' global holding [`imds_guard_common::Offsets`].
+const OFFSETS_GLOBAL: &str = "OFFSETS";
 
 /// The object `build.rs` compiled from `imds-guard-ebpf`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
@@ -35,6 +43,10 @@ pub enum GuardError {
     NoObject,
     #[error("cannot load the eBPF object")]
     Load(#[source] aya::EbpfError),
+    #[error("the guard reads the kernel's structures through its BTF, and cannot read it")]
+    Btf(#[source] BtfError),
+    #[error(transparent)]
+    Offsets(Box<OffsetError>),
     #[error("the eBPF object has no program {0}")]
     MissingProgram(&'static str),
     #[error("the eBPF object has no map {0}")]
@@ -153,8 +165,12 @@ impl Guard {
         if OBJECT.is_empty() {
             return Err(GuardError::NoObject);
         }
+        let btf = Btf::from_sys_fs().map_err(GuardError::Btf)?;
+        let offsets = offsets::resolve(&btf, &offsets::kernel_release())
+            .map_err(|e| GuardError::Offsets(Box::new(e)))?;
         let ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &ebpf_log_level, false)
+            .override_global(OFFSETS_GLOBAL, &offsets, true)
             .load(OBJECT)
             .map_err(GuardError::Load)?;
         let grace = sys::GracePeriod::new().map_err(GuardError::GraceMap)?;
@@ -165,10 +181,11 @@ impl Guard {
         };
         for spec in &HOOKS {
             let name = spec.program;
-            guard
-                .program(spec)?
-                .load()
-                .map_err(|source| GuardError::LoadProgram { name, source })?;
+            match guard.program(spec)? {
+                Program::SockAddr(p) => p.load(),
+                Program::Skb(p) => p.load(),
+            }
+            .map_err(|source| GuardError::LoadProgram { name, source })?;
         }
         Ok(guard)
     }
@@ -258,13 +275,37 @@ impl Guard {
             cgroup: path.to_owned(),
             source,
         };
-        let program = self.program(spec)?;
-        let id = program.attach(file, attach_mode()).map_err(attach_err)?;
-        if let Some(pins) = pins {
-            let link = program.take_link(id).map_err(attach_err)?;
-            let link: FdLink = link
-                .try_into()
-                .map_err(|source| GuardError::NotALink { name, source })?;
+        let not_a_link = |source| GuardError::NotALink { name, source };
+        // Without pins, the link stays with the program (and goes with it).
+        let link: Option<FdLink> = match self.program(spec)? {
+            Program::SockAddr(p) => {
+                let id = p.attach(file, attach_mode()).map_err(attach_err)?;
+                match pins {
+                    Some(_) => Some(
+                        p.take_link(id)
+                            .map_err(attach_err)?
+                            .try_into()
+                            .map_err(not_a_link)?,
+                    ),
+                    None => None,
+                }
+            }
+            Program::Skb(p) => {
+                let id = p
+                    .attach(file, CgroupSkbAttachType::Egress, attach_mode())
+                    .map_err(attach_err)?;
+                match pins {
+                    Some(_) => Some(
+                        p.take_link(id)
+                            .map_err(attach_err)?
+                            .try_into()
+                            .map_err(not_a_link)?,
+                    ),
+                    None => None,
+                }
+            }
+        };
+        if let (Some(pins), Some(link)) = (pins, link) {
             pins.pin_link(name, link)?;
         }
         Ok(())
@@ -279,11 +320,16 @@ impl Guard {
         read_counters(map)
     }
 
-    fn program(&mut self, spec: &HookSpec) -> Result<&mut CgroupSockAddr, GuardError> {
-        self.ebpf
-            .program_mut(spec.program)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(GuardError::MissingProgram(spec.program))
+    /// The program behind `spec`, as the type its kind says.
+    fn program(&mut self, spec: &HookSpec) -> Result<Program<'_>, GuardError> {
+        let program = self.ebpf.program_mut(spec.program);
+        let typed = match spec.kind {
+            ProgramKind::SockAddr => program
+                .and_then(|p| p.try_into().ok())
+                .map(Program::SockAddr),
+            ProgramKind::SkbEgress => program.and_then(|p| p.try_into().ok()).map(Program::Skb),
+        };
+        typed.ok_or(GuardError::MissingProgram(spec.program))
     }
 
     pub(super) fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, GuardError>
@@ -295,6 +341,21 @@ impl Guard {
             .map_mut(name)
             .ok_or(GuardError::MissingMap(name))?;
         T::try_from(map).map_err(map_err(name))
+    }
+}
+
+/// A hook's program, as its type.
+enum Program<'a> {
+    SockAddr(&'a mut CgroupSockAddr),
+    Skb(&'a mut CgroupSkb),
+}
+
+impl Program<'_> {
+    fn fd(&self) -> Result<&ProgramFd, ProgramError> {
+        match self {
+            Self::SockAddr(p) => p.fd(),
+            Self::Skb(p) => p.fd(),
+        }
     }
 }
 

@@ -7,10 +7,12 @@
 //! Imports: `policy` only. Nothing here logs decisions, talks to systemd or
 //! prints for the operator: that is `daemon` and `cli`, which import this.
 
+pub mod btf;
 pub mod cgroup;
 pub mod hooks;
 pub mod inspect;
 pub mod loader;
+pub mod offsets;
 pub mod pins;
 mod policy_maps;
 pub mod records;

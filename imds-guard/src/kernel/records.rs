@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use imds_guard_common::{Event, family, reason, verdict};
+use imds_guard_common::{Event, family, kind, reason, verdict};
 
 use super::hooks::Hook;
 use crate::policy::{Outcome, Reason};
@@ -26,6 +26,9 @@ pub enum RecordReason {
     Policy(Reason),
     /// The programs could not read their configuration and failed closed.
     InternalError,
+    /// No identity could be established (a kernel thread, a socket no
+    /// process opened): denied.
+    NoIdentity,
 }
 
 impl RecordReason {
@@ -37,6 +40,7 @@ impl RecordReason {
             reason::GID_ALLOWED => Self::Policy(Reason::GidAllowed),
             reason::DEFAULT => Self::Policy(Reason::Default),
             reason::INTERNAL_ERROR => Self::InternalError,
+            reason::NO_IDENTITY => Self::NoIdentity,
             _ => return None,
         })
     }
@@ -53,6 +57,8 @@ pub enum RecordError {
     Outcome(u8),
     #[error("a decision record has reason {0}, which this agent does not know")]
     Reason(u8),
+    #[error("a record of kind {0}, which this agent does not know")]
+    Kind(u8),
 }
 
 /// One decision, decoded.
@@ -74,8 +80,10 @@ pub struct DecisionRecord {
     /// The number (1-based) of the policy entry that decided, as the
     /// programs carry it; 0 for none.
     pub entry: u32,
-    /// The policy generation that decided (see `loader.rs`).
+    /// The policy generation that decided (see `policy_maps.rs`).
     pub generation: u8,
+    /// The IP protocol of a packet (`egress`); 0 for the other hooks.
+    pub proto: u8,
 }
 
 impl DecisionRecord {
@@ -91,6 +99,9 @@ impl DecisionRecord {
     }
 
     pub fn from_event(ev: &Event) -> Result<Self, RecordError> {
+        if ev.kind != kind::DECISION {
+            return Err(RecordError::Kind(ev.kind));
+        }
         let dst = if ev.family == family::INET {
             IpAddr::V4(Ipv4Addr::new(
                 ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3],
@@ -117,12 +128,33 @@ impl DecisionRecord {
             reason: RecordReason::from_wire(ev.reason).ok_or(RecordError::Reason(ev.reason))?,
             entry: ev.entry,
             generation: ev.generation,
+            proto: ev.proto,
         })
     }
 
     /// The index into the policy's entries of the entry that decided.
     pub fn entry_index(&self) -> Option<usize> {
         entry_index(self.entry)
+    }
+
+    /// The uid and gid judged, unless nobody could be.
+    pub fn ids(&self) -> Option<(u32, u32)> {
+        (self.reason != RecordReason::NoIdentity).then_some((self.uid, self.gid))
+    }
+
+    /// The packet's protocol in words, for the records that have one.
+    pub fn proto_name(&self) -> Option<String> {
+        Some(match self.proto {
+            0 => return None,
+            1 => "icmp".to_owned(),
+            6 => "tcp".to_owned(),
+            17 => "udp".to_owned(),
+            58 => "ipv6-icmp".to_owned(),
+            132 => "sctp".to_owned(),
+            136 => "udplite".to_owned(),
+            255 => "raw".to_owned(),
+            other => format!("protocol {other}"),
+        })
     }
 }
 
@@ -162,7 +194,8 @@ mod tests {
             kind: 0,
             addr,
             comm,
-            _pad1: [0; 4],
+            proto: 0,
+            _pad1: [0; 3],
         }
     }
 

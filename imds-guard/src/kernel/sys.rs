@@ -25,8 +25,9 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
-/// `enum bpf_attach_type` values of the four hooks.
+/// `enum bpf_attach_type` values of the hooks.
 pub mod attach_type {
+    pub const CGROUP_INET_EGRESS: u32 = 1;
     pub const CGROUP_INET4_CONNECT: u32 = 10;
     pub const CGROUP_INET6_CONNECT: u32 = 11;
     pub const CGROUP_UDP4_SENDMSG: u32 = 14;

@@ -31,11 +31,12 @@ fn counters(by_hook: [[u64; counter::KINDS as usize]; hook::COUNT as usize]) -> 
 
 /// `[allowed, denied, audited, events_lost, errors]` per hook, each number
 /// distinct enough to show where it lands.
-const KNOWN: [[u64; 5]; 4] = [
+const KNOWN: [[u64; 5]; 5] = [
     [10, 2, 0, 1, 0],
     [3, 0, 0, 0, 0],
     [0, 5, 0, 0, 1],
     [0, 0, 7, 4, 0],
+    [0, 3, 0, 0, 0],
 ];
 
 const EXPECTED: &str = r#"# HELP imds_guard_build_info The running agent's version; always 1.
@@ -57,26 +58,31 @@ imds_guard_decisions_total{verdict="allowed",hook="connect4"} 10
 imds_guard_decisions_total{verdict="allowed",hook="connect6"} 3
 imds_guard_decisions_total{verdict="allowed",hook="sendmsg4"} 0
 imds_guard_decisions_total{verdict="allowed",hook="sendmsg6"} 0
+imds_guard_decisions_total{verdict="allowed",hook="egress"} 0
 imds_guard_decisions_total{verdict="denied",hook="connect4"} 2
 imds_guard_decisions_total{verdict="denied",hook="connect6"} 0
 imds_guard_decisions_total{verdict="denied",hook="sendmsg4"} 5
 imds_guard_decisions_total{verdict="denied",hook="sendmsg6"} 0
+imds_guard_decisions_total{verdict="denied",hook="egress"} 3
 imds_guard_decisions_total{verdict="audited",hook="connect4"} 0
 imds_guard_decisions_total{verdict="audited",hook="connect6"} 0
 imds_guard_decisions_total{verdict="audited",hook="sendmsg4"} 0
 imds_guard_decisions_total{verdict="audited",hook="sendmsg6"} 7
+imds_guard_decisions_total{verdict="audited",hook="egress"} 0
 # HELP imds_guard_events_lost_total Decision events dropped because the ring buffer was full, by hook; the decisions are still counted.
 # TYPE imds_guard_events_lost_total counter
 imds_guard_events_lost_total{hook="connect4"} 1
 imds_guard_events_lost_total{hook="connect6"} 0
 imds_guard_events_lost_total{hook="sendmsg4"} 0
 imds_guard_events_lost_total{hook="sendmsg6"} 4
+imds_guard_events_lost_total{hook="egress"} 0
 # HELP imds_guard_internal_errors_total Decisions the programs could not make by the policy, by hook; each was denied.
 # TYPE imds_guard_internal_errors_total counter
 imds_guard_internal_errors_total{hook="connect4"} 0
 imds_guard_internal_errors_total{hook="connect6"} 0
 imds_guard_internal_errors_total{hook="sendmsg4"} 1
 imds_guard_internal_errors_total{hook="sendmsg6"} 0
+imds_guard_internal_errors_total{hook="egress"} 0
 # HELP imds_guard_reloads_total Policy reloads by outcome: applied; invalid (did not validate, the policy in force is kept); failed (could not be written into the kernel).
 # TYPE imds_guard_reloads_total counter
 imds_guard_reloads_total{outcome="applied"} 2
@@ -346,7 +352,7 @@ fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
 #[tokio::test]
 async fn serves_metrics_and_answers_the_rest() {
     let metrics = Arc::new(Metrics::new());
-    let mut by_hook = [[0; 5]; 4];
+    let mut by_hook = [[0; 5]; 5];
     by_hook[hook::CONNECT4 as usize][counter::ALLOWED as usize] = 42;
     metrics.set_counters(&counters(by_hook));
     let listener = TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,43 @@
+//! Where the kernel keeps what the programs read of a caller: field offsets
+//! inside kernel structures, resolved by the agent from the running
+//! kernel's BTF and written into the programs' read-only data before they
+//! load. Rust cannot emit the BTF relocations (CO-RE) a C program would,
+//! so these take their place.
+
+use core::mem::size_of;
+
+/// `PF_KTHREAD` in `task_struct.flags` (include/linux/sched.h): a kernel
+/// thread, which acts for nobody in particular (a kworker opening an MPTCP
+/// subflow, say).
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Byte offsets of the fields the programs read, each from the start of
+/// the structure named in its name (`task_cred` is `task_struct.cred`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// [`Offsets::VALID`] once the agent wrote the rest: a program loaded
+    /// without them decides nothing by identity and denies.
+    pub valid: u32,
+    /// `task_struct.flags`.
+    pub task_flags: u32,
+    /// `task_struct.cred`: the subjective credentials, the ones
+    /// `bpf_get_current_uid_gid` reads.
+    pub task_cred: u32,
+    /// `cred.uid` (real uid).
+    pub cred_uid: u32,
+    /// `cred.gid` (real gid).
+    pub cred_gid: u32,
+    /// `sock.sk_socket`.
+    pub sock_socket: u32,
+    /// `socket.file`.
+    pub socket_file: u32,
+    /// `file.f_cred`: the credentials of whoever opened the socket.
+    pub file_cred: u32,
+}
+const _: () = assert!(size_of::<Offsets>() == 32);
+
+impl Offsets {
+    /// The value of [`Offsets::valid`] when the offsets are resolved.
+    pub const VALID: u32 = 0x1d5_0ff5;
+}

@@ -1,0 +1,68 @@
+//! Reading kernel memory at the offsets the agent resolved (see
+//! `imds_guard_common::Offsets`): every read goes through
+//! `bpf_probe_read_kernel`, which fails cleanly on a bad address, and a
+//! failed read means "unknown", never a guess.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use imds_guard_common::Offsets;
+
+/// Written by the agent before the programs load (`EbpfLoader::set_global`);
+/// all zero, hence not [`Offsets::VALID`], in a program loaded without them.
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    valid: 0,
+    task_flags: 0,
+    task_cred: 0,
+    cred_uid: 0,
+    cred_gid: 0,
+    sock_socket: 0,
+    socket_file: 0,
+    file_cred: 0,
+};
+
+/// The offsets, if the agent wrote them.
+#[inline(always)]
+pub fn offsets() -> Option<Offsets> {
+    // SAFETY: a plain read of our own global. Volatile, so that LLVM reads
+    // what the agent wrote into the object rather than folding the zeros
+    // above into the code.
+    let off = unsafe { core::ptr::read_volatile(&raw const OFFSETS) };
+    (off.valid == Offsets::VALID).then_some(off)
+}
+
+/// A kernel pointer or value of type `T` at `addr + offset`.
+#[inline(always)]
+pub fn read<T>(addr: u64, offset: u32) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copies into our stack and returns an
+    // error instead of faulting when the address is not readable.
+    unsafe { bpf_probe_read_kernel((addr + u64::from(offset)) as *const T).ok() }
+}
+
+/// A non-null kernel pointer at `addr + offset`.
+#[inline(always)]
+pub fn read_ptr(addr: u64, offset: u32) -> Option<u64> {
+    read::<u64>(addr, offset).filter(|&p| p != 0)
+}
+
+/// The running task (`struct task_struct *`).
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: a helper without preconditions.
+    unsafe { bpf_get_current_task() }
+}
+
+/// The address a pointer of the programs' context holds (a `struct sock *`
+/// behind `bpf_sock`), as a number that can be offset: the verifier forbids
+/// arithmetic on socket pointers, but lets a privileged program copy a
+/// pointer's value out of its own stack.
+#[inline(always)]
+pub fn address_of<T>(p: *const T) -> Option<u64> {
+    let slot = p;
+    // SAFETY: reads the 8 bytes of `slot`, on our own stack.
+    unsafe { bpf_probe_read_kernel(&raw const slot as *const u64) }
+        .ok()
+        .filter(|&a| a != 0)
+}

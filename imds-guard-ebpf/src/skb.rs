@@ -1,0 +1,164 @@
+//! `cgroup_skb/egress`: every IP packet a local socket sends, after NAT,
+//! raw headers, routing headers and options have had their say, whatever
+//! the socket (TCP, UDP, UDP-Lite, raw, ICMP, SCTP, a kernel socket) and
+//! whatever network namespace it lives in. A packet to a protected address
+//! is judged by the policy for the socket's owner, unless a `sock_addr`
+//! hook (or an earlier packet) already let that socket through to that
+//! same address.
+//!
+//! The kernel runs it only for full sockets of the guarded cgroup
+//! (`BPF_CGROUP_RUN_PROG_INET_EGRESS`); a packet without a local socket
+//! (forwarded, from a TUN device or an `AF_PACKET` socket) never comes
+//! here: the agent drops those in the forward path instead.
+//!
+//! For a packet to an address that is not protected this costs one load of
+//! the destination, one array lookup and one hash lookup.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_cgroup_id},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use imds_guard_common::hook;
+
+use crate::{
+    caller::Caller,
+    decide::{Verdict, decide},
+    dst::{Dst, active_generation, protected_v4, protected_v6},
+    kernel::address_of,
+    maps::DECIDED,
+};
+
+/// `ETH_P_IP` and `ETH_P_IPV6` as `__sk_buff.protocol` holds them (network
+/// byte order in a host-order word).
+const ETH_P_IP: u32 = (0x0800u16).to_be() as u32;
+const ETH_P_IPV6: u32 = (0x86ddu16).to_be() as u32;
+/// IP protocols whose header starts with the ports.
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_UDPLITE: u8 = 136;
+const IPPROTO_SCTP: u8 = 132;
+
+/// For egress, 1 lets the packet leave and 0 drops it (the sender sees
+/// EPERM where it sends synchronously).
+#[cgroup_skb(egress)]
+pub fn egress(ctx: SkBuffContext) -> i32 {
+    let verdict = match ctx.skb.protocol() {
+        ETH_P_IP => v4(&ctx),
+        ETH_P_IPV6 => v6(&ctx),
+        _ => Verdict::Allow,
+    };
+    verdict.into()
+}
+
+/// An IPv4 packet: `skb->data` points at its header here.
+#[inline(always)]
+fn v4(ctx: &SkBuffContext) -> Verdict {
+    let generation = active_generation();
+    // The destination is at byte 16 of the header, in network byte order,
+    // as `user_ip4` holds it.
+    let Ok(daddr) = ctx.load::<u32>(16) else {
+        return Verdict::Allow;
+    };
+    if !protected_v4(generation, daddr) {
+        return Verdict::Allow;
+    }
+    let (proto, port) = v4_ports(ctx);
+    let mut dst = Dst::v4(daddr, port);
+    dst.proto = proto;
+    judge(ctx, generation, &dst)
+}
+
+/// An IPv6 packet (its destination mapped back to IPv4 when it is
+/// `::ffff:a.b.c.d`, as the `sock_addr` hooks do).
+#[inline(always)]
+fn v6(ctx: &SkBuffContext) -> Verdict {
+    let generation = active_generation();
+    let mut daddr = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        // Bytes 24..40: the destination, one 32-bit word at a time in the
+        // order of `user_ip6`.
+        let Ok(word) = ctx.load::<u32>(24 + i * 4) else {
+            return Verdict::Allow;
+        };
+        daddr[i] = word;
+        i += 1;
+    }
+    if !protected_v6(generation, &daddr) {
+        return Verdict::Allow;
+    }
+    // The next header: ports only when it is the transport itself (an
+    // extension header in between leaves the port unknown).
+    let proto = ctx.load::<u8>(6).unwrap_or(0);
+    let port = if has_ports(proto) {
+        ctx.load::<u16>(40 + 2).map_or(0, u16::from_be)
+    } else {
+        0
+    };
+    let mut dst = Dst::v6(&daddr, port);
+    dst.proto = proto;
+    judge(ctx, generation, &dst)
+}
+
+/// The protocol and destination port of an IPv4 packet (0 where it has
+/// none, or is a fragment after the first).
+#[inline(always)]
+fn v4_ports(ctx: &SkBuffContext) -> (u8, u16) {
+    let proto = ctx.load::<u8>(9).unwrap_or(0);
+    let frag = ctx.load::<u16>(6).map_or(0, u16::from_be) & 0x1fff;
+    if !has_ports(proto) || frag != 0 {
+        return (proto, 0);
+    }
+    let ihl = usize::from(ctx.load::<u8>(0).unwrap_or(0) & 0x0f) * 4;
+    let port = ctx.load::<u16>(ihl + 2).map_or(0, u16::from_be);
+    (proto, port)
+}
+
+#[inline(always)]
+fn has_ports(proto: u8) -> bool {
+    matches!(
+        proto,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP
+    )
+}
+
+/// A packet to a protected destination: let through what was decided for
+/// this socket and address already, judge the rest by the socket's owner.
+#[inline(always)]
+fn judge(ctx: &SkBuffContext, generation: u32, dst: &Dst) -> Verdict {
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    let decided = dst.decided();
+    if DECIDED.get_ptr(cookie).is_some_and(|d| {
+        // SAFETY: a pointer from a map lookup, valid for this run.
+        unsafe { (*d).addr == decided.addr }
+    }) {
+        return Verdict::Allow;
+    }
+    // SAFETY: the program's own context; `sk` is this packet's socket (the
+    // verifier wants it checked for null before `bpf_sk_fullsock`).
+    let (sk, cgroup_id) = unsafe {
+        let sk = (*skb).__bindgen_anon_2.sk;
+        let full = if sk.is_null() {
+            sk
+        } else {
+            bpf_sk_fullsock(sk)
+        };
+        (
+            if full.is_null() {
+                None
+            } else {
+                address_of(full)
+            },
+            bpf_skb_cgroup_id(skb),
+        )
+    };
+    let caller = Caller::of_socket(sk, cgroup_id);
+    let verdict = decide(ctx, hook::EGRESS, generation, &caller, dst);
+    if verdict == Verdict::Allow {
+        let _ = DECIDED.insert(cookie, decided, 0);
+    }
+    verdict
+}

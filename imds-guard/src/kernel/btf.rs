@@ -1,0 +1,412 @@
+//! Reading the running kernel's type information (BTF,
+//! `/sys/kernel/btf/vmlinux`) to find where a field lives inside a kernel
+//! structure. The programs read the caller's credentials, namespaces and
+//! cgroup through `bpf_probe_read_kernel` at these offsets: Rust cannot
+//! emit the BTF relocations a C program would carry (CO-RE), so the agent
+//! resolves them at start and hands them to the programs (`offsets.rs`).
+//!
+//! Only what that needs is parsed: the header, the type section (every kind
+//! is walked, only structs and unions are kept with their members, and
+//! typedefs and qualifiers to see through them) and the string section.
+//! The format is `include/uapi/linux/btf.h`.
+//!
+//! A field is found through anonymous structs and unions (the kernel wraps
+//! many fields in them), and may have several names (a rename across kernel
+//! versions, such as `kernfs_node.parent` becoming `__parent` in 6.15): the
+//! first name that exists wins. A field that is not there is an error that
+//! names the structure and every name tried: the caller must refuse rather
+//! than guess.
+
+use std::{collections::HashMap, fmt, path::Path};
+
+/// Where the kernel publishes its own BTF.
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+
+/// `BTF_KIND_*`.
+mod kind {
+    pub const INT: u32 = 1;
+    pub const PTR: u32 = 2;
+    pub const ARRAY: u32 = 3;
+    pub const STRUCT: u32 = 4;
+    pub const UNION: u32 = 5;
+    pub const ENUM: u32 = 6;
+    pub const FWD: u32 = 7;
+    pub const TYPEDEF: u32 = 8;
+    pub const VOLATILE: u32 = 9;
+    pub const CONST: u32 = 10;
+    pub const RESTRICT: u32 = 11;
+    pub const FUNC: u32 = 12;
+    pub const FUNC_PROTO: u32 = 13;
+    pub const VAR: u32 = 14;
+    pub const DATASEC: u32 = 15;
+    pub const FLOAT: u32 = 16;
+    pub const DECL_TAG: u32 = 17;
+    pub const TYPE_TAG: u32 = 18;
+    pub const ENUM64: u32 = 19;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read the kernel's BTF at {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed BTF: {0}")]
+    Malformed(String),
+    #[error("the kernel's BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("struct {strukt} has no member named {}", names.join(" or "))]
+    NoMember { strukt: String, names: Vec<String> },
+    #[error("{strukt}.{member} is a bit field, which the programs cannot read")]
+    Bitfield { strukt: String, member: String },
+    #[error("{strukt}.{member} is not a struct or union, so {next} cannot be inside it")]
+    NotAStruct {
+        strukt: String,
+        member: String,
+        next: String,
+    },
+}
+
+/// One member of a struct or union.
+#[derive(Clone, Debug)]
+struct Member {
+    /// Empty for an anonymous struct or union.
+    name: String,
+    type_id: u32,
+    /// From the start of the enclosing type, in bits.
+    bit_offset: u32,
+    /// Non-zero for a bit field.
+    bitfield_size: u32,
+}
+
+/// The types the lookups need; everything else is `Other`.
+#[derive(Clone, Debug)]
+enum Type {
+    Composite {
+        name: String,
+        size: u32,
+        members: Vec<Member>,
+    },
+    /// A typedef, `const`, `volatile`, `restrict` or type tag: see through.
+    Alias(u32),
+    Other,
+}
+
+/// A parsed BTF blob.
+#[derive(Debug)]
+pub struct Btf {
+    /// Indexed by type id; id 0 is `void`.
+    types: Vec<Type>,
+    /// Struct (and union) ids by name; the first of a name wins.
+    by_name: HashMap<String, u32>,
+}
+
+/// Where a field is, from the start of the outermost structure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// Bytes.
+    pub offset: u32,
+    /// The field's type (aliases resolved).
+    pub type_id: u32,
+}
+
+impl Btf {
+    /// The running kernel's BTF.
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        Self::from_file(Path::new(VMLINUX))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    /// Parses a BTF blob in this machine's byte order (the kernel's own).
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        let mut r = Reader { data, at: 0 };
+        let magic = r.u16()?;
+        if magic != MAGIC {
+            return Err(malformed(format!("magic {magic:#x}, expected {MAGIC:#x}")));
+        }
+        let _version = r.u8()?;
+        let _flags = r.u8()?;
+        let hdr_len = r.u32()? as usize;
+        let type_off = r.u32()? as usize;
+        let type_len = r.u32()? as usize;
+        let str_off = r.u32()? as usize;
+        let str_len = r.u32()? as usize;
+        let section = |off: usize, len: usize, what: &str| {
+            hdr_len
+                .checked_add(off)
+                .and_then(|start| Some(start..start.checked_add(len)?))
+                .filter(|range| range.end <= data.len())
+                .map(|range| &data[range])
+                .ok_or_else(|| malformed(format!("the {what} section is out of bounds")))
+        };
+        let types = section(type_off, type_len, "type")?;
+        let strings = section(str_off, str_len, "string")?;
+        let mut btf = Self {
+            types: vec![Type::Other],
+            by_name: HashMap::new(),
+        };
+        let mut r = Reader { data: types, at: 0 };
+        while r.at < types.len() {
+            let ty = read_type(&mut r, strings)?;
+            if let Type::Composite { name, .. } = &ty {
+                if !name.is_empty() {
+                    btf.by_name
+                        .entry(name.clone())
+                        .or_insert(btf.types.len() as u32);
+                }
+            }
+            btf.types.push(ty);
+        }
+        Ok(btf)
+    }
+
+    /// The size in bytes of struct `name`.
+    pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
+        match self.composite(self.struct_id(name)?) {
+            Some((_, size, _)) => Ok(size),
+            None => Err(BtfError::NoStruct(name.to_owned())),
+        }
+    }
+
+    /// The field reached from struct `strukt` through `path`: each step is
+    /// a member of the previous step's (embedded, not pointed-to) struct,
+    /// given as the names it may have, first found wins.
+    pub fn field(&self, strukt: &str, path: &[&[&str]]) -> Result<Field, BtfError> {
+        let mut current = Field {
+            offset: 0,
+            type_id: self.struct_id(strukt)?,
+        };
+        let mut within = strukt.to_owned();
+        let mut previous = String::new();
+        for names in path {
+            let Some((type_name, _, members)) = self.composite(current.type_id) else {
+                return Err(BtfError::NotAStruct {
+                    strukt: within,
+                    member: previous,
+                    next: names.join(" or "),
+                });
+            };
+            let type_name = if type_name.is_empty() {
+                within.clone()
+            } else {
+                type_name.to_owned()
+            };
+            let (name, bits, type_id) = names
+                .iter()
+                .find_map(|n| self.find_member(members, n).map(|(bits, t)| (*n, bits, t)))
+                .ok_or_else(|| BtfError::NoMember {
+                    strukt: type_name.clone(),
+                    names: names.iter().map(|n| (*n).to_owned()).collect(),
+                })?;
+            let Some(bits) = bits else {
+                return Err(BtfError::Bitfield {
+                    strukt: type_name,
+                    member: name.to_owned(),
+                });
+            };
+            current = Field {
+                offset: current.offset + bits / 8,
+                type_id: self.resolve(type_id),
+            };
+            within = type_name;
+            previous = name.to_owned();
+        }
+        Ok(current)
+    }
+
+    /// The struct (or union) named `name`.
+    fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
+        self.by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+    }
+
+    /// Name, size and members of a struct or union, aliases resolved.
+    fn composite(&self, id: u32) -> Option<(&str, u32, &[Member])> {
+        match self.types.get(self.resolve(id) as usize)? {
+            Type::Composite {
+                name,
+                size,
+                members,
+            } => Some((name, *size, members)),
+            _ => None,
+        }
+    }
+
+    /// Follows typedefs and qualifiers (bounded: a loop in them is
+    /// malformed BTF, which then resolves to whatever it stopped at).
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.types.get(id as usize) {
+                Some(Type::Alias(next)) => id = *next,
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// The bit offset (`None` for a bit field) and type of member `name`,
+    /// looking inside anonymous structs and unions too.
+    fn find_member(&self, members: &[Member], name: &str) -> Option<(Option<u32>, u32)> {
+        self.find_member_depth(members, name, 0)
+    }
+
+    fn find_member_depth(
+        &self,
+        members: &[Member],
+        name: &str,
+        depth: u32,
+    ) -> Option<(Option<u32>, u32)> {
+        for m in members {
+            if m.name == name {
+                let bits = (m.bitfield_size == 0 && m.bit_offset % 8 == 0).then_some(m.bit_offset);
+                return Some((bits, m.type_id));
+            }
+        }
+        if depth >= 8 {
+            return None;
+        }
+        for m in members.iter().filter(|m| m.name.is_empty()) {
+            let Some((_, _, inner)) = self.composite(m.type_id) else {
+                continue;
+            };
+            if let Some((bits, type_id)) = self.find_member_depth(inner, name, depth + 1) {
+                return Some((bits.map(|b| b + m.bit_offset), type_id));
+            }
+        }
+        None
+    }
+}
+
+fn malformed(what: String) -> BtfError {
+    BtfError::Malformed(what)
+}
+
+/// Reads one type (and what follows it) at `r`.
+fn read_type(r: &mut Reader<'_>, strings: &[u8]) -> Result<Type, BtfError> {
+    let name_off = r.u32()?;
+    let info = r.u32()?;
+    let size_or_type = r.u32()?;
+    let vlen = (info & 0xffff) as usize;
+    let kind = (info >> 24) & 0x1f;
+    let kind_flag = info >> 31 == 1;
+    let ty = match kind {
+        kind::STRUCT | kind::UNION => {
+            let mut members = Vec::with_capacity(vlen);
+            for _ in 0..vlen {
+                let name = string(strings, r.u32()?)?;
+                let type_id = r.u32()?;
+                let offset = r.u32()?;
+                let (bit_offset, bitfield_size) = if kind_flag {
+                    (offset & 0x00ff_ffff, offset >> 24)
+                } else {
+                    (offset, 0)
+                };
+                members.push(Member {
+                    name,
+                    type_id,
+                    bit_offset,
+                    bitfield_size,
+                });
+            }
+            Type::Composite {
+                name: string(strings, name_off)?,
+                size: size_or_type,
+                members,
+            }
+        }
+        kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => {
+            Type::Alias(size_or_type)
+        }
+        kind::INT | kind::VAR | kind::DECL_TAG => {
+            r.skip(4)?;
+            Type::Other
+        }
+        kind::ARRAY => {
+            r.skip(12)?;
+            Type::Other
+        }
+        kind::ENUM | kind::FUNC_PROTO => {
+            r.skip(8 * vlen)?;
+            Type::Other
+        }
+        kind::DATASEC | kind::ENUM64 => {
+            r.skip(12 * vlen)?;
+            Type::Other
+        }
+        kind::PTR | kind::FWD | kind::FUNC | kind::FLOAT => Type::Other,
+        other => return Err(malformed(format!("unknown type kind {other}"))),
+    };
+    Ok(ty)
+}
+
+/// The NUL-terminated string at `off` of the string section.
+fn string(strings: &[u8], off: u32) -> Result<String, BtfError> {
+    let rest = strings
+        .get(off as usize..)
+        .ok_or_else(|| malformed(format!("string offset {off} is out of bounds")))?;
+    let len = rest
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| malformed(format!("the string at {off} is not terminated")))?;
+    Ok(String::from_utf8_lossy(&rest[..len]).into_owned())
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], BtfError> {
+        let bytes = self
+            .data
+            .get(self.at..self.at + N)
+            .ok_or_else(|| malformed(format!("truncated at byte {}", self.at)))?;
+        self.at += N;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, BtfError> {
+        Ok(self.take::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, BtfError> {
+        Ok(u16::from_ne_bytes(self.take()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, BtfError> {
+        Ok(u32::from_ne_bytes(self.take()?))
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), BtfError> {
+        if self.at + n > self.data.len() {
+            return Err(malformed(format!("truncated at byte {}", self.at)));
+        }
+        self.at += n;
+        Ok(())
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "+{}", self.offset)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
