@@ -147,7 +147,7 @@ impl Setup {
             Kind::ImdsGuard => {
                 let bpffs = TestBpffs::new();
                 let started = Instant::now();
-                let a = Agent::start_pinned(&policy.path, &cgroup, &bpffs.pin_dir(), &[]);
+                let a = Agent::start_pinned(&netns, &policy.path, &cgroup, &bpffs.pin_dir(), &[]);
                 a.wait_ready(READY_TIMEOUT);
                 let took = started.elapsed();
                 cpus::pin_process(a.pid());

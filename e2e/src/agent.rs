@@ -1,7 +1,10 @@
 //! Runs the `imds-guard` agent as a black box and collects its log.
 //!
-//! The agent runs in the host network namespace: it only loads and attaches
-//! programs to the test cgroup and sends no traffic. Its JSON log lines
+//! The agent always runs inside a network namespace the test made (through
+//! `nsenter --net=`, which only calls setns, then execs the agent: the pid
+//! is the agent's): whatever it does per network namespace (its forward
+//! table of nftables rules, NFLOG) happens there, never in the machine's
+//! own. Every way to start one takes that namespace. Its JSON log lines
 //! (stderr, and stdout for good measure) become `serde_json::Value` records
 //! that tests wait on and assert against.
 
@@ -20,7 +23,7 @@ use nix::{
 };
 use serde_json::Value;
 
-use crate::{TestBpffs, TestCgroup, bins::imds_guard_bin, util::lock};
+use crate::{Netns, TestBpffs, TestCgroup, bins::imds_guard_bin, util::lock};
 
 /// How long [`Agent::terminate`] waits after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
@@ -64,24 +67,26 @@ impl Agent {
     /// Starts `imds-guard run --config CONFIG --cgroup CGROUP --log-format
     /// json --pin-dir DIR EXTRA_ARGS...` ([`imds_guard_bin`] finds the
     /// binary), pinning in a private bpffs of its own.
-    pub fn start(config: &Path, cgroup: &TestCgroup, extra_args: &[&str]) -> Self {
-        Self::start_bin(&imds_guard_bin(), config, cgroup, extra_args)
+    pub fn start(netns: &Netns, config: &Path, cgroup: &TestCgroup, extra_args: &[&str]) -> Self {
+        Self::start_bin(netns, &imds_guard_bin(), config, cgroup, extra_args)
     }
 
     /// [`Agent::start`] pinning in `pin_dir` (inside a [`TestBpffs`] the test
     /// holds), for tests that stop and start agents on the same pins.
     pub fn start_pinned(
+        netns: &Netns,
         config: &Path,
         cgroup: &TestCgroup,
         pin_dir: &Path,
         extra_args: &[&str],
     ) -> Self {
-        Self::start_pinned_env(config, cgroup, pin_dir, extra_args, &[])
+        Self::start_pinned_env(netns, config, cgroup, pin_dir, extra_args, &[])
     }
 
     /// [`Agent::start_pinned`] with extra environment variables (for
     /// example a `NOTIFY_SOCKET` the test listens on).
     pub fn start_pinned_env(
+        netns: &Netns,
         config: &Path,
         cgroup: &TestCgroup,
         pin_dir: &Path,
@@ -95,16 +100,23 @@ impl Agent {
                 .unwrap_or_else(|| panic!("non UTF-8 pin dir")),
         ];
         args.extend_from_slice(extra_args);
-        Self::spawn_agent(&imds_guard_bin(), config, cgroup, &args, env)
+        Self::spawn_agent(netns, &imds_guard_bin(), config, cgroup, &args, env)
     }
 
     /// [`Agent::start`] with an explicit binary (a stand-in, or a build the
     /// harness would not find).
-    pub fn start_bin(bin: &Path, config: &Path, cgroup: &TestCgroup, extra_args: &[&str]) -> Self {
-        Self::spawn_agent(bin, config, cgroup, extra_args, &[])
+    pub fn start_bin(
+        netns: &Netns,
+        bin: &Path,
+        config: &Path,
+        cgroup: &TestCgroup,
+        extra_args: &[&str],
+    ) -> Self {
+        Self::spawn_agent(netns, bin, config, cgroup, extra_args, &[])
     }
 
     fn spawn_agent(
+        netns: &Netns,
         bin: &Path,
         config: &Path,
         cgroup: &TestCgroup,
@@ -114,8 +126,11 @@ impl Agent {
         // Never let an agent under test pin in the host's /sys/fs/bpf.
         let own_pins = (!extra_args.contains(&"--pin-dir")).then(TestBpffs::new);
         let own_pin_dir = own_pins.as_ref().map(TestBpffs::pin_dir);
-        let mut cmd = Command::new(bin);
-        cmd.arg("run")
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", netns.path().display()))
+            .arg("--")
+            .arg(bin)
+            .arg("run")
             .arg("--config")
             .arg(config)
             .arg("--cgroup")

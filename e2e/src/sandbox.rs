@@ -98,6 +98,7 @@ impl Sandbox {
     /// variables.
     pub fn spawn_agent(&self, extra_args: &[&str], env: &[(&str, &str)]) -> Agent {
         Agent::start_pinned_env(
+            &self.netns,
             &self.policy_path(),
             &self.cgroup,
             &self.pin_dir(),
@@ -116,9 +117,14 @@ impl Sandbox {
         self.probe().uid(uid).gid(gid)
     }
 
-    /// Runs `imds-guard ARGS --pin-dir PINS` and returns its output.
+    /// Runs `imds-guard ARGS --pin-dir PINS` in the sandbox's network
+    /// namespace (where `detach` removes the agent's forward table) and
+    /// returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(imds_guard_bin())
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.path().display()))
+            .arg("--")
+            .arg(imds_guard_bin())
             .args(args)
             .arg("--pin-dir")
             .arg(self.pin_dir())

@@ -275,6 +275,7 @@ fn agent_runner_collects_records_and_terminates() {
         return;
     }
     let dir = TempDir::new();
+    let netns = Netns::new();
     let cgroup = TestCgroup::new();
     let policy = write_policy(dir.path(), "# stand-in policy\n");
     assert_eq!(
@@ -293,7 +294,7 @@ printf '{"level":"INFO","fields":{"message":"attached","ready":true,"argv":"%s"}
 while :; do sleep 0.05; done
 "#,
     );
-    let agent = Agent::start_bin(&bin, &policy, &cgroup, &["--extra"]);
+    let agent = Agent::start_bin(&netns, &bin, &policy, &cgroup, &["--extra"]);
     let ready = agent.wait_ready(Duration::from_secs(10));
     let argv = field(&ready, "argv").and_then(Value::as_str).unwrap_or("");
     let expected = format!(
@@ -337,13 +338,14 @@ fn agent_runner_reports_an_agent_that_exits_before_ready() {
         return;
     }
     let dir = TempDir::new();
+    let netns = Netns::new();
     let cgroup = TestCgroup::new();
     let policy = write_policy(dir.path(), "");
     let bin = stand_in(
         &dir,
         "#!/bin/sh\necho 'policy.toml:3:1: unknown key' >&2\nexit 2\n",
     );
-    let agent = Agent::start_bin(&bin, &policy, &cgroup, &[]);
+    let agent = Agent::start_bin(&netns, &bin, &policy, &cgroup, &[]);
     let started = Instant::now();
     let panic = catch_unwind(AssertUnwindSafe(|| {
         agent.wait_ready(Duration::from_secs(30))

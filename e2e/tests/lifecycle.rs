@@ -404,24 +404,29 @@ fn status_reads_what_is_in_force_from_the_kernel() {
     drop(agent);
 }
 
-/// A free loopback port (bound and released; the agent binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// A free loopback port of the sandbox's namespace (bound and released;
+/// the agent, which runs there, binds it next).
+fn free_port(w: &Sandbox) -> u16 {
+    w.netns.in_netns(|| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port")
+    })
 }
 
-/// GET /metrics from the agent, on loopback in the host namespace (the
-/// metrics endpoint is no metadata address).
-fn scrape(port: u16) -> String {
+/// GET /metrics from the agent, on the loopback of the sandbox's namespace
+/// (the metrics endpoint is no metadata address).
+fn scrape(w: &Sandbox, port: u16) -> String {
     use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
+    w.netns.in_netns(|| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    })
 }
 
 #[test]
@@ -431,8 +436,9 @@ fn metrics_count_decisions_and_reloads() {
     }
     let w = Sandbox::new();
     w.policy(P1);
-    let port = free_port();
+    let port = free_port(&w);
     let agent = Agent::start_pinned(
+        &w.netns,
         &w.dir.path().join("policy.toml"),
         &w.cgroup,
         &w.pin_dir(),
@@ -451,7 +457,7 @@ fn metrics_count_decisions_and_reloads() {
     // Counters reach the metrics on the agent's one-second tick.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let body = loop {
-        let body = scrape(port);
+        let body = scrape(&w, port);
         if body.contains("imds_guard_decisions_total{verdict=\"denied\",hook=\"connect6\"} 1")
             || std::time::Instant::now() > deadline
         {
@@ -496,6 +502,7 @@ fn systemd_is_told_when_the_guard_is_ready_reloading_and_stopping() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     let agent = Agent::start_pinned_env(
+        &w.netns,
         &w.dir.path().join("policy.toml"),
         &w.cgroup,
         &w.pin_dir(),
@@ -540,6 +547,7 @@ fn a_second_agent_refuses_to_take_over_from_a_live_one() {
     w.policy(P1);
     let first = w.start_agent(&[]);
     let second = Agent::start_pinned(
+        &w.netns,
         &w.dir.path().join("policy.toml"),
         &w.cgroup,
         &w.pin_dir(),

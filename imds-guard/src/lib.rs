@@ -11,7 +11,7 @@
 //!   systemd. Imports `kernel` and `policy`.
 //! - [`cli`]: the commands. Imports everything.
 //!
-//! [`chain`] is a leaf every layer may use.
+//! [`chain`] and [`text`] are leaves every layer may use.
 
 pub mod chain;
 pub mod cli;
@@ -19,3 +19,4 @@ pub mod daemon;
 pub mod kernel;
 pub mod policy;
 pub mod render;
+pub mod text;

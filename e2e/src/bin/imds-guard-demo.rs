@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         policy.display(),
         cgroup.path().display()
     ));
-    let agent = Agent::start(&policy, &cgroup, &[]);
+    let agent = Agent::start(&netns, &policy, &cgroup, &[]);
     let ready = agent.wait_ready(Duration::from_secs(30));
     say(&format!("agent: {}", text(&ready, "message")));
 

@@ -7,6 +7,7 @@ use nix::{
 
 use super::{CliError, DetachArgs, Outcome};
 use crate::kernel::{
+    forward,
     inspect::{Status, is_agent},
     pins::Pins,
 };
@@ -18,6 +19,7 @@ pub fn execute(args: &DetachArgs) -> Result<Outcome, CliError> {
             "nothing is pinned at {}: no guard to detach",
             pins.dir().display()
         );
+        remove_forward()?;
         return Ok(Outcome::Success);
     }
     // Read who runs it before its pins go: the pid the live agent wrote,
@@ -33,10 +35,23 @@ pub fn execute(args: &DetachArgs) -> Result<Outcome, CliError> {
         "detached {n} link(s) and removed {}: connections to the metadata service are no longer decided",
         pins.dir().display()
     );
+    remove_forward()?;
     if let Some(pid) = agent {
         // It would otherwise keep running with nothing to guard.
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         println!("stopped the agent (pid {pid})");
     }
     Ok(Outcome::Success)
+}
+
+/// Deletes the forward table of this network namespace, if there is one.
+fn remove_forward() -> Result<(), CliError> {
+    if forward::remove().map_err(CliError::runtime)? {
+        println!(
+            "removed the forward table (table inet {}): forwarded packets to the metadata \
+             service are no longer dropped",
+            forward::TABLE
+        );
+    }
+    Ok(())
 }

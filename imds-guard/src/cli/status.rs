@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::{CliError, Outcome, StatusArgs};
 use crate::{
-    kernel::{hooks::HOOKS, inspect::Status, pins::Pins},
+    kernel::{forward, hooks::HOOKS, inspect::Status, pins::Pins},
     policy::{Mode, hex},
 };
 
@@ -63,6 +63,11 @@ pub fn to_json(status: &Status) -> Value {
         })).collect::<Vec<_>>(),
         "policy": config,
         "counters": counters,
+        "forward": match &status.forward {
+            Ok(Some(c)) => json!({"guarded": true, "dropped": c.dropped, "audited": c.audited}),
+            Ok(None) => json!({"guarded": false}),
+            Err(e) => json!({"guarded": null, "error": e}),
+        },
         "agent_alive": status.agent_alive,
     })
 }
@@ -79,6 +84,8 @@ pub fn to_text(status: &Status) -> String {
         format!("{doing} (mode {mode})")
     } else if status.links.is_empty() {
         "not attached".to_owned()
+    } else if status.live_links() == HOOKS.len() && status.mode().is_some() {
+        format!("NOT enforcing (the forward path is open, mode {mode})")
     } else {
         format!(
             "NOT enforcing ({} of {} hooks attached, mode {mode})",
@@ -135,6 +142,18 @@ pub fn to_text(status: &Status) -> String {
             c.allowed, c.denied, c.audited, c.events_lost, c.errors
         );
     }
+    let forward = match &status.forward {
+        Ok(Some(c)) => format!(
+            "forwarded packets to protected addresses dropped (table inet {}): dropped {} \
+             audited {}",
+            forward::TABLE,
+            c.dropped,
+            c.audited
+        ),
+        Ok(None) => "NOT guarded: no forward table in this network namespace".to_owned(),
+        Err(e) => format!("unknown: {e}"),
+    };
+    let _ = writeln!(s, "  forward:  {forward}");
     s
 }
 

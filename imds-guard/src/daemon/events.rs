@@ -1,19 +1,33 @@
-//! Turning the programs' decision records into log records that explain
+//! Turning what the kernel reports into log records that explain
 //! themselves: who, what destination, which verdict, and the policy entry
-//! (with its position in the file) or the default that decided. Repeated
-//! records are rate-limited; what the kernel could not deliver is reported.
+//! (with its position in the file) or the default that decided. Decisions
+//! come from the programs' ring buffer; forwarded packets the forward
+//! table dropped come from NFLOG (`nflog.rs`).
+//!
+//! Repeated records are rate-limited per caller (uid, or source address
+//! for forwarded packets) and destination, so that one caller cannot hide
+//! another: not by changing ports or pids (neither is in the key), and not
+//! by filling the table of keys (what does not fit is still counted per
+//! caller in the overflow summary). What the kernel could not deliver is
+//! reported.
 
 use std::{
     collections::HashMap,
+    fmt,
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use super::{ratelimit::RateLimiter, reload::Policies};
+use super::{
+    nflog::Logged,
+    ratelimit::{Admit, RateLimiter, Suppressed},
+    reload::Policies,
+};
 use crate::{
     chain::Chain,
-    kernel::records::{DecisionRecord, RecordReason},
-    policy::{Outcome, Policy, Resolver, explain},
+    kernel::records::{DecisionRecord, RecordReason, proto_name},
+    policy::{Mode, Outcome, Policy, Resolver, explain},
+    text::printable,
 };
 
 /// Why `d` came out as it did, in words, citing the policy.
@@ -29,20 +43,65 @@ pub fn explain_record(d: &DecisionRecord, policy: &Policy) -> String {
     }
 }
 
-/// What counts as "the same record" for rate limiting.
+/// Why a forwarded packet was dropped.
+const FORWARD_REASON: &str = "forwarded packets to protected addresses are dropped: they have no \
+     local socket whose owner the policy could judge (a container's or a VM's own network \
+     namespace, a TUN device, an AF_PACKET frame); [forward] lets named sources through";
+
+/// Whom a record is about, for rate limiting and overflow accounting.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Who {
+    Uid(u32),
+    /// No identity could be established.
+    Nobody,
+    /// A forwarded packet's source address.
+    Source(IpAddr),
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Uid(uid) => write!(f, "uid {uid}"),
+            Self::Nobody => f.write_str("no identity"),
+            Self::Source(ip) => write!(f, "forwarded from {ip}"),
+        }
+    }
+}
+
+/// What counts as "the same record" for rate limiting: neither the port
+/// nor the pid, which a caller can vary at will.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct Key {
     outcome: Outcome,
-    uid: u32,
-    pid: u32,
+    who: Who,
     dst: IpAddr,
-    port: u16,
+}
+
+/// What a summary of suppressed records shows.
+#[derive(Clone, Debug)]
+struct Sample {
+    outcome: Outcome,
+    who: Who,
+    dst: SocketAddr,
+    /// The last process (pid and comm) or interface seen.
+    detail: String,
+}
+
+/// A forwarded packet the forward table dropped (or would have).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardRecord {
+    pub outcome: Outcome,
+    pub packet: Logged,
 }
 
 /// Writes decisions to the log, rate-limited, and reports what was
 /// suppressed and what the kernel could not deliver.
 pub struct EventLog {
-    limiter: RateLimiter<Key, DecisionRecord>,
+    limiter: RateLimiter<Key, Sample>,
+    /// Records beyond the tracked keys, by caller (bounded; the rest in
+    /// `overflow_others`).
+    overflow: HashMap<Who, u64>,
+    overflow_others: u64,
     names: HashMap<u32, Option<String>>,
     /// Events the kernel counted as lost that have been reported already.
     lost_reported: u64,
@@ -56,6 +115,8 @@ const BURST: u32 = 5;
 const WINDOW: Duration = Duration::from_secs(10);
 /// Distinct keys tracked at once; bounds the agent's memory under a storm.
 const MAX_KEYS: usize = 4096;
+/// Callers named in an overflow summary; the others are counted together.
+const MAX_OVERFLOW_CALLERS: usize = 64;
 /// uid → name cache size; cleared when full.
 const MAX_NAMES: usize = 4096;
 
@@ -63,6 +124,8 @@ impl Default for EventLog {
     fn default() -> Self {
         Self {
             limiter: RateLimiter::new(WINDOW, BURST, MAX_KEYS),
+            overflow: HashMap::new(),
+            overflow_others: 0,
             names: HashMap::new(),
             lost_reported: 0,
             received: 0,
@@ -111,14 +174,14 @@ impl EventLog {
         now: Instant,
     ) {
         self.received += 1;
-        let key = Key {
+        let who = d.ids().map_or(Who::Nobody, |(uid, _)| Who::Uid(uid));
+        let sample = || Sample {
             outcome: d.outcome,
-            uid: d.uid,
-            pid: d.pid,
-            dst: d.dst,
-            port: d.port,
+            who,
+            dst: SocketAddr::new(d.dst, d.port),
+            detail: format!("pid {}, {}", d.pid, d.comm),
         };
-        if !self.limiter.admit(key, now, || d.clone()) {
+        if !self.admit(d.outcome, who, d.dst, now, sample) {
             return;
         }
         let user = d.ids().and_then(|(uid, _)| self.user_name(uid, resolver));
@@ -126,47 +189,64 @@ impl EventLog {
         emit(d, user.as_deref(), &why);
     }
 
+    /// Logs one forwarded packet the forward table dropped, under a policy
+    /// in `mode`, unless rate limiting holds it back.
+    pub fn record_forward(&mut self, packet: &Logged, mode: Mode, now: Instant) {
+        let outcome = match mode {
+            Mode::Enforce => Outcome::Deny,
+            Mode::Audit => Outcome::Audit,
+        };
+        let who = Who::Source(packet.src);
+        let sample = || Sample {
+            outcome,
+            who,
+            dst: SocketAddr::new(packet.dst, packet.port),
+            detail: format!("interface {}", packet.interface),
+        };
+        if self.admit(outcome, who, packet.dst, now, sample) {
+            emit_forward(&ForwardRecord {
+                outcome,
+                packet: packet.clone(),
+            });
+        }
+    }
+
+    /// Whether a record may be logged now; counts it otherwise.
+    fn admit(
+        &mut self,
+        outcome: Outcome,
+        who: Who,
+        dst: IpAddr,
+        now: Instant,
+        sample: impl FnOnce() -> Sample,
+    ) -> bool {
+        let key = Key { outcome, who, dst };
+        match self.limiter.admit(key, now, sample) {
+            Admit::Log => true,
+            Admit::Suppressed => false,
+            Admit::Overflow => {
+                let len = self.overflow.len();
+                match self.overflow.get_mut(&who) {
+                    Some(n) => *n += 1,
+                    None if len < MAX_OVERFLOW_CALLERS => {
+                        self.overflow.insert(who, 1);
+                    }
+                    None => self.overflow_others += 1,
+                }
+                false
+            }
+        }
+    }
+
     /// Closes rate-limit windows and reports newly lost events. Call about
     /// once a second with the kernel's lost-events counter.
     pub fn tick(&mut self, now: Instant, events_lost: Option<u64>) {
         let (summaries, overflow) = self.limiter.expire(now);
         for s in summaries {
-            let d = &s.sample;
-            macro_rules! summary {
-                ($level:ident) => {
-                    tracing::$level!(
-                        event = "suppressed",
-                        suppressed = s.count,
-                        uid = d.uid,
-                        pid = d.pid,
-                        comm = %d.comm,
-                        dst = %d.dst,
-                        port = d.port,
-                        "suppressed {} more {} records like the last one (uid {}, pid {}, {}) in {}s",
-                        s.count,
-                        d.outcome,
-                        d.uid,
-                        d.pid,
-                        SocketAddr::new(d.dst, d.port),
-                        WINDOW.as_secs()
-                    )
-                };
-            }
-            // At the level of what was suppressed: allowed decisions are
-            // debug records, so is the count of those held back.
-            if d.outcome == Outcome::Allow {
-                summary!(debug);
-            } else {
-                summary!(warn);
-            }
+            summarize(&s);
         }
         if overflow > 0 {
-            tracing::warn!(
-                event = "suppressed",
-                suppressed = overflow,
-                "suppressed {overflow} decision records: more than {MAX_KEYS} distinct callers in {}s",
-                WINDOW.as_secs()
-            );
+            self.report_overflow(overflow);
         }
         if let Some(lost) = events_lost
             && lost > self.lost_reported
@@ -183,6 +263,32 @@ impl EventLog {
         }
     }
 
+    /// Says how many records did not fit the tracked keys, and whose.
+    fn report_overflow(&mut self, overflow: u64) {
+        let mut callers: Vec<(Who, u64)> = self.overflow.drain().collect();
+        callers.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
+        });
+        let mut by = callers
+            .iter()
+            .map(|(who, n)| format!("{who}: {n}"))
+            .collect::<Vec<_>>();
+        let others = std::mem::take(&mut self.overflow_others);
+        if others > 0 {
+            by.push(format!("others: {others}"));
+        }
+        tracing::warn!(
+            event = "suppressed",
+            suppressed = overflow,
+            callers = %by.join(", "),
+            "suppressed {overflow} decision records: more than {MAX_KEYS} distinct callers and \
+             destinations in {}s ({})",
+            WINDOW.as_secs(),
+            by.join(", ")
+        );
+    }
+
     /// Events read from the ring buffer so far.
     pub fn received(&self) -> u64 {
         self.received
@@ -194,19 +300,43 @@ impl EventLog {
         }
         self.names
             .entry(uid)
-            .or_insert_with(|| resolver.user_name(uid))
+            .or_insert_with(|| resolver.user_name(uid).map(|n| printable(&n)))
             .clone()
+    }
+}
+
+/// One summary of what a key's window suppressed, at the level of what was
+/// suppressed (allowed decisions are debug records, so is their count).
+fn summarize(s: &Suppressed<Sample>) {
+    let d = &s.sample;
+    macro_rules! summary {
+        ($level:ident) => {
+            tracing::$level!(
+                event = "suppressed",
+                suppressed = s.count,
+                who = %d.who,
+                dst = %d.dst.ip(),
+                port = d.dst.port(),
+                "suppressed {} more {} records like the last one ({}, {}, to {}) in {}s",
+                s.count,
+                d.outcome,
+                d.who,
+                d.detail,
+                d.dst,
+                WINDOW.as_secs()
+            )
+        };
+    }
+    if d.outcome == Outcome::Allow {
+        summary!(debug);
+    } else {
+        summary!(warn);
     }
 }
 
 /// `denied connection to 169.254.169.254:80 by pid 4242 (curl) uid 1000
 /// (alice) gid 1000`: what was decided, and who, in words.
 fn describe(d: &DecisionRecord, user: Option<&str>) -> String {
-    let verdict = match d.outcome {
-        Outcome::Deny => "denied",
-        Outcome::Audit => "would deny (audit mode)",
-        Outcome::Allow => "allowed",
-    };
     let what = match d.proto_name() {
         Some(proto) => format!("{} ({proto})", d.hook.spec().subject.as_str()),
         None => d.hook.spec().subject.as_str().to_owned(),
@@ -218,6 +348,7 @@ fn describe(d: &DecisionRecord, user: Option<&str>) -> String {
         (Some((uid, gid)), Some(u)) => format!("uid {uid} ({u}) gid {gid}"),
         (Some((uid, gid)), None) => format!("uid {uid} gid {gid}"),
     };
+    let verdict = verdict_words(d.outcome);
     if d.pid == 0 {
         format!("{verdict} {what} to {to} from a socket {ids}")
     } else {
@@ -225,6 +356,14 @@ fn describe(d: &DecisionRecord, user: Option<&str>) -> String {
             "{verdict} {what} to {to} by pid {} ({}) {ids}",
             d.pid, d.comm
         )
+    }
+}
+
+fn verdict_words(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Deny => "denied",
+        Outcome::Audit => "would deny (audit mode)",
+        Outcome::Allow => "allowed",
     }
 }
 
@@ -255,5 +394,145 @@ fn emit(d: &DecisionRecord, user: Option<&str>, why: &str) {
     match d.outcome {
         Outcome::Deny | Outcome::Audit => record!(warn),
         Outcome::Allow => record!(debug),
+    }
+}
+
+fn emit_forward(r: &ForwardRecord) {
+    let p = &r.packet;
+    let proto = proto_name(p.proto);
+    let what = proto.as_ref().map_or_else(
+        || "forwarded packet".to_owned(),
+        |proto| format!("forwarded packet ({proto})"),
+    );
+    let message = format!(
+        "{} {what} from {} on {} to {}: {FORWARD_REASON}",
+        verdict_words(r.outcome),
+        p.src,
+        p.interface,
+        SocketAddr::new(p.dst, p.port)
+    );
+    tracing::warn!(
+        event = r.outcome.as_str(),
+        src = %p.src,
+        interface = %p.interface,
+        dst = %p.dst,
+        port = p.port,
+        proto = proto,
+        hook = "forward",
+        reason = FORWARD_REASON,
+        "{message}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use imds_guard_common::{COMM_LEN, Event, family, hook, kind, reason, verdict};
+
+    use super::*;
+    use crate::policy::{FakeResolver, PolicySpec};
+
+    fn policy() -> Policy {
+        PolicySpec::parse(Path::new("p.toml"), "[allow]\nuids = [0]\n")
+            .expect("valid")
+            .resolve(&FakeResolver::new(&[], &[]))
+            .expect("resolves")
+    }
+
+    fn denial(uid: u32, tgid: u32, port: u16) -> DecisionRecord {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[169, 254, 169, 254]);
+        DecisionRecord::from_event(&Event {
+            ts_ns: 1,
+            cgroup_id: 1,
+            tid: tgid,
+            tgid,
+            uid,
+            gid: uid,
+            entry: 0,
+            port,
+            hook: hook::CONNECT4,
+            verdict: verdict::DENIED,
+            reason: reason::DEFAULT,
+            family: family::INET,
+            generation: 0,
+            kind: kind::DECISION,
+            addr,
+            comm,
+            proto: 0,
+            _pad1: [0; 3],
+        })
+        .expect("valid")
+    }
+
+    #[test]
+    fn one_caller_changing_ports_and_pids_stays_one_key() {
+        let (mut log, p, r, t0) = (
+            EventLog::default(),
+            policy(),
+            FakeResolver::new(&[], &[]),
+            Instant::now(),
+        );
+        for i in 0..(MAX_KEYS as u32 * 2) {
+            log.record(&denial(1000, 2000 + i, (i % 60000) as u16), &p, &r, t0);
+        }
+        assert_eq!(
+            log.limiter.tracked(),
+            1,
+            "ports and pids are not in the key"
+        );
+        // Another caller is still logged, not swallowed by an overflow.
+        let key = Key {
+            outcome: Outcome::Deny,
+            who: Who::Uid(1001),
+            dst: "169.254.169.254".parse().expect("ip"),
+        };
+        assert!(!log.limiter_has(&key));
+        log.record(&denial(1001, 9, 80), &p, &r, t0);
+        assert!(log.limiter_has(&key));
+        assert_eq!(log.received(), MAX_KEYS as u64 * 2 + 1);
+    }
+
+    #[test]
+    fn overflow_is_counted_per_caller() {
+        let (mut log, t0) = (EventLog::default(), Instant::now());
+        let dst: IpAddr = "169.254.169.254".parse().expect("ip");
+        for uid in 0..(MAX_KEYS as u32 + 10) {
+            let sample = || Sample {
+                outcome: Outcome::Deny,
+                who: Who::Uid(uid),
+                dst: SocketAddr::new(dst, 80),
+                detail: String::new(),
+            };
+            log.admit(Outcome::Deny, Who::Uid(uid), dst, t0, sample);
+        }
+        assert_eq!(log.overflow.values().sum::<u64>(), 10);
+        assert!(log.overflow.contains_key(&Who::Uid(MAX_KEYS as u32)));
+    }
+
+    #[test]
+    fn explains_an_internal_error_and_no_identity() {
+        let p = policy();
+        let mut d = denial(1000, 1, 80);
+        d.reason = RecordReason::InternalError;
+        assert_eq!(
+            explain_record(&d, &p),
+            "the guard could not read its configuration, and fails closed"
+        );
+        d.reason = RecordReason::NoIdentity;
+        assert!(explain_record(&d, &p).starts_with("nobody can be held to account"));
+        assert_eq!(
+            describe(&d, None),
+            "denied connection to 169.254.169.254:80 by pid 1 (curl) with no identity"
+        );
+    }
+
+    impl EventLog {
+        fn limiter_has(&self, key: &Key) -> bool {
+            self.limiter.contains(key)
+        }
     }
 }

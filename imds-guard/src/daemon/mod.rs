@@ -11,8 +11,10 @@
 //! from its arguments and calls [`run`].
 
 pub mod events;
+mod forward;
 pub mod logging;
 pub mod metrics;
+pub mod nflog;
 pub mod notify;
 pub mod ratelimit;
 mod reload;
@@ -36,7 +38,9 @@ use tokio::{
 
 use self::{
     events::EventLog,
+    forward::ForwardState,
     metrics::{Enforcing, Metrics},
+    nflog::NflogSocket,
     reload::Policies,
 };
 use crate::{
@@ -112,6 +116,8 @@ impl Signals {
 struct Rings {
     events: AsyncFd<RingBuf<MapData>>,
     logger: Option<AsyncFd<Logger>>,
+    /// What the forward table logs (see `forward.rs`).
+    nflog: Option<AsyncFd<NflogSocket>>,
 }
 
 /// A running agent: the guard it loaded, the policies of both generations,
@@ -125,6 +131,10 @@ pub struct Daemon {
     guard: Guard,
     policies: Policies,
     stamp: Stamp,
+    /// Whether the forward table is in force.
+    forward: ForwardState,
+    /// Ticks since the forward counters were last read.
+    ticks: u32,
     metrics: Arc<Metrics>,
     server: Option<JoinHandle<()>>,
     log: EventLog,
@@ -181,12 +191,14 @@ impl Daemon {
         };
         let generation = guard.apply(&policy, &stamp)?;
         let report = guard.attach(&cgroup, Some(&pins))?;
+        let forward = ForwardState::apply(&policy.spec);
         let rings = Rings {
             events: pollable(events).map_err(io_err("cannot poll the event ring buffer"))?,
             logger: logger
                 .map(pollable)
                 .transpose()
                 .map_err(io_err("cannot poll the eBPF log ring buffer"))?,
+            nflog: forward::listen(),
         };
         let daemon = Self {
             config,
@@ -196,6 +208,8 @@ impl Daemon {
             guard,
             policies: Policies::first(generation, policy),
             stamp,
+            forward,
+            ticks: 0,
             metrics: Arc::new(Metrics::new()),
             server: None,
             log: EventLog::default(),
@@ -239,13 +253,16 @@ impl Daemon {
             uid_rules = policy.uids.len(),
             gid_rules = policy.gids.len(),
             digest = %hex(&self.stamp.digest),
-            "guard {how} {} in {mode} mode, protecting {}",
+            forward = if self.forward == ForwardState::Guarded { "guarded" } else { "unguarded" },
+            "guard {how} {} in {mode} mode, protecting {}{}",
             self.cgroup.display(),
-            endpoints.join(", ")
+            endpoints.join(", "),
+            self.forward.note()
         );
         self.metrics.set_enforcing(Enforcing::Active(mode));
         self.metrics.set_policy_digest(&hex(&self.stamp.digest));
-        notified(notify::ready(&ready_status(mode, &self.stamp.digest, true)));
+        notified(notify::ready(&self.ready_status(mode, true)));
+        self.refresh_forward_counters();
     }
 
     /// Starts the metrics server, if asked for. Only now, with the guard in
@@ -285,7 +302,14 @@ impl Daemon {
                     self.drain(ready.get_inner_mut());
                     ready.clear_ready();
                 }
-                ready = logger_readable(&mut rings.logger) => {
+                ready = readable(&mut rings.nflog) => {
+                    let mut ready = ready.map_err(io_err("cannot poll the NFLOG socket"))?;
+                    if let Err(e) = self.on_nflog(ready.get_inner()) {
+                        tracing::warn!("cannot read NFLOG: {e}");
+                    }
+                    ready.clear_ready();
+                }
+                ready = readable(&mut rings.logger) => {
                     let mut ready = ready.map_err(io_err("cannot poll the eBPF log ring buffer"))?;
                     ready.get_inner_mut().flush();
                     ready.clear_ready();
@@ -298,6 +322,10 @@ impl Daemon {
     /// About once a second: counters into the metrics, rate-limit windows
     /// closed, lost events reported.
     fn on_tick(&mut self) {
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(FORWARD_COUNTERS_EVERY) {
+            self.refresh_forward_counters();
+        }
         let counters = self.guard.counters().ok();
         if let Some(c) = &counters {
             self.metrics.set_counters(c);
@@ -351,24 +379,31 @@ impl Daemon {
     }
 }
 
+/// Ticks (seconds) between two reads of the forward table's counters:
+/// each is a run of `nft`.
+const FORWARD_COUNTERS_EVERY: u32 = 10;
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-/// The one-line status systemd shows: mode and policy in force, and
-/// whether the last reload was refused.
-fn ready_status(mode: Mode, digest: &[u8], last_reload_applied: bool) -> String {
-    format!(
-        "{mode}, policy sha256 {}{}",
-        hex(digest),
-        if last_reload_applied {
-            ""
-        } else {
-            " (last reload refused)"
-        }
-    )
+impl Daemon {
+    /// The one-line status systemd shows: mode and policy in force, whether
+    /// the last reload was refused, and whether the forward path is open.
+    fn ready_status(&self, mode: Mode, last_reload_applied: bool) -> String {
+        format!(
+            "{mode}, policy sha256 {}{}{}",
+            hex(&self.stamp.digest),
+            if last_reload_applied {
+                ""
+            } else {
+                " (last reload refused)"
+            },
+            self.forward.note()
+        )
+    }
 }
 
 /// systemd notifications are best effort: without systemd they do nothing,
@@ -379,21 +414,22 @@ fn notified(result: Result<(), notify::NotifyError>) {
     }
 }
 
-/// Registers a ring buffer with the reactor.
+/// Registers a ring buffer (or the NFLOG socket) with the reactor.
 fn pollable<T: std::os::fd::AsRawFd>(ring: T) -> std::io::Result<AsyncFd<T>> {
-    // SAFETY: both ring buffers (`RingBuf<MapData>`, `EbpfLogger`) own their
-    // map's descriptor and close it only when dropped, which is after the
-    // `AsyncFd` that owns them.
+    // SAFETY: both ring buffers (`RingBuf<MapData>`, `EbpfLogger`) and the
+    // NFLOG socket own their descriptor and close it only when dropped,
+    // which is after the `AsyncFd` that owns them.
     unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
 }
 
-/// Readiness of the aya-log ring buffer; never ready when logging is off.
-async fn logger_readable(
-    logger: &mut Option<AsyncFd<Logger>>,
-) -> std::io::Result<AsyncFdReadyMutGuard<'_, Logger>> {
-    match logger {
-        Some(l) => l.readable_mut().await,
+/// Readiness of an optional source (the aya-log ring buffer, NFLOG);
+/// never ready when there is none.
+async fn readable<T: std::os::fd::AsRawFd>(
+    source: &mut Option<AsyncFd<T>>,
+) -> std::io::Result<AsyncFdReadyMutGuard<'_, T>> {
+    match source {
+        Some(s) => s.readable_mut().await,
         None => pending().await,
     }
 }

@@ -30,6 +30,17 @@ pub struct RateLimiter<K, S> {
     overflow: u64,
 }
 
+/// What [`RateLimiter::admit`] says of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Log it.
+    Log,
+    /// Counted in its key's summary.
+    Suppressed,
+    /// Its key is not tracked (too many keys): counted as overflow.
+    Overflow,
+}
+
 /// A window that ended with records suppressed.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Suppressed<S> {
@@ -50,25 +61,25 @@ impl<K: Hash + Eq, S> RateLimiter<K, S> {
 
     /// Should a record for `key` be logged now? `sample` is kept for the
     /// summary of what gets suppressed.
-    pub fn admit(&mut self, key: K, now: Instant, sample: impl FnOnce() -> S) -> bool {
+    pub fn admit(&mut self, key: K, now: Instant, sample: impl FnOnce() -> S) -> Admit {
         if let Some(slot) = self.slots.get_mut(&key) {
             if now.duration_since(slot.start) < self.window {
                 if slot.logged < self.burst {
                     slot.logged += 1;
-                    return true;
+                    return Admit::Log;
                 }
                 slot.suppressed += 1;
-                return false;
+                return Admit::Suppressed;
             }
             // The window ended but `expire` has not run yet: the summary of
             // the old window is still owed, so count this one in it rather
             // than lose it.
             slot.suppressed += 1;
-            return false;
+            return Admit::Suppressed;
         }
         if self.slots.len() >= self.max_keys {
             self.overflow += 1;
-            return false;
+            return Admit::Overflow;
         }
         self.slots.insert(
             key,
@@ -79,7 +90,7 @@ impl<K: Hash + Eq, S> RateLimiter<K, S> {
                 sample: sample(),
             },
         );
-        true
+        Admit::Log
     }
 
     /// Ends the windows that are over: returns what they suppressed, and
@@ -99,6 +110,12 @@ impl<K: Hash + Eq, S> RateLimiter<K, S> {
         (out, std::mem::take(&mut self.overflow))
     }
 
+    /// Whether `key` is tracked now.
+    #[cfg(test)]
+    pub fn contains(&self, key: &K) -> bool {
+        self.slots.contains_key(key)
+    }
+
     /// Number of keys tracked now (bounded by `max_keys`).
     pub fn tracked(&self) -> usize {
         self.slots.len()
@@ -115,7 +132,9 @@ mod tests {
     fn logs_a_burst_then_counts_and_summarises_once() {
         let t0 = Instant::now();
         let mut rl = RateLimiter::new(W, 3, 16);
-        let admitted = (0..10).filter(|_| rl.admit("k", t0, || "sample")).count();
+        let admitted = (0..10)
+            .filter(|_| rl.admit("k", t0, || "sample") == Admit::Log)
+            .count();
         assert_eq!(admitted, 3);
         assert_eq!(rl.expire(t0 + Duration::from_secs(1)), (vec![], 0));
         let (summaries, overflow) = rl.expire(t0 + W);
@@ -128,8 +147,9 @@ mod tests {
         );
         assert_eq!(overflow, 0);
         assert_eq!(rl.tracked(), 0);
-        assert!(
+        assert_eq!(
             rl.admit("k", t0 + W, || "sample"),
+            Admit::Log,
             "a new window logs again"
         );
     }
@@ -138,17 +158,17 @@ mod tests {
     fn keys_are_limited_separately() {
         let t0 = Instant::now();
         let mut rl = RateLimiter::new(W, 1, 16);
-        assert!(rl.admit(1, t0, || ()));
-        assert!(rl.admit(2, t0, || ()));
-        assert!(!rl.admit(1, t0, || ()));
+        assert_eq!(rl.admit(1, t0, || ()), Admit::Log);
+        assert_eq!(rl.admit(2, t0, || ()), Admit::Log);
+        assert_eq!(rl.admit(1, t0, || ()), Admit::Suppressed);
     }
 
     #[test]
     fn a_record_after_the_window_but_before_expiry_is_counted_not_lost() {
         let t0 = Instant::now();
         let mut rl = RateLimiter::new(W, 1, 16);
-        assert!(rl.admit("k", t0, || "s"));
-        assert!(!rl.admit("k", t0 + W + W, || "s"));
+        assert_eq!(rl.admit("k", t0, || "s"), Admit::Log);
+        assert_eq!(rl.admit("k", t0 + W + W, || "s"), Admit::Suppressed);
         let (summaries, _) = rl.expire(t0 + W + W);
         assert_eq!(
             summaries,
@@ -163,7 +183,9 @@ mod tests {
     fn memory_is_bounded_by_max_keys() {
         let t0 = Instant::now();
         let mut rl = RateLimiter::new(W, 1, 4);
-        let admitted = (0..100u32).filter(|&k| rl.admit(k, t0, || ())).count();
+        let admitted = (0..100u32)
+            .filter(|&k| rl.admit(k, t0, || ()) == Admit::Log)
+            .count();
         assert_eq!(admitted, 4);
         assert_eq!(rl.tracked(), 4);
         assert_eq!(rl.expire(t0).1, 96);

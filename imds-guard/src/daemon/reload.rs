@@ -8,8 +8,9 @@ use aya::maps::{MapData, RingBuf};
 
 use super::{
     Daemon,
+    forward::ForwardState,
     metrics::{Enforcing, ReloadOutcome},
-    notified, notify, now_unix, ready_status,
+    notified, notify, now_unix,
 };
 use crate::{
     chain::Chain,
@@ -55,11 +56,7 @@ impl Daemon {
         self.metrics.reload(outcome);
         let mode = self.policy().map_or(Mode::Enforce, |p| p.spec.mode);
         let applied = outcome == ReloadOutcome::Applied;
-        notified(notify::ready(&ready_status(
-            mode,
-            &self.stamp.digest,
-            applied,
-        )));
+        notified(notify::ready(&self.ready_status(mode, applied)));
         if applied {
             self.metrics.set_policy_digest(&hex(&self.stamp.digest));
             self.metrics.set_enforcing(Enforcing::Active(mode));
@@ -82,6 +79,7 @@ impl Daemon {
         match self.guard.apply(&policy, &stamp) {
             Ok(generation) => {
                 self.stamp = stamp;
+                self.forward = ForwardState::apply(&policy.spec);
                 let mode = policy.spec.mode;
                 tracing::info!(
                     event = "reload",

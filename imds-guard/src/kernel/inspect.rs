@@ -9,12 +9,13 @@ use imds_guard_common::{self as common, mode};
 
 use super::{
     cgroup,
+    forward::{self, ForwardCounters},
     hooks::{HOOKS, Hook},
     loader::{Counters, GuardError, map_err, read_counters},
     pins::{PinError, Pins},
     sys,
 };
-use crate::policy::Mode;
+use crate::{chain::Chain, policy::Mode};
 
 /// One hook's pinned link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +39,9 @@ pub struct Status {
     /// The config in force: its generation and contents.
     pub config: Option<(u32, common::Config)>,
     pub counters: Option<Counters>,
+    /// The forward table in this network namespace: its counters, `None`
+    /// when there is none, or why it could not be read.
+    pub forward: Result<Option<ForwardCounters>, String>,
     /// Whether the agent that wrote the config is still running.
     pub agent_alive: bool,
 }
@@ -72,12 +76,14 @@ impl Status {
             .map(|m| read_counters(&m))
             .transpose()?;
         let agent_alive = pins.locked();
+        let forward = forward::counters().map_err(|e| Chain(&e).to_string());
         Ok(Self {
             pin_dir: pins.dir().to_owned(),
             links,
             cgroup,
             config,
             counters,
+            forward,
             agent_alive,
         })
     }
@@ -92,12 +98,19 @@ impl Status {
         }
     }
 
-    /// Every hook has a live link and the config is valid: the guard
-    /// decides by the policy (enforcing, or auditing as configured).
+    /// Every hook has a live link, the config is valid and the forward
+    /// table is in force: the guard decides by the policy (enforcing, or
+    /// auditing as configured).
     pub fn enforcing(&self) -> bool {
         self.links.len() == HOOKS.len()
             && self.links.iter().all(|l| l.cgroup_id != 0)
             && self.mode().is_some()
+            && self.forward_guarded()
+    }
+
+    /// Whether the forward table is in force here.
+    pub fn forward_guarded(&self) -> bool {
+        matches!(self.forward, Ok(Some(_)))
     }
 
     /// The links still attached.

@@ -9,6 +9,7 @@
 
 pub mod btf;
 pub mod cgroup;
+pub mod forward;
 pub mod hooks;
 pub mod inspect;
 pub mod loader;

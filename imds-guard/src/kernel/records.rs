@@ -7,7 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use imds_guard_common::{Event, family, kind, reason, verdict};
 
 use super::hooks::Hook;
-use crate::policy::{Outcome, Reason};
+use crate::{
+    policy::{Outcome, Reason},
+    text::printable,
+};
 
 /// [`Outcome`] from the programs' verdict number.
 fn outcome(v: u8) -> Option<Outcome> {
@@ -120,7 +123,8 @@ impl DecisionRecord {
             gid: ev.gid,
             pid: ev.tgid,
             tid: ev.tid,
-            comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+            // A process names itself: it may put a newline in its name.
+            comm: printable(&String::from_utf8_lossy(&ev.comm[..comm_len])),
             dst,
             port: ev.port,
             hook: Hook::from_wire(ev.hook).ok_or(RecordError::Hook(ev.hook))?,
@@ -144,18 +148,23 @@ impl DecisionRecord {
 
     /// The packet's protocol in words, for the records that have one.
     pub fn proto_name(&self) -> Option<String> {
-        Some(match self.proto {
-            0 => return None,
-            1 => "icmp".to_owned(),
-            6 => "tcp".to_owned(),
-            17 => "udp".to_owned(),
-            58 => "ipv6-icmp".to_owned(),
-            132 => "sctp".to_owned(),
-            136 => "udplite".to_owned(),
-            255 => "raw".to_owned(),
-            other => format!("protocol {other}"),
-        })
+        proto_name(self.proto)
     }
+}
+
+/// An IP protocol number in words; `None` for 0 (no packet).
+pub fn proto_name(proto: u8) -> Option<String> {
+    Some(match proto {
+        0 => return None,
+        1 => "icmp".to_owned(),
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        58 => "ipv6-icmp".to_owned(),
+        132 => "sctp".to_owned(),
+        136 => "udplite".to_owned(),
+        255 => "raw".to_owned(),
+        other => format!("protocol {other}"),
+    })
 }
 
 /// The entry index a wire entry number stands for (`0` is none).

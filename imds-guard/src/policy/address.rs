@@ -43,6 +43,11 @@ pub(super) fn parse(text: &str) -> Result<IpAddr, String> {
             "{text:?} is a multicast address, expected a unicast address"
         ));
     }
+    if addr == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        return Err(format!(
+            "{text:?} is the broadcast address, expected a unicast address"
+        ));
+    }
     if let IpAddr::V6(v6) = addr {
         if let Some(v4) = v6.to_ipv4_mapped() {
             // Every IPv4 endpoint also covers its mapped form (a dual-stack
@@ -200,6 +205,10 @@ mod tests {
             (
                 "ff02::1",
                 "\"ff02::1\" is a multicast address, expected a unicast address",
+            ),
+            (
+                "255.255.255.255",
+                "\"255.255.255.255\" is the broadcast address, expected a unicast address",
             ),
             (
                 "::ffff:169.254.169.254",

@@ -38,6 +38,17 @@ impl Policy {
         for (id, rule) in &self.gids {
             let _ = writeln!(text, "gid {id} {}", word(rule.action));
         }
+        let forward = &self.spec.forward;
+        let mut interfaces: Vec<_> = forward.interfaces.iter().map(|i| &i.name).collect();
+        interfaces.sort();
+        for i in interfaces {
+            let _ = writeln!(text, "forward interface {i}");
+        }
+        let mut sources: Vec<_> = forward.sources.iter().map(|s| s.prefix).collect();
+        sources.sort();
+        for s in sources {
+            let _ = writeln!(text, "forward source {s}");
+        }
         Sha256::digest(text.as_bytes()).into()
     }
 }
@@ -76,6 +87,12 @@ mod tests {
         assert_ne!(
             a,
             digest("[endpoints]\naddresses = [\"169.254.169.254\"]\n[allow]\nuids = [0, 1000]\n")
+        );
+        let forward = "[allow]\nuids = [0, 1000]\n[forward]\nallow_sources = [\"10.8.0.0/16\"]\n";
+        assert_ne!(a, digest(forward));
+        assert_eq!(
+            digest(forward),
+            digest("[forward]\nallow_sources = [\"10.8.0.0/16\"]\n[allow]\nuids = [1000, 0]\n")
         );
     }
 }

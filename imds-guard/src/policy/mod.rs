@@ -25,6 +25,7 @@ mod check;
 mod digest;
 mod error;
 mod explain;
+pub mod forward;
 mod raw;
 mod resolve;
 mod validate;
@@ -197,6 +198,8 @@ pub struct PolicySpec {
     /// In file order: `[allow]` entries, then `[deny]` entries, each in the
     /// order users, uids, groups, gids.
     pub entries: Vec<Entry>,
+    /// Forwarded traffic let through (`[forward]`); none by default.
+    pub forward: forward::Forward,
 }
 
 impl PolicySpec {

@@ -284,9 +284,32 @@ impl<'a> Source<'a> {
             .filter(|line| !line.is_empty())
             .collect::<Vec<_>>()
             .join(", ");
+        // Some toml errors come without words (a control character in a
+        // comment, for one): say what is at the position instead.
+        let message = if message.is_empty() {
+            self.unexplained(error.span().map(|s| s.start))
+        } else {
+            message
+        };
         super::Diagnostic {
             at,
             message: format!("invalid TOML: {message}"),
+        }
+    }
+
+    /// What is wrong at byte `offset`, for a toml error that does not say.
+    fn unexplained(&self, offset: Option<usize>) -> String {
+        match offset
+            .and_then(|o| self.text.get(o..))
+            .and_then(|rest| rest.chars().next())
+        {
+            Some(c) if c.is_control() => format!(
+                "control character U+{:04X} is not allowed (TOML allows only tab in comments \
+                 and strings)",
+                u32::from(c)
+            ),
+            Some(c) => format!("unexpected {c:?}"),
+            None => "unexpected end of the file".to_owned(),
         }
     }
 }
@@ -401,6 +424,19 @@ mod tests {
         assert_eq!(
             diagnostic.to_string(),
             "2:7: invalid TOML: invalid table header, expected `.`, `]`"
+        );
+    }
+
+    #[test]
+    fn a_control_character_is_named_not_left_blank() {
+        let text = "# a comment \u{1} here\n[allow]\nuids = [0]\n";
+        let Err(error) = parse(text) else {
+            panic!("{text:?} parsed");
+        };
+        assert_eq!(
+            Source::new(text).syntax_error(&error).to_string(),
+            "1:13: invalid TOML: control character U+0001 is not allowed (TOML allows only tab \
+             in comments and strings)"
         );
     }
 }

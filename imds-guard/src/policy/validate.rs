@@ -19,11 +19,14 @@ use imds_guard_common::MAX_ENDPOINTS;
 use super::{
     Action, Endpoint, Entry, Identity, Location, Mode, PolicyError, PolicySpec, address,
     error::Diagnostic,
+    forward::Forward,
     raw::{self, Key, Node, Source, Value},
 };
 
+mod forward;
+
 /// The keys of the top-level table.
-const TOP_KEYS: &[&str] = &["mode", "endpoints", "allow", "deny"];
+const TOP_KEYS: &[&str] = &["mode", "endpoints", "allow", "deny", "forward"];
 /// The keys of `[endpoints]`.
 const ENDPOINT_KEYS: &[&str] = &["addresses"];
 /// Where problems of the file as a whole are reported.
@@ -99,7 +102,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> 
         source: &source,
         diagnostics: Vec::new(),
     };
-    let (mode, endpoints, entries) = checker.policy(&root);
+    let (mode, endpoints, entries, forward) = checker.policy(&root);
     if !checker.diagnostics.is_empty() {
         return Err(PolicyError::invalid(path, checker.diagnostics));
     }
@@ -108,6 +111,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> 
         mode,
         endpoints,
         entries,
+        forward,
     })
 }
 
@@ -143,11 +147,11 @@ impl Checker<'_> {
         self.source.start(node.span.as_ref()).unwrap_or(fallback)
     }
 
-    fn policy(&mut self, root: &Node) -> (Mode, Vec<Endpoint>, Vec<Entry>) {
+    fn policy(&mut self, root: &Node) -> (Mode, Vec<Endpoint>, Vec<Entry>, Forward) {
         let Value::Table(items) = &root.value else {
             // toml always gives a table at the root; kept total anyway.
             self.report(START, "expected a table at the top level".to_owned());
-            return (Mode::Enforce, Vec::new(), Vec::new());
+            return (Mode::Enforce, Vec::new(), Vec::new(), Forward::default());
         };
         let fields = self.fields(items, TOP_KEYS, "at the top level", START);
         let mode = match fields.get("mode") {
@@ -157,6 +161,10 @@ impl Checker<'_> {
         let endpoints = match fields.get("endpoints") {
             Some(&(key, node)) => self.endpoints(key, node),
             None => address::default_endpoints(),
+        };
+        let forward = match fields.get("forward") {
+            Some(&(key, node)) => self.forward(key, node),
+            None => Forward::default(),
         };
         // [allow] before [deny], as `PolicySpec::entries` documents.
         let mut tables = Vec::new();
@@ -197,7 +205,7 @@ impl Checker<'_> {
         }
         let entries: Vec<Entry> = tables.into_iter().flat_map(|t| t.entries).collect();
         self.cross_check(&entries);
-        (mode, endpoints, entries)
+        (mode, endpoints, entries, forward)
     }
 
     /// Sorts the keys of a table into known ones and reports the others.

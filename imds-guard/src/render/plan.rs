@@ -151,6 +151,7 @@ mod tests {
                 entry(Action::Deny, Identity::Group("staff".into()), 4),
                 entry(Action::Deny, Identity::User("apache".into()), 5),
             ],
+            forward: Default::default(),
         };
         let plan = Plan::new(&spec);
         let lines: Vec<u32> = plan.rules.iter().map(|r| r.at.line).collect();

@@ -228,6 +228,7 @@ fn unchecked(entries: Vec<Entry>) -> PolicySpec {
             at: None,
         }],
         entries,
+        forward: Default::default(),
     }
 }
 

@@ -19,7 +19,7 @@ use imds_guard_common::counter;
 
 pub use self::http::serve;
 use crate::{
-    kernel::{Counters, hooks::HOOKS},
+    kernel::{Counters, forward::ForwardCounters, hooks::HOOKS},
     policy::Mode,
 };
 
@@ -176,6 +176,9 @@ struct State {
     reloads: [u64; ReloadOutcome::ALL.len()],
     enforcing: Enforcing,
     digest: Option<String>,
+    /// The forward table's counters, and whether it is in force.
+    forward: ForwardCounters,
+    forward_guarded: bool,
 }
 
 impl Metrics {
@@ -187,6 +190,14 @@ impl Metrics {
     /// ([`crate::kernel::Guard::counters`]).
     pub fn set_counters(&self, counters: &Counters) {
         self.state().counters = *counters;
+    }
+
+    /// The forward table's counters (`None`: there is no table) and
+    /// whether it is in force.
+    pub fn set_forward(&self, counters: Option<ForwardCounters>, guarded: bool) {
+        let mut state = self.state();
+        state.forward = counters.unwrap_or_default();
+        state.forward_guarded = guarded;
     }
 
     /// Counts one reload.
@@ -345,6 +356,35 @@ impl Exposition<'_> {
         for (hook, n) in by_hook(counter::ERRORS) {
             writeln!(f, "imds_guard_internal_errors_total{{hook=\"{hook}\"}} {n}")?;
         }
+
+        header(
+            f,
+            "imds_guard_forward_guarded",
+            "gauge",
+            "1 while the forward table drops forwarded packets to protected addresses (or audits them); 0 while the forward path is open.",
+        )?;
+        writeln!(
+            f,
+            "imds_guard_forward_guarded {}",
+            u8::from(s.forward_guarded)
+        )?;
+
+        header(
+            f,
+            "imds_guard_forward_packets_total",
+            "counter",
+            "Forwarded packets to a protected destination the forward table dropped, or would have dropped in audit mode.",
+        )?;
+        writeln!(
+            f,
+            "imds_guard_forward_packets_total{{verdict=\"dropped\"}} {}",
+            s.forward.dropped
+        )?;
+        writeln!(
+            f,
+            "imds_guard_forward_packets_total{{verdict=\"audited\"}} {}",
+            s.forward.audited
+        )?;
 
         header(
             f,

@@ -13,7 +13,10 @@ use super::{
     http::{LIMITS, Limits, serve_with},
     parse_listen, serve,
 };
-use crate::{kernel::Counters, policy::Mode};
+use crate::{
+    kernel::{Counters, forward::ForwardCounters},
+    policy::Mode,
+};
 
 fn counters(by_hook: [[u64; counter::KINDS as usize]; hook::COUNT as usize]) -> Counters {
     Counters {
@@ -83,6 +86,13 @@ imds_guard_internal_errors_total{hook="connect6"} 0
 imds_guard_internal_errors_total{hook="sendmsg4"} 1
 imds_guard_internal_errors_total{hook="sendmsg6"} 0
 imds_guard_internal_errors_total{hook="egress"} 0
+# HELP imds_guard_forward_guarded 1 while the forward table drops forwarded packets to protected addresses (or audits them); 0 while the forward path is open.
+# TYPE imds_guard_forward_guarded gauge
+imds_guard_forward_guarded 1
+# HELP imds_guard_forward_packets_total Forwarded packets to a protected destination the forward table dropped, or would have dropped in audit mode.
+# TYPE imds_guard_forward_packets_total counter
+imds_guard_forward_packets_total{verdict="dropped"} 12
+imds_guard_forward_packets_total{verdict="audited"} 0
 # HELP imds_guard_reloads_total Policy reloads by outcome: applied; invalid (did not validate, the policy in force is kept); failed (could not be written into the kernel).
 # TYPE imds_guard_reloads_total counter
 imds_guard_reloads_total{outcome="applied"} 2
@@ -98,6 +108,13 @@ fn known() -> Metrics {
     m.reload(ReloadOutcome::Applied);
     m.set_enforcing(Enforcing::Active(Mode::Enforce));
     m.set_policy_digest("sha256:0123abcd");
+    m.set_forward(
+        Some(ForwardCounters {
+            dropped: 12,
+            audited: 0,
+        }),
+        true,
+    );
     m
 }
 

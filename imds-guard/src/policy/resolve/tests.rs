@@ -188,6 +188,7 @@ fn many_uids(n: u32) -> PolicySpec {
         mode: Mode::Enforce,
         endpoints: Vec::new(),
         entries,
+        forward: Default::default(),
     }
 }
 

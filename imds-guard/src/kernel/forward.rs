@@ -1,0 +1,328 @@
+//! The forward path: packets the host forwards to a protected address.
+//! They have no local socket (they come from a container's or a VM's own
+//! network namespace, a TUN device, an `AF_PACKET` frame), so no program
+//! of the cgroup ever sees them and no owner can be judged: the guard drops
+//! them, unless `[forward]` names where they may come from.
+//!
+//! The mechanism is one nftables table of the agent's own, in the network
+//! namespace the agent runs in, hooked at `forward` before every other
+//! chain (priority -300). nftables because it exists on every kernel the
+//! guard supports (a BPF netfilter program needs 6.4), it matches every
+//! interface including those created later without the agent having to
+//! catch them (tc/XDP would have to), and it outlives the agent like the
+//! pinned programs do. The table is replaced in one transaction (`nft -f`:
+//! create if missing, delete, define): a restart or a reload changes it
+//! with no moment without it, and there is never a second copy. `detach`
+//! deletes it.
+//!
+//! Each dropped packet is counted (named counters, read by `status`), and
+//! logged to NFLOG group [`LOG_GROUP`] at a bounded rate, which the agent
+//! reads (`daemon/nflog.rs`).
+
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    process::{Command, Stdio},
+};
+
+use serde_json::Value;
+
+use crate::policy::{Mode, PolicySpec, forward::Prefix};
+
+/// The table's name (`table inet imds_guard_forward`); distinct from the
+/// `imds_guard` table `render --nftables` writes.
+pub const TABLE: &str = "imds_guard_forward";
+/// The NFLOG group dropped packets are logged to.
+pub const LOG_GROUP: u16 = 4269;
+/// What the log lines carry as their prefix.
+pub const LOG_PREFIX: &str = "imds-guard forward";
+/// At most this many packets a second are logged per family; every one is
+/// counted.
+const LOG_RATE: u32 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("cannot run nft (install nftables): the forward path is not guarded")]
+    Spawn(#[source] std::io::Error),
+    #[error("nft refused the forward table: {0}")]
+    Refused(String),
+    #[error("nft printed what this agent cannot read: {0}")]
+    Unreadable(String),
+}
+
+/// The counters of the table, as the kernel has them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardCounters {
+    /// Packets dropped (enforce mode).
+    pub dropped: u64,
+    /// Packets that would have been dropped (audit mode).
+    pub audited: u64,
+}
+
+/// The nftables script that puts the forward table for `spec` in force,
+/// replacing any earlier one in one transaction.
+pub fn ruleset(spec: &PolicySpec) -> String {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for e in &spec.endpoints {
+        match e.addr {
+            IpAddr::V4(a) => {
+                v4.push(a.to_string());
+                // A forwarded IPv6 packet to the mapped form goes nowhere
+                // a router sends it, but costs nothing to refuse.
+                v6.push(a.to_ipv6_mapped().to_string());
+            }
+            IpAddr::V6(a) => v6.push(a.to_string()),
+        }
+    }
+    let (src4, src6): (Vec<Prefix>, Vec<Prefix>) = spec
+        .forward
+        .sources
+        .iter()
+        .map(|s| s.prefix)
+        .partition(|p| p.addr.is_ipv4());
+    let verdict = match spec.mode {
+        Mode::Enforce => "drop",
+        Mode::Audit => "",
+    };
+    let counter = match spec.mode {
+        Mode::Enforce => "dropped",
+        Mode::Audit => "audited",
+    };
+    let mut rules = Vec::new();
+    for i in &spec.forward.interfaces {
+        rules.push(format!(
+            "ip daddr @protected4 iifname \"{}\" accept",
+            i.name
+        ));
+        rules.push(format!(
+            "ip6 daddr @protected6 iifname \"{}\" accept",
+            i.name
+        ));
+    }
+    if !src4.is_empty() {
+        rules.push("ip daddr @protected4 ip saddr @sources4 accept".to_owned());
+    }
+    if !src6.is_empty() {
+        rules.push("ip6 daddr @protected6 ip6 saddr @sources6 accept".to_owned());
+    }
+    for (family, set) in [("ip", "protected4"), ("ip6", "protected6")] {
+        rules.push(format!(
+            "{family} daddr @{set} limit rate {LOG_RATE}/second burst {} packets log group \
+             {LOG_GROUP} prefix \"{LOG_PREFIX}\"",
+            LOG_RATE * 5
+        ));
+        rules.push(
+            format!("{family} daddr @{set} counter name {counter} {verdict}")
+                .trim_end()
+                .to_owned(),
+        );
+    }
+    let set = |name: &str, ty: &str, interval: bool, elements: &[String]| {
+        let flags = if interval { " flags interval;" } else { "" };
+        if elements.is_empty() {
+            format!("\tset {name} {{ type {ty};{flags} }}\n")
+        } else {
+            format!(
+                "\tset {name} {{ type {ty};{flags} elements = {{ {} }} }}\n",
+                elements.join(", ")
+            )
+        }
+    };
+    let mut text = format!(
+        "# imds-guard: forwarded packets to the instance metadata service (policy {}, mode {})\n\
+         table inet {TABLE} {{}}\n\
+         delete table inet {TABLE}\n\
+         table inet {TABLE} {{\n",
+        spec.path.display(),
+        spec.mode
+    );
+    text += &set("protected4", "ipv4_addr", false, &v4);
+    text += &set("protected6", "ipv6_addr", false, &v6);
+    let strings = |ps: &[Prefix]| ps.iter().map(ToString::to_string).collect::<Vec<_>>();
+    if !src4.is_empty() {
+        text += &set("sources4", "ipv4_addr", true, &strings(&src4));
+    }
+    if !src6.is_empty() {
+        text += &set("sources6", "ipv6_addr", true, &strings(&src6));
+    }
+    text += "\tcounter dropped {}\n\tcounter audited {}\n";
+    text += "\tchain forward {\n\t\ttype filter hook forward priority -300; policy accept;\n";
+    for rule in rules {
+        text += &format!("\t\t{rule}\n");
+    }
+    text += "\t}\n}\n";
+    text
+}
+
+/// Puts the forward table for `spec` in force in this network namespace.
+pub fn apply(spec: &PolicySpec) -> Result<(), ForwardError> {
+    nft(&["-f", "-"], Some(&ruleset(spec))).map(drop)
+}
+
+/// Deletes the forward table; `false` when there was none.
+pub fn remove() -> Result<bool, ForwardError> {
+    if counters()?.is_none() {
+        return Ok(false);
+    }
+    nft(&["delete", "table", "inet", TABLE], None).map(|_| true)
+}
+
+/// The table's counters, or `None` when there is no table.
+pub fn counters() -> Result<Option<ForwardCounters>, ForwardError> {
+    let listing = match nft(&["-j", "list", "table", "inet", TABLE], None) {
+        Ok(out) => out,
+        // nft says "No such file or directory" for a missing table.
+        Err(ForwardError::Refused(e)) if e.contains("No such file") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    parse_counters(&listing).map(Some)
+}
+
+/// The named counters of `nft -j list table` output.
+fn parse_counters(json: &str) -> Result<ForwardCounters, ForwardError> {
+    let v: Value =
+        serde_json::from_str(json).map_err(|e| ForwardError::Unreadable(e.to_string()))?;
+    let items = v
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ForwardError::Unreadable("no \"nftables\" array".to_owned()))?;
+    let mut c = ForwardCounters::default();
+    for counter in items.iter().filter_map(|i| i.get("counter")) {
+        let packets = counter.get("packets").and_then(Value::as_u64).unwrap_or(0);
+        match counter.get("name").and_then(Value::as_str) {
+            Some("dropped") => c.dropped = packets,
+            Some("audited") => c.audited = packets,
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+/// Runs `nft ARGS`, with `input` on its stdin; its stdout.
+fn nft(args: &[&str], input: Option<&str>) -> Result<String, ForwardError> {
+    let mut child = Command::new(nft_path())
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(ForwardError::Spawn)?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(ForwardError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(ForwardError::Spawn)?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(ForwardError::Refused(
+            stderr.lines().map(str::trim).collect::<Vec<_>>().join(" "),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `nft` from the usual places, whatever `PATH` the agent was started with.
+fn nft_path() -> &'static str {
+    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nft")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn spec(toml: &str) -> PolicySpec {
+        PolicySpec::parse(Path::new("p.toml"), toml).expect("valid")
+    }
+
+    #[test]
+    fn by_default_every_forwarded_packet_to_an_endpoint_is_dropped() {
+        let text = ruleset(&spec("[allow]\nuids = [0]\n"));
+        assert!(
+            text.contains("table inet imds_guard_forward {}\ndelete table inet"),
+            "{text}"
+        );
+        assert!(
+            text.contains("set protected4 { type ipv4_addr; elements = { 169.254.169.254 } }"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "set protected6 { type ipv6_addr; elements = { ::ffff:169.254.169.254, fd00:ec2::254 } }"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("type filter hook forward priority -300; policy accept;"));
+        assert!(
+            text.contains("ip daddr @protected4 counter name dropped drop\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ip6 daddr @protected6 counter name dropped drop\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("log group 4269 prefix \"imds-guard forward\""),
+            "{text}"
+        );
+        assert!(!text.contains("accept\n"), "nothing is let through: {text}");
+    }
+
+    #[test]
+    fn named_sources_are_let_through_before_the_drop() {
+        let text = ruleset(&spec(
+            "[allow]\nuids = [0]\n[forward]\nallow_interfaces = [\"br-vm*\"]\n\
+             allow_sources = [\"10.8.0.0/16\", \"fd00:1::/64\"]\n",
+        ));
+        let accept = text
+            .find("iifname \"br-vm*\" accept")
+            .expect("interface accepted");
+        let src = text
+            .find("ip saddr @sources4 accept")
+            .expect("v4 source accepted");
+        let drop = text.find("counter name dropped drop").expect("drop");
+        assert!(accept < drop && src < drop, "{text}");
+        assert!(
+            text.contains(
+                "set sources4 { type ipv4_addr; flags interval; elements = { 10.8.0.0/16 } }"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("ip6 saddr @sources6 accept"), "{text}");
+    }
+
+    #[test]
+    fn audit_mode_counts_and_logs_without_dropping() {
+        let text = ruleset(&spec("mode = \"audit\"\n[allow]\nuids = [0]\n"));
+        assert!(
+            text.contains("ip daddr @protected4 counter name audited\n"),
+            "{text}"
+        );
+        assert!(!text.contains(" drop\n"), "{text}");
+    }
+
+    #[test]
+    fn counters_are_read_from_nft_json() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "imds_guard_forward", "handle": 1}},
+            {"counter": {"family": "inet", "name": "dropped", "table": "imds_guard_forward", "handle": 3, "packets": 7, "bytes": 420}},
+            {"counter": {"family": "inet", "name": "audited", "table": "imds_guard_forward", "handle": 4, "packets": 0, "bytes": 0}}]}"#;
+        assert_eq!(
+            parse_counters(json).expect("readable"),
+            ForwardCounters {
+                dropped: 7,
+                audited: 0
+            }
+        );
+        assert!(parse_counters("{}").is_err());
+    }
+}
