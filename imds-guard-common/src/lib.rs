@@ -21,7 +21,7 @@ pub use self::{
     offsets::{Offsets, PF_KTHREAD},
     policy::{
         Config, Decided, GENERATIONS, IdKey, IdRule, MAX_DECIDED, MAX_ENDPOINTS, MAX_ID_RULES,
-        PROTECTED, V4Key, V6Key, action, mode,
+        PROTECTED, V4Key, V6Key, action, config_flags, mode,
     },
 };
 

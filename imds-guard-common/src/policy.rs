@@ -109,6 +109,14 @@ pub struct Config {
     pub attached_unix: u64,
     /// The agent that wrote it.
     pub agent_pid: u32,
-    pub _pad: u32,
+    /// [`config_flags`]: what `status` should know of this generation.
+    pub flags: u32,
+}
+
+/// Bits of [`Config::flags`].
+pub mod config_flags {
+    /// The agent's built-in (or `--fallback`) policy is in force because
+    /// the configured one could not be used.
+    pub const FALLBACK: u32 = 1;
 }
 const _: () = assert!(size_of::<Config>() == 64);

@@ -110,6 +110,8 @@ fn run_refuses_a_bad_policy_before_touching_the_kernel() {
         path.to_str().expect("utf-8"),
         "--cgroup",
         "/nonexistent",
+        "--fallback",
+        "none",
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -121,6 +123,34 @@ fn run_refuses_a_bad_policy_before_touching_the_kernel() {
         stderr(&out).contains("nothing was attached"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn run_with_the_fallback_that_cannot_attach_exits_with_the_policy_error() {
+    // The fallback (built in) is tried, but the cgroup does not exist:
+    // the policy's error is the one to exit with, and nothing is left.
+    let path = policy_file("fallback.toml", "[allow]\nuids = [-1]\n");
+    let pin_dir = std::env::temp_dir().join(format!("imds-guard-cli-pins-{}", std::process::id()));
+    let out = imds_guard(&[
+        "run",
+        "--config",
+        path.to_str().expect("utf-8"),
+        "--cgroup",
+        "/nonexistent",
+        "--pin-dir",
+        pin_dir.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{}:2:9:", path.display())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !pin_dir.exists(),
+        "a start that failed left {}",
+        pin_dir.display()
     );
 }
 

@@ -94,6 +94,13 @@ pub struct RunArgs {
     /// maps, so that it outlives the agent.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// What to put in force when the policy cannot be used at start and
+    /// nothing is pinned (a host booting with a broken policy): `builtin`
+    /// (root only), a policy FILE, or `none` (exit instead, leaving the
+    /// host unguarded). The real policy goes in force at the first reload
+    /// that validates.
+    #[arg(long, value_name = "builtin|none|FILE", default_value = "builtin", value_parser = crate::daemon::fallback::Fallback::parse)]
+    pub fallback: crate::daemon::fallback::Fallback,
     /// Serve Prometheus metrics on this address (`PORT` alone means
     /// 127.0.0.1:PORT). Off unless given.
     #[arg(long, value_name = "ADDR", value_parser = crate::daemon::metrics::parse_listen)]

@@ -16,6 +16,7 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
         })?;
     let config = daemon::Config {
         config: args.config,
+        fallback: args.fallback,
         cgroup: args.cgroup,
         pin_dir: args.pin_dir,
         metrics_listen: args.metrics_listen,

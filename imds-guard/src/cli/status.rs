@@ -17,7 +17,9 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
     } else {
         print!("{}", to_text(&status));
     }
-    Ok(if status.enforcing() {
+    // The fallback decides, but not by the policy configured: a health
+    // check must see it.
+    Ok(if status.enforcing() && !status.in_fallback() {
         Outcome::Success
     } else {
         Outcome::NotEnforcing
@@ -50,6 +52,7 @@ pub fn to_json(status: &Status) -> Value {
     });
     json!({
         "enforcing": status.enforcing(),
+        "fallback": status.in_fallback(),
         "attached": !status.links.is_empty(),
         "mode": mode_name(status),
         "pin_dir": status.pin_dir,
@@ -94,6 +97,13 @@ pub fn to_text(status: &Status) -> String {
         )
     };
     let _ = writeln!(s, "imds-guard: {state}");
+    if status.in_fallback() {
+        let _ = writeln!(
+            s,
+            "  FALLBACK: the configured policy could not be used when the agent started; the \
+             agent's fallback policy is in force until a reload brings one that validates"
+        );
+    }
     let _ = writeln!(s, "  pins:     {}", status.pin_dir.display());
     if let Some(l) = status.links.first() {
         let path = status.cgroup.as_ref().map_or_else(

@@ -11,6 +11,7 @@
 //! from its arguments and calls [`run`].
 
 pub mod events;
+pub mod fallback;
 mod forward;
 pub mod logging;
 pub mod metrics;
@@ -29,6 +30,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use imds_guard_common::config_flags;
 use tokio::{
     io::unix::{AsyncFd, AsyncFdReadyMutGuard},
     signal::unix::{Signal, SignalKind, signal},
@@ -44,13 +46,14 @@ use self::{
     reload::Policies,
 };
 use crate::{
+    chain::Chain,
     kernel::{
         AttachReport, Guard, GuardError, Stamp,
         cgroup::{self, CgroupError},
         inspect::Status,
         pins::{PinError, Pins},
     },
-    policy::{Mode, Policy, PolicyError, PolicySpec, SystemResolver, hex},
+    policy::{Mode, Policy, PolicyError, SystemResolver, hex},
 };
 
 /// What `imds-guard run` was asked to do.
@@ -58,6 +61,8 @@ use crate::{
 pub struct Config {
     /// The policy file.
     pub config: PathBuf,
+    /// What to put in force when the policy cannot be used at start.
+    pub fallback: fallback::Fallback,
     /// The cgroup v2 directory to attach to; the hierarchy's root if none.
     pub cgroup: Option<PathBuf>,
     pub pin_dir: PathBuf,
@@ -155,16 +160,46 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 impl Daemon {
-    /// Loads and resolves the policy, takes the pin directory, loads the
+    /// Loads and resolves the policy (or, when it cannot be used and
+    /// nothing is pinned, the fallback), takes the pin directory, loads the
     /// programs, puts the policy in force and attaches.
     fn start(config: Config) -> Result<(Self, AttachReport, Rings), DaemonError> {
-        let resolver = SystemResolver;
-        let policy = PolicySpec::load(&config.config)?.resolve(&resolver)?;
+        let pins = Pins::new(&config.pin_dir);
+        let chosen = fallback::choose(&config.config, &config.fallback, &pins, &SystemResolver)?;
+        let in_fallback = chosen.fallback_for.is_some();
+        match Self::start_with(config, pins, chosen.policy, in_fallback) {
+            Ok(started) => Ok(started),
+            // The fallback could not be put in force either: the error to
+            // exit with is the policy's.
+            Err(e) => match chosen.fallback_for {
+                Some(policy_error) => {
+                    tracing::error!(
+                        "the fallback policy could not be put in force either: {}",
+                        Chain(&e)
+                    );
+                    Err(DaemonError::Policy(policy_error))
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Puts `policy` in force, attached and pinned.
+    fn start_with(
+        config: Config,
+        pins: Pins,
+        policy: Policy,
+        in_fallback: bool,
+    ) -> Result<(Self, AttachReport, Rings), DaemonError> {
         let cgroup = match &config.cgroup {
             Some(dir) => dir.clone(),
             None => cgroup::cgroup2_root()?,
         };
-        let pins = Pins::new(&config.pin_dir);
+        // What can fail without changing anything comes first, so that a
+        // start that cannot succeed leaves not even a pin directory.
+        cgroup::open(&cgroup)?;
+        let level = logging::ebpf_log_level();
+        let mut guard = Guard::load(level)?;
         pins.prepare()?;
         // Two agents on one guard would each believe their maps are in force.
         let Some(lock) = pins.lock()? else {
@@ -178,8 +213,6 @@ impl Daemon {
             });
         };
 
-        let level = logging::ebpf_log_level();
-        let mut guard = Guard::load(level)?;
         let logger = if level > 0 { guard.take_logger() } else { None };
         let events = guard.take_events()?;
         let attached_unix = now_unix();
@@ -188,6 +221,11 @@ impl Daemon {
             applied_unix: attached_unix,
             attached_unix,
             agent_pid: std::process::id(),
+            flags: if in_fallback {
+                config_flags::FALLBACK
+            } else {
+                0
+            },
         };
         let generation = guard.apply(&policy, &stamp)?;
         let report = guard.attach(&cgroup, Some(&pins))?;
@@ -213,7 +251,7 @@ impl Daemon {
             metrics: Arc::new(Metrics::new()),
             server: None,
             log: EventLog::default(),
-            resolver,
+            resolver: SystemResolver,
         };
         Ok((daemon, report, rings))
     }
@@ -221,6 +259,11 @@ impl Daemon {
     /// The policy in force.
     fn policy(&self) -> Option<&Policy> {
         self.policies.in_force(&self.guard)
+    }
+
+    /// Whether the fallback policy is in force, not the configured one.
+    fn in_fallback(&self) -> bool {
+        self.stamp.flags & config_flags::FALLBACK != 0
     }
 
     /// Says the guard is enforcing: the `ready=true` record, the metrics,
@@ -254,13 +297,24 @@ impl Daemon {
             gid_rules = policy.gids.len(),
             digest = %hex(&self.stamp.digest),
             forward = if self.forward == ForwardState::Guarded { "guarded" } else { "unguarded" },
+            fallback = self.in_fallback(),
             "guard {how} {} in {mode} mode, protecting {}{}",
             self.cgroup.display(),
             endpoints.join(", "),
             self.forward.note()
         );
+        if self.in_fallback() {
+            tracing::error!(
+                fallback = true,
+                "the FALLBACK policy is in force ({}): {} could not be used; fix it and reload \
+                 (systemctl reload imds-guard) to put it in force",
+                policy.spec.path.display(),
+                self.config.config.display()
+            );
+        }
         self.metrics.set_enforcing(Enforcing::Active(mode));
         self.metrics.set_policy_digest(&hex(&self.stamp.digest));
+        self.metrics.set_fallback(self.in_fallback());
         notified(notify::ready(&self.ready_status(mode, true)));
         self.refresh_forward_counters();
     }
@@ -393,8 +447,13 @@ impl Daemon {
     /// The one-line status systemd shows: mode and policy in force, whether
     /// the last reload was refused, and whether the forward path is open.
     fn ready_status(&self, mode: Mode, last_reload_applied: bool) -> String {
+        let policy = if self.in_fallback() {
+            "FALLBACK policy (the configured one could not be used)"
+        } else {
+            "policy"
+        };
         format!(
-            "{mode}, policy sha256 {}{}{}",
+            "{mode}, {policy} sha256 {}{}{}",
             hex(&self.stamp.digest),
             if last_reload_applied {
                 ""

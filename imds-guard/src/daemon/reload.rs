@@ -60,6 +60,7 @@ impl Daemon {
         if applied {
             self.metrics.set_policy_digest(&hex(&self.stamp.digest));
             self.metrics.set_enforcing(Enforcing::Active(mode));
+            self.metrics.set_fallback(false);
         }
     }
 
@@ -74,6 +75,8 @@ impl Daemon {
         let stamp = Stamp {
             digest: policy.digest(),
             applied_unix: now_unix(),
+            // The configured policy, in force at last.
+            flags: 0,
             ..self.stamp
         };
         match self.guard.apply(&policy, &stamp) {

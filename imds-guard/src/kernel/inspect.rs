@@ -108,6 +108,13 @@ impl Status {
             && self.forward_guarded()
     }
 
+    /// Whether the agent's fallback policy is in force, not the configured
+    /// one.
+    pub fn in_fallback(&self) -> bool {
+        self.config
+            .is_some_and(|(_, c)| c.flags & common::config_flags::FALLBACK != 0)
+    }
+
     /// Whether the forward table is in force here.
     pub fn forward_guarded(&self) -> bool {
         matches!(self.forward, Ok(Some(_)))

@@ -126,6 +126,8 @@ pub struct Stamp {
     pub applied_unix: u64,
     pub attached_unix: u64,
     pub agent_pid: u32,
+    /// [`imds_guard_common::config_flags`].
+    pub flags: u32,
 }
 
 /// How [`Guard::attach`] found each hook.

@@ -145,7 +145,7 @@ impl Guard {
             applied_unix: stamp.applied_unix,
             attached_unix: stamp.attached_unix,
             agent_pid: stamp.agent_pid,
-            _pad: 0,
+            flags: stamp.flags,
         };
         let mut map: Array<_, common::Config> = self.map_mut(common::MAP_CONFIG)?;
         map.set(generation, config, 0)

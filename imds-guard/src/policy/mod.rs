@@ -276,6 +276,35 @@ pub struct Decision {
 }
 
 impl Policy {
+    /// Root only (`[allow] uids = [0]`) on the default endpoints, in
+    /// enforce mode, read from nowhere (`path` names it in messages): the
+    /// agent's built-in fallback, which cannot fail to build.
+    pub fn root_only(path: &Path) -> Self {
+        let entry = Entry {
+            action: Action::Allow,
+            identity: Identity::Uid(0),
+            at: Location { line: 2, col: 9 },
+        };
+        Self {
+            spec: PolicySpec {
+                path: path.to_owned(),
+                mode: Mode::Enforce,
+                endpoints: address::default_endpoints(),
+                entries: vec![entry],
+                forward: forward::Forward::default(),
+            },
+            default_action: Action::Deny,
+            uids: BTreeMap::from([(
+                0,
+                IdRule {
+                    action: Action::Allow,
+                    index: 0,
+                },
+            )]),
+            gids: BTreeMap::new(),
+        }
+    }
+
     /// What the policy does with a process of real `uid` and `gid` that
     /// connects to a protected endpoint.
     ///

@@ -179,6 +179,8 @@ struct State {
     /// The forward table's counters, and whether it is in force.
     forward: ForwardCounters,
     forward_guarded: bool,
+    /// The fallback policy is in force, not the configured one.
+    fallback: bool,
 }
 
 impl Metrics {
@@ -198,6 +200,11 @@ impl Metrics {
         let mut state = self.state();
         state.forward = counters.unwrap_or_default();
         state.forward_guarded = guarded;
+    }
+
+    /// Whether the fallback policy is in force.
+    pub fn set_fallback(&self, fallback: bool) {
+        self.state().fallback = fallback;
     }
 
     /// Counts one reload.
@@ -292,6 +299,14 @@ impl Exposition<'_> {
                 u8::from(active == Some(mode))
             )?;
         }
+
+        header(
+            f,
+            "imds_guard_fallback",
+            "gauge",
+            "1 while the agent's fallback policy is in force because the configured one could not be used at start; 0 otherwise.",
+        )?;
+        writeln!(f, "imds_guard_fallback {}", u8::from(s.fallback))?;
 
         if let Some(digest) = &s.digest {
             header(

@@ -52,6 +52,9 @@ imds_guard_enforcing 1
 # TYPE imds_guard_mode gauge
 imds_guard_mode{mode="enforce"} 1
 imds_guard_mode{mode="audit"} 0
+# HELP imds_guard_fallback 1 while the agent's fallback policy is in force because the configured one could not be used at start; 0 otherwise.
+# TYPE imds_guard_fallback gauge
+imds_guard_fallback 0
 # HELP imds_guard_policy_info The digest of the policy in force; always 1.
 # TYPE imds_guard_policy_info gauge
 imds_guard_policy_info{digest="sha256:0123abcd"} 1

@@ -1,0 +1,191 @@
+//! The boot window: a policy that cannot be used when the agent starts.
+//! With nothing pinned (a host that just booted), the agent puts its
+//! fallback policy in force (root only), says so, keeps running and takes
+//! the real policy on the first reload that validates; with a guard pinned
+//! already, the last good policy stays and the agent exits; with
+//! `--fallback none`, nothing is attached.
+
+use std::net::IpAddr;
+
+use imds_guard_e2e::{
+    Action, Agent, IMDS_PORT, IMDS_V4, NOBODY, READY, Sandbox, field, privileged_or_skip,
+};
+use serde_json::Value;
+
+const EPERM: i32 = libc::EPERM;
+
+/// Broken in three ways: a syntax the checker refuses, a user that does
+/// not exist, a policy that decides nothing.
+const BROKEN: [(&str, &str, &str); 3] = [
+    (
+        "[allow]\nuids = [\"x\"]\n",
+        ":2:9: ",
+        "expected an integer uid",
+    ),
+    (
+        "[allow]\nusers = [\"no-such-user-imds\"]\n",
+        ":2:10: ",
+        "does not exist",
+    ),
+    ("mode = \"enforce\"\n", ":1:1: ", "decides nothing"),
+];
+
+fn imds_v4() -> IpAddr {
+    IMDS_V4.into()
+}
+
+fn sighup(agent: &Agent) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap_or_else(|e| panic!("SIGHUP: {e}"));
+}
+
+#[test]
+fn a_policy_that_does_not_validate_at_boot_puts_the_fallback_in_force() {
+    if !privileged_or_skip("a_policy_that_does_not_validate_at_boot_puts_the_fallback_in_force") {
+        return;
+    }
+    let sb = Sandbox::new();
+    for (policy, position, what) in BROKEN {
+        let config = sb.policy(policy);
+        let agent = sb.spawn_agent(&[], &[]);
+        let ready = agent.wait_ready(READY);
+        assert_eq!(
+            field(&ready, "fallback"),
+            Some(&Value::Bool(true)),
+            "{ready}"
+        );
+        let expected = format!("{}{position}", config.display());
+        let out = agent.output();
+        assert!(
+            out.contains(&expected) && out.contains(what),
+            "expected {expected}...{what} in:\n{out}"
+        );
+        assert!(out.contains("the FALLBACK policy is in force"), "{out}");
+        // Root only: root reads the credentials, nobody is refused.
+        let r = sb.probe_as(0, 0).run(Action::http(imds_v4(), IMDS_PORT));
+        assert_eq!(r.assert_ok().body, sb.imds.credentials_body());
+        sb.probe_as(NOBODY, NOBODY)
+            .run(Action::connect(imds_v4(), IMDS_PORT))
+            .assert_errno(EPERM);
+        let (code, status) = sb.status();
+        assert_eq!(code, Some(5), "a health check must see it: {status}");
+        assert_eq!(status["fallback"], true, "{status}");
+        drop(agent);
+        let out = sb.cli(&["detach"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+#[test]
+fn the_first_reload_that_validates_replaces_the_fallback() {
+    if !privileged_or_skip("the_first_reload_that_validates_replaces_the_fallback") {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.policy(BROKEN[1].0);
+    let agent = sb.start_agent(&[]);
+    sb.probe_as(1001, 1001)
+        .run(Action::connect(imds_v4(), IMDS_PORT))
+        .assert_errno(EPERM);
+    // Still broken: refused, the fallback stays.
+    sighup(&agent);
+    agent
+        .wait_for(
+            |r| field(r, "outcome").and_then(Value::as_str) == Some("invalid"),
+            READY,
+        )
+        .unwrap_or_else(|| panic!("no refused reload:\n{}", agent.output()));
+    assert_eq!(sb.status().1["fallback"], true);
+    // Fixed: in force, and the fallback gone.
+    sb.policy("[allow]\nuids = [1001]\n");
+    sighup(&agent);
+    agent
+        .wait_for(
+            |r| field(r, "outcome").and_then(Value::as_str) == Some("applied"),
+            READY,
+        )
+        .unwrap_or_else(|| panic!("no applied reload:\n{}", agent.output()));
+    sb.probe_as(1001, 1001)
+        .run(Action::connect(imds_v4(), IMDS_PORT))
+        .assert_ok();
+    sb.probe_as(0, 0)
+        .run(Action::connect(imds_v4(), IMDS_PORT))
+        .assert_errno(EPERM);
+    let (code, status) = sb.status();
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["fallback"], false, "{status}");
+}
+
+#[test]
+fn a_fallback_file_is_used_instead_of_the_builtin_one() {
+    if !privileged_or_skip("a_fallback_file_is_used_instead_of_the_builtin_one") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let fallback = sb.dir.path().join("fallback.toml");
+    std::fs::write(&fallback, "[allow]\nuids = [1001]\n")
+        .unwrap_or_else(|e| panic!("writing the fallback: {e}"));
+    sb.policy(BROKEN[0].0);
+    let agent = sb.start_agent(&["--fallback", &fallback.display().to_string()]);
+    sb.probe_as(1001, 1001)
+        .run(Action::connect(imds_v4(), IMDS_PORT))
+        .assert_ok();
+    sb.probe_as(0, 0)
+        .run(Action::connect(imds_v4(), IMDS_PORT))
+        .assert_errno(EPERM);
+    drop(agent);
+}
+
+#[test]
+fn with_a_guard_pinned_the_last_good_policy_stays_and_the_agent_exits() {
+    if !privileged_or_skip("with_a_guard_pinned_the_last_good_policy_stays_and_the_agent_exits") {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.policy("[allow]\nuids = [1001]\n");
+    let first = sb.start_agent(&[]);
+    drop(first);
+    sb.policy(BROKEN[0].0);
+    let second = sb.spawn_agent(&[], &[]);
+    let status = second
+        .wait_exit(READY)
+        .unwrap_or_else(|| panic!("the agent kept running:\n{}", second.output()));
+    assert_eq!(status.code(), Some(1), "{}", second.output());
+    // The pinned guard still decides by the last good policy.
+    sb.probe_as(1001, 1001)
+        .run(Action::connect(imds_v4(), IMDS_PORT))
+        .assert_ok();
+    sb.probe_as(0, 0)
+        .run(Action::connect(imds_v4(), IMDS_PORT))
+        .assert_errno(EPERM);
+}
+
+#[test]
+fn without_a_fallback_a_policy_that_does_not_validate_leaves_nothing_attached() {
+    if !privileged_or_skip(
+        "without_a_fallback_a_policy_that_does_not_validate_leaves_nothing_attached",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    for (policy, position, what) in BROKEN {
+        let config = sb.policy(policy);
+        let agent = sb.spawn_agent(&["--fallback", "none"], &[]);
+        let status = agent
+            .wait_exit(READY)
+            .unwrap_or_else(|| panic!("the agent kept running with {policy:?}"));
+        assert_eq!(status.code(), Some(1), "{}", agent.output());
+        let expected = format!("{}{position}", config.display());
+        let out = agent.output();
+        assert!(
+            out.contains(&expected) && out.contains(what),
+            "expected {expected}...{what} in:\n{out}"
+        );
+        // Nothing is attached: the service is reachable by anyone.
+        let r = sb.probe().run(Action::http(imds_v4(), IMDS_PORT));
+        assert_eq!(r.assert_ok().body, sb.imds.credentials_body());
+    }
+}
