@@ -1,7 +1,10 @@
 //! Runs the `imds-guard` agent as a black box and collects its log.
 //!
 //! The agent runs in the host network namespace: it only loads and attaches
-//! programs to the test cgroup and sends no traffic. Its JSON log lines
+//! programs to the test cgroup and sends no traffic. [`Agent::start_in_netns`]
+//! runs it in a test namespace instead (through `nsenter --net`, which execs
+//! it with no fork), for a [`Topology`](crate::Topology) whose "host" is a
+//! namespace: whatever the agent sets up per namespace lands there. Its JSON log lines
 //! (stderr, and stdout for good measure) become `serde_json::Value` records
 //! that tests wait on and assert against.
 
@@ -95,13 +98,31 @@ impl Agent {
                 .unwrap_or_else(|| panic!("non UTF-8 pin dir")),
         ];
         args.extend_from_slice(extra_args);
-        Self::spawn_agent(&imds_guard_bin(), config, cgroup, &args, env)
+        Self::spawn_agent(&imds_guard_bin(), config, cgroup, &args, env, None)
+    }
+
+    /// [`Agent::start_pinned`] in the network namespace at `netns`.
+    pub fn start_in_netns(
+        config: &Path,
+        cgroup: &TestCgroup,
+        pin_dir: &Path,
+        netns: &Path,
+        extra_args: &[&str],
+    ) -> Self {
+        let mut args = vec![
+            "--pin-dir",
+            pin_dir
+                .to_str()
+                .unwrap_or_else(|| panic!("non UTF-8 pin dir")),
+        ];
+        args.extend_from_slice(extra_args);
+        Self::spawn_agent(&imds_guard_bin(), config, cgroup, &args, &[], Some(netns))
     }
 
     /// [`Agent::start`] with an explicit binary (a stand-in, or a build the
     /// harness would not find).
     pub fn start_bin(bin: &Path, config: &Path, cgroup: &TestCgroup, extra_args: &[&str]) -> Self {
-        Self::spawn_agent(bin, config, cgroup, extra_args, &[])
+        Self::spawn_agent(bin, config, cgroup, extra_args, &[], None)
     }
 
     fn spawn_agent(
@@ -110,11 +131,21 @@ impl Agent {
         cgroup: &TestCgroup,
         extra_args: &[&str],
         env: &[(&str, &str)],
+        netns: Option<&Path>,
     ) -> Self {
         // Never let an agent under test pin in the host's /sys/fs/bpf.
         let own_pins = (!extra_args.contains(&"--pin-dir")).then(TestBpffs::new);
         let own_pin_dir = own_pins.as_ref().map(TestBpffs::pin_dir);
-        let mut cmd = Command::new(bin);
+        let mut cmd = match netns {
+            Some(netns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(config)
