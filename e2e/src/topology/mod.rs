@@ -328,10 +328,11 @@ impl Topology {
         loop {
             thread::sleep(QUIET);
             let now = self.oracle.read();
-            if now == last || Instant::now() >= deadline {
+            let still = now == last;
+            last = now;
+            if still || Instant::now() >= deadline {
                 break;
             }
-            last = now;
         }
         let served = self.imds.requests_served() - served_before;
         Reached {
