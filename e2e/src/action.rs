@@ -9,6 +9,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::Attack;
+
 /// One network action of a probe. Each is a single, distinct way for a
 /// process to reach an address, so each exercises one kernel hook path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub enum Action {
     /// TCP Fast Open: `sendto(MSG_FASTOPEN)` of an IMDSv2 token request, so
     /// the connect happens inside sendmsg. The body is the token.
     Tfo(SocketAddr),
+    /// One of the packet-path attacks (see [`Attack`]).
+    Attack(Attack),
 }
 
 impl Action {
@@ -59,6 +63,9 @@ impl Action {
     pub fn tfo(ip: impl Into<IpAddr>, port: u16) -> Self {
         Action::Tfo(SocketAddr::new(ip.into(), port))
     }
+    pub fn attack(attack: Attack) -> Self {
+        Action::Attack(attack)
+    }
 
     /// The command-line verb.
     pub fn verb(&self) -> &'static str {
@@ -70,6 +77,7 @@ impl Action {
             Action::UdpSendMapped(_) => "udp-send-mapped",
             Action::UdpConnect(_) => "udp-connect",
             Action::Tfo(_) => "tfo",
+            Action::Attack(a) => a.verb(),
         }
     }
 
@@ -83,26 +91,38 @@ impl Action {
             | Action::UdpConnect(a)
             | Action::Tfo(a) => a,
             Action::ConnectMapped(a) | Action::UdpSendMapped(a) => SocketAddr::V4(a),
+            Action::Attack(a) => a.addr(),
         }
     }
 
-    /// `VERB ADDR PORT`, as `imds-probe` takes it.
+    /// `VERB ADDR PORT`, as `imds-probe` takes it, then what an attack
+    /// needs besides.
     pub fn to_args(&self) -> Vec<String> {
         let addr = self.addr();
-        vec![
+        let mut args = vec![
             self.verb().to_owned(),
             addr.ip().to_string(),
             addr.port().to_string(),
-        ]
+        ];
+        if let Action::Attack(a) = self {
+            args.extend(a.extra_args());
+        }
+        args
     }
 
-    /// Parses `VERB ADDR PORT`.
+    /// Parses `VERB ADDR PORT [EXTRA...]`.
     pub fn from_args(args: &[String]) -> Result<Self, String> {
-        let [verb, ip, port] = args else {
+        let [verb, ip, port, extra @ ..] = args else {
             return Err(format!("expected ACTION ADDR PORT, got {args:?}"));
         };
         let ip: IpAddr = ip.parse().map_err(|e| format!("address {ip:?}: {e}"))?;
         let port: u16 = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
+        if Attack::is_verb(verb) {
+            return Attack::from_args(verb, SocketAddr::new(ip, port), extra).map(Action::Attack);
+        }
+        if !extra.is_empty() {
+            return Err(format!("{verb} takes ADDR PORT only, got {args:?}"));
+        }
         let v4 = || match ip {
             IpAddr::V4(v4) => Ok(v4),
             IpAddr::V6(_) => Err(format!("{verb} takes an IPv4 address, got {ip}")),
@@ -158,6 +178,17 @@ pub struct ProbeResult {
     /// (`TCPI_OPT_SYN_DATA`), i.e. the request left before any `connect()`.
     #[serde(default)]
     pub syn_data: Option<bool>,
+    /// For `raw-tcp`: whether the destination answered the hand-made SYN.
+    #[serde(default)]
+    pub syn_ack: Option<bool>,
+    /// For `mptcp-add-addr`: the remote address of every subflow of the
+    /// connection, the initial one first.
+    #[serde(default)]
+    pub subflows: Vec<SocketAddr>,
+    /// A fact about how the action went (which routing header type the
+    /// kernel took, for instance), or empty.
+    #[serde(default)]
+    pub note: String,
     /// How many times the action was performed (`Probe::repeat`).
     #[serde(default)]
     pub attempts: u32,
@@ -206,6 +237,12 @@ mod tests {
             Action::udp_send_mapped(v4, 5353),
             Action::udp_connect(v4, 5353),
             Action::tfo(v6, 80),
+            Action::attack(Attack::udplite(SocketAddr::new(v6.into(), 5353))),
+            Action::attack(Attack::packet(
+                SocketAddr::new(v4.into(), 80),
+                Ipv4Addr::new(10, 88, 1, 77),
+                Ipv4Addr::new(10, 88, 1, 1),
+            )),
         ] {
             assert_eq!(Action::from_args(&action.to_args()), Ok(action), "{action}");
         }
@@ -227,6 +264,7 @@ mod tests {
             &["fly", "127.0.0.1", "80"],
             &["connect", "localhost", "80"],
             &["connect", "127.0.0.1", "65536"],
+            &["connect", "127.0.0.1", "80", "extra"],
         ] {
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
             assert!(Action::from_args(&args).is_err(), "{args:?}");

@@ -100,7 +100,26 @@ impl Agent {
                 .unwrap_or_else(|| panic!("non UTF-8 pin dir")),
         ];
         args.extend_from_slice(extra_args);
-        Self::spawn_agent(netns, &imds_guard_bin(), config, cgroup, &args, env)
+        Self::spawn_agent(netns.path(), &imds_guard_bin(), config, cgroup, &args, env)
+    }
+
+    /// [`Agent::start_pinned`] in the network namespace at `netns` (a
+    /// [`Topology`](crate::Topology)'s "host", which is not a [`Netns`]).
+    pub fn start_in_netns(
+        config: &Path,
+        cgroup: &TestCgroup,
+        pin_dir: &Path,
+        netns: &Path,
+        extra_args: &[&str],
+    ) -> Self {
+        let mut args = vec![
+            "--pin-dir",
+            pin_dir
+                .to_str()
+                .unwrap_or_else(|| panic!("non UTF-8 pin dir")),
+        ];
+        args.extend_from_slice(extra_args);
+        Self::spawn_agent(netns, &imds_guard_bin(), config, cgroup, &args, &[])
     }
 
     /// [`Agent::start`] with an explicit binary (a stand-in, or a build the
@@ -112,11 +131,11 @@ impl Agent {
         cgroup: &TestCgroup,
         extra_args: &[&str],
     ) -> Self {
-        Self::spawn_agent(netns, bin, config, cgroup, extra_args, &[])
+        Self::spawn_agent(netns.path(), bin, config, cgroup, extra_args, &[])
     }
 
     fn spawn_agent(
-        netns: &Netns,
+        netns: &Path,
         bin: &Path,
         config: &Path,
         cgroup: &TestCgroup,
@@ -127,7 +146,7 @@ impl Agent {
         let own_pins = (!extra_args.contains(&"--pin-dir")).then(TestBpffs::new);
         let own_pin_dir = own_pins.as_ref().map(TestBpffs::pin_dir);
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", netns.path().display()))
+        cmd.arg(format!("--net={}", netns.display()))
             .arg("--")
             .arg(bin)
             .arg("run")

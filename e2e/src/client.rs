@@ -40,24 +40,30 @@ const DATAGRAM: &[u8] = b"imds-probe";
 
 /// What a successful action produced.
 #[derive(Debug, Default)]
-struct Outcome {
-    body: String,
-    syn_data: Option<bool>,
+pub(crate) struct Outcome {
+    pub body: String,
+    pub syn_data: Option<bool>,
+    /// `raw-tcp`: whether the destination answered the SYN.
+    pub syn_ack: Option<bool>,
+    /// `mptcp-add-addr`: the remote address of every subflow.
+    pub subflows: Vec<SocketAddr>,
+    /// A fact worth reporting about how the action went.
+    pub note: String,
 }
 
 /// Why an action failed.
 #[derive(Debug)]
-struct Failure {
-    errno: Option<i32>,
-    error: String,
-    body: String,
+pub(crate) struct Failure {
+    pub errno: Option<i32>,
+    pub error: String,
+    pub body: String,
 }
 
-type Step<T> = Result<T, Failure>;
+pub(crate) type Step<T> = Result<T, Failure>;
 
 /// A failed system call, with its errno (a timeout from std's
 /// `connect_timeout` carries none, so it gets `ETIMEDOUT`).
-fn os_failure(what: impl Display, e: io::Error) -> Failure {
+pub(crate) fn os_failure(what: impl Display, e: io::Error) -> Failure {
     let errno = e
         .raw_os_error()
         .or((e.kind() == io::ErrorKind::TimedOut).then_some(libc::ETIMEDOUT));
@@ -97,10 +103,19 @@ pub fn perform(action: &Action) -> ProbeResult {
         Action::UdpSendMapped(addr) => udp_send(mapped(addr)),
         Action::UdpConnect(addr) => udp_connect(addr),
         Action::Tfo(addr) => tfo(addr),
+        Action::Attack(attack) => crate::attack::perform(attack),
     };
-    let (ok, errno, error, body, syn_data) = match outcome {
-        Ok(o) => (true, None, String::new(), o.body, o.syn_data),
-        Err(f) => (false, f.errno, f.error, f.body, None),
+    let (ok, errno, error, outcome) = match outcome {
+        Ok(o) => (true, None, String::new(), o),
+        Err(f) => (
+            false,
+            f.errno,
+            f.error,
+            Outcome {
+                body: f.body,
+                ..Outcome::default()
+            },
+        ),
     };
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let ids = |key: &str| -> Vec<u32> {
@@ -118,7 +133,7 @@ pub fn perform(action: &Action) -> ProbeResult {
         ok,
         errno,
         error,
-        body,
+        body: outcome.body,
         pid: std::process::id(),
         comm: fs::read_to_string("/proc/self/comm")
             .map(|c| c.trim_end().to_owned())
@@ -132,7 +147,10 @@ pub fn perform(action: &Action) -> ProbeResult {
             .find_map(|l| l.strip_prefix("0::"))
             .unwrap_or_default()
             .to_owned(),
-        syn_data,
+        syn_data: outcome.syn_data,
+        syn_ack: outcome.syn_ack,
+        subflows: outcome.subflows,
+        note: outcome.note,
         attempts: 1,
         eperm: u32::from(errno == Some(libc::EPERM)),
     }
@@ -184,7 +202,7 @@ fn udp_connect(addr: SocketAddr) -> Step<Outcome> {
 }
 
 /// An HTTP/1.1 request with no body.
-fn request(addr: SocketAddr, method: &str, path: &str, header: (&str, &str)) -> Vec<u8> {
+pub(crate) fn request(addr: SocketAddr, method: &str, path: &str, header: (&str, &str)) -> Vec<u8> {
     let host = match addr {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
@@ -210,7 +228,12 @@ fn read_response(stream: &mut TcpStream, what: &str) -> Step<(u16, String)> {
         .take(MAX_RESPONSE)
         .read_to_end(&mut raw)
         .map_err(|e| os_failure(format!("{what}: reading the response"), e))?;
-    let text = String::from_utf8_lossy(&raw);
+    parse_response(&raw, what)
+}
+
+/// The status and body of a whole response, as text.
+pub(crate) fn parse_response(raw: &[u8], what: &str) -> Step<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
     let malformed = || Failure {
         errno: None,
         error: format!("{what}: malformed response {text:?}"),
@@ -226,7 +249,7 @@ fn read_response(stream: &mut TcpStream, what: &str) -> Step<(u16, String)> {
 }
 
 /// The body of a 200 response, or a failure naming the status.
-fn expect_200(what: &str, (status, body): (u16, String)) -> Step<String> {
+pub(crate) fn expect_200(what: &str, (status, body): (u16, String)) -> Step<String> {
     if status == 200 {
         Ok(body)
     } else {
@@ -238,33 +261,46 @@ fn expect_200(what: &str, (status, body): (u16, String)) -> Step<String> {
     }
 }
 
-/// One request on a new connection, as IMDS clients do.
-fn exchange(addr: SocketAddr, method: &str, path: &str, header: (&str, &str)) -> Step<String> {
+/// One request on a new connection, as IMDS clients do: its status and
+/// body.
+fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    header: (&str, &str),
+) -> Step<(u16, String)> {
     let what = format!("{method} {path}");
     let mut stream = connect(addr)?;
     stream
         .write_all(&request(addr, method, path, header))
         .map_err(|e| os_failure(format!("{what}: sending"), e))?;
-    expect_200(&what, read_response(&mut stream, &what)?)
+    read_response(&mut stream, &what)
 }
 
 /// The IMDSv2 sequence an SDK follows to find and fetch role credentials.
-fn http_flow(addr: SocketAddr) -> Step<Outcome> {
-    let token = exchange(addr, "PUT", TOKEN_PATH, (TTL_HEADER, "21600"))?;
+pub(crate) fn http_flow(addr: SocketAddr) -> Step<Outcome> {
+    imdsv2_flow(|method, path, header| exchange(addr, method, path, header))
+}
+
+/// [`http_flow`] over any transport: `exchange(method, path, header)`
+/// makes one request on a new connection and returns the status and body.
+pub(crate) fn imdsv2_flow(
+    mut exchange: impl FnMut(&str, &str, (&str, &str)) -> Step<(u16, String)>,
+) -> Step<Outcome> {
+    let mut ok = |method: &str, path: &str, header: (&str, &str)| {
+        let what = format!("{method} {path}");
+        expect_200(&what, exchange(method, path, header)?)
+    };
+    let token = ok("PUT", TOKEN_PATH, (TTL_HEADER, "21600"))?;
     let auth = ("X-aws-ec2-metadata-token", token.as_str());
-    exchange(addr, "GET", "/latest/meta-data/", auth)?;
-    let roles = exchange(
-        addr,
-        "GET",
-        "/latest/meta-data/iam/security-credentials/",
-        auth,
-    )?;
+    ok("GET", "/latest/meta-data/", auth)?;
+    let roles = ok("GET", "/latest/meta-data/iam/security-credentials/", auth)?;
     let role = roles.lines().next().unwrap_or(ROLE).trim();
     let path = format!("/latest/meta-data/iam/security-credentials/{role}");
-    let body = exchange(addr, "GET", &path, auth)?;
+    let body = ok("GET", &path, auth)?;
     Ok(Outcome {
         body,
-        syn_data: None,
+        ..Outcome::default()
     })
 }
 
@@ -314,7 +350,11 @@ fn tfo(addr: SocketAddr) -> Step<Outcome> {
     let response = read_response(&mut stream, &what)?;
     let syn_data = tcpi_options(&stream).map(|o| o & TCPI_OPT_SYN_DATA != 0);
     let body = expect_200(&what, response)?;
-    Ok(Outcome { body, syn_data })
+    Ok(Outcome {
+        body,
+        syn_data,
+        ..Outcome::default()
+    })
 }
 
 /// `tcp_info.tcpi_options`, the sixth byte of the structure (its layout's

@@ -12,6 +12,11 @@
 //! - [`Probe`]: the `imds-probe` binary, one action as a given uid/gid;
 //! - [`Agent`]: the `imds-guard` binary, with its JSON log collected.
 //!
+//! [`Topology`] builds a container host instead (a host namespace that
+//! forwards, containers behind it, the metadata service one hop away), for
+//! the packet-path [`Attack`]s, with an [`Oracle`] that counts what
+//! arrives at the metadata addresses.
+//!
 //! ```no_run
 //! use imds_guard_e2e::{Action, FakeImds, IMDS_V4, Netns, Probe, TestCgroup};
 //!
@@ -29,30 +34,42 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 mod action;
 mod agent;
+mod attack;
 mod bins;
 mod bpffs;
 mod cgroup;
 pub mod client;
 mod fake_imds;
 mod files;
+mod mptcp_server;
 mod netns;
+mod oracle;
 mod probe;
 mod sandbox;
 mod skip;
+mod topology;
 mod util;
 
 pub use self::{
     action::{Action, ProbeResult},
     agent::{Agent, field},
+    attack::{Attack, IfName, tun_node},
     bins::{imds_guard_bin, probe_bin},
     bpffs::TestBpffs,
     cgroup::{TestCgroup, cgroup2_root},
     fake_imds::{FakeImds, IMDS_PORT, PLAIN_PORT, ROLE, UDP_PORT, tcp_addrs, udp_addrs},
     files::{TempDir, write_policy},
+    mptcp_server::MptcpServer,
     netns::Netns,
+    oracle::{Arrivals, Counts, Oracle},
     probe::{NOBODY, Probe},
     sandbox::{LOG, READY, Sandbox},
     skip::privileged_or_skip,
+    topology::{
+        Container, ContainerKind, MPTCP_PORT, Reached, Topology, TopologyBuilder, TunDevice,
+        UNPROTECTED_V4, UNPROTECTED_V6, UPLINK_HOST_V4, UPLINK_HOST_V6, UPLINK_IMDS_V4,
+        UPLINK_IMDS_V6, USERNS_ROOT,
+    },
 };
 
 /// The IPv4 instance metadata address.

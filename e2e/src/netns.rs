@@ -52,6 +52,20 @@ impl Netns {
     /// Like [`Netns::new`], but returns why it failed (used by the privilege
     /// check, which must not panic outside CI).
     pub fn try_new() -> Result<Self, String> {
+        let netns = Self::try_bare()?;
+        netns.configure()?;
+        Ok(netns)
+    }
+
+    /// A namespace with only its loopback up (127.0.0.1 and ::1) and IPv6
+    /// enabled: no metadata address is local to it, so traffic to one is
+    /// routed like on a real host. The routers of a
+    /// [`Topology`](crate::Topology) are made of these.
+    pub fn bare() -> Self {
+        Self::try_bare().unwrap_or_else(|e| panic!("creating a network namespace: {e}"))
+    }
+
+    fn try_bare() -> Result<Self, String> {
         let name = unique_name("igt");
         run(Command::new("ip").args(["netns", "add", &name]))?;
         // From here on the guard exists, so a failure below still deletes it.
@@ -59,7 +73,8 @@ impl Netns {
             path: Path::new(NETNS_DIR).join(&name),
             name,
         };
-        netns.configure()?;
+        netns.write_sysctl("net/ipv6/conf/lo/disable_ipv6", "0")?;
+        netns.ip(&["link", "set", "lo", "up"])?;
         Ok(netns)
     }
 
@@ -67,9 +82,7 @@ impl Netns {
         // IPv6 may be disabled by default for new namespaces
         // (net.ipv6.conf.default.disable_ipv6 with devconf_inherit_init_net);
         // ::1 and fd00:ec2::254 need it on lo. Set before lo comes up.
-        self.write_sysctl("net/ipv6/conf/lo/disable_ipv6", "0")?;
         self.write_sysctl("net/ipv4/tcp_fastopen", TCP_FASTOPEN)?;
-        self.ip(&["link", "set", "lo", "up"])?;
         self.ip(&["addr", "add", &format!("{IMDS_V4}/32"), "dev", "lo"])?;
         // nodad: duplicate address detection would leave the address
         // "tentative" (unbindable) for a second or so.
@@ -100,20 +113,14 @@ impl Netns {
 
     /// Runs `ip ARGS` inside the namespace through `nsenter --net`, which only
     /// calls setns (`ip -n`/`ip netns exec` also remount /sys).
-    fn ip(&self, args: &[&str]) -> Result<(), String> {
-        run(Command::new("nsenter")
-            .arg(format!("--net={}", self.path.display()))
-            .arg("ip")
-            .args(args))
+    pub(crate) fn ip(&self, args: &[&str]) -> Result<(), String> {
+        ip_at(&self.path, args)
     }
 
     /// Writes `/proc/sys/<key>` as seen from inside the namespace: the net
     /// sysctls resolve against the writing thread's namespace.
-    fn write_sysctl(&self, key: &str, value: &str) -> Result<(), String> {
-        let file = Path::new("/proc/sys").join(key);
-        self.try_in_netns(|| {
-            fs::write(&file, value).map_err(|e| format!("writing {}: {e}", file.display()))
-        })?
+    pub(crate) fn write_sysctl(&self, key: &str, value: &str) -> Result<(), String> {
+        write_sysctl_at(&self.path, key, value)
     }
 
     /// The namespace's name, as `ip netns list` shows it.
@@ -138,19 +145,45 @@ impl Netns {
 
     /// [`Netns::in_netns`] that reports a failed setns instead of panicking.
     fn try_in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, String> {
-        thread::scope(|s| {
-            let handle = s.spawn(|| {
-                let ns = File::open(&self.path)
-                    .map_err(|e| format!("opening {}: {e}", self.path.display()))?;
-                setns(&ns, CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| format!("setns into {}: {e}", self.path.display()))?;
-                Ok(f())
-            });
-            handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        try_in_netns_at(&self.path, f)
     }
+}
+
+/// Runs `ip ARGS` inside the namespace at `path` (a bind mount, or
+/// `/proc/PID/ns/net`) through `nsenter --net`, which only calls setns
+/// (`ip -n`/`ip netns exec` also remount /sys).
+pub(crate) fn ip_at(path: &Path, args: &[&str]) -> Result<(), String> {
+    run(Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .arg("ip")
+        .args(args))
+}
+
+/// Writes `/proc/sys/<key>` as seen from inside the namespace at `path`:
+/// the net sysctls resolve against the writing thread's namespace.
+pub(crate) fn write_sysctl_at(path: &Path, key: &str, value: &str) -> Result<(), String> {
+    let file = Path::new("/proc/sys").join(key);
+    try_in_netns_at(path, || {
+        fs::write(&file, value).map_err(|e| format!("writing {}: {e}", file.display()))
+    })?
+}
+
+/// [`Netns::in_netns`] for the namespace at `path`.
+pub(crate) fn try_in_netns_at<T: Send>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, String> {
+    thread::scope(|s| {
+        let handle = s.spawn(|| {
+            let ns = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+            setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("setns into {}: {e}", path.display()))?;
+            Ok(f())
+        });
+        handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 impl Default for Netns {

@@ -31,6 +31,8 @@ pub struct Probe {
     uid: u32,
     gid: u32,
     groups: Vec<u32>,
+    userns: Option<PathBuf>,
+    caps: Option<String>,
     repeat: u32,
     bin: Option<PathBuf>,
 }
@@ -39,15 +41,40 @@ impl Probe {
     /// A probe that will run in `netns` and `cgroup` as uid and gid
     /// [`NOBODY`] with no supplementary groups.
     pub fn new(netns: &Netns, cgroup: &TestCgroup) -> Self {
+        Self::at(netns.path(), cgroup.path())
+    }
+
+    /// [`Probe::new`] for a namespace given by path (for example
+    /// `/proc/PID/ns/net` of a namespace no bind mount names) and a cgroup
+    /// directory.
+    pub fn at(netns: impl Into<PathBuf>, cgroup: impl Into<PathBuf>) -> Self {
         Probe {
-            netns: netns.path().to_path_buf(),
-            cgroup: cgroup.path().to_path_buf(),
+            netns: netns.into(),
+            cgroup: cgroup.into(),
             uid: NOBODY,
             gid: NOBODY,
             groups: Vec::new(),
+            userns: None,
+            caps: None,
             repeat: 1,
             bin: None,
         }
+    }
+
+    /// Joins this user namespace (`/proc/PID/ns/user`) after the network
+    /// namespace; [`Probe::uid`] and [`Probe::gid`] are then ids inside it.
+    #[must_use]
+    pub fn userns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.userns = Some(path.into());
+        self
+    }
+
+    /// Keeps exactly these capabilities (`"net_raw"`, `"net_admin"`) after
+    /// the ids change, as the effective and permitted sets.
+    #[must_use]
+    pub fn caps(mut self, caps: &[&str]) -> Self {
+        self.caps = Some(caps.join(","));
+        self
     }
 
     /// The real, effective and saved uid.
@@ -110,6 +137,12 @@ impl Probe {
         if !self.groups.is_empty() {
             let groups: Vec<String> = self.groups.iter().map(u32::to_string).collect();
             args.extend(["--groups".into(), groups.join(",").into()]);
+        }
+        if let Some(userns) = &self.userns {
+            args.extend(["--userns".into(), userns.clone().into()]);
+        }
+        if let Some(caps) = &self.caps {
+            args.extend(["--caps".into(), caps.into()]);
         }
         if self.repeat > 1 {
             args.extend(["--repeat".into(), self.repeat.to_string().into()]);
@@ -191,4 +224,29 @@ fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<std::process::Ex
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userns_and_caps_reach_the_command_line() {
+        let probe = Probe::at("/proc/42/ns/net", "/sys/fs/cgroup/t")
+            .userns("/proc/42/ns/user")
+            .uid(0)
+            .gid(0)
+            .caps(&["net_raw", "net_admin"]);
+        let args: Vec<String> = probe
+            .args(&Action::connect(std::net::Ipv4Addr::LOCALHOST, 80))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("--netns /proc/42/ns/net"), "{joined}");
+        assert!(joined.contains("--userns /proc/42/ns/user"), "{joined}");
+        assert!(joined.contains("--uid 0 --gid 0"), "{joined}");
+        assert!(joined.contains("--caps net_raw,net_admin"), "{joined}");
+        assert!(joined.ends_with("connect 127.0.0.1 80"), "{joined}");
+    }
 }

@@ -2,7 +2,8 @@
 //! network namespace and cgroup.
 //!
 //! ```text
-//! imds-probe --netns PATH --cgroup DIR --uid N --gid N [--groups G1,G2] ACTION ADDR PORT
+//! imds-probe --netns PATH --cgroup DIR [--userns PATH] --uid N --gid N [--groups G1,G2]
+//!            [--caps net_raw,net_admin] ACTION ADDR PORT [EXTRA...]
 //! ```
 //!
 //! It joins the cgroup and the namespace while still root, then drops to the
@@ -10,6 +11,14 @@
 //! next one removes), performs the action and prints one JSON line (see
 //! `imds_guard_e2e::ProbeResult`). The exit status is 0 whatever the action
 //! did; 2 means a bad command line, 3 a failure to set the process up.
+//!
+//! With `--userns` it also joins that user namespace (after the network
+//! namespace, while it still has the privilege to), and the ids are then
+//! ids *inside* it: `--userns /proc/PID/ns/user --uid 0 --gid 0` is root of
+//! a user-namespaced container, with every capability over the namespaces
+//! that user namespace owns and none elsewhere. `--caps` keeps exactly
+//! these capabilities after the ids change (for example a non-root process
+//! with `CAP_NET_RAW`).
 
 use std::{
     env, fs,
@@ -24,9 +33,15 @@ use nix::{
     unistd::{Gid, Uid, getresgid, getresuid, setgroups, setresgid, setresuid},
 };
 
-const USAGE: &str = "usage: imds-probe --netns PATH --cgroup DIR --uid N --gid N \
-                     [--groups G1,G2] [--repeat N] ACTION ADDR PORT\n\
-                     actions: http connect connect-mapped udp-send udp-send-mapped udp-connect tfo";
+const USAGE: &str = "usage: imds-probe --netns PATH --cgroup DIR [--userns PATH] --uid N --gid N \
+                     [--groups G1,G2] [--caps CAP,...] [--repeat N] ACTION ADDR PORT [EXTRA...]\n\
+                     actions: http connect connect-mapped udp-send udp-send-mapped udp-connect tfo\n\
+                     attacks: nat ADDR PORT TO_ADDR TO_PORT | raw-tcp ADDR PORT SRC | \
+                     packet ADDR PORT SRC GATEWAY | tun ADDR PORT SRC DEV | udplite ADDR PORT | \
+                     rthdr ADDR PORT SEGMENT | mptcp-add-addr ADDR PORT";
+
+/// The capabilities `--caps` may keep (include/uapi/linux/capability.h).
+const CAPS: &[(&str, u32)] = &[("net_admin", 12), ("net_raw", 13)];
 
 #[derive(Debug)]
 struct Options {
@@ -35,6 +50,10 @@ struct Options {
     uid: u32,
     gid: u32,
     groups: Vec<u32>,
+    /// The user namespace to join, if any; the ids are then inside it.
+    userns: Option<PathBuf>,
+    /// The capability mask to keep after the ids change, if any.
+    caps: Option<u64>,
     /// How many times to perform the action (one process, one pid).
     repeat: u32,
     action: Action,
@@ -43,6 +62,7 @@ struct Options {
 impl Options {
     fn parse(args: &[String]) -> Result<Self, String> {
         let (mut netns, mut cgroup, mut uid, mut gid, mut groups) = (None, None, None, None, None);
+        let (mut userns, mut caps) = (None, None);
         let mut repeat = 1;
         let mut rest = args;
         while let [flag, value, tail @ ..] = rest {
@@ -56,6 +76,19 @@ impl Options {
             };
             match flag.as_str() {
                 "--netns" => netns = Some(PathBuf::from(value)),
+                "--userns" => userns = Some(PathBuf::from(value)),
+                "--caps" => {
+                    let mut mask = 0u64;
+                    for name in value.split(',').filter(|c| !c.is_empty()) {
+                        let bit = CAPS
+                            .iter()
+                            .find(|(n, _)| *n == name)
+                            .map(|&(_, bit)| bit)
+                            .ok_or_else(|| format!("--caps: unknown capability {name:?}"))?;
+                        mask |= 1 << bit;
+                    }
+                    caps = Some(mask);
+                }
                 "--cgroup" => cgroup = Some(PathBuf::from(value)),
                 "--uid" => uid = Some(id()?),
                 "--repeat" => repeat = id()?.max(1),
@@ -81,10 +114,72 @@ impl Options {
             uid: uid.ok_or("--uid is required")?,
             gid: gid.ok_or("--gid is required")?,
             groups: groups.unwrap_or_default(),
+            userns,
+            caps,
             repeat,
             action: Action::from_args(rest)?,
         })
     }
+}
+
+fn prctl(option: libc::c_int, arg: libc::c_ulong) -> Result<(), String> {
+    // SAFETY: PR_SET_KEEPCAPS takes an integer argument and no pointers.
+    if unsafe { libc::prctl(option, arg, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "prctl({option}): {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// Makes `mask` the permitted and effective capability sets (none
+/// inheritable), then checks what the kernel reports.
+fn keep_caps(mask: u64) -> Result<(), String> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set.
+    let header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let word = |i: u32| Data {
+        effective: (mask >> (32 * i)) as u32,
+        permitted: (mask >> (32 * i)) as u32,
+        inheritable: 0,
+    };
+    let data = [word(0), word(1)];
+    // SAFETY: capset reads one header and two data structs, which these are.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(format!(
+            "capset {mask:#x}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    if effective != Some(mask) {
+        return Err(format!(
+            "capabilities did not change: CapEff {effective:?}, wanted {mask:#x}"
+        ));
+    }
+    Ok(())
 }
 
 /// (device, inode) of a namespace file: equal pairs are the same namespace.
@@ -115,12 +210,30 @@ fn enter(opts: &Options) -> Result<(), String> {
             opts.netns.display()
         ));
     }
+    if let Some(userns) = &opts.userns {
+        // Joining a user namespace drops every capability outside it, so
+        // it comes after the cgroup and the network namespace. It needs a
+        // single-threaded process, which this still is.
+        let ns =
+            fs::File::open(userns).map_err(|e| format!("opening {}: {e}", userns.display()))?;
+        setns(&ns, CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| format!("setns into {}: {e}", userns.display()))?;
+    }
 
     let groups: Vec<Gid> = opts.groups.iter().map(|&g| Gid::from_raw(g)).collect();
     let (uid, gid) = (Uid::from_raw(opts.uid), Gid::from_raw(opts.gid));
     setgroups(&groups).map_err(|e| format!("setgroups {:?}: {e}", opts.groups))?;
     setresgid(gid, gid, gid).map_err(|e| format!("setresgid {gid}: {e}"))?;
+    if opts.caps.is_some() {
+        // Keep the permitted set across the uid change; `keep_caps` then
+        // narrows it to the mask and makes that effective.
+        prctl(libc::PR_SET_KEEPCAPS, 1)?;
+    }
     setresuid(uid, uid, uid).map_err(|e| format!("setresuid {uid}: {e}"))?;
+    if let Some(mask) = opts.caps {
+        keep_caps(mask)?;
+        prctl(libc::PR_SET_KEEPCAPS, 0)?;
+    }
 
     let ids = getresuid().map_err(|e| format!("getresuid: {e}"))?;
     let gids = getresgid().map_err(|e| format!("getresgid: {e}"))?;
@@ -155,5 +268,39 @@ fn main() -> ExitCode {
             eprintln!("imds-probe: encoding the result: {e}");
             ExitCode::from(3)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Options::parse(&args)
+    }
+
+    const BASE: [&str; 8] = [
+        "--netns", "/n", "--cgroup", "/c", "--uid", "0", "--gid", "0",
+    ];
+
+    #[test]
+    fn caps_become_a_mask_and_userns_a_path() {
+        let mut args = BASE.to_vec();
+        args.extend(["--userns", "/proc/1/ns/user", "--caps", "net_raw,net_admin"]);
+        args.extend(["udplite", "169.254.169.254", "5353"]);
+        let opts = parse(&args).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(opts.caps, Some((1 << 13) | (1 << 12)));
+        assert_eq!(opts.userns, Some(PathBuf::from("/proc/1/ns/user")));
+    }
+
+    #[test]
+    fn an_unknown_capability_is_refused() {
+        let mut args = BASE.to_vec();
+        args.extend(["--caps", "sys_admin", "connect", "127.0.0.1", "80"]);
+        let Err(e) = parse(&args) else {
+            panic!("sys_admin must be refused");
+        };
+        assert!(e.contains("sys_admin"), "{e}");
     }
 }

@@ -1,0 +1,214 @@
+//! The containers of a [`Topology`](super::Topology): a network namespace
+//! behind a veth, owned either by the initial user namespace or by one of
+//! its own whose root is an unprivileged uid outside.
+
+use std::{
+    ffi::CString,
+    fs,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::{Netns, Probe, TestCgroup, util::cleanup_failed};
+
+/// The uid (and gid) a user-namespaced container's root is outside it.
+pub const USERNS_ROOT: u32 = 100_000;
+/// How many ids the container's user namespace maps, from 0 inside.
+const USERNS_SIZE: u32 = 65_536;
+
+/// How a container's network namespace is owned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerKind {
+    /// By the initial user namespace (Docker, containerd, rootful podman).
+    Plain,
+    /// By a user namespace of its own, root = uid [`USERNS_ROOT`] outside
+    /// (LXC unprivileged, podman `--userns=auto`, Kubernetes
+    /// `hostUsers: false`).
+    Userns,
+}
+
+/// A user namespace and a network namespace it owns, held open by a
+/// `sleep` that is our child.
+#[derive(Debug)]
+struct UsernsHolder {
+    child: Child,
+}
+
+impl UsernsHolder {
+    /// Starts `sleep infinity` as uid/gid [`USERNS_ROOT`] in `cgroup`, in a
+    /// new user namespace and a network namespace that user namespace
+    /// owns, and maps ids 0-65535 inside to 100000-165535 outside.
+    fn spawn(cgroup: &TestCgroup) -> Self {
+        let procs = CString::new(
+            cgroup
+                .path()
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("cgroup path: {e}"));
+        let mut cmd = Command::new("sleep");
+        cmd.arg("infinity")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: the closure runs between fork and exec and only makes
+        // system calls (no allocation, no locks), on data prepared before
+        // the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let check = |rc: libc::c_long| {
+                    if rc < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                };
+                // The guarded cgroup first, while still root.
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                check(fd.into())?;
+                check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_long)?;
+                libc::close(fd);
+                check(libc::setgroups(0, std::ptr::null()).into())?;
+                check(libc::setresgid(USERNS_ROOT, USERNS_ROOT, USERNS_ROOT).into())?;
+                check(libc::setresuid(USERNS_ROOT, USERNS_ROOT, USERNS_ROOT).into())?;
+                // After the uid change, which clears it: if the test
+                // process dies, so does the holder, and its namespaces.
+                check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
+                // Created by uid 100000, so that is the user namespace's
+                // owner, as with an unprivileged runtime.
+                check(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET).into())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the user namespace holder: {e}"));
+        // The guard owns the child from here: a failure below still kills
+        // it. spawn() returned after the exec, so the unshare is done.
+        let holder = UsernsHolder { child };
+        let map = format!("0 {USERNS_ROOT} {USERNS_SIZE}\n");
+        for file in ["uid_map", "gid_map"] {
+            let path = format!("/proc/{}/{file}", holder.pid());
+            fs::write(&path, &map).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        }
+        holder
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for UsernsHolder {
+    fn drop(&mut self) {
+        // Our child, not yet reaped: the pid is still its own.
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        if let Err(e) = self.child.wait() {
+            cleanup_failed(&format!("reaping userns holder {}: {e}", self.child.id()));
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ContainerNs {
+    Plain(Netns),
+    Userns(UsernsHolder),
+}
+
+/// One container of a [`Topology`](super::Topology), number `index`:
+/// 10.88.`index`.0/24 and fd42:88:`index`::/64, `.1`/`::1` the host's end.
+#[derive(Debug)]
+pub struct Container {
+    name: String,
+    index: u8,
+    ns: ContainerNs,
+    cgroup: PathBuf,
+}
+
+impl Container {
+    /// A container whose processes join `cgroup` (not yet wired).
+    pub(super) fn new(name: &str, kind: ContainerKind, index: u8, cgroup: &TestCgroup) -> Self {
+        let ns = match kind {
+            ContainerKind::Plain => ContainerNs::Plain(Netns::bare()),
+            ContainerKind::Userns => ContainerNs::Userns(UsernsHolder::spawn(cgroup)),
+        };
+        Container {
+            name: name.to_owned(),
+            index,
+            ns,
+            cgroup: cgroup.path().to_path_buf(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn index(&self) -> u8 {
+        self.index
+    }
+
+    pub fn kind(&self) -> ContainerKind {
+        match self.ns {
+            ContainerNs::Plain(_) => ContainerKind::Plain,
+            ContainerNs::Userns(_) => ContainerKind::Userns,
+        }
+    }
+
+    /// Its network namespace, as `nsenter --net=` and `setns` take it.
+    pub fn netns_path(&self) -> PathBuf {
+        match &self.ns {
+            ContainerNs::Plain(ns) => ns.path().to_path_buf(),
+            ContainerNs::Userns(h) => PathBuf::from(format!("/proc/{}/ns/net", h.pid())),
+        }
+    }
+
+    /// Its user namespace, for a [`ContainerKind::Userns`] container.
+    pub fn userns_path(&self) -> Option<PathBuf> {
+        match &self.ns {
+            ContainerNs::Plain(_) => None,
+            ContainerNs::Userns(h) => Some(PathBuf::from(format!("/proc/{}/ns/user", h.pid()))),
+        }
+    }
+
+    /// The container's address.
+    pub fn addr_v4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 88, self.index, 2)
+    }
+    pub fn addr_v6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd42, 0x88, u16::from(self.index), 0, 0, 0, 0, 2)
+    }
+    /// The host's address on the container's link: its default gateway.
+    pub fn gateway_v4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 88, self.index, 1)
+    }
+    pub fn gateway_v6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd42, 0x88, u16::from(self.index), 0, 0, 0, 0, 1)
+    }
+    /// An address of the container's subnet that nothing uses.
+    pub fn spare_v4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 88, self.index, 77)
+    }
+    pub fn spare_v6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd42, 0x88, u16::from(self.index), 0, 0, 0, 0, 0x77)
+    }
+
+    /// A probe in the container, in the guarded cgroup: `nobody` in a plain
+    /// container, root (uid 0 inside, [`USERNS_ROOT`] outside, every
+    /// capability over the container's namespaces only) in a
+    /// user-namespaced one.
+    pub fn probe(&self) -> Probe {
+        let probe = Probe::at(self.netns_path(), &self.cgroup);
+        match self.userns_path() {
+            Some(userns) => probe.userns(userns).uid(0).gid(0),
+            None => probe,
+        }
+    }
+}
