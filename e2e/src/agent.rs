@@ -297,6 +297,46 @@ impl Agent {
         status
     }
 
+    /// Kills the agent with SIGKILL (no chance to clean anything up) and
+    /// waits for it.
+    pub fn kill(&self) -> ExitStatus {
+        let mut child = lock(&self.child);
+        let _ = child.kill();
+        let status = child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for agent {}: {e}", self.pid));
+        drop(child);
+        self.wait_drained();
+        status
+    }
+
+    /// The first record after the first `seen` that satisfies `pred`;
+    /// waits up to `timeout` for it.
+    pub fn wait_for_after(
+        &self,
+        seen: usize,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.log.state);
+        loop {
+            if let Some(found) = state.records.iter().skip(seen).find(|r| pred(r)) {
+                return Some(found.clone());
+            }
+            let now = Instant::now();
+            if state.open == 0 || now >= deadline {
+                return None;
+            }
+            state = self
+                .log
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     /// Gives the readers a moment to collect what the agent wrote last.
     fn wait_drained(&self) {
         let deadline = Instant::now() + DRAIN_TIMEOUT;

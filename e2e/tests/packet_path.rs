@@ -6,13 +6,17 @@
 //!
 //! Each test builds a [`Topology`] (a host namespace that forwards, its
 //! containers, the metadata service one hop up), runs its attack from
-//! every place it applies to, and shows that **without a guard the path
-//! works**: the oracle in the metadata service's namespace counts the
-//! packets, and where the path completes, the probe comes back with the
-//! fake IMDS's credentials. [`rows`] lists every (attack, place) pair and
-//! [`worked`] says what "it works" means for each, so the guarded half can
-//! reuse both: build the topology with `.agent(POLICY)` and assert
-//! `!r.reached()` plus the agent's record instead.
+//! every place it applies to, and shows first that **without a guard the
+//! path works** (so it cannot pass by accident): the oracle in the metadata
+//! service's namespace counts the packets, and where the path completes,
+//! the probe comes back with the fake IMDS's credentials. Then, with the
+//! agent in the host namespace enforcing the shipped policy (root only),
+//! **nothing arrives, and the agent logged the refusal** on the path that
+//! stopped it: `egress` for packets a local socket sent (judged by the
+//! socket's owner), `forward` for packets no local socket sent, the connect
+//! hooks for a kernel thread's subflow (which has no identity). [`rows`]
+//! lists every (attack, place) pair and [`worked`] says what "it works"
+//! means for each.
 //!
 //! `current_guard_survey` (ignored: it asserts nothing about the guard)
 //! runs every row against today's agent and prints the table.
@@ -20,10 +24,12 @@
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 
 use imds_guard_e2e::{
-    Action, Attack, ContainerKind, IMDS_PORT, IMDS_V4, IMDS_V6, MPTCP_PORT, NOBODY, Probe, Reached,
-    Topology, TopologyBuilder, UDP_PORT, UNPROTECTED_V4, UNPROTECTED_V6, UPLINK_HOST_V4,
-    UPLINK_HOST_V6, UPLINK_IMDS_V4, UPLINK_IMDS_V6, field, privileged_or_skip,
+    Action, Agent, Attack, ContainerKind, IMDS_PORT, IMDS_V4, IMDS_V6, LOG, MPTCP_PORT, NOBODY,
+    Probe, Reached, Topology, TopologyBuilder, UDP_PORT, UNPROTECTED_V4, UNPROTECTED_V6,
+    UPLINK_HOST_V4, UPLINK_HOST_V6, UPLINK_IMDS_V4, UPLINK_IMDS_V6, field, imds_guard_bin,
+    privileged_or_skip,
 };
+use serde_json::Value;
 
 /// The shipped default policy: only root may reach the metadata service.
 const ONLY_ROOT: &str = r#"
@@ -298,62 +304,139 @@ fn assert_unguarded_paths_work(attack: &str) {
     }
 }
 
-#[test]
-fn nat_by_root_of_a_userns_container_reaches_the_service() {
-    if !privileged_or_skip("nat_by_root_of_a_userns_container_reaches_the_service") {
-        return;
+/// Where the guard stops an attack, and what its record says of who.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// `hook=egress`, judged as the socket's owner (a uid in the record).
+    Egress,
+    /// `hook=forward`, with the packet's source address.
+    Forward,
+    /// A connect hook, with no identity (a kernel thread).
+    NoIdentity,
+}
+
+/// Shows each row of `attack` working without a guard, then refused and
+/// logged, where `stop` says, with the agent enforcing root only.
+fn assert_path_closed(attack: &str, stop: Stop) {
+    assert_unguarded_paths_work(attack);
+    let topo = topology_for(&[attack], Some(ONLY_ROOT));
+    for row in rows(&topo, attack) {
+        let seen = topo.agent().records().len();
+        let r = topo.attempt(&row.probe, row.action);
+        assert!(
+            !r.reached(),
+            "{} as {}: reached the metadata service under the guard: arrived {:?}, served {}, \
+             probe {:?}",
+            row.action,
+            row.who,
+            r.arrived,
+            r.served,
+            r.probe
+        );
+        assert_refusal_logged(topo.agent(), seen, &row, stop);
     }
-    assert_unguarded_paths_work("nat");
+    assert!(
+        topo.agent().exit_status().is_none(),
+        "{}",
+        topo.agent().output()
+    );
+}
+
+/// The agent logged a denial for `row` since record `seen`, on the path
+/// `stop` names.
+fn assert_refusal_logged(agent: &Agent, seen: usize, row: &Row, stop: Stop) {
+    let str_of = |rec: &Value, k: &str| field(rec, k).and_then(Value::as_str).map(str::to_owned);
+    let to_imds = |rec: &Value| {
+        str_of(rec, "dst")
+            .and_then(|d| d.parse::<IpAddr>().ok())
+            .is_some_and(|ip| ip == IpAddr::from(IMDS_V4) || ip == IpAddr::from(IMDS_V6))
+    };
+    let matches = |rec: &Value| {
+        str_of(rec, "event").as_deref() == Some("deny")
+            && to_imds(rec)
+            && match stop {
+                Stop::Egress => {
+                    str_of(rec, "hook").as_deref() == Some("egress")
+                        && field(rec, "uid").and_then(Value::as_u64).is_some()
+                }
+                Stop::Forward => {
+                    str_of(rec, "hook").as_deref() == Some("forward")
+                        && str_of(rec, "src").is_some()
+                        && str_of(rec, "interface").is_some()
+                }
+                Stop::NoIdentity => {
+                    str_of(rec, "hook").is_some_and(|h| h.starts_with("connect"))
+                        && field(rec, "uid").is_none()
+                        && str_of(rec, "comm").is_some_and(|c| c.starts_with("kworker"))
+                }
+            }
+    };
+    if agent.wait_for_after(seen, matches, LOG).is_none() {
+        panic!(
+            "{} as {}: no {stop:?} denial logged; records since:\n{}",
+            row.action,
+            row.who,
+            records_since(agent, seen)
+        );
+    }
 }
 
 #[test]
-fn raw_tcp_syn_reaches_the_service_and_is_answered() {
-    if !privileged_or_skip("raw_tcp_syn_reaches_the_service_and_is_answered") {
+fn nat_by_root_of_a_userns_container_is_refused_by_the_socket_owner() {
+    if !privileged_or_skip("nat_by_root_of_a_userns_container_is_refused_by_the_socket_owner") {
         return;
     }
-    assert_unguarded_paths_work("raw-tcp");
+    assert_path_closed("nat", Stop::Egress);
 }
 
 #[test]
-fn packet_socket_frames_from_a_spoofed_address_are_forwarded_to_the_service() {
+fn a_raw_tcp_syn_is_refused_by_the_socket_owner() {
+    if !privileged_or_skip("a_raw_tcp_syn_is_refused_by_the_socket_owner") {
+        return;
+    }
+    assert_path_closed("raw-tcp", Stop::Egress);
+}
+
+#[test]
+fn packet_socket_frames_from_a_spoofed_address_are_dropped_in_the_forward_path() {
     if !privileged_or_skip(
-        "packet_socket_frames_from_a_spoofed_address_are_forwarded_to_the_service",
+        "packet_socket_frames_from_a_spoofed_address_are_dropped_in_the_forward_path",
     ) {
         return;
     }
-    assert_unguarded_paths_work("packet");
+    assert_path_closed("packet", Stop::Forward);
 }
 
 #[test]
-fn tun_owner_without_capabilities_gets_the_credentials_through_the_host() {
-    if !privileged_or_skip("tun_owner_without_capabilities_gets_the_credentials_through_the_host") {
+fn packets_a_tun_owner_writes_are_dropped_in_the_forward_path() {
+    if !privileged_or_skip("packets_a_tun_owner_writes_are_dropped_in_the_forward_path") {
         return;
     }
-    assert_unguarded_paths_work("tun");
+    assert_path_closed("tun", Stop::Forward);
 }
 
 #[test]
-fn udplite_connect_and_send_reach_the_service() {
-    if !privileged_or_skip("udplite_connect_and_send_reach_the_service") {
+fn udplite_connect_and_send_are_refused_by_the_socket_owner() {
+    if !privileged_or_skip("udplite_connect_and_send_are_refused_by_the_socket_owner") {
         return;
     }
-    assert_unguarded_paths_work("udplite");
+    assert_path_closed("udplite", Stop::Egress);
 }
 
 #[test]
-fn an_ipv6_routing_header_sends_to_the_service_unprivileged() {
-    if !privileged_or_skip("an_ipv6_routing_header_sends_to_the_service_unprivileged") {
+fn an_ipv6_routing_header_naming_the_service_is_refused() {
+    if !privileged_or_skip("an_ipv6_routing_header_naming_the_service_is_refused") {
         return;
     }
-    assert_unguarded_paths_work("rthdr");
+    assert_path_closed("rthdr", Stop::Egress);
 }
 
 #[test]
-fn an_mptcp_add_addr_makes_the_kernel_connect_to_the_service() {
-    if !privileged_or_skip("an_mptcp_add_addr_makes_the_kernel_connect_to_the_service") {
+fn an_mptcp_subflow_a_kworker_opens_has_no_identity_and_is_refused() {
+    if !privileged_or_skip("an_mptcp_subflow_a_kworker_opens_has_no_identity_and_is_refused") {
         return;
     }
-    assert_unguarded_paths_work("mptcp-add-addr");
+    assert_path_closed("mptcp-add-addr", Stop::NoIdentity);
 }
 
 const ALL: [&str; 7] = [
@@ -409,7 +492,7 @@ fn current_guard_survey() {
                     row.attack,
                     row.who,
                     row.action,
-                    records_since(&topo, seen)
+                    records_since(topo.agent(), seen)
                 ));
             }
         }
@@ -423,8 +506,8 @@ fn current_guard_survey() {
 }
 
 /// The agent's decision records after the first `seen`, in brief.
-fn records_since(topo: &Topology, seen: usize) -> String {
-    let brief: Vec<String> = topo.agent().records()[seen..]
+fn records_since(agent: &Agent, seen: usize) -> String {
+    let brief: Vec<String> = agent.records()[seen..]
         .iter()
         .filter_map(|rec| {
             let get = |k: &str| field(rec, k).map(|v| v.to_string().trim_matches('"').to_owned());
@@ -443,4 +526,107 @@ fn records_since(topo: &Topology, seen: usize) -> String {
     } else {
         brief.join("; ")
     }
+}
+
+/// `imds-guard status --json` of the topology's guard, run in its host
+/// namespace (where the forward table lives).
+fn status(topo: &Topology) -> Value {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", topo.host.path().display()))
+        .arg("--")
+        .arg(imds_guard_bin())
+        .args(["status", "--json", "--pin-dir"])
+        .arg(topo.bpffs.pin_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("running status: {e}"));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The host namespace's nftables tables, one `family name` per line.
+fn host_tables(topo: &Topology) -> Vec<String> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", topo.host.path().display()))
+        .args(["nft", "list", "tables"])
+        .output()
+        .unwrap_or_else(|e| panic!("nft list tables: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_start_matches("table ").to_owned())
+        .collect()
+}
+
+#[test]
+fn an_allowed_connect_is_not_judged_again_packet_by_packet() {
+    if !privileged_or_skip("an_allowed_connect_is_not_judged_again_packet_by_packet") {
+        return;
+    }
+    let topo = topology_for(&[], Some(ONLY_ROOT));
+    let root = topo.host_probe().uid(0).gid(0);
+    let r = topo.attempt(&root, Action::http(IMDS_V4, IMDS_PORT));
+    assert!(r.credentials, "root is allowed: {r:?}");
+    // The IMDSv2 flow is four connections of several packets each: four
+    // decisions, all by connect4, none by egress.
+    let counters = &status(&topo)["counters"];
+    assert_eq!(counters["allowed"], 4, "{counters}");
+    assert_eq!(counters["denied"], 0, "{counters}");
+}
+
+#[test]
+fn killed_with_sigkill_the_packet_paths_stay_closed_and_a_restart_adds_nothing() {
+    if !privileged_or_skip(
+        "killed_with_sigkill_the_packet_paths_stay_closed_and_a_restart_adds_nothing",
+    ) {
+        return;
+    }
+    let mut topo = topology_for(&["raw-tcp", "tun"], Some(ONLY_ROOT));
+    topo.kill_agent();
+    for attack in ["raw-tcp", "tun"] {
+        for row in rows(&topo, attack) {
+            let r = topo.attempt(&row.probe, row.action);
+            assert!(
+                !r.reached(),
+                "{} as {} with the agent killed: arrived {:?}",
+                row.action,
+                row.who,
+                r.arrived
+            );
+        }
+    }
+    let before = host_tables(&topo);
+    assert_eq!(before, ["inet imds_guard_forward"], "{before:?}");
+    let agent = topo.start_agent(ONLY_ROOT);
+    let ready_status = status(&topo);
+    assert_eq!(ready_status["enforcing"], true, "{ready_status}");
+    assert_eq!(
+        ready_status["links"].as_array().map(Vec::len),
+        Some(5),
+        "one link per hook: {ready_status}"
+    );
+    assert_eq!(host_tables(&topo), before, "a restart replaces the table");
+    // And the restarted agent logs what the paths try.
+    for attack in ["raw-tcp", "tun"] {
+        let stop = if attack == "tun" {
+            Stop::Forward
+        } else {
+            Stop::Egress
+        };
+        for row in rows(&topo, attack) {
+            let seen = agent.records().len();
+            let r = topo.attempt(&row.probe, row.action);
+            assert!(
+                !r.reached(),
+                "{} as {}: {:?}",
+                row.action,
+                row.who,
+                r.arrived
+            );
+            assert_refusal_logged(&agent, seen, &row, stop);
+        }
+    }
+    drop(agent);
 }

@@ -273,6 +273,30 @@ impl Topology {
         wait_until_up(&inside, "eth0", c.addr_v6())
     }
 
+    /// Starts another agent in the host namespace on the topology's pins
+    /// and cgroup with `policy`, and waits until it is enforcing. The
+    /// caller holds it (a restart, after [`Topology::kill_agent`]).
+    pub fn start_agent(&self, policy: &str) -> Agent {
+        let config = write_policy(self.dir.path(), policy);
+        let agent = Agent::start_in_netns(
+            &config,
+            &self.cgroup,
+            &self.bpffs.pin_dir(),
+            self.host.path(),
+            &[],
+        );
+        agent.wait_ready(READY);
+        agent
+    }
+
+    /// Kills the agent the builder started with SIGKILL and waits for it:
+    /// what it pinned and installed stays.
+    pub fn kill_agent(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            agent.kill();
+        }
+    }
+
     /// The container named `name`.
     pub fn container(&self, name: &str) -> &Container {
         self.containers
