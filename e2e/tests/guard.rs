@@ -383,3 +383,46 @@ fn audit_mode_lets_the_request_through_and_logs_a_would_deny() {
     record_for(&sb, "audit", &r);
     assert_eq!(count_events(&sb, "deny"), 0, "{}", sb.agent().output());
 }
+
+/// Runs `imds-uring MODE` (a ring set up as root, the connect submitted
+/// after dropping to `nobody`) in the sandbox; whether it connected.
+fn uring_connect(sb: &Sandbox, mode: &str) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imds-uring"))
+        .arg("--netns")
+        .arg(sb.netns.path())
+        .arg("--cgroup")
+        .arg(sb.cgroup.path())
+        .args(["--uid", &NOBODY.to_string(), "--gid", &NOBODY.to_string()])
+        .args([mode, &IMDS_V4.to_string(), &IMDS_PORT.to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("running imds-uring: {e}"));
+    assert!(
+        out.status.success(),
+        "imds-uring {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("imds-uring printed: {e}"))
+}
+
+/// The README's identity semantics, shown: io_uring acts with the
+/// credentials a ring (or a registered personality) captured when it was
+/// set up. A process that was root when it set one up still connects as
+/// root after dropping to nobody; a plain ring connects as its submitter.
+#[test]
+fn io_uring_connects_with_the_credentials_the_ring_captured() {
+    if !privileged_or_skip("io_uring_connects_with_the_credentials_the_ring_captured") {
+        return;
+    }
+    let sb = Sandbox::with_agent("[allow]\nusers = [\"root\"]\n");
+    let plain = uring_connect(&sb, "plain");
+    assert_eq!(plain["uid"], NOBODY, "{plain}");
+    assert_eq!(plain["errno"], EPERM, "judged as the submitter: {plain}");
+    for mode in ["personality", "sqpoll"] {
+        let r = uring_connect(&sb, mode);
+        assert_eq!(r["uid"], NOBODY, "{mode}: the process did drop: {r}");
+        assert_eq!(
+            r["ok"], true,
+            "{mode}: the kernel connects with the captured root credentials: {r}"
+        );
+    }
+}
