@@ -629,3 +629,49 @@ fn an_empty_allow_table_beside_deny_entries_is_refused() {
     assert!(both.contains("decides nothing"), "{both}");
     assert_eq!(both.lines().count(), 1, "{both}");
 }
+
+#[test]
+fn forward_lists_interfaces_and_prefixes_with_their_positions() {
+    let s = spec(
+        "[allow]\nuids = [0]\n[forward]\nallow_interfaces = [\"br-vm*\", \"tap0\"]\n\
+         allow_sources = [\"10.8.0.0/16\", \"fd00:1::/64\"]\n",
+    );
+    let names: Vec<_> = s
+        .forward
+        .interfaces
+        .iter()
+        .map(|i| i.name.as_str())
+        .collect();
+    assert_eq!(names, ["br-vm*", "tap0"]);
+    assert_eq!(s.forward.interfaces[1].at, at(4, 31));
+    let prefixes: Vec<_> = s
+        .forward
+        .sources
+        .iter()
+        .map(|p| p.prefix.to_string())
+        .collect();
+    assert_eq!(prefixes, ["10.8.0.0/16", "fd00:1::/64"]);
+    assert!(!s.forward.drops_all());
+    assert!(spec("[allow]\nuids = [0]\n").forward.drops_all());
+}
+
+#[test]
+fn forward_problems_are_each_reported_where_they_are() {
+    assert_eq!(
+        errors(
+            "[allow]\nuids = [0]\n[forward]\nallow_interfaces = [\"eth0:1\", 7, \"tap0\", \"tap0\"]\n\
+             allow_sources = [\"10.8.0.1/16\", \"docker0\"]\nallow_ports = [80]\n"
+        ),
+        "p.toml:4:21: [forward] allow_interfaces: \"eth0:1\" has ':', which no interface name can \
+         have (a `*` only at the end)\n\
+         p.toml:4:31: [forward] allow_interfaces: expected a string, found integer 7\n\
+         p.toml:4:42: [forward] allow_interfaces: duplicate \"tap0\", already listed at line 4, \
+         column 34\n\
+         p.toml:5:18: [forward] allow_sources: \"10.8.0.1/16\" has host bits set, expected \
+         \"10.8.0.0/16\"\n\
+         p.toml:5:33: [forward] allow_sources: \"docker0\" is not a prefix, expected ADDRESS/LENGTH \
+         such as \"10.8.0.0/16\"\n\
+         p.toml:6:1: unknown key \"allow_ports\" in [forward] (valid keys: allow_interfaces, \
+         allow_sources)"
+    );
+}
