@@ -237,6 +237,12 @@ pub(super) struct Source<'a> {
     text: &'a str,
     /// Byte offset of the start of each line.
     line_starts: Vec<usize>,
+    /// Byte offsets of the UTF-8 continuation bytes (the second and later
+    /// bytes of a non-ASCII character), in order: a column is the bytes
+    /// before the offset on its line less the continuation bytes among
+    /// them, in O(log n), so that a policy of 100,000 uids on one line
+    /// takes linear time, not quadratic.
+    continuations: Vec<usize>,
 }
 
 impl<'a> Source<'a> {
@@ -244,21 +250,29 @@ impl<'a> Source<'a> {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        Self { text, line_starts }
+        let continuations = text
+            .bytes()
+            .enumerate()
+            .filter(|&(_, b)| b & 0xc0 == 0x80)
+            .map(|(i, _)| i)
+            .collect();
+        Self {
+            text,
+            line_starts,
+            continuations,
+        }
     }
 
     /// The position of byte `offset`. The column counts characters, not
-    /// bytes, so it matches what an editor shows for non-ASCII text.
+    /// bytes, so it matches what an editor shows for non-ASCII text (an
+    /// offset inside a character, never given by toml, counts up to it).
     pub(super) fn location(&self, offset: usize) -> Location {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&start| start <= offset);
         let line_start = self.line_starts[line.saturating_sub(1)];
-        // `get` rather than indexing: an offset inside a character (never
-        // given by toml) counts up to the character instead of panicking.
-        let col = self
-            .text
-            .get(line_start..offset)
-            .map_or(0, |before| before.chars().count());
+        let continuations_before = |at: usize| self.continuations.partition_point(|&c| c < at);
+        let col =
+            (offset - line_start) - (continuations_before(offset) - continuations_before(line_start));
         Location {
             line: saturating_u32(line),
             col: saturating_u32(col + 1),
