@@ -23,6 +23,7 @@ mod boot;
 mod check;
 mod compile;
 mod deb;
+mod e2e;
 mod glibc;
 mod layout;
 mod rpm;
@@ -64,11 +65,12 @@ pub const RELEASE: &str = "1";
 
 /// The packages for this machine's CPU (what `cargo xtask test` checks).
 pub fn dist(check: bool) -> Result<()> {
-    dist_for(check, None)
+    dist_for(check, None, false)
 }
 
-/// The packages for `arch`, this machine's CPU by default.
-pub fn dist_for(check: bool, arch: Option<Arch>) -> Result<()> {
+/// The packages for `arch`, this machine's CPU by default; with `e2e`,
+/// also the end-to-end tests for it (`e2e.rs`).
+pub fn dist_for(check: bool, arch: Option<Arch>, e2e: bool) -> Result<()> {
     setup()?;
     let arch = match arch {
         Some(arch) => arch,
@@ -87,6 +89,9 @@ pub fn dist_for(check: bool, arch: Option<Arch>) -> Result<()> {
             "xtask: dist check: both {} packages are as expected",
             arch.rpm()
         );
+    }
+    if e2e {
+        e2e::build(arch, &tools)?;
     }
     Ok(())
 }

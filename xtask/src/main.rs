@@ -49,6 +49,11 @@ enum Command {
         /// The CPU to build for (default: this machine's).
         #[arg(long, value_enum)]
         arch: Option<dist::Arch>,
+        /// Also build the end-to-end tests, the agent and the probe for that
+        /// CPU (debug, same route) into target/dist/ARCH/e2e/, to run on a
+        /// machine of that CPU.
+        #[arg(long)]
+        e2e: bool,
     },
     /// Set up, build in release mode, and measure what the guard costs beside
     /// the iptables and nftables rules `render` emits; rewrites
@@ -66,7 +71,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::setup().map(drop),
         Command::Test { args } => tasks::test(&args),
         Command::Demo => tasks::demo(),
-        Command::Dist { check, arch } => dist::dist_for(check, arch),
+        Command::Dist { check, arch, e2e } => dist::dist_for(check, arch, e2e),
         Command::Bench { args } => tasks::bench(&args),
     }
 }
