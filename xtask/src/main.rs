@@ -34,15 +34,26 @@ enum Command {
     /// Set up, build, and show the guard at work in a sandbox: its own
     /// network namespace with a fake IMDS, its own child cgroup.
     Demo,
-    /// Build the release binary, then target/dist/imds-guard_VERSION-1_ARCH.deb
-    /// and target/dist/imds-guard-VERSION-1.ARCH.rpm.
+    /// Build the release binary for one CPU (for glibc 2.28 and newer), then
+    /// target/dist/imds-guard_VERSION-1_ARCH.deb and
+    /// target/dist/imds-guard-VERSION-1.ARCH.rpm.
     Dist {
-        /// Then check them: the .deb is installed on this machine (as root,
-        /// not booted with systemd), checked and purged, then installed and
-        /// run under systemd in a systemd-nspawn boot of this system; the
-        /// .rpm is inspected with rpm -qp.
+        /// Then check them: both packages' contents and metadata, and the
+        /// binary's CPU, libraries, embedded eBPF object and glibc symbol
+        /// versions. For this machine's CPU the .deb is also installed here
+        /// (as root, not booted with systemd), checked and purged, then
+        /// installed and run under systemd in a systemd-nspawn boot of this
+        /// system; for another CPU the packaged binary runs under qemu.
         #[arg(long)]
         check: bool,
+        /// The CPU to build for (default: this machine's).
+        #[arg(long, value_enum)]
+        arch: Option<dist::Arch>,
+        /// Also build the end-to-end tests, the agent and the probe for that
+        /// CPU (debug, same route) into target/dist/ARCH/e2e/, to run on a
+        /// machine of that CPU.
+        #[arg(long)]
+        e2e: bool,
     },
     /// Set up, build in release mode, and measure what the guard costs beside
     /// the iptables and nftables rules `render` emits; rewrites
@@ -60,7 +71,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::setup().map(drop),
         Command::Test { args } => tasks::test(&args),
         Command::Demo => tasks::demo(),
-        Command::Dist { check } => dist::dist(check),
+        Command::Dist { check, arch, e2e } => dist::dist_for(check, arch, e2e),
         Command::Bench { args } => tasks::bench(&args),
     }
 }

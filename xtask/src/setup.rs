@@ -5,12 +5,21 @@
 //! with its prebuilt `core` for `bpfel-unknown-none`, linked into rustup as
 //! the `bpf-debian` toolchain, and a `bpf-linker` built against Debian's
 //! LLVM 22 (`../shared/EBPF-TOOLCHAIN.md` has the measured recipe).
+//!
+//! The release build (`cargo xtask dist`) needs more, installed when it
+//! runs rather than by every `setup`: cargo-zigbuild and zig from PyPI
+//! (`zigbuild`), and for another CPU Debian's std for it and qemu-user
+//! (`foreign_cpu`). `dist/compile.rs` says why that route.
 
-use std::{path::Path, process::Command};
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::process::{cmd, is_root, run};
+use crate::process::{cmd, fresh_dir, is_root, run, stdout};
 
 /// What the Debian route needs to build the programs.
 const DEBIAN_BUILD: &[&str] = &[
@@ -23,21 +32,25 @@ const DEBIAN_BUILD: &[&str] = &[
     "zlib1g-dev",
 ];
 /// What the tests, the demo and the packaging (`dist`) use on every route:
-/// dpkg-dev for dpkg-shlibdeps, rpm for rpmbuild, systemd for
-/// systemd-analyze, systemd-container for systemd-nspawn, man-db (with
-/// groff) for the man page checks.
+/// rpm for rpmbuild, binutils for readelf (the binary's symbol versions),
+/// systemd for systemd-analyze, systemd-container for systemd-nspawn,
+/// man-db (with groff) for the man page checks.
 const TEST_TOOLS: &[&str] = &[
     "iproute2",
     "util-linux",
     "iptables",
     "nftables",
-    "dpkg-dev",
+    "binutils",
     "rpm",
     "systemd",
     "systemd-container",
     "man-db",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// The release build's linker driver and linker, pinned together: the
+/// cargo-zigbuild wheel is its static binary, and its CI tests zig 0.16.
+const CARGO_ZIGBUILD: &str = "0.24.1";
+const ZIG: &str = "0.16.0";
 
 /// Which way the eBPF programs are built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,10 +84,7 @@ pub fn setup() -> Result<Route> {
         eprintln!("xtask: bpf-linker: installed");
     } else if route == Route::Debian {
         eprintln!("xtask: bpf-linker: building against LLVM 22 (about 2 minutes)");
-        let path = format!(
-            "{LLVM_PREFIX}/bin:{}",
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = format!("{LLVM_PREFIX}/bin:{}", env::var("PATH").unwrap_or_default());
         run(cmd("cargo")
             .args([
                 "install",
@@ -152,4 +162,114 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// cargo-zigbuild and the zig it drives.
+pub struct Zigbuild {
+    pub cargo_zigbuild: PathBuf,
+    pub zig: PathBuf,
+}
+
+/// Installs the pinned cargo-zigbuild and zig (PyPI's `ziglang`) with pip,
+/// unless they are there: into a directory of their own under
+/// `~/.local/share/imds-guard` (`pip --target`), which needs no virtual
+/// environment, touches no system Python and is allowed where Debian marks
+/// its Python externally managed. The directory is named after both
+/// versions, so changing a pin installs afresh.
+pub fn zigbuild() -> Result<Zigbuild> {
+    let data = match env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env::var_os("HOME").context("HOME is not set")?).join(".local/share"),
+    };
+    let dir = data.join(format!("imds-guard/zigbuild-{CARGO_ZIGBUILD}-zig-{ZIG}"));
+    let tools = Zigbuild {
+        cargo_zigbuild: dir.join("bin/cargo-zigbuild"),
+        zig: dir.join("ziglang/zig"),
+    };
+    let installed = || {
+        says(&tools.cargo_zigbuild, "--version", CARGO_ZIGBUILD) && says(&tools.zig, "version", ZIG)
+    };
+    if installed() {
+        eprintln!("xtask: cargo-zigbuild {CARGO_ZIGBUILD} with zig {ZIG}: installed");
+        return Ok(tools);
+    }
+    eprintln!(
+        "xtask: installing cargo-zigbuild {CARGO_ZIGBUILD} and zig {ZIG} from PyPI into {}",
+        dir.display()
+    );
+    let python = python_with_pip()?;
+    // A directory left by an interrupted install would make pip refuse.
+    fresh_dir(&dir)?;
+    run(Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args([
+            "--root-user-action=ignore",
+            "--no-warn-script-location",
+            "--target",
+        ])
+        .arg(&dir)
+        .arg(format!("cargo-zigbuild=={CARGO_ZIGBUILD}"))
+        .arg(format!("ziglang=={ZIG}")))?;
+    ensure!(
+        installed(),
+        "pip installed cargo-zigbuild and ziglang into {} but {} or {} does not run",
+        dir.display(),
+        tools.cargo_zigbuild.display(),
+        tools.zig.display()
+    );
+    Ok(tools)
+}
+
+/// Whether `program arg` prints `version`.
+fn says(program: &Path, arg: &str, version: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version))
+}
+
+/// A Python with pip: the one on PATH, else Debian's with python3-pip.
+fn python_with_pip() -> Result<&'static str> {
+    let has_pip = |python: &str| {
+        Command::new(python)
+            .args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has_pip("python3") {
+        return Ok("python3");
+    }
+    apt_install(&["python3-pip"])?;
+    ensure!(
+        has_pip("/usr/bin/python3"),
+        "python3-pip is installed but /usr/bin/python3 -m pip does not run"
+    );
+    Ok("/usr/bin/python3")
+}
+
+/// What building for another CPU needs: Debian's std for that CPU (for its
+/// rustc, the `bpf-debian` toolchain: rustup here cannot add a target),
+/// installed as a multiarch package (`dpkg --add-architecture`), and
+/// qemu-user to run the result (`--version`, `generate`). Only qemu-user:
+/// its recommended qemu-user-binfmt would register binfmt_misc handlers on
+/// this machine, and `apt_install` takes no recommends.
+pub fn foreign_cpu(deb_arch: &str) -> Result<()> {
+    let known = stdout(Command::new("dpkg").arg("--print-foreign-architectures"))?;
+    if !known.lines().any(|a| a.trim() == deb_arch) {
+        ensure!(
+            is_root(),
+            "building for {deb_arch} needs its Debian packages, and adding the {deb_arch} \
+             architecture to dpkg needs root: dpkg --add-architecture {deb_arch}"
+        );
+        eprintln!("xtask: dpkg --add-architecture {deb_arch}");
+        run(Command::new("dpkg").args(["--add-architecture", deb_arch]))?;
+    }
+    // The package is new to dpkg's lists now, so apt_install updates them.
+    apt_install(&[&format!("libstd-rust-web-dev:{deb_arch}"), "qemu-user"])
 }

@@ -39,7 +39,7 @@ const FILES: [(&str, &str, u32); 5] = [
 const CAPS: &str = "000000c000001000";
 
 pub fn check(build: &Build, deb: &Path) -> Result<()> {
-    let dir = build.dist.join("boot");
+    let dir = build.work.join("boot");
     let test = dir.join("test");
     let out = dir.join("out");
     let overlay = dir.join("overlay");

@@ -1,12 +1,15 @@
 //! `cargo xtask dist --check`: the packages hold what the layout says, with
-//! the right modes, conffiles and scriptlets; the `.deb` installs on this
-//! machine, its binary runs, its unit verifies, an edited policy survives a
-//! reinstall, and a purge leaves nothing behind. The `.rpm` is inspected
-//! with `rpm -qp` (installing it would need an RPM-based system).
+//! the right modes, conffiles and scriptlets, and the binary and metadata
+//! `shipped.rs` checks (the glibc floor among them); the `.deb` installs on
+//! this machine, its binary runs, its unit verifies, an edited policy
+//! survives a reinstall, and a purge leaves nothing behind. The `.rpm` is
+//! inspected with `rpm -qp` (installing it would need an RPM-based system).
 //!
 //! Then `boot.rs` installs it again under a real systemd, in a container.
 //! Both are refused on a machine booted with systemd: there the postinst
-//! would start the guard for real.
+//! would start the guard for real. Packages for another CPU are not
+//! installed here at all (an arm64 guest runs them); their binary runs
+//! under qemu instead.
 
 use std::{
     collections::BTreeSet,
@@ -18,9 +21,9 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{
-    Build, RELEASE, arch, deb,
+    Arch, Build, RELEASE, deb,
     layout::{self, BIN, CONFIG, DOC_DIR, Format},
-    rpm,
+    rpm, shipped,
 };
 use crate::process::{fresh_dir, is_root, output, stdout};
 
@@ -60,7 +63,7 @@ pub fn deb(build: &Build, deb: &Path) -> Result<()> {
     let mut p = Problems::default();
     check_scripts(&mut p, deb::SCRIPTS.iter().map(|(n, s)| (*n, *s)));
 
-    let (arch, _) = arch()?;
+    let arch = build.arch.deb();
     let fields = stdout(Command::new("dpkg-deb").arg("--field").arg(deb).args([
         "Package",
         "Version",
@@ -109,7 +112,7 @@ pub fn deb(build: &Build, deb: &Path) -> Result<()> {
         &expected_files(build, Format::Deb)?,
     );
 
-    let control = build.dist.join("deb-control");
+    let control = build.work.join("deb-control");
     fresh_dir(&control)?;
     output(
         Command::new("dpkg-deb")
@@ -122,7 +125,16 @@ pub fn deb(build: &Build, deb: &Path) -> Result<()> {
         format!("DEBIAN/conffiles is {conffiles:?}, expected only {CONFIG}")
     });
     p.into_result("the .deb's contents")?;
+    Problems(shipped::deb(build, deb)?).into_result("the .deb's binary and Depends")?;
 
+    if build.arch != Arch::host()? {
+        eprintln!(
+            "xtask: dist check: the {arch} .deb is not installed on this {} machine: install \
+             and boot it on {arch}",
+            Arch::host()?.deb()
+        );
+        return Ok(());
+    }
     if let Some(reason) = cannot_install() {
         let message = format!("skipping the .deb install checks: {reason}");
         ensure!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
@@ -286,7 +298,7 @@ pub fn rpm(build: &Build, rpm: &Path) -> Result<()> {
     check_scripts(&mut p, rpm::SCRIPTLETS.iter().map(|(n, s)| (*n, *s)));
     let qp = |args: &[&str]| stdout(Command::new("rpm").arg("-qp").args(args).arg(rpm));
 
-    let (_, arch) = arch()?;
+    let arch = build.arch.rpm();
     let nvra = qp(&["--qf", "%{NAME} %{VERSION} %{RELEASE} %{ARCH}"])?;
     let want = format!("imds-guard {} {RELEASE} {arch}", build.version);
     p.expect(nvra == want, || {
@@ -340,6 +352,7 @@ pub fn rpm(build: &Build, rpm: &Path) -> Result<()> {
     p.expect(count == 3, || {
         format!("rpm -qp --scripts shows {count} scriptlets, expected 3:\n{scripts}")
     });
+    p.0.extend(shipped::rpm(build, rpm)?);
     p.into_result("the .rpm")
 }
 

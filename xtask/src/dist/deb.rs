@@ -9,10 +9,11 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::{
-    Build, RELEASE, arch,
+    Build, RELEASE,
+    glibc::FLOOR,
     layout::{self, CONFIG, Entry, Format},
 };
 use crate::process::{fresh_dir, run, stdout};
@@ -55,15 +56,25 @@ pub fn version(build: &Build) -> String {
     format!("{}-{RELEASE}", build.version)
 }
 
+/// The `.deb`'s `Depends`: glibc at the floor, which `binary.rs` proved
+/// from the binary's symbol versions (it needs no other library).
+///
+/// Not `dpkg-shlibdeps`: Debian 12's libc6 symbols file dates `sysconf`
+/// (which every Rust program calls) at 2.34, for constants added then that
+/// the agent never passes, so it asks for `libc6 (>= 2.34)` and the package
+/// would refuse to install on Debian 11 and Ubuntu 20.04 (glibc 2.31).
+pub fn depends() -> String {
+    format!("libc6 (>= {FLOOR})")
+}
+
 pub fn build(build: &Build) -> Result<PathBuf> {
-    let (arch, _) = arch()?;
+    let arch = build.arch.deb();
     let entries = layout::entries(build, Format::Deb)?;
-    let root = build.dist.join("deb-root");
+    let root = build.work.join("deb-root");
     layout::stage(&entries, &root)?;
 
     let debian = root.join("DEBIAN");
     fresh_dir(&debian)?;
-    let depends = shlib_depends(&build.bin, &build.dist.join("shlibdeps"))?;
     let control = format!(
         "Package: imds-guard\n\
          Version: {version}\n\
@@ -75,6 +86,7 @@ pub fn build(build: &Build) -> Result<PathBuf> {
          Priority: optional\n\
          Description: {SUMMARY}\n{description}",
         version = version(build),
+        depends = depends(),
         size = installed_size_kib(&entries, &root)?,
         description = debian_description(DESCRIPTION),
     );
@@ -99,29 +111,6 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
     fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set the mode of {}", path.display()))
-}
-
-/// The shared-library dependencies of `bin`, as `dpkg-shlibdeps` computes
-/// them (`libc6 (>= 2.34), libgcc-s1 (>= 4.2)`). It wants to run in a
-/// source package: `scratch` becomes a minimal one.
-fn shlib_depends(bin: &Path, scratch: &Path) -> Result<String> {
-    fresh_dir(&scratch.join("debian"))?;
-    fs::write(
-        scratch.join("debian/control"),
-        "Source: imds-guard\n\nPackage: imds-guard\nArchitecture: any\n",
-    )
-    .with_context(|| format!("cannot write {}/debian/control", scratch.display()))?;
-    let out = stdout(
-        Command::new("dpkg-shlibdeps")
-            .arg("-O")
-            .arg(bin)
-            .current_dir(scratch),
-    )
-    .context("dpkg-shlibdeps (package dpkg-dev) computes the .deb's Depends")?;
-    match out.trim().strip_prefix("shlibs:Depends=") {
-        Some(deps) if !deps.is_empty() => Ok(deps.to_owned()),
-        _ => bail!("dpkg-shlibdeps printed {out:?}, not shlibs:Depends=…"),
-    }
 }
 
 /// `Installed-Size`, in KiB, as dpkg-gencontrol counts it: each file

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, fs, path::PathBuf, process::Command};
 use anyhow::{Context as _, Result, ensure};
 
 use super::{
-    Build, RELEASE, arch,
+    Build, RELEASE,
     layout::{self, CONFIG, DOC_DIR, Format},
 };
 use crate::process::{fresh_dir, run};
@@ -21,9 +21,9 @@ pub const SCRIPTLETS: [(&str, &str); 3] = [
 ];
 
 pub fn build(build: &Build) -> Result<PathBuf> {
-    let (_, arch) = arch()?;
+    let arch = build.arch.rpm();
     let entries = layout::entries(build, Format::Rpm)?;
-    let stage = build.dist.join("rpm-root");
+    let stage = build.work.join("rpm-root");
     layout::stage(&entries, &stage)?;
 
     let mut files = String::from("%defattr(-,root,root,-)\n%dir /etc/imds-guard\n");
@@ -72,7 +72,7 @@ pub fn build(build: &Build) -> Result<PathBuf> {
         stage = stage.display(),
     );
 
-    let top = build.dist.join("rpmbuild");
+    let top = build.work.join("rpmbuild");
     fresh_dir(&top)?;
     let spec_path = top.join("imds-guard.spec");
     fs::write(&spec_path, spec).with_context(|| format!("cannot write {}", spec_path.display()))?;
