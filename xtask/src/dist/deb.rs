@@ -29,10 +29,11 @@ const SUMMARY: &str = "decides which local processes may reach the cloud instanc
 /// The extended description, wrapped; `debian_description` indents it.
 const DESCRIPTION: &str = "imds-guard keeps the credentials the cloud instance metadata service
 (169.254.169.254, fd00:ec2::254) hands out away from local processes that
-should not have them. eBPF cgroup connect and sendmsg programs refuse a
-connection or datagram to a protected address unless the policy in
-/etc/imds-guard/policy.toml allows the caller's uid or gid; every denial
-is logged to the journal with who made it and which policy entry decided.
+should not have them. eBPF cgroup programs refuse a connection, datagram
+or packet to a protected address unless the policy in
+/etc/imds-guard/policy.toml allows the caller's uid or gid, and an
+nftables table drops what the host would forward to it; every denial is
+logged to the journal with who made it and which policy entry decided.
 
 The guard stays pinned in the kernel when the service stops; run
 `imds-guard detach` to turn it off. Removing the package does that.";
@@ -57,14 +58,15 @@ pub fn version(build: &Build) -> String {
 }
 
 /// The `.deb`'s `Depends`: glibc at the floor, which `binary.rs` proved
-/// from the binary's symbol versions (it needs no other library).
+/// from the binary's symbol versions (it needs no other library), and
+/// nftables, whose `nft` puts the forward table in force.
 ///
 /// Not `dpkg-shlibdeps`: Debian 12's libc6 symbols file dates `sysconf`
 /// (which every Rust program calls) at 2.34, for constants added then that
 /// the agent never passes, so it asks for `libc6 (>= 2.34)` and the package
 /// would refuse to install on Debian 11 and Ubuntu 20.04 (glibc 2.31).
 pub fn depends() -> String {
-    format!("libc6 (>= {FLOOR})")
+    format!("libc6 (>= {FLOOR}), nftables")
 }
 
 pub fn build(build: &Build) -> Result<PathBuf> {

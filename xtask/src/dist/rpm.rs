@@ -53,13 +53,15 @@ pub fn build(build: &Build) -> Result<PathBuf> {
          Release: {RELEASE}\n\
          Summary: Decides which local processes may reach the cloud instance metadata service\n\
          License: MIT OR Apache-2.0\n\
+         Requires: nftables\n\
          \n\
          %description\n\
-         eBPF cgroup connect and sendmsg programs refuse a connection or datagram to\n\
-         the instance metadata service (169.254.169.254, fd00:ec2::254) unless the\n\
-         policy in /etc/imds-guard/policy.toml allows the caller's uid or gid. The\n\
-         guard stays pinned when the service stops: `imds-guard detach` turns it\n\
-         off, and erasing the package does that.\n\
+         eBPF cgroup programs refuse a connection, datagram or packet to the\n\
+         instance metadata service (169.254.169.254, fd00:ec2::254) unless the\n\
+         policy in /etc/imds-guard/policy.toml allows the caller's uid or gid, and\n\
+         an nftables table drops what the host would forward to it. The guard\n\
+         stays pinned when the service stops: `imds-guard detach` turns it off,\n\
+         and erasing the package does that.\n\
          \n\
          %install\n\
          mkdir -p %{{buildroot}}\n\

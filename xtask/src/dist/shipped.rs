@@ -27,7 +27,7 @@ pub fn deb(build: &Build, deb: &Path) -> Result<Vec<String>> {
     )?;
     if depends.trim() != deb::depends() {
         problems.push(format!(
-            "Depends is {:?}, expected {:?} (glibc alone, at the floor)",
+            "Depends is {:?}, expected {:?} (glibc at the floor, and nftables)",
             depends.trim(),
             deb::depends()
         ));
