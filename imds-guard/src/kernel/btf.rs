@@ -83,13 +83,14 @@ struct Member {
     bitfield_size: u32,
 }
 
-/// The types the lookups need; everything else is `Other`.
-#[derive(Clone, Debug)]
+/// What the lookups need of a type, found in one pass without reading the
+/// members of every struct (the kernel has tens of thousands): where its
+/// record is, so that a struct's members are read only when asked for.
+#[derive(Clone, Copy, Debug)]
 enum Type {
+    /// A struct or union: its record's offset in the type section.
     Composite {
-        name: String,
-        size: u32,
-        members: Vec<Member>,
+        at: u32,
     },
     /// A typedef, `const`, `volatile`, `restrict` or type tag: see through.
     Alias(u32),
@@ -99,6 +100,10 @@ enum Type {
 /// A parsed BTF blob.
 #[derive(Debug)]
 pub struct Btf {
+    /// The type section.
+    types_section: Vec<u8>,
+    /// The string section.
+    strings: Vec<u8>,
     /// Indexed by type id; id 0 is `void`.
     types: Vec<Type>,
     /// Struct (and union) ids by name; the first of a name wins.
@@ -112,6 +117,13 @@ pub struct Field {
     pub offset: u32,
     /// The field's type (aliases resolved).
     pub type_id: u32,
+}
+
+/// A struct or union, read.
+struct Composite {
+    name: String,
+    size: u32,
+    members: Vec<Member>,
 }
 
 impl Btf {
@@ -150,31 +162,33 @@ impl Btf {
                 .map(|range| &data[range])
                 .ok_or_else(|| malformed(format!("the {what} section is out of bounds")))
         };
-        let types = section(type_off, type_len, "type")?;
-        let strings = section(str_off, str_len, "string")?;
         let mut btf = Self {
+            types_section: section(type_off, type_len, "type")?.to_vec(),
+            strings: section(str_off, str_len, "string")?.to_vec(),
             types: vec![Type::Other],
             by_name: HashMap::new(),
         };
-        let mut r = Reader { data: types, at: 0 };
-        while r.at < types.len() {
-            let ty = read_type(&mut r, strings)?;
-            if let Type::Composite { name, .. } = &ty {
-                if !name.is_empty() {
-                    btf.by_name
-                        .entry(name.clone())
-                        .or_insert(btf.types.len() as u32);
-                }
+        let mut r = Reader {
+            data: &btf.types_section,
+            at: 0,
+        };
+        let mut by_name = HashMap::new();
+        while r.at < btf.types_section.len() {
+            let (ty, name_off) = index_type(&mut r)?;
+            if matches!(ty, Type::Composite { .. }) && name_off != 0 {
+                let name = string(&btf.strings, name_off)?;
+                by_name.entry(name).or_insert(btf.types.len() as u32);
             }
             btf.types.push(ty);
         }
+        btf.by_name = by_name;
         Ok(btf)
     }
 
     /// The size in bytes of struct `name`.
     pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
-        match self.composite(self.struct_id(name)?) {
-            Some((_, size, _)) => Ok(size),
+        match self.composite(self.struct_id(name)?)? {
+            Some(c) => Ok(c.size),
             None => Err(BtfError::NoStruct(name.to_owned())),
         }
     }
@@ -190,25 +204,29 @@ impl Btf {
         let mut within = strukt.to_owned();
         let mut previous = String::new();
         for names in path {
-            let Some((type_name, _, members)) = self.composite(current.type_id) else {
+            let Some(c) = self.composite(current.type_id)? else {
                 return Err(BtfError::NotAStruct {
                     strukt: within,
                     member: previous,
                     next: names.join(" or "),
                 });
             };
-            let type_name = if type_name.is_empty() {
+            let type_name = if c.name.is_empty() {
                 within.clone()
             } else {
-                type_name.to_owned()
+                c.name.clone()
             };
-            let (name, bits, type_id) = names
-                .iter()
-                .find_map(|n| self.find_member(members, n).map(|(bits, t)| (*n, bits, t)))
-                .ok_or_else(|| BtfError::NoMember {
-                    strukt: type_name.clone(),
-                    names: names.iter().map(|n| (*n).to_owned()).collect(),
-                })?;
+            let mut found = None;
+            for n in *names {
+                if let Some((bits, t)) = self.find_member(&c.members, n, 0)? {
+                    found = Some((*n, bits, t));
+                    break;
+                }
+            }
+            let (name, bits, type_id) = found.ok_or_else(|| BtfError::NoMember {
+                strukt: type_name.clone(),
+                names: names.iter().map(|n| (*n).to_owned()).collect(),
+            })?;
             let Some(bits) = bits else {
                 return Err(BtfError::Bitfield {
                     strukt: type_name,
@@ -233,16 +251,17 @@ impl Btf {
             .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
     }
 
-    /// Name, size and members of a struct or union, aliases resolved.
-    fn composite(&self, id: u32) -> Option<(&str, u32, &[Member])> {
-        match self.types.get(self.resolve(id) as usize)? {
-            Type::Composite {
-                name,
-                size,
-                members,
-            } => Some((name, *size, members)),
-            _ => None,
-        }
+    /// The struct or union `id` (aliases resolved), read; `None` when it is
+    /// another kind of type.
+    fn composite(&self, id: u32) -> Result<Option<Composite>, BtfError> {
+        let Some(Type::Composite { at }) = self.types.get(self.resolve(id) as usize) else {
+            return Ok(None);
+        };
+        let mut r = Reader {
+            data: &self.types_section,
+            at: *at as usize,
+        };
+        read_composite(&mut r, &self.strings).map(Some)
     }
 
     /// Follows typedefs and qualifiers (bounded: a loop in them is
@@ -259,34 +278,30 @@ impl Btf {
 
     /// The bit offset (`None` for a bit field) and type of member `name`,
     /// looking inside anonymous structs and unions too.
-    fn find_member(&self, members: &[Member], name: &str) -> Option<(Option<u32>, u32)> {
-        self.find_member_depth(members, name, 0)
-    }
-
-    fn find_member_depth(
+    fn find_member(
         &self,
         members: &[Member],
         name: &str,
         depth: u32,
-    ) -> Option<(Option<u32>, u32)> {
+    ) -> Result<Option<(Option<u32>, u32)>, BtfError> {
         for m in members {
             if m.name == name {
                 let bits = (m.bitfield_size == 0 && m.bit_offset % 8 == 0).then_some(m.bit_offset);
-                return Some((bits, m.type_id));
+                return Ok(Some((bits, m.type_id)));
             }
         }
         if depth >= 8 {
-            return None;
+            return Ok(None);
         }
         for m in members.iter().filter(|m| m.name.is_empty()) {
-            let Some((_, _, inner)) = self.composite(m.type_id) else {
+            let Some(inner) = self.composite(m.type_id)? else {
                 continue;
             };
-            if let Some((bits, type_id)) = self.find_member_depth(inner, name, depth + 1) {
-                return Some((bits.map(|b| b + m.bit_offset), type_id));
+            if let Some((bits, type_id)) = self.find_member(&inner.members, name, depth + 1)? {
+                return Ok(Some((bits.map(|b| b + m.bit_offset), type_id)));
             }
         }
-        None
+        Ok(None)
     }
 }
 
@@ -294,38 +309,18 @@ fn malformed(what: String) -> BtfError {
     BtfError::Malformed(what)
 }
 
-/// Reads one type (and what follows it) at `r`.
-fn read_type(r: &mut Reader<'_>, strings: &[u8]) -> Result<Type, BtfError> {
+/// Indexes one type at `r` (skipping what follows it): its kind, and its
+/// name's offset in the string section.
+fn index_type(r: &mut Reader<'_>) -> Result<(Type, u32), BtfError> {
+    let at = r.at as u32;
     let name_off = r.u32()?;
     let info = r.u32()?;
     let size_or_type = r.u32()?;
     let vlen = (info & 0xffff) as usize;
-    let kind = (info >> 24) & 0x1f;
-    let kind_flag = info >> 31 == 1;
-    let ty = match kind {
+    let ty = match (info >> 24) & 0x1f {
         kind::STRUCT | kind::UNION => {
-            let mut members = Vec::with_capacity(vlen);
-            for _ in 0..vlen {
-                let name = string(strings, r.u32()?)?;
-                let type_id = r.u32()?;
-                let offset = r.u32()?;
-                let (bit_offset, bitfield_size) = if kind_flag {
-                    (offset & 0x00ff_ffff, offset >> 24)
-                } else {
-                    (offset, 0)
-                };
-                members.push(Member {
-                    name,
-                    type_id,
-                    bit_offset,
-                    bitfield_size,
-                });
-            }
-            Type::Composite {
-                name: string(strings, name_off)?,
-                size: size_or_type,
-                members,
-            }
+            r.skip(12 * vlen)?;
+            Type::Composite { at }
         }
         kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => {
             Type::Alias(size_or_type)
@@ -349,7 +344,38 @@ fn read_type(r: &mut Reader<'_>, strings: &[u8]) -> Result<Type, BtfError> {
         kind::PTR | kind::FWD | kind::FUNC | kind::FLOAT => Type::Other,
         other => return Err(malformed(format!("unknown type kind {other}"))),
     };
-    Ok(ty)
+    Ok((ty, name_off))
+}
+
+/// Reads the struct or union record at `r`, with its members.
+fn read_composite(r: &mut Reader<'_>, strings: &[u8]) -> Result<Composite, BtfError> {
+    let name_off = r.u32()?;
+    let info = r.u32()?;
+    let size = r.u32()?;
+    let vlen = (info & 0xffff) as usize;
+    let kind_flag = info >> 31 == 1;
+    let mut members = Vec::with_capacity(vlen);
+    for _ in 0..vlen {
+        let name = string(strings, r.u32()?)?;
+        let type_id = r.u32()?;
+        let offset = r.u32()?;
+        let (bit_offset, bitfield_size) = if kind_flag {
+            (offset & 0x00ff_ffff, offset >> 24)
+        } else {
+            (offset, 0)
+        };
+        members.push(Member {
+            name,
+            type_id,
+            bit_offset,
+            bitfield_size,
+        });
+    }
+    Ok(Composite {
+        name: string(strings, name_off)?,
+        size,
+        members,
+    })
 }
 
 /// The NUL-terminated string at `off` of the string section.
