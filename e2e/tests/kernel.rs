@@ -206,3 +206,46 @@ fn the_mode_switches_at_run_time_without_reloading_the_programs() {
     let c = guard.counters().expect("counters");
     assert_eq!((c.denied, c.audited, c.allowed), (2, 4, 0), "{c:?}");
 }
+
+/// `[allow] uids = [base, base + 1, ...]`, `n` of them.
+fn many_uids(base: u32, n: u32) -> Policy {
+    let uids: Vec<String> = (base..base + n).map(|u| u.to_string()).collect();
+    policy(&format!("[allow]\nuids = [{}]\n", uids.join(", ")))
+}
+
+#[test]
+fn reloads_clear_the_generation_they_replace_so_the_maps_never_fill() {
+    if !privileged_or_skip("reloads_clear_the_generation_they_replace_so_the_maps_never_fill") {
+        return;
+    }
+    // Each policy fills more than half of the uid map's room for two
+    // generations (2 x 131,072): a reload that left the old generation's
+    // entries behind would make the third policy fail to fit.
+    let sb = Sandbox::new();
+    let mut guard = Guard::load(0).expect("load");
+    guard.attach(sb.cgroup.path(), None).expect("attach");
+    for (round, base) in [100_000u32, 300_000, 500_000, 700_000]
+        .into_iter()
+        .enumerate()
+    {
+        let p = many_uids(base, 100_000);
+        let generation = guard
+            .apply(&p, &Stamp::default())
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(generation, round as u32 % 2);
+        // The newest policy decides: its last uid in, the previous one's out.
+        let last = base + 99_999;
+        sb.probe()
+            .uid(last)
+            .gid(last)
+            .run(Action::connect(IMDS_V4, IMDS_PORT))
+            .assert_ok();
+        if round > 0 {
+            sb.probe()
+                .uid(base - 200_000)
+                .gid(base - 200_000)
+                .run(Action::connect(IMDS_V4, IMDS_PORT))
+                .assert_errno(EPERM);
+        }
+    }
+}

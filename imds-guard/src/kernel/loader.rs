@@ -28,7 +28,7 @@ use super::{
     hooks::{HOOKS, HookSpec, ProgramKind},
     offsets::{self, OffsetError},
     pins::{PINNED_MAPS, PinError, Pins},
-    sys,
+    policy_maps, sys,
 };
 
 /// The programs' global holding [`imds_guard_common::Offsets`].
@@ -94,6 +94,12 @@ pub enum GuardError {
         #[source]
         source: MapError,
     },
+    #[error("cannot write or clear map {name}")]
+    Batch {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create the map used to wait for RCU grace periods")]
     GraceMap(#[source] std::io::Error),
     #[error("cannot wait for an RCU grace period")]
@@ -157,6 +163,8 @@ pub struct Guard {
     pub(super) active: Option<u32>,
     /// Waits out program runs that may still read a generation.
     pub(super) grace: sys::GracePeriod,
+    /// The keys written into each generation, to clear it by.
+    pub(super) written: [policy_maps::Written; 2],
 }
 
 impl Guard {
@@ -180,6 +188,7 @@ impl Guard {
             ebpf,
             active: None,
             grace,
+            written: Default::default(),
         };
         for spec in &HOOKS {
             let name = spec.program;

@@ -7,6 +7,7 @@
 //! Imports: `policy` only. Nothing here logs decisions, talks to systemd or
 //! prints for the operator: that is `daemon` and `cli`, which import this.
 
+pub mod batch;
 pub mod btf;
 pub mod cgroup;
 pub mod forward;

@@ -2,17 +2,31 @@
 //! writes the one not in force, flips `ACTIVE`, waits for every program run
 //! that may still use the old one, and clears it: each decision reads
 //! `ACTIVE` once, so it sees the old policy or the new one, never a mix.
+//!
+//! Entries are written and cleared in batches (`batch.rs`), and a
+//! generation is cleared by the keys it was written with, remembered here:
+//! no walk of the maps' keys, whatever their size.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, os::fd::AsFd as _};
 
-use aya::maps::{Array, HashMap, MapData, MapError};
-use imds_guard_common::{self as common, GENERATIONS, IdKey, Ipv6Key, V4Key, V6Key, action, mode};
+use aya::maps::{Array, Map, MapData};
+use imds_guard_common::{self as common, IdKey, IdRule, Ipv6Key, V4Key, V6Key, action, mode};
 
 use super::{
+    batch,
     loader::{Guard, GuardError, Stamp, map_err},
     records::entry_number,
 };
 use crate::policy::{Action, Mode, Policy};
+
+/// The keys one generation was written with.
+#[derive(Debug, Default)]
+pub(super) struct Written {
+    v4: Vec<V4Key>,
+    v6: Vec<V6Key>,
+    uids: Vec<IdKey>,
+    gids: Vec<IdKey>,
+}
 
 impl Guard {
     /// The generation in force, if a policy was applied.
@@ -60,8 +74,8 @@ impl Guard {
         // before writing there: it is not in force either way.
         if let Err(e) = self.clear_generation(old) {
             tracing::warn!(
-                "could not clear policy generation {old} after a reload: {:#}",
-                anyhow::Error::from(e)
+                "could not clear policy generation {old} after a reload: {}",
+                crate::chain::Chain(&e)
             );
         }
         Ok(next)
@@ -79,51 +93,57 @@ impl Guard {
 
     /// The generation the next [`Guard::apply`] writes.
     pub fn next_generation(&self) -> u32 {
-        self.active.map_or(0, |g| (g + 1) % GENERATIONS)
+        self.active.map_or(0, |g| (g + 1) % common::GENERATIONS)
     }
 
     /// Writes only the protected addresses of `policy` into `generation`,
     /// nothing else: for tests of the states in between.
     pub fn write_endpoints(&mut self, generation: u32, policy: &Policy) -> Result<(), GuardError> {
-        let value = common::PROTECTED;
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for endpoint in &policy.spec.endpoints {
             match endpoint.addr {
-                IpAddr::V4(v4) => {
-                    let mut map: HashMap<_, V4Key, u32> = self.map_mut(common::MAP_PROTECTED_V4)?;
-                    let key = V4Key {
-                        generation,
-                        addr: u32::from_ne_bytes(v4.octets()),
-                    };
-                    map.insert(key, value, 0)
-                        .map_err(map_err(common::MAP_PROTECTED_V4))?;
-                }
-                IpAddr::V6(v6) => {
-                    let mut map: HashMap<_, V6Key, u32> = self.map_mut(common::MAP_PROTECTED_V6)?;
-                    let key = V6Key {
-                        generation,
-                        addr: ipv6_key(&v6.octets()),
-                    };
-                    map.insert(key, value, 0)
-                        .map_err(map_err(common::MAP_PROTECTED_V6))?;
-                }
+                IpAddr::V4(a) => v4.push(V4Key {
+                    generation,
+                    addr: u32::from_ne_bytes(a.octets()),
+                }),
+                IpAddr::V6(a) => v6.push(V6Key {
+                    generation,
+                    addr: ipv6_key(&a.octets()),
+                }),
             }
         }
+        let present = vec![common::PROTECTED; v4.len().max(v6.len())];
+        self.update(common::MAP_PROTECTED_V4, &v4, &present[..v4.len()])?;
+        self.update(common::MAP_PROTECTED_V6, &v6, &present[..v6.len()])?;
+        let written = self.written_mut(generation);
+        written.v4 = v4;
+        written.v6 = v6;
         Ok(())
     }
 
     fn write_rules(&mut self, generation: u32, policy: &Policy) -> Result<(), GuardError> {
-        for (name, rules) in [
-            (common::MAP_UID_RULES, &policy.uids),
-            (common::MAP_GID_RULES, &policy.gids),
+        for (name, rules, is_uid) in [
+            (common::MAP_UID_RULES, &policy.uids, true),
+            (common::MAP_GID_RULES, &policy.gids, false),
         ] {
-            let mut map: HashMap<_, IdKey, common::IdRule> = self.map_mut(name)?;
-            for (&id, rule) in rules {
-                let value = common::IdRule {
-                    action: kernel_action(rule.action),
-                    entry: entry_number(Some(rule.index)),
-                };
-                map.insert(IdKey { generation, id }, value, 0)
-                    .map_err(map_err(name))?;
+            let (keys, values): (Vec<IdKey>, Vec<IdRule>) = rules
+                .iter()
+                .map(|(&id, rule)| {
+                    (
+                        IdKey { generation, id },
+                        IdRule {
+                            action: kernel_action(rule.action),
+                            entry: entry_number(Some(rule.index)),
+                        },
+                    )
+                })
+                .unzip();
+            self.update(name, &keys, &values)?;
+            let written = self.written_mut(generation);
+            if is_uid {
+                written.uids = keys;
+            } else {
+                written.gids = keys;
             }
         }
         Ok(())
@@ -152,42 +172,49 @@ impl Guard {
             .map_err(map_err(common::MAP_CONFIG))
     }
 
-    /// Removes every entry of `generation`, its config first: should a
-    /// reader still meet this generation, an unconfigured one denies.
+    /// Removes every entry of `generation` this handle wrote. Its config
+    /// stays: the flip away from it came first, and the next apply
+    /// overwrites it before flipping back.
     fn clear_generation(&mut self, generation: u32) -> Result<(), GuardError> {
-        fn clear<K: aya::Pod + Copy, V: aya::Pod>(
-            map: &mut HashMap<&mut MapData, K, V>,
-            name: &'static str,
-            of: impl Fn(&K) -> bool,
-        ) -> Result<(), GuardError> {
-            let mut keys = Vec::new();
-            for key in map.keys() {
-                let key = key.map_err(|source| GuardError::Map { name, source })?;
-                if of(&key) {
-                    keys.push(key);
-                }
-            }
-            for k in keys {
-                match map.remove(&k) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(source) => return Err(GuardError::Map { name, source }),
-                }
-            }
-            Ok(())
+        let written = std::mem::take(self.written_mut(generation));
+        self.delete(common::MAP_PROTECTED_V4, &written.v4)?;
+        self.delete(common::MAP_PROTECTED_V6, &written.v6)?;
+        self.delete(common::MAP_UID_RULES, &written.uids)?;
+        self.delete(common::MAP_GID_RULES, &written.gids)
+    }
+
+    fn written_mut(&mut self, generation: u32) -> &mut Written {
+        &mut self.written[(generation % common::GENERATIONS) as usize]
+    }
+
+    /// Writes `keys` and `values` into the hash map `name`, in batches.
+    fn update<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<(), GuardError> {
+        let map = self.map_data(name)?;
+        batch::update(map.fd().as_fd(), keys, values)
+            .map_err(|source| GuardError::Batch { name, source })
+    }
+
+    /// Deletes `keys` from the hash map `name`, in batches.
+    fn delete<K: aya::Pod>(&self, name: &'static str, keys: &[K]) -> Result<(), GuardError> {
+        if keys.is_empty() {
+            return Ok(());
         }
-        let mut m: HashMap<_, V4Key, u32> = self.map_mut(common::MAP_PROTECTED_V4)?;
-        clear(&mut m, common::MAP_PROTECTED_V4, |k| {
-            k.generation == generation
-        })?;
-        let mut m: HashMap<_, V6Key, u32> = self.map_mut(common::MAP_PROTECTED_V6)?;
-        clear(&mut m, common::MAP_PROTECTED_V6, |k| {
-            k.generation == generation
-        })?;
-        for name in [common::MAP_UID_RULES, common::MAP_GID_RULES] {
-            let mut m: HashMap<_, IdKey, common::IdRule> = self.map_mut(name)?;
-            clear(&mut m, name, |k| k.generation == generation)?;
+        let map = self.map_data(name)?;
+        batch::delete(map.fd().as_fd(), keys).map_err(|source| GuardError::Batch { name, source })
+    }
+
+    /// The map `name`, which must be a hash map.
+    fn map_data(&self, name: &'static str) -> Result<&MapData, GuardError> {
+        match self.ebpf.map(name) {
+            Some(Map::HashMap(data)) => Ok(data),
+            Some(_) => Err(GuardError::MissingMap(name)),
+            None => Err(GuardError::MissingMap(name)),
         }
-        Ok(())
     }
 }
 

@@ -34,7 +34,7 @@ pub mod attach_type {
     pub const CGROUP_UDP6_SENDMSG: u32 = 15;
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a `#[repr(C)]` prefix of `union bpf_attr` for `cmd`,
     // valid for reads and writes of its size for the duration of the call.
     let ret = unsafe {
