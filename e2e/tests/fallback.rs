@@ -63,7 +63,16 @@ fn a_policy_that_does_not_validate_at_boot_puts_the_fallback_in_force() {
             out.contains(&expected) && out.contains(what),
             "expected {expected}...{what} in:\n{out}"
         );
-        assert!(out.contains("the FALLBACK policy is in force"), "{out}");
+        agent
+            .wait_for(
+                |r| {
+                    field(r, "message")
+                        .and_then(Value::as_str)
+                        .is_some_and(|m| m.contains("the FALLBACK policy is in force"))
+                },
+                READY,
+            )
+            .unwrap_or_else(|| panic!("no FALLBACK record:\n{}", agent.output()));
         // Root only: root reads the credentials, nobody is refused.
         let r = sb.probe_as(0, 0).run(Action::http(imds_v4(), IMDS_PORT));
         assert_eq!(r.assert_ok().body, sb.imds.credentials_body());

@@ -118,5 +118,8 @@ pub mod config_flags {
     /// The agent's built-in (or `--fallback`) policy is in force because
     /// the configured one could not be used.
     pub const FALLBACK: u32 = 1;
+    /// Allowed decisions are events too (the agent logs them at debug
+    /// level); otherwise only their counter counts them.
+    pub const LOG_ALLOWED: u32 = 2;
 }
 const _: () = assert!(size_of::<Config>() == 64);

@@ -7,7 +7,8 @@
 use aya_ebpf::{EbpfContext, helpers::generated::bpf_ktime_get_ns, maps::HashMap};
 use aya_log_ebpf::error;
 use imds_guard_common::{
-    Event, IdKey, IdRule, action, counter, counter_index, kind, mode, reason, verdict,
+    EVENTS_BYTE_SIZE, Event, IdKey, IdRule, action, config_flags, counter, counter_index, kind,
+    mode, reason, verdict,
 };
 
 use crate::{
@@ -15,6 +16,14 @@ use crate::{
     dst::Dst,
     maps::{CONFIG, COUNTERS, EVENTS, GID_RULES, UID_RULES},
 };
+
+/// `bpf_ringbuf_submit` flags and `bpf_ringbuf_query`'s "bytes not yet
+/// consumed" (include/uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Unread bytes past which an event wakes the agent.
+const WAKEUP_AT: u32 = EVENTS_BYTE_SIZE / 4;
 
 /// What a `cgroup/sock_addr` program returns: for the connect and sendmsg
 /// hooks, 1 lets the call go on and 0 makes it fail with EPERM.
@@ -93,7 +102,14 @@ pub fn decide<C: EbpfContext>(
     if outcome.reason == reason::INTERNAL_ERROR {
         bump(hook, counter::ERRORS);
     }
-    emit(hook, v, &outcome, caller, generation, dst);
+    // An allowed decision is an event only when the agent logs them (debug
+    // level): the counter above is what counts it.
+    let log_allowed = CONFIG
+        .get(generation)
+        .is_some_and(|c| c.flags & config_flags::LOG_ALLOWED != 0);
+    if v != verdict::ALLOWED || log_allowed {
+        emit(hook, v, &outcome, caller, generation, dst);
+    }
 
     if v == verdict::DENIED {
         Verdict::Reject
@@ -218,5 +234,13 @@ fn emit(hook: u8, v: u8, outcome: &Outcome, caller: &Caller, generation: u32, ds
         proto: dst.proto,
         _pad1: [0; 3],
     });
-    entry.submit(0);
+    // No wake-up per event: waking the agent costs the caller microseconds.
+    // The agent polls on a short timer, and is woken once the ring is a
+    // quarter full so that a storm cannot fill it between two polls.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(WAKEUP_AT) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
 }

@@ -83,8 +83,10 @@ struct Sample {
     outcome: Outcome,
     who: Who,
     dst: SocketAddr,
-    /// The last process (pid and comm) or interface seen.
-    detail: String,
+    /// The first process of the window (pid, comm), for decisions.
+    process: Option<(u32, String)>,
+    /// The interface, for forwarded packets.
+    interface: Option<String>,
 }
 
 /// A forwarded packet the forward table dropped (or would have).
@@ -145,7 +147,7 @@ impl EventLog {
     ) {
         match DecisionRecord::decode(bytes) {
             Ok(d) => match policies.get(d.generation) {
-                Some(policy) => self.record(&d, policy, resolver, now),
+                Some(policy) => self.record(&d, &policy, resolver, now),
                 None => {
                     self.received += 1;
                     tracing::error!(
@@ -179,7 +181,8 @@ impl EventLog {
             outcome: d.outcome,
             who,
             dst: SocketAddr::new(d.dst, d.port),
-            detail: format!("pid {}, {}", d.pid, d.comm),
+            process: (d.pid != 0).then(|| (d.pid, d.comm.clone())),
+            interface: None,
         };
         if !self.admit(d.outcome, who, d.dst, now, sample) {
             return;
@@ -201,7 +204,8 @@ impl EventLog {
             outcome,
             who,
             dst: SocketAddr::new(packet.dst, packet.port),
-            detail: format!("interface {}", packet.interface),
+            process: None,
+            interface: Some(packet.interface.clone()),
         };
         if self.admit(outcome, who, packet.dst, now, sample) {
             emit_forward(&ForwardRecord {
@@ -309,19 +313,34 @@ impl EventLog {
 /// suppressed (allowed decisions are debug records, so is their count).
 fn summarize(s: &Suppressed<Sample>) {
     let d = &s.sample;
+    let (uid, src) = match d.who {
+        Who::Uid(uid) => (Some(uid), None),
+        Who::Source(ip) => (None, Some(ip)),
+        Who::Nobody => (None, None),
+    };
+    let (pid, comm) = d.process.clone().unzip();
+    let detail = match (&d.process, &d.interface) {
+        (Some((pid, comm)), _) => format!(", pid {pid} ({comm})"),
+        (None, Some(interface)) => format!(", on {interface}"),
+        (None, None) => String::new(),
+    };
     macro_rules! summary {
         ($level:ident) => {
             tracing::$level!(
                 event = "suppressed",
                 suppressed = s.count,
-                who = %d.who,
+                outcome = d.outcome.as_str(),
+                uid = uid,
+                src = src.map(|ip| ip.to_string()),
+                pid = pid,
+                comm = comm.as_deref(),
+                interface = d.interface.as_deref(),
                 dst = %d.dst.ip(),
                 port = d.dst.port(),
-                "suppressed {} more {} records like the last one ({}, {}, to {}) in {}s",
+                "suppressed {} more {} records like these ({}{detail}, to {}) in {}s",
                 s.count,
                 d.outcome,
                 d.who,
-                d.detail,
                 d.dst,
                 WINDOW.as_secs()
             )
@@ -505,7 +524,8 @@ mod tests {
                 outcome: Outcome::Deny,
                 who: Who::Uid(uid),
                 dst: SocketAddr::new(dst, 80),
-                detail: String::new(),
+                process: None,
+                interface: None,
             };
             log.admit(Outcome::Deny, Who::Uid(uid), dst, t0, sample);
         }

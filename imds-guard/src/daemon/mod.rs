@@ -123,6 +123,8 @@ struct Rings {
     logger: Option<AsyncFd<Logger>>,
     /// What the forward table logs (see `forward.rs`).
     nflog: Option<AsyncFd<NflogSocket>>,
+    /// The reload in progress, if any.
+    reload: Option<reload::Pending>,
 }
 
 /// A running agent: the guard it loaded, the policies of both generations,
@@ -133,7 +135,10 @@ pub struct Daemon {
     pins: Pins,
     /// The agent lock on the pin directory, held for the agent's life.
     _lock: File,
-    guard: Guard,
+    /// The guard; lent to the reload thread while a reload runs.
+    guard: Option<Guard>,
+    /// The generation in force.
+    generation: u32,
     policies: Policies,
     stamp: Stamp,
     /// Whether the forward table is in force.
@@ -152,10 +157,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (mut daemon, report, mut rings) = Daemon::start(config)?;
     daemon.announce_ready(&report);
     daemon.serve_metrics().await;
-    let mut tick = interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let signal_name = daemon.run_loop(&mut signals, &mut rings, &mut tick).await?;
-    daemon.shutdown(signal_name, &mut rings);
+    let mut timers = Timers::new();
+    let signal_name = daemon
+        .run_loop(&mut signals, &mut rings, &mut timers)
+        .await?;
+    daemon.shutdown(signal_name, &mut rings).await;
     Ok(())
 }
 
@@ -221,11 +227,7 @@ impl Daemon {
             applied_unix: attached_unix,
             attached_unix,
             agent_pid: std::process::id(),
-            flags: if in_fallback {
-                config_flags::FALLBACK
-            } else {
-                0
-            },
+            flags: stamp_flags(in_fallback, level > 0),
         };
         let generation = guard.apply(&policy, &stamp)?;
         let report = guard.attach(&cgroup, Some(&pins))?;
@@ -237,13 +239,15 @@ impl Daemon {
                 .transpose()
                 .map_err(io_err("cannot poll the eBPF log ring buffer"))?,
             nflog: forward::listen(),
+            reload: None,
         };
         let daemon = Self {
             config,
             cgroup,
             pins,
             _lock: lock,
-            guard,
+            guard: Some(guard),
+            generation,
             policies: Policies::first(generation, policy),
             stamp,
             forward,
@@ -257,8 +261,8 @@ impl Daemon {
     }
 
     /// The policy in force.
-    fn policy(&self) -> Option<&Policy> {
-        self.policies.in_force(&self.guard)
+    fn policy(&self) -> Option<Arc<Policy>> {
+        self.policies.get(self.generation as u8)
     }
 
     /// Whether the fallback policy is in force, not the configured one.
@@ -344,13 +348,30 @@ impl Daemon {
         &mut self,
         signals: &mut Signals,
         rings: &mut Rings,
-        tick: &mut Interval,
+        timers: &mut Timers,
     ) -> Result<&'static str, DaemonError> {
         loop {
             tokio::select! {
                 _ = signals.term.recv() => return Ok("SIGTERM"),
                 _ = signals.int.recv() => return Ok("SIGINT"),
-                _ = signals.hup.recv() => self.on_hup(rings.events.get_mut()),
+                _ = signals.hup.recv() => {
+                    // The generation a reload writes may hold a policy whose
+                    // decisions are still in the ring: explain them first.
+                    self.drain(rings.events.get_mut());
+                    self.on_hup(&mut rings.reload);
+                }
+                done = reloaded(&mut rings.reload) => match done {
+                    Ok(done) => self.on_reloaded(done, &mut rings.reload),
+                    Err(e) => return Err(DaemonError::Io {
+                        what: "the reload thread failed",
+                        source: std::io::Error::other(e),
+                    }),
+                },
+                // The programs do not wake the agent for each event (that
+                // costs the caller): read what is there every POLL, and
+                // whenever the ring fills past a quarter (they wake it
+                // then).
+                _ = timers.poll.tick() => self.drain(rings.events.get_mut()),
                 ready = rings.events.readable_mut() => {
                     let mut ready = ready.map_err(io_err("cannot poll the event ring buffer"))?;
                     self.drain(ready.get_inner_mut());
@@ -368,7 +389,7 @@ impl Daemon {
                     ready.get_inner_mut().flush();
                     ready.clear_ready();
                 }
-                _ = tick.tick() => self.on_tick(),
+                _ = timers.tick.tick() => self.on_tick(),
             }
         }
     }
@@ -380,7 +401,8 @@ impl Daemon {
         if self.ticks.is_multiple_of(FORWARD_COUNTERS_EVERY) {
             self.refresh_forward_counters();
         }
-        let counters = self.guard.counters().ok();
+        // While a reload has the guard, the last counters stand.
+        let counters = self.guard.as_ref().and_then(|g| g.counters().ok());
         if let Some(c) = &counters {
             self.metrics.set_counters(c);
         }
@@ -399,14 +421,26 @@ impl Daemon {
 
     /// Stops: tells systemd, drains what was decided before, and says what
     /// stays in force.
-    fn shutdown(mut self, signal_name: &str, rings: &mut Rings) {
+    async fn shutdown(mut self, signal_name: &str, rings: &mut Rings) {
         notified(notify::stopping());
         if let Some(server) = self.server.take() {
             server.abort();
         }
+        // A reload in progress finishes (it is bounded): the guard is left
+        // with one policy in force, said in the log.
+        if let Some(pending) = rings.reload.take() {
+            match pending.task.await {
+                Ok(done) => self.on_reloaded(done, &mut None),
+                Err(e) => tracing::error!("the reload thread failed: {e}"),
+            }
+        }
         // Whatever is still in the ring buffer was decided before we stop.
         self.drain(rings.events.get_mut());
-        let counters = self.guard.counters().ok().unwrap_or_default();
+        let counters = self
+            .guard
+            .as_ref()
+            .and_then(|g| g.counters().ok())
+            .unwrap_or_default();
         self.log.tick(
             Instant::now() + Duration::from_secs(3600),
             Some(counters.events_lost),
@@ -433,9 +467,55 @@ impl Daemon {
     }
 }
 
+/// The config flags an agent starts with: whether its policy is the
+/// fallback, and whether allowed decisions are logged (debug level), so
+/// that the programs send events for them.
+fn stamp_flags(in_fallback: bool, log_allowed: bool) -> u32 {
+    let mut flags = 0;
+    if in_fallback {
+        flags |= config_flags::FALLBACK;
+    }
+    if log_allowed {
+        flags |= config_flags::LOG_ALLOWED;
+    }
+    flags
+}
+
 /// Ticks (seconds) between two reads of the forward table's counters:
 /// each is a run of `nft`.
 const FORWARD_COUNTERS_EVERY: u32 = 10;
+
+/// How often the ring buffer is read when nothing wakes the agent: the
+/// longest a decision on a quiet host waits to be logged.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// The run loop's clocks.
+struct Timers {
+    /// Counters, rate-limit windows, lost events: once a second.
+    tick: Interval,
+    /// The ring buffer: every [`POLL`].
+    poll: Interval,
+}
+
+impl Timers {
+    fn new() -> Self {
+        let mut tick = interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut poll = interval(POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self { tick, poll }
+    }
+}
+
+/// The end of the reload in progress; never, when there is none.
+async fn reloaded(
+    reload: &mut Option<reload::Pending>,
+) -> Result<reload::Done, tokio::task::JoinError> {
+    match reload {
+        Some(p) => (&mut p.task).await,
+        None => pending().await,
+    }
+}
 
 fn now_unix() -> u64 {
     SystemTime::now()

@@ -1,10 +1,19 @@
 //! Reloading on SIGHUP: re-read, validate and resolve the policy file, and
 //! put it in force in the generation not in use, or keep the policy in
 //! force and say why not.
+//!
+//! The work (parsing and resolving a large file, writing the maps, two RCU
+//! grace periods, the forward table) runs on a blocking thread, with the
+//! guard lent to it, so that the run loop keeps reading events and NFLOG
+//! meanwhile. A SIGHUP during a reload is remembered and served after it.
 
-use std::{path::Path, sync::Arc, time::Instant};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
 
-use aya::maps::{MapData, RingBuf};
+use tokio::task::JoinHandle;
 
 use super::{
     Daemon,
@@ -14,45 +23,94 @@ use super::{
 };
 use crate::{
     chain::Chain,
-    kernel::{Guard, Stamp},
+    kernel::{Guard, GuardError, Stamp},
     policy::{Mode, Policy, PolicySpec, SystemResolver, hex},
 };
 
 /// The policy of each generation, for explaining the decisions made under
 /// it (events still in flight after a reload carry the old generation).
-pub(super) struct Policies([Option<Arc<Policy>>; 2]);
+/// Shared with the reload thread, which names the new generation's policy
+/// before it flips to it.
+#[derive(Clone, Default)]
+pub(super) struct Policies(Arc<Mutex<[Option<Arc<Policy>>; 2]>>);
 
 impl Policies {
     /// The first policy, in force in `generation`.
     pub(super) fn first(generation: u32, policy: Policy) -> Self {
-        let mut policies = Self([None, None]);
-        policies.set(generation, policy);
+        let policies = Self::default();
+        policies.set(generation, Arc::new(policy));
         policies
     }
 
     /// The policy of `generation`, if one was written there.
-    pub fn get(&self, generation: u8) -> Option<&Policy> {
-        self.0[usize::from(generation & 1)].as_deref()
+    pub fn get(&self, generation: u8) -> Option<Arc<Policy>> {
+        self.slots()[usize::from(generation & 1)].clone()
     }
 
-    /// The policy of the generation in force.
-    pub(super) fn in_force(&self, guard: &Guard) -> Option<&Policy> {
-        guard.active_generation().and_then(|g| self.get(g as u8))
+    fn set(&self, generation: u32, policy: Arc<Policy>) {
+        self.slots()[(generation & 1) as usize] = Some(policy);
     }
 
-    fn set(&mut self, generation: u32, policy: Policy) {
-        self.0[(generation & 1) as usize] = Some(Arc::new(policy));
+    fn slots(&self) -> std::sync::MutexGuard<'_, [Option<Arc<Policy>>; 2]> {
+        // Plain data: a panic elsewhere cannot leave it half written.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
+/// A reload running on its thread, with the guard.
+pub(super) struct Pending {
+    pub(super) task: JoinHandle<Done>,
+    /// Another SIGHUP came meanwhile.
+    again: bool,
+}
+
+/// What the reload thread hands back.
+pub(super) struct Done {
+    guard: Guard,
+    outcome: Result<Applied, ReloadOutcome>,
+}
+
+/// A policy put in force.
+struct Applied {
+    generation: u32,
+    stamp: Stamp,
+    policy: Arc<Policy>,
+    forward: ForwardState,
+    micros: u64,
+}
+
 impl Daemon {
-    /// SIGHUP: reload, and tell systemd and the metrics how it went.
-    pub(super) fn on_hup(&mut self, events: &mut RingBuf<MapData>) {
-        // Decisions made under the policy in force are explained with it:
-        // drain them before it can change.
-        self.drain(events);
+    /// SIGHUP: starts a reload, or remembers to run one more after the
+    /// reload in progress.
+    pub(super) fn on_hup(&mut self, pending: &mut Option<Pending>) {
+        if let Some(pending) = pending {
+            pending.again = true;
+            return;
+        }
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
         notified(notify::reloading());
-        let outcome = self.reload();
+        let config = self.config.config.clone();
+        let stamp = self.stamp;
+        let policies = self.policies.clone();
+        let task = tokio::task::spawn_blocking(move || reload(guard, &config, stamp, &policies));
+        *pending = Some(Pending { task, again: false });
+    }
+
+    /// The reload thread's result: the guard back, the outcome said.
+    pub(super) fn on_reloaded(&mut self, done: Done, pending: &mut Option<Pending>) {
+        self.guard = Some(done.guard);
+        let outcome = match done.outcome {
+            Ok(applied) => {
+                self.announce_reload(&applied);
+                self.generation = applied.generation;
+                self.stamp = applied.stamp;
+                self.forward = applied.forward;
+                ReloadOutcome::Applied
+            }
+            Err(outcome) => outcome,
+        };
         self.metrics.reload(outcome);
         let mode = self.policy().map_or(Mode::Enforce, |p| p.spec.mode);
         let applied = outcome == ReloadOutcome::Applied;
@@ -62,54 +120,74 @@ impl Daemon {
             self.metrics.set_enforcing(Enforcing::Active(mode));
             self.metrics.set_fallback(false);
         }
-    }
-
-    /// Re-reads the policy file and puts it in force, or keeps the policy
-    /// in force and says why not.
-    fn reload(&mut self) -> ReloadOutcome {
-        let started = Instant::now();
-        let config = self.config.config.clone();
-        let Some(policy) = load(&config) else {
-            return ReloadOutcome::Invalid;
-        };
-        let stamp = Stamp {
-            digest: policy.digest(),
-            applied_unix: now_unix(),
-            // The configured policy, in force at last.
-            flags: 0,
-            ..self.stamp
-        };
-        match self.guard.apply(&policy, &stamp) {
-            Ok(generation) => {
-                self.stamp = stamp;
-                self.forward = ForwardState::apply(&policy.spec);
-                let mode = policy.spec.mode;
-                tracing::info!(
-                    event = "reload",
-                    outcome = "applied",
-                    mode = mode.as_str(),
-                    generation,
-                    digest = %hex(&stamp.digest),
-                    micros = started.elapsed().as_micros() as u64,
-                    "reloaded {}: {mode} mode, {} uid and {} gid rules",
-                    config.display(),
-                    policy.uids.len(),
-                    policy.gids.len()
-                );
-                self.policies.set(generation, policy);
-                ReloadOutcome::Applied
-            }
-            Err(e) => {
-                tracing::error!(
-                    event = "reload",
-                    outcome = "failed",
-                    "reload failed, the policy in force is unchanged: {}",
-                    Chain(&e)
-                );
-                ReloadOutcome::Failed
-            }
+        if pending.take().is_some_and(|p| p.again) {
+            self.on_hup(pending);
         }
     }
+
+    fn announce_reload(&self, a: &Applied) {
+        let mode = a.policy.spec.mode;
+        tracing::info!(
+            event = "reload",
+            outcome = "applied",
+            mode = mode.as_str(),
+            generation = a.generation,
+            digest = %hex(&a.stamp.digest),
+            micros = a.micros,
+            "reloaded {}: {mode} mode, {} uid and {} gid rules{}",
+            self.config.config.display(),
+            a.policy.uids.len(),
+            a.policy.gids.len(),
+            a.forward.note()
+        );
+    }
+}
+
+/// On the reload thread: the policy at `config` put in force with `guard`.
+fn reload(mut guard: Guard, config: &Path, stamp: Stamp, policies: &Policies) -> Done {
+    let started = Instant::now();
+    let Some(policy) = load(config) else {
+        return Done {
+            guard,
+            outcome: Err(ReloadOutcome::Invalid),
+        };
+    };
+    let policy = Arc::new(policy);
+    let stamp = Stamp {
+        digest: policy.digest(),
+        applied_unix: now_unix(),
+        // The configured policy, in force at last.
+        flags: stamp.flags & !imds_guard_common::config_flags::FALLBACK,
+        ..stamp
+    };
+    // Named before the flip, so that the first decision under it is
+    // explained with it. The generation written is not in force until
+    // then; should the apply fail, it never is.
+    let generation = guard.next_generation();
+    policies.set(generation, Arc::clone(&policy));
+    let outcome = match guard.apply(&policy, &stamp) {
+        Ok(generation) => Ok(Applied {
+            generation,
+            stamp,
+            forward: ForwardState::apply(&policy.spec),
+            policy,
+            micros: started.elapsed().as_micros() as u64,
+        }),
+        Err(e) => {
+            failed(&e);
+            Err(ReloadOutcome::Failed)
+        }
+    };
+    Done { guard, outcome }
+}
+
+fn failed(e: &GuardError) {
+    tracing::error!(
+        event = "reload",
+        outcome = "failed",
+        "reload failed, the policy in force is unchanged: {}",
+        Chain(e)
+    );
 }
 
 /// The policy at `config`, resolved; `None`, with every problem logged,

@@ -271,8 +271,8 @@ impl<'a> Source<'a> {
         let line = self.line_starts.partition_point(|&start| start <= offset);
         let line_start = self.line_starts[line.saturating_sub(1)];
         let continuations_before = |at: usize| self.continuations.partition_point(|&c| c < at);
-        let col =
-            (offset - line_start) - (continuations_before(offset) - continuations_before(line_start));
+        let col = (offset - line_start)
+            - (continuations_before(offset) - continuations_before(line_start));
         Location {
             line: saturating_u32(line),
             col: saturating_u32(col + 1),
