@@ -36,6 +36,7 @@ mod hotpath;
 mod interrupt;
 mod lock;
 mod machine;
+mod nsexec;
 mod plot;
 mod progstats;
 mod quiet;

@@ -14,7 +14,7 @@ use nix::{
 
 use super::{
     cli::Settings,
-    progstats::{StatsEnabled, guard_programs},
+    progstats::{StatsEnabled, guard_programs, pick},
     setup::{Kind, PolicyFile, Setup, verify},
     sink::{IMDS4, IMDS6, PLAIN_V4, PLAIN_V6},
     stats::{Expect, Summary, check, interleave},
@@ -127,15 +127,13 @@ pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
     verify(&[(&setup, ALLOWED, NOBODY)])?;
     let pin_dir = setup.pin_dir().unwrap_or_default();
     let agent_pid = setup.agent().map_or(0, |a| a.pid());
-    let progs = guard_programs(&pin_dir)?;
+    let progs = guard_programs(&setup.netns, &pin_dir)?;
     let mut exact = true;
     let stats = StatsEnabled::new()?;
     let stats_how = stats.how();
     let samples = interleave("program run time", PATHS.len(), s.rounds, |i| {
         let p = &PATHS[i];
-        let prog = progs
-            .get(p.program)
-            .ok_or_else(|| anyhow::anyhow!("no program {}", p.program))?;
+        let prog = pick(&progs, p.program)?;
         let mut job = setup.job(p.uid, p.dst, s.timing);
         let stopped = if p.stopped {
             job.warmup_ms = 0;
