@@ -16,17 +16,20 @@ pub enum Section {
     Scale,
     /// 4. denied processes hammering a protected address.
     Storm,
-    /// 5. agent start, reload and idle memory.
+    /// 5. agent start, reload and memory, with a small and a large policy.
     Agent,
+    /// 6. per-packet cost: small UDP datagrams and a TCP stream.
+    Packets,
 }
 
 impl Section {
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
         Self::Hot,
         Self::Runtime,
         Self::Scale,
         Self::Storm,
         Self::Agent,
+        Self::Packets,
     ];
 }
 
@@ -35,7 +38,7 @@ impl Section {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "imds-guard-bench", version)]
 pub struct Args {
-    /// Smoke run (under a minute): 3 rounds of short loops, 1 and 1,000
+    /// Smoke run (about a minute): 3 rounds of short loops, 1 and 1,000
     /// allowed uids, one short storm. Writes no docs unless --docs-dir is
     /// given.
     #[arg(long)]
@@ -86,6 +89,10 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=60))]
     pub idle_secs: Option<u64>,
 
+    /// Bytes of each UDP datagram in the packet section.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_507))]
+    pub datagram_bytes: u64,
+
     /// Leave iptables-legacy out even where it works.
     #[arg(long)]
     pub no_legacy: bool,
@@ -121,6 +128,7 @@ pub struct Settings {
     pub agent_runs: usize,
     pub reloads: usize,
     pub idle: Duration,
+    pub datagram: usize,
     pub legacy: bool,
     pub sections: Vec<Section>,
     pub docs_dir: Option<PathBuf>,
@@ -173,6 +181,7 @@ impl Settings {
             agent_runs: pick(args.agent_runs.map(u64::from), 5, 2) as usize,
             reloads: pick(args.reloads.map(u64::from), 5, 2) as usize,
             idle: Duration::from_secs(pick(args.idle_secs, 3, 1)),
+            datagram: args.datagram_bytes as usize,
             legacy: !args.no_legacy,
             sections,
             docs_dir: if args.no_docs {

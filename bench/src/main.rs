@@ -21,7 +21,9 @@
 //! 2. [`runtime`]: program run time per invocation, from bpf_stats;
 //! 3. [`scale`]: 1 to 100,000 allowed uids, hot and protected paths;
 //! 4. [`storm`]: denials per second and the agent's event accounting;
-//! 5. [`agent`]: start to enforcing, reload, idle memory.
+//! 5. [`agent`]: start to enforcing, reload, idle memory;
+//! 6. [`packets`]: per-packet cost of the egress program, small UDP
+//!    datagrams and a TCP stream.
 //!
 //! Every measurement happens in network namespaces and child cgroups the
 //! bench makes with the test harness (`imds_guard_e2e`), and every
@@ -32,11 +34,14 @@ mod agentproc;
 mod cli;
 mod cpus;
 mod firewall;
+mod flow;
+mod flowsink;
 mod hotpath;
 mod interrupt;
 mod lock;
 mod machine;
 mod nsexec;
+mod packets;
 mod plot;
 mod progstats;
 mod quiet;
@@ -101,6 +106,7 @@ fn run(s: &Settings) -> anyhow::Result<()> {
         scale: None,
         storm: None,
         agent: None,
+        packets: None,
     };
     if s.runs(Section::Hot) {
         results.hot = Some(hotpath::run(s, on)?);
@@ -116,6 +122,9 @@ fn run(s: &Settings) -> anyhow::Result<()> {
     }
     if s.runs(Section::Agent) {
         results.agent = Some(agent::run(s)?);
+    }
+    if s.runs(Section::Packets) {
+        results.packets = Some(packets::run(s)?);
     }
 
     let plot_name = "bench-scale.svg";

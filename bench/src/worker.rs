@@ -1,7 +1,9 @@
 //! The measuring client: a child process (the bench binary itself, run with
 //! a hidden `--worker JOB` argument) that joins a bench cgroup and network
 //! namespace, becomes the wanted uid, and does connect()+close() to one
-//! address in a tight loop, timing itself with the monotonic clock.
+//! address in a tight loop, timing itself with the monotonic clock. The
+//! other things a worker can do (datagrams, a stream) are in
+//! [`flow`](super::flow).
 //!
 //! A process of its own is the only faithful subject: the guard decides by
 //! the real uid and the cgroup of the task that connects, and the bench
@@ -33,7 +35,7 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{cli::Timing, cpus, interrupt};
+use super::{cli::Timing, cpus, flow, interrupt};
 
 /// The hidden first argument that makes the binary a worker.
 pub const WORKER_ARG: &str = "--worker";
@@ -56,6 +58,21 @@ pub struct Job {
     /// The CPU to run on (see `cpus`); `None` leaves it to the scheduler.
     #[serde(default)]
     pub cpu: Option<usize>,
+    /// What the loop does.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// What a worker's loop does with its destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// socket() + connect() + close() with a RST, over and over.
+    #[default]
+    Connect,
+    /// One connected UDP socket, send() of `size`-byte datagrams.
+    Datagrams { size: usize },
+    /// One TCP connection, write() of `chunk` bytes at a time.
+    Stream { chunk: usize },
 }
 
 impl Job {
@@ -70,7 +87,14 @@ impl Job {
             // A bound, far above what a loopback connect loop reaches.
             max_connects: 200_000 * timing.run_ms.max(1),
             cpu: cpus::client(),
+            mode: Mode::Connect,
         }
+    }
+
+    /// The same job doing `mode`.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Exactly `n` connects, untimed warmup excluded (probes, storms).
@@ -95,7 +119,8 @@ impl Job {
 /// What a worker reports: one JSON line on stdout.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Tally {
-    /// Connects in the timed loop.
+    /// Operations in the timed loop: connects, datagrams sent, or writes
+    /// to a stream (see [`Mode`]).
     pub connects: u64,
     pub ok: u64,
     pub eperm: u64,
@@ -108,6 +133,9 @@ pub struct Tally {
     /// The longest single connect of the timed loop.
     #[serde(default)]
     pub slowest_ns: u64,
+    /// Bytes written in the timed loop (datagrams and streams).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 impl Tally {
@@ -119,6 +147,11 @@ impl Tally {
     /// Every connect, warmup included: what the kernel counted.
     pub fn total(&self) -> u64 {
         self.connects + self.warmup
+    }
+
+    /// Bytes per second in the timed loop.
+    pub fn byte_rate(&self) -> f64 {
+        self.bytes as f64 / (self.elapsed_ns.max(1) as f64 / 1e9)
     }
 }
 
@@ -135,7 +168,11 @@ pub fn main(job: &str) -> ExitCode {
         eprintln!("imds-guard-bench worker: {e}");
         return ExitCode::from(3);
     }
-    let tally = run(&job);
+    let tally = match job.mode {
+        Mode::Connect => run(&job),
+        Mode::Datagrams { size } => flow::datagrams(&job, size),
+        Mode::Stream { chunk } => flow::stream(&job, chunk),
+    };
     match serde_json::to_string(&tally) {
         Ok(line) => {
             println!("{line}");
@@ -174,8 +211,11 @@ fn enter(job: &Job) -> Result<(), String> {
             job.netns.display()
         ));
     }
-    let (uid, gid) = (Uid::from_raw(job.uid), Gid::from_raw(job.uid));
+    if let Some(cpu) = job.cpu {
+        cpus::pin(0, cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+    }
     setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    let (uid, gid) = (Uid::from_raw(job.uid), Gid::from_raw(job.uid));
     setresgid(gid, gid, gid).map_err(|e| format!("setresgid {gid}: {e}"))?;
     setresuid(uid, uid, uid).map_err(|e| format!("setresuid {uid}: {e}"))?;
     let ids = getresuid().map_err(|e| format!("getresuid: {e}"))?;
@@ -184,9 +224,6 @@ fn enter(job: &Job) -> Result<(), String> {
         || [gids.real, gids.effective, gids.saved] != [gid; 3]
     {
         return Err(format!("ids did not change: {ids:?} {gids:?}"));
-    }
-    if let Some(cpu) = job.cpu {
-        cpus::pin(0, cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
     }
     Ok(())
 }
@@ -347,9 +384,11 @@ impl Running {
         }
         if VERBOSE.load(Ordering::Relaxed) {
             eprintln!(
-                "\n  {}: {:.0}/s, {} connects ({} ok, {} EPERM, {} other), slowest {:.1} ms",
+                "\n  {}: {:.0}/s, {:.1} MB/s, {} operations ({} ok, {} EPERM, {} other), \
+                 slowest {:.1} ms",
                 self.what,
                 tally.rate(),
+                tally.byte_rate() / 1e6,
                 tally.connects,
                 tally.ok,
                 tally.eperm,

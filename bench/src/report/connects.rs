@@ -70,10 +70,17 @@ pub(super) fn run_time(md: &mut String, rt: &RuntimeResult) {
          The kernel's own accounting: `run_time_ns / run_cnt` of the program, read from its \
          descriptor before and after each timed loop, with the accounting {}. Policy `{}`; \
          allowed = uid 1001, denied = uid 65534. The share is that time against the whole \
-         connect()+close() the client timed in the same loop. {} rounds. run_cnt grew by \
-         exactly the number of connects in every loop: {}.\n",
+         connect()+close() (or send() of a datagram) the client timed in the same loop. \
+         \"Every program\" is the run time of all the guard's programs (those `imds-guard \
+         status` lists: {}) together, per connect or datagram: each packet of a connect goes \
+         through the egress program as well (here SYN, ACK and the RST of close). The \
+         datagrams are {} bytes, sent as uid 65534 on one connected UDP socket, where only \
+         the egress program runs. {} rounds. run_cnt grew by exactly the number of connects \
+         (or datagrams) in every loop: {}.\n",
         rt.stats_how,
         runtime::POLICY.trim().replace('\n', " "),
+        rt.programs.join(", "),
+        runtime::DATAGRAM,
         rt.rounds,
         if rt.counts_exact { "yes" } else { "**no**" }
     );
@@ -81,7 +88,8 @@ pub(super) fn run_time(md: &mut String, rt: &RuntimeResult) {
         "path",
         "program",
         "ns per run",
-        "share of connect()+close()",
+        "share of the call",
+        "every program, per connect or datagram",
         "runs counted",
     ]);
     for row in &rt.rows {
@@ -90,6 +98,7 @@ pub(super) fn run_time(md: &mut String, rt: &RuntimeResult) {
             row.program.to_owned(),
             row.ns.show(ns),
             row.share.show(pct),
+            row.all_ns.show(ns),
             thousands(row.runs as f64),
         ]);
     }

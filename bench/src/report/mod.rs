@@ -1,10 +1,12 @@
 //! The results as markdown: printed on stdout and written to
 //! `docs/BENCHMARKS.md`, so the document is always what a run produced.
 //! This file has the frame (headline, where and how, limits); each
-//! section's text and tables are in `connects` (1 to 3) and `agent` (4, 5).
+//! section's text and tables are in `connects` (1 to 3), `agent` (4, 5)
+//! and `packets` (6).
 
 mod agent;
 mod connects;
+mod packets;
 
 use std::fmt::Write as _;
 
@@ -13,6 +15,7 @@ use super::{
     cli::Settings,
     hotpath::{self, HotResult},
     machine::{Machine, load},
+    packets::PacketsResult,
     quiet,
     runtime::RuntimeResult,
     scale::ScaleResult,
@@ -31,6 +34,7 @@ pub struct Results {
     pub scale: Option<ScaleResult>,
     pub storm: Option<StormResult>,
     pub agent: Option<AgentResult>,
+    pub packets: Option<PacketsResult>,
 }
 
 /// The exact checks of this run that failed: the kernel's run count
@@ -170,7 +174,9 @@ pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
          - **Safety.** Nothing leaves the bench's namespaces: the metadata addresses \
          (169.254.169.254, fd00:ec2::254) sit on each namespace's loopback, the programs are \
          attached to child cgroups only, pinned in a private bpffs, and the firewall rules \
-         are loaded inside the namespaces with `nsenter --net`.\n\
+         are loaded inside the namespaces with `nsenter --net`, where each agent runs too \
+         (it installs its nftables table for the forward path in the namespace it runs \
+         in; `imds-guard status` is run there as well).\n\
          - **The firewall rules** are what `imds-guard render` prints for the same policy: \
          Debian's `iptables` is the nf_tables backend (`iptables-nft`); `iptables-legacy`, \
          the older x_tables backend, is measured too where the kernel has it. Only \
@@ -201,6 +207,9 @@ pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
     if let Some(a) = &r.agent {
         agent::agent(&mut md, a, s);
     }
+    if let Some(p) = &r.packets {
+        packets::packets(&mut md, p);
+    }
     limits(&mut md);
     md
 }
@@ -228,7 +237,11 @@ fn headline(md: &mut String, r: &Results) {
                 pct(c.ratio.max)
             );
         }
-        if let Some(np) = r.runtime.as_ref().and_then(|rt| rt.rows.first()) {
+        if let Some(np) = r
+            .runtime
+            .as_ref()
+            .and_then(|rt| rt.row("not protected (127"))
+        {
             let _ = write!(
                 line,
                 "; the kernel's own accounting puts imds-guard's share at {} ({} per connect)",
@@ -321,6 +334,7 @@ fn headline(md: &mut String, r: &Results) {
             mib(a.idle_rss_kib.median)
         ));
     }
+    packets::headline(r, &mut lines);
     if !lines.is_empty() {
         let _ = writeln!(md, "## Headline\n");
         for l in lines {
@@ -341,8 +355,11 @@ fn limits(md: &mut String) {
          (both directions' OUTPUT, here: SYN, ACK, RST from the client, SYN-ACK from the \
          listener), the guard once per connect() or sendmsg(); that difference is part of \
          what is measured.\n\
-         - UDP (sendmsg4/sendmsg6) is not timed: the firewall rules AWS suggests and \
-         `render` emits filter TCP only.\n\
+         - sendmsg4/sendmsg6 are not timed: the firewall rules AWS suggests and `render` \
+         emits filter TCP only, and the datagrams of section 6 go out on a connected socket, \
+         where the kernel does not run them.\n\
+         - The agent's nftables table in the forward hook is not measured: it only matches \
+         forwarded packets to protected addresses, and the bench forwards none.\n\
          - Timings on a shared or virtual machine move with its neighbours: compare ratios \
          within one run, and look at the ranges before reading a difference of a few \
          percent.\n"
