@@ -38,9 +38,9 @@ impl Section {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "imds-guard-bench", version)]
 pub struct Args {
-    /// Smoke run (about a minute): 3 rounds of short loops, 1 and 1,000
-    /// allowed uids, one short storm. Writes no docs unless --docs-dir is
-    /// given.
+    /// Smoke run (about two minutes): 3 rounds of short loops, 1 and 1,000
+    /// allowed uids, one short storm, two agents of each kind. Writes no
+    /// docs unless --docs-dir is given.
     #[arg(long)]
     pub quick: bool,
 
@@ -89,6 +89,16 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=60))]
     pub idle_secs: Option<u64>,
 
+    /// Allowed uids of the large policy of the agent section (0: no large
+    /// agent).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(0..=131_072))]
+    pub agent_uids: u32,
+
+    /// How soon a decision made while the agent reloads must be in its
+    /// log, in milliseconds (the goal of the agent section's probe).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub event_bound_ms: u64,
+
     /// Bytes of each UDP datagram in the packet section.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_507))]
     pub datagram_bytes: u64,
@@ -128,6 +138,9 @@ pub struct Settings {
     pub agent_runs: usize,
     pub reloads: usize,
     pub idle: Duration,
+    /// The large policy of the agent section, if any.
+    pub agent_uids: Option<u32>,
+    pub event_bound: Duration,
     pub datagram: usize,
     pub legacy: bool,
     pub sections: Vec<Section>,
@@ -181,6 +194,8 @@ impl Settings {
             agent_runs: pick(args.agent_runs.map(u64::from), 5, 2) as usize,
             reloads: pick(args.reloads.map(u64::from), 5, 2) as usize,
             idle: Duration::from_secs(pick(args.idle_secs, 3, 1)),
+            agent_uids: (args.agent_uids > 0).then_some(args.agent_uids),
+            event_bound: Duration::from_millis(args.event_bound_ms),
             datagram: args.datagram_bytes as usize,
             legacy: !args.no_legacy,
             sections,

@@ -21,7 +21,8 @@
 //! 2. [`runtime`]: program run time per invocation, from bpf_stats;
 //! 3. [`scale`]: 1 to 100,000 allowed uids, hot and protected paths;
 //! 4. [`storm`]: denials per second and the agent's event accounting;
-//! 5. [`agent`]: start to enforcing, reload, idle memory;
+//! 5. [`agent`]: start to enforcing, reload, memory, with a small and a
+//!    large policy, and decisions logged while the agent reloads;
 //! 6. [`packets`]: per-packet cost of the egress program, small UDP
 //!    datagrams and a TCP stream.
 //!
@@ -33,6 +34,7 @@ mod agent;
 mod agentproc;
 mod cli;
 mod cpus;
+mod delivery;
 mod firewall;
 mod flow;
 mod flowsink;

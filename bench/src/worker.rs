@@ -2,8 +2,8 @@
 //! a hidden `--worker JOB` argument) that joins a bench cgroup and network
 //! namespace, becomes the wanted uid, and does connect()+close() to one
 //! address in a tight loop, timing itself with the monotonic clock. The
-//! other things a worker can do (datagrams, a stream) are in
-//! [`flow`](super::flow).
+//! other things a worker can do (datagrams, a stream, paced denials) are
+//! in [`flow`](super::flow).
 //!
 //! A process of its own is the only faithful subject: the guard decides by
 //! the real uid and the cgroup of the task that connects, and the bench
@@ -73,6 +73,11 @@ pub enum Mode {
     Datagrams { size: usize },
     /// One TCP connection, write() of `chunk` bytes at a time.
     Stream { chunk: usize },
+    /// One connect every `every_us`, each as the next real uid from
+    /// `first_uid` (the effective uid stays root to switch), until
+    /// [`Running::stop`], `max_connects` or `run_ms`; every connect's
+    /// uid and start time are reported.
+    Paced { first_uid: u32, every_us: u64 },
 }
 
 impl Job {
@@ -136,6 +141,10 @@ pub struct Tally {
     /// Bytes written in the timed loop (datagrams and streams).
     #[serde(default)]
     pub bytes: u64,
+    /// [`Mode::Paced`]: each connect's uid and when it started
+    /// ([`mono_ns`]).
+    #[serde(default)]
+    pub events: Vec<(u32, u64)>,
 }
 
 impl Tally {
@@ -155,6 +164,19 @@ impl Tally {
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for the bench and its
+/// workers (an [`Instant`] cannot cross a process boundary).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write; the clock
+    // exists on every Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The worker's side: `imds-guard-bench --worker JOB`.
 pub fn main(job: &str) -> ExitCode {
     let job: Job = match serde_json::from_str(job) {
@@ -172,6 +194,10 @@ pub fn main(job: &str) -> ExitCode {
         Mode::Connect => run(&job),
         Mode::Datagrams { size } => flow::datagrams(&job, size),
         Mode::Stream { chunk } => flow::stream(&job, chunk),
+        Mode::Paced {
+            first_uid,
+            every_us,
+        } => flow::paced(&job, first_uid, every_us),
     };
     match serde_json::to_string(&tally) {
         Ok(line) => {
@@ -193,7 +219,8 @@ fn ns_id(path: &Path) -> Result<(u64, u64), String> {
 }
 
 /// Joins the cgroup and the namespace while root, then drops to the uid
-/// (groups, gid, uid: each step needs the privilege the next removes).
+/// (groups, gid, uid: each step needs the privilege the next removes);
+/// a paced worker keeps root and switches its real ids per connect.
 fn enter(job: &Job) -> Result<(), String> {
     let procs = job.cgroup.join("cgroup.procs");
     fs::write(&procs, "0").map_err(|e| format!("joining {}: {e}", procs.display()))?;
@@ -215,6 +242,9 @@ fn enter(job: &Job) -> Result<(), String> {
         cpus::pin(0, cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
     }
     setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    if let Mode::Paced { .. } = job.mode {
+        return flow::install_stop();
+    }
     let (uid, gid) = (Uid::from_raw(job.uid), Gid::from_raw(job.uid));
     setresgid(gid, gid, gid).map_err(|e| format!("setresgid {gid}: {e}"))?;
     setresuid(uid, uid, uid).map_err(|e| format!("setresuid {uid}: {e}"))?;
@@ -268,7 +298,7 @@ fn run(job: &Job) -> Tally {
 }
 
 /// socket(), connect(), close() with a RST.
-fn connect_once(family: AddressFamily, addr: &SockaddrStorage) -> Result<(), Errno> {
+pub fn connect_once(family: AddressFamily, addr: &SockaddrStorage) -> Result<(), Errno> {
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     let rst = libc::linger {
         l_onoff: 1,
@@ -302,6 +332,8 @@ pub struct Running {
     child: Child,
     deadline: Instant,
     what: String,
+    /// Whether it is a timed loop, for [`stalls`] (a paced worker is not).
+    timed: bool,
 }
 
 /// Starts a worker for `job`.
@@ -326,10 +358,19 @@ pub fn spawn(job: &Job) -> anyhow::Result<Running> {
             job.uid,
             job.dst
         ),
+        timed: !matches!(job.mode, Mode::Paced { .. }),
     })
 }
 
 impl Running {
+    /// Asks a [`Mode::Paced`] worker to stop (SIGUSR1); it then reports.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        // Our own child, not yet reaped: the pid is still its own.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1)
+            .context("signalling a paced worker")
+    }
+
     /// Waits for the worker (killing it past its deadline) and parses its
     /// report.
     pub fn wait(mut self) -> anyhow::Result<Tally> {
@@ -376,7 +417,7 @@ impl Running {
             .with_context(|| format!("worker printed {out:?}; stderr: {err}"))?;
         // One-connect probes are not loops (and a REJECTed SYN can take a
         // retransmit to fail).
-        if tally.connects > 1 {
+        if self.timed && tally.connects > 1 {
             LOOPS.fetch_add(1, Ordering::Relaxed);
             if tally.slowest_ns > STALL_NS {
                 STALLED.fetch_add(1, Ordering::Relaxed);

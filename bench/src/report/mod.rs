@@ -327,12 +327,25 @@ fn headline(md: &mut String, r: &Results) {
         ));
     }
     if let Some(a) = &r.agent {
-        lines.push(format!(
-            "Agent: enforcing {} after spawn, reload applied in {}, idle RSS {}.",
+        let mut line = format!(
+            "Agent: enforcing {} after spawn, reload applied in {}, idle RSS {}",
             ms(a.ready_ms.median),
             ms(a.reload_us.median / 1e3),
             mib(a.idle_rss_kib.median)
-        ));
+        );
+        if let Some(l) = &a.large {
+            let _ = write!(
+                line,
+                "; with {} uids: enforcing {} after spawn (nftables loads the same set in {}), \
+                 reload applied in {}, RSS {} after the reloads",
+                thousands(f64::from(l.uids)),
+                ms(l.ready_ms.median),
+                ms(l.nft_ms.median),
+                ms(l.reload_us.median / 1e3),
+                mib(l.reloaded_rss_kib.median)
+            );
+        }
+        lines.push(line + ".");
     }
     packets::headline(r, &mut lines);
     if !lines.is_empty() {
