@@ -20,16 +20,19 @@ pub enum Section {
     Agent,
     /// 6. per-packet cost: small UDP datagrams and a TCP stream.
     Packets,
+    /// 7. `imds-guard validate` of ever larger one-line policies.
+    Validate,
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Self::Hot,
         Self::Runtime,
         Self::Scale,
         Self::Storm,
         Self::Agent,
         Self::Packets,
+        Self::Validate,
     ];
 }
 
@@ -103,6 +106,12 @@ pub struct Args {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_507))]
     pub datagram_bytes: u64,
 
+    /// Uid counts of the one-line policies `imds-guard validate` checks,
+    /// comma-separated (a 1-uid policy is always added, to subtract the
+    /// process's start) [default: 16384,32768,65536,131072].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=131_072))]
+    pub validate_uids: Option<Vec<u32>>,
+
     /// Leave iptables-legacy out even where it works.
     #[arg(long)]
     pub no_legacy: bool,
@@ -142,6 +151,8 @@ pub struct Settings {
     pub agent_uids: Option<u32>,
     pub event_bound: Duration,
     pub datagram: usize,
+    /// Always starts with 1.
+    pub validate_uids: Vec<u32>,
     pub legacy: bool,
     pub sections: Vec<Section>,
     pub docs_dir: Option<PathBuf>,
@@ -180,6 +191,13 @@ impl Settings {
         sections.sort_unstable();
         sections.dedup();
         let default_docs = (!q).then(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs"));
+        let mut validate_uids = args
+            .validate_uids
+            .clone()
+            .unwrap_or_else(|| vec![16_384, 32_768, 65_536, 131_072]);
+        validate_uids.push(1);
+        validate_uids.sort_unstable();
+        validate_uids.dedup();
         Settings {
             quick: q,
             rounds: pick(args.rounds.map(u64::from), 11, 3) as usize,
@@ -197,6 +215,7 @@ impl Settings {
             agent_uids: (args.agent_uids > 0).then_some(args.agent_uids),
             event_bound: Duration::from_millis(args.event_bound_ms),
             datagram: args.datagram_bytes as usize,
+            validate_uids,
             legacy: !args.no_legacy,
             sections,
             docs_dir: if args.no_docs {

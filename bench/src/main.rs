@@ -24,7 +24,9 @@
 //! 5. [`agent`]: start to enforcing, reload, memory, with a small and a
 //!    large policy, and decisions logged while the agent reloads;
 //! 6. [`packets`]: per-packet cost of the egress program, small UDP
-//!    datagrams and a TCP stream.
+//!    datagrams and a TCP stream;
+//! 7. [`validate`]: `imds-guard validate` of one-line policies up to
+//!    131,072 uids.
 //!
 //! Every measurement happens in network namespaces and child cgroups the
 //! bench makes with the test harness (`imds_guard_e2e`), and every
@@ -54,6 +56,7 @@ mod setup;
 mod sink;
 mod stats;
 mod storm;
+mod validate;
 mod worker;
 
 use std::{fs, process::ExitCode, time::Duration};
@@ -109,6 +112,7 @@ fn run(s: &Settings) -> anyhow::Result<()> {
         storm: None,
         agent: None,
         packets: None,
+        validate: None,
     };
     if s.runs(Section::Hot) {
         results.hot = Some(hotpath::run(s, on)?);
@@ -127,6 +131,9 @@ fn run(s: &Settings) -> anyhow::Result<()> {
     }
     if s.runs(Section::Packets) {
         results.packets = Some(packets::run(s)?);
+    }
+    if s.runs(Section::Validate) {
+        results.validate = Some(validate::run(s)?);
     }
 
     let plot_name = "bench-scale.svg";

@@ -2,7 +2,7 @@
 //! `docs/BENCHMARKS.md`, so the document is always what a run produced.
 //! This file has the frame (headline, where and how, limits); each
 //! section's text and tables are in `connects` (1 to 3), `agent` (4, 5)
-//! and `packets` (6).
+//! and `packets` (6, 7).
 
 mod agent;
 mod connects;
@@ -22,6 +22,7 @@ use super::{
     setup::Kind,
     stats::{Summary, Table, mib, ms, ns, pct, thousands},
     storm::StormResult,
+    validate::ValidateResult,
     worker,
 };
 
@@ -35,6 +36,7 @@ pub struct Results {
     pub storm: Option<StormResult>,
     pub agent: Option<AgentResult>,
     pub packets: Option<PacketsResult>,
+    pub validate: Option<ValidateResult>,
 }
 
 /// The exact checks of this run that failed: the kernel's run count
@@ -209,6 +211,9 @@ pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
     }
     if let Some(p) = &r.packets {
         packets::packets(&mut md, p);
+    }
+    if let Some(v) = &r.validate {
+        packets::validate(&mut md, v);
     }
     limits(&mut md);
     md

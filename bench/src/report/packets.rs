@@ -1,12 +1,13 @@
-//! Section 6: what the egress program costs per packet, and its headline
-//! line.
+//! Sections 6 and 7: what the egress program costs per packet, and
+//! `imds-guard validate` of large policies; and their headline lines.
 
 use std::fmt::Write as _;
 
 use super::{Results, rate, ratio};
 use crate::{
     packets::{self, PacketsResult},
-    stats::{Summary, Table, ns, pct, thousands},
+    stats::{Summary, Table, ms, ns, pct, thousands},
+    validate::ValidateResult,
 };
 
 /// Bytes per second as MB/s (10^6), with the range.
@@ -62,7 +63,34 @@ pub(super) fn packets(md: &mut String, p: &PacketsResult) {
     md.push('\n');
 }
 
-/// The headline line of section 6.
+pub(super) fn validate(md: &mut String, v: &ValidateResult) {
+    let _ = writeln!(
+        md,
+        "## 7. `imds-guard validate` of large policies\n\n\
+         `imds-guard validate --config FILE` of `[allow] uids = [0, 100000, ...]`, every uid on \
+         one line, from spawn to exit; the sizes take turns, {} rounds. A 1-uid policy runs in \
+         every round too ({}: the process's own start and exit), and \"net\" is each size's \
+         time minus that one's in the same round. The growth exponent is the slope of \
+         log(net) against log(uids) over the sizes: 1 is linear, 2 quadratic. Here: {}.\n",
+        v.rounds,
+        v.base_ms.show(ms),
+        v.exponent
+            .map_or_else(|| "unknown".to_owned(), |e| format!("{e:.2}")),
+    );
+    let mut t = Table::new(&["uids", "spawn to exit", "net", "net per uid"]);
+    for sz in &v.sizes {
+        t.row(vec![
+            thousands(f64::from(sz.uids)),
+            sz.wall_ms.show(ms),
+            sz.net_ms.show(ms),
+            ns(sz.net_ms.median * 1e6 / f64::from(sz.uids)),
+        ]);
+    }
+    md.push_str(&t.render());
+    md.push('\n');
+}
+
+/// The headline lines of sections 6 and 7.
 pub(super) fn headline(r: &Results, lines: &mut Vec<String>) {
     if let Some(p) = &r.packets
         && let Some(g) = p.rows.last()
@@ -95,5 +123,16 @@ pub(super) fn headline(r: &Results, lines: &mut Vec<String>) {
             );
         }
         lines.push(line + ".");
+    }
+    if let Some(v) = &r.validate
+        && let Some(l) = v.largest()
+    {
+        lines.push(format!(
+            "`imds-guard validate` of {} uids on one line: {} (growth exponent {}).",
+            thousands(f64::from(l.uids)),
+            ms(l.wall_ms.median),
+            v.exponent
+                .map_or_else(|| "unknown".to_owned(), |e| format!("{e:.2}"))
+        ));
     }
 }
