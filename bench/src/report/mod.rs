@@ -1,6 +1,6 @@
 //! The results as markdown: printed on stdout and written to
 //! `docs/BENCHMARKS.md`, so the document is always what a run produced.
-//! This file has the frame (headline, where and how, limits); each
+//! This file has the frame (headline, goals, where and how, limits); each
 //! section's text and tables are in `connects` (1 to 3), `agent` (4, 5)
 //! and `packets` (6, 7).
 
@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use super::{
     agent::AgentResult,
     cli::Settings,
+    goals,
     hotpath::{self, HotResult},
     machine::{Machine, load},
     packets::PacketsResult,
@@ -118,6 +119,7 @@ pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
         );
     }
     headline(&mut md, r);
+    goals_table(&mut md, r, s);
     let _ = writeln!(md, "## Where and how\n");
     let mut t = Table::new(&["", ""]);
     let vm = if m.virtual_machine {
@@ -217,6 +219,32 @@ pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
     }
     limits(&mut md);
     md
+}
+
+/// The goals of issue #11 against this run.
+fn goals_table(md: &mut String, r: &Results, s: &Settings) {
+    let rows = goals::goals(r, s);
+    let _ = writeln!(
+        md,
+        "## Goals (issue #11)\n\n\
+         Each row's figures come from the section that measures it: the protected path from \
+         section 3 (the allowed uid listed last, at the smallest and the largest size), \
+         program time from section 2, the storm from section 4, start, reload, memory and \
+         the decisions made during a reload from section 5, validate from section 7. A goal \
+         is judged on the median, except the delay of decisions made during a reload, where \
+         every one must be within the bound (the worst counts).\n"
+    );
+    let mut t = Table::new(&["row", "measured (median [min–max])", "goal", "met"]);
+    for g in &rows {
+        t.row(vec![
+            g.what.clone(),
+            g.measured.clone(),
+            g.goal.clone(),
+            g.verdict().to_owned(),
+        ]);
+    }
+    md.push_str(&t.render());
+    md.push('\n');
 }
 
 fn headline(md: &mut String, r: &Results) {
