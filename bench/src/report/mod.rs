@@ -102,14 +102,11 @@ pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
         "What imds-guard costs, measured by `imds-guard-bench` (`cargo xtask bench`). \
          This file is written by that command: rerun it rather than edit it.\n"
     );
-    let (loops, busy, _) = quiet::totals();
-    let (timed, stalled) = worker::stalls();
-    if stalled * 50 > timed || busy * 10 > loops {
+    if let Some(why) = unreliable() {
         let _ = writeln!(
             md,
-            "**Warning: {stalled} of {timed} timed loops stalled on a retransmit, and {busy} of \
-             {loops} started on a busy machine: the figures of this run are not reliable. \
-             Rerun on a quiet machine.**\n"
+            "**Warning: {why}: the figures of this run are not reliable. Rerun on a quiet \
+             machine.**\n"
         );
     }
     if s.quick {
@@ -221,6 +218,19 @@ pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
     md
 }
 
+/// Why this run's figures are not to be trusted, if they are not: too
+/// many loops stalled on a retransmit, or started on a busy machine.
+fn unreliable() -> Option<String> {
+    let (loops, busy, _) = quiet::totals();
+    let (timed, stalled) = worker::stalls();
+    (stalled * 50 > timed || busy * 10 > loops).then(|| {
+        format!(
+            "{stalled} of {timed} timed loops stalled on a retransmit, and {busy} of {loops} \
+             started on a busy machine"
+        )
+    })
+}
+
 /// The goals of issue #11 against this run.
 fn goals_table(md: &mut String, r: &Results, s: &Settings) {
     let rows = goals::goals(r, s);
@@ -234,6 +244,18 @@ fn goals_table(md: &mut String, r: &Results, s: &Settings) {
          is judged on the median, except the delay of decisions made during a reload, where \
          every one must be within the bound (the worst counts).\n"
     );
+    if s.quick || unreliable().is_some() {
+        let _ = writeln!(
+            md,
+            "**Not a run to judge the goals by** ({}): a figure anywhere near its goal may \
+             land on either side of it in a proper run.\n",
+            if s.quick {
+                "a `--quick` run"
+            } else {
+                "see the warning above"
+            }
+        );
+    }
     let mut t = Table::new(&["row", "measured (median [min–max])", "goal", "met"]);
     for g in &rows {
         t.row(vec![
