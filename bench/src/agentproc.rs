@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{interrupt, setup::PolicyFile};
 
 /// How long a reload may take (100,000 uids included).
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// User plus system CPU time of `pid`, in seconds (/proc/PID/stat fields
 /// 14 and 15, in clock ticks; see proc_pid_stat(5)).
@@ -59,9 +59,14 @@ pub fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {key} in {path}"))
 }
 
-fn is_applied_reload(r: &Value) -> bool {
+/// A record of a reload, whatever its outcome.
+pub fn is_reload(r: &Value) -> bool {
     field(r, "event").and_then(Value::as_str) == Some("reload")
-        && field(r, "outcome").and_then(Value::as_str) == Some("applied")
+}
+
+/// The record of a reload that was applied.
+pub fn is_applied_reload(r: &Value) -> bool {
+    is_reload(r) && field(r, "outcome").and_then(Value::as_str) == Some("applied")
 }
 
 /// One reload of the same policy: rewrites the file, sends SIGHUP, waits
@@ -87,9 +92,11 @@ pub fn reload(agent: &Agent, policy: &PolicyFile) -> anyhow::Result<(f64, f64)> 
                 .context("the reload record has no micros field")?;
             return Ok((micros as f64, wall));
         }
-        if let Some(r) = records.iter().rev().find(|r| {
-            field(r, "event").and_then(Value::as_str) == Some("reload") && !is_applied_reload(r)
-        }) {
+        if let Some(r) = records
+            .iter()
+            .rev()
+            .find(|r| is_reload(r) && !is_applied_reload(r))
+        {
             bail!("the agent refused a reload: {r}");
         }
         if sent.elapsed() > RELOAD_TIMEOUT {

@@ -16,17 +16,23 @@ pub enum Section {
     Scale,
     /// 4. denied processes hammering a protected address.
     Storm,
-    /// 5. agent start, reload and idle memory.
+    /// 5. agent start, reload and memory, with a small and a large policy.
     Agent,
+    /// 6. per-packet cost: small UDP datagrams and a TCP stream.
+    Packets,
+    /// 7. `imds-guard validate` of ever larger one-line policies.
+    Validate,
 }
 
 impl Section {
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 7] = [
         Self::Hot,
         Self::Runtime,
         Self::Scale,
         Self::Storm,
         Self::Agent,
+        Self::Packets,
+        Self::Validate,
     ];
 }
 
@@ -35,9 +41,9 @@ impl Section {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "imds-guard-bench", version)]
 pub struct Args {
-    /// Smoke run (under a minute): 3 rounds of short loops, 1 and 1,000
-    /// allowed uids, one short storm. Writes no docs unless --docs-dir is
-    /// given.
+    /// Smoke run (about two minutes): 3 rounds of short loops, 1 and 1,000
+    /// allowed uids, one short storm, two agents of each kind. Writes no
+    /// docs unless --docs-dir is given.
     #[arg(long)]
     pub quick: bool,
 
@@ -86,6 +92,26 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=60))]
     pub idle_secs: Option<u64>,
 
+    /// Allowed uids of the large policy of the agent section (0: no large
+    /// agent).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(0..=131_072))]
+    pub agent_uids: u32,
+
+    /// How soon a decision made while the agent reloads must be in its
+    /// log, in milliseconds (the goal of the agent section's probe).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub event_bound_ms: u64,
+
+    /// Bytes of each UDP datagram in the packet section.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_507))]
+    pub datagram_bytes: u64,
+
+    /// Uid counts of the one-line policies `imds-guard validate` checks,
+    /// comma-separated (a 1-uid policy is always added, to subtract the
+    /// process's start) [default: 16384,32768,65536,131072].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=131_072))]
+    pub validate_uids: Option<Vec<u32>>,
+
     /// Leave iptables-legacy out even where it works.
     #[arg(long)]
     pub no_legacy: bool,
@@ -121,6 +147,12 @@ pub struct Settings {
     pub agent_runs: usize,
     pub reloads: usize,
     pub idle: Duration,
+    /// The large policy of the agent section, if any.
+    pub agent_uids: Option<u32>,
+    pub event_bound: Duration,
+    pub datagram: usize,
+    /// Always starts with 1.
+    pub validate_uids: Vec<u32>,
     pub legacy: bool,
     pub sections: Vec<Section>,
     pub docs_dir: Option<PathBuf>,
@@ -159,6 +191,13 @@ impl Settings {
         sections.sort_unstable();
         sections.dedup();
         let default_docs = (!q).then(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs"));
+        let mut validate_uids = args
+            .validate_uids
+            .clone()
+            .unwrap_or_else(|| vec![16_384, 32_768, 65_536, 131_072]);
+        validate_uids.push(1);
+        validate_uids.sort_unstable();
+        validate_uids.dedup();
         Settings {
             quick: q,
             rounds: pick(args.rounds.map(u64::from), 11, 3) as usize,
@@ -173,6 +212,10 @@ impl Settings {
             agent_runs: pick(args.agent_runs.map(u64::from), 5, 2) as usize,
             reloads: pick(args.reloads.map(u64::from), 5, 2) as usize,
             idle: Duration::from_secs(pick(args.idle_secs, 3, 1)),
+            agent_uids: (args.agent_uids > 0).then_some(args.agent_uids),
+            event_bound: Duration::from_millis(args.event_bound_ms),
+            datagram: args.datagram_bytes as usize,
+            validate_uids,
             legacy: !args.no_legacy,
             sections,
             docs_dir: if args.no_docs {

@@ -1,21 +1,20 @@
 //! The firewall side of the comparison: the rules `imds-guard render` emits
 //! for the same policy, loaded with the real tools into a bench namespace.
 //!
-//! Every command runs through `nsenter --net=` (setns only; never `ip netns
-//! exec`, which remounts /sys) after a check that the namespace is not the
-//! bench's own: the host's firewall is never read or written, and deleting
-//! the namespace drops whatever was loaded.
+//! Every command runs in the bench namespace through [`nsexec`]: the host's
+//! firewall is never read or written, and deleting the namespace drops
+//! whatever was loaded.
 
 use std::{
-    fs,
     io::Write,
-    os::unix::fs::MetadataExt,
     path::Path,
     process::{Command, Stdio},
 };
 
 use anyhow::{Context, bail, ensure};
 use imds_guard_e2e::{Netns, imds_guard_bin};
+
+use super::nsexec;
 
 /// Which iptables: Debian's default `iptables` is the nf_tables backend
 /// (iptables-nft); `iptables-legacy` is the x_tables one that older
@@ -139,11 +138,7 @@ fn nsenter(
     args: &[&str],
     stdin: Option<&str>,
 ) -> anyhow::Result<String> {
-    refuse_own_namespace(netns)?;
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", netns.path().display()))
-        .arg("--")
-        .arg(program)
+    let mut child = nsexec::command(netns, program)?
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -168,18 +163,4 @@ fn nsenter(
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Fails unless `netns` is another namespace than the bench's own.
-fn refuse_own_namespace(netns: &Netns) -> anyhow::Result<()> {
-    let id = |p: &Path| -> anyhow::Result<(u64, u64)> {
-        let m = fs::metadata(p).with_context(|| format!("stat {}", p.display()))?;
-        Ok((m.dev(), m.ino()))
-    };
-    ensure!(
-        id(netns.path())? != id(Path::new("/proc/self/ns/net"))?,
-        "{} is the bench's own network namespace",
-        netns.path().display()
-    );
-    Ok(())
 }

@@ -21,7 +21,15 @@
 //! 2. [`runtime`]: program run time per invocation, from bpf_stats;
 //! 3. [`scale`]: 1 to 100,000 allowed uids, hot and protected paths;
 //! 4. [`storm`]: denials per second and the agent's event accounting;
-//! 5. [`agent`]: start to enforcing, reload, idle memory.
+//! 5. [`agent`]: start to enforcing, reload, memory, with a small and a
+//!    large policy, and decisions logged while the agent reloads;
+//! 6. [`packets`]: per-packet cost of the egress program, small UDP
+//!    datagrams and a TCP stream;
+//! 7. [`validate`]: `imds-guard validate` of one-line policies up to
+//!    131,072 uids.
+//!
+//! The report starts with the goals of issue 11 ([`goals`]), each with
+//! what the run measured.
 //!
 //! Every measurement happens in network namespaces and child cgroups the
 //! bench makes with the test harness (`imds_guard_e2e`), and every
@@ -31,11 +39,17 @@ mod agent;
 mod agentproc;
 mod cli;
 mod cpus;
+mod delivery;
 mod firewall;
+mod flow;
+mod flowsink;
+mod goals;
 mod hotpath;
 mod interrupt;
 mod lock;
 mod machine;
+mod nsexec;
+mod packets;
 mod plot;
 mod progstats;
 mod quiet;
@@ -46,6 +60,7 @@ mod setup;
 mod sink;
 mod stats;
 mod storm;
+mod validate;
 mod worker;
 
 use std::{fs, process::ExitCode, time::Duration};
@@ -100,6 +115,8 @@ fn run(s: &Settings) -> anyhow::Result<()> {
         scale: None,
         storm: None,
         agent: None,
+        packets: None,
+        validate: None,
     };
     if s.runs(Section::Hot) {
         results.hot = Some(hotpath::run(s, on)?);
@@ -115,6 +132,12 @@ fn run(s: &Settings) -> anyhow::Result<()> {
     }
     if s.runs(Section::Agent) {
         results.agent = Some(agent::run(s)?);
+    }
+    if s.runs(Section::Packets) {
+        results.packets = Some(packets::run(s)?);
+    }
+    if s.runs(Section::Validate) {
+        results.validate = Some(validate::run(s)?);
     }
 
     let plot_name = "bench-scale.svg";

@@ -18,12 +18,14 @@ use std::{
     fs,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
-    process::Command,
+    process::Stdio,
 };
 
 use anyhow::{Context, ensure};
-use imds_guard_e2e::imds_guard_bin;
+use imds_guard_e2e::{Netns, imds_guard_bin};
 use serde_json::Value;
+
+use super::nsexec;
 
 const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -156,33 +158,120 @@ impl Prog {
 }
 
 /// The programs of the guard pinned in `pin_dir`, by hook name, from
-/// `imds-guard status --json` (what a user would run).
-pub fn guard_programs(pin_dir: &Path) -> anyhow::Result<BTreeMap<String, Prog>> {
+/// `imds-guard status --json` (what a user would run), run in the agent's
+/// own namespace: status also reports the forward table of the namespace
+/// it runs in, and says the guard is not enforcing without it.
+pub fn guard_programs(netns: &Netns, pin_dir: &Path) -> anyhow::Result<BTreeMap<String, Prog>> {
     let bin = imds_guard_bin();
-    let out = Command::new(&bin)
+    let out = nsexec::command(netns, &bin)?
         .arg("status")
         .arg("--pin-dir")
         .arg(pin_dir)
         .arg("--json")
+        .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {} status", bin.display()))?;
     let status: Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
-            "imds-guard status printed {:?}",
-            String::from_utf8_lossy(&out.stdout)
+            "imds-guard status ({}) printed {:?}; stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr).trim()
         )
     })?;
     let mut progs = BTreeMap::new();
-    for link in status["links"].as_array().into_iter().flatten() {
+    for (name, id) in status_programs(&status)? {
+        progs.insert(name, Prog::by_id(id)?);
+    }
+    Ok(progs)
+}
+
+/// The (hook, program id) pairs of a `status --json` report, in its
+/// order. The hooks are whatever the guard attached (their number grows
+/// with the guard), but every one must be attached and the guard
+/// enforcing, or the figures would be of a guard that is not the real one.
+pub fn status_programs(status: &Value) -> anyhow::Result<Vec<(String, u32)>> {
+    ensure!(
+        status["enforcing"] == Value::Bool(true),
+        "imds-guard status says the guard is not enforcing: {status}"
+    );
+    let links = status["links"]
+        .as_array()
+        .with_context(|| format!("imds-guard status lists no links: {status}"))?;
+    let mut out = Vec::new();
+    for link in links {
         let (Some(name), Some(id)) = (link["program"].as_str(), link["prog_id"].as_u64()) else {
-            continue;
+            anyhow::bail!("a link without program or prog_id in imds-guard status: {link}");
         };
-        progs.insert(name.to_owned(), Prog::by_id(id as u32)?);
+        ensure!(
+            link["cgroup_id"].as_u64().is_some_and(|c| c != 0),
+            "imds-guard status: {name} is detached: {link}"
+        );
+        let id = u32::try_from(id).with_context(|| format!("program id {id} of {name}"))?;
+        out.push((name.to_owned(), id));
     }
     ensure!(
-        progs.len() == 4,
-        "imds-guard status listed {} programs: {status}",
-        progs.len()
+        !out.is_empty(),
+        "imds-guard status lists no links: {status}"
     );
-    Ok(progs)
+    Ok(out)
+}
+
+/// The program `name` of [`guard_programs`], or an error that says which
+/// programs status did list.
+pub fn pick<'a>(progs: &'a BTreeMap<String, Prog>, name: &str) -> anyhow::Result<&'a Prog> {
+    progs.get(name).with_context(|| {
+        format!(
+            "imds-guard status lists no {name} program (it lists {:?})",
+            progs.keys().collect::<Vec<_>>()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::status_programs;
+
+    fn link(program: &str, prog_id: u32, cgroup_id: u64) -> serde_json::Value {
+        json!({"program": program, "link_id": 1, "prog_id": prog_id, "cgroup_id": cgroup_id})
+    }
+
+    #[test]
+    fn every_hook_status_lists_is_taken() {
+        let status = json!({
+            "enforcing": true,
+            "links": [link("connect4", 10, 7), link("connect6", 11, 7), link("sendmsg4", 12, 7),
+                      link("sendmsg6", 13, 7), link("egress", 14, 7)],
+        });
+        let progs = status_programs(&status).expect("parses");
+        let names: Vec<&str> = progs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["connect4", "connect6", "sendmsg4", "sendmsg6", "egress"]
+        );
+        assert_eq!(progs[4].1, 14);
+    }
+
+    #[test]
+    fn a_guard_that_does_not_enforce_is_refused() {
+        // What status says when run outside the agent's namespace: no
+        // forward table there.
+        let status = json!({
+            "enforcing": false,
+            "forward": {"guarded": false},
+            "links": [link("connect4", 10, 7)],
+        });
+        let err = status_programs(&status).expect_err("not enforcing");
+        assert!(err.to_string().contains("not enforcing"), "{err}");
+    }
+
+    #[test]
+    fn a_detached_link_or_none_at_all_is_refused() {
+        let detached = json!({"enforcing": true, "links": [link("connect4", 10, 0)]});
+        assert!(status_programs(&detached).is_err());
+        let none = json!({"enforcing": true, "links": []});
+        assert!(status_programs(&none).is_err());
+    }
 }

@@ -1,7 +1,10 @@
 //! Section 2, program run time per invocation, from the kernel's own
 //! accounting (`run_time_ns / run_cnt`, see `progstats`),
 //! for the three paths a connect can take through the guard, over IPv4
-//! (connect4) and IPv6 (connect6).
+//! (connect4) and IPv6 (connect6), and for a packet to an address no
+//! policy protects (egress). Beside each, what every program of the guard
+//! together ran per connect (or datagram): a connect's packets go through
+//! the egress program too.
 
 use std::net::SocketAddr;
 
@@ -14,11 +17,12 @@ use nix::{
 
 use super::{
     cli::Settings,
-    progstats::{StatsEnabled, guard_programs},
+    flowsink::{DGRAM_V4, FlowSink},
+    progstats::{Prog, Run, StatsEnabled, guard_programs, pick},
     setup::{Kind, PolicyFile, Setup, verify},
     sink::{IMDS4, IMDS6, PLAIN_V4, PLAIN_V6},
     stats::{Expect, Summary, check, interleave},
-    worker::run_job,
+    worker::{Mode, run_job},
 };
 
 /// The allowed uid of this section's policy.
@@ -31,6 +35,8 @@ struct Path {
     program: &'static str,
     uid: u32,
     dst: SocketAddr,
+    /// Connects, or datagrams of [`DATAGRAM`] bytes.
+    mode: Mode,
     expect: Expect,
     /// Run with the agent stopped (SIGSTOP), so nothing reads the event
     /// ring buffer and the programs' submits wake nobody up.
@@ -41,12 +47,16 @@ struct Path {
 /// ring buffer holds (about 11,900 events), so no event is lost.
 pub const STOPPED_CONNECTS: u64 = 5_000;
 
-const PATHS: [Path; 7] = [
+/// The datagrams of the egress path: small, as in section 6.
+pub const DATAGRAM: usize = 64;
+
+const PATHS: [Path; 8] = [
     Path {
         name: "not protected (127.0.0.1)",
         program: "connect4",
         uid: NOBODY,
         dst: PLAIN_V4,
+        mode: Mode::Connect,
         expect: Expect::Connected,
         stopped: false,
     },
@@ -55,6 +65,7 @@ const PATHS: [Path; 7] = [
         program: "connect4",
         uid: ALLOWED,
         dst: IMDS4,
+        mode: Mode::Connect,
         expect: Expect::Connected,
         stopped: false,
     },
@@ -63,6 +74,7 @@ const PATHS: [Path; 7] = [
         program: "connect4",
         uid: NOBODY,
         dst: IMDS4,
+        mode: Mode::Connect,
         expect: Expect::Denied,
         stopped: false,
     },
@@ -71,6 +83,7 @@ const PATHS: [Path; 7] = [
         program: "connect4",
         uid: ALLOWED,
         dst: IMDS4,
+        mode: Mode::Connect,
         expect: Expect::Connected,
         stopped: true,
     },
@@ -79,6 +92,7 @@ const PATHS: [Path; 7] = [
         program: "connect6",
         uid: NOBODY,
         dst: PLAIN_V6,
+        mode: Mode::Connect,
         expect: Expect::Connected,
         stopped: false,
     },
@@ -87,6 +101,7 @@ const PATHS: [Path; 7] = [
         program: "connect6",
         uid: ALLOWED,
         dst: IMDS6,
+        mode: Mode::Connect,
         expect: Expect::Connected,
         stopped: false,
     },
@@ -95,7 +110,17 @@ const PATHS: [Path; 7] = [
         program: "connect6",
         uid: NOBODY,
         dst: IMDS6,
+        mode: Mode::Connect,
         expect: Expect::Denied,
+        stopped: false,
+    },
+    Path {
+        name: "not protected, a UDP datagram (127.0.0.1)",
+        program: "egress",
+        uid: NOBODY,
+        dst: DGRAM_V4,
+        mode: Mode::Datagrams { size: DATAGRAM },
+        expect: Expect::Connected,
         stopped: false,
     },
 ];
@@ -105,6 +130,8 @@ pub struct Row {
     pub program: &'static str,
     /// run_time_ns / run_cnt, per round.
     pub ns: Summary,
+    /// Every program of the guard together, per connect (or datagram).
+    pub all_ns: Summary,
     /// That time as a share of the whole connect()+close() the worker
     /// timed in the same round.
     pub share: Summary,
@@ -119,24 +146,33 @@ pub struct RuntimeResult {
     pub counts_exact: bool,
     /// How the accounting was turned on.
     pub stats_how: &'static str,
+    /// The programs `status` listed, by name.
+    pub programs: Vec<String>,
+}
+
+impl RuntimeResult {
+    /// The row of `path`, by the start of its name.
+    pub fn row(&self, path: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.path.starts_with(path))
+    }
 }
 
 pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
     let policy = PolicyFile::new(POLICY);
     let setup = Setup::new(Kind::ImdsGuard, &policy)?;
+    let _flows = FlowSink::start(&setup.netns)?;
     verify(&[(&setup, ALLOWED, NOBODY)])?;
     let pin_dir = setup.pin_dir().unwrap_or_default();
     let agent_pid = setup.agent().map_or(0, |a| a.pid());
-    let progs = guard_programs(&pin_dir)?;
+    let progs = guard_programs(&setup.netns, &pin_dir)?;
+    let all: Vec<&Prog> = progs.values().collect();
     let mut exact = true;
     let stats = StatsEnabled::new()?;
     let stats_how = stats.how();
     let samples = interleave("program run time", PATHS.len(), s.rounds, |i| {
         let p = &PATHS[i];
-        let prog = progs
-            .get(p.program)
-            .ok_or_else(|| anyhow::anyhow!("no program {}", p.program))?;
-        let mut job = setup.job(p.uid, p.dst, s.timing);
+        let prog = pick(&progs, p.program)?;
+        let mut job = setup.job(p.uid, p.dst, s.timing).mode(p.mode);
         let stopped = if p.stopped {
             job.warmup_ms = 0;
             job.max_connects = STOPPED_CONNECTS;
@@ -145,7 +181,9 @@ pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
             None
         };
         let before = prog.read()?;
+        let all_before = read_all(&all)?;
         let t = run_job(&job)?;
+        let all_after = read_all(&all)?;
         let after = prog.read()?;
         drop(stopped);
         check(p.name, &t, p.expect)?;
@@ -153,8 +191,10 @@ pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
         exact &= dn == t.total();
         ensure!(dn > 0, "{}: {} did not run", p.name, p.program);
         let per_run = dt as f64 / dn as f64;
-        let per_connect = t.elapsed_ns as f64 / t.connects as f64;
-        Ok((per_run, per_run / per_connect, dn))
+        let per_op = t.elapsed_ns as f64 / t.connects as f64;
+        let all_time = all_after.time_ns - all_before.time_ns;
+        let all_per_op = all_time as f64 / t.total().max(1) as f64;
+        Ok((per_run, per_run / per_op, dn, all_per_op))
     })?;
     drop(stats);
     let rows = PATHS
@@ -164,6 +204,7 @@ pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
             path: p.name,
             program: p.program,
             ns: Summary::of(&xs.iter().map(|x| x.0).collect::<Vec<_>>()),
+            all_ns: Summary::of(&xs.iter().map(|x| x.3).collect::<Vec<_>>()),
             share: Summary::of(&xs.iter().map(|x| x.1).collect::<Vec<_>>()),
             runs: xs.iter().map(|x| x.2).sum(),
         })
@@ -173,7 +214,19 @@ pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
         rounds: s.rounds,
         counts_exact: exact,
         stats_how,
+        programs: progs.keys().cloned().collect(),
     })
+}
+
+/// The counters of every program, summed.
+fn read_all(progs: &[&Prog]) -> anyhow::Result<Run> {
+    let mut sum = Run::default();
+    for p in progs {
+        let r = p.read()?;
+        sum.time_ns += r.time_ns;
+        sum.count += r.count;
+    }
+    Ok(sum)
 }
 
 /// The agent stopped with SIGSTOP while it lives, continued on drop (even

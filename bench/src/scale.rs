@@ -162,10 +162,10 @@ fn agent_figures(
         .collect();
     let mut progs = Vec::new();
     for (_, setup) in &guards {
-        let mut p = guard_programs(&setup.pin_dir().unwrap_or_default())?;
+        let mut p = guard_programs(&setup.netns, &setup.pin_dir().unwrap_or_default())?;
         progs.push(
             p.remove("connect4")
-                .ok_or_else(|| anyhow::anyhow!("no connect4"))?,
+                .ok_or_else(|| anyhow::anyhow!("imds-guard status lists no connect4 program"))?,
         );
     }
     let stats = StatsEnabled::new()?;

@@ -1,7 +1,9 @@
 //! The measuring client: a child process (the bench binary itself, run with
 //! a hidden `--worker JOB` argument) that joins a bench cgroup and network
 //! namespace, becomes the wanted uid, and does connect()+close() to one
-//! address in a tight loop, timing itself with the monotonic clock.
+//! address in a tight loop, timing itself with the monotonic clock. The
+//! other things a worker can do (datagrams, a stream, paced denials) are
+//! in [`flow`](super::flow).
 //!
 //! A process of its own is the only faithful subject: the guard decides by
 //! the real uid and the cgroup of the task that connects, and the bench
@@ -33,7 +35,7 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{cli::Timing, cpus, interrupt};
+use super::{cli::Timing, cpus, flow, interrupt};
 
 /// The hidden first argument that makes the binary a worker.
 pub const WORKER_ARG: &str = "--worker";
@@ -56,6 +58,26 @@ pub struct Job {
     /// The CPU to run on (see `cpus`); `None` leaves it to the scheduler.
     #[serde(default)]
     pub cpu: Option<usize>,
+    /// What the loop does.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// What a worker's loop does with its destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// socket() + connect() + close() with a RST, over and over.
+    #[default]
+    Connect,
+    /// One connected UDP socket, send() of `size`-byte datagrams.
+    Datagrams { size: usize },
+    /// One TCP connection, write() of `chunk` bytes at a time.
+    Stream { chunk: usize },
+    /// One connect every `every_us`, each as the next real uid from
+    /// `first_uid` (the effective uid stays root to switch), until
+    /// [`Running::stop`], `max_connects` or `run_ms`; every connect's
+    /// uid and start time are reported.
+    Paced { first_uid: u32, every_us: u64 },
 }
 
 impl Job {
@@ -70,7 +92,14 @@ impl Job {
             // A bound, far above what a loopback connect loop reaches.
             max_connects: 200_000 * timing.run_ms.max(1),
             cpu: cpus::client(),
+            mode: Mode::Connect,
         }
+    }
+
+    /// The same job doing `mode`.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Exactly `n` connects, untimed warmup excluded (probes, storms).
@@ -95,7 +124,8 @@ impl Job {
 /// What a worker reports: one JSON line on stdout.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Tally {
-    /// Connects in the timed loop.
+    /// Operations in the timed loop: connects, datagrams sent, or writes
+    /// to a stream (see [`Mode`]).
     pub connects: u64,
     pub ok: u64,
     pub eperm: u64,
@@ -108,6 +138,13 @@ pub struct Tally {
     /// The longest single connect of the timed loop.
     #[serde(default)]
     pub slowest_ns: u64,
+    /// Bytes written in the timed loop (datagrams and streams).
+    #[serde(default)]
+    pub bytes: u64,
+    /// [`Mode::Paced`]: each connect's uid and when it started
+    /// ([`mono_ns`]).
+    #[serde(default)]
+    pub events: Vec<(u32, u64)>,
 }
 
 impl Tally {
@@ -120,6 +157,24 @@ impl Tally {
     pub fn total(&self) -> u64 {
         self.connects + self.warmup
     }
+
+    /// Bytes per second in the timed loop.
+    pub fn byte_rate(&self) -> f64 {
+        self.bytes as f64 / (self.elapsed_ns.max(1) as f64 / 1e9)
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for the bench and its
+/// workers (an [`Instant`] cannot cross a process boundary).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write; the clock
+    // exists on every Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The worker's side: `imds-guard-bench --worker JOB`.
@@ -135,7 +190,15 @@ pub fn main(job: &str) -> ExitCode {
         eprintln!("imds-guard-bench worker: {e}");
         return ExitCode::from(3);
     }
-    let tally = run(&job);
+    let tally = match job.mode {
+        Mode::Connect => run(&job),
+        Mode::Datagrams { size } => flow::datagrams(&job, size),
+        Mode::Stream { chunk } => flow::stream(&job, chunk),
+        Mode::Paced {
+            first_uid,
+            every_us,
+        } => flow::paced(&job, first_uid, every_us),
+    };
     match serde_json::to_string(&tally) {
         Ok(line) => {
             println!("{line}");
@@ -156,7 +219,8 @@ fn ns_id(path: &Path) -> Result<(u64, u64), String> {
 }
 
 /// Joins the cgroup and the namespace while root, then drops to the uid
-/// (groups, gid, uid: each step needs the privilege the next removes).
+/// (groups, gid, uid: each step needs the privilege the next removes);
+/// a paced worker keeps root and switches its real ids per connect.
 fn enter(job: &Job) -> Result<(), String> {
     let procs = job.cgroup.join("cgroup.procs");
     fs::write(&procs, "0").map_err(|e| format!("joining {}: {e}", procs.display()))?;
@@ -174,8 +238,14 @@ fn enter(job: &Job) -> Result<(), String> {
             job.netns.display()
         ));
     }
-    let (uid, gid) = (Uid::from_raw(job.uid), Gid::from_raw(job.uid));
+    if let Some(cpu) = job.cpu {
+        cpus::pin(0, cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+    }
     setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    if let Mode::Paced { .. } = job.mode {
+        return flow::install_stop();
+    }
+    let (uid, gid) = (Uid::from_raw(job.uid), Gid::from_raw(job.uid));
     setresgid(gid, gid, gid).map_err(|e| format!("setresgid {gid}: {e}"))?;
     setresuid(uid, uid, uid).map_err(|e| format!("setresuid {uid}: {e}"))?;
     let ids = getresuid().map_err(|e| format!("getresuid: {e}"))?;
@@ -184,9 +254,6 @@ fn enter(job: &Job) -> Result<(), String> {
         || [gids.real, gids.effective, gids.saved] != [gid; 3]
     {
         return Err(format!("ids did not change: {ids:?} {gids:?}"));
-    }
-    if let Some(cpu) = job.cpu {
-        cpus::pin(0, cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
     }
     Ok(())
 }
@@ -231,7 +298,7 @@ fn run(job: &Job) -> Tally {
 }
 
 /// socket(), connect(), close() with a RST.
-fn connect_once(family: AddressFamily, addr: &SockaddrStorage) -> Result<(), Errno> {
+pub fn connect_once(family: AddressFamily, addr: &SockaddrStorage) -> Result<(), Errno> {
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     let rst = libc::linger {
         l_onoff: 1,
@@ -265,6 +332,8 @@ pub struct Running {
     child: Child,
     deadline: Instant,
     what: String,
+    /// Whether it is a timed loop, for [`stalls`] (a paced worker is not).
+    timed: bool,
 }
 
 /// Starts a worker for `job`.
@@ -289,10 +358,19 @@ pub fn spawn(job: &Job) -> anyhow::Result<Running> {
             job.uid,
             job.dst
         ),
+        timed: !matches!(job.mode, Mode::Paced { .. }),
     })
 }
 
 impl Running {
+    /// Asks a [`Mode::Paced`] worker to stop (SIGUSR1); it then reports.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        // Our own child, not yet reaped: the pid is still its own.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1)
+            .context("signalling a paced worker")
+    }
+
     /// Waits for the worker (killing it past its deadline) and parses its
     /// report.
     pub fn wait(mut self) -> anyhow::Result<Tally> {
@@ -339,7 +417,7 @@ impl Running {
             .with_context(|| format!("worker printed {out:?}; stderr: {err}"))?;
         // One-connect probes are not loops (and a REJECTed SYN can take a
         // retransmit to fail).
-        if tally.connects > 1 {
+        if self.timed && tally.connects > 1 {
             LOOPS.fetch_add(1, Ordering::Relaxed);
             if tally.slowest_ns > STALL_NS {
                 STALLED.fetch_add(1, Ordering::Relaxed);
@@ -347,9 +425,11 @@ impl Running {
         }
         if VERBOSE.load(Ordering::Relaxed) {
             eprintln!(
-                "\n  {}: {:.0}/s, {} connects ({} ok, {} EPERM, {} other), slowest {:.1} ms",
+                "\n  {}: {:.0}/s, {:.1} MB/s, {} operations ({} ok, {} EPERM, {} other), \
+                 slowest {:.1} ms",
                 self.what,
                 tally.rate(),
+                tally.byte_rate() / 1e6,
                 tally.connects,
                 tally.ok,
                 tally.eperm,
