@@ -271,7 +271,8 @@ fn spec(case: &Case) -> PolicySpec {
 }
 
 fn resolved(spec: &PolicySpec) -> Policy {
-    spec.resolve(&SystemResolver)
+    spec.clone()
+        .resolve(&SystemResolver)
         .unwrap_or_else(|e| panic!("resolving the policy: {e}"))
 }
 

@@ -32,11 +32,17 @@ impl Policy {
         for e in endpoints {
             let _ = writeln!(text, "endpoint {e}");
         }
-        for (id, rule) in &self.uids {
-            let _ = writeln!(text, "uid {id} {}", word(rule.action));
-        }
-        for (id, rule) in &self.gids {
-            let _ = writeln!(text, "gid {id} {}", word(rule.action));
+        // The rules are most of the text: written without `fmt`, which
+        // costs more than the hash for a policy of 100,000 uids.
+        text.reserve(18 * (self.uids.len() + self.gids.len()));
+        for (noun, rules) in [("uid ", &self.uids), ("gid ", &self.gids)] {
+            for (&id, rule) in rules {
+                text.push_str(noun);
+                push_decimal(&mut text, id);
+                text.push(' ');
+                text.push_str(word(rule.action));
+                text.push('\n');
+            }
         }
         let forward = &self.spec.forward;
         let mut interfaces: Vec<_> = forward.interfaces.iter().map(|i| &i.name).collect();
@@ -50,6 +56,23 @@ impl Policy {
             let _ = writeln!(text, "forward source {s}");
         }
         Sha256::digest(text.as_bytes()).into()
+    }
+}
+
+/// `n` in decimal, as `{n}` writes it.
+fn push_decimal(text: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        text.push(char::from(d));
     }
 }
 
@@ -74,6 +97,29 @@ mod tests {
             .resolve(&r)
             .expect("resolves");
         super::hex(&p.digest())
+    }
+
+    #[test]
+    fn decimals_are_written_as_format_writes_them() {
+        for n in [0, 7, 10, 99, 100, 65_534, 4_294_967_295] {
+            let mut text = String::new();
+            super::push_decimal(&mut text, n);
+            assert_eq!(text, n.to_string());
+        }
+    }
+
+    /// `sha256sum` of the canonical text, written out by hand:
+    /// "imds-guard policy v1\nmode enforce\ndefault deny\nendpoint
+    /// 169.254.169.254\nendpoint fd00:ec2::254\nuid 0 allow\nuid 1000
+    /// allow\ngid 5 deny\n".
+    const EXPECTED: &str = "48e97ee6214c52ca7bb83cd88c04fcefb23e875adb75fd6e19bce73916748c0d";
+
+    #[test]
+    fn the_canonical_form_is_unchanged() {
+        // Config management compares digests across versions: this one is
+        // what 0.1 printed for this policy.
+        let d = digest("[allow]\nusers = [\"root\"]\nuids = [1000]\n[deny]\ngids = [5]\n");
+        assert_eq!(d, EXPECTED);
     }
 
     #[test]

@@ -228,7 +228,7 @@ impl PolicySpec {
     }
 
     /// Resolves names through `resolver` and checks the result.
-    pub fn resolve(&self, resolver: &dyn Resolver) -> Result<Policy, PolicyError> {
+    pub fn resolve(self, resolver: &dyn Resolver) -> Result<Policy, PolicyError> {
         resolve::resolve(self, resolver)
     }
 }

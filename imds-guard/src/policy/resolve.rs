@@ -129,7 +129,7 @@ fn clash(spec: &PolicySpec, subjects: &[Option<Subject>], i: usize, earlier: IdR
 
 /// Resolves the names of `spec` through `resolver` and builds the id maps,
 /// reporting every problem rather than the first.
-pub(super) fn resolve(spec: &PolicySpec, resolver: &dyn Resolver) -> Result<Policy, PolicyError> {
+pub(super) fn resolve(spec: PolicySpec, resolver: &dyn Resolver) -> Result<Policy, PolicyError> {
     let mut uids = BTreeMap::new();
     let mut gids = BTreeMap::new();
     let mut full = [false, false];
@@ -183,7 +183,7 @@ pub(super) fn resolve(spec: &PolicySpec, resolver: &dyn Resolver) -> Result<Poli
                 let earlier = *slot.get();
                 diagnostics.push(Diagnostic {
                     at: entry.at,
-                    message: clash(spec, &subjects, i, earlier),
+                    message: clash(&spec, &subjects, i, earlier),
                 });
             }
         }
@@ -192,8 +192,8 @@ pub(super) fn resolve(spec: &PolicySpec, resolver: &dyn Resolver) -> Result<Poli
         return Err(PolicyError::invalid(&spec.path, diagnostics));
     }
     Ok(Policy {
-        spec: spec.clone(),
         default_action: spec.default_action(),
+        spec,
         uids,
         gids,
     })

@@ -149,6 +149,7 @@ pub(super) fn resolve_id(text: &str, group: bool) -> u32 {
 /// reference the rendered rules are checked against.
 pub(super) fn guard(spec: &PolicySpec, uid: u32, gid: u32) -> Action {
     let policy = spec
+        .clone()
         .resolve(&Names)
         .unwrap_or_else(|e| panic!("test policy does not resolve: {e:#}"));
     policy.decide(uid, gid).action

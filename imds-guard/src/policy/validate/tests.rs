@@ -165,11 +165,19 @@ fn the_extreme_ids_and_sixty_four_addresses_are_accepted() {
 fn toml_syntax_errors_point_at_the_problem() {
     assert_eq!(
         errors("mode = \"enforce\"\n[allow\nuids = [0]\n"),
-        "p.toml:2:7: invalid TOML: invalid table header, expected `.`, `]`"
+        "p.toml:2:7: invalid TOML: unclosed table, expected `]`"
     );
     assert_eq!(
         errors("mode = \"audit\"\nmode = \"enforce\"\n"),
-        "p.toml:2:1: invalid TOML: duplicate key `mode` in document root"
+        "p.toml:2:1: invalid TOML: duplicate key `mode`"
+    );
+    assert_eq!(
+        errors("[allow]\nuids = [0]\n[allow]\nusers = [\"root\"]\n"),
+        "p.toml:3:2: invalid TOML: duplicate key `allow`"
+    );
+    assert_eq!(
+        errors("[allow]\n\"uids\" = [0]\nuids = [1]\n"),
+        "p.toml:3:1: invalid TOML: duplicate key `uids`"
     );
 }
 
