@@ -20,7 +20,7 @@ pub use self::{
     names::*,
     offsets::{Offsets, PF_KTHREAD},
     policy::{
-        Config, Decided, GENERATIONS, IdKey, IdRule, MAX_DECIDED, MAX_ENDPOINTS, MAX_ID_RULES,
+        Config, Decided, GENERATIONS, IdRule, IdRules, MAX_DECIDED, MAX_ENDPOINTS, MAX_ID_RULES,
         PROTECTED, V4Key, V6Key, action, config_flags, mode,
     },
 };
@@ -40,7 +40,7 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::V6Key {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::IdKey {}
+    unsafe impl aya::Pod for super::IdRules {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.

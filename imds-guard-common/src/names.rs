@@ -8,11 +8,11 @@ pub const MAP_ACTIVE: &str = "ACTIVE";
 pub const MAP_PROTECTED_V4: &str = "PROTECTED_V4";
 /// The hash map of protected IPv6 addresses (key: [`crate::V6Key`]).
 pub const MAP_PROTECTED_V6: &str = "PROTECTED_V6";
-/// The hash map of per-uid rules (key: [`crate::IdKey`]; value:
-/// [`crate::IdRule`]).
+/// The hash map of per-uid rules (key: the uid; value:
+/// [`crate::IdRules`]).
 pub const MAP_UID_RULES: &str = "UID_RULES";
-/// The hash map of per-gid rules (key: [`crate::IdKey`]; value:
-/// [`crate::IdRule`]).
+/// The hash map of per-gid rules (key: the gid; value:
+/// [`crate::IdRules`]).
 pub const MAP_GID_RULES: &str = "GID_RULES";
 /// The two-entry array holding each generation's [`crate::Config`].
 pub const MAP_CONFIG: &str = "CONFIG";

@@ -10,7 +10,8 @@ use crate::Ipv6Key;
 pub const GENERATIONS: u32 = 2;
 /// Protected addresses per policy (the maps hold two generations).
 pub const MAX_ENDPOINTS: u32 = 64;
-/// Rules per identity map per policy (the maps hold two generations).
+/// Rules per identity map per policy. The maps hold twice as many ids: a
+/// policy's and the one it replaces may name none in common.
 pub const MAX_ID_RULES: u32 = 1 << 17;
 
 /// The value of a protected address in [`crate::MAP_PROTECTED_V4`] and
@@ -51,17 +52,10 @@ pub struct Decided {
 }
 const _: () = assert!(size_of::<Decided>() == 16);
 
-/// Key of [`crate::MAP_UID_RULES`] and [`crate::MAP_GID_RULES`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct IdKey {
-    pub generation: u32,
-    pub id: u32,
-}
-const _: () = assert!(size_of::<IdKey>() == 8);
-
 /// What a rule or a default says.
 pub mod action {
+    /// No rule: the slot of a generation whose policy does not name the id.
+    pub const NONE: u32 = 0;
     /// Let the connection through.
     pub const ALLOW: u32 = 1;
     /// Reject the connection with EPERM.
@@ -89,6 +83,19 @@ pub struct IdRule {
     pub entry: u32,
 }
 const _: () = assert!(size_of::<IdRule>() == 8);
+
+/// The value of [`crate::MAP_UID_RULES`] and [`crate::MAP_GID_RULES`], keyed
+/// by the id itself: its rule in each generation ([`action::NONE`] where
+/// that generation's policy does not name it). A reload writes one slot and
+/// only the ids whose rule there changes; the other slot, the one in force,
+/// is written back as it was, and a hash map update replaces a value whole,
+/// so no reader sees a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdRules {
+    pub by_generation: [IdRule; GENERATIONS as usize],
+}
+const _: () = assert!(size_of::<IdRules>() == 16);
 
 /// One generation's run-time switches, in [`crate::MAP_CONFIG`]. The
 /// programs read `mode` and `default_action`; the rest records what is in

@@ -7,7 +7,7 @@
 use aya_ebpf::{EbpfContext, helpers::generated::bpf_ktime_get_ns, maps::HashMap};
 use aya_log_ebpf::error;
 use imds_guard_common::{
-    EVENTS_BYTE_SIZE, Event, IdKey, IdRule, action, config_flags, counter, counter_index, kind,
+    EVENTS_BYTE_SIZE, Event, IdRule, IdRules, action, config_flags, counter, counter_index, kind,
     mode, reason, verdict,
 };
 
@@ -123,20 +123,8 @@ pub fn decide<C: EbpfContext>(
 /// the door. `imds_guard::policy::Policy::decide` mirrors this order.
 #[inline(always)]
 fn evaluate(generation: u32, uid: u32, gid: u32, default_action: u32) -> Outcome {
-    let by_uid = rule(
-        &UID_RULES,
-        IdKey {
-            generation,
-            id: uid,
-        },
-    );
-    let by_gid = rule(
-        &GID_RULES,
-        IdKey {
-            generation,
-            id: gid,
-        },
-    );
+    let by_uid = rule(&UID_RULES, uid, generation);
+    let by_gid = rule(&GID_RULES, gid, generation);
     if by_uid.action != NO_RULE && by_uid.action != action::ALLOW {
         return Outcome {
             action: action::DENY,
@@ -177,18 +165,19 @@ fn evaluate(generation: u32, uid: u32, gid: u32, default_action: u32) -> Outcome
 }
 
 /// The action of an absent rule.
-const NO_RULE: u32 = 0;
+const NO_RULE: u32 = action::NONE;
 
-/// The rule for `id`, copied out at once, with [`NO_RULE`] when there is
-/// none. Keeping an `Option` of the map pointer instead lets LLVM test
-/// "either lookup found something" by OR-ing the two pointers, which the
-/// verifier rejects (`R7 pointer |= pointer prohibited`).
+/// The rule for `id` in `generation`, copied out at once, with [`NO_RULE`]
+/// when there is none. Keeping an `Option` of the map pointer instead lets
+/// LLVM test "either lookup found something" by OR-ing the two pointers,
+/// which the verifier rejects (`R7 pointer |= pointer prohibited`).
 #[inline(always)]
-fn rule(map: &HashMap<IdKey, IdRule>, key: IdKey) -> IdRule {
-    match map.get_ptr(key) {
+fn rule(map: &HashMap<u32, IdRules>, id: u32, generation: u32) -> IdRule {
+    match map.get_ptr(id) {
         // SAFETY: a non-null pointer from a hash map lookup points at a
-        // value of the map's type, valid for the duration of the program.
-        Some(p) => unsafe { *p },
+        // value of the map's type, valid for the duration of the program;
+        // the slot index is masked to the array's bounds.
+        Some(p) => unsafe { (*p).by_generation[(generation & 1) as usize] },
         None => IdRule {
             action: NO_RULE,
             entry: 0,

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use imds_guard_common::{
-    COUNTERS_LEN, Config, Decided, EVENTS_BYTE_SIZE, GENERATIONS, IdKey, IdRule, MAX_DECIDED,
+    COUNTERS_LEN, Config, Decided, EVENTS_BYTE_SIZE, GENERATIONS, IdRules, MAX_DECIDED,
     MAX_ENDPOINTS, MAX_ID_RULES, V4Key, V6Key,
 };
 
@@ -35,15 +35,16 @@ pub static PROTECTED_V4: HashMap<V4Key, u32> =
 pub static PROTECTED_V6: HashMap<V6Key, u32> =
     HashMap::with_max_entries(MAX_ENDPOINTS * GENERATIONS, 0);
 
-/// Rules by generation and real uid. A uid has at most one rule per policy
-/// (the agent refuses contradictions), so the value carries its action.
+/// Rules by real uid, one per generation. A uid has at most one rule per
+/// policy (the agent refuses contradictions), so each slot carries its
+/// action.
 #[map]
-pub static UID_RULES: HashMap<IdKey, IdRule> =
+pub static UID_RULES: HashMap<u32, IdRules> =
     HashMap::with_max_entries(MAX_ID_RULES * GENERATIONS, NO_PREALLOC);
 
-/// Rules by generation and real primary gid.
+/// Rules by real primary gid, one per generation.
 #[map]
-pub static GID_RULES: HashMap<IdKey, IdRule> =
+pub static GID_RULES: HashMap<u32, IdRules> =
     HashMap::with_max_entries(MAX_ID_RULES * GENERATIONS, NO_PREALLOC);
 
 /// Each generation's [`Config`]: mode and default action. Zeroed

@@ -26,6 +26,7 @@ use super::{
     btf::{Btf, BtfError},
     cgroup::{self, CgroupError},
     hooks::{HOOKS, HookSpec, ProgramKind},
+    id_rules,
     offsets::{self, OffsetError},
     pins::{PINNED_MAPS, PinError, Pins},
     policy_maps, sys,
@@ -163,8 +164,12 @@ pub struct Guard {
     pub(super) active: Option<u32>,
     /// Waits out program runs that may still read a generation.
     pub(super) grace: sys::GracePeriod,
-    /// The keys written into each generation, to clear it by.
+    /// The protected addresses written into each generation, to clear it
+    /// by.
     pub(super) written: [policy_maps::Written; 2],
+    /// What the uid and gid maps hold.
+    pub(super) uid_rules: id_rules::Mirror,
+    pub(super) gid_rules: id_rules::Mirror,
 }
 
 impl Guard {
@@ -189,6 +194,8 @@ impl Guard {
             active: None,
             grace,
             written: Default::default(),
+            uid_rules: id_rules::Mirror::empty(),
+            gid_rules: id_rules::Mirror::empty(),
         };
         for spec in &HOOKS {
             let name = spec.program;

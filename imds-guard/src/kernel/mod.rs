@@ -12,6 +12,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod forward;
 pub mod hooks;
+mod id_rules;
 pub mod inspect;
 pub mod loader;
 pub mod offsets;

@@ -3,14 +3,16 @@
 //! that may still use the old one, and clears it: each decision reads
 //! `ACTIVE` once, so it sees the old policy or the new one, never a mix.
 //!
-//! Entries are written and cleared in batches (`batch.rs`), and a
-//! generation is cleared by the keys it was written with, remembered here:
-//! no walk of the maps' keys, whatever their size.
+//! The uid and gid maps hold both generations in one value per id
+//! (`id_rules.rs`): a reload writes only the ids whose rule changes. The
+//! protected addresses (a few) have a key per generation, cleared by the
+//! keys they were written with. Everything is written in batches
+//! (`batch.rs`).
 
 use std::{net::IpAddr, os::fd::AsFd as _};
 
 use aya::maps::{Array, Map, MapData};
-use imds_guard_common::{self as common, IdKey, IdRule, Ipv6Key, V4Key, V6Key, action, mode};
+use imds_guard_common::{self as common, IdRule, Ipv6Key, V4Key, V6Key, action, mode};
 
 use super::{
     batch,
@@ -19,13 +21,11 @@ use super::{
 };
 use crate::policy::{Action, Mode, Policy};
 
-/// The keys one generation was written with.
+/// The protected addresses one generation was written with.
 #[derive(Debug, Default)]
 pub(super) struct Written {
     v4: Vec<V4Key>,
     v6: Vec<V6Key>,
-    uids: Vec<IdKey>,
-    gids: Vec<IdKey>,
 }
 
 impl Guard {
@@ -51,7 +51,10 @@ impl Guard {
         // flip away from it was followed by a grace period).
         self.clear_generation(next)?;
         self.write_endpoints(next, policy)?;
-        self.write_rules(next, policy)?;
+        // The first policy goes in both slots of the id maps, so that
+        // reloading it (or a policy close to it) writes little.
+        let slots = self.active.map(|_| next);
+        self.write_rules(slots, policy)?;
         self.write_config(next, policy, stamp)?;
         let Some(old) = self.active else {
             self.active = Some(next);
@@ -121,29 +124,40 @@ impl Guard {
         Ok(())
     }
 
-    fn write_rules(&mut self, generation: u32, policy: &Policy) -> Result<(), GuardError> {
+    /// Puts the rules of `policy` in slot `generation` (every slot with
+    /// `None`) of the uid and gid maps, writing only what changes there.
+    fn write_rules(&mut self, generation: Option<u32>, policy: &Policy) -> Result<(), GuardError> {
         for (name, rules, is_uid) in [
             (common::MAP_UID_RULES, &policy.uids, true),
             (common::MAP_GID_RULES, &policy.gids, false),
         ] {
-            let (keys, values): (Vec<IdKey>, Vec<IdRule>) = rules
-                .iter()
-                .map(|(&id, rule)| {
-                    (
-                        IdKey { generation, id },
-                        IdRule {
-                            action: kernel_action(rule.action),
-                            entry: entry_number(Some(rule.index)),
-                        },
-                    )
-                })
-                .unzip();
-            self.update(name, &keys, &values)?;
-            let written = self.written_mut(generation);
-            if is_uid {
-                written.uids = keys;
+            let slot = rules.iter().map(|(&id, rule)| {
+                let rule = IdRule {
+                    action: kernel_action(rule.action),
+                    entry: entry_number(Some(rule.index)),
+                };
+                (id, rule)
+            });
+            let mirror = if is_uid {
+                &self.uid_rules
             } else {
-                written.gids = keys;
+                &self.gid_rules
+            };
+            let plan = mirror.plan(generation, slot);
+            let written = self
+                .delete(name, &plan.delete)
+                .and_then(|()| self.update(name, &plan.keys, &plan.values));
+            let mirror = if is_uid {
+                &mut self.uid_rules
+            } else {
+                &mut self.gid_rules
+            };
+            match written {
+                Ok(()) => mirror.written(plan),
+                Err(e) => {
+                    mirror.failed(plan);
+                    return Err(e);
+                }
             }
         }
         Ok(())
@@ -172,15 +186,14 @@ impl Guard {
             .map_err(map_err(common::MAP_CONFIG))
     }
 
-    /// Removes every entry of `generation` this handle wrote. Its config
-    /// stays: the flip away from it came first, and the next apply
-    /// overwrites it before flipping back.
+    /// Removes the protected addresses of `generation` this handle wrote.
+    /// Its config stays, and its slot of the uid and gid rules: the flip
+    /// away from it came first, and the next apply rewrites both before
+    /// flipping back.
     fn clear_generation(&mut self, generation: u32) -> Result<(), GuardError> {
         let written = std::mem::take(self.written_mut(generation));
         self.delete(common::MAP_PROTECTED_V4, &written.v4)?;
-        self.delete(common::MAP_PROTECTED_V6, &written.v6)?;
-        self.delete(common::MAP_UID_RULES, &written.uids)?;
-        self.delete(common::MAP_GID_RULES, &written.gids)
+        self.delete(common::MAP_PROTECTED_V6, &written.v6)
     }
 
     fn written_mut(&mut self, generation: u32) -> &mut Written {
@@ -194,6 +207,9 @@ impl Guard {
         keys: &[K],
         values: &[V],
     ) -> Result<(), GuardError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
         let map = self.map_data(name)?;
         batch::update(map.fd().as_fd(), keys, values)
             .map_err(|source| GuardError::Batch { name, source })
