@@ -4,6 +4,7 @@ use super::{CliError, Outcome, RunArgs};
 use crate::daemon::{self, DaemonError, logging};
 
 pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
+    daemon::one_heap();
     logging::init(args.log_format);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -118,7 +118,7 @@ impl Signals {
 }
 
 /// The ring buffers the run loop polls.
-struct Rings {
+pub(super) struct Rings {
     events: AsyncFd<RingBuf<MapData>>,
     logger: Option<AsyncFd<Logger>>,
     /// What the forward table logs (see `forward.rs`).
@@ -156,6 +156,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut signals = Signals::new()?;
     let (mut daemon, report, mut rings) = Daemon::start(config)?;
     daemon.announce_ready(&report);
+    // Loading freed the parse tree, both BTF copies and the verifier's
+    // logs: give the pages back rather than keep them for a reload.
+    trim_heap();
     daemon.serve_metrics().await;
     let mut timers = Timers::new();
     let signal_name = daemon
@@ -170,32 +173,47 @@ impl Daemon {
     /// nothing is pinned, the fallback), takes the pin directory, loads the
     /// programs, puts the policy in force and attaches.
     fn start(config: Config) -> Result<(Self, AttachReport, Rings), DaemonError> {
-        let pins = Pins::new(&config.pin_dir);
-        let chosen = fallback::choose(&config.config, &config.fallback, &pins, &SystemResolver)?;
-        let in_fallback = chosen.fallback_for.is_some();
-        match Self::start_with(config, pins, chosen.policy, in_fallback) {
-            Ok(started) => Ok(started),
-            // The fallback could not be put in force either: the error to
-            // exit with is the policy's.
-            Err(e) => match chosen.fallback_for {
-                Some(policy_error) => {
-                    tracing::error!(
-                        "the fallback policy could not be put in force either: {}",
-                        Chain(&e)
-                    );
-                    Err(DaemonError::Policy(policy_error))
-                }
-                None => Err(e),
-            },
-        }
+        let level = logging::ebpf_log_level();
+        // Loading the programs (BTF, the verifier) and reading the policy
+        // take about as long as each other, and neither changes anything:
+        // both at once.
+        std::thread::scope(|scope| {
+            let loading = scope.spawn(move || Guard::load(level));
+            let pins = Pins::new(&config.pin_dir);
+            let chosen =
+                fallback::choose(&config.config, &config.fallback, &pins, &SystemResolver)?;
+            let guard = match loading.join() {
+                Ok(loaded) => loaded?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            let in_fallback = chosen.fallback_for.is_some();
+            let started = Self::start_with(config, pins, guard, chosen.policy, in_fallback, level);
+            match started {
+                Ok(started) => Ok(started),
+                // The fallback could not be put in force either: the error
+                // to exit with is the policy's.
+                Err(e) => match chosen.fallback_for {
+                    Some(policy_error) => {
+                        tracing::error!(
+                            "the fallback policy could not be put in force either: {}",
+                            Chain(&e)
+                        );
+                        Err(DaemonError::Policy(policy_error))
+                    }
+                    None => Err(e),
+                },
+            }
+        })
     }
 
     /// Puts `policy` in force, attached and pinned.
     fn start_with(
         config: Config,
         pins: Pins,
+        mut guard: Guard,
         policy: Policy,
         in_fallback: bool,
+        level: u8,
     ) -> Result<(Self, AttachReport, Rings), DaemonError> {
         let cgroup = match &config.cgroup {
             Some(dir) => dir.clone(),
@@ -204,8 +222,6 @@ impl Daemon {
         // What can fail without changing anything comes first, so that a
         // start that cannot succeed leaves not even a pin directory.
         cgroup::open(&cgroup)?;
-        let level = logging::ebpf_log_level();
-        let mut guard = Guard::load(level)?;
         pins.prepare()?;
         // Two agents on one guard would each believe their maps are in force.
         let Some(lock) = pins.lock()? else {
@@ -361,7 +377,7 @@ impl Daemon {
                     self.on_hup(&mut rings.reload);
                 }
                 done = reloaded(&mut rings.reload) => match done {
-                    Ok(done) => self.on_reloaded(done, &mut rings.reload),
+                    Ok(done) => self.on_reloaded(done, rings),
                     Err(e) => return Err(DaemonError::Io {
                         what: "the reload thread failed",
                         source: std::io::Error::other(e),
@@ -411,7 +427,7 @@ impl Daemon {
     }
 
     /// Logs every decision waiting in the ring buffer.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+    pub(super) fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         let now = Instant::now();
         while let Some(item) = ring.next() {
             self.log
@@ -430,7 +446,7 @@ impl Daemon {
         // with one policy in force, said in the log.
         if let Some(pending) = rings.reload.take() {
             match pending.task.await {
-                Ok(done) => self.on_reloaded(done, &mut None),
+                Ok(done) => self.on_reloaded(done, rings),
                 Err(e) => tracing::error!("the reload thread failed: {e}"),
             }
         }
@@ -570,5 +586,29 @@ async fn readable<T: std::os::fd::AsRawFd>(
     match source {
         Some(s) => s.readable_mut().await,
         None => pending().await,
+    }
+}
+
+/// One malloc arena for every thread. glibc gives each thread that
+/// allocates its own arena and keeps what it frees there: a reload on the
+/// blocking pool would leave a policy's worth of pages in an arena nobody
+/// uses again. The agent's threads seldom allocate at once, so one arena
+/// costs no waiting worth measuring.
+pub fn one_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt sets a tunable; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Returns the heap's free pages to the kernel. glibc keeps freed memory
+/// for reuse, and what start and reload free (parse trees, BTF) is large
+/// next to what the agent keeps.
+pub(super) fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; no pointer is touched.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

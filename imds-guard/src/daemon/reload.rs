@@ -16,7 +16,7 @@ use std::{
 use tokio::task::JoinHandle;
 
 use super::{
-    Daemon,
+    Daemon, Rings,
     forward::ForwardState,
     metrics::{Enforcing, ReloadOutcome},
     notified, notify, now_unix,
@@ -49,6 +49,14 @@ impl Policies {
 
     fn set(&self, generation: u32, policy: Arc<Policy>) {
         self.slots()[(generation & 1) as usize] = Some(policy);
+    }
+
+    /// Drops the policy of `generation`, once nothing in the ring can name
+    /// it.
+    fn forget(&self, generation: u32) {
+        let forgotten = self.slots()[(generation & 1) as usize].take();
+        // Freed here, outside the lock.
+        drop(forgotten);
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, [Option<Arc<Policy>>; 2]> {
@@ -99,7 +107,7 @@ impl Daemon {
     }
 
     /// The reload thread's result: the guard back, the outcome said.
-    pub(super) fn on_reloaded(&mut self, done: Done, pending: &mut Option<Pending>) {
+    pub(super) fn on_reloaded(&mut self, done: Done, rings: &mut Rings) {
         self.guard = Some(done.guard);
         let outcome = match done.outcome {
             Ok(applied) => {
@@ -111,6 +119,14 @@ impl Daemon {
             }
             Err(outcome) => outcome,
         };
+        // A flip waited out every decision made under the replaced policy,
+        // so all of them are in the ring: explain them, then let go of
+        // every policy but the one in force (the replaced one, or one a
+        // failed reload named but never put in force) and of what parsing
+        // it freed.
+        self.drain(rings.events.get_mut());
+        self.policies.forget(self.generation ^ 1);
+        super::trim_heap();
         self.metrics.reload(outcome);
         let mode = self.policy().map_or(Mode::Enforce, |p| p.spec.mode);
         let applied = outcome == ReloadOutcome::Applied;
@@ -120,8 +136,8 @@ impl Daemon {
             self.metrics.set_enforcing(Enforcing::Active(mode));
             self.metrics.set_fallback(false);
         }
-        if pending.take().is_some_and(|p| p.again) {
-            self.on_hup(pending);
+        if rings.reload.take().is_some_and(|p| p.again) {
+            self.on_hup(&mut rings.reload);
         }
     }
 
