@@ -37,6 +37,7 @@ mod files;
 mod netns;
 mod probe;
 mod skip;
+pub mod slowdown;
 mod util;
 
 pub use self::{
