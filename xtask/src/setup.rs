@@ -37,6 +37,10 @@ const TEST_TOOLS: &[&str] = &[
     "systemd-container",
     "man-db",
 ];
+/// What `vm-test` needs besides QEMU: depmod for the guest kernel's
+/// modules, objcopy to strip the binaries, the archive keyring its private
+/// apt checks Debian's lists with.
+const VM_TOOLS: &[&str] = &["kmod", "binutils", "debian-archive-keyring"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Which way the eBPF programs are built.
@@ -109,6 +113,17 @@ pub fn setup() -> Result<Route> {
         }
     }
     Ok(route)
+}
+
+/// Installs what `vm-test` needs for a guest of `arch`.
+pub fn vm_tools(arch: crate::vm::Arch) -> Result<()> {
+    let qemu = match arch {
+        crate::vm::Arch::X86_64 => "qemu-system-x86",
+        crate::vm::Arch::Aarch64 => "qemu-system-arm",
+    };
+    let mut packages = VM_TOOLS.to_vec();
+    packages.push(qemu);
+    apt_install(&packages)
 }
 
 fn nightly_has_rust_src() -> bool {
