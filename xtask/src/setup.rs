@@ -117,12 +117,18 @@ pub fn setup() -> Result<Route> {
 
 /// Installs what `vm-test` needs for a guest of `arch`.
 pub fn vm_tools(arch: crate::vm::Arch) -> Result<()> {
-    let qemu = match arch {
+    let mut packages = VM_TOOLS.to_vec();
+    packages.push(match arch {
         crate::vm::Arch::X86_64 => "qemu-system-x86",
         crate::vm::Arch::Aarch64 => "qemu-system-arm",
-    };
-    let mut packages = VM_TOOLS.to_vec();
-    packages.push(qemu);
+    });
+    // The host's objcopy strips only its own architecture's binaries.
+    if crate::vm::Arch::host() != Some(arch) {
+        packages.push(match arch {
+            crate::vm::Arch::X86_64 => "binutils-x86-64-linux-gnu",
+            crate::vm::Arch::Aarch64 => "binutils-aarch64-linux-gnu",
+        });
+    }
     apt_install(&packages)
 }
 

@@ -217,7 +217,7 @@ fn boot(
     };
     let initrd = run_dir.join("initrd.cpio");
     let built = Instant::now();
-    guest::initramfs(&initrd, root, kernel, payload, &config, run_dir)?;
+    guest::initramfs(&initrd, root, kernel, payload, &config, args.arch, run_dir)?;
     eprintln!(
         "xtask: vm: initramfs of {} MiB in {:.1?}; booting {} under {} (IMDS_GUARD_TEST_SLOWDOWN={slowdown})",
         fs::metadata(&initrd).map(|m| m.len() >> 20).unwrap_or(0),

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{
+    Arch,
     bins::{AGENT, PROBE, Payload},
     cpio::Writer,
     kernel::Kernel,
@@ -38,6 +39,7 @@ pub fn initramfs(
     kernel: &Kernel,
     payload: &Payload,
     config: &Config,
+    arch: Arch,
     scratch: &Path,
 ) -> Result<()> {
     let mut w = Writer::create(path)?;
@@ -80,7 +82,7 @@ pub fn initramfs(
         if let Some(parent) = Path::new(&at).parent() {
             w.dir(&parent.to_string_lossy())?;
         }
-        let small = strip(&src, &stripped)?;
+        let small = strip(&src, arch, &stripped)?;
         let data = fs::read(&small).with_context(|| format!("cannot read {}", small.display()))?;
         w.file(&at, 0o755, &data)?;
         w.symlink(&link, &format!("/{at}"))?;
@@ -92,13 +94,19 @@ pub fn initramfs(
 }
 
 /// A copy of `bin` without debug information, or `bin` itself where
-/// `objcopy` cannot read it (another architecture's binutils are missing).
-fn strip(bin: &Path, dir: &Path) -> Result<PathBuf> {
+/// `objcopy` cannot read it. The host's `objcopy` knows only the host's
+/// architecture; Debian's `binutils-<triple>` bring the others'.
+fn strip(bin: &Path, arch: Arch, dir: &Path) -> Result<PathBuf> {
     let Some(name) = bin.file_name() else {
         return Ok(bin.to_owned());
     };
     let out = dir.join(name);
-    match output(cmd("objcopy").arg("--strip-debug").arg(bin).arg(&out)) {
+    let objcopy = if Arch::host() == Some(arch) {
+        "objcopy".to_owned()
+    } else {
+        format!("{}-linux-gnu-objcopy", arch.name())
+    };
+    match output(cmd(&objcopy).arg("--strip-debug").arg(bin).arg(&out)) {
         Ok(_) => Ok(out),
         Err(e) => {
             eprintln!(
