@@ -30,7 +30,24 @@
 //! load floors are scaled by `IMDS_GUARD_TEST_SLOWDOWN` (see
 //! `e2e/src/slowdown.rs`).
 //!
-//! Everything downloaded or unpacked is cached under `target/vm/`.
+//! Everything downloaded or unpacked is cached under `target/vm/`; each
+//! run leaves its `console.log` and `results.log` in
+//! `target/vm/runs/<arch>-<kernel>/`.
+//!
+//! Another architecture's guest needs that architecture's binaries, built
+//! elsewhere or cross-built, and named with `--bins`. With Debian's rustc
+//! (the `bpf-debian` toolchain of `cargo xtask setup`),
+//! `libstd-rust-web-dev:arm64` and `gcc-aarch64-linux-gnu` (with
+//! `libc6-dev-arm64-cross`):
+//!
+//! ```text
+//! export RUSTUP_TOOLCHAIN=bpf-debian \
+//!     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+//! cargo build --target aarch64-unknown-linux-gnu --bins
+//! cargo test -p imds-guard-e2e --no-run --target aarch64-unknown-linux-gnu
+//! unset RUSTUP_TOOLCHAIN
+//! cargo xtask vm-test --arch aarch64 --bins target/aarch64-unknown-linux-gnu/debug
+//! ```
 
 mod apt;
 mod bins;
@@ -83,8 +100,8 @@ pub struct VmTestArgs {
     /// 10 under TCG.
     #[arg(long, value_name = "N")]
     slowdown: Option<u32>,
-    /// Stop the guest after this many minutes (its results so far are
-    /// reported, and the run fails).
+    /// Stop the guest after it ran this many minutes (its results so far
+    /// are reported, and the run fails).
     #[arg(long, value_name = "MINUTES", default_value_t = 60)]
     timeout: u64,
     /// Arguments for every suite's libtest, e.g. a test-name filter.
@@ -160,19 +177,10 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
         .join("runs")
         .join(format!("{}-{}", args.arch.name(), kernel.release));
     fresh_dir(&run_dir)?;
-    let deadline = started + Duration::from_secs(args.timeout * 60);
-    let mut outcome = boot(args, &run_dir, &root, &kernel, &payload, accel, deadline)?;
+    let mut outcome = boot(args, &run_dir, &root, &kernel, &payload, accel)?;
     if accel == Accel::Kvm && !outcome.reached_init && args.accel == Accel::Auto {
         eprintln!("xtask: vm: the guest never reached /init under KVM; trying TCG");
-        outcome = boot(
-            args,
-            &run_dir,
-            &root,
-            &kernel,
-            &payload,
-            Accel::Tcg,
-            deadline,
-        )?;
+        outcome = boot(args, &run_dir, &root, &kernel, &payload, Accel::Tcg)?;
     }
 
     let text = fs::read_to_string(&outcome.results)
@@ -204,7 +212,6 @@ fn boot(
     kernel: &kernel::Kernel,
     payload: &bins::Payload,
     accel: Accel,
-    deadline: Instant,
 ) -> Result<Outcome> {
     let slowdown = args.slowdown.unwrap_or(match accel {
         Accel::Tcg => TCG_SLOWDOWN,
@@ -225,8 +232,71 @@ fn boot(
         kernel.release,
         accel.describe()
     );
+    let deadline = Instant::now() + Duration::from_secs(args.timeout * 60);
     let outcome = qemu::run(args.arch, accel, kernel, &initrd, run_dir, deadline);
     // Hundreds of megabytes, rebuilt on every run.
     let _ = fs::remove_file(&initrd);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::vm::kernel::Series;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: VmTestArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<VmTestArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vm-test").chain(args.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn defaults_are_6_1_on_x86_64_with_every_suite() {
+        let a = parse(&[]).expect("no arguments");
+        assert_eq!(a.kernel, KernelSpec::Series(Series::V6_1));
+        assert_eq!(a.arch, Arch::X86_64);
+        assert_eq!(a.accel, Accel::Auto);
+        assert!(a.suites.is_empty() && a.filter.is_empty() && a.bins.is_none());
+        assert_eq!((a.slowdown, a.timeout), (None, 60));
+    }
+
+    #[test]
+    fn everything_after_the_double_dash_goes_to_libtest() {
+        let a = parse(&[
+            "--kernel",
+            "6.12",
+            "--arch",
+            "aarch64",
+            "--suite",
+            "guard",
+            "--suite",
+            "lifecycle",
+            "--bins",
+            "/b",
+            "--",
+            "reload",
+            "--exact",
+        ])
+        .expect("valid");
+        assert_eq!(a.kernel, KernelSpec::Series(Series::V6_12));
+        assert_eq!(a.arch, Arch::Aarch64);
+        assert_eq!(a.suites, ["guard", "lifecycle"]);
+        assert_eq!(a.bins, Some(PathBuf::from("/b")));
+        assert_eq!(a.filter, ["reload", "--exact"]);
+    }
+
+    #[test]
+    fn unknown_kernels_and_architectures_are_refused() {
+        assert!(parse(&["--kernel", "5.10"]).is_err());
+        assert!(parse(&["--arch", "arm64"]).is_err());
+        assert!(parse(&["--accel", "hvf"]).is_err());
+        // A filter without `--` is not taken for one.
+        assert!(parse(&["reload"]).is_err());
+    }
 }
