@@ -33,6 +33,8 @@ pub struct Suite {
     pub name: String,
     /// The test binary's exit code; `None` if the guest never said.
     pub exit: Option<i32>,
+    /// libtest's time for the whole suite, seconds.
+    pub secs: Option<f64>,
     pub tests: Vec<Test>,
 }
 
@@ -54,6 +56,7 @@ pub fn parse(text: &str) -> Report {
             report.suites.push(Suite {
                 name: name.trim().to_owned(),
                 exit: None,
+                secs: None,
                 tests: Vec::new(),
             });
         } else if let Some(rest) = line.strip_prefix("@vm exit ") {
@@ -76,8 +79,12 @@ pub fn parse(text: &str) -> Report {
 }
 
 /// Applies one libtest event (`{"type":"test","event":"started"|"ok"|
-/// "failed"|"ignored",...}`) to `suite`.
+/// "failed"|"ignored",...}`, or the suite's end with its time) to `suite`.
 fn apply(suite: &mut Suite, event: &Value) {
+    if event["type"] == "suite" {
+        suite.secs = event["exec_time"].as_f64().or(suite.secs);
+        return;
+    }
     if event["type"] != "test" {
         return;
     }
@@ -130,7 +137,11 @@ impl Report {
             let exit = suite
                 .exit
                 .map_or_else(|| "did not end".to_owned(), |c| format!("exit {c}"));
-            let _ = writeln!(out, "vm-test suite {} ({exit}):", suite.name);
+            let secs = suite
+                .secs
+                .map(|s| format!(", {s:.0} s"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "vm-test suite {} ({exit}{secs}):", suite.name);
             for t in &suite.tests {
                 let word = match t.outcome {
                     Outcome::Ok => "ok",
@@ -222,6 +233,7 @@ some child wrote this
         assert!(!report.done);
         let guard = &report.suites[0];
         assert_eq!(guard.exit, Some(101));
+        assert_eq!(guard.secs, Some(12.0));
         assert_eq!(guard.tests.len(), 3);
         assert_eq!(guard.tests[0].outcome, Outcome::Ok);
         assert_eq!(guard.tests[0].secs, Some(1.25));
@@ -251,6 +263,10 @@ some child wrote this
             "{text}"
         );
         assert!(text.contains("UNFINISHED lifecycle::hammer"), "{text}");
+        assert!(
+            text.contains("vm-test suite guard (exit 101, 12 s):"),
+            "{text}"
+        );
         assert!(
             text.ends_with("vm-test: 1 passed, 2 failed, 1 ignored\n"),
             "{text}"
