@@ -168,6 +168,7 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
             bins::build(&args.suites)?
         }
     };
+    payload.check_arch(args.arch)?;
     let apt = Apt::new(&vm_dir.join("apt"), args.arch)?;
     let kernel = kernel::prepare(&args.kernel, args.arch, &apt, &vm_dir)?;
     let root = root::prepare(&apt, &vm_dir)?;

@@ -5,7 +5,8 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
+    fs::{self, File},
+    io::Read as _,
     path::{Path, PathBuf},
     process::Stdio,
     time::SystemTime,
@@ -14,6 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
+use super::Arch;
 use crate::process::{cargo, stdout, workspace_root};
 
 /// The agent's and the probe's binary names.
@@ -129,6 +131,47 @@ pub fn from_dir(dir: &Path, only: &[String]) -> Result<Payload> {
     })
 }
 
+impl Payload {
+    /// Fails unless every binary is an ELF executable for `arch`: a guest
+    /// would only say "exec format error", suite after suite.
+    pub fn check_arch(&self, arch: Arch) -> Result<()> {
+        let all = [&self.agent, &self.probe]
+            .into_iter()
+            .chain(self.suites.iter().map(|s| &s.path));
+        for path in all {
+            let mut head = [0u8; 20];
+            File::open(path)
+                .and_then(|mut f| f.read_exact(&mut head))
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let want = elf_machine(arch);
+            match machine(&head) {
+                Some(m) if m == want => {}
+                Some(m) => bail!(
+                    "{} is built for ELF machine {m:#x}, not {} ({want:#x})",
+                    path.display(),
+                    arch.name()
+                ),
+                None => bail!("{} is not a 64-bit little-endian ELF file", path.display()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `e_machine` of the architecture (`EM_X86_64`, `EM_AARCH64`).
+fn elf_machine(arch: Arch) -> u16 {
+    match arch {
+        Arch::X86_64 => 62,
+        Arch::Aarch64 => 183,
+    }
+}
+
+/// `e_machine` of a 64-bit little-endian ELF header.
+fn machine(head: &[u8; 20]) -> Option<u16> {
+    let elf64_le = head.starts_with(b"\x7fELF") && head[4] == 2 && head[5] == 1;
+    elf64_le.then(|| u16::from_le_bytes([head[18], head[19]]))
+}
+
 /// Keeps the suites named in `only`, in that order (all when it is empty).
 fn select(all: Vec<Suite>, only: &[String]) -> Result<Vec<Suite>> {
     if only.is_empty() {
@@ -200,6 +243,19 @@ mod tests {
             PathBuf::from("/t/debug/deps/guard-0123456789abcdef")
         );
         assert_eq!(executables(messages, "bin").len(), 1);
+    }
+
+    #[test]
+    fn elf_headers_tell_the_architecture() {
+        let mut head = [0u8; 20];
+        head[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        head[18] = 183;
+        assert_eq!(machine(&head), Some(elf_machine(Arch::Aarch64)));
+        head[18] = 62;
+        assert_eq!(machine(&head), Some(elf_machine(Arch::X86_64)));
+        head[4] = 1; // 32-bit
+        assert_eq!(machine(&head), None);
+        assert_eq!(machine(&[b'#'; 20]), None);
     }
 
     #[test]
