@@ -46,17 +46,20 @@ hostname "$(cat /etc/hostname)"
 ip link set lo up
 
 # The results channel: virtio_console is a module on 6.1 cloud kernels.
+# Its device node can appear before the port opens (ENODEV): try until an
+# open succeeds. Opened anew for each write, never with `exec`, whose
+# failed redirection would end this shell and panic the kernel.
 modprobe virtio_pci 2>/dev/null
 modprobe virtio_console 2>/dev/null
 i=0
-while [ ! -c /dev/hvc0 ] && [ $i -lt 100 ]; do
+until (: >/dev/hvc0) 2>/dev/null; do
+    if [ $i -ge 300 ]; then
+        end "cannot open /dev/hvc0: no way to report results"
+    fi
     sleep 0.1
     i=$((i + 1))
 done
-if [ ! -c /dev/hvc0 ]; then
-    end "no /dev/hvc0: cannot report results"
-fi
-exec 3>/dev/hvc0
+report() { echo "$*" >/dev/hvc0; }
 
 # SUITES, SLOWDOWN, SUITE_TIMEOUT, and the libtest arguments as "$@".
 . /vm/env
@@ -67,16 +70,16 @@ say "unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled)
 cd /tmp
 for suite in $SUITES; do
     say "suite $suite"
-    echo "@vm start $suite" >&3
+    report "@vm start $suite"
     # RUSTC_BOOTSTRAP lets a stable libtest print JSON (-Z unstable-options).
     env CI=true RUST_BACKTRACE=1 RUSTC_BOOTSTRAP=1 \
         IMDS_GUARD_TEST_SLOWDOWN="$SLOWDOWN" \
         IMDS_GUARD_BIN=/vm/bin/imds-guard IMDS_PROBE_BIN=/vm/bin/imds-probe \
         timeout "$SUITE_TIMEOUT" "/vm/tests/$suite" --test-threads=1 \
-        -Z unstable-options --format=json --report-time "$@" >&3 2>/dev/console
+        -Z unstable-options --format=json --report-time "$@" >/dev/hvc0 2>/dev/console
     code=$?
-    echo "@vm exit $suite $code" >&3
+    report "@vm exit $suite $code"
     say "suite $suite exited $code"
 done
-echo "@vm done" >&3
+report "@vm done"
 end "done"
