@@ -10,8 +10,8 @@
 //! the checkout's agent, probe and test binaries, stripped of debug
 //! information. A shell script of ours is its `/init` (`init.sh`): it mounts
 //! what the tests need, runs each suite with `--test-threads=1` and
-//! `CI=true`, and streams libtest's JSON events over a virtio console into a
-//! file the host parses per test (`results.rs`).
+//! `CI=true`, and streams libtest's JSON events over a virtio serial port
+//! into a file the host parses per test (`results.rs`).
 //!
 //! Why not virtme-ng or a shared host root: the host's root only fits a
 //! guest of the host's architecture; the cloud kernels (those of Debian's

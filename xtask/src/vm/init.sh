@@ -3,8 +3,9 @@
 #
 # Sets up what the privileged tests expect of a host (proc, sys, devtmpfs,
 # cgroup2, bpffs, /var/run/netns on a tmpfs, loopback up), then runs each
-# suite with --test-threads=1 and CI=true. Results go to the virtio console
-# /dev/hvc0, which the host writes to a file: "@vm start SUITE", libtest's
+# suite with --test-threads=1 and CI=true. Results go to the virtio serial
+# port named imds-guard.results, which the host writes to a file:
+# "@vm start SUITE", libtest's
 # JSON events, "@vm exit SUITE CODE", and "@vm done" at the end. Progress and
 # the tests' stray stderr go to the serial console. The guest then resets,
 # which ends QEMU (-no-reboot).
@@ -45,21 +46,28 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 hostname "$(cat /etc/hostname)"
 ip link set lo up
 
-# The results channel: virtio_console is a module on 6.1 cloud kernels.
-# Its device node can appear before the port opens (ENODEV): try until an
-# open succeeds. Opened anew for each write, never with `exec`, whose
-# failed redirection would end this shell and panic the kernel.
+# The results port: virtio_console (which also drives plain ports) is a
+# module on 6.1 cloud kernels, and QEMU names its ports after the driver
+# is up, so look until it appears.
 modprobe virtio_pci 2>/dev/null
 modprobe virtio_console 2>/dev/null
+port=
 i=0
-until (: >/dev/hvc0) 2>/dev/null; do
-    if [ $i -ge 300 ]; then
-        end "cannot open /dev/hvc0: no way to report results"
+while [ -z "$port" ]; do
+    for p in /sys/class/virtio-ports/*; do
+        if [ "$(cat "$p/name" 2>/dev/null)" = imds-guard.results ] && [ -c "/dev/${p##*/}" ]; then
+            port="/dev/${p##*/}"
+        fi
+    done
+    if [ -z "$port" ]; then
+        if [ $i -ge 300 ]; then
+            end "no imds-guard.results port: no way to report results"
+        fi
+        sleep 0.1
+        i=$((i + 1))
     fi
-    sleep 0.1
-    i=$((i + 1))
 done
-report() { echo "$*" >/dev/hvc0; }
+report() { echo "$*" >"$port"; }
 
 # SUITES, SLOWDOWN, SUITE_TIMEOUT, and the libtest arguments as "$@".
 . /vm/env
@@ -76,7 +84,7 @@ for suite in $SUITES; do
         IMDS_GUARD_TEST_SLOWDOWN="$SLOWDOWN" \
         IMDS_GUARD_BIN=/vm/bin/imds-guard IMDS_PROBE_BIN=/vm/bin/imds-probe \
         timeout "$SUITE_TIMEOUT" "/vm/tests/$suite" --test-threads=1 \
-        -Z unstable-options --format=json --report-time "$@" >/dev/hvc0 2>/dev/console
+        -Z unstable-options --format=json --report-time "$@" >"$port" 2>/dev/console
     code=$?
     report "@vm exit $suite $code"
     say "suite $suite exited $code"

@@ -4,7 +4,7 @@
 //!
 //! The serial console (kernel messages, `/init`'s progress) is QEMU's
 //! stdout, copied to `console.log` and echoed here; the results channel is
-//! a virtio console written to `results.log`.
+//! a virtio serial port written to `results.log`.
 
 use std::{
     fs::{self, File},
@@ -95,6 +95,9 @@ pub struct Outcome {
     pub console: PathBuf,
     pub results: PathBuf,
 }
+
+/// The name of the results port, by which `/init` finds it.
+const RESULTS_PORT: &str = "imds-guard.results";
 
 /// The line `/init` prints first.
 const INIT_MARK: &str = "vm: init reached";
@@ -205,8 +208,10 @@ fn qemu_binary(arch: Arch) -> &'static str {
 }
 
 /// QEMU's arguments: no default devices, the kernel and initramfs booted
-/// directly, the serial console on stdout, a virtio console into
-/// `results`, and a reset ends QEMU (`/init` resets when done, a panic
+/// directly, the serial console on stdout, a virtio serial port into
+/// `results` (a plain port, not a console: writes to it block until QEMU
+/// has taken them, where a virtio console's tty drops what it has not sent
+/// within 100 ms of its close), and a reset ends QEMU (`/init` resets when done, a panic
 /// resets after a second).
 fn args(arch: Arch, accel: Accel, image: &Path, initrd: &Path, results: &Path) -> Vec<String> {
     let cpus = thread::available_parallelism().map_or(2, |n| n.get().min(4));
@@ -253,7 +258,7 @@ fn args(arch: Arch, accel: Accel, image: &Path, initrd: &Path, results: &Path) -
         "-chardev",
         &format!("file,id=results,path={}", results.display()),
         "-device",
-        "virtconsole,chardev=results,bus=vs.0",
+        &format!("virtserialport,chardev=results,bus=vs.0,name={RESULTS_PORT}"),
     ]
     .iter()
     .map(|s| (*s).to_owned())
