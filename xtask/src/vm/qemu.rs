@@ -220,7 +220,9 @@ fn args(arch: Arch, accel: Accel, image: &Path, initrd: &Path, results: &Path) -
         (Arch::X86_64, _) => ("q35", "max", "ttyS0"),
         // Pointer authentication emulated with QEMU's own cheap algorithm
         // rather than QARMA: several times faster under TCG.
-        (Arch::Aarch64, Accel::Kvm) => ("virt", "host", "ttyAMA0"),
+        // Under KVM the interrupt controller must be the host's own
+        // version (QEMU's default GICv2 fails on GICv3-only hosts).
+        (Arch::Aarch64, Accel::Kvm) => ("virt,gic-version=host", "host", "ttyAMA0"),
         (Arch::Aarch64, _) => ("virt", "max,pauth-impdef=on", "ttyAMA0"),
     };
     let accel = match accel {
