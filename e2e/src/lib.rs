@@ -47,6 +47,7 @@ mod oracle;
 mod probe;
 mod sandbox;
 mod skip;
+pub mod slowdown;
 mod topology;
 mod util;
 

@@ -15,8 +15,9 @@ use std::{
 
 use crate::{Action, Netns, ProbeResult, TestCgroup, bins::probe_bin};
 
-/// How long a probe may take before it is killed and the test fails. Its
-/// own socket timeouts are 2 s per step.
+/// How long a probe may take before it is killed and the test fails
+/// (times [`slowdown`](crate::slowdown)). Its own socket timeouts are 2 s
+/// per step.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The uid and gid of `nobody`, the default identity: an unprivileged user
@@ -153,7 +154,7 @@ impl Probe {
 
     /// Runs `action` in a new probe process and returns what it reported.
     /// Panics if the probe cannot run, fails as a harness (bad argument,
-    /// setns, setuid...), or takes longer than 10 s.
+    /// setns, setuid...), or takes longer than 10 s (times the slowdown).
     pub fn run(&self, action: Action) -> ProbeResult {
         let bin = self.bin.clone().unwrap_or_else(probe_bin);
         let mut child = Command::new(&bin)
@@ -167,12 +168,11 @@ impl Probe {
         // and stall the probe.
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
-        let status = wait_or_kill(&mut child, PROBE_TIMEOUT);
+        let timeout = crate::slowdown::scaled(PROBE_TIMEOUT);
+        let status = wait_or_kill(&mut child, timeout);
         let (stdout, stderr) = (join(stdout), join(stderr));
         let Some(status) = status else {
-            panic!(
-                "probe `{action}` timed out after {PROBE_TIMEOUT:?} and was killed; stderr: {stderr}"
-            );
+            panic!("probe `{action}` timed out after {timeout:?} and was killed; stderr: {stderr}");
         };
         assert!(
             status.success(),

@@ -1,5 +1,6 @@
 //! Project tasks cargo alone cannot do: install the eBPF toolchain, run the
-//! privileged tests, run the demo, build the packages, run the benchmark.
+//! privileged tests (also under other kernels, in a QEMU guest), run the
+//! demo, build the packages, run the benchmark.
 //!
 //! `xtask` depends on nothing of the project, so that it builds on a bare
 //! machine before the eBPF toolchain exists.
@@ -8,6 +9,7 @@ mod dist;
 mod process;
 mod setup;
 mod tasks;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -64,6 +66,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and run the privileged end-to-end tests under Debian
+    /// bookworm's 6.1 or 6.12 cloud kernel in a QEMU guest (x86_64 or
+    /// aarch64), one suite at a time; reports every test. As root.
+    VmTest(vm::VmTestArgs),
 }
 
 fn main() -> Result<()> {
@@ -73,5 +79,6 @@ fn main() -> Result<()> {
         Command::Demo => tasks::demo(),
         Command::Dist { check, arch, e2e } => dist::dist_for(check, arch, e2e),
         Command::Bench { args } => tasks::bench(&args),
+        Command::VmTest(args) => vm::vm_test(&args),
     }
 }

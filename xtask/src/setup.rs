@@ -46,6 +46,10 @@ const TEST_TOOLS: &[&str] = &[
     "systemd-container",
     "man-db",
 ];
+/// What `vm-test` needs besides QEMU: depmod for the guest kernel's
+/// modules, objcopy to strip the binaries, the archive keyring its private
+/// apt checks Debian's lists with.
+const VM_TOOLS: &[&str] = &["kmod", "binutils", "debian-archive-keyring"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The release build's linker driver and linker, pinned together: the
 /// cargo-zigbuild wheel is its static binary, and its CI tests zig 0.16.
@@ -119,6 +123,23 @@ pub fn setup() -> Result<Route> {
         }
     }
     Ok(route)
+}
+
+/// Installs what `vm-test` needs for a guest of `arch`.
+pub fn vm_tools(arch: crate::vm::Arch) -> Result<()> {
+    let mut packages = VM_TOOLS.to_vec();
+    packages.push(match arch {
+        crate::vm::Arch::X86_64 => "qemu-system-x86",
+        crate::vm::Arch::Aarch64 => "qemu-system-arm",
+    });
+    // The host's objcopy strips only its own architecture's binaries.
+    if crate::vm::Arch::host() != Some(arch) {
+        packages.push(match arch {
+            crate::vm::Arch::X86_64 => "binutils-x86-64-linux-gnu",
+            crate::vm::Arch::Aarch64 => "binutils-aarch64-linux-gnu",
+        });
+    }
+    apt_install(&packages)
 }
 
 fn nightly_has_rust_src() -> bool {

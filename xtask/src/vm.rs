@@ -1,0 +1,303 @@
+//! `cargo xtask vm-test`: the privileged end-to-end suites under another
+//! kernel (Debian bookworm's 6.1 or 6.12 cloud kernel, amd64 or arm64),
+//! booted in a QEMU guest.
+//!
+//! The guest runs from an initramfs and nothing else, built here from
+//! Debian packages: `busybox-static`, `iproute2`, `util-linux`, `nftables`,
+//! `iptables`, `kmod`, `base-passwd` and their dependencies, resolved and
+//! downloaded by a private apt for the guest's architecture (`apt.rs`) and
+//! unpacked with `dpkg-deb -x`; the kernel's own modules (`kernel.rs`); and
+//! the checkout's agent, probe and test binaries, stripped of debug
+//! information. A shell script of ours is its `/init` (`init.sh`): it mounts
+//! what the tests need, runs each suite with `--test-threads=1` and
+//! `CI=true`, and streams libtest's JSON events over a virtio serial port
+//! into a file the host parses per test (`results.rs`).
+//!
+//! Why not virtme-ng or a shared host root: the host's root only fits a
+//! guest of the host's architecture; the cloud kernels (those of Debian's
+//! cloud images) have no 9p, so sharing needs virtio-fs and a `virtiofsd`
+//! compiled from crates.io; and virtme-ng mounts tmpfs over `/var/cache`
+//! and friends, loses the guest's exit status, and comes from PyPI. The
+//! initramfs needs nothing but apt, `dpkg-deb`, `depmod`, `objcopy` and
+//! QEMU, boots any kernel with initramfs support, is the same for both
+//! architectures, and no host binfmt handler is ever involved: nothing of
+//! the guest's architecture runs on the host.
+//!
+//! KVM is used only where the CPU advertises `vmx` or `svm`, `/dev/kvm`
+//! opens, and the guest then reaches its `/init` (a nested hypervisor may
+//! offer `/dev/kvm` and still fail to run a stock kernel); otherwise QEMU
+//! emulates (TCG), about 100 times slower, and the tests' time limits and
+//! load floors are scaled by `IMDS_GUARD_TEST_SLOWDOWN` (see
+//! `e2e/src/slowdown.rs`).
+//!
+//! Everything downloaded or unpacked is cached under `target/vm/`; each
+//! run leaves its `console.log` and `results.log` in
+//! `target/vm/runs/<arch>-<kernel>/`.
+//!
+//! Another architecture's guest needs that architecture's binaries, built
+//! elsewhere or cross-built, and named with `--bins`. With Debian's rustc
+//! (the `bpf-debian` toolchain of `cargo xtask setup`),
+//! `libstd-rust-web-dev:arm64` and `gcc-aarch64-linux-gnu` (with
+//! `libc6-dev-arm64-cross`):
+//!
+//! ```text
+//! export RUSTUP_TOOLCHAIN=bpf-debian \
+//!     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+//! cargo build --target aarch64-unknown-linux-gnu --bins
+//! cargo test -p imds-guard-e2e --no-run --target aarch64-unknown-linux-gnu
+//! unset RUSTUP_TOOLCHAIN
+//! cargo xtask vm-test --arch aarch64 --bins target/aarch64-unknown-linux-gnu/debug
+//! ```
+
+mod apt;
+mod bins;
+mod cpio;
+mod guest;
+mod kernel;
+mod qemu;
+mod results;
+mod root;
+
+use std::{
+    fs,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, ValueEnum};
+
+use self::{
+    apt::Apt,
+    kernel::KernelSpec,
+    qemu::{Accel, Outcome},
+};
+use crate::process::{fresh_dir, target_dir};
+
+/// `cargo xtask vm-test`'s options.
+#[derive(Args, Debug)]
+pub struct VmTestArgs {
+    /// The guest's kernel: `6.1` or `6.12` (Debian bookworm's cloud kernel
+    /// of that series, newest ABI), or the path of a `linux-image-*.deb`.
+    #[arg(long, default_value = "6.1")]
+    kernel: KernelSpec,
+    /// The guest's architecture.
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    arch: Arch,
+    /// Run the binaries in this cargo profile directory (e.g.
+    /// `target/aarch64-unknown-linux-gnu/debug`: `imds-guard`, `imds-probe`,
+    /// and the suites in `deps/`) instead of building this checkout's.
+    #[arg(long, value_name = "DIR")]
+    bins: Option<PathBuf>,
+    /// Run only this suite (a file of `e2e/tests/`, without `.rs`); may be
+    /// repeated. Default: every suite.
+    #[arg(long = "suite", value_name = "NAME")]
+    suites: Vec<String>,
+    /// How QEMU runs the guest: `auto` takes KVM where it works, else TCG.
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    accel: Accel,
+    /// `IMDS_GUARD_TEST_SLOWDOWN` in the guest. Default: 1 under KVM,
+    /// 10 under TCG.
+    #[arg(long, value_name = "N")]
+    slowdown: Option<u32>,
+    /// Stop the guest after it ran this many minutes (its results so far
+    /// are reported, and the run fails).
+    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    timeout: u64,
+    /// Arguments for every suite's libtest, e.g. a test-name filter.
+    #[arg(last = true, value_name = "TEST-FILTER")]
+    filter: Vec<String>,
+}
+
+/// The guest architectures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Arch {
+    #[value(name = "x86_64")]
+    X86_64,
+    #[value(name = "aarch64")]
+    Aarch64,
+}
+
+impl Arch {
+    /// Debian's name for it.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    /// The name `uname -m` and Rust use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The architecture this xtask runs on.
+    pub fn host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::X86_64),
+            "aarch64" => Some(Arch::Aarch64),
+            _ => None,
+        }
+    }
+}
+
+/// TCG runs the guest about 100 times slower than native, but the time the
+/// tests wait is mostly spent outside the guest's CPU-bound work; 10 was
+/// enough for every limit and floor in a 6.1 and a 6.12 guest.
+const TCG_SLOWDOWN: u32 = 10;
+
+pub fn vm_test(args: &VmTestArgs) -> Result<()> {
+    let started = Instant::now();
+    crate::setup::setup()?;
+    crate::setup::vm_tools(args.arch)?;
+    let vm_dir = target_dir().join("vm");
+
+    let payload = match &args.bins {
+        Some(dir) => bins::from_dir(dir, &args.suites)?,
+        None => {
+            if Arch::host() != Some(args.arch) {
+                bail!(
+                    "this machine cannot build {} binaries here: build them and pass --bins DIR",
+                    args.arch.name()
+                );
+            }
+            bins::build(&args.suites)?
+        }
+    };
+    payload.check_arch(args.arch)?;
+    let apt = Apt::new(&vm_dir.join("apt"), args.arch)?;
+    let kernel = kernel::prepare(&args.kernel, args.arch, &apt, &vm_dir)?;
+    let root = root::prepare(&apt, &vm_dir)?;
+
+    let accel = qemu::choose(args.accel, args.arch)?;
+    let run_dir = vm_dir
+        .join("runs")
+        .join(format!("{}-{}", args.arch.name(), kernel.release));
+    fresh_dir(&run_dir)?;
+    let mut outcome = boot(args, &run_dir, &root, &kernel, &payload, accel)?;
+    if accel == Accel::Kvm && !outcome.reached_init && args.accel == Accel::Auto {
+        eprintln!("xtask: vm: the guest never reached /init under KVM; trying TCG");
+        outcome = boot(args, &run_dir, &root, &kernel, &payload, Accel::Tcg)?;
+    }
+
+    let text = fs::read_to_string(&outcome.results)
+        .with_context(|| format!("cannot read {}", outcome.results.display()))?;
+    let report = results::parse(&text);
+    let expected: Vec<&str> = payload.suites.iter().map(|s| s.name.as_str()).collect();
+    eprint!("{}", report.render());
+    let verdict = report.verdict(&expected, !args.filter.is_empty());
+    eprintln!(
+        "xtask: vm: {} {} on {} ({}), {:.0?} in all; console: {}",
+        kernel.package,
+        kernel.release,
+        args.arch.name(),
+        outcome.accel.describe(),
+        started.elapsed(),
+        outcome.console.display()
+    );
+    if outcome.timed_out {
+        bail!("the guest did not finish within {} minutes", args.timeout);
+    }
+    verdict
+}
+
+/// Builds the initramfs, boots it once, and removes the initramfs again.
+fn boot(
+    args: &VmTestArgs,
+    run_dir: &std::path::Path,
+    root: &std::path::Path,
+    kernel: &kernel::Kernel,
+    payload: &bins::Payload,
+    accel: Accel,
+) -> Result<Outcome> {
+    let slowdown = args.slowdown.unwrap_or(match accel {
+        Accel::Tcg => TCG_SLOWDOWN,
+        _ => 1,
+    });
+    let config = guest::Config {
+        suites: payload.suites.iter().map(|s| s.name.clone()).collect(),
+        filter: args.filter.clone(),
+        slowdown,
+    };
+    let initrd = run_dir.join("initrd.cpio");
+    let built = Instant::now();
+    guest::initramfs(&initrd, root, kernel, payload, &config, args.arch, run_dir)?;
+    eprintln!(
+        "xtask: vm: initramfs of {} MiB in {:.1?}; booting {} under {} (IMDS_GUARD_TEST_SLOWDOWN={slowdown})",
+        fs::metadata(&initrd).map(|m| m.len() >> 20).unwrap_or(0),
+        built.elapsed(),
+        kernel.release,
+        accel.describe()
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.timeout * 60);
+    let outcome = qemu::run(args.arch, accel, kernel, &initrd, run_dir, deadline);
+    // Hundreds of megabytes, rebuilt on every run.
+    let _ = fs::remove_file(&initrd);
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::vm::kernel::Series;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: VmTestArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<VmTestArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vm-test").chain(args.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn defaults_are_6_1_on_x86_64_with_every_suite() {
+        let a = parse(&[]).expect("no arguments");
+        assert_eq!(a.kernel, KernelSpec::Series(Series::V6_1));
+        assert_eq!(a.arch, Arch::X86_64);
+        assert_eq!(a.accel, Accel::Auto);
+        assert!(a.suites.is_empty() && a.filter.is_empty() && a.bins.is_none());
+        assert_eq!((a.slowdown, a.timeout), (None, 60));
+    }
+
+    #[test]
+    fn everything_after_the_double_dash_goes_to_libtest() {
+        let a = parse(&[
+            "--kernel",
+            "6.12",
+            "--arch",
+            "aarch64",
+            "--suite",
+            "guard",
+            "--suite",
+            "lifecycle",
+            "--bins",
+            "/b",
+            "--",
+            "reload",
+            "--exact",
+        ])
+        .expect("valid");
+        assert_eq!(a.kernel, KernelSpec::Series(Series::V6_12));
+        assert_eq!(a.arch, Arch::Aarch64);
+        assert_eq!(a.suites, ["guard", "lifecycle"]);
+        assert_eq!(a.bins, Some(PathBuf::from("/b")));
+        assert_eq!(a.filter, ["reload", "--exact"]);
+    }
+
+    #[test]
+    fn unknown_kernels_and_architectures_are_refused() {
+        assert!(parse(&["--kernel", "5.10"]).is_err());
+        assert!(parse(&["--arch", "arm64"]).is_err());
+        assert!(parse(&["--accel", "hvf"]).is_err());
+        // A filter without `--` is not taken for one.
+        assert!(parse(&["reload"]).is_err());
+    }
+}

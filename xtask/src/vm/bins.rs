@@ -1,0 +1,287 @@
+//! The binaries the guest runs: the agent, the probe, and one test binary
+//! per suite of `e2e/tests/`, either built from this checkout (their paths
+//! from cargo's JSON messages, never guessed from hashes) or taken from a
+//! cargo profile directory built elsewhere (`--bins`, e.g. a cross build).
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::SystemTime,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use super::Arch;
+use crate::process::{cargo, stdout, workspace_root};
+
+/// The agent's and the probe's binary names.
+pub const AGENT: &str = "imds-guard";
+pub const PROBE: &str = "imds-probe";
+
+/// One test binary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suite {
+    /// The test target's name: its file in `e2e/tests/`.
+    pub name: String,
+    pub path: PathBuf,
+}
+
+pub struct Payload {
+    pub agent: PathBuf,
+    pub probe: PathBuf,
+    pub suites: Vec<Suite>,
+}
+
+/// Builds the agent, the probe and the e2e test binaries, as `cargo xtask
+/// test` does, and picks the suites (all when `only` is empty).
+pub fn build(only: &[String]) -> Result<Payload> {
+    eprintln!("xtask: vm: building the agent, the probe and the e2e suites");
+    // JSON on stdout; cargo's progress and diagnostics stay on stderr.
+    let bins = stdout(
+        cargo()
+            .args([
+                "build",
+                "--bins",
+                "--message-format=json-render-diagnostics",
+            ])
+            .stderr(Stdio::inherit()),
+    )?;
+    let tests = stdout(
+        cargo()
+            .args([
+                "test",
+                "-p",
+                "imds-guard-e2e",
+                "--no-run",
+                "--message-format=json-render-diagnostics",
+            ])
+            .stderr(Stdio::inherit()),
+    )?;
+    let bins = executables(&bins, "bin");
+    let find = |name: &str| {
+        bins.get(name)
+            .cloned()
+            .with_context(|| format!("cargo built no `{name}` binary"))
+    };
+    let all = executables(&tests, "test")
+        .into_iter()
+        .map(|(name, path)| Suite { name, path })
+        .collect();
+    Ok(Payload {
+        agent: find(AGENT)?,
+        probe: find(PROBE)?,
+        suites: select(all, only)?,
+    })
+}
+
+/// Takes the binaries from a cargo profile directory: `imds-guard` and
+/// `imds-probe` in it, each suite the newest `deps/<suite>-<hash>` for the
+/// suite files of `e2e/tests/`.
+pub fn from_dir(dir: &Path, only: &[String]) -> Result<Payload> {
+    let tests = workspace_root().join("e2e/tests");
+    let mut names: Vec<String> = fs::read_dir(&tests)
+        .with_context(|| format!("cannot list {}", tests.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_suffix(".rs")
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    let deps = dir.join("deps");
+    let files: Vec<(String, SystemTime)> = fs::read_dir(&deps)
+        .with_context(|| format!("cannot list {}", deps.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let modified = e.metadata().and_then(|m| m.modified()).ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), modified))
+        })
+        .collect();
+    let mut all = Vec::new();
+    for name in names {
+        match newest(&name, &files) {
+            Some(file) => all.push(Suite {
+                name,
+                path: deps.join(file),
+            }),
+            None => bail!(
+                "{} has no test binary for the `{name}` suite",
+                deps.display()
+            ),
+        }
+    }
+    let file = |name: &str| {
+        let path = dir.join(name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            bail!("{} is missing", path.display())
+        }
+    };
+    Ok(Payload {
+        agent: file(AGENT)?,
+        probe: file(PROBE)?,
+        suites: select(all, only)?,
+    })
+}
+
+impl Payload {
+    /// Fails unless every binary is an ELF executable for `arch`: a guest
+    /// would only say "exec format error", suite after suite.
+    pub fn check_arch(&self, arch: Arch) -> Result<()> {
+        let all = [&self.agent, &self.probe]
+            .into_iter()
+            .chain(self.suites.iter().map(|s| &s.path));
+        for path in all {
+            let mut head = [0u8; 20];
+            File::open(path)
+                .and_then(|mut f| f.read_exact(&mut head))
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let want = elf_machine(arch);
+            match machine(&head) {
+                Some(m) if m == want => {}
+                Some(m) => bail!(
+                    "{} is built for ELF machine {m:#x}, not {} ({want:#x})",
+                    path.display(),
+                    arch.name()
+                ),
+                None => bail!("{} is not a 64-bit little-endian ELF file", path.display()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `e_machine` of the architecture (`EM_X86_64`, `EM_AARCH64`).
+fn elf_machine(arch: Arch) -> u16 {
+    match arch {
+        Arch::X86_64 => 62,
+        Arch::Aarch64 => 183,
+    }
+}
+
+/// `e_machine` of a 64-bit little-endian ELF header.
+fn machine(head: &[u8; 20]) -> Option<u16> {
+    let elf64_le = head.starts_with(b"\x7fELF") && head[4] == 2 && head[5] == 1;
+    elf64_le.then(|| u16::from_le_bytes([head[18], head[19]]))
+}
+
+/// Keeps the suites named in `only`, in that order (all when it is empty).
+fn select(all: Vec<Suite>, only: &[String]) -> Result<Vec<Suite>> {
+    if only.is_empty() {
+        return Ok(all);
+    }
+    only.iter()
+        .map(|name| match all.iter().find(|s| &s.name == name) {
+            Some(s) => Ok(s.clone()),
+            None => {
+                let known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+                bail!("no suite `{name}`; there are: {}", known.join(", "))
+            }
+        })
+        .collect()
+}
+
+/// Executables of cargo's JSON messages whose target kind is `kind`, by
+/// target name.
+fn executables(messages: &str, kind: &str) -> BTreeMap<String, PathBuf> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == kind))
+        })
+        .filter_map(|m| {
+            Some((
+                m["target"]["name"].as_str()?.to_owned(),
+                PathBuf::from(m["executable"].as_str()?),
+            ))
+        })
+        .collect()
+}
+
+/// The newest of `files` named `<suite>-<16 hex digits>` (cargo's test
+/// binaries; their `.d` files and other suites' do not match).
+fn newest<'a>(suite: &str, files: &'a [(String, SystemTime)]) -> Option<&'a str> {
+    files
+        .iter()
+        .filter(|(f, _)| {
+            f.strip_prefix(suite)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|hash| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .max_by_key(|(_, t)| *t)
+        .map(|(f, _)| f.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn test_executables_from_cargo_messages() {
+        let messages = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"imds_guard_e2e"},"executable":null}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"guard"},"executable":"/t/debug/deps/guard-0123456789abcdef"}
+{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"imds-probe"},"executable":"/t/debug/deps/imds_probe-fedcba9876543210"}
+{"reason":"compiler-message","message":{}}
+{"reason":"build-finished","success":true}"#;
+        let tests = executables(messages, "test");
+        assert_eq!(tests.len(), 1);
+        assert_eq!(
+            tests["guard"],
+            PathBuf::from("/t/debug/deps/guard-0123456789abcdef")
+        );
+        assert_eq!(executables(messages, "bin").len(), 1);
+    }
+
+    #[test]
+    fn elf_headers_tell_the_architecture() {
+        let mut head = [0u8; 20];
+        head[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        head[18] = 183;
+        assert_eq!(machine(&head), Some(elf_machine(Arch::Aarch64)));
+        head[18] = 62;
+        assert_eq!(machine(&head), Some(elf_machine(Arch::X86_64)));
+        head[4] = 1; // 32-bit
+        assert_eq!(machine(&head), None);
+        assert_eq!(machine(&[b'#'; 20]), None);
+    }
+
+    #[test]
+    fn newest_binary_of_a_suite_by_exact_name() {
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let files = vec![
+            ("guard-0123456789abcdef".to_owned(), t(1)),
+            ("guard-0123456789abcdee".to_owned(), t(2)),
+            ("guard-0123456789abcdee.d".to_owned(), t(3)),
+            ("guard_extra-0123456789abcdef".to_owned(), t(4)),
+            ("libguard-0123456789abcdef.rlib".to_owned(), t(5)),
+        ];
+        assert_eq!(newest("guard", &files), Some("guard-0123456789abcdee"));
+        assert_eq!(newest("storm", &files), None);
+    }
+
+    #[test]
+    fn selected_suites_keep_the_order_asked() {
+        let s = |n: &str| Suite {
+            name: n.into(),
+            path: PathBuf::from(n),
+        };
+        let all = vec![s("guard"), s("kernel"), s("lifecycle")];
+        let picked = select(all.clone(), &["lifecycle".into(), "guard".into()]).expect("known");
+        assert_eq!(picked, vec![s("lifecycle"), s("guard")]);
+        assert_eq!(select(all.clone(), &[]).expect("all"), all);
+        assert!(select(all, &["nope".into()]).is_err());
+    }
+}

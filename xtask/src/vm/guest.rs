@@ -1,0 +1,165 @@
+//! The guest's initramfs: the packages' root, the kernel's modules, the
+//! binaries (stripped of debug information: a tenth of the size, so the
+//! guest unpacks it in seconds), `/init` (`init.sh`) and `/vm/env`, its
+//! settings.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    Arch,
+    bins::{AGENT, PROBE, Payload},
+    cpio::Writer,
+    kernel::Kernel,
+};
+use crate::process::{cmd, output};
+
+const INIT: &str = include_str!("init.sh");
+
+/// A suite that runs longer than this is stopped (its unfinished test
+/// fails) and the next one starts; the longest, `differential`, takes
+/// about 5 minutes under TCG.
+const SUITE_TIMEOUT_SECS: u32 = 20 * 60;
+
+/// What `/init` runs.
+pub struct Config {
+    pub suites: Vec<String>,
+    /// libtest arguments for every suite.
+    pub filter: Vec<String>,
+    pub slowdown: u32,
+}
+
+/// Writes the initramfs to `path`; `scratch` holds the stripped binaries.
+pub fn initramfs(
+    path: &Path,
+    root: &Path,
+    kernel: &Kernel,
+    payload: &Payload,
+    config: &Config,
+    arch: Arch,
+    scratch: &Path,
+) -> Result<()> {
+    let mut w = Writer::create(path)?;
+    w.tree(root, "", &|rel| {
+        // Documentation the guest never reads: a third of the packages.
+        [
+            "usr/share/doc",
+            "usr/share/man",
+            "usr/share/info",
+            "usr/share/locale",
+        ]
+        .iter()
+        .any(|p| rel == Path::new(p))
+            || rel == Path::new(super::root::MANIFEST)
+    })?;
+    w.tree(
+        &kernel.modules,
+        &format!("lib/modules/{}", kernel.release),
+        &|_| false,
+    )?;
+    // Each binary at its path on the host, where the tests look for them
+    // (`env!("CARGO_BIN_EXE_imds-probe")`, the test's own profile
+    // directory), and under /vm/ for /init.
+    let mut binaries = vec![
+        (format!("vm/bin/{AGENT}"), payload.agent.clone()),
+        (format!("vm/bin/{PROBE}"), payload.probe.clone()),
+    ];
+    for suite in &payload.suites {
+        binaries.push((format!("vm/tests/{}", suite.name), suite.path.clone()));
+    }
+    let stripped = scratch.join("stripped");
+    fs::create_dir_all(&stripped)
+        .with_context(|| format!("cannot create {}", stripped.display()))?;
+    w.dir("vm/bin")?;
+    w.dir("vm/tests")?;
+    for (link, src) in binaries {
+        let src =
+            fs::canonicalize(&src).with_context(|| format!("cannot find {}", src.display()))?;
+        let at = src.to_string_lossy().trim_start_matches('/').to_owned();
+        if let Some(parent) = Path::new(&at).parent() {
+            w.dir(&parent.to_string_lossy())?;
+        }
+        let small = strip(&src, arch, &stripped)?;
+        let data = fs::read(&small).with_context(|| format!("cannot read {}", small.display()))?;
+        w.file(&at, 0o755, &data)?;
+        w.symlink(&link, &format!("/{at}"))?;
+    }
+    let _ = fs::remove_dir_all(&stripped);
+    w.file("init", 0o755, INIT.as_bytes())?;
+    w.file("vm/env", 0o644, env(config).as_bytes())?;
+    w.finish()
+}
+
+/// A copy of `bin` without debug information, or `bin` itself where
+/// `objcopy` cannot read it. The host's `objcopy` knows only the host's
+/// architecture; Debian's `binutils-<triple>` bring the others'.
+fn strip(bin: &Path, arch: Arch, dir: &Path) -> Result<PathBuf> {
+    let Some(name) = bin.file_name() else {
+        return Ok(bin.to_owned());
+    };
+    let out = dir.join(name);
+    let objcopy = if Arch::host() == Some(arch) {
+        "objcopy".to_owned()
+    } else {
+        format!("{}-linux-gnu-objcopy", arch.name())
+    };
+    match output(cmd(&objcopy).arg("--strip-debug").arg(bin).arg(&out)) {
+        Ok(_) => Ok(out),
+        Err(e) => {
+            eprintln!(
+                "xtask: vm: keeping the debug information of {}: {e:#}",
+                bin.display()
+            );
+            Ok(bin.to_owned())
+        }
+    }
+}
+
+/// `/vm/env`, sourced by `/init`.
+fn env(config: &Config) -> String {
+    let args: Vec<String> = config.filter.iter().map(|a| quote(a)).collect();
+    format!(
+        "SUITES={}\nSLOWDOWN={}\nSUITE_TIMEOUT={}\nset -- {}\n",
+        quote(&config.suites.join(" ")),
+        config.slowdown,
+        SUITE_TIMEOUT_SECS,
+        args.join(" ")
+    )
+}
+
+/// One word for a POSIX shell, whatever it holds.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_quotes_every_word() {
+        let config = Config {
+            suites: vec!["guard".into(), "lifecycle".into()],
+            filter: vec!["it's".into(), "--exact".into()],
+            slowdown: 10,
+        };
+        assert_eq!(
+            env(&config),
+            "SUITES='guard lifecycle'\nSLOWDOWN=10\nSUITE_TIMEOUT=1200\nset -- 'it'\\''s' '--exact'\n"
+        );
+    }
+
+    #[test]
+    fn no_filter_clears_the_arguments() {
+        let config = Config {
+            suites: vec!["kernel".into()],
+            filter: vec![],
+            slowdown: 1,
+        };
+        assert!(env(&config).ends_with("SUITE_TIMEOUT=1200\nset -- \n"));
+    }
+}
