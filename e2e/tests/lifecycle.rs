@@ -16,8 +16,8 @@ use std::{
 
 use imds_guard::kernel::{hooks::HOOKS, sys};
 use imds_guard_e2e::{
-    Action, Agent, IMDS_PORT, IMDS_V4, IMDS_V6, Probe, Sandbox, UDP_PORT, field, privileged_or_skip,
-    slowdown,
+    Action, Agent, IMDS_PORT, IMDS_V4, IMDS_V6, Probe, Sandbox, UDP_PORT, field,
+    privileged_or_skip, slowdown,
 };
 use serde_json::Value;
 

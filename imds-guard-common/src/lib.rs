@@ -20,8 +20,8 @@ pub use self::{
     names::*,
     offsets::{Offsets, PF_KTHREAD},
     policy::{
-        Config, Decided, GENERATIONS, IdRule, IdRules, MAX_DECIDED, MAX_ENDPOINTS, MAX_ID_RULES,
-        PROTECTED, V4Key, V6Key, action, config_flags, mode,
+        Config, Decided, GENERATIONS, IdRule, IdRules, MAX_ENDPOINTS, MAX_ID_RULES, PROTECTED,
+        V4Key, V6Key, action, config_flags, mode,
     },
 };
 

@@ -20,8 +20,8 @@ pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_EVENTS: &str = "EVENTS";
 /// The per-CPU array of counters, indexed by [`crate::counter_index`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
-/// The LRU hash of sockets whose traffic to a protected address was
-/// decided already (key: socket cookie; value: [`crate::Decided`]).
+/// The socket storage of sockets whose traffic to a protected address was
+/// decided already (value: [`crate::Decided`]).
 pub const MAP_DECIDED: &str = "DECIDED";
 
 /// The names of the programs, one per hook, as the object file spells them.

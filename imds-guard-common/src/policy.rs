@@ -37,12 +37,8 @@ pub struct V6Key {
 }
 const _: () = assert!(size_of::<V6Key>() == 20);
 
-/// Sockets remembered in [`crate::MAP_DECIDED`] at once; the least recently
-/// used is forgotten first, and its next packet is judged again.
-pub const MAX_DECIDED: u32 = 1 << 16;
-
-/// The value of [`crate::MAP_DECIDED`]: the protected destination a
-/// socket's connect (or datagram) was let through to, as an IPv6 address
+/// The value of [`crate::MAP_DECIDED`], a socket's own storage: the
+/// protected destination its connect (or datagram) was let through to, as an IPv6 address
 /// (an IPv4 one in its mapped form, `::ffff:a.b.c.d`), in network byte
 /// order.
 #[repr(C)]

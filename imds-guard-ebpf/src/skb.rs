@@ -15,11 +15,12 @@
 //! the destination, one array lookup and one hash lookup.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_cgroup_id},
+    bindings::bpf_sock,
+    helpers::generated::{bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use imds_guard_common::hook;
+use imds_guard_common::{Decided, hook};
 
 use crate::{
     caller::Caller,
@@ -128,37 +129,63 @@ fn has_ports(proto: u8) -> bool {
 #[inline(always)]
 fn judge(ctx: &SkBuffContext, generation: u32, dst: &Dst) -> Verdict {
     let skb = ctx.skb.skb;
-    // SAFETY: the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
-    let decided = dst.decided();
-    if DECIDED.get_ptr(cookie).is_some_and(|d| {
-        // SAFETY: a pointer from a map lookup, valid for this run.
-        unsafe { (*d).addr == decided.addr }
-    }) {
-        return Verdict::Allow;
-    }
     // SAFETY: the program's own context; `sk` is this packet's socket (the
     // verifier wants it checked for null before `bpf_sk_fullsock`).
-    let (sk, cgroup_id) = unsafe {
+    let (full, cgroup_id) = unsafe {
         let sk = (*skb).__bindgen_anon_2.sk;
         let full = if sk.is_null() {
             sk
         } else {
             bpf_sk_fullsock(sk)
         };
-        (
-            if full.is_null() {
-                None
-            } else {
-                address_of(full)
-            },
-            bpf_skb_cgroup_id(skb),
-        )
+        (full, bpf_skb_cgroup_id(skb))
+    };
+    let decided = dst.decided();
+    let storage = if full.is_null() {
+        core::ptr::null_mut()
+    } else {
+        // SAFETY: a full socket, checked above; a non-null result points
+        // at its storage, valid for this run.
+        unsafe { decided_of(full, 0) }
+    };
+    // SAFETY: checked for null; valid for this run.
+    if !storage.is_null() && unsafe { (*storage).addr == decided.addr } {
+        return Verdict::Allow;
+    }
+    let sk = if full.is_null() {
+        None
+    } else {
+        address_of(full)
     };
     let caller = Caller::of_socket(sk, cgroup_id);
     let verdict = decide(ctx, hook::EGRESS, generation, &caller, dst);
-    if verdict == Verdict::Allow {
-        let _ = DECIDED.insert(cookie, decided, 0);
+    if verdict == Verdict::Allow && !full.is_null() {
+        // SAFETY: as above.
+        unsafe {
+            let p = decided_of(full, BPF_SK_STORAGE_GET_F_CREATE);
+            if !p.is_null() {
+                *p = decided;
+            }
+        }
     }
     verdict
+}
+
+/// `BPF_SK_STORAGE_GET_F_CREATE` (include/uapi/linux/bpf.h).
+const BPF_SK_STORAGE_GET_F_CREATE: u64 = 1;
+
+/// The socket's [`DECIDED`] storage, created (zeroed) with
+/// [`BPF_SK_STORAGE_GET_F_CREATE`]; null when it has none or none can be
+/// had. aya's `SkStorage` takes a `sock_addr` context only; this is the
+/// same helper on the packet's socket.
+///
+/// # Safety
+///
+/// `sk` must be a full socket (`bpf_sk_fullsock`), as the helper requires.
+#[inline(always)]
+unsafe fn decided_of(sk: *mut bpf_sock, flags: u64) -> *mut Decided {
+    let map = core::ptr::addr_of!(DECIDED).cast_mut().cast();
+    // SAFETY: the map is the program's own (its address is what the loader
+    // relocates); `sk` is a full socket by the caller's contract.
+    unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), flags) }.cast()
 }

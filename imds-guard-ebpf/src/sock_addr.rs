@@ -11,9 +11,7 @@
 //! an AF_INET address given to an AF_INET6 socket, and MPTCP reports
 //! protocol 6).
 
-use aya_ebpf::{
-    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
-};
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use imds_guard_common::hook;
 
 use crate::{
@@ -78,13 +76,22 @@ fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
 /// Remembers a socket let through to `dst`, so that `egress` does not judge
 /// its packets to `dst` again (by the socket's owner, who may differ from
 /// the process that connected: a setuid program, a passed descriptor).
-/// Should the map refuse, `egress` judges them by the owner instead.
+/// Should the storage not be had (no memory), `egress` judges them by the
+/// owner instead.
 #[inline(always)]
 fn remembered(ctx: &SockAddrContext, dst: &Dst, verdict: Verdict) -> Verdict {
     if verdict == Verdict::Allow {
-        // SAFETY: the helper takes the program's own context.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-        let _ = DECIDED.insert(cookie, dst.decided(), 0);
+        let mut decided = dst.decided();
+        // SAFETY: the helper reads the socket of the program's own context,
+        // which the kernel guarantees is a full socket here; a non-null
+        // result points at this socket's storage, valid for this run.
+        unsafe {
+            let p = DECIDED.get_or_insert_ptr_mut(ctx, Some(&mut decided));
+            // An existing storage keeps its value: overwrite it.
+            if !p.is_null() {
+                *p = decided;
+            }
+        }
     }
     verdict
 }
