@@ -193,6 +193,12 @@ impl Agent {
         self.pid
     }
 
+    /// Sends SIGHUP: reload the policy file.
+    pub fn sighup(&self) {
+        kill(Pid::from_raw(self.pid as i32), Signal::SIGHUP)
+            .unwrap_or_else(|e| panic!("SIGHUP the agent: {e}"));
+    }
+
     /// Every record so far, in arrival order.
     pub fn records(&self) -> Vec<Value> {
         lock(&self.log.state).records.clone()

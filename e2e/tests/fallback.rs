@@ -34,14 +34,6 @@ fn imds_v4() -> IpAddr {
     IMDS_V4.into()
 }
 
-fn sighup(agent: &Agent) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap_or_else(|e| panic!("SIGHUP: {e}"));
-}
-
 #[test]
 fn a_policy_that_does_not_validate_at_boot_puts_the_fallback_in_force() {
     if !privileged_or_skip("a_policy_that_does_not_validate_at_boot_puts_the_fallback_in_force") {
@@ -100,7 +92,7 @@ fn the_first_reload_that_validates_replaces_the_fallback() {
         .run(Action::connect(imds_v4(), IMDS_PORT))
         .assert_errno(EPERM);
     // Still broken: refused, the fallback stays.
-    sighup(&agent);
+    agent.sighup();
     agent
         .wait_for(
             |r| field(r, "outcome").and_then(Value::as_str) == Some("invalid"),
@@ -110,7 +102,7 @@ fn the_first_reload_that_validates_replaces_the_fallback() {
     assert_eq!(sb.status().1["fallback"], true);
     // Fixed: in force, and the fallback gone.
     sb.policy("[allow]\nuids = [1001]\n");
-    sighup(&agent);
+    agent.sighup();
     agent
         .wait_for(
             |r| field(r, "outcome").and_then(Value::as_str) == Some("applied"),

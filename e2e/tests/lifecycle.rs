@@ -67,14 +67,6 @@ fn expect_p1(w: &Sandbox) {
         .assert_errno(EPERM);
 }
 
-fn sighup(agent: &Agent) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("SIGHUP the agent");
-}
-
 fn kill9(agent: &Agent) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.pid() as i32),
@@ -229,7 +221,7 @@ fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
     let agent = w.start_agent(&[]);
     let (_, before) = w.status();
     w.policy("[allow]\nuids = [1001, \"x\"]\n");
-    sighup(&agent);
+    agent.sighup();
     let expected = format!("{}:2:15:", config.display());
     let invalid = agent
         .wait_for(
@@ -252,7 +244,7 @@ fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
 
     // A good file is taken.
     w.policy(P2);
-    sighup(&agent);
+    agent.sighup();
     reloaded(&agent, "applied");
     probe(&w, Z)
         .run(Action::connect(IMDS_V4, IMDS_PORT))
@@ -279,7 +271,7 @@ fn reloading_under_load_never_gives_a_wrong_verdict() {
         let y = s.spawn(|| hammer(&w, Y, &stop));
         for i in 0..RELOADS {
             w.policy(if i % 2 == 0 { P2 } else { P1 });
-            sighup(&agent);
+            agent.sighup();
             // Let each reload land before the next (signals coalesce).
             let want = i + 1;
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -457,10 +449,10 @@ fn metrics_count_decisions_and_reloads() {
         .run(Action::connect(IMDS_V6, IMDS_PORT))
         .assert_errno(EPERM);
     w.policy("[allow]\nuids = [1001, \"x\"]\n");
-    sighup(&agent);
+    agent.sighup();
     reloaded(&agent, "invalid");
     w.policy(P2);
-    sighup(&agent);
+    agent.sighup();
     reloaded(&agent, "applied");
     // Counters reach the metrics on the agent's one-second tick.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -527,7 +519,7 @@ fn systemd_is_told_when_the_guard_is_ready_reloading_and_stopping() {
     expect_p1(&w);
 
     w.policy(P2);
-    sighup(&agent);
+    agent.sighup();
     let reloading = next();
     assert!(
         reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
@@ -538,7 +530,7 @@ fn systemd_is_told_when_the_guard_is_ready_reloading_and_stopping() {
     assert!(!ready_again.contains("refused"), "{ready_again:?}");
 
     w.policy("mode = 3\n");
-    sighup(&agent);
+    agent.sighup();
     assert!(next().starts_with("RELOADING=1"));
     assert!(next().contains("(last reload refused)"));
 

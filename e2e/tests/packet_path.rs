@@ -21,13 +21,16 @@
 //! `current_guard_survey` (ignored: it asserts nothing about the guard)
 //! runs every row against today's agent and prints the table.
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::{
+    net::{IpAddr, SocketAddr, SocketAddrV6},
+    time::Duration,
+};
 
 use imds_guard_e2e::{
     Action, Agent, Attack, ContainerKind, IMDS_PORT, IMDS_V4, IMDS_V6, LOG, MPTCP_PORT, NOBODY,
     Probe, Reached, Topology, TopologyBuilder, UDP_PORT, UNPROTECTED_V4, UNPROTECTED_V6,
     UPLINK_HOST_V4, UPLINK_HOST_V6, UPLINK_IMDS_V4, UPLINK_IMDS_V6, field, imds_guard_bin,
-    privileged_or_skip,
+    privileged_or_skip, slowdown,
 };
 use serde_json::Value;
 
@@ -629,4 +632,107 @@ fn killed_with_sigkill_the_packet_paths_stay_closed_and_a_restart_adds_nothing()
         }
     }
     drop(agent);
+}
+
+#[test]
+fn a_forward_table_removed_behind_the_agents_back_is_put_back() {
+    if !privileged_or_skip("a_forward_table_removed_behind_the_agents_back_is_put_back") {
+        return;
+    }
+    let topo = topology_for(&["tun"], Some(ONLY_ROOT));
+    let seen = topo.agent().records().len();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", topo.host.path().display()))
+        .args(["nft", "delete", "table", "inet", "imds_guard_forward"])
+        .output()
+        .unwrap_or_else(|e| panic!("nft delete table: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(host_tables(&topo).is_empty(), "the table is gone");
+    // With it gone, the forward path reaches the service: what the agent
+    // then puts back is what stops it.
+    for row in rows(&topo, "tun") {
+        let r = topo.attempt(&row.probe, row.action);
+        if let Err(why) = worked(&row, &r) {
+            panic!("{} as {} without the table: {why}", row.action, row.who);
+        }
+    }
+    // The counters are read every ten seconds; the agent notices then.
+    let said = topo.agent().wait_for_after(
+        seen,
+        |r| field(r, "forward").and_then(Value::as_str) == Some("removed"),
+        slowdown::scaled(Duration::from_secs(20)),
+    );
+    assert!(said.is_some(), "no record of the table's removal");
+    assert_eq!(host_tables(&topo), ["inet imds_guard_forward"]);
+    for row in rows(&topo, "tun") {
+        let seen = topo.agent().records().len();
+        let r = topo.attempt(&row.probe, row.action);
+        assert!(
+            !r.reached(),
+            "{} as {} once the table is back: {:?}",
+            row.action,
+            row.who,
+            r.arrived
+        );
+        assert_refusal_logged(topo.agent(), seen, &row, Stop::Forward);
+    }
+}
+
+#[test]
+fn forward_exceptions_come_and_go_with_a_reload() {
+    if !privileged_or_skip("forward_exceptions_come_and_go_with_a_reload") {
+        return;
+    }
+    let topo = topology_for(&["tun"], Some(ONLY_ROOT));
+    let agent = topo.agent();
+    let reload = |policy: &str| {
+        let seen = agent.records().len();
+        topo.rewrite_policy(policy);
+        agent.sighup();
+        let applied = agent.wait_for_after(
+            seen,
+            |r| {
+                field(r, "event").and_then(Value::as_str) == Some("reload")
+                    && field(r, "outcome").and_then(Value::as_str) == Some("applied")
+            },
+            slowdown::scaled(Duration::from_secs(10)),
+        );
+        assert!(applied.is_some(), "no reload record for {policy:?}");
+    };
+    let refused = |when: &str| {
+        for row in rows(&topo, "tun") {
+            let r = topo.attempt(&row.probe, row.action);
+            assert!(!r.reached(), "{} {when}: {:?}", row.action, r.arrived);
+        }
+    };
+    refused("before");
+    // The TUN device is trusted: what its owner writes is forwarded to the
+    // service.
+    let tun = topo.tun().name();
+    reload(&format!(
+        "{ONLY_ROOT}\n[forward]\nallow_interfaces = [\"{tun}\"]\n"
+    ));
+    for row in rows(&topo, "tun") {
+        let r = topo.attempt(&row.probe, row.action);
+        if let Err(why) = worked(&row, &r) {
+            panic!("{} with {tun} allowed: {why}", row.action);
+        }
+    }
+    // A reload that changes something else keeps the exception...
+    reload(&format!(
+        "[allow]\nuids = [0, 4242]\n[forward]\nallow_interfaces = [\"{tun}\"]\n"
+    ));
+    for row in rows(&topo, "tun") {
+        let r = topo.attempt(&row.probe, row.action);
+        if let Err(why) = worked(&row, &r) {
+            panic!("{} after an unrelated reload: {why}", row.action);
+        }
+    }
+    // ...and one without it closes the path again.
+    reload(ONLY_ROOT);
+    refused("once the exception is gone");
 }

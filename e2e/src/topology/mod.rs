@@ -289,6 +289,12 @@ impl Topology {
         agent
     }
 
+    /// Rewrites the policy file the agents of this topology read (for a
+    /// reload: then [`Agent::sighup`]).
+    pub fn rewrite_policy(&self, policy: &str) {
+        write_policy(self.dir.path(), policy);
+    }
+
     /// Kills the agent the builder started with SIGKILL and waits for it:
     /// what it pinned and installed stays.
     pub fn kill_agent(&mut self) {

@@ -29,19 +29,30 @@ pub enum ForwardState {
 }
 
 impl ForwardState {
-    /// Puts the forward table of `spec` in force, and says how it went.
-    pub(super) fn apply(spec: &PolicySpec) -> Self {
-        match forward::apply(spec) {
-            Ok(()) => Self::Guarded,
-            Err(e) => {
-                let why = Chain(&e).to_string();
-                tracing::error!(
-                    forward = "unguarded",
-                    "forwarded packets to the metadata service are NOT dropped: {why}"
-                );
-                Self::Unguarded(why)
-            }
+    /// Puts the forward table of `spec` in force, and says how it went;
+    /// with the ruleset then in force. Nothing is run when `in_force` is
+    /// that ruleset already (most reloads change no forward setting; a
+    /// table removed behind the agent's back is put back at the next
+    /// read of its counters).
+    pub(super) fn apply(spec: &PolicySpec, in_force: Option<&str>) -> (Self, Option<String>) {
+        let ruleset = forward::ruleset(spec);
+        if in_force == Some(ruleset.as_str()) {
+            return (Self::Guarded, Some(ruleset));
         }
+        match forward::apply_ruleset(&ruleset) {
+            Ok(()) => (Self::Guarded, Some(ruleset)),
+            Err(e) => (Self::unguarded(&e), None),
+        }
+    }
+
+    /// Said at error level: the forward path is open.
+    fn unguarded(e: &forward::ForwardError) -> Self {
+        let why = Chain(e).to_string();
+        tracing::error!(
+            forward = "unguarded",
+            "forwarded packets to the metadata service are NOT dropped: {why}"
+        );
+        Self::Unguarded(why)
     }
 
     /// For systemd's status line: empty when guarded.
@@ -97,9 +108,30 @@ impl Daemon {
         }
     }
 
-    /// The forward table's counters into the metrics.
-    pub(super) fn refresh_forward_counters(&self) {
+    /// The forward table's counters into the metrics. A table gone while
+    /// the agent had it in force (someone ran `nft flush ruleset`) is put
+    /// back, and said at error level.
+    pub(super) fn refresh_forward_counters(&mut self) {
         match forward::counters() {
+            Ok(None) if self.forward == ForwardState::Guarded => {
+                let Some(policy) = self.policy() else {
+                    return;
+                };
+                (self.forward, self.forward_ruleset) = ForwardState::apply(&policy.spec, None);
+                let counters = forward::counters().ok().flatten();
+                let guarded = self.forward == ForwardState::Guarded && counters.is_some();
+                tracing::error!(
+                    forward = "removed",
+                    "the forward table {} was removed behind the agent's back: {}",
+                    forward::TABLE,
+                    if guarded {
+                        "put back"
+                    } else {
+                        "it could not be put back"
+                    }
+                );
+                self.metrics.set_forward(counters, guarded);
+            }
             Ok(c) => self
                 .metrics
                 .set_forward(c, self.forward == ForwardState::Guarded && c.is_some()),

@@ -143,6 +143,8 @@ pub struct Daemon {
     stamp: Stamp,
     /// Whether the forward table is in force.
     forward: ForwardState,
+    /// The ruleset of the forward table in force, when it is.
+    forward_ruleset: Option<String>,
     /// Ticks since the forward counters were last read.
     ticks: u32,
     metrics: Arc<Metrics>,
@@ -174,11 +176,11 @@ impl Daemon {
     /// programs, puts the policy in force and attaches.
     fn start(config: Config) -> Result<(Self, AttachReport, Rings), DaemonError> {
         let level = logging::ebpf_log_level();
-        // Loading the programs (BTF, the verifier) and reading the policy
-        // take about as long as each other, and neither changes anything:
-        // both at once.
+        // Reading BTF and creating the maps, and reading the policy, take
+        // about as long as each other, and neither changes anything: both
+        // at once. (The verifier then runs while the policy is written.)
         std::thread::scope(|scope| {
-            let loading = scope.spawn(move || Guard::load(level));
+            let loading = scope.spawn(move || Guard::open(level));
             let pins = Pins::new(&config.pin_dir);
             let chosen =
                 fallback::choose(&config.config, &config.fallback, &pins, &SystemResolver)?;
@@ -245,9 +247,9 @@ impl Daemon {
             agent_pid: std::process::id(),
             flags: stamp_flags(in_fallback, level > 0),
         };
-        let generation = guard.apply(&policy, &stamp)?;
+        let generation = guard.load_and_apply(&policy, &stamp)?;
         let report = guard.attach(&cgroup, Some(&pins))?;
-        let forward = ForwardState::apply(&policy.spec);
+        let (forward, forward_ruleset) = ForwardState::apply(&policy.spec, None);
         let rings = Rings {
             events: pollable(events).map_err(io_err("cannot poll the event ring buffer"))?,
             logger: logger
@@ -267,6 +269,7 @@ impl Daemon {
             policies: Policies::first(generation, policy),
             stamp,
             forward,
+            forward_ruleset,
             ticks: 0,
             metrics: Arc::new(Metrics::new()),
             server: None,
@@ -335,8 +338,11 @@ impl Daemon {
         self.metrics.set_enforcing(Enforcing::Active(mode));
         self.metrics.set_policy_digest(&hex(&self.stamp.digest));
         self.metrics.set_fallback(self.in_fallback());
+        // The table was just written, its counters at zero: no need to
+        // run `nft` once more to read them.
+        let guarded = self.forward == ForwardState::Guarded;
+        self.metrics.set_forward(None, guarded);
         notified(notify::ready(&self.ready_status(mode, true)));
-        self.refresh_forward_counters();
     }
 
     /// Starts the metrics server, if asked for. Only now, with the guard in

@@ -84,6 +84,7 @@ struct Applied {
     stamp: Stamp,
     policy: Arc<Policy>,
     forward: ForwardState,
+    forward_ruleset: Option<String>,
     micros: u64,
 }
 
@@ -102,7 +103,10 @@ impl Daemon {
         let config = self.config.config.clone();
         let stamp = self.stamp;
         let policies = self.policies.clone();
-        let task = tokio::task::spawn_blocking(move || reload(guard, &config, stamp, &policies));
+        let forward = self.forward_ruleset.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            reload(guard, &config, stamp, &policies, forward.as_deref())
+        });
         *pending = Some(Pending { task, again: false });
     }
 
@@ -115,6 +119,7 @@ impl Daemon {
                 self.generation = applied.generation;
                 self.stamp = applied.stamp;
                 self.forward = applied.forward;
+                self.forward_ruleset = applied.forward_ruleset;
                 ReloadOutcome::Applied
             }
             Err(outcome) => outcome,
@@ -159,8 +164,15 @@ impl Daemon {
     }
 }
 
-/// On the reload thread: the policy at `config` put in force with `guard`.
-fn reload(mut guard: Guard, config: &Path, stamp: Stamp, policies: &Policies) -> Done {
+/// On the reload thread: the policy at `config` put in force with `guard`
+/// (and the forward table, unless `forward` is its ruleset already).
+fn reload(
+    mut guard: Guard,
+    config: &Path,
+    stamp: Stamp,
+    policies: &Policies,
+    forward: Option<&str>,
+) -> Done {
     let started = Instant::now();
     let Some(policy) = load(config) else {
         return Done {
@@ -181,19 +193,36 @@ fn reload(mut guard: Guard, config: &Path, stamp: Stamp, policies: &Policies) ->
     // then; should the apply fail, it never is.
     let generation = guard.next_generation();
     policies.set(generation, Arc::clone(&policy));
-    let outcome = match guard.apply(&policy, &stamp) {
-        Ok(generation) => Ok(Applied {
-            generation,
-            stamp,
-            forward: ForwardState::apply(&policy.spec),
-            policy,
-            micros: started.elapsed().as_micros() as u64,
-        }),
+    let generation = match guard.apply(&policy, &stamp) {
+        Ok(generation) => generation,
         Err(e) => {
             failed(&e);
-            Err(ReloadOutcome::Failed)
+            return Done {
+                guard,
+                outcome: Err(ReloadOutcome::Failed),
+            };
         }
     };
+    let (forward, forward_ruleset) = ForwardState::apply(&policy.spec, forward);
+    // In force: what the record's `micros` measures.
+    let micros = started.elapsed().as_micros() as u64;
+    // Every decision under the replaced policy is in the ring buffer once
+    // this returns, so the daemon can explain them and let it go. Should
+    // the wait fail, the next apply waits instead.
+    if let Err(e) = guard.settle() {
+        tracing::warn!(
+            "could not wait out the replaced policy's last decisions: {}",
+            Chain(&e)
+        );
+    }
+    let outcome = Ok(Applied {
+        generation,
+        stamp,
+        forward,
+        forward_ruleset,
+        policy,
+        micros,
+    });
     Done { guard, outcome }
 }
 

@@ -156,7 +156,12 @@ pub fn ruleset(spec: &PolicySpec) -> String {
 
 /// Puts the forward table for `spec` in force in this network namespace.
 pub fn apply(spec: &PolicySpec) -> Result<(), ForwardError> {
-    nft(&["-f", "-"], Some(&ruleset(spec))).map(drop)
+    apply_ruleset(&ruleset(spec))
+}
+
+/// Puts a [`ruleset`] in force in this network namespace.
+pub fn apply_ruleset(ruleset: &str) -> Result<(), ForwardError> {
+    nft(&["-f", "-"], Some(ruleset)).map(drop)
 }
 
 /// Deletes the forward table; `false` when there was none.

@@ -26,11 +26,12 @@ use super::{
     btf::{Btf, BtfError},
     cgroup::{self, CgroupError},
     hooks::{HOOKS, HookSpec, ProgramKind},
-    id_rules,
     offsets::{self, OffsetError},
     pins::{PINNED_MAPS, PinError, Pins},
-    policy_maps, sys,
+    policy_maps::PolicyMaps,
+    sys,
 };
+use crate::policy::Policy;
 
 /// The programs' global holding [`imds_guard_common::Offsets`].
 const OFFSETS_GLOBAL: &str = "OFFSETS";
@@ -162,16 +163,8 @@ enum Step {
 /// outlive it: enforcement stays until `imds-guard detach`.
 pub struct Guard {
     pub(super) ebpf: Ebpf,
-    /// The generation in force, once one was written.
-    pub(super) active: Option<u32>,
-    /// Waits out program runs that may still read a generation.
-    pub(super) grace: sys::GracePeriod,
-    /// The protected addresses written into each generation, to clear it
-    /// by.
-    pub(super) written: [policy_maps::Written; 2],
-    /// What the uid and gid maps hold.
-    pub(super) uid_rules: id_rules::Mirror,
-    pub(super) gid_rules: id_rules::Mirror,
+    /// The maps a policy is written into, and what they hold.
+    pub(super) maps: PolicyMaps,
 }
 
 impl Guard {
@@ -179,6 +172,14 @@ impl Guard {
     /// `ebpf_log_level` is the aya-log level of the programs' diagnostics
     /// (0: off).
     pub fn load(ebpf_log_level: u8) -> Result<Self, GuardError> {
+        let mut guard = Self::open(ebpf_log_level)?;
+        load_programs(&mut guard.ebpf)?;
+        Ok(guard)
+    }
+
+    /// Creates the maps, without loading the programs: then
+    /// [`Guard::load_and_apply`].
+    pub fn open(ebpf_log_level: u8) -> Result<Self, GuardError> {
         if OBJECT.is_empty() {
             return Err(GuardError::NoObject);
         }
@@ -190,17 +191,52 @@ impl Guard {
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .load(OBJECT)
             .map_err(GuardError::Load)?;
-        let grace = sys::GracePeriod::new().map_err(GuardError::GraceMap)?;
-        let mut guard = Self {
-            ebpf,
-            active: None,
-            grace,
-            written: Default::default(),
-            uid_rules: id_rules::Mirror::empty(),
-            gid_rules: id_rules::Mirror::empty(),
-        };
-        guard.load_programs()?;
-        Ok(guard)
+        let maps = PolicyMaps::new(&ebpf)?;
+        Ok(Self { ebpf, maps })
+    }
+
+    /// Loads the programs of a guard from [`Guard::open`] and writes its
+    /// first policy, at once: the verifier and a large policy's writes take
+    /// about as long as each other.
+    pub fn load_and_apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
+        let Self { ebpf, maps } = self;
+        std::thread::scope(|scope| {
+            let loading = scope.spawn(|| load_programs(ebpf));
+            let applied = maps.apply(policy, stamp);
+            let loaded = loading
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            loaded.and(applied)
+        })
+    }
+
+    /// The generation in force, if a policy was applied.
+    pub fn active_generation(&self) -> Option<u32> {
+        self.maps.active_generation()
+    }
+
+    /// Puts `policy` in force; returns its generation (see
+    /// `policy_maps.rs`).
+    pub fn apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
+        self.maps.apply(policy, stamp)
+    }
+
+    /// Waits out the program runs that may still read the generation the
+    /// last [`Guard::apply`] replaced: after it, every decision made under
+    /// that generation is in the ring buffer.
+    pub fn settle(&mut self) -> Result<(), GuardError> {
+        self.maps.settle()
+    }
+
+    /// The generation the next [`Guard::apply`] writes.
+    pub fn next_generation(&self) -> u32 {
+        self.maps.next_generation()
+    }
+
+    /// Writes only the protected addresses of `policy` into `generation`,
+    /// nothing else: for tests of the states in between.
+    pub fn write_endpoints(&mut self, generation: u32, policy: &Policy) -> Result<(), GuardError> {
+        self.maps.write_endpoints(generation, policy)
     }
 
     /// The aya-log ring buffer, for bridging program diagnostics into
@@ -334,45 +370,6 @@ impl Guard {
     }
 
     /// The program behind `spec`, as the type its kind says.
-    /// Loads every hook's program into the kernel. The verifier is most of
-    /// a start's time: half the programs on another CPU.
-    fn load_programs(&mut self) -> Result<(), GuardError> {
-        let mut programs = Vec::with_capacity(HOOKS.len());
-        for (name, program) in self.ebpf.programs_mut() {
-            let spec = HOOKS
-                .iter()
-                .find(|h| h.program == name)
-                .ok_or(GuardError::UnknownProgram(name.to_owned()))?;
-            programs.push((spec.program, program));
-        }
-        for spec in &HOOKS {
-            if !programs.iter().any(|(name, _)| *name == spec.program) {
-                return Err(GuardError::MissingProgram(spec.program));
-            }
-        }
-        let load = |programs: &mut [(&'static str, &mut aya::programs::Program)]| {
-            for (name, program) in programs {
-                let loaded = match program {
-                    aya::programs::Program::CgroupSockAddr(p) => p.load(),
-                    aya::programs::Program::CgroupSkb(p) => p.load(),
-                    _ => return Err(GuardError::MissingProgram(name)),
-                };
-                loaded.map_err(|source| GuardError::LoadProgram { name, source })?;
-            }
-            Ok(())
-        };
-        let half = programs.len() / 2;
-        let (first, second) = programs.split_at_mut(half);
-        std::thread::scope(|scope| {
-            let other = scope.spawn(|| load(first));
-            let here = load(second);
-            let there = other
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            here.and(there)
-        })
-    }
-
     fn program(&mut self, spec: &HookSpec) -> Result<Program<'_>, GuardError> {
         let program = self.ebpf.program_mut(spec.program);
         let typed = match spec.kind {
@@ -382,17 +379,6 @@ impl Guard {
             ProgramKind::SkbEgress => program.and_then(|p| p.try_into().ok()).map(Program::Skb),
         };
         typed.ok_or(GuardError::MissingProgram(spec.program))
-    }
-
-    pub(super) fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, GuardError>
-    where
-        T: TryFrom<&'a mut Map, Error = MapError>,
-    {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(GuardError::MissingMap(name))?;
-        T::try_from(map).map_err(map_err(name))
     }
 }
 
@@ -486,4 +472,43 @@ pub fn read_counters(map: &Map) -> Result<Counters, GuardError> {
 
 pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> GuardError {
     move |source| GuardError::Map { name, source }
+}
+
+/// Loads every hook's program into the kernel. The verifier is most of a
+/// start's time: half the programs on another CPU.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), GuardError> {
+    let mut programs = Vec::with_capacity(HOOKS.len());
+    for (name, program) in ebpf.programs_mut() {
+        let spec = HOOKS
+            .iter()
+            .find(|h| h.program == name)
+            .ok_or(GuardError::UnknownProgram(name.to_owned()))?;
+        programs.push((spec.program, program));
+    }
+    for spec in &HOOKS {
+        if !programs.iter().any(|(name, _)| *name == spec.program) {
+            return Err(GuardError::MissingProgram(spec.program));
+        }
+    }
+    let load = |programs: &mut [(&'static str, &mut aya::programs::Program)]| {
+        for (name, program) in programs {
+            let loaded = match program {
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                aya::programs::Program::CgroupSkb(p) => p.load(),
+                _ => return Err(GuardError::MissingProgram(name)),
+            };
+            loaded.map_err(|source| GuardError::LoadProgram { name, source })?;
+        }
+        Ok(())
+    };
+    let half = programs.len() / 2;
+    let (first, second) = programs.split_at_mut(half);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| load(first));
+        let here = load(second);
+        let there = other
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        here.and(there)
+    })
 }

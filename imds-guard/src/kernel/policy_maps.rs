@@ -1,7 +1,8 @@
-//! Writing policies into the maps, in two generations. [`Guard::apply`]
-//! writes the one not in force, flips `ACTIVE`, waits for every program run
-//! that may still use the old one, and clears it: each decision reads
-//! `ACTIVE` once, so it sees the old policy or the new one, never a mix.
+//! Writing policies into the maps, in two generations. [`PolicyMaps::apply`]
+//! writes the one not in force and flips `ACTIVE`; [`PolicyMaps::settle`]
+//! (or else the next apply, before it writes there) waits for every program
+//! run that may still use the old one. Each decision reads `ACTIVE` once,
+//! so it sees the old policy or the new one, never a mix.
 //!
 //! The uid and gid maps hold both generations in one value per id
 //! (`id_rules.rs`): a reload writes only the ids whose rule changes. The
@@ -9,28 +10,88 @@
 //! keys they were written with. Everything is written in batches
 //! (`batch.rs`).
 
-use std::{net::IpAddr, os::fd::AsFd as _};
+use std::{
+    net::IpAddr,
+    os::fd::{AsFd as _, OwnedFd},
+};
 
-use aya::maps::{Array, Map, MapData};
+use aya::{
+    Ebpf,
+    maps::{Map, MapData},
+};
 use imds_guard_common::{self as common, IdRule, Ipv6Key, V4Key, V6Key, action, mode};
 
 use super::{
-    batch,
-    loader::{Guard, GuardError, Stamp, map_err},
+    batch, id_rules,
+    loader::{GuardError, Stamp},
     records::entry_number,
+    sys,
 };
 use crate::policy::{Action, Mode, Policy};
 
 /// The protected addresses one generation was written with.
 #[derive(Debug, Default)]
-pub(super) struct Written {
+struct Written {
     v4: Vec<V4Key>,
     v6: Vec<V6Key>,
 }
 
-impl Guard {
+/// The maps a policy is written into, by descriptors of their own (so that
+/// writing them needs nothing of the programs, which load meanwhile), and
+/// what they hold.
+pub(super) struct PolicyMaps {
+    v4: OwnedFd,
+    v6: OwnedFd,
+    uids: OwnedFd,
+    gids: OwnedFd,
+    config: OwnedFd,
+    active_map: OwnedFd,
+    /// The generation in force, once one was written.
+    active: Option<u32>,
+    /// Waits out program runs that may still read a generation.
+    grace: sys::GracePeriod,
+    /// The generation not in force may still have readers: the last flip
+    /// did not wait for them.
+    readers_of_old: bool,
+    /// The protected addresses written into each generation, to clear it
+    /// by.
+    written: [Written; 2],
+    /// What the uid and gid maps hold.
+    uid_rules: id_rules::Mirror,
+    gid_rules: id_rules::Mirror,
+}
+
+impl PolicyMaps {
+    /// The policy maps of `ebpf`, fresh (nothing written yet).
+    pub(super) fn new(ebpf: &Ebpf) -> Result<Self, GuardError> {
+        let fd = |name: &'static str| -> Result<OwnedFd, GuardError> {
+            let data: &MapData = match ebpf.map(name) {
+                Some(Map::HashMap(data) | Map::Array(data)) => data,
+                _ => return Err(GuardError::MissingMap(name)),
+            };
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| GuardError::Batch { name, source })
+        };
+        Ok(Self {
+            v4: fd(common::MAP_PROTECTED_V4)?,
+            v6: fd(common::MAP_PROTECTED_V6)?,
+            uids: fd(common::MAP_UID_RULES)?,
+            gids: fd(common::MAP_GID_RULES)?,
+            config: fd(common::MAP_CONFIG)?,
+            active_map: fd(common::MAP_ACTIVE)?,
+            active: None,
+            grace: sys::GracePeriod::new().map_err(GuardError::GraceMap)?,
+            readers_of_old: false,
+            written: Default::default(),
+            uid_rules: id_rules::Mirror::empty(),
+            gid_rules: id_rules::Mirror::empty(),
+        })
+    }
+
     /// The generation in force, if a policy was applied.
-    pub fn active_generation(&self) -> Option<u32> {
+    pub(super) fn active_generation(&self) -> Option<u32> {
         self.active
     }
 
@@ -38,17 +99,22 @@ impl Guard {
     /// writes generation 0, which `ACTIVE` already names (until its config
     /// is written the programs deny every protected destination: a guard
     /// attached before `apply` fails closed). Later calls are reloads:
-    /// write the other generation, flip, wait out the readers of the old
-    /// one, clear it.
-    pub fn apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
+    /// wait out the last readers of the other generation, write it, flip.
+    pub(super) fn apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
         let next = self.next_generation();
         if self.active.is_some() && self.read_active()? == next {
             // Our bookkeeping and the kernel disagree: writing here would
             // change the policy in force entry by entry. Refuse.
             return Err(GuardError::GenerationMismatch { live: next });
         }
-        // Left over by an interrupted reload; nothing reads it (the last
-        // flip away from it was followed by a grace period).
+        if self.readers_of_old {
+            // The last flip returned without waiting out the program runs
+            // that read this generation before it: wait now, before
+            // writing where they may read.
+            self.wait_grace()?;
+            self.readers_of_old = false;
+        }
+        // Its addresses go (the slot of the id maps is rewritten below).
         self.clear_generation(next)?;
         self.write_endpoints(next, policy)?;
         // The first policy goes in both slots of the id maps, so that
@@ -56,32 +122,38 @@ impl Guard {
         let slots = self.active.map(|_| next);
         self.write_rules(slots, policy)?;
         self.write_config(next, policy, stamp)?;
-        let Some(old) = self.active else {
+        if self.active.is_none() {
             self.active = Some(next);
             return Ok(next);
-        };
+        }
         // Everything written above is visible on every CPU before any
         // reader can see the flip (a grace period implies a full barrier
         // on each CPU), whatever the architecture's store ordering.
         self.wait_grace()?;
-        let mut active: Array<_, u32> = self.map_mut(common::MAP_ACTIVE)?;
         // 0 and 1 differ in one byte: no reader can see a torn value,
         // however the kernel copies it.
-        active
-            .set(0, next, 0)
-            .map_err(map_err(common::MAP_ACTIVE))?;
+        sys::map_update(self.active_map.as_fd(), &0u32, &next)
+            .map_err(batch_err(common::MAP_ACTIVE))?;
         self.active = Some(next);
-        // Every program run that read the old generation has ended...
-        self.wait_grace()?;
-        // ...so it can go. Should this fail, the next apply clears it
-        // before writing there: it is not in force either way.
-        if let Err(e) = self.clear_generation(old) {
-            tracing::warn!(
-                "could not clear policy generation {old} after a reload: {}",
-                crate::chain::Chain(&e)
-            );
-        }
+        // Program runs that read the old generation may still be going:
+        // [`PolicyMaps::settle`] waits them out, or else the next apply,
+        // before writing there.
+        self.readers_of_old = true;
         Ok(next)
+    }
+
+    /// Waits out every program run that may still read the generation the
+    /// last apply replaced, and clears its addresses: from then on, every
+    /// decision under it is in the ring buffer. An apply is in force
+    /// without it; this is what a reload does after saying so.
+    pub(super) fn settle(&mut self) -> Result<(), GuardError> {
+        if !self.readers_of_old {
+            return Ok(());
+        }
+        self.wait_grace()?;
+        self.readers_of_old = false;
+        let old = self.next_generation();
+        self.clear_generation(old)
     }
 
     fn wait_grace(&self) -> Result<(), GuardError> {
@@ -89,19 +161,22 @@ impl Guard {
     }
 
     /// `ACTIVE` as the kernel has it.
-    fn read_active(&mut self) -> Result<u32, GuardError> {
-        let active: Array<_, u32> = self.map_mut(common::MAP_ACTIVE)?;
-        active.get(&0, 0).map_err(map_err(common::MAP_ACTIVE))
+    fn read_active(&self) -> Result<u32, GuardError> {
+        sys::map_lookup(self.active_map.as_fd(), &0u32).map_err(batch_err(common::MAP_ACTIVE))
     }
 
-    /// The generation the next [`Guard::apply`] writes.
-    pub fn next_generation(&self) -> u32 {
+    /// The generation the next [`PolicyMaps::apply`] writes.
+    pub(super) fn next_generation(&self) -> u32 {
         self.active.map_or(0, |g| (g + 1) % common::GENERATIONS)
     }
 
     /// Writes only the protected addresses of `policy` into `generation`,
     /// nothing else: for tests of the states in between.
-    pub fn write_endpoints(&mut self, generation: u32, policy: &Policy) -> Result<(), GuardError> {
+    pub(super) fn write_endpoints(
+        &mut self,
+        generation: u32,
+        policy: &Policy,
+    ) -> Result<(), GuardError> {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for endpoint in &policy.spec.endpoints {
             match endpoint.addr {
@@ -116,8 +191,18 @@ impl Guard {
             }
         }
         let present = vec![common::PROTECTED; v4.len().max(v6.len())];
-        self.update(common::MAP_PROTECTED_V4, &v4, &present[..v4.len()])?;
-        self.update(common::MAP_PROTECTED_V6, &v6, &present[..v6.len()])?;
+        update(
+            &self.v4,
+            common::MAP_PROTECTED_V4,
+            &v4,
+            &present[..v4.len()],
+        )?;
+        update(
+            &self.v6,
+            common::MAP_PROTECTED_V6,
+            &v6,
+            &present[..v6.len()],
+        )?;
         let written = self.written_mut(generation);
         written.v4 = v4;
         written.v6 = v6;
@@ -127,9 +212,19 @@ impl Guard {
     /// Puts the rules of `policy` in slot `generation` (every slot with
     /// `None`) of the uid and gid maps, writing only what changes there.
     fn write_rules(&mut self, generation: Option<u32>, policy: &Policy) -> Result<(), GuardError> {
-        for (name, rules, is_uid) in [
-            (common::MAP_UID_RULES, &policy.uids, true),
-            (common::MAP_GID_RULES, &policy.gids, false),
+        for (name, fd, rules, mirror) in [
+            (
+                common::MAP_UID_RULES,
+                &self.uids,
+                &policy.uids,
+                &mut self.uid_rules,
+            ),
+            (
+                common::MAP_GID_RULES,
+                &self.gids,
+                &policy.gids,
+                &mut self.gid_rules,
+            ),
         ] {
             let slot = rules.iter().map(|(&id, rule)| {
                 let rule = IdRule {
@@ -138,20 +233,9 @@ impl Guard {
                 };
                 (id, rule)
             });
-            let mirror = if is_uid {
-                &self.uid_rules
-            } else {
-                &self.gid_rules
-            };
             let plan = mirror.plan(generation, slot);
-            let written = self
-                .delete(name, &plan.delete)
-                .and_then(|()| self.update(name, &plan.keys, &plan.values));
-            let mirror = if is_uid {
-                &mut self.uid_rules
-            } else {
-                &mut self.gid_rules
-            };
+            let written = delete(fd, name, &plan.delete)
+                .and_then(|()| update(fd, name, &plan.keys, &plan.values));
             match written {
                 Ok(()) => mirror.written(plan),
                 Err(e) => {
@@ -181,9 +265,8 @@ impl Guard {
             agent_pid: stamp.agent_pid,
             flags: stamp.flags,
         };
-        let mut map: Array<_, common::Config> = self.map_mut(common::MAP_CONFIG)?;
-        map.set(generation, config, 0)
-            .map_err(map_err(common::MAP_CONFIG))
+        sys::map_update(self.config.as_fd(), &generation, &config)
+            .map_err(batch_err(common::MAP_CONFIG))
     }
 
     /// Removes the protected addresses of `generation` this handle wrote.
@@ -192,46 +275,38 @@ impl Guard {
     /// flipping back.
     fn clear_generation(&mut self, generation: u32) -> Result<(), GuardError> {
         let written = std::mem::take(self.written_mut(generation));
-        self.delete(common::MAP_PROTECTED_V4, &written.v4)?;
-        self.delete(common::MAP_PROTECTED_V6, &written.v6)
+        delete(&self.v4, common::MAP_PROTECTED_V4, &written.v4)?;
+        delete(&self.v6, common::MAP_PROTECTED_V6, &written.v6)
     }
 
     fn written_mut(&mut self, generation: u32) -> &mut Written {
         &mut self.written[(generation % common::GENERATIONS) as usize]
     }
+}
 
-    /// Writes `keys` and `values` into the hash map `name`, in batches.
-    fn update<K: aya::Pod, V: aya::Pod>(
-        &self,
-        name: &'static str,
-        keys: &[K],
-        values: &[V],
-    ) -> Result<(), GuardError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let map = self.map_data(name)?;
-        batch::update(map.fd().as_fd(), keys, values)
-            .map_err(|source| GuardError::Batch { name, source })
-    }
+fn batch_err(name: &'static str) -> impl FnOnce(std::io::Error) -> GuardError {
+    move |source| GuardError::Batch { name, source }
+}
 
-    /// Deletes `keys` from the hash map `name`, in batches.
-    fn delete<K: aya::Pod>(&self, name: &'static str, keys: &[K]) -> Result<(), GuardError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let map = self.map_data(name)?;
-        batch::delete(map.fd().as_fd(), keys).map_err(|source| GuardError::Batch { name, source })
+/// Writes `keys` and `values` into the hash map `name`, in batches.
+fn update<K: aya::Pod, V: aya::Pod>(
+    fd: &OwnedFd,
+    name: &'static str,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), GuardError> {
+    if keys.is_empty() {
+        return Ok(());
     }
+    batch::update(fd.as_fd(), keys, values).map_err(batch_err(name))
+}
 
-    /// The map `name`, which must be a hash map.
-    fn map_data(&self, name: &'static str) -> Result<&MapData, GuardError> {
-        match self.ebpf.map(name) {
-            Some(Map::HashMap(data)) => Ok(data),
-            Some(_) => Err(GuardError::MissingMap(name)),
-            None => Err(GuardError::MissingMap(name)),
-        }
+/// Deletes `keys` from the hash map `name`, in batches.
+fn delete<K: aya::Pod>(fd: &OwnedFd, name: &'static str, keys: &[K]) -> Result<(), GuardError> {
+    if keys.is_empty() {
+        return Ok(());
     }
+    batch::delete(fd.as_fd(), keys).map_err(batch_err(name))
 }
 
 fn kernel_action(a: Action) -> u32 {

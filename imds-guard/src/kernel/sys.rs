@@ -18,6 +18,7 @@ use std::{
 };
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -262,23 +263,43 @@ impl GracePeriod {
 
     /// Returns once an RCU grace period has elapsed.
     pub fn wait(&self) -> io::Result<()> {
-        #[repr(C)]
-        struct Attr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-        }
-        let key: u32 = 0;
         let value: u32 = self.inner.as_raw_fd() as u32;
-        let mut attr = Attr {
-            map_fd: self.outer.as_raw_fd() as u32,
-            _pad: 0,
-            key: (&raw const key) as u64,
-            value: (&raw const value) as u64,
-            flags: 0,
-        };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+        map_update(self.outer.as_fd(), &0u32, &value)
     }
+}
+
+/// `union bpf_attr` for the single-element map commands.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `BPF_MAP_UPDATE_ELEM` (`BPF_ANY`): writes one element.
+pub(super) fn map_update<K, V>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_ref(value) as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// `BPF_MAP_LOOKUP_ELEM`: reads one element.
+pub(super) fn map_lookup<K, V: Default>(map: BorrowedFd<'_>, key: &K) -> io::Result<V> {
+    let mut value = V::default();
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_mut(&mut value) as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    Ok(value)
 }
