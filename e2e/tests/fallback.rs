@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 
 use imds_guard_e2e::{
-    Action, Agent, IMDS_PORT, IMDS_V4, NOBODY, READY, Sandbox, field, privileged_or_skip,
+    Action, IMDS_PORT, IMDS_V4, NOBODY, READY, Sandbox, field, privileged_or_skip,
 };
 use serde_json::Value;
 
