@@ -34,10 +34,33 @@ pub struct Offsets {
     pub socket_file: u32,
     /// `file.f_cred`: the credentials of whoever opened the socket.
     pub file_cred: u32,
+    /// `task_struct.pid` (the thread id).
+    pub task_pid: u32,
+    /// `task_struct.tgid` (what userspace calls the pid).
+    pub task_tgid: u32,
+    /// `task_struct.comm`. Read from the task where the program type has
+    /// no `bpf_get_current_pid_tgid`/`comm` (`cgroup_skb` before 6.10).
+    pub task_comm: u32,
 }
-const _: () = assert!(size_of::<Offsets>() == 32);
+const _: () = assert!(size_of::<Offsets>() == 44);
 
 impl Offsets {
     /// The value of [`Offsets::valid`] when the offsets are resolved.
     pub const VALID: u32 = 0x1d5_0ff5;
+
+    /// Nothing resolved: what a program loaded without the agent's offsets
+    /// holds (and denies with).
+    pub const UNSET: Self = Self {
+        valid: 0,
+        task_flags: 0,
+        task_cred: 0,
+        cred_uid: 0,
+        cred_gid: 0,
+        sock_socket: 0,
+        socket_file: 0,
+        file_cred: 0,
+        task_pid: 0,
+        task_tgid: 0,
+        task_comm: 0,
+    };
 }

@@ -91,11 +91,14 @@ impl Caller {
             return caller;
         };
         caller.ids = cred_ids(cred, &off);
-        if read_ptr(current_task(), off.task_cred) == Some(cred) {
-            let pid_tgid = bpf_get_current_pid_tgid();
-            caller.tid = pid_tgid as u32;
-            caller.tgid = (pid_tgid >> 32) as u32;
-            caller.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+        // Read from the task itself: `cgroup_skb` programs may not call
+        // `bpf_get_current_pid_tgid` or `bpf_get_current_comm` before
+        // Linux 6.10.
+        let task = current_task();
+        if read_ptr(task, off.task_cred) == Some(cred) {
+            caller.tid = read(task, off.task_pid).unwrap_or(0);
+            caller.tgid = read(task, off.task_tgid).unwrap_or(0);
+            caller.comm = read(task, off.task_comm).unwrap_or([0u8; COMM_LEN]);
         }
         caller
     }

@@ -9,16 +9,7 @@ use imds_guard_common::Offsets;
 /// Written by the agent before the programs load (`EbpfLoader::set_global`);
 /// all zero, hence not [`Offsets::VALID`], in a program loaded without them.
 #[unsafe(no_mangle)]
-static OFFSETS: Offsets = Offsets {
-    valid: 0,
-    task_flags: 0,
-    task_cred: 0,
-    cred_uid: 0,
-    cred_gid: 0,
-    sock_socket: 0,
-    socket_file: 0,
-    file_cred: 0,
-};
+static OFFSETS: Offsets = Offsets::UNSET;
 
 /// The offsets, if the agent wrote them.
 #[inline(always)]

@@ -64,6 +64,24 @@ const WANTED: &[Wanted] = &[
         path: &[&["f_cred"]],
         set: |o, v| o.file_cred = v,
     },
+    Wanted {
+        why: "naming the process whose packet leaves",
+        strukt: "task_struct",
+        path: &[&["pid"]],
+        set: |o, v| o.task_pid = v,
+    },
+    Wanted {
+        why: "naming the process whose packet leaves",
+        strukt: "task_struct",
+        path: &[&["tgid"]],
+        set: |o, v| o.task_tgid = v,
+    },
+    Wanted {
+        why: "naming the process whose packet leaves",
+        strukt: "task_struct",
+        path: &[&["comm"]],
+        set: |o, v| o.task_comm = v,
+    },
 ];
 
 /// A field the running kernel does not have where the programs need it.
@@ -126,7 +144,14 @@ mod tests {
         b.strukt(
             "task_struct",
             4096,
-            &[("flags", int, 32), ("cred", ptr, 8 * 1600)],
+            &[
+                ("flags", int, 32),
+                ("pid", int, 8 * 1400),
+                ("tgid", int, 8 * 1404),
+                ("cred", ptr, 8 * 1600),
+                // A char array in a real kernel: only its offset matters.
+                ("comm", int, 8 * 1700),
+            ],
         );
         b.strukt(
             "cred",
@@ -146,6 +171,7 @@ mod tests {
         assert_eq!((o.task_flags, o.task_cred), (4, 1600));
         assert_eq!((o.cred_uid, o.cred_gid), (4, 8));
         assert_eq!((o.sock_socket, o.socket_file, o.file_cred), (600, 16, 96));
+        assert_eq!((o.task_pid, o.task_tgid, o.task_comm), (1400, 1404, 1700));
     }
 
     #[test]

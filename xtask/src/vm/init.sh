@@ -45,6 +45,12 @@ mount -t bpf bpf /sys/fs/bpf || say "cannot mount bpffs"
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 hostname "$(cat /etc/hostname)"
 ip link set lo up
+# What the packet-path tests build that the cloud kernels have as modules
+# and no udev loads here: TUN devices (/dev/net/tun appears with the
+# module), veth pairs, and MPTCP's and UDP-Lite's sockets are built in.
+for m in tun veth; do
+    modprobe "$m" 2>/dev/null || say "cannot load module $m"
+done
 
 # The results port: virtio_console (which also drives plain ports) is a
 # module on 6.1 cloud kernels, and QEMU names its ports after the driver
