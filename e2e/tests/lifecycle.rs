@@ -401,6 +401,41 @@ fn status_reads_what_is_in_force_from_the_kernel() {
         text.contains("auditing (mode audit)") && text.contains(&digest),
         "{text}"
     );
+    // What the kernel offers, asked of the kernel.
+    let features = s["kernel"]["features"].as_array().expect("features listed");
+    assert!(!features.is_empty(), "{s}");
+    assert!(features.iter().all(|f| f["present"] == true), "{s}");
+    assert!(text.contains("has every feature the guard needs"), "{text}");
+    // Another user cannot read the pins: it is told so, with an exit code
+    // of its own, never "not attached" (5) while the guard enforces. The
+    // bpf filesystem is root's alone, as systemd mounts /sys/fs/bpf.
+    let bpffs = w
+        .pin_dir()
+        .parent()
+        .expect("the pins are in a bpffs")
+        .to_owned();
+    std::fs::set_permissions(&bpffs, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod the test's bpffs");
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", w.netns.path().display()))
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(imds_guard_e2e::imds_guard_bin())
+        .args(["status", "--pin-dir"])
+        .arg(w.pin_dir())
+        .output()
+        .expect("status as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("only root can read the guard's pins"),
+        "{stderr}"
+    );
     drop(agent);
 }
 

@@ -4,11 +4,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use imds_guard::cli::{self, Cli};
+use imds_guard::cli;
 
 fn main() -> ExitCode {
-    match cli::execute(Cli::parse()) {
+    match cli::execute(cli::parse()) {
         Ok(outcome) => outcome.exit_code(),
         Err(e) => {
             cli::report(&e);

@@ -16,13 +16,31 @@ mod validate;
 
 use std::path::PathBuf;
 
-use clap::{ArgGroup, Args, CommandFactory as _, Parser, Subcommand};
+use clap::{ArgGroup, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 pub use self::exit::{CliError, Outcome, report};
 use crate::{
     daemon::logging::LogFormat,
     render::{Format, Target},
 };
+
+/// Parses the command line. `--version` also says what the running kernel
+/// offers of what the guard needs (read only then: it costs a BTF read).
+pub fn parse() -> Cli {
+    let mut command = Cli::command();
+    if std::env::args_os().any(|a| a == "--version") {
+        // Printed once, then the process exits: leaking it is free.
+        command = command.long_version(&*Box::leak(long_version().into_boxed_str()));
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The version, and the kernel's features as `status` reports them.
+fn long_version() -> String {
+    let kernel = status::kernel_report();
+    format!("{}\n{}", env!("CARGO_PKG_VERSION"), kernel.summary())
+}
 
 /// Runs the command `cli` names.
 pub fn execute(cli: Cli) -> Result<Outcome, CliError> {

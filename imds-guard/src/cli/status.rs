@@ -6,16 +6,85 @@ use serde_json::{Value, json};
 
 use super::{CliError, Outcome, StatusArgs};
 use crate::{
-    kernel::{forward, hooks::HOOKS, inspect::Status, pins::Pins},
+    chain::Chain,
+    kernel::{
+        btf::Btf,
+        features::{self, Found},
+        forward,
+        hooks::HOOKS,
+        inspect::Status,
+        offsets::kernel_release,
+        pins::Pins,
+    },
     policy::{Mode, hex},
 };
 
+/// What the running kernel offers of what the guard needs.
+pub struct KernelReport {
+    pub release: String,
+    /// Every feature, or why they could not be checked.
+    pub features: Result<Vec<Found>, String>,
+}
+
+/// Reads the running kernel's BTF for [`features::FEATURES`].
+pub fn kernel_report() -> KernelReport {
+    let features = Btf::from_sys_fs()
+        .and_then(|btf| features::check(&btf))
+        .map_err(|e| Chain(&e).to_string());
+    KernelReport {
+        release: kernel_release(),
+        features,
+    }
+}
+
+impl KernelReport {
+    /// One line: the release, and what is missing if anything.
+    pub fn summary(&self) -> String {
+        let what = match &self.features {
+            Ok(found) => {
+                let missing: Vec<String> = found
+                    .iter()
+                    .filter(|f| !f.present)
+                    .map(|f| format!("{} ({})", f.name, f.missing.join(", ")))
+                    .collect();
+                if missing.is_empty() {
+                    format!(
+                        "has every feature the guard needs ({} checked)",
+                        found.len()
+                    )
+                } else {
+                    format!("LACKS {}", missing.join("; "))
+                }
+            }
+            Err(e) => format!("features unknown: {e}"),
+        };
+        format!("kernel {}: {what}", self.release)
+    }
+
+    fn to_json(&self) -> Value {
+        let features = match &self.features {
+            Ok(found) => json!(
+                found
+                    .iter()
+                    .map(|f| json!({"feature": f.name, "present": f.present, "missing": f.missing}))
+                    .collect::<Vec<_>>()
+            ),
+            Err(e) => json!({ "error": e }),
+        };
+        json!({ "release": self.release, "features": features })
+    }
+}
+
 pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
     let status = Status::read(&Pins::new(&args.pin_dir)).map_err(CliError::runtime)?;
+    let kernel = kernel_report();
     if args.json {
-        println!("{}", to_json(&status));
+        let mut value = to_json(&status);
+        value["kernel"] = kernel.to_json();
+        println!("{value}");
     } else {
         print!("{}", to_text(&status));
+        println!("  {}", kernel.summary());
     }
     // The fallback decides, but not by the policy configured: a health
     // check must see it.

@@ -94,6 +94,10 @@ enum Type {
     },
     /// A typedef, `const`, `volatile`, `restrict` or type tag: see through.
     Alias(u32),
+    /// An enum (32- or 64-bit): its record's offset in the type section.
+    Enum {
+        at: u32,
+    },
     Other,
 }
 
@@ -108,6 +112,8 @@ pub struct Btf {
     types: Vec<Type>,
     /// Struct (and union) ids by name; the first of a name wins.
     by_name: HashMap<String, u32>,
+    /// Enum ids by name; the first of a name wins.
+    enums: HashMap<String, u32>,
 }
 
 /// Where a field is, from the start of the outermost structure.
@@ -167,22 +173,69 @@ impl Btf {
             strings: section(str_off, str_len, "string")?.to_vec(),
             types: vec![Type::Other],
             by_name: HashMap::new(),
+            enums: HashMap::new(),
         };
         let mut r = Reader {
             data: &btf.types_section,
             at: 0,
         };
-        let mut by_name = HashMap::new();
+        let (mut by_name, mut enums) = (HashMap::new(), HashMap::new());
         while r.at < btf.types_section.len() {
             let (ty, name_off) = index_type(&mut r)?;
-            if matches!(ty, Type::Composite { .. }) && name_off != 0 {
+            let index = match ty {
+                Type::Composite { .. } => Some(&mut by_name),
+                Type::Enum { .. } => Some(&mut enums),
+                _ => None,
+            };
+            if let Some(index) = index.filter(|_| name_off != 0) {
                 let name = string(&btf.strings, name_off)?;
-                by_name.entry(name).or_insert(btf.types.len() as u32);
+                index.entry(name).or_insert(btf.types.len() as u32);
             }
             btf.types.push(ty);
         }
         btf.by_name = by_name;
+        btf.enums = enums;
         Ok(btf)
+    }
+
+    /// Whether the kernel has a struct (or union) named `name`.
+    pub fn has_struct(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Whether enum `enum_name` has an enumerator named `name`: how the
+    /// kernel says which commands, map types, attach types and helpers it
+    /// has (`enum bpf_cmd`, `bpf_map_type`, `bpf_attach_type`,
+    /// `bpf_func_id`).
+    pub fn has_enumerator(&self, enum_name: &str, name: &str) -> Result<bool, BtfError> {
+        let Some(&id) = self.enums.get(enum_name) else {
+            return Ok(false);
+        };
+        let Some(Type::Enum { at }) = self.types.get(id as usize) else {
+            return Ok(false);
+        };
+        let mut r = Reader {
+            data: &self.types_section,
+            at: *at as usize,
+        };
+        let _name_off = r.u32()?;
+        let info = r.u32()?;
+        let _size = r.u32()?;
+        let vlen = info & 0xffff;
+        // `BTF_KIND_ENUM` records are 8 bytes each, `ENUM64` 12.
+        let record = if (info >> 24) & 0x1f == kind::ENUM64 {
+            12
+        } else {
+            8
+        };
+        for _ in 0..vlen {
+            let name_off = r.u32()?;
+            r.skip(record - 4)?;
+            if string(&self.strings, name_off)? == name {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The size in bytes of struct `name`.
@@ -333,11 +386,19 @@ fn index_type(r: &mut Reader<'_>) -> Result<(Type, u32), BtfError> {
             r.skip(12)?;
             Type::Other
         }
-        kind::ENUM | kind::FUNC_PROTO => {
+        kind::ENUM => {
+            r.skip(8 * vlen)?;
+            Type::Enum { at }
+        }
+        kind::ENUM64 => {
+            r.skip(12 * vlen)?;
+            Type::Enum { at }
+        }
+        kind::FUNC_PROTO => {
             r.skip(8 * vlen)?;
             Type::Other
         }
-        kind::DATASEC | kind::ENUM64 => {
+        kind::DATASEC => {
             r.skip(12 * vlen)?;
             Type::Other
         }

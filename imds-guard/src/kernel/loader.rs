@@ -25,6 +25,7 @@ use imds_guard_common::{self as common, counter};
 use super::{
     btf::{Btf, BtfError},
     cgroup::{self, CgroupError},
+    features,
     hooks::{HOOKS, HookSpec, ProgramKind},
     offsets::{self, OffsetError},
     pins::{PINNED_MAPS, PinError, Pins},
@@ -55,6 +56,19 @@ pub enum GuardError {
     UnknownProgram(String),
     #[error("the eBPF object has no map {0}")]
     MissingMap(&'static str),
+    #[error(transparent)]
+    MissingFeature(#[from] features::MissingFeature),
+    #[error("cannot check the kernel's features")]
+    Features(#[source] BtfError),
+    #[error(
+        "this kernel ({release}) does not let program {program} call {helper}, which it needs; \
+         the verifier refused it"
+    )]
+    MissingHelper {
+        release: String,
+        program: &'static str,
+        helper: String,
+    },
     #[error("cannot load program {name} into the kernel")]
     LoadProgram {
         name: &'static str,
@@ -184,8 +198,13 @@ impl Guard {
             return Err(GuardError::NoObject);
         }
         let btf = Btf::from_sys_fs().map_err(GuardError::Btf)?;
-        let offsets = offsets::resolve(&btf, &offsets::kernel_release())
-            .map_err(|e| GuardError::Offsets(Box::new(e)))?;
+        let release = offsets::kernel_release();
+        features::require(&btf, &release).map_err(|e| match e {
+            features::RequireError::Missing(m) => GuardError::MissingFeature(m),
+            features::RequireError::Btf(e) => GuardError::Features(e),
+        })?;
+        let offsets =
+            offsets::resolve(&btf, &release).map_err(|e| GuardError::Offsets(Box::new(e)))?;
         let ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &ebpf_log_level, false)
             .override_global(OFFSETS_GLOBAL, &offsets, true)
@@ -474,6 +493,21 @@ pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> GuardError {
     move |source| GuardError::Map { name, source }
 }
 
+/// A program the kernel refused: named for the helper it lacks when the
+/// verifier says so, otherwise with the verifier's whole log.
+fn load_error(name: &'static str, source: ProgramError) -> GuardError {
+    if let ProgramError::LoadError { verifier_log, .. } = &source {
+        if let Some(helper) = features::missing_helper(&verifier_log.to_string()) {
+            return GuardError::MissingHelper {
+                release: offsets::kernel_release(),
+                program: name,
+                helper: helper.to_owned(),
+            };
+        }
+    }
+    GuardError::LoadProgram { name, source }
+}
+
 /// Loads every hook's program into the kernel. The verifier is most of a
 /// start's time: half the programs on another CPU.
 fn load_programs(ebpf: &mut Ebpf) -> Result<(), GuardError> {
@@ -497,7 +531,7 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), GuardError> {
                 aya::programs::Program::CgroupSkb(p) => p.load(),
                 _ => return Err(GuardError::MissingProgram(name)),
             };
-            loaded.map_err(|source| GuardError::LoadProgram { name, source })?;
+            loaded.map_err(|source| load_error(name, source))?;
         }
         Ok(())
     };

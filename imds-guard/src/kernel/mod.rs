@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod btf;
 pub mod cgroup;
+pub mod features;
 pub mod forward;
 pub mod hooks;
 mod id_rules;

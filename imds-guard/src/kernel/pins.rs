@@ -58,6 +58,24 @@ impl PinError {
     }
 }
 
+/// Whether `path` is there. A pin that cannot be looked at (the pin
+/// directory is root's, mode 0700) is an error, not "nothing pinned": as
+/// another user, `status` must not report a guard that enforces as absent.
+fn pinned(path: &Path) -> Result<bool, PinError> {
+    path.try_exists().map_err(|source| PinError {
+        what: "look at",
+        path: path.to_owned(),
+        source: if source.kind() == std::io::ErrorKind::PermissionDenied {
+            std::io::Error::new(
+                source.kind(),
+                format!("{source}: only root can read the guard's pins; run it as root"),
+            )
+        } else {
+            source
+        },
+    })
+}
+
 fn pin_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PinError {
     let path = path.to_owned();
     move |source| PinError { what, path, source }
@@ -126,7 +144,7 @@ impl Pins {
     /// The link pinned for `program`, if there is one.
     pub fn open_link(&self, program: &str) -> Result<Option<(PathBuf, OwnedFd)>, PinError> {
         let path = self.link_path(program);
-        if !path.exists() {
+        if !pinned(&path)? {
             return Ok(None);
         }
         let fd = sys::obj_get(&path).map_err(pin_err("open the pinned link", &path))?;
@@ -155,7 +173,7 @@ impl Pins {
     /// A pinned map, as the `Map` variant `wrap` makes of it.
     pub fn open_map(&self, name: &str, wrap: fn(MapData) -> Map) -> Result<Option<Map>, PinError> {
         let path = self.map_path(name);
-        if !path.exists() {
+        if !pinned(&path)? {
             return Ok(None);
         }
         let data = MapData::from_pin(&path)
