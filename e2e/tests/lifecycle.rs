@@ -199,6 +199,10 @@ fn a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment() {
     assert_eq!(code, Some(0), "{after}");
     assert_eq!(after["agent_alive"], true);
     assert_eq!(after["policy"]["agent_pid"], second.pid());
+    assert_eq!(
+        after["policy"]["attached_unix"], before["policy"]["attached_unix"],
+        "the guard has been attached since the first agent attached it"
+    );
     for (b, a) in before["links"]
         .as_array()
         .expect("links")
@@ -388,6 +392,42 @@ fn status_reads_what_is_in_force_from_the_kernel() {
         .map(|p| imds_guard::policy::hex(&p.digest()))
         .expect("policy");
     assert_eq!(s["policy"]["digest"], digest.as_str());
+    // `validate` prints the digest `status` shows, so that config
+    // management can compare what it shipped with what is in force.
+    let validated = std::process::Command::new(imds_guard_e2e::imds_guard_bin())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .expect("validate");
+    let validated = String::from_utf8_lossy(&validated.stdout);
+    assert!(
+        validated.contains(&format!("sha256 {digest}")),
+        "{validated}"
+    );
+    // `--config FILE` compares; `--require MODE` makes audit fail a health
+    // check that wants enforce.
+    let config_arg = config.to_str().expect("utf-8");
+    let same = w.cli(&["status", "--config", config_arg]);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    let other = w.dir.path().join("other.toml");
+    std::fs::write(&other, "mode = \"audit\"\n[allow]\nuids = [1002]\n").expect("write");
+    let differs = w.cli(&["status", "--config", other.to_str().expect("utf-8")]);
+    let text = String::from_utf8_lossy(&differs.stdout);
+    assert_eq!(differs.status.code(), Some(5), "{text}");
+    assert!(text.contains("DIFFERS from the policy in force"), "{text}");
+    assert_eq!(
+        w.cli(&["status", "--require", "enforce"]).status.code(),
+        Some(5)
+    );
+    assert_eq!(
+        w.cli(&["status", "--require", "audit"]).status.code(),
+        Some(0)
+    );
     let ready = agent
         .wait_for(|r| field(r, "ready").is_some(), READY)
         .expect("ready");
@@ -486,9 +526,15 @@ fn metrics_count_decisions_and_reloads() {
     w.policy("[allow]\nuids = [1001, \"x\"]\n");
     agent.sighup();
     reloaded(&agent, "invalid");
+    // The refusal is in the pinned state, for `status`...
+    let (_, refused) = w.status();
+    assert_eq!(refused["last_reload_refused"], true, "{refused}");
     w.policy(P2);
     agent.sighup();
     reloaded(&agent, "applied");
+    // ...until a reload succeeds.
+    let (_, applied) = w.status();
+    assert_eq!(applied["last_reload_refused"], false, "{applied}");
     // Counters reach the metrics on the agent's one-second tick.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let body = loop {
@@ -639,4 +685,33 @@ fn a_pinned_link_that_was_detached_is_replaced_not_trusted() {
         .run(Action::connect(IMDS_V6, IMDS_PORT))
         .assert_errno(EPERM);
     assert_eq!(w.status().0, Some(0));
+}
+
+#[test]
+fn a_second_guard_on_the_same_cgroup_is_named_by_both() {
+    if !privileged_or_skip("a_second_guard_on_the_same_cgroup_is_named_by_both") {
+        return;
+    }
+    let w = Sandbox::new();
+    w.policy("[allow]\nuids = [1001]\n");
+    let first = w.start_agent(&[]);
+    let (_, alone) = w.status();
+    assert_eq!(alone["other_guards"], serde_json::json!([]), "{alone}");
+    // Another agent, pinning in a bpffs of its own, on the same cgroup.
+    let second = Agent::start(&w.netns, &w.policy_path(), &w.cgroup, &[]);
+    second.wait_ready(READY);
+    let said = second
+        .records()
+        .into_iter()
+        .find(|r| field(r, "other_guard").is_some());
+    let said = said.unwrap_or_else(|| panic!("no record names the first guard"));
+    let message = field(&said, "message")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    assert!(message.contains("another imds-guard guard"), "{message}");
+    let (_, both) = w.status();
+    let others = both["other_guards"].as_array().expect("listed");
+    assert_eq!(others.len(), HOOKS.len(), "{both}");
+    drop(second);
+    drop(first);
 }

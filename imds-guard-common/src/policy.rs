@@ -124,5 +124,9 @@ pub mod config_flags {
     /// Allowed decisions are events too (the agent logs them at debug
     /// level); otherwise only their counter counts them.
     pub const LOG_ALLOWED: u32 = 2;
+    /// The last reload was refused (the policy did not validate, or could
+    /// not be written): this generation stays in force. For `status`; the
+    /// programs do not read it.
+    pub const RELOAD_REFUSED: u32 = 4;
 }
 const _: () = assert!(size_of::<Config>() == 64);

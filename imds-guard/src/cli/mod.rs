@@ -143,6 +143,14 @@ pub struct StatusArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also compare the policy in force with this file's (by digest): exit
+    /// 5 when they differ.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Exit 5 unless the mode in force is this one (`--require enforce`
+    /// fails a health check on a host left in audit mode).
+    #[arg(long, value_name = "MODE", value_parser = ["enforce", "audit"])]
+    pub require: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,9 @@
 //! `imds-guard status`: what the kernel enforces, as text or JSON.
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
 use serde_json::{Value, json};
 
@@ -16,7 +19,7 @@ use crate::{
         offsets::kernel_release,
         pins::Pins,
     },
-    policy::{Mode, hex},
+    policy::{Mode, PolicySpec, SystemResolver, hex},
 };
 
 /// What the running kernel offers of what the guard needs.
@@ -78,21 +81,96 @@ impl KernelReport {
 pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
     let status = Status::read(&Pins::new(&args.pin_dir)).map_err(CliError::runtime)?;
     let kernel = kernel_report();
+    let compared = args.config.as_deref().map(|file| compare(&status, file));
+    let required = args
+        .require
+        .as_deref()
+        .map(|mode| mode_name(&status) == mode);
     if args.json {
         let mut value = to_json(&status);
         value["kernel"] = kernel.to_json();
+        if let Some(c) = &compared {
+            value["compared"] = c.to_json();
+        }
+        if let (Some(mode), Some(met)) = (&args.require, required) {
+            value["required"] = json!({ "mode": mode, "met": met });
+        }
         println!("{value}");
     } else {
         print!("{}", to_text(&status));
         println!("  {}", kernel.summary());
+        if let Some(c) = &compared {
+            println!("  {}", c.summary());
+        }
+        if let (Some(mode), Some(false)) = (&args.require, required) {
+            println!(
+                "  REQUIRED mode {mode}: not met (mode {})",
+                mode_name(&status)
+            );
+        }
     }
     // The fallback decides, but not by the policy configured: a health
-    // check must see it.
-    Ok(if status.enforcing() && !status.in_fallback() {
+    // check must see it. So must a policy other than the one asked about,
+    // and a mode other than the one required.
+    let healthy = status.enforcing()
+        && !status.in_fallback()
+        && compared.as_ref().is_none_or(|c| c.matches())
+        && required.is_none_or(|met| met);
+    Ok(if healthy {
         Outcome::Success
     } else {
         Outcome::NotEnforcing
     })
+}
+
+/// The policy in force compared with a file's.
+struct Compared {
+    file: PathBuf,
+    /// The file's digest, or why it has none.
+    digest: Result<String, String>,
+    in_force: Option<String>,
+}
+
+impl Compared {
+    fn matches(&self) -> bool {
+        matches!((&self.digest, &self.in_force), (Ok(a), Some(b)) if a == b)
+    }
+
+    fn summary(&self) -> String {
+        let file = self.file.display();
+        match (&self.digest, &self.in_force) {
+            (Err(e), _) => format!("policy {file}: cannot be compared: {e}"),
+            (Ok(_), None) => format!("policy {file}: no policy is in force to compare with"),
+            (Ok(a), Some(_)) if self.matches() => format!("policy {file}: in force (sha256 {a})"),
+            (Ok(a), Some(b)) => {
+                format!(
+                    "policy {file}: DIFFERS from the policy in force (file sha256 {a}, in force {b})"
+                )
+            }
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "config": self.file,
+            "digest": self.digest.as_ref().ok(),
+            "error": self.digest.as_ref().err(),
+            "matches": self.matches(),
+        })
+    }
+}
+
+/// Validates and resolves `file` as the agent would, for its digest.
+fn compare(status: &Status, file: &Path) -> Compared {
+    let digest = PolicySpec::load(file)
+        .and_then(|spec| spec.resolve(&SystemResolver))
+        .map(|policy| hex(&policy.digest()))
+        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_owned());
+    Compared {
+        file: file.to_owned(),
+        digest,
+        in_force: status.config.map(|(_, c)| hex(&c.digest)),
+    }
 }
 
 /// The mode in force, or `unconfigured` when none is written.
@@ -122,6 +200,7 @@ pub fn to_json(status: &Status) -> Value {
     json!({
         "enforcing": status.enforcing(),
         "fallback": status.in_fallback(),
+        "last_reload_refused": status.reload_refused(),
         "attached": !status.links.is_empty(),
         "mode": mode_name(status),
         "pin_dir": status.pin_dir,
@@ -141,6 +220,10 @@ pub fn to_json(status: &Status) -> Value {
             Err(e) => json!({"guarded": null, "error": e}),
         },
         "agent_alive": status.agent_alive,
+        "other_guards": status.other_guards.iter().map(|o| json!({
+            "program": o.hook.as_str(),
+            "prog_id": o.prog_id,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -212,6 +295,25 @@ pub fn to_text(status: &Status) -> String {
             } else {
                 "not running (enforcement continues)"
             }
+        );
+    }
+    if status.reload_refused() {
+        let _ = writeln!(
+            s,
+            "  LAST RELOAD REFUSED: the policy file did not validate or could not be written; \
+             the policy in force is the one before (see the agent's log)"
+        );
+    }
+    if !status.other_guards.is_empty() {
+        let list: Vec<String> = status
+            .other_guards
+            .iter()
+            .map(|o| format!("{} (program id {})", o.hook.as_str(), o.prog_id))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  WARNING: another guard is attached to this cgroup, pinned elsewhere: {}",
+            list.join(", ")
         );
     }
     if let Some(c) = status.counters {

@@ -239,16 +239,17 @@ impl Daemon {
 
         let logger = if level > 0 { guard.take_logger() } else { None };
         let events = guard.take_events()?;
-        let attached_unix = now_unix();
+        let attached_unix = crate::kernel::inspect::first_attached(&pins).unwrap_or_else(now_unix);
         let stamp = Stamp {
             digest: policy.digest(),
-            applied_unix: attached_unix,
+            applied_unix: now_unix(),
             attached_unix,
             agent_pid: std::process::id(),
             flags: stamp_flags(in_fallback, level > 0),
         };
         let generation = guard.load_and_apply(&policy, &stamp)?;
         let report = guard.attach(&cgroup, Some(&pins))?;
+        warn_other_guards(&cgroup, &pins);
         let (forward, forward_ruleset) = ForwardState::apply(&policy.spec, None);
         let rings = Rings {
             events: pollable(events).map_err(io_err("cannot poll the event ring buffer"))?,
@@ -593,6 +594,32 @@ async fn readable<T: std::os::fd::AsRawFd>(
         Some(s) => s.readable_mut().await,
         None => pending().await,
     }
+}
+
+/// Says, at error level, when another guard (another agent's, pinned in
+/// another directory) is attached to the same cgroup: both decide, a deny
+/// from either wins, and the other one's policy is not this one's.
+fn warn_other_guards(cgroup: &std::path::Path, pins: &Pins) {
+    let ours = crate::kernel::inspect::pinned_prog_ids(pins);
+    let Ok(others) = crate::kernel::inspect::other_guards(cgroup, &ours) else {
+        return;
+    };
+    if others.is_empty() {
+        return;
+    }
+    let list: Vec<String> = others
+        .iter()
+        .map(|o| format!("{} (program id {})", o.hook.as_str(), o.prog_id))
+        .collect();
+    tracing::error!(
+        other_guard = true,
+        "another imds-guard guard is attached to {} besides this one (pinned elsewhere than {}): \
+         {}; both decide and a deny from either wins. Detach it with `imds-guard detach \
+         --pin-dir ITS_DIR`, or stop the agent that runs it",
+        cgroup.display(),
+        pins.dir().display(),
+        list.join(", ")
+    );
 }
 
 /// One malloc arena for every thread. glibc gives each thread that

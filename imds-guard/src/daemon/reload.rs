@@ -122,7 +122,15 @@ impl Daemon {
                 self.forward_ruleset = applied.forward_ruleset;
                 ReloadOutcome::Applied
             }
-            Err(outcome) => outcome,
+            Err(outcome) => {
+                // The pinned config says so, for `status`, until a reload
+                // succeeds (its new config has no such flag).
+                let marked = self.guard.as_mut().map(|g| g.mark_reload_refused(true));
+                if let Some(Err(e)) = marked {
+                    tracing::warn!("cannot record the refused reload for status: {}", Chain(&e));
+                }
+                outcome
+            }
         };
         // A flip waited out every decision made under the replaced policy,
         // so all of them are in the ring: explain them, then let go of

@@ -2,7 +2,10 @@
 //! Nothing here trusts a state file: links, config and counters are read
 //! from their pins, so the report holds even when the agent is dead.
 
-use std::{os::fd::AsFd as _, path::PathBuf};
+use std::{
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{Array, Map};
 use imds_guard_common::{self as common, mode};
@@ -44,6 +47,9 @@ pub struct Status {
     pub forward: Result<Option<ForwardCounters>, String>,
     /// Whether the agent that wrote the config is still running.
     pub agent_alive: bool,
+    /// Programs named like ours on the same cgroup that are not ours:
+    /// another guard, with another pin directory.
+    pub other_guards: Vec<OtherGuard>,
 }
 
 impl Status {
@@ -77,6 +83,11 @@ impl Status {
             .transpose()?;
         let agent_alive = pins.locked();
         let forward = forward::counters().map_err(|e| Chain(&e).to_string());
+        let ours: Vec<u32> = links.iter().map(|l| l.prog_id).collect();
+        let other_guards = cgroup
+            .as_deref()
+            .and_then(|c| other_guards(c, &ours).ok())
+            .unwrap_or_default();
         Ok(Self {
             pin_dir: pins.dir().to_owned(),
             links,
@@ -85,6 +96,7 @@ impl Status {
             counters,
             forward,
             agent_alive,
+            other_guards,
         })
     }
 
@@ -115,6 +127,13 @@ impl Status {
             .is_some_and(|(_, c)| c.flags & common::config_flags::FALLBACK != 0)
     }
 
+    /// Whether the last reload was refused (the policy in force is the one
+    /// before it).
+    pub fn reload_refused(&self) -> bool {
+        self.config
+            .is_some_and(|(_, c)| c.flags & common::config_flags::RELOAD_REFUSED != 0)
+    }
+
     /// Whether the forward table is in force here.
     pub fn forward_guarded(&self) -> bool {
         matches!(self.forward, Ok(Some(_)))
@@ -143,4 +162,58 @@ pub fn is_agent(pid: u32) -> bool {
     pid != 0
         && std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .is_ok_and(|comm| comm.trim_end() == "imds-guard")
+}
+
+/// A program of an imds-guard guard attached to the cgroup that is not
+/// `ours`: another agent's, with another pin directory (both then decide,
+/// and a deny from either wins).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtherGuard {
+    pub hook: Hook,
+    pub prog_id: u32,
+}
+
+/// When the guard pinned at `pins` was first attached, if one is: an
+/// agent that takes it over keeps that time, so `status` says how long the
+/// host has been guarded, not how long this agent has run.
+pub fn first_attached(pins: &Pins) -> Option<u64> {
+    if !pins.any_link() {
+        return None;
+    }
+    let active = pins.open_map(common::MAP_ACTIVE, Map::Array).ok()??;
+    let config = pins.open_map(common::MAP_CONFIG, Map::Array).ok()??;
+    let (_, c) = read_config(&active, &config).ok()?;
+    (c.attached_unix != 0).then_some(c.attached_unix)
+}
+
+/// The ids of the programs in the links pinned at `pins`.
+pub fn pinned_prog_ids(pins: &Pins) -> Vec<u32> {
+    HOOKS
+        .iter()
+        .filter_map(|spec| pins.open_link(spec.program).ok().flatten())
+        .filter_map(|(_, fd)| sys::link_info(fd.as_fd()).ok())
+        .map(|info| info.prog_id)
+        .collect()
+}
+
+/// The programs named like ours attached to `cgroup` whose ids are not in
+/// `ours`.
+pub fn other_guards(cgroup: &Path, ours: &[u32]) -> std::io::Result<Vec<OtherGuard>> {
+    let dir = std::fs::File::open(cgroup)?;
+    let mut others = Vec::new();
+    for spec in &HOOKS {
+        for id in sys::prog_query(dir.as_fd(), spec.attach_type)? {
+            if ours.contains(&id) {
+                continue;
+            }
+            // Gone meanwhile, or not ours to read: not one of ours either.
+            if sys::prog_name(id).is_ok_and(|name| name == spec.program) {
+                others.push(OtherGuard {
+                    hook: spec.hook,
+                    prog_id: id,
+                });
+            }
+        }
+    }
+    Ok(others)
 }

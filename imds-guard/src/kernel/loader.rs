@@ -247,6 +247,17 @@ impl Guard {
         self.maps.settle()
     }
 
+    /// Records in the pinned config whether the last reload was refused
+    /// (`config_flags::RELOAD_REFUSED`), for `status`.
+    pub fn mark_reload_refused(&mut self, refused: bool) -> Result<(), GuardError> {
+        let flag = common::config_flags::RELOAD_REFUSED;
+        if refused {
+            self.maps.mark_active(flag, 0)
+        } else {
+            self.maps.mark_active(0, flag)
+        }
+    }
+
     /// The generation the next [`Guard::apply`] writes.
     pub fn next_generation(&self) -> u32 {
         self.maps.next_generation()

@@ -269,6 +269,19 @@ impl PolicyMaps {
             .map_err(batch_err(common::MAP_CONFIG))
     }
 
+    /// Sets and clears `config_flags` bits of the generation in force, for
+    /// what `status` reports (the programs read none that change here).
+    pub(super) fn mark_active(&mut self, set: u32, clear: u32) -> Result<(), GuardError> {
+        let Some(generation) = self.active else {
+            return Ok(());
+        };
+        let mut config: common::Config = sys::map_lookup(self.config.as_fd(), &generation)
+            .map_err(batch_err(common::MAP_CONFIG))?;
+        config.flags = (config.flags | set) & !clear;
+        sys::map_update(self.config.as_fd(), &generation, &config)
+            .map_err(batch_err(common::MAP_CONFIG))
+    }
+
     /// Removes the protected addresses of `generation` this handle wrote.
     /// Its config stays, and its slot of the uid and gid rules: the flip
     /// away from it came first, and the next apply rewrites both before

@@ -21,6 +21,7 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_UPDATE: libc::c_long = 29;
@@ -188,6 +189,56 @@ pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u3
     bpf(BPF_PROG_QUERY, &mut attr)?;
     ids.truncate(attr.prog_cnt as usize);
     Ok(ids)
+}
+
+/// The name of the program with id `id` (up to 15 bytes, as loaded).
+pub fn prog_name(id: u32) -> io::Result<String> {
+    #[repr(C)]
+    struct ById {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let mut by_id = ById {
+        id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut by_id)?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    /// `struct bpf_prog_info` up to its name.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Info {
+        prog_type: u32,
+        id: u32,
+        tag: [u8; 8],
+        jited_prog_len: u32,
+        xlated_prog_len: u32,
+        jited_prog_insns: u64,
+        xlated_prog_insns: u64,
+        load_time: u64,
+        created_by_uid: u32,
+        nr_map_ids: u32,
+        map_ids: u64,
+        name: [u8; 16],
+    }
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = Info::default();
+    let mut attr = Attr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<Info>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let end = info.name.iter().position(|&b| b == 0).unwrap_or(16);
+    Ok(String::from_utf8_lossy(&info.name[..end]).into_owned())
 }
 
 /// Waits until every program run that started before the call has ended:
