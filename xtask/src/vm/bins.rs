@@ -18,9 +18,11 @@ use serde_json::Value;
 use super::Arch;
 use crate::process::{cargo, stdout, workspace_root};
 
-/// The agent's and the probe's binary names.
+/// The agent's and the e2e helpers' binary names.
 pub const AGENT: &str = "imds-guard";
 pub const PROBE: &str = "imds-probe";
+/// The io_uring client the guard suite runs.
+pub const URING: &str = "imds-uring";
 
 /// One test binary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +35,7 @@ pub struct Suite {
 pub struct Payload {
     pub agent: PathBuf,
     pub probe: PathBuf,
+    pub uring: PathBuf,
     pub suites: Vec<Suite>,
 }
 
@@ -74,6 +77,7 @@ pub fn build(only: &[String]) -> Result<Payload> {
     Ok(Payload {
         agent: find(AGENT)?,
         probe: find(PROBE)?,
+        uring: find(URING)?,
         suites: select(all, only)?,
     })
 }
@@ -127,6 +131,7 @@ pub fn from_dir(dir: &Path, only: &[String]) -> Result<Payload> {
     Ok(Payload {
         agent: file(AGENT)?,
         probe: file(PROBE)?,
+        uring: file(URING)?,
         suites: select(all, only)?,
     })
 }
@@ -135,7 +140,7 @@ impl Payload {
     /// Fails unless every binary is an ELF executable for `arch`: a guest
     /// would only say "exec format error", suite after suite.
     pub fn check_arch(&self, arch: Arch) -> Result<()> {
-        let all = [&self.agent, &self.probe]
+        let all = [&self.agent, &self.probe, &self.uring]
             .into_iter()
             .chain(self.suites.iter().map(|s| &s.path));
         for path in all {

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use super::{
     Arch,
-    bins::{AGENT, PROBE, Payload},
+    bins::{AGENT, PROBE, Payload, URING},
     cpio::Writer,
     kernel::Kernel,
 };
@@ -67,6 +67,7 @@ pub fn initramfs(
     let mut binaries = vec![
         (format!("vm/bin/{AGENT}"), payload.agent.clone()),
         (format!("vm/bin/{PROBE}"), payload.probe.clone()),
+        (format!("vm/bin/{URING}"), payload.uring.clone()),
     ];
     for suite in &payload.suites {
         binaries.push((format!("vm/tests/{}", suite.name), suite.path.clone()));
