@@ -14,8 +14,9 @@ use serde_json::Value;
 
 const EPERM: i32 = libc::EPERM;
 
-/// Broken in three ways: a syntax the checker refuses, a user that does
-/// not exist, a policy that decides nothing.
+/// Broken in three ways: a syntax the checker refuses, a denied user that
+/// does not exist (an allowed one is left out instead: see below), a
+/// policy that decides nothing.
 const BROKEN: [(&str, &str, &str); 3] = [
     (
         "[allow]\nuids = [\"x\"]\n",
@@ -23,7 +24,7 @@ const BROKEN: [(&str, &str, &str); 3] = [
         "expected an integer uid",
     ),
     (
-        "[allow]\nusers = [\"no-such-user-imds\"]\n",
+        "[deny]\nusers = [\"no-such-user-imds\"]\n",
         ":2:10: ",
         "does not exist",
     ),
@@ -189,4 +190,80 @@ fn without_a_fallback_a_policy_that_does_not_validate_leaves_nothing_attached() 
         let r = sb.probe().run(Action::http(imds_v4(), IMDS_PORT));
         assert_eq!(r.assert_ok().body, sb.imds.credentials_body());
     }
+}
+
+#[test]
+fn an_allowed_name_that_does_not_resolve_yet_is_left_out_and_retried() {
+    if !privileged_or_skip("an_allowed_name_that_does_not_resolve_yet_is_left_out_and_retried") {
+        return;
+    }
+    // The agent sees a copy of /etc/passwd, bind-mounted in a mount
+    // namespace of its own, so that the test can create the user later
+    // without touching the machine's.
+    let w = Sandbox::new();
+    let passwd = w.dir.path().join("passwd");
+    std::fs::copy("/etc/passwd", &passwd).expect("copy /etc/passwd");
+    let script = w.dir.path().join("agent-with-own-passwd.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec unshare --mount --propagation private -- sh -c 'mount --bind {} \
+             /etc/passwd && exec {} \"$@\"' sh \"$@\"\n",
+            passwd.display(),
+            imds_guard_e2e::imds_guard_bin().display()
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let config = w.policy("[allow]\nusers = [\"root\", \"imds-later\"]\n");
+    let agent = imds_guard_e2e::Agent::start_bin(&w.netns, &script, &config, &w.cgroup, &[]);
+    agent.wait_ready(READY);
+    let left_out = agent
+        .wait_for(|r| field(r, "unresolved").is_some(), READY)
+        .unwrap_or_else(|| panic!("no record names the name left out"));
+    let message = field(&left_out, "message")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    assert!(
+        message.contains("imds-later") && message.contains("left out"),
+        "{message}"
+    );
+    // Not the fallback: the rest of the policy is in force, and the name
+    // left out is denied.
+    let ready = agent
+        .wait_for(|r| field(r, "ready").is_some(), READY)
+        .expect("ready");
+    assert_eq!(
+        field(&ready, "fallback"),
+        Some(&Value::Bool(false)),
+        "{ready}"
+    );
+    w.probe_as(0, 0)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_ok();
+    w.probe_as(4242, 4242)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_errno(EPERM);
+    // The user appears (cloud-init, a package): the agent's retry finds it.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&passwd)
+        .expect("open the copy");
+    std::io::Write::write_all(&mut f, b"imds-later:x:4242:4242::/nonexistent:/bin/false\n")
+        .expect("append the user");
+    drop(f);
+    let resolved = agent.wait_for(
+        |r| {
+            field(r, "message")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.contains("every [allow] name resolves now"))
+        },
+        imds_guard_e2e::slowdown::scaled(std::time::Duration::from_secs(45)),
+    );
+    assert!(resolved.is_some(), "the retry did not find the user");
+    w.probe_as(4242, 4242)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_ok();
+    drop(agent);
 }

@@ -128,5 +128,8 @@ pub mod config_flags {
     /// not be written): this generation stays in force. For `status`; the
     /// programs do not read it.
     pub const RELOAD_REFUSED: u32 = 4;
+    /// Some `[allow]` names did not resolve and are left out (they stay
+    /// denied); the agent retries them. For `status`.
+    pub const PARTIAL: u32 = 8;
 }
 const _: () = assert!(size_of::<Config>() == 64);

@@ -201,6 +201,7 @@ pub fn to_json(status: &Status) -> Value {
         "enforcing": status.enforcing(),
         "fallback": status.in_fallback(),
         "last_reload_refused": status.reload_refused(),
+        "names_left_out": status.names_left_out(),
         "attached": !status.links.is_empty(),
         "mode": mode_name(status),
         "pin_dir": status.pin_dir,
@@ -295,6 +296,13 @@ pub fn to_text(status: &Status) -> String {
             } else {
                 "not running (enforcement continues)"
             }
+        );
+    }
+    if status.names_left_out() {
+        let _ = writeln!(
+            s,
+            "  NAMES LEFT OUT: some [allow] users or groups did not resolve and cannot connect \
+             until they do; the agent retries (see its log)"
         );
     }
     if status.reload_refused() {

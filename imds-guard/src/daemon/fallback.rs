@@ -1,5 +1,7 @@
 //! The fail-closed fallback: a host that boots with a policy that does not
-//! validate (or names a user that does not resolve) must not be left open.
+//! validate (or names in `[deny]` a user that does not resolve) must not be
+//! left open. (An `[allow]` name that does not resolve yet is left out of
+//! the policy, see `policy/unresolved.rs`, and retried.)
 //! When nothing is pinned, so no earlier policy is in force, the agent puts
 //! a policy of its own in force instead: built in (root only), or the
 //! `--fallback FILE` the unit names. It says so loudly (the log, systemd's
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::{
     chain::Chain,
     kernel::pins::Pins,
-    policy::{Policy, PolicyError, PolicySpec, Resolver},
+    policy::{Policy, PolicyError, PolicySpec, Resolver, Unresolved},
 };
 
 /// What `--fallback` asked for.
@@ -49,6 +51,8 @@ const BUILTIN_NAME: &str = "(built-in fallback: root only)";
 /// The policy to put in force.
 pub struct Chosen {
     pub policy: Policy,
+    /// `[allow]` names left out of it because they do not resolve yet.
+    pub unresolved: Vec<Unresolved>,
     /// Why the configured policy is not the one in force, when it is not:
     /// its error, kept to exit with should the fallback fail too.
     pub fallback_for: Option<PolicyError>,
@@ -62,10 +66,11 @@ pub fn choose(
     pins: &Pins,
     resolver: &dyn Resolver,
 ) -> Result<Chosen, PolicyError> {
-    let error = match PolicySpec::load(config).and_then(|s| s.resolve(resolver)) {
-        Ok(policy) => {
+    let error = match PolicySpec::load(config).and_then(|s| s.resolve_available(resolver)) {
+        Ok((policy, unresolved)) => {
             return Ok(Chosen {
                 policy,
+                unresolved,
                 fallback_for: None,
             });
         }
@@ -95,6 +100,7 @@ pub fn choose(
     };
     Ok(Chosen {
         policy,
+        unresolved: Vec::new(),
         fallback_for: Some(error),
     })
 }
@@ -143,7 +149,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("imds-guard-fallback-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let bad = dir.join("bad.toml");
-        std::fs::write(&bad, "[allow]\nusers = [\"nobody-here\"]\n").expect("write");
+        std::fs::write(&bad, "[deny]\nusers = [\"nobody-here\"]\n").expect("write");
         let pins = Pins::new(dir.join("no-pins"));
         let r = FakeResolver::new(&[], &[]);
         let chosen = choose(&bad, &Fallback::Builtin, &pins, &r).expect("falls back");

@@ -35,7 +35,7 @@ use tokio::{
     io::unix::{AsyncFd, AsyncFdReadyMutGuard},
     signal::unix::{Signal, SignalKind, signal},
     task::JoinHandle,
-    time::{Duration, Interval, MissedTickBehavior, interval},
+    time::{Duration, Interval, MissedTickBehavior, interval_at},
 };
 
 use self::{
@@ -53,7 +53,7 @@ use crate::{
         inspect::Status,
         pins::{PinError, Pins},
     },
-    policy::{Mode, Policy, PolicyError, SystemResolver, hex},
+    policy::{Mode, Policy, PolicyError, SystemResolver, Unresolved, hex},
 };
 
 /// What `imds-guard run` was asked to do.
@@ -151,6 +151,9 @@ pub struct Daemon {
     server: Option<JoinHandle<()>>,
     log: EventLog,
     resolver: SystemResolver,
+    /// `[allow]` names left out of the policy in force because they do not
+    /// resolve (yet); retried every [`RETRY_NAMES`] and at every reload.
+    unresolved: Vec<Unresolved>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -188,8 +191,13 @@ impl Daemon {
                 Ok(loaded) => loaded?,
                 Err(panic) => std::panic::resume_unwind(panic),
             };
-            let in_fallback = chosen.fallback_for.is_some();
-            let started = Self::start_with(config, pins, guard, chosen.policy, in_fallback, level);
+            let starting = Starting {
+                in_fallback: chosen.fallback_for.is_some(),
+                policy: chosen.policy,
+                unresolved: chosen.unresolved,
+                level,
+            };
+            let started = Self::start_with(config, pins, guard, starting);
             match started {
                 Ok(started) => Ok(started),
                 // The fallback could not be put in force either: the error
@@ -208,15 +216,19 @@ impl Daemon {
         })
     }
 
-    /// Puts `policy` in force, attached and pinned.
+    /// Puts the policy in force, attached and pinned.
     fn start_with(
         config: Config,
         pins: Pins,
         mut guard: Guard,
-        policy: Policy,
-        in_fallback: bool,
-        level: u8,
+        starting: Starting,
     ) -> Result<(Self, AttachReport, Rings), DaemonError> {
+        let Starting {
+            policy,
+            unresolved,
+            in_fallback,
+            level,
+        } = starting;
         let cgroup = match &config.cgroup {
             Some(dir) => dir.clone(),
             None => cgroup::cgroup2_root()?,
@@ -245,7 +257,7 @@ impl Daemon {
             applied_unix: now_unix(),
             attached_unix,
             agent_pid: std::process::id(),
-            flags: stamp_flags(in_fallback, level > 0),
+            flags: stamp_flags(in_fallback, level > 0, !unresolved.is_empty()),
         };
         let generation = guard.load_and_apply(&policy, &stamp)?;
         let report = guard.attach(&cgroup, Some(&pins))?;
@@ -276,6 +288,7 @@ impl Daemon {
             server: None,
             log: EventLog::default(),
             resolver: SystemResolver,
+            unresolved,
         };
         Ok((daemon, report, rings))
     }
@@ -304,6 +317,8 @@ impl Daemon {
             .map(|e| e.addr.to_string())
             .collect();
         let mode = policy.spec.mode;
+        // Before `ready`: whoever waits for it sees what is left out.
+        self.say_unresolved();
         let how = if report.adopted > 0 {
             "took over the pinned guard on"
         } else {
@@ -344,6 +359,19 @@ impl Daemon {
         let guarded = self.forward == ForwardState::Guarded;
         self.metrics.set_forward(None, guarded);
         notified(notify::ready(&self.ready_status(mode, true)));
+    }
+
+    /// Says, at error level, which `[allow]` names are left out of the
+    /// policy in force because they do not resolve.
+    fn say_unresolved(&self) {
+        for u in &self.unresolved {
+            tracing::error!(
+                unresolved = %u.identity,
+                "[allow] {u}: left out of the policy in force (it cannot connect) until it \
+                 resolves; trying again every {} s and at every reload",
+                RETRY_NAMES.as_secs()
+            );
+        }
     }
 
     /// Starts the metrics server, if asked for. Only now, with the guard in
@@ -413,6 +441,15 @@ impl Daemon {
                     ready.clear_ready();
                 }
                 _ = timers.tick.tick() => self.on_tick(),
+                _ = timers.names.tick(), if !self.unresolved.is_empty() => {
+                    if rings.reload.is_none() {
+                        tracing::info!(
+                            "trying again the {} [allow] name(s) that did not resolve",
+                            self.unresolved.len()
+                        );
+                        self.on_hup(&mut rings.reload);
+                    }
+                }
             }
         }
     }
@@ -493,7 +530,7 @@ impl Daemon {
 /// The config flags an agent starts with: whether its policy is the
 /// fallback, and whether allowed decisions are logged (debug level), so
 /// that the programs send events for them.
-fn stamp_flags(in_fallback: bool, log_allowed: bool) -> u32 {
+fn stamp_flags(in_fallback: bool, log_allowed: bool, partial: bool) -> u32 {
     let mut flags = 0;
     if in_fallback {
         flags |= config_flags::FALLBACK;
@@ -501,8 +538,24 @@ fn stamp_flags(in_fallback: bool, log_allowed: bool) -> u32 {
     if log_allowed {
         flags |= config_flags::LOG_ALLOWED;
     }
+    if partial {
+        flags |= config_flags::PARTIAL;
+    }
     flags
 }
+
+/// What [`Daemon::start_with`] puts in force.
+struct Starting {
+    policy: Policy,
+    /// `[allow]` names left out of it (they do not resolve yet).
+    unresolved: Vec<Unresolved>,
+    in_fallback: bool,
+    /// The programs' log level (0: off).
+    level: u8,
+}
+
+/// How often names that did not resolve are tried again.
+const RETRY_NAMES: Duration = Duration::from_secs(30);
 
 /// Ticks (seconds) between two reads of the forward table's counters:
 /// each is a run of `nft`.
@@ -518,15 +571,22 @@ struct Timers {
     tick: Interval,
     /// The ring buffer: every [`POLL`].
     poll: Interval,
+    /// Names that did not resolve: every [`RETRY_NAMES`].
+    names: Interval,
 }
 
 impl Timers {
     fn new() -> Self {
-        let mut tick = interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut poll = interval(POLL);
-        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Self { tick, poll }
+        let every = |period| {
+            let mut i = interval_at(tokio::time::Instant::now() + period, period);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        };
+        Self {
+            tick: every(Duration::from_secs(1)),
+            poll: every(POLL),
+            names: every(RETRY_NAMES),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use std::{
     time::Instant,
 };
 
+use imds_guard_common::config_flags;
 use tokio::task::JoinHandle;
 
 use super::{
@@ -24,7 +25,7 @@ use super::{
 use crate::{
     chain::Chain,
     kernel::{Guard, GuardError, Stamp},
-    policy::{Mode, Policy, PolicySpec, SystemResolver, hex},
+    policy::{Mode, Policy, PolicySpec, SystemResolver, Unresolved, hex},
 };
 
 /// The policy of each generation, for explaining the decisions made under
@@ -85,6 +86,7 @@ struct Applied {
     policy: Arc<Policy>,
     forward: ForwardState,
     forward_ruleset: Option<String>,
+    unresolved: Vec<Unresolved>,
     micros: u64,
 }
 
@@ -120,6 +122,11 @@ impl Daemon {
                 self.stamp = applied.stamp;
                 self.forward = applied.forward;
                 self.forward_ruleset = applied.forward_ruleset;
+                let was = std::mem::replace(&mut self.unresolved, applied.unresolved);
+                if self.unresolved.is_empty() && !was.is_empty() {
+                    tracing::info!("every [allow] name resolves now");
+                }
+                self.say_unresolved();
                 ReloadOutcome::Applied
             }
             Err(outcome) => {
@@ -182,18 +189,23 @@ fn reload(
     forward: Option<&str>,
 ) -> Done {
     let started = Instant::now();
-    let Some(policy) = load(config) else {
+    let Some((policy, unresolved)) = load(config) else {
         return Done {
             guard,
             outcome: Err(ReloadOutcome::Invalid),
         };
     };
     let policy = Arc::new(policy);
+    let partial = if unresolved.is_empty() {
+        0
+    } else {
+        config_flags::PARTIAL
+    };
     let stamp = Stamp {
         digest: policy.digest(),
         applied_unix: now_unix(),
-        // The configured policy, in force at last.
-        flags: stamp.flags & !imds_guard_common::config_flags::FALLBACK,
+        // The configured policy, in force at last; names left out said.
+        flags: (stamp.flags & !(config_flags::FALLBACK | config_flags::PARTIAL)) | partial,
         ..stamp
     };
     // Named before the flip, so that the first decision under it is
@@ -228,6 +240,7 @@ fn reload(
         stamp,
         forward,
         forward_ruleset,
+        unresolved,
         policy,
         micros,
     });
@@ -243,11 +256,11 @@ fn failed(e: &GuardError) {
     );
 }
 
-/// The policy at `config`, resolved; `None`, with every problem logged,
-/// when it does not validate.
-fn load(config: &Path) -> Option<Policy> {
-    match PolicySpec::load(config).and_then(|s| s.resolve(&SystemResolver)) {
-        Ok(policy) => Some(policy),
+/// The policy at `config`, resolved as far as names resolve; `None`, with
+/// every problem logged, when it does not validate.
+fn load(config: &Path) -> Option<(Policy, Vec<Unresolved>)> {
+    match PolicySpec::load(config).and_then(|s| s.resolve_available(&SystemResolver)) {
+        Ok(loaded) => Some(loaded),
         Err(e) => {
             for line in e.to_string().lines() {
                 tracing::warn!(event = "reload", outcome = "invalid", "{line}");

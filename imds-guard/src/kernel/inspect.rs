@@ -134,6 +134,13 @@ impl Status {
             .is_some_and(|(_, c)| c.flags & common::config_flags::RELOAD_REFUSED != 0)
     }
 
+    /// Whether some `[allow]` names are left out of the policy in force
+    /// because they did not resolve (the agent retries them).
+    pub fn names_left_out(&self) -> bool {
+        self.config
+            .is_some_and(|(_, c)| c.flags & common::config_flags::PARTIAL != 0)
+    }
+
     /// Whether the forward table is in force here.
     pub fn forward_guarded(&self) -> bool {
         matches!(self.forward, Ok(Some(_)))

@@ -28,6 +28,7 @@ mod explain;
 pub mod forward;
 mod raw;
 mod resolve;
+mod unresolved;
 mod validate;
 
 use std::{
@@ -45,6 +46,7 @@ pub use self::{
     error::{Diagnostic, PolicyError},
     explain::explain,
     resolve::{Resolver, SystemResolver},
+    unresolved::Unresolved,
 };
 
 /// The default protected endpoints: the EC2 instance metadata service over
