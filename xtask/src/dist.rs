@@ -137,17 +137,18 @@ fn build(arch: Arch, tools: &setup::Zigbuild) -> Result<Build> {
     })
 }
 
-/// The version `imds-guard --version` prints (`imds-guard 0.1.0`): what the
-/// packages are named after is what the binary says it is.
+/// The version `imds-guard -V` prints (`imds-guard 0.1.0`): what the
+/// packages are named after is what the binary says it is. (`--version`
+/// adds what the kernel offers on a second line.)
 fn version(arch: Arch, bin: &Path) -> Result<String> {
-    let out = output(compile::exec(arch, bin)?.arg("--version"))?;
+    let out = output(compile::exec(arch, bin)?.arg("-V"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     match text.trim().split_once(' ') {
         Some(("imds-guard", v)) if !v.is_empty() && !v.contains(char::is_whitespace) => {
             Ok(v.to_owned())
         }
         _ => bail!(
-            "{} --version printed {:?}, not \"imds-guard VERSION\"",
+            "{} -V printed {:?}, not \"imds-guard VERSION\"",
             bin.display(),
             text.trim()
         ),

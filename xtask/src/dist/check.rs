@@ -219,15 +219,15 @@ fn dpkg(args: &[&str], deb: &Path) -> Result<()> {
 fn installed_checks(build: &Build, deb: &Path) -> Result<()> {
     let mut p = Problems::default();
 
-    match stdout(Command::new(BIN).arg("--version")) {
+    match stdout(Command::new(BIN).arg("-V")) {
         Ok(v) => p.expect(v.trim() == format!("imds-guard {}", build.version), || {
             format!(
-                "{BIN} --version printed {:?}, expected \"imds-guard {}\"",
+                "{BIN} -V printed {:?}, expected \"imds-guard {}\"",
                 v.trim(),
                 build.version
             )
         }),
-        Err(e) => p.0.push(format!("{BIN} --version: {e:#}")),
+        Err(e) => p.0.push(format!("{BIN} -V: {e:#}")),
     }
 
     let unit = Format::Deb.unit();
