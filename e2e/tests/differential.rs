@@ -466,12 +466,14 @@ fn the_aws_one_liners_decide_as_the_guard_does() {
         return;
     }
     let text = rendered(&spec(&SINGLE), Target::Iptables, Format::Commands);
+    // The AWS rule, inserted first rather than appended (the loaded
+    // OUTPUT has an ACCEPT before it: see `accept_first`).
     assert!(
         text.contains(
-            "\niptables --append OUTPUT --proto tcp --destination 169.254.169.254 --match owner \
+            "\niptables --insert OUTPUT 1 --proto tcp --destination 169.254.169.254 --match owner \
              --uid-owner nobody --jump REJECT\n"
         ),
-        "not the AWS line:\n{text}"
+        "not the AWS rule:\n{text}"
     );
     differential(
         &SINGLE,

@@ -95,6 +95,20 @@ pub(super) fn in_netns(netns: &Netns, program: &str, args: &[&str], stdin: Optio
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// An ACCEPT for everything in OUTPUT, before the rules are loaded, as
+/// ufw's stock ruleset has (OUTPUT jumps to its chains, which accept new
+/// outgoing connections): rules appended after it would never see a packet,
+/// and every verdict of a denied caller would differ from the guard's. The
+/// rendered rules go first in OUTPUT, so they decide anyway.
+fn accept_first(netns: &Netns) {
+    for tool in ["iptables", "ip6tables"] {
+        let command = format!(
+            "{tool} --check OUTPUT --jump ACCEPT 2>/dev/null || {tool} --append OUTPUT --jump ACCEPT"
+        );
+        in_netns(netns, "sh", &["-e", "-c", &command], None);
+    }
+}
+
 pub(super) fn rendered(spec: &PolicySpec, target: Target, format: Format) -> String {
     let out = render(spec, target, format);
     // Both protected addresses are in every policy, so iptables warns
@@ -149,6 +163,9 @@ fn rules(save: &str, what: &str) -> usize {
 /// the second load changes nothing; returns the text that was loaded.
 pub(super) fn load(netns: &Netns, side: Side, spec: &PolicySpec) -> String {
     let mut loaded = String::new();
+    if side != Side::NftablesFile {
+        accept_first(netns);
+    }
     match side {
         Side::XtablesFile => {
             for target in [Target::Iptables, Target::Ip6tables] {
@@ -170,10 +187,11 @@ pub(super) fn load(netns: &Netns, side: Side, spec: &PolicySpec) -> String {
                     saves[0], saves[1],
                     "{restore} --noflush plus `{hook}`, loaded twice, changed the rules"
                 );
-                // The file's rules, and the one hook on OUTPUT.
+                // The file's rules, the one hook on OUTPUT, and the ACCEPT
+                // it was inserted before.
                 assert_eq!(
                     rules(&saves[1], &save),
-                    appends + 1,
+                    appends + 2,
                     "{save} after loading\n{text}\nshows\n{}",
                     saves[1]
                 );

@@ -10,7 +10,14 @@
 //!   REJECT per denied id, a RETURN per allowed id, REJECT at the end when
 //!   the default denies.
 //!
-//! Idempotence. Commands: each `--append` to OUTPUT is guarded by
+//! First in OUTPUT. The rules that OUTPUT reaches are inserted at its top
+//! (`--insert OUTPUT 1`), not appended as in the AWS one-liner: appended,
+//! they never see a packet that an earlier rule accepts, and ufw's stock
+//! ruleset (OUTPUT jumps to its chains, which accept new outgoing
+//! connections) lets a denied user through. nftables output is immune: its
+//! own table's base chain sees every packet whatever another table accepts.
+//!
+//! Idempotence. Commands: each `--insert` into OUTPUT is guarded by
 //! `--check ... ||` on the line before it (so the AWS line itself stays a
 //! line of its own), and the chains are created or flushed before they are
 //! filled. File: an `iptables-restore --noflush` file holding only the two
@@ -24,7 +31,7 @@
 
 use std::net::IpAddr;
 
-use super::{Format, LOG_PREFIX, Out, Written, names, plan::Family};
+use super::{Format, LOG_PREFIX, Out, Target, Written, names, plan::Family};
 use crate::policy::Action;
 
 /// The chain OUTPUT jumps to; it selects the protected destinations.
@@ -33,12 +40,14 @@ pub(super) const HOOK_CHAIN: &str = "IMDS_GUARD";
 pub(super) const OWNER_CHAIN: &str = "IMDS_GUARD_OWNER";
 
 pub(super) fn render(out: &mut Out, family: Family) {
-    let (tool, other_tool, other_family) = match family {
-        Family::V4 => ("iptables", "ip6tables", "IPv6"),
-        Family::V6 => ("ip6tables", "iptables", "IPv4"),
+    let (tool, other_tool, other_family, other) = match family {
+        Family::V4 => ("iptables", "ip6tables", "IPv6", Target::Ip6tables),
+        Family::V6 => ("ip6tables", "iptables", "IPv4", Target::Iptables),
     };
+    // Rendered together, the other tool covers the other family.
+    let covered = out.together.contains(&other);
     for endpoint in &out.plan.spec.endpoints {
-        if Family::of(endpoint.addr) != family {
+        if Family::of(endpoint.addr) != family && !covered {
             let message = format!(
                 "{} is an {other_family} address, which {tool} does not filter; \
                  render --{other_tool} as well",
@@ -89,10 +98,17 @@ fn notes(out: &mut Out, tool: &str) {
         );
     }
     match out.format {
-        Format::Commands => out.comment(
-            "Run as root. Each --append to OUTPUT is guarded by --check, so running \
-             these commands twice adds nothing; --format file replaces a policy atomically.",
-        ),
+        Format::Commands => {
+            out.comment(
+                "Run as root. Each --insert into OUTPUT is guarded by --check, so running \
+                 these commands twice adds nothing; --format file replaces a policy atomically.",
+            );
+            out.comment(&format!(
+                "Inserted first in OUTPUT: an earlier ACCEPT (ufw's ruleset) would otherwise \
+                 let every connection through. Check after loading: {tool} --list OUTPUT 1 \
+                 --numeric names the rule."
+            ));
+        }
         Format::File => {
             out.comment(&format!(
                 "Load with: {tool}-restore --noflush < FILE (declaring a chain under \
@@ -166,7 +182,7 @@ fn one_liners(out: &mut Out, tool: &str, addresses: &[IpAddr], rule: &Written) {
         .collect();
     for spec in &specs {
         out.line(&format!("{tool} --check OUTPUT {spec} 2>/dev/null ||"));
-        out.line(&format!("{tool} --append OUTPUT {spec}"));
+        out.line(&format!("{tool} --insert OUTPUT 1 {spec}"));
     }
     for spec in &specs {
         out.comment(&format!("To remove: {tool} --delete OUTPUT {spec}"));
@@ -208,7 +224,7 @@ fn hook_rules(out: &Out, addresses: &[IpAddr]) -> Vec<String> {
 fn hook_commands(tool: &str) -> [String; 2] {
     [
         format!("{tool} --check OUTPUT --jump {HOOK_CHAIN} 2>/dev/null ||"),
-        format!("{tool} --append OUTPUT --jump {HOOK_CHAIN}"),
+        format!("{tool} --insert OUTPUT 1 --jump {HOOK_CHAIN}"),
     ]
 }
 

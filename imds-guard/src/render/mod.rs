@@ -136,15 +136,37 @@ pub struct Rendered {
 
 /// Renders `spec` for `target` in `format`.
 pub fn render(spec: &PolicySpec, target: Target, format: Format) -> Rendered {
-    let mut out = Out::new(spec, target, format);
-    match target {
-        Target::Iptables => iptables::render(&mut out, plan::Family::V4),
-        Target::Ip6tables => iptables::render(&mut out, plan::Family::V6),
-        Target::Nftables => nftables::render(&mut out),
-        Target::Pf => pf::render(&mut out),
-        Target::Ipfw => ipfw::render(&mut out),
+    render_all(spec, &[target], format)
+}
+
+/// Renders `spec` for each of `targets`, one after the other (iptables and
+/// ip6tables together: neither warns about the other family's addresses,
+/// which the other covers). A warning both give is given once.
+pub fn render_all(spec: &PolicySpec, targets: &[Target], format: Format) -> Rendered {
+    let mut all = Rendered::default();
+    for &target in targets {
+        let mut out = Out::new(spec, target, format);
+        out.together = targets.to_vec();
+        render_one(&mut out);
+        let one = out.finish();
+        all.text.push_str(&one.text);
+        for warning in one.warnings {
+            if !all.warnings.contains(&warning) {
+                all.warnings.push(warning);
+            }
+        }
     }
-    out.finish()
+    all
+}
+
+fn render_one(out: &mut Out<'_>) {
+    match out.target {
+        Target::Iptables => iptables::render(out, plan::Family::V4),
+        Target::Ip6tables => iptables::render(out, plan::Family::V6),
+        Target::Nftables => nftables::render(out),
+        Target::Pf => pf::render(out),
+        Target::Ipfw => ipfw::render(out),
+    }
 }
 
 /// The prefix of every log line the audit rules write, where the target
@@ -173,6 +195,8 @@ struct Out<'a> {
     rules: Vec<Written>,
     text: String,
     warnings: Vec<String>,
+    /// Every target rendered in the same output, this one included.
+    together: Vec<Target>,
 }
 
 impl<'a> Out<'a> {
@@ -185,6 +209,7 @@ impl<'a> Out<'a> {
             rules: Vec::new(),
             text: String::new(),
             warnings: Vec::new(),
+            together: vec![target],
         };
         out.header();
         out.write_rules();

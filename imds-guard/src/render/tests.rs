@@ -10,7 +10,7 @@ use crate::policy::{Endpoint, Entry, Identity};
 
 /// The lines of the commands output that add a rule: for iptables, every
 /// line but the `--check ... ||` guards, after checking that each guard
-/// checks exactly the rule the next line appends.
+/// checks exactly the rule the next line inserts first into OUTPUT.
 fn adding_lines(text: &str) -> Vec<&str> {
     let lines = rule_lines(text);
     let mut adding = Vec::new();
@@ -22,9 +22,9 @@ fn adding_lines(text: &str) -> Vec<&str> {
                 .get(i + 1)
                 .unwrap_or_else(|| panic!("guard {line:?} guards nothing"));
             assert_eq!(
-                guard.replacen("--check", "--append", 1),
+                guard.replacen("--check OUTPUT", "--insert OUTPUT 1", 1),
                 *next,
-                "the guard must check the rule the next line appends"
+                "the guard must check the rule the next line inserts"
             );
             i += 1;
             continue;
@@ -37,7 +37,9 @@ fn adding_lines(text: &str) -> Vec<&str> {
 
 const AWS_V4: &str = "[endpoints]\naddresses = [\"169.254.169.254\"]\n";
 
-/// The four texts of the AWS documentation, exactly.
+/// The four rules of the AWS documentation, exactly, but inserted first
+/// into OUTPUT rather than appended (see `iptables.rs`: appended, an earlier
+/// ACCEPT such as ufw's lets every connection through).
 #[test]
 fn golden_iptables_deny_one_user() {
     let text = clean(
@@ -48,7 +50,7 @@ fn golden_iptables_deny_one_user() {
     assert_eq!(
         adding_lines(&text),
         [
-            "iptables --append OUTPUT --proto tcp --destination 169.254.169.254 \
+            "iptables --insert OUTPUT 1 --proto tcp --destination 169.254.169.254 \
           --match owner --uid-owner apache --jump REJECT"
         ],
         "the AWS deny line, and no other rule line:\n{text}"
@@ -65,7 +67,7 @@ fn golden_iptables_allow_one_user() {
     assert_eq!(
         adding_lines(&text),
         [
-            "iptables --append OUTPUT --proto tcp --destination 169.254.169.254 \
+            "iptables --insert OUTPUT 1 --proto tcp --destination 169.254.169.254 \
           --match owner ! --uid-owner trustworthy-user --jump REJECT"
         ],
         "the AWS allow line, and no other rule line:\n{text}"
@@ -169,7 +171,7 @@ fn ipv4_endpoints_with_ip6tables_ask_for_iptables() {
     assert_eq!(
         adding_lines(&rendered.text),
         [
-            "ip6tables --append OUTPUT --proto tcp --destination fd00:ec2::254 \
+            "ip6tables --insert OUTPUT 1 --proto tcp --destination fd00:ec2::254 \
           --match owner --uid-owner apache --jump REJECT"
         ],
         "ip6tables keeps the AWS form for the IPv6 address"

@@ -45,7 +45,8 @@ fn several_identities_use_a_dedicated_chain() {
     let text = clean(MULTI, Target::Iptables, Format::Commands);
     let expected = format!(
         "{HEADER}{SUPPL_GROUPS_NOTE}\
-# Run as root. Each --append to OUTPUT is guarded by --check, so running these commands twice adds nothing; --format file replaces a policy atomically.
+# Run as root. Each --insert into OUTPUT is guarded by --check, so running these commands twice adds nothing; --format file replaces a policy atomically.
+# Inserted first in OUTPUT: an earlier ACCEPT (ufw's ruleset) would otherwise let every connection through. Check after loading: iptables --list OUTPUT 1 --numeric names the rule.
 iptables --new-chain IMDS_GUARD 2>/dev/null || iptables --flush IMDS_GUARD
 iptables --new-chain IMDS_GUARD_OWNER 2>/dev/null || iptables --flush IMDS_GUARD_OWNER
 iptables --append IMDS_GUARD_OWNER --match owner --uid-owner 33 --jump REJECT
@@ -56,7 +57,7 @@ iptables --append IMDS_GUARD_OWNER --match owner --gid-owner 10 --suppl-groups -
 iptables --append IMDS_GUARD_OWNER --jump REJECT
 iptables --append IMDS_GUARD --proto tcp --destination 169.254.169.254 --jump IMDS_GUARD_OWNER
 iptables --check OUTPUT --jump IMDS_GUARD 2>/dev/null ||
-iptables --append OUTPUT --jump IMDS_GUARD
+iptables --insert OUTPUT 1 --jump IMDS_GUARD
 # To remove: iptables --delete OUTPUT --jump IMDS_GUARD; iptables --flush IMDS_GUARD; iptables --delete-chain IMDS_GUARD; iptables --flush IMDS_GUARD_OWNER; iptables --delete-chain IMDS_GUARD_OWNER
 "
     );
@@ -73,7 +74,7 @@ fn the_file_is_a_restore_file_of_the_two_chains() {
 # --suppl-groups: the AWS note that the owner match sees only a process's primary group predates this option,
 # which makes --gid-owner match supplementary groups too (the eBPF guard matches the real primary gid only).
 # Load with: iptables-restore --noflush < FILE (declaring a chain under --noflush flushes it: loading twice leaves one copy).
-# Then hook the chain into OUTPUT, once: iptables --check OUTPUT --jump IMDS_GUARD 2>/dev/null || iptables --append OUTPUT --jump IMDS_GUARD
+# Then hook the chain into OUTPUT, once: iptables --check OUTPUT --jump IMDS_GUARD 2>/dev/null || iptables --insert OUTPUT 1 --jump IMDS_GUARD
 *filter
 :IMDS_GUARD - [0:0]
 :IMDS_GUARD_OWNER - [0:0]
@@ -118,7 +119,7 @@ users = ["root", "alice"]
     );
     assert!(
         text.contains("ip6tables-restore --noflush")
-            && text.contains("ip6tables --append OUTPUT --jump IMDS_GUARD"),
+            && text.contains("ip6tables --insert OUTPUT 1 --jump IMDS_GUARD"),
         "the loading instructions name ip6tables:\n{text}"
     );
 }
@@ -134,9 +135,10 @@ groups = ["imds"]
     let text = clean(toml, Target::Iptables, Format::Commands);
     let expected = format!(
         "{HEADER}{SUPPL_GROUPS_NOTE}\
-# Run as root. Each --append to OUTPUT is guarded by --check, so running these commands twice adds nothing; --format file replaces a policy atomically.
+# Run as root. Each --insert into OUTPUT is guarded by --check, so running these commands twice adds nothing; --format file replaces a policy atomically.
+# Inserted first in OUTPUT: an earlier ACCEPT (ufw's ruleset) would otherwise let every connection through. Check after loading: iptables --list OUTPUT 1 --numeric names the rule.
 iptables --check OUTPUT --proto tcp --destination 169.254.169.254 --match owner ! --gid-owner imds --suppl-groups --jump REJECT 2>/dev/null ||
-iptables --append OUTPUT --proto tcp --destination 169.254.169.254 --match owner ! --gid-owner imds --suppl-groups --jump REJECT
+iptables --insert OUTPUT 1 --proto tcp --destination 169.254.169.254 --match owner ! --gid-owner imds --suppl-groups --jump REJECT
 # To remove: iptables --delete OUTPUT --proto tcp --destination 169.254.169.254 --match owner ! --gid-owner imds --suppl-groups --jump REJECT
 "
     );
@@ -177,9 +179,10 @@ users = ["apache"]
 # policy: policy.toml, mode audit: would-deny connections are logged and let through
 # TCP only, like the AWS examples: UDP to these addresses is not filtered here (the eBPF guard filters both)
 # LOG writes to the kernel log; in a network namespace other than the host's it needs sysctl net.netfilter.nf_log_all_netns=1.
-# Run as root. Each --append to OUTPUT is guarded by --check, so running these commands twice adds nothing; --format file replaces a policy atomically.
+# Run as root. Each --insert into OUTPUT is guarded by --check, so running these commands twice adds nothing; --format file replaces a policy atomically.
+# Inserted first in OUTPUT: an earlier ACCEPT (ufw's ruleset) would otherwise let every connection through. Check after loading: iptables --list OUTPUT 1 --numeric names the rule.
 iptables --check OUTPUT --proto tcp --destination 169.254.169.254 --syn --match owner --uid-owner apache --jump LOG --log-prefix 'imds-guard audit: ' --log-uid 2>/dev/null ||
-iptables --append OUTPUT --proto tcp --destination 169.254.169.254 --syn --match owner --uid-owner apache --jump LOG --log-prefix 'imds-guard audit: ' --log-uid
+iptables --insert OUTPUT 1 --proto tcp --destination 169.254.169.254 --syn --match owner --uid-owner apache --jump LOG --log-prefix 'imds-guard audit: ' --log-uid
 # To remove: iptables --delete OUTPUT --proto tcp --destination 169.254.169.254 --syn --match owner --uid-owner apache --jump LOG --log-prefix 'imds-guard audit: ' --log-uid
 ";
     assert_text(&text, expected, "audit, one denied user");
@@ -248,6 +251,22 @@ impl Filter {
             "--new-chain" => self.chains.insert(chain, Vec::new()).is_none(),
             "--flush" => self.chains.get_mut(&chain).map(Vec::clear).is_some(),
             "--check" => self.chains.get(&chain).is_some_and(|r| r.contains(&spec)),
+            "--insert" => {
+                let (at, spec) = match spec.split_first() {
+                    Some((n, rest)) if n.parse::<usize>().is_ok() => {
+                        (n.parse::<usize>().unwrap_or(1), rest.to_vec())
+                    }
+                    _ => (1, spec),
+                };
+                let known = self.known_target(&spec);
+                match self.chains.get_mut(&chain) {
+                    Some(rules) if known && at >= 1 && at <= rules.len() + 1 => {
+                        rules.insert(at - 1, spec);
+                        true
+                    }
+                    _ => false,
+                }
+            }
             "--append" => {
                 let target = spec
                     .iter()
@@ -265,6 +284,14 @@ impl Filter {
             }
             other => panic!("the model does not know iptables {other}"),
         }
+    }
+
+    /// Whether the rule's `--jump` target exists (a verdict or a chain).
+    fn known_target(&self, spec: &[String]) -> bool {
+        spec.iter()
+            .position(|w| w == "--jump")
+            .and_then(|i| spec.get(i + 1))
+            .is_none_or(|t| VERDICTS.contains(&t.as_str()) || self.chains.contains_key(t))
     }
 
     /// Runs the commands output as sh would: `a || b` runs b when a fails.
@@ -408,6 +435,8 @@ enum Flow {
     /// RETURN, or the end of the chain.
     Return,
     Reject,
+    /// ACCEPT: the packet leaves; nothing after it in any chain sees it.
+    Accept,
 }
 
 impl Filter {
@@ -451,12 +480,13 @@ impl Filter {
             }
             match target {
                 Some("REJECT") => return (Flow::Reject, logged),
+                Some("ACCEPT") => return (Flow::Accept, logged),
                 Some("RETURN") => return (Flow::Return, logged),
                 Some("LOG") => logged = true,
                 Some(next) => {
                     let (flow, log) = self.evaluate(next, to, uid, gid);
                     logged |= log;
-                    if flow == Flow::Reject {
+                    if flow != Flow::Return {
                         return (flow, logged);
                     }
                 }
@@ -500,6 +530,51 @@ fn the_chains_give_the_guards_decision() {
                             endpoint.addr
                         );
                     }
+                }
+            }
+        }
+    }
+}
+
+/// OUTPUT already accepting everything, as ufw's stock ruleset does through
+/// its chains: rules appended after it would let every denied caller
+/// through. The rendered rules go first, so the guard's verdicts hold, from
+/// the commands and from the file with its hook command alike.
+#[test]
+fn an_earlier_accept_in_output_lets_no_denied_caller_through() {
+    let accept_all = ["--append", "OUTPUT", "--jump", "ACCEPT"].map(String::from);
+    for toml in CORPUS {
+        let spec = policy(toml);
+        if spec.mode == Mode::Audit {
+            continue;
+        }
+        let commands = render(&spec, Target::Iptables, Format::Commands).text;
+        let mut from_commands = Filter::new();
+        assert!(from_commands.run(&accept_all));
+        from_commands.run_script("iptables", &commands);
+        let file = render(&spec, Target::Iptables, Format::File).text;
+        let mut from_file = Filter::new();
+        assert!(from_file.run(&accept_all));
+        from_file.restore_noflush(&file);
+        from_file.run_script("iptables", &hook_commands("iptables").join(" "));
+        // Without the rules, everyone gets through: the test can fail.
+        let mut bare = Filter::new();
+        assert!(bare.run(&accept_all));
+        for filter in [&from_commands, &from_file] {
+            for endpoint in spec.endpoints.iter().filter(|e| e.addr.is_ipv4()) {
+                for (uid, gid) in processes() {
+                    let denied = guard(&spec, uid, gid) == Action::Deny;
+                    let (flow, _) = filter.evaluate("OUTPUT", endpoint.addr, uid, gid);
+                    assert_eq!(
+                        flow == Flow::Reject,
+                        denied,
+                        "uid {uid} gid {gid} to {}:\n{toml}\n{commands}",
+                        endpoint.addr
+                    );
+                    assert_eq!(
+                        bare.evaluate("OUTPUT", endpoint.addr, uid, gid).0,
+                        Flow::Accept
+                    );
                 }
             }
         }
