@@ -715,3 +715,145 @@ fn a_second_guard_on_the_same_cgroup_is_named_by_both() {
     drop(second);
     drop(first);
 }
+
+/// What runs in the agent's process before it execs.
+type PreExec = fn() -> std::io::Result<()>;
+
+/// `imds-guard run` in the sandbox's namespace, on its cgroup and pins, with
+/// `pre_exec` run in the child first (it restricts what the agent may do).
+fn run_restricted(w: &Sandbox, wrapper: &[&str], pre_exec: PreExec) -> std::process::Output {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net={}", w.netns.path().display()))
+        .arg("--")
+        .args(wrapper)
+        .arg(imds_guard_e2e::imds_guard_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(w.policy_path())
+        .arg("--cgroup")
+        .arg(w.cgroup.path())
+        .arg("--pin-dir")
+        .arg(w.pin_dir())
+        .args(["--log-format", "text"])
+        .stdin(std::process::Stdio::null());
+    // SAFETY: `pre_exec` calls prctl(2) only, which is async-signal-safe.
+    unsafe { cmd.pre_exec(pre_exec) };
+    cmd.output().expect("run the agent")
+}
+
+/// A classic BPF seccomp filter that fails bpf(2) with EPERM, as a container
+/// runtime's default profile or a unit's SystemCallFilter= does.
+fn refuse_bpf_syscall() -> std::io::Result<()> {
+    const RET_ERRNO_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    let filter = [
+        // A = seccomp_data.nr
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // if A == SYS_bpf: EPERM
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_bpf as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: RET_ERRNO_EPERM,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: plain prctl(2) calls with a filter that outlives them.
+    let rc = unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            -1
+        } else {
+            libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog)
+        }
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A refusal no restart can change exits 6 (the packaged unit's
+/// RestartPreventExitStatus=) and names its cause and fix, and a start that
+/// fails so leaves no pin directory behind. The same command without the
+/// restriction starts, so the refusal is the restriction's.
+#[test]
+fn a_kernel_refusal_for_good_names_the_cause_and_exits_6() {
+    if !privileged_or_skip("a_kernel_refusal_for_good_names_the_cause_and_exits_6") {
+        return;
+    }
+    let w = Sandbox::new();
+    w.policy("[allow]\nusers = [\"root\"]\n");
+    let baseline = w.start_agent(&[]);
+    baseline.wait_ready(READY);
+    assert_eq!(
+        baseline.terminate().code(),
+        Some(0),
+        "{}",
+        baseline.output()
+    );
+    assert_eq!(w.cli(&["detach"]).status.code(), Some(0));
+    assert!(!w.pin_dir().exists(), "detach removed the pins");
+
+    let no_caps = [
+        "capsh",
+        "--drop=cap_bpf,cap_perfmon,cap_sys_admin",
+        "--",
+        "-c",
+        "exec \"$0\" \"$@\"",
+    ];
+    let cases: [(&str, &[&str], PreExec, &str); 2] = [
+        (
+            "without CAP_BPF",
+            &no_caps,
+            || Ok(()),
+            "the agent lacks CAP_BPF, CAP_PERFMON (and CAP_SYS_ADMIN)",
+        ),
+        (
+            "under a seccomp filter",
+            &[],
+            refuse_bpf_syscall,
+            "bpf(2) is refused by a seccomp filter",
+        ),
+    ];
+    for (what, wrapper, pre_exec, says) in cases {
+        let out = run_restricted(&w, wrapper, pre_exec);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{what}: {stderr}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        assert!(
+            stderr.contains("restarting cannot fix this"),
+            "{what}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("\u{1b}["),
+            "{what}: no colour without a terminal: {stderr}"
+        );
+        assert!(
+            !w.pin_dir().exists(),
+            "{what}: a failed start left {}",
+            w.pin_dir().display()
+        );
+    }
+}

@@ -253,3 +253,50 @@ fn status_without_a_guard_says_so_and_exits_5() {
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not attached"));
 }
+
+#[test]
+fn render_takes_iptables_and_ip6tables_together_and_no_other_pair() {
+    let policy = policy_file("both-families.toml", "[allow]\nusers = [\"root\"]\n");
+    let policy = policy.to_str().expect("utf-8 path");
+    // Both default endpoints: each tool alone warns about the other's
+    // address, and fails --strict for it.
+    let alone = imds_guard(&["render", "--config", policy, "--iptables", "--strict"]);
+    assert_eq!(alone.status.code(), Some(4), "{}", stderr(&alone));
+    assert!(stderr(&alone).contains("render --ip6tables as well"));
+    let both = imds_guard(&[
+        "render",
+        "--config",
+        policy,
+        "--iptables",
+        "--ip6tables",
+        "--strict",
+    ]);
+    assert_eq!(both.status.code(), Some(0), "{}", stderr(&both));
+    let text = String::from_utf8_lossy(&both.stdout);
+    assert!(text.contains("iptables --insert OUTPUT 1 "), "{text}");
+    assert!(text.contains("ip6tables --insert OUTPUT 1 "), "{text}");
+    for pair in [["--iptables", "--nftables"], ["--pf", "--ipfw"]] {
+        let out = imds_guard(&["render", "--config", policy, pair[0], pair[1]]);
+        assert_eq!(out.status.code(), Some(2), "{pair:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn validate_notes_an_ipv6_endpoint_left_out() {
+    let policy = policy_file(
+        "v4-only.toml",
+        "[endpoints]\naddresses = [\"169.254.169.254\"]\n[allow]\nuids = [0]\n",
+    );
+    let out = imds_guard(&[
+        "validate",
+        "--offline",
+        "--config",
+        policy.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("note: fd00:ec2::254 is not protected"),
+        "{stdout}"
+    );
+}

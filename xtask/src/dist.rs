@@ -27,6 +27,7 @@ mod e2e;
 mod glibc;
 mod layout;
 mod rpm;
+mod rpm_root;
 mod shipped;
 
 use std::{

@@ -8,7 +8,8 @@ use super::{CheckArgs, CliError, Outcome};
 use crate::policy::{CheckReport, Outcome as Verdict, PolicySpec, SystemResolver, check};
 
 pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
-    let policy = PolicySpec::load(&args.config)?.resolve(&SystemResolver)?;
+    let policy =
+        PolicySpec::load(&super::policy_file(args.config.as_deref()))?.resolve(&SystemResolver)?;
     let (uid, gid) = who(args)?;
     let report = check(&policy, uid, gid, args.dst);
     if args.json {

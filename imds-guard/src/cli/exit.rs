@@ -5,7 +5,10 @@
 //! Exit codes: 0 success; 1 the policy is invalid (nothing was attached or
 //! changed); 2 bad command line; 3 the guard could not be set up or run;
 //! 4 `check`: the process is denied, or `render --strict`: the rules cannot
-//! say everything the policy says; 5 `status`: the guard is not enforcing.
+//! say everything the policy says; 5 `status`: the guard is not enforcing;
+//! 6 `run`: the kernel refuses the agent for good (a capability, a seccomp
+//! filter, a security module, a missing kernel feature): restarting cannot
+//! help, and the packaged unit does not.
 
 use std::{error::Error, fmt, process::ExitCode};
 
@@ -42,6 +45,8 @@ pub enum CliError {
     Usage(String),
     /// The guard could not be set up, read or run.
     Runtime(Box<dyn Error + Send + Sync + 'static>),
+    /// The kernel refuses the agent, and will again after a restart.
+    Permanent(Box<dyn Error + Send + Sync + 'static>),
 }
 
 impl CliError {
@@ -54,6 +59,7 @@ impl CliError {
             Self::Policy(_) => 1,
             Self::Usage(_) => 2,
             Self::Runtime(_) => 3,
+            Self::Permanent(_) => 6,
         })
     }
 }
@@ -69,7 +75,7 @@ impl fmt::Display for CliError {
         match self {
             Self::Policy(e) => Chain(e).fmt(f),
             Self::Usage(message) => f.write_str(message),
-            Self::Runtime(e) => Chain(e.as_ref()).fmt(f),
+            Self::Runtime(e) | Self::Permanent(e) => Chain(e.as_ref()).fmt(f),
         }
     }
 }

@@ -6,7 +6,12 @@
 //! the agent runs as root under systemd), one per command as git and cargo
 //! do: `imds-guard(8)` for the whole, with exit status, environment and
 //! files, and `imds-guard-run(8)`, `imds-guard-validate(8)`, … for each
-//! command's options.
+//! command's options, with what the README says of that command (reload,
+//! stopping, pins and the journal fields for `run`; loading the output for
+//! `render`). `imds-guard-policy(5)` is the policy format: the README's
+//! policy reference and the packaged policy.
+
+mod markdown;
 
 use std::{
     fs,
@@ -21,8 +26,49 @@ use clap_mangen::{
     roff::{Roff, bold, italic, roman},
 };
 
-/// The manual section of every page.
+/// The manual section of every command's page.
 pub const MAN_SECTION: &str = "8";
+
+/// The README sections each command's page adds, under its own heading.
+const COMMAND_SECTIONS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "run",
+        &[
+            ("WHEN IT STARTS", "### When it starts"),
+            ("RELOADING THE POLICY", "### Reloading the policy"),
+            ("PINS: HOW IT STAYS IN FORCE", "### How it stays in force"),
+            (
+                "STOPPING IS NOT TURNING OFF",
+                "### Stopping is not turning off",
+            ),
+            ("JOURNAL FIELDS", "## The denial log"),
+        ],
+    ),
+    ("status", &[("WATCHING IT", "### Watching it")]),
+    (
+        "render",
+        &[
+            ("LOADING THE OUTPUT", "### Loading, and loading again"),
+            (
+                "WHERE FIREWALL RULES DIFFER",
+                "### Where firewall rules differ from the eBPF guard",
+            ),
+        ],
+    ),
+];
+
+/// Every README heading a page takes text from.
+#[cfg(test)]
+const README_SECTIONS: [&str; 8] = [
+    "### When it starts",
+    "### Reloading the policy",
+    "### How it stays in force",
+    "### Stopping is not turning off",
+    "## The denial log",
+    "### Watching it",
+    "### Loading, and loading again",
+    "## Policy reference",
+];
 
 /// `imds-guard generate …`.
 #[derive(Debug, Args)]
@@ -152,6 +198,7 @@ pub fn man_pages(cmd: clap::Command) -> Result<Vec<ManPage>, GenerateError> {
         pages.push(page(&sub, &source)?);
     }
     pages[1..].sort_by(|a, b| a.file_name.cmp(&b.file_name));
+    pages.push(policy_page(&source));
     Ok(pages)
 }
 
@@ -172,13 +219,70 @@ fn page(cmd: &clap::Command, source: &str) -> Result<ManPage, GenerateError> {
     let man = man(cmd, source);
     let file_name = man.get_filename();
     let mut roff = Vec::new();
+    let mut extra = Roff::new();
+    let sections = COMMAND_SECTIONS
+        .iter()
+        .find(|(name, _)| *name == cmd.get_name())
+        .map_or(&[][..], |(_, sections)| sections);
+    for (title, heading) in sections {
+        if let Some(text) = markdown::section(markdown::README, heading) {
+            extra.control("SH", [*title]);
+            markdown::to_roff(text, &mut extra);
+        }
+    }
     man.render(&mut roff)
-        .and_then(|()| see_also(&[("imds-guard", MAN_SECTION)]).to_writer(&mut roff))
+        .and_then(|()| extra.to_writer(&mut roff))
+        .and_then(|()| {
+            see_also(&[("imds-guard", MAN_SECTION), ("imds-guard-policy", "5")])
+                .to_writer(&mut roff)
+        })
         .map_err(|source| GenerateError::Render {
             name: file_name.clone(),
             source,
         })?;
     Ok(ManPage { file_name, roff })
+}
+
+/// The packaged policy, shown whole as the policy page's example.
+const PACKAGED_POLICY: &str = include_str!("../../../config/imds-guard.toml");
+
+/// `imds-guard-policy(5)`: the policy format.
+fn policy_page(source: &str) -> ManPage {
+    let mut r = Roff::new();
+    r.control(
+        "TH",
+        ["IMDS-GUARD-POLICY", "5", "", source, "File Formats Manual"],
+    );
+    r.control("SH", ["NAME"]);
+    r.text([roman(
+        "imds-guard-policy - the policy file of imds-guard: who may reach the cloud instance \
+         metadata service",
+    )]);
+    r.control("SH", ["SYNOPSIS"]);
+    r.text([italic("/etc/imds-guard/policy.toml")]);
+    r.control("SH", ["DESCRIPTION"]);
+    if let Some(text) = markdown::section(markdown::README, "## Policy reference") {
+        markdown::to_roff(text, &mut r);
+    }
+    r.control("SH", ["EXAMPLE"]);
+    r.text([roman(
+        "The packaged default (/usr/share/imds-guard/policy.toml), which documents every key:",
+    )]);
+    r.control("PP", []).control("RS", ["4"]).control("nf", []);
+    for line in PACKAGED_POLICY.lines() {
+        r.text([roman(line)]);
+    }
+    r.control("fi", []).control("RE", []);
+    let mut roff = r.to_roff().into_bytes();
+    roff.extend(
+        see_also(&[("imds-guard", "8"), ("imds-guard-validate", "8")])
+            .to_roff()
+            .into_bytes(),
+    );
+    ManPage {
+        file_name: "imds-guard-policy.5".to_owned(),
+        roff,
+    }
 }
 
 fn top_page(cmd: &clap::Command, source: &str) -> Result<ManPage, GenerateError> {
@@ -230,7 +334,25 @@ fn reference() -> Roff {
         ("2", "Bad command line."),
         (
             "3",
-            "The guard could not be set up or run (for instance not root, or no cgroup v2).",
+            "The guard could not be set up or run (for instance no cgroup v2, or another agent \
+             runs it); status: only root can read the guard's pins.",
+        ),
+        (
+            "4",
+            "check: the process is denied (or would be, in audit mode). render --strict: the \
+             rules cannot say everything the policy says.",
+        ),
+        (
+            "5",
+            "status: the guard is not enforcing, enforces the fallback, differs from --config \
+             FILE, or is not in the --require mode.",
+        ),
+        (
+            "6",
+            "run: the kernel refuses the agent for good (a capability missing, a seccomp filter \
+             or a security module refusing bpf(2), a kernel without a feature the guard \
+             needs); the message names the cause and the fix. The packaged unit does not \
+             restart on it.",
         ),
     ] {
         r.control("TP", [])
@@ -264,8 +386,16 @@ fn reference() -> Roff {
     for (path, meaning) in [
         (
             "/etc/imds-guard/policy.toml",
-            "The policy read when --config is not given; the shipped one allows root only and \
-             documents every key.",
+            "The policy read when --config is not given, when there is one. The packages never \
+             install or replace it: write it before or after installing. run looks it up again at \
+             each reload, so a file written after the agent started is read by systemctl reload \
+             imds-guard.",
+        ),
+        (
+            "/usr/share/imds-guard/policy.toml",
+            "The packaged default, read when /etc/imds-guard/policy.toml does not exist: only \
+             root may reach the metadata service. It documents every key; copy it to /etc to \
+             start a policy of your own, since an upgrade replaces it.",
         ),
         (
             "/sys/fs/bpf/imds-guard",

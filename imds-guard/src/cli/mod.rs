@@ -14,13 +14,14 @@ mod run;
 mod status;
 mod validate;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{ArgGroup, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 pub use self::exit::{CliError, Outcome, report};
 use crate::{
     daemon::logging::LogFormat,
+    policy::PolicySource,
     render::{Format, Target},
 };
 
@@ -57,8 +58,12 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
     }
 }
 
-/// The policy file read when `--config` is not given.
-pub const DEFAULT_CONFIG: &str = "/etc/imds-guard/policy.toml";
+/// The policy file `--config` names, or else the default one:
+/// /etc/imds-guard/policy.toml when there is one, the packaged
+/// /usr/share/imds-guard/policy.toml otherwise ([`PolicySource`]).
+fn policy_file(config: Option<&Path>) -> PathBuf {
+    PolicySource::new(config.map(Path::to_owned)).path()
+}
 
 /// Decides which local processes may reach the cloud instance metadata
 /// service.
@@ -97,9 +102,11 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The policy file.
-    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    /// The policy file [default: /etc/imds-guard/policy.toml if there is
+    /// one, else the packaged /usr/share/imds-guard/policy.toml, looked up
+    /// again at each reload]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The cgroup v2 directory to attach to (default: the root of the
     /// cgroup v2 hierarchy, found in /proc/self/mountinfo).
     #[arg(long, value_name = "DIR")]
@@ -120,8 +127,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "builtin|none|FILE", default_value = "builtin", value_parser = crate::daemon::fallback::Fallback::parse)]
     pub fallback: crate::daemon::fallback::Fallback,
     /// Serve Prometheus metrics on this address (`PORT` alone means
-    /// 127.0.0.1:PORT). Off unless given.
-    #[arg(long, value_name = "ADDR", value_parser = crate::daemon::metrics::parse_listen)]
+    /// 127.0.0.1:PORT). Off unless given. Under systemd, set it in a
+    /// drop-in (`systemctl edit imds-guard`):
+    /// `Environment=IMDS_GUARD_METRICS_LISTEN=9100` with
+    /// `RestrictAddressFamilies=AF_INET AF_INET6`, which the packaged
+    /// unit's sandbox otherwise refuses.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "IMDS_GUARD_METRICS_LISTEN",
+        value_parser = crate::daemon::metrics::parse_listen
+    )]
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
@@ -156,9 +172,10 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("who").required(true).args(["user", "uid"])))]
 pub struct CheckArgs {
-    /// The policy file.
-    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    /// The policy file [default: /etc/imds-guard/policy.toml if there is
+    /// one, else the packaged /usr/share/imds-guard/policy.toml]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The process's user (its uid, and its primary gid unless --gid).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
@@ -182,9 +199,10 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// The policy file.
-    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    /// The policy file [default: /etc/imds-guard/policy.toml if there is
+    /// one, else the packaged /usr/share/imds-guard/policy.toml]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Do not resolve user and group names (for hosts that do not have
     /// them, such as a config-management CI runner).
     #[arg(long)]
@@ -195,26 +213,28 @@ pub struct ValidateArgs {
 #[command(group(
     ArgGroup::new("target")
         .required(true)
+        .multiple(true)
         .args(["iptables", "ip6tables", "nftables", "pf", "ipfw"]),
 ))]
 pub struct RenderArgs {
-    /// The policy file.
-    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
-    /// iptables rules (IPv4 endpoints).
+    /// The policy file [default: /etc/imds-guard/policy.toml if there is
+    /// one, else the packaged /usr/share/imds-guard/policy.toml]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// iptables rules (IPv4 endpoints); with --ip6tables, both.
     #[arg(long)]
     pub iptables: bool,
-    /// ip6tables rules (IPv6 endpoints).
+    /// ip6tables rules (IPv6 endpoints); with --iptables, both.
     #[arg(long)]
     pub ip6tables: bool,
     /// nftables rules (both families, one `table inet`).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["iptables", "ip6tables", "pf", "ipfw"])]
     pub nftables: bool,
     /// PF rules (pf.conf; the last matching rule wins).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["iptables", "ip6tables", "ipfw"])]
     pub pf: bool,
     /// IPFW rules (the first matching rule wins).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["iptables", "ip6tables"])]
     pub ipfw: bool,
     /// `commands`: shell commands like the AWS documentation; `file`: what
     /// the firewall's loader reads.
@@ -226,13 +246,18 @@ pub struct RenderArgs {
 }
 
 impl RenderArgs {
-    pub fn target(&self) -> Target {
-        match (self.iptables, self.ip6tables, self.nftables, self.pf) {
-            (true, ..) => Target::Iptables,
-            (_, true, ..) => Target::Ip6tables,
-            (_, _, true, _) => Target::Nftables,
-            (_, _, _, true) => Target::Pf,
-            _ => Target::Ipfw,
-        }
+    /// What to render, in order: clap lets only --iptables and
+    /// --ip6tables come together.
+    pub fn targets(&self) -> Vec<Target> {
+        [
+            (self.iptables, Target::Iptables),
+            (self.ip6tables, Target::Ip6tables),
+            (self.nftables, Target::Nftables),
+            (self.pf, Target::Pf),
+            (self.ipfw, Target::Ipfw),
+        ]
+        .into_iter()
+        .filter_map(|(asked, target)| asked.then_some(target))
+        .collect()
     }
 }

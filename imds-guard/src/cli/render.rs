@@ -1,11 +1,11 @@
 //! `imds-guard render`: the policy as firewall rules, printed.
 
 use super::{CliError, Outcome, RenderArgs};
-use crate::{policy::PolicySpec, render::render};
+use crate::{policy::PolicySpec, render::render_all};
 
 pub fn execute(args: &RenderArgs) -> Result<Outcome, CliError> {
-    let spec = PolicySpec::load(&args.config)?;
-    let rendered = render(&spec, args.target(), args.format);
+    let spec = PolicySpec::load(&super::policy_file(args.config.as_deref()))?;
+    let rendered = render_all(&spec, &args.targets(), args.format);
     print!("{}", rendered.text);
     for warning in &rendered.warnings {
         eprintln!("warning: {warning}");

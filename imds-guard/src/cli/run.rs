@@ -1,7 +1,14 @@
 //! `imds-guard run`: the agent, in a single-threaded tokio runtime.
 
 use super::{CliError, Outcome, RunArgs};
-use crate::daemon::{self, DaemonError, logging};
+use crate::{
+    daemon::{self, DaemonError, logging},
+    kernel::{
+        GuardError,
+        refused::{self, Privileges, Refused},
+    },
+    policy::PolicySource,
+};
 
 pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
     daemon::one_heap();
@@ -16,7 +23,7 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
             ))
         })?;
     let config = daemon::Config {
-        config: args.config,
+        config: PolicySource::new(args.config),
         fallback: args.fallback,
         cgroup: args.cgroup,
         pin_dir: args.pin_dir,
@@ -25,6 +32,27 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
     match rt.block_on(daemon::run(config)) {
         Ok(()) => Ok(Outcome::Success),
         Err(DaemonError::Policy(e)) => Err(CliError::Policy(e)),
+        Err(DaemonError::Guard(e)) => Err(guard_error(e, Privileges::own())),
         Err(e) => Err(CliError::runtime(e)),
+    }
+}
+
+/// A guard that cannot be set up: for good (exit 6, with the cause and the
+/// fix) when the kernel refuses the agent itself or lacks what the guard
+/// needs, otherwise an error a restart may not meet again.
+fn guard_error(e: GuardError, privileges: Privileges) -> CliError {
+    if let Some(cause) = refused::diagnose(&e, privileges) {
+        return CliError::Permanent(Box::new(Refused {
+            cause,
+            source: Box::new(e),
+        }));
+    }
+    match e {
+        GuardError::MissingFeature(_)
+        | GuardError::MissingHelper { .. }
+        | GuardError::Offsets(_)
+        | GuardError::Btf(_)
+        | GuardError::NoObject => CliError::Permanent(Box::new(e)),
+        e => CliError::runtime(e),
     }
 }

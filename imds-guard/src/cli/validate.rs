@@ -1,16 +1,22 @@
 //! `imds-guard validate`: a policy checked without touching the kernel.
 
+use std::net::IpAddr;
+
 use super::{CliError, Outcome, ValidateArgs};
-use crate::policy::{PolicySpec, SystemResolver, hex};
+use crate::policy::{DEFAULT_ADDRESSES, PolicySpec, SystemResolver, hex};
 
 pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
-    let spec = PolicySpec::load(&args.config)?;
+    let config = super::policy_file(args.config.as_deref());
+    let spec = PolicySpec::load(&config)?;
     let (entries, endpoints) = (spec.entries.len(), spec.endpoints.len());
+    for note in notes(&spec) {
+        println!("{}: note: {note}", config.display());
+    }
     if args.offline {
         // Without the names' ids there is no digest: it covers the ids.
         println!(
             "{}: valid ({entries} {}, {endpoints} {}, names not resolved)",
-            args.config.display(),
+            config.display(),
             plural(entries, "entry", "entries"),
             plural(endpoints, "endpoint", "endpoints"),
         );
@@ -20,7 +26,7 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
     println!(
         "{}: valid ({entries} {}, {endpoints} {}); sha256 {} (what `imds-guard status` shows \
          once it is in force)",
-        args.config.display(),
+        config.display(),
         plural(entries, "entry", "entries"),
         plural(endpoints, "endpoint", "endpoints"),
         hex(&policy.digest()),
@@ -28,6 +34,48 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
     Ok(Outcome::Success)
 }
 
+/// What is valid but likely not meant: a default endpoint of one family
+/// listed without the other's (the IPv6 endpoint serves the same
+/// credentials on Nitro instances with IPv6 IMDS enabled).
+fn notes(spec: &PolicySpec) -> Vec<String> {
+    let listed = |a: &str| {
+        a.parse::<IpAddr>()
+            .is_ok_and(|a| spec.endpoints.iter().any(|e| e.addr == a))
+    };
+    let [v4, v6] = DEFAULT_ADDRESSES;
+    let mut notes = Vec::new();
+    if listed(v4) && !listed(v6) {
+        notes.push(format!(
+            "{v6} is not protected: it serves the same credentials as {v4} on instances with \
+             IPv6 IMDS enabled (Nitro); add it to endpoints unless no instance has it"
+        ));
+    }
+    if listed(v6) && !listed(v4) {
+        notes.push(format!(
+            "{v4} is not protected: every EC2 instance serves the credentials there"
+        ));
+    }
+    notes
+}
+
 fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(toml: &str) -> PolicySpec {
+        PolicySpec::parse(std::path::Path::new("p.toml"), toml).expect("valid")
+    }
+
+    #[test]
+    fn one_family_of_the_default_endpoints_is_noted() {
+        let v4 = spec("[endpoints]\naddresses = [\"169.254.169.254\"]\n[allow]\nuids = [0]\n");
+        let n = notes(&v4);
+        assert_eq!(n.len(), 1, "{n:?}");
+        assert!(n[0].starts_with("fd00:ec2::254 is not protected"), "{n:?}");
+        assert!(notes(&spec("[allow]\nuids = [0]\n")).is_empty());
+    }
 }

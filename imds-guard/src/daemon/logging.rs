@@ -11,7 +11,7 @@
 use std::{
     ffi::OsStr,
     fs::File,
-    io,
+    io::{self, IsTerminal as _},
     os::{fd::BorrowedFd, unix::fs::MetadataExt as _},
 };
 
@@ -71,6 +71,10 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
         .with_writer(io::stderr)
+        .with_ansi(colour(
+            io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_target(false);
     let _ = match format {
         LogFormat::Json => builder
@@ -87,6 +91,13 @@ pub fn init(format: LogFormat) {
             "cannot reach the journal at /run/systemd/journal/socket; logging text on stderr instead"
         );
     }
+}
+
+/// Colours only for a person at a terminal, and not when `NO_COLOR` is
+/// set to anything but the empty string (no-color.org): a file, a pipe or
+/// a log collector gets plain text.
+fn colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn filter() -> EnvFilter {

@@ -53,14 +53,14 @@ use crate::{
         inspect::Status,
         pins::{PinError, Pins},
     },
-    policy::{Mode, Policy, PolicyError, SystemResolver, Unresolved, hex},
+    policy::{Mode, Policy, PolicyError, PolicySource, SystemResolver, Unresolved, hex},
 };
 
 /// What `imds-guard run` was asked to do.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The policy file.
-    pub config: PathBuf,
+    /// Where the policy comes from (read at start and at each reload).
+    pub config: PolicySource,
     /// What to put in force when the policy cannot be used at start.
     pub fallback: fallback::Fallback,
     /// The cgroup v2 directory to attach to; the hierarchy's root if none.
@@ -185,8 +185,12 @@ impl Daemon {
         std::thread::scope(|scope| {
             let loading = scope.spawn(move || Guard::open(level));
             let pins = Pins::new(&config.pin_dir);
-            let chosen =
-                fallback::choose(&config.config, &config.fallback, &pins, &SystemResolver)?;
+            let chosen = fallback::choose(
+                &config.config.path(),
+                &config.fallback,
+                &pins,
+                &SystemResolver,
+            )?;
             let guard = match loading.join() {
                 Ok(loaded) => loaded?,
                 Err(panic) => std::panic::resume_unwind(panic),
@@ -233,9 +237,22 @@ impl Daemon {
             Some(dir) => dir.clone(),
             None => cgroup::cgroup2_root()?,
         };
-        // What can fail without changing anything comes first, so that a
-        // start that cannot succeed leaves not even a pin directory.
+        // What can fail without changing anything comes first (the
+        // programs loaded into the agent's own maps, which nothing runs
+        // yet), so that a start that cannot succeed, a kernel or sandbox
+        // refusing the programs among them, leaves not even a pin directory.
         cgroup::open(&cgroup)?;
+        let logger = if level > 0 { guard.take_logger() } else { None };
+        let events = guard.take_events()?;
+        let attached_unix = crate::kernel::inspect::first_attached(&pins).unwrap_or_else(now_unix);
+        let stamp = Stamp {
+            digest: policy.digest(),
+            applied_unix: now_unix(),
+            attached_unix,
+            agent_pid: std::process::id(),
+            flags: stamp_flags(in_fallback, level > 0, !unresolved.is_empty()),
+        };
+        let generation = guard.load_and_apply(&policy, &stamp)?;
         pins.prepare()?;
         // Two agents on one guard would each believe their maps are in force.
         let Some(lock) = pins.lock()? else {
@@ -248,18 +265,6 @@ impl Daemon {
                 pin_dir: pins.dir().to_owned(),
             });
         };
-
-        let logger = if level > 0 { guard.take_logger() } else { None };
-        let events = guard.take_events()?;
-        let attached_unix = crate::kernel::inspect::first_attached(&pins).unwrap_or_else(now_unix);
-        let stamp = Stamp {
-            digest: policy.digest(),
-            applied_unix: now_unix(),
-            attached_unix,
-            agent_pid: std::process::id(),
-            flags: stamp_flags(in_fallback, level > 0, !unresolved.is_empty()),
-        };
-        let generation = guard.load_and_apply(&policy, &stamp)?;
         let report = guard.attach(&cgroup, Some(&pins))?;
         warn_other_guards(&cgroup, &pins);
         let (forward, forward_ruleset) = ForwardState::apply(&policy.spec, None);
@@ -319,6 +324,7 @@ impl Daemon {
         let mode = policy.spec.mode;
         // Before `ready`: whoever waits for it sees what is left out.
         self.say_unresolved();
+        let config = self.config.config.path();
         let how = if report.adopted > 0 {
             "took over the pinned guard on"
         } else {
@@ -328,7 +334,7 @@ impl Daemon {
             ready = true,
             mode = mode.as_str(),
             cgroup = %self.cgroup.display(),
-            config = %self.config.config.display(),
+            config = %config.display(),
             pin_dir = %self.pins.dir().display(),
             adopted = report.adopted,
             endpoints = %endpoints.join(","),
@@ -348,7 +354,7 @@ impl Daemon {
                 "the FALLBACK policy is in force ({}): {} could not be used; fix it and reload \
                  (systemctl reload imds-guard) to put it in force",
                 policy.spec.path.display(),
-                self.config.config.display()
+                config.display()
             );
         }
         self.metrics.set_enforcing(Enforcing::Active(mode));
@@ -388,7 +394,8 @@ impl Daemon {
             }
             Err(e) => tracing::error!(
                 metrics = %addr,
-                "cannot listen for metrics on {addr}: {e}; the guard runs without them"
+                "cannot listen for metrics on {addr}: {e}{}; the guard runs without them",
+                metrics::sandbox_hint(&e, addr)
             ),
         }
     }
@@ -507,9 +514,10 @@ impl Daemon {
         );
         let outcome = if self.pins.any_link() {
             format!(
-                "the guard stays attached to {} (pinned in {}); `imds-guard detach` removes it",
+                "the guard stays attached to {} (pinned in {}); `{}` removes it",
                 self.cgroup.display(),
-                self.pins.dir().display()
+                self.pins.dir().display(),
+                self.pins.command("detach")
             )
         } else {
             "the guard was detached".to_owned()

@@ -102,7 +102,9 @@ impl Daemon {
             return;
         };
         notified(notify::reloading());
-        let config = self.config.config.clone();
+        // Looked up again: a policy dropped in /etc since the start is
+        // read now.
+        let config = self.config.config.path();
         let stamp = self.stamp;
         let policies = self.policies.clone();
         let forward = self.forward_ruleset.clone();
@@ -166,12 +168,13 @@ impl Daemon {
         tracing::info!(
             event = "reload",
             outcome = "applied",
+            config = %a.policy.spec.path.display(),
             mode = mode.as_str(),
             generation = a.generation,
             digest = %hex(&a.stamp.digest),
             micros = a.micros,
             "reloaded {}: {mode} mode, {} uid and {} gid rules{}",
-            self.config.config.display(),
+            a.policy.spec.path.display(),
             a.policy.uids.len(),
             a.policy.gids.len(),
             a.forward.note()

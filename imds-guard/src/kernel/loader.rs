@@ -92,13 +92,15 @@ pub enum GuardError {
     Pin(#[from] PinError),
     #[error(
         "the guard pinned at {pin} is attached to another cgroup (id {pinned}) than {cgroup} \
-         (id {wanted}); run `imds-guard detach` first to move it"
+         (id {wanted}); run `{detach}` first to move it"
     )]
     OtherCgroup {
         pin: PathBuf,
         cgroup: PathBuf,
         pinned: u64,
         wanted: u64,
+        /// The command that detaches it.
+        detach: String,
     },
     #[error("cannot replace the program of the pinned link {path}")]
     Update {
@@ -466,6 +468,7 @@ fn plan(pins: &Pins, cgroup: &Path, cgroup_id: u64) -> Result<Vec<Step>, GuardEr
                 cgroup: cgroup.to_owned(),
                 pinned: info.cgroup_id,
                 wanted: cgroup_id,
+                detach: pins.command("detach"),
             });
         }
         plan.push(Step::Adopt { path, link });

@@ -20,6 +20,7 @@ pub mod offsets;
 pub mod pins;
 mod policy_maps;
 pub mod records;
+pub mod refused;
 pub mod sys;
 
 pub use self::loader::{AttachReport, Counters, Guard, GuardError, Stamp};

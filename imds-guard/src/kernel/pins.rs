@@ -21,6 +21,16 @@ use super::{hooks::HOOKS, sys};
 
 /// The default pin directory.
 pub const DEFAULT_DIR: &str = "/sys/fs/bpf/imds-guard";
+
+/// `imds-guard COMMAND` for the pins in `dir`: with `--pin-dir` when `dir`
+/// is not [`DEFAULT_DIR`], so that a hint can be pasted as it is.
+pub fn command_for(dir: &Path, command: &str) -> String {
+    if dir == Path::new(DEFAULT_DIR) {
+        format!("imds-guard {command}")
+    } else {
+        format!("imds-guard {command} --pin-dir {}", dir.display())
+    }
+}
 /// The maps `status` reads back from their pins.
 pub const PINNED_MAPS: [&str; 3] = [
     imds_guard_common::MAP_ACTIVE,
@@ -98,6 +108,12 @@ impl Pins {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// `imds-guard COMMAND` as an operator must type it for these pins:
+    /// with `--pin-dir` when they are not in the default directory.
+    pub fn command(&self, command: &str) -> String {
+        command_for(&self.dir, command)
     }
 
     /// Makes sure the directory exists on a bpf filesystem. Mounts one at
@@ -242,5 +258,22 @@ impl Pins {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(detached),
             Err(e) => Err(pin_err("remove", &self.dir)(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod command_tests {
+    use super::*;
+
+    #[test]
+    fn a_hint_names_a_pin_dir_that_is_not_the_default() {
+        assert_eq!(
+            command_for(Path::new(DEFAULT_DIR), "detach"),
+            "imds-guard detach"
+        );
+        assert_eq!(
+            command_for(Path::new("/sys/fs/bpf/other"), "detach"),
+            "imds-guard detach --pin-dir /sys/fs/bpf/other"
+        );
     }
 }

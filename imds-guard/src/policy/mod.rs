@@ -28,6 +28,7 @@ mod explain;
 pub mod forward;
 mod raw;
 mod resolve;
+mod source;
 mod unresolved;
 mod validate;
 
@@ -46,6 +47,7 @@ pub use self::{
     error::{Diagnostic, PolicyError},
     explain::explain,
     resolve::{Resolver, SystemResolver},
+    source::{ADMIN_POLICY, PACKAGED_POLICY, PolicySource},
     unresolved::Unresolved,
 };
 

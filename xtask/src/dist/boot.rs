@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::Build;
-use crate::process::{fresh_dir, run};
+use crate::process::{fresh_dir, run, workspace_root};
 
 const FILES: [(&str, &str, u32); 5] = [
     ("boot.sh", include_str!("boot/boot.sh"), 0o755),
@@ -54,6 +54,10 @@ pub fn check(build: &Build, deb: &Path) -> Result<()> {
     }
     fs::copy(deb, test.join("imds-guard.deb"))
         .with_context(|| format!("cannot copy {}", deb.display()))?;
+    // What the test writes to /etc before installing is derived from it.
+    let policy = workspace_root().join("config/imds-guard.toml");
+    fs::copy(&policy, test.join("policy.toml"))
+        .with_context(|| format!("cannot copy {}", policy.display()))?;
     let cgroup = format!("imds-guard-dist-{}", std::process::id());
     fs::write(test.join("cgroup-name"), &cgroup).context("cannot write the cgroup name")?;
 
@@ -93,8 +97,13 @@ fn parse(results: &str) -> BTreeMap<String, String> {
 
 fn verify(got: &BTreeMap<String, String>) -> Result<()> {
     let expected: &[(&str, &str)] = &[
+        // Without a terminal, over a policy written first, which is used.
         ("install_rc", "0"),
         ("active", "active"),
+        ("enforcing_line", "1"),
+        ("status_matches_seeded", "0"),
+        // 5: differs from the policy in force.
+        ("status_matches_default", "5"),
         ("cap_eff", CAPS),
         ("cap_bnd", CAPS),
         ("no_new_privs", "1"),
@@ -112,12 +121,20 @@ fn verify(got: &BTreeMap<String, String>) -> Result<()> {
         ("deny_SYSLOG_IDENTIFIER", "imds-guard"),
         ("reload_rc", "0"),
         ("reload_OUTCOME", "applied"),
+        // /etc's policy removed: the reload fell back to the default.
+        ("status_matches_default_after_reload", "0"),
         ("stopped", "inactive"),
         // Stopping leaves the guard pinned and enforcing.
         ("status_after_stop", "0"),
         ("purge_rc", "0"),
         ("pins_after_purge", "0"),
         ("unit_after_purge", "0"),
+        // policy-rc.d forbids starting: enabled for the next boot only.
+        ("policy_rc_install_rc", "0"),
+        ("policy_rc_active", "inactive"),
+        ("policy_rc_enabled", "enabled"),
+        ("policy_rc_purge_rc", "0"),
+        ("pins_after_second_purge", "0"),
         ("done", "yes"),
     ];
     let mut problems = Vec::new();

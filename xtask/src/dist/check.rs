@@ -1,9 +1,11 @@
 //! `cargo xtask dist --check`: the packages hold what the layout says, with
-//! the right modes, conffiles and scriptlets, and the binary and metadata
-//! `shipped.rs` checks (the glibc floor among them); the `.deb` installs on
-//! this machine, its binary runs, its unit verifies, an edited policy
-//! survives a reinstall, and a purge leaves nothing behind. The `.rpm` is
-//! inspected with `rpm -qp` (installing it would need an RPM-based system).
+//! the right modes, no conffiles, the scriptlets, and the binary and
+//! metadata `shipped.rs` checks (the glibc floor among them); the `.deb`
+//! installs on this machine without a terminal over a policy written to
+//! /etc first, its binary runs, its unit verifies, the policy is never
+//! touched by a reinstall or a purge, and a purge leaves nothing else
+//! behind. The `.rpm` is inspected with `rpm -qp`, and `rpm_root.rs`
+//! installs, upgrades and erases it in an RPM root, scriptlets and all.
 //!
 //! Then `boot.rs` installs it again under a real systemd, in a container.
 //! Both are refused on a machine booted with systemd: there the postinst
@@ -22,10 +24,10 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{
     Arch, Build, RELEASE, deb,
-    layout::{self, BIN, CONFIG, DOC_DIR, Format},
+    layout::{self, ADMIN_POLICY, BIN, DOC_DIR, Format, POLICY},
     rpm, shipped,
 };
-use crate::process::{fresh_dir, is_root, output, stdout};
+use crate::process::{fresh_dir, is_root, output, stdout, workspace_root};
 
 /// Where the postinst's offline `systemctl enable` puts its symlink (the
 /// unit's `WantedBy=sysinit.target`).
@@ -120,9 +122,11 @@ pub fn deb(build: &Build, deb: &Path) -> Result<()> {
             .arg(deb)
             .arg(&control),
     )?;
+    // A conffile would have dpkg ask, without a terminal, about a policy
+    // written before the install: there must be none.
     let conffiles = fs::read_to_string(control.join("conffiles")).unwrap_or_default();
-    p.expect(conffiles == format!("{CONFIG}\n"), || {
-        format!("DEBIAN/conffiles is {conffiles:?}, expected only {CONFIG}")
+    p.expect(conffiles.is_empty(), || {
+        format!("DEBIAN/conffiles is {conffiles:?}, expected none")
     });
     p.into_result("the .deb's contents")?;
     Problems(shipped::deb(build, deb)?).into_result("the .deb's binary and Depends")?;
@@ -145,8 +149,10 @@ pub fn deb(build: &Build, deb: &Path) -> Result<()> {
     super::boot::check(build, deb)
 }
 
-/// `dpkg -i`, checks, a reinstall over an edited policy, `dpkg --purge`,
-/// checks that nothing is left. The purge runs whatever failed before it.
+/// What a cloud-init or Packer run does: a policy written to /etc, then
+/// `dpkg -i` without a terminal; checks, a reinstall, `dpkg --purge`,
+/// checks that nothing but the administrator's policy is left. The purge
+/// runs whatever failed before it; the policy is removed at the end.
 fn install_cycle(build: &Build, deb: &Path) -> Result<()> {
     let status = package_status();
     ensure!(
@@ -154,20 +160,34 @@ fn install_cycle(build: &Build, deb: &Path) -> Result<()> {
         "imds-guard is already on this machine ({status}); the check installs and purges it, so \
          remove it first: dpkg --purge imds-guard"
     );
+    let admin = Path::new(ADMIN_POLICY);
+    ensure!(
+        !admin.exists() && !admin.is_symlink(),
+        "{ADMIN_POLICY} exists on this machine; the check writes its own there, so move it away \
+         first"
+    );
+    let seeded = seed_policy()?;
 
-    eprintln!("xtask: dist check: dpkg -i {}", deb.display());
-    let installed = dpkg(&["-i"], deb).and_then(|()| installed_checks(build, deb));
+    eprintln!("xtask: dist check: dpkg -i {} (no terminal)", deb.display());
+    let installed = dpkg(&["-i"], deb).and_then(|()| installed_checks(build, deb, &seeded));
     eprintln!("xtask: dist check: dpkg --purge imds-guard");
     let purged = dpkg(&["--purge", "imds-guard"], Path::new(""));
+    let kept = fs::read_to_string(admin).unwrap_or_default();
+    let removed = fs::remove_dir_all("/etc/imds-guard")
+        .with_context(|| "cannot remove the check's /etc/imds-guard".to_owned());
     installed?;
     purged?;
+    removed?;
 
     let mut p = Problems::default();
+    p.expect(kept == seeded, || {
+        format!("{ADMIN_POLICY} was changed or removed by dpkg --purge: {kept:?}")
+    });
     for gone in [
         BIN,
         Format::Deb.unit(),
-        CONFIG,
-        "/etc/imds-guard",
+        POLICY,
+        "/usr/share/imds-guard",
         ENABLE_LINK,
         DOC_DIR,
     ] {
@@ -216,7 +236,19 @@ fn dpkg(args: &[&str], deb: &Path) -> Result<()> {
     Ok(())
 }
 
-fn installed_checks(build: &Build, deb: &Path) -> Result<()> {
+/// The policy an operator writes before installing: the packaged one with
+/// a line of their own. Returns its text.
+fn seed_policy() -> Result<String> {
+    let shipped = workspace_root().join("config/imds-guard.toml");
+    let text = fs::read_to_string(&shipped)
+        .with_context(|| format!("cannot read {}", shipped.display()))?
+        + "\n# written before the install by cargo xtask dist --check\n";
+    fs::create_dir_all("/etc/imds-guard").context("cannot create /etc/imds-guard")?;
+    fs::write(ADMIN_POLICY, &text).with_context(|| format!("cannot write {ADMIN_POLICY}"))?;
+    Ok(text)
+}
+
+fn installed_checks(build: &Build, deb: &Path, seeded: &str) -> Result<()> {
     let mut p = Problems::default();
 
     match stdout(Command::new(BIN).arg("-V")) {
@@ -244,13 +276,11 @@ fn installed_checks(build: &Build, deb: &Path) -> Result<()> {
 
     let conffiles =
         stdout(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "imds-guard"]))?;
-    let md5 = stdout(Command::new("md5sum").arg(CONFIG))?;
-    let md5 = md5.split_whitespace().next().unwrap_or_default();
-    p.expect(conffiles.trim() == format!("{CONFIG} {md5}"), || {
-        format!(
-            "dpkg-query ${{Conffiles}} is {:?}, expected \"{CONFIG} {md5}\"",
-            conffiles.trim()
-        )
+    p.expect(conffiles.trim().is_empty(), || {
+        format!("dpkg-query ${{Conffiles}} is {conffiles:?}, expected none")
+    });
+    p.expect(Path::new(POLICY).is_file(), || {
+        format!("the packaged default {POLICY} is not installed")
     });
 
     let listed: BTreeSet<String> = stdout(Command::new("dpkg").args(["-L", "imds-guard"]))?
@@ -274,21 +304,21 @@ fn installed_checks(build: &Build, deb: &Path) -> Result<()> {
         )
     });
     if Command::new("man").arg("--version").output().is_ok() {
-        let page = stdout(Command::new("man").args(["-w", "8", "imds-guard"])).unwrap_or_default();
-        p.expect(page.trim() == "/usr/share/man/man8/imds-guard.8.gz", || {
-            format!("man -w 8 imds-guard found {:?}", page.trim())
-        });
+        for (section, name) in [("8", "imds-guard"), ("5", "imds-guard-policy")] {
+            let page = stdout(Command::new("man").args(["-w", section, name])).unwrap_or_default();
+            let want = format!("/usr/share/man/man{section}/{name}.{section}.gz");
+            p.expect(page.trim() == want, || {
+                format!("man -w {section} {name} found {:?}", page.trim())
+            });
+        }
     }
 
-    // An edited policy survives a reinstall (the conffile is not replaced,
-    // and dpkg does not ask: the package's version of it did not change).
-    let edit = "\n# edited by cargo xtask dist --check\n";
-    let policy = fs::read_to_string(CONFIG).with_context(|| format!("cannot read {CONFIG}"))?;
-    fs::write(CONFIG, policy.clone() + edit).with_context(|| format!("cannot edit {CONFIG}"))?;
+    // The policy written before the install is untouched by it and by a
+    // reinstall (an upgrade), which does not ask either.
     dpkg(&["-i"], deb)?;
-    let after = fs::read_to_string(CONFIG).unwrap_or_default();
-    p.expect(after.ends_with(edit), || {
-        format!("reinstalling the package overwrote the edited {CONFIG}")
+    let after = fs::read_to_string(ADMIN_POLICY).unwrap_or_default();
+    p.expect(after == seeded, || {
+        format!("installing the package changed the administrator's {ADMIN_POLICY}")
     });
     p.into_result("the installed .deb")
 }
@@ -307,14 +337,14 @@ pub fn rpm(build: &Build, rpm: &Path) -> Result<()> {
 
     let listed: BTreeSet<String> = qp(&["-l"])?.lines().map(str::to_owned).collect();
     let mut want = expected_files(build, Format::Rpm)?;
-    want.insert("/etc/imds-guard".to_owned());
+    want.insert("/usr/share/imds-guard".to_owned());
     want.insert(DOC_DIR.to_owned());
     compare(&mut p, "rpm -qlp", &listed, &want);
 
     let config = qp(&["--configfiles"])?;
-    p.expect(config.trim() == CONFIG, || {
+    p.expect(config.trim().is_empty(), || {
         format!(
-            "rpm -qp --configfiles lists {:?}, expected only {CONFIG}",
+            "rpm -qp --configfiles lists {:?}, expected none",
             config.trim()
         )
     });
@@ -353,7 +383,18 @@ pub fn rpm(build: &Build, rpm: &Path) -> Result<()> {
         format!("rpm -qp --scripts shows {count} scriptlets, expected 3:\n{scripts}")
     });
     p.0.extend(shipped::rpm(build, rpm)?);
-    p.into_result("the .rpm")
+    p.into_result("the .rpm")?;
+
+    if build.arch != Arch::host()? {
+        return Ok(());
+    }
+    if !is_root() {
+        let message = "skipping the .rpm install checks: rpm --root needs root";
+        ensure!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+        eprintln!("xtask: dist check: {message}");
+        return Ok(());
+    }
+    super::rpm_root::check(build, rpm)
 }
 
 /// `sh -n` on each script: a syntax error would only show at install time.

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use super::{
     Build, RELEASE,
     glibc::FLOOR,
-    layout::{self, CONFIG, Entry, Format},
+    layout::{self, Entry, Format},
 };
 use crate::process::{fresh_dir, run, stdout};
 
@@ -30,10 +30,11 @@ const SUMMARY: &str = "decides which local processes may reach the cloud instanc
 const DESCRIPTION: &str = "imds-guard keeps the credentials the cloud instance metadata service
 (169.254.169.254, fd00:ec2::254) hands out away from local processes that
 should not have them. eBPF cgroup programs refuse a connection, datagram
-or packet to a protected address unless the policy in
-/etc/imds-guard/policy.toml allows the caller's uid or gid, and an
-nftables table drops what the host would forward to it; every denial is
-logged to the journal with who made it and which policy entry decided.
+or packet to a protected address unless the policy allows the caller, and
+an nftables table drops what the host would forward to it; every denial
+is logged to the journal with who made it and which policy entry decided.
+The policy is /etc/imds-guard/policy.toml, written before or after the
+install; until there is one, the packaged default (root only) applies.
 
 The guard stays pinned in the kernel when the service stops; run
 `imds-guard detach` to turn it off. Removing the package does that.";
@@ -93,7 +94,6 @@ pub fn build(build: &Build) -> Result<PathBuf> {
         description = debian_description(DESCRIPTION),
     );
     write(&debian.join("control"), &control, 0o644)?;
-    write(&debian.join("conffiles"), &format!("{CONFIG}\n"), 0o644)?;
     write(&debian.join("md5sums"), &md5sums(&entries, &root)?, 0o644)?;
     for (name, script) in SCRIPTS {
         write(&debian.join(name), script, 0o755)?;
@@ -129,12 +129,10 @@ fn installed_size_kib(entries: &[Entry], root: &Path) -> Result<u64> {
     Ok(kib)
 }
 
-/// `DEBIAN/md5sums` for `dpkg --verify`; conffiles are left out (dpkg
-/// records their sums itself).
+/// `DEBIAN/md5sums` for `dpkg --verify` (the package has no conffiles).
 fn md5sums(entries: &[Entry], root: &Path) -> Result<String> {
     let relative: Vec<&str> = entries
         .iter()
-        .filter(|e| e.path != CONFIG)
         .map(|e| e.path.trim_start_matches('/'))
         .collect();
     stdout(Command::new("md5sum").args(&relative).current_dir(root))

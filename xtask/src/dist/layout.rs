@@ -18,9 +18,15 @@ use crate::process::{fresh_dir, output, workspace_root};
 pub const SHELLS: [&str; 3] = ["bash", "zsh", "fish"];
 
 pub const BIN: &str = "/usr/bin/imds-guard";
-/// The policy: a conffile (deb) / `%config(noreplace)` (rpm), so that an
-/// upgrade never overwrites the administrator's edits.
-pub const CONFIG: &str = "/etc/imds-guard/policy.toml";
+/// The packaged default policy (only root may reach the metadata
+/// service), read when the administrator's [`ADMIN_POLICY`] does not exist.
+/// Outside /etc and not a conffile: an upgrade replaces it, and no package
+/// manager ever asks about it, so a policy written in /etc before the
+/// install never stops a `dpkg -i` without a terminal at a conffile prompt.
+pub const POLICY: &str = "/usr/share/imds-guard/policy.toml";
+/// The administrator's policy: no package installs, replaces or removes it
+/// (a purge neither: it is the administrator's file).
+pub const ADMIN_POLICY: &str = "/etc/imds-guard/policy.toml";
 pub const DOC_DIR: &str = "/usr/share/doc/imds-guard";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +94,7 @@ pub fn entries(build: &Build, format: Format) -> Result<Vec<Entry>> {
             0o644,
         ),
         Entry::new(
-            CONFIG,
+            POLICY,
             Source::Copy(root.join("config/imds-guard.toml")),
             0o644,
         ),
@@ -115,18 +121,25 @@ pub fn entries(build: &Build, format: Format) -> Result<Vec<Entry>> {
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()
         .with_context(|| format!("cannot list {}", man.display()))?;
-    pages.retain(|p| p.extension().is_some_and(|e| e == "8"));
+    // Commands in section 8, the policy format in section 5.
+    pages.retain(|p| p.extension().is_some_and(|e| e == "8" || e == "5"));
     pages.sort();
-    ensure!(
-        pages.iter().any(|p| p.ends_with("imds-guard.8")),
-        "`imds-guard generate man` wrote no imds-guard.8 in {}",
-        man.display()
-    );
+    for needed in ["imds-guard.8", "imds-guard-policy.5"] {
+        ensure!(
+            pages.iter().any(|p| p.ends_with(needed)),
+            "`imds-guard generate man` wrote no {needed} in {}",
+            man.display()
+        );
+    }
     for page in pages {
         let name = page.file_name().map(|n| n.to_string_lossy().into_owned());
         let name = name.unwrap_or_default();
+        let section = page
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
         entries.push(Entry::new(
-            format!("/usr/share/man/man8/{name}.gz"),
+            format!("/usr/share/man/man{section}/{name}.gz"),
             Source::Gzip(page),
             0o644,
         ));

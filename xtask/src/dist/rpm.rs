@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, ensure};
 
 use super::{
     Build, RELEASE,
-    layout::{self, CONFIG, DOC_DIR, Format},
+    layout::{self, DOC_DIR, Format},
 };
 use crate::process::{fresh_dir, run};
 
@@ -26,12 +26,12 @@ pub fn build(build: &Build) -> Result<PathBuf> {
     let stage = build.work.join("rpm-root");
     layout::stage(&entries, &stage)?;
 
-    let mut files = String::from("%defattr(-,root,root,-)\n%dir /etc/imds-guard\n");
+    // No %config: the packaged policy is in /usr/share (an upgrade
+    // replaces it), the administrator's in /etc is not the package's.
+    let mut files = String::from("%defattr(-,root,root,-)\n%dir /usr/share/imds-guard\n");
     writeln!(files, "%dir {DOC_DIR}")?;
     for e in &entries {
-        if e.path == CONFIG {
-            writeln!(files, "%config(noreplace) {}", e.path)?;
-        } else if e.path.starts_with(DOC_DIR) {
+        if e.path.starts_with(DOC_DIR) {
             writeln!(files, "%doc {}", e.path)?;
         } else {
             writeln!(files, "{}", e.path)?;
@@ -58,7 +58,8 @@ pub fn build(build: &Build) -> Result<PathBuf> {
          %description\n\
          eBPF cgroup programs refuse a connection, datagram or packet to the\n\
          instance metadata service (169.254.169.254, fd00:ec2::254) unless the\n\
-         policy in /etc/imds-guard/policy.toml allows the caller's uid or gid, and\n\
+         policy in /etc/imds-guard/policy.toml (by default the packaged\n\
+         /usr/share/imds-guard/policy.toml: root only) allows the caller, and\n\
          an nftables table drops what the host would forward to it. The guard\n\
          stays pinned when the service stops: `imds-guard detach` turns it off,\n\
          and erasing the package does that.\n\

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use super::{
     Build, binary, compile, deb,
     glibc::{self, Version},
-    layout::{BIN, CONFIG},
+    layout::{BIN, POLICY},
 };
 use crate::process::{fresh_dir, output, stdout};
 
@@ -59,7 +59,7 @@ pub fn deb(build: &Build, deb: &Path) -> Result<Vec<String>> {
         problems.extend(emulated(
             build,
             &packaged,
-            &root.join(CONFIG.trim_start_matches('/')),
+            &root.join(POLICY.trim_start_matches('/')),
         )?);
     }
     Ok(problems)

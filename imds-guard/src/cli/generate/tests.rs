@@ -36,6 +36,7 @@ fn one_page_for_the_whole_and_one_per_command() {
     walk(&cmd, "imds-guard", &mut subs);
     subs.sort();
     expected.extend(subs);
+    expected.push("imds-guard-policy.5".to_owned());
     let names: Vec<String> = pages().into_iter().map(|p| p.file_name).collect();
     assert_eq!(names, expected);
     assert!(names.contains(&"imds-guard-run.8".to_owned()), "{names:?}");
@@ -71,6 +72,7 @@ fn the_top_page_has_the_reference_sections() {
         "run is referenced: {top}"
     );
     assert!(top.contains("/etc/imds\\-guard/policy.toml"), "{top}");
+    assert!(top.contains("/usr/share/imds\\-guard/policy.toml"), "{top}");
 }
 
 #[test]
@@ -95,6 +97,12 @@ fn a_command_page_documents_its_options() {
         );
     }
     assert!(run.contains("journal"), "the log formats are listed: {run}");
+    for default in [
+        "/etc/imds\\-guard/policy.toml",
+        "/usr/share/imds\\-guard/policy.toml",
+    ] {
+        assert!(run.contains(default), "--config says its default: {run}");
+    }
 }
 
 /// groff, where installed, must render every page without a warning
@@ -193,4 +201,39 @@ fn an_unwritable_directory_is_named_in_the_error() {
         err.to_string(),
         "cannot create the directory /proc/imds-guard-cannot-be-here"
     );
+}
+
+#[test]
+fn the_pages_carry_the_readmes_operating_sections() {
+    let pages = pages();
+    let page = |name: &str| {
+        text(
+            pages
+                .iter()
+                .find(|p| p.file_name == name)
+                .unwrap_or_else(|| panic!("no {name}")),
+        )
+    };
+    let run = page("imds-guard-run.8");
+    for section in [
+        "\"RELOADING THE POLICY\"",
+        "\"STOPPING IS NOT TURNING OFF\"",
+        "\"JOURNAL FIELDS\"",
+    ] {
+        assert!(
+            run.contains(&format!(".SH {section}\n")),
+            "no {section}: {run}"
+        );
+    }
+    assert!(run.contains("imds\\-guard detach"), "{run}");
+    let render = page("imds-guard-render.8");
+    assert!(render.contains(".SH \"LOADING THE OUTPUT\"\n"), "{render}");
+    assert!(
+        render.contains("iptables\\-restore \\-\\-noflush"),
+        "{render}"
+    );
+    let policy = page("imds-guard-policy.5");
+    assert!(policy.starts_with(".TH IMDS-GUARD-POLICY 5 "), "{policy}");
+    assert!(policy.contains(".SH EXAMPLE\n"), "{policy}");
+    assert!(policy.contains("[allow]"), "{policy}");
 }

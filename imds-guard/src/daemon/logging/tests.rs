@@ -204,3 +204,11 @@ fn journal_layer_fails_without_journald_and_sends_plain_upper_case_fields() {
         assert_eq!(ready.get("PRIORITY").map(String::as_str), Some("6"));
     });
 }
+
+#[test]
+fn colours_only_on_a_terminal_without_no_color() {
+    assert!(colour(true, None));
+    assert!(colour(true, Some(OsStr::new(""))));
+    assert!(!colour(true, Some(OsStr::new("1"))));
+    assert!(!colour(false, None));
+}

@@ -53,6 +53,26 @@ pub enum ListenAddrError {
     PortZero,
 }
 
+/// What to add to an error binding the metrics listener when a sandbox
+/// refused the socket's address family: systemd's
+/// `RestrictAddressFamilies=` fails `socket(2)` with EAFNOSUPPORT, and the
+/// packaged unit allows only AF_UNIX and AF_NETLINK.
+pub fn sandbox_hint(e: &std::io::Error, addr: SocketAddr) -> String {
+    if e.raw_os_error() != Some(libc::EAFNOSUPPORT) {
+        return String::new();
+    }
+    let family = if addr.is_ipv4() {
+        "AF_INET"
+    } else {
+        "AF_INET6"
+    };
+    format!(
+        " (the service's sandbox refuses {family} sockets: add \
+         `RestrictAddressFamilies=AF_INET AF_INET6` beside the address in a drop-in, \
+         systemctl edit imds-guard)"
+    )
+}
+
 /// Parses a `--metrics-listen` value: `PORT` (on 127.0.0.1), `IP:PORT`,
 /// `[IPV6]:PORT` or `localhost:PORT` (127.0.0.1). Usable as a clap
 /// `value_parser`.

@@ -530,3 +530,17 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     assert_eq!(split(&response).0, "HTTP/1.1 200 OK");
     server.abort();
 }
+
+#[test]
+fn a_refused_address_family_names_the_units_setting() {
+    let addr: SocketAddr = "127.0.0.1:9100".parse().expect("addr");
+    let refused = std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT);
+    let hint = super::sandbox_hint(&refused, addr);
+    assert!(hint.contains("AF_INET sockets"), "{hint}");
+    assert!(
+        hint.contains("RestrictAddressFamilies=AF_INET AF_INET6"),
+        "{hint}"
+    );
+    let in_use = std::io::Error::from_raw_os_error(libc::EADDRINUSE);
+    assert_eq!(super::sandbox_hint(&in_use, addr), "");
+}
