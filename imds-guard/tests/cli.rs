@@ -227,6 +227,20 @@ fn check_gives_the_verdict_and_the_rule_without_the_kernel() {
     assert_eq!(elsewhere.status.code(), Some(0));
     assert!(stdout(&elsewhere).contains("192.0.2.1 is not a protected address"));
 
+    // Without --dst: the protected endpoints, named; groups by name.
+    let endpoints = run(&["--user", "root", "--groups", "root,7"]);
+    assert_eq!(endpoints.status.code(), Some(0), "{}", stderr(&endpoints));
+    assert!(
+        stdout(&endpoints).starts_with(
+            "allowed: uid 0 gid 0 groups 0,7 (supplementary groups do not count) to the protected \
+             endpoints (169.254.169.254, fd00:ec2::254):"
+        ),
+        "{}",
+        stdout(&endpoints)
+    );
+    let no_group = run(&["--user", "root", "--groups", "no-such-group-imds-cli"]);
+    assert_eq!(no_group.status.code(), Some(2), "{}", stderr(&no_group));
+
     // Without a passwd entry the primary gid must be given: a usage error.
     let unknown = run(&["--uid", "54321", "--dst", "169.254.169.254"]);
     assert_eq!(unknown.status.code(), Some(2));

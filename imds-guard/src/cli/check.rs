@@ -1,21 +1,32 @@
 //! `imds-guard check`: the verdict a policy gives a process, without the
 //! kernel.
 
-use nix::unistd::User;
+use std::net::IpAddr;
+
+use nix::unistd::{Group, User};
 use serde_json::json;
 
 use super::{CheckArgs, CliError, Outcome};
-use crate::policy::{CheckReport, Outcome as Verdict, PolicySpec, SystemResolver, check};
+use crate::policy::{CheckReport, Outcome as Verdict, Policy, PolicySpec, SystemResolver, check};
 
 pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
     let policy =
         PolicySpec::load(&super::policy_file(args.config.as_deref()))?.resolve(&SystemResolver)?;
     let (uid, gid) = who(args)?;
-    let report = check(&policy, uid, gid, args.dst);
+    let groups = groups(&args.groups)?;
+    let (dst, to) = destination(&policy, args.dst);
+    let report = check(&policy, uid, gid, dst);
+    let asked = Asked {
+        uid,
+        gid,
+        groups: &groups,
+        to: &to,
+        dst: args.dst,
+    };
     if args.json {
-        println!("{}", to_json(&report, uid, gid, args));
+        println!("{}", to_json(&report, &asked, &policy));
     } else {
-        println!("{}", to_text(&report, uid, gid, args));
+        println!("{}", to_text(&report, &asked));
     }
     Ok(if report.outcome == Verdict::Allow {
         Outcome::Success
@@ -62,30 +73,96 @@ fn who(args: &CheckArgs) -> Result<(u32, u32), CliError> {
     Ok((uid, gid))
 }
 
-fn to_text(report: &CheckReport, uid: u32, gid: u32, args: &CheckArgs) -> String {
+/// What was asked about, as resolved.
+struct Asked<'a> {
+    uid: u32,
+    gid: u32,
+    groups: &'a [u32],
+    /// The destination in words: the address, or the protected endpoints.
+    to: &'a str,
+    /// `--dst`, when given.
+    dst: Option<IpAddr>,
+}
+
+/// The address to decide for, and how to name it: `--dst`, or else the
+/// first protected endpoint, named as all of them (the decision does not
+/// depend on which one).
+fn destination(policy: &Policy, dst: Option<IpAddr>) -> (IpAddr, String) {
+    if let Some(dst) = dst {
+        return (dst, dst.to_string());
+    }
+    let endpoints: Vec<String> = policy
+        .spec
+        .endpoints
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect();
+    let first = policy
+        .spec
+        .endpoints
+        .first()
+        .map_or(IpAddr::from([169, 254, 169, 254]), |e| e.addr);
+    (
+        first,
+        format!("the protected endpoints ({})", endpoints.join(", ")),
+    )
+}
+
+/// `--groups`, names looked up in the group database.
+fn groups(given: &[String]) -> Result<Vec<u32>, CliError> {
+    given
+        .iter()
+        .map(|g| match g.parse::<u32>() {
+            Ok(gid) => Ok(gid),
+            Err(_) => match Group::from_name(g) {
+                Ok(Some(group)) => Ok(group.gid.as_raw()),
+                Ok(None) => Err(CliError::Usage(format!(
+                    "group {g:?} does not exist on this host"
+                ))),
+                Err(e) => Err(CliError::runtime(std::io::Error::other(format!(
+                    "cannot look up group {g:?}: {e}"
+                )))),
+            },
+        })
+        .collect()
+}
+
+fn to_text(report: &CheckReport, asked: &Asked<'_>) -> String {
     let what = match report.outcome {
         Verdict::Allow => "allowed",
         Verdict::Deny => "denied",
         Verdict::Audit => "denied by the policy, but let through and logged (audit mode)",
     };
-    let groups = if args.groups.is_empty() {
-        ""
+    let groups = if asked.groups.is_empty() {
+        String::new()
     } else {
-        " (supplementary groups do not count)"
+        let list: Vec<String> = asked.groups.iter().map(u32::to_string).collect();
+        format!(
+            " groups {} (supplementary groups do not count)",
+            list.join(",")
+        )
     };
     format!(
-        "{what}: uid {uid} gid {gid}{groups} to {}: {}",
-        args.dst, report.why
+        "{what}: uid {} gid {}{groups} to {}: {}",
+        asked.uid, asked.gid, asked.to, report.why
     )
 }
 
-fn to_json(report: &CheckReport, uid: u32, gid: u32, args: &CheckArgs) -> serde_json::Value {
+fn to_json(report: &CheckReport, asked: &Asked<'_>, policy: &Policy) -> serde_json::Value {
+    let endpoints: Vec<String> = policy
+        .spec
+        .endpoints
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect();
     json!({
         "verdict": report.outcome.as_str(),
         "protected": report.protected,
-        "uid": uid,
-        "gid": gid,
-        "dst": args.dst.to_string(),
+        "uid": asked.uid,
+        "gid": asked.gid,
+        "groups": asked.groups,
+        "dst": asked.dst.map(|d| d.to_string()),
+        "endpoints": endpoints,
         "reason": report.why,
     })
 }

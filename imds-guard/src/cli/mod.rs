@@ -185,13 +185,14 @@ pub struct CheckArgs {
     /// The process's real primary gid (default: the user's primary group).
     #[arg(long, value_name = "N")]
     pub gid: Option<u32>,
-    /// Supplementary group ids. Shown for completeness: the guard decides
-    /// by the real primary gid only.
+    /// Supplementary groups, by name or number. Shown for completeness:
+    /// the guard decides by the real primary gid only.
     #[arg(long, value_name = "G,...", value_delimiter = ',')]
-    pub groups: Vec<u32>,
-    /// The destination address.
+    pub groups: Vec<String>,
+    /// The destination address (default: the policy's protected
+    /// endpoints, which all get the same verdict).
     #[arg(long, value_name = "ADDR")]
-    pub dst: std::net::IpAddr,
+    pub dst: Option<std::net::IpAddr>,
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -3,13 +3,15 @@
 use std::net::IpAddr;
 
 use super::{CliError, Outcome, ValidateArgs};
-use crate::policy::{DEFAULT_ADDRESSES, PolicySpec, SystemResolver, hex};
+use crate::policy::{Action, DEFAULT_ADDRESSES, PolicySpec, SystemResolver, hex};
 
 pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
     let config = super::policy_file(args.config.as_deref());
     let spec = PolicySpec::load(&config)?;
     let (entries, endpoints) = (spec.entries.len(), spec.endpoints.len());
-    for note in notes(&spec) {
+    let mut all = notes(&spec);
+    all.extend(deny_only_note(&spec, subordinate_ids()));
+    for note in all {
         println!("{}: note: {note}", config.display());
     }
     if args.offline {
@@ -58,6 +60,30 @@ fn notes(spec: &PolicySpec) -> Vec<String> {
     notes
 }
 
+/// Whether this host gives users subordinate ids (`/etc/subuid` or
+/// `/etc/subgid` with an entry), which a deny rule cannot follow.
+fn subordinate_ids() -> bool {
+    ["/etc/subuid", "/etc/subgid"].iter().any(|p| {
+        std::fs::read_to_string(p).is_ok_and(|t| {
+            t.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+    })
+}
+
+/// The caveat of a policy that only denies, on a host with subordinate
+/// ids: a user with a range can run as ids no rule names.
+fn deny_only_note(spec: &PolicySpec, subordinate_ids: bool) -> Option<String> {
+    let denies = spec.entries.iter().any(|e| e.action == Action::Deny);
+    let allows = spec.entries.iter().any(|e| e.action == Action::Allow);
+    (denies && !allows && subordinate_ids).then(|| {
+        "this policy only denies, and this host gives users subordinate ids (/etc/subuid, \
+         /etc/subgid): a user with a range can run as ids no [deny] rule names, which the \
+         default lets through; an [allow] list has no such gap (README: Prefer allow lists)"
+            .to_owned()
+    })
+}
+
 fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
@@ -77,5 +103,14 @@ mod tests {
         assert_eq!(n.len(), 1, "{n:?}");
         assert!(n[0].starts_with("fd00:ec2::254 is not protected"), "{n:?}");
         assert!(notes(&spec("[allow]\nuids = [0]\n")).is_empty());
+    }
+
+    #[test]
+    fn a_deny_only_policy_is_noted_where_users_have_subordinate_ids() {
+        let deny_only = spec("[deny]\nuids = [33]\n");
+        assert!(deny_only_note(&deny_only, true).is_some());
+        assert!(deny_only_note(&deny_only, false).is_none());
+        let mixed = spec("[allow]\nuids = [0]\n[deny]\nuids = [33]\n");
+        assert!(deny_only_note(&mixed, true).is_none());
     }
 }
