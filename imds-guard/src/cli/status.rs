@@ -250,6 +250,32 @@ pub fn to_text(status: &Status) -> String {
         )
     };
     let _ = writeln!(s, "imds-guard: {state}");
+    where_and_what(status, &mut s);
+    warnings(status, &mut s);
+    if let Some(c) = status.counters {
+        let _ = writeln!(
+            s,
+            "  counters: allowed {} denied {} audited {} events lost {} internal errors {}",
+            c.allowed, c.denied, c.audited, c.events_lost, c.errors
+        );
+    }
+    let forward = match &status.forward {
+        Ok(Some(c)) => format!(
+            "forwarded packets to protected addresses dropped (table inet {}): dropped {} \
+             audited {}",
+            forward::TABLE,
+            c.dropped,
+            c.audited
+        ),
+        Ok(None) => "NOT guarded: no forward table in this network namespace".to_owned(),
+        Err(e) => format!("unknown: {e}"),
+    };
+    let _ = writeln!(s, "  forward:  {forward}");
+    s
+}
+
+/// The pins, the cgroup, the links, the policy in force and the agent.
+fn where_and_what(status: &Status, s: &mut String) {
     if status.in_fallback() {
         let _ = writeln!(
             s,
@@ -298,6 +324,11 @@ pub fn to_text(status: &Status) -> String {
             }
         );
     }
+}
+
+/// What an operator must act on: names left out, a refused reload,
+/// another guard.
+fn warnings(status: &Status, s: &mut String) {
     if status.names_left_out() {
         let _ = writeln!(
             s,
@@ -324,26 +355,6 @@ pub fn to_text(status: &Status) -> String {
             list.join(", ")
         );
     }
-    if let Some(c) = status.counters {
-        let _ = writeln!(
-            s,
-            "  counters: allowed {} denied {} audited {} events lost {} internal errors {}",
-            c.allowed, c.denied, c.audited, c.events_lost, c.errors
-        );
-    }
-    let forward = match &status.forward {
-        Ok(Some(c)) => format!(
-            "forwarded packets to protected addresses dropped (table inet {}): dropped {} \
-             audited {}",
-            forward::TABLE,
-            c.dropped,
-            c.audited
-        ),
-        Ok(None) => "NOT guarded: no forward table in this network namespace".to_owned(),
-        Err(e) => format!("unknown: {e}"),
-    };
-    let _ = writeln!(s, "  forward:  {forward}");
-    s
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (Howard Hinnant's

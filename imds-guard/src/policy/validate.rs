@@ -317,6 +317,12 @@ impl Checker<'_> {
                 ),
             );
         }
+        self.addresses(items, list_at)
+    }
+
+    /// Each address of `[endpoints] addresses`, parsed, each once.
+    fn addresses(&mut self, items: &[Node], list_at: Location) -> Vec<Endpoint> {
+        const CONTEXT: &str = "[endpoints] addresses";
         let mut seen: HashMap<IpAddr, (Location, &str)> = HashMap::new();
         let mut endpoints = Vec::new();
         for item in items {
