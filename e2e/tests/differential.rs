@@ -41,7 +41,7 @@ use std::{
 
 use imds_guard::{
     kernel::{Counters, Guard, Stamp},
-    policy::{Action as Verdict, Mode, Policy, PolicySpec, SystemResolver},
+    policy::{Action as Verdict, CgroupClass, Mode, Policy, PolicySpec, SystemResolver},
     render::{Format, Target},
 };
 use imds_guard_e2e::{
@@ -203,7 +203,9 @@ fn expected_difference(target: Target, policy: &Policy, who: Who) -> Option<&'st
 
 /// What the guard decides on a protected destination.
 fn guard_verdict(policy: &Policy, who: Who) -> Verdict {
-    policy.decide(who.uid, who.gid).action
+    policy
+        .decide(who.uid, who.gid, CgroupClass::Unmatched)
+        .action
 }
 
 /// The guard's order (uid denied, gid denied, uid allowed, gid allowed,

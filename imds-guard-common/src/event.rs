@@ -40,6 +40,16 @@ pub mod reason {
     /// Nobody can be held to account for it: a kernel thread, or a socket
     /// no process opened (fail closed).
     pub const NO_IDENTITY: u8 = 7;
+    // 8..=15: the caller's groups and namespaces.
+    /// The caller's cgroup matches a `[deny]` unit or cgroup pattern.
+    pub const CGROUP_DENIED: u8 = 16;
+    /// The caller's cgroup matches an `[allow]` unit, cgroup or pod
+    /// pattern (and nothing denies it).
+    pub const CGROUP_ALLOWED: u8 = 17;
+    /// The caller's cgroup has no classification, and the policy denies
+    /// some cgroups: it might be one of them (fail closed).
+    pub const CGROUP_UNKNOWN: u8 = 18;
+    // 19..=23: reserved for cgroups.
 }
 
 /// What kind of record an [`Event`] is: room for record kinds other than

@@ -7,6 +7,7 @@
 #![no_std]
 
 mod addr;
+mod cgroups;
 mod counters;
 mod event;
 mod names;
@@ -15,6 +16,11 @@ mod policy;
 
 pub use self::{
     addr::Ipv6Key,
+    cgroups::{
+        CGROUP_EVENTS_BYTE_SIZE, CgroupEvent, CgroupOffsets, CgroupPatterns, ComponentKey,
+        EVENT_PATH_LEN, LENGTHS_LEN, MAX_CGROUP_LEVEL, MAX_CGROUP_PATTERNS, MAX_CGROUPS,
+        MAX_LITERAL, MAX_NAME, MAX_PATTERN_DEPTH, cgroup_event, cgroup_stat, length_index,
+    },
     counters::{COUNTERS_LEN, counter, counter_index},
     event::{COMM_LEN, Event, family, hook, kind, reason, verdict},
     names::*,
@@ -47,4 +53,10 @@ mod pod {
     unsafe impl aya::Pod for super::Offsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Decided {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ComponentKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CgroupPatterns {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CgroupOffsets {}
 }

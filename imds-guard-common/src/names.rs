@@ -24,9 +24,33 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 /// decided already (value: [`crate::Decided`]).
 pub const MAP_DECIDED: &str = "DECIDED";
 
+/// The hash map of cgroups by id (value: [`crate::IdRules`], the rule
+/// each generation's patterns give the cgroup's path).
+pub const MAP_CGROUP_CLASS: &str = "CGROUP_CLASS";
+/// The LPM trie of pattern components by literal prefix (key:
+/// [`crate::ComponentKey`]; value: a mask of patterns).
+pub const MAP_CGROUP_PREFIXES: &str = "CGROUP_PREFIXES";
+/// The LPM trie of pattern components by literal suffix, reversed.
+pub const MAP_CGROUP_SUFFIXES: &str = "CGROUP_SUFFIXES";
+/// The array of pattern masks by name length, at
+/// [`crate::length_index`].
+pub const MAP_CGROUP_LENGTHS: &str = "CGROUP_LENGTHS";
+/// The two-entry array of each generation's [`crate::CgroupPatterns`].
+pub const MAP_CGROUP_PATTERNS: &str = "CGROUP_PATTERNS";
+/// The ring buffer of [`crate::CgroupEvent`]s.
+pub const MAP_CGROUP_EVENTS: &str = "CGROUP_EVENTS";
+/// The per-CPU array of classification counters
+/// ([`crate::cgroup_stat`]).
+pub const MAP_CGROUP_STATS: &str = "CGROUP_STATS";
+
 /// The names of the programs, one per hook, as the object file spells them.
 pub const PROGRAM_CONNECT4: &str = "connect4";
 pub const PROGRAM_CONNECT6: &str = "connect6";
 pub const PROGRAM_SENDMSG4: &str = "sendmsg4";
 pub const PROGRAM_SENDMSG6: &str = "sendmsg6";
 pub const PROGRAM_EGRESS: &str = "egress";
+
+/// The programs that classify cgroups as they come and go (raw
+/// tracepoints of the same names).
+pub const PROGRAM_CGROUP_MKDIR: &str = "cgroup_mkdir";
+pub const PROGRAM_CGROUP_RMDIR: &str = "cgroup_rmdir";

@@ -131,5 +131,12 @@ pub mod config_flags {
     /// Some `[allow]` names did not resolve and are left out (they stay
     /// denied); the agent retries them. For `status`.
     pub const PARTIAL: u32 = 8;
+    // Bits 16 and up: the caller's cgroup (units, cgroups, pods).
+    /// The policy has unit, cgroup or pod rules: a decision looks the
+    /// caller's cgroup up in [`crate::MAP_CGROUP_CLASS`].
+    pub const CGROUP_RULES: u32 = 1 << 16;
+    /// The policy denies some cgroups: a cgroup without a classification
+    /// is denied.
+    pub const CGROUP_DENY: u32 = 1 << 17;
 }
 const _: () = assert!(size_of::<Config>() == 64);

@@ -13,6 +13,7 @@ use imds_guard_common::{
 
 use crate::{
     caller::{Caller, NoCaller},
+    classify,
     dst::Dst,
     maps::{CONFIG, COUNTERS, EVENTS, GID_RULES, UID_RULES},
 };
@@ -86,7 +87,13 @@ pub fn decide<C: EbpfContext>(
             cfg.mode == mode::AUDIT,
         ),
         (Some(cfg), Ok(ids)) => (
-            evaluate(generation, ids.uid, ids.gid, cfg.default_action),
+            evaluate(
+                generation,
+                ids.uid,
+                ids.gid,
+                cgroup_rule(caller.cgroup_id, generation, cfg.flags),
+                cfg.default_action,
+            ),
             cfg.mode == mode::AUDIT,
         ),
     };
@@ -118,11 +125,20 @@ pub fn decide<C: EbpfContext>(
     }
 }
 
-/// Deny wins over allow, uid before gid, then the default. Any action
-/// other than ALLOW denies: a value the agent never writes must not open
-/// the door. `imds_guard::policy::Policy::decide` mirrors this order.
+/// Deny wins over allow: uid, gid, then cgroup denies; then the cgroup's
+/// allow, the uid's, the gid's (which allow decides changes only the
+/// reason; the cgroup's comes first, where it costs the verifier least
+/// beside the group scan); then the default. Any action other
+/// than ALLOW denies: a value the agent never writes must not open the
+/// door. `imds_guard::policy::Policy::decide` mirrors this order.
 #[inline(always)]
-fn evaluate(generation: u32, uid: u32, gid: u32, default_action: u32) -> Outcome {
+fn evaluate(
+    generation: u32,
+    uid: u32,
+    gid: u32,
+    by_cgroup: CgroupRule,
+    default_action: u32,
+) -> Outcome {
     let by_uid = rule(&UID_RULES, uid, generation);
     let by_gid = rule(&GID_RULES, gid, generation);
     if by_uid.action != NO_RULE && by_uid.action != action::ALLOW {
@@ -137,6 +153,32 @@ fn evaluate(generation: u32, uid: u32, gid: u32, default_action: u32) -> Outcome
             action: action::DENY,
             reason: reason::GID_DENIED,
             entry: by_gid.entry,
+        };
+    }
+    match by_cgroup {
+        CgroupRule::Unknown => {
+            return Outcome {
+                action: action::DENY,
+                reason: reason::CGROUP_UNKNOWN,
+                entry: 0,
+            };
+        }
+        CgroupRule::Rule(r) if r.action != NO_RULE && r.action != action::ALLOW => {
+            return Outcome {
+                action: action::DENY,
+                reason: reason::CGROUP_DENIED,
+                entry: r.entry,
+            };
+        }
+        _ => {}
+    }
+    if let CgroupRule::Rule(r) = by_cgroup
+        && r.action == action::ALLOW
+    {
+        return Outcome {
+            action: action::ALLOW,
+            reason: reason::CGROUP_ALLOWED,
+            entry: r.entry,
         };
     }
     if by_uid.action == action::ALLOW {
@@ -166,6 +208,40 @@ fn evaluate(generation: u32, uid: u32, gid: u32, default_action: u32) -> Outcome
 
 /// The action of an absent rule.
 const NO_RULE: u32 = action::NONE;
+
+/// What the caller's cgroup says.
+#[derive(Clone, Copy)]
+enum CgroupRule {
+    /// Its rule in this generation (action [`NO_RULE`] for none).
+    Rule(IdRule),
+    /// It has no classification, and the policy denies some cgroups.
+    Unknown,
+}
+
+/// The rule of cgroup `id`: none without a cgroup rule in the policy (no
+/// lookup then); unknown when it has no classification and the policy
+/// denies cgroups (it could be one of them), and no rule when it only
+/// allows some (an unknown cgroup is none of them).
+#[inline(always)]
+fn cgroup_rule(id: u64, generation: u32, flags: u32) -> CgroupRule {
+    if flags & config_flags::CGROUP_RULES == 0 {
+        return CgroupRule::Rule(IdRule {
+            action: NO_RULE,
+            entry: 0,
+        });
+    }
+    let r = classify::rule(id, generation);
+    if r.action != classify::UNKNOWN {
+        CgroupRule::Rule(r)
+    } else if flags & config_flags::CGROUP_DENY != 0 {
+        CgroupRule::Unknown
+    } else {
+        CgroupRule::Rule(IdRule {
+            action: NO_RULE,
+            entry: 0,
+        })
+    }
+}
 
 /// The rule for `id` in `generation`, copied out at once, with [`NO_RULE`]
 /// when there is none. Keeping an `Option` of the map pointer instead lets

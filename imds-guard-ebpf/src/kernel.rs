@@ -3,7 +3,9 @@
 //! `bpf_probe_read_kernel`, which fails cleanly on a bad address, and a
 //! failed read means "unknown", never a guess.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str,
+};
 use imds_guard_common::Offsets;
 
 /// Written by the agent before the programs load (`EbpfLoader::set_global`);
@@ -36,6 +38,22 @@ pub fn read<T>(addr: u64, offset: u32) -> Option<T> {
 #[inline(always)]
 pub fn read_ptr(addr: u64, offset: u32) -> Option<u64> {
     read::<u64>(addr, offset).filter(|&p| p != 0)
+}
+
+/// Copies the NUL-terminated kernel string at `addr` into `buf` (at most
+/// `buf.len()` bytes, the NUL included); returns its length without the
+/// NUL. Bytes of `buf` past the NUL are left as they were.
+#[inline(always)]
+pub fn read_str(addr: u64, buf: &mut [u8]) -> Option<usize> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: the helper writes at most `buf.len()` bytes into `buf` and
+    // fails cleanly on an unreadable address.
+    let n = unsafe {
+        bpf_probe_read_kernel_str(buf.as_mut_ptr().cast(), buf.len() as u32, addr as *const _)
+    };
+    (n > 0).then(|| n as usize - 1)
 }
 
 /// The running task (`struct task_struct *`).

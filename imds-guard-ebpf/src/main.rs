@@ -3,11 +3,13 @@
 //! entry points; `skb.rs`: `cgroup_skb/egress`), `caller.rs` reads who is
 //! calling (through `kernel.rs`, the only reader of kernel memory),
 //! `dst.rs` the destination and whether it is protected, `decide.rs` what
-//! the policy says, `maps.rs` every map.
+//! the policy says, `maps.rs` every map. `classify.rs` keeps the rule of
+//! every cgroup as cgroups come and go (raw tracepoints).
 #![no_std]
 #![no_main]
 
 mod caller;
+mod classify;
 mod decide;
 mod dst;
 mod kernel;

@@ -4,11 +4,12 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use imds_guard_common::{
-    COUNTERS_LEN, Config, Decided, EVENTS_BYTE_SIZE, GENERATIONS, IdRules, MAX_ENDPOINTS,
-    MAX_ID_RULES, V4Key, V6Key,
+    CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupPatterns, ComponentKey, Config, Decided,
+    EVENTS_BYTE_SIZE, GENERATIONS, IdRules, LENGTHS_LEN, MAX_CGROUP_PATTERNS, MAX_CGROUPS,
+    MAX_ENDPOINTS, MAX_ID_RULES, MAX_PATTERN_DEPTH, V4Key, V6Key, cgroup_stat,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate entries on insert. Memory then follows the
@@ -70,3 +71,46 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 /// to lock (an LRU map by socket cookie cost an allowed connect 800 ns).
 #[btf_map]
 pub static DECIDED: SkStorage<Decided> = SkStorage::new();
+
+/// Every cgroup v2 cgroup by id, with the rule each generation's patterns
+/// give its path (`imds_guard_common::cgroups`). Written by `cgroup_mkdir`
+/// as a cgroup is created and by the agent for those that existed before;
+/// deleted by `cgroup_rmdir`. A decision on a protected destination looks
+/// the caller's cgroup up once, when the policy names cgroups.
+#[map]
+pub static CGROUP_CLASS: HashMap<u64, IdRules> =
+    HashMap::with_max_entries(MAX_CGROUPS, NO_PREALLOC);
+
+/// Pattern components by literal prefix: the longest stored prefix of a
+/// name answers with every component (a bit per pattern) whose prefix the
+/// name starts with. Keyed by generation and level, so a reload writes the
+/// other generation's beside the ones in force.
+#[map]
+pub static CGROUP_PREFIXES: LpmTrie<ComponentKey, u64> =
+    LpmTrie::with_max_entries(MAX_CGROUP_PATTERNS * MAX_PATTERN_DEPTH * GENERATIONS, 0);
+
+/// Pattern components by literal suffix: as [`CGROUP_PREFIXES`], over the
+/// name reversed.
+#[map]
+pub static CGROUP_SUFFIXES: LpmTrie<ComponentKey, u64> =
+    LpmTrie::with_max_entries(MAX_CGROUP_PATTERNS * MAX_PATTERN_DEPTH * GENERATIONS, 0);
+
+/// Pattern components by the length of a name they can match (a literal:
+/// its own; a glob: at least its prefix and suffix together), at
+/// `imds_guard_common::length_index`.
+#[map]
+pub static CGROUP_LENGTHS: Array<u64> = Array::with_max_entries(LENGTHS_LEN, 0);
+
+/// Each generation's [`CgroupPatterns`]: where patterns end, what each
+/// decides.
+#[map]
+pub static CGROUP_PATTERNS: Array<CgroupPatterns> = Array::with_max_entries(GENERATIONS, 0);
+
+/// Every cgroup created or removed, with its path
+/// ([`imds_guard_common::CgroupEvent`]).
+#[map]
+pub static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(CGROUP_EVENTS_BYTE_SIZE, 0);
+
+/// Per-CPU classification counters ([`cgroup_stat`]).
+#[map]
+pub static CGROUP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cgroup_stat::COUNT, 0);

@@ -314,3 +314,79 @@ fn validate_notes_an_ipv6_endpoint_left_out() {
         "{stdout}"
     );
 }
+
+#[test]
+fn check_places_the_process_by_unit_or_cgroup_and_names_the_rule() {
+    // A systemctl that knows one unit, so that the result does not depend
+    // on the units of the machine running the test.
+    let systemctl = policy_file(
+        "systemctl",
+        "#!/bin/sh\ncase \"$4\" in\n  evil.service) printf \
+         'LoadState=loaded\\nControlGroup=\\nSlice=system.slice\\n' ;;\n  *) printf \
+         'LoadState=not-found\\nControlGroup=\\nSlice=\\n' ;;\nesac\n",
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&systemctl, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let path = policy_file(
+        "cgroups.toml",
+        "[allow]\nuids = [0]\ncgroups = [\"/system.slice/docker-*.scope\"]\n[deny]\nunits = \
+         [\"evil.service\"]\n",
+    );
+    let p = path.to_str().expect("utf-8");
+    let check = |args: &[&str]| {
+        let mut all = vec!["check", "--config", p, "--dst", "169.254.169.254"];
+        all.extend_from_slice(args);
+        Command::new(env!("CARGO_BIN_EXE_imds-guard"))
+            .args(&all)
+            .env("IMDS_GUARD_SYSTEMCTL", &systemctl)
+            .output()
+            .expect("run imds-guard")
+    };
+    let stdout = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+
+    let docker = check(&[
+        "--uid",
+        "65534",
+        "--cgroup",
+        "/system.slice/docker-1a2b.scope",
+    ]);
+    assert_eq!(docker.status.code(), Some(0), "{}", stderr(&docker));
+    let text = stdout(&docker);
+    assert!(text.starts_with("allowed:"), "{text}");
+    assert!(
+        text.contains("in cgroup /system.slice/docker-1a2b.scope"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[allow] cgroups \"/system.slice/docker-*.scope\""),
+        "{text}"
+    );
+
+    // Root is allowed by uid, but not in the denied unit (a stopped unit
+    // is placed below its slice).
+    let evil = check(&["--uid", "0", "--unit", "evil.service"]);
+    assert_eq!(evil.status.code(), Some(4), "{}", stderr(&evil));
+    let text = stdout(&evil);
+    assert!(
+        text.contains("in cgroup /system.slice/evil.service"),
+        "{text}"
+    );
+    assert!(text.contains("[deny] units \"evil.service\""), "{text}");
+
+    let unknown = check(&["--uid", "0", "--unit", "nope.service"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains("does not exist"),
+        "{}",
+        stderr(&unknown)
+    );
+    let relative = check(&["--uid", "0", "--cgroup", "system.slice"]);
+    assert_eq!(relative.status.code(), Some(2));
+    assert!(
+        stderr(&relative).contains("starts with /"),
+        "{}",
+        stderr(&relative)
+    );
+}

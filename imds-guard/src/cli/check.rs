@@ -7,7 +7,12 @@ use nix::unistd::{Group, User};
 use serde_json::json;
 
 use super::{CheckArgs, CliError, Outcome};
-use crate::policy::{CheckReport, Outcome as Verdict, Policy, PolicySpec, SystemResolver, check};
+use crate::policy::{
+    CgroupClass, CgroupRules, CheckReport, Outcome as Verdict, Policy, PolicySpec, Resolver as _,
+    SystemResolver,
+    cgroups::{PodName, pods},
+    check,
+};
 
 pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
     let policy =
@@ -15,13 +20,16 @@ pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
     let (uid, gid) = who(args)?;
     let groups = groups(&args.groups)?;
     let (dst, to) = destination(&policy, args.dst);
-    let report = check(&policy, uid, gid, dst);
+    let place = place(args, &policy)?;
+    let class = place.as_ref().map_or(CgroupClass::Unmatched, |p| p.class);
+    let report = check(&policy, uid, gid, class, dst);
     let asked = Asked {
         uid,
         gid,
         groups: &groups,
         to: &to,
         dst: args.dst,
+        place: place.as_ref(),
     };
     if args.json {
         println!("{}", to_json(&report, &asked, &policy));
@@ -33,6 +41,47 @@ pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
     } else {
         Outcome::Denied
     })
+}
+
+/// The cgroup `--unit` or `--cgroup` names, and what the policy makes of
+/// it.
+struct Place {
+    path: String,
+    class: CgroupClass,
+    /// The pod whose cgroup it is, when the kubelet lists it.
+    pod: Option<PodName>,
+}
+
+fn place(args: &CheckArgs, policy: &Policy) -> Result<Option<Place>, CliError> {
+    let path = match (&args.unit, &args.cgroup) {
+        (Some(unit), _) => match SystemResolver.unit_cgroup(unit) {
+            Ok(Some(path)) => path,
+            Ok(None) => {
+                return Err(CliError::Usage(format!(
+                    "unit {unit:?} does not exist on this host"
+                )));
+            }
+            Err(e) => {
+                return Err(CliError::runtime(std::io::Error::other(format!(
+                    "cannot look up unit {unit:?}: {e}"
+                ))));
+            }
+        },
+        (None, Some(path)) if path.starts_with('/') => path.clone(),
+        (None, Some(path)) => {
+            return Err(CliError::Usage(format!(
+                "--cgroup {path:?}: a cgroup path starts with / (the cgroup v2 root)"
+            )));
+        }
+        (None, None) => return Ok(None),
+    };
+    let listed = pods::list(&args.kubelet_pods_dir).map_err(CliError::runtime)?;
+    let (patterns, _) = policy.cgroups.patterns(&listed);
+    Ok(Some(Place {
+        class: CgroupRules::classify(&patterns, path.as_bytes()),
+        pod: pods::pod_of(path.as_bytes(), &listed).cloned(),
+        path,
+    }))
 }
 
 /// The uid and primary gid to check: `--user` (clap requires it or
@@ -82,6 +131,8 @@ struct Asked<'a> {
     to: &'a str,
     /// `--dst`, when given.
     dst: Option<IpAddr>,
+    /// `--unit` or `--cgroup`, when given.
+    place: Option<&'a Place>,
 }
 
 /// The address to decide for, and how to name it: `--dst`, or else the
@@ -142,8 +193,17 @@ fn to_text(report: &CheckReport, asked: &Asked<'_>) -> String {
             list.join(",")
         )
     };
+    let cgroup = match asked.place {
+        Some(Place {
+            path,
+            pod: Some(pod),
+            ..
+        }) => format!(" in cgroup {path} (pod {pod})"),
+        Some(place) => format!(" in cgroup {}", place.path),
+        None => String::new(),
+    };
     format!(
-        "{what}: uid {} gid {}{groups} to {}: {}",
+        "{what}: uid {} gid {}{groups}{cgroup} to {}: {}",
         asked.uid, asked.gid, asked.to, report.why
     )
 }
@@ -161,6 +221,8 @@ fn to_json(report: &CheckReport, asked: &Asked<'_>, policy: &Policy) -> serde_js
         "uid": asked.uid,
         "gid": asked.gid,
         "groups": asked.groups,
+        "cgroup": asked.place.map(|p| p.path.as_str()),
+        "pod": asked.place.and_then(|p| p.pod.as_ref()).map(ToString::to_string),
         "dst": asked.dst.map(|d| d.to_string()),
         "endpoints": endpoints,
         "reason": report.why,

@@ -139,6 +139,10 @@ pub struct RunArgs {
         value_parser = crate::daemon::metrics::parse_listen
     )]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where the kubelet keeps its pod log directories
+    /// (`<namespace>_<name>_<uid>`), for `pods` rules.
+    #[arg(long, value_name = "DIR", default_value = crate::policy::cgroups::pods::DEFAULT_PODS_DIR)]
+    pub kubelet_pods_dir: PathBuf,
 }
 
 /// Where the guard pins its links and maps by default.
@@ -193,6 +197,18 @@ pub struct CheckArgs {
     /// endpoints, which all get the same verdict).
     #[arg(long, value_name = "ADDR")]
     pub dst: Option<std::net::IpAddr>,
+    /// The process runs in this systemd unit's cgroup (where systemd puts
+    /// it, running or not).
+    #[arg(long, value_name = "UNIT", conflicts_with = "cgroup")]
+    pub unit: Option<String>,
+    /// The process runs in this cgroup, a path from the cgroup v2 root
+    /// (`/system.slice/foo.service`, as /proc/PID/cgroup shows it after
+    /// `0::`). Without --unit or --cgroup, no cgroup rule applies.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// Where the kubelet keeps its pod log directories, for `pods` rules.
+    #[arg(long, value_name = "DIR", default_value = crate::policy::cgroups::pods::DEFAULT_PODS_DIR)]
+    pub kubelet_pods_dir: PathBuf,
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,

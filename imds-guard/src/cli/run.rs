@@ -28,6 +28,7 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
         cgroup: args.cgroup,
         pin_dir: args.pin_dir,
         metrics_listen: args.metrics_listen,
+        pods_dir: args.kubelet_pods_dir,
     };
     match rt.block_on(daemon::run(config)) {
         Ok(()) => Ok(Outcome::Success),

@@ -221,6 +221,15 @@ pub fn to_json(status: &Status) -> Value {
             Err(e) => json!({"guarded": null, "error": e}),
         },
         "agent_alive": status.agent_alive,
+        "cgroups": status.cgroups.map(|c| json!({
+            "tracking": c.tracking,
+            "patterns": c.patterns,
+            "classified_cgroups": c.cgroups,
+            "classified": c.classified,
+            "unclassified": c.unclassified,
+            "not_stored": c.not_stored,
+            "events_lost": c.events_lost,
+        })),
         "other_guards": status.other_guards.iter().map(|o| json!({
             "program": o.hook.as_str(),
             "prog_id": o.prog_id,
@@ -257,6 +266,19 @@ pub fn to_text(status: &Status) -> String {
             s,
             "  counters: allowed {} denied {} audited {} events lost {} internal errors {}",
             c.allowed, c.denied, c.audited, c.events_lost, c.errors
+        );
+    }
+    if let Some(c) = status.cgroups {
+        let tracking = if c.tracking {
+            "new cgroups classified as they are created"
+        } else {
+            "NOT tracking new cgroups (no pinned cgroup_mkdir link)"
+        };
+        let _ = writeln!(
+            s,
+            "  cgroups:  {} unit/cgroup/pod patterns, {} cgroups classified; {tracking}; since \
+             loaded: classified {} unclassified {} not stored {} events lost {}",
+            c.patterns, c.cgroups, c.classified, c.unclassified, c.not_stored, c.events_lost
         );
     }
     let forward = match &status.forward {

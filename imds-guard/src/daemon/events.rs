@@ -143,11 +143,12 @@ impl EventLog {
         bytes: &[u8],
         policies: &Policies,
         resolver: &dyn Resolver,
+        places: &dyn Fn(u64) -> Option<CgroupPlace>,
         now: Instant,
     ) {
         match DecisionRecord::decode(bytes) {
             Ok(d) => match policies.get(d.generation) {
-                Some(policy) => self.record(&d, &policy, resolver, now),
+                Some(policy) => self.record_in(&d, &policy, resolver, places, now),
                 None => {
                     self.received += 1;
                     tracing::error!(
@@ -168,11 +169,25 @@ impl EventLog {
     }
 
     /// Logs one decision unless rate limiting holds it back.
+    #[cfg(test)]
     pub fn record(
         &mut self,
         d: &DecisionRecord,
         policy: &Policy,
         resolver: &dyn Resolver,
+        now: Instant,
+    ) {
+        self.record_in(d, policy, resolver, &|_| None, now);
+    }
+
+    /// Logs one decision unless rate limiting holds it back, naming the
+    /// caller's cgroup (and pod) as `places` knows it.
+    pub fn record_in(
+        &mut self,
+        d: &DecisionRecord,
+        policy: &Policy,
+        resolver: &dyn Resolver,
+        places: &dyn Fn(u64) -> Option<CgroupPlace>,
         now: Instant,
     ) {
         self.received += 1;
@@ -189,7 +204,8 @@ impl EventLog {
         }
         let user = d.ids().and_then(|(uid, _)| self.user_name(uid, resolver));
         let why = explain_record(d, policy);
-        emit(d, user.as_deref(), &why);
+        let place = places(d.cgroup_id);
+        emit(d, user.as_deref(), place.as_ref(), &why);
     }
 
     /// Logs one forwarded packet the forward table dropped, under a policy
@@ -386,8 +402,26 @@ fn verdict_words(outcome: Outcome) -> &'static str {
     }
 }
 
-fn emit(d: &DecisionRecord, user: Option<&str>, why: &str) {
-    let message = format!("{}: {why}", describe(d, user));
+/// Where a caller's cgroup is, for records: its path from the cgroup v2
+/// root, and the pod it belongs to when the kubelet lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupPlace {
+    pub path: String,
+    pub pod: Option<String>,
+}
+
+fn emit(d: &DecisionRecord, user: Option<&str>, place: Option<&CgroupPlace>, why: &str) {
+    let at = match place {
+        Some(CgroupPlace {
+            path,
+            pod: Some(pod),
+        }) => format!(" in cgroup {path} (pod {pod})"),
+        Some(place) => format!(" in cgroup {}", place.path),
+        None => String::new(),
+    };
+    let message = format!("{}{at}: {why}", describe(d, user));
+    let cgroup = place.map(|p| p.path.as_str());
+    let pod = place.and_then(|p| p.pod.as_deref());
     let (uid, gid) = d.ids().unzip();
     let known_pid = (d.pid != 0).then_some(d.pid);
     macro_rules! record {
@@ -405,6 +439,8 @@ fn emit(d: &DecisionRecord, user: Option<&str>, why: &str) {
                 proto = d.proto_name(),
                 hook = d.hook.as_str(),
                 cgroup_id = d.cgroup_id,
+                cgroup = cgroup,
+                pod = pod,
                 reason = why,
                 "{message}"
             )

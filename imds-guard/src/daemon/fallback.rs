@@ -113,7 +113,7 @@ pub fn builtin() -> Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Action, FakeResolver};
+    use crate::policy::{Action, CgroupClass, FakeResolver};
 
     #[test]
     fn the_builtin_fallback_is_the_policy_its_text_says() {
@@ -128,9 +128,15 @@ mod tests {
     #[test]
     fn the_builtin_fallback_allows_root_only() {
         let p = builtin();
-        assert_eq!(p.decide(0, 0).action, Action::Allow);
-        assert_eq!(p.decide(1000, 0).action, Action::Deny);
-        assert_eq!(p.decide(1000, 1000).action, Action::Deny);
+        assert_eq!(p.decide(0, 0, CgroupClass::Unmatched).action, Action::Allow);
+        assert_eq!(
+            p.decide(1000, 0, CgroupClass::Unmatched).action,
+            Action::Deny
+        );
+        assert_eq!(
+            p.decide(1000, 1000, CgroupClass::Unmatched).action,
+            Action::Deny
+        );
     }
 
     #[test]
@@ -154,7 +160,10 @@ mod tests {
         let r = FakeResolver::new(&[], &[]);
         let chosen = choose(&bad, &Fallback::Builtin, &pins, &r).expect("falls back");
         assert!(chosen.fallback_for.is_some());
-        assert_eq!(chosen.policy.decide(0, 0).action, Action::Allow);
+        assert_eq!(
+            chosen.policy.decide(0, 0, CgroupClass::Unmatched).action,
+            Action::Allow
+        );
         let e = choose(&bad, &Fallback::Off, &pins, &r)
             .err()
             .expect("no fallback asked for");

@@ -53,8 +53,32 @@ use crate::{
         inspect::Status,
         pins::{PinError, Pins},
     },
-    policy::{Mode, Policy, PolicyError, PolicySource, SystemResolver, Unresolved, hex},
+    policy::{
+        Mode, Policy, PolicyError, PolicySource, SystemResolver, Unresolved,
+        cgroups::{Pods, pods},
+        hex,
+    },
 };
+
+/// The pods the kubelet lists in `dir` (none, said, when it cannot be
+/// read: their patterns are then absent, which refuses them).
+pub(super) fn list_pods(dir: &std::path::Path) -> Pods {
+    pods::list(dir).unwrap_or_else(|e| {
+        tracing::warn!("cannot list the kubelet's pods in {}: {e}", dir.display());
+        Pods::new()
+    })
+}
+
+/// Warns of pods whose patterns did not fit beside the others.
+pub(super) fn say_dropped_pods(guard: &Guard) {
+    for (pod, uid) in guard.dropped_pods() {
+        tracing::warn!(
+            pod = %pod,
+            pod_uid = %uid,
+            "pod {pod} (uid {uid}) is not allowed: the policy's cgroup patterns are full"
+        );
+    }
+}
 
 /// What `imds-guard run` was asked to do.
 #[derive(Clone, Debug)]
@@ -67,6 +91,8 @@ pub struct Config {
     pub cgroup: Option<PathBuf>,
     pub pin_dir: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
+    /// The kubelet's pod log directories, for `pods` rules.
+    pub pods_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +180,9 @@ pub struct Daemon {
     /// `[allow]` names left out of the policy in force because they do not
     /// resolve (yet); retried every [`RETRY_NAMES`] and at every reload.
     unresolved: Vec<Unresolved>,
+    /// The pods listed for the last policy put in force or tried (see
+    /// [`Daemon::on_pods`]).
+    pods: Pods,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -252,7 +281,10 @@ impl Daemon {
             agent_pid: std::process::id(),
             flags: stamp_flags(in_fallback, level > 0, !unresolved.is_empty()),
         };
+        let pods = list_pods(&config.pods_dir);
+        guard.set_pods(pods.clone());
         let generation = guard.load_and_apply(&policy, &stamp)?;
+        say_dropped_pods(&guard);
         pins.prepare()?;
         // Two agents on one guard would each believe their maps are in force.
         let Some(lock) = pins.lock()? else {
@@ -294,6 +326,7 @@ impl Daemon {
             log: EventLog::default(),
             resolver: SystemResolver,
             unresolved,
+            pods,
         };
         Ok((daemon, report, rings))
     }
@@ -448,6 +481,11 @@ impl Daemon {
                     ready.clear_ready();
                 }
                 _ = timers.tick.tick() => self.on_tick(),
+                _ = timers.pods.tick(), if self.watches_pods() => {
+                    if rings.reload.is_none() && self.on_pods() {
+                        self.on_hup(&mut rings.reload);
+                    }
+                }
                 _ = timers.names.tick(), if !self.unresolved.is_empty() => {
                     if rings.reload.is_none() {
                         tracing::info!(
@@ -459,6 +497,26 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Whether the policy in force has `pods` rules.
+    fn watches_pods(&self) -> bool {
+        self.policy().is_some_and(|p| !p.cgroups.pods.is_empty())
+    }
+
+    /// Lists the kubelet's pods; whether they changed since the last
+    /// policy put in force (or tried), which a reload then follows.
+    fn on_pods(&mut self) -> bool {
+        let listed = list_pods(&self.config.pods_dir);
+        if listed == self.pods {
+            return false;
+        }
+        tracing::info!(
+            pods = listed.len(),
+            "the kubelet's pods changed: reloading to follow them"
+        );
+        self.pods = listed;
+        true
     }
 
     /// About once a second: counters into the metrics, rate-limit windows
@@ -480,9 +538,22 @@ impl Daemon {
     /// Logs every decision waiting in the ring buffer.
     pub(super) fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         let now = Instant::now();
+        // The paths of cgroups created since: a decision in one names it.
+        if let Some(Err(e)) = self.guard.as_mut().map(Guard::drain_cgroup_events) {
+            tracing::warn!("cannot read the cgroups created: {}", Chain(&e));
+        }
+        let guard = self.guard.as_ref();
+        let places = |id: u64| {
+            guard
+                .and_then(|g| g.cgroup_place(id))
+                .map(|(path, pod)| events::CgroupPlace {
+                    path,
+                    pod: pod.map(|p| p.to_string()),
+                })
+        };
         while let Some(item) = ring.next() {
             self.log
-                .record_bytes(&item, &self.policies, &self.resolver, now);
+                .record_bytes(&item, &self.policies, &self.resolver, &places, now);
         }
     }
 
@@ -562,6 +633,11 @@ struct Starting {
     level: u8,
 }
 
+/// How often the kubelet's pod directories are listed under a policy with
+/// `pods` rules: with the reload it starts, the longest a new pod's first
+/// connects are refused (README, "Units, cgroups and pods").
+pub const PODS_EVERY: Duration = Duration::from_secs(2);
+
 /// How often names that did not resolve are tried again.
 const RETRY_NAMES: Duration = Duration::from_secs(30);
 
@@ -581,6 +657,9 @@ struct Timers {
     poll: Interval,
     /// Names that did not resolve: every [`RETRY_NAMES`].
     names: Interval,
+    /// The kubelet's pods, under a policy with `pods` rules: every
+    /// [`PODS_EVERY`].
+    pods: Interval,
 }
 
 impl Timers {
@@ -594,6 +673,7 @@ impl Timers {
             tick: every(Duration::from_secs(1)),
             poll: every(POLL),
             names: every(RETRY_NAMES),
+            pods: every(PODS_EVERY),
         }
     }
 }

@@ -108,8 +108,10 @@ impl Daemon {
         let stamp = self.stamp;
         let policies = self.policies.clone();
         let forward = self.forward_ruleset.clone();
+        let pods_dir = self.config.pods_dir.clone();
         let task = tokio::task::spawn_blocking(move || {
-            reload(guard, &config, stamp, &policies, forward.as_deref())
+            let pods = super::list_pods(&pods_dir);
+            reload(guard, &config, stamp, &policies, forward.as_deref(), pods)
         });
         *pending = Some(Pending { task, again: false });
     }
@@ -190,6 +192,7 @@ fn reload(
     stamp: Stamp,
     policies: &Policies,
     forward: Option<&str>,
+    pods: super::Pods,
 ) -> Done {
     let started = Instant::now();
     let Some((policy, unresolved)) = load(config) else {
@@ -216,8 +219,12 @@ fn reload(
     // then; should the apply fail, it never is.
     let generation = guard.next_generation();
     policies.set(generation, Arc::clone(&policy));
+    guard.set_pods(pods);
     let generation = match guard.apply(&policy, &stamp) {
-        Ok(generation) => generation,
+        Ok(generation) => {
+            super::say_dropped_pods(&guard);
+            generation
+        }
         Err(e) => {
             failed(&e);
             return Done {

@@ -50,6 +50,26 @@ pub struct Status {
     /// Programs named like ours on the same cgroup that are not ours:
     /// another guard, with another pin directory.
     pub other_guards: Vec<OtherGuard>,
+    /// The cgroup classification, when its maps are pinned.
+    pub cgroups: Option<CgroupStatus>,
+}
+
+/// What the cgroup classification holds and has done (`cgroups/`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupStatus {
+    /// Whether the `cgroup_mkdir` program's link is pinned: new cgroups are
+    /// classified as they are created, agent or not.
+    pub tracking: bool,
+    /// Unit, cgroup and pod patterns in the generation in force.
+    pub patterns: u32,
+    /// Cgroups with a classification.
+    pub cgroups: u64,
+    /// Cgroups the program classified, could not classify (fail closed),
+    /// could not store, and events it could not send, since it was loaded.
+    pub classified: u64,
+    pub unclassified: u64,
+    pub not_stored: u64,
+    pub events_lost: u64,
 }
 
 impl Status {
@@ -83,6 +103,7 @@ impl Status {
             .transpose()?;
         let agent_alive = pins.locked();
         let forward = forward::counters().map_err(|e| Chain(&e).to_string());
+        let cgroups = read_cgroups(pins, config.map(|(generation, _)| generation))?;
         let ours: Vec<u32> = links.iter().map(|l| l.prog_id).collect();
         let other_guards = cgroup
             .as_deref()
@@ -97,6 +118,7 @@ impl Status {
             forward,
             agent_alive,
             other_guards,
+            cgroups,
         })
     }
 
@@ -153,6 +175,49 @@ impl Status {
 }
 
 /// The config in force according to an `ACTIVE` and a `CONFIG` map.
+/// The cgroup classification's pinned maps, read; `None` when they are not
+/// pinned (a guard from before them).
+fn read_cgroups(pins: &Pins, generation: Option<u32>) -> Result<Option<CgroupStatus>, GuardError> {
+    use aya::maps::{HashMap, PerCpuArray};
+    let (Some(class), Some(patterns), Some(stats)) = (
+        pins.open_map(common::MAP_CGROUP_CLASS, Map::HashMap)?,
+        pins.open_map(common::MAP_CGROUP_PATTERNS, Map::Array)?,
+        pins.open_map(common::MAP_CGROUP_STATS, Map::PerCpuArray)?,
+    ) else {
+        return Ok(None);
+    };
+    let class: HashMap<_, u64, common::IdRules> =
+        HashMap::try_from(&class).map_err(map_err(common::MAP_CGROUP_CLASS))?;
+    let patterns: Array<_, common::CgroupPatterns> =
+        Array::try_from(&patterns).map_err(map_err(common::MAP_CGROUP_PATTERNS))?;
+    let stats: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(&stats).map_err(map_err(common::MAP_CGROUP_STATS))?;
+    let stat = |index: u32| -> Result<u64, GuardError> {
+        let values = stats
+            .get(&index, 0)
+            .map_err(map_err(common::MAP_CGROUP_STATS))?;
+        Ok(values.iter().sum())
+    };
+    let in_force = match generation {
+        Some(g) => {
+            patterns
+                .get(&(g % common::GENERATIONS), 0)
+                .map_err(map_err(common::MAP_CGROUP_PATTERNS))?
+                .count
+        }
+        None => 0,
+    };
+    Ok(Some(CgroupStatus {
+        tracking: pins.open_link(common::PROGRAM_CGROUP_MKDIR)?.is_some(),
+        patterns: in_force,
+        cgroups: class.keys().filter(Result::is_ok).count() as u64,
+        classified: stat(common::cgroup_stat::CLASSIFIED)?,
+        unclassified: stat(common::cgroup_stat::UNCLASSIFIED)?,
+        not_stored: stat(common::cgroup_stat::NOT_STORED)?,
+        events_lost: stat(common::cgroup_stat::EVENTS_LOST)?,
+    }))
+}
+
 pub fn read_config(active: &Map, config: &Map) -> Result<(u32, common::Config), GuardError> {
     let active: Array<_, u32> = Array::try_from(active).map_err(map_err(common::MAP_ACTIVE))?;
     let generation = active.get(&0, 0).map_err(map_err(common::MAP_ACTIVE))? & 1;

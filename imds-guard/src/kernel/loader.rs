@@ -25,6 +25,7 @@ use imds_guard_common::{self as common, counter};
 use super::{
     btf::{Btf, BtfError},
     cgroup::{self, CgroupError},
+    cgroups::{self as classify, CgroupTracker, offsets::CgroupOffsetError},
     features,
     hooks::{HOOKS, HookSpec, ProgramKind},
     offsets::{self, OffsetError},
@@ -36,6 +37,8 @@ use crate::policy::Policy;
 
 /// The programs' global holding [`imds_guard_common::Offsets`].
 const OFFSETS_GLOBAL: &str = "OFFSETS";
+/// The programs' global holding [`imds_guard_common::CgroupOffsets`].
+const CGROUP_OFFSETS_GLOBAL: &str = "CGROUP_OFFSETS";
 
 /// The object `build.rs` compiled from `imds-guard-ebpf`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
@@ -50,6 +53,20 @@ pub enum GuardError {
     Btf(#[source] BtfError),
     #[error(transparent)]
     Offsets(Box<OffsetError>),
+    #[error(transparent)]
+    CgroupOffsets(Box<CgroupOffsetError>),
+    #[error("cannot attach program {name} to the tracepoint of the same name")]
+    Tracepoint {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot list the cgroups below {path}")]
+    CgroupScan {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the eBPF object has no program {0}")]
     MissingProgram(&'static str),
     #[error("the eBPF object has a program {0} that is no hook's")]
@@ -181,6 +198,8 @@ pub struct Guard {
     pub(super) ebpf: Ebpf,
     /// The maps a policy is written into, and what they hold.
     pub(super) maps: PolicyMaps,
+    /// Cgroups classified as they are created (`cgroups/`).
+    pub(super) cgroups: CgroupTracker,
 }
 
 impl Guard {
@@ -207,28 +226,41 @@ impl Guard {
         })?;
         let offsets =
             offsets::resolve(&btf, &release).map_err(|e| GuardError::Offsets(Box::new(e)))?;
-        let ebpf = EbpfLoader::new()
+        let cgroup_offsets = classify::offsets::resolve(&btf, &release)
+            .map_err(|e| GuardError::CgroupOffsets(Box::new(e)))?;
+        let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &ebpf_log_level, false)
             .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .override_global(CGROUP_OFFSETS_GLOBAL, &cgroup_offsets, true)
             .load(OBJECT)
             .map_err(GuardError::Load)?;
         let maps = PolicyMaps::new(&ebpf)?;
-        Ok(Self { ebpf, maps })
+        let cgroups = CgroupTracker::new(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            maps,
+            cgroups,
+        })
     }
 
     /// Loads the programs of a guard from [`Guard::open`] and writes its
     /// first policy, at once: the verifier and a large policy's writes take
     /// about as long as each other.
+    /// The cgroups are classified once the programs are loaded, before
+    /// anything is attached.
     pub fn load_and_apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
-        let Self { ebpf, maps } = self;
-        std::thread::scope(|scope| {
+        let Self { ebpf, maps, .. } = self;
+        let stamp = with_cgroup_flags(policy, stamp);
+        let generation = std::thread::scope(|scope| {
             let loading = scope.spawn(|| load_programs(ebpf));
-            let applied = maps.apply(policy, stamp);
+            let applied = maps.apply(policy, &stamp);
             let loaded = loading
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             loaded.and(applied)
-        })
+        })?;
+        self.cgroups.prepare(&mut self.ebpf, generation, policy)?;
+        Ok(generation)
     }
 
     /// The generation in force, if a policy was applied.
@@ -237,9 +269,43 @@ impl Guard {
     }
 
     /// Puts `policy` in force; returns its generation (see
-    /// `policy_maps.rs`).
+    /// `policy_maps.rs`). Its cgroup patterns, and every cgroup's rule
+    /// under them, are written first (`cgroups/`), once no program reads
+    /// the generation being written any more.
     pub fn apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
-        self.maps.apply(policy, stamp)
+        self.maps.settle()?;
+        let next = self.maps.next_generation();
+        self.cgroups.prepare(&mut self.ebpf, next, policy)?;
+        self.maps.apply(policy, &with_cgroup_flags(policy, stamp))
+    }
+
+    /// The pods present, for `pods` rules: the next [`Guard::apply`]
+    /// writes their patterns.
+    pub fn set_pods(&mut self, pods: crate::policy::cgroups::Pods) {
+        self.cgroups.set_pods(pods);
+    }
+
+    /// Pods whose patterns did not fit beside the others at the last
+    /// apply (they are not allowed).
+    pub fn dropped_pods(&self) -> &[(crate::policy::cgroups::PodName, String)] {
+        &self.cgroups.dropped().pods
+    }
+
+    /// Reads what the classification programs reported (new cgroups'
+    /// paths), so that [`Guard::cgroup_path`] knows them.
+    pub fn drain_cgroup_events(&mut self) -> Result<(), GuardError> {
+        self.cgroups.drain(false)
+    }
+
+    /// The path of cgroup `id`, and the pod it is of among the pods the
+    /// last apply knew, for records.
+    pub fn cgroup_place(
+        &self,
+        id: u64,
+    ) -> Option<(String, Option<crate::policy::cgroups::PodName>)> {
+        let path = self.cgroups.path_of(id)?;
+        let pod = self.cgroups.pod_of(path).cloned();
+        Some((String::from_utf8_lossy(path).into_owned(), pod))
     }
 
     /// Waits out the program runs that may still read the generation the
@@ -326,6 +392,7 @@ impl Guard {
                 let map = self.ebpf.map(name).ok_or(GuardError::MissingMap(name))?;
                 pins.pin_map(name, map)?;
             }
+            self.cgroups.pin(&self.ebpf, pins)?;
         }
         Ok(report)
     }
@@ -522,20 +589,37 @@ fn load_error(name: &'static str, source: ProgramError) -> GuardError {
     GuardError::LoadProgram { name, source }
 }
 
-/// Loads every hook's program into the kernel. The verifier is most of a
-/// start's time: half the programs on another CPU.
-fn load_programs(ebpf: &mut Ebpf) -> Result<(), GuardError> {
-    let mut programs = Vec::with_capacity(HOOKS.len());
-    for (name, program) in ebpf.programs_mut() {
-        let spec = HOOKS
-            .iter()
-            .find(|h| h.program == name)
-            .ok_or(GuardError::UnknownProgram(name.to_owned()))?;
-        programs.push((spec.program, program));
+/// The config flags that tell the programs whether `policy` names
+/// cgroups, added to `stamp`'s.
+fn with_cgroup_flags(policy: &Policy, stamp: &Stamp) -> Stamp {
+    let mut flags = stamp.flags;
+    if !policy.cgroups.is_empty() {
+        flags |= common::config_flags::CGROUP_RULES;
     }
-    for spec in &HOOKS {
-        if !programs.iter().any(|(name, _)| *name == spec.program) {
-            return Err(GuardError::MissingProgram(spec.program));
+    if policy.cgroups.denies() {
+        flags |= common::config_flags::CGROUP_DENY;
+    }
+    Stamp { flags, ..*stamp }
+}
+
+/// Loads every program into the kernel: each hook's, and the cgroup
+/// classification programs. The verifier is most of a start's time: half
+/// the programs on another CPU.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), GuardError> {
+    let expected = || {
+        let hooks = HOOKS.iter().map(|h| h.program);
+        hooks.chain(classify::PROGRAMS)
+    };
+    let mut programs = Vec::with_capacity(HOOKS.len() + classify::PROGRAMS.len());
+    for (name, program) in ebpf.programs_mut() {
+        let name = expected()
+            .find(|p| *p == name)
+            .ok_or(GuardError::UnknownProgram(name.to_owned()))?;
+        programs.push((name, program));
+    }
+    for name in expected() {
+        if !programs.iter().any(|(loaded, _)| *loaded == name) {
+            return Err(GuardError::MissingProgram(name));
         }
     }
     let load = |programs: &mut [(&'static str, &mut aya::programs::Program)]| {
@@ -543,6 +627,7 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), GuardError> {
             let loaded = match program {
                 aya::programs::Program::CgroupSockAddr(p) => p.load(),
                 aya::programs::Program::CgroupSkb(p) => p.load(),
+                aya::programs::Program::RawTracePoint(p) => p.load(),
                 _ => return Err(GuardError::MissingProgram(name)),
             };
             loaded.map_err(|source| load_error(name, source))?;

@@ -2,7 +2,8 @@
 //! policies into their maps (`policy_maps.rs`), attaching or adopting them
 //! and pinning (`pins.rs`), and reading back what is in force (`inspect.rs`)
 //! and what they report (`records.rs`). `hooks.rs` is the one table of
-//! hooks; `sys.rs` the `bpf(2)` commands aya does not wrap.
+//! hooks; `sys.rs` the `bpf(2)` commands aya does not wrap. `cgroups/`
+//! keeps every cgroup's rule for unit, cgroup and pod entries.
 //!
 //! Imports: `policy` only. Nothing here logs decisions, talks to systemd or
 //! prints for the operator: that is `daemon` and `cli`, which import this.
@@ -10,6 +11,7 @@
 pub mod batch;
 pub mod btf;
 pub mod cgroup;
+pub mod cgroups;
 pub mod features;
 pub mod forward;
 pub mod hooks;

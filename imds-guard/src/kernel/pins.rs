@@ -245,7 +245,18 @@ impl Pins {
                 detached += 1;
             }
         }
-        for name in PINNED_MAPS {
+        // The cgroup classification programs: a raw tracepoint's link
+        // cannot be detached, only let go; once unpinned it goes with the
+        // agent, which `detach` stops.
+        for name in super::cgroups::PROGRAMS {
+            let path = self.link_path(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(pin_err("remove", &path)(e)),
+            }
+        }
+        for name in PINNED_MAPS.into_iter().chain(super::cgroups::PINNED_MAPS) {
             let path = self.map_path(name);
             match fs::remove_file(&path) {
                 Ok(()) => {}

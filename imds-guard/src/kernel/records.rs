@@ -44,6 +44,9 @@ impl RecordReason {
             reason::DEFAULT => Self::Policy(Reason::Default),
             reason::INTERNAL_ERROR => Self::InternalError,
             reason::NO_IDENTITY => Self::NoIdentity,
+            reason::CGROUP_DENIED => Self::Policy(Reason::CgroupDenied),
+            reason::CGROUP_ALLOWED => Self::Policy(Reason::CgroupAllowed),
+            reason::CGROUP_UNKNOWN => Self::Policy(Reason::CgroupUnknown),
             _ => return None,
         })
     }

@@ -20,6 +20,7 @@ use std::{
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -339,6 +340,18 @@ pub(super) fn map_update<K, V>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::R
         flags: 0,
     };
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// `BPF_MAP_DELETE_ELEM`: removes one element.
+pub(super) fn map_delete<K>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: 0,
+        flags: 0,
+    };
+    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
 }
 
 /// `BPF_MAP_LOOKUP_ELEM`: reads one element.

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::{Action, Mode, Outcome, Policy, explain::explain};
+use super::{Action, CgroupClass, Mode, Outcome, Policy, explain::explain};
 
 /// What `check` found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,7 +15,9 @@ pub struct CheckReport {
     pub why: String,
 }
 
-pub fn check(policy: &Policy, uid: u32, gid: u32, dst: IpAddr) -> CheckReport {
+/// The verdict for a process of `uid` and `gid`, in a cgroup of class
+/// `cgroup`, connecting to `dst`.
+pub fn check(policy: &Policy, uid: u32, gid: u32, cgroup: CgroupClass, dst: IpAddr) -> CheckReport {
     if !policy.protects(dst) {
         return CheckReport {
             outcome: Outcome::Allow,
@@ -23,7 +25,7 @@ pub fn check(policy: &Policy, uid: u32, gid: u32, dst: IpAddr) -> CheckReport {
             why: format!("{dst} is not a protected address"),
         };
     }
-    let d = policy.decide(uid, gid);
+    let d = policy.decide(uid, gid, cgroup);
     let outcome = match (d.action, policy.spec.mode) {
         (Action::Allow, _) => Outcome::Allow,
         (Action::Deny, Mode::Enforce) => Outcome::Deny,

@@ -44,6 +44,25 @@ impl Policy {
                 text.push('\n');
             }
         }
+        // Only a policy with cgroup rules has these lines: the digests of
+        // the others stay what they were.
+        let mut cgroups: Vec<String> = self
+            .cgroups
+            .fixed
+            .iter()
+            .map(|r| format!("cgroup {} {}", word(r.action), r.pattern))
+            .chain(
+                self.cgroups
+                    .pods
+                    .iter()
+                    .map(|(pod, _)| format!("pod allow {pod}")),
+            )
+            .collect();
+        cgroups.sort();
+        cgroups.dedup();
+        for line in cgroups {
+            let _ = writeln!(text, "{line}");
+        }
         let forward = &self.spec.forward;
         let mut interfaces: Vec<_> = forward.interfaces.iter().map(|i| &i.name).collect();
         interfaces.sort();

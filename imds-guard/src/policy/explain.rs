@@ -29,6 +29,12 @@ pub fn explain(
         Reason::GidDenied => cite(&format!("gid {gid} is denied")),
         Reason::UidAllowed => cite(&format!("uid {uid} is allowed")),
         Reason::GidAllowed => cite(&format!("gid {gid} is allowed")),
+        Reason::CgroupDenied => cite("its cgroup is denied"),
+        Reason::CgroupAllowed => cite("its cgroup is allowed"),
+        Reason::CgroupUnknown => "its cgroup has no classification (the guard could not store \
+             one, or it is nested too deep), and the policy denies some cgroups: it could be one \
+             of them, so the guard fails closed"
+            .to_owned(),
         Reason::Default => match policy.default_action {
             Action::Deny => format!(
                 "neither uid {uid} nor gid {gid} is in [allow], and the policy denies everyone else"
@@ -51,6 +57,9 @@ fn describe(action: Action, identity: &Identity) -> String {
         Identity::Uid(n) => format!("{table} uids {n}"),
         Identity::Group(n) => format!("{table} groups \"{n}\""),
         Identity::Gid(n) => format!("{table} gids {n}"),
+        Identity::Unit(n) => format!("{table} units \"{n}\""),
+        Identity::Cgroup(p) => format!("{table} cgroups \"{p}\""),
+        Identity::Pod(p) => format!("{table} pods \"{p}\""),
     }
 }
 

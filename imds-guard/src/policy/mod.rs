@@ -21,6 +21,7 @@
 //! kernel side writes a [`Policy`] into its maps.
 
 mod address;
+pub mod cgroups;
 mod check;
 mod digest;
 mod error;
@@ -42,6 +43,7 @@ use std::{
 #[cfg(test)]
 pub(crate) use self::resolve::fake::FakeResolver;
 pub use self::{
+    cgroups::{CgroupClass, CgroupRules},
     check::{CheckReport, check},
     digest::hex,
     error::{Diagnostic, PolicyError},
@@ -159,6 +161,12 @@ pub enum Identity {
     Group(String),
     /// `gids = [N]`.
     Gid(u32),
+    /// `units = ["name.service"]`: resolved to its cgroup at load.
+    Unit(String),
+    /// `cgroups = ["/pattern"]`, as written.
+    Cgroup(String),
+    /// `pods = ["namespace/name"]` (`[allow]` only).
+    Pod(String),
 }
 
 /// `user "root"`, `uid 0`, `group "imds"`, `gid 1500`: how messages name an
@@ -170,6 +178,9 @@ impl fmt::Display for Identity {
             Self::Uid(uid) => write!(f, "uid {uid}"),
             Self::Group(name) => write!(f, "group {name:?}"),
             Self::Gid(gid) => write!(f, "gid {gid}"),
+            Self::Unit(name) => write!(f, "unit {name:?}"),
+            Self::Cgroup(pattern) => write!(f, "cgroup {pattern:?}"),
+            Self::Pod(pod) => write!(f, "pod {pod:?}"),
         }
     }
 }
@@ -252,6 +263,8 @@ pub struct Policy {
     pub default_action: Action,
     pub uids: BTreeMap<u32, IdRule>,
     pub gids: BTreeMap<u32, IdRule>,
+    /// Units, cgroups and pods.
+    pub cgroups: CgroupRules,
 }
 
 /// Why [`Policy::decide`] decided as it did.
@@ -267,6 +280,15 @@ pub enum Reason {
     GidAllowed,
     /// No rule names the uid or the gid: [`Policy::default_action`].
     Default,
+    /// The cgroup matches a `[deny]` unit or cgroup pattern (and neither
+    /// id has a deny rule).
+    CgroupDenied,
+    /// The cgroup matches an `[allow]` unit, cgroup or pod pattern, and
+    /// nothing denies the caller (its ids may allow it too).
+    CgroupAllowed,
+    /// The cgroup has no classification and the policy denies some
+    /// cgroups: it might be one of them.
+    CgroupUnknown,
 }
 
 /// The outcome for one process.
@@ -306,25 +328,43 @@ impl Policy {
                 },
             )]),
             gids: BTreeMap::new(),
+            cgroups: CgroupRules::default(),
         }
     }
 
-    /// What the policy does with a process of real `uid` and `gid` that
-    /// connects to a protected endpoint.
+    /// What the policy does with a process of real `uid` and `gid` in a
+    /// cgroup of class `cgroup` that connects to a protected endpoint.
     ///
     /// The order mirrors the kernel programs, and any change here must be
     /// made there too: a deny rule wins over an allow rule whichever id
-    /// each names, then the uid's rule before the gid's, then the default.
-    pub fn decide(&self, uid: u32, gid: u32) -> Decision {
-        let uid_rule = self.uids.get(&uid);
-        let gid_rule = self.gids.get(&gid);
+    /// each names; denies by uid, gid, cgroup; then allows by cgroup, uid,
+    /// gid (the order of allows changes only the reason); then the default. An unclassified cgroup is denied when
+    /// the policy denies some cgroups, and matches nothing otherwise.
+    pub fn decide(&self, uid: u32, gid: u32, cgroup: CgroupClass) -> Decision {
+        let uid_rule = self.uids.get(&uid).copied();
+        let gid_rule = self.gids.get(&gid).copied();
+        let cgroup_rule = match cgroup {
+            CgroupClass::Rule { action, index } => Some(IdRule { action, index }),
+            CgroupClass::Unmatched | CgroupClass::Unclassified => None,
+        };
         let steps = [
             (uid_rule, Action::Deny, Reason::UidDenied),
             (gid_rule, Action::Deny, Reason::GidDenied),
+            (cgroup_rule, Action::Deny, Reason::CgroupDenied),
+            (cgroup_rule, Action::Allow, Reason::CgroupAllowed),
             (uid_rule, Action::Allow, Reason::UidAllowed),
             (gid_rule, Action::Allow, Reason::GidAllowed),
         ];
-        for (rule, action, reason) in steps {
+        let unknown = cgroup == CgroupClass::Unclassified && self.cgroups.denies();
+        for (i, (rule, action, reason)) in steps.into_iter().enumerate() {
+            // The cgroup's turn: one that might be denied is.
+            if i == 2 && unknown {
+                return Decision {
+                    action: Action::Deny,
+                    reason: Reason::CgroupUnknown,
+                    index: None,
+                };
+            }
             if let Some(rule) = rule.filter(|rule| rule.action == action) {
                 return Decision {
                     action,

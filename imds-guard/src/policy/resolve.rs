@@ -15,7 +15,7 @@ use nix::{
     unistd::{Group, Uid, User},
 };
 
-use super::{Diagnostic, IdRule, Identity, Policy, PolicyError, PolicySpec};
+use super::{Diagnostic, IdRule, Identity, Policy, PolicyError, PolicySpec, cgroups};
 
 /// Looks up user and group names. `Err` means the lookup itself failed
 /// (NSS unreachable, a broken `nsswitch.conf`), not that the name is
@@ -26,6 +26,9 @@ pub trait Resolver {
     /// The name of `uid`, for messages and logs; `None` when it has none or
     /// the lookup fails.
     fn user_name(&self, uid: u32) -> Option<String>;
+    /// The cgroup path of systemd unit `unit`, whether it runs or not;
+    /// `Ok(None)` when systemd knows no such unit.
+    fn unit_cgroup(&self, unit: &str) -> Result<Option<String>, String>;
 }
 
 /// The host's user database, through NSS (`getpwnam_r`, `getgrnam_r`).
@@ -46,6 +49,10 @@ impl Resolver for SystemResolver {
             .ok()
             .flatten()
             .map(|u| u.name)
+    }
+
+    fn unit_cgroup(&self, unit: &str) -> Result<Option<String>, String> {
+        cgroups::units::cgroup_of(unit, &cgroups::units::SystemSystemd)
     }
 }
 
@@ -76,11 +83,13 @@ impl Subject {
     }
 }
 
-/// The id `identity` stands for.
-fn subject(identity: &Identity, resolver: &dyn Resolver) -> Result<Subject, String> {
+/// The id `identity` stands for; `None` for identities that are not ids
+/// (units, cgroups, pods: see `cgroups/`).
+fn subject(identity: &Identity, resolver: &dyn Resolver) -> Result<Option<Subject>, String> {
     let (found, noun, name) = match identity {
-        Identity::Uid(uid) => return Ok(Subject::Uid(*uid)),
-        Identity::Gid(gid) => return Ok(Subject::Gid(*gid)),
+        Identity::Unit(_) | Identity::Cgroup(_) | Identity::Pod(_) => return Ok(None),
+        Identity::Uid(uid) => return Ok(Some(Subject::Uid(*uid))),
+        Identity::Gid(gid) => return Ok(Some(Subject::Gid(*gid))),
         Identity::User(name) => (
             resolver.user_id(name).map(|id| id.map(Subject::Uid)),
             "user",
@@ -93,7 +102,7 @@ fn subject(identity: &Identity, resolver: &dyn Resolver) -> Result<Subject, Stri
         ),
     };
     match found {
-        Ok(Some(subject)) => Ok(subject),
+        Ok(Some(subject)) => Ok(Some(subject)),
         Ok(None) => Err(format!("{identity} does not exist on this host")),
         Err(cause) => Err(format!("cannot look up {noun} {name:?}: {cause}")),
     }
@@ -143,7 +152,8 @@ pub(super) fn resolve(spec: PolicySpec, resolver: &dyn Resolver) -> Result<Polic
     for i in order {
         let entry = &spec.entries[i];
         let subject = match subject(&entry.identity, resolver) {
-            Ok(subject) => subject,
+            Ok(Some(subject)) => subject,
+            Ok(None) => continue,
             Err(message) => {
                 diagnostics.push(Diagnostic {
                     at: entry.at,
@@ -188,6 +198,7 @@ pub(super) fn resolve(spec: PolicySpec, resolver: &dyn Resolver) -> Result<Polic
             }
         }
     }
+    let cgroups = cgroups::resolve(&spec, resolver, &mut diagnostics);
     if !diagnostics.is_empty() {
         return Err(PolicyError::invalid(&spec.path, diagnostics));
     }
@@ -196,6 +207,7 @@ pub(super) fn resolve(spec: PolicySpec, resolver: &dyn Resolver) -> Result<Polic
         spec,
         uids,
         gids,
+        cgroups,
     })
 }
 
@@ -207,11 +219,14 @@ pub(crate) mod fake {
 
     use super::Resolver;
 
-    /// Users and groups by name; a name in `failing` makes the lookup fail.
+    /// Users, groups and units by name; a name in `failing` makes the
+    /// lookup fail.
     #[derive(Debug, Default)]
     pub(crate) struct FakeResolver {
         pub(crate) users: HashMap<String, u32>,
         pub(crate) groups: HashMap<String, u32>,
+        /// Units and their cgroups.
+        pub(crate) units: HashMap<String, String>,
         pub(crate) failing: Vec<String>,
     }
 
@@ -220,8 +235,18 @@ pub(crate) mod fake {
             Self {
                 users: users.iter().map(|&(n, id)| (n.to_owned(), id)).collect(),
                 groups: groups.iter().map(|&(n, id)| (n.to_owned(), id)).collect(),
+                units: HashMap::new(),
                 failing: Vec::new(),
             }
+        }
+
+        /// The same, knowing these units and their cgroups.
+        pub(crate) fn with_units(mut self, units: &[(&str, &str)]) -> Self {
+            self.units = units
+                .iter()
+                .map(|&(u, path)| (u.to_owned(), path.to_owned()))
+                .collect();
+            self
         }
 
         fn lookup(&self, table: &HashMap<String, u32>, name: &str) -> Result<Option<u32>, String> {
@@ -246,6 +271,13 @@ pub(crate) mod fake {
                 .iter()
                 .find(|&(_, &id)| id == uid)
                 .map(|(name, _)| name.clone())
+        }
+
+        fn unit_cgroup(&self, unit: &str) -> Result<Option<String>, String> {
+            if self.failing.iter().any(|f| f == unit) {
+                return Err("Failed to connect to bus: No such file or directory".to_owned());
+            }
+            Ok(self.units.get(unit).cloned())
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::{net::IpAddr, path::Path};
 
 use super::{
-    Action, Decision, Identity, Location, Mode, Policy, PolicySpec, Reason,
+    Action, CgroupClass, Decision, Identity, Location, Mode, Policy, PolicySpec, Reason,
     resolve::fake::FakeResolver,
 };
 
@@ -61,15 +61,18 @@ fn the_shipped_policy_allows_root_only_and_enforces() {
         .resolve(&root_only)
         .unwrap_or_else(|e| panic!("the shipped policy does not resolve:\n{e}"));
     assert_eq!(
-        policy.decide(0, 0),
+        policy.decide(0, 0, CgroupClass::Unmatched),
         decision(Action::Allow, Reason::UidAllowed, Some(0))
     );
     assert_eq!(
-        policy.decide(1000, 1000),
+        policy.decide(1000, 1000, CgroupClass::Unmatched),
         decision(Action::Deny, Reason::Default, None)
     );
     // A process in group root but not uid 0 is not root.
-    assert_eq!(policy.decide(1000, 0).action, Action::Deny);
+    assert_eq!(
+        policy.decide(1000, 0, CgroupClass::Unmatched).action,
+        Action::Deny
+    );
 }
 
 /// allow: uid 1001 (alice), gid 1500 (imds); deny: uid 48 (apache),
@@ -114,11 +117,15 @@ fn decide_gives_every_reason_in_the_kernel_order() {
         ((666, 48), decision(Action::Deny, Reason::Default, None)),
     ];
     for ((uid, gid), expected) in cases {
-        assert_eq!(policy.decide(uid, gid), expected, "uid {uid} gid {gid}");
+        assert_eq!(
+            policy.decide(uid, gid, CgroupClass::Unmatched),
+            expected,
+            "uid {uid} gid {gid}"
+        );
     }
     let entry = |d: Decision| d.index.map(|i| &policy.spec.entries[i].identity);
     assert_eq!(
-        entry(policy.decide(48, 0)),
+        entry(policy.decide(48, 0, CgroupClass::Unmatched)),
         Some(&Identity::User("apache".into()))
     );
 }
@@ -127,11 +134,11 @@ fn decide_gives_every_reason_in_the_kernel_order() {
 fn a_deny_list_alone_allows_by_default() {
     let policy = policy("[deny]\nusers = [\"apache\"]\n");
     assert_eq!(
-        policy.decide(1000, 1000),
+        policy.decide(1000, 1000, CgroupClass::Unmatched),
         decision(Action::Allow, Reason::Default, None)
     );
     assert_eq!(
-        policy.decide(48, 48),
+        policy.decide(48, 48, CgroupClass::Unmatched),
         decision(Action::Deny, Reason::UidDenied, Some(0))
     );
 }
@@ -140,11 +147,11 @@ fn a_deny_list_alone_allows_by_default() {
 fn a_group_alone_can_allow() {
     let policy = policy("[allow]\ngroups = [\"imds\"]\n");
     assert_eq!(
-        policy.decide(1000, 1500),
+        policy.decide(1000, 1500, CgroupClass::Unmatched),
         decision(Action::Allow, Reason::GidAllowed, Some(0))
     );
     assert_eq!(
-        policy.decide(1500, 1000),
+        policy.decide(1500, 1000, CgroupClass::Unmatched),
         decision(Action::Deny, Reason::Default, None)
     );
 }

@@ -49,9 +49,12 @@ impl PolicySpec {
                 return true;
             }
             let found = match &entry.identity {
-                Identity::User(name) => resolver.user_id(name),
-                Identity::Group(name) => resolver.group_id(name),
-                Identity::Uid(_) | Identity::Gid(_) => return true,
+                Identity::User(name) => resolver.user_id(name).map(|id| id.map(drop)),
+                Identity::Group(name) => resolver.group_id(name).map(|id| id.map(drop)),
+                Identity::Unit(name) => resolver.unit_cgroup(name).map(|path| path.map(drop)),
+                Identity::Uid(_) | Identity::Gid(_) | Identity::Cgroup(_) | Identity::Pod(_) => {
+                    return true;
+                }
             };
             let why = match found {
                 Ok(Some(_)) => return true,
@@ -94,8 +97,18 @@ mod tests {
             left_out[0].to_string(),
             "user \"app\" at line 2, column 18: does not exist on this host (yet)"
         );
-        assert_eq!(policy.decide(0, 0).action, Action::Allow);
-        assert_eq!(policy.decide(1000, 1000).action, Action::Deny);
+        assert_eq!(
+            policy
+                .decide(0, 0, crate::policy::CgroupClass::Unmatched)
+                .action,
+            Action::Allow
+        );
+        assert_eq!(
+            policy
+                .decide(1000, 1000, crate::policy::CgroupClass::Unmatched)
+                .action,
+            Action::Deny
+        );
     }
 
     #[test]
@@ -106,8 +119,18 @@ mod tests {
             .expect("resolves what it can");
         assert_eq!(left_out.len(), 2);
         assert_eq!(policy.default_action, Action::Deny);
-        assert_eq!(policy.decide(1000, 1000).action, Action::Deny);
-        assert_eq!(policy.decide(0, 0).action, Action::Deny);
+        assert_eq!(
+            policy
+                .decide(1000, 1000, crate::policy::CgroupClass::Unmatched)
+                .action,
+            Action::Deny
+        );
+        assert_eq!(
+            policy
+                .decide(0, 0, crate::policy::CgroupClass::Unmatched)
+                .action,
+            Action::Deny
+        );
     }
 
     #[test]

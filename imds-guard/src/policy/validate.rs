@@ -14,11 +14,16 @@ use std::{
     path::Path,
 };
 
-use imds_guard_common::MAX_ENDPOINTS;
+use imds_guard_common::{MAX_CGROUP_PATTERNS, MAX_ENDPOINTS};
 use rustc_hash::FxHashMap;
 
 use super::{
     Action, Endpoint, Entry, Identity, Location, Mode, PolicyError, PolicySpec, address,
+    cgroups::{
+        Pattern,
+        pods::{PATTERNS_PER_POD, PodName},
+        units,
+    },
     error::Diagnostic,
     forward::Forward,
     raw::{self, Key, Node, Source, Value},
@@ -56,10 +61,17 @@ enum Syntax {
         names_in: &'static str,
         make: fn(u32) -> Identity,
     },
+    /// Strings in a syntax of their own (units, cgroup patterns, pods),
+    /// checked by `check` and kept as written.
+    Text {
+        plural: &'static str,
+        check: fn(&str) -> Result<(), String>,
+        make: fn(String) -> Identity,
+    },
 }
 
 /// The identity keys, in the order [`PolicySpec::entries`] documents.
-const IDENTITY_KEYS: [IdentityKey; 4] = [
+const IDENTITY_KEYS: [IdentityKey; 7] = [
     IdentityKey {
         key: "users",
         syntax: Syntax::Name {
@@ -92,7 +104,37 @@ const IDENTITY_KEYS: [IdentityKey; 4] = [
             make: Identity::Gid,
         },
     },
+    IdentityKey {
+        key: "units",
+        syntax: Syntax::Text {
+            plural: "systemd unit names",
+            check: units::check_name,
+            make: Identity::Unit,
+        },
+    },
+    IdentityKey {
+        key: "cgroups",
+        syntax: Syntax::Text {
+            plural: "cgroup path patterns",
+            check: |text| Pattern::parse(text).map(drop),
+            make: Identity::Cgroup,
+        },
+    },
+    IdentityKey {
+        key: "pods",
+        syntax: Syntax::Text {
+            plural: "pod names (namespace/name)",
+            check: |text| PodName::parse(text).map(drop),
+            make: Identity::Pod,
+        },
+    },
 ];
+
+/// Why `[deny] pods` is refused.
+const NO_POD_DENY: &str = "[deny] pods: a pod cannot be denied by name: its uid, and so its \
+     cgroup, is known only once the kubelet has created the cgroup, so a deny would come late and \
+     let the pod through meanwhile; deny its cgroups instead ([deny] cgroups, for example \
+     \"/kubepods.slice/**\"), or allow only the pods that may connect";
 
 /// Reads and checks the policy `text`, read from `path`.
 pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> {
@@ -206,6 +248,7 @@ impl Checker<'_> {
         }
         let entries: Vec<Entry> = tables.into_iter().flat_map(|t| t.entries).collect();
         self.cross_check(&entries);
+        self.cgroup_patterns(&entries);
         (mode, endpoints, entries, forward)
     }
 
@@ -391,6 +434,10 @@ impl Checker<'_> {
             };
             let context = format!("[{name}] {}", kind.key);
             let list_at = self.node_at(list, self.key_at(key, at));
+            if action == Action::Deny && kind.key == "pods" {
+                self.report(self.key_at(key, at), NO_POD_DENY.to_owned());
+                continue;
+            }
             let Value::Array(values) = &list.value else {
                 self.report(
                     list_at,
@@ -418,6 +465,33 @@ impl Checker<'_> {
             entries,
             written,
             at,
+        }
+    }
+
+    /// Reports the entry at which the cgroup patterns (a unit or a cgroup
+    /// is one, a pod [`PATTERNS_PER_POD`]) outgrow what the kernel holds.
+    fn cgroup_patterns(&mut self, entries: &[Entry]) {
+        let max = MAX_CGROUP_PATTERNS as usize;
+        let mut count = 0;
+        for entry in entries {
+            count += match entry.identity {
+                Identity::Unit(_) | Identity::Cgroup(_) => 1,
+                Identity::Pod(_) => PATTERNS_PER_POD,
+                _ => continue,
+            };
+            if count > max {
+                self.report(
+                    entry.at,
+                    format!(
+                        "too many cgroup patterns: {} here makes {count}, and the kernel holds \
+                         at most {max} per policy (a unit or a cgroup is one, a pod \
+                         {PATTERNS_PER_POD}); use globs (/system.slice/app-*.service) or ** to \
+                         name several at once",
+                        entry.identity
+                    ),
+                );
+                return;
+            }
         }
     }
 
@@ -466,6 +540,7 @@ impl Syntax {
         match self {
             Self::Name { noun, .. } => format!("{noun} names"),
             Self::Id { noun, .. } => format!("{noun}s"),
+            Self::Text { plural, .. } => (*plural).to_owned(),
         }
     }
 
@@ -481,6 +556,20 @@ impl Syntax {
                 names_in,
                 make,
             } => id(context, noun, names_in, value).map(make),
+            Self::Text {
+                plural,
+                check,
+                make,
+            } => match value {
+                Value::String(text) => match check(text) {
+                    Ok(()) => Ok(make(text.clone())),
+                    Err(why) => Err(format!("{context}: {why}")),
+                },
+                other => Err(format!(
+                    "{context}: expected one of the {plural} as a string, found {}",
+                    other.describe()
+                )),
+            },
         }
     }
 }

@@ -31,7 +31,7 @@
 
 use std::net::IpAddr;
 
-use super::{Format, LOG_PREFIX, Out, Target, Written, names, plan::Family};
+use super::{Format, LOG_PREFIX, Out, Target, Written, cgroups::CgroupMatch, names, plan::Family};
 use crate::policy::Action;
 
 /// The chain OUTPUT jumps to; it selects the protected destinations.
@@ -126,6 +126,9 @@ fn notes(out: &mut Out, tool: &str) {
 /// identity whose verdict differs from the default (deny one user, or
 /// allow one user and deny the rest).
 fn single(out: &Out) -> Option<Written> {
+    if !out.cgroups.is_empty() {
+        return None;
+    }
     match out.rules.as_slice() {
         [rule] if rule.action != out.plan.default => Some(rule.clone()),
         _ => None,
@@ -189,21 +192,37 @@ fn one_liners(out: &mut Out, tool: &str, addresses: &[IpAddr], rule: &Written) {
     }
 }
 
-/// The rules of the owner chain, without `--append CHAIN`.
+/// `--match cgroup --path P`: the cgroup at P and every one below it.
+fn cgroup_match(m: &CgroupMatch) -> String {
+    format!("--match cgroup --path {}", m.text)
+}
+
+/// The rules of the owner chain, without `--append CHAIN`: denies by owner
+/// then by cgroup, allows by owner then by cgroup, the guard's order.
 fn owner_rules(out: &Out) -> Vec<String> {
     let mut rules = Vec::new();
-    for rule in out.first_match() {
-        let owner = owner_match(rule, false);
-        match rule.action {
-            Action::Deny => {
-                rules.push(format!("{owner} {}", deny_verdict(out)));
-                // LOG does not end the chain: stop here, or a later deny or
-                // the default would log the same connection again.
-                if out.audit() {
-                    rules.push(format!("{owner} --jump RETURN"));
+    for action in [Action::Deny, Action::Allow] {
+        let owners = out
+            .first_match()
+            .filter(|r| r.action == action)
+            .map(|r| owner_match(r, false));
+        let cgroups = out
+            .cgroups
+            .iter()
+            .filter(|m| m.action == action)
+            .map(cgroup_match);
+        for matched in owners.chain(cgroups) {
+            match action {
+                Action::Deny => {
+                    rules.push(format!("{matched} {}", deny_verdict(out)));
+                    // LOG does not end the chain: stop here, or a later deny
+                    // or the default would log the same connection again.
+                    if out.audit() {
+                        rules.push(format!("{matched} --jump RETURN"));
+                    }
                 }
+                Action::Allow => rules.push(format!("{matched} --jump RETURN")),
             }
-            Action::Allow => rules.push(format!("{owner} --jump RETURN")),
         }
     }
     if out.plan.default == Action::Deny {

@@ -22,6 +22,7 @@
 //! say how; `docs/render-notes.md` explains the choices and where a firewall
 //! rule cannot mean exactly what the eBPF guard does.
 
+mod cgroups;
 mod ipfw;
 mod iptables;
 mod names;
@@ -31,7 +32,9 @@ mod plan;
 
 use std::{fmt, str::FromStr};
 
+pub use self::cgroups::{UnitPath, default_unit_path};
 use self::{
+    cgroups::CgroupMatch,
     names::Syntax,
     plan::{Owner, Plan},
 };
@@ -134,18 +137,39 @@ pub struct Rendered {
     pub warnings: Vec<String>,
 }
 
-/// Renders `spec` for `target` in `format`.
+/// Renders `spec` for `target` in `format`, with units where systemd puts
+/// them by default.
 pub fn render(spec: &PolicySpec, target: Target, format: Format) -> Rendered {
     render_all(spec, &[target], format)
+}
+
+/// [`render`], with units where `unit_path` says.
+pub fn render_with(
+    spec: &PolicySpec,
+    target: Target,
+    format: Format,
+    unit_path: &dyn Fn(&str) -> UnitPath,
+) -> Rendered {
+    render_all_with(spec, &[target], format, unit_path)
 }
 
 /// Renders `spec` for each of `targets`, one after the other (iptables and
 /// ip6tables together: neither warns about the other family's addresses,
 /// which the other covers). A warning both give is given once.
 pub fn render_all(spec: &PolicySpec, targets: &[Target], format: Format) -> Rendered {
+    render_all_with(spec, targets, format, &default_unit_path)
+}
+
+/// [`render_all`], with units where `unit_path` says.
+pub fn render_all_with(
+    spec: &PolicySpec,
+    targets: &[Target],
+    format: Format,
+    unit_path: &dyn Fn(&str) -> UnitPath,
+) -> Rendered {
     let mut all = Rendered::default();
     for &target in targets {
-        let mut out = Out::new(spec, target, format);
+        let mut out = Out::new(spec, target, format, unit_path);
         out.together = targets.to_vec();
         render_one(&mut out);
         let one = out.finish();
@@ -193,6 +217,8 @@ struct Out<'a> {
     /// The plan's rules in first-match order, minus those whose names the
     /// target cannot write.
     rules: Vec<Written>,
+    /// The unit and cgroup entries the target can write, in entry order.
+    cgroups: Vec<CgroupMatch>,
     text: String,
     warnings: Vec<String>,
     /// Every target rendered in the same output, this one included.
@@ -200,19 +226,26 @@ struct Out<'a> {
 }
 
 impl<'a> Out<'a> {
-    fn new(spec: &'a PolicySpec, target: Target, format: Format) -> Self {
+    fn new(
+        spec: &'a PolicySpec,
+        target: Target,
+        format: Format,
+        unit_path: &dyn Fn(&str) -> UnitPath,
+    ) -> Self {
         let plan = Plan::new(spec);
         let mut out = Self {
             plan,
             target,
             format,
             rules: Vec::new(),
+            cgroups: Vec::new(),
             text: String::new(),
             warnings: Vec::new(),
             together: vec![target],
         };
         out.header();
         out.write_rules();
+        out.write_cgroups(unit_path);
         out
     }
 
@@ -338,7 +371,7 @@ impl<'a> Out<'a> {
     /// be written still makes the default deny, so leaving it out fails
     /// closed for that identity.
     fn has_rules(&self) -> bool {
-        !self.rules.is_empty() || self.plan.default == Action::Deny
+        !self.rules.is_empty() || !self.cgroups.is_empty() || self.plan.default == Action::Deny
     }
 
     fn audit(&self) -> bool {

@@ -89,7 +89,11 @@ fn table(out: &Out, v4: &[IpAddr], v6: &[IpAddr]) -> Table {
     let log = format!("log prefix \"{LOG_PREFIX}\" flags skuid");
     let mut sets = Vec::new();
     let mut by_owner = Vec::new();
-    for (set, kind, action, group) in steps {
+    for (i, (set, kind, action, group)) in steps.into_iter().enumerate() {
+        // The cgroups after the gids, denies then allows: the guard's order.
+        if i == 2 {
+            by_owner.extend(cgroup_rules(out, Action::Deny, &log));
+        }
         let elements: Vec<String> = out
             .first_match()
             .filter(|r| r.action == action && r.group == group)
@@ -107,6 +111,7 @@ fn table(out: &Out, v4: &[IpAddr], v6: &[IpAddr]) -> Table {
         });
         sets.push((set, kind, elements));
     }
+    by_owner.extend(cgroup_rules(out, Action::Allow, &log));
     if out.plan.default == Action::Deny {
         by_owner.push(if out.audit() {
             log
@@ -135,6 +140,28 @@ fn table(out: &Out, v4: &[IpAddr], v6: &[IpAddr]) -> Table {
         by_owner,
         output,
     }
+}
+
+/// A rule per cgroup match of `action`: `socket cgroupv2 level N "P"`,
+/// the cgroup at P (N components from the root) and every one below it;
+/// no match at all for the root.
+fn cgroup_rules(out: &Out, action: Action, log: &str) -> Vec<String> {
+    out.cgroups
+        .iter()
+        .filter(|m| m.action == action)
+        .map(|m| {
+            let matched = if m.level == 0 {
+                String::new()
+            } else {
+                format!("socket cgroupv2 level {} {} ", m.level, m.text)
+            };
+            match (action, out.audit()) {
+                (Action::Deny, false) => format!("{matched}reject"),
+                (Action::Deny, true) => format!("{matched}{log} return"),
+                (Action::Allow, _) => format!("{matched}return"),
+            }
+        })
+        .collect()
 }
 
 /// `a` for one element, `{ a, b }` for more.

@@ -87,15 +87,20 @@ impl<'a> Plan<'a> {
         let mut rules: Vec<Rule<'a>> = spec
             .entries
             .iter()
-            .map(|entry| Rule {
-                action: entry.action,
-                owner: match &entry.identity {
+            .filter_map(|entry| {
+                let owner = match &entry.identity {
                     Identity::User(name) => Owner::User(Id::Name(name)),
                     Identity::Uid(uid) => Owner::User(Id::Number(*uid)),
                     Identity::Group(name) => Owner::Group(Id::Name(name)),
                     Identity::Gid(gid) => Owner::Group(Id::Number(*gid)),
-                },
-                at: entry.at,
+                    // Not owners: see `cgroups.rs`.
+                    Identity::Unit(_) | Identity::Cgroup(_) | Identity::Pod(_) => return None,
+                };
+                Some(Rule {
+                    action: entry.action,
+                    owner,
+                    at: entry.at,
+                })
             })
             .collect();
         // A stable sort keeps file order inside each step.

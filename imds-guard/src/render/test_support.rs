@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::{Format, Target, render};
-use crate::policy::{Action, PolicySpec, Resolver};
+use crate::policy::{Action, CgroupClass, PolicySpec, Resolver};
 
 /// Parses a policy, or panics with the diagnostics.
 pub(super) fn policy(toml: &str) -> PolicySpec {
@@ -128,6 +128,10 @@ impl Resolver for Names {
             .find(|(_, id)| *id == uid)
             .map(|(n, _)| (*n).to_owned())
     }
+
+    fn unit_cgroup(&self, _unit: &str) -> Result<Option<String>, String> {
+        Ok(None)
+    }
 }
 
 /// The id a `user`/`uid` argument names, as the firewall's loader would
@@ -152,7 +156,7 @@ pub(super) fn guard(spec: &PolicySpec, uid: u32, gid: u32) -> Action {
         .clone()
         .resolve(&Names)
         .unwrap_or_else(|e| panic!("test policy does not resolve: {e:#}"));
-    policy.decide(uid, gid).action
+    policy.decide(uid, gid, CgroupClass::Unmatched).action
 }
 
 /// Every (uid, gid) pair worth trying: each id the corpus names, and a few

@@ -272,11 +272,11 @@ fn unknown_keys_are_named_with_the_keys_valid_there() {
         (
             "[allow]\nuids = [0]\nexecutables = [\"/usr/bin/curl\"]\n",
             "p.toml:3:1: unknown key \"executables\" in [allow] \
-             (valid keys: users, uids, groups, gids)",
+             (valid keys: users, uids, groups, gids, units, cgroups, pods)",
         ),
         (
             "[deny]\nuids = [48]\n[deny.extra]\n",
-            "p.toml:3:7: unknown key \"extra\" in [deny] (valid keys: users, uids, groups, gids)",
+            "p.toml:3:7: unknown key \"extra\" in [deny] (valid keys: users, uids, groups, gids, units, cgroups, pods)",
         ),
     ];
     for (text, expected) in cases {
@@ -290,12 +290,12 @@ fn likely_typos_get_the_closest_key() {
         (
             "[allow]\nuser = [\"root\"]\n",
             "p.toml:2:1: unknown key \"user\" in [allow], did you mean \"users\"? \
-             (valid keys: users, uids, groups, gids)",
+             (valid keys: users, uids, groups, gids, units, cgroups, pods)",
         ),
         (
             "[deny]\nGids = [5]\n",
             "p.toml:2:1: unknown key \"Gids\" in [deny], did you mean \"gids\"? \
-             (valid keys: users, uids, groups, gids)",
+             (valid keys: users, uids, groups, gids, units, cgroups, pods)",
         ),
         (
             "[endpoints]\naddress = [\"169.254.169.254\"]\n[allow]\nuids = [0]\n",
@@ -325,7 +325,7 @@ fn misplaced_keys_say_where_they_belong() {
         (
             "[deny]\nusers = [\"apache\"]\nmode = \"audit\"\n",
             "p.toml:3:1: unknown key \"mode\" in [deny], mode belongs at the top level, \
-             above the first table header (valid keys: users, uids, groups, gids)",
+             above the first table header (valid keys: users, uids, groups, gids, units, cgroups, pods)",
         ),
         (
             "users = [\"root\"]\n",
@@ -335,7 +335,7 @@ fn misplaced_keys_say_where_they_belong() {
         (
             "[allow]\nuids = [0]\naddresses = [\"169.254.169.254\"]\n",
             "p.toml:3:1: unknown key \"addresses\" in [allow], addresses belongs in [endpoints] \
-             (valid keys: users, uids, groups, gids)",
+             (valid keys: users, uids, groups, gids, units, cgroups, pods)",
         ),
     ];
     for (text, expected) in cases {
@@ -565,7 +565,7 @@ fn misplaced_entries_are_not_also_reported_as_deciding_nothing() {
     assert_eq!(
         errors("[allow]\nuid = [0]\n"),
         "p.toml:2:1: unknown key \"uid\" in [allow], did you mean \"uids\"? \
-         (valid keys: users, uids, groups, gids)"
+         (valid keys: users, uids, groups, gids, units, cgroups, pods)"
     );
 }
 
@@ -590,7 +590,7 @@ users = [\"apache\"]
         "p.toml:1:8: mode: expected \"enforce\" or \"audit\", found string \"strict\"",
         "p.toml:3:9: [deny] uids: -5 is not a valid uid, expected 0 to 4294967294",
         "p.toml:4:1: unknown key \"user\" in [deny], did you mean \"users\"? \
-         (valid keys: users, uids, groups, gids)",
+         (valid keys: users, uids, groups, gids, units, cgroups, pods)",
         "p.toml:6:14: [endpoints] addresses: \"169.254.169.254/32\" is a CIDR range, expected \
          a single address without \"/32\" (list each address to protect)",
     ];
@@ -600,12 +600,19 @@ users = [\"apache\"]
 #[test]
 fn the_identity_keys_table_lists_the_documented_order() {
     let keys: Vec<&str> = super::IDENTITY_KEYS.iter().map(|k| k.key).collect();
-    assert_eq!(keys, ["users", "uids", "groups", "gids"]);
+    assert_eq!(
+        keys,
+        [
+            "users", "uids", "groups", "gids", "units", "cgroups", "pods"
+        ]
+    );
 }
 
 #[test]
 fn closest_only_suggests_near_misses() {
-    let valid = ["users", "uids", "groups", "gids"];
+    let valid = [
+        "users", "uids", "groups", "gids", "units", "cgroups", "pods",
+    ];
     assert_eq!(super::closest("user", &valid), Some("users"));
     assert_eq!(super::closest("uid", &valid), Some("uids"));
     assert_eq!(super::closest("group", &valid), Some("groups"));
