@@ -1,0 +1,339 @@
+//! Units and cgroup paths end to end: the real agent and programs, unit
+//! and cgroup rules matched against cgroups the test creates below its own
+//! test cgroup (never the host's units). systemd is stood in for by a
+//! script the agent runs as `systemctl` (`IMDS_GUARD_SYSTEMCTL`), which
+//! places the units below the test cgroup, as `systemctl show` would
+//! report a running unit's `ControlGroup`.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use imds_guard_e2e::{
+    Action, Agent, IMDS_PORT, IMDS_V4, LOG, NOBODY, ProbeResult, READY, Sandbox, TestCgroup,
+    cgroup2_root, field, privileged_or_skip,
+};
+use serde_json::Value;
+
+const EPERM: i32 = libc::EPERM;
+/// A uid no uid rule names.
+const APP_UID: u32 = 1001;
+/// How many times a unit's cgroup is deleted and made again.
+const RESTARTS: usize = 100;
+
+fn connect() -> Action {
+    Action::connect(IMDS_V4, IMDS_PORT)
+}
+
+/// The test cgroup's path from the cgroup v2 root, as policies name it.
+fn cgroup_path(cgroup: &TestCgroup) -> String {
+    let root = cgroup2_root();
+    let rel = cgroup.path().strip_prefix(&root).unwrap_or_else(|_| {
+        panic!(
+            "{} is not below {}",
+            cgroup.path().display(),
+            root.display()
+        )
+    });
+    format!("/{}", rel.display())
+}
+
+/// Writes a `systemctl` that knows `units`, each running in a cgroup of
+/// its name below the test cgroup, and no other unit.
+fn fake_systemctl(sb: &Sandbox, units: &[&str]) -> PathBuf {
+    let base = cgroup_path(&sb.cgroup);
+    let mut script = String::from(
+        "#!/bin/sh\n# imds-guard runs: systemctl show --property=... -- UNIT\nunit=\"$4\"\ncase \
+         \"$unit\" in\n",
+    );
+    for unit in units {
+        script.push_str(&format!(
+            "  {unit}) printf 'LoadState=loaded\\nControlGroup={base}/{unit}\\nSlice=system.slice\\n' ;;\n"
+        ));
+    }
+    script.push_str("  *) printf 'LoadState=not-found\\nControlGroup=\\nSlice=\\n' ;;\nesac\n");
+    let path = sb.dir.path().join("systemctl");
+    std::fs::write(&path, script).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    path
+}
+
+/// Starts the agent on the sandbox's policy, asking `systemctl` of units.
+fn start_agent(sb: &Sandbox, systemctl: &Path) -> Agent {
+    let systemctl = systemctl
+        .to_str()
+        .unwrap_or_else(|| panic!("non UTF-8 path"));
+    let agent = sb.spawn_agent(&[], &[("IMDS_GUARD_SYSTEMCTL", systemctl)]);
+    // Scaled: the classification programs lengthen the verifier's part of
+    // a start, which an emulated guest multiplies.
+    agent.wait_ready(imds_guard_e2e::slowdown::scaled(READY));
+    agent
+}
+
+/// Writes `policy` and waits until the agent has put it in force.
+fn reload(sb: &Sandbox, agent: &Agent, policy: &str) {
+    let is_reload = |r: &Value| {
+        field(r, "event").and_then(Value::as_str) == Some("reload")
+            && field(r, "outcome").and_then(Value::as_str) == Some("applied")
+    };
+    let before = agent.records().iter().filter(|r| is_reload(r)).count();
+    sb.policy(policy);
+    agent.sighup();
+    let deadline = std::time::Instant::now() + LOG;
+    while agent.records().iter().filter(|r| is_reload(r)).count() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload was not applied:\n{}",
+            agent.output()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn denied(r: &ProbeResult) -> bool {
+    !r.ok && r.errno == Some(EPERM)
+}
+
+/// The agent's denial record for the probe that produced `r`.
+fn denial_for(agent: &Agent, r: &ProbeResult) -> Value {
+    let pid = u64::from(r.pid);
+    agent
+        .wait_for(
+            |rec| {
+                field(rec, "event").and_then(Value::as_str) == Some("deny")
+                    && field(rec, "pid").and_then(Value::as_u64) == Some(pid)
+            },
+            LOG,
+        )
+        .unwrap_or_else(|| panic!("no deny record for pid {pid}:\n{}", agent.output()))
+}
+
+#[test]
+fn a_unit_rule_allows_its_cgroup_while_the_same_uid_elsewhere_is_denied() {
+    if !privileged_or_skip("a_unit_rule_allows_its_cgroup_while_the_same_uid_elsewhere_is_denied") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let app = sb.cgroup.child("app.service");
+    let other = sb.cgroup.child("other.service");
+    let systemctl = fake_systemctl(&sb, &["app.service", "other.service"]);
+    sb.policy("mode = \"enforce\"\n[allow]\nuids = [1001]\n");
+    let agent = start_agent(&sb, &systemctl);
+    let nobody_in = |cg: &TestCgroup| sb.probe_as(NOBODY, NOBODY).cgroup_dir(cg.path());
+
+    // Without the unit rule, nobody in the unit's cgroup is denied.
+    let r = nobody_in(&app).run(connect());
+    assert!(denied(&r), "without a unit rule: {r:?}");
+
+    reload(
+        &sb,
+        &agent,
+        "mode = \"enforce\"\n[allow]\nuids = [1001]\nunits = [\"app.service\"]\n",
+    );
+    let r = nobody_in(&app).run(Action::http(IMDS_V4, IMDS_PORT));
+    assert_eq!(
+        r.assert_ok().body,
+        sb.imds.credentials_body(),
+        "in the unit"
+    );
+    let (_, status) = sb.status();
+    let cgroups = &status["cgroups"];
+    assert_eq!(cgroups["tracking"], true, "{status}");
+    assert_eq!(cgroups["patterns"], 1, "{status}");
+    assert!(
+        cgroups["classified_cgroups"].as_u64() >= Some(3),
+        "{status}"
+    );
+    // A cgroup below the unit's is the unit's too (a service's own
+    // sub-cgroups).
+    let inner = app.child("inner");
+    nobody_in(&inner).run(connect()).assert_ok();
+    drop(inner);
+    // The same uid elsewhere: another unit, and the guarded cgroup itself.
+    let r = nobody_in(&other).run(connect());
+    assert!(denied(&r), "in another unit: {r:?}");
+    let rec = denial_for(&agent, &r);
+    assert_eq!(
+        field(&rec, "cgroup").and_then(Value::as_str),
+        Some(format!("{}/other.service", cgroup_path(&sb.cgroup)).as_str()),
+        "the record names the caller's cgroup: {rec}"
+    );
+    let r = sb.probe_as(NOBODY, NOBODY).run(connect());
+    assert!(denied(&r), "in the guarded cgroup: {r:?}");
+}
+
+#[test]
+fn units_restarted_a_hundred_times_are_decided_right_on_the_first_connect() {
+    if !privileged_or_skip("units_restarted_a_hundred_times_are_decided_right_on_the_first_connect")
+    {
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut app = Some(sb.cgroup.child("app.service"));
+    let mut bad = Some(sb.cgroup.child("bad.service"));
+    let systemctl = fake_systemctl(&sb, &["app.service", "bad.service"]);
+    sb.policy("mode = \"enforce\"\n[allow]\nuids = [65534]\n");
+    let agent = start_agent(&sb, &systemctl);
+    let in_cgroup = |uid: u32, cg: &Option<TestCgroup>| {
+        let cg = cg.as_ref().unwrap_or_else(|| panic!("no cgroup"));
+        sb.probe_as(uid, uid).cgroup_dir(cg.path()).run(connect())
+    };
+
+    // Without the unit rules: the app's uid is denied, and nobody (allowed
+    // by uid) connects from the unit the policy is about to deny.
+    let r = in_cgroup(APP_UID, &app);
+    assert!(denied(&r), "app before its rule: {r:?}");
+    in_cgroup(NOBODY, &bad).assert_ok();
+
+    reload(
+        &sb,
+        &agent,
+        "mode = \"enforce\"\n[allow]\nuids = [65534]\nunits = [\"app.service\"]\n[deny]\nunits = \
+         [\"bad.service\"]\n",
+    );
+    let mut wrong = Vec::new();
+    for round in 0..RESTARTS {
+        // A restart: the unit's cgroup is removed and made again (a new
+        // cgroup id), and its process connects at once.
+        drop(app.take());
+        app = Some(sb.cgroup.child("app.service"));
+        let r = in_cgroup(APP_UID, &app);
+        if !r.ok {
+            wrong.push(format!("round {round}: allowed unit refused: {r:?}"));
+        }
+        drop(bad.take());
+        bad = Some(sb.cgroup.child("bad.service"));
+        let r = in_cgroup(NOBODY, &bad);
+        if !denied(&r) {
+            wrong.push(format!("round {round}: denied unit not refused: {r:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong verdicts in {RESTARTS} restarts:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    drop(app);
+    drop(bad);
+}
+
+#[test]
+fn cgroup_globs_allow_and_a_subtree_deny_covers_cgroups_made_after_the_start() {
+    if !privileged_or_skip(
+        "cgroup_globs_allow_and_a_subtree_deny_covers_cgroups_made_after_the_start",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let base = cgroup_path(&sb.cgroup);
+    let systemctl = fake_systemctl(&sb, &[]);
+    // Without the deny, nobody (allowed by uid) connects from below evil.
+    sb.policy(&format!(
+        "mode = \"enforce\"\n[allow]\nuids = [65534]\ncgroups = [\"{base}/docker-*.scope\"]\n"
+    ));
+    let agent = start_agent(&sb, &systemctl);
+    let evil = sb.cgroup.child("evil");
+    let nested = evil.child("nested");
+    sb.probe_as(NOBODY, NOBODY)
+        .cgroup_dir(nested.path())
+        .run(connect())
+        .assert_ok();
+    drop(nested);
+    drop(evil);
+
+    reload(
+        &sb,
+        &agent,
+        &format!(
+            "mode = \"enforce\"\n[allow]\nuids = [65534]\ncgroups = \
+             [\"{base}/docker-*.scope\"]\n[deny]\ncgroups = [\"{base}/evil/**\"]\n"
+        ),
+    );
+    // Made after the policy: classified as they are created.
+    let docker = sb.cgroup.child("docker-0123abcd.scope");
+    let not_docker = sb.cgroup.child("docker-0123abcd.slice");
+    let evil = sb.cgroup.child("evil");
+    let nested = evil.child("nested");
+    let as_app = |cg: &TestCgroup| sb.probe_as(APP_UID, APP_UID).cgroup_dir(cg.path());
+    as_app(&docker).run(connect()).assert_ok();
+    let r = as_app(&not_docker).run(connect());
+    assert!(denied(&r), "the glob's suffix does not match: {r:?}");
+    for cg in [&evil, &nested] {
+        let r = sb
+            .probe_as(NOBODY, NOBODY)
+            .cgroup_dir(cg.path())
+            .run(connect());
+        assert!(denied(&r), "{}: {r:?}", cg.path().display());
+    }
+    let r = sb
+        .probe_as(NOBODY, NOBODY)
+        .cgroup_dir(nested.path())
+        .run(connect());
+    let rec = denial_for(&agent, &r);
+    assert_eq!(
+        field(&rec, "cgroup").and_then(Value::as_str),
+        Some(format!("{base}/evil/nested").as_str()),
+        "{rec}"
+    );
+    drop(nested);
+    drop(evil);
+    drop(not_docker);
+    drop(docker);
+}
+
+#[test]
+fn a_cgroup_too_deep_to_classify_is_denied_under_a_policy_with_cgroup_denies() {
+    if !privileged_or_skip(
+        "a_cgroup_too_deep_to_classify_is_denied_under_a_policy_with_cgroup_denies",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let base = cgroup_path(&sb.cgroup);
+    let systemctl = fake_systemctl(&sb, &[]);
+    sb.policy(&format!(
+        "mode = \"enforce\"\n[allow]\nuids = [65534]\ncgroups = [\"{base}/x/**\"]\n"
+    ));
+    let agent = start_agent(&sb, &systemctl);
+    // The test cgroup is at level 1; the programs follow 64 levels.
+    let mut chain: Vec<TestCgroup> = Vec::new();
+    while chain.len() < 64 {
+        let next = match chain.last() {
+            Some(parent) => parent.child("d"),
+            None => sb.cgroup.child("d"),
+        };
+        chain.push(next);
+    }
+    let at = |level: usize| {
+        sb.probe_as(NOBODY, NOBODY)
+            .cgroup_dir(chain[level - 2].path())
+            .run(connect())
+    };
+    // Only allows by cgroup: an unclassified cgroup just misses them.
+    at(64).assert_ok();
+    at(65).assert_ok();
+
+    reload(
+        &sb,
+        &agent,
+        &format!(
+            "mode = \"enforce\"\n[allow]\nuids = [65534]\ncgroups = [\"{base}/x/**\"]\n[deny]\n\
+             cgroups = [\"{base}/y/**\"]\n"
+        ),
+    );
+    at(64).assert_ok();
+    let r = at(65);
+    assert!(
+        denied(&r),
+        "too deep to classify, and the policy denies cgroups: {r:?}"
+    );
+    let rec = denial_for(&agent, &r);
+    let reason = field(&rec, "reason").and_then(Value::as_str).unwrap_or("");
+    assert!(reason.contains("no classification"), "{rec}");
+    while let Some(cg) = chain.pop() {
+        drop(cg);
+    }
+}
