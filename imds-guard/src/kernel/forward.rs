@@ -62,61 +62,13 @@ pub struct ForwardCounters {
 /// The nftables script that puts the forward table for `spec` in force,
 /// replacing any earlier one in one transaction.
 pub fn ruleset(spec: &PolicySpec) -> String {
-    let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for e in &spec.endpoints {
-        match e.addr {
-            IpAddr::V4(a) => {
-                v4.push(a.to_string());
-                // A forwarded IPv6 packet to the mapped form goes nowhere
-                // a router sends it, but costs nothing to refuse.
-                v6.push(a.to_ipv6_mapped().to_string());
-            }
-            IpAddr::V6(a) => v6.push(a.to_string()),
-        }
-    }
+    let (v4, v6) = protected(spec);
     let (src4, src6): (Vec<Prefix>, Vec<Prefix>) = spec
         .forward
         .sources
         .iter()
         .map(|s| s.prefix)
         .partition(|p| p.addr.is_ipv4());
-    let verdict = match spec.mode {
-        Mode::Enforce => "drop",
-        Mode::Audit => "",
-    };
-    let counter = match spec.mode {
-        Mode::Enforce => "dropped",
-        Mode::Audit => "audited",
-    };
-    let mut rules = Vec::new();
-    for i in &spec.forward.interfaces {
-        rules.push(format!(
-            "ip daddr @protected4 iifname \"{}\" accept",
-            i.name
-        ));
-        rules.push(format!(
-            "ip6 daddr @protected6 iifname \"{}\" accept",
-            i.name
-        ));
-    }
-    if !src4.is_empty() {
-        rules.push("ip daddr @protected4 ip saddr @sources4 accept".to_owned());
-    }
-    if !src6.is_empty() {
-        rules.push("ip6 daddr @protected6 ip6 saddr @sources6 accept".to_owned());
-    }
-    for (family, set) in [("ip", "protected4"), ("ip6", "protected6")] {
-        rules.push(format!(
-            "{family} daddr @{set} limit rate {LOG_RATE}/second burst {} packets log group \
-             {LOG_GROUP} prefix \"{LOG_PREFIX}\"",
-            LOG_RATE * 5
-        ));
-        rules.push(
-            format!("{family} daddr @{set} counter name {counter} {verdict}")
-                .trim_end()
-                .to_owned(),
-        );
-    }
     let set = |name: &str, ty: &str, interval: bool, elements: &[String]| {
         let flags = if interval { " flags interval;" } else { "" };
         if elements.is_empty() {
@@ -147,11 +99,72 @@ pub fn ruleset(spec: &PolicySpec) -> String {
     }
     text += "\tcounter dropped {}\n\tcounter audited {}\n";
     text += "\tchain forward {\n\t\ttype filter hook forward priority -300; policy accept;\n";
-    for rule in rules {
+    for rule in rules(spec, !src4.is_empty(), !src6.is_empty()) {
         text += &format!("\t\t{rule}\n");
     }
     text += "\t}\n}\n";
     text
+}
+
+/// The protected addresses by family, the IPv4 ones' mapped forms with
+/// the IPv6 ones.
+fn protected(spec: &PolicySpec) -> (Vec<String>, Vec<String>) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for e in &spec.endpoints {
+        match e.addr {
+            IpAddr::V4(a) => {
+                v4.push(a.to_string());
+                // A forwarded IPv6 packet to the mapped form goes nowhere
+                // a router sends it, but costs nothing to refuse.
+                v6.push(a.to_ipv6_mapped().to_string());
+            }
+            IpAddr::V6(a) => v6.push(a.to_string()),
+        }
+    }
+    (v4, v6)
+}
+
+/// The forward chain's rules: what `[forward]` lets through, then, per
+/// family, a rate-limited log and the counted verdict.
+fn rules(spec: &PolicySpec, sources4: bool, sources6: bool) -> Vec<String> {
+    let verdict = match spec.mode {
+        Mode::Enforce => "drop",
+        Mode::Audit => "",
+    };
+    let counter = match spec.mode {
+        Mode::Enforce => "dropped",
+        Mode::Audit => "audited",
+    };
+    let mut rules = Vec::new();
+    for i in &spec.forward.interfaces {
+        rules.push(format!(
+            "ip daddr @protected4 iifname \"{}\" accept",
+            i.name
+        ));
+        rules.push(format!(
+            "ip6 daddr @protected6 iifname \"{}\" accept",
+            i.name
+        ));
+    }
+    if sources4 {
+        rules.push("ip daddr @protected4 ip saddr @sources4 accept".to_owned());
+    }
+    if sources6 {
+        rules.push("ip6 daddr @protected6 ip6 saddr @sources6 accept".to_owned());
+    }
+    for (family, set) in [("ip", "protected4"), ("ip6", "protected6")] {
+        rules.push(format!(
+            "{family} daddr @{set} limit rate {LOG_RATE}/second burst {} packets log group \
+             {LOG_GROUP} prefix \"{LOG_PREFIX}\"",
+            LOG_RATE * 5
+        ));
+        rules.push(
+            format!("{family} daddr @{set} counter name {counter} {verdict}")
+                .trim_end()
+                .to_owned(),
+        );
+    }
+    rules
 }
 
 /// Puts the forward table for `spec` in force in this network namespace.

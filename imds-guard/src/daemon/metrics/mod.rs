@@ -391,7 +391,12 @@ impl Exposition<'_> {
         for (hook, n) in by_hook(counter::ERRORS) {
             writeln!(f, "imds_guard_internal_errors_total{{hook=\"{hook}\"}} {n}")?;
         }
+        self.forward_and_reloads(f)
+    }
 
+    /// The forward table's state and drops, and reloads by outcome.
+    fn forward_and_reloads(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
         header(
             f,
             "imds_guard_forward_guarded",
