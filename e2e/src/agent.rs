@@ -23,7 +23,7 @@ use nix::{
 };
 use serde_json::Value;
 
-use crate::{Netns, TestBpffs, TestCgroup, bins::imds_guard_bin, util::lock};
+use crate::{Netns, TestBpffs, TestCgroup, bins::imds_guard_bin, slowdown::scaled, util::lock};
 
 /// How long [`Agent::terminate`] waits after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
@@ -218,10 +218,12 @@ impl Agent {
     }
 
     /// The first record, from the start of the log, that satisfies `pred`;
-    /// waits up to `timeout` for it. `None` on timeout, or as soon as the
-    /// agent has closed its output without one.
+    /// waits up to `timeout` (times [`slowdown`](crate::slowdown): the
+    /// agent verifies its programs at start, which an emulated guest does
+    /// far slower) for it. `None` on timeout, or as soon as the agent has
+    /// closed its output without one.
     pub fn wait_for(&self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         let mut state = lock(&self.log.state);
         loop {
             if let Some(found) = state.records.iter().find(|r| pred(r)) {
@@ -249,8 +251,9 @@ impl Agent {
             // moment so the message has its status.
             let status = self.wait_exit(Duration::from_millis(500));
             panic!(
-                "agent {} not ready within {timeout:?} (exit status: {status:?}); output:\n{}",
+                "agent {} not ready within {:?} (exit status: {status:?}); output:\n{}",
                 self.pid,
+                scaled(timeout),
                 self.output()
             )
         })
@@ -317,14 +320,14 @@ impl Agent {
     }
 
     /// The first record after the first `seen` that satisfies `pred`;
-    /// waits up to `timeout` for it.
+    /// waits up to `timeout` (times the slowdown) for it.
     pub fn wait_for_after(
         &self,
         seen: usize,
         pred: impl Fn(&Value) -> bool,
         timeout: Duration,
     ) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         let mut state = lock(&self.log.state);
         loop {
             if let Some(found) = state.records.iter().skip(seen).find(|r| pred(r)) {
