@@ -38,7 +38,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-pub use self::arch::Arch;
+pub use self::{arch::Arch, e2e::Built as E2eBinaries};
 use crate::{
     process::{output, run, target_dir},
     setup::{self, setup},
@@ -95,6 +95,15 @@ pub fn dist_for(check: bool, arch: Option<Arch>, e2e: bool) -> Result<()> {
         e2e::build(arch, &tools)?;
     }
     Ok(())
+}
+
+/// The end-to-end tests, the agent and the probe for `arch`, built by the
+/// release's route and left where cargo put them (for `cargo xtask
+/// vm-test` on another CPU: the tests name the probe by its build path).
+/// After `setup()`.
+pub fn e2e_binaries(arch: Arch) -> Result<E2eBinaries> {
+    let tools = setup::zigbuild()?;
+    e2e::compile(arch, &tools)
 }
 
 /// Builds the release binary, checks it, and has it generate its pages and

@@ -4,11 +4,11 @@
 //!
 //! The guest runs from an initramfs and nothing else, built here from
 //! Debian packages: `busybox-static`, `iproute2`, `util-linux`, `nftables`,
-//! `iptables`, `kmod`, `base-passwd` and their dependencies, resolved and
-//! downloaded by a private apt for the guest's architecture (`apt.rs`) and
-//! unpacked with `dpkg-deb -x`; the kernel's own modules (`kernel.rs`); and
-//! the checkout's agent, probe and test binaries, stripped of debug
-//! information. A shell script of ours is its `/init` (`init.sh`): it mounts
+//! `iptables`, `kmod`, `libcap2-bin`, `bash`, `base-passwd` and their
+//! dependencies, resolved and downloaded by a private apt for the guest's
+//! architecture (`apt.rs`) and unpacked with `dpkg-deb -x`; the kernel's
+//! own modules (`kernel.rs`); and the checkout's agent, probe, helpers and
+//! test binaries, stripped of debug information. A shell script of ours is its `/init` (`init.sh`): it mounts
 //! what the tests need, runs each suite with `--test-threads=1` and
 //! `CI=true`, and streams libtest's JSON events over a virtio serial port
 //! into a file the host parses per test (`results.rs`).
@@ -34,20 +34,14 @@
 //! run leaves its `console.log` and `results.log` in
 //! `target/vm/runs/<arch>-<kernel>/`.
 //!
-//! Another architecture's guest needs that architecture's binaries, built
-//! elsewhere or cross-built, and named with `--bins`. With Debian's rustc
-//! (the `bpf-debian` toolchain of `cargo xtask setup`),
-//! `libstd-rust-web-dev:arm64` and `gcc-aarch64-linux-gnu` (with
-//! `libc6-dev-arm64-cross`):
-//!
-//! ```text
-//! export RUSTUP_TOOLCHAIN=bpf-debian \
-//!     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-//! cargo build --target aarch64-unknown-linux-gnu --bins
-//! cargo test -p imds-guard-e2e --no-run --target aarch64-unknown-linux-gnu
-//! unset RUSTUP_TOOLCHAIN
-//! cargo xtask vm-test --arch aarch64 --bins target/aarch64-unknown-linux-gnu/debug
-//! ```
+//! A guest of another architecture than this machine's runs binaries
+//! cross-built for it by the route of `cargo xtask dist --arch ARCH --e2e`
+//! (cargo-zigbuild, Debian's std for that CPU through the `bpf-debian`
+//! toolchain, both installed when first needed), left where cargo built
+//! them: `cargo xtask vm-test --arch aarch64` builds and boots in one
+//! command. `--bins DIR` runs binaries built elsewhere instead; DIR must be
+//! the profile directory they were built in, not a copy, because the tests
+//! name the probe by its build path (see `bins.rs`).
 
 mod apt;
 mod bins;
@@ -60,7 +54,7 @@ mod root;
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -86,7 +80,10 @@ pub struct VmTestArgs {
     arch: Arch,
     /// Run the binaries in this cargo profile directory (e.g.
     /// `target/aarch64-unknown-linux-gnu/debug`: `imds-guard`, `imds-probe`,
-    /// and the suites in `deps/`) instead of building this checkout's.
+    /// the other binaries of `e2e/src/bin/`, and the suites in `deps/`)
+    /// instead of building this checkout's (cross-building it for another
+    /// architecture). The directory they were built in, not a copy: the
+    /// tests name the probe by its build path.
     #[arg(long, value_name = "DIR")]
     bins: Option<PathBuf>,
     /// Run only this suite (a file of `e2e/tests/`, without `.rs`); may be
@@ -156,17 +153,10 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     crate::setup::vm_tools(args.arch)?;
     let vm_dir = target_dir().join("vm");
 
-    let payload = match &args.bins {
-        Some(dir) => bins::from_dir(dir, &args.suites)?,
-        None => {
-            if Arch::host() != Some(args.arch) {
-                bail!(
-                    "this machine cannot build {} binaries here: build them and pass --bins DIR",
-                    args.arch.name()
-                );
-            }
-            bins::build(&args.suites)?
-        }
+    let payload = match source(args.bins.as_deref(), args.arch, Arch::host()) {
+        Source::Dir(dir) => bins::from_dir(dir, &args.suites)?,
+        Source::Build => bins::build(&args.suites)?,
+        Source::CrossBuild => bins::cross_build(args.arch, &args.suites)?,
     };
     payload.check_arch(args.arch)?;
     let apt = Apt::new(&vm_dir.join("apt"), args.arch)?;
@@ -205,11 +195,30 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     verdict
 }
 
+/// Where the guest's binaries come from.
+#[derive(Debug, PartialEq, Eq)]
+enum Source<'a> {
+    /// `--bins DIR`.
+    Dir(&'a Path),
+    /// Built for this machine, as `cargo xtask test` builds them.
+    Build,
+    /// Cross-built for the guest's architecture.
+    CrossBuild,
+}
+
+fn source(bins: Option<&Path>, arch: Arch, host: Option<Arch>) -> Source<'_> {
+    match bins {
+        Some(dir) => Source::Dir(dir),
+        None if host == Some(arch) => Source::Build,
+        None => Source::CrossBuild,
+    }
+}
+
 /// Builds the initramfs, boots it once, and removes the initramfs again.
 fn boot(
     args: &VmTestArgs,
-    run_dir: &std::path::Path,
-    root: &std::path::Path,
+    run_dir: &Path,
+    root: &Path,
     kernel: &kernel::Kernel,
     payload: &bins::Payload,
     accel: Accel,
@@ -290,6 +299,19 @@ mod tests {
         assert_eq!(a.suites, ["guard", "lifecycle"]);
         assert_eq!(a.bins, Some(PathBuf::from("/b")));
         assert_eq!(a.filter, ["reload", "--exact"]);
+    }
+
+    #[test]
+    fn another_architecture_is_cross_built_unless_bins_are_named() {
+        let (x86, arm) = (Arch::X86_64, Arch::Aarch64);
+        assert_eq!(source(None, x86, Some(x86)), Source::Build);
+        assert_eq!(source(None, arm, Some(x86)), Source::CrossBuild);
+        assert_eq!(source(None, x86, Some(arm)), Source::CrossBuild);
+        // A host that is neither cross-builds for both.
+        assert_eq!(source(None, x86, None), Source::CrossBuild);
+        let dir = Path::new("/t/aarch64-unknown-linux-gnu/debug");
+        assert_eq!(source(Some(dir), arm, Some(x86)), Source::Dir(dir));
+        assert_eq!(source(Some(dir), x86, Some(x86)), Source::Dir(dir));
     }
 
     #[test]

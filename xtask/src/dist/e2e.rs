@@ -1,11 +1,16 @@
-//! `dist --e2e`: the privileged end-to-end tests, the agent and the probe,
-//! built for a CPU by the release's route (cargo-zigbuild, glibc 2.28, the
-//! toolchain with that CPU's std) in the debug profile `cargo xtask test`
-//! uses, and gathered in `target/dist/<arch>/e2e/` to be copied to and run
-//! on a machine of that CPU (an arm64 guest), one test file at a time with
-//! `--test-threads=1`. The tests find `imds-guard` beside themselves
-//! (`e2e/src/bins.rs`); those that use `env!("CARGO_BIN_EXE_imds-probe")`
-//! look for the probe at its build path, printed here.
+//! `dist --e2e`: the privileged end-to-end tests, the agent, the probe and
+//! the other helpers the tests run, built for a CPU by the release's route
+//! (cargo-zigbuild, glibc 2.28, the toolchain with that CPU's std) in the
+//! debug profile `cargo xtask test` uses, and gathered in
+//! `target/dist/<arch>/e2e/` to be copied to and run on a machine of that
+//! CPU, one test file at a time with `--test-threads=1`. The tests find
+//! `imds-guard` beside themselves (`e2e/src/bins.rs`); those that use
+//! `env!("CARGO_BIN_EXE_imds-probe")` (or `imds-uring`) look for it at its
+//! build path, printed here.
+//!
+//! `cargo xtask vm-test` for another CPU runs the same build (`compile`)
+//! and takes the binaries where they were built, which is where those
+//! build paths point.
 
 use std::{
     fs,
@@ -20,8 +25,18 @@ use crate::{
     setup::Zigbuild,
 };
 
-/// Builds them and returns the directory they were gathered in.
-pub fn build(arch: Arch, tools: &Zigbuild) -> Result<PathBuf> {
+/// What `compile` built, where cargo put it.
+pub struct Built {
+    /// The cargo profile directory, `target/<triple>/debug`: the agent,
+    /// the probe and the other binaries of `imds-guard-e2e` are in it.
+    pub profile: PathBuf,
+    /// Each integration test of `e2e/tests/` by name, its executable's
+    /// absolute path (in `deps/`).
+    pub tests: Vec<(String, PathBuf)>,
+}
+
+/// The binaries of the two packages, and the integration tests.
+pub fn compile(arch: Arch, tools: &Zigbuild) -> Result<Built> {
     run(compile::zigbuild(arch, tools, "zigbuild")?.args([
         "-p",
         "imds-guard",
@@ -37,29 +52,39 @@ pub fn build(arch: Arch, tools: &Zigbuild) -> Result<PathBuf> {
     run(&mut tests()?)?;
     // Built now: this run only lists the executables (on stderr).
     let listed = output(&mut tests()?)?;
-    let executables = integration_tests(&String::from_utf8_lossy(&listed.stderr));
+    let tests: Vec<(String, PathBuf)> = integration_tests(&String::from_utf8_lossy(&listed.stderr))
+        .into_iter()
+        .map(|(name, path)| (name, workspace_root().join(path)))
+        .collect();
     ensure!(
-        !executables.is_empty(),
+        !tests.is_empty(),
         "cargo test --no-run listed no integration test of imds-guard-e2e"
     );
+    Ok(Built {
+        profile: target_dir().join(arch.triple()).join("debug"),
+        tests,
+    })
+}
 
-    let debug = target_dir().join(arch.triple()).join("debug");
+/// Builds them and returns the directory they were gathered in.
+pub fn build(arch: Arch, tools: &Zigbuild) -> Result<PathBuf> {
+    let built = compile(arch, tools)?;
     let dir = target_dir().join("dist").join(arch.rpm()).join("e2e");
     fresh_dir(&dir)?;
-    for (name, path) in &executables {
-        copy(&workspace_root().join(path), &dir.join(name))?;
+    for (name, path) in &built.tests {
+        copy(path, &dir.join(name))?;
     }
-    for bin in ["imds-guard", "imds-probe"] {
-        copy(&debug.join(bin), &dir.join(bin))?;
+    for bin in ["imds-guard", "imds-probe", "imds-uring"] {
+        copy(&built.profile.join(bin), &dir.join(bin))?;
     }
-    let names: Vec<&str> = executables.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> = built.tests.iter().map(|(n, _)| n.as_str()).collect();
     eprintln!(
-        "xtask: e2e for {}: {} (tests: {}), with imds-guard and imds-probe; the probe's build \
-         path, for the tests that name it: {}",
+        "xtask: e2e for {}: {} (tests: {}), with imds-guard, imds-probe and imds-uring; the \
+         build paths of the last two, which the tests name: {}",
         arch.rpm(),
         dir.display(),
         names.join(", "),
-        debug.join("imds-probe").display()
+        built.profile.display()
     );
     Ok(dir)
 }

@@ -1,7 +1,13 @@
-//! The binaries the guest runs: the agent, the probe, and one test binary
-//! per suite of `e2e/tests/`, either built from this checkout (their paths
-//! from cargo's JSON messages, never guessed from hashes) or taken from a
-//! cargo profile directory built elsewhere (`--bins`, e.g. a cross build).
+//! The binaries the guest runs: the agent, the probe, the other helpers of
+//! `e2e/src/bin/`, and one test binary per suite of `e2e/tests/`, either
+//! built from this checkout (their paths from cargo's messages, never
+//! guessed from hashes), cross-built from it for another CPU by `cargo
+//! xtask dist --e2e`'s route, or taken from a cargo profile directory built
+//! elsewhere (`--bins`).
+//!
+//! The guest puts each binary at its path on the host, because the tests
+//! name some by the path they had when the tests were built
+//! (`env!("CARGO_BIN_EXE_imds-probe")`): a copy elsewhere is not found.
 
 use std::{
     collections::BTreeMap,
@@ -18,11 +24,9 @@ use serde_json::Value;
 use super::Arch;
 use crate::process::{cargo, stdout, workspace_root};
 
-/// The agent's and the e2e helpers' binary names.
+/// The agent's and the probe's binary names.
 pub const AGENT: &str = "imds-guard";
 pub const PROBE: &str = "imds-probe";
-/// The io_uring client the guard suite runs.
-pub const URING: &str = "imds-uring";
 
 /// One test binary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +39,8 @@ pub struct Suite {
 pub struct Payload {
     pub agent: PathBuf,
     pub probe: PathBuf,
-    pub uring: PathBuf,
+    /// The other binaries of `e2e/src/bin/` (`imds-uring`, ...).
+    pub helpers: Vec<PathBuf>,
     pub suites: Vec<Suite>,
 }
 
@@ -77,9 +82,29 @@ pub fn build(only: &[String]) -> Result<Payload> {
     Ok(Payload {
         agent: find(AGENT)?,
         probe: find(PROBE)?,
-        uring: find(URING)?,
+        helpers: helper_names()?
+            .iter()
+            .map(|h| find(h))
+            .collect::<Result<_>>()?,
         suites: select(all, only)?,
     })
+}
+
+/// Cross-builds the binaries for `arch` (another CPU than this one) as
+/// `cargo xtask dist --arch ARCH --e2e` does, and takes them where they
+/// were built.
+pub fn cross_build(arch: Arch, only: &[String]) -> Result<Payload> {
+    eprintln!(
+        "xtask: vm: cross-building the agent, the probe and the e2e suites for {}",
+        arch.name()
+    );
+    let built = crate::dist::e2e_binaries(crate::dist::Arch::from_rust(arch.name())?)?;
+    let all = built
+        .tests
+        .into_iter()
+        .map(|(name, path)| Suite { name, path })
+        .collect();
+    in_profile(&built.profile, all, only)
 }
 
 /// Takes the binaries from a cargo profile directory: `imds-guard` and
@@ -120,6 +145,12 @@ pub fn from_dir(dir: &Path, only: &[String]) -> Result<Payload> {
             ),
         }
     }
+    in_profile(dir, all, only)
+}
+
+/// The payload of `suites` (those in `only`) with the agent, the probe and
+/// the helpers of the profile directory `dir`.
+fn in_profile(dir: &Path, suites: Vec<Suite>, only: &[String]) -> Result<Payload> {
     let file = |name: &str| {
         let path = dir.join(name);
         if path.is_file() {
@@ -131,17 +162,42 @@ pub fn from_dir(dir: &Path, only: &[String]) -> Result<Payload> {
     Ok(Payload {
         agent: file(AGENT)?,
         probe: file(PROBE)?,
-        uring: file(URING)?,
-        suites: select(all, only)?,
+        helpers: helper_names()?
+            .iter()
+            .map(|h| file(h))
+            .collect::<Result<_>>()?,
+        suites: select(suites, only)?,
     })
+}
+
+/// The binaries of `e2e/src/bin/` but the probe: every one, so that a test
+/// may run a new helper by its build path without a change here.
+fn helper_names() -> Result<Vec<String>> {
+    let dir = workspace_root().join("e2e/src/bin");
+    let files = fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned());
+    Ok(helpers(files))
+}
+
+/// The names of the `.rs` files among `files`, but the probe's, sorted.
+fn helpers(files: impl Iterator<Item = String>) -> Vec<String> {
+    let mut names: Vec<String> = files
+        .filter_map(|f| f.strip_suffix(".rs").map(str::to_owned))
+        .filter(|n| n != PROBE)
+        .collect();
+    names.sort();
+    names
 }
 
 impl Payload {
     /// Fails unless every binary is an ELF executable for `arch`: a guest
     /// would only say "exec format error", suite after suite.
     pub fn check_arch(&self, arch: Arch) -> Result<()> {
-        let all = [&self.agent, &self.probe, &self.uring]
+        let all = [&self.agent, &self.probe]
             .into_iter()
+            .chain(&self.helpers)
             .chain(self.suites.iter().map(|s| &s.path));
         for path in all {
             let mut head = [0u8; 20];
@@ -275,6 +331,85 @@ mod tests {
         ];
         assert_eq!(newest("guard", &files), Some("guard-0123456789abcdee"));
         assert_eq!(newest("storm", &files), None);
+    }
+
+    #[test]
+    fn helpers_are_the_binaries_but_the_probe() {
+        let files = [
+            "imds-uring.rs",
+            "imds-probe.rs",
+            "imds-guard-demo.rs",
+            "README",
+        ];
+        assert_eq!(
+            helpers(files.iter().map(|f| (*f).to_owned())),
+            ["imds-guard-demo", "imds-uring"]
+        );
+    }
+
+    /// A binary a suite names by its build path and the guest does not
+    /// carry fails that suite in the guest only ("No such file").
+    #[test]
+    fn every_binary_the_suites_name_by_build_path_is_carried() {
+        let mut carried = helper_names().expect("e2e/src/bin lists");
+        carried.push(PROBE.to_owned());
+        let tests = workspace_root().join("e2e/tests");
+        let mut named = Vec::new();
+        for entry in fs::read_dir(&tests).expect("e2e/tests lists") {
+            let path = entry.expect("an entry").path();
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            for part in text.split("CARGO_BIN_EXE_").skip(1) {
+                let name: String = part
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                    .collect();
+                named.push((name, path.clone()));
+            }
+        }
+        assert!(
+            named.iter().any(|(n, _)| n == "imds-uring"),
+            "the scan finds nothing: {named:?}"
+        );
+        for (name, path) in named {
+            assert!(
+                carried.contains(&name),
+                "{} runs {name}, which the guest does not carry",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn a_profile_directory_gives_the_agent_probe_and_helpers() {
+        let dir = std::env::temp_dir().join(format!("xtask-bins-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("a temporary directory");
+        let suites = vec![Suite {
+            name: "guard".into(),
+            path: dir.join("deps/guard-0123456789abcdef"),
+        }];
+        // Nothing built yet: the agent is missing, and said so.
+        let err = in_profile(&dir, suites.clone(), &[])
+            .err()
+            .expect("missing");
+        assert!(format!("{err}").contains(AGENT), "{err}");
+        let mut names = helper_names().expect("e2e/src/bin lists");
+        names.extend([AGENT.to_owned(), PROBE.to_owned()]);
+        for name in &names {
+            fs::write(dir.join(name), b"").expect("a file");
+        }
+        let p = in_profile(&dir, suites.clone(), &[]);
+        let _ = fs::remove_dir_all(&dir);
+        let p = p.expect("everything is there");
+        assert_eq!(p.agent, dir.join(AGENT));
+        assert_eq!(p.probe, dir.join(PROBE));
+        assert!(
+            p.helpers.contains(&dir.join("imds-uring")),
+            "{:?}",
+            p.helpers
+        );
+        assert_eq!(p.suites, suites);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The guest's initramfs: the packages' root, the kernel's modules, the
-//! binaries (stripped of debug information: a tenth of the size, so the
-//! guest unpacks it in seconds), `/init` (`init.sh`) and `/vm/env`, its
+//! binaries (each at its path on the host, stripped of debug information: a
+//! tenth of the size, so the guest unpacks it in seconds), `/init` (`init.sh`) and `/vm/env`, its
 //! settings.
 
 use std::{
@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use super::{
     Arch,
-    bins::{AGENT, PROBE, Payload, URING},
+    bins::{AGENT, PROBE, Payload},
     cpio::Writer,
     kernel::Kernel,
 };
@@ -67,8 +67,13 @@ pub fn initramfs(
     let mut binaries = vec![
         (format!("vm/bin/{AGENT}"), payload.agent.clone()),
         (format!("vm/bin/{PROBE}"), payload.probe.clone()),
-        (format!("vm/bin/{URING}"), payload.uring.clone()),
     ];
+    for helper in &payload.helpers {
+        let Some(name) = helper.file_name() else {
+            continue;
+        };
+        binaries.push((format!("vm/bin/{}", name.to_string_lossy()), helper.clone()));
+    }
     for suite in &payload.suites {
         binaries.push((format!("vm/tests/{}", suite.name), suite.path.clone()));
     }

@@ -20,8 +20,10 @@ use super::apt::{Apt, Package};
 use crate::process::{cmd, fresh_dir, run};
 
 /// The guest's tools: a shell and its applets for `/init`; `ip`;
-/// `nsenter`; `nft`; `iptables`, `ip6tables` and their `-save` and
-/// `-restore`; `modprobe` for module autoload; the base users and groups.
+/// `nsenter` and `setpriv`; `nft`; `iptables`, `ip6tables` and their
+/// `-save` and `-restore`; `modprobe` for module autoload; `capsh` and the
+/// `/bin/bash` it runs (the lifecycle suite starts the agent without its
+/// capabilities); the base users and groups.
 const PACKAGES: &[&str] = &[
     "busybox-static",
     "iproute2",
@@ -29,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iptables",
     "kmod",
+    "libcap2-bin",
+    "bash",
     "base-passwd",
 ];
 
