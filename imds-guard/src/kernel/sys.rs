@@ -122,6 +122,26 @@ pub struct LinkInfo {
     pub attach_type: u32,
 }
 
+/// `BPF_OBJ_GET_INFO_BY_FD` into `T`, the leading fields of the kernel's
+/// info struct for the object `fd` refers to (a link, a program): the
+/// kernel fills as much as `T` holds.
+fn obj_info<T: Default>(fd: BorrowedFd<'_>) -> io::Result<T> {
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = T::default();
+    let mut attr = Attr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<T>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
+}
+
 pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     #[repr(C)]
     #[derive(Default)]
@@ -134,19 +154,7 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         attach_type: u32,
         _rest: [u32; 23],
     }
-    #[repr(C)]
-    struct Attr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut info = Info::default();
-    let mut attr = Attr {
-        bpf_fd: link.as_raw_fd() as u32,
-        info_len: size_of::<Info>() as u32,
-        info: (&raw mut info) as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let info: Info = obj_info(link)?;
     Ok(LinkInfo {
         link_type: info.link_type,
         id: info.id,
@@ -225,19 +233,7 @@ pub fn prog_name(id: u32) -> io::Result<String> {
         map_ids: u64,
         name: [u8; 16],
     }
-    #[repr(C)]
-    struct Attr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut info = Info::default();
-    let mut attr = Attr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: size_of::<Info>() as u32,
-        info: (&raw mut info) as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let info: Info = obj_info(fd.as_fd())?;
     let end = info.name.iter().position(|&b| b == 0).unwrap_or(16);
     Ok(String::from_utf8_lossy(&info.name[..end]).into_owned())
 }
