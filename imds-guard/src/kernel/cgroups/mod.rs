@@ -301,21 +301,7 @@ impl CgroupTracker {
     /// Writes the entry of cgroup `id` at `path`, as the program would,
     /// unless it is gone (then its entry goes too).
     fn classify(&mut self, id: u64, path: &[u8]) -> Result<(), GuardError> {
-        let class = |rules: &[CgroupRule]| match CgroupRules::classify(rules, path) {
-            CgroupClass::Unclassified => None,
-            CgroupClass::Unmatched => Some(IdRule {
-                action: action::NONE,
-                entry: 0,
-            }),
-            CgroupClass::Rule { action: a, index } => Some(IdRule {
-                action: if a == Action::Allow {
-                    action::ALLOW
-                } else {
-                    action::DENY
-                },
-                entry: entry_number(Some(index)),
-            }),
-        };
+        let class = |rules: &[CgroupRule]| stored_rule(rules, path);
         let (Some(first), Some(second)) = (class(&self.rules[0]), class(&self.rules[1])) else {
             // Too deep for the program to classify: no entry there, none
             // here.
@@ -438,6 +424,27 @@ fn update(
         return Ok(());
     }
     batch::update(fd.as_fd(), keys, values).map_err(|source| GuardError::Batch { name, source })
+}
+
+/// The entry the kernel stores for the cgroup at `path` under `rules`,
+/// as the program's classification would write it; `None` when the path
+/// cannot be classified (too deep).
+fn stored_rule(rules: &[CgroupRule], path: &[u8]) -> Option<IdRule> {
+    match CgroupRules::classify(rules, path) {
+        CgroupClass::Unclassified => None,
+        CgroupClass::Unmatched => Some(IdRule {
+            action: action::NONE,
+            entry: 0,
+        }),
+        CgroupClass::Rule { action: a, index } => Some(IdRule {
+            action: if a == Action::Allow {
+                action::ALLOW
+            } else {
+                action::DENY
+            },
+            entry: entry_number(Some(index)),
+        }),
+    }
 }
 
 #[cfg(test)]

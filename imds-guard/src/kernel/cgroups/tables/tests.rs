@@ -1,14 +1,11 @@
 //! The program's algorithm over the tables against the agent's matcher.
 
-use imds_guard_common::{IdRule, MAX_CGROUP_PATTERNS, action};
+use imds_guard_common::MAX_CGROUP_PATTERNS;
 
-use super::{Tables, build, simulate};
-use crate::{
-    kernel::records::entry_number,
-    policy::{
-        Action,
-        cgroups::{CgroupClass, CgroupRule, CgroupRules, Component, Pattern, pattern::components},
-    },
+use super::{super::stored_rule, Tables, build, simulate};
+use crate::policy::{
+    Action,
+    cgroups::{CgroupRule, Component, Pattern, pattern::components},
 };
 
 /// A small deterministic generator: no dependency for a test.
@@ -41,25 +38,6 @@ fn rule(pattern: &str, action: Action, index: usize) -> CgroupRule {
     }
 }
 
-/// The agent's classification as the kernel stores it.
-fn expected(rules: &[CgroupRule], path: &[u8]) -> Option<IdRule> {
-    match CgroupRules::classify(rules, path) {
-        CgroupClass::Unclassified => None,
-        CgroupClass::Unmatched => Some(IdRule {
-            action: action::NONE,
-            entry: 0,
-        }),
-        CgroupClass::Rule { action: a, index } => Some(IdRule {
-            action: if a == Action::Allow {
-                action::ALLOW
-            } else {
-                action::DENY
-            },
-            entry: entry_number(Some(index)),
-        }),
-    }
-}
-
 fn check(rules: &[CgroupRule], path: &str) {
     check_with(&[build(0, rules), build(1, rules)], rules, path);
 }
@@ -71,7 +49,7 @@ fn check_with(tables: &[Tables; 2], rules: &[CgroupRule], path: &str) {
         let parts = components(path.as_bytes());
         assert_eq!(
             simulate(tables, generation, &parts),
-            expected(rules, path.as_bytes()),
+            stored_rule(rules, path.as_bytes()),
             "{path} under {:?}",
             rules
                 .iter()
