@@ -54,19 +54,7 @@ struct Place {
 
 fn place(args: &CheckArgs, policy: &Policy) -> Result<Option<Place>, CliError> {
     let path = match (&args.unit, &args.cgroup) {
-        (Some(unit), _) => match SystemResolver.unit_cgroup(unit) {
-            Ok(Some(path)) => path,
-            Ok(None) => {
-                return Err(CliError::Usage(format!(
-                    "unit {unit:?} does not exist on this host"
-                )));
-            }
-            Err(e) => {
-                return Err(CliError::runtime(std::io::Error::other(format!(
-                    "cannot look up unit {unit:?}: {e}"
-                ))));
-            }
-        },
+        (Some(unit), _) => found("unit", unit, SystemResolver.unit_cgroup(unit))?,
         (None, Some(path)) if path.starts_with('/') => path.clone(),
         (None, Some(path)) => {
             return Err(CliError::Usage(format!(
@@ -89,19 +77,7 @@ fn place(args: &CheckArgs, policy: &Policy) -> Result<Option<Place>, CliError> {
 /// group.
 fn who(args: &CheckArgs) -> Result<(u32, u32), CliError> {
     let user = match (&args.user, args.uid) {
-        (Some(name), _) => match User::from_name(name) {
-            Ok(Some(u)) => Some(u),
-            Ok(None) => {
-                return Err(CliError::Usage(format!(
-                    "user {name:?} does not exist on this host"
-                )));
-            }
-            Err(e) => {
-                return Err(CliError::runtime(std::io::Error::other(format!(
-                    "cannot look up user {name:?}: {e}"
-                ))));
-            }
-        },
+        (Some(name), _) => Some(found("user", name, User::from_name(name))?),
         (None, Some(uid)) => User::from_uid(uid.into()).ok().flatten(),
         (None, None) => None,
     };
@@ -142,12 +118,7 @@ fn destination(policy: &Policy, dst: Option<IpAddr>) -> (IpAddr, String) {
     if let Some(dst) = dst {
         return (dst, dst.to_string());
     }
-    let endpoints: Vec<String> = policy
-        .spec
-        .endpoints
-        .iter()
-        .map(|e| e.addr.to_string())
-        .collect();
+    let endpoints = policy.spec.addresses();
     let first = policy
         .spec
         .endpoints
@@ -159,21 +130,31 @@ fn destination(policy: &Policy, dst: Option<IpAddr>) -> (IpAddr, String) {
     )
 }
 
+/// What a lookup of `kind` `name` found: a name the host does not know is
+/// a usage error (2), a lookup that failed a runtime one (3).
+fn found<T>(
+    kind: &str,
+    name: &str,
+    lookup: Result<Option<T>, impl std::fmt::Display>,
+) -> Result<T, CliError> {
+    match lookup {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => Err(CliError::Usage(format!(
+            "{kind} {name:?} does not exist on this host"
+        ))),
+        Err(e) => Err(CliError::runtime(std::io::Error::other(format!(
+            "cannot look up {kind} {name:?}: {e}"
+        )))),
+    }
+}
+
 /// `--groups`, names looked up in the group database.
 fn groups(given: &[String]) -> Result<Vec<u32>, CliError> {
     given
         .iter()
         .map(|g| match g.parse::<u32>() {
             Ok(gid) => Ok(gid),
-            Err(_) => match Group::from_name(g) {
-                Ok(Some(group)) => Ok(group.gid.as_raw()),
-                Ok(None) => Err(CliError::Usage(format!(
-                    "group {g:?} does not exist on this host"
-                ))),
-                Err(e) => Err(CliError::runtime(std::io::Error::other(format!(
-                    "cannot look up group {g:?}: {e}"
-                )))),
-            },
+            Err(_) => found("group", g, Group::from_name(g)).map(|group| group.gid.as_raw()),
         })
         .collect()
 }
@@ -209,12 +190,7 @@ fn to_text(report: &CheckReport, asked: &Asked<'_>) -> String {
 }
 
 fn to_json(report: &CheckReport, asked: &Asked<'_>, policy: &Policy) -> serde_json::Value {
-    let endpoints: Vec<String> = policy
-        .spec
-        .endpoints
-        .iter()
-        .map(|e| e.addr.to_string())
-        .collect();
+    let endpoints = policy.spec.addresses();
     json!({
         "verdict": report.outcome.as_str(),
         "protected": report.protected,

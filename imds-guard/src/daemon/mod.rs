@@ -348,12 +348,7 @@ impl Daemon {
         let Some(policy) = self.policy() else {
             return;
         };
-        let endpoints: Vec<String> = policy
-            .spec
-            .endpoints
-            .iter()
-            .map(|e| e.addr.to_string())
-            .collect();
+        let endpoints = policy.spec.addresses();
         let mode = policy.spec.mode;
         // Before `ready`: whoever waits for it sees what is left out.
         self.say_unresolved();

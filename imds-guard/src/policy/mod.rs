@@ -232,6 +232,11 @@ impl PolicySpec {
         validate::parse(path, text)
     }
 
+    /// The protected addresses as written, in the policy's order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.endpoints.iter().map(|e| e.addr.to_string()).collect()
+    }
+
     /// What the policy does with an identity no entry names: deny as soon
     /// as `[allow]` has an entry, allow otherwise.
     pub fn default_action(&self) -> Action {
