@@ -9,6 +9,7 @@
 mod addr;
 mod counters;
 mod event;
+mod identity;
 mod names;
 mod offsets;
 mod policy;
@@ -16,7 +17,8 @@ mod policy;
 pub use self::{
     addr::Ipv6Key,
     counters::{COUNTERS_LEN, counter, counter_index},
-    event::{COMM_LEN, Event, family, hook, kind, reason, verdict},
+    event::{COMM_LEN, Event, NO_ID, family, hook, kind, reason, verdict},
+    identity::{HostNamespaces, MAX_GROUPS, MAX_PID_NS_LEVEL, MAX_USERNS_DEPTH, Resolved, ns},
     names::*,
     offsets::{Offsets, PF_KTHREAD},
     policy::{
@@ -47,4 +49,8 @@ mod pod {
     unsafe impl aya::Pod for super::Offsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Decided {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HostNamespaces {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Resolved {}
 }

@@ -24,6 +24,11 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 /// decided already (value: [`crate::Decided`]).
 pub const MAP_DECIDED: &str = "DECIDED";
 
+/// The one-entry array holding the [`crate::Resolved`] offsets and
+/// namespaces the programs were loaded with. The programs never read it:
+/// `imds-guard status` does, from its pin.
+pub const MAP_RESOLVED: &str = "RESOLVED";
+
 /// The names of the programs, one per hook, as the object file spells them.
 pub const PROGRAM_CONNECT4: &str = "connect4";
 pub const PROGRAM_CONNECT6: &str = "connect6";

@@ -20,13 +20,14 @@ use aya::{
     },
     util::KernelVersion,
 };
-use imds_guard_common::{self as common, counter};
+use imds_guard_common::{self as common, HostNamespaces, counter};
 
 use super::{
     btf::{Btf, BtfError},
     cgroup::{self, CgroupError},
     features,
     hooks::{HOOKS, HookSpec, ProgramKind},
+    identity,
     offsets::{self, OffsetError},
     pins::{PINNED_MAPS, PinError, Pins},
     policy_maps::PolicyMaps,
@@ -36,6 +37,8 @@ use crate::policy::Policy;
 
 /// The programs' global holding [`imds_guard_common::Offsets`].
 const OFFSETS_GLOBAL: &str = "OFFSETS";
+/// The programs' global holding [`imds_guard_common::HostNamespaces`].
+const HOST_GLOBAL: &str = "HOST";
 
 /// The object `build.rs` compiled from `imds-guard-ebpf`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
@@ -50,6 +53,12 @@ pub enum GuardError {
     Btf(#[source] BtfError),
     #[error(transparent)]
     Offsets(Box<OffsetError>),
+    #[error("cannot read the namespace {path}, which tells the host from a container")]
+    Namespace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the eBPF object has no program {0}")]
     MissingProgram(&'static str),
     #[error("the eBPF object has a program {0} that is no hook's")]
@@ -188,14 +197,25 @@ impl Guard {
     /// `ebpf_log_level` is the aya-log level of the programs' diagnostics
     /// (0: off).
     pub fn load(ebpf_log_level: u8) -> Result<Self, GuardError> {
-        let mut guard = Self::open(ebpf_log_level)?;
+        Self::load_in(ebpf_log_level, identity::own_namespaces()?)
+    }
+
+    /// [`Guard::load`], with `host` as the namespaces a caller must share
+    /// to be on the host (a test's, rather than this process's).
+    pub fn load_in(ebpf_log_level: u8, host: HostNamespaces) -> Result<Self, GuardError> {
+        let mut guard = Self::open_in(ebpf_log_level, host)?;
         load_programs(&mut guard.ebpf)?;
         Ok(guard)
     }
 
     /// Creates the maps, without loading the programs: then
-    /// [`Guard::load_and_apply`].
+    /// [`Guard::load_and_apply`]. The host is where this process runs.
     pub fn open(ebpf_log_level: u8) -> Result<Self, GuardError> {
+        Self::open_in(ebpf_log_level, identity::own_namespaces()?)
+    }
+
+    /// [`Guard::open`] with `host` as the host's namespaces.
+    pub fn open_in(ebpf_log_level: u8, host: HostNamespaces) -> Result<Self, GuardError> {
         if OBJECT.is_empty() {
             return Err(GuardError::NoObject);
         }
@@ -207,11 +227,16 @@ impl Guard {
         })?;
         let offsets =
             offsets::resolve(&btf, &release).map_err(|e| GuardError::Offsets(Box::new(e)))?;
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &ebpf_log_level, false)
             .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .override_global(HOST_GLOBAL, &host, true)
             .load(OBJECT)
             .map_err(GuardError::Load)?;
+        let resolved = ebpf
+            .map_mut(common::MAP_RESOLVED)
+            .ok_or(GuardError::MissingMap(common::MAP_RESOLVED))?;
+        identity::record(resolved, &offsets, &host)?;
         let maps = PolicyMaps::new(&ebpf)?;
         Ok(Self { ebpf, maps })
     }

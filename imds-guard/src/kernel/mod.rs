@@ -2,7 +2,9 @@
 //! policies into their maps (`policy_maps.rs`), attaching or adopting them
 //! and pinning (`pins.rs`), and reading back what is in force (`inspect.rs`)
 //! and what they report (`records.rs`). `hooks.rs` is the one table of
-//! hooks; `sys.rs` the `bpf(2)` commands aya does not wrap.
+//! hooks; `sys.rs` the `bpf(2)` commands aya does not wrap; `offsets.rs`
+//! and `identity.rs` what the programs are told of the kernel's layout and
+//! of the host's namespaces.
 //!
 //! Imports: `policy` only. Nothing here logs decisions, talks to systemd or
 //! prints for the operator: that is `daemon` and `cli`, which import this.
@@ -14,6 +16,7 @@ pub mod features;
 pub mod forward;
 pub mod hooks;
 mod id_rules;
+pub mod identity;
 pub mod inspect;
 pub mod loader;
 pub mod offsets;
