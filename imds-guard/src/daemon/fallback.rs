@@ -3,7 +3,7 @@
 //! left open. (An `[allow]` name that does not resolve yet is left out of
 //! the policy, see `policy/unresolved.rs`, and retried.)
 //! When nothing is pinned, so no earlier policy is in force, the agent puts
-//! a policy of its own in force instead: built in (root only), or the
+//! a policy of its own in force instead: built in (root on the host only), or the
 //! `--fallback FILE` the unit names. It says so loudly (the log, systemd's
 //! status line, `status`, the `imds_guard_fallback` metric), keeps running,
 //! and puts the real policy in force on the first reload that validates.
@@ -44,9 +44,9 @@ impl Fallback {
 }
 
 /// The built-in fallback, as a policy file would say it.
-pub const BUILTIN: &str = "[allow]\nuids = [0]\n";
+pub const BUILTIN: &str = "[allow.host]\nuids = [0]\n";
 /// How the built-in fallback is named in messages (it has no file).
-const BUILTIN_NAME: &str = "(built-in fallback: root only)";
+const BUILTIN_NAME: &str = "(built-in fallback: root on the host only)";
 
 /// The policy to put in force.
 pub struct Chosen {
