@@ -13,13 +13,19 @@ pub(super) fn policy(toml: &str) -> PolicySpec {
         .unwrap_or_else(|e| panic!("test policy does not parse: {e:#}\n{toml}"))
 }
 
-/// Renders `toml` and returns the text, panicking if there are warnings.
+/// Renders `toml` and returns the text, panicking if there are warnings
+/// other than those every group entry gets for a target that cannot see
+/// supplementary groups (`what_a_firewall_cannot_match_...` tests them).
 pub(super) fn clean(toml: &str, target: Target, format: Format) -> String {
     let rendered = render(&policy(toml), target, format);
+    let unexpected: Vec<&String> = rendered
+        .warnings
+        .iter()
+        .filter(|w| !w.contains("matches only the primary gid"))
+        .collect();
     assert!(
-        rendered.warnings.is_empty(),
-        "expected no warnings for --{target} --format {format}, got {:#?}",
-        rendered.warnings
+        unexpected.is_empty(),
+        "expected no warnings for --{target} --format {format}, got {unexpected:#?}"
     );
     rendered.text
 }
