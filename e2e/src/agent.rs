@@ -242,7 +242,10 @@ impl Agent {
 
     /// Waits for the record with `"ready": true` and returns it. Panics, with
     /// everything the agent printed, if it exits or times out first.
+    /// `timeout` is stretched by [`crate::slowdown`]: the verifier, which
+    /// most of a start is, runs as slowly as the rest of an emulated guest.
     pub fn wait_ready(&self, timeout: Duration) -> Value {
+        let timeout = crate::slowdown::scaled(timeout);
         let ready = |r: &Value| field(r, "ready") == Some(&Value::Bool(true));
         self.wait_for(ready, timeout).unwrap_or_else(|| {
             // An agent that closed its output is about to exit: give it a
