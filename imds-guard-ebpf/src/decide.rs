@@ -15,7 +15,7 @@ use crate::{
     caller::{Caller, Ids, NoCaller},
     dst::Dst,
     identity::{Owners, Scan, denied_owner, group_at, namespaces, scan_groups},
-    kernel::{offsets, read_comm},
+    kernel::{offsets, opaque, read_comm},
     maps::{CONFIG, COUNTERS, EVENTS, GID_RULES, UID_RULES},
 };
 
@@ -44,6 +44,7 @@ impl From<Verdict> for i32 {
 }
 
 /// The outcome of looking the caller up in the policy.
+#[derive(Clone, Copy)]
 struct Outcome {
     action: u32,
     reason: u8,
@@ -110,8 +111,10 @@ pub fn decide<C: EbpfContext>(
             Outcome::deny(reason::NO_IDENTITY, 0, NO_ID),
             cfg.mode == mode::AUDIT,
         ),
+        // One state from here on, whatever the outcome (see `opaque`); a
+        // copy that fails denies.
         (Some(cfg), Ok(ids)) => (
-            evaluate(generation, caller, ids, cfg),
+            opaque(evaluate(generation, caller, ids, cfg)).unwrap_or(internal_error),
             cfg.mode == mode::AUDIT,
         ),
     };

@@ -9,6 +9,7 @@
 //! Every walk is bounded by a constant, and a read that fails makes the
 //! answer "unknown", which denies: never a guess.
 
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 use imds_guard_common::{
     HostNamespaces, IdRule, MAX_GROUPS, MAX_PID_NS_LEVEL, MAX_USERNS_DEPTH, NO_ID, Offsets, action,
     ns,
@@ -28,10 +29,8 @@ use crate::{
 #[unsafe(no_mangle)]
 static HOST: HostNamespaces = HostNamespaces::UNSET;
 
-/// What the caller's supplementary groups say, in one register: a scan
-/// that kept its findings in a structure spilled them to the stack at
-/// every step of its loop, and the programs have little stack to spare.
-/// The verifier is told nothing of its value (see `kernel::opaque`).
+/// What the caller's supplementary groups say, in one register (64 bits
+/// the decision keeps from the scan to the verdict).
 ///
 /// Bits 0-31: how many groups the caller holds ([`NO_ID`]: not read);
 /// 32-39, 40-47, 48-55: the index (among the groups read) of the first
@@ -94,8 +93,11 @@ impl Scan {
 /// sorted (`groups_sort`), so the first match is the lowest gid. The scan
 /// stops at the first denied group: deny wins.
 ///
-/// Its own function (a BPF-to-BPF call): the loop's reads and lookups use
-/// a frame of their own, not the stack of every program.
+/// The loop is `bpf_loop` (Linux 5.17) with [`group_step`] as its body:
+/// the verifier checks the body once rather than once per group and per
+/// state, which an unrolled or open-coded loop of 64 lookups took past
+/// its million instructions on 6.1. A loop that ends early without a
+/// reason, or a helper that fails, leaves the groups unreadable: deny.
 #[inline(never)]
 pub fn scan_groups(cred: u64, off: &Offsets, generation: u32) -> Scan {
     let info = read_ptr(cred, off.cred_group_info);
@@ -107,34 +109,68 @@ pub fn scan_groups(cred: u64, off: &Offsets, generation: u32) -> Scan {
     if held > MAX_GROUPS {
         return Scan::new(held, Scan::TOO_MANY);
     }
-    let mut scan = Scan::new(held, 0);
-    let mut i = 0;
-    while i < MAX_GROUPS && i < held {
-        let Some(gid) = read::<u32>(info, off.group_info_gid + i * 4) else {
-            return Scan::new(held, Scan::UNREADABLE);
-        };
-        let action = rule(&GID_RULES, gid, generation).action;
-        if denies(action) {
-            return scan.with(32, i);
-        }
-        // Each finding is laundered (`opaque`): the verifier would
-        // otherwise walk the rest of the loop once per index pair.
-        let found = if action == action::ALLOW && scan.allow() == Scan::NONE {
-            Some(scan.with(40, i))
-        } else if action == action::ALLOW_ON_HOST && scan.host() == Scan::NONE {
-            Some(scan.with(48, i))
-        } else {
-            None
-        };
-        if let Some(found) = found {
-            let Some(bits) = opaque(found.0) else {
-                return Scan::new(held, Scan::UNREADABLE);
-            };
-            scan = Scan(bits);
-        }
-        i += 1;
+    let mut walk = GroupWalk {
+        info,
+        gid_off: off.group_info_gid,
+        generation,
+        held,
+        stopped: 0,
+        scan: Scan::new(held, 0).0,
+    };
+    // SAFETY: `group_step` has the callback's signature and reads and
+    // writes only `walk`, which lives on this frame for the whole call.
+    let ran = unsafe { bpf_loop(held, group_step as *mut c_void, (&raw mut walk).cast(), 0) };
+    if ran < 0 || (walk.stopped == 0 && ran as u64 != u64::from(held)) {
+        return Scan::new(held, Scan::UNREADABLE);
     }
-    scan
+    Scan(walk.scan)
+}
+
+/// What [`group_step`] reads and writes, on the stack of [`scan_groups`].
+#[repr(C)]
+struct GroupWalk {
+    info: u64,
+    gid_off: u32,
+    generation: u32,
+    held: u32,
+    /// Non-zero when a step ended the loop (a deny or a failed read).
+    stopped: u32,
+    scan: u64,
+}
+
+/// One group of [`scan_groups`]: the `bpf_loop` callback for `index`.
+/// Returns 1 to stop the loop, 0 to go on.
+#[inline(never)]
+extern "C" fn group_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `GroupWalk` that `scan_groups` passed.
+    let walk = unsafe { &mut *ctx.cast::<GroupWalk>() };
+    let i = index as u32 & 0xff;
+    // Laundered (`opaque`): a verifier that checks the callback once
+    // (before 6.7) would see only the first step's findings, none, and
+    // rewrite the test for "found already" as never true.
+    let Some(bits) = opaque(walk.scan) else {
+        walk.scan = Scan::new(walk.held, Scan::UNREADABLE).0;
+        walk.stopped = 1;
+        return 1;
+    };
+    let scan = Scan(bits);
+    let Some(gid) = read::<u32>(walk.info, walk.gid_off + i * 4) else {
+        walk.scan = Scan::new(walk.held, Scan::UNREADABLE).0;
+        walk.stopped = 1;
+        return 1;
+    };
+    let action = rule(&GID_RULES, gid, walk.generation).action;
+    if denies(action) {
+        walk.scan = scan.with(32, i).0;
+        walk.stopped = 1;
+        return 1;
+    }
+    if action == action::ALLOW && scan.allow() == Scan::NONE {
+        walk.scan = scan.with(40, i).0;
+    } else if action == action::ALLOW_ON_HOST && scan.host() == Scan::NONE {
+        walk.scan = scan.with(48, i).0;
+    }
+    0
 }
 
 /// The gid at `index` of the groups of the credentials at `cred`, and its
@@ -185,33 +221,77 @@ impl Owners {
 /// processes run as uid 100000 in a namespace it created is still that
 /// user. The initial namespace is not looked at: it has no parent, and
 /// its owner field (root) names nobody who created it.
+///
+/// A `bpf_loop` of [`owner_step`], as [`scan_groups`] is: a walk that
+/// does not reach the initial namespace within the bound, or a helper
+/// that fails, leaves [`Owners::UNREADABLE`].
 #[inline(never)]
 pub fn denied_owner(cred: u64, off: &Offsets, generation: u32) -> Owners {
-    let Some(mut userns) = read_ptr(cred, off.cred_user_ns) else {
+    let Some(userns) = read_ptr(cred, off.cred_user_ns) else {
         return Owners::UNREADABLE;
     };
-    let mut depth = 0;
+    let mut walk = OwnerWalk {
+        userns,
+        parent_off: off.user_ns_parent,
+        owner_off: off.user_ns_owner,
+        generation,
+        // Deeper than the kernel nests: not a chain this understands.
+        owners: Owners::UNREADABLE.0,
+    };
     // One more step than the deepest namespace has owners, to reach the
     // initial one.
-    while depth <= MAX_USERNS_DEPTH {
-        let Some(parent) = read::<u64>(userns, off.user_ns_parent) else {
-            return Owners::UNREADABLE;
-        };
-        if parent == 0 {
-            return Owners::CLEAR;
-        }
-        let Some(uid) = read::<u32>(userns, off.user_ns_owner) else {
-            return Owners::UNREADABLE;
-        };
-        let rule = rule(&UID_RULES, uid, generation);
-        if denies(rule.action) {
-            return Owners(u64::from(rule.entry) << 32 | u64::from(uid));
-        }
-        userns = parent;
-        depth += 1;
+    // SAFETY: as in `scan_groups`, for `owner_step` and `walk`.
+    let ran = unsafe {
+        bpf_loop(
+            MAX_USERNS_DEPTH + 1,
+            owner_step as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        )
+    };
+    if ran < 0 {
+        return Owners::UNREADABLE;
     }
-    // Deeper than the kernel nests: not a chain this understands.
-    Owners::UNREADABLE
+    Owners(walk.owners)
+}
+
+/// What [`owner_step`] reads and writes, on the stack of [`denied_owner`].
+#[repr(C)]
+struct OwnerWalk {
+    userns: u64,
+    parent_off: u32,
+    owner_off: u32,
+    generation: u32,
+    owners: u64,
+}
+
+/// One user namespace of [`denied_owner`]: the `bpf_loop` callback.
+/// Returns 1 to stop the loop, 0 to go on to the parent.
+#[inline(never)]
+extern "C" fn owner_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `OwnerWalk` that `denied_owner` passed.
+    let walk = unsafe { &mut *ctx.cast::<OwnerWalk>() };
+    let Some(parent) = read::<u64>(walk.userns, walk.parent_off) else {
+        walk.owners = Owners::UNREADABLE.0;
+        return 1;
+    };
+    if parent == 0 {
+        walk.owners = Owners::CLEAR.0;
+        return 1;
+    }
+    let Some(uid) = read::<u32>(walk.userns, walk.owner_off) else {
+        walk.owners = Owners::UNREADABLE.0;
+        return 1;
+    };
+    let rule = rule(&UID_RULES, uid, walk.generation);
+    if denies(rule.action) {
+        walk.owners = u64::from(rule.entry) << 32 | u64::from(uid);
+        return 1;
+    }
+    walk.userns = parent;
+    // Still unreadable should the bound end the walk here.
+    walk.owners = Owners::UNREADABLE.0;
+    0
 }
 
 /// [`imds_guard_common::ns`] bits for `caller`: which of its namespaces

@@ -44,14 +44,15 @@ pub fn read_ptr(addr: u64, offset: u32) -> Option<u64> {
 }
 
 /// `value`, copied through `bpf_probe_read_kernel` so that the verifier
-/// knows nothing of it. A loop whose carried value the verifier tracks
-/// exactly is verified once per value it can take: the group scan, whose
-/// findings can be any of 64 × 64 index pairs, went past the verifier's
-/// million instructions. Laundered, every value is one state. `None` when
-/// the copy fails (it reads our own stack, and does not), which callers
-/// treat as unreadable: fail closed.
+/// knows nothing of it. The verifier carries every exact value it has seen
+/// into the code that follows: a decision whose outcomes differ in a
+/// reason or an entry walks the event and the counters once per outcome,
+/// which took the v6 programs past the million instructions 6.1 allows.
+/// Laundered, every outcome is one state. `None` when the copy fails (it
+/// reads our own stack, and does not), which callers treat as an internal
+/// error: fail closed.
 #[inline(always)]
-pub fn opaque(value: u64) -> Option<u64> {
+pub fn opaque<T: Copy>(value: T) -> Option<T> {
     let slot = value;
     // SAFETY: reads a local of ours, on our stack; the helper fails
     // cleanly whatever the address.
