@@ -22,10 +22,12 @@ pub enum Section {
     Packets,
     /// 7. `imds-guard validate` of ever larger one-line policies.
     Validate,
+    /// 8. decision cost against the supplementary groups a caller holds.
+    Groups,
 }
 
 impl Section {
-    pub const ALL: [Section; 7] = [
+    pub const ALL: [Section; 8] = [
         Self::Hot,
         Self::Runtime,
         Self::Scale,
@@ -33,6 +35,7 @@ impl Section {
         Self::Agent,
         Self::Packets,
         Self::Validate,
+        Self::Groups,
     ];
 }
 

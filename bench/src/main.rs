@@ -26,7 +26,9 @@
 //! 6. [`packets`]: per-packet cost of the egress program, small UDP
 //!    datagrams and a TCP stream;
 //! 7. [`validate`]: `imds-guard validate` of one-line policies up to
-//!    131,072 uids.
+//!    131,072 uids;
+//! 8. [`groups`]: what a decision costs against the supplementary groups
+//!    the caller holds (each one a lookup).
 //!
 //! The report starts with the goals of issue 11 ([`goals`]), each with
 //! what the run measured.
@@ -44,6 +46,7 @@ mod firewall;
 mod flow;
 mod flowsink;
 mod goals;
+mod groups;
 mod hotpath;
 mod interrupt;
 mod lock;
@@ -117,6 +120,7 @@ fn run(s: &Settings) -> anyhow::Result<()> {
         agent: None,
         packets: None,
         validate: None,
+        groups: None,
     };
     if s.runs(Section::Hot) {
         results.hot = Some(hotpath::run(s, on)?);
@@ -138,6 +142,9 @@ fn run(s: &Settings) -> anyhow::Result<()> {
     }
     if s.runs(Section::Validate) {
         results.validate = Some(validate::run(s)?);
+    }
+    if s.runs(Section::Groups) {
+        results.groups = Some(groups::run(s)?);
     }
 
     let plot_name = "bench-scale.svg";

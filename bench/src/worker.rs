@@ -61,6 +61,9 @@ pub struct Job {
     /// What the loop does.
     #[serde(default)]
     pub mode: Mode,
+    /// Supplementary groups (none by default).
+    #[serde(default)]
+    pub groups: Vec<u32>,
 }
 
 /// What a worker's loop does with its destination.
@@ -93,7 +96,14 @@ impl Job {
             max_connects: 200_000 * timing.run_ms.max(1),
             cpu: cpus::client(),
             mode: Mode::Connect,
+            groups: Vec::new(),
         }
+    }
+
+    /// The same job holding these supplementary groups.
+    pub fn groups(mut self, groups: Vec<u32>) -> Self {
+        self.groups = groups;
+        self
     }
 
     /// The same job doing `mode`.
@@ -241,7 +251,8 @@ fn enter(job: &Job) -> Result<(), String> {
     if let Some(cpu) = job.cpu {
         cpus::pin(0, cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
     }
-    setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    let groups: Vec<Gid> = job.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
     if let Mode::Paced { .. } = job.mode {
         return flow::install_stop();
     }

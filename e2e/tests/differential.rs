@@ -41,7 +41,7 @@ use std::{
 
 use imds_guard::{
     kernel::{Counters, Guard, Stamp},
-    policy::{Action as Verdict, CgroupClass, Mode, Policy, PolicySpec, SystemResolver},
+    policy::{Action as Verdict, Mode, Policy, PolicySpec, Process, SystemResolver},
     render::{Format, Target},
 };
 use imds_guard_e2e::{
@@ -56,8 +56,8 @@ use self::firewall::{
 /// The rule of `docs/render-notes.md` that explains every difference this
 /// test expects.
 const SUPPLEMENTARY_GROUPS: &str = "docs/render-notes.md, \"Where firewall rules differ from the \
-     eBPF guard\", Supplementary groups: iptables `--gid-owner G --suppl-groups` also matches a \
-     supplementary group; the guard and nftables `meta skgid` match the primary gid only";
+     eBPF guard\", Supplementary groups: nftables `meta skgid` matches the primary gid only; the \
+     guard and iptables `--gid-owner G --suppl-groups` also match a supplementary group";
 
 /// What the probe becomes: uid, primary gid (real = effective = saved =
 /// fs) and supplementary groups.
@@ -110,12 +110,12 @@ fn destinations() -> [SocketAddr; 4] {
     ]
 }
 
-/// A policy and the identities for which iptables and ip6tables are
-/// documented to decide otherwise than the guard (nftables: none).
+/// A policy and the identities for which nftables is documented to decide
+/// otherwise than the guard (iptables and ip6tables: none).
 struct Case {
     name: &'static str,
     toml: &'static str,
-    xtables_differ_for: &'static [Who],
+    nftables_differ_for: &'static [Who],
 }
 
 const ALLOW_LIST: Case = Case {
@@ -129,8 +129,8 @@ users = ["root"]
 uids = [1001]
 gids = [1500]
 "#,
-    // Allowed by a supplementary 1500, which the guard does not look at.
-    xtables_differ_for: &[who(2002, 2002, &[1500]), who(4004, 4004, &[1500, 1600])],
+    // Allowed by a supplementary 1500, which `meta skgid` does not see.
+    nftables_differ_for: &[who(2002, 2002, &[1500]), who(4004, 4004, &[1500, 1600])],
 };
 
 const DENY_LIST: Case = Case {
@@ -144,8 +144,8 @@ users = ["nobody"]
 uids = [3003]
 gids = [1600]
 "#,
-    // Denied by a supplementary 1600, which the guard does not look at.
-    xtables_differ_for: &[
+    // Denied by a supplementary 1600, which `meta skgid` does not see.
+    nftables_differ_for: &[
         who(2004, 2004, &[1600]),
         who(1005, 1500, &[1600]),
         who(4004, 4004, &[1500, 1600]),
@@ -169,9 +169,10 @@ groups = ["nogroup"]
 gids = [1600]
 "#,
     // 2002 is allowed by a supplementary 1500; 1005 is denied by a
-    // supplementary 1600 (deny wins in iptables too). 4004 has both as
-    // supplementary groups: the deny wins, as the guard's default does.
-    xtables_differ_for: &[who(2002, 2002, &[1500]), who(1005, 1500, &[1600])],
+    // supplementary 1600 (deny wins in the guard and iptables). 4004 has
+    // both as supplementary groups: the deny wins, as nftables's default
+    // does.
+    nftables_differ_for: &[who(2002, 2002, &[1500]), who(1005, 1500, &[1600])],
 };
 
 /// The AWS example: one denied user, which renders as the one-liners.
@@ -184,7 +185,7 @@ addresses = ["169.254.169.254", "fd00:ec2::254"]
 [deny]
 users = ["nobody"]
 "#,
-    xtables_differ_for: &[],
+    nftables_differ_for: &[],
 };
 
 /// Whether `target`'s rules are documented to decide otherwise than the
@@ -196,32 +197,25 @@ fn expected_difference(target: Target, policy: &Policy, who: Who) -> Option<&'st
         Target::Iptables | Target::Ip6tables | Target::Ipfw => true,
         Target::Nftables | Target::Pf => false,
     };
-    (sees_supplementary_groups
-        && with_supplementary_groups(policy, who) != guard_verdict(policy, who))
-    .then_some(SUPPLEMENTARY_GROUPS)
+    (!sees_supplementary_groups && primary_gid_only(policy, who) != guard_verdict(policy, who))
+        .then_some(SUPPLEMENTARY_GROUPS)
 }
 
-/// What the guard decides on a protected destination.
+/// What the guard decides on a protected destination: by the uid, the
+/// primary gid and the supplementary groups, as iptables's
+/// `--gid-owner G --suppl-groups` does too.
 fn guard_verdict(policy: &Policy, who: Who) -> Verdict {
-    policy
-        .decide(who.uid, who.gid, CgroupClass::Unmatched)
-        .action
+    let process = Process {
+        groups: who.groups.to_vec(),
+        ..Process::on_host(who.uid, who.gid)
+    };
+    policy.decide_process(&process).action
 }
 
-/// The guard's order (uid denied, gid denied, uid allowed, gid allowed,
-/// default) with a gid rule matching the primary gid or any supplementary
-/// group, as `--gid-owner G --suppl-groups` does.
-fn with_supplementary_groups(policy: &Policy, who: Who) -> Verdict {
-    let gids = || std::iter::once(who.gid).chain(who.groups.iter().copied());
-    let uid_is = |v| policy.uids.get(&who.uid).is_some_and(|r| r.action == v);
-    let gid_is = |v| gids().any(|g| policy.gids.get(&g).is_some_and(|r| r.action == v));
-    if uid_is(Verdict::Deny) || gid_is(Verdict::Deny) {
-        Verdict::Deny
-    } else if uid_is(Verdict::Allow) || gid_is(Verdict::Allow) {
-        Verdict::Allow
-    } else {
-        policy.default_action
-    }
+/// The guard's order with the supplementary groups left out, as nftables's
+/// `meta skgid` sees a socket.
+fn primary_gid_only(policy: &Policy, who: Who) -> Verdict {
+    policy.decide(who.uid, who.gid).action
 }
 
 fn probe(sb: &Sandbox, who: Who) -> Probe {
@@ -402,8 +396,8 @@ fn check_documented(case: &Case, policy: &Policy) {
             .filter(|&w| expected_difference(target, policy, w).is_some())
             .collect();
         let listed = match target {
-            Target::Nftables => &[][..],
-            _ => case.xtables_differ_for,
+            Target::Nftables => case.nftables_differ_for,
+            _ => &[][..],
         };
         assert_eq!(
             differ, listed,
@@ -504,7 +498,7 @@ addresses = ["169.254.169.254", "fd00:ec2::254"]
 uids = [1001]
 gids = [1500]
 "#,
-        xtables_differ_for: ALLOW_LIST.xtables_differ_for,
+        nftables_differ_for: ALLOW_LIST.nftables_differ_for,
     };
     let spec = spec(&case);
     assert_eq!(spec.mode, Mode::Audit);
@@ -517,14 +511,16 @@ gids = [1500]
         .iter()
         .filter(|&&w| guard_verdict(&policy, w) == Verdict::Deny)
         .count() as u64;
-    let xtables_denies = IDENTITIES
+    let nftables_denies = IDENTITIES
         .iter()
-        .filter(|&&w| with_supplementary_groups(&policy, w) == Verdict::Deny)
+        .filter(|&&w| primary_gid_only(&policy, w) == Verdict::Deny)
         .count() as u64;
     assert!(
-        guard_denies > xtables_denies && xtables_denies > 0,
-        "the matrix must hit the difference: {guard_denies} and {xtables_denies} would-deny"
+        nftables_denies > guard_denies && guard_denies > 0,
+        "the matrix must hit the difference: {guard_denies} and {nftables_denies} would-deny"
     );
+    // iptables sees the supplementary groups as the guard does.
+    let xtables_denies = guard_denies;
 
     let (guard, counters) = under_guard(&policy);
     assert!(

@@ -10,7 +10,7 @@
 //! path works** (so it cannot pass by accident): the oracle in the metadata
 //! service's namespace counts the packets, and where the path completes,
 //! the probe comes back with the fake IMDS's credentials. Then, with the
-//! agent in the host namespace enforcing the shipped policy (root only),
+//! agent in the host namespace enforcing root only (`[allow] uids = [0]`),
 //! **nothing arrives, and the agent logged the refusal** on the path that
 //! stopped it: `egress` for packets a local socket sent (judged by the
 //! socket's owner), `forward` for packets no local socket sent, the connect
@@ -34,7 +34,9 @@ use imds_guard_e2e::{
 };
 use serde_json::Value;
 
-/// The shipped default policy: only root may reach the metadata service.
+/// Only root may reach the metadata service, wherever it runs: the
+/// shipped policy before it became root on the host only, kept so that
+/// these attacks are refused by the packet paths, not by the host check.
 const ONLY_ROOT: &str = r#"
 mode = "enforce"
 [allow]

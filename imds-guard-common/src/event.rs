@@ -40,7 +40,26 @@ pub mod reason {
     /// Nobody can be held to account for it: a kernel thread, or a socket
     /// no process opened (fail closed).
     pub const NO_IDENTITY: u8 = 7;
-    // 8..=15: the caller's groups and namespaces.
+    // 8..=15: who the caller is beyond its uid and primary gid (issue 9);
+    // `Event::decider` names the group or owner.
+    /// A supplementary group the caller holds is in the deny list.
+    pub const GROUP_DENIED: u8 = 8;
+    /// A supplementary group the caller holds is in the allow list (on
+    /// the host, for an allow-on-host rule).
+    pub const GROUP_ALLOWED: u8 = 9;
+    /// The owner of a user namespace the caller is in (up to the initial
+    /// one) is in the uid deny list.
+    pub const OWNER_DENIED: u8 = 10;
+    /// Only an allow-on-host rule names the caller, and it is not on the
+    /// host (`Event::namespaces` says which namespace differs).
+    pub const HOST_ONLY: u8 = 11;
+    /// The caller holds more supplementary groups than the programs read
+    /// (`crate::MAX_GROUPS`) and the policy has group rules (fail closed).
+    pub const TOO_MANY_GROUPS: u8 = 12;
+    /// The caller's groups or user namespaces could not be read (fail
+    /// closed).
+    pub const UNREADABLE: u8 = 13;
+    // 16..=23: the caller's cgroup (units, cgroups, pods).
     /// The caller's cgroup matches a `[deny]` unit or cgroup pattern.
     pub const CGROUP_DENIED: u8 = 16;
     /// The caller's cgroup matches an `[allow]` unit, cgroup or pod
@@ -49,7 +68,6 @@ pub mod reason {
     /// The caller's cgroup has no classification, and the policy denies
     /// some cgroups: it might be one of them (fail closed).
     pub const CGROUP_UNKNOWN: u8 = 18;
-    // 19..=23: reserved for cgroups.
 }
 
 /// What kind of record an [`Event`] is: room for record kinds other than
@@ -109,5 +127,20 @@ pub struct Event {
     /// look at one.
     pub proto: u8,
     pub _pad1: [u8; 3],
+    /// The id whose rule decided: the uid (`UID_*`), the primary gid
+    /// (`GID_*`), the supplementary group (`GROUP_*`), the owner of a user
+    /// namespace (`OWNER_DENIED`), the id of the host-only rule
+    /// (`HOST_ONLY`); [`NO_ID`] for none.
+    pub decider: u32,
+    /// The supplementary groups the caller holds, as read; [`NO_ID`] when
+    /// they were not read (the policy has no group rule).
+    pub ngroups: u32,
+    /// [`crate::ns`] bits: which of the caller's namespaces are not the
+    /// agent's, and which could not be read.
+    pub namespaces: u8,
+    pub _pad2: [u8; 7],
 }
-const _: () = assert!(size_of::<Event>() == 80);
+const _: () = assert!(size_of::<Event>() == 96);
+
+/// `(uid_t)-1`, which no process runs as: "no id" in an [`Event`].
+pub const NO_ID: u32 = u32::MAX;

@@ -10,6 +10,7 @@ mod addr;
 mod cgroups;
 mod counters;
 mod event;
+mod identity;
 mod names;
 mod offsets;
 mod policy;
@@ -22,7 +23,8 @@ pub use self::{
         MAX_LITERAL, MAX_NAME, MAX_PATTERN_DEPTH, cgroup_event, cgroup_stat, length_index,
     },
     counters::{COUNTERS_LEN, counter, counter_index},
-    event::{COMM_LEN, Event, family, hook, kind, reason, verdict},
+    event::{COMM_LEN, Event, NO_ID, family, hook, kind, reason, verdict},
+    identity::{HostNamespaces, MAX_GROUPS, MAX_PID_NS_LEVEL, MAX_USERNS_DEPTH, Resolved, ns},
     names::*,
     offsets::{Offsets, PF_KTHREAD},
     policy::{
@@ -54,6 +56,9 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Decided {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::HostNamespaces {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Resolved {}
     unsafe impl aya::Pod for super::ComponentKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CgroupPatterns {}

@@ -24,6 +24,11 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 /// decided already (value: [`crate::Decided`]).
 pub const MAP_DECIDED: &str = "DECIDED";
 
+/// The one-entry array holding the [`crate::Resolved`] offsets and
+/// namespaces the programs were loaded with. The programs never read it:
+/// `imds-guard status` does, from its pin.
+pub const MAP_RESOLVED: &str = "RESOLVED";
+
 /// The hash map of cgroups by id (value: [`crate::IdRules`], the rule
 /// each generation's patterns give the cgroup's path).
 pub const MAP_CGROUP_CLASS: &str = "CGROUP_CLASS";

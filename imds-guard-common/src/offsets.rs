@@ -41,8 +41,41 @@ pub struct Offsets {
     /// `task_struct.comm`. Read from the task where the program type has
     /// no `bpf_get_current_pid_tgid`/`comm` (`cgroup_skb` before 6.10).
     pub task_comm: u32,
+    // Who the caller is beyond its uid and primary gid (issue 9): every
+    // group it holds, the owners of its user namespaces, and whether it
+    // runs in the agent's own namespaces (on the host).
+    /// `cred.group_info`: the supplementary groups.
+    pub cred_group_info: u32,
+    /// `group_info.ngroups`.
+    pub group_info_ngroups: u32,
+    /// `group_info.gid`: `kgid_t[ngroups]`, sorted by the kernel.
+    pub group_info_gid: u32,
+    /// `cred.user_ns`: the user namespace the credentials belong to.
+    pub cred_user_ns: u32,
+    /// `user_namespace.parent` (NULL for the initial one).
+    pub user_ns_parent: u32,
+    /// `user_namespace.owner`: the kuid that created it.
+    pub user_ns_owner: u32,
+    /// `user_namespace.ns.inum`.
+    pub user_ns_inum: u32,
+    /// `task_struct.thread_pid`: the task's `struct pid`.
+    pub task_thread_pid: u32,
+    /// `pid.level`: how deep its active pid namespace is.
+    pub pid_level: u32,
+    /// `pid.numbers`: a `struct upid` per level, 0 to `level`.
+    pub pid_numbers: u32,
+    /// The size of `struct upid`, the stride of `pid.numbers`.
+    pub upid_size: u32,
+    /// `upid.ns`.
+    pub upid_ns: u32,
+    /// `pid_namespace.ns.inum`.
+    pub pid_ns_inum: u32,
+    /// `sock.__sk_common.skc_net.net`: the socket's network namespace.
+    pub sock_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
 }
-const _: () = assert!(size_of::<Offsets>() == 44);
+const _: () = assert!(size_of::<Offsets>() == 104);
 
 impl Offsets {
     /// The value of [`Offsets::valid`] when the offsets are resolved.
@@ -62,5 +95,20 @@ impl Offsets {
         task_pid: 0,
         task_tgid: 0,
         task_comm: 0,
+        cred_group_info: 0,
+        group_info_ngroups: 0,
+        group_info_gid: 0,
+        cred_user_ns: 0,
+        user_ns_parent: 0,
+        user_ns_owner: 0,
+        user_ns_inum: 0,
+        task_thread_pid: 0,
+        pid_level: 0,
+        pid_numbers: 0,
+        upid_size: 0,
+        upid_ns: 0,
+        pid_ns_inum: 0,
+        sock_net: 0,
+        net_inum: 0,
     };
 }

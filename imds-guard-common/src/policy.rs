@@ -56,6 +56,10 @@ pub mod action {
     pub const ALLOW: u32 = 1;
     /// Reject the connection with EPERM.
     pub const DENY: u32 = 2;
+    /// Let the connection through when the caller is on the host (its pid,
+    /// network and user namespaces are the agent's); otherwise no rule
+    /// matched, and the record says why (`reason::HOST_ONLY`).
+    pub const ALLOW_ON_HOST: u32 = 3;
 }
 
 /// Enforcement mode. A zeroed [`Config`] (the agent has not written it
@@ -131,6 +135,13 @@ pub mod config_flags {
     /// Some `[allow]` names did not resolve and are left out (they stay
     /// denied); the agent retries them. For `status`.
     pub const PARTIAL: u32 = 8;
+    // Bits 8 and up: what a decision must read of the caller (issue 9), so
+    // that a policy that does not need it costs nothing.
+    /// The policy has a gid rule: read the caller's supplementary groups.
+    pub const SCAN_GROUPS: u32 = 1 << 8;
+    /// The policy has a uid deny rule: walk the owners of the caller's
+    /// user namespaces.
+    pub const CHECK_OWNERS: u32 = 1 << 9;
     // Bits 16 and up: the caller's cgroup (units, cgroups, pods).
     /// The policy has unit, cgroup or pod rules: a decision looks the
     /// caller's cgroup up in [`crate::MAP_CGROUP_CLASS`].

@@ -8,10 +8,9 @@
 //! decision denies.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    generated::bpf_get_current_cgroup_id,
+    bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_get_current_cgroup_id,
 };
-use imds_guard_common::{COMM_LEN, Offsets, PF_KTHREAD};
+use imds_guard_common::{Offsets, PF_KTHREAD};
 
 use crate::kernel::{current_task, offsets, read, read_ptr};
 
@@ -23,9 +22,19 @@ pub struct Caller {
     pub tid: u32,
     /// Thread-group id (what userspace calls the pid); 0 when unknown.
     pub tgid: u32,
-    pub comm: [u8; COMM_LEN],
     /// The cgroup v2 id: the task's, or the socket's.
     pub cgroup_id: u64,
+    /// The credentials judged (`struct cred *`): the task's, or those of
+    /// the socket's file; 0 when unknown. `identity.rs` reads the groups
+    /// and user namespaces there.
+    pub cred: u64,
+    /// The socket (`struct sock *`) whose network namespace counts; 0 when
+    /// unknown.
+    pub sk: u64,
+    /// Whether the running task is the caller itself, so that its pid
+    /// namespace and its `comm` (read straight into the record, not kept
+    /// here: the programs are short of stack) are the caller's.
+    pub own_task: bool,
 }
 
 /// The ids the policy judges.
@@ -56,13 +65,30 @@ impl Caller {
     #[inline(always)]
     pub fn current() -> Self {
         let pid_tgid = bpf_get_current_pid_tgid();
+        let ids = current_ids();
+        // `bpf_get_current_uid_gid` reads `current->cred`; its groups and
+        // user namespace are read from the same object.
+        let cred = match (ids, offsets()) {
+            (Ok(_), Some(off)) => read_ptr(current_task(), off.task_cred).unwrap_or(0),
+            _ => 0,
+        };
         Self {
-            ids: current_ids(),
+            ids,
             tid: pid_tgid as u32,
             tgid: (pid_tgid >> 32) as u32,
-            comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
             cgroup_id: current_cgroup_id(),
+            cred,
+            sk: 0,
+            own_task: true,
         }
+    }
+
+    /// The same caller, acting on the socket at `sk` (a `struct sock *`),
+    /// whose network namespace is the one that counts.
+    #[inline(always)]
+    pub fn with_socket(mut self, sk: Option<u64>) -> Self {
+        self.sk = sk.unwrap_or(0);
+        self
     }
 
     /// The owner of the socket at `sk` (a `struct sock *`): the
@@ -80,25 +106,34 @@ impl Caller {
             ids: Err(NoCaller::Unknown),
             tid: 0,
             tgid: 0,
-            comm: [0u8; COMM_LEN],
             cgroup_id,
+            cred: 0,
+            sk: sk.unwrap_or(0),
+            own_task: false,
         };
         let Some(off) = offsets() else {
             caller.ids = Err(NoCaller::NoOffsets);
             return caller;
         };
-        let Some(cred) = sk.and_then(|sk| socket_cred(sk, &off)) else {
+        let Some(cred) = sk.and_then(|sk| socket_cred(sk, off)) else {
             return caller;
         };
-        caller.ids = cred_ids(cred, &off);
+        // Both read before `ids` is set: an `Err` built half-way leaves the
+        // gid undefined, and LLVM stored an uninitialised register for it,
+        // which the verifier refuses (`R2 !read_ok`).
+        let (Some(uid), Some(gid)) = (read(cred, off.cred_uid), read(cred, off.cred_gid)) else {
+            return caller;
+        };
+        caller.ids = Ok(Ids { uid, gid });
+        caller.cred = cred;
         // Read from the task itself: `cgroup_skb` programs may not call
         // `bpf_get_current_pid_tgid` or `bpf_get_current_comm` before
         // Linux 6.10.
         let task = current_task();
         if read_ptr(task, off.task_cred) == Some(cred) {
+            caller.own_task = true;
             caller.tid = read(task, off.task_pid).unwrap_or(0);
             caller.tgid = read(task, off.task_tgid).unwrap_or(0);
-            caller.comm = read(task, off.task_comm).unwrap_or([0u8; COMM_LEN]);
         }
         caller
     }
@@ -118,15 +153,6 @@ fn current_ids() -> Result<Ids, NoCaller> {
     Ok(Ids {
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
-    })
-}
-
-/// The real uid and gid of the credentials at `cred`.
-#[inline(always)]
-fn cred_ids(cred: u64, off: &Offsets) -> Result<Ids, NoCaller> {
-    Ok(Ids {
-        uid: read(cred, off.cred_uid).ok_or(NoCaller::Unknown)?,
-        gid: read(cred, off.cred_gid).ok_or(NoCaller::Unknown)?,
     })
 }
 

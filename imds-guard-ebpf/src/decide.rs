@@ -7,14 +7,16 @@
 use aya_ebpf::{EbpfContext, helpers::generated::bpf_ktime_get_ns, maps::HashMap};
 use aya_log_ebpf::error;
 use imds_guard_common::{
-    EVENTS_BYTE_SIZE, Event, IdRule, IdRules, action, config_flags, counter, counter_index, kind,
-    mode, reason, verdict,
+    COMM_LEN, Config, EVENTS_BYTE_SIZE, Event, IdRule, IdRules, NO_ID, Offsets, action,
+    config_flags, counter, counter_index, kind, mode, ns, reason, verdict,
 };
 
 use crate::{
-    caller::{Caller, NoCaller},
+    caller::{Caller, Ids, NoCaller},
     classify,
     dst::Dst,
+    identity::{Owners, Scan, denied_owner, group_at, namespaces, scan_groups},
+    kernel::{offsets, opaque, read_comm},
     maps::{CONFIG, COUNTERS, EVENTS, GID_RULES, UID_RULES},
 };
 
@@ -43,11 +45,43 @@ impl From<Verdict> for i32 {
 }
 
 /// The outcome of looking the caller up in the policy.
+#[derive(Clone, Copy)]
 struct Outcome {
     action: u32,
     reason: u8,
     /// The deciding entry's number (1-based), 0 for none.
     entry: u32,
+    /// The id whose rule decided ([`NO_ID`] for none): see
+    /// `Event::decider`.
+    decider: u32,
+    /// Supplementary groups held, [`NO_ID`] when not read.
+    ngroups: u32,
+    /// [`ns`] bits, 0 when the namespaces were not read.
+    namespaces: u8,
+}
+
+impl Outcome {
+    #[inline(always)]
+    fn new(action: u32, reason: u8, entry: u32, decider: u32) -> Self {
+        Self {
+            action,
+            reason,
+            entry,
+            decider,
+            ngroups: NO_ID,
+            namespaces: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn deny(reason: u8, entry: u32, decider: u32) -> Self {
+        Self::new(action::DENY, reason, entry, decider)
+    }
+
+    #[inline(always)]
+    fn allow(reason: u8, entry: u32, decider: u32) -> Self {
+        Self::new(action::ALLOW, reason, entry, decider)
+    }
 }
 
 /// Decides a connection (or datagram) by `caller` to the protected
@@ -60,11 +94,7 @@ pub fn decide<C: EbpfContext>(
     caller: &Caller,
     dst: &Dst,
 ) -> Verdict {
-    let internal_error = Outcome {
-        action: action::DENY,
-        reason: reason::INTERNAL_ERROR,
-        entry: 0,
-    };
+    let internal_error = Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
     let (outcome, audit) = match (CONFIG.get(generation), caller.ids) {
         // Unconfigured (the agent has not written the config yet), a value
         // we never write, or no offsets to read identities with: fail
@@ -79,21 +109,13 @@ pub fn decide<C: EbpfContext>(
         }
         // Nobody to judge: deny (or, in audit mode, record the would-deny).
         (Some(cfg), Err(NoCaller::Unknown)) => (
-            Outcome {
-                action: action::DENY,
-                reason: reason::NO_IDENTITY,
-                entry: 0,
-            },
+            Outcome::deny(reason::NO_IDENTITY, 0, NO_ID),
             cfg.mode == mode::AUDIT,
         ),
+        // One state from here on, whatever the outcome (see `opaque`); a
+        // copy that fails denies.
         (Some(cfg), Ok(ids)) => (
-            evaluate(
-                generation,
-                ids.uid,
-                ids.gid,
-                cgroup_rule(caller.cgroup_id, generation, cfg.flags),
-                cfg.default_action,
-            ),
+            opaque(evaluate(generation, caller, ids, cfg)).unwrap_or(internal_error),
             cfg.mode == mode::AUDIT,
         ),
     };
@@ -125,91 +147,224 @@ pub fn decide<C: EbpfContext>(
     }
 }
 
-/// Deny wins over allow: uid, gid, then cgroup denies; then the cgroup's
-/// allow, the uid's, the gid's (which allow decides changes only the
-/// reason; the cgroup's comes first, where it costs the verifier least
-/// beside the group scan); then the default. Any action other
-/// than ALLOW denies: a value the agent never writes must not open the
-/// door. `imds_guard::policy::Policy::decide` mirrors this order.
+/// The policy's order, which `imds_guard::policy::Policy::decide_process`
+/// mirrors (keep them identical): deny if the uid is denied, or any group
+/// held (the primary gid, then the supplementary groups) is, or the owner
+/// of any user namespace the caller is in; else allow if the uid is
+/// allowed, then the primary gid, then a supplementary group (an
+/// allow-on-host rule only for a caller on the host); else the default.
+/// Any action other than ALLOW or ALLOW_ON_HOST denies: a value the agent
+/// never writes must not open the door.
 #[inline(always)]
-fn evaluate(
-    generation: u32,
-    uid: u32,
-    gid: u32,
-    by_cgroup: CgroupRule,
-    default_action: u32,
-) -> Outcome {
-    let by_uid = rule(&UID_RULES, uid, generation);
-    let by_gid = rule(&GID_RULES, gid, generation);
-    if by_uid.action != NO_RULE && by_uid.action != action::ALLOW {
-        return Outcome {
-            action: action::DENY,
-            reason: reason::UID_DENIED,
-            entry: by_uid.entry,
-        };
+fn evaluate(generation: u32, caller: &Caller, ids: Ids, cfg: &Config) -> Outcome {
+    let by_uid = rule(&UID_RULES, ids.uid, generation);
+    let by_gid = rule(&GID_RULES, ids.gid, generation);
+    if denies(by_uid.action) {
+        return Outcome::deny(reason::UID_DENIED, by_uid.entry, ids.uid);
     }
-    if by_gid.action != NO_RULE && by_gid.action != action::ALLOW {
-        return Outcome {
-            action: action::DENY,
-            reason: reason::GID_DENIED,
-            entry: by_gid.entry,
-        };
+    if denies(by_gid.action) {
+        return Outcome::deny(reason::GID_DENIED, by_gid.entry, ids.gid);
     }
-    match by_cgroup {
-        CgroupRule::Unknown => {
-            return Outcome {
-                action: action::DENY,
-                reason: reason::CGROUP_UNKNOWN,
-                entry: 0,
-            };
-        }
-        CgroupRule::Rule(r) if r.action != NO_RULE && r.action != action::ALLOW => {
-            return Outcome {
-                action: action::DENY,
-                reason: reason::CGROUP_DENIED,
-                entry: r.entry,
-            };
-        }
-        _ => {}
+    // The cgroup's deny before the groups' and the owners': a deny either
+    // way, decided before the scan so that the verifier walks nothing more
+    // for each of the scan's states.
+    let cgroup = CgroupVerdict::of(caller.cgroup_id, generation, cfg.flags);
+    if let Some(denied) = cgroup.denial() {
+        return denied;
     }
-    if let CgroupRule::Rule(r) = by_cgroup
-        && r.action == action::ALLOW
+    // `Caller` has ids only when the offsets are there.
+    let Some(off) = offsets() else {
+        return Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
+    };
+    let scan = if cfg.flags & config_flags::SCAN_GROUPS != 0 {
+        scan_groups(caller.cred, off, generation)
+    } else {
+        Scan::UNREAD
+    };
+    let owners = if scan.status() == 0
+        && scan.deny() == Scan::NONE
+        && cfg.flags & config_flags::CHECK_OWNERS != 0
     {
-        return Outcome {
-            action: action::ALLOW,
-            reason: reason::CGROUP_ALLOWED,
-            entry: r.entry,
+        denied_owner(caller.cred, off, generation)
+    } else {
+        Owners::CLEAR
+    };
+    let mut outcome = if scan.status() == Scan::TOO_MANY {
+        Outcome::deny(reason::TOO_MANY_GROUPS, 0, NO_ID)
+    } else if scan.status() != 0 || owners == Owners::UNREADABLE {
+        Outcome::deny(reason::UNREADABLE, 0, NO_ID)
+    } else if scan.deny() != Scan::NONE {
+        let (gid, rule) = group_at(caller.cred, off, scan.deny(), generation);
+        Outcome::deny(reason::GROUP_DENIED, rule.entry, gid)
+    } else if owners != Owners::CLEAR {
+        Outcome::deny(reason::OWNER_DENIED, owners.entry(), owners.uid())
+    } else {
+        let mut place = Place {
+            caller,
+            off,
+            bits: 0,
         };
+        // The cgroup's allow first: which allow decides changes only the
+        // reason (and an allow-on-host rule alone refuses nothing then).
+        if cgroup.kind() == CgroupVerdict::ALLOW {
+            let mut a = Outcome::allow(reason::CGROUP_ALLOWED, cgroup.entry(), NO_ID);
+            a.ngroups = scan.held();
+            return a;
+        }
+        let mut allowed = allowed(&mut place, generation, ids, by_uid, by_gid, scan);
+        if allowed.action == action::NONE {
+            allowed = if cfg.default_action == action::ALLOW {
+                Outcome::allow(reason::DEFAULT, 0, NO_ID)
+            } else {
+                Outcome::deny(reason::DEFAULT, 0, NO_ID)
+            };
+        }
+        allowed.namespaces = place.bits;
+        allowed
+    };
+    outcome.ngroups = scan.held();
+    outcome
+}
+
+/// Nothing denies the caller: the first rule that allows it, in the order
+/// uid, primary gid, supplementary groups. An allow-on-host rule allows
+/// only a caller on the host; when such rules are all that names the
+/// caller, the first of them is what refuses it ([`reason::HOST_ONLY`]).
+/// No rule at all: an outcome with [`action::NONE`], for the default.
+#[inline(always)]
+fn allowed(
+    place: &mut Place<'_>,
+    generation: u32,
+    ids: Ids,
+    by_uid: IdRule,
+    by_gid: IdRule,
+    scan: Scan,
+) -> Outcome {
+    let cred = place.caller.cred;
+    if place.allows(by_uid.action) {
+        return Outcome::allow(reason::UID_ALLOWED, by_uid.entry, ids.uid);
     }
-    if by_uid.action == action::ALLOW {
-        return Outcome {
-            action: action::ALLOW,
-            reason: reason::UID_ALLOWED,
-            entry: by_uid.entry,
-        };
+    if place.allows(by_gid.action) {
+        return Outcome::allow(reason::GID_ALLOWED, by_gid.entry, ids.gid);
     }
-    if by_gid.action == action::ALLOW {
-        return Outcome {
-            action: action::ALLOW,
-            reason: reason::GID_ALLOWED,
-            entry: by_gid.entry,
-        };
+    // A group allowed on the host only comes first when it is earlier than
+    // any allowed anywhere (`Scan::NONE` is the largest index).
+    if scan.host() < scan.allow() {
+        let (gid, rule) = group_at(cred, place.off, scan.host(), generation);
+        if place.allows(rule.action) {
+            return Outcome::allow(reason::GROUP_ALLOWED, rule.entry, gid);
+        }
     }
-    Outcome {
-        action: if default_action == action::ALLOW {
-            action::ALLOW
-        } else {
-            action::DENY
-        },
-        reason: reason::DEFAULT,
-        entry: 0,
+    if scan.allow() != Scan::NONE {
+        let (gid, rule) = group_at(cred, place.off, scan.allow(), generation);
+        if rule.action == action::ALLOW {
+            return Outcome::allow(reason::GROUP_ALLOWED, rule.entry, gid);
+        }
+    }
+    if by_uid.action == action::ALLOW_ON_HOST {
+        return Outcome::deny(reason::HOST_ONLY, by_uid.entry, ids.uid);
+    }
+    if by_gid.action == action::ALLOW_ON_HOST {
+        return Outcome::deny(reason::HOST_ONLY, by_gid.entry, ids.gid);
+    }
+    if scan.host() != Scan::NONE {
+        let (gid, rule) = group_at(cred, place.off, scan.host(), generation);
+        return Outcome::deny(reason::HOST_ONLY, rule.entry, gid);
+    }
+    Outcome::new(action::NONE, reason::DEFAULT, 0, NO_ID)
+}
+
+/// The caller's namespaces, read the first time a rule asks.
+struct Place<'a> {
+    caller: &'a Caller,
+    off: &'a Offsets,
+    /// [`ns`] bits; 0 until read.
+    bits: u8,
+}
+
+impl Place<'_> {
+    /// Whether a rule with `action` lets the caller through: ALLOW always,
+    /// ALLOW_ON_HOST when the caller is on the host.
+    #[inline(always)]
+    fn allows(&mut self, action: u32) -> bool {
+        if action == action::ALLOW {
+            return true;
+        }
+        if action != action::ALLOW_ON_HOST {
+            return false;
+        }
+        if self.bits == 0 {
+            self.bits = namespaces(self.caller, self.off);
+        }
+        self.bits & ns::NOT_HOST == 0
     }
 }
 
-/// The action of an absent rule.
-const NO_RULE: u32 = action::NONE;
+/// Whether a rule's action refuses: anything but no rule, ALLOW and
+/// ALLOW_ON_HOST, so that a value the agent never writes fails closed.
+#[inline(always)]
+pub(crate) fn denies(action: u32) -> bool {
+    action != NO_RULE && action != action::ALLOW && action != action::ALLOW_ON_HOST
+}
 
-/// What the caller's cgroup says.
+/// The action of an absent rule.
+pub(crate) const NO_RULE: u32 = action::NONE;
+
+/// What the caller's cgroup says, as one scalar the verifier knows nothing
+/// of (`kernel::opaque`): the kind in the high half, the entry in the low
+/// one. Carried through the group scan as a value it tracked exactly, each
+/// of its kinds would be another pass over the scan's states, past the
+/// verifier's million instructions.
+#[derive(Clone, Copy)]
+struct CgroupVerdict(u64);
+
+impl CgroupVerdict {
+    /// No cgroup rule for the caller.
+    const NONE: u64 = 0;
+    /// An `[allow]` pattern matches its cgroup.
+    const ALLOW: u64 = 1;
+    /// A `[deny]` pattern matches it (or an action never written).
+    const DENY: u64 = 2;
+    /// It has no classification, and the policy denies cgroups.
+    const UNKNOWN: u64 = 3;
+
+    #[inline(always)]
+    fn of(id: u64, generation: u32, flags: u32) -> Self {
+        let code = match cgroup_rule(id, generation, flags) {
+            CgroupRule::Unknown => Self::UNKNOWN << 32,
+            CgroupRule::Rule(r) if r.action == NO_RULE => Self::NONE << 32,
+            CgroupRule::Rule(r) if r.action == action::ALLOW => {
+                (Self::ALLOW << 32) | u64::from(r.entry)
+            }
+            CgroupRule::Rule(r) => (Self::DENY << 32) | u64::from(r.entry),
+        };
+        // A copy that fails (it reads our own stack, and does not) is no
+        // classification: denied.
+        Self(opaque(code).unwrap_or(Self::UNKNOWN << 32))
+    }
+
+    #[inline(always)]
+    fn kind(self) -> u64 {
+        self.0 >> 32
+    }
+
+    #[inline(always)]
+    fn entry(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The refusal it makes, if it denies.
+    #[inline(always)]
+    fn denial(self) -> Option<Outcome> {
+        match self.kind() {
+            Self::NONE | Self::ALLOW => None,
+            Self::DENY => Some(Outcome::deny(reason::CGROUP_DENIED, self.entry(), NO_ID)),
+            _ => Some(Outcome::deny(reason::CGROUP_UNKNOWN, 0, NO_ID)),
+        }
+    }
+}
+
+/// The rule of a cgroup, before [`CgroupVerdict`] launders it.
 #[derive(Clone, Copy)]
 enum CgroupRule {
     /// Its rule in this generation (action [`NO_RULE`] for none).
@@ -224,11 +379,12 @@ enum CgroupRule {
 /// allows some (an unknown cgroup is none of them).
 #[inline(always)]
 fn cgroup_rule(id: u64, generation: u32, flags: u32) -> CgroupRule {
+    let none = CgroupRule::Rule(IdRule {
+        action: NO_RULE,
+        entry: 0,
+    });
     if flags & config_flags::CGROUP_RULES == 0 {
-        return CgroupRule::Rule(IdRule {
-            action: NO_RULE,
-            entry: 0,
-        });
+        return none;
     }
     let r = classify::rule(id, generation);
     if r.action != classify::UNKNOWN {
@@ -236,10 +392,7 @@ fn cgroup_rule(id: u64, generation: u32, flags: u32) -> CgroupRule {
     } else if flags & config_flags::CGROUP_DENY != 0 {
         CgroupRule::Unknown
     } else {
-        CgroupRule::Rule(IdRule {
-            action: NO_RULE,
-            entry: 0,
-        })
+        none
     }
 }
 
@@ -248,7 +401,7 @@ fn cgroup_rule(id: u64, generation: u32, flags: u32) -> CgroupRule {
 /// LLVM test "either lookup found something" by OR-ing the two pointers,
 /// which the verifier rejects (`R7 pointer |= pointer prohibited`).
 #[inline(always)]
-fn rule(map: &HashMap<u32, IdRules>, id: u32, generation: u32) -> IdRule {
+pub(crate) fn rule(map: &HashMap<u32, IdRules>, id: u32, generation: u32) -> IdRule {
     match map.get_ptr(id) {
         // SAFETY: a non-null pointer from a hash map lookup points at a
         // value of the map's type, valid for the duration of the program;
@@ -272,33 +425,50 @@ fn bump(hook: u8, kind: u32) {
 
 #[inline(always)]
 fn emit(hook: u8, v: u8, outcome: &Outcome, caller: &Caller, generation: u32, dst: &Dst) {
+    // Where the caller runs, for the record, if the decision did not need
+    // to know (only a caller with an identity has namespaces to read).
+    let namespaces = match (outcome.namespaces, caller.ids, offsets()) {
+        (0, Ok(_), Some(off)) => namespaces(caller, off),
+        (bits, ..) => bits,
+    };
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         bump(hook, counter::EVENTS_LOST);
         return;
     };
-    // SAFETY: a helper without preconditions.
-    let ts_ns = unsafe { bpf_ktime_get_ns() };
-    entry.write(Event {
-        ts_ns,
-        cgroup_id: caller.cgroup_id,
-        tid: caller.tid,
-        tgid: caller.tgid,
-        // u32::MAX, `(uid_t)-1`, is no id: no process runs as it.
-        uid: caller.ids.map_or(u32::MAX, |ids| ids.uid),
-        gid: caller.ids.map_or(u32::MAX, |ids| ids.gid),
-        entry: outcome.entry,
-        port: dst.port,
-        hook,
-        verdict: v,
-        reason: outcome.reason,
-        family: dst.family,
-        generation: generation as u8,
-        kind: kind::DECISION,
-        addr: dst.addr,
-        comm: caller.comm,
-        proto: dst.proto,
-        _pad1: [0; 3],
-    });
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` is the record just reserved, as large and as aligned as
+    // an `Event` and ours until submitted. Written field by field, in
+    // place: an `Event` built on the stack first and copied would cost
+    // 96 of the 512 bytes `egress` has.
+    unsafe {
+        // SAFETY: a helper without preconditions.
+        (*e).ts_ns = bpf_ktime_get_ns();
+        (*e).cgroup_id = caller.cgroup_id;
+        (*e).tid = caller.tid;
+        (*e).tgid = caller.tgid;
+        // `(uid_t)-1` is no id: no process runs as it.
+        (*e).uid = caller.ids.map_or(NO_ID, |ids| ids.uid);
+        (*e).gid = caller.ids.map_or(NO_ID, |ids| ids.gid);
+        (*e).entry = outcome.entry;
+        (*e).port = dst.port;
+        (*e).hook = hook;
+        (*e).verdict = v;
+        (*e).reason = outcome.reason;
+        (*e).family = dst.family;
+        (*e).generation = generation as u8;
+        (*e).kind = kind::DECISION;
+        (*e).addr = dst.addr;
+        (*e).comm = [0; COMM_LEN];
+        (*e).proto = dst.proto;
+        (*e)._pad1 = [0; 3];
+        (*e).decider = outcome.decider;
+        (*e).ngroups = outcome.ngroups;
+        (*e).namespaces = namespaces;
+        (*e)._pad2 = [0; 7];
+        if caller.own_task {
+            read_comm(&raw mut (*e).comm);
+        }
+    }
     // No wake-up per event: waking the agent costs the caller microseconds.
     // The agent polls on a short timer, and is woken once the ring is a
     // quarter full so that a storm cannot fill it between two polls.

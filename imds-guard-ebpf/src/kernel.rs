@@ -4,22 +4,28 @@
 //! failed read means "unknown", never a guess.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str,
+    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+    generated::bpf_probe_read_kernel_str,
 };
-use imds_guard_common::Offsets;
+use imds_guard_common::{COMM_LEN, Offsets};
 
 /// Written by the agent before the programs load (`EbpfLoader::set_global`);
 /// all zero, hence not [`Offsets::VALID`], in a program loaded without them.
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = Offsets::UNSET;
 
-/// The offsets, if the agent wrote them.
+/// The offsets, if the agent wrote them. A reference rather than a copy:
+/// the structure is larger than a program can afford to copy onto its
+/// 512-byte stack at every place that reads it.
 #[inline(always)]
-pub fn offsets() -> Option<Offsets> {
-    // SAFETY: a plain read of our own global. Volatile, so that LLVM reads
-    // what the agent wrote into the object rather than folding the zeros
-    // above into the code.
-    let off = unsafe { core::ptr::read_volatile(&raw const OFFSETS) };
+pub fn offsets() -> Option<&'static Offsets> {
+    let slot: *const Offsets = &raw const OFFSETS;
+    // SAFETY: reads a local. Volatile, so that LLVM no longer knows which
+    // static the pointer names and reads what the agent wrote into the
+    // object rather than folding the zeros above into the code.
+    let p = unsafe { core::ptr::read_volatile(&raw const slot) };
+    // SAFETY: `p` is the address of our own global, valid for the program.
+    let off = unsafe { &*p };
     (off.valid == Offsets::VALID).then_some(off)
 }
 
@@ -56,11 +62,44 @@ pub fn read_str(addr: u64, buf: &mut [u8]) -> Option<usize> {
     (n > 0).then(|| n as usize - 1)
 }
 
+/// `value`, copied through `bpf_probe_read_kernel` so that the verifier
+/// knows nothing of it. The verifier carries every exact value it has seen
+/// into the code that follows: a decision whose outcomes differ in a
+/// reason or an entry walks the event and the counters once per outcome,
+/// which took the v6 programs past the million instructions 6.1 allows.
+/// Laundered, every outcome is one state. `None` when the copy fails (it
+/// reads our own stack, and does not), which callers treat as an internal
+/// error: fail closed.
+#[inline(always)]
+pub fn opaque<T: Copy>(value: T) -> Option<T> {
+    let slot = value;
+    // SAFETY: reads a local of ours, on our stack; the helper fails
+    // cleanly whatever the address.
+    unsafe { bpf_probe_read_kernel(&raw const slot).ok() }
+}
+
 /// The running task (`struct task_struct *`).
 #[inline(always)]
 pub fn current_task() -> u64 {
     // SAFETY: a helper without preconditions.
     unsafe { bpf_get_current_task() }
+}
+
+/// The running task's `comm`, read into `dst` (left as it is when the
+/// read fails). Read from the task rather than with
+/// `bpf_get_current_comm`, which `cgroup_skb` programs may not call before
+/// Linux 6.10, and straight into the record, with no copy on the stack.
+#[inline(always)]
+pub fn read_comm(dst: *mut [u8; COMM_LEN]) {
+    let Some(off) = offsets() else {
+        return;
+    };
+    let src = current_task() + u64::from(off.task_comm);
+    // SAFETY: `dst` is writable memory of `COMM_LEN` bytes (the caller's
+    // contract); the helper fails cleanly on an unreadable `src`.
+    unsafe {
+        bpf_probe_read_kernel_buf(src as *const u8, &mut *dst).ok();
+    }
 }
 
 /// The address a pointer of the programs' context holds (a `struct sock *`

@@ -1,7 +1,8 @@
 //! The eBPF side of imds-guard. This file only wires the modules up; one
 //! module per program type (`sock_addr.rs`: the four `cgroup/sock_addr`
 //! entry points; `skb.rs`: `cgroup_skb/egress`), `caller.rs` reads who is
-//! calling (through `kernel.rs`, the only reader of kernel memory),
+//! calling and `identity.rs` its groups, user namespaces and whether it is
+//! on the host (both through `kernel.rs`, the only reader of kernel memory),
 //! `dst.rs` the destination and whether it is protected, `decide.rs` what
 //! the policy says, `maps.rs` every map. `classify.rs` keeps the rule of
 //! every cgroup as cgroups come and go (raw tracepoints).
@@ -12,6 +13,7 @@ mod caller;
 mod classify;
 mod decide;
 mod dst;
+mod identity;
 mod kernel;
 mod maps;
 mod skb;

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use imds_guard_common::{
     CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupPatterns, ComponentKey, Config, Decided,
     EVENTS_BYTE_SIZE, GENERATIONS, IdRules, LENGTHS_LEN, MAX_CGROUP_PATTERNS, MAX_CGROUPS,
-    MAX_ENDPOINTS, MAX_ID_RULES, MAX_PATTERN_DEPTH, V4Key, V6Key, cgroup_stat,
+    MAX_ENDPOINTS, MAX_ID_RULES, MAX_PATTERN_DEPTH, Resolved, V4Key, V6Key, cgroup_stat,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate entries on insert. Memory then follows the
@@ -54,6 +54,13 @@ pub static GID_RULES: HashMap<u32, IdRules> =
 /// protected destinations while it is.
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(GENERATIONS, 0);
+
+/// The offsets and host namespaces the programs were loaded with, as the
+/// agent resolved them. Never read here (the programs read their own
+/// globals, which cost no lookup): it is pinned so that `imds-guard
+/// status` can say what the running programs use.
+#[map]
+pub static RESOLVED: Array<Resolved> = Array::with_max_entries(1, 0);
 
 /// One [`imds_guard_common::Event`] per decision on a protected destination.
 #[map]

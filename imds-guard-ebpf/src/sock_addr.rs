@@ -18,6 +18,7 @@ use crate::{
     caller::Caller,
     decide::{Verdict, decide},
     dst::{Dst, active_generation, protected_v4, protected_v6, user_ip4, user_ip6, user_port},
+    kernel::address_of,
     maps::DECIDED,
 };
 
@@ -50,11 +51,8 @@ fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
         return Verdict::Allow;
     }
     let dst = Dst::v4(ip4, user_port(ctx));
-    remembered(
-        ctx,
-        &dst,
-        decide(ctx, hook, generation, &Caller::current(), &dst),
-    )
+    let caller = Caller::current().with_socket(socket(ctx));
+    remembered(ctx, &dst, decide(ctx, hook, generation, &caller, &dst))
 }
 
 /// An IPv6 destination (`user_ip6`), IPv4-mapped ones included.
@@ -66,11 +64,19 @@ fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
         return Verdict::Allow;
     }
     let dst = Dst::v6(&ip6, user_port(ctx));
-    remembered(
-        ctx,
-        &dst,
-        decide(ctx, hook, generation, &Caller::current(), &dst),
-    )
+    let caller = Caller::current().with_socket(socket(ctx));
+    remembered(ctx, &dst, decide(ctx, hook, generation, &caller, &dst))
+}
+
+/// The address of the socket being connected (`bpf_sock_addr.sk`, a full
+/// socket), whose network namespace is the caller's as far as the policy
+/// is concerned.
+#[inline(always)]
+fn socket(ctx: &SockAddrContext) -> Option<u64> {
+    // SAFETY: the kernel hands cgroup/sock_addr programs a valid context,
+    // whose `sk` the verifier lets us read as an 8-byte load.
+    let sk = unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).__bindgen_anon_1.sk) };
+    address_of(sk)
 }
 
 /// Remembers a socket let through to `dst`, so that `egress` does not judge

@@ -181,7 +181,8 @@ fn check_gives_the_verdict_and_the_rule_without_the_kernel() {
     assert_eq!(root.status.code(), Some(0), "{}", stderr(&root));
     assert!(
         stdout(&root).starts_with(
-            "allowed: uid 0 gid 0 to 169.254.169.254: uid 0 is allowed by [allow] users \"root\""
+            "allowed: uid 0 gid 0 groups 0 (a login session's) on the host to 169.254.169.254: \
+             uid 0 is allowed by [allow] users \"root\""
         ),
         "{}",
         stdout(&root)
@@ -222,6 +223,70 @@ fn check_gives_the_verdict_and_the_rule_without_the_kernel() {
         )
     );
 
+    // A supplementary group counts, named or numbered, and is named back.
+    let member = run(&[
+        "--uid",
+        "1000",
+        "--gid",
+        "1000",
+        "--groups",
+        "10,1500",
+        "--dst",
+        "169.254.169.254",
+    ]);
+    assert_eq!(member.status.code(), Some(0), "{}", stdout(&member));
+    assert!(
+        stdout(&member).contains(
+            "allowed: uid 1000 gid 1000 groups 10,1500 on the host to 169.254.169.254: \
+             supplementary group 1500 is allowed by [allow] gids 1500"
+        ),
+        "{}",
+        stdout(&member)
+    );
+
+    // Root in a container, under root on the host only.
+    let host_only = policy_file("host.toml", "[allow.host]\nuids = [0]\n");
+    let host_only = host_only.to_str().expect("utf-8");
+    let in_container = imds_guard(&[
+        "check",
+        "--config",
+        host_only,
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        "--container",
+        "--dst",
+        "169.254.169.254",
+        "--json",
+    ]);
+    assert_eq!(
+        in_container.status.code(),
+        Some(4),
+        "{}",
+        stdout(&in_container)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&in_container.stdout).expect("json");
+    assert_eq!(json["place"], "container");
+    assert!(
+        json["reason"].as_str().is_some_and(|r| r
+            .starts_with("uid 0 is allowed on the host only by [allow.host] uids 0")
+            && r.contains("runs in a container")),
+        "{json}"
+    );
+    let on_host = imds_guard(&[
+        "check",
+        "--config",
+        host_only,
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        "--dst",
+        "169.254.169.254",
+    ]);
+    assert_eq!(on_host.status.code(), Some(0), "{}", stdout(&on_host));
+
     // A destination that is not protected is allowed for everyone.
     let elsewhere = run(&["--uid", "4242", "--gid", "4242", "--dst", "192.0.2.1"]);
     assert_eq!(elsewhere.status.code(), Some(0));
@@ -232,8 +297,8 @@ fn check_gives_the_verdict_and_the_rule_without_the_kernel() {
     assert_eq!(endpoints.status.code(), Some(0), "{}", stderr(&endpoints));
     assert!(
         stdout(&endpoints).starts_with(
-            "allowed: uid 0 gid 0 groups 0,7 (supplementary groups do not count) to the protected \
-             endpoints (169.254.169.254, fd00:ec2::254):"
+            "allowed: uid 0 gid 0 groups 0,7 on the host to the protected endpoints \
+             (169.254.169.254, fd00:ec2::254):"
         ),
         "{}",
         stdout(&endpoints)

@@ -14,6 +14,7 @@ use super::{
     agent::AgentResult,
     cli::Settings,
     goals,
+    groups::{self, GroupsResult},
     hotpath::{self, HotResult},
     machine::{Machine, load},
     packets::PacketsResult,
@@ -38,6 +39,7 @@ pub struct Results {
     pub agent: Option<AgentResult>,
     pub packets: Option<PacketsResult>,
     pub validate: Option<ValidateResult>,
+    pub groups: Option<GroupsResult>,
 }
 
 /// The exact checks of this run that failed: the kernel's run count
@@ -214,8 +216,39 @@ pub fn markdown(r: &Results, s: &Settings, plot: Option<&str>) -> String {
     if let Some(v) = &r.validate {
         packets::validate(&mut md, v);
     }
+    if let Some(g) = &r.groups {
+        groups_section(&mut md, g);
+    }
     limits(&mut md);
     md
+}
+
+/// Section 8: decision cost against the supplementary groups held.
+fn groups_section(md: &mut String, g: &GroupsResult) {
+    let _ = writeln!(
+        md,
+        "## 8. Supplementary groups scanned per decision\n\n\
+         The connect4 program's run time per allowed connect to 169.254.169.254 (uid 1001), \
+         under policy `{}`: the group rule makes every decision read the caller's \
+         supplementary groups and look each one up (at most {}; a caller holding more is \
+         denied). The caller holds N groups, none of them named by the policy, so every one \
+         is read and looked up. {} rounds.\n",
+        groups::POLICY.trim().replace('\n', " "),
+        imds_guard_common::MAX_GROUPS,
+        g.rounds
+    );
+    let mut t = Table::new(&["groups held", "ns per run", "over 0 groups", "runs counted"]);
+    let base = g.rows.first().map(|r| r.ns.median);
+    for row in &g.rows {
+        t.row(vec![
+            row.groups.to_string(),
+            row.ns.show(ns),
+            base.map_or_else(String::new, |b| format!("{:+.0} ns", row.ns.median - b)),
+            thousands(row.runs as f64),
+        ]);
+    }
+    md.push_str(&t.render());
+    md.push('\n');
 }
 
 /// Why this run's figures are not to be trusted, if they are not: too

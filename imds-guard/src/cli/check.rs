@@ -1,15 +1,15 @@
 //! `imds-guard check`: the verdict a policy gives a process, without the
 //! kernel.
 
-use std::net::IpAddr;
+use std::{ffi::CString, net::IpAddr};
 
-use nix::unistd::{Group, User};
+use nix::unistd::{Gid, Group, User, getgrouplist};
 use serde_json::json;
 
 use super::{CheckArgs, CliError, Outcome};
 use crate::policy::{
-    CgroupClass, CgroupRules, CheckReport, Outcome as Verdict, Policy, PolicySpec, Resolver as _,
-    SystemResolver,
+    CgroupClass, CgroupRules, CheckReport, Outcome as Verdict, Place, Policy, PolicySpec, Process,
+    Resolver as _, SystemResolver,
     cgroups::{PodName, pods},
     check,
 };
@@ -17,19 +17,17 @@ use crate::policy::{
 pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
     let policy =
         PolicySpec::load(&super::policy_file(args.config.as_deref()))?.resolve(&SystemResolver)?;
-    let (uid, gid) = who(args)?;
-    let groups = groups(&args.groups)?;
+    let (mut process, user) = who(args)?;
+    let cgroup = cgroup_place(args, &policy)?;
+    process.cgroup = cgroup.as_ref().map_or(CgroupClass::Unmatched, |p| p.class);
     let (dst, to) = destination(&policy, args.dst);
-    let place = place(args, &policy)?;
-    let class = place.as_ref().map_or(CgroupClass::Unmatched, |p| p.class);
-    let report = check(&policy, uid, gid, class, dst);
+    let report = check(&policy, &process, dst);
     let asked = Asked {
-        uid,
-        gid,
-        groups: &groups,
+        process: &process,
+        user: user.as_ref(),
+        cgroup: cgroup.as_ref(),
         to: &to,
-        dst: args.dst,
-        place: place.as_ref(),
+        args,
     };
     if args.json {
         println!("{}", to_json(&report, &asked, &policy));
@@ -45,14 +43,14 @@ pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
 
 /// The cgroup `--unit` or `--cgroup` names, and what the policy makes of
 /// it.
-struct Place {
+struct CgroupPlace {
     path: String,
     class: CgroupClass,
     /// The pod whose cgroup it is, when the kubelet lists it.
     pod: Option<PodName>,
 }
 
-fn place(args: &CheckArgs, policy: &Policy) -> Result<Option<Place>, CliError> {
+fn cgroup_place(args: &CheckArgs, policy: &Policy) -> Result<Option<CgroupPlace>, CliError> {
     let path = match (&args.unit, &args.cgroup) {
         (Some(unit), _) => found("unit", unit, SystemResolver.unit_cgroup(unit))?,
         (None, Some(path)) if path.starts_with('/') => path.clone(),
@@ -65,17 +63,18 @@ fn place(args: &CheckArgs, policy: &Policy) -> Result<Option<Place>, CliError> {
     };
     let listed = pods::list(&args.kubelet_pods_dir).map_err(CliError::runtime)?;
     let (patterns, _) = policy.cgroups.patterns(&listed);
-    Ok(Some(Place {
+    Ok(Some(CgroupPlace {
         class: CgroupRules::classify(&patterns, path.as_bytes()),
         pod: pods::pod_of(path.as_bytes(), &listed).cloned(),
         path,
     }))
 }
 
-/// The uid and primary gid to check: `--user` (clap requires it or
-/// `--uid`) looked up in the user database, `--gid` overriding the primary
-/// group.
-fn who(args: &CheckArgs) -> Result<(u32, u32), CliError> {
+/// The process to check: `--user` (clap requires it or `--uid`) looked up
+/// in the user database, `--gid` overriding the primary group, `--groups`
+/// the supplementary ones (by default a login session's), `--container`
+/// where it runs. Also the user's entry, when there is one.
+fn who(args: &CheckArgs) -> Result<(Process, Option<User>), CliError> {
     let user = match (&args.user, args.uid) {
         (Some(name), _) => Some(found("user", name, User::from_name(name))?),
         (None, Some(uid)) => User::from_uid(uid.into()).ok().flatten(),
@@ -95,20 +94,55 @@ fn who(args: &CheckArgs) -> Result<(u32, u32), CliError> {
                 "uid {uid} has no entry on this host: give its primary group with --gid"
             ))
         })?;
-    Ok((uid, gid))
+    let groups = match (&args.groups, &args.user, &user) {
+        (Some(list), ..) => list
+            .iter()
+            .filter(|g| !g.is_empty())
+            .map(|g| group_id(g))
+            .collect::<Result<Vec<u32>, CliError>>()?,
+        (None, Some(_), Some(u)) => login_groups(u)?,
+        (None, ..) => Vec::new(),
+    };
+    let process = Process {
+        uid,
+        gid,
+        groups,
+        owners: Vec::new(),
+        place: if args.container {
+            Place::Container
+        } else {
+            Place::Host
+        },
+        // Set from --unit or --cgroup by the caller.
+        cgroup: CgroupClass::Unmatched,
+    };
+    Ok((process, user))
 }
 
-/// What was asked about, as resolved.
-struct Asked<'a> {
-    uid: u32,
-    gid: u32,
-    groups: &'a [u32],
-    /// The destination in words: the address, or the protected endpoints.
-    to: &'a str,
-    /// `--dst`, when given.
-    dst: Option<IpAddr>,
-    /// `--unit` or `--cgroup`, when given.
-    place: Option<&'a Place>,
+/// A group named by number or by name.
+fn group_id(text: &str) -> Result<u32, CliError> {
+    match text.parse::<u32>() {
+        Ok(gid) => Ok(gid),
+        Err(_) => found("group", text, Group::from_name(text)).map(|g| g.gid.as_raw()),
+    }
+}
+
+/// What a lookup of `kind` `name` found: a name the host does not know is
+/// a usage error (2), a lookup that failed a runtime one (3).
+fn found<T>(
+    kind: &str,
+    name: &str,
+    lookup: Result<Option<T>, impl std::fmt::Display>,
+) -> Result<T, CliError> {
+    match lookup {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => Err(CliError::Usage(format!(
+            "{kind} {name:?} does not exist on this host"
+        ))),
+        Err(e) => Err(CliError::runtime(std::io::Error::other(format!(
+            "cannot look up {kind} {name:?}: {e}"
+        )))),
+    }
 }
 
 /// The address to decide for, and how to name it: `--dst`, or else the
@@ -130,77 +164,83 @@ fn destination(policy: &Policy, dst: Option<IpAddr>) -> (IpAddr, String) {
     )
 }
 
-/// What a lookup of `kind` `name` found: a name the host does not know is
-/// a usage error (2), a lookup that failed a runtime one (3).
-fn found<T>(
-    kind: &str,
-    name: &str,
-    lookup: Result<Option<T>, impl std::fmt::Display>,
-) -> Result<T, CliError> {
-    match lookup {
-        Ok(Some(found)) => Ok(found),
-        Ok(None) => Err(CliError::Usage(format!(
-            "{kind} {name:?} does not exist on this host"
-        ))),
-        Err(e) => Err(CliError::runtime(std::io::Error::other(format!(
-            "cannot look up {kind} {name:?}: {e}"
-        )))),
-    }
+/// What was asked about, as resolved.
+struct Asked<'a> {
+    process: &'a Process,
+    /// The user's entry, when there is one.
+    user: Option<&'a User>,
+    /// `--unit` or `--cgroup`, when given.
+    cgroup: Option<&'a CgroupPlace>,
+    /// The destination in words: the address, or the protected endpoints.
+    to: &'a str,
+    args: &'a CheckArgs,
 }
 
-/// `--groups`, names looked up in the group database.
-fn groups(given: &[String]) -> Result<Vec<u32>, CliError> {
-    given
-        .iter()
-        .map(|g| match g.parse::<u32>() {
-            Ok(gid) => Ok(gid),
-            Err(_) => found("group", g, Group::from_name(g)).map(|group| group.gid.as_raw()),
-        })
-        .collect()
+/// The groups `initgroups` gives a login session of `user`: what a
+/// process it starts holds, unless it changed them.
+fn login_groups(user: &User) -> Result<Vec<u32>, CliError> {
+    let name = CString::new(user.name.as_bytes())
+        .map_err(|_| CliError::Usage(format!("user name {:?} has a NUL", user.name)))?;
+    let groups = getgrouplist(&name, user.gid).map_err(|e| {
+        CliError::runtime(std::io::Error::other(format!(
+            "cannot list the groups of user {:?}: {e}",
+            user.name
+        )))
+    })?;
+    Ok(groups.into_iter().map(Gid::as_raw).collect())
 }
 
 fn to_text(report: &CheckReport, asked: &Asked<'_>) -> String {
+    let p = asked.process;
     let what = match report.outcome {
         Verdict::Allow => "allowed",
         Verdict::Deny => "denied",
         Verdict::Audit => "denied by the policy, but let through and logged (audit mode)",
     };
-    let groups = if asked.groups.is_empty() {
+    let groups = if p.groups.is_empty() {
         String::new()
     } else {
-        let list: Vec<String> = asked.groups.iter().map(u32::to_string).collect();
-        format!(
-            " groups {} (supplementary groups do not count)",
-            list.join(",")
-        )
+        let list: Vec<String> = p.groups.iter().map(u32::to_string).collect();
+        let source = if asked.args.groups.is_none() && asked.user.is_some() {
+            " (a login session's)"
+        } else {
+            ""
+        };
+        format!(" groups {}{source}", list.join(","))
     };
-    let cgroup = match asked.place {
-        Some(Place {
+    let place = match p.place {
+        Place::Host => "on the host",
+        Place::Container => "in a container",
+    };
+    let in_cgroup = match asked.cgroup {
+        Some(CgroupPlace {
             path,
             pod: Some(pod),
             ..
         }) => format!(" in cgroup {path} (pod {pod})"),
-        Some(place) => format!(" in cgroup {}", place.path),
+        Some(c) => format!(" in cgroup {}", c.path),
         None => String::new(),
     };
     format!(
-        "{what}: uid {} gid {}{groups}{cgroup} to {}: {}",
-        asked.uid, asked.gid, asked.to, report.why
+        "{what}: uid {} gid {}{groups} {place}{in_cgroup} to {}: {}",
+        p.uid, p.gid, asked.to, report.why
     )
 }
 
 fn to_json(report: &CheckReport, asked: &Asked<'_>, policy: &Policy) -> serde_json::Value {
-    let endpoints = policy.spec.addresses();
+    let p = asked.process;
+    let cgroup = asked.cgroup;
     json!({
         "verdict": report.outcome.as_str(),
         "protected": report.protected,
-        "uid": asked.uid,
-        "gid": asked.gid,
-        "groups": asked.groups,
-        "cgroup": asked.place.map(|p| p.path.as_str()),
-        "pod": asked.place.and_then(|p| p.pod.as_ref()).map(ToString::to_string),
-        "dst": asked.dst.map(|d| d.to_string()),
-        "endpoints": endpoints,
+        "uid": p.uid,
+        "gid": p.gid,
+        "groups": p.groups,
+        "place": p.place.as_str(),
+        "cgroup": cgroup.map(|c| c.path.as_str()),
+        "pod": cgroup.and_then(|c| c.pod.as_ref()).map(ToString::to_string),
+        "dst": asked.args.dst.map(|d| d.to_string()),
+        "endpoints": policy.spec.addresses(),
         "reason": report.why,
     })
 }

@@ -121,7 +121,7 @@ pub struct RunArgs {
     pub pin_dir: PathBuf,
     /// What to put in force when the policy cannot be used at start and
     /// nothing is pinned (a host booting with a broken policy): `builtin`
-    /// (root only), a policy FILE, or `none` (exit instead, leaving the
+    /// (root on the host only), a policy FILE, or `none` (exit instead, leaving the
     /// host unguarded). The real policy goes in force at the first reload
     /// that validates.
     #[arg(long, value_name = "builtin|none|FILE", default_value = "builtin", value_parser = crate::daemon::fallback::Fallback::parse)]
@@ -189,10 +189,16 @@ pub struct CheckArgs {
     /// The process's real primary gid (default: the user's primary group).
     #[arg(long, value_name = "N")]
     pub gid: Option<u32>,
-    /// Supplementary groups, by name or number. Shown for completeness:
-    /// the guard decides by the real primary gid only.
+    /// The process's supplementary groups, by name or number (default
+    /// with --user: those a login session of the user holds, from the
+    /// group database; with --uid: none). `--groups ''` for none.
     #[arg(long, value_name = "G,...", value_delimiter = ',')]
-    pub groups: Vec<String>,
+    pub groups: Option<Vec<String>>,
+    /// The process runs in a container: its pid, network or user
+    /// namespace is not the agent's, so `[allow.host]` entries do not
+    /// allow it.
+    #[arg(long)]
+    pub container: bool,
     /// The destination address (default: the policy's protected
     /// endpoints, which all get the same verdict).
     #[arg(long, value_name = "ADDR")]

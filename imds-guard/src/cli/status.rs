@@ -16,7 +16,7 @@ use crate::{
         forward,
         hooks::HOOKS,
         inspect::Status,
-        offsets::kernel_release,
+        offsets::{self, kernel_release},
         pins::Pins,
     },
     policy::{Mode, PolicySpec, SystemResolver, hex},
@@ -221,6 +221,7 @@ pub fn to_json(status: &Status) -> Value {
             Err(e) => json!({"guarded": null, "error": e}),
         },
         "agent_alive": status.agent_alive,
+        "identity": identity_json(status),
         "cgroups": status.cgroups.map(|c| json!({
             "tracking": c.tracking,
             "patterns": c.patterns,
@@ -235,6 +236,52 @@ pub fn to_json(status: &Status) -> Value {
             "prog_id": o.prog_id,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// What the programs read of a caller beyond its uid and gid, and the
+/// kernel layout they read it at.
+fn identity_json(status: &Status) -> Value {
+    let Some(r) = status.resolved else {
+        return Value::Null;
+    };
+    let (groups, owners) = status.reads();
+    let offsets: serde_json::Map<String, Value> = offsets::named(&r.offsets)
+        .into_iter()
+        .map(|(name, value)| (name, json!(value)))
+        .collect();
+    json!({
+        "max_groups": r.max_groups,
+        "scans_groups": groups,
+        "checks_userns_owners": owners,
+        "host_namespaces": {"pid": r.host.pid, "net": r.host.net, "user": r.host.user},
+        "offsets": offsets,
+    })
+}
+
+/// The text form of [`identity_json`].
+fn identity_text(status: &Status) -> Option<String> {
+    let r = status.resolved?;
+    let (groups, owners) = status.reads();
+    let scan = if groups {
+        format!(
+            "up to {} supplementary groups per decision (a caller holding more is denied)",
+            r.max_groups
+        )
+    } else {
+        format!(
+            "no supplementary group (no group rule; the bound is {})",
+            r.max_groups
+        )
+    };
+    Some(format!(
+        "  identity: reads {scan}; {} the creators of user namespaces; host is pid:[{}] \
+         net:[{}] user:[{}]; {} kernel offsets resolved from BTF (--json lists them)",
+        if owners { "checks" } else { "does not check" },
+        r.host.pid,
+        r.host.net,
+        r.host.user,
+        offsets::named(&r.offsets).len()
+    ))
 }
 
 pub fn to_text(status: &Status) -> String {
@@ -306,6 +353,9 @@ fn where_and_what(status: &Status, s: &mut String) {
         );
     }
     let _ = writeln!(s, "  pins:     {}", status.pin_dir.display());
+    if let Some(line) = identity_text(status) {
+        let _ = writeln!(s, "{line}");
+    }
     if let Some(l) = status.links.first() {
         let path = status.cgroup.as_ref().map_or_else(
             || "(path not found)".to_owned(),

@@ -26,14 +26,29 @@ use super::{
 use crate::{
     chain::Chain,
     kernel::records::{DecisionRecord, RecordReason, proto_name},
-    policy::{Mode, Outcome, Policy, Resolver, explain},
+    policy::{Context, Mode, Outcome, Policy, Reason, Resolver, explain_with},
     text::printable,
 };
 
 /// Why `d` came out as it did, in words, citing the policy.
 pub fn explain_record(d: &DecisionRecord, policy: &Policy) -> String {
     match d.reason {
-        RecordReason::Policy(reason) => explain(policy, reason, d.entry_index(), d.uid, d.gid),
+        RecordReason::Policy(reason) => explain_with(
+            policy,
+            reason,
+            d.entry_index(),
+            &Context {
+                uid: d.uid,
+                gid: d.gid,
+                id: d.decider,
+                place: d.place(),
+                groups: d.groups,
+                not_host: d.not_host(),
+            },
+        ),
+        RecordReason::Unreadable => "the guard could not read the caller's groups or user \
+             namespaces, and fails closed"
+            .to_owned(),
         RecordReason::InternalError => {
             "the guard could not read its configuration, and fails closed".to_owned()
         }
@@ -424,6 +439,14 @@ fn emit(d: &DecisionRecord, user: Option<&str>, place: Option<&CgroupPlace>, why
     let pod = place.and_then(|p| p.pod.as_deref());
     let (uid, gid) = d.ids().unzip();
     let known_pid = (d.pid != 0).then_some(d.pid);
+    // The supplementary group, or the user namespace's creator, that
+    // counted.
+    let (group, owner) = match d.reason {
+        RecordReason::Policy(Reason::GroupDenied | Reason::GroupAllowed) => (d.decider, None),
+        RecordReason::Policy(Reason::HostOnly) if d.decider != Some(d.uid) => (d.decider, None),
+        RecordReason::Policy(Reason::OwnerDenied) => (None, d.decider),
+        _ => (None, None),
+    };
     macro_rules! record {
         ($level:ident) => {
             tracing::$level!(
@@ -439,6 +462,10 @@ fn emit(d: &DecisionRecord, user: Option<&str>, place: Option<&CgroupPlace>, why
                 proto = d.proto_name(),
                 hook = d.hook.as_str(),
                 cgroup_id = d.cgroup_id,
+                place = d.place().map(|p| p.as_str()),
+                groups = d.groups,
+                group = group,
+                owner = owner,
                 cgroup = cgroup,
                 pod = pod,
                 reason = why,
@@ -519,6 +546,10 @@ mod tests {
             comm,
             proto: 0,
             _pad1: [0; 3],
+            decider: imds_guard_common::NO_ID,
+            ngroups: imds_guard_common::NO_ID,
+            namespaces: 0,
+            _pad2: [0; 7],
         })
         .expect("valid")
     }

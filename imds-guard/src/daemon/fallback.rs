@@ -3,7 +3,7 @@
 //! left open. (An `[allow]` name that does not resolve yet is left out of
 //! the policy, see `policy/unresolved.rs`, and retried.)
 //! When nothing is pinned, so no earlier policy is in force, the agent puts
-//! a policy of its own in force instead: built in (root only), or the
+//! a policy of its own in force instead: built in (root on the host only), or the
 //! `--fallback FILE` the unit names. It says so loudly (the log, systemd's
 //! status line, `status`, the `imds_guard_fallback` metric), keeps running,
 //! and puts the real policy in force on the first reload that validates.
@@ -44,9 +44,9 @@ impl Fallback {
 }
 
 /// The built-in fallback, as a policy file would say it.
-pub const BUILTIN: &str = "[allow]\nuids = [0]\n";
+pub const BUILTIN: &str = "[allow.host]\nuids = [0]\n";
 /// How the built-in fallback is named in messages (it has no file).
-const BUILTIN_NAME: &str = "(built-in fallback: root only)";
+const BUILTIN_NAME: &str = "(built-in fallback: root on the host only)";
 
 /// The policy to put in force.
 pub struct Chosen {
@@ -113,7 +113,7 @@ pub fn builtin() -> Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Action, CgroupClass, FakeResolver};
+    use crate::policy::{Action, FakeResolver};
 
     #[test]
     fn the_builtin_fallback_is_the_policy_its_text_says() {
@@ -128,15 +128,9 @@ mod tests {
     #[test]
     fn the_builtin_fallback_allows_root_only() {
         let p = builtin();
-        assert_eq!(p.decide(0, 0, CgroupClass::Unmatched).action, Action::Allow);
-        assert_eq!(
-            p.decide(1000, 0, CgroupClass::Unmatched).action,
-            Action::Deny
-        );
-        assert_eq!(
-            p.decide(1000, 1000, CgroupClass::Unmatched).action,
-            Action::Deny
-        );
+        assert_eq!(p.decide(0, 0).action, Action::Allow);
+        assert_eq!(p.decide(1000, 0).action, Action::Deny);
+        assert_eq!(p.decide(1000, 1000).action, Action::Deny);
     }
 
     #[test]
@@ -160,10 +154,7 @@ mod tests {
         let r = FakeResolver::new(&[], &[]);
         let chosen = choose(&bad, &Fallback::Builtin, &pins, &r).expect("falls back");
         assert!(chosen.fallback_for.is_some());
-        assert_eq!(
-            chosen.policy.decide(0, 0, CgroupClass::Unmatched).action,
-            Action::Allow
-        );
+        assert_eq!(chosen.policy.decide(0, 0).action, Action::Allow);
         let e = choose(&bad, &Fallback::Off, &pins, &r)
             .err()
             .expect("no fallback asked for");

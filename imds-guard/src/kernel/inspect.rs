@@ -14,6 +14,7 @@ use super::{
     cgroup,
     forward::{self, ForwardCounters},
     hooks::{HOOKS, Hook},
+    identity,
     loader::{Counters, GuardError, map_err, read_counters},
     pins::{PinError, Pins},
     sys,
@@ -50,6 +51,10 @@ pub struct Status {
     /// Programs named like ours on the same cgroup that are not ours:
     /// another guard, with another pin directory.
     pub other_guards: Vec<OtherGuard>,
+    /// What the programs were loaded with (offsets, the host's
+    /// namespaces, the group bound); `None` from an agent that did not
+    /// record it.
+    pub resolved: Option<common::Resolved>,
     /// The cgroup classification, when its maps are pinned.
     pub cgroups: Option<CgroupStatus>,
 }
@@ -101,6 +106,10 @@ impl Status {
             .open_map(common::MAP_COUNTERS, Map::PerCpuArray)?
             .map(|m| read_counters(&m))
             .transpose()?;
+        let resolved = match pins.open_map(common::MAP_RESOLVED, Map::Array)? {
+            Some(map) => identity::read(&map)?,
+            None => None,
+        };
         let agent_alive = pins.locked();
         let forward = forward::counters().map_err(|e| Chain(&e).to_string());
         let cgroups = read_cgroups(pins, config.map(|(generation, _)| generation))?;
@@ -118,6 +127,7 @@ impl Status {
             forward,
             agent_alive,
             other_guards,
+            resolved,
             cgroups,
         })
     }
@@ -161,6 +171,16 @@ impl Status {
     pub fn names_left_out(&self) -> bool {
         self.config
             .is_some_and(|(_, c)| c.flags & common::config_flags::PARTIAL != 0)
+    }
+
+    /// The `config_flags` bits in force that say what a decision reads.
+    pub fn reads(&self) -> (bool, bool) {
+        self.config.map_or((false, false), |(_, c)| {
+            (
+                c.flags & common::config_flags::SCAN_GROUPS != 0,
+                c.flags & common::config_flags::CHECK_OWNERS != 0,
+            )
+        })
     }
 
     /// Whether the forward table is in force here.

@@ -20,7 +20,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use imds_guard_common::{self as common, counter};
+use imds_guard_common::{self as common, HostNamespaces, counter};
 
 use super::{
     btf::{Btf, BtfError},
@@ -28,6 +28,7 @@ use super::{
     cgroups::{self as classify, CgroupTracker, offsets::CgroupOffsetError},
     features,
     hooks::{HOOKS, HookSpec, ProgramKind},
+    identity,
     offsets::{self, OffsetError},
     pins::{PINNED_MAPS, PinError, Pins},
     policy_maps::PolicyMaps,
@@ -39,6 +40,8 @@ use crate::policy::Policy;
 const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// The programs' global holding [`imds_guard_common::CgroupOffsets`].
 const CGROUP_OFFSETS_GLOBAL: &str = "CGROUP_OFFSETS";
+/// The programs' global holding [`imds_guard_common::HostNamespaces`].
+const HOST_GLOBAL: &str = "HOST";
 
 /// The object `build.rs` compiled from `imds-guard-ebpf`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
@@ -63,6 +66,12 @@ pub enum GuardError {
     },
     #[error("cannot list the cgroups below {path}")]
     CgroupScan {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the namespace {path}, which tells the host from a container")]
+    Namespace {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -207,14 +216,25 @@ impl Guard {
     /// `ebpf_log_level` is the aya-log level of the programs' diagnostics
     /// (0: off).
     pub fn load(ebpf_log_level: u8) -> Result<Self, GuardError> {
-        let mut guard = Self::open(ebpf_log_level)?;
+        Self::load_in(ebpf_log_level, identity::own_namespaces()?)
+    }
+
+    /// [`Guard::load`], with `host` as the namespaces a caller must share
+    /// to be on the host (a test's, rather than this process's).
+    pub fn load_in(ebpf_log_level: u8, host: HostNamespaces) -> Result<Self, GuardError> {
+        let mut guard = Self::open_in(ebpf_log_level, host)?;
         load_programs(&mut guard.ebpf)?;
         Ok(guard)
     }
 
     /// Creates the maps, without loading the programs: then
-    /// [`Guard::load_and_apply`].
+    /// [`Guard::load_and_apply`]. The host is where this process runs.
     pub fn open(ebpf_log_level: u8) -> Result<Self, GuardError> {
+        Self::open_in(ebpf_log_level, identity::own_namespaces()?)
+    }
+
+    /// [`Guard::open`] with `host` as the host's namespaces.
+    pub fn open_in(ebpf_log_level: u8, host: HostNamespaces) -> Result<Self, GuardError> {
         if OBJECT.is_empty() {
             return Err(GuardError::NoObject);
         }
@@ -232,8 +252,13 @@ impl Guard {
             .override_global(aya_log::LEVEL, &ebpf_log_level, false)
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(CGROUP_OFFSETS_GLOBAL, &cgroup_offsets, true)
+            .override_global(HOST_GLOBAL, &host, true)
             .load(OBJECT)
             .map_err(GuardError::Load)?;
+        let resolved = ebpf
+            .map_mut(common::MAP_RESOLVED)
+            .ok_or(GuardError::MissingMap(common::MAP_RESOLVED))?;
+        identity::record(resolved, &offsets, &host)?;
         let maps = PolicyMaps::new(&ebpf)?;
         let cgroups = CgroupTracker::new(&mut ebpf)?;
         Ok(Self {
@@ -241,6 +266,13 @@ impl Guard {
             maps,
             cgroups,
         })
+    }
+
+    /// How many instructions the verifier walked for each loaded program
+    /// (`verified_insns`, Linux 5.16; `None` before): how near each is to
+    /// the verifier's budget of a million.
+    pub fn verified_insns(&self) -> Vec<(String, Option<u32>)> {
+        verified_insns(&self.ebpf)
     }
 
     /// Loads the programs of a guard from [`Guard::open`] and writes its
@@ -589,6 +621,15 @@ fn load_error(name: &'static str, source: ProgramError) -> GuardError {
     GuardError::LoadProgram { name, source }
 }
 
+fn verified_insns(ebpf: &Ebpf) -> Vec<(String, Option<u32>)> {
+    ebpf.programs()
+        .map(|(name, p)| {
+            let insns = p.info().ok().and_then(|i| i.verified_instruction_count());
+            (name.to_owned(), insns)
+        })
+        .collect()
+}
+
 /// The config flags that tell the programs whether `policy` names
 /// cgroups, added to `stamp`'s.
 fn with_cgroup_flags(policy: &Policy, stamp: &Stamp) -> Stamp {
@@ -643,5 +684,9 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), GuardError> {
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         here.and(there)
-    })
+    })?;
+    for (program, insns) in verified_insns(ebpf) {
+        tracing::debug!(program, insns, "verified");
+    }
+    Ok(())
 }

@@ -2,8 +2,10 @@
 //! policies into their maps (`policy_maps.rs`), attaching or adopting them
 //! and pinning (`pins.rs`), and reading back what is in force (`inspect.rs`)
 //! and what they report (`records.rs`). `hooks.rs` is the one table of
-//! hooks; `sys.rs` the `bpf(2)` commands aya does not wrap. `cgroups/`
-//! keeps every cgroup's rule for unit, cgroup and pod entries.
+//! hooks; `sys.rs` the `bpf(2)` commands aya does not wrap; `offsets.rs`
+//! and `identity.rs` what the programs are told of the kernel's layout and
+//! of the host's namespaces. `cgroups/` keeps every cgroup's rule for unit,
+//! cgroup and pod entries.
 //!
 //! Imports: `policy` only. Nothing here logs decisions, talks to systemd or
 //! prints for the operator: that is `daemon` and `cli`, which import this.
@@ -16,6 +18,7 @@ pub mod features;
 pub mod forward;
 pub mod hooks;
 mod id_rules;
+pub mod identity;
 pub mod inspect;
 pub mod loader;
 pub mod offsets;

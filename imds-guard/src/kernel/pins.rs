@@ -4,7 +4,8 @@
 //! A pinned link keeps the programs attached after the agent exits or is
 //! killed; the next agent adopts it. The pinned `ACTIVE`, `CONFIG` and
 //! `COUNTERS` maps let `imds-guard status` read what is in force from the
-//! kernel. `imds-guard detach` removes it all.
+//! kernel, and the pinned `RESOLVED` map what the programs were told of the
+//! kernel's layout and the host. `imds-guard detach` removes it all.
 
 use std::{
     fs,
@@ -32,10 +33,11 @@ pub fn command_for(dir: &Path, command: &str) -> String {
     }
 }
 /// The maps `status` reads back from their pins.
-pub const PINNED_MAPS: [&str; 3] = [
+pub const PINNED_MAPS: [&str; 4] = [
     imds_guard_common::MAP_ACTIVE,
     imds_guard_common::MAP_CONFIG,
     imds_guard_common::MAP_COUNTERS,
+    imds_guard_common::MAP_RESOLVED,
 ];
 /// Where systemd (and we, if it did not) mount the bpf filesystem.
 const BPFFS_ROOT: &str = "/sys/fs/bpf";

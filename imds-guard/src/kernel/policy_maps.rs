@@ -19,7 +19,9 @@ use aya::{
     Ebpf,
     maps::{Map, MapData},
 };
-use imds_guard_common::{self as common, IdRule, Ipv6Key, V4Key, V6Key, action, mode};
+use imds_guard_common::{
+    self as common, IdRule, Ipv6Key, V4Key, V6Key, action, config_flags, mode,
+};
 
 use super::{
     batch, id_rules,
@@ -27,7 +29,7 @@ use super::{
     records::entry_number,
     sys,
 };
-use crate::policy::{Action, Mode, Policy};
+use crate::policy::{Action, Mode, Policy, Scope};
 
 /// The protected addresses one generation was written with.
 #[derive(Debug, Default)]
@@ -228,7 +230,10 @@ impl PolicyMaps {
         ] {
             let slot = rules.iter().map(|(&id, rule)| {
                 let rule = IdRule {
-                    action: kernel_action(rule.action),
+                    action: match (rule.action, policy.scope_of(rule)) {
+                        (Action::Allow, Scope::Host) => action::ALLOW_ON_HOST,
+                        (other, _) => kernel_action(other),
+                    },
                     entry: entry_number(Some(rule.index)),
                 };
                 (id, rule)
@@ -263,7 +268,7 @@ impl PolicyMaps {
             applied_unix: stamp.applied_unix,
             attached_unix: stamp.attached_unix,
             agent_pid: stamp.agent_pid,
-            flags: stamp.flags,
+            flags: stamp.flags | reads(policy),
         };
         sys::map_update(self.config.as_fd(), &generation, &config)
             .map_err(batch_err(common::MAP_CONFIG))
@@ -320,6 +325,19 @@ fn delete<K: aya::Pod>(fd: &OwnedFd, name: &'static str, keys: &[K]) -> Result<(
         return Ok(());
     }
     batch::delete(fd.as_fd(), keys).map_err(batch_err(name))
+}
+
+/// The `config_flags` bits that say what a decision under `policy` reads
+/// of the caller beyond its uid and gid.
+fn reads(policy: &Policy) -> u32 {
+    let mut flags = 0;
+    if policy.scans_groups() {
+        flags |= config_flags::SCAN_GROUPS;
+    }
+    if policy.checks_owners() {
+        flags |= config_flags::CHECK_OWNERS;
+    }
+    flags
 }
 
 fn kernel_action(a: Action) -> u32 {

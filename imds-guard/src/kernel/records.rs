@@ -4,11 +4,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use imds_guard_common::{Event, family, kind, reason, verdict};
+use imds_guard_common::{Event, NO_ID, family, kind, ns, reason, verdict};
 
 use super::hooks::Hook;
 use crate::{
-    policy::{Outcome, Reason},
+    policy::{Outcome, Place, Reason},
     text::printable,
 };
 
@@ -32,6 +32,8 @@ pub enum RecordReason {
     /// No identity could be established (a kernel thread, a socket no
     /// process opened): denied.
     NoIdentity,
+    /// The caller's groups or user namespaces could not be read: denied.
+    Unreadable,
 }
 
 impl RecordReason {
@@ -44,6 +46,12 @@ impl RecordReason {
             reason::DEFAULT => Self::Policy(Reason::Default),
             reason::INTERNAL_ERROR => Self::InternalError,
             reason::NO_IDENTITY => Self::NoIdentity,
+            reason::GROUP_DENIED => Self::Policy(Reason::GroupDenied),
+            reason::GROUP_ALLOWED => Self::Policy(Reason::GroupAllowed),
+            reason::OWNER_DENIED => Self::Policy(Reason::OwnerDenied),
+            reason::HOST_ONLY => Self::Policy(Reason::HostOnly),
+            reason::TOO_MANY_GROUPS => Self::Policy(Reason::TooManyGroups),
+            reason::UNREADABLE => Self::Unreadable,
             reason::CGROUP_DENIED => Self::Policy(Reason::CgroupDenied),
             reason::CGROUP_ALLOWED => Self::Policy(Reason::CgroupAllowed),
             reason::CGROUP_UNKNOWN => Self::Policy(Reason::CgroupUnknown),
@@ -90,6 +98,14 @@ pub struct DecisionRecord {
     pub generation: u8,
     /// The IP protocol of a packet (`egress`); 0 for the other hooks.
     pub proto: u8,
+    /// The id whose rule decided (the uid, a gid, a supplementary group,
+    /// a user namespace's creator), when one did.
+    pub decider: Option<u32>,
+    /// How many supplementary groups the caller holds, when they were read
+    /// (the policy has a group rule).
+    pub groups: Option<u32>,
+    /// [`ns`] bits: where the caller runs.
+    pub namespaces: u8,
 }
 
 impl DecisionRecord {
@@ -136,7 +152,50 @@ impl DecisionRecord {
             entry: ev.entry,
             generation: ev.generation,
             proto: ev.proto,
+            decider: (ev.decider != NO_ID).then_some(ev.decider),
+            groups: (ev.ngroups != NO_ID).then_some(ev.ngroups),
+            namespaces: ev.namespaces,
         })
+    }
+
+    /// Where the caller runs, when the programs could tell.
+    pub fn place(&self) -> Option<Place> {
+        if self.namespaces & ns::CHECKED == 0 {
+            return None;
+        }
+        Some(if self.namespaces & ns::NOT_HOST == 0 {
+            Place::Host
+        } else {
+            Place::Container
+        })
+    }
+
+    /// Why the caller is not on the host, in words: which namespaces
+    /// differ from the agent's, or could not be read.
+    pub fn not_host(&self) -> Option<&'static str> {
+        let bits = self.namespaces;
+        if bits & ns::CHECKED == 0 || bits & ns::NOT_HOST == 0 {
+            return None;
+        }
+        Some(
+            match (
+                bits & (ns::PID | ns::PID_UNKNOWN),
+                bits & (ns::NET | ns::NET_UNKNOWN),
+                bits & (ns::USER | ns::USER_UNKNOWN),
+            ) {
+                (ns::PID, 0, 0) => "its pid namespace is not the agent's",
+                (0, ns::NET, 0) => "its socket's network namespace is not the agent's",
+                (0, 0, ns::USER) => "its user namespace is not the agent's",
+                (p, n, u) if p & ns::PID != 0 || n & ns::NET != 0 || u & ns::USER != 0 => {
+                    if bits & (ns::PID_UNKNOWN | ns::NET_UNKNOWN | ns::USER_UNKNOWN) != 0 {
+                        "its namespaces are not the agent's, or could not be read"
+                    } else {
+                        "its namespaces are not the agent's"
+                    }
+                }
+                _ => "its namespaces could not be read",
+            },
+        )
     }
 
     /// The index into the policy's entries of the entry that decided.
@@ -208,6 +267,10 @@ mod tests {
             comm,
             proto: 0,
             _pad1: [0; 3],
+            decider: NO_ID,
+            ngroups: NO_ID,
+            namespaces: 0,
+            _pad2: [0; 7],
         }
     }
 

@@ -3,7 +3,10 @@
 
 use std::net::IpAddr;
 
-use super::{Action, CgroupClass, Mode, Outcome, Policy, explain::explain};
+use super::{
+    Action, Mode, Outcome, Place, Policy, Process,
+    explain::{Context, explain_with},
+};
 
 /// What `check` found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,9 +18,7 @@ pub struct CheckReport {
     pub why: String,
 }
 
-/// The verdict for a process of `uid` and `gid`, in a cgroup of class
-/// `cgroup`, connecting to `dst`.
-pub fn check(policy: &Policy, uid: u32, gid: u32, cgroup: CgroupClass, dst: IpAddr) -> CheckReport {
+pub fn check(policy: &Policy, process: &Process, dst: IpAddr) -> CheckReport {
     if !policy.protects(dst) {
         return CheckReport {
             outcome: Outcome::Allow,
@@ -25,7 +26,7 @@ pub fn check(policy: &Policy, uid: u32, gid: u32, cgroup: CgroupClass, dst: IpAd
             why: format!("{dst} is not a protected address"),
         };
     }
-    let d = policy.decide(uid, gid, cgroup);
+    let d = policy.decide_process(process);
     let outcome = match (d.action, policy.spec.mode) {
         (Action::Allow, _) => Outcome::Allow,
         (Action::Deny, Mode::Enforce) => Outcome::Deny,
@@ -34,6 +35,19 @@ pub fn check(policy: &Policy, uid: u32, gid: u32, cgroup: CgroupClass, dst: IpAd
     CheckReport {
         outcome,
         protected: true,
-        why: explain(policy, d.reason, d.index, uid, gid),
+        why: explain_with(
+            policy,
+            d.reason,
+            d.index,
+            &Context {
+                uid: process.uid,
+                gid: process.gid,
+                id: d.id,
+                place: Some(process.place),
+                groups: u32::try_from(process.groups.len()).ok(),
+                not_host: (process.place == Place::Container)
+                    .then_some("--container: a namespace differs from the agent's"),
+            },
+        ),
     }
 }

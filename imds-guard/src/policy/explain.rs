@@ -2,7 +2,26 @@
 //! policy entry and its position in the file. The kernel's records, the
 //! agent's log and `check` all explain through here.
 
-use super::{Action, Identity, Policy, Reason};
+use imds_guard_common::MAX_GROUPS;
+
+use super::{Action, Entry, Identity, Place, Policy, Reason};
+
+/// What else is known of the process a decision was about, beyond its uid
+/// and primary gid: the id whose rule decided, where it runs, how many
+/// supplementary groups it holds. `None` where unknown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Context {
+    pub uid: u32,
+    pub gid: u32,
+    /// The id whose rule decided (`Decision::id`, `Event::decider`).
+    pub id: Option<u32>,
+    pub place: Option<Place>,
+    /// The supplementary groups held, when they were read.
+    pub groups: Option<u32>,
+    /// Why the process is not on the host, in words ("its pid namespace
+    /// differs"), when known.
+    pub not_host: Option<&'static str>,
+}
 
 /// Why a decision for `uid`/`gid` with `reason`, decided by the entry at
 /// `index` (none for the default), came out as it did.
@@ -13,22 +32,75 @@ pub fn explain(
     uid: u32,
     gid: u32,
 ) -> String {
+    explain_with(
+        policy,
+        reason,
+        index,
+        &Context {
+            uid,
+            gid,
+            ..Context::default()
+        },
+    )
+}
+
+/// [`explain`], with what else is known of the process.
+pub fn explain_with(policy: &Policy, reason: Reason, index: Option<usize>, cx: &Context) -> String {
+    let (uid, gid) = (cx.uid, cx.gid);
     let entry = index.and_then(|i| policy.spec.entries.get(i));
     let cite = |what: &str| match entry {
         Some(e) => format!(
             "{what} by {} at {}:{}:{}",
-            describe(e.action, &e.identity),
+            describe(e),
             policy.spec.path.display(),
             e.at.line,
             e.at.col
         ),
         None => format!("{what} by a policy entry"),
     };
+    let id = |fallback: u32| cx.id.unwrap_or(fallback);
     match reason {
         Reason::UidDenied => cite(&format!("uid {uid} is denied")),
         Reason::GidDenied => cite(&format!("gid {gid} is denied")),
-        Reason::UidAllowed => cite(&format!("uid {uid} is allowed")),
-        Reason::GidAllowed => cite(&format!("gid {gid} is allowed")),
+        Reason::UidAllowed => cite(&format!("uid {uid} is {}", done(entry))),
+        Reason::GidAllowed => cite(&format!("gid {gid} is {}", done(entry))),
+        Reason::GroupDenied => match cx.id {
+            Some(g) => cite(&format!("supplementary group {g} is denied")),
+            None => cite("a supplementary group is denied"),
+        },
+        Reason::GroupAllowed => match cx.id {
+            Some(g) => cite(&format!("supplementary group {g} is {}", done(entry))),
+            None => cite(&format!("a supplementary group is {}", done(entry))),
+        },
+        Reason::OwnerDenied => match cx.id {
+            Some(owner) => cite(&format!(
+                "uid {uid} runs in a user namespace created by uid {owner}, which is denied"
+            )),
+            None => cite(&format!(
+                "uid {uid} runs in a user namespace whose creator is denied"
+            )),
+        },
+        Reason::HostOnly => {
+            let whose = match entry.map(|e| &e.identity) {
+                Some(Identity::User(_) | Identity::Uid(_)) => format!("uid {}", id(uid)),
+                Some(_) => format!("gid {}", id(gid)),
+                None => "the process".to_owned(),
+            };
+            let why = cx
+                .not_host
+                .map_or_else(String::new, |why| format!(" ({why})"));
+            format!(
+                "{}, and this process runs in a container{why}, not on the host",
+                cite(&format!("{whose} is allowed on the host only"))
+            )
+        }
+        Reason::TooManyGroups => format!(
+            "the process holds {} supplementary groups, more than the {MAX_GROUPS} the guard \
+             reads, and the policy has group rules: one past the bound could be denied, so the \
+             guard fails closed",
+            cx.groups
+                .map_or_else(|| "too many".to_owned(), |n| n.to_string())
+        ),
         Reason::CgroupDenied => cite("its cgroup is denied"),
         Reason::CgroupAllowed => cite("its cgroup is allowed"),
         Reason::CgroupUnknown => "its cgroup has no classification (the guard could not store \
@@ -37,22 +109,36 @@ pub fn explain(
             .to_owned(),
         Reason::Default => match policy.default_action {
             Action::Deny => format!(
-                "neither uid {uid} nor gid {gid} is in [allow], and the policy denies everyone else"
+                "neither uid {uid} nor gid {gid}{} is in [allow], and the policy denies everyone \
+                 else",
+                groups_too(cx)
             ),
             Action::Allow => format!(
-                "neither uid {uid} nor gid {gid} is in [deny], and the policy allows everyone else"
+                "neither uid {uid} nor gid {gid}{} is in [deny], and the policy allows everyone \
+                 else",
+                groups_too(cx)
             ),
         },
     }
 }
 
-/// `[deny] users "apache"`.
-fn describe(action: Action, identity: &Identity) -> String {
-    let table = match action {
-        Action::Allow => "[allow]",
-        Action::Deny => "[deny]",
-    };
-    match identity {
+/// ", nor any of its N supplementary groups", when they were read.
+fn groups_too(cx: &Context) -> String {
+    match cx.groups {
+        Some(n) if n > 0 => format!(" nor any of its {n} supplementary groups"),
+        _ => String::new(),
+    }
+}
+
+/// "allowed" or "allowed on the host".
+fn done(entry: Option<&Entry>) -> &'static str {
+    entry.map_or("allowed", Entry::done)
+}
+
+/// `[deny] users "apache"`, `[allow.host] uids 0`.
+fn describe(entry: &Entry) -> String {
+    let table = entry.table();
+    match &entry.identity {
         Identity::User(n) => format!("{table} users \"{n}\""),
         Identity::Uid(n) => format!("{table} uids {n}"),
         Identity::Group(n) => format!("{table} groups \"{n}\""),

@@ -27,6 +27,7 @@ mod digest;
 mod error;
 mod explain;
 pub mod forward;
+mod process;
 mod raw;
 mod resolve;
 mod source;
@@ -47,7 +48,8 @@ pub use self::{
     check::{CheckReport, check},
     digest::hex,
     error::{Diagnostic, PolicyError},
-    explain::explain,
+    explain::{Context, explain, explain_with},
+    process::{Place, Process},
     resolve::{Resolver, SystemResolver},
     source::{ADMIN_POLICY, PACKAGED_POLICY, PolicySource},
     unresolved::Unresolved,
@@ -185,13 +187,46 @@ impl fmt::Display for Identity {
     }
 }
 
-/// One entry of `[allow]` or `[deny]`.
+/// Where an entry applies: to every caller, or only to callers on the
+/// host (`[allow.host]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// `[allow]`, `[deny]`: wherever the caller runs.
+    #[default]
+    Anywhere,
+    /// `[allow.host]`: only a caller whose pid, network and user namespaces
+    /// are the agent's (see [`Place`]).
+    Host,
+}
+
+/// One entry of `[allow]`, `[allow.host]` or `[deny]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub action: Action,
     pub identity: Identity,
     /// Where the entry is written.
     pub at: Location,
+    /// [`Scope::Host`] for `[allow.host]`.
+    pub scope: Scope,
+}
+
+impl Entry {
+    /// "allowed", "allowed on the host" or "denied", for messages.
+    fn done(&self) -> &'static str {
+        match (self.action, self.scope) {
+            (Action::Allow, Scope::Host) => "allowed on the host",
+            (action, _) => action.done(),
+        }
+    }
+
+    /// The table it is written in: `[allow]`, `[allow.host]`, `[deny]`.
+    pub fn table(&self) -> &'static str {
+        match (self.action, self.scope) {
+            (Action::Allow, Scope::Anywhere) => "[allow]",
+            (Action::Allow, Scope::Host) => "[allow.host]",
+            (Action::Deny, _) => "[deny]",
+        }
+    }
 }
 
 /// A protected destination.
@@ -285,6 +320,19 @@ pub enum Reason {
     GidAllowed,
     /// No rule names the uid or the gid: [`Policy::default_action`].
     Default,
+    /// A supplementary group the caller holds has a deny rule.
+    GroupDenied,
+    /// A supplementary group the caller holds has an allow rule (and
+    /// nothing denies it).
+    GroupAllowed,
+    /// The owner of a user namespace the caller is in has a deny rule.
+    OwnerDenied,
+    /// Only `[allow.host]` entries name the caller, and it is not on the
+    /// host.
+    HostOnly,
+    /// The caller holds more supplementary groups than the guard reads
+    /// ([`imds_guard_common::MAX_GROUPS`]), and the policy has gid rules.
+    TooManyGroups,
     /// The cgroup matches a `[deny]` unit or cgroup pattern (and neither
     /// id has a deny rule).
     CgroupDenied,
@@ -304,17 +352,23 @@ pub struct Decision {
     /// Index into [`PolicySpec::entries`] of the entry that decided; `None`
     /// for [`Reason::Default`].
     pub index: Option<usize>,
+    /// The id whose rule decided: the uid, the primary gid, the
+    /// supplementary group, the user namespace owner; `None` for the
+    /// default and [`Reason::TooManyGroups`].
+    pub id: Option<u32>,
 }
 
 impl Policy {
-    /// Root only (`[allow] uids = [0]`) on the default endpoints, in
-    /// enforce mode, read from nowhere (`path` names it in messages): the
-    /// agent's built-in fallback, which cannot fail to build.
+    /// Root on the host only (`[allow.host] uids = [0]`) on the default
+    /// endpoints, in enforce mode, read from nowhere (`path` names it in
+    /// messages): the agent's built-in fallback, which cannot fail to
+    /// build.
     pub fn root_only(path: &Path) -> Self {
         let entry = Entry {
             action: Action::Allow,
             identity: Identity::Uid(0),
             at: Location { line: 2, col: 9 },
+            scope: Scope::Host,
         };
         Self {
             spec: PolicySpec {
@@ -337,52 +391,20 @@ impl Policy {
         }
     }
 
-    /// What the policy does with a process of real `uid` and `gid` in a
-    /// cgroup of class `cgroup` that connects to a protected endpoint.
-    ///
-    /// The order mirrors the kernel programs, and any change here must be
-    /// made there too: a deny rule wins over an allow rule whichever id
-    /// each names; denies by uid, gid, cgroup; then allows by cgroup, uid,
-    /// gid (the order of allows changes only the reason); then the default. An unclassified cgroup is denied when
-    /// the policy denies some cgroups, and matches nothing otherwise.
-    pub fn decide(&self, uid: u32, gid: u32, cgroup: CgroupClass) -> Decision {
-        let uid_rule = self.uids.get(&uid).copied();
-        let gid_rule = self.gids.get(&gid).copied();
-        let cgroup_rule = match cgroup {
-            CgroupClass::Rule { action, index } => Some(IdRule { action, index }),
-            CgroupClass::Unmatched | CgroupClass::Unclassified => None,
-        };
-        let steps = [
-            (uid_rule, Action::Deny, Reason::UidDenied),
-            (gid_rule, Action::Deny, Reason::GidDenied),
-            (cgroup_rule, Action::Deny, Reason::CgroupDenied),
-            (cgroup_rule, Action::Allow, Reason::CgroupAllowed),
-            (uid_rule, Action::Allow, Reason::UidAllowed),
-            (gid_rule, Action::Allow, Reason::GidAllowed),
-        ];
-        let unknown = cgroup == CgroupClass::Unclassified && self.cgroups.denies();
-        for (i, (rule, action, reason)) in steps.into_iter().enumerate() {
-            // The cgroup's turn: one that might be denied is.
-            if i == 2 && unknown {
-                return Decision {
-                    action: Action::Deny,
-                    reason: Reason::CgroupUnknown,
-                    index: None,
-                };
-            }
-            if let Some(rule) = rule.filter(|rule| rule.action == action) {
-                return Decision {
-                    action,
-                    reason,
-                    index: Some(rule.index),
-                };
-            }
-        }
-        Decision {
-            action: self.default_action,
-            reason: Reason::Default,
-            index: None,
-        }
+    /// What the policy does with a process of real `uid` and `gid`, on the
+    /// host, with no supplementary group and in the initial user
+    /// namespace, that connects to a protected endpoint:
+    /// [`Policy::decide_process`] for such a process.
+    pub fn decide(&self, uid: u32, gid: u32) -> Decision {
+        self.decide_process(&Process::on_host(uid, gid))
+    }
+
+    /// Where the rule `rule` applies: that of the entry that made it.
+    pub fn scope_of(&self, rule: &IdRule) -> Scope {
+        self.spec
+            .entries
+            .get(rule.index)
+            .map_or(Scope::Anywhere, |e| e.scope)
     }
 
     /// Whether connections to `addr` are subject to the policy. An

@@ -3,8 +3,10 @@
 
 use std::{net::IpAddr, path::Path};
 
+use imds_guard_common::MAX_GROUPS;
+
 use super::{
-    Action, CgroupClass, Decision, Identity, Location, Mode, Policy, PolicySpec, Reason,
+    Action, Decision, Identity, Location, Mode, Place, Policy, PolicySpec, Process, Reason, Scope,
     resolve::fake::FakeResolver,
 };
 
@@ -34,11 +36,21 @@ fn decision(action: Action, reason: Reason, index: Option<usize>) -> Decision {
         action,
         reason,
         index,
+        id: None,
+    }
+}
+
+/// [`Policy::decide`] without the deciding id, which these tests do not
+/// state.
+fn bare(policy: &Policy, uid: u32, gid: u32) -> Decision {
+    Decision {
+        id: None,
+        ..policy.decide(uid, gid)
     }
 }
 
 #[test]
-fn the_shipped_policy_allows_root_only_and_enforces() {
+fn the_shipped_policy_allows_root_on_the_host_only_and_enforces() {
     let spec = PolicySpec::parse(Path::new("config/imds-guard.toml"), SHIPPED)
         .unwrap_or_else(|e| panic!("the shipped policy does not validate:\n{e}"));
     assert_eq!(spec.mode, Mode::Enforce);
@@ -46,14 +58,14 @@ fn the_shipped_policy_allows_root_only_and_enforces() {
     assert_eq!(addrs, [ip("169.254.169.254"), ip("fd00:ec2::254")]);
     // Written out, not the built-in default.
     assert!(spec.endpoints.iter().all(|e| e.at.is_some()), "{spec:?}");
-    let identities: Vec<(Action, &Identity)> = spec
+    let identities: Vec<(Action, Scope, &Identity)> = spec
         .entries
         .iter()
-        .map(|e| (e.action, &e.identity))
+        .map(|e| (e.action, e.scope, &e.identity))
         .collect();
     assert_eq!(
         identities,
-        [(Action::Allow, &Identity::User("root".into()))]
+        [(Action::Allow, Scope::Host, &Identity::User("root".into()))]
     );
 
     let root_only = FakeResolver::new(&[("root", 0)], &[("root", 0)]);
@@ -61,18 +73,170 @@ fn the_shipped_policy_allows_root_only_and_enforces() {
         .resolve(&root_only)
         .unwrap_or_else(|e| panic!("the shipped policy does not resolve:\n{e}"));
     assert_eq!(
-        policy.decide(0, 0, CgroupClass::Unmatched),
+        bare(&policy, 0, 0),
         decision(Action::Allow, Reason::UidAllowed, Some(0))
     );
     assert_eq!(
-        policy.decide(1000, 1000, CgroupClass::Unmatched),
+        bare(&policy, 1000, 1000),
         decision(Action::Deny, Reason::Default, None)
     );
     // A process in group root but not uid 0 is not root.
+    assert_eq!(bare(&policy, 1000, 0).action, Action::Deny);
+    // Root in a container is not root on the host.
+    let in_container = Process {
+        place: Place::Container,
+        ..Process::on_host(0, 0)
+    };
     assert_eq!(
-        policy.decide(1000, 0, CgroupClass::Unmatched).action,
-        Action::Deny
+        policy.decide_process(&in_container),
+        Decision {
+            action: Action::Deny,
+            reason: Reason::HostOnly,
+            index: Some(0),
+            id: Some(0),
+        }
     );
+}
+
+/// `[allow] groups imds (1500)`, `[deny] gids 666`, `[deny] users apache`,
+/// `[allow.host] uids 0`.
+fn identity_policy() -> Policy {
+    policy(
+        "[allow]\ngroups = [\"imds\"]\n[allow.host]\nuids = [0]\n\
+         [deny]\ngids = [666]\nusers = [\"apache\"]\n",
+    )
+}
+
+fn member(uid: u32, gid: u32, groups: &[u32]) -> Process {
+    Process {
+        groups: groups.to_vec(),
+        ..Process::on_host(uid, gid)
+    }
+}
+
+#[test]
+fn supplementary_groups_allow_and_deny_like_the_primary_one() {
+    let p = identity_policy();
+    let d = p.decide_process(&member(2000, 2000, &[10, 1500]));
+    assert_eq!(
+        (d.action, d.reason, d.id),
+        (Action::Allow, Reason::GroupAllowed, Some(1500))
+    );
+    // A denied group wins over an allowed one, whichever comes first.
+    let d = p.decide_process(&member(2000, 1500, &[666]));
+    assert_eq!(
+        (d.action, d.reason, d.id),
+        (Action::Deny, Reason::GroupDenied, Some(666))
+    );
+    // `sg imds`: the primary gid becomes the allowed group, the denied one
+    // stays supplementary, and still denies.
+    let d = p.decide_process(&member(2000, 1500, &[666, 1500]));
+    assert_eq!(d.reason, Reason::GroupDenied);
+    // Group rules in force and too many groups: denied, whatever they are.
+    let many: Vec<u32> = (10_000..10_000 + MAX_GROUPS + 1).collect();
+    let d = p.decide_process(&member(0, 0, &many));
+    assert_eq!((d.action, d.reason), (Action::Deny, Reason::TooManyGroups));
+    // Without group rules they are not read, and do not count.
+    let uids_only = policy("[allow]\nuids = [0]\n");
+    assert_eq!(
+        uids_only.decide_process(&member(0, 0, &many)).action,
+        Action::Allow
+    );
+}
+
+#[test]
+fn a_user_namespace_created_by_a_denied_user_is_that_user() {
+    let p = identity_policy();
+    // uid 100000 is apache's subordinate id, inside apache's namespace.
+    let rootless = Process {
+        owners: vec![48],
+        ..member(100_000, 100_000, &[1500])
+    };
+    let d = p.decide_process(&rootless);
+    assert_eq!(
+        (d.action, d.reason, d.id, d.index),
+        (Action::Deny, Reason::OwnerDenied, Some(48), Some(2))
+    );
+    // Owners further out count too; an allowed owner is no allow.
+    let nested = Process {
+        owners: vec![1001, 48],
+        ..member(5, 5, &[])
+    };
+    assert_eq!(p.decide_process(&nested).reason, Reason::OwnerDenied);
+    let allowed_owner = Process {
+        owners: vec![0],
+        ..member(5, 5, &[])
+    };
+    assert_eq!(p.decide_process(&allowed_owner).reason, Reason::Default);
+}
+
+#[test]
+fn host_only_entries_allow_on_the_host_and_name_why_not_elsewhere() {
+    let p = identity_policy();
+    assert_eq!(
+        p.decide_process(&member(0, 0, &[])).reason,
+        Reason::UidAllowed
+    );
+    let root_in_container = Process {
+        place: Place::Container,
+        ..member(0, 0, &[])
+    };
+    assert_eq!(
+        p.decide_process(&root_in_container).reason,
+        Reason::HostOnly
+    );
+    // An entry that allows anywhere still allows in a container.
+    let member_in_container = Process {
+        place: Place::Container,
+        ..member(0, 0, &[1500])
+    };
+    assert_eq!(
+        p.decide_process(&member_in_container).reason,
+        Reason::GroupAllowed
+    );
+    assert_eq!(
+        crate::policy::explain_with(
+            &p,
+            Reason::HostOnly,
+            Some(1),
+            &crate::policy::Context {
+                uid: 0,
+                gid: 0,
+                id: Some(0),
+                place: Some(Place::Container),
+                groups: Some(0),
+                not_host: Some("its pid namespace is not the agent's"),
+            }
+        ),
+        "uid 0 is allowed on the host only by [allow.host] uids 0 at p.toml:4:9, and this \
+         process runs in a container (its pid namespace is not the agent's), not on the host"
+    );
+}
+
+#[test]
+fn allow_host_is_an_allow_table_and_deny_host_is_refused() {
+    let refused = |text: &str| {
+        PolicySpec::parse(Path::new("p.toml"), text)
+            .expect_err("refused")
+            .to_string()
+    };
+    assert!(
+        refused("[allow]\nuids = [0]\n[allow.host]\nuids = [0]\n")
+            .contains("p.toml:4:9: duplicate rule: uid 0 is already allowed at line 2, column 9"),
+    );
+    assert!(
+        refused("[deny.host]\nuids = [5]\n").contains(
+            "unknown key \"host\" in [deny], host belongs in [allow] only ([allow.host])"
+        ),
+    );
+    assert!(refused("[allow.host]\n").contains("the policy decides nothing"));
+    // Today's policies keep their meaning: [allow] allows anywhere.
+    let p = policy("[allow]\nuids = [0]\n");
+    let root_in_container = Process {
+        place: Place::Container,
+        ..Process::on_host(0, 0)
+    };
+    assert_eq!(p.decide_process(&root_in_container).action, Action::Allow);
 }
 
 /// allow: uid 1001 (alice), gid 1500 (imds); deny: uid 48 (apache),
@@ -117,15 +281,11 @@ fn decide_gives_every_reason_in_the_kernel_order() {
         ((666, 48), decision(Action::Deny, Reason::Default, None)),
     ];
     for ((uid, gid), expected) in cases {
-        assert_eq!(
-            policy.decide(uid, gid, CgroupClass::Unmatched),
-            expected,
-            "uid {uid} gid {gid}"
-        );
+        assert_eq!(bare(&policy, uid, gid), expected, "uid {uid} gid {gid}");
     }
     let entry = |d: Decision| d.index.map(|i| &policy.spec.entries[i].identity);
     assert_eq!(
-        entry(policy.decide(48, 0, CgroupClass::Unmatched)),
+        entry(bare(&policy, 48, 0)),
         Some(&Identity::User("apache".into()))
     );
 }
@@ -134,11 +294,11 @@ fn decide_gives_every_reason_in_the_kernel_order() {
 fn a_deny_list_alone_allows_by_default() {
     let policy = policy("[deny]\nusers = [\"apache\"]\n");
     assert_eq!(
-        policy.decide(1000, 1000, CgroupClass::Unmatched),
+        bare(&policy, 1000, 1000),
         decision(Action::Allow, Reason::Default, None)
     );
     assert_eq!(
-        policy.decide(48, 48, CgroupClass::Unmatched),
+        bare(&policy, 48, 48),
         decision(Action::Deny, Reason::UidDenied, Some(0))
     );
 }
@@ -147,11 +307,11 @@ fn a_deny_list_alone_allows_by_default() {
 fn a_group_alone_can_allow() {
     let policy = policy("[allow]\ngroups = [\"imds\"]\n");
     assert_eq!(
-        policy.decide(1000, 1500, CgroupClass::Unmatched),
+        bare(&policy, 1000, 1500),
         decision(Action::Allow, Reason::GidAllowed, Some(0))
     );
     assert_eq!(
-        policy.decide(1500, 1000, CgroupClass::Unmatched),
+        bare(&policy, 1500, 1000),
         decision(Action::Deny, Reason::Default, None)
     );
 }

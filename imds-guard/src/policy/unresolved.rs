@@ -97,18 +97,8 @@ mod tests {
             left_out[0].to_string(),
             "user \"app\" at line 2, column 18: does not exist on this host (yet)"
         );
-        assert_eq!(
-            policy
-                .decide(0, 0, crate::policy::CgroupClass::Unmatched)
-                .action,
-            Action::Allow
-        );
-        assert_eq!(
-            policy
-                .decide(1000, 1000, crate::policy::CgroupClass::Unmatched)
-                .action,
-            Action::Deny
-        );
+        assert_eq!(policy.decide(0, 0).action, Action::Allow);
+        assert_eq!(policy.decide(1000, 1000).action, Action::Deny);
     }
 
     #[test]
@@ -119,18 +109,8 @@ mod tests {
             .expect("resolves what it can");
         assert_eq!(left_out.len(), 2);
         assert_eq!(policy.default_action, Action::Deny);
-        assert_eq!(
-            policy
-                .decide(1000, 1000, crate::policy::CgroupClass::Unmatched)
-                .action,
-            Action::Deny
-        );
-        assert_eq!(
-            policy
-                .decide(0, 0, crate::policy::CgroupClass::Unmatched)
-                .action,
-            Action::Deny
-        );
+        assert_eq!(policy.decide(1000, 1000).action, Action::Deny);
+        assert_eq!(policy.decide(0, 0).action, Action::Deny);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use imds_guard_common::{MAX_CGROUP_PATTERNS, MAX_ENDPOINTS};
 use rustc_hash::FxHashMap;
 
 use super::{
-    Action, Endpoint, Entry, Identity, Location, Mode, PolicyError, PolicySpec, address,
+    Action, Endpoint, Entry, Identity, Location, Mode, PolicyError, PolicySpec, Scope, address,
     cgroups::{
         Pattern,
         pods::{PATTERNS_PER_POD, PodName},
@@ -33,6 +33,9 @@ mod forward;
 
 /// The keys of the top-level table.
 const TOP_KEYS: &[&str] = &["mode", "endpoints", "allow", "deny", "forward"];
+/// The table in `[allow]` whose entries allow a caller on the host only
+/// (`[allow.host]`).
+const HOST_KEY: &str = "host";
 /// The keys of `[endpoints]`.
 const ENDPOINT_KEYS: &[&str] = &["addresses"];
 /// Where problems of the file as a whole are reported.
@@ -214,7 +217,7 @@ impl Checker<'_> {
         let mut empty_allow = None;
         for (name, action) in [("allow", Action::Allow), ("deny", Action::Deny)] {
             if let Some(&(key, node)) = fields.get(name) {
-                let rules = self.rules(name, action, key, node);
+                let rules = self.rules(name, action, Scope::Anywhere, key, node);
                 if action == Action::Allow && rules.written == 0 {
                     empty_allow = Some(rules.at);
                 }
@@ -408,9 +411,10 @@ impl Checker<'_> {
         endpoints
     }
 
-    /// Reads a table of rules (`[allow]`, `[deny]`) whose entries all get
-    /// `action`.
-    fn rules(&mut self, name: &str, action: Action, key: &Key, node: &Node) -> Rules {
+    /// Reads a table of rules (`[allow]`, `[allow.host]`, `[deny]`) whose
+    /// entries all get `action` and `scope`. `[allow]` may hold a `host`
+    /// table: entries that allow a caller on the host only.
+    fn rules(&mut self, name: &str, action: Action, scope: Scope, key: &Key, node: &Node) -> Rules {
         let Some((items, at)) = self.table(name, key, node) else {
             return Rules {
                 entries: Vec::new(),
@@ -418,14 +422,19 @@ impl Checker<'_> {
                 at: self.key_at(key, START),
             };
         };
-        let written = items
+        let nests_host = action == Action::Allow && scope == Scope::Anywhere;
+        let mut written: usize = items
             .iter()
+            .filter(|(key, _)| !(nests_host && key.name == HOST_KEY))
             .map(|(_, node)| match &node.value {
                 Value::Array(values) => values.len(),
                 _ => 1,
             })
             .sum();
-        let valid: Vec<&str> = IDENTITY_KEYS.iter().map(|k| k.key).collect();
+        let mut valid: Vec<&str> = IDENTITY_KEYS.iter().map(|k| k.key).collect();
+        if nests_host {
+            valid.push(HOST_KEY);
+        }
         let fields = self.fields(items, &valid, &format!("in [{name}]"), at);
         let mut entries = Vec::new();
         for kind in &IDENTITY_KEYS {
@@ -436,6 +445,17 @@ impl Checker<'_> {
             let list_at = self.node_at(list, self.key_at(key, at));
             if action == Action::Deny && kind.key == "pods" {
                 self.report(self.key_at(key, at), NO_POD_DENY.to_owned());
+                continue;
+            }
+            if scope == Scope::Host && matches!(kind.syntax, Syntax::Text { .. }) {
+                self.report(
+                    self.key_at(key, at),
+                    format!(
+                        "{context}: units, cgroups and pods cannot be limited to the host (the \
+                         guard does not tell a cgroup's processes apart by namespace); list them \
+                         in [allow]"
+                    ),
+                );
                 continue;
             }
             let Value::Array(values) = &list.value else {
@@ -456,10 +476,16 @@ impl Checker<'_> {
                         action,
                         identity,
                         at,
+                        scope,
                     }),
                     Err(message) => self.report(at, message),
                 }
             }
+        }
+        if let Some(&(key, node)) = fields.get(HOST_KEY) {
+            let host = self.rules("allow.host", action, Scope::Host, key, node);
+            entries.extend(host.entries);
+            written += host.written;
         }
         Rules {
             entries,
@@ -517,7 +543,7 @@ impl Checker<'_> {
                 format!(
                     "duplicate rule: {} is already {} at {}",
                     entry.identity,
-                    earlier.action.done(),
+                    earlier.done(),
                     earlier.at.in_words()
                 )
             } else {
@@ -647,6 +673,8 @@ fn id(context: &str, noun: &str, names_in: &str, value: &Value) -> Result<u32, S
 fn belongs(key: &str) -> Option<&'static str> {
     if key == "mode" {
         Some("at the top level, above the first table header")
+    } else if key == HOST_KEY {
+        Some("in [allow] only ([allow.host]): a deny applies wherever the process runs")
     } else if ENDPOINT_KEYS.contains(&key) {
         Some("in [endpoints]")
     } else if IDENTITY_KEYS.iter().any(|k| k.key == key) {

@@ -90,8 +90,8 @@ fn notes(out: &mut Out) {
     out.comment("IPFW: the first matching rule wins, so denies come first and the default last.");
     if out.rules.iter().any(|r| r.group) {
         out.comment(
-            "gid matches supplementary groups too (groupmember(9)); \
-             the eBPF guard matches the real primary gid only.",
+            "gid matches supplementary groups too (groupmember(9)), as the eBPF guard \
+             does.",
         );
     }
     if out.audit() {

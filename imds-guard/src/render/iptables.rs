@@ -87,8 +87,8 @@ fn notes(out: &mut Out, tool: &str) {
              primary group predates this option,",
         );
         out.comment(
-            "which makes --gid-owner match supplementary groups too \
-             (the eBPF guard matches the real primary gid only).",
+            "which makes --gid-owner match supplementary groups too, as the eBPF guard \
+             does.",
         );
     }
     if out.audit() {

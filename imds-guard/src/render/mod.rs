@@ -38,7 +38,7 @@ use self::{
     names::Syntax,
     plan::{Owner, Plan},
 };
-use crate::policy::{Action, Location, Mode, PolicySpec};
+use crate::policy::{Action, Identity, Location, Mode, PolicySpec, Scope};
 
 /// A firewall to render the policy for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -245,8 +245,53 @@ impl<'a> Out<'a> {
         };
         out.header();
         out.write_rules();
+        out.identity_warnings();
         out.write_cgroups(unit_path);
         out
+    }
+
+    /// What the guard decides by that this target cannot match: the
+    /// supplementary groups (nftables, PF), and the host versus a
+    /// container (every target). One warning per entry concerned.
+    fn identity_warnings(&mut self) {
+        let entries = &self.plan.spec.entries;
+        let suppl = !matches!(
+            self.target,
+            Target::Iptables | Target::Ip6tables | Target::Ipfw
+        );
+        let mut warnings = Vec::new();
+        for e in entries {
+            let group = matches!(e.identity, Identity::Group(_) | Identity::Gid(_));
+            if group && suppl {
+                let (who, effect) = match e.action {
+                    Action::Deny => ("denied", "gets through these rules"),
+                    Action::Allow => ("allowed", "is refused by these rules"),
+                };
+                warnings.push((
+                    e.at,
+                    format!(
+                        "{} matches only the primary gid: a process holding this {who} {} as \
+                         a supplementary group {effect}, while the eBPF guard matches it",
+                        self.target, e.identity
+                    ),
+                ));
+            }
+            if e.scope == Scope::Host {
+                warnings.push((
+                    e.at,
+                    format!(
+                        "{} cannot tell the host from a container: this [allow.host] entry is \
+                         rendered as an allow, so {} in a container that shares the host's \
+                         network namespace (or its own pid or user namespace) is allowed too, \
+                         while the eBPF guard refuses it",
+                        self.target, e.identity
+                    ),
+                ));
+            }
+        }
+        for (at, message) in warnings {
+            self.warn(Some(at), message);
+        }
     }
 
     fn finish(self) -> Rendered {

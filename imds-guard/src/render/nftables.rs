@@ -55,8 +55,8 @@ pub(super) fn render(out: &mut Out) {
 fn notes(out: &mut Out) {
     if out.rules.iter().any(|r| r.group) {
         out.comment(
-            "meta skgid is the socket's primary gid only, as in the eBPF guard: \
-             supplementary groups do not match.",
+            "meta skgid is the socket's primary gid only: supplementary groups do not \
+             match here, unlike in the eBPF guard (see the warnings).",
         );
     }
     if out.audit() {

@@ -62,8 +62,8 @@ fn notes(out: &mut Out) {
     out.comment("PF: the last matching rule wins, so the default comes first and denies last.");
     if out.rules.iter().any(|r| r.group) {
         out.comment(
-            "group is the socket's effective gid only, like the eBPF guard's primary gid: \
-             supplementary groups do not match.",
+            "group is the socket's effective gid only: supplementary groups do not match \
+             here, unlike in the eBPF guard (see the warnings).",
         );
     }
     if out.audit() {

@@ -133,13 +133,14 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::policy::{Entry, Mode};
+    use crate::policy::{Entry, Mode, Scope};
 
     fn entry(action: Action, identity: Identity, line: u32) -> Entry {
         Entry {
             action,
             identity,
             at: Location { line, col: 1 },
+            scope: Scope::Anywhere,
         }
     }
 

@@ -6,7 +6,7 @@ use super::{
     test_support::{clean, policy, rule_lines, shell_commands, shell_words},
     *,
 };
-use crate::policy::{Endpoint, Entry, Identity};
+use crate::policy::{Endpoint, Entry, Identity, Scope};
 
 /// The lines of the commands output that add a rule: for iptables, every
 /// line but the `--check ... ||` guards, after checking that each guard
@@ -206,7 +206,7 @@ fn a_family_without_addresses_renders_nothing_and_says_so() {
 
 #[test]
 fn targets_that_filter_both_families_do_not_warn() {
-    let spec = policy("[allow]\nusers = [\"root\"]\ngroups = [\"imds\"]\n");
+    let spec = policy("[allow]\nusers = [\"root\"]\nuids = [1500]\n");
     for target in [Target::Nftables, Target::Pf, Target::Ipfw] {
         for format in [Format::Commands, Format::File] {
             let rendered = render(&spec, target, format);
@@ -311,6 +311,7 @@ fn every_deny_of_a_name_that_cannot_be_written_is_a_warning() {
         action: Action::Deny,
         identity: Identity::User("0x10".to_owned()),
         at: Location { line: 3, col: 9 },
+        scope: Scope::Anywhere,
     }]);
     let rendered = render(&spec, Target::Ipfw, Format::Commands);
     assert_eq!(
@@ -342,4 +343,52 @@ fn formats_parse_and_print_as_the_cli_spells_them() {
     }
     let names: Vec<String> = Target::ALL.iter().map(ToString::to_string).collect();
     assert_eq!(names, ["iptables", "ip6tables", "nftables", "pf", "ipfw"]);
+}
+
+#[test]
+fn what_a_firewall_cannot_match_of_the_callers_identity_is_a_warning() {
+    let spec = policy(
+        "[endpoints]\naddresses = [\"169.254.169.254\"]\n[allow]\ngroups = [\"imds\"]\n\
+         [allow.host]\nuids = [0]\n[deny]\ngids = [666]\n",
+    );
+    let warnings = |target| render(&spec, target, Format::Commands).warnings;
+    let host_only = "policy.toml:6:9: {} cannot tell the host from a container: this [allow.host] \
+                     entry is rendered as an allow, so uid 0 in a container that shares the \
+                     host's network namespace (or its own pid or user namespace) is allowed \
+                     too, while the eBPF guard refuses it";
+    // iptables and IPFW match supplementary groups as the guard does: only
+    // the host-only entry is beyond them.
+    for target in [Target::Iptables, Target::Ipfw] {
+        assert_eq!(
+            warnings(target),
+            [host_only.replace("{}", target.name())],
+            "{target}"
+        );
+    }
+    assert!(
+        render(&spec, Target::Iptables, Format::Commands)
+            .text
+            .contains("--gid-owner 666 --suppl-groups"),
+    );
+    // nftables and PF see the primary gid only: each group entry says what
+    // that changes.
+    for target in [Target::Nftables, Target::Pf] {
+        let name = target.name();
+        assert_eq!(
+            warnings(target),
+            [
+                format!(
+                    "policy.toml:4:11: {name} matches only the primary gid: a process holding this \
+                     allowed group \"imds\" as a supplementary group is refused by these rules, \
+                     while the eBPF guard matches it"
+                ),
+                host_only.replace("{}", name),
+                format!(
+                    "policy.toml:8:9: {name} matches only the primary gid: a process holding this \
+                     denied gid 666 as a supplementary group gets through these rules, while \
+                     the eBPF guard matches it"
+                ),
+            ],
+        );
+    }
 }

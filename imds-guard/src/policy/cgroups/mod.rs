@@ -43,9 +43,10 @@ pub struct CgroupRules {
 }
 
 /// What a cgroup is, to a decision: its classification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CgroupClass {
     /// No pattern of the policy matches it (or the policy has none).
+    #[default]
     Unmatched,
     /// This rule decides for it.
     Rule { action: Action, index: usize },

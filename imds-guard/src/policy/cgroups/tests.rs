@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use super::{CgroupClass, CgroupRules, Pods, pods};
-use crate::policy::{Action, Policy, PolicySpec, Reason, resolve::fake::FakeResolver};
+use crate::policy::{
+    Action, Decision, Policy, PolicySpec, Process, Reason, resolve::fake::FakeResolver,
+};
 
 fn resolver() -> FakeResolver {
     FakeResolver::new(&[("root", 0), ("app", 1001)], &[("root", 0)]).with_units(&[
@@ -31,6 +33,15 @@ fn policy(text: &str) -> Policy {
 }
 
 /// The classification `policy` gives the cgroup at `path`.
+/// What `policy` decides for uid and gid `id` on the host, in a cgroup of
+/// class `cgroup`.
+fn in_cgroup(policy: &Policy, id: u32, cgroup: CgroupClass) -> Decision {
+    policy.decide_process(&Process {
+        cgroup,
+        ..Process::on_host(id, id)
+    })
+}
+
 fn class(policy: &Policy, path: &str) -> CgroupClass {
     let (patterns, _) = policy.cgroups.patterns(&Pods::new());
     CgroupRules::classify(&patterns, path.as_bytes())
@@ -72,6 +83,15 @@ fn bad_cgroup_entries_are_refused_where_they_are_with_what_is_wrong() {
             "for {text:?}:\n{e}\nwanted it to start with:\n{want}"
         );
     }
+}
+
+#[test]
+fn units_cgroups_and_pods_cannot_be_limited_to_the_host() {
+    let e = refused("[allow.host]\nunits = [\"app.service\"]\n");
+    assert!(
+        e.starts_with("p.toml:2:1: [allow.host] units: units, cgroups and pods cannot be limited"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -146,10 +166,7 @@ fn a_unit_that_does_not_resolve_is_an_error_or_left_out_if_allowed() {
         .expect("resolves what it can");
     assert_eq!(left_out.len(), 1);
     assert!(p.cgroups.is_empty());
-    assert_eq!(
-        p.decide(1001, 1001, CgroupClass::Unmatched).action,
-        Action::Deny
-    );
+    assert_eq!(p.decide(1001, 1001).action, Action::Deny);
 }
 
 #[test]
@@ -159,27 +176,27 @@ fn a_cgroup_deny_beats_a_uid_allow_and_an_unclassified_cgroup_is_denied() {
          = [\"evil.service\"]\n",
     );
     let evil = class(&p, "/system.slice/evil.service/child");
-    let d = p.decide(0, 0, evil);
+    let d = in_cgroup(&p, 0, evil);
     assert_eq!(
         (d.action, d.reason, d.index),
         (Action::Deny, Reason::CgroupDenied, Some(2))
     );
     let docker = class(&p, "/system.slice/docker-0a1b.scope");
-    let d = p.decide(1001, 1001, docker);
+    let d = in_cgroup(&p, 1001, docker);
     assert_eq!(
         (d.action, d.reason, d.index),
         (Action::Allow, Reason::CgroupAllowed, Some(1))
     );
     // Root elsewhere: its uid rule.
-    let d = p.decide(0, 0, class(&p, "/system.slice/sshd.service"));
+    let d = in_cgroup(&p, 0, class(&p, "/system.slice/sshd.service"));
     assert_eq!((d.action, d.reason), (Action::Allow, Reason::UidAllowed));
     // With a cgroup deny in the policy, a cgroup the kernel has no
     // classification for might be the denied one.
-    let d = p.decide(0, 0, CgroupClass::Unclassified);
+    let d = in_cgroup(&p, 0, CgroupClass::Unclassified);
     assert_eq!((d.action, d.reason), (Action::Deny, Reason::CgroupUnknown));
     // Without one, it only misses the cgroup allows.
     let allow_only = policy("[allow]\ncgroups = [\"/a/**\"]\n");
-    let d = allow_only.decide(1001, 1001, CgroupClass::Unclassified);
+    let d = in_cgroup(&allow_only, 1001, CgroupClass::Unclassified);
     assert_eq!((d.action, d.reason), (Action::Deny, Reason::Default));
 }
 

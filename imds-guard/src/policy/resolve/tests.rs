@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 use imds_guard_common::MAX_ID_RULES;
 
 use super::{Resolver, SystemResolver, fake::FakeResolver};
-use crate::policy::{Action, Entry, IdRule, Identity, Location, Mode, Policy, PolicySpec};
+use crate::policy::{Action, Entry, IdRule, Identity, Location, Mode, Policy, PolicySpec, Scope};
 
 fn hosts_db() -> FakeResolver {
     FakeResolver::new(
@@ -180,6 +180,7 @@ fn many_uids(n: u32) -> PolicySpec {
         action: Action::Allow,
         identity,
         at: Location { line, col: 9 },
+        scope: Scope::Anywhere,
     };
     let mut entries: Vec<Entry> = (0..n).map(|i| entry(Identity::Uid(i), i + 1)).collect();
     entries.push(entry(Identity::Gid(7), n + 1));

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::policy::{
-    Action, DEFAULT_ADDRESSES, Endpoint, Entry, Identity, Location, Mode, PolicySpec,
+    Action, DEFAULT_ADDRESSES, Endpoint, Entry, Identity, Location, Mode, PolicySpec, Scope,
 };
 
 fn spec(text: &str) -> PolicySpec {
@@ -39,6 +39,7 @@ fn entry(action: Action, identity: Identity, line: u32, col: u32) -> Entry {
         action,
         identity,
         at: at(line, col),
+        scope: Scope::Anywhere,
     }
 }
 
@@ -272,7 +273,7 @@ fn unknown_keys_are_named_with_the_keys_valid_there() {
         (
             "[allow]\nuids = [0]\nexecutables = [\"/usr/bin/curl\"]\n",
             "p.toml:3:1: unknown key \"executables\" in [allow] \
-             (valid keys: users, uids, groups, gids, units, cgroups, pods)",
+             (valid keys: users, uids, groups, gids, units, cgroups, pods, host)",
         ),
         (
             "[deny]\nuids = [48]\n[deny.extra]\n",
@@ -290,7 +291,7 @@ fn likely_typos_get_the_closest_key() {
         (
             "[allow]\nuser = [\"root\"]\n",
             "p.toml:2:1: unknown key \"user\" in [allow], did you mean \"users\"? \
-             (valid keys: users, uids, groups, gids, units, cgroups, pods)",
+             (valid keys: users, uids, groups, gids, units, cgroups, pods, host)",
         ),
         (
             "[deny]\nGids = [5]\n",
@@ -335,7 +336,7 @@ fn misplaced_keys_say_where_they_belong() {
         (
             "[allow]\nuids = [0]\naddresses = [\"169.254.169.254\"]\n",
             "p.toml:3:1: unknown key \"addresses\" in [allow], addresses belongs in [endpoints] \
-             (valid keys: users, uids, groups, gids, units, cgroups, pods)",
+             (valid keys: users, uids, groups, gids, units, cgroups, pods, host)",
         ),
     ];
     for (text, expected) in cases {
@@ -565,7 +566,7 @@ fn misplaced_entries_are_not_also_reported_as_deciding_nothing() {
     assert_eq!(
         errors("[allow]\nuid = [0]\n"),
         "p.toml:2:1: unknown key \"uid\" in [allow], did you mean \"uids\"? \
-         (valid keys: users, uids, groups, gids, units, cgroups, pods)"
+         (valid keys: users, uids, groups, gids, units, cgroups, pods, host)"
     );
 }
 

@@ -243,7 +243,7 @@ uids = [33]
 # policy: policy.toml, mode enforce
 # TCP only, like the AWS examples: UDP to these addresses is not filtered here (the eBPF guard filters both)
 # IPFW: the first matching rule wins, so denies come first and the default last.
-# gid matches supplementary groups too (groupmember(9)); the eBPF guard matches the real primary gid only.
+# gid matches supplementary groups too (groupmember(9)), as the eBPF guard does.
 # deny drops: a denied connect waits for its timeout.
 # Load with: ipfw -q /absolute/path/to/FILE (the first line deletes set 19: loading twice leaves one copy).
 delete set 19

@@ -37,7 +37,7 @@ const HEADER: &str = "\
 
 const SUPPL_GROUPS_NOTE: &str = "\
 # --suppl-groups: the AWS note that the owner match sees only a process's primary group predates this option,
-# which makes --gid-owner match supplementary groups too (the eBPF guard matches the real primary gid only).
+# which makes --gid-owner match supplementary groups too, as the eBPF guard does.
 ";
 
 #[test]
@@ -72,7 +72,7 @@ fn the_file_is_a_restore_file_of_the_two_chains() {
 # policy: policy.toml, mode enforce
 # TCP only, like the AWS examples: UDP to these addresses is not filtered here (the eBPF guard filters both)
 # --suppl-groups: the AWS note that the owner match sees only a process's primary group predates this option,
-# which makes --gid-owner match supplementary groups too (the eBPF guard matches the real primary gid only).
+# which makes --gid-owner match supplementary groups too, as the eBPF guard does.
 # Load with: iptables-restore --noflush < FILE (declaring a chain under --noflush flushes it: loading twice leaves one copy).
 # Then hook the chain into OUTPUT, once: iptables --check OUTPUT --jump IMDS_GUARD 2>/dev/null || iptables --insert OUTPUT 1 --jump IMDS_GUARD
 *filter

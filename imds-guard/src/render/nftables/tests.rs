@@ -29,7 +29,7 @@ fn several_identities_become_sets_in_one_inet_table() {
 # imds-guard render --nftables --format file
 # policy: policy.toml, mode enforce
 # TCP only, like the AWS examples: UDP to these addresses is not filtered here (the eBPF guard filters both)
-# meta skgid is the socket's primary gid only, as in the eBPF guard: supplementary groups do not match.
+# meta skgid is the socket's primary gid only: supplementary groups do not match here, unlike in the eBPF guard (see the warnings).
 # Load with: nft -f FILE. The empty table and the delete before it make loading twice replace the table, in one transaction.
 table inet imds_guard {}
 delete table inet imds_guard
@@ -79,7 +79,7 @@ fn the_commands_build_the_same_table() {
 # imds-guard render --nftables --format commands
 # policy: policy.toml, mode enforce
 # TCP only, like the AWS examples: UDP to these addresses is not filtered here (the eBPF guard filters both)
-# meta skgid is the socket's primary gid only, as in the eBPF guard: supplementary groups do not match.
+# meta skgid is the socket's primary gid only: supplementary groups do not match here, unlike in the eBPF guard (see the warnings).
 # Run as root. Adding, deleting and adding the table again makes a re-run replace it; --format file does the same in one transaction.
 nft add table inet imds_guard
 nft delete table inet imds_guard

@@ -224,7 +224,7 @@ uids = [33]
 # policy: policy.toml, mode enforce
 # TCP only, like the AWS examples: UDP to these addresses is not filtered here (the eBPF guard filters both)
 # PF: the last matching rule wins, so the default comes first and denies last.
-# group is the socket's effective gid only, like the eBPF guard's primary gid: supplementary groups do not match.
+# group is the socket's effective gid only: supplementary groups do not match here, unlike in the eBPF guard (see the warnings).
 # block follows set block-policy (drop by default): a denied connect waits for its timeout.
 # Add these lines to /etc/pf.conf after your other filter rules, or use --format file to load them into an anchor.
 block out inet proto tcp from any to 169.254.169.254
@@ -260,7 +260,7 @@ groups = ["staff"]
 # policy: policy.toml, mode audit: would-deny connections are logged and let through
 # TCP only, like the AWS examples: UDP to these addresses is not filtered here (the eBPF guard filters both)
 # PF: the last matching rule wins, so the default comes first and denies last.
-# group is the socket's effective gid only, like the eBPF guard's primary gid: supplementary groups do not match.
+# group is the socket's effective gid only: supplementary groups do not match here, unlike in the eBPF guard (see the warnings).
 # pass ... log sends the packet that opens each connection to pflog0 (tcpdump -n -e -i pflog0).
 # Load with: pfctl -a imds-guard -f FILE (this replaces the anchor's rules: loading twice leaves one copy).
 # Reference the anchor once in /etc/pf.conf, after the other filter rules so that none overrides these: anchor \"imds-guard\"

@@ -1,0 +1,391 @@
+//! Who the caller is, as the kernel knows it (issue 9), end to end: the
+//! supplementary groups of its credentials, the creators of its user
+//! namespaces, and whether it runs on the host. The real agent and
+//! programs, probes in the sandbox's network namespace; each bypass is
+//! first shown to work without the guard.
+
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
+    process::{Child, Command, Stdio},
+};
+
+use imds_guard_e2e::{
+    Action, FakeImds, IMDS_PORT, IMDS_V4, LOG, Netns, Probe, ProbeResult, Sandbox, TestCgroup,
+    field, privileged_or_skip, probe_bin,
+};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+const EPERM: i32 = libc::EPERM;
+
+fn http() -> Action {
+    Action::http(std::net::IpAddr::V4(IMDS_V4), IMDS_PORT)
+}
+
+/// The probe read the credentials.
+fn assert_reads(sb: &Sandbox, r: &ProbeResult, what: &str) {
+    assert!(r.ok, "{what}: expected the credentials, got {r:?}");
+    assert_eq!(r.body, sb.imds.credentials_body(), "{what}");
+}
+
+/// The probe was refused at connect.
+fn assert_refused(r: &ProbeResult, what: &str) {
+    assert!(
+        !r.ok && r.errno == Some(EPERM),
+        "{what}: expected EPERM, got {r:?}"
+    );
+}
+
+/// The agent's first record with `event` for uid `uid` that `pred` accepts.
+fn record(sb: &Sandbox, event: &str, uid: u32, pred: impl Fn(&Value) -> bool) -> Value {
+    sb.agent()
+        .wait_for(
+            |rec| {
+                field(rec, "event").and_then(Value::as_str) == Some(event)
+                    && field(rec, "uid").and_then(Value::as_u64) == Some(u64::from(uid))
+                    && pred(rec)
+            },
+            LOG,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no matching {event} record for uid {uid}; agent output:\n{}",
+                sb.agent().output()
+            )
+        })
+}
+
+fn text<'a>(rec: &'a Value, name: &str) -> &'a str {
+    field(rec, name).and_then(Value::as_str).unwrap_or("")
+}
+
+#[test]
+fn a_supplementary_member_of_an_allowed_group_is_allowed() {
+    if !privileged_or_skip("a_supplementary_member_of_an_allowed_group_is_allowed") {
+        return;
+    }
+    let sb = Sandbox::with_agent("[allow]\ngids = [1500]\n");
+    // Not a member: refused, so the allow below is the group's doing.
+    assert_refused(&sb.probe_as(2000, 2000).run(http()), "uid 2000 alone");
+    // `usermod -aG imds`: the group is supplementary, the primary its own.
+    let member = sb
+        .probe_as(2000, 2000)
+        .groups(&[10, 1500, 2000])
+        .run(http());
+    assert_eq!(member.groups, [10, 1500, 2000], "the kernel's view");
+    assert_reads(&sb, &member, "a supplementary member of gid 1500");
+    // Allowed decisions are logged at debug level only: the deny record of
+    // the non-member explains by the default, and names no group.
+    let denied = record(&sb, "deny", 2000, |_| true);
+    assert!(
+        text(&denied, "reason").starts_with("neither uid 2000 nor gid 2000 is in [allow]"),
+        "{denied}"
+    );
+    assert_eq!(text(&denied, "place"), "host", "{denied}");
+    // `status` says what the kernel was told: the bound, that this policy
+    // makes it read groups, the host's namespaces and the offsets.
+    let (_, status) = sb.status();
+    let identity = &status["identity"];
+    assert_eq!(
+        identity["max_groups"],
+        imds_guard_common::MAX_GROUPS,
+        "{status}"
+    );
+    assert_eq!(identity["scans_groups"], true, "{status}");
+    assert_eq!(identity["checks_userns_owners"], false, "{status}");
+    let net = fs::metadata(sb.netns_path()).map(|m| m.ino());
+    assert_eq!(
+        identity["host_namespaces"]["net"].as_u64(),
+        net.ok(),
+        "the agent's network namespace is the sandbox's: {status}"
+    );
+    for member in [
+        "cred.group_info",
+        "user_namespace.owner",
+        "sock.__sk_common.skc_net.net",
+    ] {
+        assert!(
+            identity["offsets"][member].as_u64().is_some_and(|o| o > 0),
+            "{member} in {status}"
+        );
+    }
+}
+
+#[test]
+fn a_supplementary_member_of_a_denied_group_is_denied_also_after_sg() {
+    if !privileged_or_skip("a_supplementary_member_of_a_denied_group_is_denied_also_after_sg") {
+        return;
+    }
+    // Without the guard, the path works: a member of group 666 reads the
+    // credentials.
+    {
+        let sb = Sandbox::new();
+        let r = sb.probe_as(2000, 2000).groups(&[666]).run(http());
+        assert_reads(&sb, &r, "no guard, member of gid 666");
+    }
+    let sb = Sandbox::with_agent("[allow]\nuids = [2000]\ngids = [1500]\n[deny]\ngids = [666]\n");
+    assert_reads(
+        &sb,
+        &sb.probe_as(2000, 2000).groups(&[2000]).run(http()),
+        "uid 2000, in no denied group",
+    );
+    let r = sb.probe_as(2000, 2000).groups(&[2000, 666]).run(http());
+    assert_refused(&r, "uid 2000 holding gid 666 as a supplementary group");
+    let rec = record(&sb, "deny", 2000, |rec| {
+        field(rec, "group").and_then(Value::as_u64) == Some(666)
+    });
+    assert!(
+        text(&rec, "reason").starts_with("supplementary group 666 is denied by [deny] gids 666"),
+        "{rec}"
+    );
+    // `sg imds` (or `newgrp`): the primary gid becomes the allowed group
+    // and the old groups stay supplementary, as newgrp leaves them. The
+    // denied group still counts.
+    let after_sg = sb
+        .probe_as(3000, 1500)
+        .groups(&[666, 3000, 1500])
+        .run(http());
+    assert_eq!(
+        (after_sg.gid, after_sg.groups.clone()),
+        (1500, vec![666, 1500, 3000])
+    );
+    assert_refused(&after_sg, "after sg to the allowed group");
+    // And the allowed group alone, as primary, still allows.
+    assert_reads(
+        &sb,
+        &sb.probe_as(3000, 1500).groups(&[3000]).run(http()),
+        "primary gid 1500, no denied group",
+    );
+}
+
+#[test]
+fn more_supplementary_groups_than_the_guard_reads_are_refused_under_group_rules() {
+    if !privileged_or_skip(
+        "more_supplementary_groups_than_the_guard_reads_are_refused_under_group_rules",
+    ) {
+        return;
+    }
+    let sb = Sandbox::with_agent("[allow]\nuids = [2000]\n[deny]\ngids = [666]\n");
+    let max = imds_guard_common::MAX_GROUPS;
+    let at_bound: Vec<u32> = (10_000..10_000 + max).collect();
+    assert_reads(
+        &sb,
+        &sb.probe_as(2000, 2000).groups(&at_bound).run(http()),
+        "exactly MAX_GROUPS groups",
+    );
+    let over: Vec<u32> = (10_000..10_000 + max + 1).collect();
+    assert_refused(
+        &sb.probe_as(2000, 2000).groups(&over).run(http()),
+        "one group past the bound",
+    );
+    let rec = record(&sb, "deny", 2000, |_| true);
+    assert!(
+        text(&rec, "reason").contains(&format!("holds {} supplementary groups", max + 1)),
+        "{rec}"
+    );
+}
+
+/// Runs `probe` doing `action` in a new pid namespace (`unshare --pid
+/// --fork`): the probe is pid 1 there, so its result names that pid.
+fn run_in_new_pid_ns(probe: &Probe, action: Action) -> ProbeResult {
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "--"])
+        .arg(probe_bin())
+        .args(probe.args(&action))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running unshare: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "probe in a new pid namespace failed as a harness ({}): {}{}",
+        out.status,
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("probe printed {stdout:?}: {e}"))
+}
+
+#[test]
+fn root_in_a_container_is_denied_by_root_on_the_host_only_while_host_root_is_allowed() {
+    if !privileged_or_skip(
+        "root_in_a_container_is_denied_by_root_on_the_host_only_while_host_root_is_allowed",
+    ) {
+        return;
+    }
+    // A second network namespace with its own metadata service: a
+    // container's, in the guarded cgroup.
+    let other = Netns::new();
+    let other_imds = FakeImds::start(&other);
+    let container_probe = |sb: &Sandbox| Probe::at(other.path(), sb.cgroup.path()).uid(0).gid(0);
+    // Without the host-only limit (today's `[allow] uids = [0]`), root in a
+    // new pid namespace and root in another network namespace both read
+    // the credentials.
+    {
+        let sb = Sandbox::with_agent("[allow]\nuids = [0]\n");
+        let r = run_in_new_pid_ns(&sb.probe_as(0, 0), http());
+        assert_eq!(r.pid, 1, "the probe is pid 1 of its own namespace");
+        assert_reads(&sb, &r, "[allow] root in a new pid namespace");
+        let r = container_probe(&sb).run(http());
+        assert!(r.ok, "[allow] root in another network namespace: {r:?}");
+        assert_eq!(r.body, other_imds.credentials_body());
+    }
+    let sb = Sandbox::with_agent("[allow.host]\nuids = [0]\n");
+    // Host root: the agent's pid, network and user namespaces.
+    assert_reads(&sb, &sb.probe_as(0, 0).run(http()), "root on the host");
+    let r = run_in_new_pid_ns(&sb.probe_as(0, 0), http());
+    assert_refused(&r, "root in a new pid namespace");
+    let rec = record(&sb, "deny", 0, |rec| {
+        text(rec, "reason").contains("pid namespace")
+    });
+    assert_eq!(text(&rec, "place"), "container", "{rec}");
+    assert!(
+        text(&rec, "reason")
+            .starts_with("uid 0 is allowed on the host only by [allow.host] uids 0"),
+        "{rec}"
+    );
+    let r = container_probe(&sb).run(http());
+    assert_refused(&r, "root in another network namespace");
+    let rec = record(&sb, "deny", 0, |rec| {
+        text(rec, "reason").contains("network namespace")
+    });
+    assert_eq!(text(&rec, "place"), "container", "{rec}");
+    // Both at once, the usual container: still refused.
+    let r = run_in_new_pid_ns(&container_probe(&sb), http());
+    assert_refused(&r, "root in new pid and network namespaces");
+    // The host's root still reads after all that.
+    assert_reads(
+        &sb,
+        &sb.probe_as(0, 0).run(http()),
+        "root on the host, again",
+    );
+}
+
+/// A user namespace created by `owner`, ids 0-65535 inside mapped to
+/// 100000-165535 outside (what `/etc/subuid` gives a rootless podman
+/// user), held open by a `sleep` that is killed on drop.
+struct SubidNamespace {
+    child: Child,
+}
+
+const SUBID_BASE: u32 = 100_000;
+
+impl SubidNamespace {
+    fn new(owner: u32, cgroup: &TestCgroup) -> Self {
+        let procs = CString::new(
+            cgroup
+                .path()
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("cgroup path: {e}"));
+        let mut cmd = Command::new("sleep");
+        cmd.arg("infinity")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: the closure runs between fork and exec and only makes
+        // system calls, on data prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let check = |rc: libc::c_long| {
+                    if rc < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                };
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                check(fd.into())?;
+                check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_long)?;
+                libc::close(fd);
+                check(libc::setgroups(0, std::ptr::null()).into())?;
+                check(libc::setresgid(owner, owner, owner).into())?;
+                check(libc::setresuid(owner, owner, owner).into())?;
+                check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
+                // Created by `owner`: the namespace's owner.
+                check(libc::unshare(libc::CLONE_NEWUSER).into())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the user namespace holder: {e}"));
+        let ns = Self { child };
+        // Root of the parent namespace may map any range: as newuidmap
+        // does from /etc/subuid.
+        let map = format!("0 {SUBID_BASE} 65536\n");
+        for file in ["uid_map", "gid_map"] {
+            let path = format!("/proc/{}/{file}", ns.child.id());
+            fs::write(&path, &map).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        }
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/proc/{}/ns/user", self.child.id())
+    }
+}
+
+impl Drop for SubidNamespace {
+    fn drop(&mut self) {
+        // Our child, not yet reaped: the pid is still its own.
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_user_with_subordinate_ids_is_denied_by_a_deny_on_that_user() {
+    if !privileged_or_skip("a_user_with_subordinate_ids_is_denied_by_a_deny_on_that_user") {
+        return;
+    }
+    const OWNER: u32 = 1234;
+    let rootless = |sb: &Sandbox, ns: &SubidNamespace| sb.probe().userns(ns.path()).uid(0).gid(0);
+    // A deny on another user: the path works, and the process is uid
+    // 100000 as the kernel sees it.
+    {
+        let sb = Sandbox::with_agent("[deny]\nuids = [4321]\n");
+        let ns = SubidNamespace::new(OWNER, &sb.cgroup);
+        let r = rootless(&sb, &ns).run(http());
+        assert_reads(&sb, &r, "rootless root, its creator not denied");
+    }
+    let sb = Sandbox::with_agent("[deny]\nuids = [1234]\n");
+    let ns = SubidNamespace::new(OWNER, &sb.cgroup);
+    let r = rootless(&sb, &ns).run(http());
+    assert_refused(&r, "root of a namespace created by the denied user");
+    let rec = record(&sb, "deny", SUBID_BASE, |_| true);
+    assert_eq!(
+        field(&rec, "owner").and_then(Value::as_u64),
+        Some(u64::from(OWNER)),
+        "{rec}"
+    );
+    assert!(
+        text(&rec, "reason").starts_with(
+            "uid 100000 runs in a user namespace created by uid 1234, which is denied by [deny] \
+             uids 1234"
+        ),
+        "{rec}"
+    );
+    // Any id inside, not only root.
+    assert_refused(
+        &rootless(&sb, &ns).uid(1000).gid(1000).run(http()),
+        "uid 1000 inside (101000 outside)",
+    );
+    // uid 100000 outside any user namespace is someone else: allowed.
+    assert_reads(
+        &sb,
+        &sb.probe_as(SUBID_BASE, SUBID_BASE).run(http()),
+        "uid 100000 on the host",
+    );
+}

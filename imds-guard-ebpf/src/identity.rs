@@ -1,0 +1,342 @@
+//! Who the caller is beyond its uid and primary gid (issue 9), read from
+//! its credentials (`cred.rs` of the kernel) at the offsets the agent
+//! resolved: the supplementary groups it holds, the owners of its user
+//! namespaces, and whether its namespaces are the agent's (on the host).
+//!
+//! Each is read only when the decision needs it: the groups when the policy
+//! has a gid rule, the owners when it has a uid deny rule, the namespaces
+//! when an allow-on-host rule names the caller (or a record is written).
+//! Every walk is bounded by a constant, and a read that fails makes the
+//! answer "unknown", which denies: never a guess.
+
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
+use imds_guard_common::{
+    HostNamespaces, IdRule, MAX_GROUPS, MAX_PID_NS_LEVEL, MAX_USERNS_DEPTH, NO_ID, Offsets, action,
+    ns,
+};
+
+use crate::{
+    caller::Caller,
+    decide::{denies, rule},
+    kernel::{current_task, opaque, read, read_ptr},
+    maps::{GID_RULES, UID_RULES},
+};
+
+/// Written by the agent before the programs load (`EbpfLoader::set_global`):
+/// the namespaces it runs in. All zero, hence not
+/// [`HostNamespaces::VALID`], in a program loaded without them: then no
+/// caller is on the host.
+#[unsafe(no_mangle)]
+static HOST: HostNamespaces = HostNamespaces::UNSET;
+
+/// What the caller's supplementary groups say, in one register (64 bits
+/// the decision keeps from the scan to the verdict).
+///
+/// Bits 0-31: how many groups the caller holds ([`NO_ID`]: not read);
+/// 32-39, 40-47, 48-55: the index (among the groups read) of the first
+/// denied group, the first group allowed anywhere, the first allowed on the
+/// host only ([`Scan::NONE`] for none); 56-63: [`Scan::TOO_MANY`],
+/// [`Scan::UNREADABLE`] or 0. The gid and rule at an index are read again
+/// by [`group_at`] when they decide.
+#[derive(Clone, Copy)]
+pub struct Scan(u64);
+
+impl Scan {
+    /// No group at this index.
+    pub const NONE: u8 = 0xff;
+    /// More groups than [`MAX_GROUPS`]: those past the bound are unknown.
+    pub const TOO_MANY: u8 = 1;
+    /// The groups could not be read.
+    pub const UNREADABLE: u8 = 2;
+    /// Not read: the policy has no gid rule.
+    pub const UNREAD: Self = Self::new(NO_ID, 0);
+
+    #[inline(always)]
+    const fn new(held: u32, status: u8) -> Self {
+        Self(held as u64 | 0x00ff_ffff << 32 | (status as u64) << 56)
+    }
+
+    #[inline(always)]
+    pub fn held(self) -> u32 {
+        self.0 as u32
+    }
+
+    #[inline(always)]
+    pub fn status(self) -> u8 {
+        (self.0 >> 56) as u8
+    }
+
+    #[inline(always)]
+    pub fn deny(self) -> u8 {
+        (self.0 >> 32) as u8
+    }
+
+    #[inline(always)]
+    pub fn allow(self) -> u8 {
+        (self.0 >> 40) as u8
+    }
+
+    #[inline(always)]
+    pub fn host(self) -> u8 {
+        (self.0 >> 48) as u8
+    }
+
+    #[inline(always)]
+    fn with(self, shift: u32, index: u32) -> Self {
+        Self(self.0 & !(0xff << shift) | u64::from(index) << shift)
+    }
+}
+
+/// Reads the supplementary groups of the credentials at `cred`
+/// (`cred->group_info`) and looks each up in the gid rules of
+/// `generation`, at most [`MAX_GROUPS`] of them. The kernel keeps them
+/// sorted (`groups_sort`), so the first match is the lowest gid. The scan
+/// stops at the first denied group: deny wins.
+///
+/// The loop is `bpf_loop` (Linux 5.17) with [`group_step`] as its body:
+/// the verifier checks the body once rather than once per group and per
+/// state, which an unrolled or open-coded loop of 64 lookups took past
+/// its million instructions on 6.1. A loop that ends early without a
+/// reason, or a helper that fails, leaves the groups unreadable: deny.
+#[inline(never)]
+pub fn scan_groups(cred: u64, off: &Offsets, generation: u32) -> Scan {
+    let info = read_ptr(cred, off.cred_group_info);
+    let held = info.and_then(|info| read::<i32>(info, off.group_info_ngroups));
+    let (Some(info), Some(held)) = (info, held.filter(|n| *n >= 0)) else {
+        return Scan::new(NO_ID, Scan::UNREADABLE);
+    };
+    let held = held as u32;
+    if held > MAX_GROUPS {
+        return Scan::new(held, Scan::TOO_MANY);
+    }
+    let mut walk = GroupWalk {
+        info,
+        gid_off: off.group_info_gid,
+        generation,
+        held,
+        stopped: 0,
+        scan: Scan::new(held, 0).0,
+    };
+    // SAFETY: `group_step` has the callback's signature and reads and
+    // writes only `walk`, which lives on this frame for the whole call.
+    let ran = unsafe { bpf_loop(held, group_step as *mut c_void, (&raw mut walk).cast(), 0) };
+    if ran < 0 || (walk.stopped == 0 && ran as u64 != u64::from(held)) {
+        return Scan::new(held, Scan::UNREADABLE);
+    }
+    Scan(walk.scan)
+}
+
+/// What [`group_step`] reads and writes, on the stack of [`scan_groups`].
+#[repr(C)]
+struct GroupWalk {
+    info: u64,
+    gid_off: u32,
+    generation: u32,
+    held: u32,
+    /// Non-zero when a step ended the loop (a deny or a failed read).
+    stopped: u32,
+    scan: u64,
+}
+
+/// One group of [`scan_groups`]: the `bpf_loop` callback for `index`.
+/// Returns 1 to stop the loop, 0 to go on.
+#[inline(never)]
+extern "C" fn group_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `GroupWalk` that `scan_groups` passed.
+    let walk = unsafe { &mut *ctx.cast::<GroupWalk>() };
+    let i = index as u32 & 0xff;
+    // Laundered (`opaque`): a verifier that checks the callback once
+    // (before 6.7) would see only the first step's findings, none, and
+    // rewrite the test for "found already" as never true.
+    let Some(bits) = opaque(walk.scan) else {
+        walk.scan = Scan::new(walk.held, Scan::UNREADABLE).0;
+        walk.stopped = 1;
+        return 1;
+    };
+    let scan = Scan(bits);
+    let Some(gid) = read::<u32>(walk.info, walk.gid_off + i * 4) else {
+        walk.scan = Scan::new(walk.held, Scan::UNREADABLE).0;
+        walk.stopped = 1;
+        return 1;
+    };
+    let action = rule(&GID_RULES, gid, walk.generation).action;
+    if denies(action) {
+        walk.scan = scan.with(32, i).0;
+        walk.stopped = 1;
+        return 1;
+    }
+    if action == action::ALLOW && scan.allow() == Scan::NONE {
+        walk.scan = scan.with(40, i).0;
+    } else if action == action::ALLOW_ON_HOST && scan.host() == Scan::NONE {
+        walk.scan = scan.with(48, i).0;
+    }
+    0
+}
+
+/// The gid at `index` of the groups of the credentials at `cred`, and its
+/// rule in `generation`: what [`scan_groups`] found there.
+#[inline(always)]
+pub fn group_at(cred: u64, off: &Offsets, index: u8, generation: u32) -> (u32, IdRule) {
+    let gid = read_ptr(cred, off.cred_group_info)
+        .and_then(|info| read::<u32>(info, off.group_info_gid + u32::from(index) * 4));
+    match gid {
+        Some(gid) => (gid, rule(&GID_RULES, gid, generation)),
+        // Read a moment ago: a failure now leaves a rule that denies.
+        None => (
+            NO_ID,
+            IdRule {
+                action: action::DENY,
+                entry: 0,
+            },
+        ),
+    }
+}
+
+/// What the owners of the caller's user namespaces say, in one register:
+/// [`Owners::CLEAR`], [`Owners::UNREADABLE`], or the denied owner's uid
+/// (bits 0-31) and its rule's entry (bits 32-63).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Owners(pub u64);
+
+impl Owners {
+    /// None of them is denied (or the caller is in the initial one).
+    pub const CLEAR: Self = Self(u64::MAX);
+    /// The chain could not be read.
+    pub const UNREADABLE: Self = Self(u64::MAX - 1);
+
+    #[inline(always)]
+    pub fn uid(self) -> u32 {
+        self.0 as u32
+    }
+
+    #[inline(always)]
+    pub fn entry(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// Walks from the user namespace of the credentials at `cred` up to the
+/// initial one, looking each namespace's owner up in the uid rules of
+/// `generation`: a user with subordinate ids (rootless podman) whose
+/// processes run as uid 100000 in a namespace it created is still that
+/// user. The initial namespace is not looked at: it has no parent, and
+/// its owner field (root) names nobody who created it.
+///
+/// A `bpf_loop` of [`owner_step`], as [`scan_groups`] is: a walk that
+/// does not reach the initial namespace within the bound, or a helper
+/// that fails, leaves [`Owners::UNREADABLE`].
+#[inline(never)]
+pub fn denied_owner(cred: u64, off: &Offsets, generation: u32) -> Owners {
+    let Some(userns) = read_ptr(cred, off.cred_user_ns) else {
+        return Owners::UNREADABLE;
+    };
+    let mut walk = OwnerWalk {
+        userns,
+        parent_off: off.user_ns_parent,
+        owner_off: off.user_ns_owner,
+        generation,
+        // Deeper than the kernel nests: not a chain this understands.
+        owners: Owners::UNREADABLE.0,
+    };
+    // One more step than the deepest namespace has owners, to reach the
+    // initial one.
+    // SAFETY: as in `scan_groups`, for `owner_step` and `walk`.
+    let ran = unsafe {
+        bpf_loop(
+            MAX_USERNS_DEPTH + 1,
+            owner_step as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        )
+    };
+    if ran < 0 {
+        return Owners::UNREADABLE;
+    }
+    Owners(walk.owners)
+}
+
+/// What [`owner_step`] reads and writes, on the stack of [`denied_owner`].
+#[repr(C)]
+struct OwnerWalk {
+    userns: u64,
+    parent_off: u32,
+    owner_off: u32,
+    generation: u32,
+    owners: u64,
+}
+
+/// One user namespace of [`denied_owner`]: the `bpf_loop` callback.
+/// Returns 1 to stop the loop, 0 to go on to the parent.
+#[inline(never)]
+extern "C" fn owner_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `OwnerWalk` that `denied_owner` passed.
+    let walk = unsafe { &mut *ctx.cast::<OwnerWalk>() };
+    let Some(parent) = read::<u64>(walk.userns, walk.parent_off) else {
+        walk.owners = Owners::UNREADABLE.0;
+        return 1;
+    };
+    if parent == 0 {
+        walk.owners = Owners::CLEAR.0;
+        return 1;
+    }
+    let Some(uid) = read::<u32>(walk.userns, walk.owner_off) else {
+        walk.owners = Owners::UNREADABLE.0;
+        return 1;
+    };
+    let rule = rule(&UID_RULES, uid, walk.generation);
+    if denies(rule.action) {
+        walk.owners = u64::from(rule.entry) << 32 | u64::from(uid);
+        return 1;
+    }
+    walk.userns = parent;
+    // Still unreadable should the bound end the walk here.
+    walk.owners = Owners::UNREADABLE.0;
+    0
+}
+
+/// [`imds_guard_common::ns`] bits for `caller`: which of its namespaces
+/// are not the agent's, and which could not be read. Always has
+/// [`ns::CHECKED`], so that 0 can mean "not read yet".
+#[inline(never)]
+pub fn namespaces(caller: &Caller, off: &Offsets) -> u8 {
+    // SAFETY: a plain read of our own global; volatile so that LLVM reads
+    // what the agent wrote rather than the zeros above.
+    let host = unsafe { core::ptr::read_volatile(&raw const HOST) };
+    if host.valid != HostNamespaces::VALID {
+        return ns::CHECKED | ns::PID_UNKNOWN | ns::NET_UNKNOWN | ns::USER_UNKNOWN;
+    }
+    let pid = if caller.own_task { pid_ns(off) } else { None };
+    let net = read_ptr(caller.sk, off.sock_net).and_then(|net| read::<u32>(net, off.net_inum));
+    let user = read_ptr(caller.cred, off.cred_user_ns)
+        .and_then(|userns| read::<u32>(userns, off.user_ns_inum));
+    ns::CHECKED
+        | compare(pid, host.pid, ns::PID, ns::PID_UNKNOWN)
+        | compare(net, host.net, ns::NET, ns::NET_UNKNOWN)
+        | compare(user, host.user, ns::USER, ns::USER_UNKNOWN)
+}
+
+#[inline(always)]
+fn compare(inum: Option<u32>, host: u32, differs: u8, unknown: u8) -> u8 {
+    match inum {
+        Some(inum) if inum == host => 0,
+        Some(_) => differs,
+        None => unknown,
+    }
+}
+
+/// The inode number of the running task's active pid namespace
+/// (`task_active_pid_ns`: `thread_pid->numbers[thread_pid->level].ns`),
+/// which is what `/proc/PID/ns/pid` names. `bpf_get_ns_current_pid_tgid`
+/// would answer "is it this one" directly, but 6.1 does not offer it to
+/// cgroup programs.
+#[inline(always)]
+fn pid_ns(off: &Offsets) -> Option<u32> {
+    let pid = read_ptr(current_task(), off.task_thread_pid)?;
+    let level = read::<u32>(pid, off.pid_level)?;
+    if level > MAX_PID_NS_LEVEL {
+        return None;
+    }
+    let upid = off.pid_numbers + level * off.upid_size;
+    let pid_ns = read_ptr(pid, upid + off.upid_ns)?;
+    read::<u32>(pid_ns, off.pid_ns_inum)
+}
