@@ -252,24 +252,33 @@ fn reloads_clear_the_generation_they_replace_so_the_maps_never_fill() {
 
 /// The verifier walks each program once per state it can reach, up to a
 /// million instructions; past that it refuses the program ("BPF program is
-/// too large"), as 6.1 did with the group scan as an open-coded loop. Half
-/// the budget is the bound kept, so that a kernel whose verifier prunes
-/// less (an older one) still loads what this one does.
+/// too large"), as 6.1 did with the group scan as an open-coded loop, and
+/// with `egress` until one decision served both families. Half the budget
+/// is the bound kept, so that a kernel whose verifier prunes less still
+/// loads what the one it runs on does (6.1 walks each program 5 to 15
+/// times as far as 6.18: connect6 about 315,000 instructions there, 23,000
+/// here).
 #[test]
 fn every_program_stays_within_half_the_verifiers_budget() {
     if !privileged_or_skip("every_program_stays_within_half_the_verifiers_budget") {
         return;
     }
-    let guard = Guard::load(0).expect("load the programs");
-    let counts = guard.verified_insns();
-    assert!(!counts.is_empty());
-    for (program, insns) in &counts {
-        eprintln!("verified {program}: {insns:?} insns");
+    // Each program on its own, past any refusal, so that one run names
+    // every program over the budget.
+    let mut guard = Guard::open(0).expect("create the maps");
+    let report = guard.load_each();
+    assert!(!report.is_empty());
+    for (program, outcome) in &report {
+        eprintln!("verified {program}: {outcome:?}");
     }
-    for (program, insns) in counts {
-        // Not reported before 5.16: nothing to check there.
-        if let Some(insns) = insns {
-            assert!(insns < 500_000, "{program}: {insns} instructions verified");
+    for (program, outcome) in report {
+        match outcome {
+            // Not reported before 5.16: nothing to check there.
+            Ok(None) => {}
+            Ok(Some(insns)) => {
+                assert!(insns < 500_000, "{program}: {insns} instructions verified")
+            }
+            Err(why) => panic!("{program} refused: {why}"),
         }
     }
 }

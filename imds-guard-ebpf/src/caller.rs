@@ -16,8 +16,9 @@ use crate::kernel::{current_task, offsets, read, read_ptr};
 
 /// The identity a decision is about, and what its record says of it.
 pub struct Caller {
-    /// Whom the policy judges, if anyone can be held to account.
-    pub ids: Result<Ids, NoCaller>,
+    /// Whom the policy judges, if anyone can be held to account: see
+    /// [`Caller::ids`].
+    who: Who,
     /// Thread id (the kernel's pid); 0 when the acting process is unknown.
     pub tid: u32,
     /// Thread-group id (what userspace calls the pid); 0 when unknown.
@@ -35,6 +36,46 @@ pub struct Caller {
     /// namespace and its `comm` (read straight into the record, not kept
     /// here: the programs are short of stack) are the caller's.
     pub own_task: bool,
+}
+
+/// [`Caller::ids`] as plain integers, every byte written: a `Result`
+/// leaves the ids of its `Err` undefined, and LLVM stores whatever register
+/// it likes for them, a pointer too, which the verifier refuses ("invalid
+/// size of register spill") once a decision copies the caller
+/// (`kernel::forget`).
+#[derive(Clone, Copy)]
+struct Who {
+    /// 0: the ids below; [`Who::NO_OFFSETS`]; anything else: unknown.
+    state: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl Who {
+    const IDS: u32 = 0;
+    const NO_OFFSETS: u32 = 1;
+    const UNKNOWN: u32 = 2;
+
+    #[inline(always)]
+    fn of(ids: Result<Ids, NoCaller>) -> Self {
+        match ids {
+            Ok(ids) => Self {
+                state: Self::IDS,
+                uid: ids.uid,
+                gid: ids.gid,
+            },
+            Err(NoCaller::NoOffsets) => Self {
+                state: Self::NO_OFFSETS,
+                uid: 0,
+                gid: 0,
+            },
+            Err(NoCaller::Unknown) => Self {
+                state: Self::UNKNOWN,
+                uid: 0,
+                gid: 0,
+            },
+        }
+    }
 }
 
 /// The ids the policy judges.
@@ -73,13 +114,27 @@ impl Caller {
             _ => 0,
         };
         Self {
-            ids,
+            who: Who::of(ids),
             tid: pid_tgid as u32,
             tgid: (pid_tgid >> 32) as u32,
             cgroup_id: current_cgroup_id(),
             cred,
             sk: 0,
             own_task: true,
+        }
+    }
+
+    /// Whom the policy judges, or why nobody: a state the agent never
+    /// wrote (none can arise) is nobody.
+    #[inline(always)]
+    pub fn ids(&self) -> Result<Ids, NoCaller> {
+        match self.who.state {
+            Who::IDS => Ok(Ids {
+                uid: self.who.uid,
+                gid: self.who.gid,
+            }),
+            Who::NO_OFFSETS => Err(NoCaller::NoOffsets),
+            _ => Err(NoCaller::Unknown),
         }
     }
 
@@ -103,7 +158,7 @@ impl Caller {
     #[inline(always)]
     pub fn of_socket(sk: Option<u64>, cgroup_id: u64) -> Self {
         let mut caller = Self {
-            ids: Err(NoCaller::Unknown),
+            who: Who::of(Err(NoCaller::Unknown)),
             tid: 0,
             tgid: 0,
             cgroup_id,
@@ -112,7 +167,7 @@ impl Caller {
             own_task: false,
         };
         let Some(off) = offsets() else {
-            caller.ids = Err(NoCaller::NoOffsets);
+            caller.who = Who::of(Err(NoCaller::NoOffsets));
             return caller;
         };
         let Some(cred) = sk.and_then(|sk| socket_cred(sk, off)) else {
@@ -124,7 +179,7 @@ impl Caller {
         let (Some(uid), Some(gid)) = (read(cred, off.cred_uid), read(cred, off.cred_gid)) else {
             return caller;
         };
-        caller.ids = Ok(Ids { uid, gid });
+        caller.who = Who::of(Ok(Ids { uid, gid }));
         caller.cred = cred;
         // Read from the task itself: `cgroup_skb` programs may not call
         // `bpf_get_current_pid_tgid` or `bpf_get_current_comm` before

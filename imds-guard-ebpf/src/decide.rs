@@ -16,7 +16,7 @@ use crate::{
     classify,
     dst::Dst,
     identity::{Owners, Scan, denied_owner, group_at, namespaces, scan_groups},
-    kernel::{offsets, opaque, read_comm},
+    kernel::{forget, offsets, opaque, read_comm},
     maps::{CONFIG, COUNTERS, EVENTS, GID_RULES, UID_RULES},
 };
 
@@ -91,11 +91,20 @@ pub fn decide<C: EbpfContext>(
     ctx: &C,
     hook: u8,
     generation: u32,
-    caller: &Caller,
-    dst: &Dst,
+    caller: &mut Caller,
+    dst: &mut Dst,
 ) -> Verdict {
+    // One state from here on, however the caller and the destination were
+    // found (see `forget`). A copy that fails leaves nothing to judge or
+    // record: denied, and counted as an error.
+    if !forget(caller) || !forget(dst) {
+        bump(hook, counter::DENIED);
+        bump(hook, counter::ERRORS);
+        return Verdict::Reject;
+    }
+    let (caller, dst) = (&*caller, &*dst);
     let internal_error = Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
-    let (outcome, audit) = match (CONFIG.get(generation), caller.ids) {
+    let (outcome, audit) = match (CONFIG.get(generation), caller.ids()) {
         // Unconfigured (the agent has not written the config yet), a value
         // we never write, or no offsets to read identities with: fail
         // closed, and say so.
@@ -176,12 +185,16 @@ fn evaluate(generation: u32, caller: &Caller, ids: Ids, cfg: &Config) -> Outcome
     let Some(off) = offsets() else {
         return Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
     };
-    let scan = if cfg.flags & config_flags::SCAN_GROUPS != 0 {
+    let mut scan = if cfg.flags & config_flags::SCAN_GROUPS != 0 {
         scan_groups(caller.cred, off, generation)
     } else {
         Scan::UNREAD
     };
-    let owners = if scan.status() == 0
+    // Each way the scan can end is one state from here (see `forget`).
+    if !forget(&mut scan) {
+        return Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
+    }
+    let mut owners = if scan.status() == 0
         && scan.deny() == Scan::NONE
         && cfg.flags & config_flags::CHECK_OWNERS != 0
     {
@@ -189,6 +202,9 @@ fn evaluate(generation: u32, caller: &Caller, ids: Ids, cfg: &Config) -> Outcome
     } else {
         Owners::CLEAR
     };
+    if !forget(&mut owners) {
+        return Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
+    }
     let mut outcome = if scan.status() == Scan::TOO_MANY {
         Outcome::deny(reason::TOO_MANY_GROUPS, 0, NO_ID)
     } else if scan.status() != 0 || owners == Owners::UNREADABLE {
@@ -427,7 +443,7 @@ fn bump(hook: u8, kind: u32) {
 fn emit(hook: u8, v: u8, outcome: &Outcome, caller: &Caller, generation: u32, dst: &Dst) {
     // Where the caller runs, for the record, if the decision did not need
     // to know (only a caller with an identity has namespaces to read).
-    let namespaces = match (outcome.namespaces, caller.ids, offsets()) {
+    let namespaces = match (outcome.namespaces, caller.ids(), offsets()) {
         (0, Ok(_), Some(off)) => namespaces(caller, off),
         (bits, ..) => bits,
     };
@@ -447,8 +463,8 @@ fn emit(hook: u8, v: u8, outcome: &Outcome, caller: &Caller, generation: u32, ds
         (*e).tid = caller.tid;
         (*e).tgid = caller.tgid;
         // `(uid_t)-1` is no id: no process runs as it.
-        (*e).uid = caller.ids.map_or(NO_ID, |ids| ids.uid);
-        (*e).gid = caller.ids.map_or(NO_ID, |ids| ids.gid);
+        (*e).uid = caller.ids().map_or(NO_ID, |ids| ids.uid);
+        (*e).gid = caller.ids().map_or(NO_ID, |ids| ids.gid);
         (*e).entry = outcome.entry;
         (*e).port = dst.port;
         (*e).hook = hook;

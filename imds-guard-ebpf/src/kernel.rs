@@ -3,9 +3,14 @@
 //! `bpf_probe_read_kernel`, which fails cleanly on a bad address, and a
 //! failed read means "unknown", never a guess.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-    generated::bpf_probe_read_kernel_str,
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        generated::{
+            bpf_probe_read_kernel as bpf_probe_read_kernel_raw, bpf_probe_read_kernel_str,
+        },
+    },
 };
 use imds_guard_common::{COMM_LEN, Offsets};
 
@@ -76,6 +81,23 @@ pub fn opaque<T: Copy>(value: T) -> Option<T> {
     // SAFETY: reads a local of ours, on our stack; the helper fails
     // cleanly whatever the address.
     unsafe { bpf_probe_read_kernel(&raw const slot).ok() }
+}
+
+/// Makes the verifier forget what it knows of `value`, in place: the
+/// bytes are copied onto themselves through `bpf_probe_read_kernel`, after
+/// which the verifier holds them as unknown. Every path that built a value
+/// in its own way (a caller with or without a socket, an IPv4 or an IPv6
+/// destination, a scan that stopped here or there) then reaches the code
+/// that follows as one state, which the verifier walks once instead of
+/// once per path: what keeps the programs within 6.1's million
+/// instructions. `false` when the copy fails (it reads our own stack, and
+/// does not); the bytes are zero then, and callers must fail closed.
+#[inline(always)]
+pub fn forget<T>(value: &mut T) -> bool {
+    let p: *mut c_void = (value as *mut T).cast();
+    // SAFETY: copies an object of ours onto itself, `size_of::<T>()` bytes
+    // of our own stack; the helper fails cleanly whatever the address.
+    unsafe { bpf_probe_read_kernel_raw(p, size_of::<T>() as u32, p.cast_const()) == 0 }
 }
 
 /// The running task (`struct task_struct *`).

@@ -41,53 +41,55 @@ const IPPROTO_UDPLITE: u8 = 136;
 const IPPROTO_SCTP: u8 = 132;
 
 /// For egress, 1 lets the packet leave and 0 drops it (the sender sees
-/// EPERM where it sends synchronously).
+/// EPERM where it sends synchronously). One call of [`judge`] for both
+/// families: inlined once per family, the decision was walked twice by the
+/// verifier.
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
-    let verdict = match ctx.skb.protocol() {
-        ETH_P_IP => v4(&ctx),
-        ETH_P_IPV6 => v6(&ctx),
-        _ => Verdict::Allow,
+    let generation = active_generation();
+    let dst = match ctx.skb.protocol() {
+        ETH_P_IP => v4(&ctx, generation),
+        ETH_P_IPV6 => v6(&ctx, generation),
+        _ => None,
+    };
+    let verdict = match dst {
+        Some(mut dst) => judge(&ctx, generation, &mut dst),
+        None => Verdict::Allow,
     };
     verdict.into()
 }
 
-/// An IPv4 packet: `skb->data` points at its header here.
+/// The destination of an IPv4 packet (`skb->data` points at its header
+/// here), if it is protected.
 #[inline(always)]
-fn v4(ctx: &SkBuffContext) -> Verdict {
-    let generation = active_generation();
+fn v4(ctx: &SkBuffContext, generation: u32) -> Option<Dst> {
     // The destination is at byte 16 of the header, in network byte order,
     // as `user_ip4` holds it.
-    let Ok(daddr) = ctx.load::<u32>(16) else {
-        return Verdict::Allow;
-    };
+    let daddr = ctx.load::<u32>(16).ok()?;
     if !protected_v4(generation, daddr) {
-        return Verdict::Allow;
+        return None;
     }
     let (proto, port) = v4_ports(ctx);
     let mut dst = Dst::v4(daddr, port);
     dst.proto = proto;
-    judge(ctx, generation, &dst)
+    Some(dst)
 }
 
-/// An IPv6 packet (its destination mapped back to IPv4 when it is
-/// `::ffff:a.b.c.d`, as the `sock_addr` hooks do).
+/// The destination of an IPv6 packet, if it is protected (its destination
+/// mapped back to IPv4 when it is `::ffff:a.b.c.d`, as the `sock_addr`
+/// hooks do).
 #[inline(always)]
-fn v6(ctx: &SkBuffContext) -> Verdict {
-    let generation = active_generation();
+fn v6(ctx: &SkBuffContext, generation: u32) -> Option<Dst> {
     let mut daddr = [0u32; 4];
     let mut i = 0;
     while i < 4 {
         // Bytes 24..40: the destination, one 32-bit word at a time in the
         // order of `user_ip6`.
-        let Ok(word) = ctx.load::<u32>(24 + i * 4) else {
-            return Verdict::Allow;
-        };
-        daddr[i] = word;
+        daddr[i] = ctx.load::<u32>(24 + i * 4).ok()?;
         i += 1;
     }
     if !protected_v6(generation, &daddr) {
-        return Verdict::Allow;
+        return None;
     }
     // The next header: ports only when it is the transport itself (an
     // extension header in between leaves the port unknown).
@@ -99,7 +101,7 @@ fn v6(ctx: &SkBuffContext) -> Verdict {
     };
     let mut dst = Dst::v6(&daddr, port);
     dst.proto = proto;
-    judge(ctx, generation, &dst)
+    Some(dst)
 }
 
 /// The protocol and destination port of an IPv4 packet (0 where it has
@@ -127,48 +129,59 @@ fn has_ports(proto: u8) -> bool {
 /// A packet to a protected destination: let through what was decided for
 /// this socket and address already, judge the rest by the socket's owner.
 #[inline(always)]
-fn judge(ctx: &SkBuffContext, generation: u32, dst: &Dst) -> Verdict {
+fn judge(ctx: &SkBuffContext, generation: u32, dst: &mut Dst) -> Verdict {
     let skb = ctx.skb.skb;
-    // SAFETY: the program's own context; `sk` is this packet's socket (the
-    // verifier wants it checked for null before `bpf_sk_fullsock`).
-    let (full, cgroup_id) = unsafe {
-        let sk = (*skb).__bindgen_anon_2.sk;
-        let full = if sk.is_null() {
-            sk
-        } else {
-            bpf_sk_fullsock(sk)
-        };
-        (full, bpf_skb_cgroup_id(skb))
-    };
-    let decided = dst.decided();
-    let storage = if full.is_null() {
-        core::ptr::null_mut()
-    } else {
+    let full = full_socket(ctx);
+    // SAFETY: the program's own context.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+    if !full.is_null() {
         // SAFETY: a full socket, checked above; a non-null result points
         // at its storage, valid for this run.
-        unsafe { decided_of(full, 0) }
-    };
-    // SAFETY: checked for null; valid for this run.
-    if !storage.is_null() && unsafe { (*storage).addr == decided.addr } {
-        return Verdict::Allow;
+        let storage = unsafe { decided_of(full, 0) };
+        // SAFETY: checked for null; valid for this run.
+        if !storage.is_null() && unsafe { (*storage).addr == dst.decided().addr } {
+            return Verdict::Allow;
+        }
     }
     let sk = if full.is_null() {
         None
     } else {
         address_of(full)
     };
-    let caller = Caller::of_socket(sk, cgroup_id);
-    let verdict = decide(ctx, hook::EGRESS, generation, &caller, dst);
-    if verdict == Verdict::Allow && !full.is_null() {
-        // SAFETY: as above.
-        unsafe {
-            let p = decided_of(full, BPF_SK_STORAGE_GET_F_CREATE);
-            if !p.is_null() {
-                *p = decided;
+    let mut caller = Caller::of_socket(sk, cgroup_id);
+    let verdict = decide(ctx, hook::EGRESS, generation, &mut caller, dst);
+    if verdict == Verdict::Allow {
+        // Found again rather than kept across the decision: a pointer that
+        // may be null would split every state of the decision in two.
+        let full = full_socket(ctx);
+        if !full.is_null() {
+            // SAFETY: as above.
+            unsafe {
+                let p = decided_of(full, BPF_SK_STORAGE_GET_F_CREATE);
+                if !p.is_null() {
+                    *p = dst.decided();
+                }
             }
         }
     }
     verdict
+}
+
+/// The packet's full socket (`bpf_sk_fullsock`), or null when it has none.
+#[inline(always)]
+fn full_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's own context; `sk` is this packet's socket,
+    // read afresh at each call (volatile), and checked for null before
+    // `bpf_sk_fullsock` as the verifier wants.
+    unsafe {
+        let sk = core::ptr::read_volatile(&raw const (*skb).__bindgen_anon_2.sk);
+        if sk.is_null() {
+            sk
+        } else {
+            bpf_sk_fullsock(sk)
+        }
+    }
 }
 
 /// `BPF_SK_STORAGE_GET_F_CREATE` (include/uapi/linux/bpf.h).

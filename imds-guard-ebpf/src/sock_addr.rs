@@ -50,9 +50,10 @@ fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
     if !protected_v4(generation, ip4) {
         return Verdict::Allow;
     }
-    let dst = Dst::v4(ip4, user_port(ctx));
-    let caller = Caller::current().with_socket(socket(ctx));
-    remembered(ctx, &dst, decide(ctx, hook, generation, &caller, &dst))
+    let mut dst = Dst::v4(ip4, user_port(ctx));
+    let mut caller = Caller::current().with_socket(socket(ctx));
+    let verdict = decide(ctx, hook, generation, &mut caller, &mut dst);
+    remembered(ctx, &dst, verdict)
 }
 
 /// An IPv6 destination (`user_ip6`), IPv4-mapped ones included.
@@ -63,9 +64,10 @@ fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
     if !protected_v6(generation, &ip6) {
         return Verdict::Allow;
     }
-    let dst = Dst::v6(&ip6, user_port(ctx));
-    let caller = Caller::current().with_socket(socket(ctx));
-    remembered(ctx, &dst, decide(ctx, hook, generation, &caller, &dst))
+    let mut dst = Dst::v6(&ip6, user_port(ctx));
+    let mut caller = Caller::current().with_socket(socket(ctx));
+    let verdict = decide(ctx, hook, generation, &mut caller, &mut dst);
+    remembered(ctx, &dst, verdict)
 }
 
 /// The address of the socket being connected (`bpf_sock_addr.sk`, a full

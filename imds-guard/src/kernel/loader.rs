@@ -275,6 +275,35 @@ impl Guard {
         verified_insns(&self.ebpf)
     }
 
+    /// Loads the programs of a guard from [`Guard::open`] one at a time,
+    /// going on past a refusal: for each, how many instructions the
+    /// verifier walked (`None` before Linux 5.16), or why it was refused.
+    /// A kernel test's survey of every program, where [`Guard::load`]
+    /// stops at the first refusal.
+    pub fn load_each(&mut self) -> Vec<(String, Result<Option<u32>, String>)> {
+        let mut report = Vec::new();
+        for (name, program) in self.ebpf.programs_mut() {
+            let loaded = match program {
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                aya::programs::Program::CgroupSkb(p) => p.load(),
+                aya::programs::Program::RawTracePoint(p) => p.load(),
+                _ => {
+                    report.push((name.to_owned(), Err("not a program of ours".to_owned())));
+                    continue;
+                }
+            };
+            let outcome = match loaded {
+                Ok(()) => Ok(program
+                    .info()
+                    .ok()
+                    .and_then(|i| i.verified_instruction_count())),
+                Err(e) => Err(refusal(&e)),
+            };
+            report.push((name.to_owned(), outcome));
+        }
+        report
+    }
+
     /// Loads the programs of a guard from [`Guard::open`] and writes its
     /// first policy, at once: the verifier and a large policy's writes take
     /// about as long as each other.
@@ -619,6 +648,23 @@ fn load_error(name: &'static str, source: ProgramError) -> GuardError {
         }
     }
     GuardError::LoadProgram { name, source }
+}
+
+/// The error of a program the kernel refused, with the verifier log's last
+/// lines (where it says why).
+fn refusal(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+            format!("{io_error}: {tail}")
+        }
+        other => other.to_string(),
+    }
 }
 
 fn verified_insns(ebpf: &Ebpf) -> Vec<(String, Option<u32>)> {
