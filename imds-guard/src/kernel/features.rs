@@ -84,6 +84,13 @@ pub const FEATURES: &[Feature] = &[
         how: How::Enumerators("bpf_map_type", &["BPF_MAP_TYPE_SK_STORAGE"]),
     },
     Feature {
+        name: "bpf_loop",
+        needed_for: "reading the supplementary groups and the user namespaces' creators within the \
+                     verifier's budget",
+        since: "5.17",
+        how: How::Enumerators("bpf_func_id", &["BPF_FUNC_loop"]),
+    },
+    Feature {
         name: "the helpers the programs call",
         needed_for: "reading credentials, sockets and packets",
         since: "5.8",
