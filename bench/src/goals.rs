@@ -20,6 +20,24 @@ pub struct Goal {
     pub goal: String,
     /// `None` when not measured (or not measurable) in this run.
     pub met: Option<bool>,
+    /// What the row is about, for the note on a goal not met
+    /// (`shortfall.rs`).
+    pub topic: Topic,
+}
+
+/// What a goal is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topic {
+    ProtectedPath,
+    ProgramTime,
+    Storm,
+    Start,
+    Reload,
+    Delivery,
+    Memory,
+    Validate,
+    /// A row this run did not measure.
+    Unmeasured,
 }
 
 impl Goal {
@@ -29,6 +47,7 @@ impl Goal {
             measured: format!("not measured ({why})"),
             goal: goal.into(),
             met: None,
+            topic: Topic::Unmeasured,
         }
     }
 
@@ -82,6 +101,7 @@ pub fn protected(n: u32, guard: &Summary, nft: Option<&Summary>) -> Goal {
         ),
         goal: PROTECTED_GOAL.to_owned(),
         met,
+        topic: Topic::ProtectedPath,
     }
 }
 
@@ -132,6 +152,7 @@ fn program_rows(r: &Results, out: &mut Vec<Goal>) {
         measured: row.ns.show(ns),
         goal: goal.clone(),
         met: at_most(&row.ns, ALLOWED_NS_MAX),
+        topic: Topic::ProgramTime,
     });
     out.push(Goal {
         what: "… every program of the guard per allowed connect (connect4 and egress on its \
@@ -140,6 +161,7 @@ fn program_rows(r: &Results, out: &mut Vec<Goal>) {
         measured: row.all_ns.show(ns),
         goal,
         met: at_most(&row.all_ns, ALLOWED_NS_MAX),
+        topic: Topic::ProgramTime,
     });
 }
 
@@ -169,6 +191,7 @@ fn storm_row(r: &Results) -> Goal {
         ),
         goal,
         met: at_most(&cpu, STORM_CPU_MAX).map(|ok| ok && exact),
+        topic: Topic::Storm,
     }
 }
 
@@ -207,6 +230,7 @@ fn large_rows(r: &Results, s: &Settings, out: &mut Vec<Goal>) {
         ),
         goal: format!("≤ {START_MS_MAX:.0} ms"),
         met: at_most(&l.ready_ms, START_MS_MAX),
+        topic: Topic::Start,
     });
     let reload_ms = scaled(&l.reload_us, 1e-3);
     out.push(Goal {
@@ -218,6 +242,7 @@ fn large_rows(r: &Results, s: &Settings, out: &mut Vec<Goal>) {
         ),
         goal: format!("≤ {RELOAD_MS_MAX:.0} ms"),
         met: at_most(&reload_ms, RELOAD_MS_MAX),
+        topic: Topic::Reload,
     });
     out.push(delivery_row(l, bound_ms));
     out.push(Goal {
@@ -229,6 +254,7 @@ fn large_rows(r: &Results, s: &Settings, out: &mut Vec<Goal>) {
         ),
         goal: format!("≤ {RSS_MIB_MAX:.0} MiB"),
         met: at_most(&l.reloaded_rss_kib, RSS_MIB_MAX * 1024.0),
+        topic: Topic::Memory,
     });
 }
 
@@ -247,6 +273,7 @@ pub fn delivery_row(l: &Large, bound_ms: f64) -> Goal {
                 .to_owned(),
             goal,
             met: None,
+            topic: Topic::Delivery,
         };
     }
     let worst = l.worst_during_ms;
@@ -266,6 +293,7 @@ pub fn delivery_row(l: &Large, bound_ms: f64) -> Goal {
         ),
         goal,
         met: (worst.n > 0).then_some(worst.max <= bound_ms && l.missing == 0),
+        topic: Topic::Delivery,
     }
 }
 
@@ -296,6 +324,7 @@ fn validate_row(r: &Results) -> Goal {
             (Some(fast), Some(e)) => Some(fast && e <= LINEAR_MAX),
             _ => None,
         },
+        topic: Topic::Validate,
     }
 }
 

@@ -60,6 +60,7 @@ mod report;
 mod runtime;
 mod scale;
 mod setup;
+mod shortfall;
 mod sink;
 mod stats;
 mod storm;

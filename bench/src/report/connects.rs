@@ -107,13 +107,15 @@ pub(super) fn run_time(md: &mut String, rt: &RuntimeResult) {
         md,
         "\nbpf_stats times the program with two clock reads around it, so a few ns of each \
          figure are the measurement's own, and so is anything that interrupts the program on \
-         its CPU. Every decision on a protected address (allowed ones too) writes an event to \
-         the ring buffer; when the agent has read everything before it, the submit wakes the \
-         agent up, which the kernel does from an interrupt on the connecting CPU, inside the \
-         timed window. \"allowed, agent stopped\" is the allowed IPv4 path with the agent \
-         stopped (SIGSTOP, at most {} connects, fewer than the ring holds): nothing reads the \
-         ring, so no submit wakes anyone, and the difference to \"allowed\" is what the wake-up \
-         costs the connecting process.\n",
+         its CPU. A denied decision writes an event to the ring buffer; an allowed one is \
+         counted, and written only when the agent logs allowed decisions (at debug level). \
+         No event wakes the agent: it reads the ring on a short timer, and is woken only when \
+         the ring passes a quarter full. An allowed connect also creates the socket's \
+         storage, where egress finds that the connection was decided. \"allowed, agent \
+         stopped\" is the allowed IPv4 path with the agent stopped (SIGSTOP, at most {} \
+         connects, fewer than the ring holds): its difference to \"allowed\" is what reading \
+         the ring on the agent's side costs the connecting process, which should be noise \
+         now.\n",
         thousands(runtime::STOPPED_CONNECTS as f64)
     );
 }
