@@ -69,7 +69,7 @@ pub use self::{
     topology::{
         Container, ContainerKind, MPTCP_PORT, Reached, Topology, TopologyBuilder, TunDevice,
         UNPROTECTED_V4, UNPROTECTED_V6, UPLINK_HOST_V4, UPLINK_HOST_V6, UPLINK_IMDS_V4,
-        UPLINK_IMDS_V6, USERNS_ROOT,
+        UPLINK_IMDS_V6, USERNS_ROOT, UserNamespace,
     },
 };
 

@@ -5,19 +5,14 @@
 //! first shown to work without the guard.
 
 use std::{
-    ffi::CString,
     fs,
-    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
-    process::{Child, Command, Stdio},
+    os::unix::fs::MetadataExt as _,
+    process::{Command, Stdio},
 };
 
 use imds_guard_e2e::{
     Action, FakeImds, IMDS_PORT, IMDS_V4, LOG, Netns, Probe, ProbeResult, Sandbox, TestCgroup,
-    field, privileged_or_skip, probe_bin,
-};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
+    UserNamespace, field, privileged_or_skip, probe_bin,
 };
 use serde_json::Value;
 
@@ -271,78 +266,14 @@ fn root_in_a_container_is_denied_by_root_on_the_host_only_while_host_root_is_all
     );
 }
 
-/// A user namespace created by `owner`, ids 0-65535 inside mapped to
-/// 100000-165535 outside (what `/etc/subuid` gives a rootless podman
-/// user), held open by a `sleep` that is killed on drop.
-struct SubidNamespace {
-    child: Child,
-}
-
+/// Where a rootless user's containers run, outside: what `/etc/subuid`
+/// gives them.
 const SUBID_BASE: u32 = 100_000;
 
-impl SubidNamespace {
-    fn new(owner: u32, cgroup: &TestCgroup) -> Self {
-        let procs = CString::new(
-            cgroup
-                .path()
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .unwrap_or_else(|e| panic!("cgroup path: {e}"));
-        let mut cmd = Command::new("sleep");
-        cmd.arg("infinity")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: the closure runs between fork and exec and only makes
-        // system calls, on data prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                let check = |rc: libc::c_long| {
-                    if rc < 0 {
-                        Err(std::io::Error::last_os_error())
-                    } else {
-                        Ok(())
-                    }
-                };
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                check(fd.into())?;
-                check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_long)?;
-                libc::close(fd);
-                check(libc::setgroups(0, std::ptr::null()).into())?;
-                check(libc::setresgid(owner, owner, owner).into())?;
-                check(libc::setresuid(owner, owner, owner).into())?;
-                check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
-                // Created by `owner`: the namespace's owner.
-                check(libc::unshare(libc::CLONE_NEWUSER).into())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting the user namespace holder: {e}"));
-        let ns = Self { child };
-        // Root of the parent namespace may map any range: as newuidmap
-        // does from /etc/subuid.
-        let map = format!("0 {SUBID_BASE} 65536\n");
-        for file in ["uid_map", "gid_map"] {
-            let path = format!("/proc/{}/{file}", ns.child.id());
-            fs::write(&path, &map).unwrap_or_else(|e| panic!("writing {path}: {e}"));
-        }
-        ns
-    }
-
-    fn path(&self) -> String {
-        format!("/proc/{}/ns/user", self.child.id())
-    }
-}
-
-impl Drop for SubidNamespace {
-    fn drop(&mut self) {
-        // Our child, not yet reaped: the pid is still its own.
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
+/// A user namespace `owner` created, its ids mapped to theirs from
+/// [`SUBID_BASE`].
+fn subid_namespace(owner: u32, cgroup: &TestCgroup) -> UserNamespace {
+    UserNamespace::spawn(cgroup, owner, SUBID_BASE, false)
 }
 
 #[test]
@@ -351,17 +282,17 @@ fn a_user_with_subordinate_ids_is_denied_by_a_deny_on_that_user() {
         return;
     }
     const OWNER: u32 = 1234;
-    let rootless = |sb: &Sandbox, ns: &SubidNamespace| sb.probe().userns(ns.path()).uid(0).gid(0);
+    let rootless = |sb: &Sandbox, ns: &UserNamespace| sb.probe().userns(ns.path()).uid(0).gid(0);
     // A deny on another user: the path works, and the process is uid
     // 100000 as the kernel sees it.
     {
         let sb = Sandbox::with_agent("[deny]\nuids = [4321]\n");
-        let ns = SubidNamespace::new(OWNER, &sb.cgroup);
+        let ns = subid_namespace(OWNER, &sb.cgroup);
         let r = rootless(&sb, &ns).run(http());
         assert_reads(&sb, &r, "rootless root, its creator not denied");
     }
     let sb = Sandbox::with_agent("[deny]\nuids = [1234]\n");
-    let ns = SubidNamespace::new(OWNER, &sb.cgroup);
+    let ns = subid_namespace(OWNER, &sb.cgroup);
     let r = rootless(&sb, &ns).run(http());
     assert_refused(&r, "root of a namespace created by the denied user");
     let rec = record(&sb, "deny", SUBID_BASE, |_| true);

@@ -34,18 +34,21 @@ pub enum ContainerKind {
     Userns,
 }
 
-/// A user namespace and a network namespace it owns, held open by a
-/// `sleep` that is our child.
+/// A user namespace created by an unprivileged uid, with ids 0-65535 inside
+/// mapped to a range outside (what `/etc/subuid` gives a rootless user),
+/// and a network namespace it owns when asked; held open by a `sleep` that
+/// is our child, killed on drop.
 #[derive(Debug)]
-struct UsernsHolder {
+pub struct UserNamespace {
     child: Child,
 }
 
-impl UsernsHolder {
-    /// Starts `sleep infinity` as uid/gid [`USERNS_ROOT`] in `cgroup`, in a
-    /// new user namespace and a network namespace that user namespace
-    /// owns, and maps ids 0-65535 inside to 100000-165535 outside.
-    fn spawn(cgroup: &TestCgroup) -> Self {
+impl UserNamespace {
+    /// Starts `sleep infinity` in `cgroup` as uid and gid `owner`, which
+    /// then creates the user namespace (so it is its owner, as with an
+    /// unprivileged runtime), with a network namespace too when
+    /// `with_net`; maps ids 0-65535 inside to `base`.. outside.
+    pub fn spawn(cgroup: &TestCgroup, owner: u32, base: u32, with_net: bool) -> Self {
         let procs = CString::new(
             cgroup
                 .path()
@@ -54,6 +57,11 @@ impl UsernsHolder {
                 .into_encoded_bytes(),
         )
         .unwrap_or_else(|e| panic!("cgroup path: {e}"));
+        let flags = if with_net {
+            libc::CLONE_NEWUSER | libc::CLONE_NEWNET
+        } else {
+            libc::CLONE_NEWUSER
+        };
         let mut cmd = Command::new("sleep");
         cmd.arg("infinity")
             .stdin(Stdio::null())
@@ -77,14 +85,12 @@ impl UsernsHolder {
                 check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_long)?;
                 libc::close(fd);
                 check(libc::setgroups(0, std::ptr::null()).into())?;
-                check(libc::setresgid(USERNS_ROOT, USERNS_ROOT, USERNS_ROOT).into())?;
-                check(libc::setresuid(USERNS_ROOT, USERNS_ROOT, USERNS_ROOT).into())?;
+                check(libc::setresgid(owner, owner, owner).into())?;
+                check(libc::setresuid(owner, owner, owner).into())?;
                 // After the uid change, which clears it: if the test
                 // process dies, so does the holder, and its namespaces.
                 check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
-                // Created by uid 100000, so that is the user namespace's
-                // owner, as with an unprivileged runtime.
-                check(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET).into())
+                check(libc::unshare(flags).into())
             });
         }
         let child = cmd
@@ -92,8 +98,10 @@ impl UsernsHolder {
             .unwrap_or_else(|e| panic!("starting the user namespace holder: {e}"));
         // The guard owns the child from here: a failure below still kills
         // it. spawn() returned after the exec, so the unshare is done.
-        let holder = UsernsHolder { child };
-        let map = format!("0 {USERNS_ROOT} {USERNS_SIZE}\n");
+        let holder = UserNamespace { child };
+        // Root of the parent namespace may map any range: as newuidmap
+        // does from /etc/subuid.
+        let map = format!("0 {base} {USERNS_SIZE}\n");
         for file in ["uid_map", "gid_map"] {
             let path = format!("/proc/{}/{file}", holder.pid());
             fs::write(&path, &map).unwrap_or_else(|e| panic!("writing {path}: {e}"));
@@ -101,12 +109,18 @@ impl UsernsHolder {
         holder
     }
 
-    fn pid(&self) -> u32 {
+    /// The holder's pid.
+    pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The user namespace, as `/proc/PID/ns/user`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/user", self.pid()))
     }
 }
 
-impl Drop for UsernsHolder {
+impl Drop for UserNamespace {
     fn drop(&mut self) {
         // Our child, not yet reaped: the pid is still its own.
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
@@ -119,7 +133,7 @@ impl Drop for UsernsHolder {
 #[derive(Debug)]
 enum ContainerNs {
     Plain(Netns),
-    Userns(UsernsHolder),
+    Userns(UserNamespace),
 }
 
 /// One container of a [`Topology`](super::Topology), number `index`:
@@ -137,7 +151,9 @@ impl Container {
     pub(super) fn new(name: &str, kind: ContainerKind, index: u8, cgroup: &TestCgroup) -> Self {
         let ns = match kind {
             ContainerKind::Plain => ContainerNs::Plain(Netns::bare()),
-            ContainerKind::Userns => ContainerNs::Userns(UsernsHolder::spawn(cgroup)),
+            ContainerKind::Userns => {
+                ContainerNs::Userns(UserNamespace::spawn(cgroup, USERNS_ROOT, USERNS_ROOT, true))
+            }
         };
         Container {
             name: name.to_owned(),
@@ -174,7 +190,7 @@ impl Container {
     pub fn userns_path(&self) -> Option<PathBuf> {
         match &self.ns {
             ContainerNs::Plain(_) => None,
-            ContainerNs::Userns(h) => Some(PathBuf::from(format!("/proc/{}/ns/user", h.pid()))),
+            ContainerNs::Userns(h) => Some(h.path()),
         }
     }
 

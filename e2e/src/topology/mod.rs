@@ -45,7 +45,7 @@ use std::{
 
 use self::ready::{no_dad, wait_until_up};
 pub use self::{
-    container::{Container, ContainerKind, USERNS_ROOT},
+    container::{Container, ContainerKind, USERNS_ROOT, UserNamespace},
     tun::TunDevice,
 };
 use crate::{
