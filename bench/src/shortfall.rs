@@ -45,18 +45,30 @@ fn protected_path(r: &Results) -> Option<String> {
     let mut text = format!(
         "**Protected path and program time.** An allowed IPv4 connect costs the guard's \
          programs {} in all (section 2): connect4 {}, and egress {} on the connection's \
-         packets. The decision is the smaller part of connect4: a denied connect, which \
-         decides and writes an event, costs it {}. What an allowed connect adds, about {}, is \
-         creating the socket's storage (`bpf_sk_storage_get` with \
-         `BPF_SK_STORAGE_GET_F_CREATE`, an allocation per socket), which lets the \
-         connection's packets through egress after one lookup each instead of a decision \
-         each.",
+         packets.",
         ns(all),
         ns(a),
         ns((all - a).max(0.0)),
-        ns(d),
-        ns((a - d).max(0.0)),
     );
+    if a > d {
+        text.push_str(&format!(
+            " The decision is the smaller part of connect4: a denied connect, which decides \
+             and writes an event, costs it {}. What an allowed connect adds, about {}, is \
+             creating the socket's storage (`bpf_sk_storage_get` with \
+             `BPF_SK_STORAGE_GET_F_CREATE`, an allocation per socket), which lets the \
+             connection's packets through egress after one lookup each instead of a decision \
+             each.",
+            ns(d),
+            ns(a - d),
+        ));
+    } else {
+        text.push_str(&format!(
+            " A denied connect, which decides and writes an event but creates no socket \
+             storage, costs connect4 {} in this run: the decision, not the storage, is most \
+             of it here.",
+            ns(d),
+        ));
+    }
     if let Some(stopped) = rt.row("allowed, agent stopped") {
         text.push_str(&format!(
             " With the agent stopped it costs {}: no decision wakes the agent any more.",
