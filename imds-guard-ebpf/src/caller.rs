@@ -45,16 +45,17 @@ pub struct Caller {
 /// (`kernel::forget`).
 #[derive(Clone, Copy)]
 struct Who {
-    /// 0: the ids below; [`Who::NO_OFFSETS`]; anything else: unknown.
+    /// [`Who::IDS`]: the ids below; [`Who::NO_OFFSETS`]; anything else:
+    /// unknown. Bytes a failed copy zeroed are unknown, never root.
     state: u32,
     uid: u32,
     gid: u32,
 }
 
 impl Who {
-    const IDS: u32 = 0;
+    const IDS: u32 = 0x4944_5321;
     const NO_OFFSETS: u32 = 1;
-    const UNKNOWN: u32 = 2;
+    const UNKNOWN: u32 = 0;
 
     #[inline(always)]
     fn of(ids: Result<Ids, NoCaller>) -> Self {

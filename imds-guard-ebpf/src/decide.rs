@@ -44,6 +44,37 @@ impl From<Verdict> for i32 {
     }
 }
 
+/// What a decision came to: allowed by the policy, let through by audit
+/// mode only, or refused.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Audited,
+    Denied,
+}
+
+impl Decision {
+    /// What the hook returns: only a refusal fails the call.
+    #[inline(always)]
+    pub fn verdict(self) -> Verdict {
+        if self == Decision::Denied {
+            Verdict::Reject
+        } else {
+            Verdict::Allow
+        }
+    }
+
+    /// Whether the socket may be remembered as decided for its address, so
+    /// that its packets pass `egress` without a decision each: only when
+    /// the policy allows it. What audit mode lets through is judged again
+    /// packet by packet, or a connection opened while auditing would keep
+    /// the service after the switch to enforce.
+    #[inline(always)]
+    pub fn remembered(self) -> bool {
+        self == Decision::Allowed
+    }
+}
+
 /// The outcome of looking the caller up in the policy.
 #[derive(Clone, Copy)]
 struct Outcome {
@@ -93,14 +124,14 @@ pub fn decide<C: EbpfContext>(
     generation: u32,
     caller: &mut Caller,
     dst: &mut Dst,
-) -> Verdict {
+) -> Decision {
     // One state from here on, however the caller and the destination were
     // found (see `forget`). A copy that fails leaves nothing to judge or
     // record: denied, and counted as an error.
     if !forget(caller) || !forget(dst) {
         bump(hook, counter::DENIED);
         bump(hook, counter::ERRORS);
-        return Verdict::Reject;
+        return Decision::Denied;
     }
     let (caller, dst) = (&*caller, &*dst);
     let internal_error = Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
@@ -149,18 +180,21 @@ pub fn decide<C: EbpfContext>(
         emit(hook, v, &outcome, caller, generation, dst);
     }
 
-    if v == verdict::DENIED {
-        Verdict::Reject
+    if v == verdict::ALLOWED {
+        Decision::Allowed
+    } else if v == verdict::AUDITED {
+        Decision::Audited
     } else {
-        Verdict::Allow
+        Decision::Denied
     }
 }
 
 /// The policy's order, which `imds_guard::policy::Policy::decide_process`
-/// mirrors (keep them identical): deny if the uid is denied, or any group
-/// held (the primary gid, then the supplementary groups) is, or the owner
-/// of any user namespace the caller is in; else allow if the uid is
-/// allowed, then the primary gid, then a supplementary group (an
+/// mirrors (keep them identical): deny if the uid is denied, or the
+/// primary gid, or the cgroup (or it is unclassified under a policy that
+/// denies cgroups), or a supplementary group, or the owner of any user
+/// namespace the caller is in; else allow if the cgroup is allowed, then
+/// the uid, then the primary gid, then a supplementary group (an
 /// allow-on-host rule only for a caller on the host); else the default.
 /// Any action other than ALLOW or ALLOW_ON_HOST denies: a value the agent
 /// never writes must not open the door.

@@ -399,12 +399,14 @@ impl Policy {
         self.decide_process(&Process::on_host(uid, gid))
     }
 
-    /// Where the rule `rule` applies: that of the entry that made it.
+    /// Where the rule `rule` applies: that of the entry that made it. A
+    /// rule without one (none is made so) allows on the host only, the
+    /// narrower scope.
     pub fn scope_of(&self, rule: &IdRule) -> Scope {
         self.spec
             .entries
             .get(rule.index)
-            .map_or(Scope::Anywhere, |e| e.scope)
+            .map_or(Scope::Host, |e| e.scope)
     }
 
     /// Whether connections to `addr` are subject to the policy. An

@@ -73,12 +73,13 @@ impl Policy {
     /// endpoint.
     ///
     /// The order mirrors the kernel programs, and any change here must be
-    /// made there too. Deny first: the uid, the primary gid, then (when the
-    /// policy has a gid rule) the supplementary groups in ascending order,
-    /// refused outright when there are more than [`MAX_GROUPS`], then
-    /// (when it has a uid deny rule) the owners of the process's user
-    /// namespaces. Then allow: the uid, the primary gid, the lowest
-    /// supplementary group allowed; a `[allow.host]` rule allows only a
+    /// made there too. Deny first: the uid, the primary gid, the cgroup
+    /// (or an unclassified one under a policy that denies cgroups), then
+    /// (when the policy has a gid rule) the supplementary groups in
+    /// ascending order, refused outright when there are more than
+    /// [`MAX_GROUPS`], then (when it has a uid deny rule) the owners of the
+    /// process's user namespaces. Then allow: the cgroup, the uid, the
+    /// primary gid, the lowest supplementary group allowed; a `[allow.host]` rule allows only a
     /// process on the host, and when such rules are all that name the
     /// process, the first of them refuses it ([`Reason::HostOnly`]). Then
     /// the default.
