@@ -238,17 +238,19 @@ impl Guard {
         if OBJECT.is_empty() {
             return Err(GuardError::NoObject);
         }
-        let btf = Btf::from_sys_fs().map_err(GuardError::Btf)?;
-        let release = offsets::kernel_release();
-        features::require(&btf, &release).map_err(|e| match e {
-            features::RequireError::Missing(m) => GuardError::MissingFeature(m),
-            features::RequireError::Btf(e) => GuardError::Features(e),
-        })?;
-        let offsets =
-            offsets::resolve(&btf, &release).map_err(|e| GuardError::Offsets(Box::new(e)))?;
-        let cgroup_offsets = classify::offsets::resolve(&btf, &release)
-            .map_err(|e| GuardError::CgroupOffsets(Box::new(e)))?;
-        let mut ebpf = EbpfLoader::new()
+        // aya's loader parses the kernel's BTF as it is made, as we parse
+        // it for the offsets: tens of milliseconds each, side by side.
+        let (loader, resolved) = std::thread::scope(|scope| {
+            let aya = scope.spawn(EbpfLoader::new);
+            let ours = resolve_layout();
+            let loader = aya
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (loader, ours)
+        });
+        let (offsets, cgroup_offsets) = resolved?;
+        let mut loader = loader;
+        let mut ebpf = loader
             .override_global(aya_log::LEVEL, &ebpf_log_level, false)
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(CGROUP_OFFSETS_GLOBAL, &cgroup_offsets, true)
@@ -633,6 +635,21 @@ pub fn read_counters(map: &Map) -> Result<Counters, GuardError> {
 
 pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> GuardError {
     move |source| GuardError::Map { name, source }
+}
+
+/// The kernel's BTF asked for every feature the guard needs, and the
+/// offsets of the fields the programs read.
+fn resolve_layout() -> Result<(common::Offsets, common::CgroupOffsets), GuardError> {
+    let btf = Btf::from_sys_fs().map_err(GuardError::Btf)?;
+    let release = offsets::kernel_release();
+    features::require(&btf, &release).map_err(|e| match e {
+        features::RequireError::Missing(m) => GuardError::MissingFeature(m),
+        features::RequireError::Btf(e) => GuardError::Features(e),
+    })?;
+    let offsets = offsets::resolve(&btf, &release).map_err(|e| GuardError::Offsets(Box::new(e)))?;
+    let cgroup_offsets = classify::offsets::resolve(&btf, &release)
+        .map_err(|e| GuardError::CgroupOffsets(Box::new(e)))?;
+    Ok((offsets, cgroup_offsets))
 }
 
 /// A program the kernel refused: named for the helper it lacks when the
