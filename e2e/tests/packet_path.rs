@@ -581,34 +581,6 @@ fn an_allowed_connect_is_not_judged_again_packet_by_packet() {
     assert_eq!(counters["denied"], 0, "{counters}");
 }
 
-/// Audit mode lets a denied caller's connection through, and writes no
-/// memory of it on the socket: its packets are judged (and audited) one by
-/// one, so that a connection opened while auditing loses the service at
-/// the switch to enforce instead of keeping it. The allowed case above is
-/// the control: there, connect4's decisions are the only ones.
-#[test]
-fn an_audited_connect_is_judged_again_packet_by_packet() {
-    if !privileged_or_skip("an_audited_connect_is_judged_again_packet_by_packet") {
-        return;
-    }
-    let audit = ONLY_ROOT.replace("mode = \"enforce\"", "mode = \"audit\"");
-    assert!(audit.contains("mode = \"audit\""), "{audit}");
-    let topo = topology_for(&[], Some(&audit));
-    let nobody = topo.host_probe().uid(NOBODY).gid(NOBODY);
-    let r = topo.attempt(&nobody, Action::http(IMDS_V4, IMDS_PORT));
-    assert!(r.credentials, "audit mode lets nobody through: {r:?}");
-    let counters = &status(&topo)["counters"];
-    assert_eq!(counters["allowed"], 0, "{counters}");
-    assert_eq!(counters["denied"], 0, "{counters}");
-    // Four connections, each judged at connect4 and then packet by packet
-    // (at least the handshake's ACK and the request): more than four.
-    let audited = counters["audited"].as_u64().unwrap_or(0);
-    assert!(
-        audited > 4,
-        "packets of audited sockets were not judged: {counters}"
-    );
-}
-
 #[test]
 fn killed_with_sigkill_the_packet_paths_stay_closed_and_a_restart_adds_nothing() {
     if !privileged_or_skip(

@@ -65,13 +65,15 @@ impl Decision {
     }
 
     /// Whether the socket may be remembered as decided for its address, so
-    /// that its packets pass `egress` without a decision each: only when
-    /// the policy allows it. What audit mode lets through is judged again
-    /// packet by packet, or a connection opened while auditing would keep
-    /// the service after the switch to enforce.
+    /// that its packets pass `egress` without a decision each: whenever
+    /// the call goes through. What audit mode lets through is remembered
+    /// too (one record per connection, not one per packet): such a
+    /// connection keeps the service after the switch to enforce until it
+    /// closes, as an allowed one does after a reload that refuses its
+    /// caller (the README's threat model says so).
     #[inline(always)]
     pub fn remembered(self) -> bool {
-        self == Decision::Allowed
+        self != Decision::Denied
     }
 }
 
