@@ -31,7 +31,18 @@ fn note(r: &Results, topic: Topic) -> Option<String> {
         Topic::Start => start(r),
         Topic::Reload => reload(r),
         Topic::Memory => memory(r),
-        Topic::Storm | Topic::Delivery | Topic::Validate | Topic::Unmeasured => None,
+        Topic::Validate => validate(r),
+        Topic::Storm => storm(r),
+        Topic::Delivery => Some(
+            "**Decisions during a reload.** A decision's record reached the log later than the \
+             bound, or never (section 5 has the worst delays during reloads and outside them). \
+             The agent reads the ring on a timer (50 ms) and when the ring passes a quarter \
+             full, so a delay past that is the reader held up. What it would take: finding what \
+             held the reader in this run (a delay only during reloads points at the reload's \
+             work on the reader's thread)."
+                .to_owned(),
+        ),
+        Topic::Unmeasured => None,
     }
 }
 
@@ -162,6 +173,43 @@ fn reload(r: &Results) -> Option<String> {
          to parse.",
     );
     Some(text)
+}
+
+/// Validate's time against its per-uid cost and the process's own start.
+fn validate(r: &Results) -> Option<String> {
+    let v = r.validate.as_ref()?;
+    let size = v.largest()?;
+    let exponent = v
+        .exponent
+        .map_or_else(|| "unknown".to_owned(), |e| format!("{e:.2}"));
+    Some(format!(
+        "**Validate.** `imds-guard validate` of {} uids takes {} from spawn to exit (section \
+         7): {} net of the process's own start and exit ({} for a one-uid policy), about {} \
+         per uid, growing with an exponent of {exponent} (1 is linear). At that cost per uid \
+         this many uids cannot fit the bound on this machine in this run. What it would take: \
+         the reader the reload note names, without a document node and a source location per \
+         element.",
+        thousands(f64::from(size.uids)),
+        ms(size.wall_ms.median),
+        ms(size.net_ms.median),
+        ms(v.base_ms.median),
+        ns(size.net_ms.median * 1e6 / f64::from(size.uids.max(1))),
+    ))
+}
+
+/// The agent's CPU in the storm against the denials it read.
+fn storm(r: &Results) -> Option<String> {
+    let st = r.storm.as_ref()?;
+    let cpu = st.summary(|run| Some(run.cpu_s / run.window_s)).median;
+    let rate = st.summary(|run| Some(run.denials_per_s())).median;
+    Some(format!(
+        "**Denial storm.** The agent spent {} of one CPU reading and rate-limiting {} \
+         denials/s (section 4), about {} of its CPU per denial. What it would take: counting \
+         repeated denials of one caller in the kernel instead of reading each record.",
+        pct(cpu),
+        thousands(rate),
+        ns(cpu * 1e9 / rate.max(1.0)),
+    ))
 }
 
 /// The agent's memory with 100,000 uids against a two-entry policy's.
@@ -321,6 +369,14 @@ mod tests {
         assert!(notes[1].starts_with("**Reload"), "{}", notes[1]);
         // 96 ms for 131,072 uids is about 73 ms for 100,000.
         assert!(notes[1].contains("about 73.2 ms"), "{}", notes[1]);
+    }
+
+    #[test]
+    fn validate_over_its_bound_is_explained_per_uid() {
+        let notes = notes(&results(), &[goal(Topic::Validate, Some(false))]);
+        assert_eq!(notes.len(), 1, "{notes:#?}");
+        // 96 ms net for 131,072 uids.
+        assert!(notes[0].contains("about 732.4 ns per uid"), "{}", notes[0]);
     }
 
     #[test]
