@@ -44,39 +44,6 @@ impl From<Verdict> for i32 {
     }
 }
 
-/// What a decision came to: allowed by the policy, let through by audit
-/// mode only, or refused.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Allowed,
-    Audited,
-    Denied,
-}
-
-impl Decision {
-    /// What the hook returns: only a refusal fails the call.
-    #[inline(always)]
-    pub fn verdict(self) -> Verdict {
-        if self == Decision::Denied {
-            Verdict::Reject
-        } else {
-            Verdict::Allow
-        }
-    }
-
-    /// Whether the socket may be remembered as decided for its address, so
-    /// that its packets pass `egress` without a decision each: whenever
-    /// the call goes through. What audit mode lets through is remembered
-    /// too (one record per connection, not one per packet): such a
-    /// connection keeps the service after the switch to enforce until it
-    /// closes, as an allowed one does after a reload that refuses its
-    /// caller (the README's threat model says so).
-    #[inline(always)]
-    pub fn remembered(self) -> bool {
-        self != Decision::Denied
-    }
-}
-
 /// The outcome of looking the caller up in the policy.
 #[derive(Clone, Copy)]
 struct Outcome {
@@ -126,14 +93,14 @@ pub fn decide<C: EbpfContext>(
     generation: u32,
     caller: &mut Caller,
     dst: &mut Dst,
-) -> Decision {
+) -> Verdict {
     // One state from here on, however the caller and the destination were
     // found (see `forget`). A copy that fails leaves nothing to judge or
     // record: denied, and counted as an error.
     if !forget(caller) || !forget(dst) {
         bump(hook, counter::DENIED);
         bump(hook, counter::ERRORS);
-        return Decision::Denied;
+        return Verdict::Reject;
     }
     let (caller, dst) = (&*caller, &*dst);
     let internal_error = Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
@@ -182,12 +149,10 @@ pub fn decide<C: EbpfContext>(
         emit(hook, v, &outcome, caller, generation, dst);
     }
 
-    if v == verdict::ALLOWED {
-        Decision::Allowed
-    } else if v == verdict::AUDITED {
-        Decision::Audited
+    if v == verdict::DENIED {
+        Verdict::Reject
     } else {
-        Decision::Denied
+        Verdict::Allow
     }
 }
 

@@ -67,8 +67,7 @@ pub fn read_str(addr: u64, buf: &mut [u8]) -> Option<usize> {
     (n > 0).then(|| n as usize - 1)
 }
 
-/// `value`, copied through `bpf_probe_read_kernel` so that the verifier
-/// knows nothing of it. The verifier carries every exact value it has seen
+/// A copy of `value` the verifier knows nothing of ([`forget`]). The verifier carries every exact value it has seen
 /// into the code that follows: a decision whose outcomes differ in a
 /// reason or an entry walks the event and the counters once per outcome,
 /// which took the v6 programs past the million instructions 6.1 allows.
@@ -77,10 +76,8 @@ pub fn read_str(addr: u64, buf: &mut [u8]) -> Option<usize> {
 /// error: fail closed.
 #[inline(always)]
 pub fn opaque<T: Copy>(value: T) -> Option<T> {
-    let slot = value;
-    // SAFETY: reads a local of ours, on our stack; the helper fails
-    // cleanly whatever the address.
-    unsafe { bpf_probe_read_kernel(&raw const slot).ok() }
+    let mut slot = value;
+    forget(&mut slot).then_some(slot)
 }
 
 /// Makes the verifier forget what it knows of `value`, in place: the

@@ -149,8 +149,8 @@ fn judge(ctx: &SkBuffContext, generation: u32, dst: &mut Dst) -> Verdict {
         address_of(full)
     };
     let mut caller = Caller::of_socket(sk, cgroup_id);
-    let decision = decide(ctx, hook::EGRESS, generation, &mut caller, dst);
-    if decision.remembered() {
+    let verdict = decide(ctx, hook::EGRESS, generation, &mut caller, dst);
+    if verdict == Verdict::Allow {
         // Found again rather than kept across the decision: a pointer that
         // may be null would split every state of the decision in two.
         let full = full_socket(ctx);
@@ -164,7 +164,7 @@ fn judge(ctx: &SkBuffContext, generation: u32, dst: &mut Dst) -> Verdict {
             }
         }
     }
-    decision.verdict()
+    verdict
 }
 
 /// The packet's full socket (`bpf_sk_fullsock`), or null when it has none.

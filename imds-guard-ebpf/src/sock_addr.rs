@@ -16,7 +16,7 @@ use imds_guard_common::hook;
 
 use crate::{
     caller::Caller,
-    decide::{Decision, Verdict, decide},
+    decide::{Verdict, decide},
     dst::{Dst, active_generation, protected_v4, protected_v6, user_ip4, user_ip6, user_port},
     kernel::address_of,
     maps::DECIDED,
@@ -52,8 +52,8 @@ fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
     }
     let mut dst = Dst::v4(ip4, user_port(ctx));
     let mut caller = Caller::current().with_socket(socket(ctx));
-    let decision = decide(ctx, hook, generation, &mut caller, &mut dst);
-    remembered(ctx, &dst, decision)
+    let verdict = decide(ctx, hook, generation, &mut caller, &mut dst);
+    remembered(ctx, &dst, verdict)
 }
 
 /// An IPv6 destination (`user_ip6`), IPv4-mapped ones included.
@@ -66,8 +66,8 @@ fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
     }
     let mut dst = Dst::v6(&ip6, user_port(ctx));
     let mut caller = Caller::current().with_socket(socket(ctx));
-    let decision = decide(ctx, hook, generation, &mut caller, &mut dst);
-    remembered(ctx, &dst, decision)
+    let verdict = decide(ctx, hook, generation, &mut caller, &mut dst);
+    remembered(ctx, &dst, verdict)
 }
 
 /// The address of the socket being connected (`bpf_sock_addr.sk`, a full
@@ -85,10 +85,14 @@ fn socket(ctx: &SockAddrContext) -> Option<u64> {
 /// its packets to `dst` again (by the socket's owner, who may differ from
 /// the process that connected: a setuid program, a passed descriptor).
 /// Should the storage not be had (no memory), `egress` judges them by the
-/// owner instead.
+/// owner instead. What audit mode lets through is remembered too (one
+/// record per connection, not one per packet): such a connection keeps the
+/// service after the switch to enforce until it closes, as an allowed one
+/// does after a reload that refuses its caller (the README's threat model
+/// says so).
 #[inline(always)]
-fn remembered(ctx: &SockAddrContext, dst: &Dst, decision: Decision) -> Verdict {
-    if decision.remembered() {
+fn remembered(ctx: &SockAddrContext, dst: &Dst, verdict: Verdict) -> Verdict {
+    if verdict == Verdict::Allow {
         let mut decided = dst.decided();
         // SAFETY: the helper reads the socket of the program's own context,
         // which the kernel guarantees is a full socket here; a non-null
@@ -101,5 +105,5 @@ fn remembered(ctx: &SockAddrContext, dst: &Dst, decision: Decision) -> Verdict {
             }
         }
     }
-    decision.verdict()
+    verdict
 }

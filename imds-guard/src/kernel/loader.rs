@@ -240,7 +240,7 @@ impl Guard {
         }
         // aya's loader parses the kernel's BTF as it is made, as we parse
         // it for the offsets: tens of milliseconds each, side by side.
-        let (loader, resolved) = std::thread::scope(|scope| {
+        let (mut loader, resolved) = std::thread::scope(|scope| {
             let aya = scope.spawn(EbpfLoader::new);
             let ours = resolve_layout();
             let loader = aya
@@ -249,7 +249,6 @@ impl Guard {
             (loader, ours)
         });
         let (offsets, cgroup_offsets) = resolved?;
-        let mut loader = loader;
         let mut ebpf = loader
             .override_global(aya_log::LEVEL, &ebpf_log_level, false)
             .override_global(OFFSETS_GLOBAL, &offsets, true)
@@ -285,21 +284,10 @@ impl Guard {
     pub fn load_each(&mut self) -> Vec<(String, Result<Option<u32>, String>)> {
         let mut report = Vec::new();
         for (name, program) in self.ebpf.programs_mut() {
-            let loaded = match program {
-                aya::programs::Program::CgroupSockAddr(p) => p.load(),
-                aya::programs::Program::CgroupSkb(p) => p.load(),
-                aya::programs::Program::RawTracePoint(p) => p.load(),
-                _ => {
-                    report.push((name.to_owned(), Err("not a program of ours".to_owned())));
-                    continue;
-                }
-            };
-            let outcome = match loaded {
-                Ok(()) => Ok(program
-                    .info()
-                    .ok()
-                    .and_then(|i| i.verified_instruction_count())),
-                Err(e) => Err(refusal(&e)),
+            let outcome = match load_one(program) {
+                None => Err("not a program of ours".to_owned()),
+                Some(Ok(())) => Ok(verified(program)),
+                Some(Err(e)) => Err(refusal(&e)),
             };
             report.push((name.to_owned(), outcome));
         }
@@ -686,11 +674,27 @@ fn refusal(e: &ProgramError) -> String {
 
 fn verified_insns(ebpf: &Ebpf) -> Vec<(String, Option<u32>)> {
     ebpf.programs()
-        .map(|(name, p)| {
-            let insns = p.info().ok().and_then(|i| i.verified_instruction_count());
-            (name.to_owned(), insns)
-        })
+        .map(|(name, p)| (name.to_owned(), verified(p)))
         .collect()
+}
+
+/// How many instructions the verifier walked for a loaded program (`None`
+/// before Linux 5.16).
+fn verified(program: &aya::programs::Program) -> Option<u32> {
+    program
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count())
+}
+
+/// Loads one program of the kinds the guard has; `None` for any other.
+fn load_one(program: &mut aya::programs::Program) -> Option<Result<(), ProgramError>> {
+    match program {
+        aya::programs::Program::CgroupSockAddr(p) => Some(p.load()),
+        aya::programs::Program::CgroupSkb(p) => Some(p.load()),
+        aya::programs::Program::RawTracePoint(p) => Some(p.load()),
+        _ => None,
+    }
 }
 
 /// The config flags that tell the programs whether `policy` names
@@ -726,18 +730,15 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), GuardError> {
             return Err(GuardError::MissingProgram(name));
         }
     }
-    let load = |programs: &mut [(&'static str, &mut aya::programs::Program)]| {
-        for (name, program) in programs {
-            let loaded = match program {
-                aya::programs::Program::CgroupSockAddr(p) => p.load(),
-                aya::programs::Program::CgroupSkb(p) => p.load(),
-                aya::programs::Program::RawTracePoint(p) => p.load(),
-                _ => return Err(GuardError::MissingProgram(name)),
-            };
-            loaded.map_err(|source| load_error(name, source))?;
-        }
-        Ok(())
-    };
+    let load =
+        |programs: &mut [(&'static str, &mut aya::programs::Program)]| -> Result<(), GuardError> {
+            for (name, program) in programs {
+                load_one(program)
+                    .ok_or(GuardError::MissingProgram(name))?
+                    .map_err(|source| load_error(name, source))?;
+            }
+            Ok(())
+        };
     let half = programs.len() / 2;
     let (first, second) = programs.split_at_mut(half);
     std::thread::scope(|scope| {
