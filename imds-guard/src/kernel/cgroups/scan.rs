@@ -78,15 +78,75 @@ fn gone(e: &io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
-    use crate::kernel::cgroup::cgroup2_root;
+
+    /// A directory tree of the test's own, shaped like a cgroup2 hierarchy
+    /// (directories are cgroups, regular files are their interface files):
+    /// the listing reads nothing a cgroup filesystem adds, and a new
+    /// machine's cgroup2 root may have no child at all.
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(dirs: &[&str], files: &[&str]) -> Self {
+            let root = std::env::temp_dir().join(format!(
+                "imds-guard-scan-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = fs::remove_dir_all(&root);
+            fs::create_dir(&root).expect("makes the root");
+            for d in dirs {
+                fs::create_dir_all(root.join(d)).expect("makes a cgroup");
+            }
+            for f in files {
+                fs::write(root.join(f), b"").expect("makes a file");
+            }
+            Self(root)
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
 
     #[test]
     fn the_root_comes_first_and_parents_before_children() {
-        let root = cgroup2_root().expect("this machine mounts cgroup2");
-        let found = list(&root).expect("lists");
+        let tree = Tree::new(
+            &[
+                "system.slice/sshd.service",
+                "user.slice/user-1000.slice/user@1000.service/app.slice",
+                "z/a/b/c",
+            ],
+            &[
+                "cgroup.procs",
+                "system.slice/cgroup.procs",
+                "z/a/memory.max",
+            ],
+        );
+        let root = &tree.0;
+        let found = list(root).expect("lists");
         assert_eq!(found[0].path, b"/");
-        assert!(found.len() > 1, "this machine has cgroups below the root");
+        assert_eq!(found[0].id, fs::metadata(root).expect("stats").ino());
+        let mut paths: Vec<&[u8]> = found.iter().map(|f| f.path.as_slice()).collect();
+        paths.sort_unstable();
+        let expected: &[&[u8]] = &[
+            b"/",
+            b"/system.slice",
+            b"/system.slice/sshd.service",
+            b"/user.slice",
+            b"/user.slice/user-1000.slice",
+            b"/user.slice/user-1000.slice/user@1000.service",
+            b"/user.slice/user-1000.slice/user@1000.service/app.slice",
+            b"/z",
+            b"/z/a",
+            b"/z/a/b",
+            b"/z/a/b/c",
+        ];
+        assert_eq!(paths, expected, "every directory, and no file");
         let index = |p: &[u8]| found.iter().position(|f| f.path == p);
         for (i, f) in found.iter().enumerate().skip(1) {
             let parent = match f.path.iter().rposition(|&b| b == b'/') {
@@ -95,8 +155,25 @@ mod tests {
                 None => panic!("{:?} has no /", f.path),
             };
             let p = index(parent).unwrap_or_else(|| panic!("no parent for {:?}", f.path));
-            assert!(p < i);
-            assert!(still(&root, &f.path, f.id) || !join(&root, &f.path).exists());
+            assert!(p < i, "{:?} listed before its parent", f.path);
+            assert!(still(root, &f.path, f.id));
         }
+    }
+
+    #[test]
+    fn a_removed_cgroup_is_not_still_there() {
+        let tree = Tree::new(&["a/b"], &[]);
+        let found = list(&tree.0).expect("lists");
+        let b = found
+            .iter()
+            .find(|f| f.path == b"/a/b")
+            .expect("finds /a/b");
+        assert!(still(&tree.0, b"/a/b", b.id));
+        assert!(
+            !still(&tree.0, b"/a/b", b.id + 1),
+            "another id at that path"
+        );
+        fs::remove_dir(tree.0.join("a/b")).expect("removes");
+        assert!(!still(&tree.0, b"/a/b", b.id));
     }
 }
