@@ -17,7 +17,6 @@
 //! here and boots this system in systemd-nspawn to run the installed
 //! service under systemd (see `check.rs`, `shipped.rs`, `boot.rs`).
 
-mod arch;
 mod binary;
 mod boot;
 mod check;
@@ -38,8 +37,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-pub use self::{arch::Arch, e2e::Built as E2eBinaries};
+pub use self::e2e::Built as E2eBinaries;
 use crate::{
+    arch::Arch,
     process::{output, run, target_dir},
     setup::{self, setup},
 };

@@ -5,6 +5,7 @@
 //! `xtask` depends on nothing of the project, so that it builds on a bare
 //! machine before the eBPF toolchain exists.
 
+mod arch;
 mod dist;
 mod process;
 mod setup;
@@ -50,7 +51,7 @@ enum Command {
         check: bool,
         /// The CPU to build for (default: this machine's).
         #[arg(long, value_enum)]
-        arch: Option<dist::Arch>,
+        arch: Option<arch::Arch>,
         /// Also build the end-to-end tests, the agent and the probe for that
         /// CPU (debug, same route) into target/dist/ARCH/e2e/, to run on a
         /// machine of that CPU.

@@ -19,7 +19,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::process::{cmd, fresh_dir, is_root, run, stdout};
+use crate::{
+    arch::Arch,
+    process::{cmd, fresh_dir, is_root, run, stdout},
+};
 
 /// What the Debian route needs to build the programs.
 const DEBIAN_BUILD: &[&str] = &[
@@ -126,17 +129,17 @@ pub fn setup() -> Result<Route> {
 }
 
 /// Installs what `vm-test` needs for a guest of `arch`.
-pub fn vm_tools(arch: crate::vm::Arch) -> Result<()> {
+pub fn vm_tools(arch: Arch) -> Result<()> {
     let mut packages = VM_TOOLS.to_vec();
     packages.push(match arch {
-        crate::vm::Arch::X86_64 => "qemu-system-x86",
-        crate::vm::Arch::Aarch64 => "qemu-system-arm",
+        Arch::X86_64 => "qemu-system-x86",
+        Arch::Aarch64 => "qemu-system-arm",
     });
     // The host's objcopy strips only its own architecture's binaries.
-    if crate::vm::Arch::host() != Some(arch) {
+    if !arch.is_host() {
         packages.push(match arch {
-            crate::vm::Arch::X86_64 => "binutils-x86-64-linux-gnu",
-            crate::vm::Arch::Aarch64 => "binutils-aarch64-linux-gnu",
+            Arch::X86_64 => "binutils-x86-64-linux-gnu",
+            Arch::Aarch64 => "binutils-aarch64-linux-gnu",
         });
     }
     apt_install(&packages)

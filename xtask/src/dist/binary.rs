@@ -8,11 +8,8 @@ use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{
-    arch::Arch,
-    glibc::{Needs, Version},
-};
-use crate::process::stdout;
+use super::glibc::{Needs, Version};
+use crate::{arch::Arch, process::stdout};
 
 /// The libraries glibc itself provides (package libc6 on Debian, glibc on
 /// RPM systems): the only ones the packages' dependencies cover.

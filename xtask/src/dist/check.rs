@@ -23,11 +23,14 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{
-    Arch, Build, RELEASE, deb,
+    Build, RELEASE, deb,
     layout::{self, ADMIN_POLICY, BIN, DOC_DIR, Format, POLICY},
     rpm, shipped,
 };
-use crate::process::{fresh_dir, is_root, output, stdout, workspace_root};
+use crate::{
+    arch::Arch,
+    process::{fresh_dir, is_root, output, stdout, workspace_root},
+};
 
 /// Where the postinst's offline `systemctl enable` puts its symlink (the
 /// unit's `WantedBy=sysinit.target`).

@@ -27,8 +27,9 @@ use std::{
 
 use anyhow::{Result, bail, ensure};
 
-use super::{arch::Arch, glibc::FLOOR};
+use super::glibc::FLOOR;
 use crate::{
+    arch::Arch,
     process::{run, stdout, target_dir, workspace_root},
     setup::{self, Zigbuild},
 };

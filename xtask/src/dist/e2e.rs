@@ -19,8 +19,9 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use super::{arch::Arch, compile};
+use super::compile;
 use crate::{
+    arch::Arch,
     process::{fresh_dir, output, run, target_dir, workspace_root},
     setup::Zigbuild,
 };

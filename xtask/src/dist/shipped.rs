@@ -14,7 +14,10 @@ use super::{
     glibc::{self, Version},
     layout::{BIN, POLICY},
 };
-use crate::process::{fresh_dir, output, stdout};
+use crate::{
+    arch::Arch,
+    process::{fresh_dir, output, stdout},
+};
 
 /// Problems with the binary in the `.deb` and with its `Depends`.
 pub fn deb(build: &Build, deb: &Path) -> Result<Vec<String>> {
@@ -55,7 +58,7 @@ pub fn deb(build: &Build, deb: &Path) -> Result<Vec<String>> {
         ),
         Err(e) => problems.push(format!("{e:#}")),
     }
-    if build.arch != super::Arch::host()? {
+    if build.arch != Arch::host()? {
         problems.extend(emulated(
             build,
             &packaged,

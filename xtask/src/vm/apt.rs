@@ -16,8 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::Arch;
-use crate::process::{cmd, run, stdout};
+use crate::{
+    arch::Arch,
+    process::{cmd, run, stdout},
+};
 
 /// Where the packages come from: Debian bookworm and its updates. The
 /// 6.12 kernels live in bookworm itself (`linux-image-6.12-cloud-*`).
@@ -46,7 +48,7 @@ pub struct Apt {
 impl Apt {
     /// Lays out the private apt's directories and configuration.
     pub fn new(base: &Path, arch: Arch) -> Result<Apt> {
-        let dir = base.join(arch.debian());
+        let dir = base.join(arch.deb());
         for sub in [
             "state/lists/partial",
             "cache/archives/partial",
@@ -62,10 +64,10 @@ impl Apt {
                 .with_context(|| format!("cannot create {}", status.display()))?;
         }
         write(&dir.join("etc/sources.list"), SOURCES)?;
-        write(&dir.join("apt.conf"), &config(&dir, arch.debian()))?;
+        write(&dir.join("apt.conf"), &config(&dir, arch.deb()))?;
         Ok(Apt {
             dir,
-            arch: arch.debian(),
+            arch: arch.deb(),
             updated: std::cell::Cell::new(false),
         })
     }

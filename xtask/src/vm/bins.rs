@@ -21,8 +21,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use super::Arch;
-use crate::process::{cargo, stdout, workspace_root};
+use crate::{
+    arch::Arch,
+    process::{cargo, stdout, workspace_root},
+};
 
 /// The agent's and the probe's binary names.
 pub const AGENT: &str = "imds-guard";
@@ -96,9 +98,9 @@ pub fn build(only: &[String]) -> Result<Payload> {
 pub fn cross_build(arch: Arch, only: &[String]) -> Result<Payload> {
     eprintln!(
         "xtask: vm: cross-building the agent, the probe and the e2e suites for {}",
-        arch.name()
+        arch.rust()
     );
-    let built = crate::dist::e2e_binaries(crate::dist::Arch::from_rust(arch.name())?)?;
+    let built = crate::dist::e2e_binaries(arch)?;
     let all = built
         .tests
         .into_iter()
@@ -204,26 +206,18 @@ impl Payload {
             File::open(path)
                 .and_then(|mut f| f.read_exact(&mut head))
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            let want = elf_machine(arch);
+            let want = arch.e_machine();
             match machine(&head) {
                 Some(m) if m == want => {}
                 Some(m) => bail!(
                     "{} is built for ELF machine {m:#x}, not {} ({want:#x})",
                     path.display(),
-                    arch.name()
+                    arch.rust()
                 ),
                 None => bail!("{} is not a 64-bit little-endian ELF file", path.display()),
             }
         }
         Ok(())
-    }
-}
-
-/// `e_machine` of the architecture (`EM_X86_64`, `EM_AARCH64`).
-fn elf_machine(arch: Arch) -> u16 {
-    match arch {
-        Arch::X86_64 => 62,
-        Arch::Aarch64 => 183,
     }
 }
 
@@ -311,9 +305,9 @@ mod tests {
         let mut head = [0u8; 20];
         head[..6].copy_from_slice(b"\x7fELF\x02\x01");
         head[18] = 183;
-        assert_eq!(machine(&head), Some(elf_machine(Arch::Aarch64)));
+        assert_eq!(machine(&head), Some(Arch::Aarch64.e_machine()));
         head[18] = 62;
-        assert_eq!(machine(&head), Some(elf_machine(Arch::X86_64)));
+        assert_eq!(machine(&head), Some(Arch::X86_64.e_machine()));
         head[4] = 1; // 32-bit
         assert_eq!(machine(&head), None);
         assert_eq!(machine(&[b'#'; 20]), None);

@@ -11,12 +11,14 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{
-    Arch,
     bins::{AGENT, PROBE, Payload},
     cpio::Writer,
     kernel::Kernel,
 };
-use crate::process::{cmd, output};
+use crate::{
+    arch::Arch,
+    process::{cmd, output},
+};
 
 const INIT: &str = include_str!("init.sh");
 
@@ -108,10 +110,10 @@ fn strip(bin: &Path, arch: Arch, dir: &Path) -> Result<PathBuf> {
         return Ok(bin.to_owned());
     };
     let out = dir.join(name);
-    let objcopy = if Arch::host() == Some(arch) {
+    let objcopy = if arch.is_host() {
         "objcopy".to_owned()
     } else {
-        format!("{}-linux-gnu-objcopy", arch.name())
+        format!("{}-linux-gnu-objcopy", arch.rust())
     };
     match output(cmd(&objcopy).arg("--strip-debug").arg(bin).arg(&out)) {
         Ok(_) => Ok(out),

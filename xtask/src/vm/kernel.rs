@@ -15,8 +15,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Arch, apt::Apt};
-use crate::process::{cmd, fresh_dir, run};
+use super::apt::Apt;
+use crate::{
+    arch::Arch,
+    process::{cmd, fresh_dir, run},
+};
 
 /// `--kernel`: a bookworm kernel series, or a package file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +56,7 @@ impl Series {
     /// `linux-image-cloud-*` is the 6.1 series, `linux-image-6.12-cloud-*`
     /// the 6.12 one.
     pub fn packages(self, arch: Arch) -> (String, String) {
-        let a = arch.debian();
+        let a = arch.deb();
         match self {
             Series::V6_1 => (
                 format!("linux-image-cloud-{a}"),

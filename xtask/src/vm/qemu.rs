@@ -22,8 +22,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
 
-use super::{Arch, kernel::Kernel};
-use crate::process::cmd;
+use super::kernel::Kernel;
+use crate::{arch::Arch, process::cmd};
 
 /// `--accel`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -51,7 +51,7 @@ impl Accel {
 /// A `/dev/kvm` alone is not enough: a nested "PVM" hypervisor offers one
 /// without `vmx`, and stock kernels die under it (`KVM internal error`).
 pub fn choose(asked: Accel, arch: Arch) -> Result<Accel> {
-    let native = Arch::host() == Some(arch);
+    let native = arch.is_host();
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags = has_virtualisation(&cpuinfo);
     let dev = fs::OpenOptions::new()

@@ -1,6 +1,7 @@
-//! The CPUs the packages are built for, and what each is called by rustc,
-//! Debian, RPM, readelf and qemu: one table, so that a package's name, its
-//! metadata and the checks of its binary cannot disagree.
+//! The CPUs the packages are built for and the `vm-test` guests run on, and
+//! what each is called by rustc, Debian, RPM, readelf and qemu: one table,
+//! so that a package's name, its metadata, the checks of its binary and the
+//! guest booted for it cannot disagree.
 
 use anyhow::{Result, bail};
 
@@ -18,12 +19,25 @@ impl Arch {
         Self::from_rust(std::env::consts::ARCH)
     }
 
+    /// Whether this is the CPU this xtask runs on.
+    pub fn is_host(self) -> bool {
+        Self::host().is_ok_and(|host| host == self)
+    }
+
     /// From Rust's name of a CPU (`std::env::consts::ARCH`).
     pub fn from_rust(name: &str) -> Result<Self> {
         match name {
             "x86_64" => Ok(Self::X86_64),
             "aarch64" => Ok(Self::Aarch64),
             other => bail!("packaging for {other} is not supported (x86_64 and aarch64 are)"),
+        }
+    }
+
+    /// Rust's name of the CPU, which `uname -m` also prints.
+    pub fn rust(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64",
+            Self::Aarch64 => "aarch64",
         }
     }
 
@@ -58,6 +72,15 @@ impl Arch {
         match self {
             Self::X86_64 => "Advanced Micro Devices X86-64",
             Self::Aarch64 => "AArch64",
+        }
+    }
+
+    /// `e_machine` of an ELF header for this CPU (`EM_X86_64`,
+    /// `EM_AARCH64`).
+    pub fn e_machine(self) -> u16 {
+        match self {
+            Self::X86_64 => 62,
+            Self::Aarch64 => 183,
         }
     }
 
@@ -100,6 +123,7 @@ mod tests {
     fn the_triple_starts_with_rusts_name_of_the_cpu() {
         for arch in Arch::value_variants() {
             let rust = arch.triple().split('-').next().unwrap_or_default();
+            assert_eq!(rust, arch.rust());
             assert_eq!(Arch::from_rust(rust).ok(), Some(*arch));
         }
     }
