@@ -6,14 +6,12 @@
 //! anything itself.
 
 use std::{
-    fmt::Display,
     fs,
-    io::{self, Read, Write},
+    io::{self, Write},
     net::{
         IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream, UdpSocket,
     },
     os::fd::{AsRawFd, OwnedFd},
-    time::Duration,
 };
 
 use nix::sys::{
@@ -24,57 +22,19 @@ use nix::sys::{
     time::{TimeVal, TimeValLike},
 };
 
-use crate::{Action, ProbeResult, fake_imds::ROLE};
+use crate::{
+    Action, ProbeResult, attack,
+    imdsv2::{
+        TIMEOUT, TOKEN_PATH, TTL_HEADER, connect, expect_200, http_flow, read_response, request,
+    },
+    outcome::{Outcome, Step, os_failure},
+};
 
-/// Connect, send and receive timeout: a rejected connect fails at once, so
-/// anything slower is a harness problem, not a verdict.
-const TIMEOUT: Duration = Duration::from_secs(2);
-/// Bounds a response a probe reads.
-const MAX_RESPONSE: u64 = 1024 * 1024;
 /// `tcp_info.tcpi_options` bit for "SYN data was acknowledged"
 /// (include/uapi/linux/tcp.h; missing from the libc crate for Linux).
 const TCPI_OPT_SYN_DATA: u8 = 32;
-const TOKEN_PATH: &str = "/latest/api/token";
-const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
 const DATAGRAM: &[u8] = b"imds-probe";
 
-/// What a successful action produced.
-#[derive(Debug, Default)]
-pub(crate) struct Outcome {
-    pub body: String,
-    pub syn_data: Option<bool>,
-    /// `raw-tcp`: whether the destination answered the SYN.
-    pub syn_ack: Option<bool>,
-    /// `mptcp-add-addr`: the remote address of every subflow.
-    pub subflows: Vec<SocketAddr>,
-    /// A fact worth reporting about how the action went.
-    pub note: String,
-}
-
-/// Why an action failed.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub errno: Option<i32>,
-    pub error: String,
-    pub body: String,
-}
-
-pub(crate) type Step<T> = Result<T, Failure>;
-
-/// A failed system call, with its errno (a timeout from std's
-/// `connect_timeout` carries none, so it gets `ETIMEDOUT`).
-pub(crate) fn os_failure(what: impl Display, e: io::Error) -> Failure {
-    let errno = e
-        .raw_os_error()
-        .or((e.kind() == io::ErrorKind::TimedOut).then_some(libc::ETIMEDOUT));
-    Failure {
-        errno,
-        error: format!("{what}: {e}"),
-        body: String::new(),
-    }
-}
-
-/// Performs `action` once and describes what happened, as this process.
 /// Performs `action` `times` times (at least once) from this one process:
 /// reports the last attempt, with how many attempts there were and how many
 /// failed with `EPERM`.
@@ -94,6 +54,7 @@ pub fn perform_repeatedly(action: &Action, times: u32) -> ProbeResult {
     last
 }
 
+/// Performs `action` once and describes what happened, as this process.
 pub fn perform(action: &Action) -> ProbeResult {
     let outcome = match *action {
         Action::Http(addr) => http_flow(addr),
@@ -103,7 +64,7 @@ pub fn perform(action: &Action) -> ProbeResult {
         Action::UdpSendMapped(addr) => udp_send(mapped(addr)),
         Action::UdpConnect(addr) => udp_connect(addr),
         Action::Tfo(addr) => tfo(addr),
-        Action::Attack(attack) => crate::attack::perform(attack),
+        Action::Attack(attack) => attack::perform(attack),
     };
     let (ok, errno, error, outcome) = match outcome {
         Ok(o) => (true, None, String::new(), o),
@@ -162,16 +123,6 @@ fn mapped(addr: SocketAddrV4) -> SocketAddr {
     SocketAddrV6::new(addr.ip().to_ipv6_mapped(), addr.port(), 0, 0).into()
 }
 
-fn connect(addr: SocketAddr) -> Step<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
-        .map_err(|e| os_failure(format!("connect {addr}"), e))?;
-    stream
-        .set_read_timeout(Some(TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
-        .map_err(|e| os_failure("setting socket timeouts", e))?;
-    Ok(stream)
-}
-
 /// A UDP socket of `addr`'s family, bound to an ephemeral port. The IPv6 one
 /// is dual-stack (the namespace keeps `net.ipv6.bindv6only=0`), which the
 /// mapped actions need.
@@ -199,109 +150,6 @@ fn udp_connect(addr: SocketAddr) -> Step<Outcome> {
         .send(DATAGRAM)
         .map_err(|e| os_failure(format!("send on UDP socket connected to {addr}"), e))?;
     Ok(Outcome::default())
-}
-
-/// An HTTP/1.1 request with no body.
-pub(crate) fn request(addr: SocketAddr, method: &str, path: &str, header: (&str, &str)) -> Vec<u8> {
-    let host = match addr {
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) => format!("[{}]", a.ip()),
-    };
-    let port = if addr.port() == 80 {
-        String::new()
-    } else {
-        format!(":{}", addr.port())
-    };
-    let (name, value) = header;
-    format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}{port}\r\nUser-Agent: imds-probe\r\n\
-         Accept: */*\r\nConnection: close\r\n{name}: {value}\r\n\r\n"
-    )
-    .into_bytes()
-}
-
-/// Reads a whole `Connection: close` response; returns its status and body
-/// as text.
-fn read_response(stream: &mut TcpStream, what: &str) -> Step<(u16, String)> {
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE)
-        .read_to_end(&mut raw)
-        .map_err(|e| os_failure(format!("{what}: reading the response"), e))?;
-    parse_response(&raw, what)
-}
-
-/// The status and body of a whole response, as text.
-pub(crate) fn parse_response(raw: &[u8], what: &str) -> Step<(u16, String)> {
-    let text = String::from_utf8_lossy(raw);
-    let malformed = || Failure {
-        errno: None,
-        error: format!("{what}: malformed response {text:?}"),
-        body: String::new(),
-    };
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(malformed)?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(malformed)?;
-    Ok((status, body.to_owned()))
-}
-
-/// The body of a 200 response, or a failure naming the status.
-pub(crate) fn expect_200(what: &str, (status, body): (u16, String)) -> Step<String> {
-    if status == 200 {
-        Ok(body)
-    } else {
-        Err(Failure {
-            errno: None,
-            error: format!("{what}: HTTP {status}"),
-            body,
-        })
-    }
-}
-
-/// One request on a new connection, as IMDS clients do: its status and
-/// body.
-fn exchange(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    header: (&str, &str),
-) -> Step<(u16, String)> {
-    let what = format!("{method} {path}");
-    let mut stream = connect(addr)?;
-    stream
-        .write_all(&request(addr, method, path, header))
-        .map_err(|e| os_failure(format!("{what}: sending"), e))?;
-    read_response(&mut stream, &what)
-}
-
-/// The IMDSv2 sequence an SDK follows to find and fetch role credentials.
-pub(crate) fn http_flow(addr: SocketAddr) -> Step<Outcome> {
-    imdsv2_flow(|method, path, header| exchange(addr, method, path, header))
-}
-
-/// [`http_flow`] over any transport: `exchange(method, path, header)`
-/// makes one request on a new connection and returns the status and body.
-pub(crate) fn imdsv2_flow(
-    mut exchange: impl FnMut(&str, &str, (&str, &str)) -> Step<(u16, String)>,
-) -> Step<Outcome> {
-    let mut ok = |method: &str, path: &str, header: (&str, &str)| {
-        let what = format!("{method} {path}");
-        expect_200(&what, exchange(method, path, header)?)
-    };
-    let token = ok("PUT", TOKEN_PATH, (TTL_HEADER, "21600"))?;
-    let auth = ("X-aws-ec2-metadata-token", token.as_str());
-    ok("GET", "/latest/meta-data/", auth)?;
-    let roles = ok("GET", "/latest/meta-data/iam/security-credentials/", auth)?;
-    let role = roles.lines().next().unwrap_or(ROLE).trim();
-    let path = format!("/latest/meta-data/iam/security-credentials/{role}");
-    let body = ok("GET", &path, auth)?;
-    Ok(Outcome {
-        body,
-        ..Outcome::default()
-    })
 }
 
 /// A token request sent with `sendto(MSG_FASTOPEN)`: the kernel connects

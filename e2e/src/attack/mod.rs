@@ -33,7 +33,10 @@ use self::{
     handtcp::Handshake,
     links::{Link, PacketLink, RawLink, TunLink},
 };
-use crate::client::{Failure, Outcome, Step, imdsv2_flow, os_failure, request};
+use crate::{
+    imdsv2::{imdsv2_flow, parse_response, request},
+    outcome::{Failure, Outcome, Step, os_failure},
+};
 
 /// A network interface name, kept inline so that [`Attack`] (and
 /// [`Action`](crate::Action)) stay `Copy`.
@@ -285,7 +288,7 @@ fn hand_http_flow(link: &mut dyn Link, src: IpAddr, dst: SocketAddr) -> Step<Out
                 body: String::new(),
             },
         )?;
-        crate::client::parse_response(&raw, &what)
+        parse_response(&raw, &what)
     })
 }
 

@@ -14,7 +14,10 @@ use std::{
 
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
-use crate::client::{Failure, Outcome, Step, os_failure};
+use crate::{
+    imdsv2::http_flow,
+    outcome::{Failure, Outcome, Step, os_failure},
+};
 
 const IPPROTO_UDPLITE: libc::c_int = 136;
 const IPPROTO_MPTCP: libc::c_int = 262;
@@ -136,7 +139,7 @@ pub(crate) fn nat(via: SocketAddr, target: SocketAddr) -> Step<Outcome> {
         via.port()
     );
     nft(&script)?;
-    let result = crate::client::http_flow(via);
+    let result = http_flow(via);
     nft(&format!("delete table {table}\n"))?;
     result
 }
