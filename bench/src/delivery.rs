@@ -29,9 +29,10 @@ use super::{
     agentproc::{RELOAD_TIMEOUT, is_applied_reload, is_reload},
     cli::Timing,
     interrupt,
+    job::{Mode, mono_ns},
     setup::{PolicyFile, Setup},
     sink::IMDS4,
-    worker::{Mode, mono_ns, spawn},
+    worker::spawn,
 };
 
 /// One denied connect every this long.

@@ -1,5 +1,7 @@
-//! The worker's loops other than connect()+close() (see `worker`):
+//! The loops a worker runs (see `worker` for the process around them):
 //!
+//! - [`connects`]: socket() + connect() + close() with a RST, over and
+//!   over, the loop most sections time;
 //! - [`datagrams`]: one connected UDP socket sending small datagrams, the
 //!   path where a per-packet program costs the most relative to the rest;
 //!   connected, so that `sendmsg4` does not run (the kernel skips the
@@ -22,12 +24,15 @@ use nix::{
     errno::Errno,
     sys::{
         signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction},
-        socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, connect, send, socket},
+        socket::{
+            AddressFamily, SockFlag, SockType, SockaddrStorage, connect, send, setsockopt, socket,
+            sockopt,
+        },
     },
     unistd::{Gid, Uid, setresgid, setresuid, write},
 };
 
-use super::worker::{Job, Tally, connect_once, mono_ns};
+use super::job::{Job, Tally, mono_ns};
 
 fn family(job: &Job) -> AddressFamily {
     if job.dst.is_ipv4() {
@@ -35,6 +40,54 @@ fn family(job: &Job) -> AddressFamily {
     } else {
         AddressFamily::Inet6
     }
+}
+
+/// [`Mode::Connect`](super::job::Mode::Connect): untimed connects for the
+/// warmup, then timed ones.
+pub fn connects(job: &Job) -> Tally {
+    let family = family(job);
+    let addr = SockaddrStorage::from(job.dst);
+    let mut tally = Tally::default();
+    let warm_until = Instant::now() + Duration::from_millis(job.warmup_ms);
+    while job.warmup_ms > 0 && Instant::now() < warm_until && tally.warmup < job.max_connects {
+        let _ = connect_once(family, &addr);
+        tally.warmup += 1;
+    }
+    let start = Instant::now();
+    let until = start + Duration::from_millis(job.run_ms);
+    let mut last = start;
+    while tally.connects < job.max_connects {
+        match connect_once(family, &addr) {
+            Ok(()) => tally.ok += 1,
+            Err(Errno::EPERM) => tally.eperm += 1,
+            Err(e) => {
+                tally.other += 1;
+                tally.last_errno = Some(e as i32);
+            }
+        }
+        tally.connects += 1;
+        // Read every time, whatever the configuration, so the clock's cost
+        // (tens of ns against microseconds per connect) is the same for all.
+        let now = Instant::now();
+        tally.slowest_ns = tally.slowest_ns.max((now - last).as_nanos() as u64);
+        last = now;
+        if now >= until {
+            break;
+        }
+    }
+    tally.elapsed_ns = start.elapsed().as_nanos() as u64;
+    tally
+}
+
+/// socket(), connect(), close() with a RST.
+fn connect_once(family: AddressFamily, addr: &SockaddrStorage) -> Result<(), Errno> {
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let rst = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(&fd, sockopt::Linger, &rst)?;
+    connect(fd.as_raw_fd(), addr)
 }
 
 /// `size`-byte datagrams on one connected socket: untimed for the warmup,

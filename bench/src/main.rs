@@ -49,6 +49,7 @@ mod goals;
 mod groups;
 mod hotpath;
 mod interrupt;
+mod job;
 mod lock;
 mod machine;
 mod nsexec;

@@ -17,9 +17,10 @@ use super::{
     cli::Settings,
     flowsink::{DGRAM_V4, FlowSink, STREAM_V4},
     hotpath,
+    job::{Mode, Tally},
     setup::{Kind, PolicyFile, Setup, verify},
     stats::{Expect, Summary, check, interleave, paired},
-    worker::{Mode, Tally, run_job},
+    worker::run_job,
 };
 
 /// Bytes per write() of the stream.

@@ -18,11 +18,12 @@ use nix::{
 use super::{
     cli::Settings,
     flowsink::{DGRAM_V4, FlowSink},
+    job::Mode,
     progstats::{Prog, Run, StatsEnabled, guard_programs, pick},
     setup::{Kind, PolicyFile, Setup, verify},
     sink::{IMDS4, IMDS6, PLAIN_V4, PLAIN_V6},
     stats::{Expect, Summary, check, interleave},
-    worker::{Mode, run_job},
+    worker::run_job,
 };
 
 /// The allowed uid of this section's policy.

@@ -16,11 +16,12 @@ use super::{
     agentproc,
     cli::Settings,
     firewall::Xt,
+    job::Job,
     progstats::{StatsEnabled, guard_programs},
     setup::{Form, Kind, PolicyFile, Setup, last_allowed, verify},
     sink::{IMDS4, PLAIN_V4},
     stats::{Expect, Summary, check, interleave, paired, rates},
-    worker::{Job, run_job},
+    worker::run_job,
 };
 
 /// One configuration at one size.

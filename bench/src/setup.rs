@@ -23,8 +23,9 @@ use super::{
     cli::Timing,
     cpus,
     firewall::{self, Xt},
+    job::{Job, Tally},
     sink::{IMDS4, PLAIN_V4, Sink},
-    worker::{Job, Running, Tally, spawn},
+    worker::{Running, spawn},
 };
 
 /// How long an agent may take to say it is enforcing (100,000 uids

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use anyhow::ensure;
 
-use super::{quiet, worker::Tally};
+use super::{job::Tally, quiet};
 
 /// The median of a sample and its extremes.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -14,10 +14,11 @@ use super::{
     agentproc::{self, cpu_seconds, status_kib},
     cli::Settings,
     interrupt,
+    job::{Job, Tally},
     setup::{Kind, PolicyFile, Setup},
     sink::IMDS4,
     stats::Summary,
-    worker::{Job, Tally, spawn},
+    worker::spawn,
 };
 
 /// The first denied uid; process i is `FIRST_UID + i`.

@@ -1,9 +1,10 @@
 //! The measuring client: a child process (the bench binary itself, run with
 //! a hidden `--worker JOB` argument) that joins a bench cgroup and network
 //! namespace, becomes the wanted uid, and does connect()+close() to one
-//! address in a tight loop, timing itself with the monotonic clock. The
-//! other things a worker can do (datagrams, a stream, paced denials) are
-//! in [`flow`](super::flow).
+//! address in a tight loop, timing itself with the monotonic clock. What
+//! it is asked and what it reports are in `job`; the loops, connects and
+//! the other things a worker can do (datagrams, a stream, paced denials),
+//! in `flow`.
 //!
 //! A process of its own is the only faithful subject: the guard decides by
 //! the real uid and the cgroup of the task that connects, and the bench
@@ -15,9 +16,8 @@
 use std::{
     fs,
     io::Read,
-    net::SocketAddr,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
-    path::{Path, PathBuf},
+    os::unix::fs::MetadataExt,
+    path::Path,
     process::{Child, Command, ExitCode, Stdio},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     thread,
@@ -26,166 +26,20 @@ use std::{
 
 use anyhow::{Context, bail};
 use nix::{
-    errno::Errno,
     sched::{CloneFlags, setns},
-    sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrStorage, connect, setsockopt, socket, sockopt,
-    },
     unistd::{Gid, Uid, getresgid, getresuid, setgroups, setresgid, setresuid},
 };
-use serde::{Deserialize, Serialize};
 
-use super::{cli::Timing, cpus, flow, interrupt};
+use super::{
+    cpus, flow, interrupt,
+    job::{Job, Mode, Tally},
+};
 
 /// The hidden first argument that makes the binary a worker.
 pub const WORKER_ARG: &str = "--worker";
 
 /// How long past its own deadline a worker may take before it is killed.
 const GRACE: Duration = Duration::from_secs(20);
-
-/// What one worker does.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Job {
-    pub netns: PathBuf,
-    pub cgroup: PathBuf,
-    /// Real, effective and saved uid, and (the same number) gid.
-    pub uid: u32,
-    pub dst: SocketAddr,
-    pub warmup_ms: u64,
-    /// The timed loop stops after this long, or after `max_connects`.
-    pub run_ms: u64,
-    pub max_connects: u64,
-    /// The CPU to run on (see `cpus`); `None` leaves it to the scheduler.
-    #[serde(default)]
-    pub cpu: Option<usize>,
-    /// What the loop does.
-    #[serde(default)]
-    pub mode: Mode,
-    /// Supplementary groups (none by default).
-    #[serde(default)]
-    pub groups: Vec<u32>,
-}
-
-/// What a worker's loop does with its destination.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Mode {
-    /// socket() + connect() + close() with a RST, over and over.
-    #[default]
-    Connect,
-    /// One connected UDP socket, send() of `size`-byte datagrams.
-    Datagrams { size: usize },
-    /// One TCP connection, write() of `chunk` bytes at a time.
-    Stream { chunk: usize },
-    /// One connect every `every_us`, each as the next real uid from
-    /// `first_uid` (the effective uid stays root to switch), until
-    /// [`Running::stop`], `max_connects` or `run_ms`; every connect's
-    /// uid and start time are reported.
-    Paced { first_uid: u32, every_us: u64 },
-}
-
-impl Job {
-    pub fn new(netns: &Path, cgroup: &Path, uid: u32, dst: SocketAddr, timing: Timing) -> Self {
-        Job {
-            netns: netns.to_path_buf(),
-            cgroup: cgroup.to_path_buf(),
-            uid,
-            dst,
-            warmup_ms: timing.warmup_ms,
-            run_ms: timing.run_ms,
-            // A bound, far above what a loopback connect loop reaches.
-            max_connects: 200_000 * timing.run_ms.max(1),
-            cpu: cpus::client(),
-            mode: Mode::Connect,
-            groups: Vec::new(),
-        }
-    }
-
-    /// The same job holding these supplementary groups.
-    pub fn groups(mut self, groups: Vec<u32>) -> Self {
-        self.groups = groups;
-        self
-    }
-
-    /// The same job doing `mode`.
-    pub fn mode(mut self, mode: Mode) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// Exactly `n` connects, untimed warmup excluded (probes, storms).
-    pub fn count(mut self, n: u64, within: Duration) -> Self {
-        self.warmup_ms = 0;
-        self.run_ms = within.as_millis() as u64;
-        self.max_connects = n;
-        self
-    }
-
-    /// As many connects as fit in `d`, on any CPU (storms: several
-    /// workers at once).
-    pub fn for_time(mut self, d: Duration) -> Self {
-        self.cpu = None;
-        self.warmup_ms = 0;
-        self.run_ms = d.as_millis() as u64;
-        self.max_connects = 1_000_000_000;
-        self
-    }
-}
-
-/// What a worker reports: one JSON line on stdout.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Tally {
-    /// Operations in the timed loop: connects, datagrams sent, or writes
-    /// to a stream (see [`Mode`]).
-    pub connects: u64,
-    pub ok: u64,
-    pub eperm: u64,
-    /// Failures other than EPERM, and the errno of the last one.
-    pub other: u64,
-    pub last_errno: Option<i32>,
-    /// Connects during the warmup (not timed, but the programs ran).
-    pub warmup: u64,
-    pub elapsed_ns: u64,
-    /// The longest single connect of the timed loop.
-    #[serde(default)]
-    pub slowest_ns: u64,
-    /// Bytes written in the timed loop (datagrams and streams).
-    #[serde(default)]
-    pub bytes: u64,
-    /// [`Mode::Paced`]: each connect's uid and when it started
-    /// ([`mono_ns`]).
-    #[serde(default)]
-    pub events: Vec<(u32, u64)>,
-}
-
-impl Tally {
-    /// Connects per second in the timed loop.
-    pub fn rate(&self) -> f64 {
-        self.connects as f64 / (self.elapsed_ns.max(1) as f64 / 1e9)
-    }
-
-    /// Every connect, warmup included: what the kernel counted.
-    pub fn total(&self) -> u64 {
-        self.connects + self.warmup
-    }
-
-    /// Bytes per second in the timed loop.
-    pub fn byte_rate(&self) -> f64 {
-        self.bytes as f64 / (self.elapsed_ns.max(1) as f64 / 1e9)
-    }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for the bench and its
-/// workers (an [`Instant`] cannot cross a process boundary).
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to write; the clock
-    // exists on every Linux, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// The worker's side: `imds-guard-bench --worker JOB`.
 pub fn main(job: &str) -> ExitCode {
@@ -201,7 +55,7 @@ pub fn main(job: &str) -> ExitCode {
         return ExitCode::from(3);
     }
     let tally = match job.mode {
-        Mode::Connect => run(&job),
+        Mode::Connect => flow::connects(&job),
         Mode::Datagrams { size } => flow::datagrams(&job, size),
         Mode::Stream { chunk } => flow::stream(&job, chunk),
         Mode::Paced {
@@ -267,56 +121,6 @@ fn enter(job: &Job) -> Result<(), String> {
         return Err(format!("ids did not change: {ids:?} {gids:?}"));
     }
     Ok(())
-}
-
-fn run(job: &Job) -> Tally {
-    let family = if job.dst.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let addr = SockaddrStorage::from(job.dst);
-    let mut tally = Tally::default();
-    let warm_until = Instant::now() + Duration::from_millis(job.warmup_ms);
-    while job.warmup_ms > 0 && Instant::now() < warm_until && tally.warmup < job.max_connects {
-        let _ = connect_once(family, &addr);
-        tally.warmup += 1;
-    }
-    let start = Instant::now();
-    let until = start + Duration::from_millis(job.run_ms);
-    let mut last = start;
-    while tally.connects < job.max_connects {
-        match connect_once(family, &addr) {
-            Ok(()) => tally.ok += 1,
-            Err(Errno::EPERM) => tally.eperm += 1,
-            Err(e) => {
-                tally.other += 1;
-                tally.last_errno = Some(e as i32);
-            }
-        }
-        tally.connects += 1;
-        // Read every time, whatever the configuration, so the clock's cost
-        // (tens of ns against microseconds per connect) is the same for all.
-        let now = Instant::now();
-        tally.slowest_ns = tally.slowest_ns.max((now - last).as_nanos() as u64);
-        last = now;
-        if now >= until {
-            break;
-        }
-    }
-    tally.elapsed_ns = start.elapsed().as_nanos() as u64;
-    tally
-}
-
-/// socket(), connect(), close() with a RST.
-pub fn connect_once(family: AddressFamily, addr: &SockaddrStorage) -> Result<(), Errno> {
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    let rst = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    setsockopt(&fd, sockopt::Linger, &rst)?;
-    connect(fd.as_raw_fd(), addr)
 }
 
 /// Whether to print every loop's tally on stderr (`--verbose`).
@@ -452,7 +256,6 @@ impl Running {
     }
 }
 
-/// Runs one worker to completion.
 /// A worker killed past its deadline (see [`run_job`]).
 #[derive(Debug)]
 pub struct Overran(String);
