@@ -13,20 +13,16 @@ use imds_guard_e2e::NOBODY;
 use super::{
     cli::Settings,
     firewall::Xt,
-    setup::{DeniedConnect, Form, Kind, PolicyFile, Setup, verify},
+    setup::{Arm, DeniedConnect, Form, Kind, PolicyFile, Setup, verify},
     sink::PLAIN_V4,
     stats::{Expect, Summary, check, interleave, paired, rates},
     worker::run_job,
 };
 
-/// The label of the second "no guard".
-pub const CONTROL: &str = "no guard, again (A/A control)";
-
 pub const POLICY: &str = "[allow]\nusers = [\"root\"]\n";
 
 pub struct Row {
-    pub label: &'static str,
-    pub kind: Kind,
+    pub arm: Arm,
     pub rate: Summary,
     /// To "no guard", paired by round.
     pub ratio: Summary,
@@ -44,19 +40,19 @@ pub fn run(s: &Settings, legacy: bool) -> anyhow::Result<HotResult> {
     let policy = PolicyFile::new(POLICY);
     // A second "no guard", measured like the others: its ratio to the
     // first is this machine's noise floor (an A/A test).
-    let mut kinds = vec![
-        Kind::None,
-        Kind::None,
-        Kind::ImdsGuard,
-        Kind::Iptables(Xt::Nft, Form::Commands),
-        Kind::Nftables,
+    let mut arms = vec![
+        Arm::Baseline,
+        Arm::Control,
+        Arm::Guarded(Kind::ImdsGuard),
+        Arm::Guarded(Kind::Iptables(Xt::Nft, Form::Commands)),
+        Arm::Guarded(Kind::Nftables),
     ];
     if legacy {
-        kinds.push(Kind::Iptables(Xt::Legacy, Form::Commands));
+        arms.push(Arm::Guarded(Kind::Iptables(Xt::Legacy, Form::Commands)));
     }
-    let setups = kinds
+    let setups = arms
         .iter()
-        .map(|&k| Setup::new(k, &policy))
+        .map(|arm| Setup::new(arm.kind(), &policy))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let checks: Vec<_> = setups.iter().map(|st| (st, 0, NOBODY)).collect();
     let denied = verify(&checks)?;
@@ -68,13 +64,12 @@ pub fn run(s: &Settings, legacy: bool) -> anyhow::Result<HotResult> {
     let rates = rates(&tallies);
     let rows = setups
         .iter()
+        .zip(arms)
         .zip(&rates)
         .zip(denied)
-        .enumerate()
-        .map(|(i, ((setup, r), denied))| Row {
+        .map(|(((setup, arm), r), denied)| Row {
             denied,
-            label: if i == 1 { CONTROL } else { setup.kind.name() },
-            kind: setup.kind,
+            arm,
             rate: Summary::of(r),
             ratio: paired(r, &rates[0]),
             load_time: setup.load_time,

@@ -10,7 +10,8 @@
 //! Everything runs in network namespaces and child cgroups the bench makes
 //! (see `imds_guard_e2e`), like the privileged tests: no traffic ever leaves
 //! for the host's own metadata service. The results go to stdout and, for a
-//! full run, to `docs/BENCHMARKS.md` and `docs/bench-scale.svg`.
+//! full run, to `docs/bench-scale.svg` and into `docs/BENCHMARKS.md`,
+//! between its markers (see `report::doc`).
 //!
 //! The benchmark of issue 5: what a guarded connect costs, against no guard
 //! and the equivalent iptables and nftables rules, at scale, under a denial
@@ -30,8 +31,10 @@
 //! 8. [`groups`]: what a decision costs against the supplementary groups
 //!    the caller holds (each one a lookup).
 //!
-//! The report starts with the goals of issue 11 ([`goals`]), each with
-//! what the run measured.
+//! What a run measured is [`results::Results`]; the goals of issue 11 are
+//! judged on it by key ([`goals`]), and [`report`] writes the figures and
+//! the goals table as markdown, the generated part of docs/BENCHMARKS.md.
+//! What the figures mean is written by hand around that part.
 //!
 //! Every measurement happens in network namespaces and child cgroups the
 //! bench makes with the test harness (`imds_guard_e2e`), and every
@@ -58,17 +61,17 @@ mod plot;
 mod progstats;
 mod quiet;
 mod report;
+mod results;
 mod runtime;
 mod scale;
 mod setup;
-mod shortfall;
 mod sink;
 mod stats;
 mod storm;
 mod validate;
 mod worker;
 
-use std::{fs, process::ExitCode, time::Duration};
+use std::{fs, path::Path, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -76,7 +79,8 @@ use imds_guard_e2e::{Netns, privileged_or_skip};
 
 use self::{
     cli::{Args, Section, Settings},
-    report::Results,
+    report::doc,
+    results::{Health, Results},
 };
 
 fn main() -> ExitCode {
@@ -115,6 +119,7 @@ fn run(s: &Settings) -> anyhow::Result<()> {
     let mut results = Results {
         machine,
         legacy: legacy.err(),
+        health: Health::default(),
         hot: None,
         runtime: None,
         scale: None,
@@ -148,26 +153,41 @@ fn run(s: &Settings) -> anyhow::Result<()> {
     if s.runs(Section::Groups) {
         results.groups = Some(groups::run(s)?);
     }
+    results.health = Health::now();
 
-    let plot_name = "bench-scale.svg";
-    let mut plot = None;
-    if let (Some(dir), Some(sc)) = (&s.docs_dir, &results.scale) {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        plot::draw(sc, &dir.join(plot_name))?;
-        plot = Some(plot_name);
-    }
-    let md = report::markdown(&results, s, plot);
+    let plot = (s.docs_dir.is_some() && results.scale.is_some()).then_some(PLOT);
+    let md = report::generated(&results, s, plot);
     println!("{md}");
     if let Some(dir) = &s.docs_dir {
-        let path = dir.join("BENCHMARKS.md");
-        fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-        if plot.is_some() {
-            eprintln!("wrote {}", dir.join(plot_name).display());
-        }
+        write_docs(dir, &md, &results)?;
     }
-    let failed = report::failed_checks(&results);
+    let failed = results::failed_checks(&results);
     anyhow::ensure!(failed.is_empty(), "checks failed: {}", failed.join("; "));
+    Ok(())
+}
+
+/// The scale plot's file name, beside BENCHMARKS.md.
+const PLOT: &str = "bench-scale.svg";
+
+/// The run into `dir`/BENCHMARKS.md, between its markers, and the scale
+/// plot beside it; nothing is written when the document has lost its
+/// markers.
+fn write_docs(dir: &Path, md: &str, results: &Results) -> anyhow::Result<()> {
+    let path = dir.join("BENCHMARKS.md");
+    let old = match fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let new = doc::splice(old.as_deref(), md)
+        .with_context(|| format!("writing the run into {}", path.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(sc) = &results.scale {
+        plot::draw(sc, &dir.join(PLOT))?;
+        eprintln!("wrote {}", dir.join(PLOT).display());
+    }
+    fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use super::{
     flowsink::{DGRAM_V4, FlowSink, STREAM_V4},
     hotpath,
     job::{Mode, Tally},
-    setup::{Kind, PolicyFile, Setup, verify},
+    setup::{Arm, Kind, PolicyFile, Setup, verify},
     stats::{Expect, Summary, check, interleave, paired},
     worker::run_job,
 };
@@ -27,7 +27,7 @@ use super::{
 pub const CHUNK: usize = 128 * 1024;
 
 pub struct Row {
-    pub label: &'static str,
+    pub arm: Arm,
     /// Datagrams per second, and against no guard in the same round.
     pub dgram: Summary,
     pub dgram_ratio: Summary,
@@ -44,23 +44,16 @@ pub struct PacketsResult {
 
 pub fn run(s: &Settings) -> anyhow::Result<PacketsResult> {
     let policy = PolicyFile::new(hotpath::POLICY);
-    let kinds = [Kind::None, Kind::None, Kind::ImdsGuard];
+    let arms = [Arm::Baseline, Arm::Control, Arm::Guarded(Kind::ImdsGuard)];
     // (receivers, configuration): a tuple drops in field order, so the
     // receivers' sockets close before their namespace goes.
     let mut setups = Vec::new();
-    for kind in kinds {
-        let setup = Setup::new(kind, &policy)?;
+    for arm in arms {
+        let setup = Setup::new(arm.kind(), &policy)?;
         setups.push((FlowSink::start(&setup.netns)?, setup));
     }
     let checks: Vec<_> = setups.iter().map(|(_, st)| (st, 0, NOBODY)).collect();
     verify(&checks)?;
-    let label = |i: usize| {
-        if i == 1 {
-            hotpath::CONTROL
-        } else {
-            kinds[i].name()
-        }
-    };
     // Case 2i: datagrams in setup i; 2i + 1: the stream.
     let tallies = interleave("packets", 2 * setups.len(), s.rounds, |case| {
         let (_, setup) = &setups[case / 2];
@@ -74,18 +67,19 @@ pub fn run(s: &Settings) -> anyhow::Result<PacketsResult> {
                 .mode(Mode::Stream { chunk: CHUNK })
         };
         let t = run_job(&job)?;
-        check(label(case / 2), &t, Expect::Connected)?;
+        check(arms[case / 2].label(), &t, Expect::Connected)?;
         Ok(t)
     })?;
     let per =
         |case: usize, f: fn(&Tally) -> f64| -> Vec<f64> { tallies[case].iter().map(f).collect() };
     let (base_dgram, base_stream) = (per(0, Tally::rate), per(1, Tally::byte_rate));
     let rows = (0..setups.len())
-        .map(|i| {
+        .zip(arms)
+        .map(|(i, arm)| {
             let dgram = per(2 * i, Tally::rate);
             let stream = per(2 * i + 1, Tally::byte_rate);
             Row {
-                label: label(i),
+                arm,
                 dgram: Summary::of(&dgram),
                 dgram_ratio: paired(&dgram, &base_dgram),
                 stream: Summary::of(&stream),

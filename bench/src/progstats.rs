@@ -87,15 +87,10 @@ impl StatsEnabled {
     /// How the accounting was turned on, for the report.
     pub fn how(&self) -> &'static str {
         match self {
-            Self::Fd { .. } => {
-                "turned on with `BPF_ENABLE_STATS` (the switch behind `kernel.bpf_stats_enabled`, \
-                 held by a descriptor: off again when it closes, even if the bench is killed; \
-                 the sysctl itself is never written)"
-            }
-            Self::Sysctl(_) => {
-                "turned on with `kernel.bpf_stats_enabled=1` (this kernel has no \
-                 `BPF_ENABLE_STATS`), and the sysctl restored afterwards"
-            }
+            // Held by a descriptor: off again when it closes, even if the
+            // bench is killed; the sysctl itself is never written.
+            Self::Fd { .. } => "`BPF_ENABLE_STATS`",
+            Self::Sysctl(_) => "`kernel.bpf_stats_enabled=1` (restored afterwards)",
         }
     }
 }

@@ -31,19 +31,6 @@ const ALLOWED: u32 = 1001;
 
 pub const POLICY: &str = "[allow]\nusers = [\"root\"]\nuids = [1001]\n";
 
-struct Path {
-    name: &'static str,
-    program: &'static str,
-    uid: u32,
-    dst: SocketAddr,
-    /// Connects, or datagrams of [`DATAGRAM`] bytes.
-    mode: Mode,
-    expect: Expect,
-    /// Run with the agent stopped (SIGSTOP), so nothing reads the event
-    /// ring buffer and the programs' submits wake nobody up.
-    stopped: bool,
-}
-
 /// Connects of a stopped-agent loop at most: well below what the 1 MiB
 /// ring buffer holds (about 11,900 events), so no event is lost.
 pub const STOPPED_CONNECTS: u64 = 5_000;
@@ -51,84 +38,97 @@ pub const STOPPED_CONNECTS: u64 = 5_000;
 /// The datagrams of the egress path: small, as in section 6.
 pub const DATAGRAM: usize = 64;
 
-const PATHS: [Path; 8] = [
-    Path {
-        name: "not protected (127.0.0.1)",
-        program: "connect4",
-        uid: NOBODY,
-        dst: PLAIN_V4,
-        mode: Mode::Connect,
-        expect: Expect::Connected,
-        stopped: false,
-    },
-    Path {
-        name: "allowed (169.254.169.254)",
-        program: "connect4",
-        uid: ALLOWED,
-        dst: IMDS4,
-        mode: Mode::Connect,
-        expect: Expect::Connected,
-        stopped: false,
-    },
-    Path {
-        name: "denied (169.254.169.254)",
-        program: "connect4",
-        uid: NOBODY,
-        dst: IMDS4,
-        mode: Mode::Connect,
-        expect: Expect::Denied,
-        stopped: false,
-    },
-    Path {
-        name: "allowed, agent stopped",
-        program: "connect4",
-        uid: ALLOWED,
-        dst: IMDS4,
-        mode: Mode::Connect,
-        expect: Expect::Connected,
-        stopped: true,
-    },
-    Path {
-        name: "not protected (::1)",
-        program: "connect6",
-        uid: NOBODY,
-        dst: PLAIN_V6,
-        mode: Mode::Connect,
-        expect: Expect::Connected,
-        stopped: false,
-    },
-    Path {
-        name: "allowed (fd00:ec2::254)",
-        program: "connect6",
-        uid: ALLOWED,
-        dst: IMDS6,
-        mode: Mode::Connect,
-        expect: Expect::Connected,
-        stopped: false,
-    },
-    Path {
-        name: "denied (fd00:ec2::254)",
-        program: "connect6",
-        uid: NOBODY,
-        dst: IMDS6,
-        mode: Mode::Connect,
-        expect: Expect::Denied,
-        stopped: false,
-    },
-    Path {
-        name: "not protected, a UDP datagram (127.0.0.1)",
-        program: "egress",
-        uid: NOBODY,
-        dst: DGRAM_V4,
-        mode: Mode::Datagrams { size: DATAGRAM },
-        expect: Expect::Connected,
-        stopped: false,
-    },
-];
+/// What this section times, one row each: the key the report and the goals
+/// find a row by (the label is only what the table shows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Unprotected4,
+    Allowed4,
+    Denied4,
+    /// [`Route::Allowed4`] with the agent stopped (SIGSTOP), so nothing
+    /// reads the event ring buffer and the programs' submits wake nobody
+    /// up.
+    Allowed4AgentStopped,
+    Unprotected6,
+    Allowed6,
+    Denied6,
+    /// Datagrams of [`DATAGRAM`] bytes to an unprotected address, on a
+    /// connected UDP socket: only the egress program runs.
+    Datagram4,
+}
+
+impl Route {
+    /// Every route, in the table's order.
+    pub const ALL: [Route; 8] = [
+        Self::Unprotected4,
+        Self::Allowed4,
+        Self::Denied4,
+        Self::Allowed4AgentStopped,
+        Self::Unprotected6,
+        Self::Allowed6,
+        Self::Denied6,
+        Self::Datagram4,
+    ];
+
+    /// The row's label in the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unprotected4 => "not protected (127.0.0.1)",
+            Self::Allowed4 => "allowed (169.254.169.254)",
+            Self::Denied4 => "denied (169.254.169.254)",
+            Self::Allowed4AgentStopped => "allowed, agent stopped",
+            Self::Unprotected6 => "not protected (::1)",
+            Self::Allowed6 => "allowed (fd00:ec2::254)",
+            Self::Denied6 => "denied (fd00:ec2::254)",
+            Self::Datagram4 => "not protected, a UDP datagram (127.0.0.1)",
+        }
+    }
+
+    /// The program timed.
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::Unprotected4 | Self::Allowed4 | Self::Denied4 | Self::Allowed4AgentStopped => {
+                "connect4"
+            }
+            Self::Unprotected6 | Self::Allowed6 | Self::Denied6 => "connect6",
+            Self::Datagram4 => "egress",
+        }
+    }
+
+    fn uid(self) -> u32 {
+        match self {
+            Self::Allowed4 | Self::Allowed4AgentStopped | Self::Allowed6 => ALLOWED,
+            _ => NOBODY,
+        }
+    }
+
+    fn dst(self) -> SocketAddr {
+        match self {
+            Self::Unprotected4 => PLAIN_V4,
+            Self::Allowed4 | Self::Denied4 | Self::Allowed4AgentStopped => IMDS4,
+            Self::Unprotected6 => PLAIN_V6,
+            Self::Allowed6 | Self::Denied6 => IMDS6,
+            Self::Datagram4 => DGRAM_V4,
+        }
+    }
+
+    fn mode(self) -> Mode {
+        match self {
+            Self::Datagram4 => Mode::Datagrams { size: DATAGRAM },
+            _ => Mode::Connect,
+        }
+    }
+
+    fn expect(self) -> Expect {
+        match self {
+            Self::Denied4 | Self::Denied6 => Expect::Denied,
+            _ => Expect::Connected,
+        }
+    }
+}
 
 pub struct Row {
-    pub path: &'static str,
-    pub program: &'static str,
+    pub route: Route,
     /// run_time_ns / run_cnt, per round.
     pub ns: Summary,
     /// Every program of the guard together, per connect (or datagram).
@@ -152,9 +152,9 @@ pub struct RuntimeResult {
 }
 
 impl RuntimeResult {
-    /// The row of `path`, by the start of its name.
-    pub fn row(&self, path: &str) -> Option<&Row> {
-        self.rows.iter().find(|r| r.path.starts_with(path))
+    /// The row of `route`.
+    pub fn row(&self, route: Route) -> Option<&Row> {
+        self.rows.iter().find(|r| r.route == route)
     }
 }
 
@@ -170,11 +170,13 @@ pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
     let mut exact = true;
     let stats = StatsEnabled::new()?;
     let stats_how = stats.how();
-    let samples = interleave("program run time", PATHS.len(), s.rounds, |i| {
-        let p = &PATHS[i];
-        let prog = pick(&progs, p.program)?;
-        let mut job = setup.job(p.uid, p.dst, s.timing).mode(p.mode);
-        let stopped = if p.stopped {
+    let samples = interleave("program run time", Route::ALL.len(), s.rounds, |i| {
+        let route = Route::ALL[i];
+        let prog = pick(&progs, route.program())?;
+        let mut job = setup
+            .job(route.uid(), route.dst(), s.timing)
+            .mode(route.mode());
+        let stopped = if route == Route::Allowed4AgentStopped {
             job.warmup_ms = 0;
             job.max_connects = STOPPED_CONNECTS;
             Some(Stopped::new(agent_pid)?)
@@ -187,10 +189,10 @@ pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
         let all_after = read_all(&all)?;
         let after = prog.read()?;
         drop(stopped);
-        check(p.name, &t, p.expect)?;
+        check(route.label(), &t, route.expect())?;
         let (dt, dn) = (after.time_ns - before.time_ns, after.count - before.count);
         exact &= dn == t.total();
-        ensure!(dn > 0, "{}: {} did not run", p.name, p.program);
+        ensure!(dn > 0, "{}: {} did not run", route.label(), route.program());
         let per_run = dt as f64 / dn as f64;
         let per_op = t.elapsed_ns as f64 / t.connects as f64;
         let all_time = all_after.time_ns - all_before.time_ns;
@@ -198,12 +200,11 @@ pub fn run(s: &Settings) -> anyhow::Result<RuntimeResult> {
         Ok((per_run, per_run / per_op, dn, all_per_op))
     })?;
     drop(stats);
-    let rows = PATHS
-        .iter()
+    let rows = Route::ALL
+        .into_iter()
         .zip(&samples)
-        .map(|(p, xs)| Row {
-            path: p.name,
-            program: p.program,
+        .map(|(route, xs)| Row {
+            route,
             ns: Summary::of(&xs.iter().map(|x| x.0).collect::<Vec<_>>()),
             all_ns: Summary::of(&xs.iter().map(|x| x.3).collect::<Vec<_>>()),
             share: Summary::of(&xs.iter().map(|x| x.1).collect::<Vec<_>>()),

@@ -73,6 +73,35 @@ impl Kind {
     }
 }
 
+/// A configuration's place in a comparison with an A/A control: the
+/// baseline every ratio is taken against, a second unguarded namespace
+/// measured the same way (its ratio to the baseline is this machine's
+/// noise), or a guard. The key a row is found by; the label is only what
+/// the table shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arm {
+    Baseline,
+    Control,
+    Guarded(Kind),
+}
+
+impl Arm {
+    pub fn kind(self) -> Kind {
+        match self {
+            Self::Baseline | Self::Control => Kind::None,
+            Self::Guarded(kind) => kind,
+        }
+    }
+
+    /// The name in tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Control => "no guard, again (A/A control)",
+            arm => arm.kind().name(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Denial {
     Passes,

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::{opt, yes};
+use super::policy;
 use crate::{
     agent::{self, AgentResult, Large},
     cli::Settings,
@@ -13,22 +13,27 @@ use crate::{
     storm::{self, StormResult},
 };
 
+fn yes(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "yes",
+        Some(false) => "**NO**",
+        None => "unavailable",
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "unavailable".to_owned(), |v| thousands(v as f64))
+}
+
 pub(super) fn storm(md: &mut String, st: &StormResult) {
     let _ = writeln!(
         md,
         "## 4. Denial storm\n\n\
-         {} processes, each its own denied uid (60001, 60002, ...), connect to \
-         169.254.169.254:80 in a loop for {} s while the real agent (`imds-guard run \
-         --log-format json`, policy `{}`) reports; {} run(s), each with a fresh agent. \
-         Denied is the kernel's counter from the agent's final (SIGTERM) record, checked \
-         against the EPERMs the processes saw; received is the agent's own count of events it \
-         read (`events_received`), lost the kernel's count of events the full ring buffer \
-         could not take (`events_lost`). The agent's CPU time (utime + stime, over the storm \
-         and the half second after it; the share is of that window) and peak RSS (VmHWM) are \
-         read from /proc just before SIGTERM.\n",
+         {} processes, denied uids 60001 and up, connect to 169.254.169.254:80 for {} s; \
+         policy {}; {} run(s), each with a fresh agent.\n",
         st.procs,
         st.duration.as_secs(),
-        storm::POLICY.trim().replace('\n', " "),
+        policy(storm::POLICY),
         st.runs.len()
     );
     let mut t = Table::new(&[
@@ -75,12 +80,9 @@ pub(super) fn agent(md: &mut String, a: &AgentResult, s: &Settings) {
     let _ = writeln!(
         md,
         "## 5. Agent\n\n\
-         {} fresh agents (policy `{}`), {} SIGHUP reloads each. Spawn to enforcing is the time \
-         from spawning `imds-guard run` to its `\"ready\":true` record; the reload is the \
-         `micros` field of its `event=reload outcome=applied` record, and SIGHUP to that \
-         record as the bench sees it (polled every ms); idle RSS is VmRSS after {} s idle.\n",
+         {} fresh agents, policy {}, {} SIGHUP reloads each; RSS after {} s idle.\n",
         a.runs,
-        agent::POLICY.trim().replace('\n', " "),
+        policy(agent::POLICY),
         a.reloads,
         a.idle.as_secs()
     );
@@ -113,24 +115,14 @@ pub(super) fn agent(md: &mut String, a: &AgentResult, s: &Settings) {
 }
 
 fn large(md: &mut String, l: &Large, a: &AgentResult, s: &Settings) {
-    let n = thousands(f64::from(l.uids));
     let _ = writeln!(
         md,
         "### With {n} allowed uids\n\n\
-         {runs} fresh agents with the policy of section 3 at {n} uids (`[allow] uids = [0, \
-         100000, ...]`, on one line), {reloads} SIGHUP reloads each, and as many `nft -f` \
-         loads of the set `render --nftables` emits for it, each in a fresh namespace; the \
-         small agent, the large one and nftables take turns in a rotating order. RSS is VmRSS \
-         after {idle} s idle, then again after the reloads (both generations of the maps \
-         written), and VmHWM then.\n\n\
-         During every reload a worker makes one denied connect every {pace} ms to \
-         169.254.169.254:80, each as a real uid of its own (300000 and up, so that the \
-         agent, which rate-limits records per uid and destination, logs every one), from \
-         {lead} ms before the SIGHUP to {lead} ms after the reload's record; the bench notes \
-         when each connect's record reaches it (one monotonic clock for the worker and the \
-         bench). A connect made between the SIGHUP and the reload's record is made during \
-         the reload; its delay to its record says whether the agent kept reading decisions \
-         meanwhile (an agent that reloads in its event loop logs them only once done).\n",
+         {runs} fresh agents with the policy of section 3 at {n} uids, {reloads} reloads each, \
+         and as many `nft -f` of the same set; RSS after {idle} s idle. During each reload, \
+         one denied connect every {pace} ms, each as a uid of its own, from {lead} ms before \
+         the SIGHUP to {lead} ms after the reload's record.\n",
+        n = thousands(f64::from(l.uids)),
         runs = a.runs,
         reloads = a.reloads,
         idle = a.idle.as_secs(),
@@ -182,7 +174,7 @@ fn large(md: &mut String, l: &Large, a: &AgentResult, s: &Settings) {
     let _ = writeln!(
         md,
         "\n{} of the {} connects made during a reload were logged before the reload's record \
-         (the goal: each within {}); {} connect(s) of the probes were never logged.\n",
+         (the goal: each within {}); {} never logged.\n",
         thousands(l.delivered_during as f64),
         thousands(l.during as f64),
         ms(s.event_bound.as_secs_f64() * 1e3),
