@@ -4,11 +4,11 @@
 //! Generic over the program's context, with the caller handed in: it reads
 //! nothing of the running task itself (`caller.rs` does).
 
-use aya_ebpf::{EbpfContext, helpers::generated::bpf_ktime_get_ns, maps::HashMap};
+use aya_ebpf::{EbpfContext, helpers::generated::bpf_ktime_get_ns};
 use aya_log_ebpf::error;
 use imds_guard_common::{
-    COMM_LEN, Config, EVENTS_BYTE_SIZE, Event, IdRule, IdRules, NO_ID, Offsets, action,
-    config_flags, counter, counter_index, kind, mode, ns, reason, verdict,
+    COMM_LEN, Config, EVENTS_BYTE_SIZE, Event, IdRule, NO_ID, Offsets, action, config_flags,
+    counter, counter_index, kind, mode, ns, reason, verdict,
 };
 
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     identity::{Owners, Scan, denied_owner, group_at, namespaces, scan_groups},
     kernel::{forget, offsets, opaque, read_comm},
     maps::{CONFIG, COUNTERS, EVENTS, GID_RULES, UID_RULES},
+    rules::{NO_RULE, denies, rule},
 };
 
 /// `bpf_ringbuf_submit` flags and `bpf_ringbuf_query`'s "bytes not yet
@@ -317,16 +318,6 @@ impl Place<'_> {
     }
 }
 
-/// Whether a rule's action refuses: anything but no rule, ALLOW and
-/// ALLOW_ON_HOST, so that a value the agent never writes fails closed.
-#[inline(always)]
-pub(crate) fn denies(action: u32) -> bool {
-    action != NO_RULE && action != action::ALLOW && action != action::ALLOW_ON_HOST
-}
-
-/// The action of an absent rule.
-pub(crate) const NO_RULE: u32 = action::NONE;
-
 /// What the caller's cgroup says, as one scalar the verifier knows nothing
 /// of (`kernel::opaque`): the kind in the high half, the entry in the low
 /// one. Carried through the group scan as a value it tracked exactly, each
@@ -410,24 +401,6 @@ fn cgroup_rule(id: u64, generation: u32, flags: u32) -> CgroupRule {
         CgroupRule::Unknown
     } else {
         none
-    }
-}
-
-/// The rule for `id` in `generation`, copied out at once, with [`NO_RULE`]
-/// when there is none. Keeping an `Option` of the map pointer instead lets
-/// LLVM test "either lookup found something" by OR-ing the two pointers,
-/// which the verifier rejects (`R7 pointer |= pointer prohibited`).
-#[inline(always)]
-pub(crate) fn rule(map: &HashMap<u32, IdRules>, id: u32, generation: u32) -> IdRule {
-    match map.get_ptr(id) {
-        // SAFETY: a non-null pointer from a hash map lookup points at a
-        // value of the map's type, valid for the duration of the program;
-        // the slot index is masked to the array's bounds.
-        Some(p) => unsafe { (*p).by_generation[(generation & 1) as usize] },
-        None => IdRule {
-            action: NO_RULE,
-            entry: 0,
-        },
     }
 }
 

@@ -17,9 +17,9 @@ use imds_guard_common::{
 
 use crate::{
     caller::Caller,
-    decide::{denies, rule},
     kernel::{current_task, opaque, read, read_ptr},
     maps::{GID_RULES, UID_RULES},
+    rules::{denies, rule},
 };
 
 /// Written by the agent before the programs load (`EbpfLoader::set_global`):

@@ -4,7 +4,8 @@
 //! calling and `identity.rs` its groups, user namespaces and whether it is
 //! on the host (both through `kernel.rs`, the only reader of kernel memory),
 //! `dst.rs` the destination and whether it is protected, `decide.rs` what
-//! the policy says, `maps.rs` every map. `classify.rs` keeps the rule of
+//! the policy says, `rules.rs` the rule lookups it shares with
+//! `identity.rs`, `maps.rs` every map. `classify.rs` keeps the rule of
 //! every cgroup as cgroups come and go (raw tracepoints).
 #![no_std]
 #![no_main]
@@ -16,6 +17,7 @@ mod dst;
 mod identity;
 mod kernel;
 mod maps;
+mod rules;
 mod skb;
 mod sock_addr;
 
