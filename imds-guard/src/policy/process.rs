@@ -1,9 +1,10 @@
 //! A process as the kernel programs judge it (issue 9): its real uid and
 //! primary gid, the supplementary groups its credentials hold, the owners
 //! of the user namespaces it runs in, and whether it is on the host. And
-//! [`Policy::decide_process`], the reference for the order the programs
-//! decide in (`imds-guard-ebpf/src/decide.rs`, `evaluate`): keep the two
-//! identical.
+//! [`Policy::decide_process`], the programs' decision step by step
+//! (`imds-guard-ebpf/src/decide.rs`, `evaluate`), which `check`, records
+//! and tests use; the table of cases (`cases.rs`) holds the two to the
+//! same decisions.
 
 use std::fmt;
 
@@ -70,135 +71,166 @@ impl Process {
 
 impl Policy {
     /// What the policy does with `process` when it connects to a protected
-    /// endpoint.
+    /// endpoint: the steps of the programs (`imds-guard-ebpf/src/decide.rs`,
+    /// `evaluate`), one for one and in their order, so that the two read
+    /// side by side. The table of cases (`cases.rs`) holds both to it.
     ///
-    /// The order mirrors the kernel programs, and any change here must be
-    /// made there too. Deny first: the uid, the primary gid, the cgroup
-    /// (or an unclassified one under a policy that denies cgroups), then
-    /// (when the policy has a gid rule) the supplementary groups in
-    /// ascending order, refused outright when there are more than
-    /// [`MAX_GROUPS`], then (when it has a uid deny rule) the owners of the
-    /// process's user namespaces. Then allow: the cgroup, the uid, the
-    /// primary gid, the lowest supplementary group allowed; a `[allow.host]` rule allows only a
-    /// process on the host, and when such rules are all that name the
-    /// process, the first of them refuses it ([`Reason::HostOnly`]). Then
-    /// the default.
+    /// Deny first: the uid, the primary gid, the cgroup (or an unclassified
+    /// one under a policy that denies cgroups), then (when the policy has a
+    /// gid rule) more supplementary groups than the programs read
+    /// ([`MAX_GROUPS`]) or the lowest denied one, then (when it has a uid
+    /// deny rule) the owners of the process's user namespaces. Then allow:
+    /// the cgroup, then the ids (`allowed`). Then the default.
     pub fn decide_process(&self, p: &Process) -> Decision {
-        let by_uid = self.uids.get(&p.uid);
-        let by_gid = self.gids.get(&p.gid);
-        let decided = |action, reason, rule: &IdRule, id| Decision {
-            action,
-            reason,
-            index: Some(rule.index),
-            id: Some(id),
-        };
+        let by_uid = self.uids.get(&p.uid).copied();
+        let by_gid = self.gids.get(&p.gid).copied();
         if let Some(rule) = by_uid.filter(|r| r.action == Action::Deny) {
             return decided(Action::Deny, Reason::UidDenied, rule, p.uid);
         }
         if let Some(rule) = by_gid.filter(|r| r.action == Action::Deny) {
             return decided(Action::Deny, Reason::GidDenied, rule, p.gid);
         }
-        // Its cgroup: denied, or unclassified under a policy that denies
-        // cgroups (it could be one of them). Before the groups and owners,
-        // as the programs check it (a deny either way).
-        match p.cgroup {
-            CgroupClass::Rule {
-                action: Action::Deny,
-                index,
-            } => {
-                return Decision {
-                    action: Action::Deny,
-                    reason: Reason::CgroupDenied,
-                    index: Some(index),
-                    id: None,
-                };
-            }
-            CgroupClass::Unclassified if self.cgroups.denies() => {
-                return Decision {
-                    action: Action::Deny,
-                    reason: Reason::CgroupUnknown,
-                    index: None,
-                    id: None,
-                };
-            }
-            _ => {}
+        // The cgroup's deny before the groups' and the owners': a deny
+        // either way, which the programs decide before their scan.
+        if let Some(denied) = self.cgroup_denial(p.cgroup) {
+            return denied;
         }
-        let mut groups = Vec::new();
-        if !self.gids.is_empty() {
-            if p.groups.len() > MAX_GROUPS as usize {
-                return Decision {
-                    action: Action::Deny,
-                    reason: Reason::TooManyGroups,
-                    index: None,
-                    id: None,
-                };
-            }
-            groups = p.groups.clone();
-            // The kernel keeps them sorted (`groups_sort`).
-            groups.sort_unstable();
-            groups.dedup();
-            for &g in &groups {
-                if let Some(rule) = self.gids.get(&g).filter(|r| r.action == Action::Deny) {
-                    return decided(Action::Deny, Reason::GroupDenied, rule, g);
-                }
-            }
+        let scan = if self.scans_groups() {
+            self.scan_groups(&p.groups)
+        } else {
+            Scan::default()
+        };
+        let owner = if !scan.too_many && scan.deny.is_none() && self.checks_owners() {
+            self.denied_owner(&p.owners)
+        } else {
+            None
+        };
+        if scan.too_many {
+            return unnamed(Action::Deny, Reason::TooManyGroups);
         }
-        if self.uids.values().any(|r| r.action == Action::Deny) {
-            for &owner in &p.owners {
-                if let Some(rule) = self.uids.get(&owner).filter(|r| r.action == Action::Deny) {
-                    return decided(Action::Deny, Reason::OwnerDenied, rule, owner);
-                }
-            }
+        if let Some((gid, rule)) = scan.deny {
+            return decided(Action::Deny, Reason::GroupDenied, rule, gid);
         }
-        // Nothing denies: the first rule that allows here.
-        // Its cgroup's allow first (the programs check it before the ids'
-        // allows: the verdict is the same, the reason the cgroup).
+        if let Some((uid, rule)) = owner {
+            return decided(Action::Deny, Reason::OwnerDenied, rule, uid);
+        }
+        // The cgroup's allow first: which allow decides changes only the
+        // reason (and an allow-on-host rule alone refuses nothing then).
         if let CgroupClass::Rule {
             action: Action::Allow,
             index,
         } = p.cgroup
         {
             return Decision {
-                action: Action::Allow,
-                reason: Reason::CgroupAllowed,
                 index: Some(index),
-                id: None,
+                ..unnamed(Action::Allow, Reason::CgroupAllowed)
             };
         }
-        let allows = |rule: &IdRule| {
+        self.allowed(p, by_uid, by_gid, &scan)
+            .unwrap_or_else(|| unnamed(self.default_action, Reason::Default))
+    }
+
+    /// Nothing denies `p`: the first rule that allows it, in the order uid,
+    /// primary gid, supplementary groups (`decide.rs`, `allowed`). A
+    /// `[allow.host]` rule allows only a process on the host; when such
+    /// rules are all that name the process, the first of them refuses it
+    /// ([`Reason::HostOnly`]). `None`: no rule names it, the default
+    /// decides.
+    fn allowed(
+        &self,
+        p: &Process,
+        by_uid: Option<IdRule>,
+        by_gid: Option<IdRule>,
+        scan: &Scan,
+    ) -> Option<Decision> {
+        let here = |rule: &IdRule| {
             rule.action == Action::Allow
                 && (self.scope_of(rule) == Scope::Anywhere || p.place == Place::Host)
         };
-        if let Some(rule) = by_uid.filter(|r| allows(r)) {
-            return decided(Action::Allow, Reason::UidAllowed, rule, p.uid);
+        if let Some(rule) = by_uid.filter(here) {
+            return Some(decided(Action::Allow, Reason::UidAllowed, rule, p.uid));
         }
-        if let Some(rule) = by_gid.filter(|r| allows(r)) {
-            return decided(Action::Allow, Reason::GidAllowed, rule, p.gid);
+        if let Some(rule) = by_gid.filter(here) {
+            return Some(decided(Action::Allow, Reason::GidAllowed, rule, p.gid));
         }
-        for &g in &groups {
-            if let Some(rule) = self.gids.get(&g).filter(|r| allows(r)) {
-                return decided(Action::Allow, Reason::GroupAllowed, rule, g);
-            }
+        // A group allowed on the host only comes first when it is lower
+        // than any allowed anywhere.
+        if let Some((gid, rule)) = scan.host_first().filter(|(_, rule)| here(rule)) {
+            return Some(decided(Action::Allow, Reason::GroupAllowed, rule, gid));
         }
-        // Only host-only rules name it, and it is not on the host.
-        let host_only = |rule: &&IdRule| rule.action == Action::Allow;
+        if let Some((gid, rule)) = scan.allow {
+            return Some(decided(Action::Allow, Reason::GroupAllowed, rule, gid));
+        }
+        let host_only = |rule: &IdRule| self.scope_of(rule) == Scope::Host;
         if let Some(rule) = by_uid.filter(host_only) {
-            return decided(Action::Deny, Reason::HostOnly, rule, p.uid);
+            return Some(decided(Action::Deny, Reason::HostOnly, rule, p.uid));
         }
         if let Some(rule) = by_gid.filter(host_only) {
-            return decided(Action::Deny, Reason::HostOnly, rule, p.gid);
+            return Some(decided(Action::Deny, Reason::HostOnly, rule, p.gid));
         }
-        for &g in &groups {
-            if let Some(rule) = self.gids.get(&g).filter(host_only) {
-                return decided(Action::Deny, Reason::HostOnly, rule, g);
+        let (gid, rule) = scan.host?;
+        Some(decided(Action::Deny, Reason::HostOnly, rule, gid))
+    }
+
+    /// The refusal the cgroup makes, if it makes one: a `[deny]` pattern
+    /// matches it, or it is unclassified and the policy denies cgroups (it
+    /// could be one of them).
+    fn cgroup_denial(&self, cgroup: CgroupClass) -> Option<Decision> {
+        match cgroup {
+            CgroupClass::Rule {
+                action: Action::Deny,
+                index,
+            } => Some(Decision {
+                index: Some(index),
+                ..unnamed(Action::Deny, Reason::CgroupDenied)
+            }),
+            CgroupClass::Unclassified if self.cgroups.denies() => {
+                Some(unnamed(Action::Deny, Reason::CgroupUnknown))
             }
+            _ => None,
         }
-        Decision {
-            action: self.default_action,
-            reason: Reason::Default,
-            index: None,
-            id: None,
+    }
+
+    /// The supplementary groups `groups` as the programs scan them
+    /// (`identity.rs`, `scan_groups`): the kernel keeps them sorted
+    /// (`groups_sort`), and the scan stops at the first denied one.
+    fn scan_groups(&self, groups: &[u32]) -> Scan {
+        if groups.len() > MAX_GROUPS as usize {
+            return Scan {
+                too_many: true,
+                ..Scan::default()
+            };
         }
+        let mut sorted = groups.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut scan = Scan::default();
+        for gid in sorted {
+            let Some(&rule) = self.gids.get(&gid) else {
+                continue;
+            };
+            let found = match (rule.action, self.scope_of(&rule)) {
+                (Action::Deny, _) => {
+                    scan.deny = Some((gid, rule));
+                    break;
+                }
+                (Action::Allow, Scope::Anywhere) => &mut scan.allow,
+                (Action::Allow, Scope::Host) => &mut scan.host,
+            };
+            found.get_or_insert((gid, rule));
+        }
+        scan
+    }
+
+    /// The first owner of `owners` (innermost first) that a uid rule
+    /// denies (`identity.rs`, `denied_owner`).
+    fn denied_owner(&self, owners: &[u32]) -> Option<(u32, IdRule)> {
+        owners.iter().find_map(|&uid| {
+            self.uids
+                .get(&uid)
+                .filter(|r| r.action == Action::Deny)
+                .map(|&rule| (uid, rule))
+        })
     }
 
     /// Whether a decision reads the supplementary groups: the policy has a
@@ -216,5 +248,48 @@ impl Policy {
     /// Whether any entry is `[allow.host]`.
     pub fn has_host_rules(&self) -> bool {
         self.spec.entries.iter().any(|e| e.scope == Scope::Host)
+    }
+}
+
+/// What the supplementary groups say, as the programs' scan leaves it:
+/// each lowest gid with its rule.
+#[derive(Clone, Copy, Debug, Default)]
+struct Scan {
+    /// More than [`MAX_GROUPS`]: not read.
+    too_many: bool,
+    /// The first denied group; the scan stops there.
+    deny: Option<(u32, IdRule)>,
+    /// The first group allowed anywhere.
+    allow: Option<(u32, IdRule)>,
+    /// The first group allowed on the host only.
+    host: Option<(u32, IdRule)>,
+}
+
+impl Scan {
+    /// The group allowed on the host only, when it is lower than any
+    /// allowed anywhere.
+    fn host_first(&self) -> Option<(u32, IdRule)> {
+        self.host
+            .filter(|&(host, _)| self.allow.is_none_or(|(allow, _)| host < allow))
+    }
+}
+
+/// Decided by `rule`, the rule of `id`.
+fn decided(action: Action, reason: Reason, rule: IdRule, id: u32) -> Decision {
+    Decision {
+        action,
+        reason,
+        index: Some(rule.index),
+        id: Some(id),
+    }
+}
+
+/// Decided by no id's rule.
+fn unnamed(action: Action, reason: Reason) -> Decision {
+    Decision {
+        action,
+        reason,
+        index: None,
+        id: None,
     }
 }
