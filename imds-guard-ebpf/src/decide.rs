@@ -157,15 +157,20 @@ pub fn decide<C: EbpfContext>(
     }
 }
 
-/// The policy's order, which `imds_guard::policy::Policy::decide_process`
-/// mirrors (keep them identical): deny if the uid is denied, or the
-/// primary gid, or the cgroup (or it is unclassified under a policy that
-/// denies cgroups), or a supplementary group, or the owner of any user
-/// namespace the caller is in; else allow if the cgroup is allowed, then
-/// the uid, then the primary gid, then a supplementary group (an
-/// allow-on-host rule only for a caller on the host); else the default.
-/// Any action other than ALLOW or ALLOW_ON_HOST denies: a value the agent
-/// never writes must not open the door.
+/// The policy's order: deny if the uid is denied, or the primary gid, or
+/// the cgroup (or it is unclassified under a policy that denies cgroups),
+/// or the caller holds more supplementary groups than are read, or one of
+/// them is denied, or the owner of any user namespace the caller is in;
+/// else allow if the cgroup is allowed, then the uid, then the primary
+/// gid, then a supplementary group (an allow-on-host rule only for a
+/// caller on the host); else the default. Any action other than ALLOW or
+/// ALLOW_ON_HOST denies: a value the agent never writes must not open the
+/// door.
+///
+/// `imds_guard::policy::Policy::decide_process` takes the same steps, and
+/// one table of cases (`imds-guard/src/policy/cases.rs`) holds both to
+/// them: its unit tests run the twin, `e2e/tests/decide.rs` these
+/// programs, comparing each record's reason, entry and decider.
 #[inline(always)]
 fn evaluate(generation: u32, caller: &Caller, ids: Ids, cfg: &Config) -> Outcome {
     let by_uid = rule(&UID_RULES, ids.uid, generation);

@@ -15,12 +15,14 @@
 //!
 //! [`Policy::decide`] is the reference for what the kernel programs do with
 //! a resolved policy, so tests can state the semantics without a kernel;
+//! [`cases`] is the table that holds the two to the same decisions;
 //! [`check`] and [`explain`] put its decisions in words.
 //!
 //! Imports: nothing of this crate. `render` reads a [`PolicySpec`]; the
 //! kernel side writes a [`Policy`] into its maps.
 
 mod address;
+pub mod cases;
 pub mod cgroups;
 mod check;
 mod digest;
