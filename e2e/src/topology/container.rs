@@ -6,8 +6,8 @@ use std::{
     ffi::CString,
     fs,
     net::{Ipv4Addr, Ipv6Addr},
-    os::unix::process::CommandExt,
-    path::PathBuf,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
@@ -22,6 +22,8 @@ use crate::{Netns, Probe, TestCgroup, util::cleanup_failed};
 pub const USERNS_ROOT: u32 = 100_000;
 /// How many ids the container's user namespace maps, from 0 inside.
 const USERNS_SIZE: u32 = 65_536;
+/// Every id to itself (`(uid_t)-1` is no id).
+const IDENTITY_MAP: &str = "0 0 4294967295\n";
 
 /// How a container's network namespace is owned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +38,9 @@ pub enum ContainerKind {
 
 /// A user namespace created by an unprivileged uid, with ids 0-65535 inside
 /// mapped to a range outside (what `/etc/subuid` gives a rootless user),
-/// and a network namespace it owns when asked; held open by a `sleep` that
-/// is our child, killed on drop.
+/// and a network namespace it owns when asked, or one of a nest of them
+/// ([`UserNamespace::nested`]); held open by a `sleep` that is our child,
+/// killed on drop.
 #[derive(Debug)]
 pub struct UserNamespace {
     child: Child,
@@ -49,6 +52,33 @@ impl UserNamespace {
     /// unprivileged runtime), with a network namespace too when
     /// `with_net`; maps ids 0-65535 inside to `base`.. outside.
     pub fn spawn(cgroup: &TestCgroup, owner: u32, base: u32, with_net: bool) -> Self {
+        let holder = Self::start(cgroup, None, owner, with_net);
+        // Root of the parent namespace may map any range: as newuidmap
+        // does from /etc/subuid.
+        holder.map(&format!("0 {base} {USERNS_SIZE}\n"), None);
+        holder
+    }
+
+    /// User namespaces one inside the other, created by `owners`, innermost
+    /// first (the order the programs walk them in); the last holder
+    /// returned holds the innermost. Each maps every id to itself, so that
+    /// a process inside runs as the ids it has outside, and the next owner
+    /// has an id to create its namespace as.
+    pub fn nested(cgroup: &TestCgroup, owners: &[u32]) -> Vec<Self> {
+        let mut chain: Vec<Self> = Vec::new();
+        for &owner in owners.iter().rev() {
+            let parent = chain.last().map(Self::path);
+            let holder = Self::start(cgroup, parent.as_deref(), owner, false);
+            holder.map(IDENTITY_MAP, parent.as_deref());
+            chain.push(holder);
+        }
+        chain
+    }
+
+    /// Starts the holder: `sleep infinity` in `cgroup`, in user namespace
+    /// `parent` if given, as uid and gid `owner`, which then creates a user
+    /// namespace (and a network namespace when `with_net`).
+    fn start(cgroup: &TestCgroup, parent: Option<&Path>, owner: u32, with_net: bool) -> Self {
         let procs = CString::new(
             cgroup
                 .path()
@@ -57,6 +87,9 @@ impl UserNamespace {
                 .into_encoded_bytes(),
         )
         .unwrap_or_else(|e| panic!("cgroup path: {e}"));
+        let parent = parent
+            .map(|p| fs::File::open(p).unwrap_or_else(|e| panic!("opening {}: {e}", p.display())));
+        let parent_fd = parent.as_ref().map(AsRawFd::as_raw_fd);
         let flags = if with_net {
             libc::CLONE_NEWUSER | libc::CLONE_NEWNET
         } else {
@@ -72,18 +105,17 @@ impl UserNamespace {
         // the fork.
         unsafe {
             cmd.pre_exec(move || {
-                let check = |rc: libc::c_long| {
-                    if rc < 0 {
-                        Err(std::io::Error::last_os_error())
-                    } else {
-                        Ok(())
-                    }
-                };
                 // The guarded cgroup first, while still root.
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 check(fd.into())?;
                 check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_long)?;
                 libc::close(fd);
+                // Root of the initial namespace has every capability in
+                // the parent, whose ids map to themselves: it may become
+                // the owner there.
+                if let Some(parent) = parent_fd {
+                    check(libc::setns(parent, libc::CLONE_NEWUSER).into())?;
+                }
                 check(libc::setgroups(0, std::ptr::null()).into())?;
                 check(libc::setresgid(owner, owner, owner).into())?;
                 check(libc::setresuid(owner, owner, owner).into())?;
@@ -98,15 +130,51 @@ impl UserNamespace {
             .unwrap_or_else(|e| panic!("starting the user namespace holder: {e}"));
         // The guard owns the child from here: a failure below still kills
         // it. spawn() returned after the exec, so the unshare is done.
-        let holder = UserNamespace { child };
-        // Root of the parent namespace may map any range: as newuidmap
-        // does from /etc/subuid.
-        let map = format!("0 {base} {USERNS_SIZE}\n");
-        for file in ["uid_map", "gid_map"] {
-            let path = format!("/proc/{}/{file}", holder.pid());
-            fs::write(&path, &map).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        drop(parent);
+        UserNamespace { child }
+    }
+
+    /// Writes `map` as the namespace's uid and gid maps: from this process
+    /// when the namespace is a child of the initial one, else (`parent`)
+    /// from a process that joins its parent first, as the kernel asks of
+    /// the writer (user_namespaces(7), "Defining user and group ID
+    /// mappings").
+    fn map(&self, map: &str, parent: Option<&Path>) {
+        let files = ["uid_map", "gid_map"].map(|file| format!("/proc/{}/{file}", self.pid()));
+        let Some(parent) = parent else {
+            for path in &files {
+                fs::write(path, map).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+            }
+            return;
+        };
+        let ns =
+            fs::File::open(parent).unwrap_or_else(|e| panic!("opening {}: {e}", parent.display()));
+        let ns_fd = ns.as_raw_fd();
+        let paths = files
+            .clone()
+            .map(|path| CString::new(path).unwrap_or_else(|e| panic!("a /proc path: {e}")));
+        let map = map.as_bytes().to_vec();
+        let mut cmd = Command::new("true");
+        cmd.stdin(Stdio::null());
+        // SAFETY: as in `start`: system calls only, on data prepared before
+        // the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                check(libc::setns(ns_fd, libc::CLONE_NEWUSER).into())?;
+                for path in &paths {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    check(fd.into())?;
+                    let written = libc::write(fd, map.as_ptr().cast(), map.len());
+                    libc::close(fd);
+                    check(written as libc::c_long)?;
+                }
+                Ok(())
+            });
         }
-        holder
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("writing {files:?} from {}: {e}", parent.display()));
+        assert!(status.success(), "the map writer for {files:?}: {status}");
     }
 
     /// The holder's pid.
@@ -226,5 +294,15 @@ impl Container {
             Some(userns) => probe.userns(userns).uid(0).gid(0),
             None => probe,
         }
+    }
+}
+
+/// A system call's result as `pre_exec` wants it: negative is the error in
+/// `errno`.
+fn check(rc: libc::c_long) -> std::io::Result<()> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
