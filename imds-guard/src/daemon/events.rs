@@ -20,8 +20,8 @@ use std::{
 
 use super::{
     nflog::Logged,
+    policies::Policies,
     ratelimit::{Admit, RateLimiter, Suppressed},
-    reload::Policies,
 };
 use crate::{
     chain::Chain,
@@ -507,119 +507,4 @@ fn emit_forward(r: &ForwardRecord) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use imds_guard_common::{COMM_LEN, Event, family, hook, kind, reason, verdict};
-
-    use super::*;
-    use crate::policy::{FakeResolver, PolicySpec};
-
-    fn policy() -> Policy {
-        PolicySpec::parse(Path::new("p.toml"), "[allow]\nuids = [0]\n")
-            .expect("valid")
-            .resolve(&FakeResolver::new(&[], &[]))
-            .expect("resolves")
-    }
-
-    fn denial(uid: u32, tgid: u32, port: u16) -> DecisionRecord {
-        let mut comm = [0u8; COMM_LEN];
-        comm[..4].copy_from_slice(b"curl");
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&[169, 254, 169, 254]);
-        DecisionRecord::from_event(&Event {
-            ts_ns: 1,
-            cgroup_id: 1,
-            tid: tgid,
-            tgid,
-            uid,
-            gid: uid,
-            entry: 0,
-            port,
-            hook: hook::CONNECT4,
-            verdict: verdict::DENIED,
-            reason: reason::DEFAULT,
-            family: family::INET,
-            generation: 0,
-            kind: kind::DECISION,
-            addr,
-            comm,
-            proto: 0,
-            _pad1: [0; 3],
-            decider: imds_guard_common::NO_ID,
-            ngroups: imds_guard_common::NO_ID,
-            namespaces: 0,
-            _pad2: [0; 7],
-        })
-        .expect("valid")
-    }
-
-    #[test]
-    fn one_caller_changing_ports_and_pids_stays_one_key() {
-        let (mut log, p, r, t0) = (
-            EventLog::default(),
-            policy(),
-            FakeResolver::new(&[], &[]),
-            Instant::now(),
-        );
-        for i in 0..(MAX_KEYS as u32 * 2) {
-            log.record(&denial(1000, 2000 + i, (i % 60000) as u16), &p, &r, t0);
-        }
-        assert_eq!(
-            log.limiter.tracked(),
-            1,
-            "ports and pids are not in the key"
-        );
-        // Another caller is still logged, not swallowed by an overflow.
-        let key = Key {
-            outcome: Outcome::Deny,
-            who: Who::Uid(1001),
-            dst: "169.254.169.254".parse().expect("ip"),
-        };
-        assert!(!log.limiter_has(&key));
-        log.record(&denial(1001, 9, 80), &p, &r, t0);
-        assert!(log.limiter_has(&key));
-        assert_eq!(log.received(), MAX_KEYS as u64 * 2 + 1);
-    }
-
-    #[test]
-    fn overflow_is_counted_per_caller() {
-        let (mut log, t0) = (EventLog::default(), Instant::now());
-        let dst: IpAddr = "169.254.169.254".parse().expect("ip");
-        for uid in 0..(MAX_KEYS as u32 + 10) {
-            let sample = || Sample {
-                outcome: Outcome::Deny,
-                who: Who::Uid(uid),
-                dst: SocketAddr::new(dst, 80),
-                process: None,
-                interface: None,
-            };
-            log.admit(Outcome::Deny, Who::Uid(uid), dst, t0, sample);
-        }
-        assert_eq!(log.overflow.values().sum::<u64>(), 10);
-        assert!(log.overflow.contains_key(&Who::Uid(MAX_KEYS as u32)));
-    }
-
-    #[test]
-    fn explains_an_internal_error_and_no_identity() {
-        let p = policy();
-        let mut d = denial(1000, 1, 80);
-        d.reason = RecordReason::InternalError;
-        assert_eq!(
-            explain_record(&d, &p),
-            "the guard could not read its configuration, and fails closed"
-        );
-        d.reason = RecordReason::NoIdentity;
-        assert!(explain_record(&d, &p).starts_with("nobody can be held to account"));
-        assert_eq!(
-            describe(&d, None),
-            "denied connection to 169.254.169.254:80 by pid 1 (curl) with no identity"
-        );
-    }
-
-    impl EventLog {
-        fn limiter_has(&self, key: &Key) -> bool {
-            self.limiter.contains(key)
-        }
-    }
-}
+mod tests;

@@ -1,6 +1,7 @@
 //! The agent's side of the forward path (`kernel/forward.rs`): the table
 //! put in force at start and on every reload, the packets it logs read
-//! from NFLOG, its counters into the metrics.
+//! from NFLOG, its counters into the metrics, and the table put back when
+//! it is removed behind the agent's back.
 //!
 //! A table that cannot be put in force (no `nft`, a kernel without
 //! nftables) leaves the socket guard in force and the forward path open:
@@ -11,37 +12,65 @@
 
 use std::{io, time::Instant};
 
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
-use super::{Daemon, nflog::NflogSocket};
+use super::{
+    events::EventLog,
+    metrics::Metrics,
+    nflog::{self, NflogSocket},
+    rings,
+};
 use crate::{
     chain::Chain,
-    kernel::forward::{self, LOG_GROUP},
+    kernel::forward::{self, ForwardCounters, LOG_GROUP},
     policy::{Mode, PolicySpec},
 };
 
+/// Ticks (seconds) between two reads of the forward table's counters:
+/// each is a run of `nft`.
+const COUNTERS_EVERY: u32 = 10;
+
 /// Whether the forward table is in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ForwardState {
+enum ForwardState {
     Guarded,
     /// Why not.
     Unguarded(String),
 }
 
-impl ForwardState {
-    /// Puts the forward table of `spec` in force, and says how it went;
-    /// with the ruleset then in force. Nothing is run when `in_force` is
-    /// that ruleset already (most reloads change no forward setting; a
-    /// table removed behind the agent's back is put back at the next
-    /// read of its counters).
-    pub(super) fn apply(spec: &PolicySpec, in_force: Option<&str>) -> (Self, Option<String>) {
+/// The forward table as last put in force (or not): what the reload thread
+/// is lent and hands back.
+#[derive(Clone, Debug)]
+pub(super) struct ForwardTable {
+    state: ForwardState,
+    /// The ruleset in force, when it is.
+    ruleset: Option<String>,
+}
+
+impl ForwardTable {
+    /// Puts the forward table of `spec` in force, and says how it went.
+    /// Nothing is run when `self` has that ruleset in force already (most
+    /// reloads change no forward setting; a table removed behind the
+    /// agent's back is put back at the next read of its counters).
+    pub(super) fn apply(&self, spec: &PolicySpec) -> Self {
+        Self::apply_over(spec, self.ruleset.as_deref())
+    }
+
+    fn apply_over(spec: &PolicySpec, in_force: Option<&str>) -> Self {
         let ruleset = forward::ruleset(spec);
         if in_force == Some(ruleset.as_str()) {
-            return (Self::Guarded, Some(ruleset));
+            return Self::guarded(ruleset);
         }
         match forward::apply_ruleset(&ruleset) {
-            Ok(()) => (Self::Guarded, Some(ruleset)),
-            Err(e) => (Self::unguarded(&e), None),
+            Ok(()) => Self::guarded(ruleset),
+            Err(e) => Self::unguarded(&e),
+        }
+    }
+
+    fn guarded(ruleset: String) -> Self {
+        Self {
+            state: ForwardState::Guarded,
+            ruleset: Some(ruleset),
         }
     }
 
@@ -52,22 +81,116 @@ impl ForwardState {
             forward = "unguarded",
             "forwarded packets to the metadata service are NOT dropped: {why}"
         );
-        Self::Unguarded(why)
+        Self {
+            state: ForwardState::Unguarded(why),
+            ruleset: None,
+        }
     }
 
-    /// For systemd's status line: empty when guarded.
+    pub(super) fn is_guarded(&self) -> bool {
+        self.state == ForwardState::Guarded
+    }
+
+    /// For systemd's status line and the records: empty when guarded.
     pub(super) fn note(&self) -> &'static str {
-        match self {
-            Self::Guarded => "",
-            Self::Unguarded(_) => "; forward path NOT guarded",
+        match self.state {
+            ForwardState::Guarded => "",
+            ForwardState::Unguarded(_) => "; forward path NOT guarded",
         }
+    }
+}
+
+/// The forward path: its table, the NFLOG socket it logs to, and the clock
+/// of its counters.
+pub(super) struct ForwardPath {
+    table: ForwardTable,
+    /// `None` when NFLOG cannot be read (see [`listen`]).
+    nflog: Option<AsyncFd<NflogSocket>>,
+    /// Ticks since the counters were last read.
+    ticks: u32,
+}
+
+impl ForwardPath {
+    /// Puts the forward table of `spec` in force and listens to its log.
+    pub(super) fn start(spec: &PolicySpec) -> Self {
+        let table = ForwardTable::apply_over(spec, None);
+        Self {
+            table,
+            nflog: listen(),
+            ticks: 0,
+        }
+    }
+
+    /// The table in force, for a reload to start from.
+    pub(super) fn table(&self) -> &ForwardTable {
+        &self.table
+    }
+
+    /// The table a reload put in force.
+    pub(super) fn adopt(&mut self, table: ForwardTable) {
+        self.table = table;
+    }
+
+    /// Readiness of the NFLOG socket; never, when there is none.
+    pub(super) async fn readable(&self) -> io::Result<AsyncFdReadyGuard<'_, NflogSocket>> {
+        rings::readable(self.nflog.as_ref()).await
+    }
+
+    /// Logs every packet waiting on the NFLOG socket, dropped (or
+    /// audited) under a policy in `mode`.
+    pub(super) fn read_log(
+        mut ready: AsyncFdReadyGuard<'_, NflogSocket>,
+        log: &mut EventLog,
+        mode: Mode,
+    ) {
+        if let Err(e) = read(ready.get_inner(), log, mode) {
+            tracing::warn!("cannot read NFLOG: {e}");
+        }
+        ready.clear_ready();
+    }
+
+    /// About once a second: every [`COUNTERS_EVERY`] ticks, the table's
+    /// counters into `metrics`. A table gone while the agent had it in
+    /// force (someone ran `nft flush ruleset`) is put back, the ruleset of
+    /// `spec`, and said at error level.
+    pub(super) fn tick(&mut self, spec: Option<&PolicySpec>, metrics: &Metrics) {
+        self.ticks += 1;
+        if !self.ticks.is_multiple_of(COUNTERS_EVERY) {
+            return;
+        }
+        match forward::counters() {
+            Ok(None) if self.table.is_guarded() => {
+                if let Some(spec) = spec {
+                    self.put_back(spec, metrics);
+                }
+            }
+            Ok(c) => metrics.set_forward(c, self.table.is_guarded() && c.is_some()),
+            Err(e) => tracing::debug!("cannot read the forward table's counters: {}", Chain(&e)),
+        }
+    }
+
+    fn put_back(&mut self, spec: &PolicySpec, metrics: &Metrics) {
+        self.table = ForwardTable::apply_over(spec, None);
+        let counters: Option<ForwardCounters> = forward::counters().ok().flatten();
+        let guarded = self.table.is_guarded() && counters.is_some();
+        tracing::error!(
+            forward = "removed",
+            "the forward table {} was removed behind the agent's back: {}",
+            forward::TABLE,
+            if guarded {
+                "put back"
+            } else {
+                "it could not be put back"
+            }
+        );
+        metrics.set_forward(counters, guarded);
     }
 }
 
 /// The NFLOG socket the forward table logs to, or `None` (with a warning)
 /// when it cannot be read: the packets are still dropped and counted.
-pub(super) fn listen() -> Option<AsyncFd<NflogSocket>> {
-    let bound = NflogSocket::bind(LOG_GROUP).and_then(super::pollable);
+fn listen() -> Option<AsyncFd<NflogSocket>> {
+    let bound = NflogSocket::bind(LOG_GROUP).and_then(rings::pollable);
     match bound {
         Ok(fd) => Some(fd),
         Err(e) => {
@@ -80,62 +203,28 @@ pub(super) fn listen() -> Option<AsyncFd<NflogSocket>> {
     }
 }
 
-impl Daemon {
-    /// Logs every packet waiting on the NFLOG socket.
-    pub(super) fn on_nflog(&mut self, socket: &NflogSocket) -> io::Result<()> {
-        let mode = self.policy().map_or(Mode::Enforce, |p| p.spec.mode);
-        let mut buf = vec![0u8; 64 * 1024];
-        let now = Instant::now();
-        loop {
-            match socket.recv(&mut buf) {
-                Ok(n) => {
-                    for packet in super::nflog::parse(&buf[..n]) {
-                        self.log.record_forward(&packet, mode, now);
-                    }
+/// Logs every packet waiting on `socket`.
+fn read(socket: &NflogSocket, log: &mut EventLog, mode: Mode) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let now = Instant::now();
+    loop {
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                for packet in nflog::parse(&buf[..n]) {
+                    log.record_forward(&packet, mode, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                // The kernel dropped log messages (the socket's buffer was
-                // full): the packets were still dropped and counted.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    tracing::warn!(
-                        event = "lost",
-                        "forwarded-packet log messages lost: the NFLOG buffer was full (the \
-                         packets were still dropped and counted)"
-                    );
-                }
-                Err(e) => return Err(e),
             }
-        }
-    }
-
-    /// The forward table's counters into the metrics. A table gone while
-    /// the agent had it in force (someone ran `nft flush ruleset`) is put
-    /// back, and said at error level.
-    pub(super) fn refresh_forward_counters(&mut self) {
-        match forward::counters() {
-            Ok(None) if self.forward == ForwardState::Guarded => {
-                let Some(policy) = self.policy() else {
-                    return;
-                };
-                (self.forward, self.forward_ruleset) = ForwardState::apply(&policy.spec, None);
-                let counters = forward::counters().ok().flatten();
-                let guarded = self.forward == ForwardState::Guarded && counters.is_some();
-                tracing::error!(
-                    forward = "removed",
-                    "the forward table {} was removed behind the agent's back: {}",
-                    forward::TABLE,
-                    if guarded {
-                        "put back"
-                    } else {
-                        "it could not be put back"
-                    }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            // The kernel dropped log messages (the socket's buffer was
+            // full): the packets were still dropped and counted.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                tracing::warn!(
+                    event = "lost",
+                    "forwarded-packet log messages lost: the NFLOG buffer was full (the \
+                     packets were still dropped and counted)"
                 );
-                self.metrics.set_forward(counters, guarded);
             }
-            Ok(c) => self
-                .metrics
-                .set_forward(c, self.forward == ForwardState::Guarded && c.is_some()),
-            Err(e) => tracing::debug!("cannot read the forward table's counters: {}", Chain(&e)),
+            Err(e) => return Err(e),
         }
     }
 }

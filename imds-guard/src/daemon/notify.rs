@@ -67,6 +67,15 @@ pub fn stopping() -> Result<(), NotifyError> {
 
 const STOPPING: &str = "STOPPING=1";
 
+/// Logs what a notification's failure was: notifications are best effort.
+/// Without systemd they do nothing, and a failure to send one is worth a
+/// line, not an exit.
+pub fn best_effort(result: Result<(), NotifyError>) {
+    if let Err(e) = result {
+        tracing::warn!("cannot notify systemd: {:#}", anyhow::Error::from(e));
+    }
+}
+
 fn ready_message(status: &str) -> String {
     format!("READY=1\nSTATUS={}", one_line(status))
 }

@@ -2,16 +2,57 @@
 //! one request per connection, `GET`/`HEAD` only, bounded in everything a
 //! client controls (request size, time, concurrent connections).
 
-use std::{io, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    task::JoinSet,
+    task::{JoinHandle, JoinSet},
     time::{sleep, timeout},
 };
 
 use super::Metrics;
+
+/// The agent's metrics, and the server that serves them when asked for.
+#[derive(Default)]
+pub struct Exporter {
+    metrics: Arc<Metrics>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Exporter {
+    /// What the run loop keeps current.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Starts the server on `listen`, if asked for. Metrics that cannot be
+    /// served are worth an error record, never a reason to leave the host
+    /// unguarded: start it with the guard in force.
+    pub async fn serve(&mut self, listen: Option<SocketAddr>) {
+        let Some(addr) = listen else {
+            return;
+        };
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(metrics = %addr, "serving Prometheus metrics on http://{addr}/metrics");
+                self.server = Some(tokio::spawn(serve(l, Arc::clone(&self.metrics))));
+            }
+            Err(e) => tracing::error!(
+                metrics = %addr,
+                "cannot listen for metrics on {addr}: {e}{}; the guard runs without them",
+                sandbox_hint(&e, addr)
+            ),
+        }
+    }
+
+    /// Stops the server, closing the connections in progress.
+    pub fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
 
 /// What one client may cost the server.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +76,26 @@ pub(super) const LIMITS: Limits = Limits {
 
 /// Bytes drained on close before giving up on a graceful close.
 const LINGER_BYTES: usize = 64 * 1024;
+
+/// What to add to an error binding the metrics listener when a sandbox
+/// refused the socket's address family: systemd's
+/// `RestrictAddressFamilies=` fails `socket(2)` with EAFNOSUPPORT, and the
+/// packaged unit allows only AF_UNIX and AF_NETLINK.
+pub fn sandbox_hint(e: &io::Error, addr: SocketAddr) -> String {
+    if e.raw_os_error() != Some(libc::EAFNOSUPPORT) {
+        return String::new();
+    }
+    let family = if addr.is_ipv4() {
+        "AF_INET"
+    } else {
+        "AF_INET6"
+    };
+    format!(
+        " (the service's sandbox refuses {family} sockets: add \
+         `RestrictAddressFamilies=AF_INET AF_INET6` beside the address in a drop-in, \
+         systemctl edit imds-guard)"
+    )
+}
 
 /// Serves `GET /metrics` (and `/`, a pointer to it) on `listener` until
 /// the future is dropped; dropping it also closes the connections in

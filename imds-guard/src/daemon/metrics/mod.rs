@@ -17,7 +17,7 @@ use std::{
 
 use imds_guard_common::counter;
 
-pub use self::http::serve;
+pub use self::http::{Exporter, sandbox_hint, serve};
 use crate::{
     kernel::{Counters, forward::ForwardCounters, hooks::HOOKS},
     policy::Mode,
@@ -51,26 +51,6 @@ pub enum ListenAddrError {
     PortOutOfRange(String),
     #[error("port 0 would listen on a random port no scraper can find; give a fixed port")]
     PortZero,
-}
-
-/// What to add to an error binding the metrics listener when a sandbox
-/// refused the socket's address family: systemd's
-/// `RestrictAddressFamilies=` fails `socket(2)` with EAFNOSUPPORT, and the
-/// packaged unit allows only AF_UNIX and AF_NETLINK.
-pub fn sandbox_hint(e: &std::io::Error, addr: SocketAddr) -> String {
-    if e.raw_os_error() != Some(libc::EAFNOSUPPORT) {
-        return String::new();
-    }
-    let family = if addr.is_ipv4() {
-        "AF_INET"
-    } else {
-        "AF_INET6"
-    };
-    format!(
-        " (the service's sandbox refuses {family} sockets: add \
-         `RestrictAddressFamilies=AF_INET AF_INET6` beside the address in a drop-in, \
-         systemctl edit imds-guard)"
-    )
 }
 
 /// Parses a `--metrics-listen` value: `PORT` (on 127.0.0.1), `IP:PORT`,

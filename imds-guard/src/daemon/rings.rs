@@ -1,0 +1,141 @@
+//! The ring buffers the run loop polls: the programs' decisions, and their
+//! aya-log diagnostics when debug records are wanted; and how any such
+//! descriptor (the NFLOG socket too) is registered with the reactor.
+
+use std::{future::pending, io, os::fd::AsRawFd, time::Instant};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{
+    Interest,
+    unix::{AsyncFd, AsyncFdReadyGuard, AsyncFdReadyMutGuard},
+};
+
+use super::{
+    DaemonError,
+    events::{CgroupPlace, EventLog},
+    policies::Policies,
+};
+use crate::{chain::Chain, kernel::Guard, policy::SystemResolver};
+
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// The decision ring and the log ring, polled apart.
+pub(super) struct Rings {
+    pub(super) events: EventRing,
+    pub(super) logger: LogRing,
+}
+
+/// The programs' decisions.
+pub(super) struct EventRing(AsyncFd<RingBuf<MapData>>);
+
+/// The programs' aya-log diagnostics, when they log.
+pub(super) struct LogRing(Option<AsyncFd<Logger>>);
+
+impl Rings {
+    /// Takes the rings from `guard`: the log ring only when the programs
+    /// log (`level` above 0).
+    pub(super) fn take(guard: &mut Guard, level: u8) -> Result<Self, DaemonError> {
+        let logger = if level > 0 { guard.take_logger() } else { None };
+        let events = guard.take_events()?;
+        let io_err = |what| move |source| DaemonError::Io { what, source };
+        Ok(Self {
+            events: EventRing(
+                pollable(events).map_err(io_err("cannot poll the event ring buffer"))?,
+            ),
+            logger: LogRing(
+                logger
+                    .map(pollable)
+                    .transpose()
+                    .map_err(io_err("cannot poll the eBPF log ring buffer"))?,
+            ),
+        })
+    }
+}
+
+impl EventRing {
+    /// The ring, to read whether or not it woke the agent.
+    pub(super) fn get(&mut self) -> &mut RingBuf<MapData> {
+        self.0.get_mut()
+    }
+
+    /// Readiness of the ring (the programs wake the agent when it fills
+    /// past a quarter).
+    pub(super) async fn ready(
+        &mut self,
+    ) -> Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>, DaemonError> {
+        self.0
+            .readable_mut()
+            .await
+            .map_err(|source| DaemonError::Io {
+                what: "cannot poll the event ring buffer",
+                source,
+            })
+    }
+}
+
+impl LogRing {
+    /// Waits for the ring, and writes what it holds to the log; never
+    /// returns when the programs do not log.
+    pub(super) async fn flush(&mut self) -> Result<(), DaemonError> {
+        let Some(logger) = &mut self.0 else {
+            return pending().await;
+        };
+        let mut ready = logger
+            .readable_mut()
+            .await
+            .map_err(|source| DaemonError::Io {
+                what: "cannot poll the eBPF log ring buffer",
+                source,
+            })?;
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+        Ok(())
+    }
+}
+
+/// Logs every decision waiting in `ring`, explained with the policy of its
+/// generation in `policies`, naming the caller's cgroup as `guard` knows it.
+pub(super) fn drain(
+    ring: &mut RingBuf<MapData>,
+    log: &mut EventLog,
+    policies: &Policies,
+    mut guard: Option<&mut Guard>,
+) {
+    let now = Instant::now();
+    // The paths of cgroups created since: a decision in one names it.
+    if let Some(Err(e)) = guard.as_deref_mut().map(Guard::drain_cgroup_events) {
+        tracing::warn!("cannot read the cgroups created: {}", Chain(&e));
+    }
+    let guard = guard.as_deref();
+    let places = |id: u64| {
+        guard
+            .and_then(|g| g.cgroup_place(id))
+            .map(|(path, pod)| CgroupPlace {
+                path,
+                pod: pod.map(|p| p.to_string()),
+            })
+    };
+    while let Some(item) = ring.next() {
+        log.record_bytes(&item, policies, &SystemResolver, &places, now);
+    }
+}
+
+/// Registers a ring buffer (or the NFLOG socket) with the reactor.
+pub(super) fn pollable<T: AsRawFd>(ring: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: both ring buffers (`RingBuf<MapData>`, `EbpfLogger`) and the
+    // NFLOG socket own their descriptor and close it only when dropped,
+    // which is after the `AsyncFd` that owns them.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// Readiness of an optional source (the NFLOG socket); never ready when
+/// there is none.
+pub(super) async fn readable<T: AsRawFd>(
+    source: Option<&AsyncFd<T>>,
+) -> io::Result<AsyncFdReadyGuard<'_, T>> {
+    match source {
+        Some(s) => s.readable().await,
+        None => pending().await,
+    }
+}
