@@ -2,7 +2,8 @@
 //! drops are sent, at a bounded rate, to NFLOG group
 //! [`LOG_GROUP`](crate::kernel::forward::LOG_GROUP), which this reads over
 //! an `NETLINK_NETFILTER` socket (nfnetlink_log,
-//! `include/uapi/linux/netfilter/nfnetlink_log.h`) without libnetfilter_log.
+//! `include/uapi/linux/netfilter/nfnetlink_log.h`) with `netlink-sys` and
+//! `netlink-packet-netfilter`, without libnetfilter_log.
 //!
 //! Only the first bytes of each packet are copied (the IP and transport
 //! headers), enough to say where it came from and where it went.
@@ -10,34 +11,32 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd, RawFd},
+    time::Duration,
 };
+
+use netlink_packet_core::{
+    Emitable, ErrorBuffer, ErrorMessage, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NetlinkBuffer,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, Parseable,
+    ParseableParametrized,
+};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterProtoFamily, NetfilterSubsystem,
+    nflog::{ConfigCmd, ConfigMode, ConfigNla, PacketNla, ULogMessage, ULogMessageType},
+};
+use netlink_sys::{Socket, SocketAddr, constants::NETLINK_NETFILTER};
 
 use crate::text::printable;
 
-/// `NETLINK_NETFILTER`.
-const NETLINK_NETFILTER: libc::c_int = 12;
-/// `NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET` and `.. | NFULNL_MSG_CONFIG`.
-const MSG_PACKET: u16 = 4 << 8;
-const MSG_CONFIG: u16 = (4 << 8) | 1;
-/// `NFULA_CFG_CMD`, `NFULA_CFG_MODE`.
-const CFG_CMD: u16 = 1;
-const CFG_MODE: u16 = 2;
-/// `NFULNL_CFG_CMD_BIND`.
-const CMD_BIND: u8 = 1;
-/// `NFULNL_COPY_PACKET`.
-const COPY_PACKET: u8 = 2;
+/// `struct nfgenmsg`: family, version, resource id (the group).
+const NFGENMSG_LEN: usize = 4;
+/// `NFNETLINK_V0`, the version `nfgenmsg` carries.
+const NFNETLINK_V0: u8 = 0;
 /// Bytes of each packet copied: an IPv6 header and a transport header.
 const COPY_RANGE: u32 = 64;
-/// Packet attributes (`NFULA_*`).
-const ATTR_INDEV: u16 = 4;
-const ATTR_PAYLOAD: u16 = 9;
-const ATTR_PREFIX: u16 = 10;
-/// `nlmsghdr` flags.
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-/// `NLMSG_ERROR`.
-const NLMSG_ERROR: u16 = 2;
+/// What the socket may hold before the kernel drops log messages (best
+/// effort: a smaller buffer only loses log lines sooner).
+const RECEIVE_BUFFER: usize = 1 << 20;
 
 /// One packet the forward table logged.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,12 +55,12 @@ pub struct Logged {
 
 /// A netlink socket bound to one NFLOG group.
 pub struct NflogSocket {
-    fd: OwnedFd,
+    socket: Socket,
 }
 
 impl AsRawFd for NflogSocket {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.socket.as_raw_fd()
     }
 }
 
@@ -69,66 +68,27 @@ impl NflogSocket {
     /// Binds to `group` in this network namespace, copying packet headers.
     /// Fails (`EBUSY`) when another process reads that group already.
     pub fn bind(group: u16) -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is owned below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let socket = Self { fd };
-        let size: libc::c_int = 1 << 20;
-        // SAFETY: setsockopt with a c_int option value of its size. Best
-        // effort: a smaller buffer only loses log lines sooner.
-        unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&raw const size).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        socket.configure(group, &[(CFG_CMD, vec![CMD_BIND])])?;
-        let mut mode = COPY_RANGE.to_be_bytes().to_vec();
-        mode.extend_from_slice(&[COPY_PACKET, 0]);
-        socket.configure(group, &[(CFG_MODE, mode)])?;
+        let socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.set_non_blocking(true)?;
+        let _ = socket.set_rx_buf_sz(RECEIVE_BUFFER);
+        let socket = Self { socket };
+        socket.configure(group, ConfigCmd::Bind.into())?;
+        socket.configure(group, ConfigMode::new_packet(COPY_RANGE).into())?;
         Ok(socket)
     }
 
     /// Sends one config message and waits for its acknowledgement.
-    fn configure(&self, group: u16, attrs: &[(u16, Vec<u8>)]) -> io::Result<()> {
-        let msg = config_message(group, attrs);
-        // SAFETY: sends `msg`, which lives across the call, to the kernel
-        // (the zeroed address is pid 0).
-        let sent = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as u16;
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    fn configure(&self, group: u16, attr: ConfigNla) -> io::Result<()> {
+        let msg = config_message(group, attr);
+        // To the kernel (port 0, no group).
+        self.socket.send_to(&msg, &SocketAddr::new(0, 0), 0)?;
         // The acknowledgement, waited for briefly (the socket does not block).
         let mut buf = vec![0u8; 4096];
         for _ in 0..200 {
             match self.recv(&mut buf) {
                 Ok(n) => return ack(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(e) => return Err(e),
             }
@@ -141,50 +101,67 @@ impl NflogSocket {
 
     /// One datagram (possibly several messages) into `buf`.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: receives into `buf`, of its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        // A datagram longer than `buf` is cut to it, as recv(2) does.
+        self.socket
+            .recv(&mut &mut buf[..], 0)
+            .map(|n| n.min(buf.len()))
     }
 }
 
-/// `nlmsghdr` + `nfgenmsg` + attributes of a config message for `group`.
-fn config_message(group: u16, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
-    let mut body = vec![0u8, 0]; // AF_UNSPEC, NFNETLINK_V0
-    body.extend_from_slice(&group.to_be_bytes());
-    for (ty, value) in attrs {
-        let len = 4 + value.len();
-        body.extend_from_slice(&(len as u16).to_ne_bytes());
-        body.extend_from_slice(&ty.to_ne_bytes());
-        body.extend_from_slice(value);
-        body.resize(body.len().next_multiple_of(4), 0);
+/// A config message for `group`, asking for an acknowledgement.
+fn config_message(group: u16, attr: ConfigNla) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = 1;
+    let config = Config {
+        header: NetfilterHeader::new(NetfilterProtoFamily::Unspec, NFNETLINK_V0, group),
+        attrs: vec![attr],
+    };
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(config));
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
+}
+
+/// An `NFULNL_MSG_CONFIG` message's body. Not `NetfilterMessage`, whose
+/// serializer would link in every netfilter subsystem's (nftables,
+/// conntrack) for one message type.
+struct Config {
+    header: NetfilterHeader,
+    attrs: Vec<ConfigNla>,
+}
+
+impl NetlinkSerializable for Config {
+    fn message_type(&self) -> u16 {
+        u16::from(u8::from(NetfilterSubsystem::ULog)) << 8
+            | u16::from(u8::from(ULogMessageType::Config))
     }
-    let mut msg = Vec::with_capacity(16 + body.len());
-    msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    msg.extend_from_slice(&MSG_CONFIG.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel's
-    msg.extend_from_slice(&body);
-    msg
+
+    fn buffer_len(&self) -> usize {
+        NFGENMSG_LEN + self.attrs.as_slice().buffer_len()
+    }
+
+    fn serialize(&self, buffer: &mut [u8]) {
+        self.header.emit(&mut buffer[..NFGENMSG_LEN]);
+        self.attrs.as_slice().emit(&mut buffer[NFGENMSG_LEN..]);
+    }
 }
 
 /// The error of an acknowledgement (`NLMSG_ERROR` with 0 is success).
 fn ack(datagram: &[u8]) -> io::Result<()> {
     for (ty, payload) in messages(datagram) {
-        if ty == NLMSG_ERROR {
-            let code = payload
-                .get(..4)
-                .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-            return if code == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::from_raw_os_error(-code))
-            };
+        if ty != NLMSG_ERROR {
+            continue;
         }
+        let code = ErrorBuffer::new_checked(&payload)
+            .and_then(|buf| ErrorMessage::parse(&buf))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+            .code;
+        return match code {
+            None => Ok(()),
+            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+        };
     }
     Ok(())
 }
@@ -193,47 +170,42 @@ fn ack(datagram: &[u8]) -> io::Result<()> {
 fn messages(datagram: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let mut rest = datagram;
     std::iter::from_fn(move || {
-        let len = u32::from_ne_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let ty = u16::from_ne_bytes(rest.get(4..6)?.try_into().ok()?);
-        if len < 16 || len > rest.len() {
-            return None;
-        }
-        let payload = &rest[16..len];
+        let message = NetlinkBuffer::new_checked(rest).ok()?;
+        let len = message.length() as usize;
         rest = rest.get(len.next_multiple_of(4)..).unwrap_or(&[]);
-        Some((ty, payload))
+        Some((message.message_type(), message.payload()))
     })
 }
 
-/// The packets logged in one datagram.
+/// The packets logged in one datagram. Only `NFULNL_MSG_PACKET` messages
+/// are parsed (not every netfilter subsystem's, which `NetfilterMessage`
+/// would link in); one that does not parse is skipped.
 pub fn parse(datagram: &[u8]) -> Vec<Logged> {
+    let packet_type = u16::from(u8::from(NetfilterSubsystem::ULog)) << 8
+        | u16::from(u8::from(ULogMessageType::Packet));
     messages(datagram)
-        .filter(|&(ty, _)| ty == MSG_PACKET)
-        .filter_map(|(_, payload)| packet(payload.get(4..)?))
+        .filter(|&(ty, _)| ty == packet_type)
+        .filter_map(|(ty, payload)| {
+            // After the `nfgenmsg` header.
+            let attrs = payload.get(NFGENMSG_LEN..)?;
+            match ULogMessage::parse_with_param(attrs, ty as u8) {
+                Ok(ULogMessage::Packet(attrs)) => packet(&attrs),
+                _ => None,
+            }
+        })
         .collect()
 }
 
-/// One `NFULNL_MSG_PACKET`'s attributes (after its `nfgenmsg`).
-fn packet(mut attrs: &[u8]) -> Option<Logged> {
+/// One `NFULNL_MSG_PACKET`, from its attributes.
+fn packet(attrs: &[PacketNla]) -> Option<Logged> {
     let (mut indev, mut payload, mut prefix) = (None, None, String::new());
-    while attrs.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            break;
-        }
-        let value = &attrs[4..len];
-        match ty {
-            ATTR_INDEV if value.len() >= 4 => {
-                indev = Some(u32::from_be_bytes([value[0], value[1], value[2], value[3]]));
-            }
-            ATTR_PAYLOAD => payload = Some(value),
-            ATTR_PREFIX => {
-                let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
-                prefix = String::from_utf8_lossy(&value[..end]).into_owned();
-            }
+    for attr in attrs {
+        match attr {
+            PacketNla::IfIndexInDev(index) => indev = Some(*index),
+            PacketNla::Payload(bytes) => payload = Some(bytes.as_slice()),
+            PacketNla::Prefix(text) => prefix = text.to_string_lossy().into_owned(),
             _ => {}
         }
-        attrs = attrs.get(len.next_multiple_of(4)..).unwrap_or(&[]);
     }
     let (src, dst, proto, port) = ip_header(payload?)?;
     Some(Logged {
@@ -293,21 +265,29 @@ fn ip_header(p: &[u8]) -> Option<(IpAddr, IpAddr, u8, u16)> {
 
 /// The name of interface `index`, or its number when it is gone.
 fn interface_name(index: u32) -> String {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into `buf`.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
-    if p.is_null() {
-        return format!("if{index}");
+    match nix::net::if_::if_indextoname(index) {
+        Ok(name) => name.to_string_lossy().into_owned(),
+        Err(_) => format!("if{index}"),
     }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A `NFULNL_MSG_PACKET` as the kernel sends it, for `payload`.
+    /// `NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET` and `.. | NFULNL_MSG_CONFIG`.
+    const MSG_PACKET: u16 = 4 << 8;
+    const MSG_CONFIG: u16 = (4 << 8) | 1;
+    /// Packet attributes (`NFULA_*`).
+    const ATTR_INDEV: u16 = 4;
+    const ATTR_PAYLOAD: u16 = 9;
+    const ATTR_PREFIX: u16 = 10;
+    /// `NFULNL_CFG_CMD_BIND`, `NFULNL_COPY_PACKET`.
+    const CMD_BIND: u8 = 1;
+    const COPY_PACKET: u8 = 2;
+
+    /// A `NFULNL_MSG_PACKET` as the kernel sends it, for `payload`, laid
+    /// out by hand from the kernel's headers.
     fn packet_message(indev: u32, payload: &[u8]) -> Vec<u8> {
         let mut attrs = Vec::new();
         let mut attr = |ty: u16, value: &[u8]| {
@@ -373,12 +353,53 @@ mod tests {
     }
 
     #[test]
-    fn the_config_message_is_laid_out_as_nfnetlink_wants() {
-        let m = config_message(4269, &[(CFG_CMD, vec![CMD_BIND])]);
+    fn a_message_that_does_not_parse_leaves_the_next_one_read() {
+        let mut v4 = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+        v4.extend_from_slice(&[10, 0, 0, 9, 169, 254, 169, 254]);
+        v4.extend_from_slice(&[0x9c, 0x40, 0, 80]);
+        let mut broken = packet_message(1, &v4);
+        // A prefix without its terminating NUL does not parse.
+        let at = broken
+            .windows(4)
+            .position(|w| w == b"ard\0")
+            .expect("the prefix's end");
+        broken[at + 3] = b'!';
+        let mut datagram = broken;
+        datagram.extend_from_slice(&packet_message(1, &v4));
+        let logged = parse(&datagram);
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert_eq!(logged[0].port, 80);
+    }
+
+    #[test]
+    fn the_config_messages_are_laid_out_as_nfnetlink_wants() {
+        let m = config_message(4269, ConfigCmd::Bind.into());
         assert_eq!(m.len(), 16 + 4 + 8);
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), MSG_CONFIG);
+        assert_eq!(u16::from_ne_bytes([m[6], m[7]]), 1 | 4, "request, ack");
         assert_eq!(&m[18..20], &4269u16.to_be_bytes());
         assert_eq!(u16::from_ne_bytes([m[20], m[21]]), 5, "attribute length");
         assert_eq!(m[24], CMD_BIND);
+        let m = config_message(4269, ConfigMode::new_packet(COPY_RANGE).into());
+        assert_eq!(m.len(), 16 + 4 + 12);
+        assert_eq!(u16::from_ne_bytes([m[20], m[21]]), 10, "attribute length");
+        assert_eq!(&m[24..28], &COPY_RANGE.to_be_bytes());
+        assert_eq!(m[28], COPY_PACKET);
+    }
+
+    #[test]
+    fn an_acknowledgement_carries_the_kernels_error() {
+        let error = |code: i32| {
+            let mut m = Vec::new();
+            m.extend_from_slice(&(16u32 + 4 + 16).to_ne_bytes());
+            m.extend_from_slice(&2u16.to_ne_bytes()); // NLMSG_ERROR
+            m.extend_from_slice(&[0; 10]);
+            m.extend_from_slice(&code.to_ne_bytes());
+            m.extend_from_slice(&[0; 16]); // the request's header
+            m
+        };
+        ack(&error(0)).expect("0 is success");
+        let e = ack(&error(-libc::EBUSY)).expect_err("EBUSY");
+        assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
     }
 }
