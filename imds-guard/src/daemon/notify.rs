@@ -1,5 +1,7 @@
 //! Telling systemd how the service is doing (`Type=notify`), without
 //! libsystemd: readiness once the guard is enforcing, reloads, shutdown.
+//! By hand rather than with the `sd-notify` crate, which does not reach
+//! abstract socket names (CONTRIBUTING.md, "What we write by hand").
 //!
 //! The protocol (sd_notify(3), <https://systemd.io/NOTIFY/>) is a set of
 //! newline-separated `VARIABLE=value` assignments sent as one datagram on the
