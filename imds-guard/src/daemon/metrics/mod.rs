@@ -6,7 +6,8 @@
 //! in the text exposition format 0.0.4. [`serve`] (in `http.rs`) is a
 //! deliberately small HTTP/1.1 server for it, bounded so that a scraper
 //! that misbehaves costs a few kilobytes and a few seconds, never the
-//! agent's memory.
+//! agent's memory. Why by hand rather than with `hyper` and
+//! `prometheus-client`: CONTRIBUTING.md, "What we write by hand".
 
 use std::{
     fmt::{self, Write as _},
