@@ -11,7 +11,7 @@
 //! parent's entry for it can be stale, and a child created in that window
 //! is not yet visible to the agent's listing. The agent's part is then
 //! only to rewrite what existed before its tables (see
-//! `imds-guard/src/kernel/cgroups/`).
+//! `imds-guard/src/kernel/classify/`).
 //!
 //! The tracepoints fire for every cgroup hierarchy; only cgroup v2 (the
 //! hierarchy with id 0) is classified: a v1 hierarchy numbers its cgroups

@@ -59,7 +59,7 @@ pub struct Status {
     pub cgroups: Option<CgroupStatus>,
 }
 
-/// What the cgroup classification holds and has done (`cgroups/`).
+/// What the cgroup classification holds and has done (`classify/`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CgroupStatus {
     /// Whether the `cgroup_mkdir` program's link is pinned: new cgroups are

@@ -25,7 +25,7 @@ use imds_guard_common::{self as common, HostNamespaces, counter};
 use super::{
     btf::{Btf, BtfError},
     cgroup::{self, CgroupError},
-    cgroups::{self as classify, CgroupTracker, offsets::CgroupOffsetError},
+    classify::{self, Classifier, offsets::CgroupOffsetError},
     features,
     hooks::{HOOKS, HookSpec, ProgramKind},
     identity,
@@ -207,8 +207,8 @@ pub struct Guard {
     pub(super) ebpf: Ebpf,
     /// The maps a policy is written into, and what they hold.
     pub(super) maps: PolicyMaps,
-    /// Cgroups classified as they are created (`cgroups/`).
-    pub(super) cgroups: CgroupTracker,
+    /// Cgroups classified as they are created (`classify/`).
+    pub(super) classifier: Classifier,
 }
 
 impl Guard {
@@ -261,11 +261,11 @@ impl Guard {
             .ok_or(GuardError::MissingMap(common::MAP_RESOLVED))?;
         identity::record(resolved, &offsets, &host)?;
         let maps = PolicyMaps::new(&ebpf)?;
-        let cgroups = CgroupTracker::new(&mut ebpf)?;
+        let classifier = Classifier::new(&mut ebpf)?;
         Ok(Self {
             ebpf,
             maps,
-            cgroups,
+            classifier,
         })
     }
 
@@ -310,7 +310,7 @@ impl Guard {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             loaded.and(applied)
         })?;
-        self.cgroups.prepare(&mut self.ebpf, generation, policy)?;
+        self.classifier.prepare(&mut self.ebpf, generation, policy)?;
         Ok(generation)
     }
 
@@ -321,31 +321,31 @@ impl Guard {
 
     /// Puts `policy` in force; returns its generation (see
     /// `policy_maps.rs`). Its cgroup patterns, and every cgroup's rule
-    /// under them, are written first (`cgroups/`), once no program reads
+    /// under them, are written first (`classify/`), once no program reads
     /// the generation being written any more.
     pub fn apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
         self.maps.settle()?;
         let next = self.maps.next_generation();
-        self.cgroups.prepare(&mut self.ebpf, next, policy)?;
+        self.classifier.prepare(&mut self.ebpf, next, policy)?;
         self.maps.apply(policy, &with_cgroup_flags(policy, stamp))
     }
 
     /// The pods present, for `pods` rules: the next [`Guard::apply`]
     /// writes their patterns.
     pub fn set_pods(&mut self, pods: crate::policy::cgroups::Pods) {
-        self.cgroups.set_pods(pods);
+        self.classifier.set_pods(pods);
     }
 
     /// Pods whose patterns did not fit beside the others at the last
     /// apply (they are not allowed).
     pub fn dropped_pods(&self) -> &[(crate::policy::cgroups::PodName, String)] {
-        &self.cgroups.dropped().pods
+        &self.classifier.dropped().pods
     }
 
     /// Reads what the classification programs reported (new cgroups'
     /// paths), so that [`Guard::cgroup_path`] knows them.
     pub fn drain_cgroup_events(&mut self) -> Result<(), GuardError> {
-        self.cgroups.drain(false)
+        self.classifier.drain(false)
     }
 
     /// The path of cgroup `id`, and the pod it is of among the pods the
@@ -354,8 +354,8 @@ impl Guard {
         &self,
         id: u64,
     ) -> Option<(String, Option<crate::policy::cgroups::PodName>)> {
-        let path = self.cgroups.path_of(id)?;
-        let pod = self.cgroups.pod_of(path).cloned();
+        let path = self.classifier.path_of(id)?;
+        let pod = self.classifier.pod_of(path).cloned();
         Some((String::from_utf8_lossy(path).into_owned(), pod))
     }
 
@@ -443,7 +443,7 @@ impl Guard {
                 let map = self.ebpf.map(name).ok_or(GuardError::MissingMap(name))?;
                 pins.pin_map(name, map)?;
             }
-            self.cgroups.pin(&self.ebpf, pins)?;
+            self.classifier.pin(&self.ebpf, pins)?;
         }
         Ok(report)
     }

@@ -4,7 +4,7 @@
 //! and what they report (`records.rs`). `hooks.rs` is the one table of
 //! hooks; `sys.rs` the `bpf(2)` commands aya does not wrap; `offsets.rs`
 //! and `identity.rs` what the programs are told of the kernel's layout and
-//! of the host's namespaces. `cgroups/` keeps every cgroup's rule for unit,
+//! of the host's namespaces. `classify/` keeps every cgroup's rule for unit,
 //! cgroup and pod entries.
 //!
 //! Imports: `policy` only. Nothing here logs decisions, talks to systemd or
@@ -13,7 +13,7 @@
 pub mod batch;
 pub mod btf;
 pub mod cgroup;
-pub mod cgroups;
+pub mod classify;
 pub mod features;
 pub mod forward;
 pub mod hooks;

@@ -250,7 +250,7 @@ impl Pins {
         // The cgroup classification programs: a raw tracepoint's link
         // cannot be detached, only let go; once unpinned it goes with the
         // agent, which `detach` stops.
-        for name in super::cgroups::PROGRAMS {
+        for name in super::classify::PROGRAMS {
             let path = self.link_path(name);
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -258,7 +258,7 @@ impl Pins {
                 Err(e) => return Err(pin_err("remove", &path)(e)),
             }
         }
-        for name in PINNED_MAPS.into_iter().chain(super::cgroups::PINNED_MAPS) {
+        for name in PINNED_MAPS.into_iter().chain(super::classify::PINNED_MAPS) {
             let path = self.map_path(name);
             match fs::remove_file(&path) {
                 Ok(()) => {}

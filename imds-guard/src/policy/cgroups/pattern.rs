@@ -1,6 +1,6 @@
 //! The cgroup pattern language, as the agent reads and matches it (the
 //! programs match the same language through lookup tables, see
-//! `kernel/cgroups/tables.rs`; a test holds the two to the same answers).
+//! `kernel/classify/tables.rs`; a test holds the two to the same answers).
 //!
 //! A pattern is a cgroup path from the cgroup v2 root: `/` then components
 //! separated by `/`. A component is a literal (`docker.service`) or one

@@ -20,7 +20,7 @@
 //! (the two matchers agree: `tables.rs`), and an entry that could not be
 //! stored before (a full map) may fit now.
 //!
-//! [`prepare`]: CgroupTracker::prepare
+//! [`prepare`]: Classifier::prepare
 
 pub mod offsets;
 mod scan;
@@ -78,7 +78,7 @@ const _: () = assert!(size_of::<LpmKey>() == 4 + size_of::<ComponentKey>());
 
 /// The classification maps, the programs' links and what the agent knows
 /// of the cgroups.
-pub(crate) struct CgroupTracker {
+pub(crate) struct Classifier {
     class: OwnedFd,
     prefixes: OwnedFd,
     suffixes: OwnedFd,
@@ -104,7 +104,7 @@ pub(crate) struct CgroupTracker {
     paths: HashMap<u64, Vec<u8>>,
 }
 
-impl CgroupTracker {
+impl Classifier {
     /// The maps of `ebpf` (its event ring taken), nothing written.
     pub(crate) fn new(ebpf: &mut Ebpf) -> Result<Self, GuardError> {
         let fd = |name: &'static str| -> Result<OwnedFd, GuardError> {
