@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use imds_guard::kernel::{hooks::HOOKS, sys};
+use imds_guard::kernel::{programs, sys};
 use imds_guard_e2e::{
     Action, Agent, IMDS_PORT, IMDS_V4, IMDS_V6, Probe, Sandbox, UDP_PORT, field,
     privileged_or_skip, slowdown,
@@ -40,13 +40,12 @@ fn probe(w: &Sandbox, uid: u32) -> Probe {
     w.probe_as(uid, uid)
 }
 
-/// Programs attached to the test cgroup itself, per hook.
+/// Programs attached to the test cgroup itself, per program of ours on it.
 fn attachments(w: &Sandbox) -> Vec<usize> {
     let dir = std::fs::File::open(w.cgroup.path()).expect("open the cgroup");
-    HOOKS
-        .iter()
-        .map(|h| {
-            sys::prog_query(dir.as_fd(), h.attach_type)
+    programs::guarding()
+        .map(|(_, attach_type)| {
+            sys::prog_query(dir.as_fd(), attach_type)
                 .expect("query")
                 .len()
         })
@@ -129,7 +128,7 @@ fn killed_with_sigkill_the_agent_leaves_the_guard_enforcing() {
     expect_p1(&w);
     let r = probe(&w, X).run(Action::http(IMDS_V4, IMDS_PORT));
     assert_eq!(r.assert_ok().body, w.imds.credentials_body());
-    assert_eq!(attachments(&w), vec![1; HOOKS.len()]);
+    assert_eq!(attachments(&w), vec![1; programs::GUARDING]);
     let (code, status) = w.status();
     assert_eq!(code, Some(0), "{status}");
     assert_eq!(status["enforcing"], true, "{status}");
@@ -187,12 +186,12 @@ fn a_restarted_agent_takes_over_without_a_gap_or_a_second_attachment() {
         .expect("ready");
     assert_eq!(
         field(&ready, "adopted"),
-        Some(&Value::from(HOOKS.len())),
+        Some(&Value::from(programs::GUARDING)),
         "{ready}"
     );
     assert_eq!(
         attachments(&w),
-        vec![1; HOOKS.len()],
+        vec![1; programs::GUARDING],
         "exactly one attachment per hook"
     );
     let (code, after) = w.status();
@@ -311,7 +310,7 @@ fn detach_leaves_nothing_pinned_or_attached() {
     let w = Sandbox::new();
     w.policy(P1);
     let agent = w.start_agent(&[]);
-    assert_eq!(attachments(&w), vec![1; HOOKS.len()]);
+    assert_eq!(attachments(&w), vec![1; programs::GUARDING]);
     let out = w.cli(&["detach"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -321,7 +320,7 @@ fn detach_leaves_nothing_pinned_or_attached() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains(&format!("detached {} link(s)", HOOKS.len())),
+        stdout.contains(&format!("detached {} link(s)", programs::GUARDING)),
         "{stdout}"
     );
     // It stops the agent, which has nothing left to guard.
@@ -329,7 +328,7 @@ fn detach_leaves_nothing_pinned_or_attached() {
         .wait_exit(Duration::from_secs(10))
         .expect("the agent stops");
     assert_eq!(status.code(), Some(0));
-    assert_eq!(attachments(&w), vec![0; HOOKS.len()]);
+    assert_eq!(attachments(&w), vec![0; programs::GUARDING]);
     assert!(!w.pin_dir().exists(), "the pin directory is gone");
     // Only bpffs's own `maps.debug` and `progs.debug` remain.
     let left: Vec<String> = std::fs::read_dir(w.bpffs.path())
@@ -365,7 +364,7 @@ fn sigterm_leaves_the_guard_pinned() {
         .unwrap_or("");
     assert!(message.contains("imds-guard detach"), "{last}");
     expect_p1(&w);
-    assert_eq!(attachments(&w), vec![1; HOOKS.len()]);
+    assert_eq!(attachments(&w), vec![1; programs::GUARDING]);
 }
 
 #[test]
@@ -384,7 +383,10 @@ fn status_reads_what_is_in_force_from_the_kernel() {
     assert_eq!(s["mode"], "audit");
     assert_eq!(s["enforcing"], true);
     assert_eq!(s["cgroup"], w.cgroup.path().to_str().expect("utf-8"));
-    assert_eq!(s["links"].as_array().map(Vec::len), Some(HOOKS.len()));
+    assert_eq!(
+        s["links"].as_array().map(Vec::len),
+        Some(programs::GUARDING)
+    );
     assert_eq!(s["counters"]["audited"], 1, "{s}");
     assert_eq!(s["agent_alive"], true);
     let digest = imds_guard::policy::PolicySpec::load(&config)
@@ -651,7 +653,7 @@ fn a_second_agent_refuses_to_take_over_from_a_live_one() {
         first.pid(),
         "the first keeps the guard"
     );
-    assert_eq!(attachments(&w), vec![1; HOOKS.len()]);
+    assert_eq!(attachments(&w), vec![1; programs::GUARDING]);
 }
 
 #[test]
@@ -677,10 +679,10 @@ fn a_pinned_link_that_was_detached_is_replaced_not_trusted() {
         .expect("ready");
     assert_eq!(
         field(&ready, "adopted"),
-        Some(&Value::from(HOOKS.len() - 1)),
+        Some(&Value::from(programs::GUARDING - 1)),
         "{ready}"
     );
-    assert_eq!(attachments(&w), vec![1; HOOKS.len()]);
+    assert_eq!(attachments(&w), vec![1; programs::GUARDING]);
     probe(&w, Y)
         .run(Action::connect(IMDS_V6, IMDS_PORT))
         .assert_errno(EPERM);
@@ -711,7 +713,7 @@ fn a_second_guard_on_the_same_cgroup_is_named_by_both() {
     assert!(message.contains("another imds-guard guard"), "{message}");
     let (_, both) = w.status();
     let others = both["other_guards"].as_array().expect("listed");
-    assert_eq!(others.len(), HOOKS.len(), "{both}");
+    assert_eq!(others.len(), programs::GUARDING, "{both}");
     drop(second);
     drop(first);
 }

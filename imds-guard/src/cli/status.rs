@@ -14,10 +14,10 @@ use crate::{
         btf::Btf,
         features::{self, Found},
         forward,
-        hooks::HOOKS,
         inspect::Status,
         offsets::{self, kernel_release},
         pins::Pins,
+        programs,
     },
     policy::{Mode, PolicySpec, SystemResolver, hex},
 };
@@ -208,7 +208,7 @@ pub fn to_json(status: &Status) -> Value {
         "cgroup": status.cgroup,
         "cgroup_id": status.links.first().map(|l| l.cgroup_id),
         "links": status.links.iter().map(|l| json!({
-            "program": l.hook.as_str(),
+            "program": l.program,
             "link_id": l.link_id,
             "prog_id": l.prog_id,
             "cgroup_id": l.cgroup_id,
@@ -232,7 +232,7 @@ pub fn to_json(status: &Status) -> Value {
             "events_lost": c.events_lost,
         })),
         "other_guards": status.other_guards.iter().map(|o| json!({
-            "program": o.hook.as_str(),
+            "program": o.program,
             "prog_id": o.prog_id,
         })).collect::<Vec<_>>(),
     })
@@ -296,13 +296,13 @@ pub fn to_text(status: &Status) -> String {
         format!("{doing} (mode {mode})")
     } else if status.links.is_empty() {
         "not attached".to_owned()
-    } else if status.live_links() == HOOKS.len() && status.mode().is_some() {
+    } else if status.live_links() == programs::GUARDING && status.mode().is_some() {
         format!("NOT enforcing (the forward path is open, mode {mode})")
     } else {
         format!(
             "NOT enforcing ({} of {} hooks attached, mode {mode})",
             status.live_links(),
-            HOOKS.len(),
+            programs::GUARDING,
         )
     };
     let _ = writeln!(s, "imds-guard: {state}");
@@ -366,8 +366,8 @@ fn where_and_what(status: &Status, s: &mut String) {
     for l in &status.links {
         let _ = writeln!(
             s,
-            "  {:<9} link {} program {}{}",
-            l.hook.as_str(),
+            "  {} link {} program {}{}",
+            l.program,
             l.link_id,
             l.prog_id,
             if l.cgroup_id == 0 { " (detached)" } else { "" }
@@ -419,7 +419,7 @@ fn warnings(status: &Status, s: &mut String) {
         let list: Vec<String> = status
             .other_guards
             .iter()
-            .map(|o| format!("{} (program id {})", o.hook.as_str(), o.prog_id))
+            .map(|o| format!("{} (program id {})", o.program, o.prog_id))
             .collect();
         let _ = writeln!(
             s,

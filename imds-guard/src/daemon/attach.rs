@@ -140,7 +140,7 @@ fn warn_other_guards(cgroup: &Path, pins: &Pins) {
     }
     let list: Vec<String> = others
         .iter()
-        .map(|o| format!("{} (program id {})", o.hook.as_str(), o.prog_id))
+        .map(|o| format!("{} (program id {})", o.program, o.prog_id))
         .collect();
     tracing::error!(
         other_guard = true,

@@ -388,8 +388,8 @@ fn summarize(s: &Suppressed<Sample>) {
 /// (alice) gid 1000`: what was decided, and who, in words.
 fn describe(d: &DecisionRecord, user: Option<&str>) -> String {
     let what = match d.proto_name() {
-        Some(proto) => format!("{} ({proto})", d.hook.spec().subject.as_str()),
-        None => d.hook.spec().subject.as_str().to_owned(),
+        Some(proto) => format!("{} ({proto})", d.hook.subject().as_str()),
+        None => d.hook.subject().as_str().to_owned(),
     };
     // `[v6]:port` for IPv6, as a socket address is written.
     let to = SocketAddr::new(d.dst, d.port);

@@ -284,6 +284,28 @@ mod tests {
     }
 
     #[test]
+    fn every_attach_type_of_the_programs_is_checked() {
+        let checked: Vec<&str> = FEATURES
+            .iter()
+            .filter_map(|f| match f.how {
+                How::Enumerators("bpf_attach_type", names) => Some(names),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect();
+        for (row, attach_type) in crate::kernel::programs::guarding() {
+            // The generated enum's variants are the kernel's names.
+            let name = format!("{attach_type:?}");
+            assert!(
+                checked.contains(&name.as_str()),
+                "{} attaches at {name}, which no feature checks",
+                row.name
+            );
+        }
+    }
+
+    #[test]
     fn the_verifier_names_the_helper_it_refused() {
         let log = "442: (5d) if r1 != r8 goto pc+1457\n443: (85) call \
                    bpf_get_current_pid_tgid#14\nunknown func bpf_get_current_pid_tgid#14\n";

@@ -13,18 +13,18 @@ use imds_guard_common::{self as common, mode};
 use super::{
     cgroup,
     forward::{self, ForwardCounters},
-    hooks::{HOOKS, Hook},
     identity,
     loader::{Counters, GuardError, map_err, read_counters},
     pins::{PinError, Pins},
-    sys,
+    programs, sys,
 };
 use crate::{chain::Chain, policy::Mode};
 
-/// One hook's pinned link.
+/// The pinned link of a program on the guarded cgroup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkStatus {
-    pub hook: Hook,
+    /// The program's name ([`programs::TABLE`]).
+    pub program: &'static str,
     pub link_id: u32,
     pub prog_id: u32,
     /// 0 once the link was detached (or its cgroup removed).
@@ -35,7 +35,7 @@ pub struct LinkStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     pub pin_dir: PathBuf,
-    /// The pinned links found, in hook order.
+    /// The pinned links found, in the order of [`programs::guarding`].
     pub links: Vec<LinkStatus>,
     /// The cgroup the links are attached to, when found below the cgroup v2
     /// root.
@@ -80,12 +80,12 @@ pub struct CgroupStatus {
 impl Status {
     pub fn read(pins: &Pins) -> Result<Self, GuardError> {
         let mut links = Vec::new();
-        for spec in &HOOKS {
-            if let Some((path, fd)) = pins.open_link(spec.program)? {
+        for (row, _) in programs::guarding() {
+            if let Some((path, fd)) = pins.open_link(row.name)? {
                 let info = sys::link_info(fd.as_fd())
                     .map_err(|e| PinError::new("read the pinned link", &path, e))?;
                 links.push(LinkStatus {
-                    hook: spec.hook,
+                    program: row.name,
                     link_id: info.id,
                     prog_id: info.prog_id,
                     cgroup_id: info.cgroup_id,
@@ -142,11 +142,11 @@ impl Status {
         }
     }
 
-    /// Every hook has a live link, the config is valid and the forward
-    /// table is in force: the guard decides by the policy (enforcing, or
-    /// auditing as configured).
+    /// Every program on the cgroup has a live link, the config is valid
+    /// and the forward table is in force: the guard decides by the policy
+    /// (enforcing, or auditing as configured).
     pub fn enforcing(&self) -> bool {
-        self.links.len() == HOOKS.len()
+        self.links.len() == programs::GUARDING
             && self.links.iter().all(|l| l.cgroup_id != 0)
             && self.mode().is_some()
             && self.forward_guarded()
@@ -261,7 +261,8 @@ pub fn is_agent(pid: u32) -> bool {
 /// and a deny from either wins).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtherGuard {
-    pub hook: Hook,
+    /// The program's name ([`programs::TABLE`]).
+    pub program: &'static str,
     pub prog_id: u32,
 }
 
@@ -280,9 +281,8 @@ pub fn first_attached(pins: &Pins) -> Option<u64> {
 
 /// The ids of the programs in the links pinned at `pins`.
 pub fn pinned_prog_ids(pins: &Pins) -> Vec<u32> {
-    HOOKS
-        .iter()
-        .filter_map(|spec| pins.open_link(spec.program).ok().flatten())
+    programs::guarding()
+        .filter_map(|(row, _)| pins.open_link(row.name).ok().flatten())
         .filter_map(|(_, fd)| sys::link_info(fd.as_fd()).ok())
         .map(|info| info.prog_id)
         .collect()
@@ -293,15 +293,15 @@ pub fn pinned_prog_ids(pins: &Pins) -> Vec<u32> {
 pub fn other_guards(cgroup: &Path, ours: &[u32]) -> std::io::Result<Vec<OtherGuard>> {
     let dir = std::fs::File::open(cgroup)?;
     let mut others = Vec::new();
-    for spec in &HOOKS {
-        for id in sys::prog_query(dir.as_fd(), spec.attach_type)? {
+    for (row, attach_type) in programs::guarding() {
+        for id in sys::prog_query(dir.as_fd(), attach_type)? {
             if ours.contains(&id) {
                 continue;
             }
             // Gone meanwhile, or not ours to read: not one of ours either.
-            if sys::prog_name(id).is_ok_and(|name| name == spec.program) {
+            if sys::prog_name(id).is_ok_and(|name| name == row.name) {
                 others.push(OtherGuard {
-                    hook: spec.hook,
+                    program: row.name,
                     prog_id: id,
                 });
             }

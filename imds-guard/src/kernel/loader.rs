@@ -26,12 +26,11 @@ use super::{
     btf::{Btf, BtfError},
     cgroup::{self, CgroupError},
     classify::{self, Classifier, offsets::CgroupOffsetError},
-    features,
-    hooks::{HOOKS, HookSpec, ProgramKind},
-    identity,
+    features, identity,
     offsets::{self, OffsetError},
-    pins::{PINNED_MAPS, PinError, Pins},
+    pins::{PinError, Pins},
     policy_maps::PolicyMaps,
+    programs::{self, Hook, Kind, Row},
     sys,
 };
 use crate::policy::Policy;
@@ -167,8 +166,8 @@ pub struct Counters {
     pub audited: u64,
     pub events_lost: u64,
     pub errors: u64,
-    /// `[hook][counter kind]`, in the order of [`HOOKS`].
-    pub by_hook: [[u64; counter::KINDS as usize]; HOOKS.len()],
+    /// `[hook][counter kind]`, by hook number ([`Hook::ALL`]).
+    pub by_hook: [[u64; counter::KINDS as usize]; Hook::ALL.len()],
 }
 
 /// What a policy's config records besides mode and default.
@@ -310,7 +309,8 @@ impl Guard {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             loaded.and(applied)
         })?;
-        self.classifier.prepare(&mut self.ebpf, generation, policy)?;
+        self.classifier
+            .prepare(&mut self.ebpf, generation, policy)?;
         Ok(generation)
     }
 
@@ -423,35 +423,35 @@ impl Guard {
         let cgroup_id = cgroup::id(&file, cgroup)?;
         let plan = match pins {
             Some(pins) => plan(pins, cgroup, cgroup_id)?,
-            None => HOOKS.iter().map(|_| Step::Attach).collect(),
+            None => programs::guarding().map(|_| Step::Attach).collect(),
         };
         let mut report = AttachReport::default();
-        for (spec, step) in HOOKS.iter().zip(plan) {
+        for ((row, _), step) in programs::guarding().zip(plan) {
             match step {
                 Step::Adopt { path, link } => {
-                    self.adopt(spec, path, &link)?;
+                    self.adopt(row, path, &link)?;
                     report.adopted += 1;
                 }
                 Step::Attach => {
-                    self.attach_new(spec, &file, cgroup, pins)?;
+                    self.attach_new(row, &file, cgroup, pins)?;
                     report.attached += 1;
                 }
             }
         }
         if let Some(pins) = pins {
-            for name in PINNED_MAPS {
+            for name in programs::pinned_maps() {
                 let map = self.ebpf.map(name).ok_or(GuardError::MissingMap(name))?;
                 pins.pin_map(name, map)?;
             }
-            self.classifier.pin(&self.ebpf, pins)?;
+            self.classifier.pin(pins)?;
         }
         Ok(report)
     }
 
-    /// Swaps our program for `spec` into the pinned `link`.
-    fn adopt(&mut self, spec: &HookSpec, path: PathBuf, link: &OwnedFd) -> Result<(), GuardError> {
-        let name = spec.program;
-        let program = self.program(spec)?;
+    /// Swaps our program of `row` into the pinned `link`.
+    fn adopt(&mut self, row: &Row, path: PathBuf, link: &OwnedFd) -> Result<(), GuardError> {
+        let name = row.name;
+        let program = self.program(row)?;
         let prog_fd = program
             .fd()
             .map_err(|source| GuardError::LoadProgram { name, source })?;
@@ -459,16 +459,16 @@ impl Guard {
             .map_err(|source| GuardError::Update { path, source })
     }
 
-    /// Attaches our program for `spec` to `file` (the cgroup at `path`),
+    /// Attaches our program of `row` to `file` (the cgroup at `path`),
     /// and pins its link when pinning.
     fn attach_new(
         &mut self,
-        spec: &HookSpec,
+        row: &Row,
         file: &std::fs::File,
         path: &Path,
         pins: Option<&Pins>,
     ) -> Result<(), GuardError> {
-        let name = spec.program;
+        let name = row.name;
         let attach_err = |source| GuardError::Attach {
             name,
             cgroup: path.to_owned(),
@@ -476,7 +476,7 @@ impl Guard {
         };
         let not_a_link = |source| GuardError::NotALink { name, source };
         // Without pins, the link stays with the program (and goes with it).
-        let link: Option<FdLink> = match self.program(spec)? {
+        let link: Option<FdLink> = match self.program(row)? {
             Program::SockAddr(p) => {
                 let id = p.attach(file, attach_mode()).map_err(attach_err)?;
                 match pins {
@@ -519,20 +519,21 @@ impl Guard {
         read_counters(map)
     }
 
-    /// The program behind `spec`, as the type its kind says.
-    fn program(&mut self, spec: &HookSpec) -> Result<Program<'_>, GuardError> {
-        let program = self.ebpf.program_mut(spec.program);
-        let typed = match spec.kind {
-            ProgramKind::SockAddr => program
+    /// The cgroup program of `row`, as the type its kind says.
+    fn program(&mut self, row: &Row) -> Result<Program<'_>, GuardError> {
+        let program = self.ebpf.program_mut(row.name);
+        let typed = match row.kind {
+            Kind::SockAddr(_) => program
                 .and_then(|p| p.try_into().ok())
                 .map(Program::SockAddr),
-            ProgramKind::SkbEgress => program.and_then(|p| p.try_into().ok()).map(Program::Skb),
+            Kind::SkbEgress => program.and_then(|p| p.try_into().ok()).map(Program::Skb),
+            Kind::RawTracepoint(_) | Kind::Map => None,
         };
-        typed.ok_or(GuardError::MissingProgram(spec.program))
+        typed.ok_or(GuardError::MissingProgram(row.name))
     }
 }
 
-/// A hook's program, as its type.
+/// A cgroup program, as its type.
 enum Program<'a> {
     SockAddr(&'a mut CgroupSockAddr),
     Skb(&'a mut CgroupSkb),
@@ -561,12 +562,13 @@ fn attach_mode() -> CgroupAttachMode {
     }
 }
 
-/// What to do for each hook, in the order of [`HOOKS`], given what is
-/// pinned: every pinned link is checked before anything changes.
+/// What to do for each program on the cgroup, in the order of
+/// [`programs::guarding`], given what is pinned: every pinned link is
+/// checked before anything changes.
 fn plan(pins: &Pins, cgroup: &Path, cgroup_id: u64) -> Result<Vec<Step>, GuardError> {
-    let mut plan = Vec::with_capacity(HOOKS.len());
-    for spec in &HOOKS {
-        let Some((path, link)) = pins.open_link(spec.program)? else {
+    let mut plan = Vec::with_capacity(programs::GUARDING);
+    for (row, _) in programs::guarding() {
+        let Some((path, link)) = pins.open_link(row.name)? else {
             plan.push(Step::Attach);
             continue;
         };
@@ -602,13 +604,13 @@ pub fn read_counters(map: &Map) -> Result<Counters, GuardError> {
         PerCpuArray::try_from(map).map_err(map_err(common::MAP_COUNTERS))?;
     let hooks = (array.len() / counter::KINDS) as usize;
     let mut c = Counters::default();
-    for spec in HOOKS.iter().take(hooks) {
+    for hook in Hook::ALL.iter().take(hooks) {
         for kind in 0..counter::KINDS {
             let values = array
-                .get(&common::counter_index(spec.wire, kind), 0)
+                .get(&common::counter_index(hook.wire(), kind), 0)
                 .map_err(map_err(common::MAP_COUNTERS))?;
             let total: u64 = values.iter().sum();
-            c.by_hook[usize::from(spec.wire)][kind as usize] = total;
+            c.by_hook[usize::from(hook.wire())][kind as usize] = total;
             match kind {
                 counter::ALLOWED => c.allowed += total,
                 counter::DENIED => c.denied += total,
@@ -710,23 +712,19 @@ fn with_cgroup_flags(policy: &Policy, stamp: &Stamp) -> Stamp {
     Stamp { flags, ..*stamp }
 }
 
-/// Loads every program into the kernel: each hook's, and the cgroup
-/// classification programs. The verifier is most of a start's time: half
-/// the programs on another CPU.
+/// Loads every program of [`programs::TABLE`] into the kernel. The
+/// verifier is most of a start's time: half the programs on another CPU.
 fn load_programs(ebpf: &mut Ebpf) -> Result<(), GuardError> {
-    let expected = || {
-        let hooks = HOOKS.iter().map(|h| h.program);
-        hooks.chain(classify::PROGRAMS)
-    };
-    let mut programs = Vec::with_capacity(HOOKS.len() + classify::PROGRAMS.len());
+    let expected = || programs::programs().map(|row| row.name);
+    let mut found = Vec::with_capacity(expected().count());
     for (name, program) in ebpf.programs_mut() {
         let name = expected()
             .find(|p| *p == name)
             .ok_or(GuardError::UnknownProgram(name.to_owned()))?;
-        programs.push((name, program));
+        found.push((name, program));
     }
     for name in expected() {
-        if !programs.iter().any(|(loaded, _)| *loaded == name) {
+        if !found.iter().any(|(loaded, _)| *loaded == name) {
             return Err(GuardError::MissingProgram(name));
         }
     }
@@ -739,8 +737,8 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), GuardError> {
             }
             Ok(())
         };
-    let half = programs.len() / 2;
-    let (first, second) = programs.split_at_mut(half);
+    let half = found.len() / 2;
+    let (first, second) = found.split_at_mut(half);
     std::thread::scope(|scope| {
         let other = scope.spawn(|| load(first));
         let here = load(second);

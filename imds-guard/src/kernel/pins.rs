@@ -18,7 +18,7 @@ use aya::{
     programs::links::FdLink,
 };
 
-use super::{hooks::HOOKS, sys};
+use super::{programs, sys};
 
 /// The default pin directory.
 pub const DEFAULT_DIR: &str = "/sys/fs/bpf/imds-guard";
@@ -32,13 +32,6 @@ pub fn command_for(dir: &Path, command: &str) -> String {
         format!("imds-guard {command} --pin-dir {}", dir.display())
     }
 }
-/// The maps `status` reads back from their pins.
-pub const PINNED_MAPS: [&str; 4] = [
-    imds_guard_common::MAP_ACTIVE,
-    imds_guard_common::MAP_CONFIG,
-    imds_guard_common::MAP_COUNTERS,
-    imds_guard_common::MAP_RESOLVED,
-];
 /// Where systemd (and we, if it did not) mount the bpf filesystem.
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// `BPF_FS_MAGIC`.
@@ -230,47 +223,45 @@ impl Pins {
         unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
     }
 
-    /// Whether any link is pinned.
+    /// Whether any link on the guarded cgroup is pinned.
     pub fn any_link(&self) -> bool {
-        HOOKS.iter().any(|h| self.link_path(h.program).exists())
+        programs::guarding().any(|(row, _)| self.link_path(row.name).exists())
     }
 
     /// Detaches every pinned link (whoever else holds it) and removes every
     /// pin and the directory. Returns the number of links detached.
     pub fn detach_all(&self) -> Result<usize, PinError> {
         let mut detached = 0;
-        for hook in &HOOKS {
-            if let Some((path, fd)) = self.open_link(hook.program)? {
+        for (row, _) in programs::guarding() {
+            if let Some((path, fd)) = self.open_link(row.name)? {
                 use std::os::fd::AsFd as _;
                 sys::link_detach(fd.as_fd()).map_err(pin_err("detach the pinned link", &path))?;
                 fs::remove_file(&path).map_err(pin_err("remove", &path))?;
                 detached += 1;
             }
         }
-        // The cgroup classification programs: a raw tracepoint's link
-        // cannot be detached, only let go; once unpinned it goes with the
-        // agent, which `detach` stops.
-        for name in super::classify::PROGRAMS {
-            let path = self.link_path(name);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(pin_err("remove", &path)(e)),
-            }
+        // A raw tracepoint's link cannot be detached, only let go; once
+        // unpinned it goes with the agent, which `detach` stops.
+        for (row, _) in programs::tracepoints() {
+            remove_pin(&self.link_path(row.name))?;
         }
-        for name in PINNED_MAPS.into_iter().chain(super::classify::PINNED_MAPS) {
-            let path = self.map_path(name);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(pin_err("remove", &path)(e)),
-            }
+        for name in programs::pinned_maps() {
+            remove_pin(&self.map_path(name))?;
         }
         match fs::remove_dir(&self.dir) {
             Ok(()) => Ok(detached),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(detached),
             Err(e) => Err(pin_err("remove", &self.dir)(e)),
         }
+    }
+}
+
+/// Removes the pin at `path`, if there is one.
+fn remove_pin(path: &Path) -> Result<(), PinError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(pin_err("remove", path)(e)),
     }
 }
 

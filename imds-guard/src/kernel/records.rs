@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use imds_guard_common::{Event, NO_ID, family, kind, ns, reason, verdict};
 
-use super::hooks::Hook;
+use super::programs::Hook;
 use crate::{
     policy::{Outcome, Place, Reason},
     text::printable,

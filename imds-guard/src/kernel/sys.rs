@@ -17,6 +17,8 @@ use std::{
     path::Path,
 };
 
+use aya_obj::generated::bpf_attach_type;
+
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -27,15 +29,6 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
-
-/// `enum bpf_attach_type` values of the hooks.
-pub mod attach_type {
-    pub const CGROUP_INET_EGRESS: u32 = 1;
-    pub const CGROUP_INET4_CONNECT: u32 = 10;
-    pub const CGROUP_INET6_CONNECT: u32 = 11;
-    pub const CGROUP_UDP4_SENDMSG: u32 = 14;
-    pub const CGROUP_UDP6_SENDMSG: u32 = 15;
-}
 
 pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a `#[repr(C)]` prefix of `union bpf_attr` for `cmd`,
@@ -166,7 +159,7 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
 
 /// The ids of the programs attached to `cgroup` itself (not inherited) for
 /// `attach_type`.
-pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: bpf_attach_type) -> io::Result<Vec<u32>> {
     #[repr(C)]
     struct Attr {
         target_fd: u32,
@@ -184,7 +177,7 @@ pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u3
     let mut ids = vec![0u32; 64];
     let mut attr = Attr {
         target_fd: cgroup.as_raw_fd() as u32,
-        attach_type,
+        attach_type: attach_type as u32,
         query_flags: 0,
         attach_flags: 0,
         prog_ids: ids.as_mut_ptr() as u64,

@@ -20,7 +20,7 @@ use imds_guard_common::counter;
 
 pub use self::http::{Exporter, sandbox_hint, serve};
 use crate::{
-    kernel::{Counters, forward::ForwardCounters, hooks::HOOKS},
+    kernel::{Counters, forward::ForwardCounters, programs::Hook},
     policy::Mode,
 };
 
@@ -330,12 +330,7 @@ impl Exposition<'_> {
     fn counters(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.0;
         let by_hook = |kind: u32| {
-            HOOKS.map(|h| {
-                (
-                    h.hook.as_str(),
-                    s.counters.by_hook[h.hook as usize][kind as usize],
-                )
-            })
+            Hook::ALL.map(|h| (h.as_str(), s.counters.by_hook[h as usize][kind as usize]))
         };
 
         header(

@@ -47,6 +47,7 @@ use super::{
     batch, cgroup,
     loader::{GuardError, map_err},
     pins::{PinError, Pins},
+    programs,
     records::entry_number,
     sys,
 };
@@ -54,16 +55,6 @@ use crate::policy::{
     Action, Policy,
     cgroups::{CgroupClass, CgroupRule, CgroupRules, Dropped, Pods},
 };
-
-/// The classification programs, each a raw tracepoint of its own name.
-pub const PROGRAMS: [&str; 2] = [common::PROGRAM_CGROUP_MKDIR, common::PROGRAM_CGROUP_RMDIR];
-
-/// The maps `status` reads from their pins.
-pub const PINNED_MAPS: [&str; 3] = [
-    common::MAP_CGROUP_CLASS,
-    common::MAP_CGROUP_PATTERNS,
-    common::MAP_CGROUP_STATS,
-];
 
 /// The key of an LPM trie entry as `bpf(2)` takes it.
 #[repr(C)]
@@ -191,15 +182,17 @@ impl Classifier {
         self.classify_all()
     }
 
-    /// Attaches the classification programs (loaded already).
+    /// Attaches the raw tracepoint programs of [`programs::TABLE`] (loaded
+    /// already).
     fn attach(&mut self, ebpf: &mut Ebpf) -> Result<(), GuardError> {
-        for name in PROGRAMS {
+        for (row, tracepoint) in programs::tracepoints() {
+            let name = row.name;
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(GuardError::MissingProgram(name))?;
             let attach_err = |source| GuardError::Tracepoint { name, source };
-            let id = program.attach(name).map_err(attach_err)?;
+            let id = program.attach(tracepoint).map_err(attach_err)?;
             let link: FdLink = program.take_link(id).map_err(attach_err)?.into();
             self.links.push((name, link));
         }
@@ -211,7 +204,7 @@ impl Classifier {
     /// theirs detach once nothing else holds them, and ours keep
     /// classifying after we exit. Only once the guard's programs are ours,
     /// which read our map.
-    pub(crate) fn pin(&mut self, ebpf: &Ebpf, pins: &Pins) -> Result<(), GuardError> {
+    pub(crate) fn pin(&mut self, pins: &Pins) -> Result<(), GuardError> {
         for (name, link) in self.links.drain(..) {
             let path = pins.link_path(name);
             let fresh = pins.dir().join(format!("new_link_{name}"));
@@ -225,10 +218,6 @@ impl Classifier {
             })?;
             std::fs::rename(&fresh, &path)
                 .map_err(|e| PinError::new("rename the pinned link to", &path, e))?;
-        }
-        for name in PINNED_MAPS {
-            let map = ebpf.map(name).ok_or(GuardError::MissingMap(name))?;
-            pins.pin_map(name, map)?;
         }
         Ok(())
     }
