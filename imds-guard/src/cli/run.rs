@@ -4,7 +4,7 @@ use super::{CliError, Outcome, RunArgs};
 use crate::{
     daemon::{self, DaemonError, logging},
     kernel::{
-        GuardError,
+        GuardError, LoadError,
         refused::{self, Privileges, Refused},
     },
     policy::PolicySource,
@@ -42,7 +42,11 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
 /// fix) when the kernel refuses the agent itself or lacks what the guard
 /// needs, otherwise an error a restart may not meet again.
 fn guard_error(e: GuardError, privileges: Privileges) -> CliError {
-    if let Some(cause) = refused::diagnose(&e, privileges) {
+    let cause = match e {
+        GuardError::Load(LoadError::MissingHelper { .. }) => refused::missing_helper(privileges),
+        _ => refused::diagnose(&e, privileges),
+    };
+    if let Some(cause) = cause {
         return CliError::Permanent(Box::new(Refused {
             cause,
             source: Box::new(e),
@@ -50,7 +54,7 @@ fn guard_error(e: GuardError, privileges: Privileges) -> CliError {
     }
     match e {
         GuardError::MissingFeature(_)
-        | GuardError::MissingHelper { .. }
+        | GuardError::Load(LoadError::MissingHelper { .. })
         | GuardError::Offsets(_)
         | GuardError::Btf(_)
         | GuardError::NoObject => CliError::Permanent(Box::new(e)),

@@ -4,18 +4,30 @@
 //! namespaces, the group bound), kept in the pinned `RESOLVED` map for
 //! `status`.
 
-use std::{os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{Array, Map, MapData};
 use imds_guard_common::{self as common, HostNamespaces, MAX_GROUPS, Offsets, Resolved};
 
-use super::loader::{GuardError, map_err};
+use super::maps::{self, MapError};
+
+/// A namespace of the host that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the namespace {path}, which tells the host from a container")]
+pub struct NamespaceError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
 
 /// The namespaces of this process, by inode number: `/proc/self/ns/pid`
 /// names the active pid namespace (`task_active_pid_ns`), the other two
 /// the network and user namespaces. Run the agent with `nsenter --net=`
 /// and "the host's" network namespace is that one.
-pub fn own_namespaces() -> Result<HostNamespaces, GuardError> {
+pub fn own_namespaces() -> Result<HostNamespaces, NamespaceError> {
     of_files(
         Path::new("/proc/self/ns/pid"),
         Path::new("/proc/self/ns/net"),
@@ -25,15 +37,15 @@ pub fn own_namespaces() -> Result<HostNamespaces, GuardError> {
 
 /// The namespaces named by three namespace files (`/proc/PID/ns/*`, or a
 /// bind mount of one such as `/run/netns/NAME`).
-pub fn of_files(pid: &Path, net: &Path, user: &Path) -> Result<HostNamespaces, GuardError> {
-    let inum = |path: &Path| -> Result<u32, GuardError> {
-        let meta = std::fs::metadata(path).map_err(|source| GuardError::Namespace {
+pub fn of_files(pid: &Path, net: &Path, user: &Path) -> Result<HostNamespaces, NamespaceError> {
+    let inum = |path: &Path| -> Result<u32, NamespaceError> {
+        let meta = std::fs::metadata(path).map_err(|source| NamespaceError {
             path: path.to_owned(),
             source,
         })?;
         // `ns_common.inum` is an `unsigned int`: a namespace inode number
         // above that is not one.
-        u32::try_from(meta.ino()).map_err(|_| GuardError::Namespace {
+        u32::try_from(meta.ino()).map_err(|_| NamespaceError {
             path: path.to_owned(),
             source: std::io::Error::other(format!(
                 "inode number {} is not a namespace's",
@@ -50,26 +62,24 @@ pub fn of_files(pid: &Path, net: &Path, user: &Path) -> Result<HostNamespaces, G
 }
 
 /// Writes what the programs were loaded with into `map` (`RESOLVED`).
-pub fn record(map: &mut Map, offsets: &Offsets, host: &HostNamespaces) -> Result<(), GuardError> {
-    let mut array: Array<&mut MapData, Resolved> =
-        Array::try_from(map).map_err(map_err(common::MAP_RESOLVED))?;
+pub fn record(map: &mut Map, offsets: &Offsets, host: &HostNamespaces) -> Result<(), MapError> {
+    let access = maps::access(common::MAP_RESOLVED);
+    let mut array: Array<&mut MapData, Resolved> = Array::try_from(map).map_err(&access)?;
     let resolved = Resolved {
         offsets: *offsets,
         host: *host,
         max_groups: MAX_GROUPS,
         _pad: 0,
     };
-    array
-        .set(0, resolved, 0)
-        .map_err(map_err(common::MAP_RESOLVED))
+    array.set(0, resolved, 0).map_err(access)
 }
 
 /// What a pinned `RESOLVED` map holds; `None` when nothing was written
 /// (an agent that did not record it).
-pub fn read(map: &Map) -> Result<Option<Resolved>, GuardError> {
-    let array: Array<&MapData, Resolved> =
-        Array::try_from(map).map_err(map_err(common::MAP_RESOLVED))?;
-    let resolved = array.get(&0, 0).map_err(map_err(common::MAP_RESOLVED))?;
+pub fn read(map: &Map) -> Result<Option<Resolved>, MapError> {
+    let access = maps::access(common::MAP_RESOLVED);
+    let array: Array<&MapData, Resolved> = Array::try_from(map).map_err(&access)?;
+    let resolved = array.get(&0, 0).map_err(access)?;
     Ok((resolved.offsets.valid == Offsets::VALID).then_some(resolved))
 }
 

@@ -12,12 +12,22 @@ use imds_guard_common::{self as common, mode};
 
 use super::{
     cgroup,
+    counters::{self, Counters},
     forward::{self, ForwardCounters},
     identity,
-    loader::{Counters, GuardError, map_err, read_counters},
+    maps::{self, MapError},
     pins::{PinError, Pins},
     programs, sys,
 };
+
+/// A pinned guard that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
 use crate::{chain::Chain, policy::Mode};
 
 /// The pinned link of a program on the guarded cgroup.
@@ -78,7 +88,7 @@ pub struct CgroupStatus {
 }
 
 impl Status {
-    pub fn read(pins: &Pins) -> Result<Self, GuardError> {
+    pub fn read(pins: &Pins) -> Result<Self, StatusError> {
         let mut links = Vec::new();
         for (row, _) in programs::guarding() {
             if let Some((path, fd)) = pins.open_link(row.name)? {
@@ -104,7 +114,7 @@ impl Status {
         };
         let counters = pins
             .open_map(common::MAP_COUNTERS, Map::PerCpuArray)?
-            .map(|m| read_counters(&m))
+            .map(|m| counters::read(&m))
             .transpose()?;
         let resolved = match pins.open_map(common::MAP_RESOLVED, Map::Array)? {
             Some(map) => identity::read(&map)?,
@@ -197,7 +207,7 @@ impl Status {
 /// The config in force according to an `ACTIVE` and a `CONFIG` map.
 /// The cgroup classification's pinned maps, read; `None` when they are not
 /// pinned (a guard from before them).
-fn read_cgroups(pins: &Pins, generation: Option<u32>) -> Result<Option<CgroupStatus>, GuardError> {
+fn read_cgroups(pins: &Pins, generation: Option<u32>) -> Result<Option<CgroupStatus>, StatusError> {
     use aya::maps::{HashMap, PerCpuArray};
     let (Some(class), Some(patterns), Some(stats)) = (
         pins.open_map(common::MAP_CGROUP_CLASS, Map::HashMap)?,
@@ -207,22 +217,22 @@ fn read_cgroups(pins: &Pins, generation: Option<u32>) -> Result<Option<CgroupSta
         return Ok(None);
     };
     let class: HashMap<_, u64, common::IdRules> =
-        HashMap::try_from(&class).map_err(map_err(common::MAP_CGROUP_CLASS))?;
+        HashMap::try_from(&class).map_err(maps::access(common::MAP_CGROUP_CLASS))?;
     let patterns: Array<_, common::CgroupPatterns> =
-        Array::try_from(&patterns).map_err(map_err(common::MAP_CGROUP_PATTERNS))?;
+        Array::try_from(&patterns).map_err(maps::access(common::MAP_CGROUP_PATTERNS))?;
     let stats: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(&stats).map_err(map_err(common::MAP_CGROUP_STATS))?;
-    let stat = |index: u32| -> Result<u64, GuardError> {
+        PerCpuArray::try_from(&stats).map_err(maps::access(common::MAP_CGROUP_STATS))?;
+    let stat = |index: u32| -> Result<u64, MapError> {
         let values = stats
             .get(&index, 0)
-            .map_err(map_err(common::MAP_CGROUP_STATS))?;
+            .map_err(maps::access(common::MAP_CGROUP_STATS))?;
         Ok(values.iter().sum())
     };
     let in_force = match generation {
         Some(g) => {
             patterns
                 .get(&(g % common::GENERATIONS), 0)
-                .map_err(map_err(common::MAP_CGROUP_PATTERNS))?
+                .map_err(maps::access(common::MAP_CGROUP_PATTERNS))?
                 .count
         }
         None => 0,
@@ -238,14 +248,18 @@ fn read_cgroups(pins: &Pins, generation: Option<u32>) -> Result<Option<CgroupSta
     }))
 }
 
-pub fn read_config(active: &Map, config: &Map) -> Result<(u32, common::Config), GuardError> {
-    let active: Array<_, u32> = Array::try_from(active).map_err(map_err(common::MAP_ACTIVE))?;
-    let generation = active.get(&0, 0).map_err(map_err(common::MAP_ACTIVE))? & 1;
+pub fn read_config(active: &Map, config: &Map) -> Result<(u32, common::Config), MapError> {
+    let active: Array<_, u32> =
+        Array::try_from(active).map_err(maps::access(common::MAP_ACTIVE))?;
+    let generation = active
+        .get(&0, 0)
+        .map_err(maps::access(common::MAP_ACTIVE))?
+        & 1;
     let config: Array<_, common::Config> =
-        Array::try_from(config).map_err(map_err(common::MAP_CONFIG))?;
+        Array::try_from(config).map_err(maps::access(common::MAP_CONFIG))?;
     let c = config
         .get(&generation, 0)
-        .map_err(map_err(common::MAP_CONFIG))?;
+        .map_err(maps::access(common::MAP_CONFIG))?;
     Ok((generation, c))
 }
 

@@ -1,37 +1,30 @@
-//! The loaded eBPF programs and their maps: one handle that loads the
-//! object, attaches (or adopts a pinned attachment) and reads the
-//! counters. Writing policies into the maps is `policy_maps.rs`.
-//!
-//! Attaching is planned, then executed: every pinned link is checked before
-//! any is touched, so a problem leaves the guard as it was rather than half
-//! old, half new (bpfman's manager works the same way).
+//! The loaded eBPF programs and their maps: one handle, [`Guard`], that
+//! opens the object with what the programs are told of the kernel and the
+//! host, loads the programs (`load.rs`), attaches them or adopts a pinned
+//! attachment (`attach.rs`), and puts policies in force (`policy_maps.rs`,
+//! `classify/`). [`GuardError`] wraps each part's own error.
 
-use std::{
-    os::fd::{AsFd as _, OwnedFd},
-    path::{Path, PathBuf},
-};
+use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{Map, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, ProgramFd,
-        links::FdLink,
-    },
-    util::KernelVersion,
+    maps::{MapData, RingBuf},
 };
-use imds_guard_common::{self as common, HostNamespaces, counter};
+use imds_guard_common::{self as common, HostNamespaces};
 
 use super::{
+    attach::{self, AttachError, AttachReport},
     btf::{Btf, BtfError},
-    cgroup::{self, CgroupError},
-    classify::{self, Classifier, offsets::CgroupOffsetError},
-    features, identity,
+    classify::{self, Classifier, ClassifyError, offsets::CgroupOffsetError},
+    counters::{self, Counters},
+    features,
+    identity::{self, NamespaceError},
+    load::{self, LoadError},
+    maps::{self, MapError},
     offsets::{self, OffsetError},
     pins::{PinError, Pins},
-    policy_maps::PolicyMaps,
-    programs::{self, Hook, Kind, Row},
-    sys,
+    policy_maps::{PolicyMapError, PolicyMaps, Stamp},
+    programs,
 };
 use crate::policy::Policy;
 
@@ -45,157 +38,38 @@ const HOST_GLOBAL: &str = "HOST";
 /// The object `build.rs` compiled from `imds-guard-ebpf`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
 
+/// The guard could not be set up, or a policy put in force: the part that
+/// failed says what and why.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
     #[error("this binary was built without its eBPF programs (AYA_BUILD_SKIP was set)")]
     NoObject,
     #[error("cannot load the eBPF object")]
-    Load(#[source] aya::EbpfError),
+    Object(#[source] aya::EbpfError),
     #[error("the guard reads the kernel's structures through its BTF, and cannot read it")]
     Btf(#[source] BtfError),
-    #[error(transparent)]
-    Offsets(Box<OffsetError>),
-    #[error(transparent)]
-    CgroupOffsets(Box<CgroupOffsetError>),
-    #[error("cannot attach program {name} to the tracepoint of the same name")]
-    Tracepoint {
-        name: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("cannot list the cgroups below {path}")]
-    CgroupScan {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot read the namespace {path}, which tells the host from a container")]
-    Namespace {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the eBPF object has no program {0}")]
-    MissingProgram(&'static str),
-    #[error("the eBPF object has a program {0} that is no hook's")]
-    UnknownProgram(String),
-    #[error("the eBPF object has no map {0}")]
-    MissingMap(&'static str),
     #[error(transparent)]
     MissingFeature(#[from] features::MissingFeature),
     #[error("cannot check the kernel's features")]
     Features(#[source] BtfError),
-    #[error(
-        "this kernel ({release}) does not let program {program} call {helper}, which it needs; \
-         the verifier refused it"
-    )]
-    MissingHelper {
-        release: String,
-        program: &'static str,
-        helper: String,
-    },
-    #[error("cannot load program {name} into the kernel")]
-    LoadProgram {
-        name: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("cannot attach program {name} to {cgroup}")]
-    Attach {
-        name: &'static str,
-        cgroup: PathBuf,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("cannot pin the link of program {name}: it is not a bpf_link")]
-    NotALink {
-        name: &'static str,
-        #[source]
-        source: aya::programs::links::LinkError,
-    },
+    #[error(transparent)]
+    Offsets(Box<OffsetError>),
+    #[error(transparent)]
+    CgroupOffsets(Box<CgroupOffsetError>),
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
     #[error(transparent)]
     Pin(#[from] PinError),
-    #[error(
-        "the guard pinned at {pin} is attached to another cgroup (id {pinned}) than {cgroup} \
-         (id {wanted}); run `{detach}` first to move it"
-    )]
-    OtherCgroup {
-        pin: PathBuf,
-        cgroup: PathBuf,
-        pinned: u64,
-        wanted: u64,
-        /// The command that detaches it.
-        detach: String,
-    },
-    #[error("cannot replace the program of the pinned link {path}")]
-    Update {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot access map {name}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
-    #[error("cannot write or clear map {name}")]
-    Batch {
-        name: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot create the map used to wait for RCU grace periods")]
-    GraceMap(#[source] std::io::Error),
-    #[error("cannot wait for an RCU grace period")]
-    Grace(#[source] std::io::Error),
-    #[error(
-        "the kernel has policy generation {live} in force, which this agent meant to write: \
-         refusing to change the policy in force entry by entry"
-    )]
-    GenerationMismatch { live: u32 },
     #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-}
-
-/// Totals over all CPUs and hooks (`by_hook` keeps the per-hook split).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub allowed: u64,
-    pub denied: u64,
-    pub audited: u64,
-    pub events_lost: u64,
-    pub errors: u64,
-    /// `[hook][counter kind]`, by hook number ([`Hook::ALL`]).
-    pub by_hook: [[u64; counter::KINDS as usize]; Hook::ALL.len()],
-}
-
-/// What a policy's config records besides mode and default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stamp {
-    pub digest: [u8; 32],
-    pub applied_unix: u64,
-    pub attached_unix: u64,
-    pub agent_pid: u32,
-    /// [`imds_guard_common::config_flags`].
-    pub flags: u32,
-}
-
-/// How [`Guard::attach`] found each hook.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AttachReport {
-    /// Hooks whose pinned link now runs our programs (an earlier agent's).
-    pub adopted: usize,
-    /// Hooks attached anew.
-    pub attached: usize,
-}
-
-/// What [`Guard::attach`] does for one hook.
-enum Step {
-    /// Swap our program into this pinned link (`BPF_LINK_UPDATE`).
-    Adopt { path: PathBuf, link: OwnedFd },
-    /// Attach anew (and pin, when pinning).
-    Attach,
+    Map(#[from] MapError),
+    #[error(transparent)]
+    Policy(#[from] PolicyMapError),
+    #[error(transparent)]
+    Classify(#[from] ClassifyError),
 }
 
 /// The loaded (and, after [`Guard::attach`], attached) programs.
@@ -222,7 +96,7 @@ impl Guard {
     /// to be on the host (a test's, rather than this process's).
     pub fn load_in(ebpf_log_level: u8, host: HostNamespaces) -> Result<Self, GuardError> {
         let mut guard = Self::open_in(ebpf_log_level, host)?;
-        load_programs(&mut guard.ebpf)?;
+        load::load_all(&mut guard.ebpf)?;
         Ok(guard)
     }
 
@@ -254,10 +128,10 @@ impl Guard {
             .override_global(CGROUP_OFFSETS_GLOBAL, &cgroup_offsets, true)
             .override_global(HOST_GLOBAL, &host, true)
             .load(OBJECT)
-            .map_err(GuardError::Load)?;
+            .map_err(GuardError::Object)?;
         let resolved = ebpf
             .map_mut(common::MAP_RESOLVED)
-            .ok_or(GuardError::MissingMap(common::MAP_RESOLVED))?;
+            .ok_or(MapError::Missing(common::MAP_RESOLVED))?;
         identity::record(resolved, &offsets, &host)?;
         let maps = PolicyMaps::new(&ebpf)?;
         let classifier = Classifier::new(&mut ebpf)?;
@@ -272,7 +146,7 @@ impl Guard {
     /// (`verified_insns`, Linux 5.16; `None` before): how near each is to
     /// the verifier's budget of a million.
     pub fn verified_insns(&self) -> Vec<(String, Option<u32>)> {
-        verified_insns(&self.ebpf)
+        load::verified_insns(&self.ebpf)
     }
 
     /// Loads the programs of a guard from [`Guard::open`] one at a time,
@@ -281,16 +155,7 @@ impl Guard {
     /// A kernel test's survey of every program, where [`Guard::load`]
     /// stops at the first refusal.
     pub fn load_each(&mut self) -> Vec<(String, Result<Option<u32>, String>)> {
-        let mut report = Vec::new();
-        for (name, program) in self.ebpf.programs_mut() {
-            let outcome = match load_one(program) {
-                None => Err("not a program of ours".to_owned()),
-                Some(Ok(())) => Ok(verified(program)),
-                Some(Err(e)) => Err(refusal(&e)),
-            };
-            report.push((name.to_owned(), outcome));
-        }
-        report
+        load::load_each(&mut self.ebpf)
     }
 
     /// Loads the programs of a guard from [`Guard::open`] and writes its
@@ -302,12 +167,14 @@ impl Guard {
         let Self { ebpf, maps, .. } = self;
         let stamp = with_cgroup_flags(policy, stamp);
         let generation = std::thread::scope(|scope| {
-            let loading = scope.spawn(|| load_programs(ebpf));
+            let loading = scope.spawn(|| load::load_all(ebpf));
             let applied = maps.apply(policy, &stamp);
             let loaded = loading
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            loaded.and(applied)
+            loaded
+                .map_err(GuardError::from)
+                .and(applied.map_err(GuardError::from))
         })?;
         self.classifier
             .prepare(&mut self.ebpf, generation, policy)?;
@@ -327,7 +194,7 @@ impl Guard {
         self.maps.settle()?;
         let next = self.maps.next_generation();
         self.classifier.prepare(&mut self.ebpf, next, policy)?;
-        self.maps.apply(policy, &with_cgroup_flags(policy, stamp))
+        Ok(self.maps.apply(policy, &with_cgroup_flags(policy, stamp))?)
     }
 
     /// The pods present, for `pods` rules: the next [`Guard::apply`]
@@ -343,9 +210,9 @@ impl Guard {
     }
 
     /// Reads what the classification programs reported (new cgroups'
-    /// paths), so that [`Guard::cgroup_path`] knows them.
+    /// paths), so that [`Guard::cgroup_place`] knows them.
     pub fn drain_cgroup_events(&mut self) -> Result<(), GuardError> {
-        self.classifier.drain(false)
+        Ok(self.classifier.drain(false)?)
     }
 
     /// The path of cgroup `id`, and the pod it is of among the pods the
@@ -363,18 +230,15 @@ impl Guard {
     /// last [`Guard::apply`] replaced: after it, every decision made under
     /// that generation is in the ring buffer.
     pub fn settle(&mut self) -> Result<(), GuardError> {
-        self.maps.settle()
+        Ok(self.maps.settle()?)
     }
 
     /// Records in the pinned config whether the last reload was refused
     /// (`config_flags::RELOAD_REFUSED`), for `status`.
     pub fn mark_reload_refused(&mut self, refused: bool) -> Result<(), GuardError> {
         let flag = common::config_flags::RELOAD_REFUSED;
-        if refused {
-            self.maps.mark_active(flag, 0)
-        } else {
-            self.maps.mark_active(0, flag)
-        }
+        let (set, clear) = if refused { (flag, 0) } else { (0, flag) };
+        Ok(self.maps.mark_active(set, clear)?)
     }
 
     /// The generation the next [`Guard::apply`] writes.
@@ -385,7 +249,7 @@ impl Guard {
     /// Writes only the protected addresses of `policy` into `generation`,
     /// nothing else: for tests of the states in between.
     pub fn write_endpoints(&mut self, generation: u32, policy: &Policy) -> Result<(), GuardError> {
-        self.maps.write_endpoints(generation, policy)
+        Ok(self.maps.write_endpoints(generation, policy)?)
     }
 
     /// The aya-log ring buffer, for bridging program diagnostics into
@@ -399,8 +263,8 @@ impl Guard {
         let map = self
             .ebpf
             .take_map(common::MAP_EVENTS)
-            .ok_or(GuardError::MissingMap(common::MAP_EVENTS))?;
-        RingBuf::try_from(map).map_err(map_err(common::MAP_EVENTS))
+            .ok_or(MapError::Missing(common::MAP_EVENTS))?;
+        Ok(RingBuf::try_from(map).map_err(maps::access(common::MAP_EVENTS))?)
     }
 
     /// Attaches every program to the cgroup v2 directory `cgroup`.
@@ -419,28 +283,10 @@ impl Guard {
         cgroup: &Path,
         pins: Option<&Pins>,
     ) -> Result<AttachReport, GuardError> {
-        let file = cgroup::open(cgroup)?;
-        let cgroup_id = cgroup::id(&file, cgroup)?;
-        let plan = match pins {
-            Some(pins) => plan(pins, cgroup, cgroup_id)?,
-            None => programs::guarding().map(|_| Step::Attach).collect(),
-        };
-        let mut report = AttachReport::default();
-        for ((row, _), step) in programs::guarding().zip(plan) {
-            match step {
-                Step::Adopt { path, link } => {
-                    self.adopt(row, path, &link)?;
-                    report.adopted += 1;
-                }
-                Step::Attach => {
-                    self.attach_new(row, &file, cgroup, pins)?;
-                    report.attached += 1;
-                }
-            }
-        }
+        let report = attach::attach(&mut self.ebpf, cgroup, pins)?;
         if let Some(pins) = pins {
             for name in programs::pinned_maps() {
-                let map = self.ebpf.map(name).ok_or(GuardError::MissingMap(name))?;
+                let map = self.ebpf.map(name).ok_or(MapError::Missing(name))?;
                 pins.pin_map(name, map)?;
             }
             self.classifier.pin(pins)?;
@@ -448,183 +294,14 @@ impl Guard {
         Ok(report)
     }
 
-    /// Swaps our program of `row` into the pinned `link`.
-    fn adopt(&mut self, row: &Row, path: PathBuf, link: &OwnedFd) -> Result<(), GuardError> {
-        let name = row.name;
-        let program = self.program(row)?;
-        let prog_fd = program
-            .fd()
-            .map_err(|source| GuardError::LoadProgram { name, source })?;
-        sys::link_update(link.as_fd(), prog_fd.as_fd())
-            .map_err(|source| GuardError::Update { path, source })
-    }
-
-    /// Attaches our program of `row` to `file` (the cgroup at `path`),
-    /// and pins its link when pinning.
-    fn attach_new(
-        &mut self,
-        row: &Row,
-        file: &std::fs::File,
-        path: &Path,
-        pins: Option<&Pins>,
-    ) -> Result<(), GuardError> {
-        let name = row.name;
-        let attach_err = |source| GuardError::Attach {
-            name,
-            cgroup: path.to_owned(),
-            source,
-        };
-        let not_a_link = |source| GuardError::NotALink { name, source };
-        // Without pins, the link stays with the program (and goes with it).
-        let link: Option<FdLink> = match self.program(row)? {
-            Program::SockAddr(p) => {
-                let id = p.attach(file, attach_mode()).map_err(attach_err)?;
-                match pins {
-                    Some(_) => Some(
-                        p.take_link(id)
-                            .map_err(attach_err)?
-                            .try_into()
-                            .map_err(not_a_link)?,
-                    ),
-                    None => None,
-                }
-            }
-            Program::Skb(p) => {
-                let id = p
-                    .attach(file, CgroupSkbAttachType::Egress, attach_mode())
-                    .map_err(attach_err)?;
-                match pins {
-                    Some(_) => Some(
-                        p.take_link(id)
-                            .map_err(attach_err)?
-                            .try_into()
-                            .map_err(not_a_link)?,
-                    ),
-                    None => None,
-                }
-            }
-        };
-        if let (Some(pins), Some(link)) = (pins, link) {
-            pins.pin_link(name, link)?;
-        }
-        Ok(())
-    }
-
     /// The counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, GuardError> {
         let map = self
             .ebpf
             .map(common::MAP_COUNTERS)
-            .ok_or(GuardError::MissingMap(common::MAP_COUNTERS))?;
-        read_counters(map)
+            .ok_or(MapError::Missing(common::MAP_COUNTERS))?;
+        Ok(counters::read(map)?)
     }
-
-    /// The cgroup program of `row`, as the type its kind says.
-    fn program(&mut self, row: &Row) -> Result<Program<'_>, GuardError> {
-        let program = self.ebpf.program_mut(row.name);
-        let typed = match row.kind {
-            Kind::SockAddr(_) => program
-                .and_then(|p| p.try_into().ok())
-                .map(Program::SockAddr),
-            Kind::SkbEgress => program.and_then(|p| p.try_into().ok()).map(Program::Skb),
-            Kind::RawTracepoint(_) | Kind::Map => None,
-        };
-        typed.ok_or(GuardError::MissingProgram(row.name))
-    }
-}
-
-/// A cgroup program, as its type.
-enum Program<'a> {
-    SockAddr(&'a mut CgroupSockAddr),
-    Skb(&'a mut CgroupSkb),
-}
-
-impl Program<'_> {
-    fn fd(&self) -> Result<&ProgramFd, ProgramError> {
-        match self {
-            Self::SockAddr(p) => p.fd(),
-            Self::Skb(p) => p.fd(),
-        }
-    }
-}
-
-/// From 5.7 aya attaches through a bpf_link, which the kernel always
-/// attaches with BPF_F_ALLOW_MULTI and which takes no attach flags
-/// (`cgroup_bpf_link_attach` in kernel/bpf/cgroup.c): `Single` means "no
-/// flags" there. Measured on 6.18: BPF_F_ALLOW_MULTI fails with EINVAL.
-/// Before 5.7 it is BPF_PROG_ATTACH, and the flag is needed.
-fn attach_mode() -> CgroupAttachMode {
-    let links = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
-    if links {
-        CgroupAttachMode::Single
-    } else {
-        CgroupAttachMode::AllowMultiple
-    }
-}
-
-/// What to do for each program on the cgroup, in the order of
-/// [`programs::guarding`], given what is pinned: every pinned link is
-/// checked before anything changes.
-fn plan(pins: &Pins, cgroup: &Path, cgroup_id: u64) -> Result<Vec<Step>, GuardError> {
-    let mut plan = Vec::with_capacity(programs::GUARDING);
-    for (row, _) in programs::guarding() {
-        let Some((path, link)) = pins.open_link(row.name)? else {
-            plan.push(Step::Attach);
-            continue;
-        };
-        let info = sys::link_info(link.as_fd())
-            .map_err(|e| PinError::new("read the pinned link", &path, e))?;
-        if info.cgroup_id == 0 {
-            // Detached (its cgroup was removed, or `BPF_LINK_DETACH`): it
-            // guards nothing; attach anew in its place.
-            std::fs::remove_file(&path)
-                .map_err(|e| PinError::new("remove the stale pinned link", &path, e))?;
-            plan.push(Step::Attach);
-            continue;
-        }
-        if info.cgroup_id != cgroup_id {
-            return Err(GuardError::OtherCgroup {
-                pin: path,
-                cgroup: cgroup.to_owned(),
-                pinned: info.cgroup_id,
-                wanted: cgroup_id,
-                detach: pins.command("detach"),
-            });
-        }
-        plan.push(Step::Adopt { path, link });
-    }
-    Ok(plan)
-}
-
-/// The counters of a `COUNTERS` map (ours, or one opened from its pin).
-/// The hooks it has are read from the map's own length, so that the map
-/// of an older agent with fewer hooks reads as zeros for the others.
-pub fn read_counters(map: &Map) -> Result<Counters, GuardError> {
-    let array: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(map).map_err(map_err(common::MAP_COUNTERS))?;
-    let hooks = (array.len() / counter::KINDS) as usize;
-    let mut c = Counters::default();
-    for hook in Hook::ALL.iter().take(hooks) {
-        for kind in 0..counter::KINDS {
-            let values = array
-                .get(&common::counter_index(hook.wire(), kind), 0)
-                .map_err(map_err(common::MAP_COUNTERS))?;
-            let total: u64 = values.iter().sum();
-            c.by_hook[usize::from(hook.wire())][kind as usize] = total;
-            match kind {
-                counter::ALLOWED => c.allowed += total,
-                counter::DENIED => c.denied += total,
-                counter::AUDITED => c.audited += total,
-                counter::EVENTS_LOST => c.events_lost += total,
-                _ => c.errors += total,
-            }
-        }
-    }
-    Ok(c)
-}
-
-pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> GuardError {
-    move |source| GuardError::Map { name, source }
 }
 
 /// The kernel's BTF asked for every feature the guard needs, and the
@@ -642,63 +319,6 @@ fn resolve_layout() -> Result<(common::Offsets, common::CgroupOffsets), GuardErr
     Ok((offsets, cgroup_offsets))
 }
 
-/// A program the kernel refused: named for the helper it lacks when the
-/// verifier says so, otherwise with the verifier's whole log.
-fn load_error(name: &'static str, source: ProgramError) -> GuardError {
-    if let ProgramError::LoadError { verifier_log, .. } = &source {
-        if let Some(helper) = features::missing_helper(&verifier_log.to_string()) {
-            return GuardError::MissingHelper {
-                release: offsets::kernel_release(),
-                program: name,
-                helper: helper.to_owned(),
-            };
-        }
-    }
-    GuardError::LoadProgram { name, source }
-}
-
-/// The error of a program the kernel refused, with the verifier log's last
-/// lines (where it says why).
-fn refusal(e: &ProgramError) -> String {
-    match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(12)..].join("\n");
-            format!("{io_error}: {tail}")
-        }
-        other => other.to_string(),
-    }
-}
-
-fn verified_insns(ebpf: &Ebpf) -> Vec<(String, Option<u32>)> {
-    ebpf.programs()
-        .map(|(name, p)| (name.to_owned(), verified(p)))
-        .collect()
-}
-
-/// How many instructions the verifier walked for a loaded program (`None`
-/// before Linux 5.16).
-fn verified(program: &aya::programs::Program) -> Option<u32> {
-    program
-        .info()
-        .ok()
-        .and_then(|i| i.verified_instruction_count())
-}
-
-/// Loads one program of the kinds the guard has; `None` for any other.
-fn load_one(program: &mut aya::programs::Program) -> Option<Result<(), ProgramError>> {
-    match program {
-        aya::programs::Program::CgroupSockAddr(p) => Some(p.load()),
-        aya::programs::Program::CgroupSkb(p) => Some(p.load()),
-        aya::programs::Program::RawTracePoint(p) => Some(p.load()),
-        _ => None,
-    }
-}
-
 /// The config flags that tell the programs whether `policy` names
 /// cgroups, added to `stamp`'s.
 fn with_cgroup_flags(policy: &Policy, stamp: &Stamp) -> Stamp {
@@ -710,45 +330,4 @@ fn with_cgroup_flags(policy: &Policy, stamp: &Stamp) -> Stamp {
         flags |= common::config_flags::CGROUP_DENY;
     }
     Stamp { flags, ..*stamp }
-}
-
-/// Loads every program of [`programs::TABLE`] into the kernel. The
-/// verifier is most of a start's time: half the programs on another CPU.
-fn load_programs(ebpf: &mut Ebpf) -> Result<(), GuardError> {
-    let expected = || programs::programs().map(|row| row.name);
-    let mut found = Vec::with_capacity(expected().count());
-    for (name, program) in ebpf.programs_mut() {
-        let name = expected()
-            .find(|p| *p == name)
-            .ok_or(GuardError::UnknownProgram(name.to_owned()))?;
-        found.push((name, program));
-    }
-    for name in expected() {
-        if !found.iter().any(|(loaded, _)| *loaded == name) {
-            return Err(GuardError::MissingProgram(name));
-        }
-    }
-    let load =
-        |programs: &mut [(&'static str, &mut aya::programs::Program)]| -> Result<(), GuardError> {
-            for (name, program) in programs {
-                load_one(program)
-                    .ok_or(GuardError::MissingProgram(name))?
-                    .map_err(|source| load_error(name, source))?;
-            }
-            Ok(())
-        };
-    let half = found.len() / 2;
-    let (first, second) = found.split_at_mut(half);
-    std::thread::scope(|scope| {
-        let other = scope.spawn(|| load(first));
-        let here = load(second);
-        let there = other
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        here.and(there)
-    })?;
-    for (program, insns) in verified_insns(ebpf) {
-        tracing::debug!(program, insns, "verified");
-    }
-    Ok(())
 }

@@ -1,26 +1,35 @@
-//! The kernel side: loading the eBPF programs (`loader.rs`), writing
-//! policies into their maps (`policy_maps.rs`), attaching or adopting them
-//! and pinning (`pins.rs`), and reading back what is in force (`inspect.rs`)
-//! and what they report (`records.rs`). `programs.rs` is the one table of
-//! programs and pinned maps; `sys.rs` the `bpf(2)` commands aya does not
-//! wrap; `offsets.rs`
-//! and `identity.rs` what the programs are told of the kernel's layout and
-//! of the host's namespaces. `classify/` keeps every cgroup's rule for unit,
-//! cgroup and pod entries.
+//! The kernel side. `programs.rs` is the one table of programs and pinned
+//! maps. `loader.rs` is the handle, [`Guard`], that opens the object, loads
+//! the programs (`load.rs`), attaches them or adopts a pinned attachment
+//! (`attach.rs`, pinned by `pins.rs`), and writes policies into their maps
+//! (`policy_maps.rs`; `classify/` keeps every cgroup's rule for unit,
+//! cgroup and pod entries). `inspect.rs` reads back what is in force,
+//! `counters.rs` what the programs counted, `records.rs` what they report.
+//! `btf.rs`, `offsets.rs`, `features.rs` and `identity.rs` are what the
+//! programs are told of the kernel and the host; `sys.rs` and `batch.rs`
+//! the `bpf(2)` commands aya does not wrap.
+//!
+//! Each part has its own error; [`GuardError`] wraps them (as aya's
+//! `EbpfError` wraps `MapError`, `ProgramError` and `PinError`).
+//! `loader.rs` imports the parts, and no part imports it.
 //!
 //! Imports: `policy` only. Nothing here logs decisions, talks to systemd or
 //! prints for the operator: that is `daemon` and `cli`, which import this.
 
+pub mod attach;
 pub mod batch;
 pub mod btf;
 pub mod cgroup;
 pub mod classify;
+pub mod counters;
 pub mod features;
 pub mod forward;
 mod id_rules;
 pub mod identity;
 pub mod inspect;
+mod load;
 pub mod loader;
+mod maps;
 pub mod offsets;
 pub mod pins;
 mod policy_maps;
@@ -29,4 +38,10 @@ pub mod records;
 pub mod refused;
 pub mod sys;
 
-pub use self::loader::{AttachReport, Counters, Guard, GuardError, Stamp};
+pub use self::{
+    attach::AttachReport,
+    counters::Counters,
+    load::LoadError,
+    loader::{Guard, GuardError},
+    policy_maps::Stamp,
+};

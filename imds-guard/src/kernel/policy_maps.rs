@@ -15,21 +15,43 @@ use std::{
     os::fd::{AsFd as _, OwnedFd},
 };
 
-use aya::{
-    Ebpf,
-    maps::{Map, MapData},
-};
+use aya::Ebpf;
 use imds_guard_common::{
     self as common, IdRule, Ipv6Key, V4Key, V6Key, action, config_flags, mode,
 };
 
 use super::{
     batch, id_rules,
-    loader::{GuardError, Stamp},
+    maps::{self, MapError, descriptor},
     records::entry_number,
-    sys,
+    sys::{self, GraceError},
 };
 use crate::policy::{Action, Mode, Policy, Scope};
+
+/// What a policy's config records besides mode and default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub digest: [u8; 32],
+    pub applied_unix: u64,
+    pub attached_unix: u64,
+    pub agent_pid: u32,
+    /// [`imds_guard_common::config_flags`].
+    pub flags: u32,
+}
+
+/// A policy that could not be put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyMapError {
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error(transparent)]
+    Grace(#[from] GraceError),
+    #[error(
+        "the kernel has policy generation {live} in force, which this agent meant to write: \
+         refusing to change the policy in force entry by entry"
+    )]
+    GenerationMismatch { live: u32 },
+}
 
 /// The protected addresses one generation was written with.
 #[derive(Debug, Default)]
@@ -65,17 +87,8 @@ pub(super) struct PolicyMaps {
 
 impl PolicyMaps {
     /// The policy maps of `ebpf`, fresh (nothing written yet).
-    pub(super) fn new(ebpf: &Ebpf) -> Result<Self, GuardError> {
-        let fd = |name: &'static str| -> Result<OwnedFd, GuardError> {
-            let data: &MapData = match ebpf.map(name) {
-                Some(Map::HashMap(data) | Map::Array(data)) => data,
-                _ => return Err(GuardError::MissingMap(name)),
-            };
-            data.fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| GuardError::Batch { name, source })
-        };
+    pub(super) fn new(ebpf: &Ebpf) -> Result<Self, PolicyMapError> {
+        let fd = |name| descriptor(ebpf, name);
         Ok(Self {
             v4: fd(common::MAP_PROTECTED_V4)?,
             v6: fd(common::MAP_PROTECTED_V6)?,
@@ -84,7 +97,7 @@ impl PolicyMaps {
             config: fd(common::MAP_CONFIG)?,
             active_map: fd(common::MAP_ACTIVE)?,
             active: None,
-            grace: sys::GracePeriod::new().map_err(GuardError::GraceMap)?,
+            grace: sys::GracePeriod::new()?,
             readers_of_old: false,
             written: Default::default(),
             uid_rules: id_rules::Mirror::empty(),
@@ -102,12 +115,12 @@ impl PolicyMaps {
     /// is written the programs deny every protected destination: a guard
     /// attached before `apply` fails closed). Later calls are reloads:
     /// wait out the last readers of the other generation, write it, flip.
-    pub(super) fn apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
+    pub(super) fn apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, PolicyMapError> {
         let next = self.next_generation();
         if self.active.is_some() && self.read_active()? == next {
             // Our bookkeeping and the kernel disagree: writing here would
             // change the policy in force entry by entry. Refuse.
-            return Err(GuardError::GenerationMismatch { live: next });
+            return Err(PolicyMapError::GenerationMismatch { live: next });
         }
         if self.readers_of_old {
             // The last flip returned without waiting out the program runs
@@ -135,7 +148,7 @@ impl PolicyMaps {
         // 0 and 1 differ in one byte: no reader can see a torn value,
         // however the kernel copies it.
         sys::map_update(self.active_map.as_fd(), &0u32, &next)
-            .map_err(batch_err(common::MAP_ACTIVE))?;
+            .map_err(maps::write(common::MAP_ACTIVE))?;
         self.active = Some(next);
         // Program runs that read the old generation may still be going:
         // [`PolicyMaps::settle`] waits them out, or else the next apply,
@@ -148,23 +161,23 @@ impl PolicyMaps {
     /// last apply replaced, and clears its addresses: from then on, every
     /// decision under it is in the ring buffer. An apply is in force
     /// without it; this is what a reload does after saying so.
-    pub(super) fn settle(&mut self) -> Result<(), GuardError> {
+    pub(super) fn settle(&mut self) -> Result<(), PolicyMapError> {
         if !self.readers_of_old {
             return Ok(());
         }
         self.wait_grace()?;
         self.readers_of_old = false;
         let old = self.next_generation();
-        self.clear_generation(old)
+        Ok(self.clear_generation(old)?)
     }
 
-    fn wait_grace(&self) -> Result<(), GuardError> {
-        self.grace.wait().map_err(GuardError::Grace)
+    fn wait_grace(&self) -> Result<(), GraceError> {
+        self.grace.wait()
     }
 
     /// `ACTIVE` as the kernel has it.
-    fn read_active(&self) -> Result<u32, GuardError> {
-        sys::map_lookup(self.active_map.as_fd(), &0u32).map_err(batch_err(common::MAP_ACTIVE))
+    fn read_active(&self) -> Result<u32, MapError> {
+        sys::map_lookup(self.active_map.as_fd(), &0u32).map_err(maps::write(common::MAP_ACTIVE))
     }
 
     /// The generation the next [`PolicyMaps::apply`] writes.
@@ -178,7 +191,7 @@ impl PolicyMaps {
         &mut self,
         generation: u32,
         policy: &Policy,
-    ) -> Result<(), GuardError> {
+    ) -> Result<(), MapError> {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for endpoint in &policy.spec.endpoints {
             match endpoint.addr {
@@ -213,7 +226,7 @@ impl PolicyMaps {
 
     /// Puts the rules of `policy` in slot `generation` (every slot with
     /// `None`) of the uid and gid maps, writing only what changes there.
-    fn write_rules(&mut self, generation: Option<u32>, policy: &Policy) -> Result<(), GuardError> {
+    fn write_rules(&mut self, generation: Option<u32>, policy: &Policy) -> Result<(), MapError> {
         for (name, fd, rules, mirror) in [
             (
                 common::MAP_UID_RULES,
@@ -257,7 +270,7 @@ impl PolicyMaps {
         generation: u32,
         policy: &Policy,
         stamp: &Stamp,
-    ) -> Result<(), GuardError> {
+    ) -> Result<(), MapError> {
         let config = common::Config {
             mode: match policy.spec.mode {
                 Mode::Enforce => mode::ENFORCE,
@@ -271,27 +284,27 @@ impl PolicyMaps {
             flags: stamp.flags | reads(policy),
         };
         sys::map_update(self.config.as_fd(), &generation, &config)
-            .map_err(batch_err(common::MAP_CONFIG))
+            .map_err(maps::write(common::MAP_CONFIG))
     }
 
     /// Sets and clears `config_flags` bits of the generation in force, for
     /// what `status` reports (the programs read none that change here).
-    pub(super) fn mark_active(&mut self, set: u32, clear: u32) -> Result<(), GuardError> {
+    pub(super) fn mark_active(&mut self, set: u32, clear: u32) -> Result<(), MapError> {
         let Some(generation) = self.active else {
             return Ok(());
         };
         let mut config: common::Config = sys::map_lookup(self.config.as_fd(), &generation)
-            .map_err(batch_err(common::MAP_CONFIG))?;
+            .map_err(maps::write(common::MAP_CONFIG))?;
         config.flags = (config.flags | set) & !clear;
         sys::map_update(self.config.as_fd(), &generation, &config)
-            .map_err(batch_err(common::MAP_CONFIG))
+            .map_err(maps::write(common::MAP_CONFIG))
     }
 
     /// Removes the protected addresses of `generation` this handle wrote.
     /// Its config stays, and its slot of the uid and gid rules: the flip
     /// away from it came first, and the next apply rewrites both before
     /// flipping back.
-    fn clear_generation(&mut self, generation: u32) -> Result<(), GuardError> {
+    fn clear_generation(&mut self, generation: u32) -> Result<(), MapError> {
         let written = std::mem::take(self.written_mut(generation));
         delete(&self.v4, common::MAP_PROTECTED_V4, &written.v4)?;
         delete(&self.v6, common::MAP_PROTECTED_V6, &written.v6)
@@ -302,29 +315,25 @@ impl PolicyMaps {
     }
 }
 
-fn batch_err(name: &'static str) -> impl FnOnce(std::io::Error) -> GuardError {
-    move |source| GuardError::Batch { name, source }
-}
-
 /// Writes `keys` and `values` into the hash map `name`, in batches.
 fn update<K: aya::Pod, V: aya::Pod>(
     fd: &OwnedFd,
     name: &'static str,
     keys: &[K],
     values: &[V],
-) -> Result<(), GuardError> {
+) -> Result<(), MapError> {
     if keys.is_empty() {
         return Ok(());
     }
-    batch::update(fd.as_fd(), keys, values).map_err(batch_err(name))
+    batch::update(fd.as_fd(), keys, values).map_err(maps::write(name))
 }
 
 /// Deletes `keys` from the hash map `name`, in batches.
-fn delete<K: aya::Pod>(fd: &OwnedFd, name: &'static str, keys: &[K]) -> Result<(), GuardError> {
+fn delete<K: aya::Pod>(fd: &OwnedFd, name: &'static str, keys: &[K]) -> Result<(), MapError> {
     if keys.is_empty() {
         return Ok(());
     }
-    batch::delete(fd.as_fd(), keys).map_err(batch_err(name))
+    batch::delete(fd.as_fd(), keys).map_err(maps::write(name))
 }
 
 /// The `config_flags` bits that say what a decision under `policy` reads

@@ -108,25 +108,24 @@ impl Error for Refused {
     }
 }
 
+/// Whether a helper the verifier would not let a program call
+/// (`LoadError::MissingHelper`) is a refusal for good: while CAP_PERFMON
+/// is missing, the verifier refuses the helpers that read the task.
+pub fn missing_helper(privileges: Privileges) -> Option<Cause> {
+    let missing = privileges.missing();
+    missing
+        .contains(&"CAP_PERFMON")
+        .then_some(Cause::Capabilities(missing))
+}
+
 /// Whether `e` is the kernel refusing the agent for good, and why: an
-/// EPERM in its chain, or a helper the verifier would not let a program
-/// call while CAP_PERFMON is missing (without it, the verifier refuses the
-/// helpers that read the task).
+/// EPERM in its chain.
 pub fn diagnose(e: &(dyn Error + 'static), privileges: Privileges) -> Option<Cause> {
     let missing = privileges.missing();
     let eperm = chain(e).any(|e| {
         e.downcast_ref::<io::Error>()
             .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
     });
-    let helper = chain(e).any(|e| {
-        e.downcast_ref::<super::GuardError>()
-            .is_some_and(|g| matches!(g, super::GuardError::MissingHelper { .. }))
-    });
-    if helper {
-        return missing
-            .contains(&"CAP_PERFMON")
-            .then_some(Cause::Capabilities(missing));
-    }
     if !eperm {
         return None;
     }
@@ -204,6 +203,15 @@ mod tests {
             diagnose(&eperm(), with(ALL, 0)),
             Some(Cause::SecurityModule)
         );
+    }
+
+    #[test]
+    fn a_refused_helper_is_for_good_only_without_cap_perfmon() {
+        assert_eq!(
+            missing_helper(with((1 << 39) | (1 << 12), 0)),
+            Some(Cause::Capabilities(vec!["CAP_PERFMON"]))
+        );
+        assert_eq!(missing_helper(with(ALL, 0)), None);
     }
 
     #[test]

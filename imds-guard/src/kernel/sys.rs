@@ -291,21 +291,32 @@ fn map_create(map_type: u32, inner: Option<BorrowedFd<'_>>, name: &[u8]) -> io::
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A [`GracePeriod`] that could not be made or waited for.
+#[derive(Debug, thiserror::Error)]
+pub enum GraceError {
+    #[error("cannot create the map used to wait for RCU grace periods")]
+    Create(#[source] io::Error),
+    #[error("cannot wait for an RCU grace period")]
+    Wait(#[source] io::Error),
+}
+
 impl GracePeriod {
-    pub fn new() -> io::Result<Self> {
-        let inner = map_create(BPF_MAP_TYPE_ARRAY, None, b"imdsg_rcu_in")?;
+    pub fn new() -> Result<Self, GraceError> {
+        let inner =
+            map_create(BPF_MAP_TYPE_ARRAY, None, b"imdsg_rcu_in").map_err(GraceError::Create)?;
         let outer = map_create(
             BPF_MAP_TYPE_ARRAY_OF_MAPS,
             Some(inner.as_fd()),
             b"imdsg_rcu",
-        )?;
+        )
+        .map_err(GraceError::Create)?;
         Ok(Self { outer, inner })
     }
 
     /// Returns once an RCU grace period has elapsed.
-    pub fn wait(&self) -> io::Result<()> {
+    pub fn wait(&self) -> Result<(), GraceError> {
         let value: u32 = self.inner.as_raw_fd() as u32;
-        map_update(self.outer.as_fd(), &0u32, &value)
+        map_update(self.outer.as_fd(), &0u32, &value).map_err(GraceError::Wait)
     }
 }
 

@@ -34,8 +34,8 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData, RingBuf},
-    programs::{RawTracePoint, links::FdLink},
+    maps::{MapData, RingBuf},
+    programs::{ProgramError, RawTracePoint, links::FdLink},
 };
 use imds_guard_common::{
     self as common, CgroupEvent, ComponentKey, EVENT_PATH_LEN, GENERATIONS, IdRule, IdRules,
@@ -45,16 +45,43 @@ use imds_guard_common::{
 use self::tables::{LpmEntry, Tables};
 use super::{
     batch, cgroup,
-    loader::{GuardError, map_err},
+    cgroup::CgroupError,
+    maps::{self, MapError, descriptor},
     pins::{PinError, Pins},
     programs,
     records::entry_number,
-    sys,
+    sys::{self, GraceError},
 };
 use crate::policy::{
     Action, Policy,
     cgroups::{CgroupClass, CgroupRule, CgroupRules, Dropped, Pods},
 };
+
+/// Something the classifier could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error(transparent)]
+    Grace(#[from] GraceError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("cannot list the cgroups below {path}")]
+    Scan {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("cannot attach program {name} to the tracepoint {tracepoint}")]
+    Tracepoint {
+        name: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
 
 /// The key of an LPM trie entry as `bpf(2)` takes it.
 #[repr(C)]
@@ -97,17 +124,8 @@ pub(crate) struct Classifier {
 
 impl Classifier {
     /// The maps of `ebpf` (its event ring taken), nothing written.
-    pub(crate) fn new(ebpf: &mut Ebpf) -> Result<Self, GuardError> {
-        let fd = |name: &'static str| -> Result<OwnedFd, GuardError> {
-            let data: &MapData = match ebpf.map(name) {
-                Some(Map::HashMap(d) | Map::Array(d) | Map::LpmTrie(d)) => d,
-                _ => return Err(GuardError::MissingMap(name)),
-            };
-            data.fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| GuardError::Batch { name, source })
-        };
+    pub(crate) fn new(ebpf: &mut Ebpf) -> Result<Self, ClassifyError> {
+        let fd = |name| descriptor(ebpf, name);
         let class = fd(common::MAP_CGROUP_CLASS)?;
         let prefixes = fd(common::MAP_CGROUP_PREFIXES)?;
         let suffixes = fd(common::MAP_CGROUP_SUFFIXES)?;
@@ -115,8 +133,8 @@ impl Classifier {
         let patterns = fd(common::MAP_CGROUP_PATTERNS)?;
         let ring = ebpf
             .take_map(common::MAP_CGROUP_EVENTS)
-            .ok_or(GuardError::MissingMap(common::MAP_CGROUP_EVENTS))?;
-        let events = RingBuf::try_from(ring).map_err(map_err(common::MAP_CGROUP_EVENTS))?;
+            .ok_or(MapError::Missing(common::MAP_CGROUP_EVENTS))?;
+        let events = RingBuf::try_from(ring).map_err(maps::access(common::MAP_CGROUP_EVENTS))?;
         Ok(Self {
             class,
             prefixes,
@@ -129,7 +147,7 @@ impl Classifier {
             rules: [Vec::new(), Vec::new()],
             links: Vec::new(),
             attached: false,
-            grace: sys::GracePeriod::new().map_err(GuardError::GraceMap)?,
+            grace: sys::GracePeriod::new()?,
             pods: Pods::new(),
             dropped: Dropped::default(),
             paths: HashMap::new(),
@@ -166,7 +184,7 @@ impl Classifier {
         ebpf: &mut Ebpf,
         generation: u32,
         policy: &Policy,
-    ) -> Result<(), GuardError> {
+    ) -> Result<(), ClassifyError> {
         let (rules, dropped) = policy.cgroups.patterns(&self.pods);
         self.dropped = dropped;
         let slot = (generation % GENERATIONS) as usize;
@@ -178,20 +196,24 @@ impl Classifier {
         if !self.attached {
             self.attach(ebpf)?;
         }
-        self.grace.wait().map_err(GuardError::Grace)?;
+        self.grace.wait()?;
         self.classify_all()
     }
 
     /// Attaches the raw tracepoint programs of [`programs::TABLE`] (loaded
     /// already).
-    fn attach(&mut self, ebpf: &mut Ebpf) -> Result<(), GuardError> {
+    fn attach(&mut self, ebpf: &mut Ebpf) -> Result<(), ClassifyError> {
         for (row, tracepoint) in programs::tracepoints() {
             let name = row.name;
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
-                .ok_or(GuardError::MissingProgram(name))?;
-            let attach_err = |source| GuardError::Tracepoint { name, source };
+                .ok_or(ClassifyError::MissingProgram(name))?;
+            let attach_err = |source| ClassifyError::Tracepoint {
+                name,
+                tracepoint,
+                source,
+            };
             let id = program.attach(tracepoint).map_err(attach_err)?;
             let link: FdLink = program.take_link(id).map_err(attach_err)?.into();
             self.links.push((name, link));
@@ -204,7 +226,7 @@ impl Classifier {
     /// theirs detach once nothing else holds them, and ours keep
     /// classifying after we exit. Only once the guard's programs are ours,
     /// which read our map.
-    pub(crate) fn pin(&mut self, pins: &Pins) -> Result<(), GuardError> {
+    pub(crate) fn pin(&mut self, pins: &Pins) -> Result<(), PinError> {
         for (name, link) in self.links.drain(..) {
             let path = pins.link_path(name);
             let fresh = pins.dir().join(format!("new_link_{name}"));
@@ -223,7 +245,7 @@ impl Classifier {
     }
 
     /// Removes what an earlier prepare wrote into the tables of `slot`.
-    fn clear_tables(&mut self, slot: usize) -> Result<(), GuardError> {
+    fn clear_tables(&mut self, slot: usize) -> Result<(), MapError> {
         let Some(old) = self.written[slot].take() else {
             return Ok(());
         };
@@ -235,7 +257,7 @@ impl Classifier {
                 match sys::map_delete(fd.as_fd(), &lpm_key(e)) {
                     Ok(()) => {}
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                    Err(source) => return Err(GuardError::Batch { name, source }),
+                    Err(source) => return Err(MapError::Write { name, source }),
                 }
             }
         }
@@ -244,7 +266,7 @@ impl Classifier {
         update(&self.lengths, common::MAP_CGROUP_LENGTHS, &indexes, &zeros)
     }
 
-    fn write_tables(&self, generation: u32, tables: &Tables) -> Result<(), GuardError> {
+    fn write_tables(&self, generation: u32, tables: &Tables) -> Result<(), MapError> {
         for (fd, name, entries) in [
             (
                 &self.prefixes,
@@ -258,24 +280,19 @@ impl Classifier {
             ),
         ] {
             for e in entries {
-                sys::map_update(fd.as_fd(), &lpm_key(e), &e.mask)
-                    .map_err(|source| GuardError::Batch { name, source })?;
+                sys::map_update(fd.as_fd(), &lpm_key(e), &e.mask).map_err(maps::write(name))?;
             }
         }
         let (indexes, masks): (Vec<u32>, Vec<u64>) = tables.lengths.iter().copied().unzip();
         update(&self.lengths, common::MAP_CGROUP_LENGTHS, &indexes, &masks)?;
-        sys::map_update(self.patterns.as_fd(), &generation, &tables.patterns).map_err(|source| {
-            GuardError::Batch {
-                name: common::MAP_CGROUP_PATTERNS,
-                source,
-            }
-        })
+        sys::map_update(self.patterns.as_fd(), &generation, &tables.patterns)
+            .map_err(maps::write(common::MAP_CGROUP_PATTERNS))
     }
 
     /// Writes the entry of every cgroup there is, and of every cgroup the
     /// programs reported meanwhile.
-    fn classify_all(&mut self) -> Result<(), GuardError> {
-        let listed = scan::list(&self.root).map_err(|source| GuardError::CgroupScan {
+    fn classify_all(&mut self) -> Result<(), ClassifyError> {
+        let listed = scan::list(&self.root).map_err(|source| ClassifyError::Scan {
             path: self.root.clone(),
             source,
         })?;
@@ -284,12 +301,12 @@ impl Classifier {
             self.classify(found.id, &found.path)?;
             self.remember(found.id, found.path);
         }
-        self.drain(true)
+        Ok(self.drain(true)?)
     }
 
     /// Writes the entry of cgroup `id` at `path`, as the program would,
     /// unless it is gone (then its entry goes too).
-    fn classify(&mut self, id: u64, path: &[u8]) -> Result<(), GuardError> {
+    fn classify(&mut self, id: u64, path: &[u8]) -> Result<(), MapError> {
         let class = |rules: &[CgroupRule]| stored_rule(rules, path);
         let (Some(first), Some(second)) = (class(&self.rules[0]), class(&self.rules[1])) else {
             // Too deep for the program to classify: no entry there, none
@@ -310,19 +327,19 @@ impl Classifier {
             // The map is full: the cgroup stays unclassified (fail closed),
             // which the program counts as it happens.
             Err(e) if e.raw_os_error() == Some(libc::E2BIG) => Ok(()),
-            Err(source) => Err(GuardError::Batch {
+            Err(source) => Err(MapError::Write {
                 name: common::MAP_CGROUP_CLASS,
                 source,
             }),
         }
     }
 
-    fn forget(&mut self, id: u64) -> Result<(), GuardError> {
+    fn forget(&mut self, id: u64) -> Result<(), MapError> {
         self.paths.remove(&id);
         match sys::map_delete(self.class.as_fd(), &id) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(source) => Err(GuardError::Batch {
+            Err(source) => Err(MapError::Write {
                 name: common::MAP_CGROUP_CLASS,
                 source,
             }),
@@ -337,7 +354,7 @@ impl Classifier {
 
     /// Reads what the programs reported: the paths of new cgroups, and
     /// with `classify`, their entries written again (during a prepare).
-    pub(crate) fn drain(&mut self, classify: bool) -> Result<(), GuardError> {
+    pub(crate) fn drain(&mut self, classify: bool) -> Result<(), MapError> {
         let mut reported = Vec::new();
         while let Some(item) = self.events.next() {
             if let Some(event) = decode(&item) {
@@ -403,16 +420,11 @@ fn lpm_key(e: &LpmEntry) -> LpmKey {
 }
 
 /// Writes `keys` and `values` into the array `name`, in batches.
-fn update(
-    fd: &OwnedFd,
-    name: &'static str,
-    keys: &[u32],
-    values: &[u64],
-) -> Result<(), GuardError> {
+fn update(fd: &OwnedFd, name: &'static str, keys: &[u32], values: &[u64]) -> Result<(), MapError> {
     if keys.is_empty() {
         return Ok(());
     }
-    batch::update(fd.as_fd(), keys, values).map_err(|source| GuardError::Batch { name, source })
+    batch::update(fd.as_fd(), keys, values).map_err(maps::write(name))
 }
 
 /// The entry the kernel stores for the cgroup at `path` under `rules`,
