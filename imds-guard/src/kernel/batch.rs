@@ -9,28 +9,13 @@
 use std::{io, os::fd::BorrowedFd};
 
 use aya::Pod;
+use aya_obj::generated::bpf_cmd;
 
-use super::sys::bpf;
-
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+use super::sys::{attr, bpf};
 
 /// Entries per system call: bounds the kernel's own copy of the keys and
 /// values (it allocates for one batch at a time).
 const CHUNK: usize = 8192;
-
-/// `union bpf_attr`'s `batch` member.
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
 
 /// Writes every `(key, value)` into the hash map `map`.
 pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
@@ -42,7 +27,7 @@ pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> 
     }
     for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
         batch(
-            BPF_MAP_UPDATE_BATCH,
+            bpf_cmd::BPF_MAP_UPDATE_BATCH,
             map,
             keys.as_ptr().cast(),
             values.as_ptr().cast(),
@@ -60,7 +45,7 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
         let mut rest = chunk;
         while !rest.is_empty() {
             match batch(
-                BPF_MAP_DELETE_BATCH,
+                bpf_cmd::BPF_MAP_DELETE_BATCH,
                 map,
                 rest.as_ptr().cast(),
                 std::ptr::null(),
@@ -82,25 +67,24 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
 /// One batch command over `count` entries; on error, how many the kernel
 /// did before it.
 fn batch(
-    cmd: libc::c_long,
+    cmd: bpf_cmd,
     map: BorrowedFd<'_>,
     keys: *const u8,
     values: *const u8,
     count: usize,
 ) -> Result<usize, (usize, io::Error)> {
     use std::os::fd::AsRawFd as _;
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: 0,
-        keys: keys as u64,
-        values: values as u64,
-        count: count as u32,
-        map_fd: map.as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    match bpf(cmd, &mut attr) {
-        Ok(_) => Ok(attr.count as usize),
-        Err(e) => Err((attr.count as usize, e)),
+    let mut attr = attr();
+    attr.batch.keys = keys as u64;
+    attr.batch.values = values as u64;
+    attr.batch.count = count as u32;
+    attr.batch.map_fd = map.as_raw_fd() as u32;
+    let result = bpf(cmd, &mut attr);
+    // SAFETY: the kernel wrote how many it did into the field the count
+    // was read from, a plain integer.
+    let done = unsafe { attr.batch.count } as usize;
+    match result {
+        Ok(_) => Ok(done),
+        Err(e) => Err((done, e)),
     }
 }

@@ -19,33 +19,14 @@
 
 use std::{collections::HashMap, fmt, path::Path};
 
+use aya_obj::btf::BtfKind;
+
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
+/// `BTF_MAGIC` (include/uapi/linux/btf.h), which `aya_obj::generated`
+/// leaves out; the kinds are its `BtfKind`.
 const MAGIC: u16 = 0xeb9f;
-
-/// `BTF_KIND_*`.
-mod kind {
-    pub const INT: u32 = 1;
-    pub const PTR: u32 = 2;
-    pub const ARRAY: u32 = 3;
-    pub const STRUCT: u32 = 4;
-    pub const UNION: u32 = 5;
-    pub const ENUM: u32 = 6;
-    pub const FWD: u32 = 7;
-    pub const TYPEDEF: u32 = 8;
-    pub const VOLATILE: u32 = 9;
-    pub const CONST: u32 = 10;
-    pub const RESTRICT: u32 = 11;
-    pub const FUNC: u32 = 12;
-    pub const FUNC_PROTO: u32 = 13;
-    pub const VAR: u32 = 14;
-    pub const DATASEC: u32 = 15;
-    pub const FLOAT: u32 = 16;
-    pub const DECL_TAG: u32 = 17;
-    pub const TYPE_TAG: u32 = 18;
-    pub const ENUM64: u32 = 19;
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -223,7 +204,7 @@ impl Btf {
         let _size = r.u32()?;
         let vlen = info & 0xffff;
         // `BTF_KIND_ENUM` records are 8 bytes each, `ENUM64` 12.
-        let record = if (info >> 24) & 0x1f == kind::ENUM64 {
+        let record = if (info >> 24) & 0x1f == BtfKind::Enum64 as u32 {
             12
         } else {
             8
@@ -370,40 +351,43 @@ fn index_type(r: &mut Reader<'_>) -> Result<(Type, u32), BtfError> {
     let info = r.u32()?;
     let size_or_type = r.u32()?;
     let vlen = (info & 0xffff) as usize;
-    let ty = match (info >> 24) & 0x1f {
-        kind::STRUCT | kind::UNION => {
+    let kind = (info >> 24) & 0x1f;
+    let ty = match BtfKind::try_from(kind).unwrap_or(BtfKind::Unknown) {
+        BtfKind::Struct | BtfKind::Union => {
             r.skip(12 * vlen)?;
             Type::Composite { at }
         }
-        kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => {
-            Type::Alias(size_or_type)
-        }
-        kind::INT | kind::VAR | kind::DECL_TAG => {
+        BtfKind::Typedef
+        | BtfKind::Volatile
+        | BtfKind::Const
+        | BtfKind::Restrict
+        | BtfKind::TypeTag => Type::Alias(size_or_type),
+        BtfKind::Int | BtfKind::Var | BtfKind::DeclTag => {
             r.skip(4)?;
             Type::Other
         }
-        kind::ARRAY => {
+        BtfKind::Array => {
             r.skip(12)?;
             Type::Other
         }
-        kind::ENUM => {
+        BtfKind::Enum => {
             r.skip(8 * vlen)?;
             Type::Enum { at }
         }
-        kind::ENUM64 => {
+        BtfKind::Enum64 => {
             r.skip(12 * vlen)?;
             Type::Enum { at }
         }
-        kind::FUNC_PROTO => {
+        BtfKind::FuncProto => {
             r.skip(8 * vlen)?;
             Type::Other
         }
-        kind::DATASEC => {
+        BtfKind::DataSec => {
             r.skip(12 * vlen)?;
             Type::Other
         }
-        kind::PTR | kind::FWD | kind::FUNC | kind::FLOAT => Type::Other,
-        other => return Err(malformed(format!("unknown type kind {other}"))),
+        BtfKind::Ptr | BtfKind::Fwd | BtfKind::Func | BtfKind::Float => Type::Other,
+        BtfKind::Unknown => return Err(malformed(format!("unknown type kind {kind}"))),
     };
     Ok((ty, name_off))
 }

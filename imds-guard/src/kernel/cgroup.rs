@@ -9,8 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// cgroup2's filesystem magic (`CGROUP2_SUPER_MAGIC`).
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+use nix::sys::statfs::CGROUP2_SUPER_MAGIC;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -103,7 +102,7 @@ pub fn open(path: &Path) -> Result<File, CgroupError> {
         source,
     })?;
     let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
-    let magic = nix::sys::statfs::fstatfs(&file).map(|s| s.filesystem_type().0);
+    let magic = nix::sys::statfs::fstatfs(&file).map(|s| s.filesystem_type());
     if !is_dir || magic.ok() != Some(CGROUP2_SUPER_MAGIC) {
         return Err(CgroupError::NotCgroup2 {
             path: path.to_owned(),

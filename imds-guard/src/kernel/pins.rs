@@ -17,6 +17,7 @@ use aya::{
     maps::{Map, MapData},
     programs::links::FdLink,
 };
+use nix::sys::statfs::BPF_FS_MAGIC;
 
 use super::{programs, sys};
 
@@ -34,8 +35,6 @@ pub fn command_for(dir: &Path, command: &str) -> String {
 }
 /// Where systemd (and we, if it did not) mount the bpf filesystem.
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
-/// `BPF_FS_MAGIC`.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// A pin directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +92,7 @@ fn chain(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
 }
 
 impl Pins {

@@ -42,22 +42,22 @@ impl Builder {
     }
 
     pub(crate) fn int(&mut self, name: &str, size: u32) -> u32 {
-        let id = self.header(name, kind::INT, 0, false, size);
+        let id = self.header(name, BtfKind::Int as u32, 0, false, size);
         self.types.extend_from_slice(&(size * 8).to_ne_bytes());
         id
     }
 
     pub(crate) fn ptr(&mut self, to: u32) -> u32 {
-        self.header("", kind::PTR, 0, false, to)
+        self.header("", BtfKind::Ptr as u32, 0, false, to)
     }
 
     pub(crate) fn typedef(&mut self, name: &str, to: u32) -> u32 {
-        self.header(name, kind::TYPEDEF, 0, false, to)
+        self.header(name, BtfKind::Typedef as u32, 0, false, to)
     }
 
     /// An enum, to check that kinds the lookups ignore are skipped right.
     pub(crate) fn enumeration(&mut self, name: &str, values: &[(&str, i32)]) -> u32 {
-        let id = self.header(name, kind::ENUM, values.len() as u32, false, 4);
+        let id = self.header(name, BtfKind::Enum as u32, values.len() as u32, false, 4);
         for &(n, v) in values {
             let n = self.str(n);
             self.types.extend_from_slice(&n.to_ne_bytes());
@@ -75,7 +75,11 @@ impl Builder {
         members: &[(&str, u32, u32, u32)],
     ) -> u32 {
         let kind_flag = members.iter().any(|m| m.3 != 0);
-        let kind = if union { kind::UNION } else { kind::STRUCT };
+        let kind = if union {
+            BtfKind::Union as u32
+        } else {
+            BtfKind::Struct as u32
+        };
         let id = self.header(name, kind, members.len() as u32, kind_flag, size);
         for &(n, t, bits, size) in members {
             let n = self.str(n);
