@@ -2,10 +2,7 @@
 //! to, the pin directory and the lock on it, and the loaded guard itself,
 //! lent to the reload thread while a reload runs.
 
-use std::{
-    fs::File,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use super::{DaemonError, policies};
 use crate::{
@@ -13,7 +10,7 @@ use crate::{
     kernel::{
         AttachReport, Counters, Guard, cgroup,
         inspect::{self, Status},
-        pins::Pins,
+        pins::{AgentLock, Pins},
     },
 };
 
@@ -22,7 +19,7 @@ pub(super) struct Attachment {
     cgroup: PathBuf,
     pins: Pins,
     /// The agent lock on the pin directory, held for the agent's life.
-    _lock: File,
+    _lock: AgentLock,
     /// `None` while a reload has it.
     guard: Option<Guard>,
 }

@@ -17,7 +17,11 @@ use aya::{
     maps::{Map, MapData},
     programs::links::FdLink,
 };
-use nix::sys::statfs::BPF_FS_MAGIC;
+use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
+    sys::statfs::BPF_FS_MAGIC,
+};
 
 use super::{programs, sys};
 
@@ -35,6 +39,11 @@ pub fn command_for(dir: &Path, command: &str) -> String {
 }
 /// Where systemd (and we, if it did not) mount the bpf filesystem.
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// The agent lock on a pin directory ([`Pins::lock`]), held until dropped.
+pub struct AgentLock(
+    #[expect(dead_code, reason = "held for its Drop, which unlocks")] Flock<fs::File>,
+);
 
 /// A pin directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,18 +205,12 @@ impl Pins {
     /// when another agent holds it. Only root can open the directory, and a
     /// dead agent's lock goes with it, so neither a stale pid nor a forged
     /// process name can stand in for a live agent.
-    pub fn lock(&self) -> Result<Option<fs::File>, PinError> {
+    pub fn lock(&self) -> Result<Option<AgentLock>, PinError> {
         let dir = fs::File::open(&self.dir).map_err(pin_err("open", &self.dir))?;
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(Some(dir));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(pin_err("lock", &self.dir)(e))
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(AgentLock(lock))),
+            Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(pin_err("lock", &self.dir)(e.into())),
         }
     }
 
@@ -216,10 +219,8 @@ impl Pins {
         let Ok(dir) = fs::File::open(&self.dir) else {
             return false;
         };
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: flock on a descriptor we own; a shared lock we get is
-        // released when `dir` closes.
-        unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+        // A shared lock we get is released as it drops, here.
+        Flock::lock(dir, FlockArg::LockSharedNonblock).is_err()
     }
 
     /// Whether any link on the guarded cgroup is pinned.
