@@ -23,7 +23,7 @@ use clap::{Args, Subcommand};
 use clap_complete::{Generator as _, Shell};
 use clap_mangen::{
     Man,
-    roff::{Roff, bold, italic, roman},
+    roff::{Inline, Roff, bold, italic, roman},
 };
 
 /// The manual section of every command's page.
@@ -324,90 +324,83 @@ fn description() -> Roff {
     r
 }
 
-/// EXIT STATUS, ENVIRONMENT, FILES and SEE ALSO of the top page.
-fn reference() -> Roff {
-    let mut r = Roff::new();
-    r.control("SH", ["EXIT STATUS"]);
-    for (code, meaning) in [
-        ("0", "Success."),
-        ("1", "The policy is invalid; nothing was attached."),
-        ("2", "Bad command line."),
-        (
-            "3",
-            "The guard could not be set up or run (for instance no cgroup v2, or another agent \
+/// Every exit code, for EXIT STATUS.
+const EXIT_STATUS: &[(&str, &str)] = &[
+    ("0", "Success."),
+    ("1", "The policy is invalid; nothing was attached."),
+    ("2", "Bad command line."),
+    (
+        "3",
+        "The guard could not be set up or run (for instance no cgroup v2, or another agent \
              runs it); status: only root can read the guard's pins.",
-        ),
-        (
-            "4",
-            "check: the process is denied (or would be, in audit mode). render --strict: the \
+    ),
+    (
+        "4",
+        "check: the process is denied (or would be, in audit mode). render --strict: the \
              rules cannot say everything the policy says.",
-        ),
-        (
-            "5",
-            "status: the guard is not enforcing, enforces the fallback, differs from --config \
+    ),
+    (
+        "5",
+        "status: the guard is not enforcing, enforces the fallback, differs from --config \
              FILE, or is not in the --require mode.",
-        ),
-        (
-            "6",
-            "run: the kernel refuses the agent for good (a capability missing, a seccomp filter \
+    ),
+    (
+        "6",
+        "run: the kernel refuses the agent for good (a capability missing, a seccomp filter \
              or a security module refusing bpf(2), a kernel without a feature the guard \
              needs); the message names the cause and the fix. The packaged unit does not \
              restart on it.",
-        ),
-    ] {
-        r.control("TP", [])
-            .text([bold(code)])
-            .text([roman(meaning)]);
-    }
+    ),
+];
 
-    r.control("SH", ["ENVIRONMENT"]);
-    for (var, meaning) in [
-        (
-            "IMDS_GUARD_LOG",
-            "The log filter, in tracing's EnvFilter syntax; debug also logs allowed decisions \
+/// What the agent reads of its environment.
+const ENVIRONMENT: &[(&str, &str)] = &[
+    (
+        "IMDS_GUARD_LOG",
+        "The log filter, in tracing's EnvFilter syntax; debug also logs allowed decisions \
              and turns on the programs' own diagnostics. Default: info.",
-        ),
-        (
-            "JOURNAL_STREAM",
-            "Set by systemd; when it names the agent's stderr, --log-format auto writes native \
+    ),
+    (
+        "JOURNAL_STREAM",
+        "Set by systemd; when it names the agent's stderr, --log-format auto writes native \
              journal entries, one journal field per record field (EVENT, UID, USER, GID, PID, \
              COMM, DST, PORT, HOOK, REASON, ...).",
-        ),
-        (
-            "NOTIFY_SOCKET",
-            "Set by systemd for a Type=notify service; the agent reports readiness once the \
+    ),
+    (
+        "NOTIFY_SOCKET",
+        "Set by systemd for a Type=notify service; the agent reports readiness once the \
              guard is enforcing, and reloads and shutdown.",
-        ),
-    ] {
-        r.control("TP", []).text([bold(var)]).text([roman(meaning)]);
-    }
+    ),
+];
 
-    r.control("SH", ["FILES"]);
-    for (path, meaning) in [
-        (
-            "/etc/imds-guard/policy.toml",
-            "The policy read when --config is not given, when there is one. The packages never \
+/// The files the agent reads and writes.
+const FILES: &[(&str, &str)] = &[
+    (
+        "/etc/imds-guard/policy.toml",
+        "The policy read when --config is not given, when there is one. The packages never \
              install or replace it: write it before or after installing. run looks it up again at \
              each reload, so a file written after the agent started is read by systemctl reload \
              imds-guard.",
-        ),
-        (
-            "/usr/share/imds-guard/policy.toml",
-            "The packaged default, read when /etc/imds-guard/policy.toml does not exist: only \
+    ),
+    (
+        "/usr/share/imds-guard/policy.toml",
+        "The packaged default, read when /etc/imds-guard/policy.toml does not exist: only \
              root may reach the metadata service. It documents every key; copy it to /etc to \
              start a policy of your own, since an upgrade replaces it.",
-        ),
-        (
-            "/sys/fs/bpf/imds-guard",
-            "Where the agent pins its programs and maps, so that enforcement outlives the \
+    ),
+    (
+        "/sys/fs/bpf/imds-guard",
+        "Where the agent pins its programs and maps, so that enforcement outlives the \
              process; imds-guard detach removes them.",
-        ),
-    ] {
-        r.control("TP", [])
-            .text([italic(path)])
-            .text([roman(meaning)]);
-    }
+    ),
+];
 
+/// EXIT STATUS, ENVIRONMENT, FILES and SEE ALSO of the top page.
+fn reference() -> Roff {
+    let mut r = Roff::new();
+    tagged(&mut r, "EXIT STATUS", EXIT_STATUS, |s| bold(s));
+    tagged(&mut r, "ENVIRONMENT", ENVIRONMENT, |s| bold(s));
+    tagged(&mut r, "FILES", FILES, |s| italic(s));
     r.control("SH", ["SEE ALSO"]);
     r.text([
         bold("systemctl"),
@@ -420,6 +413,17 @@ fn reference() -> Roff {
         roman("(2)"),
     ]);
     r
+}
+
+/// A section of tagged paragraphs: each tag in `style`, its meaning in
+/// roman.
+fn tagged(r: &mut Roff, title: &str, rows: &[(&str, &str)], style: fn(&str) -> Inline) {
+    r.control("SH", [title]);
+    for (tag, meaning) in rows {
+        r.control("TP", [])
+            .text([style(tag)])
+            .text([roman(*meaning)]);
+    }
 }
 
 fn see_also(pages: &[(&str, &str)]) -> Roff {
