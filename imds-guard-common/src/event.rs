@@ -77,6 +77,15 @@ pub mod kind {
     pub const DECISION: u8 = 0;
 }
 
+/// Bits of [`Event::flags`]: what a record says beyond the decision.
+pub mod event_flags {
+    /// `egress` judged a packet of a socket let through to this same
+    /// address under an earlier policy (before a reload, or in audit mode
+    /// before the switch to enforce): a denial cuts a connection that was
+    /// open, an audit says it would.
+    pub const REVOKED: u8 = 1;
+}
+
 /// Address family of the destination in an [`Event`].
 pub mod family {
     pub const INET: u8 = 4;
@@ -126,7 +135,9 @@ pub struct Event {
     /// The IP protocol of a packet (`egress`), 0 where the hook does not
     /// look at one.
     pub proto: u8,
-    pub _pad1: [u8; 3],
+    /// [`event_flags`] bits.
+    pub flags: u8,
+    pub _pad1: [u8; 2],
     /// The id whose rule decided: the uid (`UID_*`), the primary gid
     /// (`GID_*`), the supplementary group (`GROUP_*`), the owner of a user
     /// namespace (`OWNER_DENIED`), the id of the host-only rule

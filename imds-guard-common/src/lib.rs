@@ -23,13 +23,13 @@ pub use self::{
         MAX_LITERAL, MAX_NAME, MAX_PATTERN_DEPTH, cgroup_event, cgroup_stat, length_index,
     },
     counters::{COUNTERS_LEN, counter, counter_index},
-    event::{COMM_LEN, Event, NO_ID, family, hook, kind, reason, verdict},
+    event::{COMM_LEN, Event, NO_ID, event_flags, family, hook, kind, reason, verdict},
     identity::{HostNamespaces, MAX_GROUPS, MAX_PID_NS_LEVEL, MAX_USERNS_DEPTH, Resolved, ns},
     names::*,
     offsets::{Offsets, PF_KTHREAD},
     policy::{
-        Config, Decided, GENERATIONS, IdRule, IdRules, MAX_ENDPOINTS, MAX_ID_RULES, PROTECTED,
-        V4Key, V6Key, action, config_flags, mode,
+        Config, GENERATIONS, IdRule, IdRules, MAX_ENDPOINTS, MAX_ID_RULES, PROTECTED, SockState,
+        V4Key, V6Key, action, config_flags, mode, sock_state,
     },
 };
 
@@ -54,7 +54,7 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Offsets {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::Decided {}
+    unsafe impl aya::Pod for super::SockState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HostNamespaces {}
     // SAFETY: as above.

@@ -21,7 +21,7 @@ pub const MAP_EVENTS: &str = "EVENTS";
 /// The per-CPU array of counters, indexed by [`crate::counter_index`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// The socket storage of sockets whose traffic to a protected address was
-/// decided already (value: [`crate::Decided`]).
+/// let through, and under which policy (value: [`crate::SockState`]).
 pub const MAP_DECIDED: &str = "DECIDED";
 
 /// The one-entry array holding the [`crate::Resolved`] offsets and

@@ -37,16 +37,39 @@ pub struct V6Key {
 }
 const _: () = assert!(size_of::<V6Key>() == 20);
 
-/// The value of [`crate::MAP_DECIDED`], a socket's own storage: the
-/// protected destination its connect (or datagram) was let through to, as an IPv6 address
-/// (an IPv4 one in its mapped form, `::ffff:a.b.c.d`), in network byte
-/// order.
+/// The value of [`crate::MAP_DECIDED`], a socket's own storage: what was
+/// let through on it, and under which policy. Written where a protected
+/// destination is let through (a `sock_addr` hook, or `egress` after it
+/// judged a packet); `egress` lets a packet go unjudged only when `addr`
+/// is its destination and `epoch` the [`Config::epoch`] in force, so a
+/// reload (or the switch from audit to enforce) has the next packet of
+/// every connection judged again by the new policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Decided {
+pub struct SockState {
+    /// The protected destination let through, as an IPv6 address (an IPv4
+    /// one in its mapped form, `::ffff:a.b.c.d`), in network byte order.
     pub addr: [u8; 16],
+    /// The [`Config::epoch`] of the policy that let it through.
+    pub epoch: u32,
+    /// [`sock_state::ALLOWED`] or [`sock_state::AUDITED`].
+    pub verdict: u8,
+    /// 0 for now (request-level judgement will keep its bits here).
+    pub flags: u8,
+    /// 0 for now (the request rule set of a caller allowed some requests).
+    pub ruleset: u16,
 }
-const _: () = assert!(size_of::<Decided>() == 16);
+const _: () = assert!(size_of::<SockState>() == 24);
+
+/// [`SockState::verdict`]: how the socket was let through.
+pub mod sock_state {
+    /// The policy allows its owner.
+    pub const ALLOWED: u8 = 1;
+    /// The policy refuses its owner, and audit mode let it through: the
+    /// switch to enforce changes the epoch, and its next packet is judged
+    /// (and dropped) then.
+    pub const AUDITED: u8 = 2;
+}
 
 /// What a rule or a default says.
 pub mod action {
@@ -98,9 +121,9 @@ pub struct IdRules {
 const _: () = assert!(size_of::<IdRules>() == 16);
 
 /// One generation's run-time switches, in [`crate::MAP_CONFIG`]. The
-/// programs read `mode` and `default_action`; the rest records what is in
-/// force, so that `imds-guard status` reads it from the kernel rather than
-/// trusting a file.
+/// programs read `mode`, `default_action`, `flags` and `epoch`; the rest
+/// records what is in force, so that `imds-guard status` reads it from the
+/// kernel rather than trusting a file.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -118,6 +141,12 @@ pub struct Config {
     pub agent_pid: u32,
     /// [`config_flags`]: what `status` should know of this generation.
     pub flags: u32,
+    /// Strictly increasing with every apply (start, reload, fallback) for
+    /// the life of the maps, never 0 once written: a socket let through
+    /// under another epoch ([`SockState::epoch`]) is judged again on its
+    /// next packet. A new agent makes new maps, so it starts again at 1.
+    pub epoch: u32,
+    pub _pad: [u8; 4],
 }
 
 /// Bits of [`Config::flags`].
@@ -150,4 +179,4 @@ pub mod config_flags {
     /// is denied.
     pub const CGROUP_DENY: u32 = 1 << 17;
 }
-const _: () = assert!(size_of::<Config>() == 64);
+const _: () = assert!(size_of::<Config>() == 72);

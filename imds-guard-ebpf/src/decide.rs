@@ -45,6 +45,20 @@ impl From<Verdict> for i32 {
     }
 }
 
+impl Verdict {
+    /// What the hook returns for a decision recorded as `recorded` (one of
+    /// [`verdict`]): allowed and audited go on; denied, or a value no
+    /// decision records, is rejected.
+    #[inline(always)]
+    pub fn of(recorded: u8) -> Self {
+        if recorded == verdict::ALLOWED || recorded == verdict::AUDITED {
+            Self::Allow
+        } else {
+            Self::Reject
+        }
+    }
+}
+
 /// The outcome of looking the caller up in the policy.
 #[derive(Clone, Copy)]
 struct Outcome {
@@ -85,8 +99,10 @@ impl Outcome {
     }
 }
 
-/// Decides a connection (or datagram) by `caller` to the protected
-/// destination `dst`, under policy `generation`.
+/// Decides a connection (or datagram, or packet) by `caller` to the
+/// protected destination `dst`, under policy `generation`; returns what
+/// its record says, one of [`verdict`] ([`Verdict::of`] makes it the
+/// hook's answer).
 #[inline(always)]
 pub fn decide<C: EbpfContext>(
     ctx: &C,
@@ -94,14 +110,14 @@ pub fn decide<C: EbpfContext>(
     generation: u32,
     caller: &mut Caller,
     dst: &mut Dst,
-) -> Verdict {
+) -> u8 {
     // One state from here on, however the caller and the destination were
     // found (see `forget`). A copy that fails leaves nothing to judge or
     // record: denied, and counted as an error.
     if !forget(caller) || !forget(dst) {
         bump(hook, counter::DENIED);
         bump(hook, counter::ERRORS);
-        return Verdict::Reject;
+        return verdict::DENIED;
     }
     let (caller, dst) = (&*caller, &*dst);
     let internal_error = Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
@@ -150,11 +166,7 @@ pub fn decide<C: EbpfContext>(
         emit(hook, v, &outcome, caller, generation, dst);
     }
 
-    if v == verdict::DENIED {
-        Verdict::Reject
-    } else {
-        Verdict::Allow
-    }
+    v
 }
 
 /// The policy's order: deny if the uid is denied, or the primary gid, or
@@ -455,7 +467,8 @@ fn emit(hook: u8, v: u8, outcome: &Outcome, caller: &Caller, generation: u32, ds
         (*e).addr = dst.addr;
         (*e).comm = [0; COMM_LEN];
         (*e).proto = dst.proto;
-        (*e)._pad1 = [0; 3];
+        (*e).flags = dst.flags;
+        (*e)._pad1 = [0; 2];
         (*e).decider = outcome.decider;
         (*e).ngroups = outcome.ngroups;
         (*e).namespaces = namespaces;

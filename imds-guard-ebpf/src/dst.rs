@@ -2,7 +2,7 @@
 //! lookups that every connect on the host goes through.
 
 use aya_ebpf::programs::SockAddrContext;
-use imds_guard_common::{Decided, V4Key, V6Key, family};
+use imds_guard_common::{V4Key, V6Key, family};
 
 use crate::maps::{ACTIVE, PROTECTED_V4, PROTECTED_V6};
 
@@ -18,6 +18,9 @@ pub struct Dst {
     pub port: u16,
     /// The IP protocol, for packets; 0 for the `sock_addr` hooks.
     pub proto: u8,
+    /// [`imds_guard_common::event_flags`] for its record: what `egress`
+    /// knew of the socket before judging the packet.
+    pub flags: u8,
 }
 
 /// `user_ip4`, as the kernel stores it (network byte order).
@@ -101,6 +104,7 @@ impl Dst {
             addr: [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             port,
             proto: 0,
+            flags: 0,
         }
     }
 
@@ -121,22 +125,21 @@ impl Dst {
             addr,
             port,
             proto: 0,
+            flags: 0,
         }
     }
 
-    /// The destination as [`imds_guard_common::Decided`] keeps it: IPv6,
-    /// an IPv4 address in its mapped form.
+    /// The destination as [`imds_guard_common::SockState`] keeps it:
+    /// IPv6, an IPv4 address in its mapped form.
     #[inline(always)]
-    pub fn decided(&self) -> Decided {
+    pub fn stored_addr(&self) -> [u8; 16] {
         let a = self.addr;
         if self.family == family::INET {
-            Decided {
-                addr: [
-                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-                ],
-            }
+            [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ]
         } else {
-            Decided { addr: a }
+            a
         }
     }
 }

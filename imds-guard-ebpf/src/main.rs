@@ -5,8 +5,9 @@
 //! on the host (both through `kernel.rs`, the only reader of kernel memory),
 //! `dst.rs` the destination and whether it is protected, `decide.rs` what
 //! the policy says, `rules.rs` the rule lookups it shares with
-//! `identity.rs`, `maps.rs` every map. `classify.rs` keeps the rule of
-//! every cgroup as cgroups come and go (raw tracepoints).
+//! `identity.rs`, `sock_state.rs` what a socket was let through to and
+//! under which policy, `maps.rs` every map. `classify.rs` keeps the rule
+//! of every cgroup as cgroups come and go (raw tracepoints).
 #![no_std]
 #![no_main]
 
@@ -20,6 +21,7 @@ mod maps;
 mod rules;
 mod skb;
 mod sock_addr;
+mod sock_state;
 
 // Only for the BPF target: a host build of this crate (clippy over the
 // workspace) unifies features with the agent, pulls in `std` through aya,

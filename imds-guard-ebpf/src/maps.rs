@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use imds_guard_common::{
-    CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupPatterns, ComponentKey, Config, Decided,
-    EVENTS_BYTE_SIZE, GENERATIONS, IdRules, LENGTHS_LEN, MAX_CGROUP_PATTERNS, MAX_CGROUPS,
-    MAX_ENDPOINTS, MAX_ID_RULES, MAX_PATTERN_DEPTH, Resolved, V4Key, V6Key, cgroup_stat,
+    CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupPatterns, ComponentKey, Config, EVENTS_BYTE_SIZE,
+    GENERATIONS, IdRules, LENGTHS_LEN, MAX_CGROUP_PATTERNS, MAX_CGROUPS, MAX_ENDPOINTS,
+    MAX_ID_RULES, MAX_PATTERN_DEPTH, Resolved, SockState, V4Key, V6Key, cgroup_stat,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate entries on insert. Memory then follows the
@@ -49,7 +49,7 @@ pub static UID_RULES: HashMap<u32, IdRules> =
 pub static GID_RULES: HashMap<u32, IdRules> =
     HashMap::with_max_entries(MAX_ID_RULES * GENERATIONS, NO_PREALLOC);
 
-/// Each generation's [`Config`]: mode and default action. Zeroed
+/// Each generation's [`Config`]: mode, default action and epoch. Zeroed
 /// (unconfigured) until the agent writes it, and the programs deny
 /// protected destinations while it is.
 #[map]
@@ -70,14 +70,15 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTE_SIZE, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
-/// Sockets whose traffic to a protected address was let through already,
-/// in storage of the socket itself: by the `sock_addr` hooks (a connect, a
-/// datagram) or by `egress` (the owner's first packet). `egress` lets their
-/// packets to that same address go without judging them again. The kernel
+/// What each socket was let through to, and under which policy epoch
+/// ([`SockState`]), in storage of the socket itself: written by the
+/// `sock_addr` hooks (a connect, a datagram) and by `egress` (a packet
+/// judged). `egress` lets a packet go without judging it only when its
+/// destination and the epoch in force match (`sock_state.rs`). The kernel
 /// frees it with the socket: nothing to evict, nothing shared between CPUs
 /// to lock (an LRU map by socket cookie cost an allowed connect 800 ns).
 #[btf_map]
-pub static DECIDED: SkStorage<Decided> = SkStorage::new();
+pub static DECIDED: SkStorage<SockState> = SkStorage::new();
 
 /// Every cgroup v2 cgroup by id, with the rule each generation's patterns
 /// give its path (`imds_guard_common::cgroups`). Written by `cgroup_mkdir`

@@ -4,7 +4,9 @@
 //! whatever network namespace it lives in. A packet to a protected address
 //! is judged by the policy for the socket's owner, unless a `sock_addr`
 //! hook (or an earlier packet) already let that socket through to that
-//! same address.
+//! same address under the policy in force (`sock_state.rs`): after a
+//! reload, or the switch from audit to enforce, the next packet of every
+//! connection is judged again, and dropped when the new policy refuses it.
 //!
 //! The kernel runs it only for full sockets of the guarded cgroup
 //! (`BPF_CGROUP_RUN_PROG_INET_EGRESS`); a packet without a local socket
@@ -12,22 +14,24 @@
 //! here: the agent drops those in the forward path instead.
 //!
 //! For a packet to an address that is not protected this costs one load of
-//! the destination, one array lookup and one hash lookup.
+//! the destination, one array lookup and one hash lookup; for one of a
+//! connection let through under the policy in force, one storage lookup
+//! and one array lookup more.
 
 use aya_ebpf::{
     bindings::bpf_sock,
-    helpers::generated::{bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_cgroup_id},
+    helpers::generated::{bpf_sk_fullsock, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use imds_guard_common::{Decided, hook};
+use imds_guard_common::{event_flags, hook};
 
 use crate::{
     caller::Caller,
     decide::{Verdict, decide},
     dst::{Dst, active_generation, protected_v4, protected_v6},
     kernel::address_of,
-    maps::DECIDED,
+    sock_state::{self, Standing},
 };
 
 /// `ETH_P_IP` and `ETH_P_IPV6` as `__sk_buff.protocol` holds them (network
@@ -126,22 +130,22 @@ fn has_ports(proto: u8) -> bool {
     )
 }
 
-/// A packet to a protected destination: let through what was decided for
-/// this socket and address already, judge the rest by the socket's owner.
+/// A packet to a protected destination: let through what was let through
+/// on this socket to this address under the policy in force; judge the
+/// rest by the socket's owner, and remember what is let through. A socket
+/// let through to this address under an earlier policy is a revocation
+/// when refused now: its record says so.
 #[inline(always)]
 fn judge(ctx: &SkBuffContext, generation: u32, dst: &mut Dst) -> Verdict {
     let skb = ctx.skb.skb;
     let full = full_socket(ctx);
     // SAFETY: the program's own context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
-    if !full.is_null() {
-        // SAFETY: a full socket, checked above; a non-null result points
-        // at its storage, valid for this run.
-        let storage = unsafe { decided_of(full, 0) };
-        // SAFETY: checked for null; valid for this run.
-        if !storage.is_null() && unsafe { (*storage).addr == dst.decided().addr } {
-            return Verdict::Allow;
-        }
+    // SAFETY: null or a full socket, from `bpf_sk_fullsock`.
+    match unsafe { sock_state::standing(full, dst, generation) } {
+        Standing::Current => return Verdict::Allow,
+        Standing::Stale => dst.flags = event_flags::REVOKED,
+        Standing::Unknown => {}
     }
     let sk = if full.is_null() {
         None
@@ -149,22 +153,16 @@ fn judge(ctx: &SkBuffContext, generation: u32, dst: &mut Dst) -> Verdict {
         address_of(full)
     };
     let mut caller = Caller::of_socket(sk, cgroup_id);
-    let verdict = decide(ctx, hook::EGRESS, generation, &mut caller, dst);
-    if verdict == Verdict::Allow {
+    let recorded = decide(ctx, hook::EGRESS, generation, &mut caller, dst);
+    if let Some(state) = sock_state::let_through(dst, generation, recorded) {
         // Found again rather than kept across the decision: a pointer that
         // may be null would split every state of the decision in two.
-        let full = full_socket(ctx);
-        if !full.is_null() {
-            // SAFETY: as above.
-            unsafe {
-                let p = decided_of(full, BPF_SK_STORAGE_GET_F_CREATE);
-                if !p.is_null() {
-                    *p = dst.decided();
-                }
-            }
-        }
+        // SAFETY: null or a full socket, from `bpf_sk_fullsock`.
+        unsafe { sock_state::store(full_socket(ctx), &state) };
     }
-    verdict
+    // A refusal leaves the state as it was: the next packet is judged
+    // again (and its record rate-limited by the agent).
+    Verdict::of(recorded)
 }
 
 /// The packet's full socket (`bpf_sk_fullsock`), or null when it has none.
@@ -182,23 +180,4 @@ fn full_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
             bpf_sk_fullsock(sk)
         }
     }
-}
-
-/// `BPF_SK_STORAGE_GET_F_CREATE` (include/uapi/linux/bpf.h).
-const BPF_SK_STORAGE_GET_F_CREATE: u64 = 1;
-
-/// The socket's [`DECIDED`] storage, created (zeroed) with
-/// [`BPF_SK_STORAGE_GET_F_CREATE`]; null when it has none or none can be
-/// had. aya's `SkStorage` takes a `sock_addr` context only; this is the
-/// same helper on the packet's socket.
-///
-/// # Safety
-///
-/// `sk` must be a full socket (`bpf_sk_fullsock`), as the helper requires.
-#[inline(always)]
-unsafe fn decided_of(sk: *mut bpf_sock, flags: u64) -> *mut Decided {
-    let map = core::ptr::addr_of!(DECIDED).cast_mut().cast();
-    // SAFETY: the map is the program's own (its address is what the loader
-    // relocates); `sk` is a full socket by the caller's contract.
-    unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), flags) }.cast()
 }

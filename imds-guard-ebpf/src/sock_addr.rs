@@ -20,6 +20,7 @@ use crate::{
     dst::{Dst, active_generation, protected_v4, protected_v6, user_ip4, user_ip6, user_port},
     kernel::address_of,
     maps::DECIDED,
+    sock_state,
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -52,8 +53,8 @@ fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
     }
     let mut dst = Dst::v4(ip4, user_port(ctx));
     let mut caller = Caller::current().with_socket(socket(ctx));
-    let verdict = decide(ctx, hook, generation, &mut caller, &mut dst);
-    remembered(ctx, &dst, verdict)
+    let recorded = decide(ctx, hook, generation, &mut caller, &mut dst);
+    remembered(ctx, &dst, generation, recorded)
 }
 
 /// An IPv6 destination (`user_ip6`), IPv4-mapped ones included.
@@ -66,8 +67,8 @@ fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
     }
     let mut dst = Dst::v6(&ip6, user_port(ctx));
     let mut caller = Caller::current().with_socket(socket(ctx));
-    let verdict = decide(ctx, hook, generation, &mut caller, &mut dst);
-    remembered(ctx, &dst, verdict)
+    let recorded = decide(ctx, hook, generation, &mut caller, &mut dst);
+    remembered(ctx, &dst, generation, recorded)
 }
 
 /// The address of the socket being connected (`bpf_sock_addr.sk`, a full
@@ -81,29 +82,27 @@ fn socket(ctx: &SockAddrContext) -> Option<u64> {
     address_of(sk)
 }
 
-/// Remembers a socket let through to `dst`, so that `egress` does not judge
-/// its packets to `dst` again (by the socket's owner, who may differ from
-/// the process that connected: a setuid program, a passed descriptor).
-/// Should the storage not be had (no memory), `egress` judges them by the
-/// owner instead. What audit mode lets through is remembered too (one
-/// record per connection, not one per packet): such a connection keeps the
-/// service after the switch to enforce until it closes, as an allowed one
-/// does after a reload that refuses its caller (the README's threat model
-/// says so).
+/// Remembers a socket let through to `dst` (allowed, or audited) under
+/// policy `generation`, so that `egress` does not judge its packets to
+/// `dst` again (by the socket's owner, who may differ from the process
+/// that connected: a setuid program, a passed descriptor) until the next
+/// apply: a reload, or the switch from audit to enforce, writes another
+/// epoch, and the next packet is judged by the policy then in force. One
+/// record per connection, not one per packet. Should the storage not be
+/// had (no memory), `egress` judges its packets by the owner instead.
 #[inline(always)]
-fn remembered(ctx: &SockAddrContext, dst: &Dst, verdict: Verdict) -> Verdict {
-    if verdict == Verdict::Allow {
-        let mut decided = dst.decided();
+fn remembered(ctx: &SockAddrContext, dst: &Dst, generation: u32, recorded: u8) -> Verdict {
+    if let Some(mut state) = sock_state::let_through(dst, generation, recorded) {
         // SAFETY: the helper reads the socket of the program's own context,
         // which the kernel guarantees is a full socket here; a non-null
         // result points at this socket's storage, valid for this run.
         unsafe {
-            let p = DECIDED.get_or_insert_ptr_mut(ctx, Some(&mut decided));
+            let p = DECIDED.get_or_insert_ptr_mut(ctx, Some(&mut state));
             // An existing storage keeps its value: overwrite it.
             if !p.is_null() {
-                *p = decided;
+                *p = state;
             }
         }
     }
-    verdict
+    Verdict::of(recorded)
 }

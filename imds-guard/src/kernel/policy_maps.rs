@@ -83,6 +83,9 @@ pub(super) struct PolicyMaps {
     /// What the uid and gid maps hold.
     uid_rules: id_rules::Mirror,
     gid_rules: id_rules::Mirror,
+    /// The epoch of the last config written (`Config::epoch`), 0 before
+    /// the first.
+    epoch: u32,
 }
 
 impl PolicyMaps {
@@ -102,6 +105,7 @@ impl PolicyMaps {
             written: Default::default(),
             uid_rules: id_rules::Mirror::empty(),
             gid_rules: id_rules::Mirror::empty(),
+            epoch: 0,
         })
     }
 
@@ -265,12 +269,18 @@ impl PolicyMaps {
         Ok(())
     }
 
+    /// Writes the config of `generation`, with the next epoch: every
+    /// apply has a new one, so that `egress` judges again the next packet
+    /// of every socket let through before it (`sock_state.rs` on the eBPF
+    /// side). Only a config written takes the epoch; one that fails leaves
+    /// it to the next apply.
     fn write_config(
         &mut self,
         generation: u32,
         policy: &Policy,
         stamp: &Stamp,
     ) -> Result<(), MapError> {
+        let epoch = next_epoch(self.epoch);
         let config = common::Config {
             mode: match policy.spec.mode {
                 Mode::Enforce => mode::ENFORCE,
@@ -282,9 +292,13 @@ impl PolicyMaps {
             attached_unix: stamp.attached_unix,
             agent_pid: stamp.agent_pid,
             flags: stamp.flags | reads(policy),
+            epoch,
+            _pad: [0; 4],
         };
         sys::map_update(self.config.as_fd(), &generation, &config)
-            .map_err(maps::write(common::MAP_CONFIG))
+            .map_err(maps::write(common::MAP_CONFIG))?;
+        self.epoch = epoch;
+        Ok(())
     }
 
     /// Sets and clears `config_flags` bits of the generation in force, for
@@ -336,6 +350,13 @@ fn delete<K: aya::Pod>(fd: &OwnedFd, name: &'static str, keys: &[K]) -> Result<(
     batch::delete(fd.as_fd(), keys).map_err(maps::write(name))
 }
 
+/// The epoch after `epoch`. 0 is no policy's (the programs let nothing
+/// through unjudged under it), so the wrap, after 2^32 - 1 applies, skips
+/// it.
+fn next_epoch(epoch: u32) -> u32 {
+    epoch.checked_add(1).unwrap_or(1)
+}
+
 /// The `config_flags` bits that say what a decision under `policy` reads
 /// of the caller beyond its uid and gid.
 fn reads(policy: &Policy) -> u32 {
@@ -368,6 +389,13 @@ fn ipv6_key(octets: &[u8; 16]) -> Ipv6Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epochs_start_at_one_increase_and_skip_zero() {
+        assert_eq!(next_epoch(0), 1);
+        assert_eq!(next_epoch(41), 42);
+        assert_eq!(next_epoch(u32::MAX), 1);
+    }
 
     #[test]
     fn ipv6_key_keeps_network_byte_order_in_memory() {

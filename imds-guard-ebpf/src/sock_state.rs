@@ -1,0 +1,130 @@
+//! What a socket was let through to, and under which policy: its
+//! [`SockState`] in [`DECIDED`], written where a protected destination is
+//! let through (a `sock_addr` hook, or `egress` after judging a packet)
+//! and read by `egress`, which lets a packet go unjudged only when the
+//! state names its destination and the epoch in force. Every apply (a
+//! reload, the switch from audit to enforce) writes a new epoch, so the
+//! next packet of a connection let through before it is judged by the
+//! policy now in force: refused, it is dropped and recorded.
+//!
+//! The storage is created only for a protected destination let through,
+//! never for other traffic, which leaves the hooks before any of this.
+
+use aya_ebpf::{bindings::bpf_sock, helpers::generated::bpf_sk_storage_get};
+use imds_guard_common::{SockState, sock_state, verdict};
+
+use crate::{
+    dst::Dst,
+    maps::{CONFIG, DECIDED},
+};
+
+/// `BPF_SK_STORAGE_GET_F_CREATE` (include/uapi/linux/bpf.h).
+const CREATE: u64 = 1;
+
+/// The epoch of policy `generation`: `None` while its config is not
+/// written (0), when nothing may be let through unjudged.
+#[inline(always)]
+pub fn epoch(generation: u32) -> Option<u32> {
+    CONFIG.get(generation).map(|c| c.epoch).filter(|&e| e != 0)
+}
+
+/// What to store for a destination let through with `recorded` (one of
+/// [`verdict`]) under `generation`: `None` for a denial (nothing is
+/// stored, and the next packet is judged again), or when the epoch cannot
+/// be read.
+#[inline(always)]
+pub fn let_through(dst: &Dst, generation: u32, recorded: u8) -> Option<SockState> {
+    let verdict = match recorded {
+        verdict::ALLOWED => sock_state::ALLOWED,
+        verdict::AUDITED => sock_state::AUDITED,
+        _ => return None,
+    };
+    Some(SockState {
+        addr: dst.stored_addr(),
+        epoch: epoch(generation)?,
+        verdict,
+        flags: 0,
+        ruleset: 0,
+    })
+}
+
+/// How a packet's socket stands with its destination.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Let through to this destination under the policy in force: the
+    /// packet goes unjudged.
+    Current,
+    /// Let through to this destination under an earlier policy: judged
+    /// again, and its record says so.
+    Stale,
+    /// Nothing let through to this destination (no state, another address,
+    /// or no full socket).
+    Unknown,
+}
+
+/// Where the state of full socket `sk` stands with `dst` under
+/// `generation`. The hot path of an allowed connection: one storage
+/// lookup, one array lookup.
+///
+/// # Safety
+///
+/// `sk` must be null or a full socket (`bpf_sk_fullsock`).
+#[inline(always)]
+pub unsafe fn standing(sk: *mut bpf_sock, dst: &Dst, generation: u32) -> Standing {
+    if sk.is_null() {
+        return Standing::Unknown;
+    }
+    // SAFETY: a full socket, by the caller's contract.
+    let state = unsafe { state_of(sk, 0) };
+    if state.is_null() {
+        return Standing::Unknown;
+    }
+    // SAFETY: checked for null; the socket's own storage, valid for this
+    // run.
+    let (addr, stored) = unsafe { ((*state).addr, (*state).epoch) };
+    if addr != dst.stored_addr() {
+        return Standing::Unknown;
+    }
+    match epoch(generation) {
+        Some(e) if e == stored => Standing::Current,
+        _ => Standing::Stale,
+    }
+}
+
+/// Stores `state` in full socket `sk`'s storage, creating it. A socket
+/// whose storage cannot be had (no memory) keeps what it had, or nothing:
+/// its next packet is judged again.
+///
+/// # Safety
+///
+/// `sk` must be null or a full socket (`bpf_sk_fullsock`).
+#[inline(always)]
+pub unsafe fn store(sk: *mut bpf_sock, state: &SockState) {
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: a full socket, by the caller's contract; a non-null result
+    // points at its storage, valid for this run. An existing storage keeps
+    // its value: overwritten.
+    unsafe {
+        let p = state_of(sk, CREATE);
+        if !p.is_null() {
+            *p = *state;
+        }
+    }
+}
+
+/// The socket's [`DECIDED`] storage, created (zeroed) with [`CREATE`];
+/// null when it has none or none can be had. aya's `SkStorage` takes a
+/// `sock_addr` context only; this is the same helper on any full socket.
+///
+/// # Safety
+///
+/// `sk` must be a full socket (`bpf_sk_fullsock`), as the helper requires.
+#[inline(always)]
+unsafe fn state_of(sk: *mut bpf_sock, flags: u64) -> *mut SockState {
+    let map = core::ptr::addr_of!(DECIDED).cast_mut().cast();
+    // SAFETY: the map is the program's own (its address is what the loader
+    // relocates); `sk` is a full socket by the caller's contract.
+    unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), flags) }.cast()
+}
