@@ -25,7 +25,10 @@ use super::{
 };
 use crate::{
     chain::Chain,
-    kernel::records::{DecisionRecord, RecordReason, proto_name},
+    kernel::{
+        programs::Hook,
+        records::{DecisionRecord, RecordReason, proto_name},
+    },
     policy::{Context, Mode, Outcome, Policy, Reason, Resolver, explain_with},
     text::printable,
 };
@@ -399,11 +402,16 @@ fn describe(d: &DecisionRecord, user: Option<&str>) -> String {
         (Some((uid, gid)), None) => format!("uid {uid} gid {gid}"),
     };
     let verdict = verdict_words(d.outcome);
+    let revoked = if d.revoked {
+        ", on a connection an earlier policy let through (revoked)"
+    } else {
+        ""
+    };
     if d.pid == 0 {
-        format!("{verdict} {what} to {to} from a socket {ids}")
+        format!("{verdict} {what} to {to} from a socket {ids}{revoked}")
     } else {
         format!(
-            "{verdict} {what} to {to} by pid {} ({}) {ids}",
+            "{verdict} {what} to {to} by pid {} ({}) {ids}{revoked}",
             d.pid, d.comm
         )
     }
@@ -439,6 +447,9 @@ fn emit(d: &DecisionRecord, user: Option<&str>, place: Option<&CgroupPlace>, why
     let pod = place.and_then(|p| p.pod.as_deref());
     let (uid, gid) = d.ids().unzip();
     let known_pid = (d.pid != 0).then_some(d.pid);
+    // Only `egress` judges packets of sockets let through before: the
+    // field is there for its records, true or false.
+    let revoked = (d.hook == Hook::Egress).then_some(d.revoked);
     // The supplementary group, or the user namespace's creator, that
     // counted.
     let (group, owner) = match d.reason {
@@ -461,6 +472,7 @@ fn emit(d: &DecisionRecord, user: Option<&str>, place: Option<&CgroupPlace>, why
                 port = d.port,
                 proto = d.proto_name(),
                 hook = d.hook.as_str(),
+                revoked = revoked,
                 cgroup_id = d.cgroup_id,
                 place = d.place().map(|p| p.as_str()),
                 groups = d.groups,

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use imds_guard_common::{Event, NO_ID, family, kind, ns, reason, verdict};
+use imds_guard_common::{Event, NO_ID, event_flags, family, kind, ns, reason, verdict};
 
 use super::programs::Hook;
 use crate::{
@@ -106,6 +106,11 @@ pub struct DecisionRecord {
     pub groups: Option<u32>,
     /// [`ns`] bits: where the caller runs.
     pub namespaces: u8,
+    /// A packet refused (or, in audit mode, that would be) on a socket
+    /// let through to this address under an earlier policy: a connection
+    /// cut by a reload or by the switch from audit to enforce, not a new
+    /// one. Only `egress` judges packets of such sockets.
+    pub revoked: bool,
 }
 
 impl DecisionRecord {
@@ -136,8 +141,9 @@ impl DecisionRecord {
             .iter()
             .position(|&b| b == 0)
             .unwrap_or(ev.comm.len());
+        let outcome = outcome(ev.verdict).ok_or(RecordError::Outcome(ev.verdict))?;
         Ok(Self {
-            outcome: outcome(ev.verdict).ok_or(RecordError::Outcome(ev.verdict))?,
+            outcome,
             uid: ev.uid,
             gid: ev.gid,
             pid: ev.tgid,
@@ -155,6 +161,9 @@ impl DecisionRecord {
             decider: (ev.decider != NO_ID).then_some(ev.decider),
             groups: (ev.ngroups != NO_ID).then_some(ev.ngroups),
             namespaces: ev.namespaces,
+            // An allowed packet revokes nothing: its socket stays let
+            // through.
+            revoked: ev.flags & event_flags::REVOKED != 0 && outcome != Outcome::Allow,
         })
     }
 
@@ -318,6 +327,24 @@ mod tests {
         .expect("valid");
         assert_eq!(d.outcome, Outcome::Audit);
         assert_eq!(d.dst, IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)));
+    }
+
+    #[test]
+    fn a_refusal_of_a_socket_let_through_before_is_a_revocation_an_allow_is_not() {
+        let mut ev = event(verdict::DENIED, reason::DEFAULT, 0, family::INET, [0; 16]);
+        ev.hook = hook::EGRESS;
+        let fresh = DecisionRecord::from_event(&ev).expect("valid");
+        assert!(!fresh.revoked, "no flag, no revocation");
+        ev.flags = event_flags::REVOKED;
+        for (v, revoked) in [
+            (verdict::DENIED, true),
+            (verdict::AUDITED, true),
+            (verdict::ALLOWED, false),
+        ] {
+            ev.verdict = v;
+            let d = DecisionRecord::from_event(&ev).expect("valid");
+            assert_eq!(d.revoked, revoked, "verdict {v}");
+        }
     }
 
     #[test]

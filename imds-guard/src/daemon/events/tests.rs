@@ -108,6 +108,19 @@ fn explains_an_internal_error_and_no_identity() {
     );
 }
 
+#[test]
+fn a_revocation_says_so_in_words() {
+    let mut d = denial(1000, 0, 80);
+    d.hook = Hook::Egress;
+    d.proto = 6;
+    d.revoked = true;
+    assert_eq!(
+        describe(&d, Some("alice")),
+        "denied packet (tcp) to 169.254.169.254:80 from a socket uid 1000 (alice) gid 1000, \
+         on a connection an earlier policy let through (revoked)"
+    );
+}
+
 impl EventLog {
     fn limiter_has(&self, key: &Key) -> bool {
         self.limiter.contains(key)
