@@ -182,6 +182,7 @@ pub fn to_json(status: &Status) -> Value {
     let config = status.config.map(|(generation, c)| {
         json!({
             "generation": generation,
+            "epoch": c.epoch,
             "digest": hex(&c.digest),
             "applied_unix": c.applied_unix,
             "attached_unix": c.attached_unix,
@@ -376,8 +377,9 @@ fn where_and_what(status: &Status, s: &mut String) {
     if let Some((generation, c)) = status.config {
         let _ = writeln!(
             s,
-            "  policy:   sha256 {} (generation {generation})",
-            hex(&c.digest)
+            "  policy:   sha256 {} (generation {generation}, epoch {})",
+            hex(&c.digest),
+            c.epoch
         );
         let _ = writeln!(
             s,
