@@ -1,11 +1,11 @@
 //! The HTTP side of the fake IMDS: just enough HTTP/1.1 (one request per
-//! connection, `Connection: close`) and the IMDSv2 token flow of EC2's
-//! service, as documented in the EC2 user guide ("Use the Instance Metadata
-//! Service to access instance metadata").
+//! connection, `Connection: close`, unless the client asks for
+//! `Connection: keep-alive`, as EC2's service allows) and the IMDSv2 token
+//! flow of EC2's service, as documented in the EC2 user guide ("Use the
+//! Instance Metadata Service to access instance metadata").
 
 use std::{
     collections::HashSet,
-    io::{self, Read},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -31,6 +31,12 @@ pub(crate) struct Request {
 }
 
 impl Request {
+    /// Whether the client asked to keep the connection for more requests.
+    pub fn keep_alive(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("keep-alive"))
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -39,24 +45,16 @@ impl Request {
     }
 }
 
-/// Reads one request head; `Ok(None)` when the peer closed without sending
-/// anything (a bare `connect` probe).
-pub(crate) fn read_request(stream: &mut impl Read) -> io::Result<Option<Result<Request, String>>> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Ok((!head.is_empty()).then(|| Err("connection closed mid-request".into())));
-        }
-        head.extend_from_slice(&buf[..n]);
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Ok(Some(parse_head(&head[..end])));
-        }
-        if head.len() > MAX_HEAD {
-            return Ok(Some(Err("request head too large".into())));
-        }
-    }
+/// Takes one whole request head off the front of `buf`, if it holds one
+/// (the connection is read as bytes arrive); a head too large to be one is
+/// an error.
+pub(crate) fn take_request(buf: &mut Vec<u8>) -> Option<Result<Request, String>> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (buf.len() > MAX_HEAD).then(|| Err("request head too large".into()));
+    };
+    let request = parse_head(&buf[..end]);
+    buf.drain(..end + 4);
+    Some(request)
 }
 
 fn parse_head(head: &[u8]) -> Result<Request, String> {
@@ -88,12 +86,14 @@ fn parse_head(head: &[u8]) -> Result<Request, String> {
     })
 }
 
-/// A response, always with `Connection: close`.
+/// A response, with `Connection: close` unless it keeps the connection.
 #[derive(Debug)]
 pub(crate) struct Response {
     pub status: u16,
     extra_header: Option<(&'static str, String)>,
     pub body: String,
+    /// `Connection: keep-alive`: the server reads the next request.
+    pub keep_alive: bool,
 }
 
 impl Response {
@@ -102,6 +102,7 @@ impl Response {
             status,
             extra_header: None,
             body: body.into(),
+            keep_alive: false,
         }
     }
 
@@ -125,9 +126,14 @@ impl Response {
             .unwrap_or_default();
         format!(
             "HTTP/1.1 {} {reason}\r\nServer: EC2ws\r\nContent-Type: text/plain\r\n\
-             Content-Length: {}\r\n{extra}Connection: close\r\n\r\n{}",
+             Content-Length: {}\r\n{extra}Connection: {}\r\n\r\n{}",
             self.status,
             self.body.len(),
+            if self.keep_alive {
+                "keep-alive"
+            } else {
+                "close"
+            },
             self.body
         )
         .into_bytes()
@@ -164,6 +170,13 @@ impl Imds {
     }
 
     pub fn handle(&mut self, req: &Request) -> Response {
+        Response {
+            keep_alive: req.keep_alive(),
+            ..self.route(req)
+        }
+    }
+
+    fn route(&mut self, req: &Request) -> Response {
         match (req.method.as_str(), req.path.as_str()) {
             ("PUT", TOKEN_PATH) => self.issue_token(req),
             ("GET", path) => {
@@ -348,12 +361,33 @@ mod tests {
     }
 
     #[test]
-    fn reads_a_request_and_notices_a_bare_connect() {
-        let mut raw: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        let req = read_request(&mut raw).ok().flatten().and_then(Result::ok);
+    fn takes_a_whole_request_and_refuses_an_endless_head() {
+        let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        let req = take_request(&mut buf).and_then(Result::ok);
         assert_eq!(req.map(|r| r.path), Some("/".to_owned()));
-        let mut empty: &[u8] = b"";
-        assert!(matches!(read_request(&mut empty), Ok(None)));
+        assert!(buf.is_empty());
+        let mut endless = vec![b'x'; MAX_HEAD + 1];
+        assert!(matches!(take_request(&mut endless), Some(Err(_))));
+    }
+
+    #[test]
+    fn a_kept_alive_request_is_answered_keeping_the_connection() {
+        let mut imds = Imds::new();
+        let mut buf = b"PUT /latest/api/token HTTP/1.1\r\nConnection: keep-alive\r\n\
+                        X-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\nGET /"
+            .to_vec();
+        let req = take_request(&mut buf)
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("a whole head"));
+        assert_eq!(buf, b"GET /", "the next request's start stays");
+        assert!(take_request(&mut buf).is_none(), "not whole yet");
+        let resp = imds.handle(&req);
+        assert_eq!(resp.status, 200);
+        let text = String::from_utf8(resp.to_bytes()).expect("utf-8");
+        assert!(text.contains("\r\nConnection: keep-alive\r\n"), "{text}");
+        let plain = imds.handle(&request("GET / HTTP/1.1\r\nHost: a"));
+        let text = String::from_utf8(plain.to_bytes()).expect("utf-8");
+        assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
     }
 
     #[test]

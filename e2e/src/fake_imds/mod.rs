@@ -3,8 +3,11 @@
 //! One std thread polls every socket: TCP listeners on the metadata addresses
 //! (port 80) and on loopback (port 8080, the "not protected" destination),
 //! and UDP sockets on port 5353 that only count datagrams. Connections are
-//! answered one at a time with short timeouts, so a misbehaving client can
-//! hold the server for at most a few seconds and the thread never grows.
+//! polled with the rest and answered as their requests arrive, so a client
+//! that connects and waits (a kept-alive connection between two requests,
+//! a bare connect) holds up nobody, and the thread never grows. A request
+//! asking for `Connection: keep-alive` keeps its connection for the next;
+//! any other is answered and the connection closed.
 
 mod http;
 
@@ -33,7 +36,7 @@ use nix::{
 };
 
 pub use self::http::ROLE;
-use self::http::{Imds, Response, read_request};
+use self::http::{Imds, Response, take_request};
 use crate::{
     IMDS_V4, IMDS_V6, Netns,
     util::{cleanup_failed, lock},
@@ -50,6 +53,9 @@ pub const UDP_PORT: u16 = 5353;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a counter query waits for the server thread to catch up.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections held at once; past this the listeners keep the rest in
+/// their backlog until one closes.
+const MAX_CONNS: usize = 256;
 
 /// The TCP listeners' addresses, each serving the same IMDS application.
 pub fn tcp_addrs() -> [SocketAddr; 4] {
@@ -246,14 +252,26 @@ fn bound(addr: SocketAddr, ty: SockType) -> OwnedFd {
     fd
 }
 
+/// An accepted connection: nonblocking, with what it sent so far of a
+/// request not yet whole.
+struct Conn {
+    stream: TcpStream,
+    pending: Vec<u8>,
+    /// When it was answered for the last time and shut for writing; it is
+    /// then dropped at the client's close, or [`IO_TIMEOUT`] later.
+    closing: Option<Instant>,
+}
+
 fn serve(sockets: &Sockets, shared: &Shared, mut imds: Imds) {
     let mut buf = [0u8; 2048];
+    let mut conns: Vec<Conn> = Vec::new();
     while !shared.stop.load(Ordering::Acquire) {
         let mut fds: Vec<PollFd<'_>> = sockets
             .tcp
             .iter()
             .map(|(_, l)| l.as_fd())
             .chain(sockets.udp.iter().map(|(_, u)| u.as_fd()))
+            .chain(conns.iter().map(|c| c.stream.as_fd()))
             .chain([sockets.wake.as_fd()])
             .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
             .collect();
@@ -265,11 +283,24 @@ fn serve(sockets: &Sockets, shared: &Shared, mut imds: Imds) {
         // Every socket is drained on every pass, ready or not: the sockets
         // are nonblocking and this keeps "one pass drains everything" true.
         for (addr, listener) in &sockets.tcp {
-            while let Ok((stream, _)) = listener.accept() {
+            while conns.len() < MAX_CONNS {
+                let Ok((stream, _)) = listener.accept() else {
+                    break;
+                };
                 *lock(&shared.stats).accepted.entry(*addr).or_default() += 1;
-                answer(stream, shared, &mut imds);
+                let setup = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)));
+                if setup.is_ok() {
+                    conns.push(Conn {
+                        stream,
+                        pending: Vec::new(),
+                        closing: None,
+                    });
+                }
             }
         }
+        conns.retain_mut(|c| serve_conn(c, shared, &mut imds, &mut buf));
         for (addr, socket) in &sockets.udp {
             while socket.recv_from(&mut buf).is_ok() {
                 *lock(&shared.stats).datagrams.entry(*addr).or_default() += 1;
@@ -282,28 +313,51 @@ fn serve(sockets: &Sockets, shared: &Shared, mut imds: Imds) {
     }
 }
 
-/// Serves one connection: at most one request, then close.
-fn answer(mut stream: TcpStream, shared: &Shared, imds: &mut Imds) {
-    let setup = stream
-        .set_nonblocking(false)
-        .and_then(|()| stream.set_read_timeout(Some(IO_TIMEOUT)))
-        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)));
-    if setup.is_err() {
-        return;
+/// Reads what a connection sent and answers each whole request; `false`
+/// once it is done: closed by the client (a bare connect, a client that
+/// gave up, or the close awaited after the last response), or broken.
+fn serve_conn(conn: &mut Conn, shared: &Shared, imds: &mut Imds, buf: &mut [u8]) -> bool {
+    loop {
+        match conn.stream.read(buf) {
+            Ok(0) => return false,
+            // Past the last response, input is only read to see the close.
+            Ok(_) if conn.closing.is_some() => {}
+            Ok(n) => conn.pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
     }
-    let response = match read_request(&mut stream) {
-        // A bare connect, or a client that gave up: nothing to answer.
-        Ok(None) | Err(_) => return,
-        Ok(Some(Ok(request))) => imds.handle(&request),
-        Ok(Some(Err(why))) => Response::bad_request(&why),
-    };
+    if let Some(since) = conn.closing {
+        return since.elapsed() < IO_TIMEOUT;
+    }
+    while let Some(request) = take_request(&mut conn.pending) {
+        let response = match request {
+            Ok(request) => imds.handle(&request),
+            Err(why) => Response::bad_request(&why),
+        };
+        if !respond(&mut conn.stream, shared, &response) {
+            return false;
+        }
+        if !response.keep_alive {
+            // Wait for the client's close: closing with unread input would
+            // send a RST, which can destroy the response before the client
+            // reads it.
+            let _ = conn.stream.shutdown(Shutdown::Write);
+            conn.closing = Some(Instant::now());
+            return true;
+        }
+    }
+    true
+}
+
+/// Writes `response` whole (blocking, within the write timeout); `false`
+/// when it could not be.
+fn respond(stream: &mut TcpStream, shared: &Shared, response: &Response) -> bool {
     // Counted before the write, so a client that has read its response
     // always finds itself counted.
     lock(&shared.stats).requests += 1;
-    if stream.write_all(&response.to_bytes()).is_ok() {
-        let _ = stream.shutdown(Shutdown::Write);
-        // Wait for the client's close: closing with unread input would send
-        // a RST, which can destroy the response before the client reads it.
-        let _ = io::copy(&mut stream.take(64 * 1024), &mut io::sink());
-    }
+    stream.set_nonblocking(false).is_ok()
+        && stream.write_all(&response.to_bytes()).is_ok()
+        && stream.set_nonblocking(true).is_ok()
 }
