@@ -18,6 +18,11 @@ pub enum Action {
     /// The IMDSv2 flow over TCP: `PUT` a token, `GET` `meta-data/`, list the
     /// role, `GET` its credentials. The body is the credentials document.
     Http(SocketAddr),
+    /// The IMDSv2 flow with every request on one connection kept alive
+    /// (`Connection: keep-alive`). `imds-probe` connects once and runs the
+    /// flow on that connection each time it reads a line on stdin, printing
+    /// one result each, until end of file ([`Probe::hold`](crate::Probe::hold)).
+    HttpKeepAlive(SocketAddr),
     /// A TCP `connect()` only.
     Connect(SocketAddr),
     /// A TCP `connect()` from an `AF_INET6` socket to `::ffff:<v4>`: the
@@ -45,6 +50,9 @@ impl Action {
     pub fn http(ip: impl Into<IpAddr>, port: u16) -> Self {
         Action::Http(SocketAddr::new(ip.into(), port))
     }
+    pub fn http_keep_alive(ip: impl Into<IpAddr>, port: u16) -> Self {
+        Action::HttpKeepAlive(SocketAddr::new(ip.into(), port))
+    }
     pub fn connect(ip: impl Into<IpAddr>, port: u16) -> Self {
         Action::Connect(SocketAddr::new(ip.into(), port))
     }
@@ -71,6 +79,7 @@ impl Action {
     pub fn verb(&self) -> &'static str {
         match self {
             Action::Http(_) => "http",
+            Action::HttpKeepAlive(_) => "http-keepalive",
             Action::Connect(_) => "connect",
             Action::ConnectMapped(_) => "connect-mapped",
             Action::UdpSend(_) => "udp-send",
@@ -86,6 +95,7 @@ impl Action {
     pub fn addr(&self) -> SocketAddr {
         match *self {
             Action::Http(a)
+            | Action::HttpKeepAlive(a)
             | Action::Connect(a)
             | Action::UdpSend(a)
             | Action::UdpConnect(a)
@@ -129,6 +139,7 @@ impl Action {
         };
         Ok(match verb.as_str() {
             "http" => Action::http(ip, port),
+            "http-keepalive" => Action::http_keep_alive(ip, port),
             "connect" => Action::connect(ip, port),
             "connect-mapped" => Action::connect_mapped(v4()?, port),
             "udp-send" => Action::udp_send(ip, port),
@@ -231,6 +242,7 @@ mod tests {
         for action in [
             Action::http(v4, 80),
             Action::http(v6, 80),
+            Action::http_keep_alive(v4, 80),
             Action::connect(Ipv4Addr::LOCALHOST, 8080),
             Action::connect_mapped(v4, 80),
             Action::udp_send(v6, 5353),

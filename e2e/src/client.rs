@@ -25,9 +25,10 @@ use nix::sys::{
 use crate::{
     Action, ProbeResult, attack,
     imdsv2::{
-        TIMEOUT, TOKEN_PATH, TTL_HEADER, connect, expect_200, http_flow, read_response, request,
+        KeptAlive, TIMEOUT, TOKEN_PATH, TTL_HEADER, connect, expect_200, http_flow, read_response,
+        request,
     },
-    outcome::{Outcome, Step, os_failure},
+    outcome::{Failure, Outcome, Step, os_failure},
 };
 
 /// `tcp_info.tcpi_options` bit for "SYN data was acknowledged"
@@ -54,10 +55,41 @@ pub fn perform_repeatedly(action: &Action, times: u32) -> ProbeResult {
     last
 }
 
+/// One connection kept alive for the IMDSv2 flow, run on it as many times
+/// as asked ([`Action::HttpKeepAlive`]). A connect that failed fails every
+/// fetch the same way.
+pub struct Held {
+    conn: Step<KeptAlive>,
+}
+
+impl Held {
+    /// Connects to `addr` (the connect hooks decide it now).
+    pub fn connect(addr: SocketAddr) -> Self {
+        Self {
+            conn: KeptAlive::connect(addr),
+        }
+    }
+
+    /// Runs the IMDSv2 flow on the held connection and describes what
+    /// happened, as this process.
+    pub fn fetch(&mut self) -> ProbeResult {
+        let outcome = match &mut self.conn {
+            Ok(conn) => conn.flow(),
+            Err(f) => Err(Failure {
+                errno: f.errno,
+                error: f.error.clone(),
+                body: String::new(),
+            }),
+        };
+        report(outcome)
+    }
+}
+
 /// Performs `action` once and describes what happened, as this process.
 pub fn perform(action: &Action) -> ProbeResult {
     let outcome = match *action {
         Action::Http(addr) => http_flow(addr),
+        Action::HttpKeepAlive(addr) => return Held::connect(addr).fetch(),
         Action::Connect(addr) => connect(addr).map(|_| Outcome::default()),
         Action::ConnectMapped(addr) => connect(mapped(addr)).map(|_| Outcome::default()),
         Action::UdpSend(addr) => udp_send(addr),
@@ -66,6 +98,11 @@ pub fn perform(action: &Action) -> ProbeResult {
         Action::Tfo(addr) => tfo(addr),
         Action::Attack(attack) => attack::perform(attack),
     };
+    report(outcome)
+}
+
+/// What an action's outcome says, and who this process is.
+fn report(outcome: Step<Outcome>) -> ProbeResult {
     let (ok, errno, error, outcome) = match outcome {
         Ok(o) => (true, None, String::new(), o),
         Err(f) => (

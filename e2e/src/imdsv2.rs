@@ -1,7 +1,9 @@
 //! The IMDSv2 client of the probe: the requests an SDK makes to find and
-//! fetch role credentials, over a plain TCP connection ([`http_flow`]) or
-//! any transport that carries one request per connection
-//! ([`imdsv2_flow`], which the hand-made TCP of `attack` uses too).
+//! fetch role credentials, over a plain TCP connection ([`http_flow`]),
+//! over one kept-alive connection ([`KeptAlive`], as SDKs that pool
+//! connections make them), or any transport that carries one request per
+//! connection ([`imdsv2_flow`], which the hand-made TCP of `attack` uses
+//! too).
 
 use std::{
     io::{Read, Write},
@@ -33,8 +35,19 @@ pub(crate) fn connect(addr: SocketAddr) -> Step<TcpStream> {
     Ok(stream)
 }
 
-/// An HTTP/1.1 request with no body.
+/// An HTTP/1.1 request with no body, closing the connection after it.
 pub(crate) fn request(addr: SocketAddr, method: &str, path: &str, header: (&str, &str)) -> Vec<u8> {
+    request_on(addr, method, path, header, "close")
+}
+
+/// An HTTP/1.1 request with no body and this `Connection` header.
+fn request_on(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    header: (&str, &str),
+    connection: &str,
+) -> Vec<u8> {
     let host = match addr {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
@@ -47,7 +60,7 @@ pub(crate) fn request(addr: SocketAddr, method: &str, path: &str, header: (&str,
     let (name, value) = header;
     format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}{port}\r\nUser-Agent: imds-probe\r\n\
-         Accept: */*\r\nConnection: close\r\n{name}: {value}\r\n\r\n"
+         Accept: */*\r\nConnection: {connection}\r\n{name}: {value}\r\n\r\n"
     )
     .into_bytes()
 }
@@ -78,6 +91,91 @@ pub(crate) fn parse_response(raw: &[u8], what: &str) -> Step<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(malformed)?;
     Ok((status, body.to_owned()))
+}
+
+/// One connection kept for many requests (`Connection: keep-alive`), each
+/// response read by its `Content-Length`.
+pub(crate) struct KeptAlive {
+    addr: SocketAddr,
+    stream: TcpStream,
+    /// Bytes read past the last response (none from a server that waits
+    /// for each request).
+    pending: Vec<u8>,
+}
+
+impl KeptAlive {
+    /// Connects to `addr`, with the probe's timeouts.
+    pub(crate) fn connect(addr: SocketAddr) -> Step<Self> {
+        Ok(Self {
+            addr,
+            stream: connect(addr)?,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The IMDSv2 flow, every request on this one connection.
+    pub(crate) fn flow(&mut self) -> Step<Outcome> {
+        imdsv2_flow(|method, path, header| self.exchange(method, path, header))
+    }
+
+    fn exchange(&mut self, method: &str, path: &str, header: (&str, &str)) -> Step<(u16, String)> {
+        let what = format!("{method} {path} (kept-alive connection)");
+        let req = request_on(self.addr, method, path, header, "keep-alive");
+        self.stream
+            .write_all(&req)
+            .map_err(|e| os_failure(format!("{what}: sending"), e))?;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let length = content_length(&self.pending[..end]);
+                if let Some(total) = length.map(|n| end + 4 + n)
+                    && self.pending.len() >= total
+                {
+                    let raw: Vec<u8> = self.pending.drain(..total).collect();
+                    return parse_response(&raw, &what);
+                }
+                if length.is_none() {
+                    return Err(Failure {
+                        errno: None,
+                        error: format!("{what}: a response without Content-Length"),
+                        body: String::new(),
+                    });
+                }
+            }
+            // The read timeout bounds the wait: a request the guard
+            // dropped is never answered, and this fails with EAGAIN.
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    return Err(Failure {
+                        errno: None,
+                        error: format!("{what}: the server closed the connection"),
+                        body: String::new(),
+                    });
+                }
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(os_failure(format!("{what}: reading the response"), e)),
+            }
+            if self.pending.len() as u64 > MAX_RESPONSE {
+                return Err(Failure {
+                    errno: None,
+                    error: format!("{what}: a response over {MAX_RESPONSE} bytes"),
+                    body: String::new(),
+                });
+            }
+        }
+    }
+}
+
+/// The `Content-Length` of a response head.
+fn content_length(head: &[u8]) -> Option<usize> {
+    String::from_utf8_lossy(head)
+        .split("\r\n")
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
 }
 
 /// The body of a 200 response, or a failure naming the status.

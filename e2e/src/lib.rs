@@ -9,7 +9,8 @@
 //!   the machine running the tests;
 //! - [`TestCgroup`]: a child cgroup for the agent to guard and probes to join;
 //! - [`FakeImds`]: an IMDSv2 look-alike served inside the namespace;
-//! - [`Probe`]: the `imds-probe` binary, one action as a given uid/gid;
+//! - [`Probe`]: the `imds-probe` binary, one action as a given uid/gid (or
+//!   [`HeldProbe`]: one kept-alive connection, a fetch on it when asked);
 //! - [`Agent`]: the `imds-guard` binary, with its JSON log collected.
 //!
 //! [`Topology`] builds a container host instead (a host namespace that
@@ -65,7 +66,7 @@ pub use self::{
     mptcp_server::MptcpServer,
     netns::Netns,
     oracle::{Arrivals, Counts, Oracle},
-    probe::{NOBODY, Probe},
+    probe::{HeldProbe, NOBODY, Probe},
     sandbox::{LOG, READY, Sandbox},
     skip::privileged_or_skip,
     topology::{

@@ -6,9 +6,11 @@
 
 use std::{
     ffi::OsString,
-    io::Read,
+    io::{BufRead as _, BufReader, Read, Write as _},
+    net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
@@ -192,6 +194,111 @@ impl Probe {
             "probe `{action}` reported another pid"
         );
         result
+    }
+}
+
+impl Probe {
+    /// Starts a probe that connects to `addr` and holds the connection,
+    /// kept alive ([`Action::HttpKeepAlive`]): each [`HeldProbe::fetch`]
+    /// runs the IMDSv2 flow on it. The connect hooks decide it now.
+    pub fn hold(&self, addr: SocketAddr) -> HeldProbe {
+        let action = Action::HttpKeepAlive(addr);
+        let bin = self.bin.clone().unwrap_or_else(probe_bin);
+        let mut child = Command::new(&bin)
+            .args(self.args(&action))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take();
+        thread::spawn(move || {
+            if let Some(stdout) = stdout {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        HeldProbe {
+            stdin: child.stdin.take(),
+            stderr: Some(drain(child.stderr.take())),
+            child,
+            lines,
+            action,
+        }
+    }
+}
+
+/// A probe holding one kept-alive connection ([`Probe::hold`]). Dropped, it
+/// is told to end (its stdin closes) and killed if it does not.
+#[derive(Debug)]
+pub struct HeldProbe {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<JoinHandle<String>>,
+    action: Action,
+}
+
+impl HeldProbe {
+    /// The probe's pid, which the agent's records name.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs the IMDSv2 flow on the held connection and returns what the
+    /// probe reported. A request the guard drops is never answered: the
+    /// probe's read times out (2 s) and reports the failure. Panics if the
+    /// probe does not report within 10 s (times the slowdown).
+    pub fn fetch(&mut self) -> ProbeResult {
+        let action = self.action;
+        let asked = self
+            .stdin
+            .as_mut()
+            .map(|stdin| stdin.write_all(b"fetch\n").and_then(|()| stdin.flush()));
+        if !matches!(asked, Some(Ok(()))) {
+            panic!(
+                "probe `{action}` cannot be asked for more: {asked:?}; {}",
+                self.end()
+            );
+        }
+        let timeout = crate::slowdown::scaled(PROBE_TIMEOUT);
+        let line = match self.lines.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(e) => panic!("probe `{action}` reported nothing ({e}); {}", self.end()),
+        };
+        let result: ProbeResult = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!(
+                "probe `{action}` printed {line:?} (not a result: {e}); {}",
+                self.end()
+            )
+        });
+        assert_eq!(
+            result.pid,
+            self.pid(),
+            "probe `{action}` reported another pid"
+        );
+        result
+    }
+
+    /// Ends the probe (its stdin closes; killed after 5 s) and says how it
+    /// went, for a panic message.
+    fn end(&mut self) -> String {
+        drop(self.stdin.take());
+        let status = wait_or_kill(&mut self.child, Duration::from_secs(5));
+        let stderr = self.stderr.take().map(join).unwrap_or_default();
+        format!("exit status {status:?}, stderr: {stderr}")
+    }
+}
+
+impl Drop for HeldProbe {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            self.end();
+        }
     }
 }
 

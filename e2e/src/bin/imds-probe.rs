@@ -12,6 +12,10 @@
 //! `imds_guard_e2e::ProbeResult`). The exit status is 0 whatever the action
 //! did; 2 means a bad command line, 3 a failure to set the process up.
 //!
+//! `http-keepalive` holds one connection instead: it connects at once, and
+//! runs the IMDSv2 flow on that connection each time it reads a line on
+//! stdin, printing one JSON line each, until stdin ends.
+//!
 //! With `--userns` it also joins that user namespace (after the network
 //! namespace, while it still has the privilege to), and the ids are then
 //! ids *inside* it: `--userns /proc/PID/ns/user --uid 0 --gid 0` is root of
@@ -22,12 +26,14 @@
 
 use std::{
     env, fs,
+    io::{self, BufRead as _},
+    net::SocketAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
-use imds_guard_e2e::{Action, client};
+use imds_guard_e2e::{Action, ProbeResult, client};
 use nix::{
     sched::{CloneFlags, setns},
     unistd::{Gid, Uid, getresgid, getresuid, setgroups, setresgid, setresuid},
@@ -35,7 +41,8 @@ use nix::{
 
 const USAGE: &str = "usage: imds-probe --netns PATH --cgroup DIR [--userns PATH] --uid N --gid N \
                      [--groups G1,G2] [--caps CAP,...] [--repeat N] ACTION ADDR PORT [EXTRA...]\n\
-                     actions: http connect connect-mapped udp-send udp-send-mapped udp-connect tfo\n\
+                     actions: http http-keepalive connect connect-mapped udp-send \
+                     udp-send-mapped udp-connect tfo\n\
                      attacks: nat ADDR PORT TO_ADDR TO_PORT | raw-tcp ADDR PORT SRC | \
                      packet ADDR PORT SRC GATEWAY | tun ADDR PORT SRC DEV | udplite ADDR PORT | \
                      rthdr ADDR PORT SEGMENT | mptcp-add-addr ADDR PORT";
@@ -127,10 +134,7 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> Result<(), String> {
     if unsafe { libc::prctl(option, arg, 0, 0, 0) } == 0 {
         Ok(())
     } else {
-        Err(format!(
-            "prctl({option}): {}",
-            std::io::Error::last_os_error()
-        ))
+        Err(format!("prctl({option}): {}", io::Error::last_os_error()))
     }
 }
 
@@ -163,10 +167,7 @@ fn keep_caps(mask: u64) -> Result<(), String> {
     // SAFETY: capset reads one header and two data structs, which these are.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
     if rc != 0 {
-        return Err(format!(
-            "capset {mask:#x}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("capset {mask:#x}: {}", io::Error::last_os_error()));
     }
     let status = fs::read_to_string("/proc/self/status")
         .map_err(|e| format!("reading /proc/self/status: {e}"))?;
@@ -258,8 +259,30 @@ fn main() -> ExitCode {
         eprintln!("imds-probe: {e}");
         return ExitCode::from(3);
     }
-    let result = client::perform_repeatedly(&opts.action, opts.repeat);
-    match serde_json::to_string(&result) {
+    if let Action::HttpKeepAlive(addr) = opts.action {
+        return hold(addr);
+    }
+    print(&client::perform_repeatedly(&opts.action, opts.repeat))
+}
+
+/// `http-keepalive`: one connection, the flow on it once per line read.
+fn hold(addr: SocketAddr) -> ExitCode {
+    let mut held = client::Held::connect(addr);
+    for line in io::stdin().lock().lines() {
+        if line.is_err() {
+            break;
+        }
+        let code = print(&held.fetch());
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints `result` as one JSON line (flushed: stdout is line-buffered).
+fn print(result: &ProbeResult) -> ExitCode {
+    match serde_json::to_string(result) {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
