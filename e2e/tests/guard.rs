@@ -1,7 +1,11 @@
 //! The guard end to end: the real agent binary, the real programs, attached
 //! to the test's child cgroup, probes in the test's own network namespace.
 //! Together these tests take every branch of the programs that touches a
-//! protected address (see `imds-guard-ebpf/src/decide.rs`).
+//! protected address (see `imds-guard-ebpf/src/decide.rs`); `kept_alive.rs`
+//! what a reload does to the connections already open.
+
+#[path = "guard/kept_alive.rs"]
+mod kept_alive;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

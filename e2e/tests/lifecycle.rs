@@ -244,6 +244,10 @@ fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
     expect_p1(&w);
     let (_, after) = w.status();
     assert_eq!(before["policy"]["digest"], after["policy"]["digest"]);
+    // Nothing applied, so no new epoch: nothing open is judged again.
+    let epoch = before["policy"]["epoch"].as_u64().expect("an epoch");
+    assert!(epoch >= 1, "{before}");
+    assert_eq!(after["policy"]["epoch"], epoch, "{after}");
 
     // A good file is taken.
     w.policy(P2);
@@ -257,6 +261,7 @@ fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
         .assert_errno(EPERM);
     let (_, reloaded) = w.status();
     assert_ne!(before["policy"]["digest"], reloaded["policy"]["digest"]);
+    assert_eq!(reloaded["policy"]["epoch"], epoch + 1, "{reloaded}");
 }
 
 #[test]
