@@ -266,9 +266,10 @@ impl Agent {
             .unwrap_or_else(|e| panic!("waiting for agent {}: {e}", self.pid))
     }
 
-    /// Waits up to `timeout` for the agent to exit on its own.
+    /// Waits up to `timeout` (stretched by the slowdown factor, as every
+    /// wait here) for the agent to exit on its own.
     pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         loop {
             if let Some(status) = self.exit_status() {
                 self.wait_drained();
