@@ -59,6 +59,14 @@ pub mod reason {
     /// The caller's groups or user namespaces could not be read (fail
     /// closed).
     pub const UNREADABLE: u8 = 13;
+    /// A user namespace the caller is in (up to the initial one) was
+    /// created with a denied gid as its creator's effective gid
+    /// (`user_namespace.group`); `Event::owner` names the creator.
+    pub const OWNER_GID_DENIED: u8 = 14;
+    /// The creator of a user namespace the caller is in (up to the initial
+    /// one) is a member of a denied group in the group database, as read
+    /// when the policy was loaded; `Event::owner` names the creator.
+    pub const OWNER_MEMBER_DENIED: u8 = 15;
     // 16..=23: the caller's cgroup (units, cgroups, pods).
     /// The caller's cgroup matches a `[deny]` unit or cgroup pattern.
     pub const CGROUP_DENIED: u8 = 16;
@@ -140,8 +148,9 @@ pub struct Event {
     pub _pad1: [u8; 2],
     /// The id whose rule decided: the uid (`UID_*`), the primary gid
     /// (`GID_*`), the supplementary group (`GROUP_*`), the owner of a user
-    /// namespace (`OWNER_DENIED`), the id of the host-only rule
-    /// (`HOST_ONLY`); [`NO_ID`] for none.
+    /// namespace (`OWNER_DENIED`), the denied group of a user namespace's
+    /// creator (`OWNER_GID_DENIED`, `OWNER_MEMBER_DENIED`), the id of the
+    /// host-only rule (`HOST_ONLY`); [`NO_ID`] for none.
     pub decider: u32,
     /// The supplementary groups the caller holds, as read; [`NO_ID`] when
     /// they were not read (the policy has no group rule).
@@ -149,9 +158,19 @@ pub struct Event {
     /// [`crate::ns`] bits: which of the caller's namespaces are not the
     /// agent's, and which could not be read.
     pub namespaces: u8,
-    pub _pad2: [u8; 7],
+    pub _pad2: [u8; 3],
+    /// The creator (uid) of the user namespace whose owner decided
+    /// (`OWNER_*` reasons); [`NO_ID`] for the other reasons.
+    pub owner: u32,
+    /// The creator (uid) of the outermost user namespace the caller is in
+    /// below the initial one: the user it acts for, whatever ids it runs
+    /// as inside (a rootless container's 65,536 subordinate ids are one
+    /// user's). [`NO_ID`] for a caller in the initial user namespace, or
+    /// when the chain could not be read.
+    pub userns_owner: u32,
+    pub _pad3: [u8; 4],
 }
-const _: () = assert!(size_of::<Event>() == 96);
+const _: () = assert!(size_of::<Event>() == 104);
 
 /// `(uid_t)-1`, which no process runs as: "no id" in an [`Event`].
 pub const NO_ID: u32 = u32::MAX;

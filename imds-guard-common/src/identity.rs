@@ -90,6 +90,5 @@ pub struct Resolved {
     pub host: HostNamespaces,
     /// [`MAX_GROUPS`] of the programs that were loaded.
     pub max_groups: u32,
-    pub _pad: u32,
 }
 const _: () = assert!(size_of::<Resolved>() == 128);

@@ -28,8 +28,8 @@ pub use self::{
     names::*,
     offsets::{Offsets, PF_KTHREAD},
     policy::{
-        Config, GENERATIONS, IdRule, IdRules, MAX_ENDPOINTS, MAX_ID_RULES, PROTECTED, SockState,
-        V4Key, V6Key, action, config_flags, mode, sock_state,
+        Config, GENERATIONS, IdRule, IdRules, MAX_ENDPOINTS, MAX_ID_RULES, Membership, Memberships,
+        PROTECTED, SockState, V4Key, V6Key, action, config_flags, mode, sock_state,
     },
 };
 
@@ -49,6 +49,8 @@ mod pod {
     unsafe impl aya::Pod for super::V6Key {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IdRules {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Memberships {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.

@@ -14,6 +14,10 @@ pub const MAP_UID_RULES: &str = "UID_RULES";
 /// The hash map of per-gid rules (key: the gid; value:
 /// [`crate::IdRules`]).
 pub const MAP_GID_RULES: &str = "GID_RULES";
+/// The hash map of users who are members of a denied group (key: the
+/// uid; value: [`crate::Memberships`]), for the creators of user
+/// namespaces.
+pub const MAP_MEMBERS: &str = "MEMBERS";
 /// The two-entry array holding each generation's [`crate::Config`].
 pub const MAP_CONFIG: &str = "CONFIG";
 /// The ring buffer of [`crate::Event`]s.

@@ -74,8 +74,10 @@ pub struct Offsets {
     pub sock_net: u32,
     /// `net.ns.inum`.
     pub net_inum: u32,
+    /// `user_namespace.group`: the kgid its creator had as effective gid.
+    pub user_ns_group: u32,
 }
-const _: () = assert!(size_of::<Offsets>() == 104);
+const _: () = assert!(size_of::<Offsets>() == 108);
 
 impl Offsets {
     /// The value of [`Offsets::valid`] when the offsets are resolved.
@@ -110,5 +112,6 @@ impl Offsets {
         pid_ns_inum: 0,
         sock_net: 0,
         net_inum: 0,
+        user_ns_group: 0,
     };
 }

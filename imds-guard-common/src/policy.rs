@@ -120,6 +120,28 @@ pub struct IdRules {
 }
 const _: () = assert!(size_of::<IdRules>() == 16);
 
+/// A user's membership in a denied group, for one generation: the lowest
+/// denied gid it is a member of in the group database (its primary group
+/// in passwd, or a group that lists it), and the number (1-based) of the
+/// policy entry that denies that gid; entry 0 for none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub gid: u32,
+    pub entry: u32,
+}
+const _: () = assert!(size_of::<Membership>() == 8);
+
+/// The value of [`crate::MAP_MEMBERS`], keyed by uid: its [`Membership`]
+/// in each generation, written as [`IdRules`] are (one slot per reload,
+/// only the uids whose slot changes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memberships {
+    pub by_generation: [Membership; GENERATIONS as usize],
+}
+const _: () = assert!(size_of::<Memberships>() == 16);
+
 /// One generation's run-time switches, in [`crate::MAP_CONFIG`]. The
 /// programs read `mode`, `default_action`, `flags` and `epoch`; the rest
 /// records what is in force, so that `imds-guard status` reads it from the
@@ -168,8 +190,9 @@ pub mod config_flags {
     // that a policy that does not need it costs nothing.
     /// The policy has a gid rule: read the caller's supplementary groups.
     pub const SCAN_GROUPS: u32 = 1 << 8;
-    /// The policy has a uid deny rule: walk the owners of the caller's
-    /// user namespaces.
+    /// The policy has a uid or a gid deny rule: walk the user namespaces
+    /// the caller is in, looking up each one's creator (its uid rule, its
+    /// memberships in denied groups) and the gid it was created with.
     pub const CHECK_OWNERS: u32 = 1 << 9;
     // Bits 16 and up: the caller's cgroup (units, cgroups, pods).
     /// The policy has unit, cgroup or pod rules: a decision looks the

@@ -15,7 +15,7 @@ use crate::{
     caller::{Caller, Ids, NoCaller},
     classify,
     dst::Dst,
-    identity::{Owners, Scan, denied_owner, group_at, namespaces, scan_groups},
+    identity::{Owners, Scan, group_at, namespaces, scan_groups, walk_owners},
     kernel::{forget, offsets, opaque, read_comm},
     maps::{CONFIG, COUNTERS, EVENTS, GID_RULES, UID_RULES},
     rules::{NO_RULE, denies, rule},
@@ -73,6 +73,11 @@ struct Outcome {
     ngroups: u32,
     /// [`ns`] bits, 0 when the namespaces were not read.
     namespaces: u8,
+    /// The creator of the namespace whose rule decided (`OWNER_*`), else
+    /// [`NO_ID`].
+    owner: u32,
+    /// Whom the caller acts for ([`Owners::top`]).
+    top: u32,
 }
 
 impl Outcome {
@@ -85,6 +90,8 @@ impl Outcome {
             decider,
             ngroups: NO_ID,
             namespaces: 0,
+            owner: NO_ID,
+            top: NO_ID,
         }
     }
 
@@ -140,10 +147,15 @@ pub fn decide<C: EbpfContext>(
         ),
         // One state from here on, whatever the outcome (see `opaque`); a
         // copy that fails denies.
-        (Some(cfg), Ok(ids)) => (
-            opaque(evaluate(generation, caller, ids, cfg)).unwrap_or(internal_error),
-            cfg.mode == mode::AUDIT,
-        ),
+        (Some(cfg), Ok(ids)) => {
+            let owners = creators(caller, generation, cfg);
+            let mut outcome = evaluate(generation, caller, ids, cfg, &owners);
+            outcome.top = owners.top;
+            (
+                opaque(outcome).unwrap_or(internal_error),
+                cfg.mode == mode::AUDIT,
+            )
+        }
     };
 
     let (v, kind) = if outcome.action == action::ALLOW {
@@ -169,10 +181,35 @@ pub fn decide<C: EbpfContext>(
     v
 }
 
+/// The creators of the user namespaces `caller` is in ([`walk_owners`]),
+/// looked up in the rules when the policy has a deny on a uid or a gid,
+/// laundered. Walked here, before the decision, for every caller with an
+/// identity: here the verifier walks it from one state, where after the
+/// group scan, or for the record, it would walk it once per state there
+/// (past the million instructions 6.1 allows); and the record needs whom
+/// the caller acts for, whatever decided. A walk that is not asked to look
+/// the creators up denies nothing, even unreadable.
+#[inline(always)]
+fn creators(caller: &Caller, generation: u32, cfg: &Config) -> Owners {
+    let Some(off) = offsets() else {
+        return Owners::not_walked();
+    };
+    let check = cfg.flags & config_flags::CHECK_OWNERS != 0;
+    let mut owners = walk_owners(caller.cred, off, generation, check);
+    // A copy that fails leaves nothing known of the creators: unreadable
+    // denies when they are checked.
+    if !forget(&mut owners) {
+        owners = Owners::unreadable(check);
+    }
+    owners
+}
+
 /// The policy's order: deny if the uid is denied, or the primary gid, or
 /// the cgroup (or it is unclassified under a policy that denies cgroups),
 /// or the caller holds more supplementary groups than are read, or one of
-/// them is denied, or the owner of any user namespace the caller is in;
+/// them is denied, or the creator of any user namespace the caller is in
+/// (by its uid, the gid it created it with, or a denied group it is a
+/// member of);
 /// else allow if the cgroup is allowed, then the uid, then the primary
 /// gid, then a supplementary group (an allow-on-host rule only for a
 /// caller on the host); else the default. Any action other than ALLOW or
@@ -184,7 +221,7 @@ pub fn decide<C: EbpfContext>(
 /// them: its unit tests run the twin, `e2e/tests/decide.rs` these
 /// programs, comparing each record's reason, entry and decider.
 #[inline(always)]
-fn evaluate(generation: u32, caller: &Caller, ids: Ids, cfg: &Config) -> Outcome {
+fn evaluate(generation: u32, caller: &Caller, ids: Ids, cfg: &Config, owners: &Owners) -> Outcome {
     let by_uid = rule(&UID_RULES, ids.uid, generation);
     let by_gid = rule(&GID_RULES, ids.gid, generation);
     if denies(by_uid.action) {
@@ -213,26 +250,20 @@ fn evaluate(generation: u32, caller: &Caller, ids: Ids, cfg: &Config) -> Outcome
     if !forget(&mut scan) {
         return Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
     }
-    let mut owners = if scan.status() == 0
-        && scan.deny() == Scan::NONE
-        && cfg.flags & config_flags::CHECK_OWNERS != 0
-    {
-        denied_owner(caller.cred, off, generation)
-    } else {
-        Owners::CLEAR
-    };
-    if !forget(&mut owners) {
-        return Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
-    }
     let mut outcome = if scan.status() == Scan::TOO_MANY {
         Outcome::deny(reason::TOO_MANY_GROUPS, 0, NO_ID)
-    } else if scan.status() != 0 || owners == Owners::UNREADABLE {
+    } else if scan.status() != 0 {
         Outcome::deny(reason::UNREADABLE, 0, NO_ID)
     } else if scan.deny() != Scan::NONE {
         let (gid, rule) = group_at(caller.cred, off, scan.deny(), generation);
         Outcome::deny(reason::GROUP_DENIED, rule.entry, gid)
-    } else if owners != Owners::CLEAR {
-        Outcome::deny(reason::OWNER_DENIED, owners.entry(), owners.uid())
+    } else if owners.found == Owners::UNREADABLE {
+        Outcome::deny(reason::UNREADABLE, 0, NO_ID)
+    } else if owners.found != Owners::CLEAR {
+        // The reason the walk found (`OWNER_*`), as it wrote it.
+        let mut o = Outcome::deny(owners.found as u8, owners.entry, owners.decider);
+        o.owner = owners.owner;
+        o
     } else {
         let mut place = Place {
             caller,
@@ -472,7 +503,12 @@ fn emit(hook: u8, v: u8, outcome: &Outcome, caller: &Caller, generation: u32, ds
         (*e).decider = outcome.decider;
         (*e).ngroups = outcome.ngroups;
         (*e).namespaces = namespaces;
-        (*e)._pad2 = [0; 7];
+        (*e)._pad2 = [0; 3];
+        (*e).owner = outcome.owner;
+        // Whom the caller acts for, which the agent's rate limit counts it
+        // as (a user's subordinate ids are that user's).
+        (*e).userns_owner = outcome.top;
+        (*e)._pad3 = [0; 4];
         if caller.own_task {
             read_comm(&raw mut (*e).comm);
         }

@@ -4,22 +4,24 @@
 //! namespaces, and whether its namespaces are the agent's (on the host).
 //!
 //! Each is read only when the decision needs it: the groups when the policy
-//! has a gid rule, the owners when it has a uid deny rule, the namespaces
-//! when an allow-on-host rule names the caller (or a record is written).
+//! has a gid rule, the namespaces when an allow-on-host rule names the
+//! caller (or a record is written). The owners are walked for every
+//! decision, for whom the caller acts for, and looked up in the rules when
+//! the policy has a uid or gid deny rule.
 //! Every walk is bounded by a constant, and a read that fails makes the
 //! answer "unknown", which denies: never a guess.
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 use imds_guard_common::{
     HostNamespaces, IdRule, MAX_GROUPS, MAX_PID_NS_LEVEL, MAX_USERNS_DEPTH, NO_ID, Offsets, action,
-    ns,
+    ns, reason,
 };
 
 use crate::{
     caller::Caller,
     kernel::{current_task, opaque, read, read_ptr},
     maps::{GID_RULES, UID_RULES},
-    rules::{denies, rule},
+    rules::{denies, membership, rule},
 };
 
 /// Written by the agent before the programs load (`EbpfLoader::set_global`):
@@ -192,51 +194,99 @@ pub fn group_at(cred: u64, off: &Offsets, index: u8, generation: u32) -> (u32, I
     }
 }
 
-/// What the owners of the caller's user namespaces say, in one register:
-/// [`Owners::CLEAR`], [`Owners::UNREADABLE`], or the denied owner's uid
-/// (bits 0-31) and its rule's entry (bits 32-63).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Owners(pub u64);
+/// What the walk up the caller's user namespaces found: whether a rule
+/// on a namespace's creator denies it, and whom it acts for. Every field
+/// written on every path (see `caller.rs`, `Who`), so that the decision
+/// can launder it whole (`forget`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Owners {
+    /// [`Owners::CLEAR`], [`Owners::UNREADABLE`], or the `reason` that
+    /// denies: `OWNER_DENIED` (the creator's uid),
+    /// `OWNER_GID_DENIED` (the gid it created the namespace with),
+    /// `OWNER_MEMBER_DENIED` (a denied group it is a member of).
+    pub found: u32,
+    /// The denied id: the creator's uid, or the gid.
+    pub decider: u32,
+    /// The entry that denies it.
+    pub entry: u32,
+    /// The creator of the namespace where it was found.
+    pub owner: u32,
+    /// The creator of the outermost namespace below the initial one (the
+    /// user the caller acts for); [`NO_ID`] for a caller in the initial
+    /// one, or a chain that could not be read.
+    pub top: u32,
+}
 
 impl Owners {
-    /// None of them is denied (or the caller is in the initial one).
-    pub const CLEAR: Self = Self(u64::MAX);
-    /// The chain could not be read.
-    pub const UNREADABLE: Self = Self(u64::MAX - 1);
+    /// No rule denies a creator (or the caller is in the initial
+    /// namespace, or the walk did not run).
+    pub const CLEAR: u32 = 0;
+    /// The chain could not be read: deny.
+    pub const UNREADABLE: u32 = reason::UNREADABLE as u32;
 
+    /// A walk that did not run: nothing found, nobody known.
     #[inline(always)]
-    pub fn uid(self) -> u32 {
-        self.0 as u32
+    pub const fn not_walked() -> Self {
+        Self {
+            found: Self::CLEAR,
+            decider: NO_ID,
+            entry: 0,
+            owner: NO_ID,
+            top: NO_ID,
+        }
     }
 
+    /// A chain that could not be read: it denies when the creators are
+    /// `checked`, and names nobody either way.
     #[inline(always)]
-    pub fn entry(self) -> u32 {
-        (self.0 >> 32) as u32
+    pub const fn unreadable(checked: bool) -> Self {
+        Self {
+            found: if checked {
+                Self::UNREADABLE
+            } else {
+                Self::CLEAR
+            },
+            ..Self::not_walked()
+        }
     }
 }
 
 /// Walks from the user namespace of the credentials at `cred` up to the
-/// initial one, looking each namespace's owner up in the uid rules of
-/// `generation`: a user with subordinate ids (rootless podman) whose
+/// initial one. A user with subordinate ids (rootless podman) whose
 /// processes run as uid 100000 in a namespace it created is still that
-/// user. The initial namespace is not looked at: it has no parent, and
-/// its owner field (root) names nobody who created it.
+/// user, and a namespace keeps none of its creator's supplementary
+/// groups, only its uid and effective gid (`owner`, `group`): so with
+/// `check`, each creator is looked up in the uid rules of `generation`,
+/// the gid it created the namespace with in the gid rules, and the
+/// creator again among the members of denied groups ([`MEMBERS`]), and
+/// the first denial, innermost first, is what is found. Without, only
+/// whom the caller acts for is (for its record). The walk goes on to the
+/// initial namespace either way: the outermost creator is the user the
+/// caller acts for. The initial namespace itself is not looked at: it has
+/// no parent, and its owner field (root) names nobody who created it.
 ///
 /// A `bpf_loop` of [`owner_step`], as [`scan_groups`] is: a walk that
 /// does not reach the initial namespace within the bound, or a helper
-/// that fails, leaves [`Owners::UNREADABLE`].
+/// that fails, leaves the chain unreadable ([`Owners::unreadable`]).
+///
+/// [`MEMBERS`]: crate::maps::MEMBERS
 #[inline(never)]
-pub fn denied_owner(cred: u64, off: &Offsets, generation: u32) -> Owners {
+pub fn walk_owners(cred: u64, off: &Offsets, generation: u32, check: bool) -> Owners {
     let Some(userns) = read_ptr(cred, off.cred_user_ns) else {
-        return Owners::UNREADABLE;
+        return Owners::unreadable(check);
     };
     let mut walk = OwnerWalk {
         userns,
         parent_off: off.user_ns_parent,
         owner_off: off.user_ns_owner,
+        group_off: off.user_ns_group,
         generation,
-        // Deeper than the kernel nests: not a chain this understands.
-        owners: Owners::UNREADABLE.0,
+        check: u32::from(check),
+        // Until a step reaches the initial namespace: deeper than the
+        // kernel nests is not a chain this understands.
+        reached: 0,
+        owners: Owners::not_walked(),
     };
     // One more step than the deepest namespace has owners, to reach the
     // initial one.
@@ -249,48 +299,78 @@ pub fn denied_owner(cred: u64, off: &Offsets, generation: u32) -> Owners {
             0,
         )
     };
-    if ran < 0 {
-        return Owners::UNREADABLE;
+    if ran < 0 || walk.reached == 0 {
+        return Owners::unreadable(check);
     }
-    Owners(walk.owners)
+    walk.owners
 }
 
-/// What [`owner_step`] reads and writes, on the stack of [`denied_owner`].
+/// What [`owner_step`] reads and writes, on the stack of [`walk_owners`].
 #[repr(C)]
 struct OwnerWalk {
     userns: u64,
     parent_off: u32,
     owner_off: u32,
+    group_off: u32,
     generation: u32,
-    owners: u64,
+    /// Non-zero: look the creators up in the rules.
+    check: u32,
+    /// Non-zero once a step reached the initial namespace.
+    reached: u32,
+    owners: Owners,
 }
 
-/// One user namespace of [`denied_owner`]: the `bpf_loop` callback.
+/// One user namespace of [`walk_owners`]: the `bpf_loop` callback.
 /// Returns 1 to stop the loop, 0 to go on to the parent.
 #[inline(never)]
 extern "C" fn owner_step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `OwnerWalk` that `denied_owner` passed.
+    // SAFETY: `ctx` is the `OwnerWalk` that `walk_owners` passed.
     let walk = unsafe { &mut *ctx.cast::<OwnerWalk>() };
     let Some(parent) = read::<u64>(walk.userns, walk.parent_off) else {
-        walk.owners = Owners::UNREADABLE.0;
+        walk.owners = Owners::unreadable(walk.check != 0);
         return 1;
     };
     if parent == 0 {
-        walk.owners = Owners::CLEAR.0;
+        walk.reached = 1;
         return 1;
     }
-    let Some(uid) = read::<u32>(walk.userns, walk.owner_off) else {
-        walk.owners = Owners::UNREADABLE.0;
+    let (Some(uid), Some(gid)) = (
+        read::<u32>(walk.userns, walk.owner_off),
+        read::<u32>(walk.userns, walk.group_off),
+    ) else {
+        walk.owners = Owners::unreadable(walk.check != 0);
         return 1;
     };
-    let rule = rule(&UID_RULES, uid, walk.generation);
-    if denies(rule.action) {
-        walk.owners = u64::from(rule.entry) << 32 | u64::from(uid);
+    // The outermost so far.
+    walk.owners.top = uid;
+    // Laundered (`opaque`), as in `group_step`: a verifier that checks the
+    // callback once would see only the first step's finding, none, and
+    // rewrite the test for "found already" as never true.
+    let Some(found) = opaque(walk.owners.found) else {
+        walk.owners = Owners::unreadable(walk.check != 0);
         return 1;
+    };
+    if walk.check != 0 && found == Owners::CLEAR {
+        let by_uid = rule(&UID_RULES, uid, walk.generation);
+        let by_gid = rule(&GID_RULES, gid, walk.generation);
+        let member = membership(uid, walk.generation);
+        let denied = if denies(by_uid.action) {
+            Some((reason::OWNER_DENIED, uid, by_uid.entry))
+        } else if denies(by_gid.action) {
+            Some((reason::OWNER_GID_DENIED, gid, by_gid.entry))
+        } else if member.entry != 0 {
+            Some((reason::OWNER_MEMBER_DENIED, member.gid, member.entry))
+        } else {
+            None
+        };
+        if let Some((why, decider, entry)) = denied {
+            walk.owners.found = u32::from(why);
+            walk.owners.decider = decider;
+            walk.owners.entry = entry;
+            walk.owners.owner = uid;
+        }
     }
     walk.userns = parent;
-    // Still unreadable should the bound end the walk here.
-    walk.owners = Owners::UNREADABLE.0;
     0
 }
 

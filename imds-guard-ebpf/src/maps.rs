@@ -9,7 +9,7 @@ use aya_ebpf::{
 use imds_guard_common::{
     CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupPatterns, ComponentKey, Config, EVENTS_BYTE_SIZE,
     GENERATIONS, IdRules, LENGTHS_LEN, MAX_CGROUP_PATTERNS, MAX_CGROUPS, MAX_ENDPOINTS,
-    MAX_ID_RULES, MAX_PATTERN_DEPTH, Resolved, SockState, V4Key, V6Key, cgroup_stat,
+    MAX_ID_RULES, MAX_PATTERN_DEPTH, Memberships, Resolved, SockState, V4Key, V6Key, cgroup_stat,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate entries on insert. Memory then follows the
@@ -47,6 +47,15 @@ pub static UID_RULES: HashMap<u32, IdRules> =
 /// Rules by real primary gid, one per generation.
 #[map]
 pub static GID_RULES: HashMap<u32, IdRules> =
+    HashMap::with_max_entries(MAX_ID_RULES * GENERATIONS, NO_PREALLOC);
+
+/// Users who are members of a denied group in the group database (their
+/// primary group, or a group that lists them), by uid, one membership per
+/// generation: the creator of a user namespace may be one of them, and
+/// its namespace holds none of its supplementary groups. Read as the
+/// owners of the caller's user namespaces are walked.
+#[map]
+pub static MEMBERS: HashMap<u32, Memberships> =
     HashMap::with_max_entries(MAX_ID_RULES * GENERATIONS, NO_PREALLOC);
 
 /// Each generation's [`Config`]: mode, default action and epoch. Zeroed

@@ -3,7 +3,9 @@
 //! `identity.rs` look ids up; neither imports the other for it.
 
 use aya_ebpf::maps::HashMap;
-use imds_guard_common::{IdRule, IdRules, action};
+use imds_guard_common::{IdRule, IdRules, Membership, action};
+
+use crate::maps::MEMBERS;
 
 /// The action of an absent rule.
 pub const NO_RULE: u32 = action::NONE;
@@ -30,5 +32,16 @@ pub fn rule(map: &HashMap<u32, IdRules>, id: u32, generation: u32) -> IdRule {
             action: NO_RULE,
             entry: 0,
         },
+    }
+}
+
+/// The denied group `uid` is a member of in `generation`, copied out at
+/// once as [`rule`] is; entry 0 when it is a member of none.
+#[inline(always)]
+pub fn membership(uid: u32, generation: u32) -> Membership {
+    match MEMBERS.get_ptr(uid) {
+        // SAFETY: as in `rule`.
+        Some(p) => unsafe { (*p).by_generation[(generation & 1) as usize] },
+        None => Membership { gid: 0, entry: 0 },
     }
 }

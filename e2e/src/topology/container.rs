@@ -52,19 +52,19 @@ impl UserNamespace {
     /// unprivileged runtime), with a network namespace too when
     /// `with_net`; maps ids 0-65535 inside to `base`.. outside.
     pub fn spawn(cgroup: &TestCgroup, owner: u32, base: u32, with_net: bool) -> Self {
-        let holder = Self::start(cgroup, None, owner, with_net);
+        let holder = Self::start(cgroup, None, (owner, owner), with_net);
         // Root of the parent namespace may map any range: as newuidmap
         // does from /etc/subuid.
         holder.map(&format!("0 {base} {USERNS_SIZE}\n"), None);
         holder
     }
 
-    /// User namespaces one inside the other, created by `owners`, innermost
-    /// first (the order the programs walk them in); the last holder
-    /// returned holds the innermost. Each maps every id to itself, so that
-    /// a process inside runs as the ids it has outside, and the next owner
-    /// has an id to create its namespace as.
-    pub fn nested(cgroup: &TestCgroup, owners: &[u32]) -> Vec<Self> {
+    /// User namespaces one inside the other, created by `owners` (uid and
+    /// effective gid), innermost first (the order the programs walk them
+    /// in); the last holder returned holds the innermost. Each maps every
+    /// id to itself, so that a process inside runs as the ids it has
+    /// outside, and the next owner has ids to create its namespace as.
+    pub fn nested(cgroup: &TestCgroup, owners: &[(u32, u32)]) -> Vec<Self> {
         let mut chain: Vec<Self> = Vec::new();
         for &owner in owners.iter().rev() {
             let parent = chain.last().map(Self::path);
@@ -78,7 +78,12 @@ impl UserNamespace {
     /// Starts the holder: `sleep infinity` in `cgroup`, in user namespace
     /// `parent` if given, as uid and gid `owner`, which then creates a user
     /// namespace (and a network namespace when `with_net`).
-    fn start(cgroup: &TestCgroup, parent: Option<&Path>, owner: u32, with_net: bool) -> Self {
+    fn start(
+        cgroup: &TestCgroup,
+        parent: Option<&Path>,
+        (uid, gid): (u32, u32),
+        with_net: bool,
+    ) -> Self {
         let procs = CString::new(
             cgroup
                 .path()
@@ -117,8 +122,8 @@ impl UserNamespace {
                     check(libc::setns(parent, libc::CLONE_NEWUSER).into())?;
                 }
                 check(libc::setgroups(0, std::ptr::null()).into())?;
-                check(libc::setresgid(owner, owner, owner).into())?;
-                check(libc::setresuid(owner, owner, owner).into())?;
+                check(libc::setresgid(gid, gid, gid).into())?;
+                check(libc::setresuid(uid, uid, uid).into())?;
                 // After the uid change, which clears it: if the test
                 // process dies, so does the holder, and its namespaces.
                 check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;

@@ -47,6 +47,7 @@ pub fn explain_record(d: &DecisionRecord, policy: &Policy) -> String {
                 place: d.place(),
                 groups: d.groups,
                 not_host: d.not_host(),
+                owner: d.owner,
             },
         ),
         RecordReason::Unreadable => "the guard could not read the caller's groups or user \
@@ -450,12 +451,15 @@ fn emit(d: &DecisionRecord, user: Option<&str>, place: Option<&CgroupPlace>, why
     // Only `egress` judges packets of sockets let through before: the
     // field is there for its records, true or false.
     let revoked = (d.hook == Hook::Egress).then_some(d.revoked);
-    // The supplementary group, or the user namespace's creator, that
-    // counted.
+    // The supplementary group, or the user namespace's creator (and the
+    // group it was refused for), that counted.
     let (group, owner) = match d.reason {
         RecordReason::Policy(Reason::GroupDenied | Reason::GroupAllowed) => (d.decider, None),
         RecordReason::Policy(Reason::HostOnly) if d.decider != Some(d.uid) => (d.decider, None),
         RecordReason::Policy(Reason::OwnerDenied) => (None, d.decider),
+        RecordReason::Policy(Reason::OwnerGidDenied | Reason::OwnerMemberDenied) => {
+            (d.decider, d.owner)
+        }
         _ => (None, None),
     };
     macro_rules! record {
@@ -478,6 +482,7 @@ fn emit(d: &DecisionRecord, user: Option<&str>, place: Option<&CgroupPlace>, why
                 groups = d.groups,
                 group = group,
                 owner = owner,
+                userns_owner = d.userns_owner,
                 cgroup = cgroup,
                 pod = pod,
                 reason = why,

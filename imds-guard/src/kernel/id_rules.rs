@@ -1,7 +1,8 @@
-//! What the uid and gid maps hold, as the agent wrote them, and the fewest
-//! writes that put a new policy in one generation's slot.
+//! What the uid, gid and members maps hold, as the agent wrote them, and
+//! the fewest writes that put a new policy in one generation's slot.
 //!
-//! Each id has one value with a rule per generation ([`IdRules`]). A reload
+//! Each id has one value with a slot per generation ([`IdRules`],
+//! [`Memberships`]: [`Slots`]). A reload
 //! writes the slot not in force, and only for the ids whose rule there
 //! changes; the slot in force is written back unchanged, so decisions made
 //! meanwhile see the old policy, whole. Reloading a policy of 100,000 uids
@@ -10,19 +11,42 @@
 //! Pure bookkeeping, kept apart from the syscalls (`policy_maps.rs`) so it
 //! can be tested without a kernel.
 
-use imds_guard_common::{GENERATIONS, IdRule, IdRules, action};
+use imds_guard_common::{GENERATIONS, IdRule, IdRules, Membership, Memberships};
 
-/// An empty slot.
-const NONE: IdRule = IdRule {
-    action: action::NONE,
-    entry: 0,
-};
+/// A map value with one slot per generation; a slot's default is empty
+/// (no rule, no membership), and a value whose slots are all empty is no
+/// entry at all.
+pub(super) trait Slots: Copy + Default + Eq + aya::Pod {
+    type Slot: Copy + Default + Eq;
+    fn slots_mut(&mut self) -> &mut [Self::Slot; GENERATIONS as usize];
+    fn slots(&self) -> &[Self::Slot; GENERATIONS as usize];
+}
+
+impl Slots for IdRules {
+    type Slot = IdRule;
+    fn slots_mut(&mut self) -> &mut [IdRule; GENERATIONS as usize] {
+        &mut self.by_generation
+    }
+    fn slots(&self) -> &[IdRule; GENERATIONS as usize] {
+        &self.by_generation
+    }
+}
+
+impl Slots for Memberships {
+    type Slot = Membership;
+    fn slots_mut(&mut self) -> &mut [Membership; GENERATIONS as usize] {
+        &mut self.by_generation
+    }
+    fn slots(&self) -> &[Membership; GENERATIONS as usize] {
+        &self.by_generation
+    }
+}
 
 /// The ids of one map and their values, sorted by id, as the kernel holds
 /// them after the last write that succeeded.
 #[derive(Debug, Default)]
-pub(super) struct Mirror {
-    entries: Vec<(u32, IdRules)>,
+pub(super) struct Mirror<V> {
+    entries: Vec<(u32, V)>,
     /// `false` after a write failed part way: the slot being written is
     /// then unknown for some ids, and the next plan writes every id.
     trusted: bool,
@@ -30,16 +54,27 @@ pub(super) struct Mirror {
 
 /// The writes a [`Mirror::plan`] asks for: deletions first, then updates,
 /// so that the map never holds more than either policy needs.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Plan {
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Plan<V> {
     pub(super) delete: Vec<u32>,
     pub(super) keys: Vec<u32>,
-    pub(super) values: Vec<IdRules>,
+    pub(super) values: Vec<V>,
     /// The mirror once every write succeeded.
-    after: Vec<(u32, IdRules)>,
+    after: Vec<(u32, V)>,
 }
 
-impl Mirror {
+impl<V> Default for Plan<V> {
+    fn default() -> Self {
+        Self {
+            delete: Vec::new(),
+            keys: Vec::new(),
+            values: Vec::new(),
+            after: Vec::new(),
+        }
+    }
+}
+
+impl<V: Slots> Mirror<V> {
     /// A mirror of an empty map.
     pub(super) fn empty() -> Self {
         Self {
@@ -61,8 +96,9 @@ impl Mirror {
     pub(super) fn plan(
         &self,
         generation: Option<u32>,
-        rules: impl IntoIterator<Item = (u32, IdRule)>,
-    ) -> Plan {
+        rules: impl IntoIterator<Item = (u32, V::Slot)>,
+    ) -> Plan<V> {
+        let none = V::Slot::default();
         let slots = match generation {
             Some(g) => {
                 let g = (g % GENERATIONS) as usize;
@@ -78,7 +114,7 @@ impl Mirror {
                 (None, None) => break,
                 (Some((a, value)), Some((b, _))) if a < b => {
                     old.next();
-                    (a, Some(value), NONE)
+                    (a, Some(value), none)
                 }
                 (Some((a, value)), Some((b, rule))) if a == b => {
                     old.next();
@@ -87,7 +123,7 @@ impl Mirror {
                 }
                 (Some((a, value)), None) => {
                     old.next();
-                    (a, Some(value), NONE)
+                    (a, Some(value), none)
                 }
                 (_, Some((b, rule))) => {
                     new.next();
@@ -95,8 +131,8 @@ impl Mirror {
                 }
             };
             let mut value = before.unwrap_or_default();
-            value.by_generation[slots.clone()].fill(rule);
-            if value.by_generation.iter().all(|r| *r == NONE) {
+            value.slots_mut()[slots.clone()].fill(rule);
+            if value.slots().iter().all(|r| *r == none) {
                 if before.is_some() {
                     plan.delete.push(id);
                 }
@@ -112,7 +148,7 @@ impl Mirror {
     }
 
     /// The plan's writes all succeeded.
-    pub(super) fn written(&mut self, plan: Plan) {
+    pub(super) fn written(&mut self, plan: Plan<V>) {
         self.entries = plan.after;
         self.trusted = true;
     }
@@ -122,9 +158,9 @@ impl Mirror {
     /// slot written is unknown for the ids it touched, and an id meant to
     /// go may still be there: remember them all, untrusted, so that the
     /// next plan writes (or deletes) every one.
-    pub(super) fn failed(&mut self, plan: Plan) {
+    pub(super) fn failed(&mut self, plan: Plan<V>) {
         let mut entries = plan.after;
-        entries.extend(plan.delete.into_iter().map(|id| (id, IdRules::default())));
+        entries.extend(plan.delete.into_iter().map(|id| (id, V::default())));
         entries.sort_unstable_by_key(|&(id, _)| id);
         self.entries = entries;
         self.trusted = false;
@@ -133,7 +169,15 @@ impl Mirror {
 
 #[cfg(test)]
 mod tests {
+    use imds_guard_common::action;
+
     use super::*;
+
+    /// An empty slot.
+    const NONE: IdRule = IdRule {
+        action: action::NONE,
+        entry: 0,
+    };
 
     fn rule(action: u32, entry: u32) -> IdRule {
         IdRule { action, entry }
@@ -151,7 +195,7 @@ mod tests {
 
     /// Applies the first `limit` writes of `plan` to `map` (deletions
     /// first), as the kernel would before a batch failed.
-    fn apply(map: &mut Vec<(u32, IdRules)>, plan: &Plan, limit: usize) {
+    fn apply(map: &mut Vec<(u32, IdRules)>, plan: &Plan<IdRules>, limit: usize) {
         let deletes = plan.delete.len().min(limit);
         map.retain(|(id, _)| !plan.delete[..deletes].contains(id));
         let updates = limit - deletes;
@@ -166,7 +210,7 @@ mod tests {
 
     #[test]
     fn the_first_policy_writes_every_id_in_its_slot() {
-        let mirror = Mirror::empty();
+        let mirror = Mirror::<IdRules>::empty();
         let plan = mirror.plan(Some(0), [(5, allow(1)), (7, allow(2))]);
         assert!(plan.delete.is_empty());
         assert_eq!(plan.keys, [5, 7]);
@@ -175,7 +219,7 @@ mod tests {
 
     #[test]
     fn a_policy_in_every_slot_makes_reloading_it_free() {
-        let mut mirror = Mirror::empty();
+        let mut mirror = Mirror::<IdRules>::empty();
         let plan = mirror.plan(None, [(5, allow(1)), (7, allow(2))]);
         assert_eq!(
             plan.values,
@@ -192,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_reload_writes_only_what_changes_and_keeps_the_slot_in_force() {
-        let mut mirror = Mirror::empty();
+        let mut mirror = Mirror::<IdRules>::empty();
         let first = mirror.plan(Some(0), [(5, allow(1)), (7, allow(2))]);
         mirror.written(first);
         // Generation 1: 5 unchanged, 7 gone, 9 new. 7 keeps its value:
@@ -225,7 +269,7 @@ mod tests {
 
     #[test]
     fn an_id_leaves_the_map_once_no_slot_names_it() {
-        let mut mirror = Mirror::empty();
+        let mut mirror = Mirror::<IdRules>::empty();
         mirror.written(mirror.plan(Some(0), [(7, allow(1))]));
         mirror.written(mirror.plan(Some(1), []));
         let plan = mirror.plan(Some(0), []);
@@ -237,7 +281,7 @@ mod tests {
 
     #[test]
     fn after_a_failed_write_every_id_is_written_again() {
-        let mut mirror = Mirror::empty();
+        let mut mirror = Mirror::<IdRules>::empty();
         mirror.written(mirror.plan(Some(0), [(5, allow(1)), (7, allow(2))]));
         mirror.written(mirror.plan(Some(1), [(5, allow(1))]));
         // Slot 0 is written next: 7 is to go, 5 to stay. The writes fail.
@@ -262,7 +306,7 @@ mod tests {
             seed ^= seed << 5;
             seed
         };
-        let mut mirror = Mirror::empty();
+        let mut mirror = Mirror::<IdRules>::empty();
         let mut kernel = Vec::new();
         let mut policies: [Vec<(u32, IdRule)>; 2] = Default::default();
         let mut generation = 0;

@@ -69,7 +69,6 @@ pub fn record(map: &mut Map, offsets: &Offsets, host: &HostNamespaces) -> Result
         offsets: *offsets,
         host: *host,
         max_groups: MAX_GROUPS,
-        _pad: 0,
     };
     array.set(0, resolved, 0).map_err(access)
 }

@@ -201,6 +201,13 @@ const WANTED: &[Wanted] = &[
         set: |o, v| o.net_inum = v,
         get: |o| o.net_inum,
     },
+    Wanted {
+        why: "following a group deny into the user namespaces a member creates",
+        strukt: "user_namespace",
+        path: &[&["group"]],
+        set: |o, v| o.user_ns_group = v,
+        get: |o| o.user_ns_group,
+    },
 ];
 
 /// A field the running kernel does not have where the programs need it.
@@ -341,6 +348,7 @@ mod tests {
             &[
                 ("parent", ptr, 8 * 72),
                 ("owner", int, 8 * 84),
+                ("group", int, 8 * 88),
                 ("ns", ns_common, 8 * 96),
             ],
         );
@@ -382,7 +390,10 @@ mod tests {
         assert_eq!((o.task_pid, o.task_tgid, o.task_comm), (1400, 1404, 1700));
         assert_eq!((o.cred_group_info, o.cred_user_ns), (144, 136));
         assert_eq!((o.group_info_ngroups, o.group_info_gid), (4, 8));
-        assert_eq!((o.user_ns_parent, o.user_ns_owner), (72, 84));
+        assert_eq!(
+            (o.user_ns_parent, o.user_ns_owner, o.user_ns_group),
+            (72, 84, 88)
+        );
         // Through the embedded `ns_common`: 96 + 16.
         assert_eq!(o.user_ns_inum, 112);
         assert_eq!(
@@ -476,5 +487,7 @@ mod tests {
         assert_eq!((o.group_info_ngroups, o.group_info_gid), (4, 8));
         assert_eq!((o.upid_size, o.upid_ns), (16, 8));
         assert!(o.user_ns_inum > o.user_ns_owner && o.sock_net > 0);
+        // `kuid_t owner; kgid_t group;` side by side, since 3.8.
+        assert_eq!(o.user_ns_group, o.user_ns_owner + 4);
     }
 }

@@ -4,7 +4,7 @@
 //! run that may still use the old one. Each decision reads `ACTIVE` once,
 //! so it sees the old policy or the new one, never a mix.
 //!
-//! The uid and gid maps hold both generations in one value per id
+//! The uid, gid and members maps hold both generations in one value per id
 //! (`id_rules.rs`): a reload writes only the ids whose rule changes. The
 //! protected addresses (a few) have a key per generation, cleared by the
 //! keys they were written with. Everything is written in batches
@@ -17,7 +17,8 @@ use std::{
 
 use aya::Ebpf;
 use imds_guard_common::{
-    self as common, IdRule, Ipv6Key, V4Key, V6Key, action, config_flags, mode,
+    self as common, IdRule, IdRules, Ipv6Key, Membership, Memberships, V4Key, V6Key, action,
+    config_flags, mode,
 };
 
 use super::{
@@ -68,6 +69,7 @@ pub(super) struct PolicyMaps {
     v6: OwnedFd,
     uids: OwnedFd,
     gids: OwnedFd,
+    members: OwnedFd,
     config: OwnedFd,
     active_map: OwnedFd,
     /// The generation in force, once one was written.
@@ -80,9 +82,10 @@ pub(super) struct PolicyMaps {
     /// The protected addresses written into each generation, to clear it
     /// by.
     written: [Written; 2],
-    /// What the uid and gid maps hold.
-    uid_rules: id_rules::Mirror,
-    gid_rules: id_rules::Mirror,
+    /// What the uid, gid and members maps hold.
+    uid_rules: id_rules::Mirror<IdRules>,
+    gid_rules: id_rules::Mirror<IdRules>,
+    member_rules: id_rules::Mirror<Memberships>,
     /// The epoch of the last config written (`Config::epoch`), 0 before
     /// the first.
     epoch: u32,
@@ -97,6 +100,7 @@ impl PolicyMaps {
             v6: fd(common::MAP_PROTECTED_V6)?,
             uids: fd(common::MAP_UID_RULES)?,
             gids: fd(common::MAP_GID_RULES)?,
+            members: fd(common::MAP_MEMBERS)?,
             config: fd(common::MAP_CONFIG)?,
             active_map: fd(common::MAP_ACTIVE)?,
             active: None,
@@ -105,6 +109,7 @@ impl PolicyMaps {
             written: Default::default(),
             uid_rules: id_rules::Mirror::empty(),
             gid_rules: id_rules::Mirror::empty(),
+            member_rules: id_rules::Mirror::empty(),
             epoch: 0,
         })
     }
@@ -229,7 +234,8 @@ impl PolicyMaps {
     }
 
     /// Puts the rules of `policy` in slot `generation` (every slot with
-    /// `None`) of the uid and gid maps, writing only what changes there.
+    /// `None`) of the uid and gid maps, and its members of denied groups
+    /// in that of the members map, writing only what changes there.
     fn write_rules(&mut self, generation: Option<u32>, policy: &Policy) -> Result<(), MapError> {
         for (name, fd, rules, mirror) in [
             (
@@ -255,18 +261,21 @@ impl PolicyMaps {
                 };
                 (id, rule)
             });
-            let plan = mirror.plan(generation, slot);
-            let written = delete(fd, name, &plan.delete)
-                .and_then(|()| update(fd, name, &plan.keys, &plan.values));
-            match written {
-                Ok(()) => mirror.written(plan),
-                Err(e) => {
-                    mirror.failed(plan);
-                    return Err(e);
-                }
-            }
+            write_slots(fd, name, mirror, generation, slot)?;
         }
-        Ok(())
+        // A member's group is denied (`members.rs`): its rule is there.
+        let members = policy.members.iter().filter_map(|(&uid, &gid)| {
+            let rule = policy.gids.get(&gid)?;
+            let entry = entry_number(Some(rule.index));
+            Some((uid, Membership { gid, entry }))
+        });
+        write_slots(
+            &self.members,
+            common::MAP_MEMBERS,
+            &mut self.member_rules,
+            generation,
+            members,
+        )
     }
 
     /// Writes the config of `generation`, with the next epoch: every
@@ -326,6 +335,30 @@ impl PolicyMaps {
 
     fn written_mut(&mut self, generation: u32) -> &mut Written {
         &mut self.written[(generation % common::GENERATIONS) as usize]
+    }
+}
+
+/// Makes slot `generation` (every slot with `None`) of the map `name` hold
+/// `slots` (sorted by id), as `mirror` plans it.
+fn write_slots<V: id_rules::Slots>(
+    fd: &OwnedFd,
+    name: &'static str,
+    mirror: &mut id_rules::Mirror<V>,
+    generation: Option<u32>,
+    slots: impl IntoIterator<Item = (u32, V::Slot)>,
+) -> Result<(), MapError> {
+    let plan = mirror.plan(generation, slots);
+    let written =
+        delete(fd, name, &plan.delete).and_then(|()| update(fd, name, &plan.keys, &plan.values));
+    match written {
+        Ok(()) => {
+            mirror.written(plan);
+            Ok(())
+        }
+        Err(e) => {
+            mirror.failed(plan);
+            Err(e)
+        }
     }
 }
 

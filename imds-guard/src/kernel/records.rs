@@ -49,6 +49,8 @@ impl RecordReason {
             reason::GROUP_DENIED => Self::Policy(Reason::GroupDenied),
             reason::GROUP_ALLOWED => Self::Policy(Reason::GroupAllowed),
             reason::OWNER_DENIED => Self::Policy(Reason::OwnerDenied),
+            reason::OWNER_GID_DENIED => Self::Policy(Reason::OwnerGidDenied),
+            reason::OWNER_MEMBER_DENIED => Self::Policy(Reason::OwnerMemberDenied),
             reason::HOST_ONLY => Self::Policy(Reason::HostOnly),
             reason::TOO_MANY_GROUPS => Self::Policy(Reason::TooManyGroups),
             reason::UNREADABLE => Self::Unreadable,
@@ -111,6 +113,13 @@ pub struct DecisionRecord {
     /// cut by a reload or by the switch from audit to enforce, not a new
     /// one. Only `egress` judges packets of such sockets.
     pub revoked: bool,
+    /// The creator of the user namespace whose creator decided (the
+    /// `Owner*` reasons).
+    pub owner: Option<u32>,
+    /// The creator of the outermost user namespace the caller is in below
+    /// the initial one: the user it acts for. `None` in the initial user
+    /// namespace (or when the programs could not read the chain).
+    pub userns_owner: Option<u32>,
 }
 
 impl DecisionRecord {
@@ -164,6 +173,8 @@ impl DecisionRecord {
             // An allowed packet revokes nothing: its socket stays let
             // through.
             revoked: ev.flags & event_flags::REVOKED != 0 && outcome != Outcome::Allow,
+            owner: (ev.owner != NO_ID).then_some(ev.owner),
+            userns_owner: (ev.userns_owner != NO_ID).then_some(ev.userns_owner),
         })
     }
 
@@ -280,7 +291,10 @@ mod tests {
             decider: NO_ID,
             ngroups: NO_ID,
             namespaces: 0,
-            _pad2: [0; 7],
+            _pad2: [0; 3],
+            owner: NO_ID,
+            userns_owner: NO_ID,
+            _pad3: [0; 4],
         }
     }
 
@@ -306,6 +320,11 @@ mod tests {
         assert_eq!(d.comm, "curl");
         assert_eq!(d.dst, IpAddr::V6(mapped));
         assert_eq!((d.port, d.hook, d.cgroup_id), (80, Hook::Connect6, 77));
+        assert_eq!((d.owner, d.userns_owner), (None, None));
+        let mut namespaced = ev;
+        (namespaced.owner, namespaced.userns_owner) = (2345, 2346);
+        let d = DecisionRecord::from_event(&namespaced).expect("valid");
+        assert_eq!((d.owner, d.userns_owner), (Some(2345), Some(2346)));
         assert_eq!(
             DecisionRecord::decode(&bytes(&ev)[..79]),
             Err(RecordError::Short(79)),

@@ -9,6 +9,10 @@
 //! reason a record can carry and no case expects fails the unit tests,
 //! unless [`KERNEL_ONLY`] says where it is tested and why not here.
 //!
+//! The group database is [`MEMBERS`]: who is a member of which group, as
+//! the policies are resolved with it on both sides (the programs are given
+//! the memberships the policy resolved, as the agent gives them).
+//!
 //! Cgroups are given by where they are, not by their class: the policies
 //! name them below `{base}` (the guarded cgroup, which the e2e test makes),
 //! and each side classifies them as it does (the twin with
@@ -23,9 +27,11 @@ use std::path::Path;
 
 use imds_guard_common::{MAX_CGROUP_LEVEL, reason};
 
-pub use self::table::{ALLOWED_CGROUPS, CASES, DENY_LIST, HOST, MIXED, UIDS_ONLY};
+pub use self::table::{
+    ALLOWED_CGROUPS, CASES, DENY_LIST, GROUP_DENY, HOST, MEMBERS, MIXED, UIDS_ONLY,
+};
 use super::{
-    Action, CgroupRules, Decision, Place, Policy, PolicyError, PolicySpec, Process, Reason,
+    Action, CgroupRules, Decision, Owner, Place, Policy, PolicyError, PolicySpec, Process, Reason,
     Resolver, cgroups::Pods,
 };
 
@@ -60,10 +66,10 @@ pub struct Caller {
     pub gid: u32,
     /// Supplementary groups, in the order given to `setgroups`.
     pub groups: &'static [u32],
-    /// Owners of the user namespaces it is in, innermost first; empty for
-    /// the initial one. A user namespace of its own is not the host's:
-    /// such a caller is in a container.
-    pub owners: &'static [u32],
+    /// Creators of the user namespaces it is in, innermost first, as
+    /// (uid, effective gid); empty for the initial one. A user namespace
+    /// of its own is not the host's: such a caller is in a container.
+    pub owners: &'static [(u32, u32)],
     pub place: Place,
     pub cgroup: CgroupAt,
 }
@@ -96,7 +102,7 @@ impl Caller {
     }
 
     #[must_use]
-    pub const fn owners(self, owners: &'static [u32]) -> Self {
+    pub const fn owners(self, owners: &'static [(u32, u32)]) -> Self {
         Self { owners, ..self }
     }
 
@@ -174,14 +180,19 @@ impl Case {
             uid: c.uid,
             gid: c.gid,
             groups: c.groups.to_vec(),
-            owners: c.owners.to_vec(),
+            owners: c
+                .owners
+                .iter()
+                .map(|&(uid, gid)| Owner { uid, gid })
+                .collect(),
             place: c.place,
             cgroup: CgroupRules::classify(&patterns, path.as_bytes()),
         }
     }
 }
 
-/// Resolves no name: the cases' policies name ids only.
+/// Resolves no name: the cases' policies name ids only. Its group
+/// database is [`MEMBERS`].
 struct NoNames;
 
 impl Resolver for NoNames {
@@ -196,6 +207,13 @@ impl Resolver for NoNames {
     }
     fn unit_cgroup(&self, _: &str) -> Result<Option<String>, String> {
         Ok(None)
+    }
+    fn members(&self, gids: &[u32]) -> Result<Vec<(u32, u32)>, String> {
+        Ok(MEMBERS
+            .iter()
+            .copied()
+            .filter(|(_, gid)| gids.contains(gid))
+            .collect())
     }
 }
 

@@ -3,8 +3,10 @@
 //! compare it with what it shipped.
 //!
 //! It covers the decision only (mode, endpoints, default, every uid and gid
-//! rule), in a canonical order: reformatting the file, reordering entries
-//! or renaming a user to the same uid leaves it unchanged.
+//! rule, the members of denied groups), in a canonical order: reformatting
+//! the file, reordering entries or renaming a user to the same uid leaves
+//! it unchanged; a membership that changed in the group database changes
+//! it.
 
 use std::fmt::Write as _;
 
@@ -43,6 +45,16 @@ impl Policy {
                 text.push_str(word(rule.action));
                 text.push('\n');
             }
+        }
+        // Only a policy whose denied groups have members has these lines,
+        // as only one with cgroup rules has the next: the digests of the
+        // others stay what they were.
+        for (&uid, &gid) in &self.members {
+            text.push_str("member ");
+            push_decimal(&mut text, uid);
+            text.push(' ');
+            push_decimal(&mut text, gid);
+            text.push('\n');
         }
         // Only a policy with cgroup rules has these lines: the digests of
         // the others stay what they were.
@@ -140,6 +152,29 @@ mod tests {
         let d = digest("[allow]\nusers = [\"root\"]\nuids = [1000]\n[deny]\ngids = [5]\n");
         assert_eq!(d, EXPECTED);
     }
+
+    #[test]
+    fn a_membership_that_changed_changes_it() {
+        let text = "[allow]\nuids = [1000]\n[deny]\ngids = [5]\n";
+        let resolved = |members: &[(u32, u32)]| {
+            let r = FakeResolver::new(&[], &[]).with_members(members);
+            let p = PolicySpec::parse(Path::new("p.toml"), text)
+                .expect("valid")
+                .resolve(&r)
+                .expect("resolves");
+            super::hex(&p.digest())
+        };
+        assert_eq!(resolved(&[]), WITHOUT_MEMBERS);
+        assert_ne!(resolved(&[(1000, 5)]), resolved(&[]));
+        assert_ne!(resolved(&[(1000, 5)]), resolved(&[(1001, 5)]));
+    }
+
+    /// `sha256sum` of "imds-guard policy v1\nmode enforce\ndefault
+    /// deny\nendpoint 169.254.169.254\nendpoint fd00:ec2::254\nuid 1000
+    /// allow\ngid 5 deny\n": that policy's digest when its denied group
+    /// has no member, as before members counted.
+    const WITHOUT_MEMBERS: &str =
+        "7d9215a1fb2aa664ad38ec47f904400edb81cf608212a2f995216f15935ca824";
 
     #[test]
     fn covers_the_decision_not_the_spelling() {

@@ -21,6 +21,9 @@ pub struct Context {
     /// Why the process is not on the host, in words ("its pid namespace
     /// differs"), when known.
     pub not_host: Option<&'static str>,
+    /// The creator of the user namespace whose creator decided, when a
+    /// record names it (`Event::owner`).
+    pub owner: Option<u32>,
 }
 
 /// Why a decision for `uid`/`gid` with `reason`, decided by the entry at
@@ -72,14 +75,9 @@ pub fn explain_with(policy: &Policy, reason: Reason, index: Option<usize>, cx: &
             Some(g) => cite(&format!("supplementary group {g} is {}", done(entry))),
             None => cite(&format!("a supplementary group is {}", done(entry))),
         },
-        Reason::OwnerDenied => match cx.id {
-            Some(owner) => cite(&format!(
-                "uid {uid} runs in a user namespace created by uid {owner}, which is denied"
-            )),
-            None => cite(&format!(
-                "uid {uid} runs in a user namespace whose creator is denied"
-            )),
-        },
+        Reason::OwnerDenied | Reason::OwnerGidDenied | Reason::OwnerMemberDenied => {
+            cite(&owner_refused(reason, cx))
+        }
         Reason::HostOnly => {
             let whose = match entry.map(|e| &e.identity) {
                 Some(Identity::User(_) | Identity::Uid(_)) => format!("uid {}", id(uid)),
@@ -118,6 +116,44 @@ pub fn explain_with(policy: &Policy, reason: Reason, index: Option<usize>, cx: &
                  else",
                 groups_too(cx)
             ),
+        },
+    }
+}
+
+/// Why a user namespace's creator refuses the process, before the
+/// citation: by its uid, by the gid it created the namespace with, or by a
+/// denied group it is a member of (`cx.id` is that uid or gid).
+fn owner_refused(reason: Reason, cx: &Context) -> String {
+    let uid = cx.uid;
+    match reason {
+        Reason::OwnerGidDenied => {
+            let group = cx
+                .id
+                .map_or_else(|| "a gid".to_owned(), |g| format!("gid {g}"));
+            let by = cx
+                .owner
+                .map_or_else(String::new, |o| format!(" by uid {o}"));
+            format!("uid {uid} runs in a user namespace created{by} as {group}, which is denied")
+        }
+        Reason::OwnerMemberDenied => {
+            let group = cx
+                .id
+                .map_or_else(|| "a group".to_owned(), |g| format!("group {g}"));
+            let who = cx.owner.map_or_else(
+                || "whose creator is".to_owned(),
+                |o| format!("created by uid {o}, who is"),
+            );
+            format!(
+                "uid {uid} runs in a user namespace {who} a member of {group} in the group \
+                 database (a namespace keeps none of its creator's supplementary groups), which \
+                 is denied"
+            )
+        }
+        _ => match cx.id {
+            Some(owner) => format!(
+                "uid {uid} runs in a user namespace created by uid {owner}, which is denied"
+            ),
+            None => format!("uid {uid} runs in a user namespace whose creator is denied"),
         },
     }
 }
@@ -180,6 +216,35 @@ mod tests {
         assert_eq!(
             explain(&p, Reason::Default, None, 1000, 1001),
             "neither uid 1000 nor gid 1001 is in [allow], and the policy denies everyone else"
+        );
+    }
+
+    #[test]
+    fn a_namespace_creator_refused_for_a_group_is_named_with_the_group() {
+        let p = PolicySpec::parse(
+            Path::new("/etc/imds-guard/policy.toml"),
+            "[allow]\nuids = [2345]\n[deny]\ngids = [2666]\n",
+        )
+        .expect("valid")
+        .resolve(&FakeResolver::new(&[], &[]).with_members(&[(2345, 2666)]))
+        .expect("resolves");
+        let cx = Context {
+            uid: 2345,
+            gid: 200_001,
+            id: Some(2666),
+            owner: Some(2345),
+            ..Context::default()
+        };
+        assert_eq!(
+            explain_with(&p, Reason::OwnerMemberDenied, Some(1), &cx),
+            "uid 2345 runs in a user namespace created by uid 2345, who is a member of group 2666 in \
+             the group database (a namespace keeps none of its creator's supplementary groups), \
+             which is denied by [deny] gids 2666 at /etc/imds-guard/policy.toml:4:9"
+        );
+        assert_eq!(
+            explain_with(&p, Reason::OwnerGidDenied, Some(1), &cx),
+            "uid 2345 runs in a user namespace created by uid 2345 as gid 2666, which is denied \
+             by [deny] gids 2666 at /etc/imds-guard/policy.toml:4:9"
         );
     }
 }

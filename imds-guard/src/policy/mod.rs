@@ -29,6 +29,7 @@ mod digest;
 mod error;
 mod explain;
 pub mod forward;
+mod members;
 mod process;
 mod raw;
 mod resolve;
@@ -51,7 +52,7 @@ pub use self::{
     digest::hex,
     error::{Diagnostic, PolicyError},
     explain::{Context, explain, explain_with},
-    process::{Place, Process},
+    process::{Owner, Place, Process},
     resolve::{Resolver, SystemResolver},
     source::{ADMIN_POLICY, PACKAGED_POLICY, PolicySource},
     unresolved::Unresolved,
@@ -305,6 +306,10 @@ pub struct Policy {
     pub default_action: Action,
     pub uids: BTreeMap<u32, IdRule>,
     pub gids: BTreeMap<u32, IdRule>,
+    /// The members of denied groups in the group database, each with the
+    /// lowest denied gid it is a member of: for the creators of user
+    /// namespaces (`members.rs`).
+    pub members: BTreeMap<u32, u32>,
     /// Units, cgroups and pods.
     pub cgroups: CgroupRules,
 }
@@ -329,6 +334,12 @@ pub enum Reason {
     GroupAllowed,
     /// The owner of a user namespace the caller is in has a deny rule.
     OwnerDenied,
+    /// A user namespace the caller is in was created with a denied gid as
+    /// its creator's effective gid.
+    OwnerGidDenied,
+    /// The creator of a user namespace the caller is in is a member of a
+    /// denied group in the group database.
+    OwnerMemberDenied,
     /// Only `[allow.host]` entries name the caller, and it is not on the
     /// host.
     HostOnly,
@@ -355,8 +366,9 @@ pub struct Decision {
     /// for [`Reason::Default`].
     pub index: Option<usize>,
     /// The id whose rule decided: the uid, the primary gid, the
-    /// supplementary group, the user namespace owner; `None` for the
-    /// default and [`Reason::TooManyGroups`].
+    /// supplementary group, the user namespace owner, the denied group of
+    /// a namespace's creator; `None` for the default and
+    /// [`Reason::TooManyGroups`].
     pub id: Option<u32>,
 }
 
@@ -389,6 +401,7 @@ impl Policy {
                 },
             )]),
             gids: BTreeMap::new(),
+            members: BTreeMap::new(),
             cgroups: CgroupRules::default(),
         }
     }

@@ -1,12 +1,12 @@
 //! A process as the kernel programs judge it (issue 9): its real uid and
-//! primary gid, the supplementary groups its credentials hold, the owners
-//! of the user namespaces it runs in, and whether it is on the host. And
-//! [`Policy::decide_process`], the programs' decision step by step
-//! (`imds-guard-ebpf/src/decide.rs`, `evaluate`), which `check`, records
-//! and tests use; the table of cases (`cases.rs`) holds the two to the
-//! same decisions.
+//! primary gid, the supplementary groups its credentials hold, the
+//! creators of the user namespaces it runs in, and whether it is on the
+//! host. And [`Policy::decide_process`], the programs' decision step by
+//! step (`imds-guard-ebpf/src/decide.rs`, `evaluate`), which `check`,
+//! records and tests use; the table of cases (`cases.rs`) holds the two
+//! to the same decisions.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use imds_guard_common::MAX_GROUPS;
 
@@ -39,6 +39,14 @@ impl fmt::Display for Place {
     }
 }
 
+/// The creator of a user namespace, as the namespace records it: the uid
+/// and the effective gid it had (`user_namespace.owner`, `.group`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Who calls, as far as the policy can tell.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Process {
@@ -48,10 +56,10 @@ pub struct Process {
     pub gid: u32,
     /// The supplementary groups (`cred->group_info`), in any order.
     pub groups: Vec<u32>,
-    /// The owners of the user namespaces the process is in, innermost
+    /// The creators of the user namespaces the process is in, innermost
     /// first, the initial one left out: empty for a process in the initial
     /// user namespace.
-    pub owners: Vec<u32>,
+    pub owners: Vec<Owner>,
     pub place: Place,
     /// What the policy's unit, cgroup and pod patterns make of its cgroup.
     pub cgroup: CgroupClass,
@@ -79,8 +87,8 @@ impl Policy {
     /// one under a policy that denies cgroups), then (when the policy has a
     /// gid rule) more supplementary groups than the programs read
     /// ([`MAX_GROUPS`]) or the lowest denied one, then (when it has a uid
-    /// deny rule) the owners of the process's user namespaces. Then allow:
-    /// the cgroup, then the ids (`allowed`). Then the default.
+    /// or gid deny rule) the creators of the process's user namespaces.
+    /// Then allow: the cgroup, then the ids (`allowed`). Then the default.
     pub fn decide_process(&self, p: &Process) -> Decision {
         let by_uid = self.uids.get(&p.uid).copied();
         let by_gid = self.gids.get(&p.gid).copied();
@@ -111,8 +119,8 @@ impl Policy {
         if let Some((gid, rule)) = scan.deny {
             return decided(Action::Deny, Reason::GroupDenied, rule, gid);
         }
-        if let Some((uid, rule)) = owner {
-            return decided(Action::Deny, Reason::OwnerDenied, rule, uid);
+        if let Some((_, reason, id, rule)) = owner {
+            return decided(Action::Deny, reason, rule, id);
         }
         // The cgroup's allow first: which allow decides changes only the
         // reason (and an allow-on-host rule alone refuses nothing then).
@@ -222,14 +230,24 @@ impl Policy {
         scan
     }
 
-    /// The first owner of `owners` (innermost first) that a uid rule
-    /// denies (`identity.rs`, `denied_owner`).
-    fn denied_owner(&self, owners: &[u32]) -> Option<(u32, IdRule)> {
-        owners.iter().find_map(|&uid| {
-            self.uids
-                .get(&uid)
-                .filter(|r| r.action == Action::Deny)
-                .map(|&rule| (uid, rule))
+    /// The first creator of `owners` (innermost first) that a rule denies
+    /// (`identity.rs`, `owner_step`): its uid's rule, then the gid it
+    /// created the namespace with, then the lowest denied group it is a
+    /// member of. The creator, the reason, the denied id and its rule.
+    pub(super) fn denied_owner(&self, owners: &[Owner]) -> Option<(Owner, Reason, u32, IdRule)> {
+        let denied = |map: &BTreeMap<u32, IdRule>, id: u32| {
+            map.get(&id).copied().filter(|r| r.action == Action::Deny)
+        };
+        owners.iter().find_map(|o| {
+            if let Some(rule) = denied(&self.uids, o.uid) {
+                return Some((*o, Reason::OwnerDenied, o.uid, rule));
+            }
+            if let Some(rule) = denied(&self.gids, o.gid) {
+                return Some((*o, Reason::OwnerGidDenied, o.gid, rule));
+            }
+            let gid = *self.members.get(&o.uid)?;
+            let rule = denied(&self.gids, gid)?;
+            Some((*o, Reason::OwnerMemberDenied, gid, rule))
         })
     }
 
@@ -239,10 +257,13 @@ impl Policy {
         !self.gids.is_empty()
     }
 
-    /// Whether a decision walks the owners of the user namespaces: the
-    /// policy has a uid deny rule.
+    /// Whether a decision walks the creators of the user namespaces: the
+    /// policy has a uid or a gid deny rule.
     pub fn checks_owners(&self) -> bool {
-        self.uids.values().any(|r| r.action == Action::Deny)
+        self.uids
+            .values()
+            .chain(self.gids.values())
+            .any(|r| r.action == Action::Deny)
     }
 
     /// Whether any entry is `[allow.host]`.

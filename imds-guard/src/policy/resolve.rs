@@ -15,7 +15,7 @@ use nix::{
     unistd::{Group, Uid, User},
 };
 
-use super::{Diagnostic, IdRule, Identity, Policy, PolicyError, PolicySpec, cgroups};
+use super::{Diagnostic, IdRule, Identity, Policy, PolicyError, PolicySpec, cgroups, members};
 
 /// Looks up user and group names. `Err` means the lookup itself failed
 /// (NSS unreachable, a broken `nsswitch.conf`), not that the name is
@@ -29,6 +29,10 @@ pub trait Resolver {
     /// The cgroup path of systemd unit `unit`, whether it runs or not;
     /// `Ok(None)` when systemd knows no such unit.
     fn unit_cgroup(&self, unit: &str) -> Result<Option<String>, String>;
+    /// The members of the groups `gids`, as `(uid, gid)` pairs: the users
+    /// whose primary group one is, and those its entry lists (see
+    /// `members.rs`).
+    fn members(&self, gids: &[u32]) -> Result<Vec<(u32, u32)>, String>;
 }
 
 /// The host's user database, through NSS (`getpwnam_r`, `getgrnam_r`).
@@ -53,6 +57,10 @@ impl Resolver for SystemResolver {
 
     fn unit_cgroup(&self, unit: &str) -> Result<Option<String>, String> {
         cgroups::units::cgroup_of(unit, &cgroups::units::SystemSystemd)
+    }
+
+    fn members(&self, gids: &[u32]) -> Result<Vec<(u32, u32)>, String> {
+        members::system_members(gids)
     }
 }
 
@@ -199,6 +207,7 @@ pub(super) fn resolve(spec: PolicySpec, resolver: &dyn Resolver) -> Result<Polic
         }
     }
     let cgroups = cgroups::resolve(&spec, resolver, &mut diagnostics);
+    let members = members::denied_members(&spec, &gids, resolver, &mut diagnostics);
     if !diagnostics.is_empty() {
         return Err(PolicyError::invalid(&spec.path, diagnostics));
     }
@@ -207,6 +216,7 @@ pub(super) fn resolve(spec: PolicySpec, resolver: &dyn Resolver) -> Result<Polic
         spec,
         uids,
         gids,
+        members,
         cgroups,
     })
 }
@@ -219,14 +229,17 @@ pub(crate) mod fake {
 
     use super::Resolver;
 
-    /// Users, groups and units by name; a name in `failing` makes the
-    /// lookup fail.
+    /// Users, groups and units by name, and who is a member of which
+    /// group; a name in `failing` makes the lookup fail (`"members"`: the
+    /// lookup of members).
     #[derive(Debug, Default)]
     pub(crate) struct FakeResolver {
         pub(crate) users: HashMap<String, u32>,
         pub(crate) groups: HashMap<String, u32>,
         /// Units and their cgroups.
         pub(crate) units: HashMap<String, String>,
+        /// `(uid, gid)`: the user is a member of the group.
+        pub(crate) members: Vec<(u32, u32)>,
         pub(crate) failing: Vec<String>,
     }
 
@@ -236,8 +249,15 @@ pub(crate) mod fake {
                 users: users.iter().map(|&(n, id)| (n.to_owned(), id)).collect(),
                 groups: groups.iter().map(|&(n, id)| (n.to_owned(), id)).collect(),
                 units: HashMap::new(),
+                members: Vec::new(),
                 failing: Vec::new(),
             }
+        }
+
+        /// The same, with these memberships (`(uid, gid)`).
+        pub(crate) fn with_members(mut self, members: &[(u32, u32)]) -> Self {
+            self.members = members.to_vec();
+            self
         }
 
         /// The same, knowing these units and their cgroups.
@@ -278,6 +298,18 @@ pub(crate) mod fake {
                 return Err("Failed to connect to bus: No such file or directory".to_owned());
             }
             Ok(self.units.get(unit).cloned())
+        }
+
+        fn members(&self, gids: &[u32]) -> Result<Vec<(u32, u32)>, String> {
+            if self.failing.iter().any(|f| f == "members") {
+                return Err("connection to the directory server timed out".to_owned());
+            }
+            Ok(self
+                .members
+                .iter()
+                .copied()
+                .filter(|(_, gid)| gids.contains(gid))
+                .collect())
         }
     }
 }

@@ -6,8 +6,8 @@ use std::{net::IpAddr, path::Path};
 use imds_guard_common::MAX_GROUPS;
 
 use super::{
-    Action, Decision, Identity, Location, Mode, Place, Policy, PolicySpec, Process, Reason, Scope,
-    resolve::fake::FakeResolver,
+    Action, Decision, Identity, Location, Mode, Owner, Place, Policy, PolicySpec, Process, Reason,
+    Scope, resolve::fake::FakeResolver,
 };
 
 /// The policy shipped in `config/`, as installed.
@@ -144,12 +144,18 @@ fn supplementary_groups_allow_and_deny_like_the_primary_one() {
     );
 }
 
+/// Creators of user namespaces, each with its own number as its gid (as a
+/// user whose primary group is its own creates them).
+fn owned(uids: &[u32]) -> Vec<Owner> {
+    uids.iter().map(|&uid| Owner { uid, gid: uid }).collect()
+}
+
 #[test]
 fn a_user_namespace_created_by_a_denied_user_is_that_user() {
     let p = identity_policy();
     // uid 100000 is apache's subordinate id, inside apache's namespace.
     let rootless = Process {
-        owners: vec![48],
+        owners: owned(&[48]),
         ..member(100_000, 100_000, &[1500])
     };
     let d = p.decide_process(&rootless);
@@ -159,12 +165,12 @@ fn a_user_namespace_created_by_a_denied_user_is_that_user() {
     );
     // Owners further out count too; an allowed owner is no allow.
     let nested = Process {
-        owners: vec![1001, 48],
+        owners: owned(&[1001, 48]),
         ..member(5, 5, &[])
     };
     assert_eq!(p.decide_process(&nested).reason, Reason::OwnerDenied);
     let allowed_owner = Process {
-        owners: vec![0],
+        owners: owned(&[0]),
         ..member(5, 5, &[])
     };
     assert_eq!(p.decide_process(&allowed_owner).reason, Reason::Default);
@@ -206,6 +212,7 @@ fn host_only_entries_allow_on_the_host_and_name_why_not_elsewhere() {
                 place: Some(Place::Container),
                 groups: Some(0),
                 not_host: Some("its pid namespace is not the agent's"),
+                owner: None,
             }
         ),
         "uid 0 is allowed on the host only by [allow.host] uids 0 at p.toml:4:9, and this \

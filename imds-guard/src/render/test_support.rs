@@ -138,6 +138,10 @@ impl Resolver for Names {
     fn unit_cgroup(&self, _unit: &str) -> Result<Option<String>, String> {
         Ok(None)
     }
+
+    fn members(&self, _gids: &[u32]) -> Result<Vec<(u32, u32)>, String> {
+        Ok(Vec::new())
+    }
 }
 
 /// The id a `user`/`uid` argument names, as the firewall's loader would

@@ -40,7 +40,10 @@ fn denial(uid: u32, tgid: u32, port: u16) -> DecisionRecord {
         decider: imds_guard_common::NO_ID,
         ngroups: imds_guard_common::NO_ID,
         namespaces: 0,
-        _pad2: [0; 7],
+        _pad2: [0; 3],
+        owner: imds_guard_common::NO_ID,
+        userns_owner: imds_guard_common::NO_ID,
+        _pad3: [0; 4],
     })
     .expect("valid")
 }

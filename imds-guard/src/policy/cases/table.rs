@@ -65,6 +65,22 @@ uids = [1001]
 uids = [3003]
 "#;
 
+/// Allows a uid, denies a group only: the policy of issue 18's user,
+/// allowed by uid, member of a denied group. Entries: 1 uid 1002, 2 gid
+/// 1610. Default: deny.
+pub const GROUP_DENY: &str = r#"
+[allow]
+uids = [1002]
+
+[deny]
+gids = [1610]
+"#;
+
+/// The group database of the cases, as `(uid, gid)`: the user is a member
+/// of the group (its primary group, or one that lists it). 1002 is a
+/// member of 1610, 4005 of 1610, 4006 of 1600 and 1610.
+pub const MEMBERS: &[(u32, u32)] = &[(1002, 1610), (4005, 1610), (4006, 1600), (4006, 1610)];
+
 /// `N` gids from `first` on, none of them named by a rule.
 const fn numbered<const N: usize>(first: u32) -> [u32; N] {
     let mut gids = [0; N];
@@ -200,37 +216,123 @@ pub const CASES: &[Case] = &[
     Case {
         name: "a user namespace created by a denied uid",
         policy: MIXED,
-        caller: container(5005, 5005).owners(&[4004]),
+        caller: container(5005, 5005).owners(&[(4004, 4004)]),
         expected: deny(Reason::OwnerDenied, 6, Some(4004)),
     },
     Case {
         name: "a denied owner further out",
         policy: MIXED,
-        caller: container(5005, 5005).owners(&[5006, 4004]),
+        caller: container(5005, 5005).owners(&[(5006, 5006), (4004, 4004)]),
         expected: deny(Reason::OwnerDenied, 6, Some(4004)),
     },
     Case {
         name: "of two denied owners the innermost decides",
         policy: MIXED,
-        caller: container(5005, 5005).owners(&[4004, 3003]),
+        caller: container(5005, 5005).owners(&[(4004, 4004), (3003, 3003)]),
         expected: deny(Reason::OwnerDenied, 6, Some(4004)),
     },
     Case {
         name: "of two denied owners the innermost decides, the other way round",
         policy: MIXED,
-        caller: container(5005, 5005).owners(&[3003, 4004]),
+        caller: container(5005, 5005).owners(&[(3003, 3003), (4004, 4004)]),
         expected: deny(Reason::OwnerDenied, 5, Some(3003)),
     },
     Case {
         name: "an allowed owner is no allow",
         policy: MIXED,
-        caller: container(5005, 5005).owners(&[1001]),
+        caller: container(5005, 5005).owners(&[(1001, 1001)]),
         expected: deny(Reason::Default, 0, None),
+    },
+    // Creators of user namespaces by their groups: the gid a namespace
+    // was created with, and the creator's memberships.
+    Case {
+        name: "a user namespace created with a denied gid",
+        policy: MIXED,
+        caller: container(5005, 5005).owners(&[(5006, 1600)]),
+        expected: deny(Reason::OwnerGidDenied, 7, Some(1600)),
+    },
+    Case {
+        name: "a user namespace created by a member of a denied group",
+        policy: MIXED,
+        caller: container(5005, 5005).owners(&[(4005, 4005)]),
+        expected: deny(Reason::OwnerMemberDenied, 8, Some(1610)),
+    },
+    Case {
+        name: "a creator in two denied groups: the lowest",
+        policy: MIXED,
+        caller: container(5005, 5005).owners(&[(4006, 4006)]),
+        expected: deny(Reason::OwnerMemberDenied, 7, Some(1600)),
+    },
+    Case {
+        name: "a denied gid further out",
+        policy: MIXED,
+        caller: container(5005, 5005).owners(&[(5006, 5006), (5007, 1610)]),
+        expected: deny(Reason::OwnerGidDenied, 8, Some(1610)),
+    },
+    Case {
+        name: "in one namespace, the creator's uid before its gid",
+        policy: MIXED,
+        caller: container(5005, 5005).owners(&[(4004, 1600)]),
+        expected: deny(Reason::OwnerDenied, 6, Some(4004)),
+    },
+    Case {
+        name: "in one namespace, the creator's gid before its memberships",
+        policy: MIXED,
+        caller: container(5005, 5005).owners(&[(4005, 1600)]),
+        expected: deny(Reason::OwnerGidDenied, 7, Some(1600)),
+    },
+    Case {
+        name: "a member innermost before a denied uid further out",
+        policy: MIXED,
+        caller: container(5005, 5005).owners(&[(4005, 4005), (4004, 4004)]),
+        expected: deny(Reason::OwnerMemberDenied, 8, Some(1610)),
+    },
+    Case {
+        name: "a member of a denied group under a deny list",
+        policy: DENY_LIST,
+        caller: container(5005, 5005).owners(&[(4006, 4006)]),
+        expected: deny(Reason::OwnerMemberDenied, 2, Some(1600)),
+    },
+    Case {
+        name: "the allowed uid holding its denied group",
+        policy: GROUP_DENY,
+        caller: host(1002, 1002).groups(&[1610]),
+        expected: deny(Reason::GroupDenied, 2, Some(1610)),
+    },
+    Case {
+        name: "the allowed uid on the host, not holding the group it is a member of",
+        policy: GROUP_DENY,
+        caller: host(1002, 1002),
+        expected: allow(Reason::UidAllowed, 1, Some(1002)),
+    },
+    Case {
+        name: "the allowed uid in a namespace it created, the group dropped",
+        policy: GROUP_DENY,
+        caller: container(1002, 1002).owners(&[(1002, 1002)]),
+        expected: deny(Reason::OwnerMemberDenied, 2, Some(1610)),
+    },
+    Case {
+        name: "a subordinate id in a namespace the member created",
+        policy: GROUP_DENY,
+        caller: container(100_000, 100_001).owners(&[(1002, 1002)]),
+        expected: deny(Reason::OwnerMemberDenied, 2, Some(1610)),
+    },
+    Case {
+        name: "a namespace created with the denied gid, under a group deny only",
+        policy: GROUP_DENY,
+        caller: container(5005, 5005).owners(&[(5005, 1610)]),
+        expected: deny(Reason::OwnerGidDenied, 2, Some(1610)),
+    },
+    Case {
+        name: "the allowed uid in a namespace of a creator in no denied group",
+        policy: GROUP_DENY,
+        caller: container(1002, 1002).owners(&[(5005, 5005)]),
+        expected: allow(Reason::UidAllowed, 1, Some(1002)),
     },
     Case {
         name: "a denied owner under a policy of uids only",
         policy: UIDS_ONLY,
-        caller: container(5005, 5005).owners(&[3003]),
+        caller: container(5005, 5005).owners(&[(3003, 3003)]),
         expected: deny(Reason::OwnerDenied, 2, Some(3003)),
     },
     // Cgroups.
@@ -395,7 +497,7 @@ pub const CASES: &[Case] = &[
     Case {
         name: "uid and owner denied: the uid",
         policy: MIXED,
-        caller: container(3003, 3003).owners(&[4004]),
+        caller: container(3003, 3003).owners(&[(4004, 4004)]),
         expected: deny(Reason::UidDenied, 5, Some(3003)),
     },
     Case {
@@ -419,7 +521,7 @@ pub const CASES: &[Case] = &[
     Case {
         name: "gid and owner denied: the gid",
         policy: MIXED,
-        caller: container(5005, 1600).owners(&[4004]),
+        caller: container(5005, 1600).owners(&[(4004, 4004)]),
         expected: deny(Reason::GidDenied, 7, Some(1600)),
     },
     Case {
@@ -437,7 +539,7 @@ pub const CASES: &[Case] = &[
     Case {
         name: "cgroup and owner denied: the cgroup",
         policy: MIXED,
-        caller: container(5005, 5005).cgroup(DENIED).owners(&[4004]),
+        caller: container(5005, 5005).cgroup(DENIED).owners(&[(4004, 4004)]),
         expected: deny(Reason::CgroupDenied, 9, None),
     },
     Case {
@@ -455,13 +557,17 @@ pub const CASES: &[Case] = &[
     Case {
         name: "too many groups and a denied owner: too many",
         policy: MIXED,
-        caller: container(5005, 5005).groups(&TOO_MANY).owners(&[4004]),
+        caller: container(5005, 5005)
+            .groups(&TOO_MANY)
+            .owners(&[(4004, 4004)]),
         expected: deny(Reason::TooManyGroups, 0, None),
     },
     Case {
         name: "group and owner denied: the group",
         policy: MIXED,
-        caller: container(5005, 5005).groups(&[1600]).owners(&[4004]),
+        caller: container(5005, 5005)
+            .groups(&[1600])
+            .owners(&[(4004, 4004)]),
         expected: deny(Reason::GroupDenied, 7, Some(1600)),
     },
     // A deny and an allow: the deny.
@@ -558,25 +664,29 @@ pub const CASES: &[Case] = &[
     Case {
         name: "owner denied, cgroup allowed",
         policy: MIXED,
-        caller: container(5005, 5005).cgroup(ALLOWED).owners(&[4004]),
+        caller: container(5005, 5005)
+            .cgroup(ALLOWED)
+            .owners(&[(4004, 4004)]),
         expected: deny(Reason::OwnerDenied, 6, Some(4004)),
     },
     Case {
         name: "owner denied, uid allowed",
         policy: MIXED,
-        caller: container(1001, 1001).owners(&[4004]),
+        caller: container(1001, 1001).owners(&[(4004, 4004)]),
         expected: deny(Reason::OwnerDenied, 6, Some(4004)),
     },
     Case {
         name: "owner denied, gid allowed",
         policy: MIXED,
-        caller: container(5005, 1500).owners(&[4004]),
+        caller: container(5005, 1500).owners(&[(4004, 4004)]),
         expected: deny(Reason::OwnerDenied, 6, Some(4004)),
     },
     Case {
         name: "owner denied, group allowed",
         policy: MIXED,
-        caller: container(5005, 5005).groups(&[1500]).owners(&[4004]),
+        caller: container(5005, 5005)
+            .groups(&[1500])
+            .owners(&[(4004, 4004)]),
         expected: deny(Reason::OwnerDenied, 6, Some(4004)),
     },
     // Two allows: the earlier step names the reason.

@@ -23,6 +23,8 @@ fn wire(r: Reason) -> u8 {
         Reason::GroupDenied => reason::GROUP_DENIED,
         Reason::GroupAllowed => reason::GROUP_ALLOWED,
         Reason::OwnerDenied => reason::OWNER_DENIED,
+        Reason::OwnerGidDenied => reason::OWNER_GID_DENIED,
+        Reason::OwnerMemberDenied => reason::OWNER_MEMBER_DENIED,
         Reason::HostOnly => reason::HOST_ONLY,
         Reason::TooManyGroups => reason::TOO_MANY_GROUPS,
         Reason::CgroupDenied => reason::CGROUP_DENIED,
@@ -138,9 +140,9 @@ fn every_case_can_be_made() {
         // The e2e test runs the probe as these ids: never root, whom it
         // would not tell from the harness, nor an id the kernel refuses.
         let ids = [c.uid, c.gid].into_iter().chain(c.groups.iter().copied());
+        let owners = c.owners.iter().flat_map(|&(uid, gid)| [uid, gid]);
         assert!(
-            ids.chain(c.owners.iter().copied())
-                .all(|id| id != 0 && id != u32::MAX),
+            ids.chain(owners).all(|id| id != 0 && id != u32::MAX),
             "{}: ids",
             case.name
         );

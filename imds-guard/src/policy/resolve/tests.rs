@@ -237,3 +237,37 @@ fn the_fake_resolver_answers_like_the_real_one() {
     assert_eq!(db.user_id("nobody2"), Ok(None));
     assert_eq!(db.user_name(48).as_deref(), Some("apache"));
 }
+
+#[test]
+fn the_members_of_denied_groups_are_read_at_load_each_with_its_lowest_denied_group() {
+    // alice (1001) is a member of wheel (10) and of gid 666, apache (48)
+    // of imds (1500, allowed), root of root.
+    let db = hosts_db().with_members(&[(1001, 10), (1001, 666), (48, 1500), (0, 0)]);
+    let text = "[allow]\nusers = [\"alice\"]\ngroups = [\"imds\"]\n[deny]\ngids = [666, 10]\n";
+    let policy = resolved(text, &db);
+    assert_eq!(
+        policy.members,
+        BTreeMap::from([(1001, 10)]),
+        "members of allowed or unnamed groups are no one's concern"
+    );
+    // No group denied: nothing is looked up, nobody is a member.
+    let allow_only = resolved("[allow]\ngroups = [\"imds\"]\n", &db);
+    assert!(allow_only.members.is_empty());
+}
+
+#[test]
+fn members_that_cannot_be_read_refuse_the_policy_at_the_first_denied_group() {
+    let mut db = hosts_db();
+    db.failing.push("members".to_owned());
+    let message = errors(
+        "[allow]\nuids = [1001]\n[deny]\nuids = [48]\ngids = [666]\n",
+        &db,
+    );
+    assert_eq!(
+        message,
+        "p.toml:5:9: cannot read the members of the denied groups, which a deny covers in the \
+         user namespaces they create: connection to the directory server timed out"
+    );
+    // Without a group deny, the lookup is not made: nothing fails.
+    resolved("[allow]\nuids = [1001]\n[deny]\nuids = [48]\n", &db);
+}
