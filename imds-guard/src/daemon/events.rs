@@ -4,9 +4,12 @@
 //! come from the programs' ring buffer; forwarded packets the forward
 //! table dropped come from NFLOG (`nflog.rs`).
 //!
-//! Repeated records are rate-limited per caller (uid, or source address
-//! for forwarded packets) and destination, so that one caller cannot hide
-//! another: not by changing ports or pids (neither is in the key), and not
+//! Repeated records are rate-limited per caller (uid, the user whose user
+//! namespaces it runs in, or source address for forwarded packets) and
+//! destination, so that one caller cannot hide another: not by changing
+//! ports or pids (neither is in the key), not by running as the 65,536
+//! subordinate ids of its user namespaces (all count as the user who
+//! created the outermost one: one key, whatever the ids inside), and not
 //! by filling the table of keys (what does not fit is still counted per
 //! caller in the overflow summary). What the kernel could not deliver is
 //! reported.
@@ -70,7 +73,14 @@ const FORWARD_REASON: &str = "forwarded packets to protected addresses are dropp
 /// Whom a record is about, for rate limiting and overflow accounting.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 enum Who {
+    /// A caller in the initial user namespace, by its uid.
     Uid(u32),
+    /// A caller in a user namespace, by the creator of the outermost one
+    /// (`Event::userns_owner`): the user it acts for, whichever of its
+    /// subordinate ids it runs as. Apart from [`Who::Uid`] of that user,
+    /// so that what runs in its namespaces cannot use up the records of
+    /// what it does itself.
+    Namespaced(u32),
     /// No identity could be established.
     Nobody,
     /// A forwarded packet's source address.
@@ -81,6 +91,7 @@ impl fmt::Display for Who {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Uid(uid) => write!(f, "uid {uid}"),
+            Self::Namespaced(owner) => write!(f, "the user namespaces of uid {owner}"),
             Self::Nobody => f.write_str("no identity"),
             Self::Source(ip) => write!(f, "forwarded from {ip}"),
         }
@@ -210,7 +221,11 @@ impl EventLog {
         now: Instant,
     ) {
         self.received += 1;
-        let who = d.ids().map_or(Who::Nobody, |(uid, _)| Who::Uid(uid));
+        let who = match (d.ids(), d.userns_owner) {
+            (None, _) => Who::Nobody,
+            (Some(_), Some(owner)) => Who::Namespaced(owner),
+            (Some((uid, _)), None) => Who::Uid(uid),
+        };
         let sample = || Sample {
             outcome: d.outcome,
             who,
@@ -348,10 +363,11 @@ impl EventLog {
 /// suppressed (allowed decisions are debug records, so is their count).
 fn summarize(s: &Suppressed<Sample>) {
     let d = &s.sample;
-    let (uid, src) = match d.who {
-        Who::Uid(uid) => (Some(uid), None),
-        Who::Source(ip) => (None, Some(ip)),
-        Who::Nobody => (None, None),
+    let (uid, userns_owner, src) = match d.who {
+        Who::Uid(uid) => (Some(uid), None, None),
+        Who::Namespaced(owner) => (None, Some(owner), None),
+        Who::Source(ip) => (None, None, Some(ip)),
+        Who::Nobody => (None, None, None),
     };
     let (pid, comm) = d.process.clone().unzip();
     let detail = match (&d.process, &d.interface) {
@@ -366,6 +382,7 @@ fn summarize(s: &Suppressed<Sample>) {
                 suppressed = s.count,
                 outcome = d.outcome.as_str(),
                 uid = uid,
+                userns_owner = userns_owner,
                 src = src.map(|ip| ip.to_string()),
                 pid = pid,
                 comm = comm.as_deref(),

@@ -12,6 +12,13 @@ fn policy() -> Policy {
         .expect("resolves")
 }
 
+/// A denial of `uid` in the user namespaces of `owner`.
+fn namespaced(uid: u32, owner: u32, tgid: u32) -> DecisionRecord {
+    let mut d = denial(uid, tgid, 80);
+    d.userns_owner = Some(owner);
+    d
+}
+
 fn denial(uid: u32, tgid: u32, port: u16) -> DecisionRecord {
     let mut comm = [0u8; COMM_LEN];
     comm[..4].copy_from_slice(b"curl");
@@ -74,6 +81,45 @@ fn one_caller_changing_ports_and_pids_stays_one_key() {
     log.record(&denial(1001, 9, 80), &p, &r, t0);
     assert!(log.limiter_has(&key));
     assert_eq!(log.received(), MAX_KEYS as u64 * 2 + 1);
+}
+
+#[test]
+fn subordinate_ids_count_as_their_user_and_cannot_hide_another_caller_or_the_user() {
+    let (mut log, p, r, t0) = (
+        EventLog::default(),
+        policy(),
+        FakeResolver::new(&[], &[]),
+        Instant::now(),
+    );
+    let dst: IpAddr = "169.254.169.254".parse().expect("ip");
+    let key = |who| Key {
+        outcome: Outcome::Deny,
+        who,
+        dst,
+    };
+    // 4,200 subordinate ids of uid 2345, more than the keys tracked,
+    // each from a process of its own.
+    const FLOOD: u32 = 4_200;
+    assert!(FLOOD as usize > MAX_KEYS);
+    for i in 0..FLOOD {
+        log.record(&namespaced(100_000 + i, 2345, 10_000 + i), &p, &r, t0);
+    }
+    assert_eq!(log.limiter.tracked(), 1, "one user, one key");
+    assert!(log.limiter_has(&key(Who::Namespaced(2345))));
+    assert!(log.overflow.is_empty() && log.overflow_others == 0);
+    // Another caller's record is written, and so is the user's own,
+    // from the host: new keys, logged.
+    log.record(&denial(1001, 9, 80), &p, &r, t0);
+    log.record(&denial(2345, 10, 80), &p, &r, t0);
+    assert!(log.limiter_has(&key(Who::Uid(1001))));
+    assert!(log.limiter_has(&key(Who::Uid(2345))));
+    assert_eq!(log.limiter.tracked(), 3);
+    assert!(log.overflow.is_empty() && log.overflow_others == 0);
+    // The flood is summarised under its user when the window ends.
+    assert_eq!(
+        Who::Namespaced(2345).to_string(),
+        "the user namespaces of uid 2345"
+    );
 }
 
 #[test]
