@@ -1,6 +1,7 @@
 //! Log output: human text or one JSON object per line on stderr, or native
 //! journal entries with one field per record field under systemd; aya-log
-//! records from the programs are bridged in through the `log` crate.
+//! records from the programs are bridged in through the `log` crate. The
+//! text format escapes control characters in every field (`escaped.rs`).
 //!
 //! In the journal, every field of a record is a journal field of the same
 //! name in upper case, without prefix (`EVENT=deny`, `UID=1000`, `DST=…`,
@@ -83,7 +84,7 @@ pub fn init(format: LogFormat) {
             .with_current_span(false)
             .with_span_list(false)
             .try_init(),
-        _ => builder.try_init(),
+        _ => builder.fmt_fields(escaped::EscapedFields).try_init(),
     };
     if let Some(e) = journal_error {
         tracing::warn!(
@@ -164,5 +165,6 @@ pub fn ebpf_log_level() -> u8 {
     }
 }
 
+mod escaped;
 #[cfg(test)]
 mod tests;
