@@ -381,6 +381,68 @@ fn validate_notes_an_ipv6_endpoint_left_out() {
 }
 
 #[test]
+fn validate_warns_of_a_policy_that_means_something_else_and_strict_refuses_it() {
+    // Root of every container is gid 0; a child cgroup escapes a deny of
+    // its parent alone. Both valid, both warned of, each at its line.
+    let policy = policy_file(
+        "foot-guns.toml",
+        "[allow.host]\nusers = [\"root\"]\n[allow]\ngroups = [\"root\"]\n[deny]\ncgroups = \
+         [\"/user.slice/user-1000.slice\"]\n",
+    );
+    let p = policy.to_str().expect("utf-8");
+    let out = imds_guard(&["validate", "--config", p]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{p}:4:11: warning: [allow] groups \"root\" lets in from anywhere what [allow.host] \
+             users \"root\" at line 2, column 10 keeps to the host"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{p}:6:12: warning: [deny] cgroups \"/user.slice/user-1000.slice\" names that one \
+             cgroup"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("\"/user.slice/user-1000.slice/**\""), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("valid"),
+        "a warning is no refusal"
+    );
+    // Offline, what needs no user database.
+    let offline = imds_guard(&["validate", "--offline", "--config", p]);
+    assert_eq!(offline.status.code(), Some(0), "{}", stderr(&offline));
+    assert!(stderr(&offline).contains(&format!("{p}:6:12: warning: ")));
+    // --strict refuses it, as an invalid policy.
+    let strict = imds_guard(&["validate", "--strict", "--config", p]);
+    assert_eq!(strict.status.code(), Some(1), "{}", stderr(&strict));
+    let err = stderr(&strict);
+    assert!(
+        err.contains(&format!(
+            "{p}:4:11: refused by --strict: [allow] groups \"root\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{p}:6:12: refused by --strict: [deny] cgroups")),
+        "{err}"
+    );
+    // A policy without warnings passes --strict.
+    let clean = policy_file("clean.toml", "[allow.host]\nusers = [\"root\"]\n");
+    let out = imds_guard(&[
+        "validate",
+        "--strict",
+        "--config",
+        clean.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}
+
+#[test]
 fn check_places_the_process_by_unit_or_cgroup_and_names_the_rule() {
     // A systemctl that knows one unit, so that the result does not depend
     // on the units of the machine running the test.

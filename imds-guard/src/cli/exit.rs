@@ -3,7 +3,7 @@
 //! printed the error once.
 //!
 //! Exit codes: 0 success; 1 the policy is invalid (nothing was attached or
-//! changed); 2 bad command line; 3 the guard could not be set up or run;
+//! changed; `validate --strict`: it gives warnings); 2 bad command line; 3 the guard could not be set up or run;
 //! 4 `check`: the process is denied, or `render --strict`: the rules cannot
 //! say everything the policy says; 5 `status`: the guard is not enforcing;
 //! 6 `run`: the kernel refuses the agent for good (a capability, a seccomp

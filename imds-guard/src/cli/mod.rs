@@ -230,6 +230,10 @@ pub struct ValidateArgs {
     /// them, such as a config-management CI runner).
     #[arg(long)]
     pub offline: bool,
+    /// Refuse (exit 1) a policy that validates but likely says something
+    /// else than meant: each warning becomes an error.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,9 +1,11 @@
 //! `imds-guard validate`: a policy checked without touching the kernel.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::Path};
 
 use super::{CliError, Outcome, ValidateArgs};
-use crate::policy::{Action, DEFAULT_ADDRESSES, PolicySpec, SystemResolver, hex};
+use crate::policy::{
+    Action, DEFAULT_ADDRESSES, Diagnostic, PolicyError, PolicySpec, SystemResolver, hex,
+};
 
 pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
     let config = super::policy_file(args.config.as_deref());
@@ -15,6 +17,7 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
         println!("{}: note: {note}", config.display());
     }
     if args.offline {
+        warn(&config, &spec.warnings(), args.strict)?;
         // Without the names' ids there is no digest: it covers the ids.
         println!(
             "{}: valid ({entries} {}, {endpoints} {}, names not resolved)",
@@ -25,6 +28,7 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
         return Ok(Outcome::Success);
     }
     let policy = spec.resolve(&SystemResolver)?;
+    warn(&config, &policy.warnings(&SystemResolver), args.strict)?;
     println!(
         "{}: valid ({entries} {}, {endpoints} {}); sha256 {} (what `imds-guard status` shows \
          once it is in force)",
@@ -34,6 +38,18 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
         hex(&policy.digest()),
     );
     Ok(Outcome::Success)
+}
+
+/// Prints `warnings` as `FILE:LINE:COL: warning: ...` on stderr, or with
+/// `strict` refuses the policy for them (exit 1, as an invalid one).
+fn warn(config: &Path, warnings: &[Diagnostic], strict: bool) -> Result<(), CliError> {
+    if strict && !warnings.is_empty() {
+        return Err(PolicyError::strict(config, warnings).into());
+    }
+    for w in warnings {
+        eprintln!("{}:{}: warning: {}", config.display(), w.at, w.message);
+    }
+    Ok(())
 }
 
 /// What is valid but likely not meant: a default endpoint of one family
@@ -93,7 +109,7 @@ mod tests {
     use super::*;
 
     fn spec(toml: &str) -> PolicySpec {
-        PolicySpec::parse(std::path::Path::new("p.toml"), toml).expect("valid")
+        PolicySpec::parse(Path::new("p.toml"), toml).expect("valid")
     }
 
     #[test]
@@ -103,6 +119,31 @@ mod tests {
         assert_eq!(n.len(), 1, "{n:?}");
         assert!(n[0].starts_with("fd00:ec2::254 is not protected"), "{n:?}");
         assert!(notes(&spec("[allow]\nuids = [0]\n")).is_empty());
+    }
+
+    #[test]
+    fn strict_refuses_a_policy_for_its_warnings_and_says_which() {
+        let text = "[allow]\nuids = [0]\n[deny]\ncgroups = [\"/user.slice\"]\n";
+        let warnings = spec(text).warnings();
+        assert_eq!(warnings.len(), 1);
+        let path = Path::new("/etc/imds-guard/policy.toml");
+        assert!(
+            warn(path, &warnings, false).is_ok(),
+            "a warning alone refuses nothing"
+        );
+        assert!(warn(path, &[], true).is_ok(), "nothing to refuse");
+        let Err(CliError::Policy(e)) = warn(path, &warnings, true) else {
+            panic!("--strict let a warning through");
+        };
+        let message = e.to_string();
+        assert!(
+            message.starts_with(
+                "/etc/imds-guard/policy.toml:4:12: refused by --strict: [deny] cgroups \
+                 \"/user.slice\" names that one cgroup"
+            ),
+            "{message}"
+        );
+        assert_eq!(e.diagnostics().len(), 1);
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub fn choose(
 ) -> Result<Chosen, PolicyError> {
     let error = match PolicySpec::load(config).and_then(|s| s.resolve_available(resolver)) {
         Ok((policy, unresolved)) => {
+            super::warnings::say(&policy, resolver);
             return Ok(Chosen {
                 policy,
                 unresolved,

@@ -32,6 +32,7 @@ pub mod ratelimit;
 mod reload;
 mod rings;
 mod wake;
+mod warnings;
 
 use std::{net::SocketAddr, path::PathBuf};
 

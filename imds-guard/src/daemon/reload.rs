@@ -214,7 +214,10 @@ fn failed(e: &GuardError) {
 /// every problem logged, when it does not validate.
 fn load(config: &Path) -> Option<(Policy, Vec<Unresolved>)> {
     match PolicySpec::load(config).and_then(|s| s.resolve_available(&SystemResolver)) {
-        Ok(loaded) => Some(loaded),
+        Ok(loaded) => {
+            super::warnings::say(&loaded.0, &SystemResolver);
+            Some(loaded)
+        }
         Err(e) => {
             for line in e.to_string().lines() {
                 tracing::warn!(event = "reload", outcome = "invalid", "{line}");

@@ -41,6 +41,19 @@ impl PolicyError {
         }
     }
 
+    /// A policy refused for its `warnings` (`validate --strict`), each
+    /// said as such.
+    pub fn strict(path: &Path, warnings: &[Diagnostic]) -> Self {
+        let refused = warnings
+            .iter()
+            .map(|w| Diagnostic {
+                at: w.at,
+                message: format!("refused by --strict: {}", w.message),
+            })
+            .collect();
+        Self::invalid(path, refused)
+    }
+
     /// The problems found, in file order (empty for [`PolicyError::Read`]).
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {

@@ -172,7 +172,7 @@ fn done(entry: Option<&Entry>) -> &'static str {
 }
 
 /// `[deny] users "apache"`, `[allow.host] uids 0`.
-fn describe(entry: &Entry) -> String {
+pub(super) fn describe(entry: &Entry) -> String {
     let table = entry.table();
     match &entry.identity {
         Identity::User(n) => format!("{table} users \"{n}\""),

@@ -36,6 +36,7 @@ mod resolve;
 mod source;
 mod unresolved;
 mod validate;
+mod warnings;
 
 use std::{
     collections::BTreeMap,
