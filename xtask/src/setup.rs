@@ -37,7 +37,8 @@ const DEBIAN_BUILD: &[&str] = &[
 /// What the tests, the demo and the packaging (`dist`) use on every route:
 /// rpm for rpmbuild, binutils for readelf (the binary's symbol versions),
 /// systemd for systemd-analyze, systemd-container for systemd-nspawn,
-/// man-db (with groff) for the man page checks.
+/// man-db (with groff) for the man page checks, uidmap for the newuidmap
+/// and newgidmap the identity suite runs as a user with subordinate ids.
 const TEST_TOOLS: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -48,6 +49,7 @@ const TEST_TOOLS: &[&str] = &[
     "systemd",
     "systemd-container",
     "man-db",
+    "uidmap",
 ];
 /// What `vm-test` needs besides QEMU: depmod for the guest kernel's
 /// modules, objcopy to strip the binaries, the archive keyring its private

@@ -4,9 +4,9 @@
 //!
 //! The guest runs from an initramfs and nothing else, built here from
 //! Debian packages: `busybox-static`, `iproute2`, `util-linux`, `nftables`,
-//! `iptables`, `kmod`, `libcap2-bin`, `bash`, `base-passwd` and their
-//! dependencies, resolved and downloaded by a private apt for the guest's
-//! architecture (`apt.rs`) and unpacked with `dpkg-deb -x`; the kernel's
+//! `iptables`, `kmod`, `libcap2-bin`, `bash`, `base-passwd`, `uidmap` and
+//! their dependencies, resolved and downloaded by a private apt for the
+//! guest's architecture (`apt.rs`) and unpacked with `dpkg-deb -x`; the kernel's
 //! own modules (`kernel.rs`); and the checkout's agent, probe, helpers and
 //! test binaries, stripped of debug information. A shell script of ours is its `/init` (`init.sh`): it mounts
 //! what the tests need, runs each suite with `--test-threads=1` and

@@ -23,7 +23,8 @@ use crate::process::{cmd, fresh_dir, run};
 /// `nsenter` and `setpriv`; `nft`; `iptables`, `ip6tables` and their
 /// `-save` and `-restore`; `modprobe` for module autoload; `capsh` and the
 /// `/bin/bash` it runs (the lifecycle suite starts the agent without its
-/// capabilities); the base users and groups.
+/// capabilities); the base users and groups; `newuidmap` and `newgidmap`
+/// (setuid root, as unpacked), which the identity suite runs as a user.
 const PACKAGES: &[&str] = &[
     "busybox-static",
     "iproute2",
@@ -34,6 +35,7 @@ const PACKAGES: &[&str] = &[
     "libcap2-bin",
     "bash",
     "base-passwd",
+    "uidmap",
 ];
 
 /// The `iptables` package's alternatives and the nft variants `update-
