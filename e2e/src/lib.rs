@@ -40,6 +40,7 @@ mod bins;
 mod bpffs;
 mod cgroup;
 pub mod client;
+mod etc;
 mod fake_imds;
 mod files;
 mod imdsv2;
@@ -61,6 +62,7 @@ pub use self::{
     bins::{imds_guard_bin, probe_bin},
     bpffs::TestBpffs,
     cgroup::{TestCgroup, cgroup2_root},
+    etc::PrivateEtc,
     fake_imds::{FakeImds, IMDS_PORT, PLAIN_PORT, ROLE, UDP_PORT, tcp_addrs, udp_addrs},
     files::{TempDir, write_policy},
     mptcp_server::MptcpServer,

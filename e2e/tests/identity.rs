@@ -11,8 +11,8 @@ use std::{
 };
 
 use imds_guard_e2e::{
-    Action, FakeImds, IMDS_PORT, IMDS_V4, LOG, Netns, Probe, ProbeResult, Sandbox, TestCgroup,
-    UserNamespace, field, privileged_or_skip, probe_bin,
+    Action, FakeImds, IMDS_PORT, IMDS_V4, LOG, Netns, PrivateEtc, Probe, ProbeResult, Sandbox,
+    TestCgroup, UserNamespace, field, imds_guard_bin, privileged_or_skip, probe_bin,
 };
 use serde_json::Value;
 
@@ -319,4 +319,132 @@ fn a_user_with_subordinate_ids_is_denied_by_a_deny_on_that_user() {
         &sb.probe_as(SUBID_BASE, SUBID_BASE).run(http()),
         "uid 100000 on the host",
     );
+}
+
+/// The user of the newgidmap test, made in a private /etc: its uid (and
+/// its own group's gid), the group the policy denies, of which it is a
+/// member, and its subordinate ids.
+const NS_USER: &str = "imds-nsuser";
+const NS_UID: u32 = 2345;
+const DENIED_GROUP: &str = "imds-denied";
+const DENIED_GID: u32 = 2666;
+const NS_SUBIDS: u32 = 300_000;
+const NS_SUBID_COUNT: u32 = 65_536;
+
+#[test]
+fn a_member_of_a_denied_group_cannot_shed_it_in_a_user_namespace_of_its_own() {
+    if !privileged_or_skip(
+        "a_member_of_a_denied_group_cannot_shed_it_in_a_user_namespace_of_its_own",
+    ) {
+        return;
+    }
+    // The user, its membership and its ranges exist in a private /etc
+    // only: the agent, `validate` and newuidmap, started from the test's
+    // thread, read them there.
+    PrivateEtc::run(|etc| {
+        etc.add_user(NS_USER, NS_UID);
+        etc.add_group(DENIED_GROUP, DENIED_GID, &[NS_USER]);
+        etc.add_subordinate_ids(NS_USER, NS_SUBIDS, NS_SUBID_COUNT);
+        newgidmap_escape_is_refused();
+    });
+}
+
+/// A namespace of the user's own, as its login session makes it with
+/// newuidmap and newgidmap: the user holds the denied group outside.
+fn users_namespace(sb: &Sandbox) -> UserNamespace {
+    UserNamespace::by_newuidmap(
+        &sb.cgroup,
+        (NS_UID, NS_UID),
+        &[NS_UID, DENIED_GID],
+        NS_SUBIDS,
+        NS_SUBID_COUNT,
+    )
+}
+
+/// Inside: root of the namespace (the user outside), every group dropped
+/// with setgroups, the primary gid a subordinate one (1 inside).
+fn shed(sb: &Sandbox, ns: &UserNamespace) -> Probe {
+    sb.probe().userns(ns.path()).uid(0).gid(1).groups(&[])
+}
+
+fn newgidmap_escape_is_refused() {
+    // Without the group deny, the steps work: the group is gone inside,
+    // and the credentials are read.
+    {
+        let sb = Sandbox::with_agent(&format!("[allow]\nusers = [\"{NS_USER}\"]\n"));
+        let ns = users_namespace(&sb);
+        let r = shed(&sb, &ns).run(http());
+        assert_eq!((r.uid, r.gid, r.groups.clone()), (0, 1, vec![]), "{r:?}");
+        assert_reads(&sb, &r, "no group deny: the member in its namespace");
+    }
+    let policy =
+        format!("[allow]\nusers = [\"{NS_USER}\"]\n[deny]\ngroups = [\"{DENIED_GROUP}\"]\n");
+    let sb = Sandbox::with_agent(&policy);
+    // The deny is in force: holding the group, the user is refused.
+    assert_refused(
+        &sb.probe_as(NS_UID, NS_UID)
+            .groups(&[NS_UID, DENIED_GID])
+            .run(http()),
+        "the member holding the group on the host",
+    );
+    let ns = users_namespace(&sb);
+    let r = shed(&sb, &ns).run(http());
+    assert_eq!((r.uid, r.gid, r.groups.clone()), (0, 1, vec![]), "{r:?}");
+    assert_refused(&r, "the member in its namespace, the group dropped");
+    let rec = record(&sb, "deny", NS_UID, |rec| {
+        text(rec, "reason").contains("user namespace")
+    });
+    assert_eq!(
+        field(&rec, "gid").and_then(Value::as_u64),
+        Some(u64::from(NS_SUBIDS)),
+        "the primary gid is a subordinate one: {rec}"
+    );
+    for (name, id) in [
+        ("group", DENIED_GID),
+        ("owner", NS_UID),
+        ("userns_owner", NS_UID),
+    ] {
+        assert_eq!(
+            field(&rec, name).and_then(Value::as_u64),
+            Some(u64::from(id)),
+            "{name}: {rec}"
+        );
+    }
+    assert!(
+        text(&rec, "reason").starts_with(&format!(
+            "uid {NS_UID} runs in a user namespace created by uid {NS_UID}, who is a member of \
+             group {DENIED_GID} in the group database"
+        )),
+        "{rec}"
+    );
+    // A subordinate uid too (1000 inside): the namespace is still the
+    // member's.
+    assert_refused(
+        &shed(&sb, &ns).uid(1000).run(http()),
+        "a subordinate uid in the member's namespace",
+    );
+    // The policy allows by uid a member of a group it denies: `validate`
+    // says so, with the line, and the agent logged the same.
+    let config = sb.policy_path();
+    let out = Command::new(imds_guard_bin())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap_or_else(|e| panic!("running validate: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warning = format!(
+        "{}:2:10: warning: [allow] users \"{NS_USER}\" allows uid {NS_UID}, which is a member of \
+         gid {DENIED_GID}",
+        config.display()
+    );
+    assert!(stderr.contains(&warning), "{stderr}");
+    let logged = sb.agent().wait_for(
+        |rec| {
+            field(rec, "event").and_then(Value::as_str) == Some("policy_warning")
+                && field(rec, "line").and_then(Value::as_u64) == Some(2)
+        },
+        LOG,
+    );
+    assert!(logged.is_some(), "{}", sb.agent().output());
 }

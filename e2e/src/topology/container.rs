@@ -52,7 +52,7 @@ impl UserNamespace {
     /// unprivileged runtime), with a network namespace too when
     /// `with_net`; maps ids 0-65535 inside to `base`.. outside.
     pub fn spawn(cgroup: &TestCgroup, owner: u32, base: u32, with_net: bool) -> Self {
-        let holder = Self::start(cgroup, None, (owner, owner), with_net);
+        let holder = Self::start(cgroup, None, (owner, owner), &[], with_net);
         // Root of the parent namespace may map any range: as newuidmap
         // does from /etc/subuid.
         holder.map(&format!("0 {base} {USERNS_SIZE}\n"), None);
@@ -68,20 +68,58 @@ impl UserNamespace {
         let mut chain: Vec<Self> = Vec::new();
         for &owner in owners.iter().rev() {
             let parent = chain.last().map(Self::path);
-            let holder = Self::start(cgroup, parent.as_deref(), owner, false);
+            let holder = Self::start(cgroup, parent.as_deref(), owner, &[], false);
             holder.map(IDENTITY_MAP, parent.as_deref());
             chain.push(holder);
         }
         chain
     }
 
+    /// A user namespace created by uid and gid `owner` holding the
+    /// supplementary `groups` (as its login gives them), mapped by
+    /// `newuidmap` and `newgidmap` run as that user, as rootless podman
+    /// runs them: its own ids to 0 inside, its subordinate ids `first`..
+    /// (`/etc/subuid`, `/etc/subgid`) to 1.. inside. With a subordinate
+    /// range, `newgidmap` leaves `setgroups` allowed: a process inside may
+    /// drop the groups, or take a subordinate gid as its primary one.
+    pub fn by_newuidmap(
+        cgroup: &TestCgroup,
+        owner: (u32, u32),
+        groups: &[u32],
+        first: u32,
+        count: u32,
+    ) -> Self {
+        let holder = Self::start(cgroup, None, owner, groups, false);
+        let pid = holder.pid().to_string();
+        for (helper, own) in [("newuidmap", owner.0), ("newgidmap", owner.1)] {
+            let (own, first, count) = (own.to_string(), first.to_string(), count.to_string());
+            let mut cmd = Command::new(helper);
+            cmd.args([pid.as_str(), "0", &own, "1", "1", &first, &count])
+                .stdin(Stdio::null());
+            as_user(&mut cmd, owner, groups);
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("running {helper} (package uidmap): {e}"));
+            assert!(
+                out.status.success(),
+                "{helper} {pid} 0 {own} 1 1 {first} {count} as uid {}: {}: {}",
+                owner.0,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        holder
+    }
+
     /// Starts the holder: `sleep infinity` in `cgroup`, in user namespace
-    /// `parent` if given, as uid and gid `owner`, which then creates a user
-    /// namespace (and a network namespace when `with_net`).
+    /// `parent` if given, as uid and gid `owner` with supplementary
+    /// `groups`, which then creates a user namespace (and a network
+    /// namespace when `with_net`).
     fn start(
         cgroup: &TestCgroup,
         parent: Option<&Path>,
         (uid, gid): (u32, u32),
+        groups: &[u32],
         with_net: bool,
     ) -> Self {
         let procs = CString::new(
@@ -95,6 +133,7 @@ impl UserNamespace {
         let parent = parent
             .map(|p| fs::File::open(p).unwrap_or_else(|e| panic!("opening {}: {e}", p.display())));
         let parent_fd = parent.as_ref().map(AsRawFd::as_raw_fd);
+        let groups: Vec<libc::gid_t> = groups.to_vec();
         let flags = if with_net {
             libc::CLONE_NEWUSER | libc::CLONE_NEWNET
         } else {
@@ -121,7 +160,7 @@ impl UserNamespace {
                 if let Some(parent) = parent_fd {
                     check(libc::setns(parent, libc::CLONE_NEWUSER).into())?;
                 }
-                check(libc::setgroups(0, std::ptr::null()).into())?;
+                check(libc::setgroups(groups.len(), groups.as_ptr()).into())?;
                 check(libc::setresgid(gid, gid, gid).into())?;
                 check(libc::setresuid(uid, uid, uid).into())?;
                 // After the uid change, which clears it: if the test
@@ -190,6 +229,20 @@ impl UserNamespace {
     /// The user namespace, as `/proc/PID/ns/user`.
     pub fn path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/ns/user", self.pid()))
+    }
+}
+
+/// Makes `cmd` run as uid and gid `owner` with supplementary `groups`.
+fn as_user(cmd: &mut Command, (uid, gid): (u32, u32), groups: &[u32]) {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: as in `UserNamespace::start`: system calls only, on data
+    // prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            check(libc::setgroups(groups.len(), groups.as_ptr()).into())?;
+            check(libc::setresgid(gid, gid, gid).into())?;
+            check(libc::setresuid(uid, uid, uid).into())
+        });
     }
 }
 
