@@ -11,8 +11,9 @@
 //! attached (`attach.rs`), the policies in force and tried (`policies.rs`),
 //! the forward path (`forward.rs`), the reload in progress (`reload.rs`),
 //! the kubelet's pods (`pods.rs`), the decision log (`events.rs`) and the
-//! metrics (`metrics/`). This file composes them: start, the run loop,
-//! shutdown. The parts do not call back into it.
+//! metrics (`metrics/`). This file composes them: start (timed phase by
+//! phase for the `ready` record, `phases.rs`), the run loop, shutdown. The
+//! parts do not call back into it.
 //!
 //! Imports: `kernel` and `policy`; never `cli`, which builds a [`Config`]
 //! from its arguments and calls [`run`].
@@ -26,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod nflog;
 pub mod notify;
+mod phases;
 mod pods;
 mod policies;
 pub mod ratelimit;
@@ -44,6 +46,7 @@ use self::{
     events::EventLog,
     forward::ForwardPath,
     metrics::{Enforcing, Exporter, ReloadOutcome},
+    phases::{StartPhases, ms, timed},
     pods::PodWatch,
     policies::{FirstStamp, InForce},
     reload::{Done, Reloader, Tried},
@@ -114,8 +117,8 @@ pub struct Daemon {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut signals = Signals::new()?;
     let listen = config.metrics_listen;
-    let (mut daemon, report, mut rings) = Daemon::start(config)?;
-    daemon.announce_ready(&report);
+    let (mut daemon, report, mut rings, phases) = Daemon::start(config)?;
+    daemon.announce_ready(&report, &phases);
     // Loading freed the parse tree, both BTF copies and the verifier's
     // logs: give the pages back rather than keep them for a reload.
     heap::trim();
@@ -137,28 +140,42 @@ struct Starting {
     in_fallback: bool,
     /// The programs' log level (0: off).
     level: u8,
+    /// How long the start took so far, phase by phase.
+    phases: StartPhases,
 }
+
+/// A started agent: its parts, what attaching did, its ring buffers, and
+/// how long each phase of the start took.
+type Started = (Daemon, AttachReport, Rings, StartPhases);
 
 impl Daemon {
     /// Loads and resolves the policy (or, when it cannot be used and
     /// nothing is pinned, the fallback), takes the pin directory, loads the
     /// programs, puts the policy in force and attaches.
-    fn start(config: Config) -> Result<(Self, AttachReport, Rings), DaemonError> {
+    fn start(config: Config) -> Result<Started, DaemonError> {
+        let mut phases = StartPhases::begin();
         let level = logging::ebpf_log_level();
         // Reading BTF and creating the maps, and reading the policy, take
         // about as long as each other, and neither changes anything: both
         // at once. (The verifier then runs while the policy is written.)
         std::thread::scope(|scope| {
-            let loading = scope.spawn(move || Guard::open(level));
+            let loading = scope.spawn(move || timed(|| Guard::open(level)));
             let pins = Pins::new(&config.pin_dir);
-            let chosen = fallback::choose(
-                &config.config.path(),
-                &config.fallback,
-                &pins,
-                &SystemResolver,
-            )?;
+            let (chosen, parse) = timed(|| {
+                fallback::choose(
+                    &config.config.path(),
+                    &config.fallback,
+                    &pins,
+                    &SystemResolver,
+                )
+            });
+            phases.parse = parse;
+            let chosen = chosen?;
             let guard = match loading.join() {
-                Ok(loaded) => loaded?,
+                Ok((loaded, open)) => {
+                    phases.open = open;
+                    loaded?
+                }
                 Err(panic) => std::panic::resume_unwind(panic),
             };
             let starting = Starting {
@@ -166,6 +183,7 @@ impl Daemon {
                 policy: chosen.policy,
                 unresolved: chosen.unresolved,
                 level,
+                phases,
             };
             match Self::start_with(config, pins, guard, starting) {
                 Ok(started) => Ok(started),
@@ -191,12 +209,13 @@ impl Daemon {
         pins: Pins,
         mut guard: Guard,
         starting: Starting,
-    ) -> Result<(Self, AttachReport, Rings), DaemonError> {
+    ) -> Result<Started, DaemonError> {
         let Starting {
             policy,
             unresolved,
             in_fallback,
             level,
+            mut phases,
         } = starting;
         // What can fail without changing anything comes first (the
         // programs loaded into the agent's own maps, which nothing runs
@@ -213,25 +232,30 @@ impl Daemon {
         .stamp(&policy);
         let pods = PodWatch::new(config.pods_dir);
         guard.set_pods(pods.listed().clone());
-        let generation = guard.load_and_apply(&policy, &stamp)?;
+        let (generation, load) = guard.load_and_apply(&policy, &stamp)?;
+        phases.load = load;
         pods::say_dropped(&guard);
-        let (attached, report) = Attachment::attach(cgroup, pins, guard)?;
+        let (attached, attach) = timed(|| Attachment::attach(cgroup, pins, guard));
+        let (attached, report) = attached?;
+        phases.attach = attach;
+        let (forward, took) = timed(|| ForwardPath::start(&policy.spec));
+        phases.forward = took;
         let daemon = Self {
             attached,
-            forward: ForwardPath::start(&policy.spec),
+            forward,
             policies: InForce::first(generation, policy, stamp, unresolved),
             reloader: Reloader::new(config.config),
             pods,
             log: EventLog::default(),
             exporter: Exporter::default(),
         };
-        Ok((daemon, report, rings))
+        Ok((daemon, report, rings, phases))
     }
 
-    /// Says the guard is enforcing: the `ready=true` record, the metrics,
-    /// and `READY=1` to systemd, which starts what is ordered after us only
-    /// now.
-    fn announce_ready(&self, report: &AttachReport) {
+    /// Says the guard is enforcing: the `ready=true` record (with how long
+    /// each phase of the start took), the metrics, and `READY=1` to
+    /// systemd, which starts what is ordered after us only now.
+    fn announce_ready(&self, report: &AttachReport, phases: &StartPhases) {
         let Some(policy) = self.policies.policy() else {
             return;
         };
@@ -259,6 +283,14 @@ impl Daemon {
             digest = %self.policies.digest(),
             forward = if table.is_guarded() { "guarded" } else { "unguarded" },
             fallback = self.policies.in_fallback(),
+            parse_ms = ms(phases.parse),
+            open_ms = ms(phases.open),
+            verifier_ms = ms(phases.load.verifier),
+            maps_ms = ms(phases.load.maps),
+            classify_ms = ms(phases.load.classify),
+            attach_ms = ms(phases.attach),
+            forward_ms = ms(phases.forward),
+            start_ms = ms(phases.so_far()),
             "guard {how} {} in {mode} mode, protecting {}{}",
             self.attached.cgroup().display(),
             endpoints.join(", "),

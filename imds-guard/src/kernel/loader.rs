@@ -4,7 +4,10 @@
 //! attachment (`attach.rs`), and puts policies in force (`policy_maps.rs`,
 //! `classify/`). [`GuardError`] wraps each part's own error.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
@@ -70,6 +73,19 @@ pub enum GuardError {
     Policy(#[from] PolicyMapError),
     #[error(transparent)]
     Classify(#[from] ClassifyError),
+}
+
+/// How long the steps of [`Guard::load_and_apply`] took, for the agent's
+/// `ready` record: the verifier and the policy's writes run side by side,
+/// the classification of the cgroups after both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadTimes {
+    /// Loading the programs: the verifier, most of it.
+    pub verifier: Duration,
+    /// Writing the policy into the maps.
+    pub maps: Duration,
+    /// Classifying the cgroups under the policy's cgroup rules.
+    pub classify: Duration,
 }
 
 /// The loaded (and, after [`Guard::attach`], attached) programs.
@@ -162,23 +178,37 @@ impl Guard {
     /// first policy, at once: the verifier and a large policy's writes take
     /// about as long as each other.
     /// The cgroups are classified once the programs are loaded, before
-    /// anything is attached.
-    pub fn load_and_apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
+    /// anything is attached. Returns the generation written, and how long
+    /// each step took.
+    pub fn load_and_apply(
+        &mut self,
+        policy: &Policy,
+        stamp: &Stamp,
+    ) -> Result<(u32, LoadTimes), GuardError> {
         let Self { ebpf, maps, .. } = self;
         let stamp = with_cgroup_flags(policy, stamp);
+        let mut times = LoadTimes::default();
         let generation = std::thread::scope(|scope| {
-            let loading = scope.spawn(|| load::load_all(ebpf));
+            let loading = scope.spawn(|| {
+                let started = Instant::now();
+                (load::load_all(ebpf), started.elapsed())
+            });
+            let started = Instant::now();
             let applied = maps.apply(policy, &stamp);
-            let loaded = loading
+            times.maps = started.elapsed();
+            let (loaded, verifier) = loading
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            times.verifier = verifier;
             loaded
                 .map_err(GuardError::from)
                 .and(applied.map_err(GuardError::from))
         })?;
+        let started = Instant::now();
         self.classifier
             .prepare(&mut self.ebpf, generation, policy)?;
-        Ok(generation)
+        times.classify = started.elapsed();
+        Ok((generation, times))
     }
 
     /// The generation in force, if a policy was applied.

@@ -42,6 +42,6 @@ pub use self::{
     attach::AttachReport,
     counters::Counters,
     load::LoadError,
-    loader::{Guard, GuardError},
+    loader::{Guard, GuardError, LoadTimes},
     policy_maps::Stamp,
 };
