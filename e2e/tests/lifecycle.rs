@@ -864,3 +864,92 @@ fn a_kernel_refusal_for_good_names_the_cause_and_exits_6() {
         );
     }
 }
+
+/// The phases of the start the `ready` record gives, in milliseconds.
+const PHASES: [&str; 7] = [
+    "parse_ms",
+    "open_ms",
+    "verifier_ms",
+    "maps_ms",
+    "classify_ms",
+    "attach_ms",
+    "forward_ms",
+];
+
+/// The phases of `ready`, checked: each a number of milliseconds, within
+/// the start (`start_ms`), which is within `wall` (spawn to the record,
+/// as the test saw it). Returns (phase, ms) in [`PHASES`]' order.
+fn start_phases(ready: &Value, wall: Duration) -> Vec<(&'static str, f64)> {
+    let number = |name: &str| {
+        field(ready, name)
+            .and_then(Value::as_f64)
+            .unwrap_or_else(|| panic!("no {name} in the ready record: {ready}"))
+    };
+    let phases: Vec<(&str, f64)> = PHASES.iter().map(|&p| (p, number(p))).collect();
+    let start = number("start_ms");
+    let of = |name: &str| phases.iter().find(|(p, _)| *p == name).map_or(0.0, |p| p.1);
+    // Parse and open run side by side, so do the verifier and the map
+    // writes; the rest one after the other.
+    let critical = of("parse_ms").max(of("open_ms"))
+        + of("verifier_ms").max(of("maps_ms"))
+        + of("classify_ms")
+        + of("attach_ms")
+        + of("forward_ms");
+    assert!(
+        phases.iter().all(|(_, ms)| *ms >= 0.0),
+        "a negative phase: {ready}"
+    );
+    // Each figure is rounded to the microsecond.
+    assert!(
+        critical <= start + 0.01,
+        "the phases ({critical} ms) do not fit in the start ({start} ms): {ready}"
+    );
+    let wall_ms = wall.as_secs_f64() * 1e3;
+    assert!(
+        start <= wall_ms,
+        "the start ({start} ms) is longer than spawn to ready ({wall_ms} ms): {ready}"
+    );
+    phases
+}
+
+#[test]
+fn the_ready_record_takes_the_start_apart() {
+    if !privileged_or_skip("the_ready_record_takes_the_start_apart") {
+        return;
+    }
+    let w = Sandbox::new();
+    w.policy(P1);
+    let spawned = std::time::Instant::now();
+    let first = w.start_agent(&[]);
+    let wall = spawned.elapsed();
+    let ready = first.wait_ready(READY);
+    let phases = start_phases(&ready, wall);
+    // The verifier always has work; so has reading BTF for the offsets.
+    for name in ["verifier_ms", "open_ms"] {
+        assert!(
+            phases.iter().any(|(p, ms)| *p == name && *ms > 0.0),
+            "{name} is 0: {ready}"
+        );
+    }
+    // The record's other fields are still there.
+    assert_eq!(field(&ready, "mode"), Some(&Value::from("enforce")));
+    assert_eq!(field(&ready, "adopted"), Some(&Value::from(0)));
+    assert_eq!(field(&ready, "uid_rules"), Some(&Value::from(1)));
+    assert!(
+        field(&ready, "digest").is_some_and(Value::is_string),
+        "{ready}"
+    );
+    // An agent that takes over the pinned guard times its start the same.
+    kill9(&first);
+    let spawned = std::time::Instant::now();
+    let second = w.start_agent(&[]);
+    let wall = spawned.elapsed();
+    let ready = second.wait_ready(READY);
+    assert_eq!(
+        field(&ready, "adopted"),
+        Some(&Value::from(programs::GUARDING)),
+        "{ready}"
+    );
+    start_phases(&ready, wall);
+    expect_p1(&w);
+}
