@@ -6,15 +6,14 @@
 //! whatever was loaded.
 
 use std::{
-    io::Write,
     path::Path,
     process::{Command, Stdio},
 };
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use imds_guard_e2e::{Netns, imds_guard_bin};
 
-use super::nsexec;
+use super::nsexec::run as nsenter;
 
 /// Which iptables: Debian's default `iptables` is the nf_tables backend
 /// (iptables-nft); `iptables-legacy` is the x_tables one that older
@@ -129,38 +128,4 @@ pub fn version(tool: &str, arg: &str) -> String {
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unavailable".to_owned())
-}
-
-/// Runs `program args` in `netns`, feeding it `stdin`; returns its stdout.
-fn nsenter(
-    netns: &Netns,
-    program: &str,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> anyhow::Result<String> {
-    let mut child = nsexec::command(netns, program)?
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning nsenter {program}"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .with_context(|| format!("writing to {program}"))?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{program} {args:?} failed in {} ({}): {}",
-            netns.name(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -1,4 +1,5 @@
-//! What the packet loops of `flow` send to, in one bench namespace:
+//! What the packet loops of `flow` send to, in the far namespace of a
+//! [`Wire`](super::wire::Wire), across a device from the sender:
 //!
 //! - a UDP socket on [`DGRAM_V4`] that nothing reads: once its receive
 //!   buffer is full (a few hundred small datagrams), each further datagram
@@ -8,11 +9,11 @@
 //! - a TCP listener on [`STREAM_V4`] whose connections one thread reads to
 //!   the end, on the services' CPU (see `cpus`).
 //!
-//! Both are on loopback, addresses no policy protects.
+//! Both are on the far address of the wire, which no policy protects.
 
 use std::{
     io::Read,
-    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
+    net::{SocketAddr, TcpListener, UdpSocket},
     os::fd::AsFd,
     sync::{
         Arc,
@@ -26,12 +27,12 @@ use anyhow::Context;
 use imds_guard_e2e::Netns;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::cpus;
+use super::{cpus, wire::FAR_V4};
 
 /// The datagrams' destination.
-pub const DGRAM_V4: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9000);
+pub const DGRAM_V4: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(FAR_V4), 9000);
 /// The stream's destination.
-pub const STREAM_V4: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9001);
+pub const STREAM_V4: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(FAR_V4), 9001);
 
 /// How often the reader looks at its stop flag.
 const TICK: Duration = Duration::from_millis(100);
@@ -46,6 +47,8 @@ pub struct FlowSink {
 }
 
 impl FlowSink {
+    /// Listens on [`DGRAM_V4`] and [`STREAM_V4`] inside `netns`, which has
+    /// the address.
     pub fn start(netns: &Netns) -> anyhow::Result<Self> {
         let (dgram, listener) = netns.in_netns(|| -> anyhow::Result<_> {
             let dgram = UdpSocket::bind(DGRAM_V4).with_context(|| format!("binding {DGRAM_V4}"))?;

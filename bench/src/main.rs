@@ -19,13 +19,14 @@
 //!
 //! Sections (each can run alone with `--only`):
 //! 1. [`hotpath`]: connect rate to a destination no policy protects;
-//! 2. [`runtime`]: program run time per invocation, from bpf_stats;
+//! 2. [`runtime`]: program run time per invocation, from bpf_stats, beside
+//!    the [`floor`]'s (empty programs of the same types);
 //! 3. [`scale`]: 1 to 100,000 allowed uids, hot and protected paths;
 //! 4. [`storm`]: denials per second and the agent's event accounting;
 //! 5. [`agent`]: start to enforcing, reload, memory, with a small and a
 //!    large policy, and decisions logged while the agent reloads;
 //! 6. [`packets`]: per-packet cost of the egress program, small UDP
-//!    datagrams and a TCP stream;
+//!    datagrams and a TCP stream out of a device ([`wire`]);
 //! 7. [`validate`]: `imds-guard validate` of one-line policies up to
 //!    131,072 uids;
 //! 8. [`groups`]: what a decision costs against the supplementary groups
@@ -46,6 +47,7 @@ mod cli;
 mod cpus;
 mod delivery;
 mod firewall;
+mod floor;
 mod flow;
 mod flowsink;
 mod goals;
@@ -69,6 +71,7 @@ mod sink;
 mod stats;
 mod storm;
 mod validate;
+mod wire;
 mod worker;
 
 use std::{fs, path::Path, process::ExitCode, time::Duration};

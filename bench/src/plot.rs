@@ -24,6 +24,7 @@ fn color(kind: Kind) -> RGBColor {
         Kind::Nftables => RGBColor(0, 158, 115),
         Kind::Iptables(super::firewall::Xt::Legacy, _) => RGBColor(204, 121, 167),
         Kind::None => RGBColor(0, 0, 0),
+        Kind::Floor => RGBColor(128, 128, 128),
     }
 }
 

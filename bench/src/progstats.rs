@@ -33,7 +33,7 @@ const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_STATS_RUN_TIME: u32 = 0;
 
 /// `bpf(cmd, attr)`, returning the new descriptor it makes.
-fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
+pub fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
     // SAFETY: `attr` is the `#[repr(C)]` prefix of `union bpf_attr` that
     // `cmd` reads, valid for its size during the call.
     let fd = unsafe {
@@ -118,6 +118,11 @@ pub struct Run {
 }
 
 impl Prog {
+    /// The program `fd` refers to (one the bench loaded itself).
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Prog { fd }
+    }
+
     pub fn by_id(id: u32) -> anyhow::Result<Self> {
         #[repr(C)]
         struct Attr {

@@ -119,9 +119,10 @@ pub mod sample {
     use crate::{
         agent::{AgentResult, Large},
         machine::Machine,
+        packets::{self, PacketsResult},
         runtime::{Route, Row, RuntimeResult},
         scale::{Cell, ScaleResult},
-        setup::Kind,
+        setup::{Arm, Kind},
         stats::Summary,
         storm::{Run, StormResult},
         validate::{Size, ValidateResult},
@@ -146,12 +147,21 @@ pub mod sample {
                     Route::Denied4 => 729.5,
                     _ => 80.0,
                 };
+                // The floor of the connect4 and egress routes.
+                let floor = match route {
+                    Route::Unprotected6
+                    | Route::Allowed6
+                    | Route::Denied6
+                    | Route::Allowed4AgentStopped => None,
+                    _ => Some(about(20.0, 1.0)),
+                };
                 Row {
                     route,
                     ns: about(ns, 10.0),
                     all_ns: about(ns * 1.5, 10.0),
                     share: about(0.05, 0.01),
                     runs: 1_000,
+                    floor_ns: floor,
                 }
             })
             .collect();
@@ -257,7 +267,7 @@ pub mod sample {
                 idle_rss_kib: about(9.4 * 1024.0, 50.0),
                 large: Some(large()),
             }),
-            packets: None,
+            packets: Some(packets()),
             validate: Some(ValidateResult {
                 sizes: vec![Size {
                     uids: 131_072,
@@ -269,6 +279,34 @@ pub mod sample {
                 rounds: 3,
             }),
             groups: None,
+        }
+    }
+
+    /// Section 6: the guard at 93% of the empty programs' datagram rate.
+    pub fn packets() -> PacketsResult {
+        let rows = packets::ARMS
+            .into_iter()
+            .map(|arm| {
+                let (vs_none, vs_floor) = match arm {
+                    Arm::Baseline => (1.0, Some(1.05)),
+                    Arm::Control => (0.99, Some(1.04)),
+                    Arm::Guarded(Kind::Floor) => (0.95, None),
+                    _ => (0.88, Some(0.93)),
+                };
+                packets::Row {
+                    arm,
+                    dgram: about(500_000.0 * vs_none, 10_000.0),
+                    dgram_ratio: about(vs_none, 0.02),
+                    dgram_floor_ratio: vs_floor.map(|r| about(r, 0.02)),
+                    stream: about(1e9, 1e7),
+                    stream_ratio: about(1.0, 0.02),
+                }
+            })
+            .collect();
+        PacketsResult {
+            rows,
+            rounds: 3,
+            datagram: 64,
         }
     }
 

@@ -1,8 +1,9 @@
 //! One configuration under test, ready to take workers: its own network
 //! namespace (metadata addresses on its loopback, a [`Sink`] behind every
 //! address), its own child cgroup, and the guard of its kind: nothing, the
-//! imds-guard agent attached to that cgroup, or rendered firewall rules
-//! loaded into that namespace.
+//! imds-guard agent attached to that cgroup, the empty programs of the
+//! floor attached to it (`floor`), or rendered firewall rules loaded into
+//! that namespace.
 //!
 //! Configurations live side by side for the whole comparison, so that the
 //! rounds can alternate between them (A B C A B C ...) with no setup in
@@ -23,6 +24,7 @@ use super::{
     cli::Timing,
     cpus,
     firewall::{self, Xt},
+    floor::Floor,
     job::{Job, Tally},
     sink::{IMDS4, PLAIN_V4, Sink},
     worker::{Running, spawn},
@@ -46,6 +48,9 @@ pub enum Form {
 pub enum Kind {
     None,
     ImdsGuard,
+    /// An empty program of each type the floor has (`floor`): what any
+    /// cgroup program costs.
+    Floor,
     Iptables(Xt, Form),
     Nftables,
 }
@@ -56,6 +61,7 @@ impl Kind {
         match self {
             Self::None => "no guard",
             Self::ImdsGuard => "imds-guard",
+            Self::Floor => "empty programs (the floor)",
             Self::Iptables(Xt::Nft, _) => "iptables (nft)",
             Self::Iptables(Xt::Legacy, _) => "iptables-legacy",
             Self::Nftables => "nftables",
@@ -66,7 +72,7 @@ impl Kind {
     /// another error (a REJECT rule), or goes through (no guard).
     fn denies(self) -> Denial {
         match self {
-            Self::None => Denial::Passes,
+            Self::None | Self::Floor => Denial::Passes,
             Self::ImdsGuard => Denial::Eperm,
             Self::Iptables(..) | Self::Nftables => Denial::Rejected,
         }
@@ -153,16 +159,18 @@ pub fn last_allowed(n: u32) -> u32 {
 }
 
 /// Field order is drop order: the agent stops before its bpffs goes (which
-/// detaches its pinned links), the sink before the namespace.
+/// detaches its pinned links), the empty programs' links close before
+/// their cgroup goes, the sink before the namespace.
 pub struct Setup {
     pub kind: Kind,
     agent: Option<Agent>,
     pins: Option<TestBpffs>,
+    floor: Option<Floor>,
     _sink: Sink,
     pub cgroup: TestCgroup,
     pub netns: Netns,
-    /// Agent: spawn to its `ready` record. Firewalls: render excluded,
-    /// loading the rules.
+    /// Agent: spawn to its `ready` record. Floor: loading and attaching
+    /// the empty programs. Firewalls: render excluded, loading the rules.
     pub load_time: Duration,
 }
 
@@ -171,7 +179,7 @@ impl Setup {
         let netns = Netns::new();
         let cgroup = TestCgroup::new();
         let sink = Sink::start(&netns)?;
-        let (mut agent, mut pins) = (None, None);
+        let (mut agent, mut pins, mut floor) = (None, None, None);
         let load_time = match kind {
             Kind::None => Duration::ZERO,
             Kind::ImdsGuard => {
@@ -184,6 +192,11 @@ impl Setup {
                 agent = Some(a);
                 pins = Some(bpffs);
                 took
+            }
+            Kind::Floor => {
+                let started = Instant::now();
+                floor = Some(Floor::attach(cgroup.path())?);
+                started.elapsed()
             }
             Kind::Iptables(xt, form) => {
                 let format = match form {
@@ -215,6 +228,7 @@ impl Setup {
             kind,
             agent,
             pins,
+            floor,
             _sink: sink,
             cgroup,
             netns,
@@ -229,6 +243,11 @@ impl Setup {
 
     pub fn agent(&self) -> Option<&Agent> {
         self.agent.as_ref()
+    }
+
+    /// The empty programs, in a [`Kind::Floor`] configuration.
+    pub fn floor(&self) -> Option<&Floor> {
+        self.floor.as_ref()
     }
 
     pub fn pin_dir(&self) -> Option<PathBuf> {

@@ -87,6 +87,13 @@ pub fn ns(x: f64) -> String {
     }
 }
 
+/// A difference in nanoseconds, with its sign: `+34.4 ns`, `+1,366 ns`,
+/// `-2.0 ns`.
+pub fn ns_diff(x: f64) -> String {
+    let sign = if x < 0.0 { '-' } else { '+' };
+    format!("{sign}{}", ns(x.abs()))
+}
+
 /// Milliseconds, 1 decimal below 100.
 pub fn ms(x: f64) -> String {
     if x < 100.0 {
@@ -216,5 +223,13 @@ mod tests {
     fn thousands_separators() {
         assert_eq!(thousands(1234567.4), "1,234,567");
         assert_eq!(thousands(999.0), "999");
+    }
+
+    #[test]
+    fn differences_keep_their_sign_and_separators() {
+        assert_eq!(ns_diff(34.4), "+34.4 ns");
+        assert_eq!(ns_diff(1_365.7), "+1,366 ns");
+        assert_eq!(ns_diff(-2.0), "-2.0 ns");
+        assert_eq!(ns_diff(-1_500.0), "-1,500 ns");
     }
 }

@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 
 use super::{policy, rate, ratio, secs};
 use crate::{
+    flowsink::DGRAM_V4,
     hotpath::{self, HotResult},
     runtime::{self, RuntimeResult},
     scale::ScaleResult,
     setup::{Arm, Kind},
-    stats::{Table, mib, ms, ns, pct, thousands},
+    stats::{Table, mib, ms, ns, ns_diff, pct, thousands},
 };
 
 pub(super) fn hot(md: &mut String, h: &HotResult) {
@@ -52,11 +53,14 @@ pub(super) fn run_time(md: &mut String, rt: &RuntimeResult) {
     let _ = writeln!(
         md,
         "## 2. Program run time per invocation\n\n\
-         Policy {}; allowed uid 1001, denied 65534; {}-byte datagrams; the guard's programs: \
-         {}; accounting on with {}; {} rounds. run_cnt grew by exactly the connects (or \
-         datagrams) of every loop: {}.\n",
+         Policy {}; allowed uid 1001, denied 65534; {}-byte datagrams to {}, out of a veth; \
+         the guard's programs: {}; beside them, the same loops in a cgroup of their own with \
+         an empty program of the same type (`r0 = 1; exit`), in the same rounds; accounting \
+         on with {}; {} rounds. run_cnt grew by exactly the connects (or datagrams) of every \
+         loop: {}.\n",
         policy(runtime::POLICY),
         runtime::DATAGRAM,
+        DGRAM_V4,
         rt.programs.join(", "),
         rt.stats_how,
         rt.rounds,
@@ -66,6 +70,8 @@ pub(super) fn run_time(md: &mut String, rt: &RuntimeResult) {
         "path",
         "program",
         "ns per run",
+        "empty program, ns per run",
+        "over it",
         "share of the call",
         "every program, per connect or datagram",
         "runs counted",
@@ -75,6 +81,9 @@ pub(super) fn run_time(md: &mut String, rt: &RuntimeResult) {
             row.route.label().to_owned(),
             row.route.program().to_owned(),
             row.ns.show(ns),
+            row.floor_ns.map_or_else(|| "–".to_owned(), |f| f.show(ns)),
+            row.floor_ns
+                .map_or_else(|| "–".to_owned(), |f| ns_diff(row.ns.median - f.median)),
             row.share.show(pct),
             row.all_ns.show(ns),
             thousands(row.runs as f64),

@@ -78,7 +78,7 @@ pub fn generated(r: &Results, s: &Settings, plot: Option<&str>) -> String {
         agent::agent(&mut md, a, s);
     }
     if let Some(p) = &r.packets {
-        packets::packets(&mut md, p);
+        packets::packets(&mut md, p, r.runtime.as_ref());
     }
     if let Some(v) = &r.validate {
         packets::validate(&mut md, v);

@@ -6,9 +6,11 @@ use std::fmt::Write as _;
 
 use super::{policy, rate, ratio};
 use crate::{
+    flowsink::{DGRAM_V4, STREAM_V4},
     groups::{self, GroupsResult},
     hotpath,
     packets::{self, PacketsResult},
+    runtime::{Route, RuntimeResult},
     setup::Arm,
     stats::{Summary, Table, ms, ns, thousands},
     validate::ValidateResult,
@@ -19,15 +21,17 @@ fn mbps(s: &Summary) -> String {
     s.show(|x| format!("{} MB/s", thousands(x / 1e6)))
 }
 
-pub(super) fn packets(md: &mut String, p: &PacketsResult) {
+pub(super) fn packets(md: &mut String, p: &PacketsResult, rt: Option<&RuntimeResult>) {
     let _ = writeln!(
         md,
         "## 6. Per-packet cost: the egress program\n\n\
-         uid 65534, policy {}: {}-byte UDP datagrams on one connected socket to \
-         127.0.0.1:9000, and one TCP connection to 127.0.0.1:9001 written {} KiB at a time; \
-         {} rounds.\n",
+         uid 65534, policy {}: {}-byte UDP datagrams on one connected socket to {}, and one \
+         TCP connection to {} written {} KiB at a time, both out of a veth to a namespace of \
+         their own; the empty programs (`r0 = 1; exit`) in a cgroup of their own; {} rounds.\n",
         policy(hotpath::POLICY),
         p.datagram,
+        DGRAM_V4,
+        STREAM_V4,
         packets::CHUNK / 1024,
         p.rounds,
     );
@@ -35,6 +39,7 @@ pub(super) fn packets(md: &mut String, p: &PacketsResult) {
         "configuration",
         "datagrams/s",
         "vs no guard",
+        "vs the empty programs",
         "stream",
         "vs no guard",
     ]);
@@ -50,12 +55,26 @@ pub(super) fn packets(md: &mut String, p: &PacketsResult) {
             row.arm.label().to_owned(),
             rate(&row.dgram),
             base(&row.dgram_ratio),
+            row.dgram_floor_ratio
+                .as_ref()
+                .map_or_else(|| "–".to_owned(), ratio),
             mbps(&row.stream),
             base(&row.stream_ratio),
         ]);
     }
     md.push_str(&t.render());
     md.push('\n');
+    let timed = rt.and_then(|rt| rt.row(Route::Datagram4));
+    if let Some(row) = timed {
+        let _ = writeln!(
+            md,
+            "The egress program's run time per datagram on the same stream (section 2): {}; \
+             the empty program's: {}.\n",
+            row.ns.show(ns),
+            row.floor_ns
+                .map_or_else(|| "not measured".to_owned(), |f| f.show(ns)),
+        );
+    }
 }
 
 pub(super) fn validate(md: &mut String, v: &ValidateResult) {
