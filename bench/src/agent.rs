@@ -1,5 +1,5 @@
-//! Section 5, the agent itself: spawn to enforcing (its `ready` record),
-//! a SIGHUP reload (its own `micros`, and SIGHUP to the record), and its
+//! Section 5, the agent itself: spawn to enforcing (its `ready` record,
+//! which also takes the start apart: `phases`), a SIGHUP reload (its own `micros`, and SIGHUP to the record), and its
 //! memory once idle, with a small policy and with a large one (100,000
 //! uids by default). The large agent's reloads are probed with denied
 //! connects all along (see `delivery`), and the same large policy is
@@ -13,7 +13,9 @@ use super::{
     agentproc::{reload, status_kib},
     cli::Settings,
     delivery::{self, Delivery},
-    interrupt, quiet,
+    interrupt,
+    phases::{Phases, Start},
+    quiet,
     setup::{Kind, PolicyFile, Setup},
     stats::Summary,
 };
@@ -32,6 +34,8 @@ pub struct AgentResult {
     pub reload_us: Summary,
     pub reload_wall_ms: Summary,
     pub idle_rss_kib: Summary,
+    /// The starts taken apart, from their `ready` records.
+    pub phases: Phases,
     pub large: Option<Large>,
 }
 
@@ -39,6 +43,7 @@ pub struct AgentResult {
 pub struct Large {
     pub uids: u32,
     pub ready_ms: Summary,
+    pub phases: Phases,
     /// `nft -f` of the set `render` emits for the same policy.
     pub nft_ms: Summary,
     pub reload_us: Summary,
@@ -60,6 +65,7 @@ pub struct Large {
 #[derive(Default)]
 struct LargeSamples {
     ready: Vec<f64>,
+    starts: Vec<Start>,
     nft: Vec<f64>,
     idle_rss: Vec<f64>,
     reloaded_rss: Vec<f64>,
@@ -69,6 +75,7 @@ struct LargeSamples {
 
 pub fn run(s: &Settings) -> anyhow::Result<AgentResult> {
     let (mut ready, mut micros, mut wall, mut rss) = (vec![], vec![], vec![], vec![]);
+    let mut starts = Vec::new();
     let policy = PolicyFile::new(POLICY);
     let large_policy = s.agent_uids.map(PolicyFile::allow_n);
     let mut large = LargeSamples::default();
@@ -83,6 +90,7 @@ pub fn run(s: &Settings) -> anyhow::Result<AgentResult> {
                     let setup = Setup::new(Kind::ImdsGuard, &policy)?;
                     let agent = setup.agent().ok_or_else(|| anyhow::anyhow!("no agent"))?;
                     ready.push(setup.load_time.as_secs_f64() * 1e3);
+                    starts.extend(start(&setup));
                     interrupt::sleep(s.idle)?;
                     rss.push(status_kib(agent.pid(), "VmRSS:")? as f64);
                     for _ in 0..s.reloads {
@@ -124,6 +132,7 @@ pub fn run(s: &Settings) -> anyhow::Result<AgentResult> {
         reload_us: Summary::of(&micros),
         reload_wall_ms: Summary::of(&wall),
         idle_rss_kib: Summary::of(&rss),
+        phases: Phases::of(&starts),
         large: s.agent_uids.map(|uids| large.summarize(uids)),
     })
 }
@@ -140,6 +149,7 @@ fn large_agent(
     let setup = Setup::new(Kind::ImdsGuard, policy)?;
     let agent = setup.agent().ok_or_else(|| anyhow::anyhow!("no agent"))?;
     out.ready.push(setup.load_time.as_secs_f64() * 1e3);
+    out.starts.extend(start(&setup));
     interrupt::sleep(s.idle)?;
     out.idle_rss.push(status_kib(agent.pid(), "VmRSS:")? as f64);
     for r in 0..s.reloads {
@@ -152,6 +162,13 @@ fn large_agent(
         .push(status_kib(agent.pid(), "VmRSS:")? as f64);
     out.hwm.push(status_kib(agent.pid(), "VmHWM:")? as f64);
     Ok(())
+}
+
+/// The start of `setup`'s agent taken apart, if its `ready` record gives
+/// the phases.
+fn start(setup: &Setup) -> Option<Start> {
+    let ready_ms = setup.load_time.as_secs_f64() * 1e3;
+    setup.ready.as_ref().and_then(|r| Start::of(r, ready_ms))
 }
 
 impl LargeSamples {
@@ -167,6 +184,7 @@ impl LargeSamples {
         Large {
             uids,
             ready_ms: Summary::of(&self.ready),
+            phases: Phases::of(&self.starts),
             nft_ms: Summary::of(&self.nft),
             reload_us: of(|d| d.micros),
             reload_wall_ms: of(|d| d.wall_ms),

@@ -23,8 +23,9 @@
 //!    the [`floor`]'s (empty programs of the same types);
 //! 3. [`scale`]: 1 to 100,000 allowed uids, hot and protected paths;
 //! 4. [`storm`]: denials per second and the agent's event accounting;
-//! 5. [`agent`]: start to enforcing, reload, memory, with a small and a
-//!    large policy, and decisions logged while the agent reloads;
+//! 5. [`agent`]: start to enforcing (taken apart by its [`phases`]),
+//!    reload, memory, with a small and a large policy, and decisions
+//!    logged while the agent reloads;
 //! 6. [`packets`]: per-packet cost of the egress program, small UDP
 //!    datagrams and a TCP stream out of a device ([`wire`]);
 //! 7. [`validate`]: `imds-guard validate` of one-line policies up to
@@ -59,6 +60,7 @@ mod lock;
 mod machine;
 mod nsexec;
 mod packets;
+mod phases;
 mod plot;
 mod progstats;
 mod quiet;

@@ -120,6 +120,7 @@ pub mod sample {
         agent::{AgentResult, Large},
         machine::Machine,
         packets::{self, PacketsResult},
+        phases::{Phases, Start},
         runtime::{Route, Row, RuntimeResult},
         scale::{Cell, ScaleResult},
         setup::{Arm, Kind},
@@ -174,10 +175,23 @@ pub mod sample {
         }
     }
 
+    /// A start of `ready_ms` whose phases fill `start_ms` but 2 ms.
+    fn start(ready_ms: f64, start_ms: f64) -> Start {
+        let part = (start_ms - 2.0) / 5.0;
+        // Parse and open, verifier and maps side by side: five parts on the
+        // critical path.
+        Start {
+            ms: [part, part, part, part, part, part, part],
+            start_ms,
+            ready_ms,
+        }
+    }
+
     pub fn large() -> Large {
         Large {
             uids: 100_000,
             ready_ms: about(171.0, 5.0),
+            phases: Phases::of(&[start(171.0, 160.0), start(176.0, 165.0)]),
             nft_ms: about(1_000.0, 50.0),
             reload_us: about(105_000.0, 5_000.0),
             reload_wall_ms: about(120.0, 5.0),
@@ -265,6 +279,7 @@ pub mod sample {
                 reload_us: about(20_000.0, 1_000.0),
                 reload_wall_ms: about(30.0, 2.0),
                 idle_rss_kib: about(9.4 * 1024.0, 50.0),
+                phases: Phases::of(&[start(150.0, 140.0)]),
                 large: Some(large()),
             }),
             packets: Some(packets()),

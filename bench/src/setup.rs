@@ -19,6 +19,7 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use imds_guard_e2e::{Agent, Netns, TempDir, TestBpffs, TestCgroup, write_policy};
 use nix::errno::Errno;
+use serde_json::Value;
 
 use super::{
     cli::Timing,
@@ -172,6 +173,8 @@ pub struct Setup {
     /// Agent: spawn to its `ready` record. Floor: loading and attaching
     /// the empty programs. Firewalls: render excluded, loading the rules.
     pub load_time: Duration,
+    /// The agent's `ready` record (with the phases of its start).
+    pub ready: Option<Value>,
 }
 
 impl Setup {
@@ -179,14 +182,14 @@ impl Setup {
         let netns = Netns::new();
         let cgroup = TestCgroup::new();
         let sink = Sink::start(&netns)?;
-        let (mut agent, mut pins, mut floor) = (None, None, None);
+        let (mut agent, mut pins, mut floor, mut ready) = (None, None, None, None);
         let load_time = match kind {
             Kind::None => Duration::ZERO,
             Kind::ImdsGuard => {
                 let bpffs = TestBpffs::new();
                 let started = Instant::now();
                 let a = Agent::start_pinned(&netns, &policy.path, &cgroup, &bpffs.pin_dir(), &[]);
-                a.wait_ready(READY_TIMEOUT);
+                ready = Some(a.wait_ready(READY_TIMEOUT));
                 let took = started.elapsed();
                 cpus::pin_process(a.pid());
                 agent = Some(a);
@@ -233,6 +236,7 @@ impl Setup {
             cgroup,
             netns,
             load_time,
+            ready,
         })
     }
 

@@ -9,7 +9,8 @@ use crate::{
     agent::{self, AgentResult, Large},
     cli::Settings,
     delivery,
-    stats::{Table, mib, ms, pct, thousands},
+    phases::{Phase, Phases},
+    stats::{Summary, Table, mib, ms, pct, thousands},
     storm::{self, StormResult},
 };
 
@@ -112,6 +113,37 @@ pub(super) fn agent(md: &mut String, a: &AgentResult, s: &Settings) {
     if let Some(l) = &a.large {
         large(md, l, a, s);
     }
+    start_phases(md, a);
+}
+
+/// The starts taken apart, small policy and large, from the phases their
+/// `ready` records give.
+fn start_phases(md: &mut String, a: &AgentResult) {
+    let large = a.large.as_ref().map(|l| (l.uids, &l.phases));
+    let _ = writeln!(
+        md,
+        "### The start, taken apart\n\n\
+         From each agent's `ready` record (`parse_ms`, `open_ms`, ...); a phase marked … runs \
+         beside the one above it. Outside the phases: the agent's `start_ms` less the phases' \
+         critical path; before the start: spawn to `ready` less `start_ms` (exec, runtime, \
+         logging).\n"
+    );
+    let large_head = large.map(|(n, _)| format!("{} uids", thousands(f64::from(n))));
+    let mut head = vec!["phase", "small policy"];
+    head.extend(large_head.as_deref());
+    let mut t = Table::new(&head);
+    let mut row = |what: &str, f: &dyn Fn(&Phases) -> Summary| {
+        let mut cells = vec![what.to_owned(), f(&a.phases).show(ms)];
+        cells.extend(large.map(|(_, p)| f(p).show(ms)));
+        t.row(cells);
+    };
+    for phase in Phase::ALL {
+        row(phase.label(), &|p| p.phase(phase).unwrap_or_default());
+    }
+    row("within the start, outside these phases", &|p| p.unphased);
+    row("before the start", &|p| p.before);
+    md.push_str(&t.render());
+    md.push('\n');
 }
 
 fn large(md: &mut String, l: &Large, a: &AgentResult, s: &Settings) {

@@ -227,6 +227,48 @@ mod tests {
     }
 
     #[test]
+    fn the_floor_and_the_start_phases_are_shown_where_they_were_measured() {
+        let md = generated(&sample::results(), &settings(), None);
+        // Cells without the padding that aligns the columns.
+        let md = md
+            .split(' ')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Section 2: the empty program's run time beside each route it times.
+        assert!(
+            md.contains(
+                "| not protected (127.0.0.1) | connect4 | 80.0 ns [70.0 ns–90.0 ns] | 20.0 ns \
+                 [19.0 ns–21.0 ns] | +60.0 ns |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| allowed, agent stopped | connect4 | 80.0 ns [70.0 ns–90.0 ns] | – | – |"
+            )
+        );
+        // Section 6: the guard against the empty programs' cgroup, and the
+        // run time per datagram section 2 timed.
+        assert!(md.contains("| imds-guard | 440,000/s"), "{md}");
+        assert!(md.contains("| 93.0% [91.0%–95.0%] |"), "{md}");
+        assert!(md.contains(
+            "run time per datagram on the same stream (section 2): 80.0 ns [70.0 ns–90.0 ns]; \
+             the empty program's: 20.0 ns [19.0 ns–21.0 ns]."
+        ));
+        // Section 5: the start taken apart, small and large policy.
+        assert!(md.contains("### The start, taken apart"), "{md}");
+        assert!(
+            md.contains("| phase | small policy | 100,000 uids |"),
+            "{md}"
+        );
+        assert!(md.contains(
+            "| load the programs (the verifier) | 27.6 ms | 32.1 ms [31.6 ms–32.6 ms] |"
+        ));
+        assert!(md.contains("| within the start, outside these phases | 2.0 ms | 2.0 ms "));
+    }
+
+    #[test]
     fn an_unsteady_run_says_so_first() {
         let mut r = sample::results();
         r.health.stalled = 10;
