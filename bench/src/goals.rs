@@ -1,20 +1,28 @@
-//! The goals of the performance issue (#11) against one run, typed: each
-//! goal is a [`GoalId`], judged by [`Check`]s of this run's figures (a
-//! figure against a [`Bound`], or a condition that holds or not), and a
-//! goal not met has one shortfall line, those figures against their
-//! bounds. The figures are found by key (a [`Route`] of section 2, a
-//! [`Kind`] and a size of section 3), never by a row's label: the key is
-//! the contract, so relabelling a row cannot drop a goal.
+//! The goals of the performance issues (#11, and #21: the floor) against
+//! one run, typed: each goal is a [`GoalId`], judged by [`Check`]s of this
+//! run's figures (a figure against a [`Bound`], or a condition that holds
+//! or not), and a goal not met has one shortfall line, those figures
+//! against their bounds. The figures are found by key (a [`Route`] of
+//! section 2, a [`Kind`] and a size of section 3, an [`Arm`] of section
+//! 6), never by a row's label: the key is the contract, so relabelling a
+//! row cannot drop a goal.
+//!
+//! Goals are judged on run time (`run_time_ns`), where they can be: rates
+//! on a shared machine spread too widely to resolve 2%, so the
+//! small-datagram rate against the floor is reported beside the goals,
+//! with its goal, and not judged ([`GoalId::judged`]).
 //!
 //! Why a goal is not met, and what it would take, is a person's to write
 //! (in docs/BENCHMARKS.md, outside the generated part).
 
 mod check;
+mod floor;
 
 pub use self::check::{Bound, Check, Unit};
 use super::{
     agent::Large,
     cli::Settings,
+    phases::Phase,
     results::Results,
     runtime::Route,
     setup::Kind,
@@ -28,10 +36,18 @@ pub enum GoalId {
     ProtectedSmallest,
     /// The protected path, at the largest size.
     ProtectedLargest,
+    /// connect4's run time on a connect to an unprotected address, over
+    /// the empty connect4 program's.
+    HotConnectFloor,
+    /// egress's run time per packet to an unprotected address, over the
+    /// empty egress program's.
+    PacketFloor,
     /// connect4's run time per allowed connect.
     Connect4Time,
     /// Every program's run time per allowed connect.
     AllProgramsTime,
+    /// The small-datagram rate against the floor's (reported, not judged).
+    DatagramRate,
     Storm,
     Start,
     Reload,
@@ -42,11 +58,14 @@ pub enum GoalId {
 }
 
 impl GoalId {
-    pub const ALL: [GoalId; 10] = [
+    pub const ALL: [GoalId; 13] = [
         Self::ProtectedSmallest,
         Self::ProtectedLargest,
+        Self::HotConnectFloor,
+        Self::PacketFloor,
         Self::Connect4Time,
         Self::AllProgramsTime,
+        Self::DatagramRate,
         Self::Storm,
         Self::Start,
         Self::Reload,
@@ -76,8 +95,12 @@ impl Goal {
     }
 
     /// Not met if a check fails; met if every check is; otherwise (not
-    /// measured, or a check without its figures) `None`.
+    /// measured, a check without its figures, or a goal that is reported
+    /// and not judged) `None`.
     pub fn met(&self) -> Option<bool> {
+        if !self.id.judged() {
+            return None;
+        }
         let mut met = (!self.checks.is_empty()).then_some(true);
         for check in &self.checks {
             match check.met() {
@@ -89,8 +112,12 @@ impl Goal {
         met
     }
 
-    /// `yes`, `**no**` or `–`, for the table.
+    /// `yes`, `**no**`, `not judged` (reported beside the goals) or `–`,
+    /// for the table.
     pub fn verdict(&self) -> &'static str {
+        if !self.id.judged() && !self.checks.is_empty() {
+            return "not judged";
+        }
         match self.met() {
             Some(true) => "yes",
             Some(false) => "**no**",
@@ -116,7 +143,18 @@ impl Goal {
 
 /// The smallest share of the no-guard rate the protected path may keep.
 const PROTECTED_MIN: f64 = 0.95;
+/// connect4 per allowed connect (issue 21; issue 11 asked 500 ns).
+const CONNECT4_NS_MAX: f64 = 400.0;
+/// Every program of the guard per allowed connect (issue 11).
 const ALLOWED_NS_MAX: f64 = 500.0;
+/// How far over the empty connect4 program's a connect to an unprotected
+/// address may run.
+const HOT_OVER_FLOOR_NS: f64 = 10.0;
+/// How far over the empty egress program's a packet to an unprotected
+/// address may run.
+const PACKET_OVER_FLOOR_NS: f64 = 5.0;
+/// The small-datagram rate against the floor's (reported, not judged).
+const DATAGRAM_RATE_MIN: f64 = 0.98;
 const STORM_CPU_MAX: f64 = 0.10;
 const START_MS_MAX: f64 = 150.0;
 const RELOAD_MS_MAX: f64 = 50.0;
@@ -128,6 +166,12 @@ const VALIDATE_MS_MAX: f64 = 100.0;
 const LINEAR_MAX: f64 = 1.25;
 
 impl GoalId {
+    /// Whether the goal is judged; a goal that is not is reported beside
+    /// the others, with its figures and its goal, never a shortfall.
+    pub fn judged(self) -> bool {
+        self != Self::DatagramRate
+    }
+
     /// The row's label.
     pub fn label(self) -> &'static str {
         match self {
@@ -137,12 +181,24 @@ impl GoalId {
             Self::ProtectedLargest => {
                 "protected path, largest policy: connect rate vs no guard (allowed uid listed last)"
             }
+            Self::HotConnectFloor => {
+                "hot connect: connect4 run time to an unprotected address, over the empty \
+                 connect4 program's (bpf_stats)"
+            }
+            Self::PacketFloor => {
+                "per packet to an unprotected address: egress run time on 64-byte UDP out of a \
+                 device, over the empty egress program's (bpf_stats)"
+            }
             Self::Connect4Time => {
                 "program time per allowed connect: connect4 (bpf_stats, agent running)"
             }
             Self::AllProgramsTime => {
                 "… every program of the guard per allowed connect (connect4 and egress on its \
                  packets)"
+            }
+            Self::DatagramRate => {
+                "64-byte UDP out of a device: datagram rate against the empty programs' cgroup \
+                 (same rounds)"
             }
             Self::Storm => "denial storm: the agent's CPU",
             Self::Start => "start to enforcing, large policy (spawn to `ready`)",
@@ -160,7 +216,14 @@ impl GoalId {
             Self::ProtectedSmallest | Self::ProtectedLargest => {
                 format!("≥ {:.0}%, ahead of nftables", PROTECTED_MIN * 100.0)
             }
-            Self::Connect4Time | Self::AllProgramsTime => format!("≤ {ALLOWED_NS_MAX:.0} ns"),
+            Self::HotConnectFloor => format!("≤ the empty program's + {HOT_OVER_FLOOR_NS:.0} ns"),
+            Self::PacketFloor => format!("≤ the empty program's + {PACKET_OVER_FLOOR_NS:.0} ns"),
+            Self::Connect4Time => format!("≤ {CONNECT4_NS_MAX:.0} ns"),
+            Self::AllProgramsTime => format!("≤ {ALLOWED_NS_MAX:.0} ns"),
+            Self::DatagramRate => format!(
+                "≥ {:.0}% (reported, not judged: rates here spread wider than 2%)",
+                DATAGRAM_RATE_MIN * 100.0
+            ),
             Self::Storm => format!(
                 "≤ {:.0}% of one CPU at ~360,000 denials/s, received + lost = denied exactly",
                 STORM_CPU_MAX * 100.0
@@ -184,7 +247,9 @@ pub fn goals(r: &Results, s: &Settings) -> Vec<Goal> {
         .map(|id| {
             let judged = match id {
                 GoalId::ProtectedSmallest | GoalId::ProtectedLargest => protected_row(id, r),
+                GoalId::HotConnectFloor | GoalId::PacketFloor => floor::run_time_row(id, r),
                 GoalId::Connect4Time | GoalId::AllProgramsTime => program_row(id, r),
+                GoalId::DatagramRate => floor::datagram_rate_row(r),
                 GoalId::Storm => storm_row(r),
                 GoalId::Validate => validate_row(r),
                 _ => large_row(id, r, bound_ms),
@@ -249,14 +314,14 @@ fn program_row(id: GoalId, r: &Results) -> Judged {
     let row = rt
         .row(Route::Allowed4)
         .ok_or("no allowed IPv4 connect timed")?;
-    let (what, value) = match id {
-        GoalId::Connect4Time => ("connect4", row.ns),
-        _ => ("every program", row.all_ns),
+    let (what, value, max) = match id {
+        GoalId::Connect4Time => ("connect4", row.ns, CONNECT4_NS_MAX),
+        _ => ("every program", row.all_ns, ALLOWED_NS_MAX),
     };
     Ok(Goal {
         id,
         measured: value.show(ns),
-        checks: vec![figure(what, value, Unit::Ns, Bound::AtMost(ALLOWED_NS_MAX))],
+        checks: vec![figure(what, value, Unit::Ns, Bound::AtMost(max))],
     })
 }
 
@@ -295,9 +360,10 @@ fn large_row(id: GoalId, r: &Results, bound_ms: f64) -> Judged {
     let (measured, checks) = match id {
         GoalId::Start => (
             format!(
-                "{n}: {}; nftables loads the same set in {}",
+                "{n}: {}; nftables loads the same set in {}{}",
                 l.ready_ms.show(ms),
-                l.nft_ms.show(ms)
+                l.nft_ms.show(ms),
+                start_phases(l)
             ),
             vec![figure(
                 "spawn to ready",
@@ -342,6 +408,27 @@ fn large_row(id: GoalId, r: &Results, bound_ms: f64) -> Judged {
         measured,
         checks,
     })
+}
+
+/// The phases of the large agent's start, medians in ms: `; parse 30,
+/// open 40, ...` (empty when its `ready` records did not give them).
+fn start_phases(l: &Large) -> String {
+    let shown: Vec<String> = Phase::ALL
+        .into_iter()
+        .filter_map(|p| {
+            let s = l.phases.phase(p).filter(|s| s.n > 0)?;
+            Some(format!(
+                "{} {:.1}",
+                p.field().trim_end_matches("_ms"),
+                s.median
+            ))
+        })
+        .collect();
+    if shown.is_empty() {
+        String::new()
+    } else {
+        format!("; phases (ms) {}", shown.join(", "))
+    }
 }
 
 /// Decisions made during a reload: every one logged within the bound.
@@ -435,195 +522,4 @@ fn scaled(s: &Summary, k: f64) -> Summary {
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::Parser as _;
-
-    use super::*;
-    use crate::{
-        cli::Args,
-        results::sample::{self, about},
-    };
-
-    fn settings() -> Settings {
-        Settings::from_args(
-            Args::try_parse_from(["imds-guard-bench"]).expect("no arguments"),
-            String::new(),
-        )
-    }
-
-    fn ids(goals: &[Goal]) -> Vec<GoalId> {
-        goals.iter().map(|g| g.id).collect()
-    }
-
-    #[test]
-    fn every_goal_has_its_row_whatever_ran() {
-        let none = goals(&sample::nothing(), &settings());
-        assert_eq!(ids(&none), GoalId::ALL);
-        assert!(none.iter().all(|g| g.met().is_none()), "{none:#?}");
-        assert!(none.iter().all(|g| g.measured.starts_with("not measured")));
-        // A run that measured every section judges every goal.
-        let all = goals(&sample::results(), &settings());
-        assert_eq!(ids(&all), GoalId::ALL);
-        for g in &all {
-            assert!(g.met().is_some(), "{:?} found no figures: {g:#?}", g.id);
-        }
-    }
-
-    #[test]
-    fn goals_find_section_2s_figures_by_route_not_by_place_or_label() {
-        let mut r = sample::results();
-        let rt = r.runtime.as_mut().expect("sample has section 2");
-        rt.rows.reverse();
-        let g = goals(&r, &settings());
-        let connect4 = &g[2];
-        assert_eq!(connect4.id, GoalId::Connect4Time);
-        assert_eq!(connect4.measured, about(968.0, 10.0).show(ns));
-        // Without the row the goal is not judged; it is never judged on
-        // another row's figures.
-        let rt = r.runtime.as_mut().expect("sample has section 2");
-        rt.rows.retain(|row| row.route != Route::Allowed4);
-        let g = goals(&r, &settings());
-        assert_eq!(g[2].id, GoalId::Connect4Time);
-        assert_eq!(g[2].met(), None);
-        // Every route has a label of its own.
-        for (i, a) in Route::ALL.iter().enumerate() {
-            for b in &Route::ALL[i + 1..] {
-                assert_ne!(a.label(), b.label());
-            }
-        }
-    }
-
-    #[test]
-    fn a_goal_not_met_has_one_line_of_its_figures_against_its_bound() {
-        let g = goals(&sample::results(), &settings());
-        let line = g[2].shortfall().expect("968 ns is over 500 ns");
-        assert_eq!(
-            line,
-            format!(
-                "**{}**: connect4 968.0 ns [958.0 ns–978.0 ns] against ≤ 500.0 ns: median \
-                 1.94× the bound, every sample above it",
-                GoalId::Connect4Time.label()
-            )
-        );
-        assert!(
-            g[0].measured.starts_with("1 uid: 80.6% "),
-            "{}",
-            g[0].measured
-        );
-        assert!(g[1].measured.starts_with("100,000 uids: 97.0% "));
-        // 80.6% is under 95% and behind nftables' 91.7%: both are said.
-        let line = g[0].shortfall().expect("80.6% is under 95%");
-        assert!(
-            line.ends_with(
-                "connect rate vs no guard 80.6% [75.6%–85.6%] against ≥ 95.0%: median 0.85× \
-                 the bound, every sample below it; connect rate vs no guard 80.6% \
-                 [75.6%–85.6%] against nftables 91.7% [86.7%–96.7%]: below its whole spread"
-            ),
-            "{line}"
-        );
-        // Met (97% and ahead of nftables at 100,000), or not measured: no line.
-        assert_eq!(g[1].met(), Some(true));
-        assert_eq!(g[1].shortfall(), None);
-        let none = goals(&sample::nothing(), &settings());
-        assert!(none.iter().all(|g| g.shortfall().is_none()));
-    }
-
-    #[test]
-    fn every_goal_not_met_has_its_line_and_no_other_does() {
-        let g = goals(&sample::results(), &settings());
-        let not_met: Vec<GoalId> = g
-            .iter()
-            .filter(|g| g.met() == Some(false))
-            .map(|g| g.id)
-            .collect();
-        let lines: Vec<GoalId> = g
-            .iter()
-            .filter(|g| g.shortfall().is_some())
-            .map(|g| g.id)
-            .collect();
-        assert_eq!(lines, not_met);
-        // The sample misses these (and meets the rest).
-        assert_eq!(
-            not_met,
-            [
-                GoalId::ProtectedSmallest,
-                GoalId::Connect4Time,
-                GoalId::AllProgramsTime,
-                GoalId::Start,
-                GoalId::Reload,
-                GoalId::Memory,
-            ]
-        );
-    }
-
-    #[test]
-    fn a_failed_check_fails_the_goal_and_a_missing_figure_leaves_it_open() {
-        let id = GoalId::ProtectedSmallest;
-        let nft = about(0.93, 0.03);
-        assert_eq!(
-            protected(id, 1, &about(0.97, 0.05), Some(&nft)).met(),
-            Some(true)
-        );
-        // Above 95% but behind nftables.
-        let ahead = about(0.98, 0.05);
-        assert_eq!(
-            protected(id, 1, &about(0.96, 0.05), Some(&ahead)).met(),
-            Some(false)
-        );
-        // Ahead of nftables but under 95%.
-        assert_eq!(
-            protected(id, 1, &about(0.63, 0.05), Some(&nft)).met(),
-            Some(false)
-        );
-        // Without nftables' figure the comparison is open; under 95% it
-        // fails all the same.
-        assert_eq!(protected(id, 1, &about(0.97, 0.05), None).met(), None);
-        assert_eq!(
-            protected(id, 1, &about(0.63, 0.05), None).met(),
-            Some(false)
-        );
-    }
-
-    #[test]
-    fn decisions_during_a_reload_are_judged_on_the_worst_one() {
-        let judged = |worst, during, missing| {
-            let l = Large {
-                worst_during_ms: worst,
-                during,
-                missing,
-                ..sample::large()
-            };
-            delivery_row(&l, 10.0)
-        };
-        assert_eq!(judged(about(3.0, 2.0), 10, 0).met(), Some(true));
-        // The median is within the bound, one reload is not.
-        let late = Summary {
-            max: 2_800.0,
-            ..about(3.0, 2.0)
-        };
-        let row = judged(late, 10, 0);
-        assert_eq!(row.met(), Some(false));
-        assert!(
-            row.shortfall()
-                .is_some_and(|l| l.ends_with("against each ≤ 10.0 ms: the worst 280.00× the bound")),
-            "{row:#?}"
-        );
-        // A decision that never reached the log fails it whatever the delays.
-        let lost = judged(about(3.0, 2.0), 10, 1);
-        assert_eq!(lost.met(), Some(false));
-        assert!(
-            lost.shortfall()
-                .is_some_and(|l| l.ends_with("every probe connect logged: no"))
-        );
-        // No connect fell within a reload: nothing to judge.
-        let none = judged(Summary::default(), 0, 0);
-        assert_eq!(none.met(), None);
-        assert_eq!(none.verdict(), "–");
-    }
-
-    #[test]
-    fn scaling_keeps_the_count() {
-        let s = scaled(&about(2_000.0, 1_000.0), 1e-3);
-        assert_eq!((s.n, s.median, s.min, s.max), (3, 2.0, 1.0, 3.0));
-    }
-}
+mod tests;

@@ -33,8 +33,8 @@
 //! 8. [`groups`]: what a decision costs against the supplementary groups
 //!    the caller holds (each one a lookup).
 //!
-//! What a run measured is [`results::Results`]; the goals of issue 11 are
-//! judged on it by key ([`goals`]), and [`report`] writes the figures and
+//! What a run measured is [`results::Results`]; the goals of issues 11 and
+//! 21 are judged on it by key ([`goals`]), and [`report`] writes the figures and
 //! the goals table as markdown, the generated part of docs/BENCHMARKS.md.
 //! What the figures mean is written by hand around that part.
 //!

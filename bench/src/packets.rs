@@ -49,6 +49,13 @@ pub struct PacketsResult {
     pub datagram: usize,
 }
 
+impl PacketsResult {
+    /// The row of `arm`.
+    pub fn row(&self, arm: Arm) -> Option<&Row> {
+        self.rows.iter().find(|r| r.arm == arm)
+    }
+}
+
 /// The configurations, in the table's order: the baseline first (every
 /// ratio is to it), the floor before the guard.
 pub const ARMS: [Arm; 4] = [

@@ -42,6 +42,13 @@ pub enum Bound {
         whose: &'static str,
         figure: Summary,
     },
+    /// The median at most `by` over another configuration's (the floor's),
+    /// measured in the same rounds.
+    Over {
+        whose: &'static str,
+        figure: Summary,
+        by: f64,
+    },
 }
 
 /// One thing a goal asks of the run.
@@ -76,6 +83,9 @@ impl Check {
                     Bound::WorstAtMost(b) => Some(value.max <= b),
                     Bound::Above { figure, .. } => {
                         (figure.n > 0).then_some(value.median > figure.median)
+                    }
+                    Bound::Over { figure, by, .. } => {
+                        (figure.n > 0).then_some(value.median - figure.median <= by)
                     }
                 }
             }
@@ -130,6 +140,16 @@ impl Check {
                 unit.show(b),
                 value.max / b
             ),
+            Bound::Over { whose, figure, by } => {
+                let over = value.median - figure.median;
+                format!(
+                    "{what} {shown} against {whose} {} + {}: {} over it, {:.2}× the margin",
+                    figure.show(|x| unit.show(x)),
+                    unit.show(by),
+                    unit.show(over),
+                    over / by
+                )
+            }
             Bound::Above { whose, figure } => format!(
                 "{what} {shown} against {whose} {}: {}",
                 figure.show(|x| unit.show(x)),
@@ -165,6 +185,30 @@ mod tests {
         assert_eq!(figure(wide, Bound::WorstAtMost(500.0)).met(), Some(false));
         assert_eq!(figure(wide, Bound::AtLeast(501.0)).met(), Some(false));
         assert_eq!(figure(Summary::default(), Bound::AtMost(500.0)).met(), None);
+        let floor = Summary {
+            n: 3,
+            median: 20.0,
+            min: 19.0,
+            max: 21.0,
+        };
+        let over = |by| Bound::Over {
+            whose: "the empty program's",
+            figure: floor,
+            by,
+        };
+        assert_eq!(figure(wide, over(480.0)).met(), Some(true));
+        assert_eq!(figure(wide, over(479.0)).met(), Some(false));
+        let unmeasured = Bound::Over {
+            whose: "the empty program's",
+            figure: Summary::default(),
+            by: 5.0,
+        };
+        assert_eq!(figure(wide, unmeasured).met(), None);
+        assert_eq!(
+            figure(wide, over(5.0)).line(),
+            "x 500.0 ns [100.0 ns–900.0 ns] against the empty program's 20.0 ns [19.0 ns–21.0 \
+             ns] + 5.0 ns: 480.0 ns over it, 96.00× the margin"
+        );
         assert_eq!(
             figure(wide, Bound::AtMost(400.0)).line(),
             "x 500.0 ns [100.0 ns–900.0 ns] against ≤ 400.0 ns: median 1.25× the bound, the \
