@@ -1,5 +1,5 @@
-//! Finding the binaries the tests run: the `imds-probe` of this crate and
-//! the `imds-guard` agent.
+//! Finding the binaries the tests run: the `imds-probe` and `imds-churn`
+//! of this crate and the `imds-guard` agent.
 //!
 //! `env!("CARGO_BIN_EXE_<name>")` exists only in this package's integration
 //! tests and never for another package's binary, so the harness looks
@@ -17,6 +17,15 @@ pub fn probe_bin() -> PathBuf {
     find(
         "IMDS_PROBE_BIN",
         "imds-probe",
+        "cargo build -p imds-guard-e2e --bins",
+    )
+}
+
+/// `IMDS_CHURN_BIN`, else `imds-churn` in the test's `target/<profile>/`.
+pub fn churn_bin() -> PathBuf {
+    find(
+        "IMDS_CHURN_BIN",
+        "imds-churn",
         "cargo build -p imds-guard-e2e --bins",
     )
 }

@@ -75,7 +75,8 @@ fn unescape(field: &str) -> String {
 }
 
 /// `<cgroup2 root>/imds-guard-test-<pid>-<n>`, removed on drop together with
-/// every process still in it.
+/// every process still in it and every cgroup below it (a user's, made in
+/// a subtree delegated to it, included).
 #[derive(Debug)]
 pub struct TestCgroup {
     path: PathBuf,
@@ -139,18 +140,41 @@ impl TestCgroup {
     }
 
     fn remove(&self) -> Result<(), String> {
-        let deadline = Instant::now() + RMDIR_TIMEOUT;
-        loop {
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                // A killed task can keep the cgroup populated for a moment
-                // after it disappears from cgroup.procs.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(format!("removing {}: {e}", self.path.display())),
+        remove_below(&self.path)?;
+        rmdir(&self.path)
+    }
+}
+
+/// Removes every cgroup below `dir`, the deepest first.
+fn remove_below(dir: &Path) -> Result<(), String> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("listing {}: {e}", dir.display())),
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let child = entry.path();
+            remove_below(&child)?;
+            rmdir(&child)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the (empty) cgroup at `path`, waiting out a moment of EBUSY.
+fn rmdir(path: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + RMDIR_TIMEOUT;
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // A killed task can keep the cgroup populated for a moment
+            // after it disappears from cgroup.procs.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(20));
             }
+            Err(e) => return Err(format!("removing {}: {e}", path.display())),
         }
     }
 }

@@ -11,7 +11,10 @@
 //! - [`FakeImds`]: an IMDSv2 look-alike served inside the namespace;
 //! - [`Probe`]: the `imds-probe` binary, one action as a given uid/gid (or
 //!   [`HeldProbe`]: one kept-alive connection, a fetch on it when asked);
-//! - [`Agent`]: the `imds-guard` binary, with its JSON log collected.
+//! - [`Agent`]: the `imds-guard` binary, with its JSON log collected;
+//! - [`TestUser`]: a user of the test's own (in a [`PrivateEtc`]), with a
+//!   cgroup subtree delegated to it;
+//! - [`fake_systemctl`]: a `systemctl` that knows the test's units.
 //!
 //! [`Topology`] builds a container host instead (a host namespace that
 //! forwards, containers behind it, the metadata service one hop away), for
@@ -52,14 +55,16 @@ mod probe;
 mod sandbox;
 mod skip;
 pub mod slowdown;
+mod systemctl;
 mod topology;
+mod user;
 mod util;
 
 pub use self::{
     action::{Action, ProbeResult},
     agent::{Agent, field},
     attack::{Attack, IfName, tun_node},
-    bins::{imds_guard_bin, probe_bin},
+    bins::{churn_bin, imds_guard_bin, probe_bin},
     bpffs::TestBpffs,
     cgroup::{TestCgroup, cgroup2_root},
     etc::PrivateEtc,
@@ -71,11 +76,13 @@ pub use self::{
     probe::{HeldProbe, NOBODY, Probe},
     sandbox::{LOG, READY, Sandbox},
     skip::privileged_or_skip,
+    systemctl::{cgroup_path, fake_systemctl},
     topology::{
         Container, ContainerKind, MPTCP_PORT, Reached, Topology, TopologyBuilder, TunDevice,
         UNPROTECTED_V4, UNPROTECTED_V6, UPLINK_HOST_V4, UPLINK_HOST_V6, UPLINK_IMDS_V4,
         UPLINK_IMDS_V6, USERNS_ROOT, UserNamespace,
     },
+    user::TestUser,
 };
 
 /// The IPv4 instance metadata address.

@@ -5,14 +5,11 @@
 //! places the units below the test cgroup, as `systemctl show` would
 //! report a running unit's `ControlGroup`.
 
-use std::{
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-};
+use std::path::Path;
 
 use imds_guard_e2e::{
     Action, Agent, IMDS_PORT, IMDS_V4, LOG, NOBODY, ProbeResult, READY, Sandbox, TestCgroup,
-    cgroup2_root, field, privileged_or_skip,
+    cgroup_path, fake_systemctl, field, privileged_or_skip,
 };
 use serde_json::Value;
 
@@ -24,40 +21,6 @@ const RESTARTS: usize = 100;
 
 fn connect() -> Action {
     Action::connect(IMDS_V4, IMDS_PORT)
-}
-
-/// The test cgroup's path from the cgroup v2 root, as policies name it.
-fn cgroup_path(cgroup: &TestCgroup) -> String {
-    let root = cgroup2_root();
-    let rel = cgroup.path().strip_prefix(&root).unwrap_or_else(|_| {
-        panic!(
-            "{} is not below {}",
-            cgroup.path().display(),
-            root.display()
-        )
-    });
-    format!("/{}", rel.display())
-}
-
-/// Writes a `systemctl` that knows `units`, each running in a cgroup of
-/// its name below the test cgroup, and no other unit.
-fn fake_systemctl(sb: &Sandbox, units: &[&str]) -> PathBuf {
-    let base = cgroup_path(&sb.cgroup);
-    let mut script = String::from(
-        "#!/bin/sh\n# imds-guard runs: systemctl show --property=... -- UNIT\nunit=\"$4\"\ncase \
-         \"$unit\" in\n",
-    );
-    for unit in units {
-        script.push_str(&format!(
-            "  {unit}) printf 'LoadState=loaded\\nControlGroup={base}/{unit}\\nSlice=system.slice\\n' ;;\n"
-        ));
-    }
-    script.push_str("  *) printf 'LoadState=not-found\\nControlGroup=\\nSlice=\\n' ;;\nesac\n");
-    let path = sb.dir.path().join("systemctl");
-    std::fs::write(&path, script).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-    path
 }
 
 /// Starts the agent on the sandbox's policy, asking `systemctl` of units.

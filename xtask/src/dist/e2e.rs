@@ -75,13 +75,13 @@ pub fn build(arch: Arch, tools: &Zigbuild) -> Result<PathBuf> {
     for (name, path) in &built.tests {
         copy(path, &dir.join(name))?;
     }
-    for bin in ["imds-guard", "imds-probe", "imds-uring"] {
+    for bin in ["imds-guard", "imds-probe", "imds-uring", "imds-churn"] {
         copy(&built.profile.join(bin), &dir.join(bin))?;
     }
     let names: Vec<&str> = built.tests.iter().map(|(n, _)| n.as_str()).collect();
     eprintln!(
-        "xtask: e2e for {}: {} (tests: {}), with imds-guard, imds-probe and imds-uring; the \
-         build paths of the last two, which the tests name: {}",
+        "xtask: e2e for {}: {} (tests: {}), with imds-guard, imds-probe, imds-uring and \
+         imds-churn; the build paths of imds-probe and imds-uring, which the tests name: {}",
         arch.rpm(),
         dir.display(),
         names.join(", "),
