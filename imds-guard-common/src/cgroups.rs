@@ -21,7 +21,7 @@
 
 use core::mem::size_of;
 
-use crate::IdRule;
+use crate::{IdRule, IdRules};
 
 /// Patterns per policy generation: one bit each in a `u64`.
 pub const MAX_CGROUP_PATTERNS: u32 = 64;
@@ -34,12 +34,15 @@ pub const MAX_NAME: usize = 255;
 /// Nesting the programs follow from a new cgroup up to the root; a deeper
 /// cgroup is left unclassified.
 pub const MAX_CGROUP_LEVEL: u32 = 64;
-/// Cgroups the classification map holds.
+/// Cgroups the classification map holds (its `max_entries`; the agent may
+/// load it smaller for tests, see [`CgroupLimits::for_capacity`]).
 pub const MAX_CGROUPS: u32 = 1 << 17;
-/// Bytes of a path in a [`CgroupEvent`]: the kernel formats the tracepoint's
-/// path into a buffer of this size (`TRACE_CGROUP_PATH_LEN`), so a longer
-/// one arrives cut.
-pub const EVENT_PATH_LEN: usize = 1024;
+/// Creators with cgroups charged to them at once (the charge maps'
+/// `max_entries`): a creator past it has no room.
+pub const MAX_CREATORS: u32 = 1 << 16;
+/// The key of the charge maps' total over every creator: `(uid_t)-1`,
+/// which the kernel never gives a task (`INVALID_UID`).
+pub const CHARGE_TOTAL: u32 = u32::MAX;
 /// Size of the [`crate::MAP_CGROUP_EVENTS`] ring buffer.
 pub const CGROUP_EVENTS_BYTE_SIZE: u32 = 1 << 19;
 
@@ -130,39 +133,133 @@ impl Default for CgroupPatterns {
 
 /// What a [`CgroupEvent`] reports.
 pub mod cgroup_event {
-    /// A cgroup was created (and classified, unless the stats say not).
+    /// A cgroup was created; [`super::CgroupEvent::stored`] says whether
+    /// its entry was written ([`super::cgroup_stored`]).
     pub const MKDIR: u8 = 1;
-    /// A cgroup was removed (and its entry deleted).
+    /// A cgroup was removed; [`super::CgroupEvent::stored`] is 1 when an
+    /// entry went with it (room was freed).
     pub const RMDIR: u8 = 2;
 }
 
+/// Whether the `cgroup_mkdir` program stored a new cgroup's entry, and why
+/// not: a cgroup without an entry is unclassified (fail closed) until the
+/// agent classifies it.
+pub mod cgroup_stored {
+    /// Classified and stored.
+    pub const STORED: u8 = 0;
+    /// Its path could not be read or is deeper than
+    /// [`crate::MAX_CGROUP_LEVEL`].
+    pub const UNCLASSIFIED: u8 = 1;
+    /// The classification map is full.
+    pub const FULL: u8 = 2;
+    /// Its creator holds its share of the map already
+    /// ([`super::CgroupLimits`]), or who created it could not be read.
+    pub const OVER_QUOTA: u8 = 3;
+}
+
+/// Who counts a cgroup's entry against its creator's share
+/// ([`CgroupEntry::charged`]).
+pub mod charged_by {
+    /// Nobody: root's creations on the host, which always have room.
+    pub const NONE: u8 = 0;
+    /// The `cgroup_mkdir` program, in [`crate::MAP_CGROUP_CHARGES`]; the
+    /// `cgroup_rmdir` program takes it back.
+    pub const PROGRAM: u8 = 1;
+    /// The agent, in [`crate::MAP_CGROUP_AGENT_CHARGES`]; the agent takes
+    /// it back when the cgroup goes.
+    pub const AGENT: u8 = 2;
+}
+
 /// A cgroup created or removed, sent through [`crate::MAP_CGROUP_EVENTS`]
-/// with only the first `path_len` bytes of `path`: the agent learns the
-/// paths of cgroups it did not list, and a reload rewrites the cgroups
-/// created while it wrote its tables.
+/// with only the first `name_len` bytes of `name`: the agent learns the
+/// cgroups it did not list as a tree of names (a path of any length costs
+/// one name), which cgroups to classify again when there is room, and
+/// which a reload rewrites.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CgroupEvent {
     pub id: u64,
+    /// The parent cgroup's id (for [`cgroup_event::MKDIR`]).
+    pub parent: u64,
     /// One of [`cgroup_event`].
     pub kind: u8,
-    pub _pad: [u8; 3],
-    /// Bytes of `path` sent, without the terminating NUL; the path was cut
-    /// when it is `EVENT_PATH_LEN - 1`.
-    pub path_len: u32,
-    /// The path from the cgroup2 root (`/system.slice/foo.service`).
-    pub path: [u8; EVENT_PATH_LEN],
+    /// For [`cgroup_event::MKDIR`] one of [`cgroup_stored`]; for
+    /// [`cgroup_event::RMDIR`] 1 when an entry was removed.
+    pub stored: u8,
+    /// One of [`charged_by`]: who charged (or, for a cgroup not stored,
+    /// would have charged) `creator`.
+    pub charged: u8,
+    pub _pad: u8,
+    /// The creator's uid as the initial user namespace sees it (see the
+    /// programs' `charge.rs`).
+    pub creator: u32,
+    /// Bytes of `name` sent, without the terminating NUL.
+    pub name_len: u32,
+    pub _pad2: u32,
+    /// The cgroup's own name (its directory's), for
+    /// [`cgroup_event::MKDIR`].
+    pub name: [u8; crate::MAX_NAME + 1],
 }
-const _: () = assert!(size_of::<CgroupEvent>() == 16 + EVENT_PATH_LEN);
+const _: () = assert!(size_of::<CgroupEvent>() == 32 + crate::MAX_NAME + 1);
 
 impl CgroupEvent {
-    /// Bytes before `path`.
-    pub const HEADER: usize = 16;
+    /// Bytes before `name`.
+    pub const HEADER: usize = 32;
+}
+
+/// A cgroup's value in [`crate::MAP_CGROUP_CLASS`]: the rule each
+/// generation's patterns give its path, and who it is charged to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupEntry {
+    pub rules: IdRules,
+    /// The creator's uid (see [`CgroupEvent::creator`]).
+    pub creator: u32,
+    /// One of [`charged_by`].
+    pub charged: u32,
+}
+const _: () = assert!(size_of::<CgroupEntry>() == 24);
+
+/// How much of the classification map cgroups not made by root on the host
+/// may take: each creator at most `quota`, all of them together at most
+/// `shared`, so that root's creations (systemd's units, container
+/// runtimes' cgroups) always find room. Set by the agent from the map's
+/// size before the programs load; unset (not [`crate::Offsets::VALID`]),
+/// no creator but root has room: fail closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupLimits {
+    pub valid: u32,
+    pub quota: u32,
+    pub shared: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CgroupLimits>() == 16);
+
+impl CgroupLimits {
+    /// What a program loaded without the agent's limits holds.
+    pub const UNSET: Self = Self {
+        valid: 0,
+        quota: 0,
+        shared: 0,
+        _pad: 0,
+    };
+
+    /// The limits of a map of `capacity` entries: a creator may hold a
+    /// sixteenth of it (8,192 of 131,072), every creator but root half.
+    pub const fn for_capacity(capacity: u32) -> Self {
+        Self {
+            valid: crate::Offsets::VALID,
+            quota: capacity / 16,
+            shared: capacity / 2,
+            _pad: 0,
+        }
+    }
 }
 
 /// Indexes of [`crate::MAP_CGROUP_STATS`], a per-CPU array.
 pub mod cgroup_stat {
-    /// Cgroups the mkdir program classified.
+    /// Cgroups the mkdir program classified and stored.
     pub const CLASSIFIED: u32 = 0;
     /// Cgroups it could not classify: deeper than
     /// [`crate::MAX_CGROUP_LEVEL`], or a read of the kernel's structures
@@ -172,8 +269,15 @@ pub mod cgroup_stat {
     pub const NOT_STORED: u32 = 2;
     /// Events the ring buffer had no room for.
     pub const EVENTS_LOST: u32 = 3;
+    /// Classifications it did not store because the creator held its
+    /// share ([`super::CgroupLimits`]) or could not be read.
+    pub const OVER_QUOTA: u32 = 4;
+    /// Entries the programs added and removed (the agent counts its own):
+    /// what the map holds, without walking it.
+    pub const ADDED: u32 = 5;
+    pub const REMOVED: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 7;
 }
 
 /// Byte offsets of the kernel fields the classification programs read,

@@ -18,9 +18,10 @@ mod policy;
 pub use self::{
     addr::Ipv6Key,
     cgroups::{
-        CGROUP_EVENTS_BYTE_SIZE, CgroupEvent, CgroupOffsets, CgroupPatterns, ComponentKey,
-        EVENT_PATH_LEN, LENGTHS_LEN, MAX_CGROUP_LEVEL, MAX_CGROUP_PATTERNS, MAX_CGROUPS,
-        MAX_LITERAL, MAX_NAME, MAX_PATTERN_DEPTH, cgroup_event, cgroup_stat, length_index,
+        CGROUP_EVENTS_BYTE_SIZE, CHARGE_TOTAL, CgroupEntry, CgroupEvent, CgroupLimits,
+        CgroupOffsets, CgroupPatterns, ComponentKey, LENGTHS_LEN, MAX_CGROUP_LEVEL,
+        MAX_CGROUP_PATTERNS, MAX_CGROUPS, MAX_CREATORS, MAX_LITERAL, MAX_NAME, MAX_PATTERN_DEPTH,
+        cgroup_event, cgroup_stat, cgroup_stored, charged_by, length_index,
     },
     counters::{COUNTERS_LEN, counter, counter_index},
     event::{COMM_LEN, Event, NO_ID, event_flags, family, hook, kind, reason, verdict},
@@ -66,4 +67,8 @@ mod pod {
     unsafe impl aya::Pod for super::CgroupPatterns {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CgroupOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CgroupEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CgroupLimits {}
 }

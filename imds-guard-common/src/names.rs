@@ -48,6 +48,13 @@ pub const MAP_CGROUP_LENGTHS: &str = "CGROUP_LENGTHS";
 pub const MAP_CGROUP_PATTERNS: &str = "CGROUP_PATTERNS";
 /// The ring buffer of [`crate::CgroupEvent`]s.
 pub const MAP_CGROUP_EVENTS: &str = "CGROUP_EVENTS";
+/// The hash map of how many classification entries each creator holds,
+/// as the `cgroup_mkdir` program charged them (key: the creator's uid, or
+/// [`crate::CHARGE_TOTAL`]; value: a count).
+pub const MAP_CGROUP_CHARGES: &str = "CGROUP_CHARGES";
+/// The same, as the agent charged the entries it wrote; only the agent
+/// writes it, the programs read both.
+pub const MAP_CGROUP_AGENT_CHARGES: &str = "AGENT_CHARGES";
 /// The per-CPU array of classification counters
 /// ([`crate::cgroup_stat`]).
 pub const MAP_CGROUP_STATS: &str = "CGROUP_STATS";

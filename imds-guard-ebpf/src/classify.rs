@@ -19,7 +19,16 @@
 //!
 //! Both programs run under the kernel's `trace_cgroup_path_lock` with
 //! interrupts off (`TRACE_CGROUP_PATH`), so runs never overlap: the per-CPU
-//! scratch space is never shared. They write only their own maps.
+//! scratch space is never shared, and the charge counts (`charge.rs`) are
+//! read and written without atomics. They write only their own maps.
+//!
+//! A cgroup is stored only when its creator has room (`charge.rs`) and the
+//! map has; a cgroup not stored is unclassified (fail closed) and its
+//! event says why, so that the agent classifies it once there is room.
+//! Events carry the cgroup's own name and its parent's id rather than the
+//! path the tracepoint formats (cut at 1,023 bytes): the agent keeps the
+//! hierarchy as a tree of names, so a path of any length costs it one
+//! name.
 
 use core::mem::size_of;
 
@@ -29,12 +38,13 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use imds_guard_common::{
-    CgroupEvent, CgroupOffsets, CgroupPatterns, ComponentKey, EVENT_PATH_LEN, IdRule, IdRules,
+    CgroupEntry, CgroupEvent, CgroupOffsets, CgroupPatterns, ComponentKey, IdRule, IdRules,
     MAX_CGROUP_LEVEL, MAX_CGROUP_PATTERNS, MAX_LITERAL, MAX_NAME, MAX_PATTERN_DEPTH, Offsets,
-    action, cgroup_event, cgroup_stat, length_index,
+    action, cgroup_event, cgroup_stat, cgroup_stored, charged_by, length_index,
 };
 
 use crate::{
+    charge::{self, Creator},
     kernel::{read, read_ptr, read_str},
     maps::{
         CGROUP_CLASS, CGROUP_EVENTS, CGROUP_LENGTHS, CGROUP_PATTERNS, CGROUP_PREFIXES,
@@ -60,6 +70,13 @@ pub struct Scratch {
     suffix: Key<ComponentKey>,
     /// The level being classified (see `classify`).
     level: u32,
+    /// Whether the new cgroup was classified (1), into `entry`, and
+    /// whether its creator could be read (1): read back from here, every
+    /// way through the classification reaches the rest as one state (see
+    /// `classify` for why).
+    classified: u32,
+    known: u32,
+    entry: CgroupEntry,
     event: CgroupEvent,
 }
 
@@ -73,13 +90,13 @@ pub const UNKNOWN: u32 = u32::MAX;
 #[raw_tracepoint(tracepoint = "cgroup_mkdir")]
 pub fn cgroup_mkdir(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct cgroup *cgrp, const char *path)
-    mkdir(ctx.arg::<u64>(0), ctx.arg::<u64>(1));
+    mkdir(ctx.arg::<u64>(0));
     0
 }
 
 #[raw_tracepoint(tracepoint = "cgroup_rmdir")]
 pub fn cgroup_rmdir(ctx: RawTracePointContext) -> i32 {
-    rmdir(ctx.arg::<u64>(0), ctx.arg::<u64>(1));
+    rmdir(ctx.arg::<u64>(0));
     0
 }
 
@@ -105,7 +122,7 @@ fn v2_cgroup(cgrp: u64, off: &CgroupOffsets) -> Option<(u64, u64)> {
 }
 
 #[inline(always)]
-fn mkdir(cgrp: u64, path: u64) {
+fn mkdir(cgrp: u64) {
     let Some(off) = offsets() else {
         bump(cgroup_stat::UNCLASSIFIED);
         return;
@@ -119,36 +136,103 @@ fn mkdir(cgrp: u64, path: u64) {
     // SAFETY: this CPU's slot of a per-CPU array, valid for this run, and
     // no other run can use it meanwhile (see the module's doc).
     let s = unsafe { &mut *s };
-    // No entry is the fail-closed answer: a cgroup whose path could not be
-    // read or matched stays unclassified, which a policy with cgroup denies
-    // denies.
-    match walk(s, kn, &off).and_then(|level| classify(s, level)) {
+    let creator = Creator::current();
+    s.event.creator = creator.uid;
+    s.event.charged = creator.charged;
+    s.known = u32::from(creator.known);
+    s.classified = match walk(s, kn, &off).and_then(|level| classify(s, level)) {
         Some(by_generation) => {
-            let rules = IdRules { by_generation };
-            if CGROUP_CLASS.insert(id, rules, 0).is_ok() {
-                bump(cgroup_stat::CLASSIFIED);
-            } else {
-                bump(cgroup_stat::NOT_STORED);
-            }
+            s.entry.rules = IdRules { by_generation };
+            1
         }
-        None => bump(cgroup_stat::UNCLASSIFIED),
+        None => 0,
+    };
+    // SAFETY: reads of our own scratch slot (see `Scratch::classified`).
+    let (classified, creator) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const s.classified),
+            Creator {
+                uid: core::ptr::read_volatile(&raw const s.event.creator),
+                charged: core::ptr::read_volatile(&raw const s.event.charged),
+                known: core::ptr::read_volatile(&raw const s.known) != 0,
+            },
+        )
+    };
+    // No entry is the fail-closed answer: a cgroup whose path could not be
+    // read or matched, or that found no room, stays unclassified, which a
+    // policy with cgroup denies denies.
+    let stored = if classified == 0 {
+        bump(cgroup_stat::UNCLASSIFIED);
+        cgroup_stored::UNCLASSIFIED
+    } else {
+        store(s, id, &creator)
+    };
+    s.event.parent = read_ptr(kn, off.kn_parent)
+        .and_then(|p| read(p, off.kn_id))
+        .unwrap_or(0);
+    s.event.stored = stored;
+    let name = read_ptr(kn, off.kn_name).unwrap_or(0);
+    report(s, cgroup_event::MKDIR, id, name);
+}
+
+/// Stores the entry of cgroup `id`, classified into `s.entry`, if its
+/// creator and the map have room; one of [`cgroup_stored`].
+#[inline(always)]
+fn store(s: &mut Scratch, id: u64, creator: &Creator) -> u8 {
+    if !creator.has_room() {
+        bump(cgroup_stat::OVER_QUOTA);
+        return cgroup_stored::OVER_QUOTA;
     }
-    report(s, cgroup_event::MKDIR, id, path);
+    s.entry.creator = creator.uid;
+    s.entry.charged = u32::from(creator.charged);
+    // From the scratch slot itself: no copy on the stack.
+    let entry: &CgroupEntry = &s.entry;
+    if CGROUP_CLASS.insert(id, entry, 0).is_err() {
+        bump(cgroup_stat::NOT_STORED);
+        return cgroup_stored::FULL;
+    }
+    if !creator.charge() {
+        // No room in the charge map for another creator: nothing may
+        // stay uncounted.
+        let _ = CGROUP_CLASS.remove(id);
+        bump(cgroup_stat::OVER_QUOTA);
+        return cgroup_stored::OVER_QUOTA;
+    }
+    bump(cgroup_stat::CLASSIFIED);
+    bump(cgroup_stat::ADDED);
+    cgroup_stored::STORED
 }
 
 #[inline(always)]
-fn rmdir(cgrp: u64, path: u64) {
+fn rmdir(cgrp: u64) {
     let Some(off) = offsets() else {
         return;
     };
     let Some((id, _)) = v2_cgroup(cgrp, &off) else {
         return;
     };
-    let _ = CGROUP_CLASS.remove(id);
-    if let Some(s) = SCRATCH.get_ptr_mut(0) {
-        // SAFETY: as in `mkdir`.
-        report(unsafe { &mut *s }, cgroup_event::RMDIR, id, path);
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: as in `mkdir`.
+    let s = unsafe { &mut *s };
+    // SAFETY: a value of our own map, copied at once.
+    let entry = unsafe { CGROUP_CLASS.get(id) }.copied();
+    let removed = CGROUP_CLASS.remove(id).is_ok();
+    s.event.parent = 0;
+    s.event.stored = 0;
+    s.event.charged = charged_by::NONE;
+    s.event.creator = 0;
+    if let (Some(entry), true) = (entry, removed) {
+        bump(cgroup_stat::REMOVED);
+        if entry.charged == u32::from(charged_by::PROGRAM) {
+            charge::uncharge(entry.creator);
+        }
+        s.event.stored = 1;
+        s.event.charged = entry.charged as u8;
+        s.event.creator = entry.creator;
     }
+    report(s, cgroup_event::RMDIR, id, 0);
 }
 
 /// Records the names from `kn` up to (not including) the root in
@@ -308,14 +392,19 @@ fn lowest(mut x: u64) -> u32 {
     n
 }
 
-/// Sends what happened to cgroup `id`, with its path.
+/// Sends what happened to cgroup `id`, with the name at `name` (none when
+/// 0), and the rest of the event as the caller filled it.
 #[inline(always)]
-fn report(s: &mut Scratch, kind: u8, id: u64, path: u64) {
+fn report(s: &mut Scratch, kind: u8, id: u64, name: u64) {
     s.event.id = id;
     s.event.kind = kind;
-    s.event._pad = [0; 3];
-    let len = read_str(path, &mut s.event.path).unwrap_or(0) & (EVENT_PATH_LEN - 1);
-    s.event.path_len = len as u32;
+    s.event._pad = 0;
+    s.event._pad2 = 0;
+    let len = match name {
+        0 => 0,
+        name => read_str(name, &mut s.event.name).unwrap_or(0) & MAX_NAME,
+    };
+    s.event.name_len = len as u32;
     let size = CgroupEvent::HEADER + len;
     if size > size_of::<CgroupEvent>() {
         return;
@@ -344,7 +433,7 @@ pub fn rule(id: u64, generation: u32) -> IdRule {
         // SAFETY: a non-null pointer from a hash map lookup points at a
         // value of the map's type, valid for this run; the slot index is
         // masked to the array's bounds.
-        Some(p) => unsafe { (*p).by_generation[(generation & 1) as usize] },
+        Some(p) => unsafe { (*p).rules.by_generation[(generation & 1) as usize] },
         None => IdRule {
             action: UNKNOWN,
             entry: 0,

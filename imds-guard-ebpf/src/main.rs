@@ -7,11 +7,13 @@
 //! the policy says, `rules.rs` the rule lookups it shares with
 //! `identity.rs`, `sock_state.rs` what a socket was let through to and
 //! under which policy, `maps.rs` every map. `classify.rs` keeps the rule
-//! of every cgroup as cgroups come and go (raw tracepoints).
+//! of every cgroup as cgroups come and go (raw tracepoints), within each
+//! creator's share of the map (`charge.rs`).
 #![no_std]
 #![no_main]
 
 mod caller;
+mod charge;
 mod classify;
 mod decide;
 mod dst;

@@ -7,9 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use imds_guard_common::{
-    CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupPatterns, ComponentKey, Config, EVENTS_BYTE_SIZE,
-    GENERATIONS, IdRules, LENGTHS_LEN, MAX_CGROUP_PATTERNS, MAX_CGROUPS, MAX_ENDPOINTS,
-    MAX_ID_RULES, MAX_PATTERN_DEPTH, Memberships, Resolved, SockState, V4Key, V6Key, cgroup_stat,
+    CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupEntry, CgroupPatterns, ComponentKey, Config,
+    EVENTS_BYTE_SIZE, GENERATIONS, IdRules, LENGTHS_LEN, MAX_CGROUP_PATTERNS, MAX_CGROUPS,
+    MAX_CREATORS, MAX_ENDPOINTS, MAX_ID_RULES, MAX_PATTERN_DEPTH, Memberships, Resolved, SockState,
+    V4Key, V6Key, cgroup_stat,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate entries on insert. Memory then follows the
@@ -90,13 +91,27 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 pub static DECIDED: SkStorage<SockState> = SkStorage::new();
 
 /// Every cgroup v2 cgroup by id, with the rule each generation's patterns
-/// give its path (`imds_guard_common::cgroups`). Written by `cgroup_mkdir`
-/// as a cgroup is created and by the agent for those that existed before;
-/// deleted by `cgroup_rmdir`. A decision on a protected destination looks
-/// the caller's cgroup up once, when the policy names cgroups.
+/// give its path (`imds_guard_common::cgroups`) and who it is charged to.
+/// Written by `cgroup_mkdir` as a cgroup is created and by the agent for
+/// those that existed before or found no room; deleted by `cgroup_rmdir`.
+/// A decision on a protected destination looks the caller's cgroup up
+/// once, when the policy names cgroups. The agent may load it smaller
+/// (for tests).
 #[map]
-pub static CGROUP_CLASS: HashMap<u64, IdRules> =
+pub static CGROUP_CLASS: HashMap<u64, CgroupEntry> =
     HashMap::with_max_entries(MAX_CGROUPS, NO_PREALLOC);
+
+/// Entries of [`CGROUP_CLASS`] by creator, as the programs charged them
+/// (`charge.rs`), and their total at `imds_guard_common::CHARGE_TOTAL`. A
+/// creator's key is deleted when its count falls to 0.
+#[map]
+pub static CGROUP_CHARGES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_CREATORS, NO_PREALLOC);
+
+/// The same for the entries the agent wrote and charged: only the agent
+/// writes it (the programs cannot add to a count the agent writes without
+/// a race), the programs read both.
+#[map]
+pub static AGENT_CHARGES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_CREATORS, NO_PREALLOC);
 
 /// Pattern components by literal prefix: the longest stored prefix of a
 /// name answers with every component (a bit per pattern) whose prefix the

@@ -216,7 +216,7 @@ fn read_cgroups(pins: &Pins, generation: Option<u32>) -> Result<Option<CgroupSta
     ) else {
         return Ok(None);
     };
-    let class: HashMap<_, u64, common::IdRules> =
+    let class: HashMap<_, u64, common::CgroupEntry> =
         HashMap::try_from(&class).map_err(maps::access(common::MAP_CGROUP_CLASS))?;
     let patterns: Array<_, common::CgroupPatterns> =
         Array::try_from(&patterns).map_err(maps::access(common::MAP_CGROUP_PATTERNS))?;

@@ -13,12 +13,15 @@ use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
     maps::{MapData, RingBuf},
 };
-use imds_guard_common::{self as common, HostNamespaces};
+use imds_guard_common::{self as common, CgroupLimits, HostNamespaces};
 
 use super::{
     attach::{self, AttachError, AttachReport},
     btf::{Btf, BtfError},
-    classify::{self, Classifier, ClassifyError, offsets::CgroupOffsetError},
+    classify::{
+        self, CgroupFill, Classifier, ClassifyError, Drained, RescanJob, RescanReport, Rescanned,
+        offsets::CgroupOffsetError,
+    },
     counters::{self, Counters},
     features,
     identity::{self, NamespaceError},
@@ -37,6 +40,8 @@ const OFFSETS_GLOBAL: &str = "OFFSETS";
 const CGROUP_OFFSETS_GLOBAL: &str = "CGROUP_OFFSETS";
 /// The programs' global holding [`imds_guard_common::HostNamespaces`].
 const HOST_GLOBAL: &str = "HOST";
+/// The programs' global holding [`imds_guard_common::CgroupLimits`].
+const CGROUP_LIMITS_GLOBAL: &str = "CGROUP_LIMITS";
 
 /// The object `build.rs` compiled from `imds-guard-ebpf`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
@@ -138,11 +143,15 @@ impl Guard {
             (loader, ours)
         });
         let (offsets, cgroup_offsets) = resolved?;
+        let capacity = classify::capacity();
+        let limits = CgroupLimits::for_capacity(capacity);
         let mut ebpf = loader
             .override_global(aya_log::LEVEL, &ebpf_log_level, false)
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(CGROUP_OFFSETS_GLOBAL, &cgroup_offsets, true)
+            .override_global(CGROUP_LIMITS_GLOBAL, &limits, true)
             .override_global(HOST_GLOBAL, &host, true)
+            .map_max_entries(common::MAP_CGROUP_CLASS, capacity)
             .load(OBJECT)
             .map_err(GuardError::Object)?;
         let resolved = ebpf
@@ -150,7 +159,7 @@ impl Guard {
             .ok_or(MapError::Missing(common::MAP_RESOLVED))?;
         identity::record(resolved, &offsets, &host)?;
         let maps = PolicyMaps::new(&ebpf)?;
-        let classifier = Classifier::new(&mut ebpf)?;
+        let classifier = Classifier::new(&mut ebpf, capacity)?;
         Ok(Self {
             ebpf,
             maps,
@@ -239,10 +248,28 @@ impl Guard {
         &self.classifier.dropped().pods
     }
 
-    /// Reads what the classification programs reported (new cgroups'
-    /// paths), so that [`Guard::cgroup_place`] knows them.
-    pub fn drain_cgroup_events(&mut self) -> Result<(), GuardError> {
-        Ok(self.classifier.drain(false)?)
+    /// Reads up to [`classify::EVENTS_PER_DRAIN`] of what the
+    /// classification programs reported (new cgroups' names, so that
+    /// [`Guard::cgroup_place`] knows them; removals, after which the
+    /// cgroups waiting for room are tried), and says what is left.
+    pub fn drain_cgroup_events(&mut self) -> Result<Drained, GuardError> {
+        Ok(self.classifier.drain(classify::EVENTS_PER_DRAIN)?)
+    }
+
+    /// A listing of the cgroups to run off the run loop, after lost
+    /// events; [`Guard::cgroup_rescanned`] takes its result.
+    pub fn cgroup_rescan(&mut self) -> Result<RescanJob, GuardError> {
+        Ok(self.classifier.rescan()?)
+    }
+
+    /// Puts what a [`RescanJob`] found in place.
+    pub fn cgroup_rescanned(&mut self, done: Rescanned) -> Result<RescanReport, GuardError> {
+        Ok(self.classifier.rescanned(done)?)
+    }
+
+    /// How full the cgroup classification map is, and what was refused.
+    pub fn cgroup_fill(&self) -> Result<CgroupFill, GuardError> {
+        Ok(self.classifier.fill()?)
     }
 
     /// The path of cgroup `id`, and the pod it is of among the pods the
@@ -252,8 +279,8 @@ impl Guard {
         id: u64,
     ) -> Option<(String, Option<crate::policy::cgroups::PodName>)> {
         let path = self.classifier.path_of(id)?;
-        let pod = self.classifier.pod_of(path).cloned();
-        Some((String::from_utf8_lossy(path).into_owned(), pod))
+        let pod = self.classifier.pod_of(&path).cloned();
+        Some((String::from_utf8_lossy(&path).into_owned(), pod))
     }
 
     /// Waits out the program runs that may still read the generation the

@@ -40,11 +40,11 @@ pub fn write(name: &'static str) -> impl Fn(std::io::Error) -> MapError {
     move |source| MapError::Write { name, source }
 }
 
-/// A descriptor of map `name` of `ebpf` (a hash map, an array or an LPM
-/// trie) of its own.
+/// A descriptor of map `name` of `ebpf` (a hash map, an array, a per-CPU
+/// array or an LPM trie) of its own.
 pub fn descriptor(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, MapError> {
     let data: &MapData = match ebpf.map(name) {
-        Some(Map::HashMap(d) | Map::Array(d) | Map::LpmTrie(d)) => d,
+        Some(Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) | Map::LpmTrie(d)) => d,
         _ => return Err(MapError::Missing(name)),
     };
     data.fd().as_fd().try_clone_to_owned().map_err(write(name))

@@ -242,8 +242,20 @@ fn elem_attr<K>(map: BorrowedFd<'_>, key: &K, value: u64) -> bpf_attr {
 
 /// `BPF_MAP_UPDATE_ELEM` (`BPF_ANY`): writes one element.
 pub(super) fn map_update<K, V>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
+    map_update_flags(map, key, value, BPF_ANY)
+}
+
+/// `BPF_MAP_UPDATE_ELEM` with `flags`: `BPF_NOEXIST` adds an element
+/// (`EEXIST` if there is one), `BPF_EXIST` replaces one (`ENOENT` if there
+/// is none).
+pub(super) fn map_update_flags<K, V>(
+    map: BorrowedFd<'_>,
+    key: &K,
+    value: &V,
+    flags: u32,
+) -> io::Result<()> {
     let mut attr = elem_attr(map, key, std::ptr::from_ref(value) as u64);
-    attr.__bindgen_anon_2.flags = u64::from(BPF_ANY);
+    attr.__bindgen_anon_2.flags = u64::from(flags);
     bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }
 

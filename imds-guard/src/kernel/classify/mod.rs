@@ -1,7 +1,8 @@
 //! Cgroups classified by path, in the kernel, as they are created
 //! (`imds-guard-ebpf/src/classify.rs`): the agent writes the pattern
 //! tables the `cgroup_mkdir` program reads, the classification of every
-//! cgroup that existed before, and keeps the paths the programs report.
+//! cgroup that existed before or that the program found no room for, and
+//! keeps the hierarchy's names the programs report.
 //!
 //! Putting a policy's patterns in force in generation `g` ([`prepare`]):
 //! 1. write `g`'s tables; the program classifies every cgroup created from
@@ -13,48 +14,70 @@
 //! 4. list the hierarchy and write each cgroup's entry, for both
 //!    generations, as the program would; then do the same for the cgroups
 //!    in the events (created before step 3 but not yet visible to the
-//!    listing: `kernfs_activate()` follows the tracepoint).
+//!    listing: `kernfs_activate()` follows the tracepoint). Should events
+//!    have been lost meanwhile (a full ring), the hierarchy is listed once
+//!    more, which finds those cgroups visible by then.
 //!
 //! Only then is `g` put in force (`policy_maps.rs`). Both generations are
 //! written, not only `g`: the one in force gets the value it has already
 //! (the two matchers agree: `tables.rs`), and an entry that could not be
-//! stored before (a full map) may fit now.
+//! stored before (a full map, a creator past its share) may fit now.
+//!
+//! Between reloads the run loop reads the events in bounded slices
+//! (`events.rs`): a cgroup costs one name in the tree (`tree.rs`), never a
+//! walk of the hierarchy; a cgroup the program could not store waits for
+//! room (`room.rs`) and is classified as soon as a removal frees some;
+//! lost events make the agent list the hierarchy again off its loop
+//! (`rescan.rs`). The kernel classifies on its own meanwhile: what the
+//! agent misses is only names for records and cgroups to retry.
 //!
 //! [`prepare`]: Classifier::prepare
 
+mod entry;
+mod events;
 pub mod offsets;
+mod rescan;
+mod room;
 mod scan;
 pub(crate) mod tables;
+mod tree;
 
 use std::{
-    collections::HashMap,
+    collections::HashSet,
     os::fd::{AsFd as _, OwnedFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use aya::{
     Ebpf,
-    maps::{MapData, RingBuf},
+    maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, RawTracePoint, links::FdLink},
 };
 use imds_guard_common::{
-    self as common, CgroupEvent, ComponentKey, EVENT_PATH_LEN, GENERATIONS, IdRule, IdRules,
-    MAX_CGROUPS, action, cgroup_event,
+    self as common, CgroupLimits, ComponentKey, GENERATIONS, MAX_CGROUPS, cgroup_stat,
 };
 
-use self::tables::{LpmEntry, Tables};
+use self::{
+    entry::Outcome,
+    room::{Creator, Pending, Room},
+    tables::{LpmEntry, Tables},
+    tree::Tree,
+};
+pub use self::{
+    events::{Drained, EVENTS_PER_DRAIN},
+    rescan::{RescanJob, RescanReport, Rescanned},
+};
 use super::{
     batch, cgroup,
     cgroup::CgroupError,
     maps::{self, MapError, descriptor},
     pins::{PinError, Pins},
     programs,
-    records::entry_number,
     sys::{self, GraceError},
 };
 use crate::policy::{
-    Action, Policy,
-    cgroups::{CgroupClass, CgroupRule, CgroupRules, Dropped, Pods},
+    Policy,
+    cgroups::{CgroupRule, Dropped, Pods},
 };
 
 /// Something the classifier could not do.
@@ -94,6 +117,20 @@ struct LpmKey {
 unsafe impl aya::Pod for LpmKey {}
 const _: () = assert!(size_of::<LpmKey>() == 4 + size_of::<ComponentKey>());
 
+/// The environment variable that lowers the classification map's size, for
+/// tests that fill it (`IMDS_GUARD_TEST_MAX_CGROUPS=N`, at least 64, at
+/// most the default [`MAX_CGROUPS`]); the shares follow
+/// ([`CgroupLimits::for_capacity`]).
+pub const MAX_CGROUPS_ENV: &str = "IMDS_GUARD_TEST_MAX_CGROUPS";
+
+/// How many entries the classification map is made with.
+pub(crate) fn capacity() -> u32 {
+    std::env::var(MAX_CGROUPS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(MAX_CGROUPS, |n| n.clamp(64, MAX_CGROUPS))
+}
+
 /// The classification maps, the programs' links and what the agent knows
 /// of the cgroups.
 pub(crate) struct Classifier {
@@ -103,8 +140,11 @@ pub(crate) struct Classifier {
     lengths: OwnedFd,
     patterns: OwnedFd,
     events: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, u64>,
     /// The cgroup2 mount point.
     root: PathBuf,
+    /// The classification map's size.
+    capacity: u32,
     /// What each generation's tables hold (`None`: nothing written yet).
     written: [Option<Tables>; 2],
     /// The patterns of each generation, as the tables hold them.
@@ -118,19 +158,63 @@ pub(crate) struct Classifier {
     pods: Pods,
     /// Pods whose patterns did not fit at the last prepare.
     dropped: Dropped,
-    /// Paths by cgroup id, from listings and events (bounded).
-    paths: HashMap<u64, Vec<u8>>,
+    /// The hierarchy's names, from listings and events (bounded).
+    tree: Tree,
+    /// The agent's charges.
+    room: Room,
+    /// Cgroups not stored, until there is room.
+    pending: Pending,
+    /// What happened since a rescan began, replayed over its listing.
+    since: Option<rescan::Since>,
+    /// A removal freed room since the cgroups waiting were last tried (or
+    /// a round stopped at its bound).
+    retry_due: bool,
+    /// The programs' lost-events count last seen.
+    lost_seen: u64,
+    /// Entries the agent added and removed itself (the programs count
+    /// theirs in the stats).
+    added: u64,
+    removed: u64,
+}
+
+/// The classification map's fill, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupFill {
+    /// Entries held.
+    pub entries: u64,
+    /// The map's size.
+    pub capacity: u32,
+    /// Each creator's share, and all creators' but root's.
+    pub quota: u32,
+    pub shared: u32,
+    /// Cgroups waiting for room.
+    pub pending: u64,
+    /// Since the programs were loaded: cgroups refused an entry by why,
+    /// and events lost.
+    pub full: u64,
+    pub over_quota: u64,
+    pub unclassified: u64,
+    pub events_lost: u64,
 }
 
 impl Classifier {
-    /// The maps of `ebpf` (its event ring taken), nothing written.
-    pub(crate) fn new(ebpf: &mut Ebpf) -> Result<Self, ClassifyError> {
+    /// The maps of `ebpf` (its event ring taken), nothing written; the
+    /// classification map holds `capacity` entries.
+    pub(crate) fn new(ebpf: &mut Ebpf, capacity: u32) -> Result<Self, ClassifyError> {
         let fd = |name| descriptor(ebpf, name);
         let class = fd(common::MAP_CGROUP_CLASS)?;
         let prefixes = fd(common::MAP_CGROUP_PREFIXES)?;
         let suffixes = fd(common::MAP_CGROUP_SUFFIXES)?;
         let lengths = fd(common::MAP_CGROUP_LENGTHS)?;
         let patterns = fd(common::MAP_CGROUP_PATTERNS)?;
+        let room = Room::new(
+            fd(common::MAP_CGROUP_CHARGES)?,
+            fd(common::MAP_CGROUP_AGENT_CHARGES)?,
+            CgroupLimits::for_capacity(capacity),
+        );
+        let stats = MapData::from_fd(fd(common::MAP_CGROUP_STATS)?)
+            .and_then(|data| PerCpuArray::try_from(Map::PerCpuArray(data)))
+            .map_err(maps::access(common::MAP_CGROUP_STATS))?;
         let ring = ebpf
             .take_map(common::MAP_CGROUP_EVENTS)
             .ok_or(MapError::Missing(common::MAP_CGROUP_EVENTS))?;
@@ -142,7 +226,9 @@ impl Classifier {
             lengths,
             patterns,
             events,
+            stats,
             root: cgroup::cgroup2_root()?,
+            capacity,
             written: [None, None],
             rules: [Vec::new(), Vec::new()],
             links: Vec::new(),
@@ -150,7 +236,14 @@ impl Classifier {
             grace: sys::GracePeriod::new()?,
             pods: Pods::new(),
             dropped: Dropped::default(),
-            paths: HashMap::new(),
+            tree: Tree::default(),
+            room,
+            pending: Pending::default(),
+            since: None,
+            retry_due: false,
+            lost_seen: 0,
+            added: 0,
+            removed: 0,
         })
     }
 
@@ -171,9 +264,9 @@ impl Classifier {
         crate::policy::cgroups::pods::pod_of(path, &self.pods)
     }
 
-    /// The path of cgroup `id`, if the agent has seen it.
-    pub(crate) fn path_of(&self, id: u64) -> Option<&[u8]> {
-        self.paths.get(&id).map(Vec::as_slice)
+    /// The path of cgroup `id`, if the agent knows it.
+    pub(crate) fn path_of(&self, id: u64) -> Option<Vec<u8>> {
+        self.tree.path(id)
     }
 
     /// Puts `policy`'s patterns (with the pods present) in `generation`'s
@@ -290,126 +383,80 @@ impl Classifier {
     }
 
     /// Writes the entry of every cgroup there is, and of every cgroup the
-    /// programs reported meanwhile.
+    /// programs reported meanwhile; whatever waited for room is tried
+    /// again with them.
+    ///
+    /// A cgroup costs its share of the listing and, when it has an entry,
+    /// two system calls; one waiting for room, whose creator has none,
+    /// costs nothing more: a user's cgroups past its share cannot make a
+    /// reload much longer.
     fn classify_all(&mut self) -> Result<(), ClassifyError> {
         let listed = scan::list(&self.root).map_err(|source| ClassifyError::Scan {
             path: self.root.clone(),
             source,
         })?;
-        self.paths.clear();
+        self.tree = Tree::of(&listed);
+        let waited = std::mem::take(&mut self.pending);
+        // Creators found without room: their other cgroups are not tried.
+        let mut full = HashSet::new();
         for found in listed {
-            self.classify(found.id, &found.path)?;
-            self.remember(found.id, found.path);
-        }
-        Ok(self.drain(true)?)
-    }
-
-    /// Writes the entry of cgroup `id` at `path`, as the program would,
-    /// unless it is gone (then its entry goes too).
-    fn classify(&mut self, id: u64, path: &[u8]) -> Result<(), MapError> {
-        let class = |rules: &[CgroupRule]| stored_rule(rules, path);
-        let (Some(first), Some(second)) = (class(&self.rules[0]), class(&self.rules[1])) else {
-            // Too deep for the program to classify: no entry there, none
-            // here.
-            return Ok(());
-        };
-        let value = IdRules {
-            by_generation: [first, second],
-        };
-        let written = sys::map_update(self.class.as_fd(), &id, &value);
-        // Removed meanwhile (before the write: its entry must go again;
-        // after it, the program deletes it).
-        if !scan::still(&self.root, path, id) {
-            return self.forget(id);
-        }
-        match written {
-            Ok(()) => Ok(()),
-            // The map is full: the cgroup stays unclassified (fail closed),
-            // which the program counts as it happens.
-            Err(e) if e.raw_os_error() == Some(libc::E2BIG) => Ok(()),
-            Err(source) => Err(MapError::Write {
-                name: common::MAP_CGROUP_CLASS,
-                source,
-            }),
-        }
-    }
-
-    fn forget(&mut self, id: u64) -> Result<(), MapError> {
-        self.paths.remove(&id);
-        match sys::map_delete(self.class.as_fd(), &id) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(source) => Err(MapError::Write {
-                name: common::MAP_CGROUP_CLASS,
-                source,
-            }),
-        }
-    }
-
-    fn remember(&mut self, id: u64, path: Vec<u8>) {
-        if self.paths.len() < MAX_CGROUPS as usize {
-            self.paths.insert(id, path);
-        }
-    }
-
-    /// Reads what the programs reported: the paths of new cgroups, and
-    /// with `classify`, their entries written again (during a prepare).
-    pub(crate) fn drain(&mut self, classify: bool) -> Result<(), MapError> {
-        let mut reported = Vec::new();
-        while let Some(item) = self.events.next() {
-            if let Some(event) = decode(&item) {
-                reported.push(event);
+            let Some(rules) = self.rules_of(&found.path) else {
+                continue;
+            };
+            // A creator the program named is charged rather than the owner.
+            let named = waited.creator_of(found.id);
+            let creator = named.unwrap_or_else(|| Creator::owner(found.uid));
+            // One waiting is known to have no entry.
+            let rewritten = match waited.contains(found.id) {
+                true => None,
+                false => self.rewrite(found.id, rules)?,
+            };
+            let outcome = match rewritten {
+                Some(outcome) => outcome,
+                None if full.contains(&creator) => Outcome::OverQuota,
+                None => self.store(found.id, &found.path, rules, creator)?,
+            };
+            match outcome {
+                Outcome::OverQuota => {
+                    full.insert(creator);
+                    self.pending.add(found.id, Some(creator));
+                }
+                Outcome::Full => self.pending.add(found.id, Some(creator)),
+                Outcome::Written | Outcome::Gone | Outcome::TooDeep => {}
             }
         }
-        for (kind, id, path) in reported {
-            match kind {
-                cgroup_event::MKDIR => {
-                    let path = match path {
-                        Some(path) => path,
-                        // Cut: look it up by its id.
-                        None => match cgroup::find_by_id(&self.root, id, MAX_CGROUPS as usize) {
-                            Some(dir) => relative(&self.root, &dir),
-                            None => continue,
-                        },
-                    };
-                    if classify {
-                        self.classify(id, &path)?;
-                    }
-                    if scan::still(&self.root, &path, id) {
-                        self.remember(id, path);
-                    }
-                }
-                cgroup_event::RMDIR => {
-                    self.paths.remove(&id);
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        Ok(self.drain_classifying()?)
     }
-}
 
-/// A [`CgroupEvent`] from the ring: its kind, id and path (`None` when the
-/// kernel cut it).
-fn decode(bytes: &[u8]) -> Option<(u8, u64, Option<Vec<u8>>)> {
-    if bytes.len() < CgroupEvent::HEADER {
-        return None;
+    /// The programs' counter `index`, summed over CPUs.
+    fn stat(&self, index: u32) -> Result<u64, MapError> {
+        let values = self
+            .stats
+            .get(&index, 0)
+            .map_err(maps::access(common::MAP_CGROUP_STATS))?;
+        Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
     }
-    let id = u64::from_ne_bytes(bytes[0..8].try_into().ok()?);
-    let kind = bytes[8];
-    let len = u32::from_ne_bytes(bytes[12..16].try_into().ok()?) as usize;
-    let path = bytes.get(CgroupEvent::HEADER..CgroupEvent::HEADER + len)?;
-    let cut = len >= EVENT_PATH_LEN - 1;
-    Some((kind, id, (!cut).then(|| path.to_vec())))
-}
 
-/// `dir` as a path from the cgroup2 root `root`.
-fn relative(root: &Path, dir: &Path) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let rest = dir.strip_prefix(root).unwrap_or(dir);
-    let mut path = b"/".to_vec();
-    path.extend_from_slice(rest.as_os_str().as_bytes());
-    path
+    /// How full the classification map is, and what was refused.
+    pub(crate) fn fill(&self) -> Result<CgroupFill, MapError> {
+        let limits = self.room.limits();
+        let stat = |index| self.stat(index);
+        let programs = stat(cgroup_stat::ADDED)?.wrapping_sub(stat(cgroup_stat::REMOVED)?);
+        Ok(CgroupFill {
+            entries: programs
+                .wrapping_add(self.added)
+                .wrapping_sub(self.removed)
+                .min(u64::from(self.capacity)),
+            capacity: self.capacity,
+            quota: limits.quota,
+            shared: limits.shared,
+            pending: self.pending.len() as u64,
+            full: stat(cgroup_stat::NOT_STORED)?,
+            over_quota: stat(cgroup_stat::OVER_QUOTA)?,
+            unclassified: stat(cgroup_stat::UNCLASSIFIED)?,
+            events_lost: stat(cgroup_stat::EVENTS_LOST)?,
+        })
+    }
 }
 
 fn lpm_key(e: &LpmEntry) -> LpmKey {
@@ -425,60 +472,4 @@ fn update(fd: &OwnedFd, name: &'static str, keys: &[u32], values: &[u64]) -> Res
         return Ok(());
     }
     batch::update(fd.as_fd(), keys, values).map_err(maps::write(name))
-}
-
-/// The entry the kernel stores for the cgroup at `path` under `rules`,
-/// as the program's classification would write it; `None` when the path
-/// cannot be classified (too deep).
-fn stored_rule(rules: &[CgroupRule], path: &[u8]) -> Option<IdRule> {
-    match CgroupRules::classify(rules, path) {
-        CgroupClass::Unclassified => None,
-        CgroupClass::Unmatched => Some(IdRule {
-            action: action::NONE,
-            entry: 0,
-        }),
-        CgroupClass::Rule { action: a, index } => Some(IdRule {
-            action: if a == Action::Allow {
-                action::ALLOW
-            } else {
-                action::DENY
-            },
-            entry: entry_number(Some(index)),
-        }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_decode_with_their_path_unless_it_was_cut() {
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&42u64.to_ne_bytes());
-        bytes.extend_from_slice(&[cgroup_event::MKDIR, 0, 0, 0]);
-        bytes.extend_from_slice(&6u32.to_ne_bytes());
-        bytes.extend_from_slice(b"/a/b/c");
-        assert_eq!(
-            decode(&bytes),
-            Some((cgroup_event::MKDIR, 42, Some(b"/a/b/c".to_vec())))
-        );
-        assert_eq!(decode(&bytes[..10]), None, "short");
-        assert_eq!(
-            decode(&bytes[..18]),
-            None,
-            "the path is shorter than it says"
-        );
-        let mut cut = bytes[..12].to_vec();
-        cut.extend_from_slice(&(EVENT_PATH_LEN as u32 - 1).to_ne_bytes());
-        cut.extend(std::iter::repeat_n(b'a', EVENT_PATH_LEN - 1));
-        assert_eq!(decode(&cut), Some((cgroup_event::MKDIR, 42, None)));
-    }
-
-    #[test]
-    fn a_directory_is_named_from_the_root() {
-        let root = Path::new("/sys/fs/cgroup");
-        assert_eq!(relative(root, Path::new("/sys/fs/cgroup/a/b")), b"/a/b");
-        assert_eq!(relative(root, root), b"/");
-    }
 }

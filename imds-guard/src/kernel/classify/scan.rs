@@ -1,6 +1,7 @@
 //! Listing the cgroup v2 hierarchy as it is: every cgroup's path from the
-//! root, and its id (its directory's inode number, which is the id the
-//! programs see).
+//! root, its id (its directory's inode number, which is the id the
+//! programs see), its parent's and its owner (who made it, for a cgroup
+//! the agent charges: `room.rs`).
 
 use std::{
     collections::VecDeque,
@@ -14,21 +15,41 @@ use std::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Found {
     pub(crate) id: u64,
+    /// The parent's id (0 for the root).
+    pub(crate) parent: u64,
     /// From the cgroup2 root: `/` for the root, `/a/b` below it.
     pub(crate) path: Vec<u8>,
+    /// The directory's owner: the kernel gives a new cgroup's directory its
+    /// creator's fsuid.
+    pub(crate) uid: u32,
+}
+
+impl Found {
+    /// The cgroup's own name: the path's last component (empty for the
+    /// root).
+    pub(crate) fn name(&self) -> &[u8] {
+        match self.path.iter().rposition(|&b| b == b'/') {
+            Some(at) => &self.path[at + 1..],
+            None => &self.path,
+        }
+    }
 }
 
 /// Every cgroup below (and including) `root`, the cgroup2 mount point,
-/// parents before their children. A directory removed while it is listed
+/// parents before their children: one `getdents` pass over each cgroup
+/// with children and one `fstatat` per cgroup. A directory removed while it is listed
 /// is skipped: it is gone, and so is its entry (the `cgroup_rmdir`
 /// program deletes it).
 pub(crate) fn list(root: &Path) -> io::Result<Vec<Found>> {
+    let meta = std::fs::metadata(root)?;
     let mut found = vec![Found {
-        id: std::fs::metadata(root)?.ino(),
+        id: meta.ino(),
+        parent: 0,
         path: b"/".to_vec(),
+        uid: meta.uid(),
     }];
-    let mut queue = VecDeque::from([(root.to_path_buf(), Vec::new())]);
-    while let Some((dir, path)) = queue.pop_front() {
+    let mut queue = VecDeque::from([(root.to_path_buf(), Vec::new(), meta.ino())]);
+    while let Some((dir, path, parent)) = queue.pop_front() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if gone(&e) => continue,
@@ -44,17 +65,26 @@ pub(crate) fn list(root: &Path) -> io::Result<Vec<Found>> {
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
+            // Relative to the directory read (`fstatat`), whatever the
+            // length of its path.
             let Ok(meta) = entry.metadata() else {
                 continue;
             };
             let mut child = path.clone();
             child.push(b'/');
             child.extend_from_slice(entry.file_name().as_bytes());
+            // A cgroup directory's link count is 2 and one per child
+            // cgroup (kernfs counts its subdirectories): a leaf, most
+            // cgroups, is not read at all.
+            if meta.nlink() > 2 {
+                queue.push_back((entry.path(), child.clone(), meta.ino()));
+            }
             found.push(Found {
                 id: meta.ino(),
-                path: child.clone(),
+                parent,
+                path: child,
+                uid: meta.uid(),
             });
-            queue.push_back((entry.path(), child));
         }
     }
     Ok(found)
@@ -156,8 +186,20 @@ mod tests {
             };
             let p = index(parent).unwrap_or_else(|| panic!("no parent for {:?}", f.path));
             assert!(p < i, "{:?} listed before its parent", f.path);
+            assert_eq!(f.parent, found[p].id, "{:?}'s parent id", f.path);
             assert!(still(root, &f.path, f.id));
         }
+        let sshd = found
+            .iter()
+            .find(|f| f.path == b"/system.slice/sshd.service")
+            .expect("finds sshd.service");
+        assert_eq!(sshd.name(), b"sshd.service");
+        assert_eq!(found[0].name(), b"", "the root has no name");
+        let me = fs::metadata(root).expect("stats").uid();
+        assert!(
+            found.iter().all(|f| f.uid == me),
+            "owned by whoever made them"
+        );
     }
 
     #[test]

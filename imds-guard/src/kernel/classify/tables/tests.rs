@@ -2,7 +2,7 @@
 
 use imds_guard_common::MAX_CGROUP_PATTERNS;
 
-use super::{super::stored_rule, Tables, build, simulate};
+use super::{super::entry::stored_rule, Tables, build, simulate};
 use crate::policy::{
     Action,
     cgroups::{CgroupRule, Component, Pattern, pattern::components},
