@@ -30,6 +30,11 @@ use crate::{
 /// each is a run of `nft`.
 const COUNTERS_EVERY: u32 = 10;
 
+/// NFLOG messages one read takes at most (a run-loop turn's share; each
+/// holds a few packets): a flood of forwarded packets is read on in later
+/// turns, after whatever else is ready.
+pub(super) const READS_PER_TURN: usize = 64;
+
 /// Whether the forward table is in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum ForwardState {
@@ -136,17 +141,22 @@ impl ForwardPath {
         rings::readable(self.nflog.as_ref()).await
     }
 
-    /// Logs every packet waiting on the NFLOG socket, dropped (or
-    /// audited) under a policy in `mode`.
+    /// Logs the packets waiting on the NFLOG socket, up to
+    /// [`READS_PER_TURN`] messages, dropped (or audited) under a policy in
+    /// `mode`. The socket stays ready while some are left.
     pub(super) fn read_log(
         mut ready: AsyncFdReadyGuard<'_, NflogSocket>,
         log: &mut EventLog,
         mode: Mode,
     ) {
-        if let Err(e) = read(ready.get_inner(), log, mode) {
-            tracing::warn!("cannot read NFLOG: {e}");
+        match read(ready.get_inner(), log, mode) {
+            Ok(true) => {}
+            Ok(false) => ready.clear_ready(),
+            Err(e) => {
+                tracing::warn!("cannot read NFLOG: {e}");
+                ready.clear_ready();
+            }
         }
-        ready.clear_ready();
     }
 
     /// About once a second: every [`COUNTERS_EVERY`] ticks, the table's
@@ -203,18 +213,19 @@ fn listen() -> Option<AsyncFd<NflogSocket>> {
     }
 }
 
-/// Logs every packet waiting on `socket`.
-fn read(socket: &NflogSocket, log: &mut EventLog, mode: Mode) -> io::Result<()> {
+/// Logs the packets waiting on `socket`, up to [`READS_PER_TURN`]
+/// messages; whether some may be left.
+fn read(socket: &NflogSocket, log: &mut EventLog, mode: Mode) -> io::Result<bool> {
     let mut buf = vec![0u8; 64 * 1024];
     let now = Instant::now();
-    loop {
+    for _ in 0..READS_PER_TURN {
         match socket.recv(&mut buf) {
             Ok(n) => {
                 for packet in nflog::parse(&buf[..n]) {
                     log.record_forward(&packet, mode, now);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             // The kernel dropped log messages (the socket's buffer was
             // full): the packets were still dropped and counted.
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -227,4 +238,5 @@ fn read(socket: &NflogSocket, log: &mut EventLog, mode: Mode) -> io::Result<()> 
             Err(e) => return Err(e),
         }
     }
+    Ok(true)
 }

@@ -111,6 +111,9 @@ pub struct Daemon {
     pods: PodWatch,
     log: EventLog,
     exporter: Exporter,
+    /// The last turn stopped at a bound with events still waiting: the
+    /// next reads on, after the loop has served whatever else is ready.
+    backlog: bool,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -248,6 +251,7 @@ impl Daemon {
             pods,
             log: EventLog::default(),
             exporter: Exporter::default(),
+            backlog: false,
         };
         Ok((daemon, report, rings, phases))
     }
@@ -319,6 +323,15 @@ impl Daemon {
 
     /// Reads events, reloads and ticks until SIGTERM or SIGINT; returns the
     /// signal's name.
+    ///
+    /// No turn of the loop does more than a bounded amount of work: the
+    /// drains stop at [`rings::DECISIONS_PER_DRAIN`] decisions and
+    /// `kernel::classify::EVENTS_PER_DRAIN` cgroup events, the NFLOG read
+    /// at `forward::READS_PER_TURN` messages, and listings run on blocking
+    /// threads. A signal, a reload's end or a tick thus waits at most a few
+    /// turns whatever the programs report: `select!` picks among the ready
+    /// branches at random, and what a drain left is read on in a later
+    /// turn.
     async fn run_loop(
         &mut self,
         signals: &mut Signals,
@@ -332,7 +345,7 @@ impl Daemon {
                 _ = signals.hup.recv() => {
                     // The generation a reload writes may hold a policy whose
                     // decisions are still in the ring: explain them first.
-                    self.drain(rings.events.get());
+                    self.drain(rings.events.get(), rings::RING_DECISIONS);
                     self.on_hup();
                 }
                 done = self.reloader.finished() => match done {
@@ -346,11 +359,18 @@ impl Daemon {
                 // costs the caller): read what is there every POLL, and
                 // whenever the ring fills past a quarter (they wake it
                 // then).
-                _ = timers.poll.tick() => self.drain(rings.events.get()),
+                _ = timers.poll.tick() => {
+                    self.drain(rings.events.get(), rings::DECISIONS_PER_DRAIN);
+                }
+                // Yields first: whatever else is ready is served before.
+                () = tokio::task::yield_now(), if self.backlog => {
+                    self.drain(rings.events.get(), rings::DECISIONS_PER_DRAIN);
+                }
                 ready = rings.events.ready() => {
                     let mut ready = ready?;
-                    self.drain(ready.get_inner_mut());
-                    ready.clear_ready();
+                    if !self.drain(ready.get_inner_mut(), rings::DECISIONS_PER_DRAIN) {
+                        ready.clear_ready();
+                    }
                 }
                 ready = self.forward.readable() => {
                     let ready = ready.map_err(|source| DaemonError::Io {
@@ -379,14 +399,27 @@ impl Daemon {
         }
     }
 
-    /// Logs every decision waiting in the ring buffer.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        rings::drain(
+    /// Reads a bounded slice of the cgroup events (the names records give)
+    /// and logs up to `limit` decisions waiting in `ring`; whether either
+    /// left some, which the next turn reads.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> bool {
+        let mut more = false;
+        if let Some(guard) = self.attached.guard_mut() {
+            match guard.drain_cgroup_events() {
+                Ok(drained) => more = drained.more,
+                Err(e) => tracing::warn!("cannot read the cgroups created: {}", Chain(&e)),
+            }
+        }
+        let guard = self.attached.guard_mut().map(|g| &*g);
+        more |= rings::drain(
             ring,
             &mut self.log,
             self.policies.generations(),
-            self.attached.guard_mut(),
+            guard,
+            limit,
         );
+        self.backlog = more;
+        more
     }
 
     /// About once a second: counters into the metrics, rate-limit windows
@@ -443,7 +476,7 @@ impl Daemon {
         // A flip waited out every decision made under the replaced policy,
         // so all of them are in the ring: explain them, then let go of
         // every policy but the one in force and of what parsing it freed.
-        self.drain(rings.events.get());
+        self.drain(rings.events.get(), rings::RING_DECISIONS);
         self.policies.forget_others();
         heap::trim();
         let metrics = self.exporter.metrics();
@@ -477,7 +510,7 @@ impl Daemon {
             None => {}
         }
         // Whatever is still in the ring buffer was decided before we stop.
-        self.drain(rings.events.get());
+        self.drain(rings.events.get(), rings::RING_DECISIONS);
         let counters = self.attached.counters().unwrap_or_default();
         self.log.tick(
             std::time::Instant::now() + Duration::from_secs(3600),

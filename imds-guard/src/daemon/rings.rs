@@ -15,7 +15,7 @@ use super::{
     events::{CgroupPlace, EventLog},
     policies::Policies,
 };
-use crate::{chain::Chain, kernel::Guard, policy::SystemResolver};
+use crate::{kernel::Guard, policy::SystemResolver};
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
@@ -93,20 +93,27 @@ impl LogRing {
     }
 }
 
-/// Logs every decision waiting in `ring`, explained with the policy of its
-/// generation in `policies`, naming the caller's cgroup as `guard` knows it.
+/// Decisions one drain logs at most: a run-loop turn's share, after which
+/// the loop serves signals, reloads and timers before it reads on.
+pub(super) const DECISIONS_PER_DRAIN: usize = 1024;
+
+/// Decisions the ring holds at most: what a drain reads when every
+/// decision made under a policy must be explained before that policy is
+/// let go (around a reload), and no more (tens of milliseconds).
+pub(super) const RING_DECISIONS: usize =
+    imds_guard_common::EVENTS_BYTE_SIZE as usize / (size_of::<imds_guard_common::Event>() + 8);
+
+/// Logs the decisions waiting in `ring`, up to `limit`, explained with the
+/// policy of their generation in `policies`, naming the caller's cgroup as
+/// `guard` knows it; whether more are waiting.
 pub(super) fn drain(
     ring: &mut RingBuf<MapData>,
     log: &mut EventLog,
     policies: &Policies,
-    mut guard: Option<&mut Guard>,
-) {
+    guard: Option<&Guard>,
+    limit: usize,
+) -> bool {
     let now = Instant::now();
-    // The paths of cgroups created since: a decision in one names it.
-    if let Some(Err(e)) = guard.as_deref_mut().map(Guard::drain_cgroup_events) {
-        tracing::warn!("cannot read the cgroups created: {}", Chain(&e));
-    }
-    let guard = guard.as_deref();
     let places = |id: u64| {
         guard
             .and_then(|g| g.cgroup_place(id))
@@ -115,9 +122,13 @@ pub(super) fn drain(
                 pod: pod.map(|p| p.to_string()),
             })
     };
-    while let Some(item) = ring.next() {
+    for _ in 0..limit {
+        let Some(item) = ring.next() else {
+            return false;
+        };
         log.record_bytes(&item, policies, &SystemResolver, &places, now);
     }
+    true
 }
 
 /// Registers a ring buffer (or the NFLOG socket) with the reactor.
