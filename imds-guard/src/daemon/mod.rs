@@ -32,6 +32,7 @@ mod pods;
 mod policies;
 pub mod ratelimit;
 mod reload;
+mod rescan;
 mod rings;
 mod wake;
 mod warnings;
@@ -50,6 +51,7 @@ use self::{
     pods::PodWatch,
     policies::{FirstStamp, InForce},
     reload::{Done, Reloader, Tried},
+    rescan::Rescanner,
     rings::Rings,
     wake::{Signals, Timers},
 };
@@ -108,6 +110,7 @@ pub struct Daemon {
     policies: InForce,
     forward: ForwardPath,
     reloader: Reloader,
+    rescanner: Rescanner,
     pods: PodWatch,
     log: EventLog,
     exporter: Exporter,
@@ -248,6 +251,7 @@ impl Daemon {
             forward,
             policies: InForce::first(generation, policy, stamp, unresolved),
             reloader: Reloader::new(config.config),
+            rescanner: Rescanner::default(),
             pods,
             log: EventLog::default(),
             exporter: Exporter::default(),
@@ -379,6 +383,11 @@ impl Daemon {
                     })?;
                     ForwardPath::read_log(ready, &mut self.log, self.policies.mode());
                 }
+                done = self.rescanner.finished(), if self.attached.guard_mut().is_some() => {
+                    if let Some(guard) = self.attached.guard_mut() {
+                        self.rescanner.done(done, guard);
+                    }
+                }
                 flushed = rings.logger.flush() => flushed?,
                 _ = timers.tick.tick() => self.on_tick(),
                 _ = timers.pods.tick(), if self.policies.watches_pods() => {
@@ -399,14 +408,18 @@ impl Daemon {
         }
     }
 
-    /// Reads a bounded slice of the cgroup events (the names records give)
-    /// and logs up to `limit` decisions waiting in `ring`; whether either
-    /// left some, which the next turn reads.
+    /// Reads a bounded slice of the cgroup events (the names records give;
+    /// lost events are said and the hierarchy listed again) and logs up to
+    /// `limit` decisions waiting in `ring`; whether either left some, which
+    /// the next turn reads.
     fn drain(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> bool {
         let mut more = false;
         if let Some(guard) = self.attached.guard_mut() {
             match guard.drain_cgroup_events() {
-                Ok(drained) => more = drained.more,
+                Ok(drained) => {
+                    more = drained.more;
+                    self.rescanner.drained(drained, guard);
+                }
                 Err(e) => tracing::warn!("cannot read the cgroups created: {}", Chain(&e)),
             }
         }
@@ -435,6 +448,10 @@ impl Daemon {
         }
         self.log
             .tick(std::time::Instant::now(), counters.map(|c| c.events_lost));
+        self.rescanner.tick();
+        if let Some(guard) = self.attached.guard_mut() {
+            self.rescanner.start(guard);
+        }
     }
 
     /// SIGHUP: starts a reload, or remembers to run one more after the
