@@ -53,7 +53,7 @@ use self::{
     reload::{Done, Reloader, Tried},
     rescan::Rescanner,
     rings::Rings,
-    wake::{Signals, Timers},
+    wake::{Moment, Signals, Timers},
 };
 pub use self::{heap::one_heap, pods::PODS_EVERY, wake::POLL};
 use crate::{
@@ -461,6 +461,8 @@ impl Daemon {
             self.reloader.again();
             return;
         }
+        // From the signal that asked, if one did: what the record counts.
+        let requested = Moment::of_hup();
         let Some(guard) = self.attached.lend() else {
             return;
         };
@@ -470,6 +472,7 @@ impl Daemon {
             policies: self.policies.generations().clone(),
             forward: self.forward.table().clone(),
             pods_dir: self.pods.dir().to_owned(),
+            requested,
         };
         self.reloader.start(guard, tried);
     }

@@ -11,12 +11,13 @@ use std::{
     future::pending,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Instant,
 };
 
 use tokio::task::{JoinError, JoinHandle};
 
-use super::{forward::ForwardTable, metrics::ReloadOutcome, pods, policies, policies::Policies};
+use super::{
+    forward::ForwardTable, metrics::ReloadOutcome, pods, policies, policies::Policies, wake::Moment,
+};
 use crate::{
     chain::Chain,
     kernel::{Guard, GuardError, Stamp},
@@ -49,6 +50,9 @@ pub(super) struct Tried {
     pub forward: ForwardTable,
     /// The kubelet's pod directories, listed again.
     pub pods_dir: PathBuf,
+    /// When the reload was asked for: its SIGHUP, or the moment the agent
+    /// started it itself.
+    pub requested: Moment,
 }
 
 /// What the reload thread hands back.
@@ -64,7 +68,9 @@ pub(super) struct Applied {
     pub policy: Arc<Policy>,
     pub forward: ForwardTable,
     pub unresolved: Vec<Unresolved>,
+    /// From the request to the policy in force, and to the reload's start.
     micros: u64,
+    waited_micros: u64,
 }
 
 impl Reloader {
@@ -137,6 +143,7 @@ impl Applied {
             generation = self.generation,
             digest = %hex(&self.stamp.digest),
             micros = self.micros,
+            waited_micros = self.waited_micros,
             "reloaded {}: {mode} mode, {} uid and {} gid rules{}",
             self.policy.spec.path.display(),
             self.policy.uids.len(),
@@ -149,7 +156,7 @@ impl Applied {
 /// On the reload thread: the policy at `config` put in force with `guard`
 /// (and the forward table, unless its ruleset is in force already).
 fn guard_reload(mut guard: Guard, config: &Path, tried: Tried, pods: Pods) -> Done {
-    let started = Instant::now();
+    let waited_micros = tried.requested.elapsed().as_micros() as u64;
     let Some((policy, unresolved)) = load(config) else {
         return Done {
             guard,
@@ -179,8 +186,8 @@ fn guard_reload(mut guard: Guard, config: &Path, tried: Tried, pods: Pods) -> Do
         }
     };
     let forward = tried.forward.apply(&policy.spec);
-    // In force: what the record's `micros` measures.
-    let micros = started.elapsed().as_micros() as u64;
+    // In force: what the record's `micros` measures, from the signal.
+    let micros = tried.requested.elapsed().as_micros() as u64;
     // Every decision under the replaced policy is in the ring buffer once
     // this returns, so the daemon can explain them and let it go. Should
     // the wait fail, the next apply waits instead.
@@ -197,6 +204,7 @@ fn guard_reload(mut guard: Guard, config: &Path, tried: Tried, pods: Pods) -> Do
         forward,
         unresolved,
         micros,
+        waited_micros,
     });
     Done { guard, outcome }
 }
