@@ -14,7 +14,7 @@ use crate::{
         btf::Btf,
         features::{self, Found},
         forward,
-        inspect::Status,
+        inspect::{CgroupStatus, Status},
         offsets::{self, kernel_release},
         pins::Pins,
         programs,
@@ -230,7 +230,16 @@ pub fn to_json(status: &Status) -> Value {
             "classified": c.classified,
             "unclassified": c.unclassified,
             "not_stored": c.not_stored,
+            "over_quota": c.over_quota,
             "events_lost": c.events_lost,
+            "map": {
+                "entries": c.cgroups,
+                "capacity": c.capacity,
+                "quota_per_creator": c.quota,
+                "shared": c.shared,
+                "charged": c.charged,
+                "largest_creator": c.largest.map(|(uid, n)| json!({"uid": uid, "entries": n})),
+            },
         })),
         "other_guards": status.other_guards.iter().map(|o| json!({
             "program": o.program,
@@ -325,9 +334,16 @@ pub fn to_text(status: &Status) -> String {
         let _ = writeln!(
             s,
             "  cgroups:  {} unit/cgroup/pod patterns, {} cgroups classified; {tracking}; since \
-             loaded: classified {} unclassified {} not stored {} events lost {}",
-            c.patterns, c.cgroups, c.classified, c.unclassified, c.not_stored, c.events_lost
+             loaded: classified {} unclassified {} not stored {} over quota {} events lost {}",
+            c.patterns,
+            c.cgroups,
+            c.classified,
+            c.unclassified,
+            c.not_stored,
+            c.over_quota,
+            c.events_lost
         );
+        let _ = writeln!(s, "  cgroup map: {}", map_text(&c));
     }
     let forward = match &status.forward {
         Ok(Some(c)) => format!(
@@ -402,6 +418,27 @@ fn where_and_what(status: &Status, s: &mut String) {
 
 /// What an operator must act on: names left out, a refused reload,
 /// another guard.
+/// How full the classification map is, and who holds most of it.
+fn map_text(c: &CgroupStatus) -> String {
+    let percent = |n: u64, of: u32| n * 100 / u64::from(of.max(1));
+    let mut text = format!(
+        "{} of {} entries ({}%); each creator but root on the host may hold {}, all of them \
+         {}",
+        c.cgroups,
+        c.capacity,
+        percent(c.cgroups, c.capacity),
+        c.quota,
+        c.shared
+    );
+    if let Some(charged) = c.charged {
+        let _ = write!(text, "; they hold {charged}");
+    }
+    if let Some((uid, n)) = c.largest {
+        let _ = write!(text, ", most of it uid {uid} ({n})");
+    }
+    text
+}
+
 fn warnings(status: &Status, s: &mut String) {
     if status.names_left_out() {
         let _ = writeln!(

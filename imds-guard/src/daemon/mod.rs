@@ -451,6 +451,13 @@ impl Daemon {
         self.rescanner.tick();
         if let Some(guard) = self.attached.guard_mut() {
             self.rescanner.start(guard);
+            match guard.cgroup_fill() {
+                Ok(fill) => self
+                    .exporter
+                    .metrics()
+                    .set_cgroups(fill, self.rescanner.rescans()),
+                Err(e) => tracing::debug!("cannot read the cgroup counters: {}", Chain(&e)),
+            }
         }
     }
 

@@ -36,6 +36,8 @@ pub(super) struct Rescanner {
     /// Lost events not said yet, and in all.
     unsaid: u64,
     total: u64,
+    /// Rescans run, for the metrics.
+    rescans: u64,
 }
 
 impl Rescanner {
@@ -79,6 +81,7 @@ impl Rescanner {
     pub(super) fn done(&mut self, result: Result<Rescanned, JoinError>, guard: &mut Guard) {
         self.running = None;
         self.last = Some(Instant::now());
+        self.rescans += 1;
         let rescanned = match result {
             Ok(r) => r,
             Err(e) => {
@@ -128,5 +131,10 @@ impl Rescanner {
             "{lost} cgroup events lost: their ring buffer was full (the kernel classified those \
              cgroups all the same); the agent lists the hierarchy again for their names"
         );
+    }
+
+    /// Rescans run so far.
+    pub(super) fn rescans(&self) -> u64 {
+        self.rescans
     }
 }

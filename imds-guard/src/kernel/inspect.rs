@@ -80,11 +80,23 @@ pub struct CgroupStatus {
     /// Cgroups with a classification.
     pub cgroups: u64,
     /// Cgroups the program classified, could not classify (fail closed),
-    /// could not store, and events it could not send, since it was loaded.
+    /// could not store (a full map), did not store (the creator held its
+    /// share), and events it could not send, since it was loaded.
     pub classified: u64,
     pub unclassified: u64,
     pub not_stored: u64,
+    pub over_quota: u64,
     pub events_lost: u64,
+    /// The map's size, and the shares: one creator's, every creator's but
+    /// root's together (`imds_guard_common::CgroupLimits`).
+    pub capacity: u32,
+    pub quota: u32,
+    pub shared: u32,
+    /// Entries charged to creators other than root, and the creator
+    /// holding the most (uid, entries); `None` from a guard that does not
+    /// charge.
+    pub charged: Option<u32>,
+    pub largest: Option<(u32, u32)>,
 }
 
 impl Status {
@@ -216,6 +228,12 @@ fn read_cgroups(pins: &Pins, generation: Option<u32>) -> Result<Option<CgroupSta
     ) else {
         return Ok(None);
     };
+    let capacity = match &class {
+        Map::HashMap(data) => data.info().map(|i| i.max_entries()).unwrap_or(0),
+        _ => 0,
+    };
+    let limits = common::CgroupLimits::for_capacity(capacity);
+    let charges = read_charges(pins)?;
     let class: HashMap<_, u64, common::CgroupEntry> =
         HashMap::try_from(&class).map_err(maps::access(common::MAP_CGROUP_CLASS))?;
     let patterns: Array<_, common::CgroupPatterns> =
@@ -244,8 +262,49 @@ fn read_cgroups(pins: &Pins, generation: Option<u32>) -> Result<Option<CgroupSta
         classified: stat(common::cgroup_stat::CLASSIFIED)?,
         unclassified: stat(common::cgroup_stat::UNCLASSIFIED)?,
         not_stored: stat(common::cgroup_stat::NOT_STORED)?,
+        over_quota: stat(common::cgroup_stat::OVER_QUOTA).unwrap_or(0),
         events_lost: stat(common::cgroup_stat::EVENTS_LOST)?,
+        capacity,
+        quota: limits.quota,
+        shared: limits.shared,
+        charged: charges.as_ref().map(|c| c.total),
+        largest: charges.and_then(|c| c.largest),
     }))
+}
+
+/// The charge maps added up.
+struct Charges {
+    /// Entries charged to creators other than root.
+    total: u32,
+    /// The creator holding the most: uid, entries.
+    largest: Option<(u32, u32)>,
+}
+
+/// The pinned charge maps, the programs' and the agent's, added up; `None`
+/// when they are not pinned (an older guard).
+fn read_charges(pins: &Pins) -> Result<Option<Charges>, StatusError> {
+    use aya::maps::HashMap;
+    let (Some(programs), Some(agent)) = (
+        pins.open_map(common::MAP_CGROUP_CHARGES, Map::HashMap)?,
+        pins.open_map(common::MAP_CGROUP_AGENT_CHARGES, Map::HashMap)?,
+    ) else {
+        return Ok(None);
+    };
+    let mut counts = std::collections::BTreeMap::<u32, u32>::new();
+    for (map, name) in [
+        (&programs, common::MAP_CGROUP_CHARGES),
+        (&agent, common::MAP_CGROUP_AGENT_CHARGES),
+    ] {
+        let map: HashMap<_, u32, u32> = HashMap::try_from(map).map_err(maps::access(name))?;
+        for (uid, n) in map.iter().filter_map(Result::ok) {
+            *counts.entry(uid).or_default() += n;
+        }
+    }
+    let total = counts.remove(&common::CHARGE_TOTAL).unwrap_or(0);
+    let largest = counts
+        .into_iter()
+        .max_by_key(|&(uid, n)| (n, std::cmp::Reverse(uid)));
+    Ok(Some(Charges { total, largest }))
 }
 
 pub fn read_config(active: &Map, config: &Map) -> Result<(u32, common::Config), MapError> {

@@ -150,6 +150,8 @@ pub const TABLE: &[Row] = &[
     map(common::MAP_CGROUP_CLASS),
     map(common::MAP_CGROUP_PATTERNS),
     map(common::MAP_CGROUP_STATS),
+    map(common::MAP_CGROUP_CHARGES),
+    map(common::MAP_CGROUP_AGENT_CHARGES),
 ];
 
 /// Every program.

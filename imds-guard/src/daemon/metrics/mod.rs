@@ -20,7 +20,7 @@ use imds_guard_common::counter;
 
 pub use self::http::{Exporter, sandbox_hint, serve};
 use crate::{
-    kernel::{Counters, forward::ForwardCounters, programs::Hook},
+    kernel::{Counters, classify::CgroupFill, forward::ForwardCounters, programs::Hook},
     policy::Mode,
 };
 
@@ -182,6 +182,9 @@ struct State {
     forward_guarded: bool,
     /// The fallback policy is in force, not the configured one.
     fallback: bool,
+    /// The cgroup classification map, and the rescans after lost events.
+    cgroups: CgroupFill,
+    rescans: u64,
 }
 
 impl Metrics {
@@ -206,6 +209,14 @@ impl Metrics {
     /// Whether the fallback policy is in force.
     pub fn set_fallback(&self, fallback: bool) {
         self.state().fallback = fallback;
+    }
+
+    /// The cgroup classification map's fill and refusals, and how many
+    /// times the agent listed the hierarchy again after lost events.
+    pub fn set_cgroups(&self, fill: CgroupFill, rescans: u64) {
+        let mut state = self.state();
+        state.cgroups = fill;
+        state.rescans = rescans;
     }
 
     /// Counts one reload.
@@ -415,7 +426,65 @@ impl Exposition<'_> {
                 outcome.label()
             )?;
         }
-        Ok(())
+        self.cgroups(f)
+    }
+
+    /// The cgroup classification map: how full, what it refused, and the
+    /// events lost.
+    fn cgroups(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.0.cgroups;
+        for (name, help, value) in [
+            (
+                "imds_guard_cgroup_map_entries",
+                "Cgroups the classification map has a rule for.",
+                c.entries,
+            ),
+            (
+                "imds_guard_cgroup_map_capacity",
+                "The classification map's size, in cgroups.",
+                u64::from(c.capacity),
+            ),
+            (
+                "imds_guard_cgroup_map_creator_quota",
+                "Entries one creator other than root on the host may have; all such creators together may have half the map.",
+                u64::from(c.quota),
+            ),
+            (
+                "imds_guard_cgroups_waiting",
+                "Cgroups without a rule (refused, so unclassified) that the agent classifies as soon as there is room.",
+                c.pending,
+            ),
+        ] {
+            header(f, name, "gauge", help)?;
+            writeln!(f, "{name} {value}")?;
+        }
+        header(
+            f,
+            "imds_guard_cgroups_refused_total",
+            "counter",
+            "New cgroups the kernel left without a rule, by why: the map was full, the creator had used up its share, or the path could not be read or was too deep.",
+        )?;
+        for (why, n) in [
+            ("full", c.full),
+            ("over_quota", c.over_quota),
+            ("unclassified", c.unclassified),
+        ] {
+            writeln!(f, "imds_guard_cgroups_refused_total{{why=\"{why}\"}} {n}")?;
+        }
+        header(
+            f,
+            "imds_guard_cgroup_events_lost_total",
+            "counter",
+            "Cgroup events dropped because their ring buffer was full; the cgroups were classified all the same, and the agent lists the hierarchy again.",
+        )?;
+        writeln!(f, "imds_guard_cgroup_events_lost_total {}", c.events_lost)?;
+        header(
+            f,
+            "imds_guard_cgroup_rescans_total",
+            "counter",
+            "Times the agent listed the cgroup hierarchy again after lost events.",
+        )?;
+        writeln!(f, "imds_guard_cgroup_rescans_total {}", self.0.rescans)
     }
 }
 

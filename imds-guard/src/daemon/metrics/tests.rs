@@ -14,7 +14,7 @@ use super::{
     parse_listen, serve,
 };
 use crate::{
-    kernel::{Counters, forward::ForwardCounters},
+    kernel::{Counters, classify::CgroupFill, forward::ForwardCounters},
     policy::Mode,
 };
 
@@ -101,6 +101,29 @@ imds_guard_forward_packets_total{verdict="audited"} 0
 imds_guard_reloads_total{outcome="applied"} 2
 imds_guard_reloads_total{outcome="invalid"} 1
 imds_guard_reloads_total{outcome="failed"} 0
+# HELP imds_guard_cgroup_map_entries Cgroups the classification map has a rule for.
+# TYPE imds_guard_cgroup_map_entries gauge
+imds_guard_cgroup_map_entries 300
+# HELP imds_guard_cgroup_map_capacity The classification map's size, in cgroups.
+# TYPE imds_guard_cgroup_map_capacity gauge
+imds_guard_cgroup_map_capacity 131072
+# HELP imds_guard_cgroup_map_creator_quota Entries one creator other than root on the host may have; all such creators together may have half the map.
+# TYPE imds_guard_cgroup_map_creator_quota gauge
+imds_guard_cgroup_map_creator_quota 8192
+# HELP imds_guard_cgroups_waiting Cgroups without a rule (refused, so unclassified) that the agent classifies as soon as there is room.
+# TYPE imds_guard_cgroups_waiting gauge
+imds_guard_cgroups_waiting 6
+# HELP imds_guard_cgroups_refused_total New cgroups the kernel left without a rule, by why: the map was full, the creator had used up its share, or the path could not be read or was too deep.
+# TYPE imds_guard_cgroups_refused_total counter
+imds_guard_cgroups_refused_total{why="full"} 1
+imds_guard_cgroups_refused_total{why="over_quota"} 5
+imds_guard_cgroups_refused_total{why="unclassified"} 2
+# HELP imds_guard_cgroup_events_lost_total Cgroup events dropped because their ring buffer was full; the cgroups were classified all the same, and the agent lists the hierarchy again.
+# TYPE imds_guard_cgroup_events_lost_total counter
+imds_guard_cgroup_events_lost_total 17
+# HELP imds_guard_cgroup_rescans_total Times the agent listed the cgroup hierarchy again after lost events.
+# TYPE imds_guard_cgroup_rescans_total counter
+imds_guard_cgroup_rescans_total 3
 "#;
 
 fn known() -> Metrics {
@@ -117,6 +140,20 @@ fn known() -> Metrics {
             audited: 0,
         }),
         true,
+    );
+    m.set_cgroups(
+        CgroupFill {
+            entries: 300,
+            capacity: 131_072,
+            quota: 8192,
+            shared: 65_536,
+            pending: 6,
+            full: 1,
+            over_quota: 5,
+            unclassified: 2,
+            events_lost: 17,
+        },
+        3,
     );
     m
 }
