@@ -34,21 +34,8 @@ use imds_guard::{
 use imds_guard_common::config_flags;
 use imds_guard_e2e::{
     Action, FakeImds, IMDS_PORT, IMDS_V4, Netns, Probe, ProbeResult, Sandbox, TestCgroup,
-    UserNamespace, cgroup2_root, privileged_or_skip,
+    UserNamespace, cgroup_path, privileged_or_skip,
 };
-
-/// The guarded cgroup's path from the cgroup2 root, as policies name it.
-fn cgroup_path(cgroup: &TestCgroup) -> String {
-    let root = cgroup2_root();
-    let rel = cgroup.path().strip_prefix(&root).unwrap_or_else(|_| {
-        panic!(
-            "{} is not below {}",
-            cgroup.path().display(),
-            root.display()
-        )
-    });
-    format!("/{}", rel.display())
-}
 
 /// The cgroups the cases run in, below the guarded one, made before the
 /// programs load (the listing at each policy classifies them) and removed
