@@ -56,6 +56,7 @@ fn guard_error(e: GuardError, privileges: Privileges) -> CliError {
         GuardError::MissingFeature(_)
         | GuardError::Load(LoadError::MissingHelper { .. })
         | GuardError::Offsets(_)
+        | GuardError::CgroupOffsets(_)
         | GuardError::Btf(_)
         | GuardError::NoObject => CliError::Permanent(Box::new(e)),
         e => CliError::runtime(e),

@@ -10,7 +10,7 @@ use super::{features, offsets, programs};
 pub enum LoadError {
     #[error("the eBPF object has no program {0}")]
     MissingProgram(&'static str),
-    #[error("the eBPF object has a program {0} that is no hook's")]
+    #[error("the eBPF object has a program {0} that is in no row of the agent's program table")]
     UnknownProgram(String),
     #[error(
         "this kernel ({release}) does not let program {program} call {helper}, which it needs; \
