@@ -3,16 +3,22 @@
 //! compare it with what it shipped.
 //!
 //! It covers the decision only (mode, endpoints, default, every uid and gid
-//! rule, the members of denied groups), in a canonical order: reformatting
-//! the file, reordering entries or renaming a user to the same uid leaves
-//! it unchanged; a membership that changed in the group database changes
-//! it.
+//! rule and where it applies, the members of denied groups, the cgroup
+//! patterns, the forward path), in a canonical order: reformatting the
+//! file, reordering entries or renaming a user to the same uid leaves it
+//! unchanged; a membership that changed in the group database changes it,
+//! and so does moving an entry between `[allow]` and `[allow.host]`.
+//!
+//! Lines that only some policies need (a host-only rule, members, cgroup
+//! rules, the forward path) are written only by those: the digests of the
+//! others stay what earlier versions printed, which config management may
+//! have recorded.
 
 use std::fmt::Write as _;
 
 use sha2::{Digest as _, Sha256};
 
-use super::{Action, Mode, Policy};
+use super::{Action, Mode, Policy, Scope};
 
 impl Policy {
     /// SHA-256 of the canonical form of the decision this policy makes.
@@ -43,6 +49,11 @@ impl Policy {
                 push_decimal(&mut text, id);
                 text.push(' ');
                 text.push_str(word(rule.action));
+                // `[allow.host]` admits the id on the host only: another
+                // decision than `[allow]`'s for the same id.
+                if self.scope_of(rule) == Scope::Host {
+                    text.push_str(" host");
+                }
                 text.push('\n');
             }
         }
@@ -175,6 +186,116 @@ mod tests {
     /// has no member, as before members counted.
     const WITHOUT_MEMBERS: &str =
         "7d9215a1fb2aa664ad38ec47f904400edb81cf608212a2f995216f15935ca824";
+
+    #[test]
+    fn where_a_rule_applies_changes_it() {
+        let anywhere = digest("[allow]\nusers = [\"root\"]\n");
+        let host = digest("[allow.host]\nusers = [\"root\"]\n");
+        // Root in a container is refused by one and not by the other.
+        assert_ne!(anywhere, host);
+        assert_ne!(digest("[allow]\nuids = [0]\n"), host);
+        // A name and its id in the same table decide the same.
+        assert_eq!(host, digest("[allow.host]\nuids = [0]\n"));
+        assert_ne!(
+            digest("[allow]\nuids = [1000]\n[allow.host]\nusers = [\"root\"]\n"),
+            digest("[allow]\nusers = [\"root\"]\n[allow.host]\nuids = [1000]\n")
+        );
+        // A policy with no host-only rule keeps the digest it had.
+        assert_eq!(
+            digest("[allow]\nusers = [\"root\"]\nuids = [1000]\n[deny]\ngids = [5]\n"),
+            EXPECTED
+        );
+    }
+
+    /// Two values of the key named `leaf` (the last part of a key path),
+    /// each a valid policy's, that decide differently.
+    fn values(leaf: &str) -> Option<[&'static str; 2]> {
+        Some(match leaf {
+            "mode" => ["\"enforce\"", "\"audit\""],
+            "addresses" => ["[\"169.254.169.254\"]", "[\"fd00:ec2::254\"]"],
+            "users" => ["[\"alice\"]", "[\"bob\"]"],
+            "uids" => ["[1000]", "[1001]"],
+            "groups" => ["[\"staff\"]", "[\"adm\"]"],
+            "gids" => ["[50]", "[4]"],
+            "units" => ["[\"a.service\"]", "[\"b.service\"]"],
+            "cgroups" => ["[\"/a/**\"]", "[\"/b/**\"]"],
+            "pods" => ["[\"ns/a\"]", "[\"ns/b\"]"],
+            "allow_interfaces" => ["[\"eth1\"]", "[\"eth2\"]"],
+            "allow_sources" => ["[\"10.8.0.0/16\"]", "[\"10.9.0.0/16\"]"],
+            _ => return None,
+        })
+    }
+
+    /// A policy with `key` (a dotted path) set to `value`, and whatever
+    /// else it needs to decide something.
+    fn with_key(key: &str, value: &str) -> String {
+        let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+        let rules = ["allow", "allow.host", "deny"].contains(&table);
+        let filler = if rules { "" } else { "[deny]\nuids = [4242]\n" };
+        if table.is_empty() {
+            format!("{leaf} = {value}\n{filler}")
+        } else {
+            format!("[{table}]\n{leaf} = {value}\n{filler}")
+        }
+    }
+
+    #[test]
+    fn every_key_of_the_policy_reference_changes_it() {
+        let r = FakeResolver::new(
+            &[("root", 0), ("alice", 1000), ("bob", 1001)],
+            &[("staff", 50), ("adm", 4)],
+        )
+        .with_units(&[
+            ("a.service", "/system.slice/a.service"),
+            ("b.service", "/system.slice/b.service"),
+        ]);
+        let hex = |text: &str| {
+            let p = PolicySpec::parse(Path::new("p.toml"), text)
+                .unwrap_or_else(|e| panic!("{text:?} does not validate: {e}"))
+                .resolve(&r)
+                .unwrap_or_else(|e| panic!("{text:?} does not resolve: {e}"));
+            super::hex(&p.digest())
+        };
+        let keys = crate::policy::validate::every_key();
+        for key in [
+            "mode",
+            "endpoints.addresses",
+            "allow.users",
+            "allow.host.gids",
+            "deny.cgroups",
+            "forward.allow_sources",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} is not in {keys:?}");
+        }
+        for key in &keys {
+            let leaf = key.rsplit('.').next().unwrap_or(key);
+            let Some([a, b]) = values(leaf) else {
+                panic!(
+                    "the policy key {key} has no digest case: add two values that decide \
+                     differently to `values`, and make the digest cover the key"
+                );
+            };
+            let (a, b) = (with_key(key, a), with_key(key, b));
+            assert_ne!(hex(&a), hex(&b), "{key}: {a:?} and {b:?} have one digest");
+        }
+        // The same value under the same key in another table (`[allow]`,
+        // `[allow.host]`, `[deny]`) is another decision.
+        for (i, key) in keys.iter().enumerate() {
+            let leaf = key.rsplit('.').next().unwrap_or(key);
+            for other in keys[i + 1..]
+                .iter()
+                .filter(|k| k.ends_with(&format!(".{leaf}")))
+            {
+                let [value, _] = values(leaf).unwrap_or_default();
+                let (a, b) = (with_key(key, value), with_key(other, value));
+                assert_ne!(
+                    hex(&a),
+                    hex(&b),
+                    "{key} and {other}: {a:?} and {b:?} have one digest"
+                );
+            }
+        }
+    }
 
     #[test]
     fn covers_the_decision_not_the_spelling() {

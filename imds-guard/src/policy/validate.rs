@@ -443,19 +443,8 @@ impl Checker<'_> {
             };
             let context = format!("[{name}] {}", kind.key);
             let list_at = self.node_at(list, self.key_at(key, at));
-            if action == Action::Deny && kind.key == "pods" {
-                self.report(self.key_at(key, at), NO_POD_DENY.to_owned());
-                continue;
-            }
-            if scope == Scope::Host && matches!(kind.syntax, Syntax::Text { .. }) {
-                self.report(
-                    self.key_at(key, at),
-                    format!(
-                        "{context}: units, cgroups and pods cannot be limited to the host (the \
-                         guard does not tell a cgroup's processes apart by namespace); list them \
-                         in [allow]"
-                    ),
-                );
+            if let Some(why) = refused(action, scope, kind) {
+                self.report(self.key_at(key, at), why);
                 continue;
             }
             let Value::Array(values) = &list.value else {
@@ -558,6 +547,59 @@ impl Checker<'_> {
             self.report(entry.at, message);
         }
     }
+}
+
+/// Why identity key `kind` cannot be written in the table of `action` and
+/// `scope`, if it cannot: the one place that says which keys each table
+/// takes (the checker and [`every_key`] both ask it).
+fn refused(action: Action, scope: Scope, kind: &IdentityKey) -> Option<String> {
+    if action == Action::Deny && kind.key == "pods" {
+        return Some(NO_POD_DENY.to_owned());
+    }
+    if scope == Scope::Host && matches!(kind.syntax, Syntax::Text { .. }) {
+        return Some(format!(
+            "[allow.host] {}: units, cgroups and pods cannot be limited to the host (the guard \
+             does not tell a cgroup's processes apart by namespace); list them in [allow]",
+            kind.key
+        ));
+    }
+    None
+}
+
+/// Every key a policy may hold, as a dotted path (`mode`,
+/// `endpoints.addresses`, `allow.host.uids`, `forward.allow_sources`):
+/// the policy reference, derived from the tables the checker reads, so
+/// that a key added there is a key here (the digest's tests hold every
+/// one of them to a change of the digest).
+#[cfg(test)]
+pub(super) fn every_key() -> Vec<String> {
+    let rules = |table: &str, action: Action, scope: Scope| -> Vec<String> {
+        IDENTITY_KEYS
+            .iter()
+            .filter(|kind| refused(action, scope, kind).is_none())
+            .map(|kind| format!("{table}.{}", kind.key))
+            .collect()
+    };
+    let mut keys = Vec::new();
+    for &top in TOP_KEYS {
+        match top {
+            "endpoints" => keys.extend(ENDPOINT_KEYS.iter().map(|k| format!("{top}.{k}"))),
+            "forward" => keys.extend(forward::FORWARD_KEYS.iter().map(|k| format!("{top}.{k}"))),
+            "allow" => {
+                keys.extend(rules(top, Action::Allow, Scope::Anywhere));
+                keys.extend(rules(
+                    &format!("{top}.{HOST_KEY}"),
+                    Action::Allow,
+                    Scope::Host,
+                ));
+            }
+            "deny" => keys.extend(rules(top, Action::Deny, Scope::Anywhere)),
+            // A value at the top level (`mode`), or a table this list does
+            // not know yet: named as it is, so that it is not forgotten.
+            other => keys.push(other.to_owned()),
+        }
+    }
+    keys
 }
 
 impl Syntax {
