@@ -517,3 +517,36 @@ fn check_places_the_process_by_unit_or_cgroup_and_names_the_rule() {
         stderr(&relative)
     );
 }
+
+/// `imds-guard ARGS` with stdout a pipe whose reader is gone, as after
+/// `| head -c 10`: the read end is closed before the command starts, so
+/// its first write meets a closed pipe whatever the timing.
+fn into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_imds-guard"))
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run imds-guard")
+}
+
+#[test]
+fn a_closed_pipe_ends_every_command_quietly_with_exit_0() {
+    let policy = policy_file("pipe.toml", "[allow]\nuids = [0]\n");
+    let policy = policy.to_str().expect("utf-8 path");
+    for args in [
+        &["status", "--json", "--pin-dir", "/nonexistent/imds-guard"][..],
+        &["status", "--pin-dir", "/nonexistent/imds-guard"],
+        &["render", "--config", policy, "--iptables", "--ip6tables"],
+        &["render", "--config", policy, "--nftables", "--format", "file"],
+        &["validate", "--offline", "--config", policy],
+        &["check", "--config", policy, "--uid", "0"],
+    ] {
+        let out = into_closed_pipe(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?} said: {err}");
+    }
+}

@@ -6,7 +6,7 @@ use std::{ffi::CString, net::IpAddr};
 use nix::unistd::{Gid, Group, User, getgrouplist};
 use serde_json::json;
 
-use super::{CheckArgs, CliError, Outcome};
+use super::{CheckArgs, CliError, Outcome, out::outln};
 use crate::policy::{
     CgroupClass, CgroupRules, CheckReport, Outcome as Verdict, Place, Policy, PolicySpec, Process,
     Resolver as _, SystemResolver,
@@ -30,9 +30,9 @@ pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
         args,
     };
     if args.json {
-        println!("{}", to_json(&report, &asked, &policy));
+        outln!("{}", to_json(&report, &asked, &policy))?;
     } else {
-        println!("{}", to_text(&report, &asked));
+        outln!("{}", to_text(&report, &asked))?;
     }
     Ok(if report.outcome == Verdict::Allow {
         Outcome::Success

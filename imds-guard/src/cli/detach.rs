@@ -5,17 +5,20 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{CliError, DetachArgs, Outcome};
+use super::{CliError, DetachArgs, Outcome, out::outln};
 use crate::kernel::{
     forward,
     inspect::{Status, is_agent},
     pins::Pins,
 };
 
+/// What it says is printed for whoever reads it; a reader that went away
+/// (`detach | head -n 1`) must not stop it half-way, so printing errors
+/// are ignored here.
 pub fn execute(args: &DetachArgs) -> Result<Outcome, CliError> {
     let pins = Pins::new(&args.pin_dir);
     if !pins.dir().exists() {
-        println!(
+        let _ = outln!(
             "nothing is pinned at {}: no guard to detach",
             pins.dir().display()
         );
@@ -31,7 +34,7 @@ pub fn execute(args: &DetachArgs) -> Result<Outcome, CliError> {
         .map(|(_, c)| c.agent_pid)
         .filter(|&pid| is_agent(pid));
     let n = pins.detach_all().map_err(CliError::runtime)?;
-    println!(
+    let _ = outln!(
         "detached {n} link(s) and removed {}: connections to the metadata service are no longer decided",
         pins.dir().display()
     );
@@ -39,7 +42,7 @@ pub fn execute(args: &DetachArgs) -> Result<Outcome, CliError> {
     if let Some(pid) = agent {
         // It would otherwise keep running with nothing to guard.
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        println!("stopped the agent (pid {pid})");
+        let _ = outln!("stopped the agent (pid {pid})");
     }
     Ok(Outcome::Success)
 }
@@ -47,7 +50,7 @@ pub fn execute(args: &DetachArgs) -> Result<Outcome, CliError> {
 /// Deletes the forward table of this network namespace, if there is one.
 fn remove_forward() -> Result<(), CliError> {
     if forward::remove().map_err(CliError::runtime)? {
-        println!(
+        let _ = outln!(
             "removed the forward table (table inet {}): forwarded packets to the metadata \
              service are no longer dropped",
             forward::TABLE

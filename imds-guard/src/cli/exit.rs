@@ -47,6 +47,9 @@ pub enum CliError {
     Runtime(Box<dyn Error + Send + Sync + 'static>),
     /// The kernel refuses the agent, and will again after a restart.
     Permanent(Box<dyn Error + Send + Sync + 'static>),
+    /// Whoever read stdout closed it (`status | head`): the command stops
+    /// quietly and exits 0, as ripgrep does; the reader had what it wanted.
+    Closed,
 }
 
 impl CliError {
@@ -56,6 +59,7 @@ impl CliError {
 
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
+            Self::Closed => 0,
             Self::Policy(_) => 1,
             Self::Usage(_) => 2,
             Self::Runtime(_) => 3,
@@ -76,6 +80,7 @@ impl fmt::Display for CliError {
             Self::Policy(e) => Chain(e).fmt(f),
             Self::Usage(message) => f.write_str(message),
             Self::Runtime(e) | Self::Permanent(e) => Chain(e.as_ref()).fmt(f),
+            Self::Closed => f.write_str("stdout was closed"),
         }
     }
 }
@@ -87,6 +92,7 @@ impl fmt::Display for CliError {
 pub fn report(e: &CliError) {
     let logging = tracing::dispatcher::has_been_set();
     match e {
+        CliError::Closed => {}
         CliError::Policy(_) => {
             eprintln!("{e}");
             if logging {

@@ -26,6 +26,8 @@ use clap_mangen::{
     roff::{Inline, Roff, bold, italic, roman},
 };
 
+use super::out::outln;
+
 /// The manual section of every command's page.
 pub const MAN_SECTION: &str = "8";
 
@@ -172,7 +174,9 @@ fn write_file(path: &Path, contents: &[u8]) -> Result<(), GenerateError> {
         path: path.to_owned(),
         source,
     })?;
-    println!("{}", path.display());
+    // The list is for whoever watches; a reader that went away must not
+    // stop the pages being written.
+    let _ = outln!("{}", path.display());
     Ok(())
 }
 

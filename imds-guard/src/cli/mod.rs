@@ -9,6 +9,7 @@ mod check;
 mod detach;
 mod exit;
 pub mod generate;
+mod out;
 mod render;
 mod run;
 mod status;

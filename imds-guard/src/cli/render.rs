@@ -1,6 +1,6 @@
 //! `imds-guard render`: the policy as firewall rules, printed.
 
-use super::{CliError, Outcome, RenderArgs};
+use super::{CliError, Outcome, RenderArgs, out::out};
 use crate::{
     policy::{
         PolicySpec,
@@ -12,7 +12,7 @@ use crate::{
 pub fn execute(args: &RenderArgs) -> Result<Outcome, CliError> {
     let spec = PolicySpec::load(&super::policy_file(args.config.as_deref()))?;
     let rendered = render_all_with(&spec, &args.targets(), args.format, &unit_path);
-    print!("{}", rendered.text);
+    out!("{}", rendered.text)?;
     for warning in &rendered.warnings {
         eprintln!("warning: {warning}");
     }

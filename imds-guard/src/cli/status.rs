@@ -7,7 +7,10 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::{CliError, Outcome, StatusArgs};
+use super::{
+    CliError, Outcome, StatusArgs,
+    out::{out, outln},
+};
 use crate::{
     chain::Chain,
     kernel::{
@@ -95,18 +98,18 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
         if let (Some(mode), Some(met)) = (&args.require, required) {
             value["required"] = json!({ "mode": mode, "met": met });
         }
-        println!("{value}");
+        outln!("{value}")?;
     } else {
-        print!("{}", to_text(&status));
-        println!("  {}", kernel.summary());
+        out!("{}", to_text(&status))?;
+        outln!("  {}", kernel.summary())?;
         if let Some(c) = &compared {
-            println!("  {}", c.summary());
+            outln!("  {}", c.summary())?;
         }
         if let (Some(mode), Some(false)) = (&args.require, required) {
-            println!(
+            outln!(
                 "  REQUIRED mode {mode}: not met (mode {})",
                 mode_name(&status)
-            );
+            )?;
         }
     }
     // The fallback decides, but not by the policy configured: a health

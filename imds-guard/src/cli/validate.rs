@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, path::Path};
 
-use super::{CliError, Outcome, ValidateArgs};
+use super::{CliError, Outcome, ValidateArgs, out::outln};
 use crate::policy::{
     Action, DEFAULT_ADDRESSES, Diagnostic, PolicyError, PolicySpec, SystemResolver, hex,
 };
@@ -14,29 +14,29 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
     let mut all = notes(&spec);
     all.extend(deny_only_note(&spec, subordinate_ids()));
     for note in all {
-        println!("{}: note: {note}", config.display());
+        outln!("{}: note: {note}", config.display())?;
     }
     if args.offline {
         warn(&config, &spec.warnings(), args.strict)?;
         // Without the names' ids there is no digest: it covers the ids.
-        println!(
+        outln!(
             "{}: valid ({entries} {}, {endpoints} {}, names not resolved)",
             config.display(),
             plural(entries, "entry", "entries"),
             plural(endpoints, "endpoint", "endpoints"),
-        );
+        )?;
         return Ok(Outcome::Success);
     }
     let policy = spec.resolve(&SystemResolver)?;
     warn(&config, &policy.warnings(&SystemResolver), args.strict)?;
-    println!(
+    outln!(
         "{}: valid ({entries} {}, {endpoints} {}); sha256 {} (what `imds-guard status` shows \
          once it is in force)",
         config.display(),
         plural(entries, "entry", "entries"),
         plural(endpoints, "endpoint", "endpoints"),
         hex(&policy.digest()),
-    );
+    )?;
     Ok(Outcome::Success)
 }
 
