@@ -354,6 +354,42 @@ fn detach_leaves_nothing_pinned_or_attached() {
 }
 
 #[test]
+fn detach_with_a_pin_dir_nothing_is_pinned_at_leaves_the_running_guard_alone() {
+    if !privileged_or_skip(
+        "detach_with_a_pin_dir_nothing_is_pinned_at_leaves_the_running_guard_alone",
+    ) {
+        return;
+    }
+    let w = Sandbox::with_agent(P1);
+    let (code, status) = w.status();
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["forward"]["guarded"], true, "{status}");
+    // A typo of the pin directory, in the guard's network namespace.
+    let typo = w.pin_dir().with_extension("typo");
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", w.netns_path().display()))
+        .arg("--")
+        .arg(imds_guard_e2e::imds_guard_bin())
+        .arg("detach")
+        .arg("--pin-dir")
+        .arg(&typo)
+        .output()
+        .expect("run imds-guard detach");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("nothing is pinned at"), "{stdout}");
+    assert!(
+        stdout.contains("nft delete table inet imds_guard_forward"),
+        "it says how to remove the table: {stdout}"
+    );
+    // The guard pinned elsewhere still has its forward table, and runs.
+    let (code, status) = w.status();
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["forward"]["guarded"], true, "{status}");
+    expect_p1(&w);
+}
+
+#[test]
 fn sigterm_leaves_the_guard_pinned() {
     if !privileged_or_skip("sigterm_leaves_the_guard_pinned") {
         return;

@@ -540,7 +540,14 @@ fn a_closed_pipe_ends_every_command_quietly_with_exit_0() {
         &["status", "--json", "--pin-dir", "/nonexistent/imds-guard"][..],
         &["status", "--pin-dir", "/nonexistent/imds-guard"],
         &["render", "--config", policy, "--iptables", "--ip6tables"],
-        &["render", "--config", policy, "--nftables", "--format", "file"],
+        &[
+            "render",
+            "--config",
+            policy,
+            "--nftables",
+            "--format",
+            "file",
+        ],
         &["validate", "--offline", "--config", policy],
         &["check", "--config", policy, "--uid", "0"],
     ] {

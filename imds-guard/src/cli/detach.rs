@@ -22,7 +22,12 @@ pub fn execute(args: &DetachArgs) -> Result<Outcome, CliError> {
             "nothing is pinned at {}: no guard to detach",
             pins.dir().display()
         );
-        remove_forward()?;
+        // The forward table has one name per network namespace, whatever
+        // the pin directory: the guard it belongs to may run from another
+        // (a --pin-dir with a typo must not open its forward path).
+        if matches!(forward::counters(), Ok(Some(_))) {
+            let _ = outln!("{}", forward_left(pins.dir()));
+        }
         return Ok(Outcome::Success);
     }
     // Read who runs it before its pins go: the pid the live agent wrote,
@@ -57,4 +62,18 @@ fn remove_forward() -> Result<(), CliError> {
         );
     }
     Ok(())
+}
+
+/// Why the forward table stays when nothing is pinned at `dir`, and how
+/// to remove it.
+fn forward_left(dir: &std::path::Path) -> String {
+    format!(
+        "the forward table (table inet {table}) of this network namespace is left in place: \
+         nothing pinned at {dir} owns it, and a guard pinned elsewhere may run here; detach that \
+         guard with its --pin-dir (the default is {default}), or, if no guard runs here, remove \
+         the table with: nft delete table inet {table}",
+        table = forward::TABLE,
+        dir = dir.display(),
+        default = super::DEFAULT_PIN_DIR,
+    )
 }
