@@ -557,3 +557,26 @@ fn a_closed_pipe_ends_every_command_quietly_with_exit_0() {
         assert!(err.is_empty(), "{args:?} said: {err}");
     }
 }
+
+#[test]
+fn validate_notes_an_allow_unit_this_host_lacks_as_the_agent_leaves_it_out() {
+    // A fleet's policy: a unit of another distribution's agent. (A .socket:
+    // without a running systemd only services and slices have a known
+    // cgroup, so this one is unknown with systemd or without.)
+    let path = policy_file(
+        "fleet.toml",
+        "[allow]\nuids = [0]\nunits = [\"no-such-unit-imds-cli.socket\"]\n",
+    );
+    let out = imds_guard(&["validate", "--config", path.to_str().expect("utf-8")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", stderr(&out));
+    assert!(
+        stdout.contains(&format!(
+            "{}:3:10: note: unit \"no-such-unit-imds-cli.socket\"",
+            path.display()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("the agent leaves it out"), "{stdout}");
+    assert!(stdout.contains("valid (2 entries"), "{stdout}");
+}

@@ -27,7 +27,19 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
         )?;
         return Ok(Outcome::Success);
     }
-    let policy = spec.resolve(&SystemResolver)?;
+    // As the agent does: an [allow] unit systemd does not know here is
+    // left out, and retried until it exists.
+    let (policy, left_out) = spec.resolve_known_units(&SystemResolver)?;
+    for unit in &left_out {
+        outln!(
+            "{}:{}: note: {} {}: the agent leaves it out (what it would allow stays denied) and \
+             tries it again until it resolves",
+            config.display(),
+            unit.at,
+            unit.identity,
+            unit.why
+        )?;
+    }
     warn(&config, &policy.warnings(&SystemResolver), args.strict)?;
     outln!(
         "{}: valid ({entries} {}, {endpoints} {}); sha256 {} (what `imds-guard status` shows \

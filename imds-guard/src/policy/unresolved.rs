@@ -7,7 +7,13 @@
 //! stays denied (fail closed), the rest of the policy is in force, and the
 //! agent retries. A `[deny]` name cannot be left out (that would fail open):
 //! [`resolve`](super::resolve) refuses it, and the fail-closed fallback
-//! applies. `validate` and `check` keep refusing every unknown name.
+//! applies.
+//!
+//! `validate` leaves out the `[allow]` units systemd does not know, as the
+//! agent does, and says so in a note: a fleet's policy names units that
+//! only some of its hosts have (`amazon-ssm-agent.service` and Ubuntu's
+//! snap unit for the same agent). It keeps refusing unknown users and
+//! groups, which are more often typos; `check` refuses every unknown name.
 
 use super::{Action, Identity, Location, Policy, PolicyError, PolicySpec, Resolver};
 
@@ -39,13 +45,35 @@ impl PolicySpec {
     /// with: leaving out its last `[allow]` entry must not turn "only these
     /// may connect" into "everyone may".
     pub fn resolve_available(
+        self,
+        resolver: &dyn Resolver,
+    ) -> Result<(Policy, Vec<Unresolved>), PolicyError> {
+        self.resolve_leaving_out(resolver, |_| true)
+    }
+
+    /// As [`PolicySpec::resolve_available`] for `[allow]` units only: an
+    /// `[allow]` unit systemd does not know (or that cannot be looked up)
+    /// is left out and returned, as the agent leaves it out; every other
+    /// name must resolve, as [`PolicySpec::resolve`] requires. For
+    /// `validate`.
+    pub fn resolve_known_units(
+        self,
+        resolver: &dyn Resolver,
+    ) -> Result<(Policy, Vec<Unresolved>), PolicyError> {
+        self.resolve_leaving_out(resolver, |identity| matches!(identity, Identity::Unit(_)))
+    }
+
+    /// Resolves, leaving out the `[allow]` entries that do not resolve and
+    /// that `may_leave_out` accepts.
+    fn resolve_leaving_out(
         mut self,
         resolver: &dyn Resolver,
+        may_leave_out: fn(&Identity) -> bool,
     ) -> Result<(Policy, Vec<Unresolved>), PolicyError> {
         let default_action = self.default_action();
         let mut unresolved = Vec::new();
         self.entries.retain(|entry| {
-            if entry.action != Action::Allow {
+            if entry.action != Action::Allow || !may_leave_out(&entry.identity) {
                 return true;
             }
             let found = match &entry.identity {
@@ -120,6 +148,38 @@ mod tests {
             .resolve_available(&r)
             .expect_err("a deny cannot be left out");
         assert!(e.to_string().contains("does not exist on this host"), "{e}");
+    }
+
+    #[test]
+    fn validate_leaves_out_unknown_allow_units_only() {
+        let r = FakeResolver::new(&[("root", 0)], &[]).with_units(&[(
+            "amazon-ssm-agent.service",
+            "/system.slice/amazon-ssm-agent.service",
+        )]);
+        let fleet = "[allow]\nunits = [\"amazon-ssm-agent.service\", \
+                     \"snap.amazon-ssm-agent.amazon-ssm-agent.service\"]\n";
+        let (policy, left_out) = spec(fleet).resolve_known_units(&r).expect("valid here");
+        assert_eq!(left_out.len(), 1, "{left_out:?}");
+        assert_eq!(
+            left_out[0].identity,
+            Identity::Unit("snap.amazon-ssm-agent.amazon-ssm-agent.service".to_owned())
+        );
+        assert_eq!(policy.cgroups.fixed.len(), 1);
+        // What the agent puts in force, so the digest validate prints is
+        // the one status will show.
+        let (agent, _) = spec(fleet).resolve_available(&r).expect("resolves");
+        assert_eq!(policy.digest(), agent.digest());
+        // An unknown user stays an error, and so does a [deny] unit.
+        assert!(
+            spec("[allow]\nusers = [\"app\"]\n")
+                .resolve_known_units(&r)
+                .is_err()
+        );
+        assert!(
+            spec("[deny]\nunits = [\"gone.service\"]\n")
+                .resolve_known_units(&r)
+                .is_err()
+        );
     }
 
     #[test]
