@@ -4,7 +4,8 @@ use std::{net::IpAddr, path::Path};
 
 use super::{CliError, Outcome, ValidateArgs, out::outln};
 use crate::policy::{
-    Action, DEFAULT_ADDRESSES, Diagnostic, PolicyError, PolicySpec, SystemResolver, hex,
+    Action, DEFAULT_ADDRESSES, Diagnostic, Policy, PolicyError, PolicySpec, Resolver,
+    SystemResolver, Unresolved, hex,
 };
 
 pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
@@ -27,9 +28,7 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
         )?;
         return Ok(Outcome::Success);
     }
-    // As the agent does: an [allow] unit systemd does not know here is
-    // left out, and retried until it exists.
-    let (policy, left_out) = spec.resolve_known_units(&SystemResolver)?;
+    let (policy, left_out, warnings) = resolved(spec, &SystemResolver)?;
     for unit in &left_out {
         outln!(
             "{}:{}: note: {} {}: the agent leaves it out (what it would allow stays denied) and \
@@ -40,7 +39,7 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
             unit.why
         )?;
     }
-    warn(&config, &policy.warnings(&SystemResolver), args.strict)?;
+    warn(&config, &warnings, args.strict)?;
     outln!(
         "{}: valid ({entries} {}, {endpoints} {}); sha256 {} (what `imds-guard status` shows \
          once it is in force)",
@@ -50,6 +49,18 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
         hex(&policy.digest()),
     )?;
     Ok(Outcome::Success)
+}
+
+/// `spec` resolved through `resolver` as the agent would put it in force
+/// (an `[allow]` unit systemd does not know here is left out, and retried
+/// until it exists), what was left out, and its warnings.
+fn resolved(
+    spec: PolicySpec,
+    resolver: &dyn Resolver,
+) -> Result<(Policy, Vec<Unresolved>, Vec<Diagnostic>), PolicyError> {
+    let (policy, left_out) = spec.resolve_known_units(resolver)?;
+    let warnings = policy.warnings(resolver);
+    Ok((policy, left_out, warnings))
 }
 
 /// Prints `warnings` as `FILE:LINE:COL: warning: ...` on stderr, or with
@@ -119,6 +130,7 @@ fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::FakeResolver;
 
     fn spec(toml: &str) -> PolicySpec {
         PolicySpec::parse(Path::new("p.toml"), toml).expect("valid")
@@ -156,6 +168,93 @@ mod tests {
             "{message}"
         );
         assert_eq!(e.diagnostics().len(), 1);
+    }
+
+    /// The policies the documents hand an operator: the shipped default,
+    /// the README's quick start and its recipes, each also in audit mode
+    /// (the README says any of them may start so). `(where, text)`.
+    fn documented_policies() -> Vec<(String, String)> {
+        const README: &str = include_str!("../../../README.md");
+        const SHIPPED: &str = include_str!("../../../config/imds-guard.toml");
+        let mut found = vec![("config/imds-guard.toml".to_owned(), SHIPPED.to_owned())];
+        // The quick start writes its policy with a here-document.
+        let mut lines = README.lines();
+        while let Some(line) = lines.next() {
+            if line.trim_end().ends_with("<<'TOML'") {
+                let text: Vec<&str> = lines
+                    .by_ref()
+                    .take_while(|l| l.trim() != "TOML")
+                    .map(str::trim)
+                    .collect();
+                found.push(("the quick start".to_owned(), text.join("\n") + "\n"));
+            }
+        }
+        // The recipes: the indented blocks of their section that hold a
+        // table.
+        let recipes = README
+            .split_once("\n### Recipes\n")
+            .and_then(|(_, rest)| rest.split("\n## ").next())
+            .unwrap_or_default();
+        let mut block = String::new();
+        for line in recipes.lines().chain([""]) {
+            match line.strip_prefix("    ") {
+                Some(toml) => block.push_str(&format!("{toml}\n")),
+                None if block.contains('[') => {
+                    found.push((format!("the recipe {block:?}"), std::mem::take(&mut block)));
+                }
+                None => block.clear(),
+            }
+        }
+        let audited: Vec<_> = found
+            .iter()
+            .filter(|(_, text)| !text.contains("mode ="))
+            .map(|(name, text)| {
+                (
+                    format!("{name} in audit mode"),
+                    format!("mode = \"audit\"\n{text}"),
+                )
+            })
+            .collect();
+        found.extend(audited);
+        found
+    }
+
+    #[test]
+    fn the_shipped_policy_and_every_readme_recipe_pass_strict() {
+        // A host with what the recipes name: root, an application's user,
+        // the web server's, a group of users with a member, the units.
+        let host = FakeResolver::new(
+            &[
+                ("root", 0),
+                ("app", 1000),
+                ("alice", 1001),
+                ("www-data", 33),
+            ],
+            &[("imds", 1500)],
+        )
+        .with_members(&[(1001, 1500)])
+        .with_units(&[
+            (
+                "amazon-ssm-agent.service",
+                "/system.slice/amazon-ssm-agent.service",
+            ),
+            ("app.service", "/system.slice/app.service"),
+        ]);
+        let documented = documented_policies();
+        assert!(
+            documented.len() >= 12,
+            "the README's recipes moved: {documented:?}"
+        );
+        let path = Path::new("/etc/imds-guard/policy.toml");
+        for (name, text) in documented {
+            let spec = PolicySpec::parse(path, &text)
+                .unwrap_or_else(|e| panic!("{name} does not validate: {e}"));
+            let (_, left_out, warnings) =
+                resolved(spec, &host).unwrap_or_else(|e| panic!("{name} does not resolve: {e}"));
+            assert!(left_out.is_empty(), "{name}: {left_out:?}");
+            let refused = warn(path, &warnings, true).err().map(|e| e.to_string());
+            assert_eq!(refused, None, "validate --strict refuses {name}");
+        }
     }
 
     #[test]
