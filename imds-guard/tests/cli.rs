@@ -354,6 +354,27 @@ fn render_takes_iptables_and_ip6tables_together_and_no_other_pair() {
     let text = String::from_utf8_lossy(&both.stdout);
     assert!(text.contains("iptables --insert OUTPUT 1 "), "{text}");
     assert!(text.contains("ip6tables --insert OUTPUT 1 "), "{text}");
+    // A restore file holds one family: two in one stream half-load.
+    let file = imds_guard(&[
+        "render",
+        "--config",
+        policy,
+        "--iptables",
+        "--ip6tables",
+        "--format",
+        "file",
+    ]);
+    assert_eq!(file.status.code(), Some(2), "{}", stderr(&file));
+    assert!(
+        file.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&file.stdout)
+    );
+    assert!(
+        stderr(&file).contains("imds-guard render --ip6tables --format file > imds-guard.v6"),
+        "{}",
+        stderr(&file)
+    );
     for pair in [["--iptables", "--nftables"], ["--pf", "--ipfw"]] {
         let out = imds_guard(&["render", "--config", policy, pair[0], pair[1]]);
         assert_eq!(out.status.code(), Some(2), "{pair:?}: {}", stderr(&out));

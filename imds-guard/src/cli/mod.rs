@@ -249,7 +249,9 @@ pub struct RenderArgs {
     /// one, else the packaged /usr/share/imds-guard/policy.toml]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// iptables rules (IPv4 endpoints); with --ip6tables, both.
+    /// iptables rules (IPv4 endpoints); with --ip6tables, both (as
+    /// commands: a restore file holds one family, so --format file takes
+    /// one at a time).
     #[arg(long)]
     pub iptables: bool,
     /// ip6tables rules (IPv6 endpoints); with --iptables, both.
