@@ -156,6 +156,32 @@ fn with_a_guard_pinned_the_last_good_policy_stays_and_the_agent_exits() {
         .wait_exit(READY)
         .unwrap_or_else(|| panic!("the agent kept running:\n{}", second.output()));
     assert_eq!(status.code(), Some(1), "{}", second.output());
+    // The log says what is wrong at error priority (`journalctl -p
+    // warning` shows it), and that the pinned guard keeps enforcing.
+    let errors: Vec<String> = second
+        .records()
+        .iter()
+        .filter(|r| r["level"] == "ERROR")
+        .filter_map(|r| field(r, "message")?.as_str().map(str::to_owned))
+        .collect();
+    let config = sb.policy_path();
+    let at = format!("{}{}", config.display(), BROKEN[0].1);
+    assert!(
+        errors.iter().any(|m| m.starts_with(&at)),
+        "no error record {at}...: {errors:?}\n{}",
+        second.output()
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|m| m.contains("keeps enforcing the policy last put in force")),
+        "{errors:?}"
+    );
+    assert!(
+        !second.output().contains("nothing was attached"),
+        "{}",
+        second.output()
+    );
     // The pinned guard still decides by the last good policy.
     sb.probe_as(1001, 1001)
         .run(Action::connect(imds_v4(), IMDS_PORT))

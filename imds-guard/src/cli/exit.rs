@@ -10,7 +10,7 @@
 //! filter, a security module, a missing kernel feature): restarting cannot
 //! help, and the packaged unit does not.
 
-use std::{error::Error, fmt, process::ExitCode};
+use std::{error::Error, fmt, path::PathBuf, process::ExitCode};
 
 use crate::{chain::Chain, policy::PolicyError};
 
@@ -41,6 +41,12 @@ impl Outcome {
 pub enum CliError {
     /// The policy does not validate: nothing was attached or changed.
     Policy(PolicyError),
+    /// `run`: the policy does not validate, and the guard pinned at
+    /// `pin_dir` keeps enforcing the policy last put in force.
+    PolicyKept {
+        error: PolicyError,
+        pin_dir: PathBuf,
+    },
     /// The command line cannot be acted on (clap's own errors exit 2 too).
     Usage(String),
     /// The guard could not be set up, read or run.
@@ -60,7 +66,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             Self::Closed => 0,
-            Self::Policy(_) => 1,
+            Self::Policy(_) | Self::PolicyKept { .. } => 1,
             Self::Usage(_) => 2,
             Self::Runtime(_) => 3,
             Self::Permanent(_) => 6,
@@ -77,7 +83,7 @@ impl From<PolicyError> for CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Policy(e) => Chain(e).fmt(f),
+            Self::Policy(e) | Self::PolicyKept { error: e, .. } => Chain(e).fmt(f),
             Self::Usage(message) => f.write_str(message),
             Self::Runtime(e) | Self::Permanent(e) => Chain(e.as_ref()).fmt(f),
             Self::Closed => f.write_str("stdout was closed"),
@@ -88,17 +94,29 @@ impl fmt::Display for CliError {
 /// Prints `e` once. A policy's diagnostics go to stderr as they are, one
 /// `FILE:LINE:COL: what` per line, for the operator; other errors are
 /// `imds-guard: what: why`. Once the agent's log is set up (`run`), errors
-/// are log records too, so that the journal has them.
+/// are log records instead, at error priority, so that the journal has
+/// them where `journalctl -p warning` shows them, each diagnostic a record
+/// of its own, followed by what is in force.
 pub fn report(e: &CliError) {
     let logging = tracing::dispatcher::has_been_set();
     match e {
         CliError::Closed => {}
-        CliError::Policy(_) => {
-            eprintln!("{e}");
-            if logging {
-                tracing::error!("the policy is invalid; nothing was attached");
+        CliError::Policy(_) | CliError::PolicyKept { .. } if logging => {
+            for line in e.to_string().lines() {
+                tracing::error!("{line}");
+            }
+            match e {
+                CliError::PolicyKept { pin_dir, .. } => tracing::error!(
+                    pin_dir = %pin_dir.display(),
+                    "the policy is invalid and was not used; the guard pinned in {} keeps \
+                     enforcing the policy last put in force (imds-guard status shows it): fix \
+                     the file, then restart the agent (systemctl restart imds-guard)",
+                    pin_dir.display()
+                ),
+                _ => tracing::error!("the policy is invalid; nothing was attached"),
             }
         }
+        CliError::Policy(_) | CliError::PolicyKept { .. } => eprintln!("{e}"),
         _ if logging => tracing::error!("{e}"),
         _ => eprintln!("imds-guard: {e}"),
     }

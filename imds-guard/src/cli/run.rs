@@ -33,6 +33,10 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
     match rt.block_on(daemon::run(config)) {
         Ok(()) => Ok(Outcome::Success),
         Err(DaemonError::Policy(e)) => Err(CliError::Policy(e)),
+        Err(DaemonError::PolicyKept { source, pin_dir }) => Err(CliError::PolicyKept {
+            error: source,
+            pin_dir,
+        }),
         Err(DaemonError::Guard(e)) => Err(guard_error(e, Privileges::own())),
         Err(e) => Err(CliError::runtime(e)),
     }

@@ -83,8 +83,16 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The policy cannot be used and nothing was attached.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The policy cannot be used, and a guard is pinned at `pin_dir`: its
+    /// programs keep enforcing the policy last put in force.
+    #[error("{source}")]
+    PolicyKept {
+        source: PolicyError,
+        pin_dir: PathBuf,
+    },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
@@ -176,7 +184,16 @@ impl Daemon {
                 )
             });
             phases.parse = parse;
-            let chosen = chosen?;
+            let chosen = chosen.map_err(|source| {
+                if pins.any_link() {
+                    DaemonError::PolicyKept {
+                        source,
+                        pin_dir: config.pin_dir.clone(),
+                    }
+                } else {
+                    DaemonError::Policy(source)
+                }
+            })?;
             let guard = match loading.join() {
                 Ok((loaded, open)) => {
                     phases.open = open;
