@@ -44,6 +44,11 @@ pub enum Action {
     Tfo(SocketAddr),
     /// One of the packet-path attacks (see [`Attack`]).
     Attack(Attack),
+    /// A local service on the address, as an IMDS emulator on a host where
+    /// the address is local: `imds-probe` listens, reports once, and
+    /// answers every connection with an HTTP 200 until stdin ends
+    /// ([`Probe::serve`](crate::Probe::serve)).
+    Listen(SocketAddr),
 }
 
 impl Action {
@@ -87,6 +92,7 @@ impl Action {
             Action::UdpConnect(_) => "udp-connect",
             Action::Tfo(_) => "tfo",
             Action::Attack(a) => a.verb(),
+            Action::Listen(_) => "listen",
         }
     }
 
@@ -99,7 +105,8 @@ impl Action {
             | Action::Connect(a)
             | Action::UdpSend(a)
             | Action::UdpConnect(a)
-            | Action::Tfo(a) => a,
+            | Action::Tfo(a)
+            | Action::Listen(a) => a,
             Action::ConnectMapped(a) | Action::UdpSendMapped(a) => SocketAddr::V4(a),
             Action::Attack(a) => a.addr(),
         }
@@ -146,6 +153,7 @@ impl Action {
             "udp-send-mapped" => Action::udp_send_mapped(v4()?, port),
             "udp-connect" => Action::udp_connect(ip, port),
             "tfo" => Action::tfo(ip, port),
+            "listen" => Action::Listen(SocketAddr::new(ip, port)),
             other => return Err(format!("unknown action {other:?}")),
         })
     }

@@ -97,8 +97,27 @@ pub fn perform(action: &Action) -> ProbeResult {
         Action::UdpConnect(addr) => udp_connect(addr),
         Action::Tfo(addr) => tfo(addr),
         Action::Attack(attack) => attack::perform(attack),
+        Action::Listen(addr) => return listen(addr).0,
     };
     report(outcome)
+}
+
+/// What an IMDS emulator does: a listening socket on `addr` (reported
+/// as the action's outcome), answering every connection with an HTTP 200
+/// on a thread of its own, for as long as this process lives.
+pub fn listen(addr: SocketAddr) -> (ProbeResult, bool) {
+    let listener = match std::net::TcpListener::bind(addr) {
+        Ok(listener) => listener,
+        Err(e) => return (report(Err(os_failure(format!("bind {addr}"), e))), false),
+    };
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nemulated",
+            );
+        }
+    });
+    (report(Ok(Outcome::default())), true)
 }
 
 /// What an action's outcome says, and who this process is.

@@ -202,7 +202,19 @@ impl Probe {
     /// kept alive ([`Action::HttpKeepAlive`]): each [`HeldProbe::fetch`]
     /// runs the IMDSv2 flow on it. The connect hooks decide it now.
     pub fn hold(&self, addr: SocketAddr) -> HeldProbe {
-        let action = Action::HttpKeepAlive(addr);
+        self.spawn_held(Action::HttpKeepAlive(addr))
+    }
+
+    /// Starts a local service on `addr` as this identity, in this cgroup
+    /// ([`Action::Listen`]: an IMDS emulator on a host where the address is
+    /// local), and returns it once it listens. It answers until dropped.
+    pub fn serve(&self, addr: SocketAddr) -> HeldProbe {
+        let mut held = self.spawn_held(Action::Listen(addr));
+        held.next_result().assert_ok();
+        held
+    }
+
+    fn spawn_held(&self, action: Action) -> HeldProbe {
         let bin = self.bin.clone().unwrap_or_else(probe_bin);
         let mut child = Command::new(&bin)
             .args(self.args(&action))
@@ -265,6 +277,13 @@ impl HeldProbe {
                 self.end()
             );
         }
+        self.next_result()
+    }
+
+    /// The next line the probe prints, as a result. Panics if it prints
+    /// none within 10 s (times the slowdown).
+    fn next_result(&mut self) -> ProbeResult {
+        let action = self.action;
         let timeout = crate::slowdown::scaled(PROBE_TIMEOUT);
         let line = match self.lines.recv_timeout(timeout) {
             Ok(line) => line,

@@ -448,3 +448,65 @@ fn newgidmap_escape_is_refused() {
     );
     assert!(logged.is_some(), "{}", sb.agent().output());
 }
+
+/// The port of the emulator below: none of the fake IMDS's.
+const EMULATOR_PORT: u16 = 10_080;
+
+#[test]
+fn a_local_imds_emulator_is_not_said_to_run_in_a_container() {
+    if !privileged_or_skip("a_local_imds_emulator_is_not_said_to_run_in_a_container") {
+        return;
+    }
+    // Root on the host only, and an emulator run by root on the host,
+    // listening on the metadata address, which is local here: its client
+    // connects from that address too, so the emulator's replies go to a
+    // protected address, sent by the kernel while the client runs.
+    let sb = Sandbox::with_agent("[allow.host]\nuids = [0]\n");
+    let at = std::net::SocketAddr::new(IMDS_V4.into(), EMULATOR_PORT);
+    let emulator = sb.probe_as(0, 0).serve(at);
+    let client = sb
+        .probe_as(0, 0)
+        .run(Action::connect(IMDS_V4, EMULATOR_PORT));
+    // The guard cannot tell the replies' sender is on the host: it
+    // refuses them (fail closed), and says so, not that it runs in a
+    // container.
+    assert!(!client.ok, "{client:?}");
+    let reply = record(&sb, "deny", 0, |rec| {
+        text(rec, "hook") == "egress"
+            && field(rec, "port").and_then(Value::as_u64) != Some(u64::from(EMULATOR_PORT))
+    });
+    let reason = text(&reply, "reason");
+    assert_eq!(text(&reply, "place"), "unknown", "{reply}");
+    assert!(!reason.contains("container"), "{reason}");
+    assert!(
+        reason.contains("the guard cannot tell that this process is on the host")
+            && reason.contains("another task than the socket's owner")
+            && reason.contains("allow its unit or cgroup in [allow]"),
+        "{reason}"
+    );
+    drop(emulator);
+    // What the record advises: the emulator's cgroup in [allow] lets its
+    // replies through, and root on the host connects to it.
+    let cgroup = sb.cgroup.child("emulator");
+    let emulator = sb.probe_as(0, 0).cgroup_dir(cgroup.path()).serve(at);
+    let relative = cgroup
+        .path()
+        .strip_prefix(imds_guard_e2e::cgroup2_root())
+        .unwrap_or_else(|e| panic!("{}: {e}", cgroup.path().display()));
+    sb.policy(&format!(
+        "[allow.host]\nuids = [0]\n[allow]\ncgroups = [\"/{}/**\"]\n",
+        relative.display()
+    ));
+    sb.agent().sighup();
+    sb.agent()
+        .wait_for(
+            |rec| text(rec, "event") == "reload" && text(rec, "outcome") == "applied",
+            LOG,
+        )
+        .unwrap_or_else(|| panic!("no reload: {}", sb.agent().output()));
+    sb.probe_as(0, 0)
+        .run(Action::connect(IMDS_V4, EMULATOR_PORT))
+        .assert_ok();
+    drop(emulator);
+    drop(cgroup);
+}

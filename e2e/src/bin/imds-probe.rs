@@ -14,7 +14,9 @@
 //!
 //! `http-keepalive` holds one connection instead: it connects at once, and
 //! runs the IMDSv2 flow on that connection each time it reads a line on
-//! stdin, printing one JSON line each, until stdin ends.
+//! stdin, printing one JSON line each, until stdin ends. `listen` is a
+//! local service on the address instead (an IMDS emulator): it prints one
+//! line once it listens, and answers every connection until stdin ends.
 //!
 //! With `--userns` it also joins that user namespace (after the network
 //! namespace, while it still has the privilege to), and the ids are then
@@ -42,7 +44,7 @@ use nix::{
 const USAGE: &str = "usage: imds-probe --netns PATH --cgroup DIR [--userns PATH] --uid N --gid N \
                      [--groups G1,G2] [--caps CAP,...] [--repeat N] ACTION ADDR PORT [EXTRA...]\n\
                      actions: http http-keepalive connect connect-mapped udp-send \
-                     udp-send-mapped udp-connect tfo\n\
+                     udp-send-mapped udp-connect tfo listen\n\
                      attacks: nat ADDR PORT TO_ADDR TO_PORT | raw-tcp ADDR PORT SRC | \
                      packet ADDR PORT SRC GATEWAY | tun ADDR PORT SRC DEV | udplite ADDR PORT | \
                      rthdr ADDR PORT SEGMENT | mptcp-add-addr ADDR PORT";
@@ -262,6 +264,9 @@ fn main() -> ExitCode {
     if let Action::HttpKeepAlive(addr) = opts.action {
         return hold(addr);
     }
+    if let Action::Listen(addr) = opts.action {
+        return serve(addr);
+    }
     print(&client::perform_repeatedly(&opts.action, opts.repeat))
 }
 
@@ -278,6 +283,20 @@ fn hold(addr: SocketAddr) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `listen`: a local service on `addr`, answering until stdin ends.
+fn serve(addr: SocketAddr) -> ExitCode {
+    let (result, listening) = client::listen(addr);
+    let code = print(&result);
+    if listening {
+        for line in io::stdin().lock().lines() {
+            if line.is_err() {
+                break;
+            }
+        }
+    }
+    code
 }
 
 /// Prints `result` as one JSON line (flushed: stdout is line-buffered).

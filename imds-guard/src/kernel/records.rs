@@ -190,6 +190,30 @@ impl DecisionRecord {
         })
     }
 
+    /// Whether the caller is off the host only because the programs could
+    /// not tell: no namespace is known to differ from the agent's, but one
+    /// could not be read. A packet the kernel sends for a socket from
+    /// another task than its owner's (a local service's reply or
+    /// acknowledgement, sent while its client runs) has no pid namespace
+    /// to compare. A decision treats it as off the host (fail closed); a
+    /// record must not say it runs in a container.
+    pub fn host_unknown(&self) -> bool {
+        let bits = self.namespaces;
+        bits & ns::CHECKED != 0
+            && bits & ns::NOT_HOST != 0
+            && bits & (ns::PID | ns::NET | ns::USER) == 0
+    }
+
+    /// Where the caller runs, as the record's `place` field says it:
+    /// `host`, `container` (a namespace differs from the agent's), or
+    /// `unknown` ([`DecisionRecord::host_unknown`]).
+    pub fn place_name(&self) -> Option<&'static str> {
+        if self.host_unknown() {
+            return Some("unknown");
+        }
+        self.place().map(Place::as_str)
+    }
+
     /// Why the caller is not on the host, in words: which namespaces
     /// differ from the agent's, or could not be read.
     pub fn not_host(&self) -> Option<&'static str> {
@@ -204,6 +228,14 @@ impl DecisionRecord {
                 bits & (ns::USER | ns::USER_UNKNOWN),
             ) {
                 (ns::PID, 0, 0) => "its pid namespace is not the agent's",
+                // `egress` names no process when the task sending is not
+                // the socket's owner.
+                (ns::PID_UNKNOWN, 0, 0) if self.pid == 0 => {
+                    "the packet was sent by another task than the socket's owner (a reply, an \
+                     acknowledgement or a retransmission the kernel sent for the socket), so the \
+                     owner's pid namespace is unknown"
+                }
+                (ns::PID_UNKNOWN, 0, 0) => "its pid namespace could not be read",
                 (0, ns::NET, 0) => "its socket's network namespace is not the agent's",
                 (0, 0, ns::USER) => "its user namespace is not the agent's",
                 (p, n, u) if p & ns::PID != 0 || n & ns::NET != 0 || u & ns::USER != 0 => {
@@ -384,6 +416,31 @@ mod tests {
             DecisionRecord::from_event(&ev),
             Err(RecordError::Reason(99))
         );
+    }
+
+    #[test]
+    fn a_packet_sent_by_another_task_is_unknown_not_a_container() {
+        let mut ev = event(verdict::DENIED, reason::HOST_ONLY, 1, family::INET, [0; 16]);
+        ev.hook = hook::EGRESS;
+        ev.tgid = 0;
+        ev.tid = 0;
+        let place = |bits: u8| {
+            let mut ev = ev;
+            ev.namespaces = bits;
+            let d = DecisionRecord::from_event(&ev).expect("valid");
+            (d.place_name(), d.host_unknown(), d.not_host())
+        };
+        let (name, unknown, why) = place(ns::CHECKED | ns::PID_UNKNOWN);
+        assert_eq!((name, unknown), (Some("unknown"), true));
+        assert!(
+            why.is_some_and(|w| w.starts_with("the packet was sent by another task")),
+            "{why:?}"
+        );
+        // A namespace that differs is a container, whatever else is unknown.
+        let (name, unknown, _) = place(ns::CHECKED | ns::PID_UNKNOWN | ns::NET);
+        assert_eq!((name, unknown), (Some("container"), false));
+        assert_eq!(place(ns::CHECKED).0, Some("host"));
+        assert_eq!(place(0).0, None);
     }
 
     #[test]

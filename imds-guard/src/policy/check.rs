@@ -47,6 +47,7 @@ pub fn check(policy: &Policy, process: &Process, dst: IpAddr) -> CheckReport {
                 groups: u32::try_from(process.groups.len()).ok(),
                 not_host: (process.place == Place::Container)
                     .then_some("--container: a namespace differs from the agent's"),
+                host_unknown: false,
                 owner: policy
                     .denied_owner(&process.owners)
                     .filter(|&(_, reason, ..)| reason == d.reason)

@@ -21,6 +21,10 @@ pub struct Context {
     /// Why the process is not on the host, in words ("its pid namespace
     /// differs"), when known.
     pub not_host: Option<&'static str>,
+    /// No namespace is known to differ from the agent's, but one could not
+    /// be read: the guard cannot tell that the process is on the host,
+    /// which is not to say it runs in a container.
+    pub host_unknown: bool,
     /// The creator of the user namespace whose creator decided, when a
     /// record names it (`Event::owner`).
     pub owner: Option<u32>,
@@ -87,10 +91,17 @@ pub fn explain_with(policy: &Policy, reason: Reason, index: Option<usize>, cx: &
             let why = cx
                 .not_host
                 .map_or_else(String::new, |why| format!(" ({why})"));
-            format!(
-                "{}, and this process runs in a container{why}, not on the host",
-                cite(&format!("{whose} is allowed on the host only"))
-            )
+            let allowed = cite(&format!("{whose} is allowed on the host only"));
+            if cx.host_unknown {
+                format!(
+                    "{allowed}, and the guard cannot tell that this process is on the \
+                     host{why}, so it refuses (fail closed); a local service on a protected \
+                     address (an IMDS emulator, a proxy) sends its replies to that address: \
+                     allow its unit or cgroup in [allow] to let them through"
+                )
+            } else {
+                format!("{allowed}, and this process runs in a container{why}, not on the host")
+            }
         }
         Reason::TooManyGroups => format!(
             "the process holds {} supplementary groups, more than the {MAX_GROUPS} the guard \

@@ -212,12 +212,38 @@ fn host_only_entries_allow_on_the_host_and_name_why_not_elsewhere() {
                 place: Some(Place::Container),
                 groups: Some(0),
                 not_host: Some("its pid namespace is not the agent's"),
+                host_unknown: false,
                 owner: None,
             }
         ),
         "uid 0 is allowed on the host only by [allow.host] uids 0 at p.toml:4:9, and this \
          process runs in a container (its pid namespace is not the agent's), not on the host"
     );
+    // A packet the kernel sent for a socket: nothing says it runs in a
+    // container, only that the guard cannot tell.
+    let unknown = crate::policy::explain_with(
+        &p,
+        Reason::HostOnly,
+        Some(1),
+        &crate::policy::Context {
+            uid: 0,
+            gid: 0,
+            id: Some(0),
+            place: Some(Place::Container),
+            not_host: Some("the owner's pid namespace is unknown"),
+            host_unknown: true,
+            ..crate::policy::Context::default()
+        },
+    );
+    assert!(
+        unknown.starts_with(
+            "uid 0 is allowed on the host only by [allow.host] uids 0 at p.toml:4:9, and the \
+             guard cannot tell that this process is on the host (the owner's pid namespace is \
+             unknown), so it refuses (fail closed)"
+        ),
+        "{unknown}"
+    );
+    assert!(!unknown.contains("container"), "{unknown}");
 }
 
 #[test]
