@@ -168,7 +168,11 @@ pub struct Config {
     /// under another epoch ([`SockState::epoch`]) is judged again on its
     /// next packet. A new agent makes new maps, so it starts again at 1.
     pub epoch: u32,
-    pub _pad: [u8; 4],
+    /// Reloads the agent has answered since it made these maps, taken or
+    /// refused (the programs do not read it): `imds-guard reload` sends
+    /// SIGHUP and waits for it to move, then reads the answer
+    /// ([`config_flags::RELOAD_REFUSED`], the epoch).
+    pub answered: u32,
 }
 
 /// Bits of [`Config::flags`].
@@ -186,6 +190,12 @@ pub mod config_flags {
     /// Some `[allow]` names did not resolve and are left out (they stay
     /// denied); the agent retries them. For `status`.
     pub const PARTIAL: u32 = 8;
+    /// A reload has started and is not answered yet: set on the generation
+    /// in force before the policy file is read, gone once the reload is
+    /// taken (a new generation) or refused. For `imds-guard reload`, which
+    /// must not take the answer of a reload that read the file before it
+    /// was asked for one.
+    pub const RELOADING: u32 = 16;
     // Bits 8 and up: what a decision must read of the caller (issue 9), so
     // that a policy that does not need it costs nothing.
     /// The policy has a gid rule: read the caller's supplementary groups.

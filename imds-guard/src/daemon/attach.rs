@@ -103,7 +103,7 @@ impl Attachment {
     /// The pinned config says a reload was refused, for `status`, until a
     /// reload succeeds (its new config has no such flag).
     pub(super) fn mark_reload_refused(&mut self) {
-        let marked = self.guard.as_mut().map(|g| g.mark_reload_refused(true));
+        let marked = self.guard.as_mut().map(Guard::mark_reload_refused);
         if let Some(Err(e)) = marked {
             tracing::warn!("cannot record the refused reload for status: {}", Chain(&e));
         }

@@ -157,6 +157,14 @@ impl Applied {
 /// (and the forward table, unless its ruleset is in force already).
 fn guard_reload(mut guard: Guard, config: &Path, tried: Tried, pods: Pods) -> Done {
     let waited_micros = tried.requested.elapsed().as_micros() as u64;
+    // Before the file is read: `imds-guard reload` then knows whether the
+    // answer to come read the file as it is now.
+    if let Err(e) = guard.mark_reloading() {
+        tracing::warn!(
+            "cannot record the reload in progress for imds-guard reload: {}",
+            Chain(&e)
+        );
+    }
     let Some((policy, unresolved)) = load(config) else {
         return Done {
             guard,

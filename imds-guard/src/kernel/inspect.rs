@@ -322,6 +322,18 @@ pub fn read_config(active: &Map, config: &Map) -> Result<(u32, common::Config), 
     Ok((generation, c))
 }
 
+/// The config in force of the guard pinned at `pins` (its generation and
+/// contents), without the rest of [`Status`]: `None` when nothing is
+/// pinned there.
+pub fn config_in_force(pins: &Pins) -> Result<Option<(u32, common::Config)>, StatusError> {
+    let active = pins.open_map(common::MAP_ACTIVE, Map::Array)?;
+    let config = pins.open_map(common::MAP_CONFIG, Map::Array)?;
+    Ok(match (active, config) {
+        (Some(a), Some(c)) => Some(read_config(&a, &c)?),
+        _ => None,
+    })
+}
+
 /// Whether `pid` is a running imds-guard agent.
 pub fn is_agent(pid: u32) -> bool {
     pid != 0

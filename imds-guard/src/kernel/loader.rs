@@ -290,12 +290,18 @@ impl Guard {
         Ok(self.maps.settle()?)
     }
 
-    /// Records in the pinned config whether the last reload was refused
-    /// (`config_flags::RELOAD_REFUSED`), for `status`.
-    pub fn mark_reload_refused(&mut self, refused: bool) -> Result<(), GuardError> {
-        let flag = common::config_flags::RELOAD_REFUSED;
-        let (set, clear) = if refused { (flag, 0) } else { (0, flag) };
-        Ok(self.maps.mark_active(set, clear)?)
+    /// Records in the pinned config that a reload started
+    /// (`config_flags::RELOADING`), before the policy file is read.
+    pub fn mark_reloading(&mut self) -> Result<(), GuardError> {
+        Ok(self.maps.mark_active(common::config_flags::RELOADING, 0)?)
+    }
+
+    /// Records in the pinned config that the last reload was refused
+    /// (`config_flags::RELOAD_REFUSED`, for `status`), and answers it
+    /// (`Config::answered`, for `imds-guard reload`). A reload taken
+    /// answers with its new config ([`Guard::apply`]).
+    pub fn mark_reload_refused(&mut self) -> Result<(), GuardError> {
+        Ok(self.maps.answer_refused()?)
     }
 
     /// The generation the next [`Guard::apply`] writes.

@@ -89,6 +89,9 @@ pub(super) struct PolicyMaps {
     /// The epoch of the last config written (`Config::epoch`), 0 before
     /// the first.
     epoch: u32,
+    /// Reloads answered (`Config::answered`): each apply after the first,
+    /// and each refusal ([`PolicyMaps::answer_refused`]).
+    answered: u32,
 }
 
 impl PolicyMaps {
@@ -111,6 +114,7 @@ impl PolicyMaps {
             gid_rules: id_rules::Mirror::empty(),
             member_rules: id_rules::Mirror::empty(),
             epoch: 0,
+            answered: 0,
         })
     }
 
@@ -137,6 +141,11 @@ impl PolicyMaps {
             // writing where they may read.
             self.wait_grace()?;
             self.readers_of_old = false;
+        }
+        if self.active.is_some() {
+            // A reload: its config is the answer `imds-guard reload` waits
+            // for.
+            self.answered = self.answered.wrapping_add(1);
         }
         // Its addresses go (the slot of the id maps is rewritten below).
         self.clear_generation(next)?;
@@ -302,7 +311,7 @@ impl PolicyMaps {
             agent_pid: stamp.agent_pid,
             flags: stamp.flags | reads(policy),
             epoch,
-            _pad: [0; 4],
+            answered: self.answered,
         };
         sys::map_update(self.config.as_fd(), &generation, &config)
             .map_err(maps::write(common::MAP_CONFIG))?;
@@ -313,12 +322,30 @@ impl PolicyMaps {
     /// Sets and clears `config_flags` bits of the generation in force, for
     /// what `status` reports (the programs read none that change here).
     pub(super) fn mark_active(&mut self, set: u32, clear: u32) -> Result<(), MapError> {
+        self.rewrite_active(|config| config.flags = (config.flags | set) & !clear)
+    }
+
+    /// Answers the reload in progress as refused in the config in force:
+    /// `RELOAD_REFUSED` set, `RELOADING` cleared, one more reload answered.
+    pub(super) fn answer_refused(&mut self) -> Result<(), MapError> {
+        self.answered = self.answered.wrapping_add(1);
+        let answered = self.answered;
+        self.rewrite_active(|config| {
+            config.flags = (config.flags | config_flags::RELOAD_REFUSED) & !config_flags::RELOADING;
+            config.answered = answered;
+        })
+    }
+
+    /// Changes the config of the generation in force in place (the
+    /// programs read its mode, default, flags and epoch, which stay as
+    /// they were but for the bits that are `status`'s).
+    fn rewrite_active(&mut self, change: impl FnOnce(&mut common::Config)) -> Result<(), MapError> {
         let Some(generation) = self.active else {
             return Ok(());
         };
         let mut config: common::Config = sys::map_lookup(self.config.as_fd(), &generation)
             .map_err(maps::write(common::MAP_CONFIG))?;
-        config.flags = (config.flags | set) & !clear;
+        change(&mut config);
         sys::map_update(self.config.as_fd(), &generation, &config)
             .map_err(maps::write(common::MAP_CONFIG))
     }
