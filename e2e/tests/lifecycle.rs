@@ -265,6 +265,77 @@ fn a_reload_with_a_broken_file_keeps_the_policy_in_force() {
 }
 
 #[test]
+fn reload_waits_for_the_agent_and_says_whether_the_policy_was_taken() {
+    if !privileged_or_skip("reload_waits_for_the_agent_and_says_whether_the_policy_was_taken") {
+        return;
+    }
+    let w = Sandbox::new();
+    let config = w.policy(P1);
+    let agent = w.start_agent(&[]);
+    let reload = || {
+        let out = w.cli(&["reload", "--config", config.to_str().expect("utf-8")]);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), said)
+    };
+    let epoch = |w: &Sandbox| w.status().1["policy"]["epoch"].as_u64().expect("an epoch");
+    let first = epoch(&w);
+    // Taken: exit 0 once it is in force, and the line says what is.
+    w.policy(P2);
+    let (code, said) = reload();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.starts_with("reloaded (policy epoch "), "{said}");
+    assert!(
+        said.contains(&format!("enforcing {}", config.display())),
+        "{said}"
+    );
+    assert_eq!(epoch(&w), first + 1);
+    probe(&w, Z)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_ok();
+    // Refused, twice in a row (the flag is set already the second time):
+    // exit 1 with the file's problem, the policy in force unchanged.
+    w.policy("[allow]\nuids = [1001, \"x\"]\n");
+    for _ in 0..2 {
+        let (code, said) = reload();
+        assert_eq!(code, Some(1), "{said}");
+        assert!(said.contains("reload refused"), "{said}");
+        assert!(
+            said.contains(&format!("{}:2:15:", config.display())),
+            "{said}"
+        );
+        assert_eq!(epoch(&w), first + 1);
+    }
+    let refusals = agent
+        .records()
+        .iter()
+        .filter(|r| {
+            field(r, "message")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.starts_with("reload refused"))
+        })
+        .count();
+    assert_eq!(refusals, 2, "{}", agent.output());
+    probe(&w, Z)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_ok();
+    // Taken again.
+    w.policy(P1);
+    let (code, said) = reload();
+    assert_eq!(code, Some(0), "{said}");
+    expect_p1(&w);
+    // No agent: nothing to ask, exit 3, and the pinned guard stays.
+    kill9(&agent);
+    let (code, said) = reload();
+    assert_eq!(code, Some(3), "{said}");
+    assert!(said.contains("no agent runs the guard pinned at"), "{said}");
+    expect_p1(&w);
+}
+
+#[test]
 fn reloading_under_load_never_gives_a_wrong_verdict() {
     if !privileged_or_skip("reloading_under_load_never_gives_a_wrong_verdict") {
         return;

@@ -10,8 +10,10 @@ mod detach;
 mod exit;
 pub mod generate;
 mod out;
+mod reload;
 mod render;
 mod run;
+mod state;
 mod status;
 mod validate;
 
@@ -52,6 +54,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
         Command::Render(args) => render::execute(&args),
         Command::Detach(args) => detach::execute(&args),
         Command::Status(args) => status::execute(&args),
+        Command::Reload(args) => reload::execute(&args),
         Command::Check(args) => check::execute(&args),
         Command::Generate(args) => generate::run_generate(&args, Cli::command())
             .map(|()| Outcome::Success)
@@ -94,6 +97,11 @@ pub enum Command {
     /// and its counters, read from the kernel. Exit 0 only when enforcing
     /// (or auditing as configured).
     Status(StatusArgs),
+    /// Ask the running agent to reload its policy, and wait for its answer:
+    /// exit 0 when it put the policy in force, 1 when it refused a policy
+    /// that does not validate (the one in force stays), 3 when it could not
+    /// be asked or did not answer. What the packaged unit's ExecReload runs.
+    Reload(ReloadArgs),
     /// The verdict a policy gives a process, and the rule that decides it,
     /// without the kernel. Exit 0 when allowed, 4 when denied.
     Check(CheckArgs),
@@ -172,6 +180,27 @@ pub struct StatusArgs {
     /// fails a health check on a host left in audit mode).
     #[arg(long, value_name = "MODE", value_parser = ["enforce", "audit"])]
     pub require: Option<String>,
+    /// One line instead: what is in force (the mode and the policy file,
+    /// the FALLBACK policy and why, or that nothing is), said of --config
+    /// or else the policy file the agent reads.
+    #[arg(long, conflicts_with = "json")]
+    pub short: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The pin directory of the guard whose agent to ask.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// The policy file the agent reads, to say why a reload was refused
+    /// [default: /etc/imds-guard/policy.toml if there is one, else the
+    /// packaged /usr/share/imds-guard/policy.toml]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// How long to wait for the answer, in seconds (a policy of 100,000
+    /// uids takes about one).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]

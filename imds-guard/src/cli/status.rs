@@ -83,6 +83,21 @@ impl KernelReport {
 
 pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
     let status = Status::read(&Pins::new(&args.pin_dir)).map_err(CliError::runtime)?;
+    if args.short {
+        let config = super::policy_file(args.config.as_deref());
+        outln!("{}", super::state::line(&status, &config))?;
+        let healthy = status.enforcing()
+            && !status.in_fallback()
+            && args
+                .config
+                .as_deref()
+                .is_none_or(|file| compare(&status, file).matches());
+        return Ok(if healthy {
+            Outcome::Success
+        } else {
+            Outcome::NotEnforcing
+        });
+    }
     let kernel = kernel_report();
     let compared = args.config.as_deref().map(|file| compare(&status, file));
     let required = args
