@@ -51,20 +51,23 @@ fn line_with(status: &Status, config: &Path, file: Result<String, String>) -> St
              be, then: systemctl reload imds-guard"
         );
     }
-    let doing = match mode {
-        Mode::Enforce => "enforcing",
-        Mode::Audit => "auditing (audit mode: nothing is refused, would-be denials are logged)",
+    let (doing, audit) = match mode {
+        Mode::Enforce => ("enforcing", ""),
+        Mode::Audit => (
+            "auditing",
+            "; audit mode: nothing is refused, would-be denials are logged",
+        ),
     };
     let what = match file {
-        Ok(d) if d == digest => format!("{config} (sha256 {})", short(&digest)),
+        Ok(d) if d == digest => format!("{config} (sha256 {}{audit})", short(&digest)),
         Ok(d) => format!(
-            "a policy (sha256 {}) that is not {config}'s (sha256 {}): systemctl reload \
+            "a policy (sha256 {}{audit}) that is not {config}'s (sha256 {}): systemctl reload \
              imds-guard puts the file in force",
             short(&digest),
             short(&d)
         ),
         Err(problem) => format!(
-            "the policy last put in force (sha256 {}), not the file: {problem}",
+            "the policy last put in force (sha256 {}{audit}), not the file: {problem}",
             short(&digest)
         ),
     };
@@ -161,9 +164,12 @@ mod tests {
             format!("imds-guard: enforcing {FILE} (sha256 abababababab)")
         );
         let auditing = said(&guarded(mode::AUDIT, digest, 0), Ok(&hex));
-        assert!(
-            auditing.starts_with("imds-guard: auditing (audit mode: nothing is refused"),
-            "{auditing}"
+        assert_eq!(
+            auditing,
+            format!(
+                "imds-guard: auditing {FILE} (sha256 abababababab; audit mode: nothing is \
+                 refused, would-be denials are logged)"
+            )
         );
         assert!(!auditing.contains("enforcing"), "{auditing}");
         let other = said(&guarded(mode::ENFORCE, digest, 0), Ok("cd"));
