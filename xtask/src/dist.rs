@@ -27,6 +27,7 @@ mod glibc;
 mod layout;
 mod rpm;
 mod rpm_root;
+mod scripts;
 mod shipped;
 
 use std::{

@@ -3,7 +3,10 @@
 //! installs the package and runs the service as shipped (its capability
 //! bounding set, sandbox and system-call filter; only the cgroup is a test
 //! child, never the root), then checks readiness, the journal fields of a
-//! real denial, reload, stop (the guard stays) and purge (it goes).
+//! real denial, reload (refused: `systemctl reload` fails), stop (the guard
+//! stays), a broken policy while pinned, upgrades while stopped or failed,
+//! a reinstall after `dpkg -r`, the line each install prints (enforcing,
+//! auditing, the fallback, policy-rc.d) and purge (it goes).
 //!
 //! It caught what no manual imitation of the sandbox did:
 //! `ProtectKernelTunables=` makes `/sys/fs/bpf` read-only beyond the reach
@@ -121,18 +124,48 @@ fn verify(got: &BTreeMap<String, String>) -> Result<()> {
         ("deny_SYSLOG_IDENTIFIER", "imds-guard"),
         ("reload_rc", "0"),
         ("reload_OUTCOME", "applied"),
+        // ExecReload waits for the answer: a refused policy fails the
+        // reload, and the journal says where at warning priority.
+        ("refused_reload_rc", "1"),
+        ("refused_reload_warning", "1"),
+        ("refused_reload_active", "active"),
         // /etc's policy removed: the reload fell back to the default.
         ("status_matches_default_after_reload", "0"),
         ("stopped", "inactive"),
         // Stopping leaves the guard pinned and enforcing.
         ("status_after_stop", "0"),
+        // An upgrade starts a stopped service, and says what is in force.
+        ("upgrade_stopped_active", "active"),
+        ("upgrade_stopped_line", "1"),
+        // A broken policy while pinned: exit 1, not restarted; the journal
+        // says where and that the pinned guard keeps enforcing.
+        ("broken_start_active", "failed"),
+        ("broken_start_where", "1"),
+        ("broken_start_kept", "1"),
+        ("status_after_broken_start", "0"),
+        // An upgrade starts a failed service.
+        ("upgrade_failed_active", "active"),
         ("purge_rc", "0"),
         ("pins_after_purge", "0"),
         ("unit_after_purge", "0"),
+        // Installed over a policy that does not validate: the fallback,
+        // said as such, never "enforcing".
+        ("fallback_active", "active"),
+        ("fallback_line", "1"),
+        ("fallback_enforcing", "0"),
+        ("audit_line", "1"),
+        // A reinstall after `apt remove` starts the guard again.
+        ("remove_rc", "0"),
+        ("pins_after_remove", "0"),
+        ("reinstall_active", "active"),
+        ("reinstall_enabled", "enabled"),
+        ("reinstall_line", "1"),
+        ("reinstall_purge_rc", "0"),
         // policy-rc.d forbids starting: enabled for the next boot only.
         ("policy_rc_install_rc", "0"),
         ("policy_rc_active", "inactive"),
         ("policy_rc_enabled", "enabled"),
+        ("policy_rc_line", "1"),
         ("policy_rc_purge_rc", "0"),
         ("pins_after_second_purge", "0"),
         ("done", "yes"),

@@ -66,7 +66,7 @@ fn expected_files(build: &Build, format: Format) -> Result<BTreeSet<String>> {
 
 pub fn deb(build: &Build, deb: &Path) -> Result<()> {
     let mut p = Problems::default();
-    check_scripts(&mut p, deb::SCRIPTS.iter().map(|(n, s)| (*n, *s)));
+    check_scripts(&mut p, deb::scripts().iter().map(|(n, s)| (*n, s.as_str())));
 
     let arch = build.arch.deb();
     let fields = stdout(Command::new("dpkg-deb").arg("--field").arg(deb).args([
@@ -328,7 +328,10 @@ fn installed_checks(build: &Build, deb: &Path, seeded: &str) -> Result<()> {
 
 pub fn rpm(build: &Build, rpm: &Path) -> Result<()> {
     let mut p = Problems::default();
-    check_scripts(&mut p, rpm::SCRIPTLETS.iter().map(|(n, s)| (*n, *s)));
+    check_scripts(
+        &mut p,
+        rpm::scriptlets().iter().map(|(n, s)| (*n, s.as_str())),
+    );
     let qp = |args: &[&str]| stdout(Command::new("rpm").arg("-qp").args(args).arg(rpm));
 
     let arch = build.arch.rpm();
@@ -371,7 +374,7 @@ pub fn rpm(build: &Build, rpm: &Path) -> Result<()> {
     }
 
     let scripts = qp(&["--scripts"])?;
-    for ((section, body), header) in rpm::SCRIPTLETS.iter().zip([
+    for ((section, body), header) in rpm::scriptlets().iter().zip([
         "postinstall scriptlet",
         "preuninstall scriptlet",
         "postuninstall scriptlet",

@@ -18,12 +18,16 @@ use super::{
 };
 use crate::process::{fresh_dir, run, stdout};
 
-/// The maintainer scripts (`sh -n` checked by `--check`).
-pub const SCRIPTS: [(&str, &str); 3] = [
-    ("postinst", include_str!("scripts/deb-postinst")),
-    ("prerm", include_str!("scripts/deb-prerm")),
-    ("postrm", include_str!("scripts/deb-postrm")),
-];
+/// The maintainer scripts (`sh -n` checked by `--check`), the state
+/// snippet in place ([`super::scripts::filled`]).
+pub fn scripts() -> [(&'static str, String); 3] {
+    [
+        ("postinst", include_str!("scripts/deb-postinst")),
+        ("prerm", include_str!("scripts/deb-prerm")),
+        ("postrm", include_str!("scripts/deb-postrm")),
+    ]
+    .map(|(name, text)| (name, super::scripts::filled(text)))
+}
 
 const SUMMARY: &str = "decides which local processes may reach the cloud instance metadata service";
 /// The extended description, wrapped; `debian_description` indents it.
@@ -95,8 +99,8 @@ pub fn build(build: &Build) -> Result<PathBuf> {
     );
     write(&debian.join("control"), &control, 0o644)?;
     write(&debian.join("md5sums"), &md5sums(&entries, &root)?, 0o644)?;
-    for (name, script) in SCRIPTS {
-        write(&debian.join(name), script, 0o755)?;
+    for (name, script) in scripts() {
+        write(&debian.join(name), &script, 0o755)?;
     }
 
     let out = build

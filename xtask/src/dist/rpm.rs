@@ -13,12 +13,16 @@ use super::{
 };
 use crate::process::{fresh_dir, run};
 
-/// The scriptlets, by spec section.
-pub const SCRIPTLETS: [(&str, &str); 3] = [
-    ("%post", include_str!("scripts/rpm-post")),
-    ("%preun", include_str!("scripts/rpm-preun")),
-    ("%postun", include_str!("scripts/rpm-postun")),
-];
+/// The scriptlets, by spec section, the state snippet in place
+/// ([`super::scripts::filled`]).
+pub fn scriptlets() -> [(&'static str, String); 3] {
+    [
+        ("%post", include_str!("scripts/rpm-post")),
+        ("%preun", include_str!("scripts/rpm-preun")),
+        ("%postun", include_str!("scripts/rpm-postun")),
+    ]
+    .map(|(section, text)| (section, super::scripts::filled(text)))
+}
 
 pub fn build(build: &Build) -> Result<PathBuf> {
     let arch = build.arch.rpm();
@@ -37,9 +41,9 @@ pub fn build(build: &Build) -> Result<PathBuf> {
             writeln!(files, "{}", e.path)?;
         }
     }
-    let mut scriptlets = String::new();
-    for (section, body) in SCRIPTLETS {
-        writeln!(scriptlets, "{section}\n{body}")?;
+    let mut scripts = String::new();
+    for (section, body) in scriptlets() {
+        writeln!(scripts, "{section}\n{body}")?;
     }
     // The binary is built and the man pages compressed already: no
     // debuginfo subpackage, build-id links or brp-* post-processing (which
@@ -68,7 +72,7 @@ pub fn build(build: &Build) -> Result<PathBuf> {
          mkdir -p %{{buildroot}}\n\
          cp -a '{stage}/.' %{{buildroot}}/\n\
          \n\
-         {scriptlets}\n\
+         {scripts}\n\
          %files\n\
          {files}",
         version = build.version,
