@@ -28,6 +28,12 @@ pub const POLICY: &str = "/usr/share/imds-guard/policy.toml";
 /// (a purge neither: it is the administrator's file).
 pub const ADMIN_POLICY: &str = "/etc/imds-guard/policy.toml";
 pub const DOC_DIR: &str = "/usr/share/doc/imds-guard";
+/// The `.rpm`'s systemd preset: RHEL's and Amazon Linux's
+/// `90-default.preset` disables every service it does not name, so
+/// without one of its own `%post`'s `systemctl preset` would leave the
+/// guard disabled, and the host open after a reboot. The `.deb` needs none
+/// (deb-systemd-helper enables it).
+pub const PRESET: &str = "/usr/lib/systemd/system-preset/50-imds-guard.preset";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -109,6 +115,9 @@ pub fn entries(build: &Build, format: Format) -> Result<Vec<Entry>> {
             0o644,
         ),
     ];
+    if format == Format::Rpm {
+        entries.push(Entry::new(PRESET, Source::Text(PRESET_TEXT), 0o644));
+    }
 
     let man = build.generated.join("man");
     let mut pages: Vec<PathBuf> = fs::read_dir(&man)
@@ -208,6 +217,16 @@ fn set_dir_modes(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// [`PRESET`]: a preset file of a lower number, or one of the same name in
+/// /etc/systemd/system-preset, says otherwise.
+const PRESET_TEXT: &str = "\
+# imds-guard: enabled when the package is installed (systemctl preset): a
+# guard that does not start at boot leaves the instance metadata service open
+# to every local process. To keep it disabled, write `disable
+# imds-guard.service` in /etc/systemd/system-preset/50-imds-guard.preset.
+enable imds-guard.service
+";
 
 /// The licence statement both packages ship (Debian's machine-readable
 /// format, which an RPM reader can read as well).

@@ -5,10 +5,12 @@
 //! `/run/systemd/system`, so every branch a booted host takes is taken.
 //!
 //! An RPM-based distribution would also bring its presets and `%systemd_*`
-//! macros; the scriptlets use neither (see `rpm.rs`), so what is checked
-//! here is what runs there: which `systemctl` calls each step makes, that a
-//! policy written to /etc before the install is never touched or shadowed
-//! by an `.rpmnew`/`.rpmsave`, and that an erase leaves only that policy.
+//! macros; the scriptlets use no macro (see `rpm.rs`) and the package
+//! brings its own preset, so what is checked here is what runs there: which
+//! `systemctl` calls each step makes, the line that says what is in force,
+//! that a policy written to /etc before the install is never touched or
+//! shadowed by an `.rpmnew`/`.rpmsave`, and that an erase leaves only that
+//! policy.
 
 use std::{fs, path::Path, process::Command};
 
@@ -16,7 +18,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Build,
-    layout::{ADMIN_POLICY, BIN, POLICY},
+    layout::{ADMIN_POLICY, BIN, POLICY, PRESET},
 };
 use crate::process::{fresh_dir, output, stdout};
 
@@ -29,6 +31,9 @@ const NFT: &str = "#!/bin/sh\necho '{\"nftables\": [{\"metainfo\": {\"version\":
 /// What the erase's `imds-guard detach` says in a root where nothing is
 /// pinned (no bpf file system is mounted in it).
 const NOTHING_PINNED: &str = "nothing is pinned at /sys/fs/bpf/imds-guard";
+/// What an install or an upgrade says is in force in that root.
+const NOTHING_IN_FORCE: &str =
+    "imds-guard: nothing is in force: no guard is pinned at /sys/fs/bpf/imds-guard";
 const LOG: &str = "var/log/systemctl.log";
 /// What the administrator wrote before installing.
 const SEEDED: &str = "# written before the install by cargo xtask dist --check\n";
@@ -42,63 +47,88 @@ pub fn check(build: &Build, rpm: &Path) -> Result<()> {
 
 fn cycle(root: &Path, rpm: &Path) -> Result<()> {
     let mut problems = Vec::new();
-    let step =
-        |problems: &mut Vec<String>, what: &str, args: &[&str], want: &[&str]| -> Result<()> {
-            let _ = fs::remove_file(root.join(LOG));
-            let out = output(
-                Command::new("rpm")
-                    .arg("--root")
-                    .arg(root)
-                    .args(["--dbpath", "/var/lib/rpm", "--nodeps"])
-                    .args(args),
-            )
-            .with_context(|| format!("rpm {what}"))?;
-            let said = String::from_utf8_lossy(&out.stderr);
-            // Debian's rpm warns that it is not dpkg; anything else is news.
-            for line in said
-                .lines()
-                .filter(|l| !l.starts_with("rpm: ") && !l.starts_with(NOTHING_PINNED))
-            {
-                problems.push(format!("rpm {what} said: {line}"));
-            }
-            let calls = fs::read_to_string(root.join(LOG)).unwrap_or_default();
-            let calls: Vec<&str> = calls.lines().collect();
-            if calls != want {
-                problems.push(format!(
-                    "rpm {what}: the scriptlets called systemctl {calls:?}, expected {want:?}"
-                ));
-            }
-            let policy = fs::read_to_string(root.join(rel(ADMIN_POLICY))).unwrap_or_default();
-            if policy != SEEDED {
-                problems.push(format!("after rpm {what}, {ADMIN_POLICY} is {policy:?}"));
-            }
-            let etc: Vec<String> = fs::read_dir(root.join("etc/imds-guard"))
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect()
-                })
-                .unwrap_or_default();
-            if etc != ["policy.toml"] {
-                problems.push(format!("after rpm {what}, /etc/imds-guard holds {etc:?}"));
-            }
-            Ok(())
-        };
+    let step = |problems: &mut Vec<String>,
+                what: &str,
+                args: &[&str],
+                want: &[&str],
+                says: Option<&str>|
+     -> Result<()> {
+        let _ = fs::remove_file(root.join(LOG));
+        let out = output(
+            Command::new("rpm")
+                .arg("--root")
+                .arg(root)
+                .args(["--dbpath", "/var/lib/rpm", "--nodeps"])
+                .args(args),
+        )
+        .with_context(|| format!("rpm {what}"))?;
+        let told = String::from_utf8_lossy(&out.stdout);
+        if let Some(line) = says
+            && !told.lines().any(|l| l == line)
+        {
+            problems.push(format!(
+                "rpm {what} did not say what is in force ({line:?}): {told:?}"
+            ));
+        }
+        if says.is_none() && !told.trim().is_empty() {
+            problems.push(format!("rpm {what} printed {told:?}"));
+        }
+        let said = String::from_utf8_lossy(&out.stderr);
+        // Debian's rpm warns that it is not dpkg; anything else is news.
+        for line in said
+            .lines()
+            .filter(|l| !l.starts_with("rpm: ") && !l.starts_with(NOTHING_PINNED))
+        {
+            problems.push(format!("rpm {what} said: {line}"));
+        }
+        let calls = fs::read_to_string(root.join(LOG)).unwrap_or_default();
+        let calls: Vec<&str> = calls.lines().collect();
+        if calls != want {
+            problems.push(format!(
+                "rpm {what}: the scriptlets called systemctl {calls:?}, expected {want:?}"
+            ));
+        }
+        let policy = fs::read_to_string(root.join(rel(ADMIN_POLICY))).unwrap_or_default();
+        if policy != SEEDED {
+            problems.push(format!("after rpm {what}, {ADMIN_POLICY} is {policy:?}"));
+        }
+        let etc: Vec<String> = fs::read_dir(root.join("etc/imds-guard"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if etc != ["policy.toml"] {
+            problems.push(format!("after rpm {what}, /etc/imds-guard holds {etc:?}"));
+        }
+        Ok(())
+    };
 
-    // A fresh install: presets decide enablement; nothing is started.
+    // A fresh install: presets decide enablement (the package's own
+    // enables it), an enabled unit is started, and one line says what is
+    // in force (nothing here: no bpf file system is mounted in the root).
     step(
         &mut problems,
         "-i",
         &["-i", &rpm.to_string_lossy()],
-        &["--no-reload preset imds-guard.service", "daemon-reload"],
+        &[
+            "--no-reload preset imds-guard.service",
+            "daemon-reload",
+            "--quiet is-enabled imds-guard.service",
+            "start imds-guard.service",
+            "--quiet is-active imds-guard.service",
+        ],
+        Some(NOTHING_IN_FORCE),
     )?;
-    for file in [BIN, POLICY] {
+    for file in [BIN, POLICY, PRESET] {
         if !root.join(rel(file)).is_file() {
             problems.push(format!("rpm -i did not install {file}"));
         }
     }
-    // An upgrade (the same package again): the running agent restarts on
-    // the new binary and adopts the pinned guard.
+    // An upgrade (the same package again): the enabled agent restarts on
+    // the new binary and adopts the pinned guard, or starts if it was
+    // stopped or had failed; one line says what is in force.
     step(
         &mut problems,
         "-U --replacepkgs",
@@ -106,9 +136,16 @@ fn cycle(root: &Path, rpm: &Path) -> Result<()> {
         &[
             "daemon-reload",
             "daemon-reload",
-            "try-restart imds-guard.service",
+            "--quiet is-enabled imds-guard.service",
+            "restart imds-guard.service",
+            "--quiet is-active imds-guard.service",
         ],
+        Some(NOTHING_IN_FORCE),
     )?;
+    let preset = fs::read_to_string(root.join(rel(PRESET))).unwrap_or_default();
+    if !preset.lines().any(|l| l == "enable imds-guard.service") {
+        problems.push(format!("{PRESET} does not enable the service: {preset:?}"));
+    }
     // An erase: stopped, detached (nothing is pinned in this root: detach
     // says so and the erase goes on), disabled.
     step(
@@ -120,6 +157,7 @@ fn cycle(root: &Path, rpm: &Path) -> Result<()> {
             "--no-reload disable imds-guard.service",
             "daemon-reload",
         ],
+        None,
     )?;
     for file in [BIN, POLICY, "/usr/share/imds-guard"] {
         if root.join(rel(file)).exists() {

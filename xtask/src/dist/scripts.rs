@@ -36,6 +36,6 @@ mod tests {
             .iter()
             .filter(|(_, text)| text.contains("imds_guard_state() {"))
             .count();
-        assert_eq!(with, 1, "the postinst says what is in force");
+        assert_eq!(with, 3, "postinst, %post and %postun say what is in force");
     }
 }
