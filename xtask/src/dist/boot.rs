@@ -98,80 +98,82 @@ fn parse(results: &str) -> BTreeMap<String, String> {
     map
 }
 
+/// What `run.sh` must have found, by key.
+const EXPECTED: &[(&str, &str)] = &[
+    // Without a terminal, over a policy written first, which is used.
+    ("install_rc", "0"),
+    ("active", "active"),
+    ("enforcing_line", "1"),
+    ("status_matches_seeded", "0"),
+    // 5: differs from the policy in force.
+    ("status_matches_default", "5"),
+    ("cap_eff", CAPS),
+    ("cap_bnd", CAPS),
+    ("no_new_privs", "1"),
+    ("seccomp", "2"),
+    ("connect", "bash: connect: Operation not permitted"),
+    ("deny_EVENT", "deny"),
+    ("deny_UID", "65534"),
+    ("deny_USER", "nobody"),
+    ("deny_GID", "65534"),
+    ("deny_COMM", "bash"),
+    ("deny_DST", "169.254.169.254"),
+    ("deny_PORT", "80"),
+    ("deny_HOOK", "connect4"),
+    ("deny_PRIORITY", "4"),
+    ("deny_SYSLOG_IDENTIFIER", "imds-guard"),
+    ("reload_rc", "0"),
+    ("reload_OUTCOME", "applied"),
+    // ExecReload waits for the answer: a refused policy fails the
+    // reload, and the journal says where at warning priority.
+    ("refused_reload_rc", "1"),
+    ("refused_reload_warning", "1"),
+    ("refused_reload_active", "active"),
+    // /etc's policy removed: the reload fell back to the default.
+    ("status_matches_default_after_reload", "0"),
+    ("stopped", "inactive"),
+    // Stopping leaves the guard pinned and enforcing.
+    ("status_after_stop", "0"),
+    // An upgrade starts a stopped service, and says what is in force.
+    ("upgrade_stopped_active", "active"),
+    ("upgrade_stopped_line", "1"),
+    // A broken policy while pinned: exit 1, not restarted; the journal
+    // says where and that the pinned guard keeps enforcing.
+    ("broken_start_active", "failed"),
+    ("broken_start_where", "1"),
+    ("broken_start_kept", "1"),
+    ("status_after_broken_start", "0"),
+    // An upgrade starts a failed service.
+    ("upgrade_failed_active", "active"),
+    ("purge_rc", "0"),
+    ("pins_after_purge", "0"),
+    ("unit_after_purge", "0"),
+    // Installed over a policy that does not validate: the fallback,
+    // said as such, never "enforcing".
+    ("fallback_active", "active"),
+    ("fallback_line", "1"),
+    ("fallback_enforcing", "0"),
+    ("audit_line", "1"),
+    // A reinstall after `apt remove` starts the guard again.
+    ("remove_rc", "0"),
+    ("pins_after_remove", "0"),
+    ("reinstall_active", "active"),
+    ("reinstall_enabled", "enabled"),
+    ("reinstall_line", "1"),
+    ("reinstall_purge_rc", "0"),
+    // policy-rc.d forbids starting: enabled for the next boot only.
+    ("policy_rc_install_rc", "0"),
+    ("policy_rc_active", "inactive"),
+    ("policy_rc_enabled", "enabled"),
+    ("policy_rc_line", "1"),
+    ("policy_rc_purge_rc", "0"),
+    ("pins_after_second_purge", "0"),
+    ("done", "yes"),
+];
+
 fn verify(got: &BTreeMap<String, String>) -> Result<()> {
-    let expected: &[(&str, &str)] = &[
-        // Without a terminal, over a policy written first, which is used.
-        ("install_rc", "0"),
-        ("active", "active"),
-        ("enforcing_line", "1"),
-        ("status_matches_seeded", "0"),
-        // 5: differs from the policy in force.
-        ("status_matches_default", "5"),
-        ("cap_eff", CAPS),
-        ("cap_bnd", CAPS),
-        ("no_new_privs", "1"),
-        ("seccomp", "2"),
-        ("connect", "bash: connect: Operation not permitted"),
-        ("deny_EVENT", "deny"),
-        ("deny_UID", "65534"),
-        ("deny_USER", "nobody"),
-        ("deny_GID", "65534"),
-        ("deny_COMM", "bash"),
-        ("deny_DST", "169.254.169.254"),
-        ("deny_PORT", "80"),
-        ("deny_HOOK", "connect4"),
-        ("deny_PRIORITY", "4"),
-        ("deny_SYSLOG_IDENTIFIER", "imds-guard"),
-        ("reload_rc", "0"),
-        ("reload_OUTCOME", "applied"),
-        // ExecReload waits for the answer: a refused policy fails the
-        // reload, and the journal says where at warning priority.
-        ("refused_reload_rc", "1"),
-        ("refused_reload_warning", "1"),
-        ("refused_reload_active", "active"),
-        // /etc's policy removed: the reload fell back to the default.
-        ("status_matches_default_after_reload", "0"),
-        ("stopped", "inactive"),
-        // Stopping leaves the guard pinned and enforcing.
-        ("status_after_stop", "0"),
-        // An upgrade starts a stopped service, and says what is in force.
-        ("upgrade_stopped_active", "active"),
-        ("upgrade_stopped_line", "1"),
-        // A broken policy while pinned: exit 1, not restarted; the journal
-        // says where and that the pinned guard keeps enforcing.
-        ("broken_start_active", "failed"),
-        ("broken_start_where", "1"),
-        ("broken_start_kept", "1"),
-        ("status_after_broken_start", "0"),
-        // An upgrade starts a failed service.
-        ("upgrade_failed_active", "active"),
-        ("purge_rc", "0"),
-        ("pins_after_purge", "0"),
-        ("unit_after_purge", "0"),
-        // Installed over a policy that does not validate: the fallback,
-        // said as such, never "enforcing".
-        ("fallback_active", "active"),
-        ("fallback_line", "1"),
-        ("fallback_enforcing", "0"),
-        ("audit_line", "1"),
-        // A reinstall after `apt remove` starts the guard again.
-        ("remove_rc", "0"),
-        ("pins_after_remove", "0"),
-        ("reinstall_active", "active"),
-        ("reinstall_enabled", "enabled"),
-        ("reinstall_line", "1"),
-        ("reinstall_purge_rc", "0"),
-        // policy-rc.d forbids starting: enabled for the next boot only.
-        ("policy_rc_install_rc", "0"),
-        ("policy_rc_active", "inactive"),
-        ("policy_rc_enabled", "enabled"),
-        ("policy_rc_line", "1"),
-        ("policy_rc_purge_rc", "0"),
-        ("pins_after_second_purge", "0"),
-        ("done", "yes"),
-    ];
     let mut problems = Vec::new();
-    for (key, want) in expected {
+    for (key, want) in EXPECTED {
         match got.get(*key) {
             Some(v) if v == want => {}
             Some(v) => problems.push(format!("{key} is {v:?}, expected {want:?}")),

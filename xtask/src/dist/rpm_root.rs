@@ -47,68 +47,12 @@ pub fn check(build: &Build, rpm: &Path) -> Result<()> {
 
 fn cycle(root: &Path, rpm: &Path) -> Result<()> {
     let mut problems = Vec::new();
-    let step = |problems: &mut Vec<String>,
-                what: &str,
-                args: &[&str],
-                want: &[&str],
-                says: Option<&str>|
-     -> Result<()> {
-        let _ = fs::remove_file(root.join(LOG));
-        let out = output(
-            Command::new("rpm")
-                .arg("--root")
-                .arg(root)
-                .args(["--dbpath", "/var/lib/rpm", "--nodeps"])
-                .args(args),
-        )
-        .with_context(|| format!("rpm {what}"))?;
-        let told = String::from_utf8_lossy(&out.stdout);
-        if let Some(line) = says
-            && !told.lines().any(|l| l == line)
-        {
-            problems.push(format!(
-                "rpm {what} did not say what is in force ({line:?}): {told:?}"
-            ));
-        }
-        if says.is_none() && !told.trim().is_empty() {
-            problems.push(format!("rpm {what} printed {told:?}"));
-        }
-        let said = String::from_utf8_lossy(&out.stderr);
-        // Debian's rpm warns that it is not dpkg; anything else is news.
-        for line in said
-            .lines()
-            .filter(|l| !l.starts_with("rpm: ") && !l.starts_with(NOTHING_PINNED))
-        {
-            problems.push(format!("rpm {what} said: {line}"));
-        }
-        let calls = fs::read_to_string(root.join(LOG)).unwrap_or_default();
-        let calls: Vec<&str> = calls.lines().collect();
-        if calls != want {
-            problems.push(format!(
-                "rpm {what}: the scriptlets called systemctl {calls:?}, expected {want:?}"
-            ));
-        }
-        let policy = fs::read_to_string(root.join(rel(ADMIN_POLICY))).unwrap_or_default();
-        if policy != SEEDED {
-            problems.push(format!("after rpm {what}, {ADMIN_POLICY} is {policy:?}"));
-        }
-        let etc: Vec<String> = fs::read_dir(root.join("etc/imds-guard"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if etc != ["policy.toml"] {
-            problems.push(format!("after rpm {what}, /etc/imds-guard holds {etc:?}"));
-        }
-        Ok(())
-    };
 
     // A fresh install: presets decide enablement (the package's own
     // enables it), an enabled unit is started, and one line says what is
     // in force (nothing here: no bpf file system is mounted in the root).
     step(
+        root,
         &mut problems,
         "-i",
         &["-i", &rpm.to_string_lossy()],
@@ -130,6 +74,7 @@ fn cycle(root: &Path, rpm: &Path) -> Result<()> {
     // the new binary and adopts the pinned guard, or starts if it was
     // stopped or had failed; one line says what is in force.
     step(
+        root,
         &mut problems,
         "-U --replacepkgs",
         &["-U", "--replacepkgs", &rpm.to_string_lossy()],
@@ -149,6 +94,7 @@ fn cycle(root: &Path, rpm: &Path) -> Result<()> {
     // An erase: stopped, detached (nothing is pinned in this root: detach
     // says so and the erase goes on), disabled.
     step(
+        root,
         &mut problems,
         "-e",
         &["-e", "imds-guard"],
@@ -169,6 +115,70 @@ fn cycle(root: &Path, rpm: &Path) -> Result<()> {
         return Ok(());
     }
     bail!("the .rpm in an RPM root:\n  - {}", problems.join("\n  - "))
+}
+
+/// One rpm run in `root`: what it must print on stdout (`says`: the line
+/// that says what is in force, or nothing), the `systemctl` calls its
+/// scriptlets must make (`want`), and the administrator's policy, alone
+/// in /etc/imds-guard and untouched, after it. Problems go to `problems`.
+fn step(
+    root: &Path,
+    problems: &mut Vec<String>,
+    what: &str,
+    args: &[&str],
+    want: &[&str],
+    says: Option<&str>,
+) -> Result<()> {
+    let _ = fs::remove_file(root.join(LOG));
+    let out = output(
+        Command::new("rpm")
+            .arg("--root")
+            .arg(root)
+            .args(["--dbpath", "/var/lib/rpm", "--nodeps"])
+            .args(args),
+    )
+    .with_context(|| format!("rpm {what}"))?;
+    let told = String::from_utf8_lossy(&out.stdout);
+    if let Some(line) = says
+        && !told.lines().any(|l| l == line)
+    {
+        problems.push(format!(
+            "rpm {what} did not say what is in force ({line:?}): {told:?}"
+        ));
+    }
+    if says.is_none() && !told.trim().is_empty() {
+        problems.push(format!("rpm {what} printed {told:?}"));
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    // Debian's rpm warns that it is not dpkg; anything else is news.
+    for line in said
+        .lines()
+        .filter(|l| !l.starts_with("rpm: ") && !l.starts_with(NOTHING_PINNED))
+    {
+        problems.push(format!("rpm {what} said: {line}"));
+    }
+    let calls = fs::read_to_string(root.join(LOG)).unwrap_or_default();
+    let calls: Vec<&str> = calls.lines().collect();
+    if calls != want {
+        problems.push(format!(
+            "rpm {what}: the scriptlets called systemctl {calls:?}, expected {want:?}"
+        ));
+    }
+    let policy = fs::read_to_string(root.join(rel(ADMIN_POLICY))).unwrap_or_default();
+    if policy != SEEDED {
+        problems.push(format!("after rpm {what}, {ADMIN_POLICY} is {policy:?}"));
+    }
+    let etc: Vec<String> = fs::read_dir(root.join("etc/imds-guard"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if etc != ["policy.toml"] {
+        problems.push(format!("after rpm {what}, /etc/imds-guard holds {etc:?}"));
+    }
+    Ok(())
 }
 
 /// A root where the scriptlets can run: /bin/sh, the libraries it and the
