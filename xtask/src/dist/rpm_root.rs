@@ -24,13 +24,17 @@ use crate::process::{fresh_dir, output, stdout};
 
 /// The stand-in `systemctl`: one line per call, its arguments.
 const SYSTEMCTL: &str = "#!/bin/sh\necho \"$*\" >> /var/log/systemctl.log\n";
-/// The stand-in `nft` that `detach` runs (the `nftables` dependency): its
-/// JSON for a ruleset without tables.
-const NFT: &str = "#!/bin/sh\necho '{\"nftables\": [{\"metainfo\": {\"version\": \"1.0.6\", \
+/// The stand-in `nft` that `detach` runs (the `nftables` dependency), for
+/// a ruleset without tables: listing the forward table fails as nft's
+/// does ("No such file or directory"), anything else gets its JSON.
+const NFT: &str = "#!/bin/sh\n\
+                   case \"$*\" in *'list table'*) echo 'Error: No such file or directory' >&2; \
+                   exit 1;; esac\n\
+                   echo '{\"nftables\": [{\"metainfo\": {\"version\": \"1.0.6\", \
                    \"release_name\": \"stand-in\", \"json_schema_version\": 1}}]}'\n";
 /// What the erase's `imds-guard detach` says in a root where nothing is
-/// pinned (no bpf file system is mounted in it).
-const NOTHING_PINNED: &str = "nothing is pinned at /sys/fs/bpf/imds-guard";
+/// pinned (no bpf file system is mounted in it), and no forward table is.
+const NOTHING_PINNED: &str = "nothing is pinned at /sys/fs/bpf/imds-guard: no guard to detach";
 /// What an install or an upgrade says is in force in that root.
 const NOTHING_IN_FORCE: &str =
     "imds-guard: nothing is in force: no guard is pinned at /sys/fs/bpf/imds-guard";
@@ -91,8 +95,8 @@ fn cycle(root: &Path, rpm: &Path) -> Result<()> {
     if !preset.lines().any(|l| l == "enable imds-guard.service") {
         problems.push(format!("{PRESET} does not enable the service: {preset:?}"));
     }
-    // An erase: stopped, detached (nothing is pinned in this root: detach
-    // says so and the erase goes on), disabled.
+    // An erase: stopped, detached (nothing is pinned in this root and no
+    // forward table is: detach says so, and the erase goes on), disabled.
     step(
         root,
         &mut problems,
@@ -103,7 +107,7 @@ fn cycle(root: &Path, rpm: &Path) -> Result<()> {
             "--no-reload disable imds-guard.service",
             "daemon-reload",
         ],
-        None,
+        Some(NOTHING_PINNED),
     )?;
     for file in [BIN, POLICY, "/usr/share/imds-guard"] {
         if root.join(rel(file)).exists() {
@@ -117,8 +121,8 @@ fn cycle(root: &Path, rpm: &Path) -> Result<()> {
     bail!("the .rpm in an RPM root:\n  - {}", problems.join("\n  - "))
 }
 
-/// One rpm run in `root`: what it must print on stdout (`says`: the line
-/// that says what is in force, or nothing), the `systemctl` calls its
+/// One rpm run in `root`: what it must print on stdout (`says`: the one
+/// line an install says is in force, or detach's, or nothing), the `systemctl` calls its
 /// scriptlets must make (`want`), and the administrator's policy, alone
 /// in /etc/imds-guard and untouched, after it. Problems go to `problems`.
 fn step(
@@ -139,22 +143,12 @@ fn step(
     )
     .with_context(|| format!("rpm {what}"))?;
     let told = String::from_utf8_lossy(&out.stdout);
-    if let Some(line) = says
-        && !told.lines().any(|l| l == line)
-    {
-        problems.push(format!(
-            "rpm {what} did not say what is in force ({line:?}): {told:?}"
-        ));
-    }
-    if says.is_none() && !told.trim().is_empty() {
-        problems.push(format!("rpm {what} printed {told:?}"));
+    if !told.lines().eq(says.iter().copied()) {
+        problems.push(format!("rpm {what} printed {told:?}, expected {says:?}"));
     }
     let said = String::from_utf8_lossy(&out.stderr);
     // Debian's rpm warns that it is not dpkg; anything else is news.
-    for line in said
-        .lines()
-        .filter(|l| !l.starts_with("rpm: ") && !l.starts_with(NOTHING_PINNED))
-    {
+    for line in said.lines().filter(|l| !l.starts_with("rpm: ")) {
         problems.push(format!("rpm {what} said: {line}"));
     }
     let calls = fs::read_to_string(root.join(LOG)).unwrap_or_default();
