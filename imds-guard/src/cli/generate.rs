@@ -318,8 +318,10 @@ fn description() -> Roff {
          service (169.254.169.254 and fd00:ec2::254 by default), which hands out the \
          instance's credentials. eBPF programs attached to the cgroup v2 hierarchy reject a \
          connection or datagram to a protected address with EPERM unless the policy allows \
-         the caller's real uid or real primary gid. Every denial is logged with who made it \
-         and which policy entry decided it.",
+         the caller: by user or uid, by group or gid (primary or supplementary), by systemd \
+         unit, cgroup or Kubernetes pod, or, in [allow.host], only as a process on the host, \
+         not in a container. A [deny] entry wins over every allow. Every denial is logged \
+         with who made it and which policy entry decided it.",
     )]);
     r.control("PP", []);
     r.text([
@@ -331,12 +333,19 @@ fn description() -> Roff {
 /// Every exit code, for EXIT STATUS.
 const EXIT_STATUS: &[(&str, &str)] = &[
     ("0", "Success."),
-    ("1", "The policy is invalid; nothing was attached."),
+    (
+        "1",
+        "The policy is invalid: nothing was attached or changed, and a guard already pinned \
+             keeps enforcing the policy last put in force (run exits, and the packaged unit \
+             does not restart it). reload: the agent refused the policy. validate --strict: \
+             the policy gives warnings.",
+    ),
     ("2", "Bad command line."),
     (
         "3",
         "The guard could not be set up or run (for instance no cgroup v2, or another agent \
-             runs it); status: only root can read the guard's pins.",
+             runs it); status: only root can read the guard's pins; reload: no agent runs the \
+             guard, or it did not answer.",
     ),
     (
         "4",
@@ -389,7 +398,7 @@ const FILES: &[(&str, &str)] = &[
     (
         "/usr/share/imds-guard/policy.toml",
         "The packaged default, read when /etc/imds-guard/policy.toml does not exist: only \
-             root may reach the metadata service. It documents every key; copy it to /etc to \
+             root on the host may reach the metadata service. It documents every key; copy it to /etc to \
              start a policy of your own, since an upgrade replaces it.",
     ),
     (
