@@ -10,6 +10,7 @@ mod addr;
 mod cgroups;
 mod counters;
 mod event;
+mod forward;
 mod identity;
 mod names;
 mod offsets;
@@ -25,6 +26,12 @@ pub use self::{
     },
     counters::{COUNTERS_LEN, counter, counter_index},
     event::{COMM_LEN, Event, NO_ID, event_flags, family, hook, kind, reason, verdict},
+    forward::{
+        Budget, BudgetKey, FORWARD_BUDGET_WINDOW_NS, FORWARD_EVENTS_BYTE_SIZE, FORWARD_PRIORITIES,
+        FORWARD_RECORD_BURST, FORWARD_SOURCES, ForwardEvent, ForwardOffsets, ForwardState,
+        GENERATION_BITS, IFNAME_LEN, InterfaceKey, MAX_FORWARD_EXCEPTIONS, Source4Key, Source6Key,
+        forward_counter, forward_flags, forward_verdict, fragment, mechanism, nfproto,
+    },
     identity::{HostNamespaces, MAX_GROUPS, MAX_PID_NS_LEVEL, MAX_USERNS_DEPTH, Resolved, ns},
     names::*,
     offsets::{Offsets, PF_KTHREAD},
@@ -71,4 +78,16 @@ mod pod {
     unsafe impl aya::Pod for super::CgroupEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CgroupLimits {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ForwardOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ForwardEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ForwardState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InterfaceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Source4Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Source6Key {}
 }

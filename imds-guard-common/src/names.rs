@@ -59,6 +59,20 @@ pub const MAP_CGROUP_AGENT_CHARGES: &str = "AGENT_CHARGES";
 /// ([`crate::cgroup_stat`]).
 pub const MAP_CGROUP_STATS: &str = "CGROUP_STATS";
 
+/// The forward program's maps (`forward.rs`): its records (ring
+/// buffer of [`crate::ForwardEvent`]), its per-source record budgets, its
+/// per-CPU counters ([`crate::forward_counter`]), `[forward]`'s interfaces
+/// and source prefixes per generation (LPM tries), and what the agent
+/// records of the mechanism in force ([`crate::ForwardState`]). At most
+/// 15 bytes each: the kernel keeps no more of a map's name.
+pub const MAP_FORWARD_EVENTS: &str = "FWD_EVENTS";
+pub const MAP_FORWARD_BUDGETS: &str = "FWD_BUDGETS";
+pub const MAP_FORWARD_COUNTERS: &str = "FWD_COUNTERS";
+pub const MAP_FORWARD_INTERFACES: &str = "FWD_IFACES";
+pub const MAP_FORWARD_SOURCES_V4: &str = "FWD_SOURCES_V4";
+pub const MAP_FORWARD_SOURCES_V6: &str = "FWD_SOURCES_V6";
+pub const MAP_FORWARD_STATE: &str = "FWD_STATE";
+
 /// The names of the programs, one per hook, as the object file spells them.
 pub const PROGRAM_CONNECT4: &str = "connect4";
 pub const PROGRAM_CONNECT6: &str = "connect6";
@@ -70,3 +84,7 @@ pub const PROGRAM_EGRESS: &str = "egress";
 /// tracepoints of the same names).
 pub const PROGRAM_CGROUP_MKDIR: &str = "cgroup_mkdir";
 pub const PROGRAM_CGROUP_RMDIR: &str = "cgroup_rmdir";
+
+/// The netfilter program at the forward hook (`BPF_PROG_TYPE_NETFILTER`,
+/// Linux 6.4), which the agent loads itself: aya 0.14 has no such type.
+pub const PROGRAM_FORWARD: &str = "forward";

@@ -8,7 +8,9 @@
 //! `identity.rs`, `sock_state.rs` what a socket was let through to and
 //! under which policy, `maps.rs` every map. `classify.rs` keeps the rule
 //! of every cgroup as cgroups come and go (raw tracepoints), within each
-//! creator's share of the map (`charge.rs`).
+//! creator's share of the map (`charge.rs`). `netfilter.rs` drops
+//! forwarded packets to protected addresses at netfilter's forward hook
+//! (a netfilter program the agent loads itself).
 #![no_std]
 #![no_main]
 
@@ -20,6 +22,7 @@ mod dst;
 mod identity;
 mod kernel;
 mod maps;
+mod netfilter;
 mod rules;
 mod skb;
 mod sock_addr;

@@ -4,13 +4,15 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use imds_guard_common::{
-    CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupEntry, CgroupPatterns, ComponentKey, Config,
-    EVENTS_BYTE_SIZE, GENERATIONS, IdRules, LENGTHS_LEN, MAX_CGROUP_PATTERNS, MAX_CGROUPS,
-    MAX_CREATORS, MAX_ENDPOINTS, MAX_ID_RULES, MAX_PATTERN_DEPTH, Memberships, Resolved, SockState,
-    V4Key, V6Key, cgroup_stat,
+    Budget, BudgetKey, CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupEntry, CgroupPatterns,
+    ComponentKey, Config, EVENTS_BYTE_SIZE, FORWARD_EVENTS_BYTE_SIZE, FORWARD_SOURCES,
+    ForwardState, GENERATIONS, IdRules, InterfaceKey, LENGTHS_LEN, MAX_CGROUP_PATTERNS,
+    MAX_CGROUPS, MAX_CREATORS, MAX_ENDPOINTS, MAX_FORWARD_EXCEPTIONS, MAX_ID_RULES,
+    MAX_PATTERN_DEPTH, Memberships, Resolved, SockState, Source4Key, Source6Key, V4Key, V6Key,
+    cgroup_stat, forward_counter,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate entries on insert. Memory then follows the
@@ -146,3 +148,44 @@ pub static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(CGROUP_EVENTS_BYTE_S
 /// Per-CPU classification counters ([`cgroup_stat`]).
 #[map]
 pub static CGROUP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cgroup_stat::COUNT, 0);
+
+/// `[forward]`'s interfaces, by generation and name (an LPM trie: a name
+/// ending in `*` is stored without its NUL and matches every name it
+/// starts; see [`imds_guard_common::InterfaceKey`]). Read by `forward`.
+#[map(name = "FWD_IFACES")]
+pub static FORWARD_INTERFACES: LpmTrie<InterfaceKey, u32> =
+    LpmTrie::with_max_entries(MAX_FORWARD_EXCEPTIONS * GENERATIONS, 0);
+
+/// `[forward]`'s IPv4 source prefixes, by generation and prefix.
+#[map(name = "FWD_SOURCES_V4")]
+pub static FORWARD_SOURCES_V4: LpmTrie<Source4Key, u32> =
+    LpmTrie::with_max_entries(MAX_FORWARD_EXCEPTIONS * GENERATIONS, 0);
+
+/// `[forward]`'s IPv6 source prefixes, by generation and prefix.
+#[map(name = "FWD_SOURCES_V6")]
+pub static FORWARD_SOURCES_V6: LpmTrie<Source6Key, u32> =
+    LpmTrie::with_max_entries(MAX_FORWARD_EXCEPTIONS * GENERATIONS, 0);
+
+/// One [`imds_guard_common::ForwardEvent`] per forwarded packet to a
+/// protected address, within its source's budget ([`FORWARD_BUDGETS`]).
+#[map(name = "FWD_EVENTS")]
+pub static FORWARD_EVENTS: RingBuf = RingBuf::with_byte_size(FORWARD_EVENTS_BYTE_SIZE, 0);
+
+/// Each source's record budget in the current window. LRU: a source that
+/// stops sending is forgotten, and a flood of spoofed sources evicts
+/// entries, which only gives the evicted a fresh budget (more records,
+/// never fewer).
+#[map(name = "FWD_BUDGETS")]
+pub static FORWARD_BUDGETS: LruHashMap<BudgetKey, Budget> =
+    LruHashMap::with_max_entries(FORWARD_SOURCES, 0);
+
+/// Per-CPU counters of `forward` ([`forward_counter`]).
+#[map(name = "FWD_COUNTERS")]
+pub static FORWARD_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(forward_counter::LEN, 0);
+
+/// What the agent records of the forward path in force
+/// ([`imds_guard_common::ForwardState`]). Never read here: it is pinned
+/// for `imds-guard status`.
+#[map(name = "FWD_STATE")]
+pub static FORWARD_STATE: Array<ForwardState> = Array::with_max_entries(1, 0);
