@@ -241,7 +241,7 @@ fn program<'a>(ebpf: &'a mut Ebpf, row: &Row) -> Result<Program<'a>, AttachError
             .and_then(|p| p.try_into().ok())
             .map(Program::SockAddr),
         Kind::SkbEgress => program.and_then(|p| p.try_into().ok()).map(Program::Skb),
-        Kind::RawTracepoint(_) | Kind::Map => None,
+        Kind::RawTracepoint(_) | Kind::Netfilter(_) | Kind::Map => None,
     };
     typed.ok_or(AttachError::MissingProgram(row.name))
 }

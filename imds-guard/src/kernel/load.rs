@@ -2,6 +2,7 @@
 //! verifier), and what the verifier said of each.
 
 use aya::{Ebpf, programs::ProgramError};
+use imds_guard_common as common;
 
 use super::{features, offsets, programs};
 
@@ -32,9 +33,13 @@ pub enum LoadError {
 /// Loads every program of [`programs::TABLE`] into the kernel. The
 /// verifier is most of a start's time: half the programs on another CPU.
 pub(super) fn load_all(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let expected = || programs::programs().map(|row| row.name);
+    let expected = || programs::aya_loaded().map(|row| row.name);
     let mut found = Vec::with_capacity(expected().count());
     for (name, program) in ebpf.programs_mut() {
+        if name == common::PROGRAM_FORWARD {
+            // Loaded by `kernel/netfilter/`, as a netfilter program.
+            continue;
+        }
         let name = expected()
             .find(|p| *p == name)
             .ok_or(LoadError::UnknownProgram(name.to_owned()))?;
@@ -76,6 +81,9 @@ pub(super) fn load_all(ebpf: &mut Ebpf) -> Result<(), LoadError> {
 pub(super) fn load_each(ebpf: &mut Ebpf) -> Vec<(String, Result<Option<u32>, String>)> {
     let mut report = Vec::new();
     for (name, program) in ebpf.programs_mut() {
+        if name == common::PROGRAM_FORWARD {
+            continue;
+        }
         let outcome = match load_one(program) {
             None => Err("not a program of ours".to_owned()),
             Some(Ok(())) => Ok(verified(program)),
@@ -89,6 +97,7 @@ pub(super) fn load_each(ebpf: &mut Ebpf) -> Vec<(String, Result<Option<u32>, Str
 /// How many instructions the verifier walked for each loaded program.
 pub(super) fn verified_insns(ebpf: &Ebpf) -> Vec<(String, Option<u32>)> {
     ebpf.programs()
+        .filter(|(name, _)| *name != common::PROGRAM_FORWARD)
         .map(|(name, p)| (name.to_owned(), verified(p)))
         .collect()
 }

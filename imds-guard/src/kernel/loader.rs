@@ -5,15 +5,16 @@
 //! `classify/`). [`GuardError`] wraps each part's own error.
 
 use std::{
+    os::fd::{AsFd as _, OwnedFd},
     path::Path,
     time::{Duration, Instant},
 };
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{MapData, RingBuf},
+    maps::{Map, MapData, RingBuf},
 };
-use imds_guard_common::{self as common, CgroupLimits, HostNamespaces};
+use imds_guard_common::{self as common, CgroupLimits, ForwardOffsets, HostNamespaces};
 
 use super::{
     attach::{self, AttachError, AttachReport},
@@ -27,12 +28,13 @@ use super::{
     identity::{self, NamespaceError},
     load::{self, LoadError},
     maps::{self, MapError},
+    netfilter::{self, NetfilterError, link::Linked},
     offsets::{self, OffsetError},
     pins::{PinError, Pins},
     policy_maps::{PolicyMapError, PolicyMaps, Stamp},
     programs,
 };
-use crate::policy::Policy;
+use crate::{chain::Chain, policy::Policy};
 
 /// The programs' global holding [`imds_guard_common::Offsets`].
 const OFFSETS_GLOBAL: &str = "OFFSETS";
@@ -42,6 +44,8 @@ const CGROUP_OFFSETS_GLOBAL: &str = "CGROUP_OFFSETS";
 const HOST_GLOBAL: &str = "HOST";
 /// The programs' global holding [`imds_guard_common::CgroupLimits`].
 const CGROUP_LIMITS_GLOBAL: &str = "CGROUP_LIMITS";
+/// The forward program's global holding [`ForwardOffsets`].
+const FORWARD_OFFSETS_GLOBAL: &str = "FORWARD_OFFSETS";
 
 /// The object `build.rs` compiled from `imds-guard-ebpf`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
@@ -78,6 +82,10 @@ pub enum GuardError {
     Policy(#[from] PolicyMapError),
     #[error(transparent)]
     Classify(#[from] ClassifyError),
+    #[error(transparent)]
+    Netfilter(#[from] NetfilterError),
+    #[error("the forward program cannot be loaded: {0}")]
+    ForwardLayout(String),
 }
 
 /// How long the steps of [`Guard::load_and_apply`] took, for the agent's
@@ -103,6 +111,13 @@ pub struct Guard {
     pub(super) maps: PolicyMaps,
     /// Cgroups classified as they are created (`classify/`).
     pub(super) classifier: Classifier,
+    /// A descriptor of every map aya created, by name, taken before any
+    /// map is taken out of `ebpf`: what the forward program, which aya
+    /// does not load, is relocated against (`kernel/netfilter/`).
+    object_maps: Vec<(String, OwnedFd)>,
+    /// Why the forward program could not read packets on this kernel (a
+    /// field its BTF does not describe), if so.
+    forward_layout: Option<String>,
 }
 
 impl Guard {
@@ -142,7 +157,12 @@ impl Guard {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (loader, ours)
         });
-        let (offsets, cgroup_offsets) = resolved?;
+        let Layout {
+            offsets,
+            cgroup_offsets,
+            forward,
+        } = resolved?;
+        let forward_offsets = forward.as_ref().copied().unwrap_or(ForwardOffsets::UNSET);
         let capacity = classify::capacity();
         let limits = CgroupLimits::for_capacity(capacity);
         let mut ebpf = loader
@@ -151,9 +171,11 @@ impl Guard {
             .override_global(CGROUP_OFFSETS_GLOBAL, &cgroup_offsets, true)
             .override_global(CGROUP_LIMITS_GLOBAL, &limits, true)
             .override_global(HOST_GLOBAL, &host, true)
+            .override_global(FORWARD_OFFSETS_GLOBAL, &forward_offsets, true)
             .map_max_entries(common::MAP_CGROUP_CLASS, capacity)
             .load(OBJECT)
             .map_err(GuardError::Object)?;
+        let object_maps = object_maps(&ebpf)?;
         let resolved = ebpf
             .map_mut(common::MAP_RESOLVED)
             .ok_or(MapError::Missing(common::MAP_RESOLVED))?;
@@ -164,6 +186,8 @@ impl Guard {
             ebpf,
             maps,
             classifier,
+            object_maps,
+            forward_layout: forward.err(),
         })
     }
 
@@ -357,6 +381,37 @@ impl Guard {
         Ok(report)
     }
 
+    /// Loads the forward program and links it at the forward hook of this
+    /// thread's network namespace for both families, pinned in `pins`,
+    /// each link replacing an earlier agent's only once it is hooked
+    /// (`kernel/netfilter/link.rs`).
+    pub fn attach_forward(&mut self, pins: &Pins) -> Result<Vec<Linked>, GuardError> {
+        if let Some(why) = &self.forward_layout {
+            return Err(GuardError::ForwardLayout(why.clone()));
+        }
+        let prog = netfilter::load(OBJECT, &self.object_maps)?;
+        Ok(netfilter::link::attach(prog.as_fd(), pins)?)
+    }
+
+    /// The forward program's records.
+    pub fn take_forward_events(&mut self) -> Result<RingBuf<MapData>, GuardError> {
+        let name = common::MAP_FORWARD_EVENTS;
+        let map = self.ebpf.take_map(name).ok_or(MapError::Missing(name))?;
+        Ok(RingBuf::try_from(map).map_err(maps::access(name))?)
+    }
+
+    /// A descriptor of map `name` of the object (the forward program's
+    /// state and counters, which the forward path keeps while a reload
+    /// has the guard).
+    pub fn map_descriptor(&self, name: &'static str) -> Result<OwnedFd, GuardError> {
+        let (_, fd) = self
+            .object_maps
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or(MapError::Missing(name))?;
+        Ok(fd.try_clone().map_err(maps::write(name))?)
+    }
+
     /// The counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, GuardError> {
         let map = self
@@ -367,9 +422,72 @@ impl Guard {
     }
 }
 
+/// What the programs are told of the kernel's layout.
+struct Layout {
+    offsets: common::Offsets,
+    cgroup_offsets: common::CgroupOffsets,
+    /// The forward program's, or why this kernel cannot give them (only
+    /// that program then cannot be used).
+    forward: Result<ForwardOffsets, String>,
+}
+
+/// A descriptor of every map of `ebpf`, by name.
+fn object_maps(ebpf: &Ebpf) -> Result<Vec<(String, OwnedFd)>, GuardError> {
+    let mut out = Vec::new();
+    for (name, map) in ebpf.maps() {
+        let data = map_data(map);
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| MapError::Write {
+                name: "(a descriptor of every map)",
+                source: e,
+            })?;
+        out.push((name.to_owned(), fd));
+    }
+    Ok(out)
+}
+
+/// The map behind aya's enum, whatever its type.
+fn map_data(map: &Map) -> &MapData {
+    match map {
+        Map::Array(m)
+        | Map::ArrayOfMaps(m)
+        | Map::BloomFilter(m)
+        | Map::CgroupArray(m)
+        | Map::CgroupStorage(m)
+        | Map::CgrpStorage(m)
+        | Map::CpuMap(m)
+        | Map::DevMap(m)
+        | Map::DevMapHash(m)
+        | Map::HashMap(m)
+        | Map::HashOfMaps(m)
+        | Map::InodeStorage(m)
+        | Map::LpmTrie(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuCgroupStorage(m)
+        | Map::PerCpuHashMap(m)
+        | Map::PerCpuLruHashMap(m)
+        | Map::PerfEventArray(m)
+        | Map::ProgramArray(m)
+        | Map::Queue(m)
+        | Map::ReusePortSockArray(m)
+        | Map::RingBuf(m)
+        | Map::SockHash(m)
+        | Map::SockMap(m)
+        | Map::SkStorage(m)
+        | Map::Stack(m)
+        | Map::StackTraceMap(m)
+        | Map::Unsupported(m)
+        | Map::XskMap(m) => m,
+    }
+}
+
 /// The kernel's BTF asked for every feature the guard needs, and the
 /// offsets of the fields the programs read.
-fn resolve_layout() -> Result<(common::Offsets, common::CgroupOffsets), GuardError> {
+fn resolve_layout() -> Result<Layout, GuardError> {
     let btf = Btf::from_sys_fs().map_err(GuardError::Btf)?;
     let release = offsets::kernel_release();
     features::require(&btf, &release).map_err(|e| match e {
@@ -379,7 +497,12 @@ fn resolve_layout() -> Result<(common::Offsets, common::CgroupOffsets), GuardErr
     let offsets = offsets::resolve(&btf, &release).map_err(|e| GuardError::Offsets(Box::new(e)))?;
     let cgroup_offsets = classify::offsets::resolve(&btf, &release)
         .map_err(|e| GuardError::CgroupOffsets(Box::new(e)))?;
-    Ok((offsets, cgroup_offsets))
+    let forward = offsets::resolve_forward(&btf, &release).map_err(|e| Chain(&e).to_string());
+    Ok(Layout {
+        offsets,
+        cgroup_offsets,
+        forward,
+    })
 }
 
 /// The config flags that tell the programs whether `policy` names

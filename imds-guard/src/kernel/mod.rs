@@ -30,6 +30,7 @@ pub mod inspect;
 mod load;
 pub mod loader;
 mod maps;
+pub mod netfilter;
 pub mod offsets;
 pub mod pins;
 mod policy_maps;

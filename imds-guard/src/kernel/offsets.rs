@@ -7,7 +7,7 @@
 //! a message naming the field and the kernel: the programs never read
 //! memory at a guessed place.
 
-use imds_guard_common::Offsets;
+use imds_guard_common::{ForwardOffsets, Offsets};
 
 use super::btf::{Btf, BtfError};
 
@@ -268,6 +268,36 @@ pub fn resolve(btf: &Btf, release: &str) -> Result<Offsets, OffsetError> {
     Ok(offsets)
 }
 
+/// The offsets the `forward` program reads a packet and its hook state at
+/// (`kernel/netfilter/`), or the first field this kernel does not describe.
+pub fn resolve_forward(btf: &Btf, release: &str) -> Result<ForwardOffsets, OffsetError> {
+    let why = "reading forwarded packets in the forward program";
+    let field = |strukt: &'static str, member: &'static str| {
+        // `sk_buff.network_header` is inside the `headers` struct_group
+        // (an anonymous struct) since 5.19: `field` looks through it.
+        btf.field(strukt, &[&[member]])
+            .map(|f| f.offset)
+            .map_err(|source| OffsetError {
+                release: release.to_owned(),
+                field: format!("{strukt}.{member}"),
+                why,
+                source: Box::new(source),
+            })
+    };
+    Ok(ForwardOffsets {
+        valid: ForwardOffsets::VALID,
+        skb_head: field("sk_buff", "head")?,
+        skb_network_header: field("sk_buff", "network_header")?,
+        skb_len: field("sk_buff", "len")?,
+        skb_data_len: field("sk_buff", "data_len")?,
+        state_pf: field("nf_hook_state", "pf")?,
+        state_in: field("nf_hook_state", "in")?,
+        dev_ifindex: field("net_device", "ifindex")?,
+        dev_name: field("net_device", "name")?,
+        _pad: 0,
+    })
+}
+
 /// Every offset of `offsets` with the field it locates, in the order of
 /// [`Offsets`], for `status`.
 pub fn named(offsets: &Offsets) -> Vec<(String, u32)> {
@@ -473,6 +503,16 @@ mod tests {
             std::error::Error::source(&e).map(ToString::to_string),
             Some("struct sock has no member named sk_socket".to_owned())
         );
+    }
+
+    #[test]
+    fn this_kernel_has_every_field_the_forward_program_reads() {
+        let btf = Btf::from_sys_fs().expect("this kernel publishes its BTF");
+        let off = resolve_forward(&btf, &kernel_release()).expect("every field is there");
+        // `struct nf_hook_state { u8 hook; u8 pf; ... }`.
+        assert_eq!(off.state_pf, 1);
+        assert!(off.skb_head > off.skb_len, "{off:?}");
+        assert_eq!(off.valid, ForwardOffsets::VALID);
     }
 
     #[test]

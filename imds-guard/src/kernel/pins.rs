@@ -229,8 +229,9 @@ impl Pins {
     }
 
     /// Detaches every pinned link (whoever else holds it) and removes every
-    /// pin and the directory. Returns the number of links detached.
-    pub fn detach_all(&self) -> Result<usize, PinError> {
+    /// pin and the directory. Returns the number of links detached on the
+    /// guarded cgroup, and of the forward program's.
+    pub fn detach_all(&self) -> Result<(usize, usize), PinError> {
         let mut detached = 0;
         for (row, _) in programs::guarding() {
             if let Some((path, fd)) = self.open_link(row.name)? {
@@ -238,6 +239,16 @@ impl Pins {
                 sys::link_detach(fd.as_fd()).map_err(pin_err("detach the pinned link", &path))?;
                 fs::remove_file(&path).map_err(pin_err("remove", &path))?;
                 detached += 1;
+            }
+        }
+        // The forward program's links (netfilter, one per family).
+        let mut forward = 0;
+        for (row, _) in programs::netfilter_links() {
+            if let Some((path, fd)) = self.open_link(row.name)? {
+                use std::os::fd::AsFd as _;
+                sys::link_detach(fd.as_fd()).map_err(pin_err("detach the pinned link", &path))?;
+                fs::remove_file(&path).map_err(pin_err("remove", &path))?;
+                forward += 1;
             }
         }
         // A raw tracepoint's link cannot be detached, only let go; once
@@ -249,8 +260,8 @@ impl Pins {
             remove_pin(&self.map_path(name))?;
         }
         match fs::remove_dir(&self.dir) {
-            Ok(()) => Ok(detached),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(detached),
+            Ok(()) => Ok((detached, forward)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((detached, forward)),
             Err(e) => Err(pin_err("remove", &self.dir)(e)),
         }
     }

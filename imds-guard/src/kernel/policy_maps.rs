@@ -24,6 +24,7 @@ use imds_guard_common::{
 use super::{
     batch, id_rules,
     maps::{self, MapError, descriptor},
+    netfilter::exceptions::Exceptions,
     records::entry_number,
     sys::{self, GraceError},
 };
@@ -92,6 +93,8 @@ pub(super) struct PolicyMaps {
     /// Reloads answered (`Config::answered`): each apply after the first,
     /// and each refusal ([`PolicyMaps::answer_refused`]).
     answered: u32,
+    /// `[forward]`'s exceptions, per generation, for the forward program.
+    exceptions: Exceptions,
 }
 
 impl PolicyMaps {
@@ -115,6 +118,7 @@ impl PolicyMaps {
             member_rules: id_rules::Mirror::empty(),
             epoch: 0,
             answered: 0,
+            exceptions: Exceptions::new(ebpf)?,
         })
     }
 
@@ -150,6 +154,7 @@ impl PolicyMaps {
         // Its addresses go (the slot of the id maps is rewritten below).
         self.clear_generation(next)?;
         self.write_endpoints(next, policy)?;
+        self.exceptions.write(next, policy)?;
         // The first policy goes in both slots of the id maps, so that
         // reloading it (or a policy close to it) writes little.
         let slots = self.active.map(|_| next);
@@ -356,6 +361,7 @@ impl PolicyMaps {
     /// flipping back.
     fn clear_generation(&mut self, generation: u32) -> Result<(), MapError> {
         let written = std::mem::take(self.written_mut(generation));
+        self.exceptions.clear(generation)?;
         delete(&self.v4, common::MAP_PROTECTED_V4, &written.v4)?;
         delete(&self.v6, common::MAP_PROTECTED_V6, &written.v6)
     }

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use aya_obj::generated::bpf_attach_type;
+use aya_obj::generated::{NFPROTO_IPV4, NFPROTO_IPV6, bpf_attach_type};
 use imds_guard_common::{self as common, hook};
 
 /// What a row is: how it is loaded, attached, pinned and let go.
@@ -27,6 +27,15 @@ pub enum Kind {
     /// the whole host. A later agent pins its own link in its place; a
     /// raw tracepoint's link cannot be detached, only let go.
     RawTracepoint(&'static str),
+    /// The `forward` program (`BPF_PROG_TYPE_NETFILTER`, Linux 6.4), linked
+    /// at netfilter's forward hook of the agent's network namespace for
+    /// this protocol family (`NFPROTO_IPV4`, `NFPROTO_IPV6`: there is no
+    /// `NFPROTO_INET` for BPF links). One program for both rows, loaded by
+    /// the agent itself (`kernel/netfilter/`: aya 0.14 has no such type);
+    /// the row's name is its link's. A link's program cannot be replaced
+    /// (`BPF_LINK_UPDATE` is `EOPNOTSUPP`): a later agent links its own
+    /// first, at another priority, then detaches this one.
+    Netfilter(u32),
     /// A map pinned for `status` to read the guard from the kernel.
     Map,
 }
@@ -38,8 +47,16 @@ impl Kind {
         match self {
             Self::SockAddr(attach_type) => Some(attach_type),
             Self::SkbEgress => Some(bpf_attach_type::BPF_CGROUP_INET_EGRESS),
-            Self::RawTracepoint(_) | Self::Map => None,
+            Self::RawTracepoint(_) | Self::Netfilter(_) | Self::Map => None,
         }
+    }
+
+    /// Whether aya loads it (the netfilter program, aya cannot).
+    pub const fn aya_loads(self) -> bool {
+        matches!(
+            self,
+            Self::SockAddr(_) | Self::SkbEgress | Self::RawTracepoint(_)
+        )
     }
 
     pub const fn is_program(self) -> bool {
@@ -143,6 +160,18 @@ pub const TABLE: &[Row] = &[
         kind: Kind::RawTracepoint(common::PROGRAM_CGROUP_RMDIR),
         decides: None,
     },
+    // The forward path, where the kernel has netfilter programs: one link
+    // per family, pinned as `link_forward4` and `link_forward6`.
+    Row {
+        name: "forward4",
+        kind: Kind::Netfilter(NFPROTO_IPV4),
+        decides: None,
+    },
+    Row {
+        name: "forward6",
+        kind: Kind::Netfilter(NFPROTO_IPV6),
+        decides: None,
+    },
     map(common::MAP_ACTIVE),
     map(common::MAP_CONFIG),
     map(common::MAP_COUNTERS),
@@ -152,11 +181,26 @@ pub const TABLE: &[Row] = &[
     map(common::MAP_CGROUP_STATS),
     map(common::MAP_CGROUP_CHARGES),
     map(common::MAP_CGROUP_AGENT_CHARGES),
+    map(common::MAP_FORWARD_COUNTERS),
+    map(common::MAP_FORWARD_STATE),
 ];
 
 /// Every program.
 pub fn programs() -> impl Iterator<Item = &'static Row> {
     TABLE.iter().filter(|row| row.kind.is_program())
+}
+
+/// The programs aya loads, by their names in the object.
+pub fn aya_loaded() -> impl Iterator<Item = &'static Row> {
+    TABLE.iter().filter(|row| row.kind.aya_loads())
+}
+
+/// The forward program's links, with their protocol families.
+pub fn netfilter_links() -> impl Iterator<Item = (&'static Row, u32)> {
+    TABLE.iter().filter_map(|row| match row.kind {
+        Kind::Netfilter(pf) => Some((row, pf)),
+        _ => None,
+    })
 }
 
 /// The programs attached to the guarded cgroup, with their attach types.
@@ -324,6 +368,10 @@ mod tests {
         }
         assert_eq!(GUARDING, Hook::ALL.len());
         assert_eq!(guarding().count(), GUARDING);
-        assert_eq!(programs().count(), GUARDING + tracepoints().count());
+        assert_eq!(
+            programs().count(),
+            GUARDING + tracepoints().count() + netfilter_links().count()
+        );
+        assert_eq!(aya_loaded().count(), GUARDING + tracepoints().count());
     }
 }

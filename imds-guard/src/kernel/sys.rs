@@ -13,6 +13,10 @@
 //!   program of the host (`loaded_programs`);
 //! - [`GracePeriod`]: aya creates a map of maps only from an object's
 //!   definition;
+//! - [`prog_load_netfilter`], [`link_create_netfilter`], [`obj_pin`],
+//!   [`netfilter_link_info`]: aya 0.14 has no netfilter program type
+//!   (`kernel/netfilter/`), so the forward program is loaded, linked and
+//!   pinned by hand;
 //! - [`map_update`], [`map_delete`], [`map_lookup`]: one element by the
 //!   descriptors the batch commands (`batch.rs`, which aya lacks) already
 //!   hold, with the kernel's errno for the callers to tell a missing key
@@ -34,7 +38,8 @@ use std::{
 };
 
 use aya_obj::generated::{
-    BPF_ANY, bpf_attach_type, bpf_attr, bpf_cmd, bpf_link_info, bpf_map_type, bpf_prog_info,
+    BPF_ANY, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_link_info, bpf_map_type,
+    bpf_prog_info, bpf_prog_type,
 };
 
 /// `bpf(cmd, attr)`: what the kernel returns (a descriptor, or 0).
@@ -129,6 +134,123 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         // callers ask only of cgroup links.
         cgroup_id: unsafe { info.__bindgen_anon_1.cgroup.cgroup_id },
     })
+}
+
+/// Where a netfilter link hooks, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetfilterLinkInfo {
+    pub id: u32,
+    pub prog_id: u32,
+    /// `NFPROTO_IPV4` or `NFPROTO_IPV6`.
+    pub pf: u32,
+    pub hooknum: u32,
+    pub priority: i32,
+}
+
+/// What the kernel says of a netfilter link. A link detached with
+/// `BPF_LINK_DETACH` reads as it did before (`bpf_nf_link_fill_link_info`
+/// keeps its hook): this cannot tell a detached link from a live one.
+pub fn netfilter_link_info(link: BorrowedFd<'_>) -> io::Result<NetfilterLinkInfo> {
+    // SAFETY: as in `link_info`.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    obj_info(link, &mut info)?;
+    // SAFETY: every variant of the union is plain integers; callers ask
+    // only of netfilter links.
+    let nf = unsafe { info.__bindgen_anon_1.netfilter };
+    Ok(NetfilterLinkInfo {
+        id: info.id,
+        prog_id: info.prog_id,
+        pf: nf.pf,
+        hooknum: nf.hooknum,
+        priority: nf.priority,
+    })
+}
+
+/// Why a program load failed: the errno, and the verifier's log when one
+/// was asked for.
+#[derive(Debug)]
+pub struct LoadFailure {
+    pub error: io::Error,
+    pub log: String,
+}
+
+/// Loads `insns` as a netfilter program (`BPF_PROG_TYPE_NETFILTER`, with
+/// the expected attach type `BPF_NETFILTER` that `BPF_LINK_CREATE` wants of
+/// it), named `name`. With `log`, the verifier's log is kept for the error.
+///
+/// A kernel without netfilter programs (before 6.4, or built without
+/// `CONFIG_NETFILTER_BPF_LINK`) refuses with `EINVAL` before any
+/// verification (`find_prog_type`, kernel/bpf/syscall.c), and writes no
+/// log: that is how the probe (`kernel/netfilter/`) tells it apart.
+pub fn prog_load_netfilter(
+    insns: &[bpf_insn],
+    license: &std::ffi::CStr,
+    name: &str,
+    log: bool,
+) -> Result<OwnedFd, LoadFailure> {
+    let mut prog_name = [0 as libc::c_char; 16];
+    for (to, &from) in prog_name.iter_mut().zip(name.as_bytes().iter().take(15)) {
+        *to = from as libc::c_char;
+    }
+    let mut buf = if log { vec![0u8; 1 << 20] } else { Vec::new() };
+    let mut attr = attr();
+    // SAFETY: writing plain integers into the command's member.
+    let load = unsafe { &mut attr.__bindgen_anon_3 };
+    load.prog_type = bpf_prog_type::BPF_PROG_TYPE_NETFILTER as u32;
+    load.expected_attach_type = bpf_attach_type::BPF_NETFILTER as u32;
+    load.insn_cnt = insns.len() as u32;
+    load.insns = insns.as_ptr() as u64;
+    load.license = license.as_ptr() as u64;
+    load.prog_name = prog_name;
+    if log {
+        load.log_level = 1;
+        load.log_size = buf.len() as u32;
+        load.log_buf = buf.as_mut_ptr() as u64;
+    }
+    bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
+        .map(new_fd)
+        .map_err(|error| {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            LoadFailure {
+                error,
+                log: String::from_utf8_lossy(&buf[..end]).into_owned(),
+            }
+        })
+}
+
+/// Links `prog` at the netfilter hook `hooknum` of family `pf` with
+/// `priority`, in the network namespace of the calling thread
+/// (`bpf_nf_link_attach` takes `current->nsproxy->net_ns`). `EBUSY` when
+/// another hook holds that priority, `ERANGE` for `NF_IP_PRI_FIRST` and
+/// `NF_IP_PRI_LAST`, `EAFNOSUPPORT` for `NFPROTO_INET`.
+pub fn link_create_netfilter(
+    prog: BorrowedFd<'_>,
+    pf: u32,
+    hooknum: u32,
+    priority: i32,
+) -> io::Result<OwnedFd> {
+    let mut attr = attr();
+    attr.link_create.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    attr.link_create.attach_type = bpf_attach_type::BPF_NETFILTER as u32;
+    // SAFETY: writing plain integers into the netfilter member.
+    let nf = unsafe { &mut attr.link_create.__bindgen_anon_3.netfilter };
+    nf.pf = pf;
+    nf.hooknum = hooknum;
+    nf.priority = priority;
+    // No `BPF_F_NETFILTER_IP_DEFRAG` (6.6): every fragment is judged on
+    // its own, by the addresses it carries.
+    nf.flags = 0;
+    bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(new_fd)
+}
+
+/// Pins `fd` (a link) at `path` in a bpf filesystem.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut attr = attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    attr.__bindgen_anon_4.bpf_fd = fd.as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
 /// The ids of the programs attached to `cgroup` itself (not inherited) for
