@@ -4,20 +4,30 @@
 //! of the cgroup ever sees them and no owner can be judged: the guard drops
 //! them, unless `[forward]` names where they may come from.
 //!
-//! The mechanism is one nftables table of the agent's own, in the network
-//! namespace the agent runs in, hooked at `forward` before every other
-//! chain (priority -300). nftables because it exists on every kernel the
-//! guard supports (a BPF netfilter program needs 6.4), it matches every
-//! interface including those created later without the agent having to
-//! catch them (tc/XDP would have to), and it outlives the agent like the
-//! pinned programs do. The table is replaced in one transaction (`nft -f`:
-//! create if missing, delete, define): a restart or a reload changes it
-//! with no moment without it, and there is never a second copy. `detach`
-//! deletes it.
+//! Where the kernel has BPF netfilter programs (6.4), the pinned `forward`
+//! program holds the forward path (`kernel/netfilter/`). Elsewhere it is
+//! this: nftables tables in the network namespace the agent runs in,
+//! hooked at `forward` before every other chain. nftables because it
+//! exists on every kernel the guard supports, it matches every interface
+//! including those created later without the agent having to catch them
+//! (tc/XDP would have to), and a table outlives the agent as the pinned
+//! programs do. Two tables:
+//! - this one, unowned (priority -300): it holds while the agent is dead,
+//!   but `nft flush ruleset` (what Debian's `nftables.service` runs at
+//!   stop, and the first line of its stock `/etc/nftables.conf`) deletes
+//!   it; the agent puts it back as soon as nf_tables says so (`watch.rs`);
+//! - the agent's own (`owned.rs`, `flags owner`, 5.12), which no one else
+//!   can flush or change, and which goes with the agent.
+//!
+//! This table is replaced in one transaction (`nft -f`: create if missing,
+//! delete, define): a restart or a reload changes it with no moment
+//! without it, and there is never a second copy. `detach` deletes it.
 //!
 //! Each dropped packet is counted (named counters, read by `status`), and
-//! logged to NFLOG group [`LOG_GROUP`] at a bounded rate, which the agent
-//! reads (`daemon/nflog.rs`).
+//! logged to NFLOG group [`LOG_GROUP`] at a bounded rate per source (its
+//! interface and address, in a dynamic set: one container's flood spends
+//! its own budget, not every source's), which the agent reads
+//! (`daemon/nflog.rs`).
 
 use std::{
     io::Write as _,
@@ -26,8 +36,13 @@ use std::{
 };
 
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use crate::policy::{Mode, PolicySpec, forward::Prefix};
+
+pub mod owned;
+pub mod status;
+pub mod watch;
 
 /// The table's name (`table inet imds_guard_forward`); distinct from the
 /// `imds_guard` table `render --nftables` writes.
@@ -36,9 +51,13 @@ pub const TABLE: &str = "imds_guard_forward";
 pub const LOG_GROUP: u16 = 4269;
 /// What the log lines carry as their prefix.
 pub const LOG_PREFIX: &str = "imds-guard forward";
-/// At most this many packets a second are logged per family; every one is
-/// counted.
-const LOG_RATE: u32 = 20;
+/// At most this many packets a second are logged per source (interface
+/// and address); every one is counted.
+const LOG_RATE: u32 = 5;
+/// Sources whose log budget is tracked at once, per family (a source
+/// silent for [`LOG_TIMEOUT`] is forgotten).
+const LOG_SOURCES: u32 = 4096;
+const LOG_TIMEOUT: &str = "60s";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -97,6 +116,12 @@ pub fn ruleset(spec: &PolicySpec) -> String {
     if !src6.is_empty() {
         text += &set("sources6", "ipv6_addr", true, &strings(&src6));
     }
+    for (name, ty) in [("flood4", "ipv4_addr"), ("flood6", "ipv6_addr")] {
+        text += &format!(
+            "\tset {name} {{ type ifname . {ty}; size {LOG_SOURCES}; flags dynamic,timeout; \
+             timeout {LOG_TIMEOUT}; }}\n"
+        );
+    }
     text += "\tcounter dropped {}\n\tcounter audited {}\n";
     text += "\tchain forward {\n\t\ttype filter hook forward priority -300; policy accept;\n";
     for rule in rules(spec, !src4.is_empty(), !src6.is_empty()) {
@@ -152,11 +177,14 @@ fn rules(spec: &PolicySpec, sources4: bool, sources6: bool) -> Vec<String> {
     if sources6 {
         rules.push("ip6 daddr @protected6 ip6 saddr @sources6 accept".to_owned());
     }
-    for (family, set) in [("ip", "protected4"), ("ip6", "protected6")] {
+    for (family, set, flood) in [
+        ("ip", "protected4", "flood4"),
+        ("ip6", "protected6", "flood6"),
+    ] {
         rules.push(format!(
-            "{family} daddr @{set} limit rate {LOG_RATE}/second burst {} packets log group \
-             {LOG_GROUP} prefix \"{LOG_PREFIX}\"",
-            LOG_RATE * 5
+            "{family} daddr @{set} update @{flood} {{ iifname . {family} saddr limit rate \
+             {LOG_RATE}/second burst {} packets }} log group {LOG_GROUP} prefix \"{LOG_PREFIX}\"",
+            LOG_RATE * 2
         ));
         rules.push(
             format!("{family} daddr @{set} counter name {counter} {verdict}")
@@ -194,6 +222,84 @@ pub fn counters() -> Result<Option<ForwardCounters>, ForwardError> {
         Err(e) => return Err(e),
     };
     parse_counters(&listing).map(Some)
+}
+
+/// Whether table `inet NAME` is there.
+pub fn table_exists(name: &str) -> Result<bool, ForwardError> {
+    match nft(&["list", "table", "inet", name], None) {
+        Ok(_) => Ok(true),
+        Err(ForwardError::Refused(e)) if e.contains("No such file") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A digest of the rules the kernel holds in the table (its chain, sets
+/// and rules, as `nft -j list table` lists them, without handles or
+/// counter values), or `None` when there is no table: what the agent
+/// records once the table is in force, and what `status` and the agent's
+/// repair compare it with. `nft flush table` or `flush chain` leaves the
+/// table and changes this.
+pub fn table_digest() -> Result<Option<[u8; 32]>, ForwardError> {
+    let listing = match nft(&["-j", "list", "table", "inet", TABLE], None) {
+        Ok(out) => out,
+        Err(ForwardError::Refused(e)) if e.contains("No such file") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    digest_listing(&listing).map(Some)
+}
+
+/// The digest of `nft -j list table` output (see [`table_digest`]).
+fn digest_listing(json: &str) -> Result<[u8; 32], ForwardError> {
+    let v: Value =
+        serde_json::from_str(json).map_err(|e| ForwardError::Unreadable(e.to_string()))?;
+    let items = v
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ForwardError::Unreadable("no \"nftables\" array".to_owned()))?;
+    let mut kept: Vec<Value> = items
+        .iter()
+        .filter(|i| i.get("metainfo").is_none())
+        .cloned()
+        .collect();
+    for item in &mut kept {
+        canonical(item);
+    }
+    // serde_json's maps are sorted by key: the text is canonical.
+    let text = Value::Array(kept).to_string();
+    Ok(Sha256::digest(text.as_bytes()).into())
+}
+
+/// Drops what changes without the rules changing: handles, a counter's
+/// packets and bytes, the elements of a set with a timeout (the log
+/// budgets of the sources seen); sorts a set's elements (a hash set lists them in
+/// bucket order).
+fn canonical(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.remove("handle");
+            // nft lists a dynamic set's flags as `timeout` alone: the log
+            // budgets are the sets with a timeout, and no other set has one.
+            let is_budget = |f: &Value| f == "dynamic" || f == "timeout";
+            let dynamic = match map.get("flags") {
+                Some(Value::Array(flags)) => flags.iter().any(is_budget),
+                Some(flag) => is_budget(flag),
+                None => false,
+            };
+            if dynamic {
+                map.remove("elem");
+            }
+            if let Some(Value::Object(counter)) = map.get_mut("counter") {
+                counter.remove("packets");
+                counter.remove("bytes");
+            }
+            if let Some(Value::Array(elem)) = map.get_mut("elem") {
+                elem.sort_by_key(ToString::to_string);
+            }
+            map.values_mut().for_each(canonical);
+        }
+        Value::Array(items) => items.iter_mut().for_each(canonical),
+        _ => {}
+    }
 }
 
 /// The named counters of `nft -j list table` output.
@@ -292,6 +398,12 @@ mod tests {
             text.contains("log group 4269 prefix \"imds-guard forward\""),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "ip daddr @protected4 update @flood4 { iifname . ip saddr limit rate 5/second"
+            ),
+            "a log budget per source: {text}"
+        );
         assert!(!text.contains("accept\n"), "nothing is let through: {text}");
     }
 
@@ -326,6 +438,33 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains(" drop\n"), "{text}");
+    }
+
+    #[test]
+    fn the_digest_ignores_handles_and_counts_and_sees_a_flushed_chain() {
+        let listing = |packets: u64, handle: u64, rule: &str| {
+            format!(
+                r#"{{"nftables": [{{"metainfo": {{"version": "1.0.6"}}}},
+                {{"table": {{"family": "inet", "name": "imds_guard_forward", "handle": {handle}}}}},
+                {{"counter": {{"family": "inet", "name": "dropped", "table": "imds_guard_forward", "handle": 3, "packets": {packets}, "bytes": 420}}}},
+                {{"set": {{"family": "inet", "name": "protected4", "elem": ["b", "a"], "handle": 2}}}}{rule}]}}"#
+            )
+        };
+        let rule = r#",{"rule": {"family": "inet", "chain": "forward", "handle": 9, "expr": [{"drop": null}]}}"#;
+        let a = digest_listing(&listing(0, 1, rule)).expect("readable");
+        assert_eq!(a, digest_listing(&listing(7, 5, rule)).expect("readable"));
+        let seen = |elem: &str| {
+            format!(
+                r#"{rule},{{"set": {{"name": "flood4", "flags": ["timeout"], "elem": [{elem}]}}}}"#
+            )
+        };
+        assert_eq!(
+            digest_listing(&listing(0, 1, &seen(""))).expect("readable"),
+            digest_listing(&listing(0, 1, &seen(r#""ctr1 . 10.0.0.1""#))).expect("readable"),
+            "the sources a dynamic set has seen are not rules"
+        );
+        assert_ne!(a, digest_listing(&listing(0, 1, "")).expect("readable"));
+        assert!(digest_listing("{}").is_err());
     }
 
     #[test]
