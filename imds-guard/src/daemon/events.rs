@@ -1,14 +1,15 @@
 //! Turning what the kernel reports into log records that explain
 //! themselves: who, what destination, which verdict, and the policy entry
 //! (with its position in the file) or the default that decided. Decisions
-//! come from the programs' ring buffer; forwarded packets the forward
-//! table dropped come from NFLOG (`nflog.rs`).
+//! come from the programs' ring buffer; forwarded packets the forward path
+//! dropped from the forward program's ring buffer or from NFLOG
+//! (`forward.rs`, `nflog.rs`).
 //!
 //! Repeated records are rate-limited per caller (uid, the user whose user
-//! namespaces it runs in, or source address for forwarded packets) and
-//! destination, so that one caller cannot hide another: not by changing
-//! ports or pids (neither is in the key), not by running as the 65,536
-//! subordinate ids of its user namespaces (all count as the user who
+//! namespaces it runs in, or interface and source address for forwarded
+//! packets) and destination, so that one caller cannot hide another: not
+//! by changing ports or pids (neither is in the key), not by running as the
+//! 65,536 subordinate ids of its user namespaces (all count as the user who
 //! created the outermost one: one key, whatever the ids inside), and not
 //! by filling the table of keys (what does not fit is still counted per
 //! caller in the overflow summary). What the kernel could not deliver is
@@ -106,6 +107,9 @@ struct Key {
     outcome: Outcome,
     who: Who,
     dst: IpAddr,
+    /// For a forwarded packet, the interface it came in on: a flood from
+    /// one container spends that container's budget, not another's.
+    interface: Option<String>,
 }
 
 /// What a summary of suppressed records shows.
@@ -234,7 +238,7 @@ impl EventLog {
             process: (d.pid != 0).then(|| (d.pid, d.comm.clone())),
             interface: None,
         };
-        if !self.admit(d.outcome, who, d.dst, now, sample) {
+        if !self.admit(d.outcome, who, d.dst, None, now, sample) {
             return;
         }
         let user = d.ids().and_then(|(uid, _)| self.user_name(uid, resolver));
@@ -258,7 +262,8 @@ impl EventLog {
             process: None,
             interface: Some(packet.interface.clone()),
         };
-        if self.admit(outcome, who, packet.dst, now, sample) {
+        let interface = Some(packet.interface.clone());
+        if self.admit(outcome, who, packet.dst, interface, now, sample) {
             emit_forward(&ForwardRecord {
                 outcome,
                 packet: packet.clone(),
@@ -272,10 +277,16 @@ impl EventLog {
         outcome: Outcome,
         who: Who,
         dst: IpAddr,
+        interface: Option<String>,
         now: Instant,
         sample: impl FnOnce() -> Sample,
     ) -> bool {
-        let key = Key { outcome, who, dst };
+        let key = Key {
+            outcome,
+            who,
+            dst,
+            interface,
+        };
         match self.limiter.admit(key, now, sample) {
             Admit::Log => true,
             Admit::Suppressed => false,

@@ -76,6 +76,7 @@ fn one_caller_changing_ports_and_pids_stays_one_key() {
         outcome: Outcome::Deny,
         who: Who::Uid(1001),
         dst: "169.254.169.254".parse().expect("ip"),
+        interface: None,
     };
     assert!(!log.limiter_has(&key));
     log.record(&denial(1001, 9, 80), &p, &r, t0);
@@ -96,6 +97,7 @@ fn subordinate_ids_count_as_their_user_and_cannot_hide_another_caller_or_the_use
         outcome: Outcome::Deny,
         who,
         dst,
+        interface: None,
     };
     // 4,200 subordinate ids of uid 2345, more than the keys tracked,
     // each from a process of its own.
@@ -134,10 +136,57 @@ fn overflow_is_counted_per_caller() {
             process: None,
             interface: None,
         };
-        log.admit(Outcome::Deny, Who::Uid(uid), dst, t0, sample);
+        log.admit(Outcome::Deny, Who::Uid(uid), dst, None, t0, sample);
     }
     assert_eq!(log.overflow.values().sum::<u64>(), 10);
     assert!(log.overflow.contains_key(&Who::Uid(MAX_KEYS as u32)));
+}
+
+#[test]
+fn a_forwarded_flood_spends_only_its_own_sources_budget() {
+    let (mut log, t0) = (EventLog::default(), Instant::now());
+    let packet = |src: &str, interface: &str| Logged {
+        interface: interface.to_owned(),
+        src: src.parse().expect("ip"),
+        dst: "169.254.169.254".parse().expect("ip"),
+        proto: 6,
+        port: 80,
+        prefix: String::new(),
+    };
+    for _ in 0..10_000 {
+        log.record_forward(&packet("10.88.1.2", "ctr1"), Mode::Enforce, t0);
+    }
+    let admitted = |log: &mut EventLog, src: &str, interface: &str| {
+        let p = packet(src, interface);
+        let sample = || Sample {
+            outcome: Outcome::Deny,
+            who: Who::Source(p.src),
+            dst: SocketAddr::new(p.dst, p.port),
+            process: None,
+            interface: Some(p.interface.clone()),
+        };
+        let interface = Some(p.interface.clone());
+        log.admit(
+            Outcome::Deny,
+            Who::Source(p.src),
+            p.dst,
+            interface,
+            t0,
+            sample,
+        )
+    };
+    assert!(
+        !admitted(&mut log, "10.88.1.2", "ctr1"),
+        "the flood is held back"
+    );
+    assert!(
+        admitted(&mut log, "10.88.2.2", "ctr2"),
+        "another source is logged"
+    );
+    assert!(
+        admitted(&mut log, "10.88.1.2", "ctr3"),
+        "the same address on another interface is another source"
+    );
 }
 
 #[test]
