@@ -152,6 +152,20 @@ pub struct RunArgs {
     /// (`<namespace>_<name>_<uid>`), for `pods` rules.
     #[arg(long, value_name = "DIR", default_value = crate::policy::cgroups::pods::DEFAULT_PODS_DIR)]
     pub kubelet_pods_dir: PathBuf,
+    /// What holds the forward path: `auto` (the pinned netfilter program
+    /// where the kernel has it, 6.4, nftables elsewhere) or `nftables`.
+    /// Hidden: for tests of the older kernels' mechanism on a newer one.
+    #[arg(long, value_name = "auto|nftables", default_value = "auto", hide = true, value_parser = parse_forward)]
+    pub forward_path: crate::daemon::ForwardChoice,
+}
+
+/// `--forward-path`.
+fn parse_forward(text: &str) -> Result<crate::daemon::ForwardChoice, String> {
+    match text {
+        "auto" => Ok(crate::daemon::ForwardChoice::Auto),
+        "nftables" => Ok(crate::daemon::ForwardChoice::Nftables),
+        other => Err(format!("{other:?}: expected auto or nftables")),
+    }
 }
 
 /// Where the guard pins its links and maps by default.

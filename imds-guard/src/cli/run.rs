@@ -29,6 +29,7 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
         pin_dir: args.pin_dir,
         metrics_listen: args.metrics_listen,
         pods_dir: args.kubelet_pods_dir,
+        forward: args.forward_path,
     };
     match rt.block_on(daemon::run(config)) {
         Ok(()) => Ok(Outcome::Success),

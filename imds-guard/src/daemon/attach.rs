@@ -80,6 +80,13 @@ impl Attachment {
         self.pins.dir()
     }
 
+    /// Runs `f` with the guard and the pins; `None` while a reload has
+    /// the guard (at start, none can).
+    pub(super) fn with_guard<T>(&mut self, f: impl FnOnce(&mut Guard, &Pins) -> T) -> Option<T> {
+        let Self { guard, pins, .. } = self;
+        guard.as_mut().map(|guard| f(guard, pins))
+    }
+
     /// The guard, unless a reload has it.
     pub(super) fn guard_mut(&mut self) -> Option<&mut Guard> {
         self.guard.as_mut()

@@ -55,7 +55,7 @@ use self::{
     rings::Rings,
     wake::{Moment, Signals, Timers},
 };
-pub use self::{heap::one_heap, pods::PODS_EVERY, wake::POLL};
+pub use self::{forward::Choice as ForwardChoice, heap::one_heap, pods::PODS_EVERY, wake::POLL};
 use crate::{
     chain::Chain,
     kernel::{
@@ -79,6 +79,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The kubelet's pod log directories, for `pods` rules.
     pub pods_dir: PathBuf,
+    /// What holds the forward path.
+    pub forward: ForwardChoice,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -259,10 +261,18 @@ impl Daemon {
         phases.load = load;
         pods::say_dropped(&guard);
         let (attached, attach) = timed(|| Attachment::attach(cgroup, pins, guard));
-        let (attached, report) = attached?;
+        let (mut attached, report) = attached?;
         phases.attach = attach;
-        let (forward, took) = timed(|| ForwardPath::start(&policy.spec));
+        let (forward, took) = timed(|| {
+            attached.with_guard(|guard, pins| {
+                ForwardPath::start(&policy.spec, guard, pins, config.forward)
+            })
+        });
         phases.forward = took;
+        let forward = forward.ok_or_else(|| DaemonError::Io {
+            what: "the guard was lent away before the forward path was put in force",
+            source: std::io::Error::other("no guard"),
+        })?;
         let daemon = Self {
             attached,
             forward,
@@ -307,6 +317,7 @@ impl Daemon {
             gid_rules = policy.gids.len(),
             digest = %self.policies.digest(),
             forward = if table.is_guarded() { "guarded" } else { "unguarded" },
+            forward_mechanism = table.mechanism(),
             fallback = self.policies.in_fallback(),
             parse_ms = ms(phases.parse),
             open_ms = ms(phases.open),
@@ -393,12 +404,12 @@ impl Daemon {
                         ready.clear_ready();
                     }
                 }
-                ready = self.forward.readable() => {
+                ready = self.forward.ready() => {
                     let ready = ready.map_err(|source| DaemonError::Io {
-                        what: "cannot poll the NFLOG socket",
+                        what: "cannot poll the forward path's records or nf_tables",
                         source,
                     })?;
-                    ForwardPath::read_log(ready, &mut self.log, self.policies.mode());
+                    self.forward.on_ready(ready, &mut self.log, self.policies.mode());
                 }
                 done = self.rescanner.finished(), if self.attached.guard_mut().is_some() => {
                     if let Some(guard) = self.attached.guard_mut() {
@@ -455,9 +466,7 @@ impl Daemon {
     /// About once a second: counters into the metrics, rate-limit windows
     /// closed, lost events reported.
     fn on_tick(&mut self) {
-        let policy = self.policies.policy();
-        self.forward
-            .tick(policy.as_ref().map(|p| &p.spec), self.exporter.metrics());
+        self.forward.tick(self.exporter.metrics());
         // While a reload has the guard, the last counters stand.
         let counters = self.attached.counters();
         if let Some(c) = &counters {
@@ -494,7 +503,7 @@ impl Daemon {
         let tried = Tried {
             stamp: self.policies.stamp(),
             policies: self.policies.generations().clone(),
-            forward: self.forward.table().clone(),
+            forward: self.forward.lend(),
             pods_dir: self.pods.dir().to_owned(),
             requested,
         };
@@ -514,6 +523,7 @@ impl Daemon {
             }
             Err(outcome) => {
                 self.attached.mark_reload_refused();
+                self.forward.keep();
                 outcome
             }
         };
