@@ -5,6 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use imds_guard_common::forward_flags;
 use serde_json::{Value, json};
 
 use super::{
@@ -16,7 +17,7 @@ use crate::{
     kernel::{
         btf::Btf,
         features::{self, Found},
-        forward,
+        forward::{self, status::Mechanism},
         inspect::{CgroupStatus, Status},
         offsets::{self, kernel_release},
         pins::Pins,
@@ -234,11 +235,7 @@ pub fn to_json(status: &Status) -> Value {
         })).collect::<Vec<_>>(),
         "policy": config,
         "counters": counters,
-        "forward": match &status.forward {
-            Ok(Some(c)) => json!({"guarded": true, "dropped": c.dropped, "audited": c.audited}),
-            Ok(None) => json!({"guarded": false}),
-            Err(e) => json!({"guarded": null, "error": e}),
-        },
+        "forward": forward_json(status),
         "agent_alive": status.agent_alive,
         "identity": identity_json(status),
         "cgroups": status.cgroups.map(|c| json!({
@@ -363,19 +360,93 @@ pub fn to_text(status: &Status) -> String {
         );
         let _ = writeln!(s, "  cgroup map: {}", map_text(&c));
     }
-    let forward = match &status.forward {
-        Ok(Some(c)) => format!(
-            "forwarded packets to protected addresses dropped (table inet {}): dropped {} \
-             audited {}",
-            forward::TABLE,
-            c.dropped,
-            c.audited
-        ),
-        Ok(None) => "NOT guarded: no forward table in this network namespace".to_owned(),
-        Err(e) => format!("unknown: {e}"),
-    };
-    let _ = writeln!(s, "  forward:  {forward}");
+    let _ = writeln!(s, "  forward:  {}", forward_text(status));
     s
+}
+
+/// The forward path in one line: what holds it, whether it holds as the
+/// agent left it, and its counts.
+fn forward_text(status: &Status) -> String {
+    let f = match &status.forward {
+        Ok(f) => f,
+        Err(e) => return format!("unknown: {e}"),
+    };
+    let by = match f.mechanism() {
+        Mechanism::Netfilter => {
+            let links: Vec<String> = f
+                .links
+                .iter()
+                .map(|l| format!("{} link {} priority {}", l.name, l.link_id, l.priority))
+                .collect();
+            format!(
+                "the pinned forward program (netfilter, {}; a detached link cannot be told \
+                 from a live one)",
+                links.join(", ")
+            )
+        }
+        Mechanism::Nftables => {
+            let owner = if f
+                .state
+                .is_some_and(|s| s.flags & forward_flags::NO_OWNER != 0)
+            {
+                "no owned table (this kernel has no NFT_TABLE_F_OWNER, 5.12, or the agent \
+                 could not write it: see its log); put back from nf_tables' notifications \
+                 while the agent runs"
+            } else if f.owned == Ok(true) {
+                "and the agent's own table"
+            } else {
+                "the agent's own table goes with it"
+            };
+            let forced = if f
+                .state
+                .is_some_and(|s| s.flags & forward_flags::FORCED != 0)
+            {
+                ", chosen over the netfilter program by the agent's options"
+            } else {
+                ""
+            };
+            format!("nftables (table inet {}; {owner}{forced})", forward::TABLE)
+        }
+        Mechanism::Nothing => "nothing".to_owned(),
+    };
+    let counts = f.counters().map_or_else(String::new, |c| {
+        format!(": dropped {} audited {}", c.dropped, c.audited)
+    });
+    match status.forward_problem() {
+        None => format!("forwarded packets to protected addresses dropped by {by}{counts}"),
+        Some(why) => format!("NOT guarded: {why}; held by {by}{counts}"),
+    }
+}
+
+/// [`forward_text`] as JSON.
+fn forward_json(status: &Status) -> Value {
+    let f = match &status.forward {
+        Ok(f) => f,
+        Err(e) => return json!({"guarded": null, "error": e}),
+    };
+    let problem = status.forward_problem();
+    let counters = f.counters();
+    json!({
+        "guarded": problem.is_none(),
+        "problem": problem,
+        "mechanism": f.mechanism().as_str(),
+        "owner": f.state.map(|s| s.flags & forward_flags::NO_OWNER == 0),
+        "forced": f.state.map(|s| s.flags & forward_flags::FORCED != 0),
+        "links": f.links.iter().map(|l| json!({
+            "name": l.name,
+            "link_id": l.link_id,
+            "prog_id": l.prog_id,
+            "priority": l.priority,
+        })).collect::<Vec<_>>(),
+        "table": match &f.table {
+            Ok(Some(t)) => json!({"intact": t.intact}),
+            Ok(None) => Value::Null,
+            Err(e) => json!({"error": e}),
+        },
+        "owned_table": f.owned.as_ref().ok(),
+        "dropped": counters.map(|c| c.dropped),
+        "audited": counters.map(|c| c.audited),
+    })
 }
 
 /// The pins, the cgroup, the links, the policy in force and the agent.

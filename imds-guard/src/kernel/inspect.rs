@@ -13,7 +13,7 @@ use imds_guard_common::{self as common, mode};
 use super::{
     cgroup,
     counters::{self, Counters},
-    forward::{self, ForwardCounters},
+    forward::status::ForwardStatus,
     identity,
     maps::{self, MapError},
     pins::{PinError, Pins},
@@ -53,9 +53,9 @@ pub struct Status {
     /// The config in force: its generation and contents.
     pub config: Option<(u32, common::Config)>,
     pub counters: Option<Counters>,
-    /// The forward table in this network namespace: its counters, `None`
-    /// when there is none, or why it could not be read.
-    pub forward: Result<Option<ForwardCounters>, String>,
+    /// The forward path in this network namespace, or why it could not
+    /// be read.
+    pub forward: Result<ForwardStatus, String>,
     /// Whether the agent that wrote the config is still running.
     pub agent_alive: bool,
     /// Programs named like ours on the same cgroup that are not ours:
@@ -133,7 +133,7 @@ impl Status {
             None => None,
         };
         let agent_alive = pins.locked();
-        let forward = forward::counters().map_err(|e| Chain(&e).to_string());
+        let forward = ForwardStatus::read(pins).map_err(|e| Chain(&e).to_string());
         let cgroups = read_cgroups(pins, config.map(|(generation, _)| generation))?;
         let ours: Vec<u32> = links.iter().map(|l| l.prog_id).collect();
         let other_guards = cgroup
@@ -205,9 +205,17 @@ impl Status {
         })
     }
 
-    /// Whether the forward table is in force here.
+    /// Whether the forward path is held here as the agent left it.
     pub fn forward_guarded(&self) -> bool {
-        matches!(self.forward, Ok(Some(_)))
+        self.forward_problem().is_none()
+    }
+
+    /// Why the forward path is not held as the agent left it, if so.
+    pub fn forward_problem(&self) -> Option<String> {
+        match &self.forward {
+            Ok(f) => f.problem(self.agent_alive),
+            Err(e) => Some(format!("it cannot be read: {e}")),
+        }
     }
 
     /// The links still attached.

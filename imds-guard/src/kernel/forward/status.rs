@@ -44,6 +44,27 @@ pub struct TableStatus {
     pub intact: bool,
 }
 
+/// What holds the forward path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    /// The pinned forward program.
+    Netfilter,
+    /// The nftables tables.
+    Nftables,
+    /// Nothing: the agent could put neither in force.
+    Nothing,
+}
+
+impl Mechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Netfilter => "netfilter",
+            Self::Nftables => "nftables",
+            Self::Nothing => "none",
+        }
+    }
+}
+
 /// Everything `status` says of the forward path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForwardStatus {
@@ -101,14 +122,15 @@ impl ForwardStatus {
         })
     }
 
-    /// The mechanism in force, in words.
-    pub fn mechanism(&self) -> &'static str {
+    /// The mechanism the agent recorded; without a record (an older
+    /// agent), whichever is there.
+    pub fn mechanism(&self) -> Mechanism {
         match self.state.map(|s| s.mechanism) {
-            Some(mechanism::NETFILTER) => "netfilter",
-            Some(mechanism::NFTABLES) => "nftables",
-            Some(_) => "none",
-            None if self.links.is_empty() => "nftables",
-            None => "netfilter",
+            Some(mechanism::NETFILTER) => Mechanism::Netfilter,
+            Some(mechanism::NFTABLES) => Mechanism::Nftables,
+            Some(_) => Mechanism::Nothing,
+            None if self.links.is_empty() => Mechanism::Nftables,
+            None => Mechanism::Netfilter,
         }
     }
 
@@ -116,15 +138,17 @@ impl ForwardStatus {
     /// not: `agent_alive` says whether the owned table should be there.
     pub fn problem(&self, agent_alive: bool) -> Option<String> {
         match self.mechanism() {
-            "netfilter" => (self.links.len() < programs::netfilter_links().count()).then(|| {
-                format!(
-                    "{} of the forward program's {} links are pinned",
-                    self.links.len(),
-                    programs::netfilter_links().count()
-                )
-            }),
-            "nftables" => self.table_problem(agent_alive),
-            _ => Some("the agent could put no forward path in force".to_owned()),
+            Mechanism::Netfilter => {
+                (self.links.len() < programs::netfilter_links().count()).then(|| {
+                    format!(
+                        "{} of the forward program's {} links are pinned",
+                        self.links.len(),
+                        programs::netfilter_links().count()
+                    )
+                })
+            }
+            Mechanism::Nftables => self.table_problem(agent_alive),
+            Mechanism::Nothing => Some("the agent could put no forward path in force".to_owned()),
         }
     }
 
@@ -152,8 +176,8 @@ impl ForwardStatus {
     /// The drop and audit counts of whichever mechanism holds the path.
     pub fn counters(&self) -> Option<ForwardCounters> {
         match self.mechanism() {
-            "netfilter" => self.program,
-            _ => match &self.table {
+            Mechanism::Netfilter => self.program,
+            Mechanism::Nftables | Mechanism::Nothing => match &self.table {
                 Ok(Some(t)) => Some(t.counters),
                 _ => None,
             },
