@@ -52,6 +52,7 @@ mod netns;
 mod oracle;
 mod outcome;
 mod probe;
+mod prober;
 mod sandbox;
 mod skip;
 pub mod slowdown;
@@ -74,6 +75,7 @@ pub use self::{
     netns::Netns,
     oracle::{Arrivals, Counts, Oracle},
     probe::{HeldProbe, NOBODY, Probe},
+    prober::{Prober, flood, send_later_fragment},
     sandbox::{LOG, READY, Sandbox},
     skip::privileged_or_skip,
     systemctl::{cgroup_path, fake_systemctl},

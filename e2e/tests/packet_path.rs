@@ -589,6 +589,9 @@ fn killed_with_sigkill_the_packet_paths_stay_closed_and_a_restart_adds_nothing()
         return;
     }
     let mut topo = topology_for(&["raw-tcp", "tun"], Some(ONLY_ROOT));
+    let mechanism = status(&topo)["forward"]["mechanism"]
+        .as_str()
+        .map(str::to_owned);
     topo.kill_agent();
     for attack in ["raw-tcp", "tun"] {
         for row in rows(&topo, attack) {
@@ -602,8 +605,13 @@ fn killed_with_sigkill_the_packet_paths_stay_closed_and_a_restart_adds_nothing()
             );
         }
     }
+    // The netfilter program holds the forward path without a table; the
+    // nftables mechanism leaves its unowned table (its own went with it).
     let before = host_tables(&topo);
-    assert_eq!(before, ["inet imds_guard_forward"], "{before:?}");
+    match mechanism.as_deref() {
+        Some("netfilter") => assert!(before.is_empty(), "{before:?}"),
+        _ => assert_eq!(before, ["inet imds_guard_forward"], "{before:?}"),
+    }
     let agent = topo.start_agent(ONLY_ROOT);
     let ready_status = status(&topo);
     assert_eq!(ready_status["enforcing"], true, "{ready_status}");
@@ -612,7 +620,20 @@ fn killed_with_sigkill_the_packet_paths_stay_closed_and_a_restart_adds_nothing()
         Some(5),
         "one link per hook: {ready_status}"
     );
-    assert_eq!(host_tables(&topo), before, "a restart replaces the table");
+    assert_eq!(
+        ready_status["forward"]["links"].as_array().map(Vec::len),
+        Some(if mechanism.as_deref() == Some("netfilter") {
+            2
+        } else {
+            0
+        }),
+        "one forward link per family, not two: {ready_status}"
+    );
+    let after: Vec<String> = host_tables(&topo)
+        .into_iter()
+        .filter(|t| t != "inet imds_guard_forward_owned")
+        .collect();
+    assert_eq!(after, before, "a restart replaces the table");
     // And the restarted agent logs what the paths try.
     for attack in ["raw-tcp", "tun"] {
         let stop = if attack == "tun" {
@@ -637,11 +658,14 @@ fn killed_with_sigkill_the_packet_paths_stay_closed_and_a_restart_adds_nothing()
 }
 
 #[test]
-fn a_forward_table_removed_behind_the_agents_back_is_put_back() {
-    if !privileged_or_skip("a_forward_table_removed_behind_the_agents_back_is_put_back") {
+fn a_forward_table_removed_behind_the_agents_back_is_put_back_at_once() {
+    if !privileged_or_skip("a_forward_table_removed_behind_the_agents_back_is_put_back_at_once") {
         return;
     }
-    let topo = topology_for(&["tun"], Some(ONLY_ROOT));
+    let topo = Topology::builder()
+        .tun(NOBODY)
+        .agent_with(ONLY_ROOT, &["--forward-path", "nftables"])
+        .build();
     let seen = topo.agent().records().len();
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net={}", topo.host.path().display()))
@@ -653,23 +677,20 @@ fn a_forward_table_removed_behind_the_agents_back_is_put_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(host_tables(&topo).is_empty(), "the table is gone");
-    // With it gone, the forward path reaches the service: what the agent
-    // then puts back is what stops it.
-    for row in rows(&topo, "tun") {
-        let r = topo.attempt(&row.probe, row.action);
-        if let Err(why) = worked(&row, &r) {
-            panic!("{} as {} without the table: {why}", row.action, row.who);
-        }
-    }
-    // The counters are read every ten seconds; the agent notices then.
+    // nf_tables says so at once: the agent puts it back then, not at its
+    // next periodic check.
     let said = topo.agent().wait_for_after(
         seen,
         |r| field(r, "forward").and_then(Value::as_str) == Some("removed"),
-        slowdown::scaled(Duration::from_secs(20)),
+        slowdown::scaled(Duration::from_secs(2)),
     );
     assert!(said.is_some(), "no record of the table's removal");
-    assert_eq!(host_tables(&topo), ["inet imds_guard_forward"]);
+    let tables = host_tables(&topo);
+    assert!(
+        tables.iter().any(|t| t == "inet imds_guard_forward"),
+        "{tables:?}"
+    );
+    // Its own table held meanwhile, and both hold now.
     for row in rows(&topo, "tun") {
         let seen = topo.agent().records().len();
         let r = topo.attempt(&row.probe, row.action);
@@ -689,7 +710,23 @@ fn forward_exceptions_come_and_go_with_a_reload() {
     if !privileged_or_skip("forward_exceptions_come_and_go_with_a_reload") {
         return;
     }
-    let topo = topology_for(&["tun"], Some(ONLY_ROOT));
+    forward_exceptions(&[]);
+}
+
+#[test]
+fn forward_exceptions_come_and_go_with_a_reload_under_nftables() {
+    if !privileged_or_skip("forward_exceptions_come_and_go_with_a_reload_under_nftables") {
+        return;
+    }
+    forward_exceptions(&["--forward-path", "nftables"]);
+}
+
+/// `[forward]`'s interface exception, with the agent run with `args`.
+fn forward_exceptions(args: &[&str]) {
+    let topo = Topology::builder()
+        .tun(NOBODY)
+        .agent_with(ONLY_ROOT, args)
+        .build();
     let agent = topo.agent();
     let reload = |policy: &str| {
         let seen = agent.records().len();

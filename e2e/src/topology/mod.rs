@@ -86,6 +86,7 @@ pub struct TopologyBuilder {
     tun_owner: Option<u32>,
     mptcp: bool,
     policy: Option<String>,
+    agent_args: Vec<String>,
 }
 
 impl TopologyBuilder {
@@ -118,6 +119,13 @@ impl TopologyBuilder {
     pub fn agent(mut self, policy: &str) -> Self {
         self.policy = Some(policy.to_owned());
         self
+    }
+
+    /// [`TopologyBuilder::agent`] with more arguments for `run`.
+    #[must_use]
+    pub fn agent_with(mut self, policy: &str, args: &[&str]) -> Self {
+        self.agent_args = args.iter().map(|&a| a.to_owned()).collect();
+        self.agent(policy)
     }
 
     pub fn build(self) -> Topology {
@@ -215,16 +223,8 @@ impl Topology {
             topo.mptcp = Some(MptcpServer::start(&topo.imds_ns, MPTCP_PORT));
         }
         if let Some(policy) = spec.policy {
-            let config = write_policy(topo.dir.path(), &policy);
-            let agent = Agent::start_in_netns(
-                &config,
-                &topo.cgroup,
-                &topo.bpffs.pin_dir(),
-                topo.host.path(),
-                &[],
-            );
-            agent.wait_ready(READY);
-            topo.agent = Some(agent);
+            let args: Vec<&str> = spec.agent_args.iter().map(String::as_str).collect();
+            topo.agent = Some(topo.start_agent_with(&policy, &args));
         }
         topo
     }
@@ -277,13 +277,18 @@ impl Topology {
     /// and cgroup with `policy`, and waits until it is enforcing. The
     /// caller holds it (a restart, after [`Topology::kill_agent`]).
     pub fn start_agent(&self, policy: &str) -> Agent {
+        self.start_agent_with(policy, &[])
+    }
+
+    /// [`Topology::start_agent`] with more arguments for `run`.
+    pub fn start_agent_with(&self, policy: &str, args: &[&str]) -> Agent {
         let config = write_policy(self.dir.path(), policy);
         let agent = Agent::start_in_netns(
             &config,
             &self.cgroup,
             &self.bpffs.pin_dir(),
             self.host.path(),
-            &[],
+            args,
         );
         agent.wait_ready(READY);
         agent
