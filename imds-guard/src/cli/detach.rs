@@ -38,18 +38,50 @@ pub fn execute(args: &DetachArgs) -> Result<Outcome, CliError> {
         .flatten()
         .map(|(_, c)| c.agent_pid)
         .filter(|&pid| is_agent(pid));
-    let n = pins.detach_all().map_err(CliError::runtime)?;
+    let (n, forward) = pins.detach_all().map_err(CliError::runtime)?;
     let _ = outln!(
         "detached {n} link(s) and removed {}: connections to the metadata service are no longer decided",
         pins.dir().display()
     );
-    remove_forward()?;
-    if let Some(pid) = agent {
-        // It would otherwise keep running with nothing to guard.
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        let _ = outln!("stopped the agent (pid {pid})");
+    if forward > 0 {
+        let _ = outln!(
+            "detached the forward program's {forward} link(s): forwarded packets to the metadata \
+             service are no longer dropped"
+        );
     }
+    if let Some(pid) = agent {
+        // It would otherwise keep running with nothing to guard, and put
+        // back the forward table removed below as soon as nf_tables said
+        // so: it goes first (its own table goes with it).
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        if wait_gone(pid) {
+            let _ = outln!("stopped the agent (pid {pid})");
+        } else {
+            let _ = outln!("asked the agent (pid {pid}) to stop; it is still running");
+        }
+    }
+    remove_forward()?;
     Ok(Outcome::Success)
+}
+
+/// Waits up to ten seconds for the agent `pid` to be gone (exited, if
+/// not yet reaped by its parent); whether it is.
+fn wait_gone(pid: u32) -> bool {
+    let running = || {
+        is_agent(pid)
+            && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // `pid (comm) STATE ...`: a zombie has exited.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X']))
+            })
+    };
+    for _ in 0..200 {
+        if !running() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    !running()
 }
 
 /// Deletes the forward table of this network namespace, if there is one.
