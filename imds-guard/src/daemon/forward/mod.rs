@@ -304,12 +304,19 @@ impl ForwardPath {
         }
     }
 
+    /// Reads at most a turn's share of records ([`READS_PER_TURN`] NFLOG
+    /// messages, [`RECORDS_PER_TURN`] program records); `more` says some
+    /// may be left, so that the next turn reads on without waiting for the
+    /// descriptor (whose readiness was cleared) to wake again.
     fn read_log(&mut self, log: &mut EventLog, mode: Mode) {
         let now = Instant::now();
-        match &mut self.log {
+        self.more = match &mut self.log {
             Log::Ring(ring) => {
                 let ring = ring.get_mut();
-                while let Some(item) = ring.next() {
+                let mut read = 0;
+                while read < RECORDS_PER_TURN {
+                    let Some(item) = ring.next() else { break };
+                    read += 1;
                     if let Some(d) = Dropped::decode(&item) {
                         let mode = if d.audited {
                             Mode::Audit
@@ -319,14 +326,17 @@ impl ForwardPath {
                         log.record_forward(&logged(&d), mode, now);
                     }
                 }
+                read == RECORDS_PER_TURN
             }
-            Log::Nflog(Some(socket)) => {
-                if let Err(e) = read_nflog(socket.get_ref(), log, mode) {
+            Log::Nflog(Some(socket)) => match read_nflog(socket.get_ref(), log, mode) {
+                Ok(more) => more,
+                Err(e) => {
                     tracing::warn!("cannot read NFLOG: {e}");
+                    false
                 }
-            }
-            Log::Nflog(None) => {}
-        }
+            },
+            Log::Nflog(None) => false,
+        };
     }
 
     /// About once a second: every [`COUNTERS_EVERY`] ticks, the counters
