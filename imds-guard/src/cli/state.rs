@@ -108,14 +108,17 @@ mod tests {
 
     use super::*;
     use crate::kernel::{
-        forward::ForwardCounters,
+        forward::{
+            ForwardCounters,
+            status::{ForwardStatus, TableStatus},
+        },
         inspect::LinkStatus,
         programs::{self, GUARDING},
     };
 
     const FILE: &str = "/etc/imds-guard/policy.toml";
 
-    /// A guard attached with every hook and the forward table, whose
+    /// A guard attached with every hook and the forward path held, whose
     /// config has `mode`, `digest` and `flags`.
     fn guarded(mode: u32, digest: [u8; 32], flags: u32) -> Status {
         let links = programs::guarding()
@@ -141,11 +144,26 @@ mod tests {
                 },
             )),
             counters: None,
-            forward: Ok(Some(ForwardCounters::default())),
+            forward: Ok(forward_table(Some(TableStatus {
+                counters: ForwardCounters::default(),
+                intact: true,
+            }))),
             agent_alive: true,
             other_guards: Vec::new(),
             resolved: None,
             cgroups: None,
+        }
+    }
+
+    /// The forward path held by nftables, with the unowned table `table`
+    /// and the agent's own one.
+    fn forward_table(table: Option<TableStatus>) -> ForwardStatus {
+        ForwardStatus {
+            state: None,
+            links: Vec::new(),
+            program: None,
+            table: Ok(table),
+            owned: Ok(true),
         }
     }
 
@@ -204,7 +222,7 @@ mod tests {
             "imds-guard: nothing is in force: no guard is pinned at /sys/fs/bpf/imds-guard"
         );
         let mut open = guarded(mode::ENFORCE, [0; 32], 0);
-        open.forward = Ok(None);
+        open.forward = Ok(forward_table(None));
         assert!(
             said(&open, Ok("")).starts_with("imds-guard: NOT enforcing"),
             "{}",
