@@ -449,11 +449,17 @@ fn detach_with_a_pin_dir_nothing_is_pinned_at_leaves_the_running_guard_alone() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("nothing is pinned at"), "{stdout}");
-    assert!(
+    // Where nftables holds the forward path, its table has one name per
+    // network namespace: it is left, with how to remove it were it stale.
+    // The netfilter program's links are pinned with the guard they belong
+    // to, which the typo does not name: nothing to say of them.
+    let table = status["forward"]["mechanism"] == "nftables";
+    assert_eq!(
         stdout.contains("nft delete table inet imds_guard_forward"),
-        "it says how to remove the table: {stdout}"
+        table,
+        "it says how to remove the table only when there is one: {stdout}"
     );
-    // The guard pinned elsewhere still has its forward table, and runs.
+    // The guard pinned elsewhere still holds its forward path, and runs.
     let (code, status) = w.status();
     assert_eq!(code, Some(0), "{status}");
     assert_eq!(status["forward"]["guarded"], true, "{status}");
