@@ -7,25 +7,53 @@
 //!
 //! It is built from toml's own parse tree (`DeTable`), not through serde:
 //! a policy of 100,000 uids is parsed in a third of the time, and every
-//! value, implicit tables included, comes with its span.
+//! value, implicit tables included, comes with its span. Arrays of plain
+//! integers, the bulk of a large policy, are read apart (`integers.rs`)
+//! and put in the tree where toml saw them, emptied.
 
-use std::{borrow::Cow, ops::Range};
+mod integers;
+
+use std::{borrow::Cow, collections::HashMap, ops::Range};
 
 use toml::{
     Spanned,
     de::{DeTable, DeValue},
 };
 
+use self::integers::Integers;
 use super::Location;
 
 /// Parses `text` as TOML into a tree of spanned nodes (the root is a table).
 pub(super) fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let found = integers::find(text);
+    if !found.is_empty() {
+        let blanked = integers::blank(text, &found);
+        let mut arrays: Arrays = found.into_iter().map(|a| (a.span.start, a)).collect();
+        // An error in the emptied text is looked for again in the text as
+        // written, so that toml's message is the one it always gave; so is
+        // a tree that does not hold each array read where it was (which
+        // toml's parse of the emptied text cannot give; checked anyway).
+        if let Ok(root) = tree(&blanked, &mut arrays) {
+            if arrays.is_empty() {
+                return Ok(root);
+            }
+        }
+    }
+    tree(text, &mut Arrays::new())
+}
+
+/// The arrays of integers read apart, by the offset of their `[`.
+type Arrays = HashMap<usize, Integers>;
+
+/// `text` parsed by toml, with `arrays` put in place of the empty arrays
+/// toml found where they were read (each taken out of `arrays`).
+fn tree(text: &str, arrays: &mut Arrays) -> Result<Node, SyntaxError> {
     let root = DeTable::parse(text).map_err(|e| SyntaxError {
         message: e.message().to_owned(),
         span: e.span(),
     })?;
     let span = root.span();
-    node(Spanned::new(span, DeValue::Table(root.into_inner())))
+    node(Spanned::new(span, DeValue::Table(root.into_inner())), arrays)
 }
 
 /// TOML that does not parse: toml's message, and where.
@@ -82,7 +110,7 @@ impl Value {
 
 /// A spanned toml value as a [`Node`]. toml checks the syntax; what is left
 /// to refuse here is a number no TOML value can hold.
-fn node(value: Spanned<DeValue<'_>>) -> Result<Node, SyntaxError> {
+fn node(value: Spanned<DeValue<'_>>, arrays: &mut Arrays) -> Result<Node, SyntaxError> {
     let span = value.span();
     let out_of_range = |what: &str, text: &str| SyntaxError {
         message: format!("{what} {text} is out of range"),
@@ -100,9 +128,26 @@ fn node(value: Spanned<DeValue<'_>>) -> Result<Node, SyntaxError> {
         },
         DeValue::Boolean(b) => Value::Boolean(b),
         DeValue::Datetime(d) => Value::Datetime(d.to_string()),
-        DeValue::Array(items) => {
-            Value::Array(items.into_iter().map(node).collect::<Result<_, _>>()?)
+        DeValue::Array(items) if items.is_empty() && arrays.contains_key(&span.start) => {
+            match arrays.remove(&span.start) {
+                Some(read) => Value::Array(
+                    read.items
+                        .into_iter()
+                        .map(|(n, span)| Node {
+                            span: Some(span),
+                            value: Value::Integer(n),
+                        })
+                        .collect(),
+                ),
+                None => Value::Array(Vec::new()),
+            }
         }
+        DeValue::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|item| node(item, arrays))
+                .collect::<Result<_, _>>()?,
+        ),
         DeValue::Table(table) => Value::Table(
             table
                 .into_iter()
@@ -111,7 +156,7 @@ fn node(value: Spanned<DeValue<'_>>) -> Result<Node, SyntaxError> {
                         span: Some(key.span()),
                         name: Cow::into_owned(key.into_inner()),
                     };
-                    Ok((key, node(value)?))
+                    Ok((key, node(value, arrays)?))
                 })
                 .collect::<Result<_, _>>()?,
         ),
@@ -297,6 +342,35 @@ mod tests {
         };
         assert_eq!(at(&source, uids[1].span.as_ref()), (3, 12));
         assert!(matches!(uids[1].value, Value::Integer(22)));
+    }
+
+    #[test]
+    fn arrays_read_apart_land_where_toml_saw_them() {
+        let text = "mode = \"audit\" # [1]\n[allow]\nuids = [0,\n  1000, 1001,]\nhost = { gids = \
+                    [7, 8] }\n[deny]\ngids = [9]\nusers = [\"x\"]\nallow.uids = [3]\n";
+        let found = integers::find(text);
+        assert_eq!(found.len(), 4, "{found:?}");
+        let blanked = integers::blank(text, &found);
+        let mut arrays: Arrays = found.into_iter().map(|a| (a.span.start, a)).collect();
+        let apart = tree(&blanked, &mut arrays).expect("the emptied text parses");
+        assert!(arrays.is_empty(), "not put in place: {arrays:?}");
+        let whole = tree(text, &mut Arrays::new()).expect("the text parses");
+        assert_eq!(format!("{apart:?}"), format!("{whole:?}"));
+        assert_eq!(format!("{:?}", parse(text).expect("parses")), format!("{whole:?}"));
+    }
+
+    #[test]
+    fn an_error_is_toml_s_own_on_the_text_as_written() {
+        // The emptied text fails too (the header's `=`): the message and
+        // position are those of the text as written.
+        let text = "[allow]\nuids = [1, 2]\n[deny = [3]]\n";
+        let Err(error) = parse(text) else {
+            panic!("{text:?} parsed");
+        };
+        let Err(whole) = tree(text, &mut Arrays::new()) else {
+            panic!("{text:?} parsed");
+        };
+        assert_eq!(format!("{error:?}"), format!("{whole:?}"));
     }
 
     #[test]

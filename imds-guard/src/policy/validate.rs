@@ -519,7 +519,8 @@ impl Checker<'_> {
         order.sort_by_key(|e| (e.action, e.at));
         // Policies list up to 2 × 131,072 identities and are written by the
         // operator, not by an attacker: a fast hash rather than SipHash.
-        let mut first: FxHashMap<&Identity, &Entry> = FxHashMap::default();
+        let mut first: FxHashMap<&Identity, &Entry> =
+            FxHashMap::with_capacity_and_hasher(entries.len(), Default::default());
         for entry in order {
             let earlier = match first.entry(&entry.identity) {
                 hash_map::Entry::Vacant(slot) => {
