@@ -147,9 +147,6 @@ fn clash(spec: &PolicySpec, subjects: &[Option<Subject>], i: usize, earlier: IdR
 /// Resolves the names of `spec` through `resolver` and builds the id maps,
 /// reporting every problem rather than the first.
 pub(super) fn resolve(spec: PolicySpec, resolver: &dyn Resolver) -> Result<Policy, PolicyError> {
-    let mut uids = BTreeMap::new();
-    let mut gids = BTreeMap::new();
-    let mut full = [false, false];
     let mut diagnostics = Vec::new();
     let mut subjects: Vec<Option<Subject>> = vec![None; spec.entries.len()];
     // Allow entries before deny entries, each in file order: the later of
@@ -157,55 +154,31 @@ pub(super) fn resolve(spec: PolicySpec, resolver: &dyn Resolver) -> Result<Polic
     // as in `validate.rs`.
     let mut order: Vec<usize> = (0..spec.entries.len()).collect();
     order.sort_by_key(|&i| (spec.entries[i].action, spec.entries[i].at));
+    // The ids each map is asked for, in that order, with their entries.
+    let (mut uid_claims, mut gid_claims) = (Vec::new(), Vec::new());
     for i in order {
         let entry = &spec.entries[i];
-        let subject = match subject(&entry.identity, resolver) {
-            Ok(Some(subject)) => subject,
-            Ok(None) => continue,
-            Err(message) => {
-                diagnostics.push(Diagnostic {
-                    at: entry.at,
-                    message,
-                });
-                continue;
-            }
-        };
-        subjects[i] = Some(subject);
-        let (map, id, full) = match subject {
-            Subject::Uid(id) => (&mut uids, id, &mut full[0]),
-            Subject::Gid(id) => (&mut gids, id, &mut full[1]),
-        };
-        let capacity = MAX_ID_RULES as usize;
-        let len = map.len();
-        match map.entry(id) {
-            btree_map::Entry::Vacant(_) if len >= capacity => {
-                // Once per map: one message says it all.
-                if !*full {
-                    *full = true;
-                    diagnostics.push(Diagnostic {
-                        at: entry.at,
-                        message: format!(
-                            "too many {} rules: the kernel map holds at most {capacity}",
-                            subject.map_name()
-                        ),
-                    });
+        match subject(&entry.identity, resolver) {
+            Ok(Some(subject)) => {
+                subjects[i] = Some(subject);
+                match subject {
+                    Subject::Uid(id) => uid_claims.push((id, i)),
+                    Subject::Gid(id) => gid_claims.push((id, i)),
                 }
             }
-            btree_map::Entry::Vacant(slot) => {
-                slot.insert(IdRule {
-                    action: entry.action,
-                    index: i,
-                });
-            }
-            btree_map::Entry::Occupied(slot) => {
-                let earlier = *slot.get();
-                diagnostics.push(Diagnostic {
-                    at: entry.at,
-                    message: clash(&spec, &subjects, i, earlier),
-                });
-            }
+            Ok(None) => {}
+            Err(message) => diagnostics.push(Diagnostic {
+                at: entry.at,
+                message,
+            }),
         }
     }
+    let claimed = Claimed {
+        spec: &spec,
+        subjects: &subjects,
+    };
+    let uids = claimed.rules("uid", &uid_claims, &mut diagnostics);
+    let gids = claimed.rules("gid", &gid_claims, &mut diagnostics);
     let cgroups = cgroups::resolve(&spec, resolver, &mut diagnostics);
     let members = members::denied_members(&spec, &gids, resolver, &mut diagnostics);
     if !diagnostics.is_empty() {
@@ -219,6 +192,65 @@ pub(super) fn resolve(spec: PolicySpec, resolver: &dyn Resolver) -> Result<Polic
         members,
         cgroups,
     })
+}
+
+/// The entries of a policy and the id each stands for.
+struct Claimed<'a> {
+    spec: &'a PolicySpec,
+    subjects: &'a [Option<Subject>],
+}
+
+impl Claimed<'_> {
+    /// The rules of one map (`noun`: "uid" or "gid") from the ids its
+    /// entries claim, in the order they are judged: the first claim of an
+    /// id makes its rule, a later one is a duplicate or a contradiction.
+    fn rules(
+        &self,
+        noun: &str,
+        claims: &[(u32, usize)],
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> BTreeMap<u32, IdRule> {
+        let rule = |i: usize| IdRule {
+            action: self.spec.entries[i].action,
+            index: i,
+        };
+        let capacity = MAX_ID_RULES as usize;
+        // Ids claimed in increasing order (a long list usually is) cannot
+        // repeat: the map is built at once, its nodes full, in linear time.
+        if claims.len() <= capacity && claims.is_sorted_by(|a, b| a.0 < b.0) {
+            return claims.iter().map(|&(id, i)| (id, rule(i))).collect();
+        }
+        let mut map = BTreeMap::new();
+        let mut full = false;
+        for &(id, i) in claims {
+            let len = map.len();
+            match map.entry(id) {
+                btree_map::Entry::Vacant(_) if len >= capacity => {
+                    // Once per map: one message says it all.
+                    if !full {
+                        full = true;
+                        diagnostics.push(Diagnostic {
+                            at: self.spec.entries[i].at,
+                            message: format!(
+                                "too many {noun} rules: the kernel map holds at most {capacity}"
+                            ),
+                        });
+                    }
+                }
+                btree_map::Entry::Vacant(slot) => {
+                    slot.insert(rule(i));
+                }
+                btree_map::Entry::Occupied(slot) => {
+                    let earlier = *slot.get();
+                    diagnostics.push(Diagnostic {
+                        at: self.spec.entries[i].at,
+                        message: clash(self.spec, self.subjects, i, earlier),
+                    });
+                }
+            }
+        }
+        map
+    }
 }
 
 #[cfg(test)]

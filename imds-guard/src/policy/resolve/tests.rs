@@ -217,6 +217,25 @@ fn the_rules_must_fit_the_kernel_maps() {
 }
 
 #[test]
+fn ids_out_of_order_meet_at_one_rule_as_in_order() {
+    // A name after the numbers, for an id among them: the numbers
+    // increase, the claims do not, and the clash is found.
+    let spec = PolicySpec::parse(
+        Path::new("p.toml"),
+        "[allow]\nuids = [0, 1001, 1002]\n[deny]\nusers = [\"alice\"]\n",
+    )
+    .expect("validates");
+    let message = match spec.resolve(&hosts_db()) {
+        Ok(_) => panic!("uid 1001 both allowed and denied was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        message.contains("p.toml:4:10: contradictory rules: user \"alice\" (uid 1001) is denied"),
+        "{message}"
+    );
+}
+
+#[test]
 fn the_system_resolver_reads_the_host_database() {
     let system = SystemResolver;
     assert_eq!(system.user_id("root"), Ok(Some(0)));
