@@ -517,10 +517,27 @@ impl Checker<'_> {
         // [deny] one wherever the tables are (`Action` orders Allow first).
         let mut order: Vec<&Entry> = entries.iter().collect();
         order.sort_by_key(|e| (e.action, e.at));
+        // Uids (and gids) listed in increasing order, as a long list
+        // usually is, cannot repeat: only the others need the table.
+        for numbered in [
+            (|e: &Entry| match e.identity {
+                Identity::Uid(id) => Some(id),
+                _ => None,
+            }) as fn(&Entry) -> Option<u32>,
+            |e: &Entry| match e.identity {
+                Identity::Gid(id) => Some(id),
+                _ => None,
+            },
+        ] {
+            let mut ids = order.iter().filter_map(|e| numbered(e));
+            if ids.clone().is_sorted_by(|a, b| a < b) && ids.next().is_some() {
+                order.retain(|e| numbered(e).is_none());
+            }
+        }
         // Policies list up to 2 × 131,072 identities and are written by the
         // operator, not by an attacker: a fast hash rather than SipHash.
         let mut first: FxHashMap<&Identity, &Entry> =
-            FxHashMap::with_capacity_and_hasher(entries.len(), Default::default());
+            FxHashMap::with_capacity_and_hasher(order.len(), Default::default());
         for entry in order {
             let earlier = match first.entry(&entry.identity) {
                 hash_map::Entry::Vacant(slot) => {

@@ -514,6 +514,20 @@ fn an_identity_listed_twice_in_a_table_is_a_duplicate() {
 }
 
 #[test]
+fn ids_in_increasing_order_and_a_repeat_elsewhere_are_each_judged() {
+    // The uids increase (no table needed for them): the gids' repeat is
+    // still found, and so is a uid repeated in a later table.
+    assert_eq!(
+        errors("[allow]\nuids = [1, 2, 3]\ngids = [5, 5]\n"),
+        "p.toml:3:12: duplicate rule: gid 5 is already allowed at line 3, column 9"
+    );
+    assert_eq!(
+        errors("[allow]\nuids = [1, 2]\n[deny]\nuids = [3, 2]\n"),
+        "p.toml:4:12: contradictory rules: uid 2 is denied here and allowed at line 2, column 12"
+    );
+}
+
+#[test]
 fn an_identity_both_allowed_and_denied_is_contradictory_at_the_deny_entry() {
     assert_eq!(
         errors("[allow]\nusers = [\"apache\"]\n[deny]\nusers = [\"apache\"]\n"),
