@@ -53,7 +53,10 @@ fn tree(text: &str, arrays: &mut Arrays) -> Result<Node, SyntaxError> {
         span: e.span(),
     })?;
     let span = root.span();
-    node(Spanned::new(span, DeValue::Table(root.into_inner())), arrays)
+    node(
+        Spanned::new(span, DeValue::Table(root.into_inner())),
+        arrays,
+    )
 }
 
 /// TOML that does not parse: toml's message, and where.
@@ -129,18 +132,11 @@ fn node(value: Spanned<DeValue<'_>>, arrays: &mut Arrays) -> Result<Node, Syntax
         DeValue::Boolean(b) => Value::Boolean(b),
         DeValue::Datetime(d) => Value::Datetime(d.to_string()),
         DeValue::Array(items) if items.is_empty() && arrays.contains_key(&span.start) => {
-            match arrays.remove(&span.start) {
-                Some(read) => Value::Array(
-                    read.items
-                        .into_iter()
-                        .map(|(n, span)| Node {
-                            span: Some(span),
-                            value: Value::Integer(n),
-                        })
-                        .collect(),
-                ),
-                None => Value::Array(Vec::new()),
-            }
+            Value::Array(
+                arrays
+                    .remove(&span.start)
+                    .map_or_else(Vec::new, |read| read.items),
+            )
         }
         DeValue::Array(items) => Value::Array(
             items
@@ -356,7 +352,10 @@ mod tests {
         assert!(arrays.is_empty(), "not put in place: {arrays:?}");
         let whole = tree(text, &mut Arrays::new()).expect("the text parses");
         assert_eq!(format!("{apart:?}"), format!("{whole:?}"));
-        assert_eq!(format!("{:?}", parse(text).expect("parses")), format!("{whole:?}"));
+        assert_eq!(
+            format!("{:?}", parse(text).expect("parses")),
+            format!("{whole:?}")
+        );
     }
 
     #[test]

@@ -21,12 +21,14 @@ use std::ops::Range;
 
 use toml_parser::{Source, lexer::TokenKind};
 
+use super::{Node, Value};
+
 /// An array [`find`] read: where it is written (from `[` to `]`), and its
-/// integers with where each is.
-#[derive(Debug, PartialEq, Eq)]
+/// integers as the nodes toml's would have become.
+#[derive(Debug)]
 pub(super) struct Integers {
     pub(super) span: Range<usize>,
-    pub(super) items: Vec<(i64, Range<usize>)>,
+    pub(super) items: Vec<Node>,
 }
 
 /// Digits an integer may have here: 18 always fit an `i64`; a longer one
@@ -101,7 +103,10 @@ fn read(text: &str, open: usize) -> Option<Integers> {
                 ) {
                     return None;
                 }
-                items.push((digits.parse().ok()?, start..at));
+                items.push(Node {
+                    span: Some(start..at),
+                    value: Value::Integer(digits.parse().ok()?),
+                });
                 want_value = false;
             }
             _ => return None,
@@ -133,7 +138,15 @@ mod tests {
     fn values(text: &str) -> Vec<Vec<i64>> {
         find(text)
             .into_iter()
-            .map(|a| a.items.into_iter().map(|(n, _)| n).collect())
+            .map(|a| {
+                a.items
+                    .into_iter()
+                    .map(|node| match node.value {
+                        Value::Integer(n) => n,
+                        other => panic!("not an integer: {other:?}"),
+                    })
+                    .collect()
+            })
             .collect()
     }
 
@@ -143,7 +156,11 @@ mod tests {
         let found = find(text);
         assert_eq!(found.len(), 2);
         assert_eq!(&text[found[0].span.clone()], "[0, 1000,\n  1001, ]");
-        let spans: Vec<&str> = found[0].items.iter().map(|(_, s)| &text[s.clone()]).collect();
+        let spans: Vec<&str> = found[0]
+            .items
+            .iter()
+            .filter_map(|node| node.span.clone().map(|s| &text[s]))
+            .collect();
         assert_eq!(spans, ["0", "1000", "1001"]);
         assert_eq!(values(text), [vec![0, 1000, 1001], vec![7]]);
     }
