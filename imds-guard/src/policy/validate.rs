@@ -161,6 +161,14 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> 
     })
 }
 
+/// A table of rules: its name in messages, and what its entries say.
+#[derive(Clone, Copy)]
+struct Table {
+    name: &'static str,
+    action: Action,
+    scope: Scope,
+}
+
 /// Walks the tree and collects diagnostics.
 struct Checker<'a> {
     source: &'a Source<'a>,
@@ -170,9 +178,9 @@ struct Checker<'a> {
 /// The known keys of a table (unknown ones are reported, not kept).
 type Fields<'n> = HashMap<&'n str, (&'n Key, &'n Node)>;
 
-/// What one table of rules produced.
+/// What one table of rules produced (its entries go where the caller
+/// collects them, one list for every table).
 struct Rules {
-    entries: Vec<Entry>,
     /// Values written in the table, valid or not: a table with only wrong
     /// entries is reported for those, not also as deciding nothing.
     written: usize,
@@ -214,10 +222,16 @@ impl Checker<'_> {
         };
         // [allow] before [deny], as `PolicySpec::entries` documents.
         let mut tables = Vec::new();
+        let mut entries = Vec::new();
         let mut empty_allow = None;
         for (name, action) in [("allow", Action::Allow), ("deny", Action::Deny)] {
             if let Some(&(key, node)) = fields.get(name) {
-                let rules = self.rules(name, action, Scope::Anywhere, key, node);
+                let table = Table {
+                    name,
+                    action,
+                    scope: Scope::Anywhere,
+                };
+                let rules = self.rules(&table, key, node, &mut entries);
                 if action == Action::Allow && rules.written == 0 {
                     empty_allow = Some(rules.at);
                 }
@@ -249,7 +263,6 @@ impl Checker<'_> {
                     .to_owned(),
             );
         }
-        let entries: Vec<Entry> = tables.into_iter().flat_map(|t| t.entries).collect();
         self.cross_check(&entries);
         self.cgroup_patterns(&entries);
         (mode, endpoints, entries, forward)
@@ -412,12 +425,16 @@ impl Checker<'_> {
     }
 
     /// Reads a table of rules (`[allow]`, `[allow.host]`, `[deny]`) whose
-    /// entries all get `action` and `scope`. `[allow]` may hold a `host`
-    /// table: entries that allow a caller on the host only.
-    fn rules(&mut self, name: &str, action: Action, scope: Scope, key: &Key, node: &Node) -> Rules {
+    /// entries all get its action and scope, onto `entries`. `[allow]` may
+    /// hold a `host` table: entries that allow a caller on the host only.
+    fn rules(&mut self, table: &Table, key: &Key, node: &Node, entries: &mut Vec<Entry>) -> Rules {
+        let Table {
+            name,
+            action,
+            scope,
+        } = *table;
         let Some((items, at)) = self.table(name, key, node) else {
             return Rules {
-                entries: Vec::new(),
                 written: 1,
                 at: self.key_at(key, START),
             };
@@ -436,7 +453,6 @@ impl Checker<'_> {
             valid.push(HOST_KEY);
         }
         let fields = self.fields(items, &valid, &format!("in [{name}]"), at);
-        let mut entries = Vec::new();
         for kind in &IDENTITY_KEYS {
             let Some(&(key, list)) = fields.get(kind.key) else {
                 continue;
@@ -458,6 +474,7 @@ impl Checker<'_> {
                 );
                 continue;
             };
+            entries.reserve(values.len());
             for value in values {
                 let at = self.node_at(value, list_at);
                 match kind.syntax.parse(&context, &value.value) {
@@ -472,15 +489,14 @@ impl Checker<'_> {
             }
         }
         if let Some(&(key, node)) = fields.get(HOST_KEY) {
-            let host = self.rules("allow.host", action, Scope::Host, key, node);
-            entries.extend(host.entries);
-            written += host.written;
+            let host = Table {
+                name: "allow.host",
+                action,
+                scope: Scope::Host,
+            };
+            written += self.rules(&host, key, node, entries).written;
         }
-        Rules {
-            entries,
-            written,
-            at,
-        }
+        Rules { written, at }
     }
 
     /// Reports the entry at which the cgroup patterns (a unit or a cgroup
