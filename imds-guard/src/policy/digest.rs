@@ -23,7 +23,10 @@ use super::{Action, Mode, Policy, Scope};
 impl Policy {
     /// SHA-256 of the canonical form of the decision this policy makes.
     pub fn digest(&self) -> [u8; 32] {
-        let mut text = String::new();
+        // The canonical text is hashed as it is written, a chunk at a
+        // time: a policy of 100,000 uids would make it megabytes.
+        let mut hasher = Sha256::new();
+        let mut text = String::with_capacity(2 * CHUNK);
         let mode = match self.spec.mode {
             Mode::Enforce => "enforce",
             Mode::Audit => "audit",
@@ -42,7 +45,6 @@ impl Policy {
         }
         // The rules are most of the text: written without `fmt`, which
         // costs more than the hash for a policy of 100,000 uids.
-        text.reserve(18 * (self.uids.len() + self.gids.len()));
         for (noun, rules) in [("uid ", &self.uids), ("gid ", &self.gids)] {
             for (&id, rule) in rules {
                 text.push_str(noun);
@@ -55,6 +57,7 @@ impl Policy {
                     text.push_str(" host");
                 }
                 text.push('\n');
+                flush(&mut hasher, &mut text);
             }
         }
         // Only a policy whose denied groups have members has these lines,
@@ -66,6 +69,7 @@ impl Policy {
             text.push(' ');
             push_decimal(&mut text, gid);
             text.push('\n');
+            flush(&mut hasher, &mut text);
         }
         // Only a policy with cgroup rules has these lines: the digests of
         // the others stay what they were.
@@ -97,7 +101,19 @@ impl Policy {
         for s in sources {
             let _ = writeln!(text, "forward source {s}");
         }
-        Sha256::digest(text.as_bytes()).into()
+        hasher.update(text.as_bytes());
+        hasher.finalize().into()
+    }
+}
+
+/// Bytes of canonical text gathered before they are hashed.
+const CHUNK: usize = 64 * 1024;
+
+/// Hashes `text` and empties it once it holds a chunk.
+fn flush(hasher: &mut Sha256, text: &mut String) {
+    if text.len() >= CHUNK {
+        hasher.update(text.as_bytes());
+        text.clear();
     }
 }
 
@@ -162,6 +178,24 @@ mod tests {
         // what 0.1 printed for this policy.
         let d = digest("[allow]\nusers = [\"root\"]\nuids = [1000]\n[deny]\ngids = [5]\n");
         assert_eq!(d, EXPECTED);
+    }
+
+    #[test]
+    fn a_text_of_many_chunks_hashes_as_one() {
+        use sha2::{Digest as _, Sha256};
+        let uids: Vec<String> = (0..20_000).map(|n| (n * 3).to_string()).collect();
+        let mut text = "imds-guard policy v1\nmode enforce\ndefault deny\nendpoint \
+                        169.254.169.254\nendpoint fd00:ec2::254\n"
+            .to_owned();
+        for uid in &uids {
+            text.push_str(&format!("uid {uid} allow\n"));
+        }
+        assert!(text.len() > 3 * super::CHUNK);
+        let whole = super::hex(&Sha256::digest(text.as_bytes()));
+        assert_eq!(
+            digest(&format!("[allow]\nuids = [{}]\n", uids.join(", "))),
+            whole
+        );
     }
 
     #[test]
