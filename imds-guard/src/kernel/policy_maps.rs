@@ -271,7 +271,7 @@ impl PolicyMaps {
                         (Action::Allow, Scope::Host) => action::ALLOW_ON_HOST,
                         (other, _) => kernel_action(other),
                     },
-                    entry: entry_number(Some(rule.index)),
+                    entry: entry_number(Some(rule.entry())),
                 };
                 (id, rule)
             });
@@ -280,7 +280,7 @@ impl PolicyMaps {
         // A member's group is denied (`members.rs`): its rule is there.
         let members = policy.members.iter().filter_map(|(&uid, &gid)| {
             let rule = policy.gids.get(&gid)?;
-            let entry = entry_number(Some(rule.index));
+            let entry = entry_number(Some(rule.entry()));
             Some((uid, Membership { gid, entry }))
         });
         write_slots(

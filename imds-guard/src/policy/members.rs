@@ -40,7 +40,7 @@ pub(super) fn denied_members(
     let denied: Vec<(u32, usize)> = gids
         .iter()
         .filter(|(_, rule)| rule.action == Action::Deny)
-        .map(|(&gid, rule)| (gid, rule.index))
+        .map(|(&gid, rule)| (gid, rule.entry()))
         .collect();
     let Some(&(_, first)) = denied
         .iter()

@@ -296,8 +296,27 @@ impl PolicySpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdRule {
     pub action: Action,
-    /// Index into [`PolicySpec::entries`] of the entry that made this rule.
-    pub index: usize,
+    /// Index into [`PolicySpec::entries`] of the entry that made this rule
+    /// ([`IdRule::entry`]): 32 bits, so that a table of 100,000 rules is a
+    /// third smaller.
+    pub index: u32,
+}
+
+impl IdRule {
+    /// The rule entry `index` makes. No policy has 2^32 entries (its file
+    /// would be gigabytes); an index past that names no entry, like a rule
+    /// without one.
+    pub fn new(action: Action, index: usize) -> Self {
+        Self {
+            action,
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Index into [`PolicySpec::entries`] of the entry that made it.
+    pub fn entry(self) -> usize {
+        self.index as usize
+    }
 }
 
 /// A resolved policy: what the kernel is given.
@@ -421,7 +440,7 @@ impl Policy {
     pub fn scope_of(&self, rule: &IdRule) -> Scope {
         self.spec
             .entries
-            .get(rule.index)
+            .get(rule.entry())
             .map_or(Scope::Host, |e| e.scope)
     }
 

@@ -300,7 +300,7 @@ fn decided(action: Action, reason: Reason, rule: IdRule, id: u32) -> Decision {
     Decision {
         action,
         reason,
-        index: Some(rule.index),
+        index: Some(rule.entry()),
         id: Some(id),
     }
 }

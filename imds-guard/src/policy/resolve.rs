@@ -133,8 +133,8 @@ fn clash(spec: &PolicySpec, subjects: &[Option<Subject>], i: usize, earlier: IdR
         let identity = &spec.entries[i].identity;
         subjects[i].map_or_else(|| identity.to_string(), |s| spelled(identity, s))
     };
-    let (entry, first) = (&spec.entries[i], &spec.entries[earlier.index]);
-    let (this, that, at) = (spell(i), spell(earlier.index), first.at.in_words());
+    let (entry, first) = (&spec.entries[i], &spec.entries[earlier.entry()]);
+    let (this, that, at) = (spell(i), spell(earlier.entry()), first.at.in_words());
     if earlier.action == entry.action {
         let done = earlier.action.done();
         format!("duplicate rule: {this} is already {done} by {that} at {at}")
@@ -210,10 +210,7 @@ impl Claimed<'_> {
         claims: &[(u32, usize)],
         diagnostics: &mut Vec<Diagnostic>,
     ) -> BTreeMap<u32, IdRule> {
-        let rule = |i: usize| IdRule {
-            action: self.spec.entries[i].action,
-            index: i,
-        };
+        let rule = |i: usize| IdRule::new(self.spec.entries[i].action, i);
         let capacity = MAX_ID_RULES as usize;
         // Ids claimed in increasing order (a long list usually is) cannot
         // repeat: the map is built at once, its nodes full, in linear time.

@@ -94,14 +94,14 @@ impl Policy {
             .uids
             .iter()
             .filter(|(_, rule)| rule.action == Action::Allow)
-            .filter_map(|(&uid, rule)| Some((uid, self.spec.entries.get(rule.index)?)))
+            .filter_map(|(&uid, rule)| Some((uid, self.spec.entries.get(rule.entry())?)))
             .filter(|(_, entry)| entry.scope == Scope::Host)
             .collect();
         let groups: BTreeMap<u32, &Entry> = self
             .gids
             .iter()
             .filter(|(_, rule)| rule.action == Action::Allow)
-            .filter_map(|(&gid, rule)| Some((gid, self.spec.entries.get(rule.index)?)))
+            .filter_map(|(&gid, rule)| Some((gid, self.spec.entries.get(rule.entry())?)))
             .filter(|(_, entry)| entry.scope == Scope::Anywhere)
             .collect();
         if host_users.is_empty() || groups.is_empty() {
@@ -141,10 +141,10 @@ impl Policy {
                 continue;
             };
             let (Some(entry), Some(denied)) = (
-                self.spec.entries.get(allowed.index),
+                self.spec.entries.get(allowed.entry()),
                 self.gids
                     .get(&gid)
-                    .and_then(|r| self.spec.entries.get(r.index)),
+                    .and_then(|r| self.spec.entries.get(r.entry())),
             ) else {
                 continue;
             };

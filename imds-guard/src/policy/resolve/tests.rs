@@ -34,7 +34,7 @@ fn errors(text: &str, resolver: &dyn Resolver) -> String {
 }
 
 fn rule(action: Action, index: usize) -> IdRule {
-    IdRule { action, index }
+    IdRule::new(action, index)
 }
 
 #[test]
