@@ -340,6 +340,74 @@ mod tests {
         assert!(matches!(uids[1].value, Value::Integer(22)));
     }
 
+    /// Texts made of the pieces an array of integers can hold, and of
+    /// those that make toml read it otherwise: whatever the text, reading
+    /// the arrays apart gives the tree, or the error, toml's parse of the
+    /// text as written gives.
+    #[test]
+    fn reading_arrays_apart_never_changes_what_a_text_means() {
+        const PIECES: &[&str] = &[
+            "0",
+            "7",
+            "1000",
+            "01",
+            "-1",
+            "+2",
+            "1_0",
+            "1.5",
+            "0x1f",
+            "9999999999999999999",
+            ",",
+            ",",
+            ", ",
+            " ",
+            "\n",
+            "\r\n",
+            "\t",
+            "# c\n",
+            "\"s\"",
+            "'t'",
+            "[",
+            "]",
+            "[]",
+            "true",
+            "=",
+            "x",
+            "\r",
+        ];
+        const KEYS: &[&str] = &[
+            "uids = [",
+            "[allow]\ngids = [",
+            "a = { b = [",
+            "c = [[",
+            "d = ",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut taken = 0;
+        for _ in 0..20_000 {
+            let mut text = String::from(KEYS[next(KEYS.len())]);
+            for _ in 0..next(8) {
+                text.push_str(PIECES[next(PIECES.len())]);
+            }
+            text.push_str(["]", "]\n", "]}\n", "]]\n", ""][next(5)]);
+            if next(2) == 0 {
+                text.push_str("e = [3, 4]\n");
+            }
+            let apart = format!("{:?}", parse(&text));
+            let whole = format!("{:?}", tree(&text, &mut Arrays::new()));
+            assert_eq!(apart, whole, "{text:?}");
+            taken += usize::from(!integers::find(&text).is_empty() && whole.starts_with("Ok"));
+        }
+        // The texts reach the arrays read apart, not only toml's errors.
+        assert!(taken > 200, "{taken}");
+    }
+
     #[test]
     fn arrays_read_apart_land_where_toml_saw_them() {
         let text = "mode = \"audit\" # [1]\n[allow]\nuids = [0,\n  1000, 1001,]\nhost = { gids = \
