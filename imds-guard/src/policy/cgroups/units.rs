@@ -160,7 +160,7 @@ fn join(parent: &str, name: &str) -> String {
 /// A unit name as systemd names its cgroup (`cg_escape` in
 /// src/basic/cgroup-util.c): a `_` in front of names a kernel file could
 /// have, or that start with `_` or `.`.
-fn escape(name: &str) -> String {
+pub fn escape(name: &str) -> String {
     const CONTROLLERS: [&str; 13] = [
         "cpu",
         "cpuacct",
