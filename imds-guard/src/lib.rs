@@ -5,6 +5,8 @@
 //! - [`policy`] and [`render`]: pure policy logic (TOML to a validated,
 //!   resolved policy; the same policy as firewall rules). They import
 //!   nothing of this crate.
+//! - [`learn`]: pure too: the agent's decision records read back, as a
+//!   suggested policy (`suggest`) or counts (`report`). Imports `policy`.
 //! - [`kernel`]: the eBPF programs, their maps, pins and links. Imports
 //!   `policy`.
 //! - [`daemon`]: the agent's run loop, reloads, the decision log, metrics,
@@ -21,6 +23,7 @@ pub mod chain;
 pub mod cli;
 pub mod daemon;
 pub mod kernel;
+pub mod learn;
 pub mod policy;
 pub mod render;
 pub mod text;
