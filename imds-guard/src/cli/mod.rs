@@ -11,10 +11,13 @@ mod exit;
 pub mod generate;
 mod out;
 mod reload;
+mod records;
 mod render;
+mod report;
 mod run;
 mod state;
 mod status;
+mod suggest;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +59,8 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
         Command::Status(args) => status::execute(&args),
         Command::Reload(args) => reload::execute(&args),
         Command::Check(args) => check::execute(&args),
+        Command::Suggest(args) => suggest::execute(&args),
+        Command::Report(args) => report::execute(&args),
         Command::Generate(args) => generate::run_generate(&args, Cli::command())
             .map(|()| Outcome::Success)
             .map_err(CliError::runtime),
@@ -105,6 +110,16 @@ pub enum Command {
     /// The verdict a policy gives a process, and the rule that decides it,
     /// without the kernel. Exit 0 when allowed, 4 when denied.
     Check(CheckArgs),
+    /// Learn a policy from the audit phase: the refusals the agent logged
+    /// (the journal, or a JSON log with --from) grouped by the narrowest
+    /// identity that explains them, each with what else it would admit,
+    /// and the policy that lets them through (or, with --against, the
+    /// change to a policy file). Proposals on stderr, the policy on stdout.
+    Suggest(SuggestArgs),
+    /// How many denials, by whom, for what: the agent's records counted
+    /// by identity, hook, destination and verdict, what the rate limiter
+    /// suppressed included.
+    Report(ReportArgs),
     /// Write the man pages or shell completions (for packaging).
     Generate(generate::GenerateArgs),
 }
@@ -259,6 +274,52 @@ pub struct CheckArgs {
     /// Where the kubelet keeps its pod log directories, for `pods` rules.
     #[arg(long, value_name = "DIR", default_value = crate::policy::cgroups::pods::DEFAULT_PODS_DIR)]
     pub kubelet_pods_dir: PathBuf,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where `suggest` and `report` read the agent's decision records.
+#[derive(Debug, Args)]
+pub struct RecordsArgs {
+    /// Read the records from FILE: the agent's `--log-format json` output,
+    /// or `journalctl -o json` saved; `-` for stdin. Other lines are
+    /// skipped.
+    #[arg(long, value_name = "FILE|-", conflicts_with = "journal")]
+    pub from: Option<PathBuf>,
+    /// Read the journal of imds-guard.service through `journalctl -o
+    /// json` (the default).
+    #[arg(long)]
+    pub journal: bool,
+    /// Only the records since then: a duration back from now (`1h`,
+    /// `30m`, `2d`, `1h30m`, `1w`) or a time (`2026-12-07T03:00:00Z`, with
+    /// `Z` or an offset; `@SECONDS`) [default: every record of the input]
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SuggestArgs {
+    #[command(flatten)]
+    pub records: RecordsArgs,
+    /// Print the change to this policy file (the one in force) as a
+    /// unified diff, its comments kept, instead of a whole policy.
+    #[arg(long, value_name = "FILE")]
+    pub against: Option<PathBuf>,
+    /// Ask for each proposal: accept, refuse, widen (or narrow back) its
+    /// form, as aa-logprof does; answers are lines on stdin.
+    #[arg(long)]
+    pub interactive: bool,
+    /// Write `mode = "audit"` in the policy, to audit it in turn
+    /// [default: enforce].
+    #[arg(long)]
+    pub audit: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub records: RecordsArgs,
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,
