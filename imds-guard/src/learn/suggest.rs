@@ -120,13 +120,15 @@ impl Seen {
         if self.suppressed > 0 {
             text.push_str(&format!(" ({} suppressed)", self.suppressed));
         }
-        match (self.first, self.last) {
-            (Some(first), Some(last)) if first != last => text.push_str(&format!(
-                ", {} to {}",
-                format_rfc3339(first),
-                format_rfc3339(last)
-            )),
-            (Some(at), _) => text.push_str(&format!(", {}", format_rfc3339(at))),
+        // To the second: within one, a single time.
+        match (
+            self.first.map(format_rfc3339),
+            self.last.map(format_rfc3339),
+        ) {
+            (Some(first), Some(last)) if first != last => {
+                text.push_str(&format!(", {first} to {last}"));
+            }
+            (Some(at), _) => text.push_str(&format!(", {at}")),
             _ => {}
         }
         if !self.comms.is_empty() {
