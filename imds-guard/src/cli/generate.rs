@@ -48,6 +48,20 @@ const COMMAND_SECTIONS: &[(&str, &[(&str, &str)])] = &[
     ),
     ("status", &[("WATCHING IT", "### Watching it")]),
     (
+        "suggest",
+        &[(
+            "LEARNING THE POLICY FROM THE AUDIT PHASE",
+            "### Learning the policy from the audit phase",
+        )],
+    ),
+    (
+        "report",
+        &[(
+            "COUNTING REFUSALS",
+            "### Learning the policy from the audit phase",
+        )],
+    ),
+    (
         "render",
         &[
             ("LOADING THE OUTPUT", "### Loading, and loading again"),
@@ -61,8 +75,9 @@ const COMMAND_SECTIONS: &[(&str, &[(&str, &str)])] = &[
 
 /// Every README heading a page takes text from.
 #[cfg(test)]
-const README_SECTIONS: [&str; 8] = [
+const README_SECTIONS: [&str; 9] = [
     "### When it starts",
+    "### Learning the policy from the audit phase",
     "### Reloading the policy",
     "### How it stays in force",
     "### Stopping is not turning off",

@@ -110,15 +110,19 @@ pub enum Command {
     /// The verdict a policy gives a process, and the rule that decides it,
     /// without the kernel. Exit 0 when allowed, 4 when denied.
     Check(CheckArgs),
-    /// Learn a policy from the audit phase: the refusals the agent logged
-    /// (the journal, or a JSON log with --from) grouped by the narrowest
-    /// identity that explains them, each with what else it would admit,
-    /// and the policy that lets them through (or, with --against, the
-    /// change to a policy file). Proposals on stderr, the policy on stdout.
+    /// Learn a policy from the audit phase: the entries that would let
+    /// through what the agent refused.
+    ///
+    /// The refusals the agent logged (the journal, or a JSON log with
+    /// --from), grouped by the narrowest identity that explains them, each
+    /// with its counts, first and last seen and what else it would admit,
+    /// on stderr; the policy that lets them through (or, with --against,
+    /// the change to a policy file) on stdout.
     Suggest(SuggestArgs),
-    /// How many denials, by whom, for what: the agent's records counted
-    /// by identity, hook, destination and verdict, what the rate limiter
-    /// suppressed included.
+    /// How many denials, by whom, for what, from the agent's records.
+    ///
+    /// Counts by verdict, identity, hook and destination, what the rate
+    /// limiter suppressed included.
     Report(ReportArgs),
     /// Write the man pages or shell completions (for packaging).
     Generate(generate::GenerateArgs),
