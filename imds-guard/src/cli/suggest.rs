@@ -35,7 +35,13 @@ pub fn execute(args: &SuggestArgs) -> Result<Outcome, CliError> {
     let mut err = io::stderr().lock();
     // What goes to stderr is for the operator; failing to write it changes
     // nothing of the result.
-    let _ = write!(err, "{}", describe(&s, &header));
+    // Asked one by one, the proposals are shown then.
+    let _ = write!(
+        err,
+        "{}{}",
+        describe(&s, &header, !args.interactive),
+        uncounted(&found)
+    );
     if s.proposals.is_empty() {
         let _ = writeln!(err, "nothing to propose: no refusal in the records");
         return Ok(Outcome::Success);
@@ -89,9 +95,9 @@ fn header(found: &Records, s: &Suggestion) -> String {
 }
 
 /// Every proposal, its forms and what each admits; what was left out.
-fn describe(s: &Suggestion, header: &str) -> String {
+fn describe(s: &Suggestion, header: &str, proposals: bool) -> String {
     let mut out = format!("{header}\n");
-    for (i, p) in s.proposals.iter().enumerate() {
+    for (i, p) in s.proposals.iter().enumerate().filter(|_| proposals) {
         out.push_str(&proposal(i + 1, p));
     }
     for left in &s.left {
@@ -100,6 +106,33 @@ fn describe(s: &Suggestion, header: &str) -> String {
             crate::text::printable(&left.who.to_string()),
             left.seen.summary(),
             left.why
+        ));
+    }
+    out
+}
+
+/// What the records say happened but cannot attribute to a caller.
+fn uncounted(found: &Records) -> String {
+    let mut out = String::new();
+    if found.overflow > 0 {
+        out.push_str(&format!(
+            "\nnote: {} records were suppressed past the tracked callers ({}), and are in no \
+             count above\n",
+            found.overflow,
+            found.overflow_callers.join("; ")
+        ));
+    }
+    if found.lost > 0 {
+        out.push_str(&format!(
+            "\nnote: the kernel lost {} decisions (a full ring buffer): callers may be missing \
+             above\n",
+            found.lost
+        ));
+    }
+    if found.skipped > 0 {
+        out.push_str(&format!(
+            "\nnote: skipped {} lines that were not JSON records\n",
+            found.skipped
         ));
     }
     out
