@@ -47,6 +47,9 @@ pub struct Decision {
     /// A forwarded packet's source and interface.
     pub src: Option<IpAddr>,
     pub interface: Option<String>,
+    /// Refused by a `[deny]` entry (its `reason` cites one): deny wins
+    /// over allow, so no allow entry would let it through.
+    pub by_deny: bool,
     /// 1 for a logged record, 0 for a summary that stands alone.
     pub logged: u64,
     /// Records like it the rate limiter suppressed.
@@ -167,6 +170,9 @@ fn decision(f: &Fields, outcome: Outcome, at: Option<Micros>, logged: u64) -> De
         userns_owner: f.u32("userns_owner"),
         src: f.ip("src"),
         interface: f.string("interface"),
+        // `explain.rs` cites the entry that decided: `… by [deny] users
+        // "apache" at FILE:LINE:COL`.
+        by_deny: f.str("reason").is_some_and(|r| r.contains(" by [deny] ")),
         logged,
         suppressed: 0,
     }

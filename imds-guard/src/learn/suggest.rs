@@ -11,7 +11,8 @@
 //! - several users who share a group (not root's, gid 0): the users one
 //!   by one, widened to the group, which admits its other members.
 //!
-//! Forwarded packets and records without an identity are left out: a
+//! Forwarded packets, records without an identity and refusals by a
+//! `[deny]` entry (which no allow overrides) are left out: a
 //! forwarded packet has no owner to allow (`[forward]` lets whole
 //! interfaces or prefixes through, which the policy reference advises
 //! against), and nobody is nobody.
@@ -255,11 +256,12 @@ pub struct Suggestion {
 
 /// Proposals for the refusals in `records`.
 pub fn suggest(records: &Records, dir: &dyn Directory) -> Suggestion {
-    let mut by_who: BTreeMap<Who, Seen> = BTreeMap::new();
+    let (mut by_who, mut by_deny) = (BTreeMap::new(), BTreeMap::<Who, Seen>::new());
     let mut extra = BTreeSet::new();
     for d in &records.decisions {
         if matches!(d.outcome, Some(Outcome::Deny | Outcome::Audit)) {
-            by_who.entry(who(d)).or_default().add(d);
+            let bucket = if d.by_deny { &mut by_deny } else { &mut by_who };
+            bucket.entry(who(d)).or_insert_with(Seen::default).add(d);
             extra.extend(d.dst.map(unmapped).filter(|ip| !is_default_endpoint(*ip)));
         }
     }
@@ -267,6 +269,12 @@ pub fn suggest(records: &Records, dir: &dyn Directory) -> Suggestion {
         extra_endpoints: extra.into_iter().collect(),
         ..Suggestion::default()
     };
+    out.left.extend(by_deny.into_iter().map(|(who, seen)| Left {
+        who,
+        seen,
+        why: "refused by a [deny] entry, which wins over any allow: change that entry if the \
+              refusal is wrong",
+    }));
     let mut users = BTreeMap::new();
     for (who, seen) in by_who {
         match who {

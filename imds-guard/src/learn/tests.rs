@@ -429,20 +429,31 @@ fn since_drops_older_records_and_nested_fields_are_read() {
 }
 
 #[test]
-fn forwarded_packets_and_nobody_are_left_out_and_other_endpoints_kept() {
+fn forwarded_packets_nobody_and_deny_entries_are_left_out_and_other_endpoints_kept() {
     let mut forward = json!({"timestamp": "2026-12-07T04:00:01Z", "event": "deny", "src": "10.0.0.2",
         "interface": "docker0", "dst": "169.254.169.254", "port": 80, "hook": "forward"});
     forward["proto"] = json!("tcp");
     let mut nobody = rec(2, "deny", 0, "host", "/", 0);
     nobody.as_object_mut().map(|o| o.remove("uid"));
+    let mut apache = rec(4, "deny", 48, "host", "/system.slice/httpd.service", 6);
+    apache["reason"] =
+        json!("uid 48 is denied by [deny] users \"apache\" at /etc/imds-guard/policy.toml:4:10");
     let mut other = rec(3, "audit", 1001, "host", "/", 5);
     other["dst"] = json!("::ffff:10.1.2.3");
     let s = suggest(
-        &records::parse(&stream(&[forward, nobody, other]), None),
+        &records::parse(&stream(&[forward, nobody, other, apache]), None),
         &directory(),
     );
     let left: Vec<String> = s.left.iter().map(|l| l.who.to_string()).collect();
-    assert_eq!(left, ["forwarded from 10.0.0.2", "no identity"]);
+    assert_eq!(
+        left,
+        [
+            "unit httpd.service",
+            "forwarded from 10.0.0.2",
+            "no identity"
+        ]
+    );
+    assert_eq!(s.proposals.len(), 1, "alice only: {:?}", s.proposals);
     assert_eq!(
         s.extra_endpoints,
         ["10.1.2.3"
