@@ -1,9 +1,10 @@
 //! The audit phase, learned: the agent audits a policy that names none of
 //! the test's callers, three identities call (root on the host, a uid
 //! with a flood the rate limiter cuts short, nobody inside a unit), and
-//! `imds-guard suggest` reads the agent's JSON log back. The policy it
-//! prints validates, and once in force in enforce mode lets exactly those
-//! callers through: the same uids elsewhere, and other uids, are refused.
+//! `imds-guard suggest` reads the agent's JSON log back (and writes the
+//! same as a diff against the audit policy). The policy it prints
+//! validates, and once in force in enforce mode lets exactly those callers
+//! through: the same uids elsewhere, and other uids, are refused.
 //! `imds-guard report` counts the same log, suppressed records included.
 
 use std::{path::Path, process::Command, time::Duration};
@@ -18,6 +19,8 @@ use serde_json::Value;
 const APP_UID: u32 = 1001;
 /// Another uid, never seen in the audit phase.
 const OTHER_UID: u32 = 1002;
+/// What the agent audits: a policy that names none of the callers.
+const AUDIT_POLICY: &str = "mode = \"audit\"\n[allow]\nuids = [4242]\n";
 /// Connects of the flood, one process: 5 are logged, the rest suppressed.
 const FLOOD: u32 = 12;
 
@@ -90,7 +93,7 @@ fn a_policy_learned_from_the_audit_phase_admits_the_callers_seen_and_no_one_else
     let sb = Sandbox::new();
     let app = sb.cgroup.child("app.service");
     let systemctl = fake_systemctl(&sb, &["app.service"]);
-    sb.policy("mode = \"audit\"\n[allow]\nuids = [4242]\n");
+    sb.policy(AUDIT_POLICY);
     let agent = start_agent(&sb, &systemctl);
 
     // Auditing: every caller gets the credentials, and is recorded.
@@ -131,6 +134,23 @@ fn a_policy_learned_from_the_audit_phase_admits_the_callers_seen_and_no_one_else
         proposals.contains(&format!("{FLOOD} audits ({} suppressed)", FLOOD - 5)),
         "the flood counted whole: {proposals}"
     );
+
+    // The same as a change to the audit policy: a diff that keeps it.
+    let audited = sb.dir.path().join("audited.toml");
+    std::fs::write(&audited, AUDIT_POLICY)
+        .unwrap_or_else(|e| panic!("writing {}: {e}", audited.display()));
+    let audited = audited.to_str().unwrap_or_else(|| panic!("non UTF-8 path"));
+    let (ok, diff, err) = cli(
+        &["suggest", "--from", log, "--against", audited],
+        &systemctl,
+    );
+    assert!(ok, "suggest --against failed: {err}");
+    assert!(diff.starts_with(&format!("--- {audited}\n")), "{diff}");
+    assert!(
+        diff.contains(" uids = [4242]"),
+        "the file's own entry stays: {diff}"
+    );
+    assert!(diff.contains("\n+    \"app.service\","), "{diff}");
 
     let file = sb.policy(&policy);
     let file = file.to_str().unwrap_or_else(|| panic!("non UTF-8 path"));
