@@ -157,10 +157,12 @@ fn against(path: &Path, forms: &[&Form], err: &mut dyn io::Write) -> Result<(), 
             source,
         })
     })?;
-    let merged = merge::merge(&original, path, forms).map_err(|e| match e {
-        LearnError::Against(e) => CliError::Policy(e),
-        other => CliError::runtime(other),
-    })?;
+    let merged = merge::merge(&original, path, forms, &crate::policy::SystemResolver).map_err(
+        |e| match e {
+            LearnError::Against(e) => CliError::Policy(e),
+            other => CliError::runtime(other),
+        },
+    )?;
     for line in &merged.present {
         let _ = writeln!(err, "{}: already admits {line}", path.display());
     }

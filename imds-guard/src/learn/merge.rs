@@ -14,7 +14,7 @@ use super::{
     suggest::{Form, Item, Key, Line, Table},
     write::entries,
 };
-use crate::policy::{Action, Entry, Identity, Location, PolicySpec, Scope};
+use crate::policy::{Action, Entry, Identity, Location, PolicySpec, Resolver, Scope};
 
 /// The change, and what was left out of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -56,11 +56,32 @@ enum Standing {
     Conflict(String),
 }
 
-fn standing(spec: &PolicySpec, line: &Line) -> Standing {
+/// The id a user or group entry names, through `resolver` for a name.
+fn id_of(identity: &Identity, resolver: &dyn Resolver) -> Option<(bool, u32)> {
+    match identity {
+        Identity::Uid(id) => Some((true, *id)),
+        Identity::Gid(id) => Some((false, *id)),
+        Identity::User(name) => resolver.user_id(name).ok().flatten().map(|id| (true, id)),
+        Identity::Group(name) => resolver.group_id(name).ok().flatten().map(|id| (false, id)),
+        _ => None,
+    }
+}
+
+/// Whether two entries name the same caller: the same identity, or a
+/// name and the number it resolves to (`users = ["root"]`, `uids = [0]`).
+fn same(a: &Identity, b: &Identity, resolver: &dyn Resolver) -> bool {
+    a == b || id_of(a, resolver).is_some_and(|id| id_of(b, resolver) == Some(id))
+}
+
+fn standing(spec: &PolicySpec, line: &Line, resolver: &dyn Resolver) -> Standing {
     let Some(wanted) = identity(line.key, &line.item) else {
         return Standing::New;
     };
-    let Some(entry) = spec.entries.iter().find(|e| e.identity == wanted) else {
+    let Some(entry) = spec
+        .entries
+        .iter()
+        .find(|e| same(&e.identity, &wanted, resolver))
+    else {
         return Standing::New;
     };
     match (table_of(entry), line.table) {
@@ -77,14 +98,20 @@ fn standing(spec: &PolicySpec, line: &Line) -> Standing {
     }
 }
 
-/// `forms` as a change to the policy `original`, read from `path`.
-pub fn merge(original: &str, path: &Path, forms: &[&Form]) -> Result<Merged, LearnError> {
+/// `forms` as a change to the policy `original`, read from `path`;
+/// `resolver` tells a name and its number for the same caller.
+pub fn merge(
+    original: &str,
+    path: &Path,
+    forms: &[&Form],
+    resolver: &dyn Resolver,
+) -> Result<Merged, LearnError> {
     let spec = PolicySpec::parse(path, original).map_err(LearnError::Against)?;
     let mut out = Merged::default();
     let mut new: BTreeMap<(Table, Key), Vec<&Line>> = BTreeMap::new();
     for ((table, key), lines) in entries(forms) {
         for line in lines {
-            match standing(&spec, line) {
+            match standing(&spec, line, resolver) {
                 Standing::New => {
                     new.entry((table, key)).or_default().push(line);
                     out.added.push(line.clone());

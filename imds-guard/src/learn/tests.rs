@@ -476,7 +476,8 @@ fn against_a_policy_the_change_keeps_its_comments_and_validates() {
     let original = "# the admins' policy\nmode = \"audit\"\n[allow.host]\nusers = [\"root\"] # \
                     the admin\n";
     let path = Path::new("/etc/imds-guard/policy.toml");
-    let merged = merge::merge(original, path, &forms(&s, 0)).unwrap_or_else(|e| panic!("{e}"));
+    let merged =
+        merge::merge(original, path, &forms(&s, 0), &resolver()).unwrap_or_else(|e| panic!("{e}"));
     let present: Vec<String> = merged.present.iter().map(ToString::to_string).collect();
     assert_eq!(present, ["[allow.host] users = [\"root\"]"]);
     assert_eq!(merged.added.len(), 4);
@@ -497,7 +498,8 @@ fn against_a_policy_the_change_keeps_its_comments_and_validates() {
 
     // An identity the file denies is left to the operator.
     let denying = "[deny]\nusers = [\"alice\"]\n[allow]\nuids = [7]\n";
-    let merged = merge::merge(denying, path, &forms(&s, 0)).unwrap_or_else(|e| panic!("{e}"));
+    let merged =
+        merge::merge(denying, path, &forms(&s, 0), &resolver()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(merged.conflicts.len(), 1, "{:?}", merged.conflicts);
     let policy = load(&merged.text);
     assert_eq!(
@@ -509,6 +511,20 @@ fn against_a_policy_the_change_keeps_its_comments_and_validates() {
             .count(),
         5
     );
+
+    // Root by number is root by name: nothing to add for it.
+    let by_number = "[allow.host]\nuids = [0, 1001]\n";
+    let merged =
+        merge::merge(by_number, path, &forms(&s, 0), &resolver()).unwrap_or_else(|e| panic!("{e}"));
+    let present: Vec<String> = merged.present.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        present,
+        [
+            "[allow.host] users = [\"alice\"]",
+            "[allow.host] users = [\"root\"]"
+        ]
+    );
+    load(&merged.text);
 }
 
 #[test]
