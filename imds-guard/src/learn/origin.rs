@@ -107,7 +107,9 @@ pub fn widen_scope(path: &str) -> Option<String> {
     let (parent, name) = path.rsplit_once('/')?;
     let (runtime, _) = name.rsplit_once('-')?;
     let suffix = name.rsplit_once('.').map_or("", |(_, kind)| kind);
-    Some(format!("{parent}/{runtime}-*.{suffix}"))
+    let glob = format!("{parent}/{runtime}-*.{suffix}");
+    // Only what the policy can write: one `*` in the component.
+    Pattern::parse(&glob).is_ok().then_some(glob)
 }
 
 #[cfg(test)]
@@ -176,5 +178,6 @@ mod tests {
             Some("/system.slice/docker-*.scope")
         );
         assert_eq!(widen_scope("/system.slice/init.scope"), None);
+        assert_eq!(widen_scope("/system.slice/a*b-1.scope"), None);
     }
 }
