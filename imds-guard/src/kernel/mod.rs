@@ -4,7 +4,8 @@
 //! (`attach.rs`, pinned by `pins.rs`), and writes policies into their maps
 //! (`policy_maps.rs`; `classify/` keeps every cgroup's rule for unit,
 //! cgroup and pod entries). `inspect.rs` reads back what is in force,
-//! `counters.rs` what the programs counted, `records.rs` what they report.
+//! `rules.rs` whom its rules name, `counters.rs` what the programs counted,
+//! `records.rs` what they report.
 //! `btf.rs`, `offsets.rs`, `features.rs` and `identity.rs` are what the
 //! programs are told of the kernel and the host; `sys.rs` and `batch.rs`
 //! the `bpf(2)` commands aya does not wrap.
@@ -37,6 +38,7 @@ mod policy_maps;
 pub mod programs;
 pub mod records;
 pub mod refused;
+pub mod rules;
 pub mod sys;
 
 pub use self::{

@@ -1,0 +1,153 @@
+//! Who the policy in force names, read back from the pinned maps for
+//! `status --rules`: the uid and gid rules of the generation in force and
+//! the cgroups its unit, cgroup and pod patterns classify, each with its
+//! action and the number of the policy entry that made it. What the
+//! programs decide from, not what a file says.
+
+use std::{
+    collections::{HashMap as StdHashMap, HashSet, VecDeque},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
+
+use aya::maps::{HashMap, Map};
+use imds_guard_common::{self as common, IdRules};
+
+use super::{
+    inspect::{StatusError, read_config},
+    maps,
+    pins::Pins,
+};
+
+/// One rule in force: whose (a uid, a gid or a cgroup id), its
+/// [`common::action`], and the 1-based number of its policy entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub id: u64,
+    pub action: u32,
+    pub entry: u32,
+}
+
+/// The rules of the generation in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InForce {
+    pub generation: u32,
+    pub mode: u32,
+    pub default_action: u32,
+    pub uids: Vec<Rule>,
+    pub gids: Vec<Rule>,
+    /// With the cgroup's path from the cgroup v2 root, when found.
+    pub cgroups: Vec<(Rule, Option<String>)>,
+}
+
+/// Directories looked at, at most, to name the classified cgroups.
+const WALK_LIMIT: usize = 200_000;
+
+/// The rules in force; `None` when no guard is pinned in `pins`.
+pub fn read(pins: &Pins) -> Result<Option<InForce>, StatusError> {
+    let (Some(active), Some(config)) = (
+        pins.open_map(common::MAP_ACTIVE, Map::Array)?,
+        pins.open_map(common::MAP_CONFIG, Map::Array)?,
+    ) else {
+        return Ok(None);
+    };
+    let (generation, config) = read_config(&active, &config)?;
+    let slot = (generation % common::GENERATIONS) as usize;
+    let ids = |name: &'static str| -> Result<Vec<Rule>, StatusError> {
+        let Some(map) = pins.open_map(name, Map::HashMap)? else {
+            return Ok(Vec::new());
+        };
+        let map: HashMap<_, u32, IdRules> = HashMap::try_from(&map).map_err(maps::access(name))?;
+        in_slot(
+            map.iter().map(|r| r.map(|(k, v)| (u64::from(k), v))),
+            slot,
+            name,
+        )
+    };
+    let (uids, gids) = (ids(common::MAP_UID_RULES)?, ids(common::MAP_GID_RULES)?);
+    let cgroups = match pins.open_map(common::MAP_CGROUP_CLASS, Map::HashMap)? {
+        Some(map) => {
+            let map: HashMap<_, u64, common::CgroupEntry> =
+                HashMap::try_from(&map).map_err(maps::access(common::MAP_CGROUP_CLASS))?;
+            let entries = map.iter().map(|r| r.map(|(k, v)| (k, v.rules)));
+            let rules = in_slot(entries, slot, common::MAP_CGROUP_CLASS)?;
+            name_cgroups(rules)
+        }
+        None => Vec::new(),
+    };
+    Ok(Some(InForce {
+        generation,
+        mode: config.mode,
+        default_action: config.default_action,
+        uids,
+        gids,
+        cgroups,
+    }))
+}
+
+/// The entries of a map with a rule in `slot`, sorted by id.
+fn in_slot(
+    entries: impl Iterator<Item = Result<(u64, IdRules), aya::maps::MapError>>,
+    slot: usize,
+    name: &'static str,
+) -> Result<Vec<Rule>, StatusError> {
+    let mut rules = Vec::new();
+    for entry in entries {
+        let (id, value) = entry.map_err(maps::access(name))?;
+        let Some(rule) = value.by_generation.get(slot) else {
+            continue;
+        };
+        if rule.action != common::action::NONE {
+            rules.push(Rule {
+                id,
+                action: rule.action,
+                entry: rule.entry,
+            });
+        }
+    }
+    rules.sort_by_key(|r| r.id);
+    Ok(rules)
+}
+
+/// Each classified cgroup with its path, found in one walk of the
+/// hierarchy (a cgroup's id is its directory's inode number).
+fn name_cgroups(rules: Vec<Rule>) -> Vec<(Rule, Option<String>)> {
+    let wanted: HashSet<u64> = rules.iter().map(|r| r.id).collect();
+    let found = super::cgroup::cgroup2_root()
+        .map(|root| walk(&root, &wanted))
+        .unwrap_or_default();
+    rules
+        .into_iter()
+        .map(|r| {
+            let path = found.get(&r.id).cloned();
+            (r, path)
+        })
+        .collect()
+}
+
+fn walk(root: &Path, wanted: &HashSet<u64>) -> StdHashMap<u64, String> {
+    let mut found = StdHashMap::new();
+    let mut queue = VecDeque::from([root.to_path_buf()]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        if let Ok(meta) = std::fs::metadata(&dir)
+            && wanted.contains(&meta.ino())
+        {
+            let rel = dir.strip_prefix(root).unwrap_or(&dir);
+            found.insert(meta.ino(), format!("/{}", rel.display()));
+        }
+        seen += 1;
+        if seen >= WALK_LIMIT || found.len() == wanted.len() {
+            break;
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            queue.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    found
+}
