@@ -14,6 +14,7 @@ mod reload;
 mod records;
 mod render;
 mod report;
+mod rules;
 mod run;
 mod state;
 mod status;
@@ -218,6 +219,11 @@ pub struct StatusArgs {
     /// or else the policy file the agent reads.
     #[arg(long, conflicts_with = "json")]
     pub short: bool,
+    /// Also say who is allowed right now, from the kernel's maps: the uid
+    /// and gid rules of the policy in force, the cgroups its units,
+    /// patterns and pods classify, and what everyone else gets.
+    #[arg(long, conflicts_with = "short")]
+    pub rules: bool,
 }
 
 #[derive(Debug, Args)]

@@ -105,6 +105,11 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
         .require
         .as_deref()
         .map(|mode| mode_name(&status) == mode);
+    let rules = if args.rules {
+        Some(super::rules::read(&Pins::new(&args.pin_dir))?)
+    } else {
+        None
+    };
     if args.json {
         let mut value = to_json(&status);
         value["kernel"] = kernel.to_json();
@@ -113,6 +118,9 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
         }
         if let (Some(mode), Some(met)) = (&args.require, required) {
             value["required"] = json!({ "mode": mode, "met": met });
+        }
+        if let Some(r) = &rules {
+            value["rules"] = super::rules::to_json(r.as_ref());
         }
         outln!("{value}")?;
     } else {
@@ -126,6 +134,9 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
                 "  REQUIRED mode {mode}: not met (mode {})",
                 mode_name(&status)
             )?;
+        }
+        if let Some(r) = &rules {
+            out!("{}", super::rules::to_text(r.as_ref()))?;
         }
     }
     // The fallback decides, but not by the policy configured: a health
