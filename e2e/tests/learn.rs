@@ -5,13 +5,14 @@
 //! same as a diff against the audit policy). The policy it prints
 //! validates, and once in force in enforce mode lets exactly those callers
 //! through: the same uids elsewhere, and other uids, are refused.
+//! `status --rules` then shows, from the kernel's maps, who is allowed;
 //! `imds-guard report` counts the same log, suppressed records included.
 
 use std::{path::Path, process::Command, time::Duration};
 
 use imds_guard_e2e::{
-    Action, Agent, IMDS_PORT, IMDS_V4, LOG, NOBODY, ProbeResult, READY, Sandbox, fake_systemctl,
-    field, imds_guard_bin, privileged_or_skip,
+    Action, Agent, IMDS_PORT, IMDS_V4, LOG, NOBODY, ProbeResult, READY, Sandbox, cgroup_path,
+    fake_systemctl, field, imds_guard_bin, privileged_or_skip,
 };
 use serde_json::Value;
 
@@ -172,6 +173,47 @@ fn a_policy_learned_from_the_audit_phase_admits_the_callers_seen_and_no_one_else
     let r = sb.probe_as(OTHER_UID, OTHER_UID).run(http());
     assert!(denied(&r), "uid {OTHER_UID}, never seen: {r:?}");
     record_of(&agent, "deny", r.pid, LOG);
+
+    // Who is allowed right now, from the kernel's maps: what was learned.
+    let out = sb.cli(&["status", "--json", "--rules"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let rules = &status["rules"];
+    assert_eq!(rules["mode"], "enforce", "{rules}");
+    assert_eq!(rules["default"], "deny", "{rules}");
+    let uids: Vec<(u64, &str)> = rules["uids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["uid"].as_u64().unwrap_or(u64::MAX),
+                r["action"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        uids,
+        [(0, "allow_on_host"), (u64::from(APP_UID), "allow_on_host")],
+        "{rules}"
+    );
+    let unit = format!("{}/app.service", cgroup_path(&sb.cgroup));
+    let cgroups: Vec<(&str, &str)> = rules["cgroups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap_or("?"),
+                r["action"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(cgroups, [(unit.as_str(), "allow")], "{rules}");
 
     let (ok, json, err) = cli(&["report", "--from", log, "--json"], &systemctl);
     assert!(ok, "report failed: {err}");
