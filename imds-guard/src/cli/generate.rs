@@ -6,10 +6,10 @@
 //! the agent runs as root under systemd), one per command as git and cargo
 //! do: `imds-guard(8)` for the whole, with exit status, environment and
 //! files, and `imds-guard-run(8)`, `imds-guard-validate(8)`, … for each
-//! command's options, with what the README says of that command (reload,
-//! stopping, pins and the journal fields for `run`; loading the output for
-//! `render`). `imds-guard-policy(5)` is the policy format: the README's
-//! policy reference and the packaged policy.
+//! command's options, with the sections its source in `docs/man/` adds
+//! (reload, stopping, pins and the journal fields for `run`; loading the
+//! output for `render`). `imds-guard-policy(5)` is the policy format:
+//! docs/policy.md and the packaged policy.
 
 mod markdown;
 
@@ -31,61 +31,33 @@ use super::out::outln;
 /// The manual section of every command's page.
 pub const MAN_SECTION: &str = "8";
 
-/// The README sections each command's page adds, under its own heading.
-const COMMAND_SECTIONS: &[(&str, &[(&str, &str)])] = &[
+/// The sections each command's page adds after its options: one markdown
+/// file per page in `docs/man/`, each `# TITLE` line a section (`.SH`).
+/// They repeat what docs/operating.md and docs/render.md say, word for
+/// word (a test holds them to it), so a page and the document cannot
+/// drift apart.
+const COMMAND_PAGES: &[(&str, &str)] = &[
+    ("run", include_str!("../../../docs/man/imds-guard-run.8.md")),
     (
-        "run",
-        &[
-            ("WHEN IT STARTS", "### When it starts"),
-            ("RELOADING THE POLICY", "### Reloading the policy"),
-            ("PINS: HOW IT STAYS IN FORCE", "### How it stays in force"),
-            (
-                "STOPPING IS NOT TURNING OFF",
-                "### Stopping is not turning off",
-            ),
-            ("JOURNAL FIELDS", "## The denial log"),
-        ],
+        "status",
+        include_str!("../../../docs/man/imds-guard-status.8.md"),
     ),
-    ("status", &[("WATCHING IT", "### Watching it")]),
     (
         "suggest",
-        &[(
-            "LEARNING THE POLICY FROM THE AUDIT PHASE",
-            "### Learning the policy from the audit phase",
-        )],
+        include_str!("../../../docs/man/imds-guard-suggest.8.md"),
     ),
     (
         "report",
-        &[(
-            "COUNTING REFUSALS",
-            "### Learning the policy from the audit phase",
-        )],
+        include_str!("../../../docs/man/imds-guard-report.8.md"),
     ),
     (
         "render",
-        &[
-            ("LOADING THE OUTPUT", "### Loading, and loading again"),
-            (
-                "WHERE FIREWALL RULES DIFFER",
-                "### Where firewall rules differ from the eBPF guard",
-            ),
-        ],
+        include_str!("../../../docs/man/imds-guard-render.8.md"),
     ),
 ];
 
-/// Every README heading a page takes text from.
-#[cfg(test)]
-const README_SECTIONS: [&str; 9] = [
-    "### When it starts",
-    "### Learning the policy from the audit phase",
-    "### Reloading the policy",
-    "### How it stays in force",
-    "### Stopping is not turning off",
-    "## The denial log",
-    "### Watching it",
-    "### Loading, and loading again",
-    "## Policy reference",
-];
+/// The policy reference, whole: the DESCRIPTION of `imds-guard-policy(5)`.
+const POLICY_REFERENCE: &str = include_str!("../../../docs/policy.md");
 
 /// `imds-guard generate …`.
 #[derive(Debug, Args)]
@@ -239,15 +211,13 @@ fn page(cmd: &clap::Command, source: &str) -> Result<ManPage, GenerateError> {
     let file_name = man.get_filename();
     let mut roff = Vec::new();
     let mut extra = Roff::new();
-    let sections = COMMAND_SECTIONS
+    let source = COMMAND_PAGES
         .iter()
         .find(|(name, _)| *name == cmd.get_name())
-        .map_or(&[][..], |(_, sections)| sections);
-    for (title, heading) in sections {
-        if let Some(text) = markdown::section(markdown::README, heading) {
-            extra.control("SH", [*title]);
-            markdown::to_roff(text, &mut extra);
-        }
+        .map_or("", |(_, source)| source);
+    for (title, text) in markdown::sections(source) {
+        extra.control("SH", [title]);
+        markdown::to_roff(text, &mut extra);
     }
     man.render(&mut roff)
         .and_then(|()| extra.to_writer(&mut roff))
@@ -280,7 +250,8 @@ fn policy_page(source: &str) -> ManPage {
     r.control("SH", ["SYNOPSIS"]);
     r.text([italic("/etc/imds-guard/policy.toml")]);
     r.control("SH", ["DESCRIPTION"]);
-    if let Some(text) = markdown::section(markdown::README, "## Policy reference") {
+    // The document's own title (`# Policy reference`) is the page's NAME.
+    for (_, text) in markdown::sections(POLICY_REFERENCE) {
         markdown::to_roff(text, &mut r);
     }
     r.control("SH", ["EXAMPLE"]);

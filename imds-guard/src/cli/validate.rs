@@ -118,7 +118,8 @@ fn deny_only_note(spec: &PolicySpec, subordinate_ids: bool) -> Option<String> {
     (denies && !allows && subordinate_ids).then(|| {
         "this policy only denies, and this host gives users subordinate ids (/etc/subuid, \
          /etc/subgid): a user with a range can run as ids no [deny] rule names, which the \
-         default lets through; an [allow] list has no such gap (README: Prefer allow lists)"
+         default lets through; an [allow] list has no such gap (docs/threat-model.md: Prefer \
+         allow lists)"
             .to_owned()
     })
 }

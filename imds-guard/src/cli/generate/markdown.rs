@@ -1,33 +1,34 @@
-//! The README's sections as manual page sections: the pages say what the
-//! README says, from the same text, so neither drifts from the other. Only
-//! the markdown the README uses is understood: headings, paragraphs,
-//! bullets, fenced code and tables, with `code`, **bold** and links inline.
+//! Markdown as manual page sections: the pages' own sources in `docs/man/`
+//! and the policy reference in docs/policy.md. Only the markdown those
+//! documents use is understood: headings, paragraphs, bullets, fenced code
+//! and tables, with `code`, **bold** and links inline.
 
 use clap_mangen::roff::{Inline, Roff, bold, roman};
 
-/// The README, as built into the binary for `generate man`.
-pub const README: &str = include_str!("../../../../README.md");
-
-/// The text under `heading` (a whole line such as `## Policy reference`),
-/// up to the next heading of the same level or above; `None` when the
-/// README has no such heading.
-pub fn section<'a>(md: &'a str, heading: &str) -> Option<&'a str> {
-    let level = heading.chars().take_while(|c| *c == '#').count();
-    let start = md.find(&format!("\n{heading}\n"))? + heading.len() + 2;
-    let body = &md[start..];
+/// The sections of `md`, `(title, text)` in order: each `# TITLE` line
+/// (outside fenced code) starts one, which runs up to the next. Text
+/// before the first title belongs to none and is left out.
+pub fn sections(md: &str) -> Vec<(&str, &str)> {
+    let mut found: Vec<(&str, usize)> = Vec::new();
     let mut in_code = false;
     let mut offset = 0;
-    for line in body.split_inclusive('\n') {
+    let mut ends = Vec::new();
+    for line in md.split_inclusive('\n') {
         if line.starts_with("```") {
             in_code = !in_code;
         }
-        let hashes = line.chars().take_while(|c| *c == '#').count();
-        if !in_code && hashes > 0 && hashes <= level && line[hashes..].starts_with(' ') {
-            return Some(&body[..offset]);
+        if !in_code && let Some(title) = line.strip_prefix("# ") {
+            ends.push(offset);
+            found.push((title.trim(), offset + line.len()));
         }
         offset += line.len();
     }
-    Some(body)
+    ends.push(md.len());
+    found
+        .iter()
+        .zip(ends.iter().skip(1))
+        .map(|((title, start), end)| (*title, &md[*start..*end]))
+        .collect()
 }
 
 /// Appends `md` to `r`: `##` and `###` headings become `.SS` (the page's
@@ -146,11 +147,15 @@ fn inline(text: &str) -> Vec<Inline> {
             && let Some(close) = body.find("](")
             && let Some(end) = body[close..].find(')')
         {
-            out.push(roman(format!(
-                "{} ({})",
-                unescape(&body[..close]),
-                &body[close + 2..close + end]
-            )));
+            // A page cannot follow a link to another document of the
+            // source tree: it keeps the link's text and drops the path.
+            let target = &body[close + 2..close + end];
+            let text = unescape(&body[..close]);
+            out.push(roman(if target.contains("://") {
+                format!("{text} ({target})")
+            } else {
+                text
+            }));
             rest = &body[close + end + 1..];
         } else {
             out.push(roman(&rest[..1]));
@@ -170,7 +175,7 @@ fn plain(text: &str) -> String {
 }
 
 /// `text` with `\|` as a pipe, in ASCII: groff without preconv reads
-/// nothing else, so the few other characters the README uses are spelled
+/// nothing else, so the few other characters the documents use are spelled
 /// out and any other is a `?`.
 fn unescape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -200,12 +205,15 @@ mod tests {
     }
 
     #[test]
-    fn a_section_ends_at_the_next_heading_of_its_level() {
-        let md = "# T\n\n## A\n\ntext\n\n### A.1\n\nmore\n```\n## not a heading\n```\n## B\n\nb\n";
-        let a = section(md, "## A").expect("A");
-        assert!(a.contains("more") && a.contains("## not a heading"), "{a}");
-        assert!(!a.contains("\nb\n"), "{a}");
-        assert_eq!(section(md, "## C"), None);
+    fn a_section_runs_from_its_title_to_the_next() {
+        let md = "lead\n# A\n\ntext\n\n## A.1\n\nmore\n```\n# not a title\n```\n# B\n\nb\n";
+        let found = sections(md);
+        let titles: Vec<&str> = found.iter().map(|(t, _)| *t).collect();
+        assert_eq!(titles, ["A", "B"]);
+        assert!(found[0].1.contains("## A.1") && found[0].1.contains("# not a title"));
+        assert!(!found[0].1.contains("\nb\n") && !found[0].1.contains("lead"));
+        assert_eq!(found[1].1, "\nb\n");
+        assert!(sections("no title\n").is_empty());
     }
 
     #[test]
@@ -217,19 +225,11 @@ mod tests {
         );
         assert!(text.contains("\\fBimds\\-guard run\\fR"), "{text}");
         assert!(text.contains("the guide (https://x.example)"), "{text}");
+        let local = roff("See [the policy](policy.md#keys).\n");
+        assert!(local.contains("See the policy."), "{local}");
         assert!(text.contains(".IP \\(bu 2\none two"), "{text}");
         assert!(text.contains(".TP\n\\fBmode\\fR\na | b"), "{text}");
         assert!(text.contains(".nf\n[allow]\n\\&.dot\n.fi"), "{text}");
         assert!(!text.contains("key"), "the header row is not a row: {text}");
-    }
-
-    #[test]
-    fn the_readme_has_the_sections_the_pages_take() {
-        for heading in super::super::README_SECTIONS {
-            assert!(
-                section(README, heading).is_some(),
-                "README lost {heading:?}"
-            );
-        }
     }
 }

@@ -204,7 +204,7 @@ fn an_unwritable_directory_is_named_in_the_error() {
 }
 
 #[test]
-fn the_pages_carry_the_readmes_operating_sections() {
+fn the_pages_carry_their_sources_sections() {
     let pages = pages();
     let page = |name: &str| {
         text(
@@ -236,4 +236,64 @@ fn the_pages_carry_the_readmes_operating_sections() {
     assert!(policy.starts_with(".TH IMDS-GUARD-POLICY 5 "), "{policy}");
     assert!(policy.contains(".SH EXAMPLE\n"), "{policy}");
     assert!(policy.contains("[allow]"), "{policy}");
+}
+
+/// The documents a page's source repeats.
+const DOCS: [&str; 3] = [
+    include_str!("../../../../docs/operating.md"),
+    include_str!("../../../../docs/render.md"),
+    include_str!("../../../../docs/policy.md"),
+];
+
+/// `text` with every run of white space one space.
+fn squeezed(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn every_page_source_says_what_the_documents_say() {
+    let docs = squeezed(&DOCS.join("\n\n"));
+    for (name, source) in COMMAND_PAGES {
+        let sections = markdown::sections(source);
+        assert!(!sections.is_empty(), "docs/man for {name} has no # TITLE");
+        for (title, text) in sections {
+            assert!(!text.trim().is_empty(), "{name}: {title} is empty");
+            // Paragraph by paragraph: a page may gather sections the
+            // documents keep apart, but not say anything else.
+            for block in text.split("\n\n").map(squeezed) {
+                assert!(
+                    docs.contains(&block),
+                    "{name}: {title}: the documents in docs/ do not say {block:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_page_source_is_a_command() {
+    let cmd = Cli::command();
+    for (name, _) in COMMAND_PAGES {
+        assert!(
+            cmd.get_subcommands().any(|s| s.get_name() == *name),
+            "docs/man has a page for {name}, which is no command"
+        );
+    }
+}
+
+#[test]
+fn the_policy_page_is_the_policy_reference() {
+    let pages = pages();
+    let policy = pages
+        .iter()
+        .find(|p| p.file_name == "imds-guard-policy.5")
+        .map(text)
+        .expect("imds-guard-policy.5");
+    // The reference's first table row and its last section.
+    assert!(policy.contains(".TP\n\\fBmode\\fR\n"), "{policy}");
+    assert!(policy.contains("config/imds\\-guard.toml"), "{policy}");
+    assert!(
+        !policy.contains("Policy reference"),
+        "the title is NAME: {policy}"
+    );
 }
