@@ -50,7 +50,7 @@ pub fn stdout(c: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&output(c)?.stdout).into_owned())
 }
 
-/// The workspace, whose `config/` and `README.md` are packaged.
+/// The workspace, whose `config/`, `README.md` and `docs/` are packaged.
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().unwrap_or(manifest).to_owned()

@@ -345,6 +345,7 @@ pub fn rpm(build: &Build, rpm: &Path) -> Result<()> {
     let mut want = expected_files(build, Format::Rpm)?;
     want.insert("/usr/share/imds-guard".to_owned());
     want.insert(DOC_DIR.to_owned());
+    want.insert(format!("{DOC_DIR}/docs"));
     compare(&mut p, "rpm -qlp", &listed, &want);
 
     let config = qp(&["--configfiles"])?;

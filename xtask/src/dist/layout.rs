@@ -28,6 +28,17 @@ pub const POLICY: &str = "/usr/share/imds-guard/policy.toml";
 /// (a purge neither: it is the administrator's file).
 pub const ADMIN_POLICY: &str = "/etc/imds-guard/policy.toml";
 pub const DOC_DIR: &str = "/usr/share/doc/imds-guard";
+/// The documents the README links to, installed beside it in `docs/` as in
+/// the source tree, so that its links lead somewhere on the host too.
+pub const DOCS: [&str; 7] = [
+    "threat-model.md",
+    "policy.md",
+    "operating.md",
+    "render.md",
+    "render-notes.md",
+    "BENCHMARKS.md",
+    "bench-scale.svg",
+];
 /// The `.rpm`'s systemd preset: RHEL's and Amazon Linux's
 /// `90-default.preset` disables every service it does not name, so
 /// without one of its own `%post`'s `systemctl preset` would leave the
@@ -115,6 +126,13 @@ pub fn entries(build: &Build, format: Format) -> Result<Vec<Entry>> {
             0o644,
         ),
     ];
+    for doc in DOCS {
+        entries.push(Entry::new(
+            format!("{DOC_DIR}/docs/{doc}"),
+            Source::Copy(root.join("docs").join(doc)),
+            0o644,
+        ));
+    }
     if format == Format::Rpm {
         entries.push(Entry::new(PRESET, Source::Text(PRESET_TEXT), 0o644));
     }

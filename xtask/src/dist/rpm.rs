@@ -34,6 +34,7 @@ pub fn build(build: &Build) -> Result<PathBuf> {
     // replaces it), the administrator's in /etc is not the package's.
     let mut files = String::from("%defattr(-,root,root,-)\n%dir /usr/share/imds-guard\n");
     writeln!(files, "%dir {DOC_DIR}")?;
+    writeln!(files, "%dir {DOC_DIR}/docs")?;
     for e in &entries {
         if e.path.starts_with(DOC_DIR) {
             writeln!(files, "%doc {}", e.path)?;
