@@ -3,8 +3,8 @@
 //! user with a session): cgroups made and removed as fast as the kernel
 //! allows, paths past the 1,023 bytes the kernel's tracepoints format,
 //! the classification map filled. Nothing of it may delay a reload, the
-//! forward table's repair or the denial records past the bounds the README
-//! states, and the user may take only its share of the map: a unit
+//! forward table's repair or the denial records past the bounds
+//! docs/operating.md states, and the user may take only its share of the map: a unit
 //! restarted meanwhile is classified, and what the map refused is
 //! classified as soon as room is freed, without a reload.
 //!
@@ -29,7 +29,7 @@ const EPERM: i32 = libc::EPERM;
 /// A uid no uid rule names, which only a unit rule allows.
 const APP_UID: u32 = 1001;
 
-/// The bounds the README states, on the development machine: a reload in
+/// The bounds docs/operating.md states, on the development machine: a reload in
 /// force after its SIGHUP with this many cgroups on the host, a forward
 /// table put back after a flush (as nf_tables says so, and checked every
 /// 10 s besides), a denial

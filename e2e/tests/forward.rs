@@ -15,7 +15,7 @@
 //! of the agent's table. The [`Oracle`](imds_guard_e2e::Oracle) in the
 //! metadata service's namespace counts every packet that arrives there.
 //!
-//! What the README promises, and these assert:
+//! What docs/operating.md promises ("The forward path"), and these assert:
 //! - the netfilter program (6.4+; `auto` on such a kernel): nothing
 //!   arrives, agent running or killed;
 //! - nftables (`auto` before 6.4, `--forward-path nftables` anywhere):
@@ -264,12 +264,12 @@ fn killed(args: &[&str]) {
             let (json, code) = status(&world.topo);
             assert_eq!(code, 0, "{d:?}: {}", json["forward"]);
         } else {
-            // The README's bound: the unowned table gone, the path is open
+            // docs/operating.md's bound: the unowned table gone, the path is open
             // until the agent starts again; status says so.
             assert!(
                 arrived.total() > 0 && answered > 0,
                 "{d:?} with the agent killed (nftables): the path should be open until the \
-                 agent starts again, as the README says; arrived {arrived:?}"
+                 agent starts again, as docs/operating.md says; arrived {arrived:?}"
             );
             let (json, code) = status(&world.topo);
             assert_ne!(code, 0, "{d:?}: status must not say all is well: {json}");

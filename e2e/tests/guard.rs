@@ -408,7 +408,7 @@ fn uring_connect(sb: &Sandbox, mode: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("imds-uring printed: {e}"))
 }
 
-/// The README's identity semantics, shown: io_uring acts with the
+/// The identity semantics of docs/threat-model.md, shown: io_uring acts with the
 /// credentials a ring (or a registered personality) captured when it was
 /// set up. A process that was root when it set one up still connects as
 /// root after dropping to nobody; a plain ring connects as its submitter.
@@ -433,7 +433,7 @@ fn io_uring_connects_with_the_credentials_the_ring_captured() {
 
 /// The programs send events without waking the agent (that would cost
 /// the caller); the agent reads them on a short timer. A lone denial on a
-/// quiet host is still logged promptly: the README promises 100 ms; the
+/// quiet host is still logged promptly: docs/operating.md promises 100 ms; the
 /// bound here leaves room for a loaded test machine, and would never be
 /// met if the agent relied on wake-ups alone.
 #[test]

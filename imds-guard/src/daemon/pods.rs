@@ -14,7 +14,7 @@ use crate::{
 
 /// How often the kubelet's pod directories are listed under a policy with
 /// `pods` rules: with the reload it starts, the longest a new pod's first
-/// connects are refused (README, "Units, cgroups and pods").
+/// connects are refused (docs/threat-model.md, "Units, cgroups and pods").
 pub const PODS_EVERY: Duration = Duration::from_secs(2);
 
 /// The kubelet's pod directories and what was listed there last.

@@ -16,7 +16,7 @@ pub struct Feature {
     pub name: &'static str,
     /// What the guard uses it for.
     pub needed_for: &'static str,
-    /// The first kernel.org release that has it, for the README and the
+    /// The first kernel.org release that has it, for docs/operating.md and the
     /// message: distribution kernels may have it earlier.
     pub since: &'static str,
     how: How,

@@ -60,7 +60,7 @@ fn check_with(tables: &[Tables; 2], rules: &[CgroupRule], path: &str) {
 }
 
 #[test]
-fn the_examples_of_the_readme_classify_alike() {
+fn the_examples_of_the_policy_reference_classify_alike() {
     let rules = [
         rule("/system.slice/evil.service/**", Action::Deny, 0),
         rule("/system.slice/docker-*.scope", Action::Allow, 1),
