@@ -15,6 +15,7 @@ mod identity;
 mod names;
 mod offsets;
 mod policy;
+mod prefix;
 
 pub use self::{
     addr::Ipv6Key,
@@ -39,6 +40,7 @@ pub use self::{
         Config, GENERATIONS, IdRule, IdRules, MAX_ENDPOINTS, MAX_ID_RULES, Membership, Memberships,
         PROTECTED, SockState, V4Key, V6Key, action, config_flags, mode, sock_state,
     },
+    prefix::{Prefix4, Prefix6, Prefixes, V4_SLOTS, V6_SLOTS},
 };
 
 /// Size of the event ring buffer in bytes (a power of two, a multiple of
@@ -90,4 +92,6 @@ mod pod {
     unsafe impl aya::Pod for super::Source4Key {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Source6Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Prefixes {}
 }

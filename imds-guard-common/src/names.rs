@@ -27,6 +27,10 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 /// The socket storage of sockets whose traffic to a protected address was
 /// let through, and under which policy (value: [`crate::SockState`]).
 pub const MAP_DECIDED: &str = "DECIDED";
+/// The section, and the one-entry array aya makes of it, holding the
+/// programs' [`crate::Prefixes`]: a global the programs read with a load
+/// (no lookup), which the agent writes at every apply.
+pub const MAP_PREFIXES: &str = ".data.prefixes";
 
 /// The one-entry array holding the [`crate::Resolved`] offsets and
 /// namespaces the programs were loaded with. The programs never read it:
