@@ -1,13 +1,87 @@
-//! Reading the destination out of `bpf_sock_addr`, and the protected-address
-//! lookups that every connect on the host goes through.
+//! Reading the destination out of `bpf_sock_addr`, the prefixes every
+//! destination is compared with first ([`may_be_protected_v4`]), and the
+//! protected-address lookups that the few they cover go through.
 
 use aya_ebpf::programs::SockAddrContext;
-use imds_guard_common::{V4Key, V6Key, family};
+use imds_guard_common::{Prefixes, V4_SLOTS, V4Key, V6_SLOTS, V6Key, family};
 
 use crate::maps::{ACTIVE, PROTECTED_V4, PROTECTED_V6};
 
 /// `::ffff:0:0/96` as the third word of `user_ip6` (network byte order).
 const MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Written by the agent at every apply (a whole-value update of the
+/// one-entry array aya makes of this section), read here with plain loads:
+/// every address a policy in force protects is in one of its prefixes
+/// (`imds_guard::kernel::prefixes` computes them, and changes them so that
+/// every state a program can read, even half-written, covers both the old
+/// and the new addresses). All zero until then, which covers every
+/// address: a program that runs before the agent wrote it judges
+/// everything, as before the prefixes existed.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data.prefixes")]
+static PREFIXES: Prefixes = Prefixes::ALL;
+
+/// Whether an IPv4 destination (network byte order) is in one of the
+/// protected prefixes: the first thing every program asks of a
+/// destination, before any lookup or helper. `false` lets it go.
+#[inline(always)]
+pub fn may_be_protected_v4(ip4: u32) -> bool {
+    let mut i = 0;
+    while i < V4_SLOTS {
+        // SAFETY: plain reads of our own global. Volatile: the agent
+        // writes it after load, so LLVM must not fold the zeros above.
+        let (net, mask) = unsafe {
+            let slot = &raw const PREFIXES.v4[i];
+            (
+                core::ptr::read_volatile(&raw const (*slot).net),
+                core::ptr::read_volatile(&raw const (*slot).mask),
+            )
+        };
+        if (ip4 ^ net) & mask == 0 {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// [`may_be_protected_v4`] for an IPv6 destination (the words of
+/// `user_ip6`); an IPv4-mapped one (`::ffff:a.b.c.d`) is compared with the
+/// IPv4 prefixes, as [`protected_v6`] looks it up among the IPv4
+/// addresses. Word by word, so that most addresses leave each slot at its
+/// first word.
+#[inline(always)]
+pub fn may_be_protected_v6(ip6: &[u32; 4]) -> bool {
+    if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == MAPPED_PREFIX_WORD {
+        return may_be_protected_v4(ip6[3]);
+    }
+    let mut i = 0;
+    while i < V6_SLOTS {
+        let mut w = 0;
+        let mut inside = true;
+        while w < 4 {
+            // SAFETY: as in `may_be_protected_v4`.
+            let (net, mask) = unsafe {
+                let slot = &raw const PREFIXES.v6[i];
+                (
+                    core::ptr::read_volatile(&raw const (*slot).net[w]),
+                    core::ptr::read_volatile(&raw const (*slot).mask[w]),
+                )
+            };
+            if (ip6[w] ^ net) & mask != 0 {
+                inside = false;
+                break;
+            }
+            w += 1;
+        }
+        if inside {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
 
 /// A destination the programs decided is protected.
 pub struct Dst {
@@ -67,7 +141,8 @@ pub fn active_generation() -> u32 {
     ACTIVE.get(0).map_or(0, |g| *g & 1)
 }
 
-/// Is this IPv4 destination protected? The hot path of every connect.
+/// Is this IPv4 destination protected? Asked only of one
+/// [`may_be_protected_v4`] lets through.
 #[inline(always)]
 pub fn protected_v4(generation: u32, ip4: u32) -> bool {
     PROTECTED_V4

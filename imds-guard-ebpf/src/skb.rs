@@ -13,10 +13,12 @@
 //! (forwarded, from a TUN device or an `AF_PACKET` socket) never comes
 //! here: the agent drops those in the forward path instead.
 //!
-//! For a packet to an address that is not protected this costs one load of
-//! the destination, one array lookup and one hash lookup; for one of a
+//! A packet to an address outside the protected prefixes (`dst.rs`) leaves
+//! after a load of its destination, straight from the packet, and a few
+//! compares: no lookup, no helper. One to an address a prefix covers that
+//! is not protected costs an array and a hash lookup more; one of a
 //! connection let through under the policy in force, one storage lookup
-//! and one array lookup more.
+//! and one array lookup more again.
 
 use aya_ebpf::{
     bindings::bpf_sock,
@@ -29,7 +31,10 @@ use imds_guard_common::{event_flags, hook};
 use crate::{
     caller::Caller,
     decide::{Verdict, decide},
-    dst::{Dst, active_generation, protected_v4, protected_v6},
+    dst::{
+        Dst, active_generation, may_be_protected_v4, may_be_protected_v6, protected_v4,
+        protected_v6,
+    },
     kernel::address_of,
     sock_state::{self, Standing},
 };
@@ -50,48 +55,105 @@ const IPPROTO_SCTP: u8 = 132;
 /// verifier.
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
-    let generation = active_generation();
     let dst = match ctx.skb.protocol() {
-        ETH_P_IP => v4(&ctx, generation),
-        ETH_P_IPV6 => v6(&ctx, generation),
+        ETH_P_IP => v4(&ctx),
+        ETH_P_IPV6 => v6(&ctx),
         _ => None,
     };
     let verdict = match dst {
-        Some(mut dst) => judge(&ctx, generation, &mut dst),
+        Some((mut dst, generation)) => judge(&ctx, generation, &mut dst),
         None => Verdict::Allow,
     };
     verdict.into()
 }
 
-/// The destination of an IPv4 packet (`skb->data` points at its header
-/// here), if it is protected.
+/// The first `len` bytes of the packet (`skb->data` points at its network
+/// header here), if the linear head holds them: read with direct packet
+/// access, which `cgroup_skb` programs have when loaded with
+/// `CAP_BPF`/`CAP_SYS_ADMIN` (`cg_skb_is_valid_access`), and costs no
+/// helper. `None` when the head is shorter, and the caller reads the
+/// bytes with `bpf_skb_load_bytes` instead.
 #[inline(always)]
-fn v4(ctx: &SkBuffContext, generation: u32) -> Option<Dst> {
+fn head(ctx: &SkBuffContext, len: usize) -> Option<usize> {
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's own context; the verifier turns these two
+    // 4-byte loads into the packet's bounds, which it checks every read
+    // against.
+    let (data, end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*skb).data) as usize,
+            core::ptr::read_volatile(&raw const (*skb).data_end) as usize,
+        )
+    };
+    if data + len > end { None } else { Some(data) }
+}
+
+/// The 32-bit word at byte `offset` of a head [`head`] checked to be at
+/// least `offset + 4` bytes long, as the packet holds it (network byte
+/// order, as `user_ip4` and the words of `user_ip6`).
+///
+/// # Safety
+///
+/// `data` must come from [`head`] with a length of at least `offset + 4`.
+#[inline(always)]
+unsafe fn word_at(data: usize, offset: usize) -> u32 {
+    // SAFETY: within the bounds the caller checked; volatile, so that LLVM
+    // makes one 4-byte load of it, which the verifier checks.
+    unsafe { core::ptr::read_volatile((data + offset) as *const u32) }
+}
+
+/// The destination of an IPv4 packet, if it is protected, with the policy
+/// generation it was found protected under.
+#[inline(always)]
+fn v4(ctx: &SkBuffContext) -> Option<(Dst, u32)> {
     // The destination is at byte 16 of the header, in network byte order,
     // as `user_ip4` holds it.
-    let daddr = ctx.load::<u32>(16).ok()?;
+    let daddr = match head(ctx, 20) {
+        // SAFETY: 20 bytes checked.
+        Some(data) => unsafe { word_at(data, 16) },
+        None => ctx.load::<u32>(16).ok()?,
+    };
+    if !may_be_protected_v4(daddr) {
+        return None;
+    }
+    let generation = active_generation();
     if !protected_v4(generation, daddr) {
         return None;
     }
     let (proto, port) = v4_ports(ctx);
     let mut dst = Dst::v4(daddr, port);
     dst.proto = proto;
-    Some(dst)
+    Some((dst, generation))
 }
 
 /// The destination of an IPv6 packet, if it is protected (its destination
 /// mapped back to IPv4 when it is `::ffff:a.b.c.d`, as the `sock_addr`
-/// hooks do).
+/// hooks do), with the policy generation it was found protected under.
 #[inline(always)]
-fn v6(ctx: &SkBuffContext, generation: u32) -> Option<Dst> {
-    let mut daddr = [0u32; 4];
-    let mut i = 0;
-    while i < 4 {
-        // Bytes 24..40: the destination, one 32-bit word at a time in the
-        // order of `user_ip6`.
-        daddr[i] = ctx.load::<u32>(24 + i * 4).ok()?;
-        i += 1;
+fn v6(ctx: &SkBuffContext) -> Option<(Dst, u32)> {
+    // Bytes 24..40: the destination, one 32-bit word at a time in the
+    // order of `user_ip6`.
+    let daddr = match head(ctx, 40) {
+        // SAFETY: 40 bytes checked.
+        Some(data) => unsafe {
+            [
+                word_at(data, 24),
+                word_at(data, 28),
+                word_at(data, 32),
+                word_at(data, 36),
+            ]
+        },
+        None => [
+            ctx.load::<u32>(24).ok()?,
+            ctx.load::<u32>(28).ok()?,
+            ctx.load::<u32>(32).ok()?,
+            ctx.load::<u32>(36).ok()?,
+        ],
+    };
+    if !may_be_protected_v6(&daddr) {
+        return None;
     }
+    let generation = active_generation();
     if !protected_v6(generation, &daddr) {
         return None;
     }
@@ -105,7 +167,7 @@ fn v6(ctx: &SkBuffContext, generation: u32) -> Option<Dst> {
     };
     let mut dst = Dst::v6(&daddr, port);
     dst.proto = proto;
-    Some(dst)
+    Some((dst, generation))
 }
 
 /// The protocol and destination port of an IPv4 packet (0 where it has

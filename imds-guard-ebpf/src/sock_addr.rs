@@ -17,7 +17,10 @@ use imds_guard_common::hook;
 use crate::{
     caller::Caller,
     decide::{Verdict, decide},
-    dst::{Dst, active_generation, protected_v4, protected_v6, user_ip4, user_ip6, user_port},
+    dst::{
+        Dst, active_generation, may_be_protected_v4, may_be_protected_v6, protected_v4,
+        protected_v6, user_ip4, user_ip6, user_port,
+    },
     kernel::address_of,
     maps::DECIDED,
     sock_state,
@@ -43,11 +46,15 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     v6(&ctx, hook::SENDMSG6).into()
 }
 
-/// An IPv4 destination (`user_ip4`).
+/// An IPv4 destination (`user_ip4`). One outside the protected prefixes
+/// leaves after a load of the context and a few compares.
 #[inline(always)]
 fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
-    let generation = active_generation();
     let ip4 = user_ip4(ctx);
+    if !may_be_protected_v4(ip4) {
+        return Verdict::Allow;
+    }
+    let generation = active_generation();
     if !protected_v4(generation, ip4) {
         return Verdict::Allow;
     }
@@ -60,8 +67,11 @@ fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
 /// An IPv6 destination (`user_ip6`), IPv4-mapped ones included.
 #[inline(always)]
 fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
-    let generation = active_generation();
     let ip6 = user_ip6(ctx);
+    if !may_be_protected_v6(&ip6) {
+        return Verdict::Allow;
+    }
+    let generation = active_generation();
     if !protected_v6(generation, &ip6) {
         return Verdict::Allow;
     }
