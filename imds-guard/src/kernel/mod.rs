@@ -2,7 +2,8 @@
 //! maps. `loader.rs` is the handle, [`Guard`], that opens the object, loads
 //! the programs (`load.rs`), attaches them or adopts a pinned attachment
 //! (`attach.rs`, pinned by `pins.rs`), and writes policies into their maps
-//! (`policy_maps.rs`; `classify/` keeps every cgroup's rule for unit,
+//! (`policy_maps.rs`, with the prefixes every destination is compared with
+//! first in `prefixes.rs`; `classify/` keeps every cgroup's rule for unit,
 //! cgroup and pod entries). `inspect.rs` reads back what is in force,
 //! `rules.rs` whom its rules name, `counters.rs` what the programs counted,
 //! `records.rs` what they report.
@@ -35,6 +36,7 @@ pub mod netfilter;
 pub mod offsets;
 pub mod pins;
 mod policy_maps;
+mod prefixes;
 pub mod programs;
 pub mod records;
 pub mod refused;

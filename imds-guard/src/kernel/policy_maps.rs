@@ -7,24 +7,27 @@
 //! The uid, gid and members maps hold both generations in one value per id
 //! (`id_rules.rs`): a reload writes only the ids whose rule changes. The
 //! protected addresses (a few) have a key per generation, cleared by the
-//! keys they were written with. Everything is written in batches
+//! keys they were written with, and the prefixes that cover them
+//! (`prefixes.rs`) cover the addresses of both generations from before the
+//! flip until the old one is settled. Everything is written in batches
 //! (`batch.rs`).
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, OwnedFd},
 };
 
 use aya::Ebpf;
 use imds_guard_common::{
-    self as common, IdRule, IdRules, Ipv6Key, Membership, Memberships, V4Key, V6Key, action,
-    config_flags, mode,
+    self as common, IdRule, IdRules, Ipv6Key, Membership, Memberships, Prefixes, V4Key, V6Key,
+    action, config_flags, mode,
 };
 
 use super::{
     batch, id_rules,
     maps::{self, MapError, descriptor},
     netfilter::exceptions::Exceptions,
+    prefixes,
     records::entry_number,
     sys::{self, GraceError},
 };
@@ -73,6 +76,11 @@ pub(super) struct PolicyMaps {
     members: OwnedFd,
     config: OwnedFd,
     active_map: OwnedFd,
+    /// The programs' global of protected prefixes (`prefixes.rs`).
+    prefixes: OwnedFd,
+    /// What it holds: all zeros (every address covered) until the first
+    /// apply.
+    covered: Prefixes,
     /// The generation in force, once one was written.
     active: Option<u32>,
     /// Waits out program runs that may still read a generation.
@@ -109,6 +117,8 @@ impl PolicyMaps {
             members: fd(common::MAP_MEMBERS)?,
             config: fd(common::MAP_CONFIG)?,
             active_map: fd(common::MAP_ACTIVE)?,
+            prefixes: fd(common::MAP_PREFIXES)?,
+            covered: Prefixes::ALL,
             active: None,
             grace: sys::GracePeriod::new()?,
             readers_of_old: false,
@@ -155,6 +165,13 @@ impl PolicyMaps {
         self.clear_generation(next)?;
         self.write_endpoints(next, policy)?;
         self.exceptions.write(next, policy)?;
+        // Before anything can decide under it: the prefixes cover the
+        // addresses of the generation in force and of this one.
+        let generations: &[u32] = match self.active {
+            Some(active) => &[active, next],
+            None => &[next],
+        };
+        self.cover(generations)?;
         // The first policy goes in both slots of the id maps, so that
         // reloading it (or a policy close to it) writes little.
         let slots = self.active.map(|_| next);
@@ -191,7 +208,40 @@ impl PolicyMaps {
         self.wait_grace()?;
         self.readers_of_old = false;
         let old = self.next_generation();
-        Ok(self.clear_generation(old)?)
+        self.clear_generation(old)?;
+        // No program decides under the old one any more: its addresses
+        // need no prefix.
+        let active: &[u32] = match self.active {
+            Some(active) => &[active],
+            None => &[],
+        };
+        Ok(self.cover(active)?)
+    }
+
+    /// Makes the programs' prefixes cover the protected addresses written
+    /// into `generations`, in the steps that keep every address both the
+    /// old and the new prefixes cover covered at every moment
+    /// ([`prefixes::steps`]). A step that fails leaves the state before
+    /// it, which still covers them.
+    fn cover(&mut self, generations: &[u32]) -> Result<(), MapError> {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for &generation in generations {
+            let written = &self.written[(generation % common::GENERATIONS) as usize];
+            v4.extend(
+                written
+                    .v4
+                    .iter()
+                    .map(|k| Ipv4Addr::from(k.addr.to_ne_bytes())),
+            );
+            v6.extend(written.v6.iter().map(|k| ipv6_of(&k.addr)));
+        }
+        let target = prefixes::cover(&v4, &v6);
+        for state in prefixes::steps(&self.covered, &target) {
+            sys::map_update(self.prefixes.as_fd(), &0u32, &state)
+                .map_err(maps::write(common::MAP_PREFIXES))?;
+            self.covered = state;
+        }
+        Ok(())
     }
 
     fn wait_grace(&self) -> Result<(), GraceError> {
@@ -452,6 +502,15 @@ fn ipv6_key(octets: &[u8; 16]) -> Ipv6Key {
     key
 }
 
+/// The address of the four words of `user_ip6` ([`ipv6_key`] undone).
+fn ipv6_of(key: &Ipv6Key) -> Ipv6Addr {
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(key) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(octets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,9 +524,10 @@ mod tests {
 
     #[test]
     fn ipv6_key_keeps_network_byte_order_in_memory() {
-        let addr: std::net::Ipv6Addr = "fd00:ec2::254".parse().expect("valid");
+        let addr: Ipv6Addr = "fd00:ec2::254".parse().expect("valid");
         let key = ipv6_key(&addr.octets());
         let bytes: Vec<u8> = key.iter().flat_map(|w| w.to_ne_bytes()).collect();
         assert_eq!(bytes, addr.octets());
+        assert_eq!(ipv6_of(&key), addr);
     }
 }
