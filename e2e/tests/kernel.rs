@@ -253,14 +253,15 @@ fn reloads_clear_the_generation_they_replace_so_the_maps_never_fill() {
 /// The verifier walks each program once per state it can reach, up to a
 /// million instructions; past that it refuses the program ("BPF program is
 /// too large"), as 6.1 did with the group scan as an open-coded loop, and
-/// with `egress` until one decision served both families. Half the budget
-/// is the bound kept, so that a kernel whose verifier prunes less still
-/// loads what the one it runs on does (6.1 walks each program 5 to 15
-/// times as far as 6.18: connect6 about 315,000 instructions there, 23,000
-/// here).
+/// with `egress` until one decision served both families. A quarter of
+/// the budget is the bound kept (issue 21), so that request-level
+/// judgement and kernels whose verifier prunes less still have room: 6.1
+/// walks each program 5 to 15 times as far as 6.18 (connect6 about
+/// 141,000 instructions there, 29,000 here; 281,000 there before the
+/// lookup of an IPv6 destination became a subprogram of its own).
 #[test]
-fn every_program_stays_within_half_the_verifiers_budget() {
-    if !privileged_or_skip("every_program_stays_within_half_the_verifiers_budget") {
+fn every_program_stays_within_a_quarter_of_the_verifiers_budget() {
+    if !privileged_or_skip("every_program_stays_within_a_quarter_of_the_verifiers_budget") {
         return;
     }
     // Each program on its own, past any refusal, so that one run names
@@ -276,7 +277,7 @@ fn every_program_stays_within_half_the_verifiers_budget() {
             // Not reported before 5.16: nothing to check there.
             Ok(None) => {}
             Ok(Some(insns)) => {
-                assert!(insns < 500_000, "{program}: {insns} instructions verified")
+                assert!(insns < 250_000, "{program}: {insns} instructions verified")
             }
             Err(why) => panic!("{program} refused: {why}"),
         }
