@@ -1,11 +1,12 @@
 //! The programs driven in-process, to reach states the agent never leaves
 //! the kernel in and to count what the agent hides: attached but not yet
 //! configured (fail closed), another guard attached below ours (no
-//! override), and a full event ring buffer (every decision is still
-//! enforced and accounted for).
+//! override), a full event ring buffer (every decision is still
+//! enforced and accounted for), and an address the protected prefixes do
+//! not cover (let go before any lookup).
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -17,7 +18,7 @@ use imds_guard::{
     policy::{Outcome, Policy, PolicySpec, SystemResolver},
 };
 use imds_guard_e2e::{
-    Action, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, PLAIN_PORT, Sandbox, privileged_or_skip,
+    Action, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, PLAIN_PORT, Sandbox, UDP_PORT, privileged_or_skip,
 };
 
 const EPERM: i32 = libc::EPERM;
@@ -39,7 +40,8 @@ fn attached_before_its_config_is_written_the_guard_denies_everyone() {
 
     let mut guard = Guard::load(0).expect("load the programs");
     let mut events = guard.take_events().expect("event ring buffer");
-    // Endpoints only: neither rules nor config yet.
+    // Endpoints only: neither rules nor config yet, nor the prefixes,
+    // whose zeros cover every address: every destination is looked up.
     guard.write_endpoints(0, &policy).expect("endpoints");
     guard.attach(sb.cgroup.path(), None).expect("attach");
 
@@ -205,6 +207,59 @@ fn the_mode_switches_at_run_time_without_reloading_the_programs() {
     // one connection each: four audited.
     let c = guard.counters().expect("counters");
     assert_eq!((c.denied, c.audited, c.allowed), (2, 4, 0), "{c:?}");
+}
+
+/// An address outside the protected prefixes leaves every program before
+/// any lookup (issue 21). Written into the protected map of the policy in
+/// force behind the prefixes' back, loopback is still reached by a caller
+/// the policy refuses, by a connect (connect4, connect6, the mapped form),
+/// a datagram (sendmsg4) and the packets of a connected UDP socket
+/// (egress), and no decision is counted: had any program looked the
+/// address up, it would have judged and refused. Once a policy protects
+/// it, the prefixes the agent computes cover it and the same calls are
+/// refused.
+#[test]
+fn an_address_no_prefix_covers_leaves_before_any_lookup() {
+    if !privileged_or_skip("an_address_no_prefix_covers_leaves_before_any_lookup") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let shipped = policy("[allow]\nuids = [0]\n");
+    let wider = policy(
+        "[endpoints]\naddresses = [\"169.254.169.254\", \"fd00:ec2::254\", \"127.0.0.1\", \"::1\"]\n\
+         [allow]\nuids = [0]\n",
+    );
+    let mut guard = Guard::load(0).expect("load");
+    let generation = guard.apply(&shipped, &Stamp::default()).expect("apply");
+    guard.attach(sb.cgroup.path(), None).expect("attach");
+    let nobody = sb.probe();
+    let calls = [
+        Action::connect(Ipv4Addr::LOCALHOST, PLAIN_PORT),
+        Action::connect(Ipv6Addr::LOCALHOST, PLAIN_PORT),
+        Action::connect_mapped(Ipv4Addr::LOCALHOST, PLAIN_PORT),
+        Action::udp_send(Ipv4Addr::LOCALHOST, UDP_PORT),
+        Action::udp_connect(Ipv4Addr::LOCALHOST, UDP_PORT),
+    ];
+
+    guard
+        .write_endpoints(generation, &wider)
+        .expect("endpoints in force");
+    for call in calls {
+        nobody.run(call).assert_ok();
+    }
+    // The metadata address is judged as ever.
+    nobody
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_errno(EPERM);
+    let c = guard.counters().expect("counters");
+    assert_eq!((c.denied, c.audited, c.allowed), (1, 0, 0), "{c:?}");
+
+    guard.apply(&wider, &Stamp::default()).expect("apply");
+    for call in calls {
+        nobody.run(call).assert_errno(EPERM);
+    }
+    let c = guard.counters().expect("counters");
+    assert_eq!(c.denied, 1 + calls.len() as u64, "{c:?}");
 }
 
 /// `[allow] uids = [base, base + 1, ...]`, `n` of them.
