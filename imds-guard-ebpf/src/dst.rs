@@ -3,7 +3,7 @@
 //! protected-address lookups that the few they cover go through.
 
 use aya_ebpf::programs::SockAddrContext;
-use imds_guard_common::{Prefixes, V4_SLOTS, V4Key, V6_SLOTS, V6Key, family};
+use imds_guard_common::{Prefix4, Prefixes, V4_SLOTS, V4Key, V6_SLOTS, V6Key, family};
 
 use crate::maps::{ACTIVE, PROTECTED_V4, PROTECTED_V6};
 
@@ -31,14 +31,14 @@ pub fn may_be_protected_v4(ip4: u32) -> bool {
     while i < V4_SLOTS {
         // SAFETY: plain reads of our own global. Volatile: the agent
         // writes it after load, so LLVM must not fold the zeros above.
-        let (net, mask) = unsafe {
+        let slot = unsafe {
             let slot = &raw const PREFIXES.v4[i];
-            (
-                core::ptr::read_volatile(&raw const (*slot).net),
-                core::ptr::read_volatile(&raw const (*slot).mask),
-            )
+            Prefix4 {
+                net: core::ptr::read_volatile(&raw const (*slot).net),
+                mask: core::ptr::read_volatile(&raw const (*slot).mask),
+            }
         };
-        if (ip4 ^ net) & mask == 0 {
+        if slot.covers(ip4) {
             return true;
         }
         i += 1;
@@ -50,7 +50,8 @@ pub fn may_be_protected_v4(ip4: u32) -> bool {
 /// `user_ip6`); an IPv4-mapped one (`::ffff:a.b.c.d`) is compared with the
 /// IPv4 prefixes, as [`protected_v6`] looks it up among the IPv4
 /// addresses. Word by word, so that most addresses leave each slot at its
-/// first word.
+/// first word (`Prefix6::covers` would load all eight words of a slot
+/// first).
 #[inline(always)]
 pub fn may_be_protected_v6(ip6: &[u32; 4]) -> bool {
     if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == MAPPED_PREFIX_WORD {

@@ -27,8 +27,9 @@ pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Protected IPv4 destinations, keyed by generation and the address as the
 /// kernel stores it in `user_ip4` (network byte order); the value is
-/// [`imds_guard_common::PROTECTED`]. Consulted on every connect on the
-/// host, so it is a hash map: one lookup whatever its size.
+/// [`imds_guard_common::PROTECTED`]. Consulted for every connect to an
+/// address the protected prefixes cover (`dst.rs`), so it is a hash map:
+/// one lookup whatever its size.
 #[map]
 pub static PROTECTED_V4: HashMap<V4Key, u32> =
     HashMap::with_max_entries(MAX_ENDPOINTS * GENERATIONS, 0);
