@@ -35,7 +35,9 @@ use imds_guard_common::{
 };
 
 use crate::{
-    dst::{active_generation, protected_v4, protected_v6},
+    dst::{
+        active_generation, may_be_protected_v4, may_be_protected_v6, protected_v4, protected_v6,
+    },
     kernel::{address_of, read, read_ptr},
     maps::{
         CONFIG, FORWARD_BUDGETS, FORWARD_COUNTERS, FORWARD_EVENTS, FORWARD_INTERFACES,
@@ -130,14 +132,13 @@ fn try_forward(ctx: *const NfCtx) -> Option<Verdict> {
     let head = read_ptr(skb, off.skb_head)?;
     let network: u16 = read(skb, off.skb_network_header)?;
     let ip = head + u64::from(network);
-    let generation = active_generation();
     let packet = match pf {
-        nfproto::IPV4 => v4(off, skb, ip, generation)?,
-        nfproto::IPV6 => v6(off, skb, ip, generation)?,
+        nfproto::IPV4 => v4(off, skb, ip)?,
+        nfproto::IPV6 => v6(off, skb, ip)?,
         // Linked for IPv4 and IPv6 only.
         _ => return Some(Verdict::Accept),
     };
-    let Some(packet) = packet else {
+    let Some((packet, generation)) = packet else {
         return Some(Verdict::Accept);
     };
     let dev = read_ptr(state, off.state_in);
@@ -225,10 +226,16 @@ struct Ipv4Hdr {
     daddr: u32,
 }
 
-/// `Some(None)` for a packet to an address that is not protected.
+/// `Some(None)` for a packet to an address that is not protected; else
+/// the packet, and the policy generation it was found protected under. An
+/// address outside the protected prefixes leaves before any lookup.
 #[inline(always)]
-fn v4(off: &ForwardOffsets, skb: u64, ip: u64, generation: u32) -> Option<Option<Packet>> {
+fn v4(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> {
     let h: Ipv4Hdr = read(ip, 0)?;
+    if !may_be_protected_v4(h.daddr) {
+        return Some(None);
+    }
+    let generation = active_generation();
     if !protected_v4(generation, h.daddr) {
         return Some(None);
     }
@@ -257,7 +264,7 @@ fn v4(off: &ForwardOffsets, skb: u64, ip: u64, generation: u32) -> Option<Option
     };
     packet.src[..4].copy_from_slice(&s);
     packet.dst[..4].copy_from_slice(&d);
-    Some(Some(packet))
+    Some(Some((packet, generation)))
 }
 
 /// The IPv6 fixed header.
@@ -275,10 +282,15 @@ struct Ipv6Hdr {
 /// `Some(None)` for a packet to an address that is not protected. The
 /// IPv4-mapped form of a protected IPv4 address is protected too
 /// (`protected_v6`): no router turns it into IPv4, but it costs one
-/// comparison to refuse, as the nftables table does.
+/// comparison to refuse, as the nftables table does. As [`v4`] for the
+/// prefixes and the generation.
 #[inline(always)]
-fn v6(off: &ForwardOffsets, skb: u64, ip: u64, generation: u32) -> Option<Option<Packet>> {
+fn v6(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> {
     let h: Ipv6Hdr = read(ip, 0)?;
+    if !may_be_protected_v6(&h.daddr) {
+        return Some(None);
+    }
+    let generation = active_generation();
     if !protected_v6(generation, &h.daddr) {
         return Some(None);
     }
@@ -319,7 +331,7 @@ fn v6(off: &ForwardOffsets, skb: u64, ip: u64, generation: u32) -> Option<Option
         packet.dst[i * 4..i * 4 + 4].copy_from_slice(&h.daddr[i].to_ne_bytes());
         i += 1;
     }
-    Some(Some(packet))
+    Some(Some((packet, generation)))
 }
 
 /// The destination port (host order) of a transport header `hlen` bytes
