@@ -10,6 +10,7 @@ use std::{
 use aya::maps::{Array, Map};
 use imds_guard_common::{self as common, mode};
 
+pub use self::json::to_json;
 use super::{
     cgroup,
     counters::{self, Counters},
@@ -19,6 +20,8 @@ use super::{
     pins::{PinError, Pins},
     programs, sys,
 };
+
+mod json;
 
 /// A pinned guard that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +165,11 @@ impl Status {
             Some(mode::AUDIT) => Some(Mode::Audit),
             _ => None,
         }
+    }
+
+    /// The mode in force, or `unconfigured` when none is written.
+    pub fn mode_name(&self) -> &'static str {
+        self.mode().map_or("unconfigured", Mode::as_str)
     }
 
     /// Every program on the cgroup has a live link, the config is valid
