@@ -2,8 +2,8 @@
 //! `prctl(PR_SET_NAME)`, an interface or cgroup name, a user name from a
 //! directory can hold a newline (starting a forged log line), a carriage
 //! return or a terminal escape. Control characters are escaped as Rust
-//! writes them (`\n`, `\u{1b}`), everything else is kept. A leaf: it
-//! imports nothing of ours.
+//! writes them (`\n`, `\u{1b}`), everything else is kept. And times
+//! written for people ([`utc`]). A leaf: it imports nothing of ours.
 
 /// `s` with every control character escaped.
 pub fn printable(s: &str) -> String {
@@ -21,9 +21,38 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (Howard Hinnant's
+/// civil-from-days; no time zone database needed for UTC).
+pub fn utc(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3_600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::{printable, utc};
+
+    #[test]
+    fn formats_unix_seconds_as_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_434_009), "2026-11-23T11:40:09Z");
+    }
 
     #[test]
     fn control_characters_cannot_start_a_line_or_a_terminal_sequence() {

@@ -24,6 +24,7 @@ use crate::{
         programs,
     },
     policy::{Mode, PolicySpec, SystemResolver, hex},
+    text,
 };
 
 /// What the running kernel offers of what the guard needs.
@@ -378,8 +379,8 @@ fn where_and_what(status: &Status, s: &mut String) {
         let _ = writeln!(
             s,
             "  since:    {} (attached), policy applied {}",
-            utc(c.attached_unix),
-            utc(c.applied_unix)
+            text::utc(c.attached_unix),
+            text::utc(c.applied_unix)
         );
         let _ = writeln!(
             s,
@@ -443,39 +444,5 @@ fn warnings(status: &Status, s: &mut String) {
             "  WARNING: another guard is attached to this cgroup, pinned elsewhere: {}",
             list.join(", ")
         );
-    }
-}
-
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (Howard Hinnant's
-/// civil-from-days; no time zone database needed for UTC).
-pub fn utc(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3_600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc;
-
-    #[test]
-    fn formats_unix_seconds_as_utc() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(utc(1_795_434_009), "2026-11-23T11:40:09Z");
     }
 }
