@@ -177,6 +177,18 @@ pub struct RunArgs {
     /// Hidden: for tests of the older kernels' mechanism on a newer one.
     #[arg(long, value_name = "auto|nftables", default_value = "auto", hide = true, value_parser = parse_forward)]
     pub forward_path: crate::daemon::ForwardChoice,
+    /// Write the guard's state for monitors that are not root to this
+    /// file, mode 0644 (`none`: write none): what `status --json` says,
+    /// with `updated_at`, at start, after each reload, when the forward
+    /// path changes, every 10 seconds, and when the agent stops. A
+    /// snapshot: a dead agent's is stale.
+    #[arg(
+        long,
+        value_name = "PATH|none",
+        default_value = crate::daemon::status_file::DEFAULT_PATH,
+        value_parser = crate::daemon::status_file::Target::parse
+    )]
+    pub status_file: crate::daemon::status_file::Target,
 }
 
 /// `--forward-path`.

@@ -30,6 +30,7 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
         metrics_listen: args.metrics_listen,
         pods_dir: args.kubelet_pods_dir,
         forward: args.forward_path,
+        status_file: args.status_file,
     };
     match rt.block_on(daemon::run(config)) {
         Ok(()) => Ok(Outcome::Success),

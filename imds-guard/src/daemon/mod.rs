@@ -10,8 +10,8 @@
 //! The [`Daemon`] is made of parts that each own their state: the guard as
 //! attached (`attach.rs`), the policies in force and tried (`policies.rs`),
 //! the forward path (`forward.rs`), the reload in progress (`reload.rs`),
-//! the kubelet's pods (`pods.rs`), the decision log (`events.rs`) and the
-//! metrics (`metrics/`). This file composes them: start (timed phase by
+//! the kubelet's pods (`pods.rs`), the decision log (`events.rs`), the
+//! metrics (`metrics/`) and the status file a monitor reads (`status_file.rs`). This file composes them: start (timed phase by
 //! phase for the `ready` record, `phases.rs`), the run loop, shutdown. The
 //! parts do not call back into it.
 //!
@@ -34,6 +34,7 @@ pub mod ratelimit;
 mod reload;
 mod rescan;
 mod rings;
+pub mod status_file;
 mod wake;
 mod warnings;
 
@@ -53,6 +54,7 @@ use self::{
     reload::{Done, Reloader, Tried},
     rescan::Rescanner,
     rings::Rings,
+    status_file::{StatusFile, Why},
     wake::{Moment, Signals, Timers},
 };
 pub use self::{forward::Choice as ForwardChoice, heap::one_heap, pods::PODS_EVERY, wake::POLL};
@@ -81,6 +83,8 @@ pub struct Config {
     pub pods_dir: PathBuf,
     /// What holds the forward path.
     pub forward: ForwardChoice,
+    /// Where to write the status file, if anywhere.
+    pub status_file: status_file::Target,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +128,7 @@ pub struct Daemon {
     pods: PodWatch,
     log: EventLog,
     exporter: Exporter,
+    status: StatusFile,
     /// The last turn stopped at a bound with events still waiting: the
     /// next reads on, after the loop has served whatever else is ready.
     backlog: bool,
@@ -273,6 +278,7 @@ impl Daemon {
             what: "the guard was lent away before the forward path was put in force",
             source: std::io::Error::other("no guard"),
         })?;
+        let status = StatusFile::start(&config.status_file, &config.pin_dir);
         let daemon = Self {
             attached,
             forward,
@@ -282,6 +288,7 @@ impl Daemon {
             pods,
             log: EventLog::default(),
             exporter: Exporter::default(),
+            status,
             backlog: false,
         };
         Ok((daemon, report, rings, phases))
@@ -351,6 +358,7 @@ impl Daemon {
         notify::best_effort(notify::ready(
             &self.policies.ready_status(true, table.note()),
         ));
+        self.status.write(Why::Started);
     }
 
     /// Reads events, reloads and ticks until SIGTERM or SIGINT; returns the
@@ -410,6 +418,7 @@ impl Daemon {
                         source,
                     })?;
                     self.forward.on_ready(ready, &mut self.log, self.policies.mode());
+                    self.forward_changed();
                 }
                 done = self.rescanner.finished(), if self.attached.guard_mut().is_some() => {
                     if let Some(guard) = self.attached.guard_mut() {
@@ -418,6 +427,9 @@ impl Daemon {
                 }
                 flushed = rings.logger.flush() => flushed?,
                 _ = timers.tick.tick() => self.on_tick(),
+                _ = timers.status.tick(), if self.status.enabled() => {
+                    self.status.write(Why::Periodic);
+                }
                 _ = timers.pods.tick(), if self.policies.watches_pods() => {
                     if !self.reloader.busy() && self.pods.changed() {
                         self.on_hup();
@@ -474,6 +486,7 @@ impl Daemon {
         }
         self.log
             .tick(std::time::Instant::now(), counters.map(|c| c.events_lost));
+        self.forward_changed();
         self.rescanner.tick();
         if let Some(guard) = self.attached.guard_mut() {
             self.rescanner.start(guard);
@@ -484,6 +497,14 @@ impl Daemon {
                     .set_cgroups(fill, self.rescanner.rescans()),
                 Err(e) => tracing::debug!("cannot read the cgroup counters: {}", Chain(&e)),
             }
+        }
+    }
+
+    /// A forward path repaired, or found open, is written to the status
+    /// file now rather than at the next period.
+    fn forward_changed(&mut self) {
+        if self.forward.take_changed() {
+            self.status.write(Why::ForwardChanged);
         }
     }
 
@@ -541,6 +562,11 @@ impl Daemon {
                 .policies
                 .ready_status(applied, self.forward.table().note()),
         ));
+        self.status.write(if applied {
+            Why::Reloaded
+        } else {
+            Why::ReloadRefused
+        });
         if applied {
             metrics.set_policy_digest(&self.policies.digest());
             metrics.set_enforcing(Enforcing::Active(self.policies.mode()));
@@ -553,7 +579,7 @@ impl Daemon {
 
     /// Stops: tells systemd, drains what was decided before, and says what
     /// stays in force.
-    async fn shutdown(mut self, signal_name: &str, rings: &mut Rings) {
+    async fn shutdown(mut self, signal_name: &'static str, rings: &mut Rings) {
         notify::best_effort(notify::stopping());
         self.exporter.stop();
         // A reload in progress finishes (it is bounded): the guard is left
@@ -581,5 +607,7 @@ impl Daemon {
             "{signal_name}: exiting; {}",
             self.attached.outcome()
         );
+        // Last: the file says the agent stopped, and what it left in force.
+        self.status.stop(signal_name);
     }
 }

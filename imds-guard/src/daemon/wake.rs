@@ -11,7 +11,7 @@ use tokio::{
     time::{Duration, Instant, Interval, MissedTickBehavior, interval_at},
 };
 
-use super::{DaemonError, pods::PODS_EVERY, policies::RETRY_NAMES};
+use super::{DaemonError, pods::PODS_EVERY, policies::RETRY_NAMES, status_file};
 
 /// The signals the agent acts on, handled from before it is ready: from
 /// the moment it says it is, a signal must reach these handlers, not the
@@ -99,6 +99,8 @@ pub(super) struct Timers {
     /// The kubelet's pods, under a policy with `pods` rules: every
     /// [`PODS_EVERY`].
     pub(super) pods: Interval,
+    /// The status file: every [`status_file::EVERY`].
+    pub(super) status: Interval,
 }
 
 impl Timers {
@@ -113,6 +115,7 @@ impl Timers {
             poll: every(POLL),
             names: every(RETRY_NAMES),
             pods: every(PODS_EVERY),
+            status: every(status_file::EVERY),
         }
     }
 }

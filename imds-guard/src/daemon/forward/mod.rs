@@ -103,6 +103,9 @@ pub(super) struct ForwardPath {
     /// The last read stopped at its bound with records left.
     more: bool,
     ticks: u32,
+    /// The table was found changed behind the agent's back since the last
+    /// [`ForwardPath::take_changed`] (put back or not).
+    changed: bool,
 }
 
 impl ForwardPath {
@@ -169,6 +172,7 @@ impl ForwardPath {
             counters: Some(counters),
             more: false,
             ticks: 0,
+            changed: false,
         })
     }
 
@@ -231,6 +235,7 @@ impl ForwardPath {
             counters: None,
             more: false,
             ticks: 0,
+            changed: false,
         }
     }
 
@@ -379,6 +384,7 @@ impl ForwardPath {
                 return;
             }
         }
+        self.changed = true;
         let put = forward::apply_ruleset(ruleset).and_then(|()| forward::table_digest());
         let outcome = match put {
             Ok(digest) => {
@@ -398,6 +404,12 @@ impl ForwardPath {
              ({when}): {outcome}",
             forward::TABLE
         );
+    }
+
+    /// Whether the table was found changed (and put back, or not) since
+    /// the last call.
+    pub(super) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// Records the mechanism in force for `status`.
