@@ -142,8 +142,13 @@ impl Agent {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        // Never let an agent under test pin in the host's /sys/fs/bpf.
+        // Never let an agent under test pin in the host's /sys/fs/bpf, nor
+        // write the host's /run/imds-guard/status.json.
         let own_pins = (!extra_args.contains(&"--pin-dir")).then(TestBpffs::new);
+        let no_status_file = (!extra_args.contains(&"--status-file"))
+            .then_some(["--status-file", "none"])
+            .into_iter()
+            .flatten();
         let own_pin_dir = own_pins.as_ref().map(TestBpffs::pin_dir);
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", netns.display()))
@@ -160,6 +165,7 @@ impl Agent {
                     .iter()
                     .flat_map(|d| [std::ffi::OsStr::new("--pin-dir"), d.as_os_str()]),
             )
+            .args(no_status_file)
             .args(extra_args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

@@ -855,6 +855,7 @@ fn run_restricted(w: &Sandbox, wrapper: &[&str], pre_exec: PreExec) -> std::proc
         .arg(w.cgroup.path())
         .arg("--pin-dir")
         .arg(w.pin_dir())
+        .args(["--status-file", "none"])
         .args(["--log-format", "text"])
         .stdin(std::process::Stdio::null());
     // SAFETY: `pre_exec` calls prctl(2) only, which is async-signal-safe.
