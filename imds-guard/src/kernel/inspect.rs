@@ -31,6 +31,14 @@ pub enum StatusError {
     #[error(transparent)]
     Map(#[from] MapError),
 }
+
+impl StatusError {
+    /// Whether the pins are not this user's to read (only root's are).
+    pub fn permission_denied(&self) -> bool {
+        matches!(self, Self::Pin(e) if e.permission_denied())
+    }
+}
+
 use crate::{chain::Chain, policy::Mode};
 
 /// The pinned link of a program on the guarded cgroup.

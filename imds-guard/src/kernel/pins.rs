@@ -69,6 +69,11 @@ impl PinError {
             source,
         }
     }
+
+    /// Whether the pins are not this user's to read (only root's are).
+    pub fn permission_denied(&self) -> bool {
+        self.source.kind() == std::io::ErrorKind::PermissionDenied
+    }
 }
 
 /// Whether `path` is there. A pin that cannot be looked at (the pin

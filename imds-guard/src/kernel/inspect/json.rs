@@ -77,7 +77,6 @@ pub fn to_json(status: &Status) -> Value {
     })
 }
 
-
 /// What the programs read of a caller beyond its uid and gid, and the
 /// kernel layout they read it at.
 fn identity_json(status: &Status) -> Value {
@@ -98,8 +97,8 @@ fn identity_json(status: &Status) -> Value {
     })
 }
 
-
-/// [`forward_text`] as JSON.
+/// The forward path: what holds it, whether it holds as the agent left
+/// it, and its counts.
 fn forward_json(status: &Status) -> Value {
     let f = match &status.forward {
         Ok(f) => f,
