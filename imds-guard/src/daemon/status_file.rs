@@ -122,7 +122,10 @@ impl StatusFile {
                 thread: Some(thread),
             },
             Err(e) => {
-                tracing::warn!("cannot start the thread that writes {}: {e}", path.display());
+                tracing::warn!(
+                    "cannot start the thread that writes {}: {e}",
+                    path.display()
+                );
                 Self {
                     asks: None,
                     thread: None,
