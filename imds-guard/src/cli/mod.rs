@@ -16,6 +16,7 @@ mod render;
 mod report;
 mod rules;
 mod run;
+mod snapshot;
 mod state;
 mod status;
 mod suggest;
@@ -236,6 +237,10 @@ pub struct StatusArgs {
     /// patterns and pods classify, and what everyone else gets.
     #[arg(long, conflicts_with = "short")]
     pub rules: bool,
+    /// The agent's status file, printed (labelled as such) when the pins
+    /// cannot be read: run as another user than root.
+    #[arg(long, value_name = "PATH", default_value = crate::daemon::status_file::DEFAULT_PATH)]
+    pub status_file: PathBuf,
 }
 
 #[derive(Debug, Args)]

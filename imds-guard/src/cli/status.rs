@@ -84,7 +84,16 @@ impl KernelReport {
 }
 
 pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
-    let status = Status::read(&Pins::new(&args.pin_dir)).map_err(CliError::runtime)?;
+    let status = match Status::read(&Pins::new(&args.pin_dir)) {
+        Ok(status) => status,
+        // Not root: what the agent last wrote, said to be that, and still
+        // exit 3 (the kernel was not read).
+        Err(e) if e.permission_denied() => {
+            super::snapshot::print(&args.status_file, args.json)?;
+            return Err(CliError::runtime(e));
+        }
+        Err(e) => return Err(CliError::runtime(e)),
+    };
     if args.short {
         let config = super::policy_file(args.config.as_deref());
         outln!("{}", super::state::line(&status, &config))?;
