@@ -59,11 +59,7 @@ fn wait_for(path: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
 }
 
 fn mode_of(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .expect("stat")
-        .permissions()
-        .mode()
-        & 0o7777
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
 }
 
 #[test]
@@ -95,6 +91,30 @@ fn the_agent_keeps_a_status_file_anyone_can_read() {
     assert_eq!(started["agent"]["pid"], agent.pid(), "{started}");
     assert_eq!(started["policy"]["digest"], kernel["policy"]["digest"]);
     assert!(started["updated_at"].as_str().is_some(), "{started}");
+
+    // `status` as nobody, who cannot read the pins, prints the file, said
+    // to be the agent's snapshot, and still exits 3: the kernel was not
+    // read. (The bpf filesystem is root's alone, as systemd mounts it.)
+    let bpffs = w.pin_dir().parent().expect("a bpffs").to_owned();
+    std::fs::set_permissions(&bpffs, std::fs::Permissions::from_mode(0o700))
+        .expect("chmod the test's bpffs");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(imds_guard_e2e::imds_guard_bin())
+        .args(["status", "--pin-dir"])
+        .arg(w.pin_dir())
+        .arg("--status-file")
+        .arg(&file)
+        .output()
+        .expect("status as nobody");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.starts_with("imds-guard: NOT read from the kernel"),
+        "{said}"
+    );
+    let digest = started["policy"]["digest"].as_str().expect("a digest");
+    assert!(said.contains(digest), "{said}");
 
     // The counters come with the next period.
     w.probe()
