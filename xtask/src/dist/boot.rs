@@ -107,6 +107,9 @@ const EXPECTED: &[(&str, &str)] = &[
     ("status_matches_seeded", "0"),
     // 5: differs from the policy in force.
     ("status_matches_default", "5"),
+    // The status file, for monitors that are not root.
+    ("status_file_mode", "644"),
+    ("status_file_running", "1"),
     ("cap_eff", CAPS),
     ("cap_bnd", CAPS),
     ("no_new_privs", "1"),
@@ -132,6 +135,8 @@ const EXPECTED: &[(&str, &str)] = &[
     // /etc's policy removed: the reload fell back to the default.
     ("status_matches_default_after_reload", "0"),
     ("stopped", "inactive"),
+    // The unit keeps it: it says the agent stopped.
+    ("status_file_stopped", "1"),
     // Stopping leaves the guard pinned and enforcing.
     ("status_after_stop", "0"),
     // An upgrade starts a stopped service, and says what is in force.
@@ -157,6 +162,8 @@ const EXPECTED: &[(&str, &str)] = &[
     // A reinstall after `apt remove` starts the guard again.
     ("remove_rc", "0"),
     ("pins_after_remove", "0"),
+    // Removal deletes it with the guard: it would say "still pinned".
+    ("status_file_after_remove", "0"),
     ("reinstall_active", "active"),
     ("reinstall_enabled", "enabled"),
     ("reinstall_line", "1"),

@@ -43,6 +43,13 @@ r status_matches_default $?
 # denied again): the policy file is gone, a reload reads the default.
 rm /etc/imds-guard/policy.toml
 r active "$(systemctl is-active $unit)"
+# The status file, as a monitor that is not root reads it: the agent writes
+# it just after it says it is ready.
+sf=/run/imds-guard/status.json
+as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+for _ in $(seq 50); do [ -e $sf ] && break; sleep 0.1; done
+r status_file_mode "$(stat -c %a $sf 2>&1)"
+r status_file_running "$(as_nobody cat $sf | grep -c '"state":"running"')"
 # For the log when something is off: what the agent and systemd said.
 systemctl status --no-pager $unit
 journalctl -u $unit --no-pager -n 20
@@ -79,6 +86,7 @@ r status_matches_default_after_reload $?
 
 systemctl stop $unit
 r stopped "$(systemctl is-active $unit)"
+r status_file_stopped "$(as_nobody cat $sf | grep -c '"state":"stopped"')"
 imds-guard status > /dev/null
 r status_after_stop $?
 
@@ -129,6 +137,7 @@ r audit_line "$(said audit 'imds-guard: auditing /etc/imds-guard/policy.toml (sh
 DEBIAN_FRONTEND=noninteractive dpkg -r imds-guard
 r remove_rc $?
 r pins_after_remove "$(ls /sys/fs/bpf/imds-guard 2>/dev/null | wc -l)"
+r status_file_after_remove "$(ls /run/imds-guard 2>/dev/null | wc -l)"
 install_deb reinstall
 r reinstall_active "$(systemctl is-active $unit)"
 r reinstall_enabled "$(systemctl is-enabled $unit)"
