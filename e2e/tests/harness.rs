@@ -303,10 +303,11 @@ while :; do sleep 0.05; done
         cgroup.path().display()
     );
     // The agent never pins in the host's /sys/fs/bpf: the runner gives it
-    // a private bpffs of its own.
+    // a private bpffs of its own. Nor does it write the host's
+    // /run/imds-guard/status.json.
     let pin_dir = argv
         .strip_prefix(&expected)
-        .and_then(|rest| rest.strip_suffix(" --extra"))
+        .and_then(|rest| rest.strip_suffix(" --status-file none --extra"))
         .unwrap_or_else(|| panic!("unexpected argv {argv:?}"));
     assert!(
         pin_dir.starts_with(std::env::temp_dir().to_str().unwrap_or("/tmp"))
