@@ -11,9 +11,10 @@
 //! attached (`attach.rs`), the policies in force and tried (`policies.rs`),
 //! the forward path (`forward.rs`), the reload in progress (`reload.rs`),
 //! the kubelet's pods (`pods.rs`), the decision log (`events.rs`), the
-//! metrics (`metrics/`) and the status file a monitor reads (`status_file.rs`). This file composes them: start (timed phase by
-//! phase for the `ready` record, `phases.rs`), the run loop, shutdown. The
-//! parts do not call back into it.
+//! metrics (`metrics/`) and the status file a monitor reads
+//! (`status_file.rs`). This file composes them: start (timed phase by phase
+//! for the `ready` record, `phases.rs`), the run loop, shutdown. The parts
+//! do not call back into it.
 //!
 //! Imports: `kernel` and `policy`; never `cli`, which builds a [`Config`]
 //! from its arguments and calls [`run`].
