@@ -30,7 +30,22 @@ broken='[allow]
 uids = ["x"]
 '
 # The agent's warnings and errors in the journal: what `-p warning` shows.
-warnings() { journalctl -u $unit -p warning -o cat --no-pager; }
+# Matched by unit or by the identifier systemd gave the service's output
+# stream: journald finds a line's unit from the sender's cgroup, which a
+# process that exits at once may have left before the line is read.
+warnings() {
+    journalctl -p warning -o cat --no-pager _SYSTEMD_UNIT=$unit + SYSLOG_IDENTIFIER=imds-guard
+}
+# How many of the warnings match $1, once more than $2 do or 10 s have
+# passed: journald writes a stream's lines a moment after they were sent.
+warnings_past() {
+    for _ in $(seq 50); do
+        n=$(warnings | grep -c -- "$1")
+        [ "$n" -gt "$2" ] && break
+        sleep 0.2
+    done
+    echo "$n"
+}
 
 install_deb first
 r install_rc $?
@@ -74,7 +89,7 @@ journalctl -u $unit EVENT=reload -o export --no-pager | grep -a -E '^(OUTCOME|PR
 printf '%s' "$broken" > /etc/imds-guard/policy.toml
 systemctl reload $unit
 r refused_reload_rc $?
-r refused_reload_warning "$(warnings | grep -c '^/etc/imds-guard/policy.toml:2:9: ')"
+r refused_reload_warning "$(warnings_past '^/etc/imds-guard/policy.toml:2:9: ' 0)"
 r refused_reload_active "$(systemctl is-active $unit)"
 rm /etc/imds-guard/policy.toml
 r connect "$(sh -c "echo \$\$ > $cg/cgroup.procs; exec setpriv --reuid=65534 --regid=65534 --clear-groups bash -c 'exec 3<>/dev/tcp/169.254.169.254/80 && echo connected'" 2>&1 | head -n 1)"
@@ -104,8 +119,8 @@ printf '%s' "$broken" > /etc/imds-guard/policy.toml
 before=$(warnings | grep -c '^/etc/imds-guard/policy.toml:2:9: ')
 systemctl start $unit
 r broken_start_active "$(systemctl is-active $unit)"
-r broken_start_where "$(($(warnings | grep -c '^/etc/imds-guard/policy.toml:2:9: ') - before))"
-r broken_start_kept "$(warnings | grep -c 'keeps enforcing the policy last put in force')"
+r broken_start_where "$(($(warnings_past '^/etc/imds-guard/policy.toml:2:9: ' "$before") - before))"
+r broken_start_kept "$(warnings_past 'keeps enforcing the policy last put in force' 0)"
 imds-guard status > /dev/null
 r status_after_broken_start $?
 rm /etc/imds-guard/policy.toml
