@@ -262,7 +262,8 @@ pub(crate) fn mptcp_add_addr(server: SocketAddr) -> Step<Outcome> {
     let fd = socket(domain_of(server), libc::SOCK_STREAM, IPPROTO_MPTCP)?;
     connect(&fd, server).map_err(|e| os_failure(format!("connect (MPTCP) {server}"), e))?;
     send(&fd, DATAGRAM, None)?;
-    let deadline = Instant::now() + SUBFLOW_WAIT;
+    // The kworker runs late on a slow (emulated) machine: scaled.
+    let deadline = Instant::now() + crate::slowdown::scaled(SUBFLOW_WAIT);
     let mut remotes = subflow_remotes(&fd)?;
     while remotes.len() < 2 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
