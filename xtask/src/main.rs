@@ -9,6 +9,7 @@ mod arch;
 mod dist;
 mod process;
 mod setup;
+mod sweep;
 mod tasks;
 mod vm;
 

@@ -9,6 +9,7 @@ use crate::{
 
 pub fn test(extra: &[String]) -> Result<()> {
     setup()?;
+    crate::sweep::sweep();
     // The end-to-end tests run the real binary and the probe: build them
     // (the default members: the eBPF crate only builds for the BPF target).
     run(cargo().args(["build", "--bins"]))?;
