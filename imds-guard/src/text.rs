@@ -21,11 +21,22 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (Howard Hinnant's
-/// civil-from-days; no time zone database needed for UTC).
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (no time zone database needed
+/// for UTC).
 pub fn utc(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
+    let (year, month, day) = civil_from_days((unix / 86_400) as i64);
     let secs = unix % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3_600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The proleptic Gregorian date (year, month, day) of a day since
+/// 1970-01-01 (Howard Hinnant's `civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -35,12 +46,7 @@ pub fn utc(unix: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3_600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    (year, month, day)
 }
 
 #[cfg(test)]
