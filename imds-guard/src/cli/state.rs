@@ -102,69 +102,25 @@ fn short(digest: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use imds_guard_common::{Config, config_flags, mode};
 
     use super::*;
-    use crate::kernel::{
-        forward::{
-            ForwardCounters,
-            status::{ForwardStatus, TableStatus},
-        },
-        inspect::LinkStatus,
-        programs::{self, GUARDING},
-    };
+    use crate::kernel::forward::status::ForwardStatus;
 
     const FILE: &str = "/etc/imds-guard/policy.toml";
 
     /// A guard attached with every hook and the forward path held, whose
     /// config has `mode`, `digest` and `flags`.
     fn guarded(mode: u32, digest: [u8; 32], flags: u32) -> Status {
-        let links = programs::guarding()
-            .take(GUARDING)
-            .map(|(row, _)| LinkStatus {
-                program: row.name,
-                link_id: 1,
-                prog_id: 2,
-                cgroup_id: 3,
-            })
-            .collect();
-        Status {
-            pin_dir: PathBuf::from("/sys/fs/bpf/imds-guard"),
-            links,
-            cgroup: None,
-            config: Some((
-                0,
-                Config {
-                    mode,
-                    digest,
-                    flags,
-                    ..Config::default()
-                },
-            )),
-            counters: None,
-            forward: Ok(forward_table(Some(TableStatus {
-                counters: ForwardCounters::default(),
-                intact: true,
-            }))),
-            agent_alive: true,
-            other_guards: Vec::new(),
-            resolved: None,
-            cgroups: None,
-        }
-    }
-
-    /// The forward path held by nftables, with the unowned table `table`
-    /// and the agent's own one.
-    fn forward_table(table: Option<TableStatus>) -> ForwardStatus {
-        ForwardStatus {
-            state: None,
-            links: Vec::new(),
-            program: None,
-            table: Ok(table),
-            owned: Ok(true),
-        }
+        Status::guarded_for_test(
+            0,
+            Config {
+                mode,
+                digest,
+                flags,
+                ..Config::default()
+            },
+        )
     }
 
     fn said(status: &Status, file: Result<&str, &str>) -> String {
@@ -222,7 +178,7 @@ mod tests {
             "imds-guard: nothing is in force: no guard is pinned at /sys/fs/bpf/imds-guard"
         );
         let mut open = guarded(mode::ENFORCE, [0; 32], 0);
-        open.forward = Ok(forward_table(None));
+        open.forward = Ok(ForwardStatus::held_by_nftables_for_test(None));
         assert!(
             said(&open, Ok("")).starts_with("imds-guard: NOT enforcing"),
             "{}",

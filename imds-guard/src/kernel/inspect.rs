@@ -418,3 +418,39 @@ pub fn other_guards(cgroup: &Path, ours: &[u32]) -> std::io::Result<Vec<OtherGua
     }
     Ok(others)
 }
+
+#[cfg(test)]
+impl Status {
+    /// What `status` reads of a guard attached with every hook under
+    /// `config` (generation `generation`), its forward path held by
+    /// nftables with both tables as the agent put them, its agent alive:
+    /// the fixture the tests of what is said of a status start from.
+    pub(crate) fn guarded_for_test(generation: u32, config: common::Config) -> Self {
+        let links = programs::guarding()
+            .take(programs::GUARDING)
+            .map(|(row, _)| LinkStatus {
+                program: row.name,
+                link_id: 1,
+                prog_id: 2,
+                cgroup_id: 3,
+            })
+            .collect();
+        Self {
+            pin_dir: PathBuf::from("/sys/fs/bpf/imds-guard"),
+            links,
+            cgroup: None,
+            config: Some((generation, config)),
+            counters: None,
+            forward: Ok(ForwardStatus::held_by_nftables_for_test(Some(
+                super::forward::status::TableStatus {
+                    counters: super::forward::ForwardCounters::default(),
+                    intact: true,
+                },
+            ))),
+            agent_alive: true,
+            other_guards: Vec::new(),
+            resolved: None,
+            cgroups: None,
+        }
+    }
+}

@@ -10,15 +10,7 @@ use std::{
 use imds_guard_common::{Config, mode};
 
 use super::*;
-use crate::kernel::{
-    counters::Counters,
-    forward::{
-        ForwardCounters,
-        status::{ForwardStatus, TableStatus},
-    },
-    inspect::LinkStatus,
-    programs::{self, GUARDING},
-};
+use crate::kernel::counters::Counters;
 
 /// A directory of the test's own, removed on drop.
 struct Dir(PathBuf);
@@ -104,47 +96,20 @@ fn status_file_takes_a_path_or_none() {
 
 /// A guard attached with every hook, enforcing, its forward path held.
 fn enforcing() -> Status {
-    let links = programs::guarding()
-        .take(GUARDING)
-        .map(|(row, _)| LinkStatus {
-            program: row.name,
-            link_id: 1,
-            prog_id: 2,
-            cgroup_id: 3,
-        })
-        .collect();
-    Status {
-        pin_dir: PathBuf::from("/sys/fs/bpf/imds-guard"),
-        links,
-        cgroup: None,
-        config: Some((
-            1,
-            Config {
-                mode: mode::ENFORCE,
-                digest: [0xab; 32],
-                agent_pid: 42,
-                ..Config::default()
-            },
-        )),
-        counters: Some(Counters {
-            denied: 7,
-            ..Counters::default()
-        }),
-        forward: Ok(ForwardStatus {
-            state: None,
-            links: Vec::new(),
-            program: None,
-            table: Ok(Some(TableStatus {
-                counters: ForwardCounters::default(),
-                intact: true,
-            })),
-            owned: Ok(true),
-        }),
-        agent_alive: true,
-        other_guards: Vec::new(),
-        resolved: None,
-        cgroups: None,
-    }
+    let mut status = Status::guarded_for_test(
+        1,
+        Config {
+            mode: mode::ENFORCE,
+            digest: [0xab; 32],
+            agent_pid: 42,
+            ..Config::default()
+        },
+    );
+    status.counters = Some(Counters {
+        denied: 7,
+        ..Counters::default()
+    });
+    status
 }
 
 const AT: u64 = 1_795_434_009;

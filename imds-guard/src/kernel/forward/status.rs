@@ -185,6 +185,22 @@ impl ForwardStatus {
     }
 }
 
+#[cfg(test)]
+impl ForwardStatus {
+    /// The forward path held by nftables, with the unowned table `table`
+    /// and the agent's own one (no record of the agent's: its mechanism is
+    /// read from what is there).
+    pub(crate) fn held_by_nftables_for_test(table: Option<TableStatus>) -> Self {
+        Self {
+            state: None,
+            links: Vec::new(),
+            program: None,
+            table: Ok(table),
+            owned: Ok(true),
+        }
+    }
+}
+
 /// A pinned forward path that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
