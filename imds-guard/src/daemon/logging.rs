@@ -165,6 +165,8 @@ pub fn ebpf_log_level() -> u8 {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod captured;
 mod escaped;
 #[cfg(test)]
 mod tests;

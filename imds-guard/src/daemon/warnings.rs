@@ -25,31 +25,13 @@ pub(super) fn say(policy: &Policy, resolver: &dyn Resolver) {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        io,
-        path::Path,
-        sync::{Arc, Mutex, PoisonError},
-    };
+    use std::path::Path;
 
     use super::*;
-    use crate::policy::{FakeResolver, PolicySpec};
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::{
+        daemon::logging::captured::Buffer,
+        policy::{FakeResolver, PolicySpec},
+    };
 
     #[test]
     fn each_warning_is_a_warning_record_with_its_position() {
@@ -59,20 +41,14 @@ mod tests {
             .and_then(|s| s.resolve(&resolver))
             .unwrap_or_else(|e| panic!("{e}"));
         let buffer = Buffer::default();
-        let writer = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
+            .with_writer(buffer.clone())
             .with_ansi(false)
             .with_target(false)
             .without_time()
             .finish();
         tracing::subscriber::with_default(subscriber, || say(&policy, &resolver));
-        let bytes = buffer
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let out = String::from_utf8_lossy(&bytes);
+        let out = buffer.text();
         assert_eq!(out.lines().count(), 1, "{out}");
         assert!(
             out.contains(

@@ -51,40 +51,7 @@ impl Visit for Escaping<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        io,
-        sync::{Arc, Mutex, PoisonError},
-    };
-
-    use tracing_subscriber::fmt::MakeWriter;
-
-    use super::*;
-
-    /// What the subscriber wrote, shared with the test.
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buffer {
-        type Writer = Self;
-
-        fn make_writer(&'a self) -> Self {
-            self.clone()
-        }
-    }
+    use super::{super::captured::Buffer, *};
 
     /// The text the format writes for `record`, as the agent sets it up.
     fn written(record: impl FnOnce()) -> String {
@@ -97,12 +64,7 @@ mod tests {
             .fmt_fields(EscapedFields)
             .finish();
         tracing::subscriber::with_default(subscriber, record);
-        let bytes = buffer
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        String::from_utf8(bytes).unwrap_or_else(|e| panic!("not UTF-8: {e}"))
+        buffer.text()
     }
 
     #[test]
@@ -160,11 +122,6 @@ mod tests {
         tracing::subscriber::with_default(default, || {
             tracing::info!(ready = true, mode = "enforce", "guard attached");
         });
-        let theirs = buffer
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        assert_eq!(ours.as_bytes(), theirs.as_slice());
+        assert_eq!(ours, buffer.text());
     }
 }
