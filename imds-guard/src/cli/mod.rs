@@ -190,6 +190,14 @@ pub struct RunArgs {
         value_parser = crate::daemon::status_file::Target::parse
     )]
     pub status_file: crate::daemon::status_file::Target,
+    /// Reload the policy when its file changes, as on SIGHUP: the
+    /// directory it is in is watched (a ConfigMap's `..data` swap, an
+    /// editor's rename and a write in place are all seen), and the file is
+    /// read once left alone for half a second. A policy that does not
+    /// validate is refused, and the one in force stays. Off unless given:
+    /// on a host, the policy goes in force when you reload it.
+    #[arg(long, env = "IMDS_GUARD_WATCH_CONFIG")]
+    pub watch_config: bool,
 }
 
 /// `--forward-path`.

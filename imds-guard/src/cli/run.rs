@@ -31,6 +31,7 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
         pods_dir: args.kubelet_pods_dir,
         forward: args.forward_path,
         status_file: args.status_file,
+        watch_config: args.watch_config,
     };
     match rt.block_on(daemon::run(config)) {
         Ok(()) => Ok(Outcome::Success),

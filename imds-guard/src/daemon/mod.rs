@@ -38,6 +38,7 @@ mod rings;
 pub mod status_file;
 mod wake;
 mod warnings;
+mod watch;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -57,6 +58,7 @@ use self::{
     rings::Rings,
     status_file::{StatusFile, Why},
     wake::{Moment, Signals, Timers},
+    watch::PolicyWatch,
 };
 pub use self::{forward::Choice as ForwardChoice, heap::one_heap, pods::PODS_EVERY, wake::POLL};
 use crate::{
@@ -86,6 +88,8 @@ pub struct Config {
     pub forward: ForwardChoice,
     /// Where to write the status file, if anywhere.
     pub status_file: status_file::Target,
+    /// Reload when the policy file changes (`--watch-config`).
+    pub watch_config: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +134,8 @@ pub struct Daemon {
     log: EventLog,
     exporter: Exporter,
     status: StatusFile,
+    /// The policy file's watch (`--watch-config`).
+    watch: PolicyWatch,
     /// The last turn stopped at a bound with events still waiting: the
     /// next reads on, after the loop has served whatever else is ready.
     backlog: bool,
@@ -139,7 +145,10 @@ pub struct Daemon {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut signals = Signals::new()?;
     let listen = config.metrics_listen;
+    // Before the policy is first read: a change meanwhile is not missed.
+    let watch = watch(&config);
     let (mut daemon, report, mut rings, phases) = Daemon::start(config)?;
+    daemon.watch = watch;
     daemon.announce_ready(&report, &phases);
     // Loading freed the parse tree, both BTF copies and the verifier's
     // logs: give the pages back rather than keep them for a reload.
@@ -152,6 +161,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .await?;
     daemon.shutdown(signal_name, &mut rings).await;
     Ok(())
+}
+
+/// The policy file's watch `config` asks for. One that cannot be set up is
+/// said as an error, and the agent goes on without it: the guard enforces
+/// the policy it has, and a reload by hand still works, where refusing to
+/// start would leave the host unguarded over a watch.
+fn watch(config: &Config) -> PolicyWatch {
+    if !config.watch_config {
+        return PolicyWatch::off(config.config.clone());
+    }
+    PolicyWatch::new(config.config.clone()).unwrap_or_else(|e| {
+        tracing::error!(
+            "cannot watch {} for changes, reload it by hand: {}",
+            config.config.path().display(),
+            Chain(&e)
+        );
+        PolicyWatch::off(config.config.clone())
+    })
 }
 
 /// What [`Daemon::start_with`] puts in force.
@@ -284,6 +311,7 @@ impl Daemon {
             attached,
             forward,
             policies: InForce::first(generation, policy, stamp, unresolved),
+            watch: PolicyWatch::off(config.config.clone()),
             reloader: Reloader::new(config.config),
             rescanner: Rescanner::default(),
             pods,
@@ -327,6 +355,7 @@ impl Daemon {
             forward = if table.is_guarded() { "guarded" } else { "unguarded" },
             forward_mechanism = table.mechanism(),
             fallback = self.policies.in_fallback(),
+            watch_config = self.watch.on(),
             parse_ms = ms(phases.parse),
             open_ms = ms(phases.open),
             verifier_ms = ms(phases.load.verifier),
@@ -386,6 +415,15 @@ impl Daemon {
                 _ = signals.hup.recv() => {
                     // The generation a reload writes may hold a policy whose
                     // decisions are still in the ring: explain them first.
+                    self.drain(rings.events.get(), rings::RING_DECISIONS);
+                    self.on_hup();
+                }
+                () = self.watch.changed() => {
+                    tracing::info!(
+                        config = %self.watch.path().display(),
+                        "{} changed: reloading",
+                        self.watch.path().display()
+                    );
                     self.drain(rings.events.get(), rings::RING_DECISIONS);
                     self.on_hup();
                 }

@@ -131,11 +131,13 @@ pub(super) fn drain(
     true
 }
 
-/// Registers a ring buffer (or the NFLOG socket) with the reactor.
+/// Registers a ring buffer (or the NFLOG socket, or the policy file's
+/// inotify descriptor) with the reactor.
 pub(super) fn pollable<T: AsRawFd>(ring: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: both ring buffers (`RingBuf<MapData>`, `EbpfLogger`) and the
-    // NFLOG socket own their descriptor and close it only when dropped,
-    // which is after the `AsyncFd` that owns them.
+    // SAFETY: both ring buffers (`RingBuf<MapData>`, `EbpfLogger`), the
+    // NFLOG socket and the inotify descriptor own their descriptor and
+    // close it only when dropped, which is after the `AsyncFd` that owns
+    // them.
     unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
 }
