@@ -60,3 +60,31 @@ pub fn write_policy(dir: &Path, toml: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("renaming {} into place: {e}", staged.display()));
     path
 }
+
+/// Writes `toml` into `dir` as the kubelet updates a ConfigMap volume, and
+/// returns the path the agent reads (`dir/policy.toml`): a new
+/// `..<stamp>` directory holding the file, a `..data_tmp` link to it
+/// renamed over `..data` (the one atomic step), the user-visible
+/// `policy.toml -> ..data/policy.toml` made the first time, the old
+/// directory removed (the kubelet's `AtomicWriter`). `stamp` names the
+/// version, and differs from one call to the next.
+pub fn configmap_write(dir: &Path, stamp: &str, toml: &str) -> PathBuf {
+    let fail = |what: &str, e: std::io::Error| -> ! { panic!("{what} in {}: {e}", dir.display()) };
+    let version = format!("..{stamp}");
+    let data = dir.join(&version);
+    fs::create_dir_all(&data).unwrap_or_else(|e| fail("the version directory", e));
+    fs::write(data.join("policy.toml"), toml).unwrap_or_else(|e| fail("the new file", e));
+    let old = fs::read_link(dir.join("..data")).ok();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(&version, &tmp).unwrap_or_else(|e| fail("..data_tmp", e));
+    fs::rename(&tmp, dir.join("..data")).unwrap_or_else(|e| fail("the ..data swap", e));
+    let path = dir.join("policy.toml");
+    if path.symlink_metadata().is_err() {
+        std::os::unix::fs::symlink("..data/policy.toml", &path)
+            .unwrap_or_else(|e| fail("policy.toml", e));
+    }
+    if let Some(old) = old {
+        fs::remove_dir_all(dir.join(old)).unwrap_or_else(|e| fail("the old version", e));
+    }
+    path
+}

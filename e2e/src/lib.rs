@@ -70,7 +70,7 @@ pub use self::{
     cgroup::{TestCgroup, cgroup2_root},
     etc::PrivateEtc,
     fake_imds::{FakeImds, IMDS_PORT, PLAIN_PORT, ROLE, UDP_PORT, tcp_addrs, udp_addrs},
-    files::{TempDir, write_policy},
+    files::{TempDir, configmap_write, write_policy},
     mptcp_server::MptcpServer,
     netns::Netns,
     oracle::{Arrivals, Counts, Oracle},
