@@ -66,6 +66,7 @@ use crate::{
     kernel::{
         AttachReport, Guard, GuardError,
         cgroup::CgroupError,
+        memlock::{self, Memlock},
         pins::{PinError, Pins},
     },
     policy::{Policy, PolicyError, PolicySource, SystemResolver, Unresolved},
@@ -144,6 +145,7 @@ pub struct Daemon {
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut signals = Signals::new()?;
+    raise_memlock();
     let listen = config.metrics_listen;
     // Before the policy is first read: a change meanwhile is not missed.
     let watch = watch(&config);
@@ -161,6 +163,22 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .await?;
     daemon.shutdown(signal_name, &mut rings).await;
     Ok(())
+}
+
+/// Raises the locked-memory limit that kernels before 5.11 charge the maps
+/// against; says so when it could not go past the hard limit.
+fn raise_memlock() {
+    match memlock::raise() {
+        Ok(Memlock::Unlimited | Memlock::Raised) => {}
+        // From 5.11 the memory cgroup is charged instead: nothing to say.
+        Ok(Memlock::ToHard(_)) if !memlock::charged() => {}
+        Ok(Memlock::ToHard(bytes)) => tracing::warn!(
+            "RLIMIT_MEMLOCK raised to its hard limit only ({bytes} bytes), which this kernel \
+             charges the maps against (before 5.11): give the agent CAP_SYS_RESOURCE or an \
+             unlimited LimitMEMLOCK if loading fails"
+        ),
+        Err(e) => tracing::warn!("cannot raise RLIMIT_MEMLOCK: {e}"),
+    }
 }
 
 /// The policy file's watch `config` asks for. One that cannot be set up is

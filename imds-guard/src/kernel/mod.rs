@@ -32,6 +32,7 @@ pub mod inspect;
 mod load;
 pub mod loader;
 mod maps;
+pub mod memlock;
 pub mod netfilter;
 pub mod offsets;
 pub mod pins;
