@@ -139,7 +139,7 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
     /// The cgroup v2 directory to attach to (default: the root of the
     /// cgroup v2 hierarchy, found in /proc/self/mountinfo).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "IMDS_GUARD_CGROUP")]
     pub cgroup: Option<PathBuf>,
     /// How to write log records: `auto` is the journal when stderr is
     /// connected to it (under systemd), text on stderr otherwise.
@@ -147,7 +147,12 @@ pub struct RunArgs {
     pub log_format: LogFormat,
     /// The bpf filesystem directory where the guard pins its links and
     /// maps, so that it outlives the agent.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = DEFAULT_PIN_DIR,
+        env = "IMDS_GUARD_PIN_DIR"
+    )]
     pub pin_dir: PathBuf,
     /// What to put in force when the policy cannot be used at start and
     /// nothing is pinned (a host booting with a broken policy): `builtin`
