@@ -107,6 +107,16 @@ pub fn e2e_binaries(arch: Arch) -> Result<E2eBinaries> {
     e2e::compile(arch, &tools)
 }
 
+/// The release binary the packages hold, built and checked, and its
+/// version (for the container image). After `setup()`.
+pub fn release_binary(arch: Arch) -> Result<(PathBuf, String)> {
+    let tools = setup::zigbuild()?;
+    let bin = compile::release(arch, &tools)?;
+    binary::check(&bin, arch)?;
+    let version = version(arch, &bin)?;
+    Ok((bin, version))
+}
+
 /// Builds the release binary, checks it, and has it generate its pages and
 /// scripts.
 fn build(arch: Arch, tools: &setup::Zigbuild) -> Result<Build> {

@@ -7,6 +7,7 @@
 
 mod arch;
 mod dist;
+mod image;
 mod process;
 mod setup;
 mod sweep;
@@ -59,6 +60,11 @@ enum Command {
         #[arg(long)]
         e2e: bool,
     },
+    /// Build the agent's container image for this machine's CPU (the
+    /// release binary, nft and their libraries, from scratch: no registry
+    /// pull) into the local podman store and as
+    /// target/image/imds-guard-VERSION-ARCH.oci.tar.
+    Image,
     /// Set up, build in release mode, and measure what the guard costs beside
     /// the iptables and nftables rules `render` emits; rewrites
     /// docs/BENCHMARKS.md. As root.
@@ -80,6 +86,7 @@ fn main() -> Result<()> {
         Command::Test { args } => tasks::test(&args),
         Command::Demo => tasks::demo(),
         Command::Dist { check, arch, e2e } => dist::dist_for(check, arch, e2e),
+        Command::Image => image::image().map(drop),
         Command::Bench { args } => tasks::bench(&args),
         Command::VmTest(args) => vm::vm_test(&args),
     }

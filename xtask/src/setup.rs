@@ -38,7 +38,10 @@ const DEBIAN_BUILD: &[&str] = &[
 /// rpm for rpmbuild, binutils for readelf (the binary's symbol versions),
 /// systemd for systemd-analyze, systemd-container for systemd-nspawn,
 /// man-db (with groff) for the man page checks, uidmap for the newuidmap
-/// and newgidmap the identity suite runs as a user with subordinate ids.
+/// and newgidmap the identity suite runs as a user with subordinate ids,
+/// podman (4.3 here) to build the container image and play the DaemonSet's
+/// pod, catatonit for the pod's infra container (so that podman builds its
+/// pause image here rather than pull one).
 const TEST_TOOLS: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -50,6 +53,8 @@ const TEST_TOOLS: &[&str] = &[
     "systemd-container",
     "man-db",
     "uidmap",
+    "podman",
+    "catatonit",
 ];
 /// What `vm-test` needs besides QEMU: depmod for the guest kernel's
 /// modules, objcopy to strip the binaries, the archive keyring its private
