@@ -35,16 +35,8 @@ use crate::{
 /// The image's name in the local store, without its tag.
 pub const NAME: &str = "localhost/imds-guard";
 
-/// What the task made.
-pub struct Image {
-    /// `localhost/imds-guard:VERSION`.
-    pub reference: String,
-    /// The OCI archive.
-    pub archive: PathBuf,
-}
-
-/// Builds the image for this machine's CPU.
-pub fn image() -> Result<Image> {
+/// Builds the image for this machine's CPU; its OCI archive.
+pub fn image() -> Result<PathBuf> {
     setup()?;
     let arch = Arch::host()?;
     let (bin, version) = dist::release_binary(arch)?;
@@ -53,7 +45,11 @@ pub fn image() -> Result<Image> {
     fresh_dir(&root)?;
     install(&bin, &root.join("usr/bin/imds-guard"))?;
     let nft = Path::new("/usr/sbin/nft");
-    ensure!(nft.is_file(), "{} is missing (apt-get install nftables)", nft.display());
+    ensure!(
+        nft.is_file(),
+        "{} is missing (apt-get install nftables)",
+        nft.display()
+    );
     install(nft, &root.join("usr/sbin/nft"))?;
     for program in [&bin, nft] {
         for lib in libraries(program)? {
@@ -74,7 +70,13 @@ pub fn image() -> Result<Image> {
     }
     let layer = work.join("layer.tar");
     run(Command::new("tar")
-        .args(["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner"])
+        .args([
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+        ])
         .arg("-C")
         .arg(&root)
         .arg("-cf")
@@ -86,7 +88,10 @@ pub fn image() -> Result<Image> {
         .arg("import")
         .args(["--change", r#"ENTRYPOINT ["/usr/bin/imds-guard"]"#])
         .args(["--change", r#"CMD ["run"]"#])
-        .args(["--change", &format!("LABEL org.opencontainers.image.version={version}")])
+        .args([
+            "--change",
+            &format!("LABEL org.opencontainers.image.version={version}"),
+        ])
         .args(["--arch", arch.deb()])
         .arg(&layer)
         .arg(&reference))?;
@@ -109,7 +114,7 @@ pub fn image() -> Result<Image> {
         archive.display(),
         size as f64 / (1024.0 * 1024.0)
     );
-    Ok(Image { reference, archive })
+    Ok(archive)
 }
 
 /// The id of the image `reference` names in podman's store, if any.

@@ -41,7 +41,8 @@ const DEBIAN_BUILD: &[&str] = &[
 /// and newgidmap the identity suite runs as a user with subordinate ids,
 /// podman (4.3 here) to build the container image and play the DaemonSet's
 /// pod, catatonit for the pod's infra container (so that podman builds its
-/// pause image here rather than pull one).
+/// pause image here rather than pull one), runc to run them (crun refuses
+/// a hybrid cgroup layout whose cgroup2 has controllers).
 const TEST_TOOLS: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -55,6 +56,7 @@ const TEST_TOOLS: &[&str] = &[
     "uidmap",
     "podman",
     "catatonit",
+    "runc",
 ];
 /// What `vm-test` needs besides QEMU: depmod for the guest kernel's
 /// modules, objcopy to strip the binaries, the archive keyring its private

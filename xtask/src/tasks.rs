@@ -15,6 +15,11 @@ pub fn test(extra: &[String]) -> Result<()> {
     run(cargo().args(["build", "--bins"]))?;
     eprintln!("xtask: unit tests");
     run(cargo().args(["test", "--workspace", "--exclude", "imds-guard-e2e"]))?;
+    // The release build it needs is the packages' too (built once).
+    if extra.is_empty() || extra.iter().any(|a| a.contains("kubernetes")) {
+        eprintln!("xtask: the container image the kubernetes suite plays");
+        crate::image::image()?;
+    }
     eprintln!("xtask: privileged end-to-end tests (one at a time)");
     run(cargo()
         .args(["test", "-p", "imds-guard-e2e", "--"])
