@@ -8,6 +8,7 @@
 mod arch;
 mod dist;
 mod image;
+mod manifests;
 mod process;
 mod setup;
 mod sweep;
@@ -65,6 +66,10 @@ enum Command {
     /// pull) into the local podman store and as
     /// target/image/imds-guard-VERSION-ARCH.oci.tar.
     Image,
+    /// Check the Kubernetes manifests in deploy/kubernetes/ against the API's
+    /// schemas (kubernetes-validate from PyPI, installed under
+    /// ~/.local/share/imds-guard) and the image they name.
+    Manifests,
     /// Set up, build in release mode, and measure what the guard costs beside
     /// the iptables and nftables rules `render` emits; rewrites
     /// docs/BENCHMARKS.md. As root.
@@ -87,6 +92,7 @@ fn main() -> Result<()> {
         Command::Demo => tasks::demo(),
         Command::Dist { check, arch, e2e } => dist::dist_for(check, arch, e2e),
         Command::Image => image::image().map(drop),
+        Command::Manifests => manifests::check(),
         Command::Bench { args } => tasks::bench(&args),
         Command::VmTest(args) => vm::vm_test(&args),
     }

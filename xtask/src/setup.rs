@@ -210,11 +210,7 @@ pub struct Zigbuild {
 /// its Python externally managed. The directory is named after both
 /// versions, so changing a pin installs afresh.
 pub fn zigbuild() -> Result<Zigbuild> {
-    let data = match env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env::var_os("HOME").context("HOME is not set")?).join(".local/share"),
-    };
-    let dir = data.join(format!("imds-guard/zigbuild-{CARGO_ZIGBUILD}-zig-{ZIG}"));
+    let dir = data_dir()?.join(format!("imds-guard/zigbuild-{CARGO_ZIGBUILD}-zig-{ZIG}"));
     let tools = Zigbuild {
         cargo_zigbuild: dir.join("bin/cargo-zigbuild"),
         zig: dir.join("ziglang/zig"),
@@ -230,9 +226,70 @@ pub fn zigbuild() -> Result<Zigbuild> {
         "xtask: installing cargo-zigbuild {CARGO_ZIGBUILD} and zig {ZIG} from PyPI into {}",
         dir.display()
     );
+    pip_install(
+        &dir,
+        &[
+            &format!("cargo-zigbuild=={CARGO_ZIGBUILD}"),
+            &format!("ziglang=={ZIG}"),
+        ],
+    )?;
+    ensure!(
+        installed(),
+        "pip installed cargo-zigbuild and ziglang into {} but {} or {} does not run",
+        dir.display(),
+        tools.cargo_zigbuild.display(),
+        tools.zig.display()
+    );
+    Ok(tools)
+}
+
+/// The pinned kubernetes-validate (PyPI), which checks manifests against
+/// the Kubernetes API's schemas, bundled for 1.25 to 1.37.
+pub const KUBERNETES_VALIDATE: &str = "1.37.0";
+
+/// Installs kubernetes-validate as [`zigbuild`] installs its tools, unless
+/// it is there; the directory to put on `PYTHONPATH` (its script's
+/// shebang names whichever Python installed it, so it is run as
+/// `python3 -m kubernetes_validate`).
+pub fn kubernetes_validate() -> Result<PathBuf> {
+    let dir = data_dir()?.join(format!(
+        "imds-guard/kubernetes-validate-{KUBERNETES_VALIDATE}"
+    ));
+    let installed = || {
+        Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--version"])
+            .env("PYTHONPATH", &dir)
+            .output()
+            .is_ok_and(|o| {
+                o.status.success()
+                    && String::from_utf8_lossy(&o.stdout).contains(KUBERNETES_VALIDATE)
+            })
+    };
+    if installed() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "xtask: installing kubernetes-validate {KUBERNETES_VALIDATE} from PyPI into {}",
+        dir.display()
+    );
+    pip_install(
+        &dir,
+        &[&format!("kubernetes-validate=={KUBERNETES_VALIDATE}")],
+    )?;
+    ensure!(
+        installed(),
+        "pip installed kubernetes-validate into {} but python3 -m kubernetes_validate does not run \
+         with it",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// `pip install --target DIR PACKAGES` into an emptied `dir`.
+fn pip_install(dir: &Path, packages: &[&str]) -> Result<()> {
     let python = python_with_pip()?;
     // A directory left by an interrupted install would make pip refuse.
-    fresh_dir(&dir)?;
+    fresh_dir(dir)?;
     run(Command::new(python)
         .args([
             "-m",
@@ -246,17 +303,20 @@ pub fn zigbuild() -> Result<Zigbuild> {
             "--no-warn-script-location",
             "--target",
         ])
-        .arg(&dir)
-        .arg(format!("cargo-zigbuild=={CARGO_ZIGBUILD}"))
-        .arg(format!("ziglang=={ZIG}")))?;
-    ensure!(
-        installed(),
-        "pip installed cargo-zigbuild and ziglang into {} but {} or {} does not run",
-        dir.display(),
-        tools.cargo_zigbuild.display(),
-        tools.zig.display()
-    );
-    Ok(tools)
+        .arg(dir)
+        .args(packages))
+}
+
+/// `$XDG_DATA_HOME`, else `~/.local/share`.
+fn data_dir() -> Result<PathBuf> {
+    Ok(
+        match env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                PathBuf::from(env::var_os("HOME").context("HOME is not set")?).join(".local/share")
+            }
+        },
+    )
 }
 
 /// Whether `program arg` prints `version`.

@@ -13,6 +13,8 @@ pub fn test(extra: &[String]) -> Result<()> {
     // The end-to-end tests run the real binary and the probe: build them
     // (the default members: the eBPF crate only builds for the BPF target).
     run(cargo().args(["build", "--bins"]))?;
+    eprintln!("xtask: Kubernetes manifests");
+    crate::manifests::check()?;
     eprintln!("xtask: unit tests");
     run(cargo().args(["test", "--workspace", "--exclude", "imds-guard-e2e"]))?;
     // The release build it needs is the packages' too (built once).
