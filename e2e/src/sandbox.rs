@@ -63,6 +63,14 @@ impl Sandbox {
         sb
     }
 
+    /// Starts an agent on the sandbox's policy (as [`Sandbox::start_agent`])
+    /// and keeps it as the one [`Sandbox::agent`] returns: for a test that
+    /// shows a path works before it guards it.
+    pub fn guard(&mut self, extra_args: &[&str]) {
+        let agent = self.start_agent(extra_args);
+        self.agent = Some(agent);
+    }
+
     /// The agent [`Sandbox::with_agent`] started.
     pub fn agent(&self) -> &Agent {
         self.agent

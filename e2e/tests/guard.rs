@@ -6,6 +6,8 @@
 
 #[path = "guard/kept_alive.rs"]
 mod kept_alive;
+#[path = "guard/ports.rs"]
+mod ports;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

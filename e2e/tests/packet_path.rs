@@ -255,6 +255,11 @@ fn worked(row: &Row, r: &Reached) -> Result<(), String> {
                 return fail("no datagram and SYN arrived for fd00:ec2::254");
             }
         }
+        Attack::Fragments(dst) => {
+            if !r.probe.ok || family(dst).udp == 0 {
+                return fail("the fragmented datagram did not arrive");
+            }
+        }
         Attack::MptcpAddAddr(_) => {
             let Some(sub) = r.probe.subflows.iter().find(|a| is_imds(a)) else {
                 return fail("no subflow to a metadata address");

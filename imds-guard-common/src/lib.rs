@@ -37,8 +37,9 @@ pub use self::{
     names::*,
     offsets::{Offsets, PF_KTHREAD},
     policy::{
-        Config, GENERATIONS, IdRule, IdRules, MAX_ENDPOINTS, MAX_ID_RULES, Membership, Memberships,
-        PROTECTED, SockState, V4Key, V6Key, action, config_flags, mode, sock_state,
+        Config, GENERATIONS, IdRule, IdRules, MAX_ENDPOINTS, MAX_ID_RULES, MAX_PORTS, Membership,
+        Memberships, PortRule, Ports, SockState, V4Key, V6Key, action, config_flags, endpoint_kind,
+        mode, proto_bits, sock_state, transport,
     },
     prefix::{Prefix4, Prefix6, Prefixes, V4_SLOTS, V6_SLOTS},
 };
@@ -57,6 +58,8 @@ mod pod {
     unsafe impl aya::Pod for super::V4Key {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::V6Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Ports {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IdRules {}
     // SAFETY: as above.

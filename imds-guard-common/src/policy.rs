@@ -14,9 +14,106 @@ pub const MAX_ENDPOINTS: u32 = 64;
 /// policy's and the one it replaces may name none in common.
 pub const MAX_ID_RULES: u32 = 1 << 17;
 
+/// Ports a port-scoped endpoint may list per address.
+pub const MAX_PORTS: usize = 8;
+
+/// Bits of [`PortRule::protocols`] and [`Ports::every_port`].
+pub mod proto_bits {
+    /// TCP (and MPTCP, whose sockets say TCP).
+    pub const TCP: u8 = 1;
+    /// UDP.
+    pub const UDP: u8 = 2;
+    /// Every protocol, whatever it is (a bare address protects them all).
+    pub const ALL: u8 = 0xff;
+}
+
+/// What a protected destination's transport is, as a program read it.
+pub mod transport {
+    /// A protocol without ports the policy can name (ICMP, ICMPv6,
+    /// UDP-Lite, SCTP), or none: a port-scoped endpoint lets it through.
+    pub const OTHER: u8 = 0;
+    /// TCP, the port read.
+    pub const TCP: u8 = 1;
+    /// UDP, the port read.
+    pub const UDP: u8 = 2;
+    /// The port could not be read (a fragment after the first, an IPv6
+    /// extension header before the transport, a protocol the programs do
+    /// not know, a short packet): it counts as going to a protected port.
+    pub const UNKNOWN: u8 = 0xff;
+}
+
+/// One protected port of a port-scoped endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    /// Host byte order; 0 for an unused slot.
+    pub port: u16,
+    /// [`proto_bits`]: the protocols protected on this port.
+    pub protocols: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<PortRule>() == 4);
+
 /// The value of a protected address in [`crate::MAP_PROTECTED_V4`] and
-/// [`crate::MAP_PROTECTED_V6`]: only the key's presence matters.
-pub const PROTECTED: u32 = 1;
+/// [`crate::MAP_PROTECTED_V6`]: which of its traffic the policy judges.
+/// A bare address has `every_port` [`proto_bits::ALL`] and no port rule:
+/// everything sent to it is judged, as before endpoints had ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ports {
+    /// [`proto_bits`] protected on every port.
+    pub every_port: u8,
+    /// [`endpoint_kind`] of the address.
+    pub kind: u8,
+    pub _pad: [u8; 2],
+    /// The protected ports, in the first slots; port 0 ends them.
+    pub rules: [PortRule; MAX_PORTS],
+}
+const _: () = assert!(size_of::<Ports>() == 36);
+
+/// [`Ports::kind`]: whose secrets an endpoint hands out.
+pub mod endpoint_kind {
+    /// The host's own secrets (IMDS, WireServer): every caller is judged.
+    pub const HOST: u8 = 0;
+}
+
+impl Ports {
+    /// Every port, every protocol: a bare address.
+    pub const EVERY: Self = Self {
+        every_port: proto_bits::ALL,
+        kind: endpoint_kind::HOST,
+        _pad: [0; 2],
+        rules: [PortRule {
+            port: 0,
+            protocols: 0,
+            _pad: 0,
+        }; MAX_PORTS],
+    };
+
+    /// Whether traffic of `transport` ([`transport`]) to `port` (host byte
+    /// order) is judged. An unreadable port is: fail closed.
+    #[inline(always)]
+    pub fn covers(&self, transport: u8, port: u16) -> bool {
+        if self.every_port == proto_bits::ALL || transport == transport::UNKNOWN {
+            return true;
+        }
+        if transport == transport::OTHER {
+            return false;
+        }
+        if self.every_port & transport != 0 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_PORTS {
+            let r = self.rules[i];
+            if r.port == port && r.protocols & transport != 0 {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
 
 /// Key of [`crate::MAP_PROTECTED_V4`]: the generation and the address as
 /// the kernel stores it in `user_ip4` (network byte order).

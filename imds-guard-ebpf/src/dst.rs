@@ -3,7 +3,9 @@
 //! protected-address lookups that the few they cover go through.
 
 use aya_ebpf::programs::SockAddrContext;
-use imds_guard_common::{Prefix4, Prefixes, V4_SLOTS, V4Key, V6_SLOTS, V6Key, family};
+use imds_guard_common::{
+    Ports, Prefix4, Prefixes, V4_SLOTS, V4Key, V6_SLOTS, V6Key, family, transport,
+};
 
 use crate::maps::{ACTIVE, PROTECTED_V4, PROTECTED_V6};
 
@@ -142,22 +144,24 @@ pub fn active_generation() -> u32 {
     ACTIVE.get(0).map_or(0, |g| *g & 1)
 }
 
-/// Is this IPv4 destination protected? Asked only of one
-/// [`may_be_protected_v4`] lets through.
+/// Is this IPv4 destination protected for traffic of `transport`
+/// ([`transport`]) to `port` (host byte order)? Asked only of one
+/// [`may_be_protected_v4`] lets through: the address's
+/// [`imds_guard_common::Ports`] say which of its ports are (a bare
+/// address: all of them).
 #[inline(always)]
-pub fn protected_v4(generation: u32, ip4: u32) -> bool {
-    PROTECTED_V4
-        .get_ptr(V4Key {
-            generation,
-            addr: ip4,
-        })
-        .is_some()
+pub fn protected_v4(generation: u32, ip4: u32, transport: u8, port: u16) -> bool {
+    let ports = PROTECTED_V4.get_ptr(V4Key {
+        generation,
+        addr: ip4,
+    });
+    covers(ports, transport, port)
 }
 
-/// Is this IPv6 destination protected? An IPv4-mapped address
-/// (`::ffff:a.b.c.d`) is protected when its IPv4 form is: an AF_INET6 socket
-/// connecting to it runs connect6, not connect4, and reaches the IPv4
-/// service, a known bypass of connect4-only guards.
+/// Is this IPv6 destination protected, as [`protected_v4`] says? An
+/// IPv4-mapped address (`::ffff:a.b.c.d`) is protected when its IPv4 form
+/// is: an AF_INET6 socket connecting to it runs connect6, not connect4,
+/// and reaches the IPv4 service, a known bypass of connect4-only guards.
 ///
 /// A function of its own (a BPF-to-BPF call, on the path of the few
 /// destinations the prefixes cover): the two spellings look up different
@@ -167,23 +171,55 @@ pub fn protected_v4(generation: u32, ip4: u32) -> bool {
 /// walked once each, twice as far as connect4. The callee's frame goes
 /// at its return, and the caller knows only the answer.
 #[inline(always)]
-pub fn protected_v6(generation: u32, ip6: &[u32; 4]) -> bool {
-    lookup_v6(generation, ip6[0], ip6[1], ip6[2], ip6[3])
+pub fn protected_v6(generation: u32, ip6: &[u32; 4], transport: u8, port: u16) -> bool {
+    // A subprogram takes at most five arguments, all in registers: the
+    // generation (0 or 1), the transport and the port share one.
+    let query = generation | u32::from(transport) << 8 | u32::from(port) << 16;
+    lookup_v6(query, ip6[0], ip6[1], ip6[2], ip6[3])
 }
 
-/// [`protected_v6`]'s lookup, word by word (a subprogram takes at most
-/// five arguments, all in registers).
+/// [`protected_v6`]'s lookup, word by word; `query` is the generation in
+/// its low byte, the transport in the next, the port in the high half.
 #[inline(never)]
-fn lookup_v6(generation: u32, w0: u32, w1: u32, w2: u32, w3: u32) -> bool {
+fn lookup_v6(query: u32, w0: u32, w1: u32, w2: u32, w3: u32) -> bool {
+    let generation = query & 0xff;
+    let transport = (query >> 8) as u8;
+    let port = (query >> 16) as u16;
     if w0 == 0 && w1 == 0 && w2 == MAPPED_PREFIX_WORD {
-        return protected_v4(generation, w3);
+        return protected_v4(generation, w3, transport, port);
     }
-    PROTECTED_V6
-        .get_ptr(V6Key {
-            generation,
-            addr: [w0, w1, w2, w3],
-        })
-        .is_some()
+    let ports = PROTECTED_V6.get_ptr(V6Key {
+        generation,
+        addr: [w0, w1, w2, w3],
+    });
+    covers(ports, transport, port)
+}
+
+/// Whether a protected address's ports (none: not protected) cover the
+/// traffic.
+#[inline(always)]
+fn covers(ports: Option<*const Ports>, transport: u8, port: u16) -> bool {
+    // SAFETY: a value of our own map, valid for this run of the program.
+    ports.is_some_and(|p| unsafe { (*p).covers(transport, port) })
+}
+
+/// The [`transport`] of a socket's protocol (`bpf_sock_addr.protocol`, as
+/// `sk_protocol` holds it): the port a `sock_addr` hook reads is a TCP or
+/// UDP port only for those; one the programs do not know is judged as an
+/// unreadable port. The `egress` program judges every packet again from
+/// its own headers, so what a socket claims here only decides whether
+/// this hook judges its caller now.
+#[inline(always)]
+pub fn transport_of_socket(protocol: u32) -> u8 {
+    match protocol {
+        // IPPROTO_TCP; MPTCP sockets report it too.
+        6 => transport::TCP,
+        // IPPROTO_UDP.
+        17 => transport::UDP,
+        // ICMP and ICMPv6 ping sockets, UDP-Lite: no TCP or UDP port.
+        1 | 58 | 136 => transport::OTHER,
+        _ => transport::UNKNOWN,
+    }
 }
 
 impl Dst {

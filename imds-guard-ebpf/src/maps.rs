@@ -11,8 +11,8 @@ use imds_guard_common::{
     ComponentKey, Config, EVENTS_BYTE_SIZE, FORWARD_EVENTS_BYTE_SIZE, FORWARD_SOURCES,
     ForwardState, GENERATIONS, IdRules, InterfaceKey, LENGTHS_LEN, MAX_CGROUP_PATTERNS,
     MAX_CGROUPS, MAX_CREATORS, MAX_ENDPOINTS, MAX_FORWARD_EXCEPTIONS, MAX_ID_RULES,
-    MAX_PATTERN_DEPTH, Memberships, Resolved, SockState, Source4Key, Source6Key, V4Key, V6Key,
-    cgroup_stat, forward_counter,
+    MAX_PATTERN_DEPTH, Memberships, Ports, Resolved, SockState, Source4Key, Source6Key, V4Key,
+    V6Key, cgroup_stat, forward_counter,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate entries on insert. Memory then follows the
@@ -26,19 +26,19 @@ const NO_PREALLOC: u32 = 1;
 pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Protected IPv4 destinations, keyed by generation and the address as the
-/// kernel stores it in `user_ip4` (network byte order); the value is
-/// [`imds_guard_common::PROTECTED`]. Consulted for every connect to an
+/// kernel stores it in `user_ip4` (network byte order); the value is the
+/// address's [`Ports`] (which ports and protocols are protected). Consulted for every connect to an
 /// address the protected prefixes cover (`dst.rs`), so it is a hash map:
 /// one lookup whatever its size.
 #[map]
-pub static PROTECTED_V4: HashMap<V4Key, u32> =
+pub static PROTECTED_V4: HashMap<V4Key, Ports> =
     HashMap::with_max_entries(MAX_ENDPOINTS * GENERATIONS, 0);
 
 /// Protected IPv6 destinations, keyed by generation and the four words of
 /// `user_ip6`. IPv4-mapped forms are not stored here: `connect6`/`sendmsg6`
 /// map them back to IPv4 and consult [`PROTECTED_V4`].
 #[map]
-pub static PROTECTED_V6: HashMap<V6Key, u32> =
+pub static PROTECTED_V6: HashMap<V6Key, Ports> =
     HashMap::with_max_entries(MAX_ENDPOINTS * GENERATIONS, 0);
 
 /// Rules by real uid, one per generation. A uid has at most one rule per

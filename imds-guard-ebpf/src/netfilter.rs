@@ -19,11 +19,13 @@
 //!
 //! Fragments: nothing reassembles before this hook (unless conntrack or
 //! 6.6's `BPF_F_NETFILTER_IP_DEFRAG` asked, and the agent asks for
-//! neither), so a fragment after the first has no transport header. The
-//! judgement needs only the addresses, which every fragment carries: every
+//! neither), so a fragment after the first has no transport header: its
+//! port is unknown, and it counts as going to a protected port. Every
 //! fragment to a protected address is dropped on its own, and the record
 //! says which one it was (with a port only for a whole datagram or a first
-//! fragment).
+//! fragment). Of an address whose endpoint names ports, a whole packet or
+//! a first fragment to another port (or of a protocol without ports, as
+//! ICMP) is accepted.
 
 use core::ffi::c_void;
 
@@ -31,7 +33,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use imds_guard_common::{
     Budget, BudgetKey, FORWARD_BUDGET_WINDOW_NS, FORWARD_RECORD_BURST, ForwardEvent,
     ForwardOffsets, GENERATION_BITS, IFNAME_LEN, InterfaceKey, Source4Key, Source6Key,
-    forward_counter, forward_verdict, fragment, mode, nfproto,
+    forward_counter, forward_verdict, fragment, mode, nfproto, transport,
 };
 
 use crate::{
@@ -72,6 +74,10 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_UDPLITE: u8 = 136;
 const IPPROTO_SCTP: u8 = 132;
+/// Protocols without ports, and IPv6's "no next header".
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_NONE: u8 = 59;
 /// The IPv6 fragment header's number.
 const NEXTHDR_FRAGMENT: u8 = 44;
 /// `frag_off` of an IPv4 header (host order): more fragments, and the
@@ -235,10 +241,6 @@ fn v4(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> 
     if !may_be_protected_v4(h.daddr) {
         return Some(None);
     }
-    let generation = active_generation();
-    if !protected_v4(generation, h.daddr) {
-        return Some(None);
-    }
     let frag = u16::from_be(h.frag_off);
     let fragment = if frag & IP_OFFSET != 0 {
         fragment::LATER
@@ -248,11 +250,17 @@ fn v4(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> 
         fragment::NONE
     };
     let ihl = u32::from(h.version_ihl & 0x0f) * 4;
-    let port = if fragment == fragment::LATER {
-        0
+    let (transport, port) = if fragment == fragment::LATER {
+        (transport::UNKNOWN, 0)
+    } else if h.protocol == IPPROTO_ICMP {
+        (transport::OTHER, 0)
     } else {
         port(off, skb, ip, ihl, h.protocol)
     };
+    let generation = active_generation();
+    if !protected_v4(generation, h.daddr, transport, port) {
+        return Some(None);
+    }
     let (s, d) = (h.saddr.to_ne_bytes(), h.daddr.to_ne_bytes());
     let mut packet = Packet {
         family: nfproto::IPV4,
@@ -290,13 +298,9 @@ fn v6(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> 
     if !may_be_protected_v6(&h.daddr) {
         return Some(None);
     }
-    let generation = active_generation();
-    if !protected_v6(generation, &h.daddr) {
-        return Some(None);
-    }
     // Only a fragment header right after the fixed header is seen; one
     // behind other extension headers leaves the record saying "whole",
-    // which changes nothing in the verdict.
+    // and the port unknown: judged as a protected one.
     let (fragment, proto) = if h.nexthdr == NEXTHDR_FRAGMENT {
         // Next header (1), reserved (1), offset and M flag (2).
         let frag: [u8; 4] = read(ip, 40)?;
@@ -312,11 +316,16 @@ fn v6(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> 
     };
     // A first fragment's transport header follows the 8-byte fragment
     // header.
-    let port = match fragment {
-        fragment::NONE => port(off, skb, ip, 40, proto),
-        fragment::FIRST => port(off, skb, ip, 48, proto),
-        _ => 0,
+    let (transport, port) = match (fragment, proto) {
+        (fragment::LATER, _) => (transport::UNKNOWN, 0),
+        (_, IPPROTO_ICMPV6 | IPPROTO_NONE) => (transport::OTHER, 0),
+        (fragment::NONE, _) => port(off, skb, ip, 40, proto),
+        _ => port(off, skb, ip, 48, proto),
     };
+    let generation = active_generation();
+    if !protected_v6(generation, &h.daddr, transport, port) {
+        return Some(None);
+    }
     let mut packet = Packet {
         family: nfproto::IPV6,
         fragment,
@@ -334,28 +343,33 @@ fn v6(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> 
     Some(Some((packet, generation)))
 }
 
-/// The destination port (host order) of a transport header `hlen` bytes
-/// past the IP header, when it is in the linear part of the buffer (for
-/// the record only; 0 when it cannot be read).
+/// The [`transport`] and destination port (host order) of a transport
+/// header of protocol `proto`, `hlen` bytes past the IP header, when it is
+/// in the linear part of the buffer. TCP and UDP ports are read; UDP-Lite
+/// and SCTP have ports no endpoint names; any other protocol, or a port
+/// that cannot be read, is unknown, and counts as a protected port.
 #[inline(always)]
-fn port(off: &ForwardOffsets, skb: u64, ip: u64, hlen: u32, proto: u8) -> u16 {
-    if !matches!(
-        proto,
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP
-    ) {
-        return 0;
-    }
+fn port(off: &ForwardOffsets, skb: u64, ip: u64, hlen: u32, proto: u8) -> (u8, u16) {
+    let transport = match proto {
+        IPPROTO_TCP => transport::TCP,
+        IPPROTO_UDP => transport::UDP,
+        IPPROTO_UDPLITE | IPPROTO_SCTP => transport::OTHER,
+        _ => return (transport::UNKNOWN, 0),
+    };
     let (Some(len), Some(data_len)) = (
         read::<u32>(skb, off.skb_len),
         read::<u32>(skb, off.skb_data_len),
     ) else {
-        return 0;
+        return (transport::UNKNOWN, 0);
     };
     // `len` counts from `data`, the network header at this hook.
     if len.saturating_sub(data_len) < hlen + 4 {
-        return 0;
+        return (transport::UNKNOWN, 0);
     }
-    read::<u16>(ip, hlen + 2).map_or(0, u16::from_be)
+    match read::<u16>(ip, hlen + 2) {
+        Some(port) => (transport, u16::from_be(port)),
+        None => (transport::UNKNOWN, 0),
+    }
 }
 
 /// Writes the packet's record, within its source's budget: a flood from

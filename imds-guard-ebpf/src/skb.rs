@@ -26,7 +26,7 @@ use aya_ebpf::{
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use imds_guard_common::{event_flags, hook};
+use imds_guard_common::{event_flags, hook, transport};
 
 use crate::{
     caller::Caller,
@@ -48,6 +48,14 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_UDPLITE: u8 = 136;
 const IPPROTO_SCTP: u8 = 132;
+/// Protocols without ports: an endpoint that protects some ports lets
+/// them through.
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6's "no next header".
+const IPPROTO_NONE: u8 = 59;
+/// The offset bits of an IPv4 header's `frag_off` (host order).
+const IP_OFFSET: u16 = 0x1fff;
 
 /// For egress, 1 lets the packet leave and 0 drops it (the sender sees
 /// EPERM where it sends synchronously). One call of [`judge`] for both
@@ -117,10 +125,10 @@ fn v4(ctx: &SkBuffContext) -> Option<(Dst, u32)> {
         return None;
     }
     let generation = active_generation();
-    if !protected_v4(generation, daddr) {
+    let (proto, transport, port) = v4_ports(ctx);
+    if !protected_v4(generation, daddr, transport, port) {
         return None;
     }
-    let (proto, port) = v4_ports(ctx);
     let mut dst = Dst::v4(daddr, port);
     dst.proto = proto;
     Some((dst, generation))
@@ -153,43 +161,60 @@ fn v6(ctx: &SkBuffContext) -> Option<(Dst, u32)> {
     if !may_be_protected_v6(&daddr) {
         return None;
     }
+    // The next header: ports only when it is the transport itself (an
+    // extension header in between leaves the port unknown, and an unknown
+    // port counts as a protected one).
+    let proto = ctx.load::<u8>(6).unwrap_or(0);
+    let (transport, port) = match proto {
+        IPPROTO_ICMPV6 | IPPROTO_NONE => (transport::OTHER, 0),
+        _ => transport_at(ctx, proto, 40),
+    };
     let generation = active_generation();
-    if !protected_v6(generation, &daddr) {
+    if !protected_v6(generation, &daddr, transport, port) {
         return None;
     }
-    // The next header: ports only when it is the transport itself (an
-    // extension header in between leaves the port unknown).
-    let proto = ctx.load::<u8>(6).unwrap_or(0);
-    let port = if has_ports(proto) {
-        ctx.load::<u16>(40 + 2).map_or(0, u16::from_be)
-    } else {
-        0
-    };
     let mut dst = Dst::v6(&daddr, port);
     dst.proto = proto;
     Some((dst, generation))
 }
 
-/// The protocol and destination port of an IPv4 packet (0 where it has
-/// none, or is a fragment after the first).
+/// The protocol, [`transport`] and destination port of an IPv4 packet
+/// (port 0 where it has none). A fragment after the first carries no
+/// transport header: its port is unknown, as is that of a packet too
+/// short to hold it.
 #[inline(always)]
-fn v4_ports(ctx: &SkBuffContext) -> (u8, u16) {
-    let proto = ctx.load::<u8>(9).unwrap_or(0);
-    let frag = ctx.load::<u16>(6).map_or(0, u16::from_be) & 0x1fff;
-    if !has_ports(proto) || frag != 0 {
-        return (proto, 0);
+fn v4_ports(ctx: &SkBuffContext) -> (u8, u8, u16) {
+    let Ok(proto) = ctx.load::<u8>(9) else {
+        return (0, transport::UNKNOWN, 0);
+    };
+    let frag = ctx.load::<u16>(6).map_or(IP_OFFSET, u16::from_be) & IP_OFFSET;
+    if frag != 0 {
+        return (proto, transport::UNKNOWN, 0);
+    }
+    if proto == IPPROTO_ICMP {
+        return (proto, transport::OTHER, 0);
     }
     let ihl = usize::from(ctx.load::<u8>(0).unwrap_or(0) & 0x0f) * 4;
-    let port = ctx.load::<u16>(ihl + 2).map_or(0, u16::from_be);
-    (proto, port)
+    let (transport, port) = transport_at(ctx, proto, ihl);
+    (proto, transport, port)
 }
 
+/// The [`transport`] and destination port of a transport header of
+/// protocol `proto` at byte `offset`: TCP and UDP ports are read; UDP-Lite
+/// and SCTP have ports no endpoint names; any other protocol, or a port
+/// that cannot be read, is unknown.
 #[inline(always)]
-fn has_ports(proto: u8) -> bool {
-    matches!(
-        proto,
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP
-    )
+fn transport_at(ctx: &SkBuffContext, proto: u8, offset: usize) -> (u8, u16) {
+    let transport = match proto {
+        IPPROTO_TCP => transport::TCP,
+        IPPROTO_UDP => transport::UDP,
+        IPPROTO_UDPLITE | IPPROTO_SCTP => transport::OTHER,
+        _ => return (transport::UNKNOWN, 0),
+    };
+    match ctx.load::<u16>(offset + 2) {
+        Ok(port) => (transport, u16::from_be(port)),
+        Err(_) => (transport::UNKNOWN, 0),
+    }
 }
 
 /// A packet to a protected destination: let through what was let through

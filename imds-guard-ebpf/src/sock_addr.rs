@@ -6,10 +6,12 @@
 //!
 //! Each entry point is one line over a v4 or a v6 helper (helpers, not a
 //! macro, so that every `#[cgroup_sock_addr(..)]` stays greppable). They
-//! decide by hook and address only: never by the context's family, type or
-//! protocol, which do not say what the caller can reach (connect4 runs for
-//! an AF_INET address given to an AF_INET6 socket, and MPTCP reports
-//! protocol 6).
+//! decide by hook, address and port: never by the context's family or
+//! type, which do not say what the caller can reach (connect4 runs for an
+//! AF_INET address given to an AF_INET6 socket). The socket's protocol
+//! says only whether the port is a TCP or a UDP one, for an endpoint that
+//! protects some ports (MPTCP reports 6, TCP); `egress` judges every
+//! packet from its own headers whatever a hook let through.
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use imds_guard_common::hook;
@@ -19,7 +21,7 @@ use crate::{
     decide::{Verdict, decide},
     dst::{
         Dst, active_generation, may_be_protected_v4, may_be_protected_v6, protected_v4,
-        protected_v6, user_ip4, user_ip6, user_port,
+        protected_v6, transport_of_socket, user_ip4, user_ip6, user_port,
     },
     kernel::address_of,
     maps::DECIDED,
@@ -46,6 +48,14 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     v6(&ctx, hook::SENDMSG6).into()
 }
 
+/// The socket's protocol (`bpf_sock_addr.protocol`), read only for a
+/// destination the prefixes cover.
+#[inline(always)]
+fn protocol(ctx: &SockAddrContext) -> u32 {
+    // SAFETY: as in `user_ip4`: one aligned 4-byte load of the context.
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).protocol) }
+}
+
 /// An IPv4 destination (`user_ip4`). One outside the protected prefixes
 /// leaves after a load of the context and a few compares.
 #[inline(always)]
@@ -55,10 +65,11 @@ fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
         return Verdict::Allow;
     }
     let generation = active_generation();
-    if !protected_v4(generation, ip4) {
+    let port = user_port(ctx);
+    if !protected_v4(generation, ip4, transport_of_socket(protocol(ctx)), port) {
         return Verdict::Allow;
     }
-    let mut dst = Dst::v4(ip4, user_port(ctx));
+    let mut dst = Dst::v4(ip4, port);
     let mut caller = Caller::current().with_socket(socket(ctx));
     let recorded = decide(ctx, hook, generation, &mut caller, &mut dst);
     remembered(ctx, &dst, generation, recorded)
@@ -72,10 +83,11 @@ fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
         return Verdict::Allow;
     }
     let generation = active_generation();
-    if !protected_v6(generation, &ip6) {
+    let port = user_port(ctx);
+    if !protected_v6(generation, &ip6, transport_of_socket(protocol(ctx)), port) {
         return Verdict::Allow;
     }
-    let mut dst = Dst::v6(&ip6, user_port(ctx));
+    let mut dst = Dst::v6(&ip6, port);
     let mut caller = Caller::current().with_socket(socket(ctx));
     let recorded = decide(ctx, hook, generation, &mut caller, &mut dst);
     remembered(ctx, &dst, generation, recorded)

@@ -13,6 +13,7 @@
 //! | `udplite` | nothing | UDP-Lite's `struct proto` has no `pre_connect`, so connect hooks do not run; connected sends skip sendmsg hooks |
 //! | `rthdr` | an unprotected address | `IPV6_RTHDR` (unprivileged): `fl6_update_dst` routes to the routing header's segment, the packet's destination |
 //! | `mptcp-add-addr` | the kworker's uid 0 | the peer's ADD_ADDR makes the path manager connect a subflow from a kworker |
+//! | `fragments` | nothing | `SOCK_RAW` sends run no cgroup hook, and a fragment after the first has no port to read (for endpoints that protect some ports) |
 //!
 //! The packet-level attacks ([`links`]) carry a hand-made TCP client
 //! ([`handtcp`]), so `packet` and `tun` complete the IMDSv2 flow, and
@@ -111,6 +112,9 @@ pub enum Attack {
     },
     /// An MPTCP connection to a server that announces a protected address.
     MptcpAddAddr(SocketAddr),
+    /// One UDP datagram in two IPv4 fragments from a raw socket: the
+    /// second has no port to read.
+    Fragments(SocketAddr),
 }
 
 impl Attack {
@@ -146,6 +150,9 @@ impl Attack {
     pub fn mptcp_add_addr(server: SocketAddr) -> Self {
         Attack::MptcpAddAddr(server)
     }
+    pub fn fragments(dst: SocketAddr) -> Self {
+        Attack::Fragments(dst)
+    }
 
     pub fn verb(&self) -> &'static str {
         match self {
@@ -156,6 +163,7 @@ impl Attack {
             Attack::UdpLite(_) => "udplite",
             Attack::Rthdr { .. } => "rthdr",
             Attack::MptcpAddAddr(_) => "mptcp-add-addr",
+            Attack::Fragments(_) => "fragments",
         }
     }
 
@@ -169,6 +177,7 @@ impl Attack {
             "udplite",
             "rthdr",
             "mptcp-add-addr",
+            "fragments",
         ]
         .contains(&verb)
     }
@@ -181,6 +190,7 @@ impl Attack {
             | Attack::Packet { dst: a, .. }
             | Attack::Tun { dst: a, .. }
             | Attack::UdpLite(a)
+            | Attack::Fragments(a)
             | Attack::MptcpAddAddr(a) => a,
             Attack::Rthdr { dst, .. } => dst.into(),
         }
@@ -194,7 +204,7 @@ impl Attack {
             Attack::Packet { src, gateway, .. } => vec![src.to_string(), gateway.to_string()],
             Attack::Tun { src, dev, .. } => vec![src.to_string(), dev.to_string()],
             Attack::Rthdr { segment, .. } => vec![segment.to_string()],
-            Attack::UdpLite(_) | Attack::MptcpAddAddr(_) => Vec::new(),
+            Attack::UdpLite(_) | Attack::MptcpAddAddr(_) | Attack::Fragments(_) => Vec::new(),
         }
     }
 
@@ -235,6 +245,7 @@ impl Attack {
                 _ => return Err(format!("{verb} takes IPv6 addresses")),
             },
             ("mptcp-add-addr", []) => Attack::mptcp_add_addr(addr),
+            ("fragments", []) => Attack::fragments(addr),
             _ => return Err(wrong()),
         })
     }
@@ -260,6 +271,7 @@ pub(crate) fn perform(attack: Attack) -> Step<Outcome> {
         Attack::UdpLite(dst) => sockets::udplite(dst),
         Attack::Rthdr { dst, segment } => sockets::rthdr(dst, segment),
         Attack::MptcpAddAddr(server) => sockets::mptcp_add_addr(server),
+        Attack::Fragments(dst) => sockets::fragments(dst),
     }
 }
 
@@ -311,6 +323,7 @@ mod tests {
                 "fd00:ec2::254".parse().unwrap(),
             ),
             Attack::mptcp_add_addr("10.254.0.2:8000".parse().unwrap()),
+            Attack::fragments(imds4),
         ] {
             let addr = attack.addr();
             assert_eq!(

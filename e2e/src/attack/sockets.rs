@@ -190,6 +190,61 @@ pub(crate) fn udplite(dst: SocketAddr) -> Step<Outcome> {
     Ok(Outcome::default())
 }
 
+/// `fragments`: one UDP datagram to `dst` (IPv4) in two fragments, sent
+/// from a raw socket (`IPPROTO_RAW`, so `IP_HDRINCL`; needs
+/// `CAP_NET_RAW`), the first with the UDP header and its port, the second
+/// with none: a program that reads ports sees only the first one's. The
+/// service receives the datagram only when both arrive. The source is
+/// left 0, which the kernel fills in.
+pub(crate) fn fragments(dst: SocketAddr) -> Step<Outcome> {
+    let SocketAddr::V4(dst) = dst else {
+        return Err(Failure {
+            errno: None,
+            error: format!("fragments: {dst} is not IPv4"),
+            body: String::new(),
+        });
+    };
+    let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    // UDP header (checksum 0: none) and 24 bytes: 32 in all, split after
+    // 16 (two 8-byte units).
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&4242u16.to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&32u16.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(b"imds-probe fragmented....");
+    udp.truncate(32);
+    let id = (std::process::id() & 0xffff) as u16;
+    let header = |more: bool, offset_units: u16, len: usize| {
+        let frag = offset_units | if more { 0x2000 } else { 0 };
+        let mut h = vec![0x45, 0];
+        h.extend_from_slice(&((20 + len) as u16).to_be_bytes());
+        h.extend_from_slice(&id.to_be_bytes());
+        h.extend_from_slice(&frag.to_be_bytes());
+        h.extend_from_slice(&[64, 17, 0, 0, 0, 0, 0, 0]);
+        h.extend_from_slice(&dst.ip().octets());
+        h
+    };
+    let to = SocketAddr::V4(std::net::SocketAddrV4::new(*dst.ip(), 0));
+    let mut notes = Vec::new();
+    for (what, more, offset, part) in [
+        ("first fragment", true, 0, &udp[..16]),
+        ("second fragment", false, 2, &udp[16..]),
+    ] {
+        let mut packet = header(more, offset, part.len());
+        packet.extend_from_slice(part);
+        send(&fd, &packet, Some(to)).map_err(|mut f| {
+            f.error = format!("{what}: {}", f.error);
+            f
+        })?;
+        notes.push(what);
+    }
+    Ok(Outcome {
+        note: format!("sent the {}", notes.join(" and the ")),
+        ..Outcome::default()
+    })
+}
+
 /// An IPv6 routing header naming `segment`, in the first form this kernel
 /// accepts from an unprivileged socket, with its name.
 fn routing_headers(segment: Ipv6Addr) -> [(&'static str, Vec<u8>); 2] {

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::{CheckArgs, CliError, Outcome, out::outln};
 use crate::policy::{
-    CgroupClass, CgroupRules, CheckReport, Outcome as Verdict, Place, Policy, PolicySpec, Process,
-    Resolver as _, SystemResolver,
+    CgroupClass, CgroupRules, CheckReport, Destination, Outcome as Verdict, Place, Policy,
+    PolicySpec, Process, Resolver as _, SystemResolver,
     cgroups::{PodName, pods},
     check,
 };
@@ -21,7 +21,7 @@ pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
     let cgroup = cgroup_place(args, &policy)?;
     process.cgroup = cgroup.as_ref().map_or(CgroupClass::Unmatched, |p| p.class);
     let (dst, to) = destination(&policy, args.dst);
-    let report = check(&policy, &process, dst);
+    let report = check(&policy, &process, &dst);
     let asked = Asked {
         process: &process,
         user: user.as_ref(),
@@ -148,7 +148,7 @@ fn found<T>(
 /// The address to decide for, and how to name it: `--dst`, or else the
 /// first protected endpoint, named as all of them (the decision does not
 /// depend on which one).
-fn destination(policy: &Policy, dst: Option<IpAddr>) -> (IpAddr, String) {
+fn destination(policy: &Policy, dst: Option<Destination>) -> (Destination, String) {
     if let Some(dst) = dst {
         return (dst, dst.to_string());
     }
@@ -159,7 +159,7 @@ fn destination(policy: &Policy, dst: Option<IpAddr>) -> (IpAddr, String) {
         .first()
         .map_or(IpAddr::from([169, 254, 169, 254]), |e| e.addr);
     (
-        first,
+        Destination::from(first),
         format!("the protected endpoints ({})", endpoints.join(", ")),
     )
 }

@@ -298,10 +298,12 @@ pub struct CheckArgs {
     /// allow it.
     #[arg(long)]
     pub container: bool,
-    /// The destination address (default: the policy's protected
-    /// endpoints, which all get the same verdict).
-    #[arg(long, value_name = "ADDR")]
-    pub dst: Option<std::net::IpAddr>,
+    /// The destination: an address, or ADDR:PORT ([ADDR]:PORT for IPv6)
+    /// with an optional /tcp or /udp (TCP when absent), for endpoints that
+    /// protect some ports only (default: the policy's protected endpoints,
+    /// which all get the same verdict).
+    #[arg(long, value_name = "ADDR[:PORT[/PROTO]]")]
+    pub dst: Option<crate::policy::Destination>,
     /// The process runs in this systemd unit's cgroup (where systemd puts
     /// it, running or not).
     #[arg(long, value_name = "UNIT", conflicts_with = "cgroup")]

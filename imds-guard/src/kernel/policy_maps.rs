@@ -31,7 +31,7 @@ use super::{
     records::entry_number,
     sys::{self, GraceError},
 };
-use crate::policy::{Action, Mode, Policy, Scope};
+use crate::policy::{Action, Mode, Policy, Port, Protocol, Scope};
 
 /// What a policy's config records besides mode and default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -266,31 +266,28 @@ impl PolicyMaps {
         policy: &Policy,
     ) -> Result<(), MapError> {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        for endpoint in &policy.spec.endpoints {
-            match endpoint.addr {
-                IpAddr::V4(a) => v4.push(V4Key {
-                    generation,
-                    addr: u32::from_ne_bytes(a.octets()),
-                }),
-                IpAddr::V6(a) => v6.push(V6Key {
-                    generation,
-                    addr: ipv6_key(&a.octets()),
-                }),
+        let (mut ports4, mut ports6) = (Vec::new(), Vec::new());
+        for addr in policy.spec.protected_addresses() {
+            let ports = kernel_ports(policy.spec.ports_of(addr).as_deref());
+            match addr {
+                IpAddr::V4(a) => {
+                    v4.push(V4Key {
+                        generation,
+                        addr: u32::from_ne_bytes(a.octets()),
+                    });
+                    ports4.push(ports);
+                }
+                IpAddr::V6(a) => {
+                    v6.push(V6Key {
+                        generation,
+                        addr: ipv6_key(&a.octets()),
+                    });
+                    ports6.push(ports);
+                }
             }
         }
-        let present = vec![common::PROTECTED; v4.len().max(v6.len())];
-        update(
-            &self.v4,
-            common::MAP_PROTECTED_V4,
-            &v4,
-            &present[..v4.len()],
-        )?;
-        update(
-            &self.v6,
-            common::MAP_PROTECTED_V6,
-            &v6,
-            &present[..v6.len()],
-        )?;
+        update(&self.v4, common::MAP_PROTECTED_V4, &v4, &ports4)?;
+        update(&self.v6, common::MAP_PROTECTED_V6, &v6, &ports6)?;
         let written = self.written_mut(generation);
         written.v4 = v4;
         written.v6 = v6;
@@ -466,6 +463,28 @@ fn delete<K: aya::Pod>(fd: &OwnedFd, name: &'static str, keys: &[K]) -> Result<(
     batch::delete(fd.as_fd(), keys).map_err(maps::write(name))
 }
 
+/// The programs' [`common::Ports`] for an address protected on `ports`
+/// (`None`: every port and protocol). The policy holds at most
+/// [`common::MAX_PORTS`] per address.
+fn kernel_ports(ports: Option<&[Port]>) -> common::Ports {
+    let Some(ports) = ports else {
+        return common::Ports::EVERY;
+    };
+    let mut value = common::Ports {
+        every_port: 0,
+        ..common::Ports::EVERY
+    };
+    for (slot, port) in value.rules.iter_mut().zip(ports) {
+        slot.port = port.number;
+        slot.protocols = match port.protocol {
+            Protocol::Tcp => common::proto_bits::TCP,
+            Protocol::Udp => common::proto_bits::UDP,
+            Protocol::Both => common::proto_bits::TCP | common::proto_bits::UDP,
+        };
+    }
+    value
+}
+
 /// The epoch after `epoch`. 0 is no policy's (the programs let nothing
 /// through unjudged under it), so the wrap, after 2^32 - 1 applies, skips
 /// it.
@@ -529,5 +548,64 @@ mod tests {
         let bytes: Vec<u8> = key.iter().flat_map(|w| w.to_ne_bytes()).collect();
         assert_eq!(bytes, addr.octets());
         assert_eq!(ipv6_of(&key), addr);
+    }
+
+    /// The programs' value for each address says what the policy says of
+    /// every (protocol, port) a packet can have, the unreadable port
+    /// included: the kernel and `check` agree.
+    #[test]
+    fn the_programs_ports_agree_with_the_policy() {
+        use std::path::Path;
+
+        use crate::policy::{PolicySpec, SystemResolver};
+
+        let spec = PolicySpec::parse(
+            Path::new("p.toml"),
+            "[endpoints]\naddresses = [\"169.254.169.254\", \"169.254.170.2:80/tcp\", \
+             \"fd00:ec2::23:80\", \"[fd00:ec2::23]:80\", \"168.63.129.16:53/udp\", \
+             \"168.63.129.16:32526\"]\n[deny]\nuids = [33]\n",
+        );
+        // "fd00:ec2::23:80" is an IPv6 address, not a port.
+        let spec = spec.expect("valid");
+        let policy = spec.resolve(&SystemResolver).expect("resolves");
+        let by_transport = [
+            (common::transport::TCP, Some(Protocol::Tcp)),
+            (common::transport::UDP, Some(Protocol::Udp)),
+        ];
+        let mut checked = 0;
+        for addr in policy.spec.protected_addresses() {
+            let ports = kernel_ports(policy.spec.ports_of(addr).as_deref());
+            for port in [0u16, 1, 53, 80, 81, 123, 32526, 65535] {
+                for (transport, protocol) in by_transport {
+                    let protocol = protocol.expect("tcp or udp");
+                    assert_eq!(
+                        ports.covers(transport, port),
+                        policy.protects_port(addr, protocol, Some(port)),
+                        "{addr} {protocol:?} {port}"
+                    );
+                    checked += 1;
+                }
+                // An unreadable port is protected; ICMP, UDP-Lite and
+                // SCTP are only where the address is protected whole.
+                assert!(ports.covers(common::transport::UNKNOWN, port));
+                assert!(policy.protects_port(addr, Protocol::Tcp, None));
+                assert_eq!(
+                    ports.covers(common::transport::OTHER, port),
+                    policy.spec.ports_of(addr).is_none(),
+                    "{addr}"
+                );
+            }
+        }
+        assert_eq!(checked, 5 * 8 * 2);
+        let azure = kernel_ports(
+            policy
+                .spec
+                .ports_of("168.63.129.16".parse().expect("ip"))
+                .as_deref(),
+        );
+        assert!(azure.covers(common::transport::UDP, 53));
+        assert!(!azure.covers(common::transport::TCP, 53));
+        assert!(azure.covers(common::transport::TCP, 32526));
+        assert!(!azure.covers(common::transport::TCP, 80));
     }
 }

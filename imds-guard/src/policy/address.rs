@@ -1,12 +1,14 @@
-//! What `[endpoints] addresses` accepts: one bare, unicast IP address per
-//! string. The kernel programs match a destination address exactly, so
-//! anything that looks like more (a CIDR range, a port, a host name) is
-//! refused with a message that says what it was taken for, rather than
-//! being half-honoured.
+//! What `[endpoints] addresses` accepts: one unicast IP address per
+//! string, bare (every port, every protocol) or with one port and
+//! optionally its protocol: `169.254.170.2:80`, `[fd00:ec2::23]:80`,
+//! `168.63.129.16:32526/tcp`. The kernel programs match a destination
+//! address exactly, so anything that looks like more (a CIDR range, a host
+//! name) is refused with a message that says what it was taken for, rather
+//! than being half-honoured.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::{DEFAULT_ADDRESSES, Endpoint};
+use super::{DEFAULT_ADDRESSES, Endpoint, Port, Protocol};
 
 /// [`DEFAULT_ADDRESSES`] as addresses (a test checks they agree).
 const DEFAULTS: [IpAddr; 2] = [
@@ -18,7 +20,11 @@ const DEFAULTS: [IpAddr; 2] = [
 pub(super) fn default_endpoints() -> Vec<Endpoint> {
     DEFAULTS
         .iter()
-        .map(|&addr| Endpoint { addr, at: None })
+        .map(|&addr| Endpoint {
+            addr,
+            port: None,
+            at: None,
+        })
         .collect()
 }
 
@@ -27,12 +33,68 @@ pub(super) fn defaults_spelled() -> String {
     DEFAULT_ADDRESSES.join(" and ")
 }
 
-/// Parses one entry of `addresses`. The error names the value and says
-/// what is expected, without the `[endpoints] addresses:` context.
+/// Parses one entry of `addresses`: an address, and the port it names if
+/// any. The error names the value and says what is expected, without the
+/// `[endpoints] addresses:` context.
+pub(super) fn parse_endpoint(text: &str) -> Result<(IpAddr, Option<Port>), String> {
+    let (rest, protocol) = match text.rsplit_once('/') {
+        Some((rest, "tcp")) => (rest, Some(Protocol::Tcp)),
+        Some((rest, "udp")) => (rest, Some(Protocol::Udp)),
+        _ => (text, None),
+    };
+    if let Ok(socket) = rest.parse::<SocketAddr>() {
+        if socket.port() == 0 {
+            return Err(format!(
+                "{text:?} names port 0, expected a port from 1 to 65535"
+            ));
+        }
+        if let SocketAddr::V6(v6) = socket {
+            if v6.scope_id() != 0 || v6.flowinfo() != 0 {
+                return Err(format!(
+                    "{text:?} has a scope, expected \"[{}]:{}\"",
+                    v6.ip(),
+                    v6.port()
+                ));
+            }
+        }
+        let addr = check_unicast(text, socket.ip())?;
+        let port = Port {
+            number: socket.port(),
+            protocol: protocol.unwrap_or(Protocol::Both),
+        };
+        return Ok((addr, Some(port)));
+    }
+    if protocol.is_some() && rest.parse::<IpAddr>().is_ok() {
+        return Err(format!(
+            "{text:?} names a protocol without a port, expected \"{rest}\" (every port, \
+             TCP and UDP) or a port as in \"{}/{}\"",
+            with_port(rest, 80),
+            &text[rest.len() + 1..]
+        ));
+    }
+    Ok((parse(text)?, None))
+}
+
+/// `addr` with `port`, bracketed when it is IPv6.
+fn with_port(addr: &str, port: u16) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+/// Parses a bare address. The error names the value and says what is
+/// expected.
 pub(super) fn parse(text: &str) -> Result<IpAddr, String> {
     let Ok(addr) = text.parse::<IpAddr>() else {
         return Err(explain_malformed(text));
     };
+    check_unicast(text, addr)
+}
+
+/// `addr` (written as `text`), if it can be a metadata service's.
+fn check_unicast(text: &str, addr: IpAddr) -> Result<IpAddr, String> {
     if addr.is_unspecified() {
         return Err(format!(
             "{text:?} is the unspecified address, expected a unicast address"
@@ -76,17 +138,6 @@ fn explain_malformed(text: &str) -> String {
             );
         }
     }
-    if let Ok(socket) = text.parse::<SocketAddr>() {
-        let what = if text.starts_with('[') {
-            "has brackets and a port"
-        } else {
-            "has a port"
-        };
-        return format!(
-            "{text:?} {what}, expected the bare address \"{}\"",
-            socket.ip()
-        );
-    }
     if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
         if inner.parse::<IpAddr>().is_ok() {
             return format!("{text:?} has brackets, expected the bare address \"{inner}\"");
@@ -113,8 +164,8 @@ mod tests {
     use super::*;
 
     fn refused(text: &str) -> String {
-        match parse(text) {
-            Ok(addr) => panic!("{text:?} was accepted as {addr}"),
+        match parse_endpoint(text) {
+            Ok(addr) => panic!("{text:?} was accepted as {addr:?}"),
             Err(message) => message,
         }
     }
@@ -144,6 +195,42 @@ mod tests {
     }
 
     #[test]
+    fn accepts_an_address_with_a_port_and_a_protocol() {
+        for (text, addr, port, protocol) in [
+            ("169.254.170.2:80", "169.254.170.2", 80, Protocol::Both),
+            ("169.254.170.2:80/tcp", "169.254.170.2", 80, Protocol::Tcp),
+            ("[fd00:ec2::23]:80/udp", "fd00:ec2::23", 80, Protocol::Udp),
+            (
+                "168.63.129.16:32526",
+                "168.63.129.16",
+                32526,
+                Protocol::Both,
+            ),
+        ] {
+            let (a, p) = parse_endpoint(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(a.to_string(), addr, "{text}");
+            assert_eq!(
+                p,
+                Some(Port {
+                    number: port,
+                    protocol
+                }),
+                "{text}"
+            );
+            let e = Endpoint {
+                addr: a,
+                port: p,
+                at: None,
+            };
+            assert_eq!(e.to_string(), text, "spelled back");
+        }
+        assert_eq!(
+            parse_endpoint("169.254.169.254"),
+            Ok(("169.254.169.254".parse().unwrap(), None))
+        );
+    }
+
+    #[test]
     fn refuses_what_is_not_a_bare_address_and_says_what_it_is() {
         let cases = [
             (
@@ -152,17 +239,22 @@ mod tests {
                  \"/32\" (list each address to protect)",
             ),
             (
-                "169.254.169.254:80",
-                "\"169.254.169.254:80\" has a port, expected the bare address \"169.254.169.254\"",
+                "169.254.169.254/tcp",
+                "\"169.254.169.254/tcp\" names a protocol without a port, expected \
+                 \"169.254.169.254\" (every port, TCP and UDP) or a port as in \
+                 \"169.254.169.254:80/tcp\"",
+            ),
+            (
+                "169.254.169.254:0",
+                "\"169.254.169.254:0\" names port 0, expected a port from 1 to 65535",
+            ),
+            (
+                "169.254.169.254:80/sctp",
+                "\"169.254.169.254:80/sctp\" is not an IP address, expected an IPv4 or IPv6 address",
             ),
             (
                 "[fd00:ec2::254]",
                 "\"[fd00:ec2::254]\" has brackets, expected the bare address \"fd00:ec2::254\"",
-            ),
-            (
-                "[fd00:ec2::254]:80",
-                "\"[fd00:ec2::254]:80\" has brackets and a port, expected the bare address \
-                 \"fd00:ec2::254\"",
             ),
             (
                 "metadata.google.internal",

@@ -1,11 +1,16 @@
 //! The verdict a policy gives a process, and why, computed in userspace
 //! with the same order the programs use (`imds-guard check`).
 
-use std::net::IpAddr;
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
 
 use super::{
-    Action, Mode, Outcome, Place, Policy, Process,
+    Action, Mode, Outcome, Place, Policy, Process, Protocol,
     explain::{Context, explain_with},
+    unmapped,
 };
 
 /// What `check` found.
@@ -18,12 +23,92 @@ pub struct CheckReport {
     pub why: String,
 }
 
-pub fn check(policy: &Policy, process: &Process, dst: IpAddr) -> CheckReport {
-    if !policy.protects(dst) {
+/// A destination `check` decides for: an address, and optionally a port
+/// and its protocol (`169.254.169.254`, `169.254.170.2:80`,
+/// `[fd00:ec2::23]:80/tcp`, `169.254.169.254:53/udp`; TCP when a port is
+/// given without one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+    pub protocol: Protocol,
+}
+
+impl From<IpAddr> for Destination {
+    fn from(addr: IpAddr) -> Self {
+        Self {
+            addr,
+            port: None,
+            protocol: Protocol::Tcp,
+        }
+    }
+}
+
+impl FromStr for Destination {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (rest, protocol) = match text.rsplit_once('/') {
+            Some((rest, "tcp")) => (rest, Protocol::Tcp),
+            Some((rest, "udp")) => (rest, Protocol::Udp),
+            _ => (text, Protocol::Tcp),
+        };
+        if let Ok(addr) = rest.parse::<IpAddr>() {
+            return Ok(Self {
+                addr,
+                port: None,
+                protocol,
+            });
+        }
+        match rest.parse::<SocketAddr>() {
+            Ok(s) => Ok(Self {
+                addr: s.ip(),
+                port: Some(s.port()),
+                protocol,
+            }),
+            Err(_) => Err(format!(
+                "{text:?} is not ADDR, ADDR:PORT or [ADDR]:PORT, with an optional /tcp or /udp"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.port, self.addr) {
+            (None, addr) => return write!(f, "{addr}"),
+            (Some(p), IpAddr::V4(a)) => write!(f, "{a}:{p}")?,
+            (Some(p), IpAddr::V6(a)) => write!(f, "[{a}]:{p}")?,
+        }
+        write!(f, "/{}", self.protocol.name())
+    }
+}
+
+pub fn check(policy: &Policy, process: &Process, dst: &Destination) -> CheckReport {
+    if !policy.protects(dst.addr) {
         return CheckReport {
             outcome: Outcome::Allow,
             protected: false,
-            why: format!("{dst} is not a protected address"),
+            why: format!("{} is not a protected address", dst.addr),
+        };
+    }
+    // Without a port: whatever the address protects (the decision does
+    // not depend on which port).
+    if dst.port.is_some() && !policy.protects_port(dst.addr, dst.protocol, dst.port) {
+        let ports: Vec<String> = policy
+            .spec
+            .endpoints
+            .iter()
+            .filter(|e| policy.protects(e.addr) && e.addr == unmapped(dst.addr))
+            .map(ToString::to_string)
+            .collect();
+        return CheckReport {
+            outcome: Outcome::Allow,
+            protected: false,
+            why: format!(
+                "{dst} is not a protected port (the policy protects {})",
+                ports.join(", ")
+            ),
         };
     }
     let d = policy.decide_process(process);

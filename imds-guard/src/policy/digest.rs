@@ -38,9 +38,21 @@ impl Policy {
         let _ = writeln!(text, "imds-guard policy v1");
         let _ = writeln!(text, "mode {mode}");
         let _ = writeln!(text, "default {}", word(self.default_action));
-        let mut endpoints: Vec<_> = self.spec.endpoints.iter().map(|e| e.addr).collect();
+        // A bare address is written as before endpoints had ports, so a
+        // policy without ports keeps its digest.
+        let mut endpoints: Vec<_> = self
+            .spec
+            .endpoints
+            .iter()
+            .map(|e| (e.addr, e.port))
+            .collect();
         endpoints.sort();
-        for e in endpoints {
+        for (addr, port) in endpoints {
+            let e = super::Endpoint {
+                addr,
+                port,
+                at: None,
+            };
             let _ = writeln!(text, "endpoint {e}");
         }
         // The rules are most of the text: written without `fmt`, which

@@ -49,7 +49,7 @@ use std::{
 pub(crate) use self::resolve::fake::FakeResolver;
 pub use self::{
     cgroups::{CgroupClass, CgroupRules},
-    check::{CheckReport, check},
+    check::{CheckReport, Destination, check},
     digest::hex,
     error::{Diagnostic, PolicyError},
     explain::{Context, explain, explain_with},
@@ -233,12 +233,74 @@ impl Entry {
     }
 }
 
-/// A protected destination.
+/// A protected destination: an address, every port of it, or one port
+/// (TCP, UDP or both) of it; the address's other ports stay open.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub addr: IpAddr,
+    /// `None`: every port and every protocol (a bare address).
+    pub port: Option<Port>,
     /// Where the address is written; `None` for the built-in default.
     pub at: Option<Location>,
+}
+
+/// One protected port of an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Port {
+    pub number: u16,
+    pub protocol: Protocol,
+}
+
+/// The protocols a [`Port`] is protected for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    /// TCP and UDP: a port written without a protocol.
+    Both,
+}
+
+impl Protocol {
+    /// Whether traffic of `other` (TCP or UDP) is covered.
+    pub fn covers(self, other: Protocol) -> bool {
+        self == Protocol::Both || self == other
+    }
+
+    /// The protocols one by one.
+    pub fn each(self) -> &'static [Protocol] {
+        match self {
+            Protocol::Tcp => &[Protocol::Tcp],
+            Protocol::Udp => &[Protocol::Udp],
+            Protocol::Both => &[Protocol::Tcp, Protocol::Udp],
+        }
+    }
+
+    /// `tcp` or `udp` (`tcp,udp` for both).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Both => "tcp,udp",
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    /// As a policy file spells it: `169.254.169.254`,
+    /// `169.254.170.2:80/tcp`, `[fd00:ec2::23]:80` (TCP and UDP).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(port) = self.port else {
+            return write!(f, "{}", self.addr);
+        };
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}", port.number)?,
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", port.number)?,
+        }
+        match port.protocol {
+            Protocol::Both => Ok(()),
+            p => write!(f, "/{}", p.name()),
+        }
+    }
 }
 
 /// A policy that passed every check that needs no user database.
@@ -271,9 +333,31 @@ impl PolicySpec {
         validate::parse(path, text)
     }
 
-    /// The protected addresses as written, in the policy's order.
+    /// The protected endpoints as written (with their ports), in the
+    /// policy's order.
     pub fn addresses(&self) -> Vec<String> {
-        self.endpoints.iter().map(|e| e.addr.to_string()).collect()
+        self.endpoints.iter().map(Endpoint::to_string).collect()
+    }
+
+    /// The protected addresses, each once, in the policy's order.
+    pub fn protected_addresses(&self) -> Vec<IpAddr> {
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        for e in &self.endpoints {
+            if !addrs.contains(&e.addr) {
+                addrs.push(e.addr);
+            }
+        }
+        addrs
+    }
+
+    /// The ports protected at `addr`: `None` for every port (a bare
+    /// address), else each port with its protocols, in the policy's order.
+    pub fn ports_of(&self, addr: IpAddr) -> Option<Vec<Port>> {
+        let mut ports = Vec::new();
+        for e in self.endpoints.iter().filter(|e| e.addr == addr) {
+            ports.push(e.port?);
+        }
+        Some(ports)
     }
 
     /// What the policy does with an identity no entry names: deny as soon
@@ -449,11 +533,32 @@ impl Policy {
     /// its IPv4 address is: a dual-stack IPv6 socket reaches the IPv4
     /// service that way.
     pub fn protects(&self, addr: IpAddr) -> bool {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-            IpAddr::V4(_) => addr,
-        };
+        let addr = unmapped(addr);
         self.spec.endpoints.iter().any(|e| e.addr == addr)
+    }
+
+    /// Whether traffic to `addr` on `port` of `protocol` is subject to the
+    /// policy, as the programs decide it: a bare address protects every
+    /// port; a port-scoped one only its ports. `None` for the port is one
+    /// that cannot be read (a fragment after the first), which counts as
+    /// a protected one.
+    pub fn protects_port(&self, addr: IpAddr, protocol: Protocol, port: Option<u16>) -> bool {
+        let addr = unmapped(addr);
+        self.spec.endpoints.iter().any(|e| {
+            e.addr == addr
+                && match (e.port, port) {
+                    (None, _) | (Some(_), None) => true,
+                    (Some(p), Some(n)) => p.number == n && p.protocol.covers(protocol),
+                }
+        })
+    }
+}
+
+/// An IPv4-mapped IPv6 address as its IPv4 address; any other as it is.
+fn unmapped(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        IpAddr::V4(_) => addr,
     }
 }
 

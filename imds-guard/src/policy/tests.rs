@@ -6,8 +6,8 @@ use std::{net::IpAddr, path::Path};
 use imds_guard_common::MAX_GROUPS;
 
 use super::{
-    Action, Decision, Identity, Location, Mode, Owner, Place, Policy, PolicySpec, Process, Reason,
-    Scope, resolve::fake::FakeResolver,
+    Action, Decision, Identity, Location, Mode, Owner, Place, Policy, PolicySpec, Process,
+    Protocol, Reason, Scope, resolve::fake::FakeResolver,
 };
 
 /// The policy shipped in `config/`, as installed.
@@ -373,6 +373,39 @@ fn protects_the_listed_addresses_and_the_mapped_form_of_ipv4_ones() {
     ] {
         assert!(!policy.protects(ip(open)), "{open} is protected");
     }
+}
+
+#[test]
+fn a_port_scoped_endpoint_protects_its_ports_and_leaves_the_others_open() {
+    let policy = policy(
+        "[endpoints]\naddresses = [\"169.254.169.254\", \"169.254.170.2:80/tcp\", \
+         \"[fd00:ec2::23]:80\"]\n[allow]\nuids = [0]\n",
+    );
+    let tcp = Protocol::Tcp;
+    let udp = Protocol::Udp;
+    // A bare address: every port, both protocols.
+    assert!(policy.protects_port(ip("169.254.169.254"), udp, Some(53)));
+    assert!(policy.protects_port(ip("::ffff:169.254.169.254"), tcp, Some(1)));
+    // 80/tcp only.
+    assert!(policy.protects_port(ip("169.254.170.2"), tcp, Some(80)));
+    assert!(policy.protects_port(ip("::ffff:169.254.170.2"), tcp, Some(80)));
+    assert!(!policy.protects_port(ip("169.254.170.2"), udp, Some(80)));
+    assert!(!policy.protects_port(ip("169.254.170.2"), tcp, Some(81)));
+    // Port 80, TCP and UDP.
+    assert!(policy.protects_port(ip("fd00:ec2::23"), udp, Some(80)));
+    assert!(!policy.protects_port(ip("fd00:ec2::23"), tcp, Some(8080)));
+    // A port that cannot be read is a protected one.
+    assert!(policy.protects_port(ip("169.254.170.2"), udp, None));
+    assert!(!policy.protects_port(ip("169.254.170.3"), tcp, None));
+    assert!(policy.protects(ip("169.254.170.2")));
+    assert_eq!(
+        policy.spec.addresses(),
+        [
+            "169.254.169.254",
+            "169.254.170.2:80/tcp",
+            "[fd00:ec2::23]:80"
+        ]
+    );
 }
 
 #[test]

@@ -10,11 +10,10 @@
 
 use std::{
     collections::{HashMap, hash_map},
-    net::IpAddr,
     path::Path,
 };
 
-use imds_guard_common::{MAX_CGROUP_PATTERNS, MAX_ENDPOINTS};
+use imds_guard_common::{MAX_CGROUP_PATTERNS, MAX_ENDPOINTS, MAX_PORTS};
 use rustc_hash::FxHashMap;
 
 use super::{
@@ -379,11 +378,12 @@ impl Checker<'_> {
         self.addresses(items, list_at)
     }
 
-    /// Each address of `[endpoints] addresses`, parsed, each once.
+    /// Each entry of `[endpoints] addresses`, parsed, each once: an
+    /// address is protected either on every port (written bare) or on the
+    /// ports written with it, at most [`MAX_PORTS`] of them.
     fn addresses(&mut self, items: &[Node], list_at: Location) -> Vec<Endpoint> {
         const CONTEXT: &str = "[endpoints] addresses";
-        let mut seen: HashMap<IpAddr, (Location, &str)> = HashMap::new();
-        let mut endpoints = Vec::new();
+        let mut seen: Vec<(Endpoint, &str)> = Vec::new();
         for item in items {
             let at = self.node_at(item, list_at);
             let Value::String(text) = &item.value else {
@@ -396,32 +396,55 @@ impl Checker<'_> {
                 );
                 continue;
             };
-            let addr = match address::parse(text) {
-                Ok(addr) => addr,
+            let (addr, port) = match address::parse_endpoint(text) {
+                Ok(parsed) => parsed,
                 Err(why) => {
                     self.report(at, format!("{CONTEXT}: {why}"));
                     continue;
                 }
             };
-            match seen.entry(addr) {
-                hash_map::Entry::Occupied(first) => {
-                    let (first_at, first_text) = *first.get();
-                    self.report(
-                        at,
-                        format!(
-                            "{CONTEXT}: duplicate address {text:?}, already listed as \
-                             {first_text:?} at {}",
-                            first_at.in_words()
-                        ),
-                    );
-                }
-                hash_map::Entry::Vacant(slot) => {
-                    slot.insert((at, text));
-                    endpoints.push(Endpoint { addr, at: Some(at) });
-                }
+            let clash = seen.iter().find(|(e, _)| {
+                e.addr == addr
+                    && match (e.port, port) {
+                        (Some(a), Some(b)) => {
+                            a.number == b.number
+                                && (a.protocol.covers(b.protocol) || b.protocol.covers(a.protocol))
+                        }
+                        _ => true,
+                    }
+            });
+            if let Some((first, first_text)) = clash {
+                let first_at = first.at.map_or_else(String::new, |a| a.in_words());
+                let why = match (first.port, port) {
+                    (None, None) => format!("duplicate address {text:?}, already listed as"),
+                    (None, Some(_)) => {
+                        format!("{text:?} names a port of an address protected on every port by")
+                    }
+                    (Some(_), None) => format!(
+                        "{text:?} protects every port of an address whose ports are listed, as"
+                    ),
+                    (Some(_), Some(_)) => format!("duplicate port {text:?}, already listed as"),
+                };
+                self.report(at, format!("{CONTEXT}: {why} {first_text:?} at {first_at}"));
+                continue;
             }
+            if port.is_some() && seen.iter().filter(|(e, _)| e.addr == addr).count() >= MAX_PORTS {
+                self.report(
+                    at,
+                    format!("{CONTEXT}: {text:?}: more than {MAX_PORTS} ports of {addr}"),
+                );
+                continue;
+            }
+            seen.push((
+                Endpoint {
+                    addr,
+                    port,
+                    at: Some(at),
+                },
+                text,
+            ));
         }
-        endpoints
+        seen.into_iter().map(|(e, _)| e).collect()
     }
 
     /// Reads a table of rules (`[allow]`, `[allow.host]`, `[deny]`) whose

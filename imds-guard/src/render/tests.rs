@@ -227,6 +227,7 @@ fn unchecked(entries: Vec<Entry>) -> PolicySpec {
         mode: Mode::Enforce,
         endpoints: vec![Endpoint {
             addr: std::net::IpAddr::from([169, 254, 169, 254]),
+            port: None,
             at: None,
         }],
         entries,

@@ -109,6 +109,14 @@ pub fn ruleset(spec: &PolicySpec) -> String {
     );
     text += &set("protected4", "ipv4_addr", false, &v4);
     text += &set("protected6", "ipv6_addr", false, &v6);
+    let ported = Ported::of(spec);
+    if !ported.is_empty() {
+        text += &set("ported4", "ipv4_addr", false, &ported.addrs4);
+        text += &set("ported6", "ipv6_addr", false, &ported.addrs6);
+        let by_port = |ty: &str| format!("{ty} . inet_proto . inet_service");
+        text += &set("ports4", &by_port("ipv4_addr"), false, &ported.ports4);
+        text += &set("ports6", &by_port("ipv6_addr"), false, &ported.ports6);
+    }
     let strings = |ps: &[Prefix]| ps.iter().map(ToString::to_string).collect::<Vec<_>>();
     if !src4.is_empty() {
         text += &set("sources4", "ipv4_addr", true, &strings(&src4));
@@ -131,11 +139,59 @@ pub fn ruleset(spec: &PolicySpec) -> String {
     text
 }
 
+/// The addresses protected on some ports only, and those ports, by
+/// family (the IPv4 ones' mapped forms with the IPv6 ones), as nftables
+/// set elements: `169.254.170.2`, `169.254.170.2 . tcp . 80`.
+#[derive(Default)]
+struct Ported {
+    addrs4: Vec<String>,
+    addrs6: Vec<String>,
+    ports4: Vec<String>,
+    ports6: Vec<String>,
+}
+
+impl Ported {
+    fn of(spec: &PolicySpec) -> Self {
+        let mut p = Self::default();
+        for addr in spec.protected_addresses() {
+            let Some(ports) = spec.ports_of(addr) else {
+                continue;
+            };
+            let (mut forms4, mut forms6) = (Vec::new(), Vec::new());
+            match addr {
+                IpAddr::V4(a) => {
+                    forms4.push(a.to_string());
+                    forms6.push(a.to_ipv6_mapped().to_string());
+                }
+                IpAddr::V6(a) => forms6.push(a.to_string()),
+            }
+            for (forms, addrs, elements) in [
+                (&forms4, &mut p.addrs4, &mut p.ports4),
+                (&forms6, &mut p.addrs6, &mut p.ports6),
+            ] {
+                for form in forms {
+                    addrs.push(form.clone());
+                    for port in &ports {
+                        for proto in port.protocol.each() {
+                            elements.push(format!("{form} . {} . {}", proto.name(), port.number));
+                        }
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    fn is_empty(&self) -> bool {
+        self.addrs4.is_empty() && self.addrs6.is_empty()
+    }
+}
+
 /// The protected addresses by family, the IPv4 ones' mapped forms with
-/// the IPv6 ones.
+/// the IPv6 ones: those protected on every port.
 fn protected(spec: &PolicySpec) -> (Vec<String>, Vec<String>) {
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for e in &spec.endpoints {
+    for e in spec.endpoints.iter().filter(|e| e.port.is_none()) {
         match e.addr {
             IpAddr::V4(a) => {
                 v4.push(a.to_string());
@@ -160,34 +216,77 @@ fn rules(spec: &PolicySpec, sources4: bool, sources6: bool) -> Vec<String> {
         Mode::Enforce => "dropped",
         Mode::Audit => "audited",
     };
+    let ported = !Ported::of(spec).is_empty();
+    let mut sets = vec![("protected4", "protected6")];
+    if ported {
+        sets.push(("ported4", "ported6"));
+    }
     let mut rules = Vec::new();
-    for i in &spec.forward.interfaces {
-        rules.push(format!(
-            "ip daddr @protected4 iifname \"{}\" accept",
-            i.name
-        ));
-        rules.push(format!(
-            "ip6 daddr @protected6 iifname \"{}\" accept",
-            i.name
-        ));
+    for &(set4, set6) in &sets {
+        for i in &spec.forward.interfaces {
+            rules.push(format!("ip daddr @{set4} iifname \"{}\" accept", i.name));
+            rules.push(format!("ip6 daddr @{set6} iifname \"{}\" accept", i.name));
+        }
+        if sources4 {
+            rules.push(format!("ip daddr @{set4} ip saddr @sources4 accept"));
+        }
+        if sources6 {
+            rules.push(format!("ip6 daddr @{set6} ip6 saddr @sources6 accept"));
+        }
     }
-    if sources4 {
-        rules.push("ip daddr @protected4 ip saddr @sources4 accept".to_owned());
+    // What a packet to a protected port looks like, per family: its
+    // address protected on every port; its address, protocol and port in
+    // the ports set; or, of an address protected on some ports, a port
+    // that cannot be read (an IPv4 fragment after the first, an IPv6
+    // extension header; a protocol the programs do not know), which
+    // counts as a protected one, as in the netfilter program.
+    let mut matches = vec![
+        ("ip", "flood4", "ip daddr @protected4".to_owned()),
+        ("ip6", "flood6", "ip6 daddr @protected6".to_owned()),
+    ];
+    if ported {
+        matches = vec![
+            matches[0].clone(),
+            (
+                "ip",
+                "flood4",
+                "ip daddr . ip protocol . th dport @ports4".to_owned(),
+            ),
+            (
+                "ip",
+                "flood4",
+                "ip daddr @ported4 ip frag-off & 0x1fff != 0".to_owned(),
+            ),
+            (
+                "ip",
+                "flood4",
+                "ip daddr @ported4 ip protocol != { icmp, tcp, udp, udplite, sctp }".to_owned(),
+            ),
+            matches[1].clone(),
+            // The next header right after the fixed one, as the netfilter
+            // program reads it: an extension header (a fragment header
+            // among them) leaves the port unread.
+            (
+                "ip6",
+                "flood6",
+                "ip6 daddr . ip6 nexthdr . th dport @ports6".to_owned(),
+            ),
+            (
+                "ip6",
+                "flood6",
+                "ip6 daddr @ported6 ip6 nexthdr != { ipv6-icmp, tcp, udp, udplite, sctp, 59 }"
+                    .to_owned(),
+            ),
+        ];
     }
-    if sources6 {
-        rules.push("ip6 daddr @protected6 ip6 saddr @sources6 accept".to_owned());
-    }
-    for (family, set, flood) in [
-        ("ip", "protected4", "flood4"),
-        ("ip6", "protected6", "flood6"),
-    ] {
+    for (family, flood, what) in matches {
         rules.push(format!(
-            "{family} daddr @{set} update @{flood} {{ iifname . {family} saddr limit rate \
+            "{what} update @{flood} {{ iifname . {family} saddr limit rate \
              {LOG_RATE}/second burst {} packets }} log group {LOG_GROUP} prefix \"{LOG_PREFIX}\"",
             LOG_RATE * 2
         ));
         rules.push(
-            format!("{family} daddr @{set} counter name {counter} {verdict}")
+            format!("{what} counter name {counter} {verdict}")
                 .trim_end()
                 .to_owned(),
         );
@@ -366,6 +465,37 @@ mod tests {
 
     fn spec(toml: &str) -> PolicySpec {
         PolicySpec::parse(Path::new("p.toml"), toml).expect("valid")
+    }
+
+    #[test]
+    fn a_port_scoped_endpoint_drops_its_ports_and_what_has_no_port_to_read() {
+        let text = ruleset(&spec(
+            "[endpoints]\naddresses = [\"169.254.169.254\", \"169.254.170.2:80/tcp\", \
+             \"[fd00:ec2::23]:80\"]\n[allow]\nuids = [0]\n[forward]\n\
+             allow_interfaces = [\"br-vm\"]\n",
+        ));
+        for line in [
+            "set protected4 { type ipv4_addr; elements = { 169.254.169.254 } }",
+            "set ported4 { type ipv4_addr; elements = { 169.254.170.2 } }",
+            "set ported6 { type ipv6_addr; elements = { ::ffff:169.254.170.2, fd00:ec2::23 } }",
+            "set ports4 { type ipv4_addr . inet_proto . inet_service; elements = { \
+             169.254.170.2 . tcp . 80 } }",
+            "set ports6 { type ipv6_addr . inet_proto . inet_service; elements = { \
+             ::ffff:169.254.170.2 . tcp . 80, fd00:ec2::23 . tcp . 80, fd00:ec2::23 . udp . 80 } }",
+            "ip daddr @ported4 iifname \"br-vm\" accept",
+            "ip daddr . ip protocol . th dport @ports4 counter name dropped drop",
+            "ip daddr @ported4 ip frag-off & 0x1fff != 0 counter name dropped drop",
+            "ip daddr @ported4 ip protocol != { icmp, tcp, udp, udplite, sctp } counter name \
+             dropped drop",
+            "ip6 daddr . ip6 nexthdr . th dport @ports6 counter name dropped drop",
+            "ip6 daddr @ported6 ip6 nexthdr != { ipv6-icmp, tcp, udp, udplite, sctp, 59 } \
+             counter name dropped drop",
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
+        }
+        // A policy without ports has none of it.
+        let bare = ruleset(&spec("[allow]\nuids = [0]\n"));
+        assert!(!bare.contains("ported"), "{bare}");
     }
 
     #[test]

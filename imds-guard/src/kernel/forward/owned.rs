@@ -38,7 +38,7 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{Socket, SocketAddr, constants::NETLINK_NETFILTER};
 
-use crate::policy::{Mode, PolicySpec, forward::Prefix};
+use crate::policy::{Mode, PolicySpec, Port, Protocol, forward::Prefix};
 
 /// The owned table's name, beside the unowned copy's.
 pub const OWNED_TABLE: &str = "imds_guard_forward_owned";
@@ -46,8 +46,12 @@ pub const OWNED_TABLE: &str = "imds_guard_forward_owned";
 const PRIORITY: i32 = -299;
 /// `NFNL_SUBSYS_NFTABLES`, the resource id of a batch's delimiters.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
-/// `NFT_PAYLOAD_NETWORK_HEADER`.
+/// `NFT_PAYLOAD_NETWORK_HEADER` and `NFT_PAYLOAD_TRANSPORT_HEADER`.
 const NETWORK_HEADER: u32 = 1;
+const TRANSPORT_HEADER: u32 = 2;
+/// `IPPROTO_TCP` and `IPPROTO_UDP`.
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 /// `NF_DROP` and `NF_ACCEPT` as verdict codes.
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
@@ -283,13 +287,94 @@ fn rules(spec: &PolicySpec) -> Vec<Vec<Expressions>> {
     for s in &spec.forward.sources {
         rules.push(source(s.prefix));
     }
-    for e in &spec.endpoints {
-        match e.addr {
-            IpAddr::V4(a) => {
-                rules.push(to(NFPROTO_IPV4, a.octets().to_vec()));
-                rules.push(to(NFPROTO_IPV6, a.to_ipv6_mapped().octets().to_vec()));
+    for addr in spec.protected_addresses() {
+        let forms = match addr {
+            IpAddr::V4(a) => vec![
+                (NFPROTO_IPV4, a.octets().to_vec()),
+                (NFPROTO_IPV6, a.to_ipv6_mapped().octets().to_vec()),
+            ],
+            IpAddr::V6(a) => vec![(NFPROTO_IPV6, a.octets().to_vec())],
+        };
+        for (family, a) in forms {
+            match spec.ports_of(addr) {
+                None => rules.push(to(family, a)),
+                Some(ports) => rules.extend(to_ports(family, &a, &ports)),
             }
-            IpAddr::V6(a) => rules.push(to(NFPROTO_IPV6, a.octets().to_vec())),
+        }
+    }
+    rules
+}
+
+/// The drops for an address protected on `ports` only, as the netfilter
+/// program decides: a packet whose protocol (IPv6: the next header right
+/// after the fixed header) is not one it knows, an IPv4 fragment after the
+/// first (no port to read), and each protected port.
+fn to_ports(family: u8, addr: &[u8], ports: &[Port]) -> Vec<Vec<Expressions>> {
+    let (daddr, proto_at) = if family == NFPROTO_IPV4 {
+        (16, 9)
+    } else {
+        (24, 6)
+    };
+    let base = || {
+        vec![
+            load_meta(MetaKey::Nfproto),
+            equal(vec![family]),
+            load_payload(daddr, addr.len() as u32),
+            equal(addr.to_vec()),
+            load_payload(proto_at, 1),
+        ]
+    };
+    let icmp = if family == NFPROTO_IPV4 { 1 } else { 58 };
+    let mut known = vec![icmp, IPPROTO_TCP, IPPROTO_UDP, 132, 136];
+    if family == NFPROTO_IPV6 {
+        // "No next header".
+        known.push(59);
+    }
+    let mut unknown = base();
+    unknown.extend(
+        known
+            .into_iter()
+            .map(|p| compare(Operator::NotEqual, vec![p])),
+    );
+    unknown.push(verdict(NF_DROP));
+    let mut rules = vec![unknown];
+    if family == NFPROTO_IPV4 {
+        let mut later = base();
+        later.pop();
+        later.extend([
+            load_payload(6, 2),
+            Expressions::Bitwise(vec![
+                Bitwise::SourceRegister(Register::Reg1),
+                Bitwise::DestinationRegister(Register::Reg1),
+                Bitwise::Length(2),
+                Bitwise::Mask(DataAttribute::Value(vec![0x1f, 0xff])),
+                Bitwise::Xor(DataAttribute::Value(vec![0, 0])),
+            ]),
+            compare(Operator::NotEqual, vec![0, 0]),
+            verdict(NF_DROP),
+        ]);
+        rules.push(later);
+    }
+    for port in ports {
+        for protocol in port.protocol.each() {
+            let number = match protocol {
+                Protocol::Udp => IPPROTO_UDP,
+                _ => IPPROTO_TCP,
+            };
+            let mut rule = base();
+            rule.push(equal(vec![number]));
+            // IPv4: the transport header, wherever options end it (a
+            // fragment after the first has none, and the rule above drops
+            // it); IPv6: right after the fixed header, as the next header
+            // checked says.
+            rule.push(if family == NFPROTO_IPV4 {
+                load(TRANSPORT_HEADER, 2, 2)
+            } else {
+                load_payload(42, 2)
+            });
+            rule.push(equal(port.number.to_be_bytes().to_vec()));
+            rule.push(verdict(NF_DROP));
+            rules.push(rule);
         }
     }
     rules
@@ -344,18 +429,26 @@ fn load_meta(key: MetaKey) -> Expressions {
 }
 
 fn load_payload(offset: u32, len: u32) -> Expressions {
+    load(NETWORK_HEADER, offset, len)
+}
+
+fn load(base: u32, offset: u32, len: u32) -> Expressions {
     Expressions::Payload(vec![
         Payload::DestinationRegister(Register::Reg1),
-        Payload::Base(NETWORK_HEADER),
+        Payload::Base(base),
         Payload::Offset(offset),
         Payload::Len(len),
     ])
 }
 
 fn equal(value: Vec<u8>) -> Expressions {
+    compare(Operator::Equal, value)
+}
+
+fn compare(op: Operator, value: Vec<u8>) -> Expressions {
     Expressions::Cmp(vec![
         Cmp::SourceRegister(Register::Reg1),
-        Cmp::Op(Operator::Equal),
+        Cmp::Op(op),
         Cmp::Data(DataAttribute::Value(value)),
     ])
 }
@@ -396,6 +489,26 @@ mod tests {
         assert_eq!(r[3][3], equal(vec![169, 254, 169, 254]));
         assert_eq!(r[3][4], verdict(NF_DROP));
         assert_eq!(r[4][1], equal(vec![NFPROTO_IPV6]));
+    }
+
+    #[test]
+    fn a_port_scoped_address_drops_its_ports_unknown_protocols_and_later_fragments() {
+        let r = rules(&spec(
+            "[endpoints]\naddresses = [\"169.254.170.2:80/tcp\"]\n[allow]\nuids = [0]\n",
+        ));
+        // IPv4: unknown protocol, later fragment, 80/tcp; the mapped
+        // IPv6 form: unknown next header, 80/tcp.
+        assert_eq!(r.len(), 3 + 2, "{r:#?}");
+        assert_eq!(r[0][3], equal(vec![169, 254, 170, 2]));
+        assert!(r[0].contains(&compare(Operator::NotEqual, vec![IPPROTO_TCP])));
+        assert_eq!(r[1][4], load_payload(6, 2));
+        assert_eq!(r[2][5], equal(vec![IPPROTO_TCP]));
+        assert_eq!(r[2][6], load(TRANSPORT_HEADER, 2, 2));
+        assert_eq!(r[2][7], equal(vec![0, 80]));
+        assert_eq!(r[2][8], verdict(NF_DROP));
+        assert_eq!(r[3][1], equal(vec![NFPROTO_IPV6]));
+        assert!(r[3].contains(&compare(Operator::NotEqual, vec![59])));
+        assert_eq!(r[4][6], load_payload(42, 2));
     }
 
     #[test]

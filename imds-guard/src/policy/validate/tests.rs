@@ -54,6 +54,7 @@ fn absent_mode_and_endpoints_mean_enforce_and_the_default_addresses() {
         .iter()
         .map(|a| Endpoint {
             addr: ip(a),
+            port: None,
             at: None,
         })
         .collect();
@@ -94,10 +95,12 @@ addresses = [\"fd00:ec2::254\", \"169.254.170.2\"]
         [
             Endpoint {
                 addr: ip("fd00:ec2::254"),
+                port: None,
                 at: Some(at(13, 14)),
             },
             Endpoint {
                 addr: ip("169.254.170.2"),
+                port: None,
                 at: Some(at(13, 31)),
             },
         ]
@@ -361,14 +364,14 @@ fn mode_must_be_enforce_or_audit() {
 // ---- addresses ----
 
 #[test]
-fn addresses_must_be_bare_unicast_addresses() {
+fn addresses_must_be_unicast_addresses_with_a_port_or_none() {
     let text = "\
 [allow]
 uids = [0]
 [endpoints]
 addresses = [
   \"169.254.169.254/32\",
-  \"169.254.169.254:80\",
+  \"169.254.169.254:0/tcp\",
   \"[fd00:ec2::254]\",
   \"metadata.google.internal\",
   \"0.0.0.0\",
@@ -381,8 +384,8 @@ addresses = [
     let expected = [
         "p.toml:5:3: [endpoints] addresses: \"169.254.169.254/32\" is a CIDR range, expected a \
          single address without \"/32\" (list each address to protect)",
-        "p.toml:6:3: [endpoints] addresses: \"169.254.169.254:80\" has a port, expected the bare \
-         address \"169.254.169.254\"",
+        "p.toml:6:3: [endpoints] addresses: \"169.254.169.254:0/tcp\" names port 0, expected a \
+         port from 1 to 65535",
         "p.toml:7:3: [endpoints] addresses: \"[fd00:ec2::254]\" has brackets, expected the bare \
          address \"fd00:ec2::254\"",
         "p.toml:8:3: [endpoints] addresses: \"metadata.google.internal\" is a host name, \
@@ -703,5 +706,50 @@ fn forward_problems_are_each_reported_where_they_are() {
          such as \"10.8.0.0/16\"\n\
          p.toml:6:1: unknown key \"allow_ports\" in [forward] (valid keys: allow_interfaces, \
          allow_sources)"
+    );
+}
+
+#[test]
+fn ports_of_one_address_are_listed_once_and_never_beside_every_port() {
+    let text = "\
+[allow]
+uids = [0]
+[endpoints]
+addresses = [
+  \"169.254.170.2:80/tcp\",
+  \"169.254.170.2:53\",
+  \"169.254.170.2:80\",
+  \"169.254.170.2\",
+  \"169.254.169.254\",
+  \"169.254.169.254:80\",
+  \"169.254.170.2:53/udp\",
+  \"169.254.170.2:80/udp\",
+]
+";
+    let expected = [
+        "p.toml:7:3: [endpoints] addresses: duplicate port \"169.254.170.2:80\", already listed \
+         as \"169.254.170.2:80/tcp\" at line 5, column 3",
+        "p.toml:8:3: [endpoints] addresses: \"169.254.170.2\" protects every port of an address \
+         whose ports are listed, as \"169.254.170.2:80/tcp\" at line 5, column 3",
+        "p.toml:10:3: [endpoints] addresses: \"169.254.169.254:80\" names a port of an address \
+         protected on every port by \"169.254.169.254\" at line 9, column 3",
+        "p.toml:11:3: [endpoints] addresses: duplicate port \"169.254.170.2:53/udp\", already \
+         listed as \"169.254.170.2:53\" at line 6, column 3",
+    ];
+    assert_eq!(errors(text), expected.join("\n"));
+    // 80/tcp and 80/udp are two entries of one port.
+    let ok = spec(
+        "[allow]\nuids = [0]\n[endpoints]\naddresses = [\"169.254.170.2:80/tcp\", \
+         \"169.254.170.2:80/udp\"]\n",
+    );
+    assert_eq!(ok.endpoints.len(), 2);
+    let nine: Vec<String> = (1..=9).map(|p| format!("\"169.254.170.2:{p}\"")).collect();
+    assert_eq!(
+        errors(&format!(
+            "[allow]\nuids = [0]\n[endpoints]\naddresses = [{}]\n",
+            nine.join(", ")
+        )),
+        "p.toml:4:166: [endpoints] addresses: \"169.254.170.2:9\": more than 8 ports of \
+         169.254.170.2"
     );
 }
