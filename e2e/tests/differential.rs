@@ -41,7 +41,7 @@ use std::{
 
 use imds_guard::{
     kernel::{Counters, Guard, Stamp},
-    policy::{Action as Verdict, Mode, Policy, PolicySpec, Process, SystemResolver},
+    policy::{Action as Verdict, Mode, Policy, PolicySpec, Process, Protocol, SystemResolver},
     render::{Format, Target},
 };
 use imds_guard_e2e::{
@@ -173,6 +173,25 @@ gids = [1600]
     // both as supplementary groups: the deny wins, as nftables's default
     // does.
     nftables_differ_for: &[who(2002, 2002, &[1500]), who(1005, 1500, &[1600])],
+};
+
+/// Endpoints with ports (issue 20): TCP 80 of both metadata addresses is
+/// protected, and loopback only on ports nothing connects to here, so the
+/// fake IMDS's unprotected listeners (TCP 8080 of 127.0.0.1 and ::1) are
+/// neighbouring ports of protected addresses: open to every identity, on
+/// every side.
+const PORTS: Case = Case {
+    name: "port-scoped endpoints",
+    toml: r#"
+[endpoints]
+addresses = ["169.254.169.254:80/tcp", "[fd00:ec2::254]:80", "127.0.0.1:8080/udp", "[::1]:53"]
+
+[allow]
+users = ["root"]
+uids = [1001]
+gids = [1500]
+"#,
+    nftables_differ_for: ALLOW_LIST.nftables_differ_for,
 };
 
 /// The AWS example: one denied user, which renders as the one-liners.
@@ -317,12 +336,18 @@ fn connected(seen: &Seen, refused: i32) -> Result<bool, String> {
     }
 }
 
+/// Whether a TCP connect to `dst` is judged: its address is protected on
+/// every port, or on this TCP port.
+fn protected(policy: &Policy, dst: SocketAddr) -> bool {
+    policy.protects_port(dst.ip(), Protocol::Tcp, Some(dst.port()))
+}
+
 /// Checks the guard against `Policy::decide`: the reference both sides are
 /// compared with must itself be right.
 fn check_guard(policy: &Policy, guard: &[Seen]) {
     for seen in guard {
         let expected =
-            !policy.protects(seen.dst.ip()) || guard_verdict(policy, seen.who) == Verdict::Allow;
+            !protected(policy, seen.dst) || guard_verdict(policy, seen.who) == Verdict::Allow;
         let by_guard = connected(seen, libc::EPERM).unwrap_or_else(|e| panic!("guard: {e}"));
         assert_eq!(
             by_guard, expected,
@@ -354,7 +379,7 @@ fn compare(policy: &Policy, side: Side, guard: &[Seen], fw: &[Seen], loaded: &st
                 continue;
             }
         };
-        let documented = if policy.protects(f.dst.ip()) {
+        let documented = if protected(policy, f.dst) {
             expected_difference(side.target(f.dst), policy, f.who)
         } else {
             None
@@ -450,6 +475,49 @@ fn mixed_rules_decide_as_the_guard_does_deny_winning_in_both_formats() {
     }
     differential(
         &MIXED,
+        &[Side::XtablesFile, Side::XtablesCommands, Side::NftablesFile],
+    );
+}
+
+#[test]
+fn port_scoped_rules_decide_as_the_guard_does_and_leave_the_other_ports_open() {
+    let name = "port_scoped_rules_decide_as_the_guard_does_and_leave_the_other_ports_open";
+    if !privileged_or_skip(name) || !tools_or_skip(name) {
+        return;
+    }
+    let spec = spec(&PORTS);
+    let policy = resolved(&spec);
+    // The matrix holds both kinds of destination on protected addresses.
+    assert!(destinations().iter().any(|&d| protected(&policy, d)));
+    assert!(
+        destinations()
+            .iter()
+            .all(|&d| policy.protects(d.ip()) && (protected(&policy, d) == (d.port() == IMDS_PORT)))
+    );
+    for (target, needle) in [
+        (
+            Target::Iptables,
+            "--proto tcp --destination 169.254.169.254 --dport 80 --jump",
+        ),
+        (
+            Target::Iptables,
+            "--destination 169.254.169.254 --fragment --jump",
+        ),
+        (
+            Target::Ip6tables,
+            "--proto udp --destination fd00:ec2::254 --dport 80 --jump",
+        ),
+        (
+            Target::Nftables,
+            "ip daddr 169.254.169.254 tcp dport 80 jump by_owner",
+        ),
+        (Target::Nftables, "ip6 daddr ::1 udp dport 53 jump by_owner"),
+    ] {
+        let text = rendered(&spec, target, Format::File);
+        assert!(text.contains(needle), "{target}: no {needle:?} in\n{text}");
+    }
+    differential(
+        &PORTS,
         &[Side::XtablesFile, Side::XtablesCommands, Side::NftablesFile],
     );
 }

@@ -44,6 +44,10 @@ use serde_json::Value;
 
 /// Only root, on the host: nothing the containers send is allowed.
 const ONLY_ROOT: &str = "mode = \"enforce\"\n[allow]\nuids = [0]\n";
+/// [`ONLY_ROOT`] on TCP 80 of both metadata addresses only (issue 20):
+/// their other ports stay open to forwarded packets too.
+const TCP_80: &str = "mode = \"enforce\"\n[endpoints]\naddresses = [\"169.254.169.254:80/tcp\", \
+                      \"[fd00:ec2::254]:80/tcp\"]\n[allow]\nuids = [0]\n";
 /// The agent's unowned table.
 const TABLE: &str = "imds_guard_forward";
 /// How long a disruption is watched for packets getting through.
@@ -209,7 +213,12 @@ impl World {
     /// Starts the agent with `args`; the mechanism its `ready` record
     /// names.
     fn start(&self, args: &[&str]) -> (Agent, String) {
-        let agent = self.topo.start_agent_with(ONLY_ROOT, args);
+        self.start_with(ONLY_ROOT, args)
+    }
+
+    /// [`World::start`] with `policy`.
+    fn start_with(&self, policy: &str, args: &[&str]) -> (Agent, String) {
+        let agent = self.topo.start_agent_with(policy, args);
         let ready = agent.wait_ready(LOG);
         let mechanism = field(&ready, "forward_mechanism")
             .and_then(Value::as_str)
@@ -412,6 +421,82 @@ fn fragments_to_a_protected_address_are_dropped_by_nftables() {
         return;
     }
     fragments(&["--forward-path", "nftables"]);
+}
+
+/// A port-scoped endpoint in the forward path: TCP 80 is dropped, a
+/// datagram to UDP 5353 of the same addresses arrives, and a fragment
+/// after the first (no port to read) is dropped.
+fn ports(args: &[&str]) {
+    let world = World::new();
+    let c1 = world.topo.container("c1");
+    let datagrams = || {
+        world.arrivals_during(|| {
+            for dst in [IpAddr::from(IMDS_V4), IMDS_V6.into()] {
+                small_datagram(&c1.netns_path(), SocketAddr::new(dst, UDP_PORT));
+            }
+        })
+    };
+    let (arrived, _) = datagrams();
+    assert!(
+        arrived.v4.udp >= 1 && arrived.v6.udp >= 1,
+        "without the guard the datagrams arrive: {arrived:?}"
+    );
+    let (agent, mechanism) = world.start_with(TCP_80, args);
+    // The prober's TCP 80: nothing arrives, nothing is answered.
+    let (arrived, answered) = world.arrivals_during(|| {});
+    assert_eq!(
+        (arrived.v4.tcp + arrived.v6.tcp, answered),
+        (0, 0),
+        "{mechanism}: TCP 80 is protected: {arrived:?}"
+    );
+    // UDP 5353: a neighbouring port, open.
+    let (arrived, _) = datagrams();
+    assert!(
+        arrived.v4.udp >= 1 && arrived.v6.udp >= 1,
+        "{mechanism}: UDP 5353 is not protected: {arrived:?}"
+    );
+    // A lone later fragment names no port: dropped.
+    let (arrived, _) = world
+        .arrivals_during(|| send_later_fragment(&c1.netns_path(), c1.addr_v4(), IMDS_V4, 0x4343));
+    assert_eq!(
+        arrived.v4.all, 0,
+        "{mechanism}: a later fragment: {arrived:?}"
+    );
+    drop(agent);
+}
+
+/// One small UDP datagram to `dst` from the namespace at `netns`.
+fn small_datagram(netns: &Path, dst: SocketAddr) {
+    let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("{e}"));
+    thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let socket = std::net::UdpSocket::bind(bind).unwrap_or_else(|e| panic!("{e}"));
+            socket
+                .send_to(b"imds-guard ports", dst)
+                .unwrap_or_else(|e| panic!("sending to {dst}: {e}"));
+        });
+    });
+}
+
+#[test]
+fn the_forward_path_honours_ports() {
+    if !privileged_or_skip("the_forward_path_honours_ports")
+        || !netfilter_or_skip("the_forward_path_honours_ports")
+    {
+        return;
+    }
+    ports(&[]);
+}
+
+#[test]
+fn the_forward_path_honours_ports_with_nftables() {
+    if !privileged_or_skip("the_forward_path_honours_ports_with_nftables") {
+        return;
+    }
+    ports(&["--forward-path", "nftables"]);
 }
 
 /// A flood from `c1` while `c2` tries: `c2`'s attempt is logged.

@@ -144,18 +144,52 @@ pub fn active_generation() -> u32 {
     ACTIVE.get(0).map_or(0, |g| *g & 1)
 }
 
-/// Is this IPv4 destination protected for traffic of `transport`
-/// ([`transport`]) to `port` (host byte order)? Asked only of one
+/// What a program passes for a packet whose port it could not read (a
+/// fragment after the first, a header too short): `IPPROTO_RAW`, which
+/// no transport with ports is, and which [`transport_of`] says is
+/// unknown.
+pub const UNREADABLE: u8 = 255;
+
+/// Is this IPv4 destination protected for traffic of IP protocol `proto`
+/// ([`UNREADABLE`] when its port could not be read) to `port` (host byte
+/// order)? Asked only of one
 /// [`may_be_protected_v4`] lets through: the address's
 /// [`imds_guard_common::Ports`] say which of its ports are (a bare
 /// address: all of them).
+///
+/// A subprogram, as [`protected_v6`] is: the port rules are a loop whose
+/// every way through (which slot matched, what the loads left in
+/// registers and on the stack) would otherwise reach the decision as a
+/// state of its own for 6.1's verifier to walk again. The caller knows
+/// only the answer.
 #[inline(always)]
-pub fn protected_v4(generation: u32, ip4: u32, transport: u8, port: u16) -> bool {
+pub fn protected_v4(generation: u32, ip4: u32, proto: u8, port: u16) -> bool {
+    lookup_v4(query(generation, proto, port), ip4)
+}
+
+/// The generation (0 or 1) in the low byte, the protocol in the next,
+/// the port in the high half: a subprogram takes at most five arguments,
+/// all in registers. What the protocol means for the ports is worked out
+/// in the subprogram, so that the caller does not branch on it: each way
+/// would be a state of its own for the verifier.
+#[inline(always)]
+fn query(generation: u32, proto: u8, port: u16) -> u32 {
+    generation | u32::from(proto) << 8 | u32::from(port) << 16
+}
+
+#[inline(never)]
+fn lookup_v4(query: u32, ip4: u32) -> bool {
+    ports_cover_v4(query, ip4)
+}
+
+/// [`lookup_v4`]'s body, shared with the mapped form of [`lookup_v6`].
+#[inline(always)]
+fn ports_cover_v4(query: u32, ip4: u32) -> bool {
     let ports = PROTECTED_V4.get_ptr(V4Key {
-        generation,
+        generation: query & 0xff,
         addr: ip4,
     });
-    covers(ports, transport, port)
+    covers(ports, query)
 }
 
 /// Is this IPv6 destination protected, as [`protected_v4`] says? An
@@ -171,53 +205,52 @@ pub fn protected_v4(generation: u32, ip4: u32, transport: u8, port: u16) -> bool
 /// walked once each, twice as far as connect4. The callee's frame goes
 /// at its return, and the caller knows only the answer.
 #[inline(always)]
-pub fn protected_v6(generation: u32, ip6: &[u32; 4], transport: u8, port: u16) -> bool {
-    // A subprogram takes at most five arguments, all in registers: the
-    // generation (0 or 1), the transport and the port share one.
-    let query = generation | u32::from(transport) << 8 | u32::from(port) << 16;
-    lookup_v6(query, ip6[0], ip6[1], ip6[2], ip6[3])
+pub fn protected_v6(generation: u32, ip6: &[u32; 4], proto: u8, port: u16) -> bool {
+    lookup_v6(
+        query(generation, proto, port),
+        ip6[0],
+        ip6[1],
+        ip6[2],
+        ip6[3],
+    )
 }
 
-/// [`protected_v6`]'s lookup, word by word; `query` is the generation in
-/// its low byte, the transport in the next, the port in the high half.
+/// [`protected_v6`]'s lookup, word by word; `query` as [`query`] makes it.
 #[inline(never)]
 fn lookup_v6(query: u32, w0: u32, w1: u32, w2: u32, w3: u32) -> bool {
-    let generation = query & 0xff;
-    let transport = (query >> 8) as u8;
-    let port = (query >> 16) as u16;
     if w0 == 0 && w1 == 0 && w2 == MAPPED_PREFIX_WORD {
-        return protected_v4(generation, w3, transport, port);
+        return ports_cover_v4(query, w3);
     }
     let ports = PROTECTED_V6.get_ptr(V6Key {
-        generation,
+        generation: query & 0xff,
         addr: [w0, w1, w2, w3],
     });
-    covers(ports, transport, port)
+    covers(ports, query)
 }
 
 /// Whether a protected address's ports (none: not protected) cover the
-/// traffic.
+/// traffic [`query`] describes.
 #[inline(always)]
-fn covers(ports: Option<*const Ports>, transport: u8, port: u16) -> bool {
+fn covers(ports: Option<*const Ports>, query: u32) -> bool {
+    let (transport, port) = (transport_of((query >> 8) as u8), (query >> 16) as u16);
     // SAFETY: a value of our own map, valid for this run of the program.
     ports.is_some_and(|p| unsafe { (*p).covers(transport, port) })
 }
 
-/// The [`transport`] of a socket's protocol (`bpf_sock_addr.protocol`, as
-/// `sk_protocol` holds it): the port a `sock_addr` hook reads is a TCP or
-/// UDP port only for those; one the programs do not know is judged as an
-/// unreadable port. The `egress` program judges every packet again from
-/// its own headers, so what a socket claims here only decides whether
-/// this hook judges its caller now.
+/// The [`transport`] of an IP protocol as a program read it: the port is
+/// a TCP or UDP one only for those; ICMP, ICMPv6, UDP-Lite, SCTP and "no
+/// next header" have none an endpoint names; anything else (an IPv6
+/// extension header, [`UNREADABLE`]) leaves the port unknown, and an
+/// unknown port counts as a protected one. The `sock_addr` hooks pass
+/// the socket's protocol (`sk_protocol`'s low byte: MPTCP's 262 is 6
+/// there, TCP, as its subflows are); `egress` judges every packet again
+/// from its own headers whatever a hook let through.
 #[inline(always)]
-pub fn transport_of_socket(protocol: u32) -> u8 {
-    match protocol {
-        // IPPROTO_TCP; MPTCP sockets report it too.
+fn transport_of(proto: u8) -> u8 {
+    match proto {
         6 => transport::TCP,
-        // IPPROTO_UDP.
         17 => transport::UDP,
-        // ICMP and ICMPv6 ping sockets, UDP-Lite: no TCP or UDP port.
-        1 | 58 | 136 => transport::OTHER,
+        1 | 58 | 59 | 132 | 136 => transport::OTHER,
         _ => transport::UNKNOWN,
     }
 }

@@ -33,12 +33,13 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use imds_guard_common::{
     Budget, BudgetKey, FORWARD_BUDGET_WINDOW_NS, FORWARD_RECORD_BURST, ForwardEvent,
     ForwardOffsets, GENERATION_BITS, IFNAME_LEN, InterfaceKey, Source4Key, Source6Key,
-    forward_counter, forward_verdict, fragment, mode, nfproto, transport,
+    forward_counter, forward_verdict, fragment, mode, nfproto,
 };
 
 use crate::{
     dst::{
-        active_generation, may_be_protected_v4, may_be_protected_v6, protected_v4, protected_v6,
+        UNREADABLE, active_generation, may_be_protected_v4, may_be_protected_v6, protected_v4,
+        protected_v6,
     },
     kernel::{address_of, read, read_ptr},
     maps::{
@@ -74,10 +75,6 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_UDPLITE: u8 = 136;
 const IPPROTO_SCTP: u8 = 132;
-/// Protocols without ports, and IPv6's "no next header".
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_NONE: u8 = 59;
 /// The IPv6 fragment header's number.
 const NEXTHDR_FRAGMENT: u8 = 44;
 /// `frag_off` of an IPv4 header (host order): more fragments, and the
@@ -250,15 +247,13 @@ fn v4(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> 
         fragment::NONE
     };
     let ihl = u32::from(h.version_ihl & 0x0f) * 4;
-    let (transport, port) = if fragment == fragment::LATER {
-        (transport::UNKNOWN, 0)
-    } else if h.protocol == IPPROTO_ICMP {
-        (transport::OTHER, 0)
+    let (asked, port) = if fragment == fragment::LATER {
+        (UNREADABLE, 0)
     } else {
         port(off, skb, ip, ihl, h.protocol)
     };
     let generation = active_generation();
-    if !protected_v4(generation, h.daddr, transport, port) {
+    if !protected_v4(generation, h.daddr, asked, port) {
         return Some(None);
     }
     let (s, d) = (h.saddr.to_ne_bytes(), h.daddr.to_ne_bytes());
@@ -316,14 +311,13 @@ fn v6(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> 
     };
     // A first fragment's transport header follows the 8-byte fragment
     // header.
-    let (transport, port) = match (fragment, proto) {
-        (fragment::LATER, _) => (transport::UNKNOWN, 0),
-        (_, IPPROTO_ICMPV6 | IPPROTO_NONE) => (transport::OTHER, 0),
-        (fragment::NONE, _) => port(off, skb, ip, 40, proto),
+    let (asked, port) = match fragment {
+        fragment::LATER => (UNREADABLE, 0),
+        fragment::NONE => port(off, skb, ip, 40, proto),
         _ => port(off, skb, ip, 48, proto),
     };
     let generation = active_generation();
-    if !protected_v6(generation, &h.daddr, transport, port) {
+    if !protected_v6(generation, &h.daddr, asked, port) {
         return Some(None);
     }
     let mut packet = Packet {
@@ -343,32 +337,33 @@ fn v6(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> 
     Some(Some((packet, generation)))
 }
 
-/// The [`transport`] and destination port (host order) of a transport
-/// header of protocol `proto`, `hlen` bytes past the IP header, when it is
-/// in the linear part of the buffer. TCP and UDP ports are read; UDP-Lite
-/// and SCTP have ports no endpoint names; any other protocol, or a port
-/// that cannot be read, is unknown, and counts as a protected port.
+/// The protocol to ask the protected addresses about and the destination
+/// port (host order) of a transport header of protocol `proto`, `hlen`
+/// bytes past the IP header: the port of a protocol that has one, when it
+/// is in the linear part of the buffer, else [`UNREADABLE`] (which counts
+/// as a protected port); 0 for the other protocols (`dst::transport_of`
+/// says what each means).
 #[inline(always)]
 fn port(off: &ForwardOffsets, skb: u64, ip: u64, hlen: u32, proto: u8) -> (u8, u16) {
-    let transport = match proto {
-        IPPROTO_TCP => transport::TCP,
-        IPPROTO_UDP => transport::UDP,
-        IPPROTO_UDPLITE | IPPROTO_SCTP => transport::OTHER,
-        _ => return (transport::UNKNOWN, 0),
-    };
+    if !matches!(
+        proto,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP
+    ) {
+        return (proto, 0);
+    }
     let (Some(len), Some(data_len)) = (
         read::<u32>(skb, off.skb_len),
         read::<u32>(skb, off.skb_data_len),
     ) else {
-        return (transport::UNKNOWN, 0);
+        return (UNREADABLE, 0);
     };
     // `len` counts from `data`, the network header at this hook.
     if len.saturating_sub(data_len) < hlen + 4 {
-        return (transport::UNKNOWN, 0);
+        return (UNREADABLE, 0);
     }
     match read::<u16>(ip, hlen + 2) {
-        Some(port) => (transport, u16::from_be(port)),
-        None => (transport::UNKNOWN, 0),
+        Some(port) => (proto, u16::from_be(port)),
+        None => (UNREADABLE, 0),
     }
 }
 

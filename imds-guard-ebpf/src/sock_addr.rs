@@ -21,7 +21,7 @@ use crate::{
     decide::{Verdict, decide},
     dst::{
         Dst, active_generation, may_be_protected_v4, may_be_protected_v6, protected_v4,
-        protected_v6, transport_of_socket, user_ip4, user_ip6, user_port,
+        protected_v6, user_ip4, user_ip6, user_port,
     },
     kernel::address_of,
     maps::DECIDED,
@@ -48,12 +48,13 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     v6(&ctx, hook::SENDMSG6).into()
 }
 
-/// The socket's protocol (`bpf_sock_addr.protocol`), read only for a
-/// destination the prefixes cover.
+/// The socket's protocol (`bpf_sock_addr.protocol`), its low byte (see
+/// `dst::transport_of`), read only for a destination the prefixes cover.
 #[inline(always)]
-fn protocol(ctx: &SockAddrContext) -> u32 {
+fn protocol(ctx: &SockAddrContext) -> u8 {
     // SAFETY: as in `user_ip4`: one aligned 4-byte load of the context.
-    unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).protocol) }
+    let p = unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).protocol) };
+    p as u8
 }
 
 /// An IPv4 destination (`user_ip4`). One outside the protected prefixes
@@ -66,7 +67,7 @@ fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
     }
     let generation = active_generation();
     let port = user_port(ctx);
-    if !protected_v4(generation, ip4, transport_of_socket(protocol(ctx)), port) {
+    if !protected_v4(generation, ip4, protocol(ctx), port) {
         return Verdict::Allow;
     }
     let mut dst = Dst::v4(ip4, port);
@@ -84,7 +85,7 @@ fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
     }
     let generation = active_generation();
     let port = user_port(ctx);
-    if !protected_v6(generation, &ip6, transport_of_socket(protocol(ctx)), port) {
+    if !protected_v6(generation, &ip6, protocol(ctx), port) {
         return Verdict::Allow;
     }
     let mut dst = Dst::v6(&ip6, port);

@@ -12,7 +12,7 @@
 //! error: `ipfw_delete` in sbin/ipfw/ipfw2.c reports "not found" only for
 //! rule numbers).
 
-use super::{Format, Out, Written};
+use super::{Format, Out, Written, plan::Dest};
 use crate::policy::{Action, Mode};
 
 /// The rule set (0-30; 31 holds the default rule) that holds these rules.
@@ -29,14 +29,16 @@ const LAST_RULE: u32 = 65534;
 pub(super) fn render(out: &mut Out) {
     notes(out);
     let ready = out.ready();
-    let addresses: Vec<_> = out.plan.spec.endpoints.iter().map(|e| e.addr).collect();
+    let addresses = out.plan.all_destinations();
     if ready && addresses.is_empty() {
         out.nothing_to_render("the policy protects no address");
     }
     let mut bodies = Vec::new();
     if ready {
         let ordered: Vec<Written> = out.first_match().cloned().collect();
-        for addr in addresses {
+        for dest in addresses {
+            let (addr, proto) = (dest.addr, dest.proto());
+            let port = dest.port.map_or(String::new(), |p| format!(" {p}"));
             // `setup` (SYN without ACK) limits logging to connection
             // openings, so the log has one line per connection.
             let rule = |action: Action, owner: Option<&Written>| {
@@ -45,15 +47,15 @@ pub(super) fn render(out: &mut Out) {
                     (Action::Deny, Mode::Enforce, _) => ("deny", ""),
                     // A denied identity stops here, or the default's
                     // `count log` would log it a second time.
-                    (Action::Deny, Mode::Audit, Some(_)) => ("allow log", " setup"),
+                    (Action::Deny, Mode::Audit, Some(_)) => ("allow log", setup_of(&dest)),
                     // The default only counts: the rest of the ruleset
                     // still decides, as it would without these rules.
-                    (Action::Deny, Mode::Audit, None) => ("count log", " setup"),
+                    (Action::Deny, Mode::Audit, None) => ("count log", setup_of(&dest)),
                 };
                 let owner = owner.map_or(String::new(), |w| {
                     format!(" {} {}", if w.group { "gid" } else { "uid" }, w.text)
                 });
-                format!("{verb} tcp from any to {addr}{owner}{setup}")
+                format!("{verb} {proto} from any to {addr}{port}{owner}{setup}")
             };
             for written in &ordered {
                 bodies.push(rule(written.action, Some(written)));
@@ -109,6 +111,11 @@ fn notes(out: &mut Out) {
              loading twice leaves one copy)."
         )),
     }
+}
+
+/// `setup` (TCP only): a connection's opening.
+fn setup_of(dest: &Dest) -> &'static str {
+    if dest.is_tcp() { " setup" } else { "" }
 }
 
 #[cfg(test)]

@@ -31,7 +31,12 @@
 
 use std::net::IpAddr;
 
-use super::{Format, LOG_PREFIX, Out, Target, Written, cgroups::CgroupMatch, names, plan::Family};
+use super::{
+    Format, LOG_PREFIX, Out, Target, Written,
+    cgroups::CgroupMatch,
+    names,
+    plan::{Dest, Family},
+};
 use crate::policy::Action;
 
 /// The chain OUTPUT jumps to; it selects the protected destinations.
@@ -57,7 +62,7 @@ pub(super) fn render(out: &mut Out, family: Family) {
         }
     }
     notes(out, tool);
-    let addresses = out.plan.addresses(family);
+    let addresses = out.plan.destinations(family);
     let ready = out.ready();
     if ready && addresses.is_empty() {
         let family = match family {
@@ -71,11 +76,13 @@ pub(super) fn render(out: &mut Out, family: Family) {
         // Commands that do nothing are better than commands that flush.
         Format::Commands if addresses.is_empty() => {}
         Format::Commands => match single(out) {
-            Some(rule) => one_liners(out, tool, &addresses, &rule),
-            None => chain_commands(out, tool, &addresses),
+            Some(rule) if out.plan.ported(family).is_empty() => {
+                one_liners(out, tool, &addresses, &rule)
+            }
+            _ => chain_commands(out, tool, family, &addresses),
         },
         // An empty file still empties the chains: it says "protect nothing".
-        Format::File => restore_file(out, &addresses),
+        Format::File => restore_file(out, family, &addresses),
     }
 }
 
@@ -163,21 +170,42 @@ fn deny_verdict(out: &Out) -> String {
     }
 }
 
-/// `--proto tcp --destination A`, limited to connection openings in audit
-/// mode so that the log has one line per connection, as the guard's has.
-fn destination(out: &Out, addr: IpAddr) -> String {
-    let syn = if out.audit() { " --syn" } else { "" };
-    format!("--proto tcp --destination {addr}{syn}")
+/// `--proto tcp --destination A` (with `--dport N` for a port), TCP
+/// limited to connection openings in audit mode so that the log has one
+/// line per connection, as the guard's has.
+fn destination(out: &Out, dest: &Dest) -> String {
+    let syn = if out.audit() && dest.is_tcp() {
+        " --syn"
+    } else {
+        ""
+    };
+    let port = dest.port.map_or(String::new(), |p| format!(" --dport {p}"));
+    format!(
+        "--proto {} --destination {}{port}{syn}",
+        dest.proto(),
+        dest.addr
+    )
+}
+
+/// A fragment after the first to an address protected on some ports: no
+/// port to match, so it is judged as going to a protected one
+/// (`--fragment` for IPv4; ip6tables' `frag` match for any packet with a
+/// fragment header).
+fn fragments(family: Family, addr: IpAddr) -> String {
+    match family {
+        Family::V4 => format!("--destination {addr} --fragment"),
+        Family::V6 => format!("--destination {addr} --match frag --fragid 0:4294967295"),
+    }
 }
 
 /// The AWS form: one rule on OUTPUT per protected address.
-fn one_liners(out: &mut Out, tool: &str, addresses: &[IpAddr], rule: &Written) {
+fn one_liners(out: &mut Out, tool: &str, addresses: &[Dest], rule: &Written) {
     let specs: Vec<String> = addresses
         .iter()
-        .map(|addr| {
+        .map(|dest| {
             format!(
                 "{} {} {}",
-                destination(out, *addr),
+                destination(out, dest),
                 owner_match(rule, rule.action == Action::Allow),
                 deny_verdict(out)
             )
@@ -232,11 +260,15 @@ fn owner_rules(out: &Out) -> Vec<String> {
 }
 
 /// The rules of the hook chain, without `--append CHAIN`.
-fn hook_rules(out: &Out, addresses: &[IpAddr]) -> Vec<String> {
-    addresses
+fn hook_rules(out: &Out, family: Family, addresses: &[Dest]) -> Vec<String> {
+    let mut rules: Vec<String> = addresses
         .iter()
-        .map(|addr| format!("{} --jump {OWNER_CHAIN}", destination(out, *addr)))
-        .collect()
+        .map(|dest| format!("{} --jump {OWNER_CHAIN}", destination(out, dest)))
+        .collect();
+    for addr in out.plan.ported(family) {
+        rules.push(format!("{} --jump {OWNER_CHAIN}", fragments(family, addr)));
+    }
+    rules
 }
 
 /// The guarded commands that hook the chain into OUTPUT, one per line.
@@ -251,7 +283,7 @@ fn hook_commands(tool: &str) -> [String; 2] {
 /// last, so that a re-run never sends traffic into a half-built owner
 /// chain; in between, the protected addresses are briefly unfiltered
 /// (the file format has no such window).
-fn chain_commands(out: &mut Out, tool: &str, addresses: &[IpAddr]) {
+fn chain_commands(out: &mut Out, tool: &str, family: Family, addresses: &[Dest]) {
     for chain in [HOOK_CHAIN, OWNER_CHAIN] {
         out.line(&format!(
             "{tool} --new-chain {chain} 2>/dev/null || {tool} --flush {chain}"
@@ -260,7 +292,7 @@ fn chain_commands(out: &mut Out, tool: &str, addresses: &[IpAddr]) {
     for rule in owner_rules(out) {
         out.line(&format!("{tool} --append {OWNER_CHAIN} {rule}"));
     }
-    for rule in hook_rules(out, addresses) {
+    for rule in hook_rules(out, family, addresses) {
         out.line(&format!("{tool} --append {HOOK_CHAIN} {rule}"));
     }
     for line in hook_commands(tool) {
@@ -274,11 +306,11 @@ fn chain_commands(out: &mut Out, tool: &str, addresses: &[IpAddr]) {
 }
 
 /// The chains as an `iptables-restore --noflush` file.
-fn restore_file(out: &mut Out, addresses: &[IpAddr]) {
+fn restore_file(out: &mut Out, family: Family, addresses: &[Dest]) {
     let (owner, hook) = if addresses.is_empty() {
         (Vec::new(), Vec::new())
     } else {
-        (owner_rules(out), hook_rules(out, addresses))
+        (owner_rules(out), hook_rules(out, family, addresses))
     };
     out.line("*filter");
     out.line(&format!(":{HOOK_CHAIN} - [0:0]"));

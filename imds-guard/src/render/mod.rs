@@ -396,6 +396,13 @@ impl<'a> Out<'a> {
             "TCP only, like the AWS examples: UDP to these addresses is not filtered here \
              (the eBPF guard filters both)",
         );
+        if spec.endpoints.iter().any(|e| e.port.is_some()) {
+            self.comment(
+                "Ports: an address with ports is filtered on those ports, for the protocols \
+                 named (UDP too), and a fragment after the first to it (no port to read) is \
+                 judged as going to a protected port.",
+            );
+        }
     }
 
     /// The rules in first-match order (iptables, nftables, IPFW): the

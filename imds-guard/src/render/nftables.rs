@@ -13,9 +13,10 @@
 //! table atomically. The commands run the same three steps one by one.
 //! (`destroy table` would do it in one line, but needs nft 1.0.8.)
 
-use std::net::IpAddr;
-
-use super::{Format, LOG_PREFIX, Out, names, plan::Family};
+use super::{
+    Format, LOG_PREFIX, Out, names,
+    plan::{Dest, Family},
+};
 use crate::policy::Action;
 
 /// The table's name.
@@ -37,8 +38,8 @@ const OUTPUT_CHAIN: &str = "type filter hook output priority filter; policy acce
 pub(super) fn render(out: &mut Out) {
     notes(out);
     let ready = out.ready();
-    let v4 = out.plan.addresses(Family::V4);
-    let v6 = out.plan.addresses(Family::V6);
+    let v4 = out.plan.destinations(Family::V4);
+    let v6 = out.plan.destinations(Family::V6);
     if ready && v4.is_empty() && v6.is_empty() {
         out.nothing_to_render("the policy protects no address");
     }
@@ -77,7 +78,7 @@ fn notes(out: &mut Out) {
     }
 }
 
-fn table(out: &Out, v4: &[IpAddr], v6: &[IpAddr]) -> Table {
+fn table(out: &Out, v4: &[Dest], v6: &[Dest]) -> Table {
     let steps = [
         ("denied_uids", "uid", Action::Deny, false),
         ("denied_gids", "gid", Action::Deny, true),
@@ -126,20 +127,55 @@ fn table(out: &Out, v4: &[IpAddr], v6: &[IpAddr]) -> Table {
     } else {
         "meta l4proto tcp"
     };
-    let mut output = Vec::new();
-    for (family, addresses) in [("ip", v4), ("ip6", v6)] {
-        if !addresses.is_empty() {
-            output.push(format!(
-                "{family} daddr {} {what} jump by_owner",
-                set_of(addresses.iter().map(ToString::to_string))
-            ));
-        }
-    }
+    let output = output_rules(out, v4, v6, what);
     Table {
         sets,
         by_owner,
         output,
     }
+}
+
+/// The base chain's rules: TCP to the bare addresses of each family in one
+/// rule, as before ports; each port in its own; a fragment after the first
+/// to an address with ports (it has none to match).
+fn output_rules(out: &Out, v4: &[Dest], v6: &[Dest], what: &str) -> Vec<String> {
+    let mut output = Vec::new();
+    for (family, dests, plan_family) in [("ip", v4, Family::V4), ("ip6", v6, Family::V6)] {
+        let every: Vec<String> = dests
+            .iter()
+            .filter(|d| d.port.is_none())
+            .map(|d| d.addr.to_string())
+            .collect();
+        if !every.is_empty() {
+            output.push(format!(
+                "{family} daddr {} {what} jump by_owner",
+                set_of(every)
+            ));
+        }
+        for d in dests.iter().filter(|d| d.port.is_some()) {
+            let port = d.port.unwrap_or_default();
+            let syn = if out.audit() && d.is_tcp() {
+                " tcp flags & (fin | syn | rst | ack) == syn"
+            } else {
+                ""
+            };
+            output.push(format!(
+                "{family} daddr {} {} dport {port}{syn} jump by_owner",
+                d.addr,
+                d.proto()
+            ));
+        }
+        // A fragment after the first has no port: judged as going to a
+        // protected one.
+        for addr in out.plan.ported(plan_family) {
+            let fragment = match plan_family {
+                Family::V4 => "ip frag-off & 0x1fff != 0",
+                Family::V6 => "exthdr frag exists",
+            };
+            output.push(format!("{family} daddr {addr} {fragment} jump by_owner"));
+        }
+    }
+    output
 }
 
 /// A rule per cgroup match of `action`: `socket cgroupv2 level N "P"`,

@@ -23,13 +23,16 @@ pub(super) fn render(out: &mut Out) {
     if !out.ready() {
         return;
     }
-    let addresses: Vec<_> = out.plan.spec.endpoints.iter().map(|e| e.addr).collect();
+    let addresses = out.plan.all_destinations();
     if addresses.is_empty() {
         out.nothing_to_render("the policy protects no address");
         return;
     }
     let ordered: Vec<Written> = out.last_match().cloned().collect();
-    for addr in addresses {
+    for dest in addresses {
+        let addr = dest.addr;
+        let proto = dest.proto();
+        let port = dest.port.map_or(String::new(), |p| format!(" port {p}"));
         let af = match Family::of(addr) {
             Family::V4 => "inet",
             Family::V6 => "inet6",
@@ -43,7 +46,7 @@ pub(super) fn render(out: &mut Out) {
             let owner = owner.map_or(String::new(), |w| {
                 format!(" {} {}", if w.group { "group" } else { "user" }, w.text)
             });
-            format!("{verb} out{log} {af} proto tcp from any to {addr}{owner}")
+            format!("{verb} out{log} {af} proto {proto} from any to {addr}{port}{owner}")
         };
         let mut lines = Vec::new();
         if out.plan.default == Action::Deny {

@@ -11,7 +11,7 @@
 
 use std::{fmt, net::IpAddr};
 
-use crate::policy::{Action, Identity, Location, PolicySpec};
+use crate::policy::{Action, Identity, Location, PolicySpec, Protocol};
 
 /// A user or group as the policy writes it: a name, or a number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,14 +117,72 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// The protected addresses of `family`, in file order.
-    pub(super) fn addresses(&self, family: Family) -> Vec<IpAddr> {
-        self.spec
+    /// The protected destinations of `family`, in file order: a bare
+    /// address as TCP to every port (the AWS examples' form), a port as
+    /// each protocol it names.
+    pub(super) fn destinations(&self, family: Family) -> Vec<Dest> {
+        let mut dests = Vec::new();
+        for e in self
+            .spec
             .endpoints
             .iter()
-            .map(|e| e.addr)
-            .filter(|addr| Family::of(*addr) == family)
-            .collect()
+            .filter(|e| Family::of(e.addr) == family)
+        {
+            match e.port {
+                None => dests.push(Dest {
+                    addr: e.addr,
+                    proto: Protocol::Tcp,
+                    port: None,
+                }),
+                Some(port) => dests.extend(port.protocol.each().iter().map(|&proto| Dest {
+                    addr: e.addr,
+                    proto,
+                    port: Some(port.number),
+                })),
+            }
+        }
+        dests
+    }
+
+    /// The destinations of both families.
+    pub(super) fn all_destinations(&self) -> Vec<Dest> {
+        let mut dests = self.destinations(Family::V4);
+        dests.extend(self.destinations(Family::V6));
+        dests
+    }
+
+    /// The addresses of `family` protected on some ports only, each once:
+    /// a fragment after the first to one has no port to match, and counts
+    /// as going to a protected port (each target has a rule for it).
+    pub(super) fn ported(&self, family: Family) -> Vec<IpAddr> {
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        for e in &self.spec.endpoints {
+            if e.port.is_some() && Family::of(e.addr) == family && !addrs.contains(&e.addr) {
+                addrs.push(e.addr);
+            }
+        }
+        addrs
+    }
+}
+
+/// One destination a target filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Dest {
+    pub(super) addr: IpAddr,
+    /// TCP or UDP, never both.
+    pub(super) proto: Protocol,
+    /// `None`: every port.
+    pub(super) port: Option<u16>,
+}
+
+impl Dest {
+    /// `tcp` or `udp`.
+    pub(super) fn proto(&self) -> &'static str {
+        self.proto.name()
+    }
+
+    pub(super) fn is_tcp(&self) -> bool {
+        self.proto == Protocol::Tcp
     }
 }
 
