@@ -95,6 +95,13 @@ fn a_tcp_port_is_refused_and_the_udp_neighbour_stays_open() {
         .probe_as(1001, 1001)
         .run(Action::http(imds_v4(), IMDS_PORT));
     assert_eq!(r.assert_ok().body, sb.imds.credentials_body());
+    // status reads the endpoints from the programs' maps, ports and all.
+    let (_, status) = sb.status();
+    assert_eq!(
+        status["endpoints"],
+        serde_json::json!(["169.254.169.254:80/tcp", "[fd00:ec2::254]:80/tcp"]),
+        "{status}"
+    );
     // The record names the port.
     let r = nobody.run(Action::connect(imds_v4(), IMDS_PORT));
     let rec = record_for(&sb, "deny", &r);

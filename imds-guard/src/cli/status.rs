@@ -385,6 +385,9 @@ fn where_and_what(status: &Status, s: &mut String) {
             hex(&c.digest),
             c.epoch
         );
+        if let Some(endpoints) = &status.endpoints {
+            let _ = writeln!(s, "  protects: {}", endpoints.join(", "));
+        }
         let _ = writeln!(
             s,
             "  since:    {} (attached), policy applied {}",

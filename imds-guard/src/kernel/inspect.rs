@@ -3,11 +3,12 @@
 //! from their pins, so the report holds even when the agent is dead.
 
 use std::{
+    net::IpAddr,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, Map};
+use aya::maps::{Array, HashMap, Map};
 use imds_guard_common::{self as common, mode};
 
 pub use self::json::to_json;
@@ -18,7 +19,7 @@ use super::{
     identity,
     maps::{self, MapError},
     pins::{PinError, Pins},
-    programs, sys,
+    policy_maps, programs, sys,
 };
 
 mod json;
@@ -78,6 +79,10 @@ pub struct Status {
     pub resolved: Option<common::Resolved>,
     /// The cgroup classification, when its maps are pinned.
     pub cgroups: Option<CgroupStatus>,
+    /// The endpoints protected in the generation in force, as a policy
+    /// spells them (`169.254.169.254`, `169.254.170.2:80/tcp`), read from
+    /// the programs' maps; `None` from an agent that did not pin them.
+    pub endpoints: Option<Vec<String>>,
 }
 
 /// What the cgroup classification holds and has done (`classify/`).
@@ -146,6 +151,10 @@ impl Status {
         let agent_alive = pins.locked();
         let forward = ForwardStatus::read(pins).map_err(|e| Chain(&e).to_string());
         let cgroups = read_cgroups(pins, config.map(|(generation, _)| generation))?;
+        let endpoints = match config {
+            Some((generation, _)) => read_endpoints(pins, generation)?,
+            None => None,
+        };
         let ours: Vec<u32> = links.iter().map(|l| l.prog_id).collect();
         let other_guards = cgroup
             .as_deref()
@@ -162,6 +171,7 @@ impl Status {
             other_guards,
             resolved,
             cgroups,
+            endpoints,
         })
     }
 
@@ -331,6 +341,38 @@ fn read_charges(pins: &Pins) -> Result<Option<Charges>, StatusError> {
     Ok(Some(Charges { total, largest }))
 }
 
+/// The endpoints of `generation` in the pinned protected-address maps,
+/// sorted: `None` when they are not pinned.
+fn read_endpoints(pins: &Pins, generation: u32) -> Result<Option<Vec<String>>, StatusError> {
+    let (Some(v4), Some(v6)) = (
+        pins.open_map(common::MAP_PROTECTED_V4, Map::HashMap)?,
+        pins.open_map(common::MAP_PROTECTED_V6, Map::HashMap)?,
+    ) else {
+        return Ok(None);
+    };
+    let mut found = Vec::new();
+    let v4: HashMap<_, common::V4Key, common::Ports> =
+        HashMap::try_from(&v4).map_err(maps::access(common::MAP_PROTECTED_V4))?;
+    for entry in v4.iter() {
+        let (key, ports) = entry.map_err(maps::access(common::MAP_PROTECTED_V4))?;
+        if key.generation == generation {
+            let addr = IpAddr::from(key.addr.to_ne_bytes());
+            found.extend(policy_maps::endpoints_of(addr, &ports));
+        }
+    }
+    let v6: HashMap<_, common::V6Key, common::Ports> =
+        HashMap::try_from(&v6).map_err(maps::access(common::MAP_PROTECTED_V6))?;
+    for entry in v6.iter() {
+        let (key, ports) = entry.map_err(maps::access(common::MAP_PROTECTED_V6))?;
+        if key.generation == generation {
+            let addr = IpAddr::V6(policy_maps::ipv6_of(&key.addr));
+            found.extend(policy_maps::endpoints_of(addr, &ports));
+        }
+    }
+    found.sort_by_key(|e| (e.addr, e.port));
+    Ok(Some(found.iter().map(ToString::to_string).collect()))
+}
+
 pub fn read_config(active: &Map, config: &Map) -> Result<(u32, common::Config), MapError> {
     let active: Array<_, u32> =
         Array::try_from(active).map_err(maps::access(common::MAP_ACTIVE))?;
@@ -451,6 +493,10 @@ impl Status {
             other_guards: Vec::new(),
             resolved: None,
             cgroups: None,
+            endpoints: Some(vec![
+                "169.254.169.254".to_owned(),
+                "fd00:ec2::254".to_owned(),
+            ]),
         }
     }
 }

@@ -31,7 +31,7 @@ use super::{
     records::entry_number,
     sys::{self, GraceError},
 };
-use crate::policy::{Action, Mode, Policy, Port, Protocol, Scope};
+use crate::policy::{Action, Endpoint, Mode, Policy, Port, Protocol, Scope};
 
 /// What a policy's config records besides mode and default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -463,6 +463,38 @@ fn delete<K: aya::Pod>(fd: &OwnedFd, name: &'static str, keys: &[K]) -> Result<(
     batch::delete(fd.as_fd(), keys).map_err(maps::write(name))
 }
 
+/// The endpoints a protected address's [`common::Ports`] say, as a policy
+/// writes them (for `status`, which reads them from the kernel): the bare
+/// address, or each port with its protocols.
+pub(super) fn endpoints_of(addr: IpAddr, ports: &common::Ports) -> Vec<Endpoint> {
+    let endpoint = |port| Endpoint {
+        addr,
+        port,
+        at: None,
+    };
+    if ports.every_port == common::proto_bits::ALL {
+        return vec![endpoint(None)];
+    }
+    let both = common::proto_bits::TCP | common::proto_bits::UDP;
+    ports
+        .rules
+        .iter()
+        .filter(|r| r.port != 0)
+        .filter_map(|r| {
+            let protocol = match r.protocols & both {
+                p if p == both => Protocol::Both,
+                common::proto_bits::TCP => Protocol::Tcp,
+                common::proto_bits::UDP => Protocol::Udp,
+                _ => return None,
+            };
+            Some(endpoint(Some(Port {
+                number: r.port,
+                protocol,
+            })))
+        })
+        .collect()
+}
+
 /// The programs' [`common::Ports`] for an address protected on `ports`
 /// (`None`: every port and protocol). The policy holds at most
 /// [`common::MAX_PORTS`] per address.
@@ -522,7 +554,7 @@ fn ipv6_key(octets: &[u8; 16]) -> Ipv6Key {
 }
 
 /// The address of the four words of `user_ip6` ([`ipv6_key`] undone).
-fn ipv6_of(key: &Ipv6Key) -> Ipv6Addr {
+pub(super) fn ipv6_of(key: &Ipv6Key) -> Ipv6Addr {
     let mut octets = [0u8; 16];
     for (chunk, word) in octets.chunks_exact_mut(4).zip(key) {
         chunk.copy_from_slice(&word.to_ne_bytes());

@@ -176,6 +176,9 @@ pub const TABLE: &[Row] = &[
     map(common::MAP_CONFIG),
     map(common::MAP_COUNTERS),
     map(common::MAP_RESOLVED),
+    // The protected endpoints, for `status`: what is protected now.
+    map(common::MAP_PROTECTED_V4),
+    map(common::MAP_PROTECTED_V6),
     // The uid and gid rules, for `status --rules`: who is allowed now.
     map(common::MAP_UID_RULES),
     map(common::MAP_GID_RULES),

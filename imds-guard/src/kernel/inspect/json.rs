@@ -48,6 +48,7 @@ pub fn to_json(status: &Status) -> Value {
             "cgroup_id": l.cgroup_id,
         })).collect::<Vec<_>>(),
         "policy": config,
+        "endpoints": status.endpoints,
         "counters": counters,
         "forward": forward_json(status),
         "agent_alive": status.agent_alive,
