@@ -601,3 +601,56 @@ fn validate_notes_an_allow_unit_this_host_lacks_as_the_agent_leaves_it_out() {
     assert!(stdout.contains("the agent leaves it out"), "{stdout}");
     assert!(stdout.contains("valid (2 entries"), "{stdout}");
 }
+
+#[test]
+fn check_takes_a_port_and_a_protocol_for_endpoints_with_ports() {
+    let path = policy_file(
+        "check-ports.toml",
+        "[endpoints]\naddresses = [\"169.254.169.254\", \"169.254.170.2:80/tcp\", \
+         \"[fd00:ec2::23]:80\"]\n[allow]\nuids = [0]\n",
+    );
+    let p = path.to_str().expect("utf-8");
+    let run = |dst: &str| {
+        let out = imds_guard(&["check", "--config", p, "--uid", "1000", "--dst", dst]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // The protected port, TCP by default: denied.
+    for dst in [
+        "169.254.170.2:80",
+        "169.254.170.2:80/tcp",
+        "[fd00:ec2::23]:80/udp",
+        "169.254.169.254:53/udp",
+        // Without a port: what the address protects.
+        "169.254.170.2",
+    ] {
+        let (code, out) = run(dst);
+        assert_eq!(code, Some(4), "{dst}: {out}");
+        assert!(out.starts_with("denied: uid 1000"), "{dst}: {out}");
+    }
+    // A neighbouring port or protocol: allowed, and why.
+    let (code, out) = run("169.254.170.2:53/udp");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "169.254.170.2:53/udp is not a protected port (the policy protects \
+             169.254.170.2:80/tcp)"
+        ),
+        "{out}"
+    );
+    let (code, out) = run("169.254.170.2:80/udp");
+    assert_eq!(code, Some(0), "{out}");
+    // A malformed destination is a usage error.
+    let bad = imds_guard(&[
+        "check",
+        "--config",
+        p,
+        "--uid",
+        "1000",
+        "--dst",
+        "169.254.170.2:x",
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}
