@@ -17,6 +17,15 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
     for note in all {
         outln!("{}: note: {note}", config.display())?;
     }
+    // What presets expand to: a laptop shows what a preset protects.
+    if !spec.presets.is_empty() {
+        outln!(
+            "{}: presets {} protect {}",
+            config.display(),
+            spec.presets.join(", "),
+            spec.addresses().join(", ")
+        )?;
+    }
     if args.offline {
         warn(&config, &spec.warnings(), args.strict)?;
         // Without the names' ids there is no digest: it covers the ids.

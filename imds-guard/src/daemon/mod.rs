@@ -367,6 +367,7 @@ impl Daemon {
             pin_dir = %self.attached.pin_dir().display(),
             adopted = report.adopted,
             endpoints = %endpoints.join(","),
+            presets = %policy.spec.presets.join(","),
             uid_rules = policy.uids.len(),
             gid_rules = policy.gids.len(),
             digest = %self.policies.digest(),

@@ -259,6 +259,7 @@ mod tests {
         Some(match leaf {
             "mode" => ["\"enforce\"", "\"audit\""],
             "addresses" => ["[\"169.254.169.254\"]", "[\"fd00:ec2::254\"]"],
+            "presets" => ["[\"gcp\"]", "[\"scaleway\"]"],
             "users" => ["[\"alice\"]", "[\"bob\"]"],
             "uids" => ["[1000]", "[1001]"],
             "groups" => ["[\"staff\"]", "[\"adm\"]"],

@@ -30,6 +30,7 @@ mod error;
 mod explain;
 pub mod forward;
 mod members;
+pub mod presets;
 mod process;
 mod raw;
 mod resolve;
@@ -316,6 +317,9 @@ pub struct PolicySpec {
     pub entries: Vec<Entry>,
     /// Forwarded traffic let through (`[forward]`); none by default.
     pub forward: forward::Forward,
+    /// The presets `[endpoints] presets` expanded into `endpoints`, as
+    /// `name` or `name (auto: why)`, in file order.
+    pub presets: Vec<String>,
 }
 
 impl PolicySpec {
@@ -495,6 +499,7 @@ impl Policy {
                 endpoints: address::default_endpoints(),
                 entries: vec![entry],
                 forward: forward::Forward::default(),
+                presets: Vec::new(),
             },
             default_action: Action::Deny,
             uids: BTreeMap::from([(

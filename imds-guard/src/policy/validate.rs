@@ -10,6 +10,7 @@
 
 use std::{
     collections::{HashMap, hash_map},
+    net::IpAddr,
     path::Path,
 };
 
@@ -17,7 +18,8 @@ use imds_guard_common::{MAX_CGROUP_PATTERNS, MAX_ENDPOINTS, MAX_PORTS};
 use rustc_hash::FxHashMap;
 
 use super::{
-    Action, Endpoint, Entry, Identity, Location, Mode, PolicyError, PolicySpec, Scope, address,
+    Action, Endpoint, Entry, Identity, Location, Mode, PolicyError, PolicySpec, Port, Scope,
+    address,
     cgroups::{
         Pattern,
         pods::{PATTERNS_PER_POD, PodName},
@@ -25,6 +27,7 @@ use super::{
     },
     error::Diagnostic,
     forward::Forward,
+    presets,
     raw::{self, Key, Node, Source, Value},
 };
 
@@ -36,7 +39,7 @@ const TOP_KEYS: &[&str] = &["mode", "endpoints", "allow", "deny", "forward"];
 /// (`[allow.host]`).
 const HOST_KEY: &str = "host";
 /// The keys of `[endpoints]`.
-const ENDPOINT_KEYS: &[&str] = &["addresses"];
+const ENDPOINT_KEYS: &[&str] = &["addresses", "presets"];
 /// Where problems of the file as a whole are reported.
 const START: Location = Location { line: 1, col: 1 };
 /// The largest valid uid or gid: `(uid_t)-1` means "no id" to the kernel
@@ -146,6 +149,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> 
     let mut checker = Checker {
         source: &source,
         diagnostics: Vec::new(),
+        presets: Vec::new(),
     };
     let (mode, endpoints, entries, forward) = checker.policy(&root);
     if !checker.diagnostics.is_empty() {
@@ -157,6 +161,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> 
         endpoints,
         entries,
         forward,
+        presets: checker.presets,
     })
 }
 
@@ -172,6 +177,8 @@ struct Table {
 struct Checker<'a> {
     source: &'a Source<'a>,
     diagnostics: Vec<Diagnostic>,
+    /// The presets `[endpoints] presets` expanded, and why (`auto`).
+    presets: Vec<String>,
 }
 
 /// The known keys of a table (unknown ones are reported, not kept).
@@ -341,7 +348,20 @@ impl Checker<'_> {
             return Vec::new();
         };
         let fields = self.fields(items, ENDPOINT_KEYS, "in [endpoints]", at);
+        let from_presets = match fields.get("presets") {
+            Some(&(key, list)) => self.presets(key, list, at),
+            None => Vec::new(),
+        };
         let Some(&(key, list)) = fields.get("addresses") else {
+            if fields.contains_key("presets") {
+                let texts: Vec<String> = from_presets.iter().map(|(e, _)| e.to_string()).collect();
+                let refs: Vec<(Endpoint, &str)> = from_presets
+                    .iter()
+                    .zip(&texts)
+                    .map(|((e, _), t)| (e.clone(), t.as_str()))
+                    .collect();
+                return self.merge(refs, &[], at);
+            }
             return address::default_endpoints();
         };
         let list_at = self.node_at(list, self.key_at(key, at));
@@ -375,15 +395,117 @@ impl Checker<'_> {
                 ),
             );
         }
-        self.addresses(items, list_at)
+        let texts: Vec<String> = from_presets.iter().map(|(e, _)| e.to_string()).collect();
+        let refs: Vec<(Endpoint, &str)> = from_presets
+            .iter()
+            .zip(&texts)
+            .map(|((e, _), t)| (e.clone(), t.as_str()))
+            .collect();
+        self.merge(refs, items, list_at)
+    }
+
+    /// `[endpoints] presets`: each name's endpoints (`auto`: the cloud
+    /// DMI shows, EC2's when none), at the name's location. A preset
+    /// whose endpoints hand each workload its own credentials is refused:
+    /// the guard does not yet keep those open to the workloads they serve.
+    fn presets(&mut self, key: &Key, list: &Node, at: Location) -> Vec<(Endpoint, String)> {
+        const CONTEXT: &str = "[endpoints] presets";
+        let list_at = self.node_at(list, self.key_at(key, at));
+        let Value::Array(items) = &list.value else {
+            self.report(
+                list_at,
+                format!(
+                    "{CONTEXT}: expected an array of preset names, found {}",
+                    list.value.describe()
+                ),
+            );
+            return Vec::new();
+        };
+        let all = match presets::all() {
+            Ok(all) => all,
+            Err(e) => {
+                self.report(list_at, format!("{CONTEXT}: {e}"));
+                return Vec::new();
+            }
+        };
+        let mut found = Vec::new();
+        for item in items {
+            let at = self.node_at(item, list_at);
+            let Value::String(name) = &item.value else {
+                self.report(
+                    at,
+                    format!(
+                        "{CONTEXT}: expected a preset name, found {}",
+                        item.value.describe()
+                    ),
+                );
+                continue;
+            };
+            let picked = if name == "auto" {
+                let dmi = presets::Dmi::read(&presets::Dmi::root(), &all);
+                presets::auto(&all, &dmi).map(|(p, why)| (p, format!("{} (auto: {why})", p.name)))
+            } else {
+                all.iter()
+                    .find(|p| p.name == *name)
+                    .map(|p| (p, p.name.clone()))
+            };
+            let Some((preset, said)) = picked else {
+                let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+                self.report(
+                    at,
+                    format!(
+                        "{CONTEXT}: unknown preset {name:?}, expected \"auto\" or one of {}",
+                        names.join(", ")
+                    ),
+                );
+                continue;
+            };
+            if preset.kind == presets::Kind::Workload {
+                self.report(
+                    at,
+                    format!(
+                        "{CONTEXT}: {name:?} hands each workload its own credentials ({}), which must \
+                         stay reachable by the workloads it serves; this guard cannot keep it open to \
+                         them yet and would judge them as the host's callers: leave it out",
+                        preset.serves
+                    ),
+                );
+                continue;
+            }
+            self.presets.push(said.clone());
+            for &(addr, port) in &preset.addresses {
+                found.push((
+                    Endpoint {
+                        addr,
+                        port,
+                        at: Some(at),
+                    },
+                    said.clone(),
+                ));
+            }
+        }
+        found
     }
 
     /// Each entry of `[endpoints] addresses`, parsed, each once: an
     /// address is protected either on every port (written bare) or on the
     /// ports written with it, at most [`MAX_PORTS`] of them.
-    fn addresses(&mut self, items: &[Node], list_at: Location) -> Vec<Endpoint> {
+    fn merge<'t>(
+        &mut self,
+        from_presets: Vec<(Endpoint, &'t str)>,
+        items: &'t [Node],
+        list_at: Location,
+    ) -> Vec<Endpoint> {
         const CONTEXT: &str = "[endpoints] addresses";
         let mut seen: Vec<(Endpoint, &str)> = Vec::new();
+        for (e, text) in from_presets {
+            if !seen
+                .iter()
+                .any(|(s, _)| s.addr == e.addr && s.port == e.port)
+            {
+                seen.push((e, text));
+            }
+        }
         for item in items {
             let at = self.node_at(item, list_at);
             let Value::String(text) = &item.value else {
@@ -403,29 +525,9 @@ impl Checker<'_> {
                     continue;
                 }
             };
-            let clash = seen.iter().find(|(e, _)| {
-                e.addr == addr
-                    && match (e.port, port) {
-                        (Some(a), Some(b)) => {
-                            a.number == b.number
-                                && (a.protocol.covers(b.protocol) || b.protocol.covers(a.protocol))
-                        }
-                        _ => true,
-                    }
-            });
-            if let Some((first, first_text)) = clash {
-                let first_at = first.at.map_or_else(String::new, |a| a.in_words());
-                let why = match (first.port, port) {
-                    (None, None) => format!("duplicate address {text:?}, already listed as"),
-                    (None, Some(_)) => {
-                        format!("{text:?} names a port of an address protected on every port by")
-                    }
-                    (Some(_), None) => format!(
-                        "{text:?} protects every port of an address whose ports are listed, as"
-                    ),
-                    (Some(_), Some(_)) => format!("duplicate port {text:?}, already listed as"),
-                };
-                self.report(at, format!("{CONTEXT}: {why} {first_text:?} at {first_at}"));
+            if let Some((first, first_text)) = seen.iter().find(|(e, _)| clashes(e, addr, port)) {
+                let message = clash_message(first, first_text, port, text);
+                self.report(at, format!("{CONTEXT}: {message}"));
                 continue;
             }
             if port.is_some() && seen.iter().filter(|(e, _)| e.addr == addr).count() >= MAX_PORTS {
@@ -443,6 +545,21 @@ impl Checker<'_> {
                 },
                 text,
             ));
+        }
+        let mut addrs: Vec<_> = seen.iter().map(|(e, _)| e.addr).collect();
+        addrs.sort();
+        addrs.dedup();
+        let max = MAX_ENDPOINTS as usize;
+        // More than the maps hold with the presets' (the list alone is
+        // reported where it passes the limit).
+        if addrs.len() > max && items.len() <= max {
+            self.report(
+                list_at,
+                format!(
+                    "[endpoints]: {} addresses with the presets', expected at most {max}",
+                    addrs.len()
+                ),
+            );
         }
         seen.into_iter().map(|(e, _)| e).collect()
     }
@@ -820,6 +937,37 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     d[a.len()][b.len()]
+}
+
+/// Whether an entry for `port` of `addr` clashes with `e`: the same
+/// address bare twice, bare beside ports, or one port twice for a
+/// protocol.
+fn clashes(e: &Endpoint, addr: IpAddr, port: Option<Port>) -> bool {
+    e.addr == addr
+        && match (e.port, port) {
+            (Some(a), Some(b)) => {
+                a.number == b.number
+                    && (a.protocol.covers(b.protocol) || b.protocol.covers(a.protocol))
+            }
+            _ => true,
+        }
+}
+
+/// Why `text` (protecting `port` of an address) cannot be listed beside
+/// `first`, written as `first_text`.
+fn clash_message(first: &Endpoint, first_text: &str, port: Option<Port>, text: &str) -> String {
+    let first_at = first.at.map_or_else(String::new, |a| a.in_words());
+    let why = match (first.port, port) {
+        (None, None) => format!("duplicate address {text:?}, already listed as"),
+        (None, Some(_)) => {
+            format!("{text:?} names a port of an address protected on every port by")
+        }
+        (Some(_), None) => {
+            format!("{text:?} protects every port of an address whose ports are listed, as")
+        }
+        (Some(_), Some(_)) => format!("duplicate port {text:?}, already listed as"),
+    };
+    format!("{why} {first_text:?} at {first_at}")
 }
 
 #[cfg(test)]

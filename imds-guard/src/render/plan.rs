@@ -216,6 +216,7 @@ mod tests {
                 entry(Action::Deny, Identity::User("apache".into()), 5),
             ],
             forward: Default::default(),
+            presets: Vec::new(),
         };
         let plan = Plan::new(&spec);
         let lines: Vec<u32> = plan.rules.iter().map(|r| r.at.line).collect();

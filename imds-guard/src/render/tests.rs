@@ -232,6 +232,7 @@ fn unchecked(entries: Vec<Entry>) -> PolicySpec {
         }],
         entries,
         forward: Default::default(),
+        presets: Vec::new(),
     }
 }
 

@@ -115,6 +115,13 @@ pub fn entries(build: &Build, format: Format) -> Result<Vec<Entry>> {
             Source::Copy(root.join("config/imds-guard.toml")),
             0o644,
         ),
+        // The presets the policy names, to read (the agent has them built
+        // in): /usr/share/imds-guard/presets.toml.
+        Entry::new(
+            POLICY.replace("policy.toml", "presets.toml"),
+            Source::Copy(root.join("config/presets.toml")),
+            0o644,
+        ),
         Entry::new(
             format!("{DOC_DIR}/README.md"),
             Source::Copy(root.join("README.md")),

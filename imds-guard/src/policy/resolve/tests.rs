@@ -190,6 +190,7 @@ fn many_uids(n: u32) -> PolicySpec {
         endpoints: Vec::new(),
         entries,
         forward: Default::default(),
+        presets: Vec::new(),
     }
 }
 

@@ -271,7 +271,7 @@ fn unknown_keys_are_named_with_the_keys_valid_there() {
         ),
         (
             "[endpoints]\nports = [80]\n[allow]\nuids = [0]\n",
-            "p.toml:2:1: unknown key \"ports\" in [endpoints] (valid keys: addresses)",
+            "p.toml:2:1: unknown key \"ports\" in [endpoints] (valid keys: addresses, presets)",
         ),
         (
             "[allow]\nuids = [0]\nexecutables = [\"/usr/bin/curl\"]\n",
@@ -304,7 +304,7 @@ fn likely_typos_get_the_closest_key() {
         (
             "[endpoints]\naddress = [\"169.254.169.254\"]\n[allow]\nuids = [0]\n",
             "p.toml:2:1: unknown key \"address\" in [endpoints], did you mean \"addresses\"? \
-             (valid keys: addresses)",
+             (valid keys: addresses, presets)",
         ),
         (
             "[allowed]\nusers = [\"root\"]\n",

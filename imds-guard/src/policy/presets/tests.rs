@@ -1,0 +1,358 @@
+use std::{fs, net::IpAddr};
+
+use super::*;
+use crate::policy::Protocol;
+
+fn presets() -> Vec<Preset> {
+    all().unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn every_preset_parses_and_the_issues_clouds_are_there() {
+    let names: Vec<String> = presets().into_iter().map(|p| p.name).collect();
+    assert_eq!(
+        names,
+        [
+            "aws-ec2",
+            "aws-ecs",
+            "aws-eks-pod-identity",
+            "azure",
+            "gcp",
+            "oci",
+            "alibaba",
+            "openstack",
+            "scaleway"
+        ]
+    );
+}
+
+#[test]
+fn every_address_is_unicast_and_no_preset_protects_its_neighbours() {
+    for p in presets() {
+        for &(addr, _) in p.addresses.iter().chain(&p.neighbours) {
+            // `parse_endpoint` refuses the unspecified, multicast and
+            // broadcast addresses; these are not a service either.
+            assert!(!addr.is_loopback(), "{}: {addr}", p.name);
+            if let IpAddr::V6(v6) = addr {
+                assert!(v6.to_ipv4_mapped().is_none(), "{}: {addr}", p.name);
+            }
+        }
+        for &(addr, port) in &p.neighbours {
+            let (number, protocol) =
+                port.map_or((None, Protocol::Both), |p| (Some(p.number), p.protocol));
+            for &(a, protected) in &p.addresses {
+                let clash = a == addr
+                    && match (protected, number) {
+                        (None, _) | (_, None) => true,
+                        (Some(q), Some(n)) => {
+                            q.number == n
+                                && (q.protocol.covers(protocol) || protocol.covers(q.protocol))
+                        }
+                    };
+                assert!(!clash, "{} protects its neighbour {addr} {port:?}", p.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn host_presets_are_recognised_by_dmi_and_workload_presets_by_their_host() {
+    for p in presets() {
+        match p.kind {
+            Kind::Host => {
+                assert!(!p.dmi.is_empty(), "{}", p.name);
+                assert!(p.with.is_none() && p.shows.is_empty(), "{}", p.name);
+            }
+            Kind::Workload => {
+                assert!(p.dmi.is_empty(), "{}", p.name);
+                assert_eq!(p.with.as_deref(), Some(p.cloud.as_str()), "{}", p.name);
+                assert!(!p.shows.is_empty(), "{}", p.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn no_two_clouds_dmi_rules_match_one_machine() {
+    let presets = presets();
+    for a in &presets {
+        for b in presets.iter().filter(|b| b.cloud != a.cloud) {
+            for ra in &a.dmi {
+                for rb in &b.dmi {
+                    assert!(
+                        !overlap(ra, rb),
+                        "{} {ra:?} and {} {rb:?} can match one machine",
+                        a.name,
+                        b.name
+                    );
+                }
+            }
+        }
+    }
+    // The check itself: rules that share no file overlap; a suffix
+    // pattern overlaps the value it ends.
+    let rule = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(f, v)| ((*f).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert!(overlap(
+        &rule(&[("sys_vendor", "A")]),
+        &rule(&[("product_name", "B")])
+    ));
+    assert!(overlap(
+        &rule(&[("bios_version", "*amazon")]),
+        &rule(&[("bios_version", "4.2.amazon")])
+    ));
+    assert!(!overlap(
+        &rule(&[("sys_vendor", "A")]),
+        &rule(&[("sys_vendor", "B")])
+    ));
+}
+
+/// A DMI directory with `files`, removed when dropped.
+struct FakeDmi(PathBuf);
+
+impl FakeDmi {
+    fn new(name: &str, files: &[(&str, &str)]) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("imds-guard-dmi-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for (file, value) in files {
+            // As the kernel shows them: one line.
+            fs::write(dir.join(file), format!("{value}\n")).unwrap_or_else(|e| panic!("{e}"));
+        }
+        Self(dir)
+    }
+}
+
+impl Drop for FakeDmi {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A faked machine: its name, its DMI files, the preset expected.
+type Machine = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+#[test]
+fn auto_picks_the_cloud_a_faked_dmi_directory_shows() {
+    let presets = presets();
+    let cases: &[Machine] = &[
+        (
+            "nitro",
+            &[("sys_vendor", "Amazon EC2"), ("product_name", "m6i.large")],
+            "aws-ec2",
+        ),
+        (
+            "xen-ec2",
+            &[
+                ("sys_vendor", "Xen"),
+                ("bios_version", "4.11.amazon"),
+                ("product_name", "HVM domU"),
+            ],
+            "aws-ec2",
+        ),
+        (
+            "azure",
+            &[
+                ("sys_vendor", "Microsoft Corporation"),
+                ("product_name", "Virtual Machine"),
+                ("chassis_asset_tag", "7783-7084-3265-9085-8269-3286-77"),
+            ],
+            "azure",
+        ),
+        (
+            "gce",
+            &[
+                ("sys_vendor", "Google"),
+                ("product_name", "Google Compute Engine"),
+            ],
+            "gcp",
+        ),
+        (
+            "oci",
+            &[
+                ("sys_vendor", "QEMU"),
+                ("chassis_asset_tag", "OracleCloud.com"),
+            ],
+            "oci",
+        ),
+        (
+            "ecs-alibaba",
+            &[
+                ("sys_vendor", "Alibaba Cloud"),
+                ("product_name", "Alibaba Cloud ECS"),
+            ],
+            "alibaba",
+        ),
+        (
+            "nova",
+            &[
+                ("sys_vendor", "OpenStack Foundation"),
+                ("product_name", "OpenStack Nova"),
+            ],
+            "openstack",
+        ),
+        (
+            "scw",
+            &[("sys_vendor", "Scaleway"), ("product_name", "PRO2-S")],
+            "scaleway",
+        ),
+    ];
+    for (name, files, expected) in cases {
+        let dir = FakeDmi::new(name, files);
+        let dmi = Dmi::read(&dir.0, &presets);
+        let (picked, why) = auto(&presets, &dmi).unwrap_or_else(|| panic!("{name}: none"));
+        assert_eq!(picked.name, *expected, "{name}: {why}");
+        assert!(why.starts_with("DMI "), "{name}: {why}");
+    }
+}
+
+#[test]
+fn auto_falls_back_to_ec2_where_no_cloud_is_recognised() {
+    let presets = presets();
+    // Not a cloud: plain Hyper-V (Azure's vendor, another asset tag), a
+    // Xen that is not Amazon's, a machine without DMI. EC2's addresses.
+    for (name, files) in [
+        (
+            "hyper-v",
+            &[
+                ("sys_vendor", "Microsoft Corporation"),
+                ("chassis_asset_tag", "1234-5678"),
+            ][..],
+        ),
+        (
+            "xen",
+            &[("sys_vendor", "Xen"), ("bios_version", "4.11")][..],
+        ),
+        ("none", &[][..]),
+    ] {
+        let dir = FakeDmi::new(name, files);
+        let dmi = Dmi::read(&dir.0, &presets);
+        assert_eq!(
+            recognise(&presets, &dmi).map(|(p, _)| &p.name),
+            None,
+            "{name}"
+        );
+        let (picked, why) = auto(&presets, &dmi).unwrap_or_else(|| panic!("{name}: none"));
+        assert_eq!(picked.name, FALLBACK, "{name}");
+        assert!(why.contains("no cloud recognised"), "{why}");
+    }
+}
+
+#[test]
+fn a_preset_file_with_a_mistake_is_refused_with_its_name() {
+    for (text, expected) in [
+        (
+            "[x]\ncloud = \"c\"\nkind = \"host\"\nserves = \"s\"\naddresses = [\"10.0.0.1/8\"]\n",
+            "presets: [x] addresses:",
+        ),
+        (
+            "[x]\ncloud = \"c\"\nkind = \"guest\"\nserves = \"s\"\naddresses = [\"10.0.0.1\"]\n",
+            "presets: [x] kind: \"guest\"",
+        ),
+        (
+            "[x]\ncloud = \"c\"\nkind = \"host\"\nserves = \"s\"\naddresses = [\"10.0.0.1\"]\n\
+             dmi = [{}]\n",
+            "presets: [x] dmi: an empty rule",
+        ),
+        (
+            "[x]\ncloud = \"c\"\nkind = \"host\"\nserves = \"s\"\naddresses = [\"10.0.0.1\"]\n\
+             port = 1\n",
+            "presets: [x] unknown key \"port\"",
+        ),
+    ] {
+        match parse(text) {
+            Ok(p) => panic!("accepted {p:?}"),
+            Err(e) => assert!(e.starts_with(expected), "{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_policy_names_presets_and_auto_expands_to_what_dmi_shows() {
+    use std::path::Path;
+
+    use crate::policy::PolicySpec;
+
+    let parse = |text: &str| PolicySpec::parse(Path::new("p.toml"), text);
+    let spec = parse(
+        "[endpoints]\npresets = [\"gcp\", \"scaleway\"]\naddresses = [\"192.0.2.1:443/tcp\"]\n\
+         [allow]\nuids = [0]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(spec.presets, ["gcp", "scaleway"]);
+    assert_eq!(
+        spec.addresses(),
+        [
+            "169.254.169.254:80/tcp",
+            "169.254.42.42:80/tcp",
+            "[fd00:42::42]:80/tcp",
+            "192.0.2.1:443/tcp"
+        ]
+    );
+    // A preset's address written again is a duplicate, named.
+    let e = parse("[endpoints]\npresets = [\"aws-ec2\"]\naddresses = [\"169.254.169.254\"]\n")
+        .expect_err("a duplicate");
+    assert!(
+        e.to_string()
+            .contains("duplicate address \"169.254.169.254\""),
+        "{e}"
+    );
+    // An unknown name, and a workload preset, are refused.
+    let e = parse("[endpoints]\npresets = [\"aws\", \"aws-ecs\"]\n[allow]\nuids = [0]\n")
+        .expect_err("refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("unknown preset \"aws\", expected \"auto\" or one of aws-ec2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"aws-ecs\" hands each workload its own credentials"),
+        "{text}"
+    );
+}
+
+#[test]
+fn auto_in_a_policy_reads_the_dmi_root_it_is_given() {
+    use std::path::Path;
+
+    use crate::policy::PolicySpec;
+
+    let dir = FakeDmi::new(
+        "policy-azure",
+        &[
+            ("sys_vendor", "Microsoft Corporation"),
+            ("chassis_asset_tag", "7783-7084-3265-9085-8269-3286-77"),
+        ],
+    );
+    // SAFETY (of the test): no other test of this binary reads the
+    // variable; each that sets it names its own directory.
+    unsafe { std::env::set_var(DMI_ROOT_ENV, &dir.0) };
+    let spec = PolicySpec::parse(
+        Path::new("p.toml"),
+        "[endpoints]\npresets = [\"auto\"]\n[allow]\nuids = [0]\n",
+    );
+    unsafe { std::env::remove_var(DMI_ROOT_ENV) };
+    let spec = spec.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        spec.presets,
+        ["azure (auto: DMI sys_vendor=\"Microsoft Corporation\" \
+          chassis_asset_tag=\"7783-7084-3265-9085-8269-3286-77\")"]
+    );
+    assert_eq!(
+        spec.addresses(),
+        [
+            "169.254.169.254:80/tcp",
+            "168.63.129.16:80/tcp",
+            "168.63.129.16:32526/tcp"
+        ]
+    );
+}
