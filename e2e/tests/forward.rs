@@ -358,7 +358,7 @@ fn fragments(args: &[&str]) {
     let big = || {
         world.arrivals_during(|| {
             for dst in [IpAddr::from(IMDS_V4), IMDS_V6.into()] {
-                big_datagram(&c1.netns_path(), SocketAddr::new(dst, UDP_PORT));
+                datagram(&c1.netns_path(), SocketAddr::new(dst, UDP_PORT), 3000);
             }
         })
     };
@@ -388,9 +388,9 @@ fn fragments(args: &[&str]) {
     drop(agent);
 }
 
-/// One UDP datagram of 3000 bytes (two or three fragments on a 1500-byte
-/// link) to `dst`, from the namespace at `netns`.
-fn big_datagram(netns: &Path, dst: SocketAddr) {
+/// One UDP datagram of `len` bytes to `dst` (3000: two or three fragments
+/// on a 1500-byte link), from the namespace at `netns`.
+fn datagram(netns: &Path, dst: SocketAddr, len: usize) {
     let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("{e}"));
     thread::scope(|s| {
         s.spawn(|| {
@@ -399,8 +399,8 @@ fn big_datagram(netns: &Path, dst: SocketAddr) {
             let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
             let socket = std::net::UdpSocket::bind(bind).unwrap_or_else(|e| panic!("{e}"));
             socket
-                .send_to(&[0u8; 3000], dst)
-                .unwrap_or_else(|e| panic!("sending 3000 bytes to {dst}: {e}"));
+                .send_to(&vec![0u8; len], dst)
+                .unwrap_or_else(|e| panic!("sending {len} bytes to {dst}: {e}"));
         });
     });
 }
@@ -432,7 +432,7 @@ fn ports(args: &[&str]) {
     let datagrams = || {
         world.arrivals_during(|| {
             for dst in [IpAddr::from(IMDS_V4), IMDS_V6.into()] {
-                small_datagram(&c1.netns_path(), SocketAddr::new(dst, UDP_PORT));
+                datagram(&c1.netns_path(), SocketAddr::new(dst, UDP_PORT), 16);
             }
         })
     };
@@ -463,22 +463,6 @@ fn ports(args: &[&str]) {
         "{mechanism}: a later fragment: {arrived:?}"
     );
     drop(agent);
-}
-
-/// One small UDP datagram to `dst` from the namespace at `netns`.
-fn small_datagram(netns: &Path, dst: SocketAddr) {
-    let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("{e}"));
-    thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("{e}"));
-            let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-            let socket = std::net::UdpSocket::bind(bind).unwrap_or_else(|e| panic!("{e}"));
-            socket
-                .send_to(b"imds-guard ports", dst)
-                .unwrap_or_else(|e| panic!("sending to {dst}: {e}"));
-        });
-    });
 }
 
 #[test]

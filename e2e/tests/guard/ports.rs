@@ -179,3 +179,56 @@ fn a_fragment_after_the_first_counts_as_going_to_a_protected_port() {
     let rec = record_for(&sb, "deny", &r);
     assert_eq!(str_field(&rec, "hook"), "egress", "{rec}");
 }
+
+#[test]
+fn auto_on_a_faked_dmi_directory_picks_gce_and_leaves_its_dns_open() {
+    if !imds_guard_e2e::privileged_or_skip(
+        "auto_on_a_faked_dmi_directory_picks_gce_and_leaves_its_dns_open",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    unguarded_paths_work(&sb);
+    let dmi = sb.dir.path().join("dmi");
+    std::fs::create_dir_all(&dmi).unwrap_or_else(|e| panic!("{e}"));
+    for (file, value) in [
+        ("sys_vendor", "Google\n"),
+        ("product_name", "Google Compute Engine\n"),
+    ] {
+        std::fs::write(dmi.join(file), value).unwrap_or_else(|e| panic!("{e}"));
+    }
+    sb.policy("[endpoints]\npresets = [\"auto\"]\n[allow]\nuids = [1001]\n");
+    let dmi = dmi.to_str().unwrap_or_else(|| panic!("utf-8"));
+    let agent = sb.spawn_agent(&[], &[("IMDS_GUARD_DMI_ROOT", dmi)]);
+    let ready = agent.wait_ready(imds_guard_e2e::LOG);
+    let said = |name: &str| {
+        imds_guard_e2e::field(&ready, name)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_else(|| panic!("no {name} in {ready}"))
+            .to_owned()
+    };
+    assert!(
+        said("presets").starts_with("gcp (auto: DMI sys_vendor=\"Google\""),
+        "{ready}"
+    );
+    assert_eq!(said("endpoints"), "169.254.169.254:80/tcp", "{ready}");
+    let (_, status) = sb.status();
+    assert_eq!(
+        status["endpoints"],
+        serde_json::json!(["169.254.169.254:80/tcp"]),
+        "{status}"
+    );
+    // GCE's metadata server: HTTP refused, its other ports (DNS, NTP
+    // there; the fake's UDP here) open, and fd00:ec2::254 is not GCE's.
+    let nobody = sb.probe_as(NOBODY, NOBODY);
+    let r = nobody.run(Action::http(imds_v4(), IMDS_PORT));
+    assert!(!r.ok && r.errno == Some(EPERM), "{r:?}");
+    let before = sb.imds.udp_received(udp(imds_v4()));
+    nobody
+        .run(Action::udp_send(imds_v4(), UDP_PORT))
+        .assert_ok();
+    assert_eq!(sb.imds.udp_received(udp(imds_v4())), before + 1);
+    let r = nobody.run(Action::http(imds_v6(), IMDS_PORT));
+    assert_eq!(r.assert_ok().body, sb.imds.credentials_body());
+    drop(agent);
+}

@@ -354,13 +354,7 @@ impl Checker<'_> {
         };
         let Some(&(key, list)) = fields.get("addresses") else {
             if fields.contains_key("presets") {
-                let texts: Vec<String> = from_presets.iter().map(|(e, _)| e.to_string()).collect();
-                let refs: Vec<(Endpoint, &str)> = from_presets
-                    .iter()
-                    .zip(&texts)
-                    .map(|((e, _), t)| (e.clone(), t.as_str()))
-                    .collect();
-                return self.merge(refs, &[], at);
+                return self.merge(from_presets, &[], at);
             }
             return address::default_endpoints();
         };
@@ -395,13 +389,7 @@ impl Checker<'_> {
                 ),
             );
         }
-        let texts: Vec<String> = from_presets.iter().map(|(e, _)| e.to_string()).collect();
-        let refs: Vec<(Endpoint, &str)> = from_presets
-            .iter()
-            .zip(&texts)
-            .map(|((e, _), t)| (e.clone(), t.as_str()))
-            .collect();
-        self.merge(refs, items, list_at)
+        self.merge(from_presets, items, list_at)
     }
 
     /// `[endpoints] presets`: each name's endpoints (`auto`: the cloud
@@ -472,16 +460,15 @@ impl Checker<'_> {
                 );
                 continue;
             }
-            self.presets.push(said.clone());
+            self.presets.push(said);
             for &(addr, port) in &preset.addresses {
-                found.push((
-                    Endpoint {
-                        addr,
-                        port,
-                        at: Some(at),
-                    },
-                    said.clone(),
-                ));
+                let e = Endpoint {
+                    addr,
+                    port,
+                    at: Some(at),
+                };
+                let text = format!("{e} (preset {})", preset.name);
+                found.push((e, text));
             }
         }
         found
@@ -490,14 +477,14 @@ impl Checker<'_> {
     /// Each entry of `[endpoints] addresses`, parsed, each once: an
     /// address is protected either on every port (written bare) or on the
     /// ports written with it, at most [`MAX_PORTS`] of them.
-    fn merge<'t>(
+    fn merge(
         &mut self,
-        from_presets: Vec<(Endpoint, &'t str)>,
-        items: &'t [Node],
+        from_presets: Vec<(Endpoint, String)>,
+        items: &[Node],
         list_at: Location,
     ) -> Vec<Endpoint> {
         const CONTEXT: &str = "[endpoints] addresses";
-        let mut seen: Vec<(Endpoint, &str)> = Vec::new();
+        let mut seen: Vec<(Endpoint, String)> = Vec::new();
         for (e, text) in from_presets {
             if !seen
                 .iter()
@@ -543,7 +530,7 @@ impl Checker<'_> {
                     port,
                     at: Some(at),
                 },
-                text,
+                text.clone(),
             ));
         }
         let mut addrs: Vec<_> = seen.iter().map(|(e, _)| e.addr).collect();
