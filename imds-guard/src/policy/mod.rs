@@ -29,6 +29,7 @@ mod digest;
 mod error;
 mod explain;
 pub mod forward;
+mod layout;
 mod members;
 pub mod presets;
 mod process;
@@ -54,6 +55,7 @@ pub use self::{
     digest::hex,
     error::{Diagnostic, PolicyError},
     explain::{Context, explain, explain_with},
+    layout::CgroupLayout,
     process::{Owner, Place, Process},
     resolve::{Resolver, SystemResolver},
     source::{ADMIN_POLICY, PACKAGED_POLICY, PolicySource},
