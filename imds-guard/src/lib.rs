@@ -26,4 +26,6 @@ pub mod kernel;
 pub mod learn;
 pub mod policy;
 pub mod render;
+#[cfg(test)]
+mod testing;
 pub mod text;

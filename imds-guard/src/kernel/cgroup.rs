@@ -1,8 +1,9 @@
 //! Finding the cgroup v2 hierarchy the guard attaches to.
 //!
-//! Unified hosts mount it at `/sys/fs/cgroup`; hybrid ones (Amazon Linux 2,
-//! this project's CI) at `/sys/fs/cgroup/unified`. Read it from mountinfo,
-//! never guess.
+//! Unified hosts mount it at `/sys/fs/cgroup`; hybrid ones (this project's
+//! CI) at `/sys/fs/cgroup/unified`; hosts that boot cgroup v1 only (Amazon
+//! Linux 2) nowhere, and the agent mounts one of its own
+//! ([`place`](super::place)). Read it from mountinfo, never guess.
 
 use std::{
     fs::File,
@@ -37,11 +38,18 @@ pub enum CgroupError {
 /// `/proc/self/mountinfo`. A mount that shows only a subtree (inside a
 /// cgroup namespace) is refused: attached there the guard would miss every
 /// process outside it.
+///
+/// A mount's root is shown relative to the reader's cgroup namespace: a
+/// mount made inside a container's namespace shows `/` there, which is why
+/// [`place`](super::place) leaves a namespace that is not the host's first.
+/// Read from the calling thread's view (`/proc/thread-self`), which is the
+/// process's unless the thread changed its namespaces.
 pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
-    let mounts = procfs::process::Process::myself()
-        .and_then(|p| p.mountinfo())
+    use procfs::FromRead as _;
+    let mounts = procfs::process::MountInfos::from_file("/proc/thread-self/mountinfo")
         .map_err(CgroupError::MountInfo)?;
     let cgroup2: Vec<_> = mounts
+        .0
         .into_iter()
         .filter(|m| m.fs_type == "cgroup2")
         .collect();

@@ -7,6 +7,8 @@
 //! cgroup and pod entries). `inspect.rs` reads back what is in force,
 //! `rules.rs` whom its rules name, `counters.rs` what the programs counted,
 //! `records.rs` what they report.
+//! `place.rs` settles where the guard goes (the cgroup, the hierarchy, a
+//! namespace left for the host's) before anything else runs.
 //! `btf.rs`, `offsets.rs`, `features.rs` and `identity.rs` are what the
 //! programs are told of the kernel and the host; `sys.rs` and `batch.rs`
 //! the `bpf(2)` commands aya does not wrap.
@@ -36,6 +38,7 @@ pub mod memlock;
 pub mod netfilter;
 pub mod offsets;
 pub mod pins;
+pub mod place;
 mod policy_maps;
 mod prefixes;
 pub mod programs;
