@@ -138,9 +138,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The cgroup v2 directory to attach to (default: the root of the
-    /// cgroup v2 hierarchy, found in /proc/self/mountinfo).
+    /// cgroup v2 hierarchy, found in /proc/self/mountinfo, or mounted at
+    /// /run/imds-guard/cgroup2 when none is mounted whole, as on a host
+    /// that boots cgroup v1 only).
     #[arg(long, value_name = "DIR", env = "IMDS_GUARD_CGROUP")]
     pub cgroup: Option<PathBuf>,
+    /// The host's cgroup namespace, entered when the agent runs in another
+    /// (a container's): pid 1's is the host's when the agent shares the
+    /// host's pid namespace (Kubernetes: hostPID). Entering takes
+    /// CAP_SYS_ADMIN, and opening another process's namespace
+    /// CAP_SYS_PTRACE. An agent that cannot enter it refuses to start.
+    #[arg(long, value_name = "FILE", default_value = crate::kernel::place::HOST_CGROUP_NS)]
+    pub host_cgroupns: PathBuf,
     /// How to write log records: `auto` is the journal when stderr is
     /// connected to it (under systemd), text on stderr otherwise.
     #[arg(long, value_enum, default_value_t = LogFormat::Auto)]

@@ -5,6 +5,7 @@ use crate::{
     daemon::{self, DaemonError, logging},
     kernel::{
         GuardError, LoadError,
+        place::{self, PlaceError},
         refused::{self, Privileges, Refused},
     },
     policy::PolicySource,
@@ -13,6 +14,14 @@ use crate::{
 pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
     daemon::one_heap();
     logging::init(args.log_format);
+    // Before any thread starts: threads inherit the cgroup namespace
+    // entered here.
+    let request = place::Request {
+        cgroup: args.cgroup.as_deref(),
+        host_cgroup_ns: &args.host_cgroupns,
+        ..place::Request::default()
+    };
+    let place = place::establish(&request).map_err(place_error)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -25,7 +34,7 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
     let config = daemon::Config {
         config: PolicySource::new(args.config),
         fallback: args.fallback,
-        cgroup: args.cgroup,
+        place,
         pin_dir: args.pin_dir,
         metrics_listen: args.metrics_listen,
         pods_dir: args.kubelet_pods_dir,
@@ -42,6 +51,20 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
         }),
         Err(DaemonError::Guard(e)) => Err(guard_error(e, Privileges::own())),
         Err(e) => Err(CliError::runtime(e)),
+    }
+}
+
+/// Where the guard would go cannot be settled: for good (exit 6) when the
+/// agent runs where it cannot guard the host (a namespace it cannot leave,
+/// a hierarchy it may not mount), otherwise an error a restart may not
+/// meet again.
+fn place_error(e: PlaceError) -> CliError {
+    match e {
+        PlaceError::UserNs { .. }
+        | PlaceError::PidNs { .. }
+        | PlaceError::CgroupNs { .. }
+        | PlaceError::Mount { .. } => CliError::Permanent(Box::new(e)),
+        e => CliError::runtime(e),
     }
 }
 

@@ -21,7 +21,7 @@ use crate::{
         inspect::{self, CgroupStatus, Status},
         offsets::{self, kernel_release},
         pins::Pins,
-        programs,
+        place, programs,
     },
     policy::{Mode, PolicySpec, SystemResolver, hex},
     text,
@@ -228,13 +228,24 @@ fn identity_text(status: &Status) -> Option<String> {
             r.max_groups
         )
     };
+    let initial = |kind, ino: u32| match place::initial(kind, ino.into()) {
+        Some(true) => "",
+        _ => " (NOT the initial one)",
+    };
+    let net = if place::own_net_ns_is(r.host.net.into()) {
+        " (this command's)"
+    } else {
+        " (not this command's)"
+    };
     Some(format!(
-        "  identity: reads {scan}; {} the creators of user namespaces; host is pid:[{}] \
-         net:[{}] user:[{}]; {} kernel offsets resolved from BTF (--json lists them)",
+        "  identity: reads {scan}; {} the creators of user namespaces; host is pid:[{}]{} \
+         net:[{}]{net} user:[{}]{}; {} kernel offsets resolved from BTF (--json lists them)",
         if owners { "checks" } else { "does not check" },
         r.host.pid,
+        initial("pid", r.host.pid),
         r.host.net,
         r.host.user,
+        initial("user", r.host.user),
         offsets::named(&r.offsets).len()
     ))
 }
@@ -367,6 +378,9 @@ fn where_and_what(status: &Status, s: &mut String) {
             |p| p.display().to_string(),
         );
         let _ = writeln!(s, "  cgroup:   {path} (id {})", l.cgroup_id);
+    }
+    if let Some(g) = &status.guards {
+        let _ = writeln!(s, "  guards:   {}", g.describe());
     }
     for l in &status.links {
         let _ = writeln!(

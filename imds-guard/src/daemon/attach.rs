@@ -8,7 +8,7 @@ use super::{DaemonError, policies};
 use crate::{
     chain::Chain,
     kernel::{
-        AttachReport, Counters, Guard, cgroup,
+        AttachReport, Counters, Guard,
         inspect::{self, Status},
         pins::{AgentLock, Pins},
     },
@@ -22,17 +22,6 @@ pub(super) struct Attachment {
     _lock: AgentLock,
     /// `None` while a reload has it.
     guard: Option<Guard>,
-}
-
-/// The cgroup v2 directory to attach to (`dir`, or the hierarchy's root),
-/// opened to show it can be.
-pub(super) fn cgroup_dir(dir: Option<&Path>) -> Result<PathBuf, DaemonError> {
-    let cgroup = match dir {
-        Some(dir) => dir.to_owned(),
-        None => cgroup::cgroup2_root()?,
-    };
-    cgroup::open(&cgroup)?;
-    Ok(cgroup)
 }
 
 /// When the guard pinned in `pins` was first attached, by this agent or

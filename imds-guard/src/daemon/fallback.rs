@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::{
     chain::Chain,
     kernel::pins::Pins,
-    policy::{Policy, PolicyError, PolicySpec, Resolver, Unresolved},
+    policy::{CgroupLayout, Policy, PolicyError, PolicySpec, Resolver, Unresolved},
 };
 
 /// What `--fallback` asked for.
@@ -58,15 +58,20 @@ pub struct Chosen {
     pub fallback_for: Option<PolicyError>,
 }
 
-/// Loads the policy at `config`, or, when it cannot be used and nothing is
-/// pinned at `pins`, the fallback.
+/// Loads the policy at `config`, or, when it cannot be used (in the
+/// cgroup `layout` the guard attaches in, too) and nothing is pinned at
+/// `pins`, the fallback.
 pub fn choose(
     config: &Path,
     fallback: &Fallback,
     pins: &Pins,
     resolver: &dyn Resolver,
+    layout: CgroupLayout,
 ) -> Result<Chosen, PolicyError> {
-    let error = match PolicySpec::load(config).and_then(|s| s.resolve_available(resolver)) {
+    let loaded = PolicySpec::load(config)
+        .and_then(|s| s.for_layout(layout))
+        .and_then(|s| s.resolve_available(resolver));
+    let error = match loaded {
         Ok((policy, unresolved)) => {
             super::warnings::say(&policy, resolver);
             return Ok(Chosen {
@@ -84,7 +89,10 @@ pub fn choose(
         tracing::error!(fallback = true, "{line}");
     }
     let policy = match fallback {
-        Fallback::File(file) => match PolicySpec::load(file).and_then(|s| s.resolve(resolver)) {
+        Fallback::File(file) => match PolicySpec::load(file)
+            .and_then(|s| s.for_layout(layout))
+            .and_then(|s| s.resolve(resolver))
+        {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(
@@ -153,13 +161,40 @@ mod tests {
         std::fs::write(&bad, "[deny]\nusers = [\"nobody-here\"]\n").expect("write");
         let pins = Pins::new(dir.join("no-pins"));
         let r = FakeResolver::new(&[], &[]);
-        let chosen = choose(&bad, &Fallback::Builtin, &pins, &r).expect("falls back");
+        let chosen =
+            choose(&bad, &Fallback::Builtin, &pins, &r, CgroupLayout::Systemd).expect("falls back");
         assert!(chosen.fallback_for.is_some());
         assert_eq!(chosen.policy.decide(0, 0).action, Action::Allow);
-        let e = choose(&bad, &Fallback::Off, &pins, &r)
+        let e = choose(&bad, &Fallback::Off, &pins, &r, CgroupLayout::Systemd)
             .err()
             .expect("no fallback asked for");
         assert!(e.to_string().contains("does not exist on this host"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_cgroup_rule_on_a_host_without_a_cgroup_v2_layout_falls_back_and_says_why() {
+        let dir = std::env::temp_dir().join(format!("imds-guard-flat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let policy = dir.join("policy.toml");
+        std::fs::write(
+            &policy,
+            "[allow]\nuids = [0]\n\n[deny]\ncgroups = [\"/x/*\"]\n",
+        )
+        .expect("write");
+        let pins = Pins::new(dir.join("no-pins"));
+        let r = FakeResolver::new(&[], &[]);
+        let kept = choose(&policy, &Fallback::Off, &pins, &r, CgroupLayout::Systemd)
+            .expect("valid where systemd's layout is");
+        assert!(kept.fallback_for.is_none());
+        let e = choose(&policy, &Fallback::Off, &pins, &r, CgroupLayout::Flat)
+            .err()
+            .expect("refused without it");
+        assert!(e.to_string().contains("policy.toml:5:"), "{e}");
+        assert!(e.to_string().contains("cgroup v1 only"), "{e}");
+        let chosen =
+            choose(&policy, &Fallback::Builtin, &pins, &r, CgroupLayout::Flat).expect("falls back");
+        assert!(chosen.fallback_for.is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

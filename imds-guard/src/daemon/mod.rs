@@ -65,9 +65,10 @@ use crate::{
     chain::Chain,
     kernel::{
         AttachReport, Guard, GuardError,
-        cgroup::CgroupError,
+        cgroup::{self, CgroupError},
         memlock::{self, Memlock},
         pins::{PinError, Pins},
+        place::{NetNs, Placement},
     },
     policy::{Policy, PolicyError, PolicySource, SystemResolver, Unresolved},
 };
@@ -79,8 +80,9 @@ pub struct Config {
     pub config: PolicySource,
     /// What to put in force when the policy cannot be used at start.
     pub fallback: fallback::Fallback,
-    /// The cgroup v2 directory to attach to; the hierarchy's root if none.
-    pub cgroup: Option<PathBuf>,
+    /// Where the guard goes (the cgroup, its hierarchy, the namespaces),
+    /// settled before the runtime started ([`place::establish`]).
+    pub place: Placement,
     pub pin_dir: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
     /// The kubelet's pod log directories, for `pods` rules.
@@ -127,6 +129,8 @@ pub enum DaemonError {
 /// A running agent: its parts.
 pub struct Daemon {
     attached: Attachment,
+    /// Where the guard is, and what "the host" is to it.
+    place: Placement,
     policies: InForce,
     forward: ForwardPath,
     reloader: Reloader,
@@ -234,6 +238,7 @@ impl Daemon {
                     &config.fallback,
                     &pins,
                     &SystemResolver,
+                    config.place.layout(),
                 )
             });
             phases.parse = parse;
@@ -297,7 +302,8 @@ impl Daemon {
         // programs loaded into the agent's own maps, which nothing runs
         // yet), so that a start that cannot succeed, a kernel or sandbox
         // refusing the programs among them, leaves not even a pin directory.
-        let cgroup = attach::cgroup_dir(config.cgroup.as_deref())?;
+        let cgroup = config.place.cgroup.clone();
+        cgroup::open(&cgroup)?;
         let rings = Rings::take(&mut guard, level)?;
         let stamp = FirstStamp {
             attached_unix: attach::first_attached(&pins),
@@ -324,13 +330,14 @@ impl Daemon {
             what: "the guard was lent away before the forward path was put in force",
             source: std::io::Error::other("no guard"),
         })?;
-        let status = StatusFile::start(&config.status_file, &config.pin_dir);
+        let status = StatusFile::start(&config.status_file, &config.pin_dir, &config.place);
         let daemon = Self {
             attached,
             forward,
             policies: InForce::first(generation, policy, stamp, unresolved),
             watch: PolicyWatch::off(config.config.clone()),
-            reloader: Reloader::new(config.config),
+            reloader: Reloader::new(config.config, config.place.layout()),
+            place: config.place,
             rescanner: Rescanner::default(),
             pods,
             log: EventLog::default(),
@@ -359,10 +366,19 @@ impl Daemon {
             "attached to"
         };
         let table = self.forward.table();
+        self.say_place();
+        let place = &self.place;
         tracing::info!(
             ready = true,
             mode = mode.as_str(),
             cgroup = %self.attached.cgroup().display(),
+            cgroup_root = place.at_root(),
+            hierarchy = place.hierarchy_name(),
+            cgroup_mount = %place.mount().map(|m| m.display().to_string()).unwrap_or_default(),
+            cgroup_ns = place.cgroup_ns_name(),
+            cgroup_layout = place.layout().as_str(),
+            pid_ns = place.pid_ns,
+            net_ns = place.net_ns,
             config = %config.display(),
             pin_dir = %self.attached.pin_dir().display(),
             adopted = report.adopted,
@@ -408,6 +424,28 @@ impl Daemon {
             &self.policies.ready_status(true, table.note()),
         ));
         self.status.write(Why::Started);
+    }
+
+    /// Says where the guard is and what "the host" is to it, before
+    /// `ready`; warns when "the host" is not pid 1's network namespace.
+    fn say_place(&self) {
+        let place = &self.place;
+        tracing::info!(
+            event = "placement",
+            "the guard is attached to {}; \"the host\" of [allow.host] is {}",
+            place.describe(),
+            place.host()
+        );
+        if let NetNs::NotPid1s { pid1 } = place.net {
+            tracing::warn!(
+                event = "placement",
+                "the agent's network namespace net:[{}] is not pid 1's (net:[{pid1}]): \
+                 [allow.host] means a caller in this namespace, and the forward table guards \
+                 this namespace's forwarding, not the host's (a DaemonSet needs hostNetwork: \
+                 true)",
+                place.net_ns
+            );
+        }
     }
 
     /// Reads events, reloads and ticks until SIGTERM or SIGINT; returns the

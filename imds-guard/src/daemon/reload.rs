@@ -21,7 +21,10 @@ use super::{
 use crate::{
     chain::Chain,
     kernel::{Guard, GuardError, Stamp},
-    policy::{Policy, PolicySource, PolicySpec, SystemResolver, Unresolved, cgroups::Pods, hex},
+    policy::{
+        CgroupLayout, Policy, PolicySource, PolicySpec, SystemResolver, Unresolved, cgroups::Pods,
+        hex,
+    },
 };
 
 /// Runs reloads, one at a time.
@@ -31,6 +34,9 @@ pub(super) struct Reloader {
     source: PolicySource,
     /// The reload in progress, if any.
     pending: Option<Pending>,
+    /// The cgroup layout the guard attaches in: a policy that needs one it
+    /// lacks is refused.
+    layout: CgroupLayout,
 }
 
 /// A reload running on its thread, with the guard.
@@ -74,10 +80,11 @@ pub(super) struct Applied {
 }
 
 impl Reloader {
-    pub(super) fn new(source: PolicySource) -> Self {
+    pub(super) fn new(source: PolicySource, layout: CgroupLayout) -> Self {
         Self {
             source,
             pending: None,
+            layout,
         }
     }
 
@@ -101,9 +108,10 @@ impl Reloader {
     /// Starts a reload with `guard`, on the blocking pool.
     pub(super) fn start(&mut self, guard: Guard, tried: Tried) {
         let config = self.source.path();
+        let layout = self.layout;
         let task = tokio::task::spawn_blocking(move || {
             let pods = pods::list(&tried.pods_dir);
-            guard_reload(guard, &config, tried, pods)
+            guard_reload(guard, &config, layout, tried, pods)
         });
         self.pending = Some(Pending { task, again: false });
     }
@@ -155,7 +163,13 @@ impl Applied {
 
 /// On the reload thread: the policy at `config` put in force with `guard`
 /// (and the forward table, unless its ruleset is in force already).
-fn guard_reload(mut guard: Guard, config: &Path, tried: Tried, pods: Pods) -> Done {
+fn guard_reload(
+    mut guard: Guard,
+    config: &Path,
+    layout: CgroupLayout,
+    tried: Tried,
+    pods: Pods,
+) -> Done {
     let waited_micros = tried.requested.elapsed().as_micros() as u64;
     // Before the file is read: `imds-guard reload` then knows whether the
     // answer to come read the file as it is now.
@@ -165,7 +179,7 @@ fn guard_reload(mut guard: Guard, config: &Path, tried: Tried, pods: Pods) -> Do
             Chain(&e)
         );
     }
-    let Some((policy, unresolved)) = load(config) else {
+    let Some((policy, unresolved)) = load(config, layout) else {
         return Done {
             guard,
             outcome: Err(ReloadOutcome::Invalid),
@@ -227,9 +241,13 @@ fn failed(e: &GuardError) {
 }
 
 /// The policy at `config`, resolved as far as names resolve; `None`, with
-/// every problem logged, when it does not validate.
-fn load(config: &Path) -> Option<(Policy, Vec<Unresolved>)> {
-    match PolicySpec::load(config).and_then(|s| s.resolve_available(&SystemResolver)) {
+/// every problem logged, when it does not validate (in the cgroup `layout`
+/// the guard attaches in, too).
+fn load(config: &Path, layout: CgroupLayout) -> Option<(Policy, Vec<Unresolved>)> {
+    let loaded = PolicySpec::load(config)
+        .and_then(|s| s.for_layout(layout))
+        .and_then(|s| s.resolve_available(&SystemResolver));
+    match loaded {
         Ok(loaded) => {
             super::warnings::say(&loaded.0, &SystemResolver);
             Some(loaded)

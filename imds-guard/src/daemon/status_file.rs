@@ -30,6 +30,7 @@ use crate::{
     kernel::{
         inspect::{self, Status},
         pins::Pins,
+        place::{NetNs, Placement},
     },
     text,
 };
@@ -99,8 +100,9 @@ pub(super) struct StatusFile {
 }
 
 impl StatusFile {
-    /// Starts the writer for the guard pinned at `pin_dir`.
-    pub(super) fn start(target: &Target, pin_dir: &Path) -> Self {
+    /// Starts the writer for the guard pinned at `pin_dir`, placed at
+    /// `place`.
+    pub(super) fn start(target: &Target, pin_dir: &Path, place: &Placement) -> Self {
         let Target::File(path) = target else {
             return Self {
                 asks: None,
@@ -111,6 +113,7 @@ impl StatusFile {
         let writer = Writer {
             path: path.clone(),
             pins: Pins::new(pin_dir),
+            placement: placement_json(place),
             failing: false,
         };
         let thread = std::thread::Builder::new()
@@ -161,6 +164,8 @@ impl StatusFile {
 struct Writer {
     path: PathBuf,
     pins: Pins,
+    /// Where the agent placed the guard ([`placement_json`]).
+    placement: Value,
     /// The last write failed (said once, at warning level, until one works).
     failing: bool,
 }
@@ -184,7 +189,9 @@ impl Writer {
             pid: std::process::id(),
             why,
         };
-        let mut bytes = snapshot(status, agent, now_unix()).to_string();
+        let mut value = snapshot(status, agent, now_unix());
+        value["agent"]["placement"] = self.placement.clone();
+        let mut bytes = value.to_string();
         bytes.push('\n');
         match write_atomic(&self.path, bytes.as_bytes()) {
             Ok(()) if self.failing => {
@@ -203,6 +210,34 @@ impl Writer {
             Err(e) => tracing::debug!("cannot write the status file: {e}"),
         }
     }
+}
+
+/// Where the agent placed the guard, in the agent's own words: how it
+/// found the cgroup (`named` by --cgroup, the `host`'s hierarchy, or one it
+/// `mounted`), its cgroup namespace (`host`, or `entered` from a
+/// container's), whether systemd's cgroup layout is there, and the
+/// namespaces "the host" of `[allow.host]` means.
+pub fn placement_json(place: &Placement) -> Value {
+    let net = match &place.net {
+        NetNs::Pid1s => json!(true),
+        NetNs::NotPid1s { .. } => json!(false),
+        NetNs::Unknown(_) => Value::Null,
+    };
+    json!({
+        "cgroup": place.cgroup,
+        "cgroup_id": place.cgroup_id,
+        "cgroup_root": place.at_root(),
+        "hierarchy": place.hierarchy_name(),
+        "hierarchy_mount": place.mount(),
+        "mounted_by_agent": place.mounted(),
+        "cgroup_ns": place.cgroup_ns_name(),
+        "cgroup_layout": place.layout().as_str(),
+        "pid_ns": place.pid_ns,
+        "net_ns": place.net_ns,
+        "net_ns_is_pid1s": net,
+        "what": place.describe(),
+        "host": place.host(),
+    })
 }
 
 /// Who writes the snapshot, and why.

@@ -19,7 +19,7 @@ use super::{
     identity,
     maps::{self, MapError},
     pins::{PinError, Pins},
-    policy_maps, programs, sys,
+    place, policy_maps, programs, sys,
 };
 
 mod json;
@@ -83,6 +83,8 @@ pub struct Status {
     /// spells them (`169.254.169.254`, `169.254.170.2:80/tcp`), read from
     /// the programs' maps; `None` from an agent that did not pin them.
     pub endpoints: Option<Vec<String>>,
+    /// What the attached cgroup covers, as seen from here.
+    pub guards: Option<place::Seen>,
 }
 
 /// What the cgroup classification holds and has done (`classify/`).
@@ -160,7 +162,12 @@ impl Status {
             .as_deref()
             .and_then(|c| other_guards(c, &ours).ok())
             .unwrap_or_default();
+        let guards = links
+            .iter()
+            .find(|l| l.cgroup_id != 0)
+            .map(|l| place::Seen::of(l.cgroup_id));
         Ok(Self {
+            guards,
             pin_dir: pins.dir().to_owned(),
             links,
             cgroup,
@@ -497,6 +504,7 @@ impl Status {
                 "169.254.169.254".to_owned(),
                 "fd00:ec2::254".to_owned(),
             ]),
+            guards: None,
         }
     }
 }

@@ -176,3 +176,62 @@ fn pins_that_cannot_be_read_are_said() {
     assert_eq!(s["agent"]["state"], "running", "{s}");
     assert_eq!(s["updated_unix"], AT, "{s}");
 }
+
+#[test]
+fn the_placement_says_the_agent_mounted_the_root_it_guards_on_a_cgroup_v1_host() {
+    use crate::kernel::place::{CgroupNs, Hierarchy};
+    let mounted = Placement {
+        cgroup: PathBuf::from("/run/imds-guard/cgroup2"),
+        cgroup_id: 1,
+        hierarchy: Hierarchy::Mounted {
+            mount: PathBuf::from("/run/imds-guard/cgroup2"),
+        },
+        cgroup_ns: CgroupNs::Entered {
+            from: 4_026_532_200,
+        },
+        layout: false,
+        pid_ns: 0xEFFF_FFFC,
+        net_ns: 4_026_531_840,
+        net: NetNs::Pid1s,
+    };
+    let p = placement_json(&mounted);
+    assert_eq!(p["cgroup_root"], true, "{p}");
+    assert_eq!(p["hierarchy"], "mounted", "{p}");
+    assert_eq!(p["mounted_by_agent"], true, "{p}");
+    assert_eq!(p["hierarchy_mount"], "/run/imds-guard/cgroup2", "{p}");
+    assert_eq!(p["cgroup_ns"], "entered", "{p}");
+    assert_eq!(p["cgroup_layout"], "flat", "{p}");
+    assert_eq!(p["net_ns_is_pid1s"], true, "{p}");
+    let what = p["what"].as_str().expect("words");
+    assert!(
+        what.contains("mounted at /run/imds-guard/cgroup2"),
+        "{what}"
+    );
+    assert!(
+        what.contains("units, cgroups and pods are refused"),
+        "{what}"
+    );
+    assert!(
+        what.contains("cgroup namespace cgroup:[4026532200]"),
+        "{what}"
+    );
+
+    let named = Placement {
+        hierarchy: Hierarchy::Named,
+        cgroup_ns: CgroupNs::Host,
+        layout: true,
+        net: NetNs::NotPid1s { pid1: 7 },
+        ..mounted
+    };
+    let p = placement_json(&named);
+    assert_eq!(p["cgroup_root"], false, "{p}");
+    assert_eq!(p["mounted_by_agent"], false, "{p}");
+    assert_eq!(p["hierarchy_mount"], Value::Null, "{p}");
+    assert_eq!(p["net_ns_is_pid1s"], false, "{p}");
+    let what = p["what"].as_str().expect("words");
+    assert!(what.contains("only the processes below it"), "{what}");
+    assert!(
+        p["host"].as_str().expect("words").contains("NOT pid 1's"),
+        "{p}"
+    );
+}

@@ -7,7 +7,10 @@ use imds_guard_common::forward_flags;
 use serde_json::{Value, json};
 
 use super::Status;
-use crate::{kernel::offsets, policy::hex};
+use crate::{
+    kernel::{offsets, place},
+    policy::hex,
+};
 
 /// What `status --json` prints of the guard: the kernel's word, field by
 /// field.
@@ -41,6 +44,13 @@ pub fn to_json(status: &Status) -> Value {
         "pin_dir": status.pin_dir,
         "cgroup": status.cgroup,
         "cgroup_id": status.links.first().map(|l| l.cgroup_id),
+        "guards": status.guards.as_ref().map(|g| json!({
+            "cgroup_root": g.at_root,
+            "hierarchy_mount": g.mount,
+            "mounted_by_agent": g.mounted_by_agent(),
+            "seen_from_host_cgroup_ns": g.from_host_ns,
+            "what": g.describe(),
+        })),
         "links": status.links.iter().map(|l| json!({
             "program": l.program,
             "link_id": l.link_id,
@@ -93,7 +103,14 @@ fn identity_json(status: &Status) -> Value {
         "max_groups": r.max_groups,
         "scans_groups": groups,
         "checks_userns_owners": owners,
-        "host_namespaces": {"pid": r.host.pid, "net": r.host.net, "user": r.host.user},
+        "host_namespaces": {
+            "pid": r.host.pid,
+            "net": r.host.net,
+            "user": r.host.user,
+            "pid_initial": place::initial("pid", r.host.pid.into()),
+            "user_initial": place::initial("user", r.host.user.into()),
+            "net_is_this_commands": place::own_net_ns_is(r.host.net.into()),
+        },
         "offsets": offsets,
     })
 }
