@@ -9,6 +9,7 @@
 //! that tests wait on and assert against.
 
 use std::{
+    ffi::OsString,
     io::{BufRead, BufReader, Read},
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
@@ -52,6 +53,18 @@ struct Log {
     changed: Condvar,
 }
 
+/// `--pin-dir PIN_DIR EXTRA_ARGS...`.
+fn pinned_in<'a>(pin_dir: &'a Path, extra_args: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--pin-dir",
+        pin_dir
+            .to_str()
+            .unwrap_or_else(|| panic!("non UTF-8 pin dir")),
+    ];
+    args.extend_from_slice(extra_args);
+    args
+}
+
 /// A running agent; terminated on drop.
 #[derive(Debug)]
 pub struct Agent {
@@ -93,14 +106,16 @@ impl Agent {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let mut args = vec![
-            "--pin-dir",
-            pin_dir
-                .to_str()
-                .unwrap_or_else(|| panic!("non UTF-8 pin dir")),
-        ];
-        args.extend_from_slice(extra_args);
-        Self::spawn_agent(netns.path(), &imds_guard_bin(), config, cgroup, &args, env)
+        let args = pinned_in(pin_dir, extra_args);
+        Self::spawn_agent(
+            &[],
+            netns.path(),
+            &imds_guard_bin(),
+            config,
+            Some(cgroup.path()),
+            &args,
+            env,
+        )
     }
 
     /// [`Agent::start_pinned`] in the network namespace at `netns` (a
@@ -112,14 +127,16 @@ impl Agent {
         netns: &Path,
         extra_args: &[&str],
     ) -> Self {
-        let mut args = vec![
-            "--pin-dir",
-            pin_dir
-                .to_str()
-                .unwrap_or_else(|| panic!("non UTF-8 pin dir")),
-        ];
-        args.extend_from_slice(extra_args);
-        Self::spawn_agent(netns, &imds_guard_bin(), config, cgroup, &args, &[])
+        let args = pinned_in(pin_dir, extra_args);
+        Self::spawn_agent(
+            &[],
+            netns,
+            &imds_guard_bin(),
+            config,
+            Some(cgroup.path()),
+            &args,
+            &[],
+        )
     }
 
     /// [`Agent::start`] with an explicit binary (a stand-in, or a build the
@@ -131,14 +148,52 @@ impl Agent {
         cgroup: &TestCgroup,
         extra_args: &[&str],
     ) -> Self {
-        Self::spawn_agent(netns.path(), bin, config, cgroup, extra_args, &[])
+        Self::spawn_agent(
+            &[],
+            netns.path(),
+            bin,
+            config,
+            Some(cgroup.path()),
+            extra_args,
+            &[],
+        )
+    }
+
+    /// [`Agent::start_pinned`] run through `wrapper` (a command that ends
+    /// by exec'ing its arguments, so that the pid stays the agent's: `bash
+    /// -c '...; exec "$@"'` (the guest's `sh` is busybox's, which runs its
+    /// own `unshare` and `nsenter`), `unshare` without `--fork`), for tests that
+    /// start the agent in namespaces of their own. `cgroup`, when given, is
+    /// passed as `--cgroup`; without it the agent looks for the root, so
+    /// the wrapper must make sure that what it finds is the test's (a
+    /// cgroup namespace rooted at a test cgroup, with a mount made in it):
+    /// never let an agent attach at this machine's real root.
+    pub fn start_wrapped(
+        wrapper: &[OsString],
+        netns: &Path,
+        config: &Path,
+        cgroup: Option<&TestCgroup>,
+        pin_dir: &Path,
+        extra_args: &[&str],
+    ) -> Self {
+        let args = pinned_in(pin_dir, extra_args);
+        Self::spawn_agent(
+            wrapper,
+            netns,
+            &imds_guard_bin(),
+            config,
+            cgroup.map(TestCgroup::path),
+            &args,
+            &[],
+        )
     }
 
     fn spawn_agent(
+        wrapper: &[OsString],
         netns: &Path,
         bin: &Path,
         config: &Path,
-        cgroup: &TestCgroup,
+        cgroup: Option<&Path>,
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
@@ -150,15 +205,25 @@ impl Agent {
             .into_iter()
             .flatten();
         let own_pin_dir = own_pins.as_ref().map(TestBpffs::pin_dir);
-        let mut cmd = Command::new("nsenter");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut cmd = Command::new(first);
+                cmd.args(rest).arg("nsenter");
+                cmd
+            }
+            None => Command::new("nsenter"),
+        };
         cmd.arg(format!("--net={}", netns.display()))
             .arg("--")
             .arg(bin)
             .arg("run")
             .arg("--config")
             .arg(config)
-            .arg("--cgroup")
-            .arg(cgroup.path())
+            .args(
+                cgroup
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("--cgroup"), c.as_os_str()]),
+            )
             .args(["--log-format", "json"])
             .args(
                 own_pin_dir
