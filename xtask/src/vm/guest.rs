@@ -33,6 +33,8 @@ pub struct Config {
     /// libtest arguments for every suite.
     pub filter: Vec<String>,
     pub slowdown: u32,
+    /// Whether `/init` mounts cgroup2 (else cgroup v1 hierarchies only).
+    pub cgroup2: bool,
 }
 
 /// Writes the initramfs to `path`; `scratch` holds the stripped binaries.
@@ -131,10 +133,11 @@ fn strip(bin: &Path, arch: Arch, dir: &Path) -> Result<PathBuf> {
 fn env(config: &Config) -> String {
     let args: Vec<String> = config.filter.iter().map(|a| quote(a)).collect();
     format!(
-        "SUITES={}\nSLOWDOWN={}\nSUITE_TIMEOUT={}\nset -- {}\n",
+        "SUITES={}\nSLOWDOWN={}\nSUITE_TIMEOUT={}\nNO_CGROUP2={}\nset -- {}\n",
         quote(&config.suites.join(" ")),
         config.slowdown,
         SUITE_TIMEOUT_SECS,
+        u8::from(!config.cgroup2),
         args.join(" ")
     )
 }
@@ -154,10 +157,12 @@ mod tests {
             suites: vec!["guard".into(), "lifecycle".into()],
             filter: vec!["it's".into(), "--exact".into()],
             slowdown: 10,
+            cgroup2: true,
         };
         assert_eq!(
             env(&config),
-            "SUITES='guard lifecycle'\nSLOWDOWN=10\nSUITE_TIMEOUT=1200\nset -- 'it'\\''s' '--exact'\n"
+            "SUITES='guard lifecycle'\nSLOWDOWN=10\nSUITE_TIMEOUT=1200\nNO_CGROUP2=0\nset -- \
+             'it'\\''s' '--exact'\n"
         );
     }
 
@@ -167,7 +172,8 @@ mod tests {
             suites: vec!["kernel".into()],
             filter: vec![],
             slowdown: 1,
+            cgroup2: false,
         };
-        assert!(env(&config).ends_with("SUITE_TIMEOUT=1200\nset -- \n"));
+        assert!(env(&config).ends_with("SUITE_TIMEOUT=1200\nNO_CGROUP2=1\nset -- \n"));
     }
 }

@@ -2,7 +2,8 @@
 # /init of the `cargo xtask vm-test` guest (see xtask/src/vm.rs).
 #
 # Sets up what the privileged tests expect of a host (proc, sys, devtmpfs,
-# cgroup2, bpffs, /var/run/netns on a tmpfs, loopback up), then runs each
+# cgroup2 (with NO_CGROUP2=1: cgroup v1 hierarchies only), bpffs,
+# /var/run/netns on a tmpfs, loopback up), then runs each
 # suite with --test-threads=1 and CI=true. Results go to the virtio serial
 # port named imds-guard.results, which the host writes to a file:
 # "@vm start SUITE", libtest's
@@ -38,7 +39,6 @@ chmod 1777 /tmp
 mkdir -p /var
 rm -rf /var/run
 ln -s /run /var/run
-mount -t cgroup2 cgroup2 /sys/fs/cgroup || say "cannot mount cgroup2"
 # Not mounted at boot on Debian without systemd; the tests use a private
 # one of their own, the agent's default pins go here.
 mount -t bpf bpf /sys/fs/bpf || say "cannot mount bpffs"
@@ -77,6 +77,18 @@ report() { echo "$*" >"$port"; }
 
 # SUITES, SLOWDOWN, SUITE_TIMEOUT, and the libtest arguments as "$@".
 . /vm/env
+if [ "$NO_CGROUP2" = 1 ]; then
+    # As Amazon Linux 2 boots (systemd 219): a tmpfs of v1 hierarchies, no
+    # cgroup2 anywhere; the agent mounts its own.
+    mount -t tmpfs -o mode=0755 tmpfs /sys/fs/cgroup
+    for h in systemd:none,name=systemd cpu,cpuacct:cpu,cpuacct memory:memory pids:pids; do
+        mkdir -p "/sys/fs/cgroup/${h%%:*}"
+        mount -t cgroup -o "${h#*:}" cgroup "/sys/fs/cgroup/${h%%:*}" ||
+            say "cannot mount the cgroup v1 hierarchy ${h%%:*}"
+    done
+else
+    mount -t cgroup2 cgroup2 /sys/fs/cgroup || say "cannot mount cgroup2"
+fi
 say "unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled)" \
     "btf=$([ -e /sys/kernel/btf/vmlinux ] && echo yes || echo no)" \
     "IMDS_GUARD_TEST_SLOWDOWN=$SLOWDOWN"
@@ -87,7 +99,7 @@ for suite in $SUITES; do
     report "@vm start $suite"
     # RUSTC_BOOTSTRAP lets a stable libtest print JSON (-Z unstable-options).
     env CI=true RUST_BACKTRACE=1 RUSTC_BOOTSTRAP=1 \
-        IMDS_GUARD_TEST_SLOWDOWN="$SLOWDOWN" \
+        IMDS_GUARD_TEST_SLOWDOWN="$SLOWDOWN" IMDS_GUARD_TEST_NO_CGROUP2="$NO_CGROUP2" \
         IMDS_GUARD_BIN=/vm/bin/imds-guard IMDS_PROBE_BIN=/vm/bin/imds-probe \
         timeout "$SUITE_TIMEOUT" "/vm/tests/$suite" --test-threads=1 \
         -Z unstable-options --format=json --report-time "$@" >"$port" 2>/dev/console
