@@ -80,8 +80,9 @@ enum Command {
         args: Vec<String>,
     },
     /// Set up, build, and run the privileged end-to-end tests under Debian
-    /// bookworm's 6.1 or 6.12 cloud kernel in a QEMU guest (x86_64 or
-    /// aarch64), one suite at a time; reports every test. As root.
+    /// bookworm's 6.1 or 6.12 cloud kernel or bullseye's 5.10 in a QEMU
+    /// guest (x86_64 or aarch64), one suite at a time; reports every test.
+    /// As root.
     VmTest(vm::VmTestArgs),
 }
 

@@ -6,6 +6,10 @@
 //! fetches amd64 and arm64 packages. `pkgCacheGen::Essential=none` keeps
 //! apt from pulling in every Essential package an empty status lacks, as
 //! mmdebstrap's `extract` variant does.
+//!
+//! The guest's root always comes from bookworm; a kernel of another suite
+//! (Debian 11 "bullseye"'s 5.10) through a second private apt of that
+//! suite, so that the two never mix in one resolution.
 
 use std::{
     fs,
@@ -21,13 +25,45 @@ use crate::{
     process::{cmd, run, stdout},
 };
 
-/// Where the packages come from: Debian bookworm and its updates. The
-/// 6.12 kernels live in bookworm itself (`linux-image-6.12-cloud-*`).
-const SOURCES: &str = "\
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
-";
+/// A Debian release a private apt fetches from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    /// Debian 12: the guest's root, and the 6.1 and 6.12 kernels (the
+    /// latter in bookworm itself, `linux-image-6.12-cloud-*`).
+    Bookworm,
+    /// Debian 11: its 5.10 kernels, the oldest line the agent runs on.
+    Bullseye,
+}
+
+impl Suite {
+    fn name(self) -> &'static str {
+        match self {
+            Suite::Bookworm => "bookworm",
+            Suite::Bullseye => "bullseye",
+        }
+    }
+
+    /// The suite, its updates and its security updates. Bullseye's
+    /// security suite is `bullseye-security` too (since Debian 11).
+    fn sources(self) -> String {
+        let s = self.name();
+        let key = "[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]";
+        format!(
+            "deb {key} http://deb.debian.org/debian {s} main\n\
+             deb {key} http://deb.debian.org/debian {s}-updates main\n\
+             deb {key} http://deb.debian.org/debian-security {s}-security main\n"
+        )
+    }
+
+    /// The private apt's directory under `base`: bookworm's keeps the
+    /// plain architecture name it always had.
+    fn dir(self, base: &Path, arch: Arch) -> PathBuf {
+        match self {
+            Suite::Bookworm => base.join(arch.deb()),
+            Suite::Bullseye => base.join(format!("{}-{}", self.name(), arch.deb())),
+        }
+    }
+}
 
 /// Package lists younger than this are not fetched again.
 const LISTS_FRESH: Duration = Duration::from_secs(6 * 3600);
@@ -47,8 +83,8 @@ pub struct Apt {
 
 impl Apt {
     /// Lays out the private apt's directories and configuration.
-    pub fn new(base: &Path, arch: Arch) -> Result<Apt> {
-        let dir = base.join(arch.deb());
+    pub fn new(base: &Path, arch: Arch, suite: Suite) -> Result<Apt> {
+        let dir = suite.dir(base, arch);
         for sub in [
             "state/lists/partial",
             "cache/archives/partial",
@@ -63,7 +99,7 @@ impl Apt {
             fs::write(&status, "")
                 .with_context(|| format!("cannot create {}", status.display()))?;
         }
-        write(&dir.join("etc/sources.list"), SOURCES)?;
+        write(&dir.join("etc/sources.list"), &suite.sources())?;
         write(&dir.join("apt.conf"), &config(&dir, arch.deb()))?;
         Ok(Apt {
             dir,
@@ -251,6 +287,27 @@ mod tests {
         assert_eq!(
             depends(out),
             vec!["linux-image-6.1.0-56-cloud-arm64", "virtual"]
+        );
+    }
+
+    #[test]
+    fn each_suite_has_its_own_sources_and_directory() {
+        let bookworm = Suite::Bookworm.sources();
+        assert_eq!(bookworm.lines().count(), 3);
+        assert!(bookworm.contains("/debian bookworm main\n"));
+        assert!(bookworm.contains("/debian-security bookworm-security main\n"));
+        assert!(!bookworm.contains("bullseye"));
+        let bullseye = Suite::Bullseye.sources();
+        assert!(bullseye.contains("/debian bullseye-updates main\n"));
+        assert!(!bullseye.contains("bookworm"));
+        let base = Path::new("/t/vm/apt");
+        assert_eq!(
+            Suite::Bookworm.dir(base, Arch::X86_64),
+            Path::new("/t/vm/apt/amd64")
+        );
+        assert_eq!(
+            Suite::Bullseye.dir(base, Arch::Aarch64),
+            Path::new("/t/vm/apt/bullseye-arm64")
         );
     }
 

@@ -5,7 +5,9 @@
 //! finds nftables, xtables and virtio modules.
 //!
 //! The cloud flavour is the kernel of Debian's cloud images (EC2 among
-//! them), the machines imds-guard protects.
+//! them), the machines imds-guard protects. Debian 11's 5.10 is the
+//! generic flavour instead: booted from an initramfs either would do, and
+//! the generic one is what `../shared/KERNEL-VM.md`'s 9p route boots too.
 
 use std::{
     fs,
@@ -15,22 +17,24 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::apt::Apt;
+use super::apt::{Apt, Suite};
 use crate::{
     arch::Arch,
     process::{cmd, fresh_dir, run},
 };
 
-/// `--kernel`: a bookworm kernel series, or a package file.
+/// `--kernel`: a Debian kernel series, or a package file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelSpec {
     Series(Series),
     Deb(PathBuf),
 }
 
-/// The kernel series bookworm ships.
+/// The kernel series the guest boots: bookworm's two, and bullseye's
+/// 5.10 (the oldest the agent runs on: no `bpf_loop`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Series {
+    V5_10,
     V6_1,
     V6_12,
 }
@@ -40,24 +44,43 @@ impl FromStr for KernelSpec {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "5.10" => Ok(KernelSpec::Series(Series::V5_10)),
             "6.1" => Ok(KernelSpec::Series(Series::V6_1)),
             "6.12" => Ok(KernelSpec::Series(Series::V6_12)),
             _ if s.ends_with(".deb") => Ok(KernelSpec::Deb(PathBuf::from(s))),
             _ => Err(format!(
-                "`{s}` is neither 6.1, 6.12 nor a linux-image .deb file"
+                "`{s}` is neither 5.10, 6.1, 6.12 nor a linux-image .deb file"
             )),
         }
     }
 }
 
+impl KernelSpec {
+    /// The Debian suite its package comes from (a file: none is asked).
+    pub fn suite(&self) -> Suite {
+        match self {
+            KernelSpec::Series(series) => series.suite(),
+            KernelSpec::Deb(_) => Suite::Bookworm,
+        }
+    }
+}
+
 impl Series {
+    pub fn suite(self) -> Suite {
+        match self {
+            Series::V5_10 => Suite::Bullseye,
+            Series::V6_1 | Series::V6_12 => Suite::Bookworm,
+        }
+    }
+
     /// The metapackage that depends on the series' newest image, and the
     /// prefix that image's name must have: bookworm's plain
     /// `linux-image-cloud-*` is the 6.1 series, `linux-image-6.12-cloud-*`
-    /// the 6.12 one.
+    /// the 6.12 one; bullseye's generic `linux-image-*` the 5.10 one.
     pub fn packages(self, arch: Arch) -> (String, String) {
         let a = arch.deb();
         match self {
+            Series::V5_10 => (format!("linux-image-{a}"), "linux-image-5.10.".to_owned()),
             Series::V6_1 => (
                 format!("linux-image-cloud-{a}"),
                 "linux-image-6.1.".to_owned(),
@@ -184,8 +207,9 @@ mod tests {
                 "/tmp/linux-image-6.1.0-1-amd64_6.1.1-1_amd64.deb"
             )))
         );
+        assert_eq!("5.10".parse(), Ok(KernelSpec::Series(Series::V5_10)));
         assert!("6.6".parse::<KernelSpec>().is_err());
-        assert!("5.10".parse::<KernelSpec>().is_err());
+        assert!("5.15".parse::<KernelSpec>().is_err());
     }
 
     #[test]
@@ -204,6 +228,15 @@ mod tests {
                 "linux-image-6.12.".to_owned()
             )
         );
+        assert_eq!(
+            Series::V5_10.packages(Arch::X86_64),
+            (
+                "linux-image-amd64".to_owned(),
+                "linux-image-5.10.".to_owned()
+            )
+        );
+        assert_eq!(Series::V5_10.suite(), Suite::Bullseye);
+        assert_eq!(Series::V6_12.suite(), Suite::Bookworm);
         // The 6.12 image's name must not pass for a 6.1 one.
         let (_, prefix) = Series::V6_1.packages(Arch::X86_64);
         assert!(!"linux-image-6.12.117+deb12-cloud-amd64".starts_with(&prefix));
