@@ -1,5 +1,7 @@
-//! Builds the eBPF programs in `imds-guard-ebpf` and leaves the object in
-//! `OUT_DIR/imds-guard`, where `src/kernel/loader.rs` embeds it.
+//! Builds the eBPF programs in `imds-guard-ebpf` twice and leaves the
+//! objects in `OUT_DIR`, where `src/kernel/loader.rs` embeds both:
+//! `imds-guard` with `bpf_loop` (Linux 5.17), `imds-guard-unrolled` with
+//! the crate's `unrolled` feature, for kernels without it.
 //!
 //! Two routes, chosen by what the machine has (and said in a build warning):
 //! - `nightly` with `rust-src`: the usual aya route, `-Z build-std=core`;
@@ -24,6 +26,8 @@ use aya_build::{Package, Toolchain};
 
 const EBPF_CRATE: &str = "imds-guard-ebpf";
 const OBJECT: &str = "imds-guard";
+/// The object of the `unrolled` build.
+const UNROLLED_OBJECT: &str = "imds-guard-unrolled";
 /// The crates of the eBPF build that use `#![feature]`.
 const BOOTSTRAP_CRATES: &str =
     "aya_ebpf,aya_ebpf_bindings,aya_ebpf_cty,aya_log_ebpf,aya_log_common,imds_guard_ebpf";
@@ -37,6 +41,8 @@ fn main() -> anyhow::Result<()> {
     if env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true") {
         println!("cargo:warning=AYA_BUILD_SKIP is set: building without eBPF programs");
         fs::write(&object, b"").context("writing the empty eBPF placeholder")?;
+        fs::write(out_dir.join(UNROLLED_OBJECT), b"")
+            .context("writing the empty eBPF placeholder")?;
         return Ok(());
     }
 
@@ -57,7 +63,7 @@ fn main() -> anyhow::Result<()> {
             // SAFETY: build scripts are single-threaded here; the variable is
             // only read by the child cargo that aya-build spawns.
             unsafe { env::remove_var("RUSTC_BOOTSTRAP") };
-            Toolchain::Nightly
+            "nightly"
         }
         Route::Debian => {
             println!(
@@ -65,20 +71,30 @@ fn main() -> anyhow::Result<()> {
             );
             // SAFETY: as above.
             unsafe { env::set_var("RUSTC_BOOTSTRAP", BOOTSTRAP_CRATES) };
-            Toolchain::Custom("bpf-debian")
+            "bpf-debian"
         }
     };
-    aya_build::build_ebpf(
-        [Package {
-            name: EBPF_CRATE,
-            root_dir,
-            ..Default::default()
-        }],
-        toolchain,
-    )
-    .context("building the eBPF programs (run `cargo xtask setup` to install the toolchain)")?;
-    if !object.exists() {
-        bail!("the eBPF build did not produce {}", object.display());
+    // Each build leaves its object under the same name: the unrolled one
+    // first, renamed, then the default one where it lands.
+    for (features, name) in [(&["unrolled"][..], UNROLLED_OBJECT), (&[][..], OBJECT)] {
+        let _ = fs::remove_file(&object);
+        aya_build::build_ebpf(
+            [Package {
+                name: EBPF_CRATE,
+                root_dir,
+                features,
+                ..Default::default()
+            }],
+            Toolchain::Custom(toolchain),
+        )
+        .context("building the eBPF programs (run `cargo xtask setup` to install the toolchain)")?;
+        if !object.exists() {
+            bail!("the eBPF build did not produce {}", object.display());
+        }
+        if name != OBJECT {
+            fs::rename(&object, out_dir.join(name))
+                .with_context(|| format!("cannot rename {} to {name}", object.display()))?;
+        }
     }
     Ok(())
 }

@@ -21,6 +21,49 @@ pub const MAX_GROUPS: u32 = 64;
 /// initial one meets at most this many owners.
 pub const MAX_USERNS_DEPTH: u32 = 33;
 
+/// How far the programs read a caller's groups and user namespaces, which
+/// depends on the build of the programs the kernel can load
+/// ([`Bounds::LOOP`] or [`Bounds::UNROLLED`]). Past either bound the
+/// decision fails closed: more groups than `groups`, under a policy with
+/// a group rule, deny (`reason::TOO_MANY_GROUPS`); a chain of user
+/// namespaces deeper than `userns_depth` is unreadable, which denies
+/// under a policy with a uid or gid deny rule (`reason::UNREADABLE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    pub groups: u32,
+    pub userns_depth: u32,
+}
+
+impl Bounds {
+    /// With `bpf_loop` (Linux 5.17): the verifier checks each walk's body
+    /// once, so the bounds are the kernel's own for user namespaces and
+    /// [`MAX_GROUPS`] for groups.
+    pub const LOOP: Self = Self {
+        groups: MAX_GROUPS,
+        userns_depth: MAX_USERNS_DEPTH,
+    };
+    /// Without it (5.10 to 5.16): loops the verifier walks step by step,
+    /// every step of every path, within its million instructions per
+    /// program; as much as the largest program (connect6) verifies on
+    /// Debian 11's 5.10 with room left.
+    pub const UNROLLED: Self = Self {
+        groups: 16,
+        userns_depth: 8,
+    };
+
+    /// The build whose group bound is `groups` (what
+    /// `Resolved::max_groups` records), if one is.
+    pub const fn from_groups(groups: u32) -> Option<Self> {
+        if groups == Self::LOOP.groups {
+            Some(Self::LOOP)
+        } else if groups == Self::UNROLLED.groups {
+            Some(Self::UNROLLED)
+        } else {
+            None
+        }
+    }
+}
+
 /// Pid namespaces nest at most this deep (`MAX_PID_NS_LEVEL`,
 /// include/linux/pid_namespace.h): the bound of `pid.level`.
 pub const MAX_PID_NS_LEVEL: u32 = 32;
@@ -88,7 +131,8 @@ pub mod ns {
 pub struct Resolved {
     pub offsets: Offsets,
     pub host: HostNamespaces,
-    /// [`MAX_GROUPS`] of the programs that were loaded.
+    /// [`Bounds::groups`] of the programs that were loaded, which also
+    /// tells which build they are ([`Bounds::from_groups`]).
     pub max_groups: u32,
 }
 const _: () = assert!(size_of::<Resolved>() == 128);

@@ -33,7 +33,9 @@ pub use self::{
         GENERATION_BITS, IFNAME_LEN, InterfaceKey, MAX_FORWARD_EXCEPTIONS, Source4Key, Source6Key,
         forward_counter, forward_flags, forward_verdict, fragment, mechanism, nfproto,
     },
-    identity::{HostNamespaces, MAX_GROUPS, MAX_PID_NS_LEVEL, MAX_USERNS_DEPTH, Resolved, ns},
+    identity::{
+        Bounds, HostNamespaces, MAX_GROUPS, MAX_PID_NS_LEVEL, MAX_USERNS_DEPTH, Resolved, ns,
+    },
     names::*,
     offsets::{Offsets, PF_KTHREAD},
     policy::{

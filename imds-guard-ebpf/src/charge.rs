@@ -16,15 +16,13 @@
 //! counts are read and written here without atomics; the agent never
 //! writes [`CGROUP_CHARGES`], only its own [`AGENT_CHARGES`].
 
-use aya_ebpf::{
-    cty::c_void,
-    helpers::{bpf_get_current_uid_gid, generated::bpf_loop},
-};
-use imds_guard_common::{CHARGE_TOTAL, CgroupLimits, MAX_USERNS_DEPTH, Offsets, charged_by};
+use aya_ebpf::{cty::c_void, helpers::bpf_get_current_uid_gid};
+use imds_guard_common::{CHARGE_TOTAL, CgroupLimits, Offsets, charged_by};
 
 use crate::{
     kernel::{current_task, offsets, read, read_ptr},
     maps::{AGENT_CHARGES, CGROUP_CHARGES},
+    walk::{self, BOUNDS},
 };
 
 /// Written by the agent before the programs load, from the map's size.
@@ -167,7 +165,8 @@ fn limits() -> Option<CgroupLimits> {
 
 /// The outermost user namespace above the initial one on the way up from
 /// `userns` (0 when `userns` is the initial one); `None` when the chain
-/// cannot be read or is deeper than the kernel nests.
+/// cannot be read or is deeper than the build's bound (the kernel's own
+/// with `bpf_loop`).
 ///
 /// A `bpf_loop` of [`ns_step`] (as `identity.rs` walks owners): the
 /// verifier checks the body once.
@@ -179,16 +178,10 @@ fn outermost(userns: u64, off: &Offsets) -> Option<u64> {
         parent_off: off.user_ns_parent,
         reached: 0,
     };
-    // SAFETY: `ns_step` has the callback's signature and reads and writes
-    // only `walk`, which lives on this frame for the whole call.
-    let ran = unsafe {
-        bpf_loop(
-            MAX_USERNS_DEPTH + 1,
-            ns_step as *mut c_void,
-            (&raw mut walk).cast(),
-            0,
-        )
-    };
+    // `ns_step` reads and writes only `walk`, which lives on this frame for
+    // the whole walk.
+    let steps = BOUNDS.userns_depth + 1;
+    let ran = walk::run(steps, steps, ns_step, (&raw mut walk).cast());
     (ran >= 0 && walk.reached == 1).then_some(walk.top)
 }
 

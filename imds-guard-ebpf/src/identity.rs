@@ -11,10 +11,9 @@
 //! Every walk is bounded by a constant, and a read that fails makes the
 //! answer "unknown", which denies: never a guess.
 
-use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
+use aya_ebpf::cty::c_void;
 use imds_guard_common::{
-    HostNamespaces, IdRule, MAX_GROUPS, MAX_PID_NS_LEVEL, MAX_USERNS_DEPTH, NO_ID, Offsets, action,
-    ns, reason,
+    HostNamespaces, IdRule, MAX_PID_NS_LEVEL, NO_ID, Offsets, action, ns, reason,
 };
 
 use crate::{
@@ -22,6 +21,7 @@ use crate::{
     kernel::{current_task, opaque, read, read_ptr},
     maps::{GID_RULES, UID_RULES},
     rules::{denies, membership, rule},
+    walk::{self, BOUNDS},
 };
 
 /// Written by the agent before the programs load (`EbpfLoader::set_global`):
@@ -46,7 +46,7 @@ pub struct Scan(u64);
 impl Scan {
     /// No group at this index.
     pub const NONE: u8 = 0xff;
-    /// More groups than [`MAX_GROUPS`]: those past the bound are unknown.
+    /// More groups than [`BOUNDS`] reads: those past the bound are unknown.
     pub const TOO_MANY: u8 = 1;
     /// The groups could not be read.
     pub const UNREADABLE: u8 = 2;
@@ -91,14 +91,15 @@ impl Scan {
 
 /// Reads the supplementary groups of the credentials at `cred`
 /// (`cred->group_info`) and looks each up in the gid rules of
-/// `generation`, at most [`MAX_GROUPS`] of them. The kernel keeps them
+/// `generation`, at most [`BOUNDS`]`.groups` of them. The kernel keeps them
 /// sorted (`groups_sort`), so the first match is the lowest gid. The scan
 /// stops at the first denied group: deny wins.
 ///
 /// The loop is `bpf_loop` (Linux 5.17) with [`group_step`] as its body:
 /// the verifier checks the body once rather than once per group and per
 /// state, which an unrolled or open-coded loop of 64 lookups took past
-/// its million instructions on 6.1. A loop that ends early without a
+/// its million instructions on 6.1. Kernels without it get the unrolled
+/// build ([`walk`]), with a bound of 16. A loop that ends early without a
 /// reason, or a helper that fails, leaves the groups unreadable: deny.
 #[inline(never)]
 pub fn scan_groups(cred: u64, off: &Offsets, generation: u32) -> Scan {
@@ -108,7 +109,7 @@ pub fn scan_groups(cred: u64, off: &Offsets, generation: u32) -> Scan {
         return Scan::new(NO_ID, Scan::UNREADABLE);
     };
     let held = held as u32;
-    if held > MAX_GROUPS {
+    if held > BOUNDS.groups {
         return Scan::new(held, Scan::TOO_MANY);
     }
     let mut walk = GroupWalk {
@@ -119,9 +120,9 @@ pub fn scan_groups(cred: u64, off: &Offsets, generation: u32) -> Scan {
         stopped: 0,
         scan: Scan::new(held, 0).0,
     };
-    // SAFETY: `group_step` has the callback's signature and reads and
-    // writes only `walk`, which lives on this frame for the whole call.
-    let ran = unsafe { bpf_loop(held, group_step as *mut c_void, (&raw mut walk).cast(), 0) };
+    // `group_step` reads and writes only `walk`, which lives on this frame
+    // for the whole walk.
+    let ran = walk::run(held, BOUNDS.groups, group_step, (&raw mut walk).cast());
     if ran < 0 || (walk.stopped == 0 && ran as u64 != u64::from(held)) {
         return Scan::new(held, Scan::UNREADABLE);
     }
@@ -266,9 +267,10 @@ impl Owners {
 /// caller acts for. The initial namespace itself is not looked at: it has
 /// no parent, and its owner field (root) names nobody who created it.
 ///
-/// A `bpf_loop` of [`owner_step`], as [`scan_groups`] is: a walk that
-/// does not reach the initial namespace within the bound, or a helper
-/// that fails, leaves the chain unreadable ([`Owners::unreadable`]).
+/// A `bpf_loop` of [`owner_step`], as [`scan_groups`] is (unrolled, to a
+/// depth of 8, where the kernel has none): a walk that does not reach the
+/// initial namespace within the bound, or a helper that fails, leaves the
+/// chain unreadable ([`Owners::unreadable`]).
 ///
 /// [`MEMBERS`]: crate::maps::MEMBERS
 #[inline(never)]
@@ -289,16 +291,9 @@ pub fn walk_owners(cred: u64, off: &Offsets, generation: u32, check: bool) -> Ow
         owners: Owners::not_walked(),
     };
     // One more step than the deepest namespace has owners, to reach the
-    // initial one.
-    // SAFETY: as in `scan_groups`, for `owner_step` and `walk`.
-    let ran = unsafe {
-        bpf_loop(
-            MAX_USERNS_DEPTH + 1,
-            owner_step as *mut c_void,
-            (&raw mut walk).cast(),
-            0,
-        )
-    };
+    // initial one. As in `scan_groups`, for `owner_step` and `walk`.
+    let steps = BOUNDS.userns_depth + 1;
+    let ran = walk::run(steps, steps, owner_step, (&raw mut walk).cast());
     if ran < 0 || walk.reached == 0 {
         return Owners::unreadable(check);
     }

@@ -10,7 +10,9 @@
 //! of every cgroup as cgroups come and go (raw tracepoints), within each
 //! creator's share of the map (`charge.rs`). `netfilter.rs` drops
 //! forwarded packets to protected addresses at netfilter's forward hook
-//! (a netfilter program the agent loads itself).
+//! (a netfilter program the agent loads itself). `walk.rs` runs the walks
+//! over groups and user namespaces: `bpf_loop`, or, built with the
+//! `unrolled` feature for kernels without it, a bounded loop.
 #![no_std]
 #![no_main]
 
@@ -27,6 +29,7 @@ mod rules;
 mod skb;
 mod sock_addr;
 mod sock_state;
+mod walk;
 
 // Only for the BPF target: a host build of this crate (clippy over the
 // workspace) unifies features with the agent, pulls in `std` through aya,

@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use imds_guard_common::forward_flags;
+use imds_guard_common::{Bounds, forward_flags};
 use serde_json::{Value, json};
 
 use super::{
@@ -16,7 +16,7 @@ use crate::{
     chain::Chain,
     kernel::{
         btf::Btf,
-        features::{self, Found},
+        features::{self, Build, Found},
         forward::{self, status::Mechanism},
         inspect::{self, CgroupStatus, Status},
         offsets::{self, kernel_release},
@@ -237,9 +237,20 @@ fn identity_text(status: &Status) -> Option<String> {
     } else {
         " (not this command's)"
     };
+    let build = match Bounds::from_groups(r.max_groups).and_then(Build::of) {
+        Some(build @ Build::Loop) => format!("the {} build", build.name()),
+        Some(build @ Build::Unrolled) => format!(
+            "the {} build (no bpf_loop on this kernel, or IMDS_GUARD_PROGRAMS asked for it), \
+             user namespaces read {} deep at most (a caller deeper is unreadable)",
+            build.name(),
+            build.bounds().userns_depth
+        ),
+        None => "an unknown build".to_owned(),
+    };
     Some(format!(
-        "  identity: reads {scan}; {} the creators of user namespaces; host is pid:[{}]{} \
-         net:[{}]{net} user:[{}]{}; {} kernel offsets resolved from BTF (--json lists them)",
+        "  identity: {build}; reads {scan}; {} the creators of user namespaces; host is \
+         pid:[{}]{} net:[{}]{net} user:[{}]{}; {} kernel offsets resolved from BTF (--json lists \
+         them)",
         if owners { "checks" } else { "does not check" },
         r.host.pid,
         initial("pid", r.host.pid),

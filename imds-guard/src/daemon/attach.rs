@@ -31,6 +31,12 @@ pub(super) fn first_attached(pins: &Pins) -> u64 {
 }
 
 impl Attachment {
+    /// Which build of the programs is loaded (`bpf_loop` or `unrolled`),
+    /// for the `ready` record; `None` while a reload has the guard.
+    pub(super) fn programs(&self) -> Option<&'static str> {
+        self.guard.as_ref().map(|g| g.build().name())
+    }
+
     /// Takes the pin directory and attaches `guard` to `cgroup`, pinned
     /// (or adopts the pinned links of an agent that stopped).
     pub(super) fn attach(

@@ -8,6 +8,8 @@
 //! verifier's to say: a program it refuses for that is reported by
 //! [`missing_helper`] from the verifier's own words.
 
+use imds_guard_common::Bounds;
+
 use super::btf::{Btf, BtfError};
 
 /// One thing the guard needs, and how the kernel says it has it.
@@ -84,13 +86,6 @@ pub const FEATURES: &[Feature] = &[
         how: How::Enumerators("bpf_map_type", &["BPF_MAP_TYPE_SK_STORAGE"]),
     },
     Feature {
-        name: "bpf_loop",
-        needed_for: "reading the supplementary groups and the user namespaces' creators within the \
-                     verifier's budget",
-        since: "5.17",
-        how: How::Enumerators("bpf_func_id", &["BPF_FUNC_loop"]),
-    },
-    Feature {
         name: "the helpers the programs call",
         needed_for: "reading credentials, sockets and packets",
         since: "5.8",
@@ -112,6 +107,65 @@ pub const FEATURES: &[Feature] = &[
         ),
     },
 ];
+
+/// `bpf_loop`, which the walks over a caller's groups and user namespaces
+/// use where the kernel has it; without it the unrolled build loads.
+const LOOP: How = How::Enumerators("bpf_func_id", &["BPF_FUNC_loop"]);
+
+/// The two builds of the programs (`build.rs`), which differ only in how
+/// far they read a caller's groups and user namespaces ([`Bounds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// With `bpf_loop` (Linux 5.17).
+    Loop,
+    /// Bounded loops the verifier walks step by step (5.10 to 5.16).
+    Unrolled,
+}
+
+impl Build {
+    /// What `status` and the logs call it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Build::Loop => "bpf_loop",
+            Build::Unrolled => "unrolled",
+        }
+    }
+
+    pub fn bounds(self) -> Bounds {
+        match self {
+            Build::Loop => Bounds::LOOP,
+            Build::Unrolled => Bounds::UNROLLED,
+        }
+    }
+
+    /// The build whose bounds are `bounds`.
+    pub fn of(bounds: Bounds) -> Option<Self> {
+        [Build::Loop, Build::Unrolled]
+            .into_iter()
+            .find(|b| b.bounds() == bounds)
+    }
+
+    /// The build for a kernel: with `bpf_loop` where `btf` shows it, else
+    /// unrolled. `asked` (`IMDS_GUARD_PROGRAMS`) picks one instead: the
+    /// unrolled build loads on any kernel (to try what a 5.10 host runs),
+    /// the `bpf_loop` one only where the kernel has it.
+    pub fn choose(btf: &Btf, release: &str, asked: Option<&str>) -> Result<Self, RequireError> {
+        let has_loop = missing(btf, &LOOP)?.is_empty();
+        match asked {
+            None | Some("") if has_loop => Ok(Build::Loop),
+            None | Some("") | Some("unrolled") => Ok(Build::Unrolled),
+            Some("bpf_loop") if has_loop => Ok(Build::Loop),
+            Some("bpf_loop") => Err(RequireError::Missing(MissingFeature {
+                release: release.to_owned(),
+                name: "bpf_loop",
+                missing: "BPF_FUNC_loop".to_owned(),
+                needed_for: "the bpf_loop build of the programs, which IMDS_GUARD_PROGRAMS asks for",
+                since: "5.17",
+            })),
+            Some(other) => Err(RequireError::Asked(other.to_owned())),
+        }
+    }
+}
 
 /// What [`check`] found of one feature.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,24 +195,7 @@ pub fn check(btf: &Btf) -> Result<Vec<Found>, BtfError> {
     FEATURES
         .iter()
         .map(|f| {
-            let missing = match f.how {
-                How::Struct(name) => {
-                    if btf.has_struct(name) {
-                        Vec::new()
-                    } else {
-                        vec![name]
-                    }
-                }
-                How::Enumerators(enum_name, names) => {
-                    let mut missing = Vec::new();
-                    for &name in names {
-                        if !btf.has_enumerator(enum_name, name)? {
-                            missing.push(name);
-                        }
-                    }
-                    missing
-                }
-            };
+            let missing = missing(btf, &f.how)?;
             Ok(Found {
                 name: f.name,
                 present: missing.is_empty(),
@@ -166,6 +203,28 @@ pub fn check(btf: &Btf) -> Result<Vec<Found>, BtfError> {
             })
         })
         .collect()
+}
+
+/// What of `how` the kernel lacks: nothing when it has the feature.
+fn missing(btf: &Btf, how: &How) -> Result<Vec<&'static str>, BtfError> {
+    Ok(match *how {
+        How::Struct(name) => {
+            if btf.has_struct(name) {
+                Vec::new()
+            } else {
+                vec![name]
+            }
+        }
+        How::Enumerators(enum_name, names) => {
+            let mut missing = Vec::new();
+            for &name in names {
+                if !btf.has_enumerator(enum_name, name)? {
+                    missing.push(name);
+                }
+            }
+            missing
+        }
+    })
 }
 
 /// Every feature, or the first one the kernel (`release`) lacks.
@@ -189,6 +248,8 @@ pub enum RequireError {
     Missing(MissingFeature),
     #[error("cannot read the kernel's BTF to check its features")]
     Btf(#[from] BtfError),
+    #[error("IMDS_GUARD_PROGRAMS={0}: expected bpf_loop or unrolled")]
+    Asked(String),
 }
 
 /// The helper a verifier refused a program for, from its log: "unknown
@@ -227,8 +288,8 @@ mod tests {
             }
         }
         let mut enums: Vec<(&str, Vec<(&str, i32)>)> = Vec::new();
-        for f in FEATURES {
-            if let How::Enumerators(e, names) = f.how {
+        for how in FEATURES.iter().map(|f| &f.how).chain([&LOOP]) {
+            if let How::Enumerators(e, names) = *how {
                 let values = names
                     .iter()
                     .filter(|n| **n != missing)
@@ -262,6 +323,64 @@ mod tests {
              needs for taking over a running guard without a gap (Linux 5.7 and later have it; \
              distribution kernels may backport it)"
         );
+    }
+
+    #[test]
+    fn a_kernel_without_the_ring_buffer_is_refused_by_the_feature_s_name() {
+        let e =
+            require(&kernel_without("BPF_MAP_TYPE_RINGBUF"), "5.4.0-test").expect_err("missing");
+        assert!(
+            e.to_string().starts_with(
+                "this kernel (5.4.0-test) lacks BPF ring buffer (BPF_MAP_TYPE_RINGBUF)"
+            ),
+            "{e}"
+        );
+        let e = require(&kernel_without("BPF_FUNC_get_current_task"), "5.4.0-test")
+            .expect_err("missing");
+        assert!(e.to_string().contains("(BPF_FUNC_get_current_task)"), "{e}");
+    }
+
+    #[test]
+    fn bpf_loop_chooses_the_build_and_is_not_required() {
+        let full = kernel_without("");
+        let old = kernel_without("BPF_FUNC_loop");
+        require(&old, "5.10.0-test").expect("5.10 has everything else");
+        let choose = |btf: &Btf, asked| Build::choose(btf, "5.10.0-test", asked);
+        assert_eq!(choose(&full, None).expect("chosen"), Build::Loop);
+        assert_eq!(choose(&old, None).expect("chosen"), Build::Unrolled);
+        assert_eq!(choose(&old, Some("")).expect("chosen"), Build::Unrolled);
+        assert_eq!(
+            choose(&full, Some("unrolled")).expect("chosen"),
+            Build::Unrolled
+        );
+        assert_eq!(
+            choose(&full, Some("bpf_loop")).expect("chosen"),
+            Build::Loop
+        );
+        let e = choose(&old, Some("bpf_loop")).expect_err("no bpf_loop here");
+        assert!(
+            e.to_string()
+                .starts_with("this kernel (5.10.0-test) lacks bpf_loop (BPF_FUNC_loop)"),
+            "{e}"
+        );
+        let e = choose(&full, Some("loop")).expect_err("no such build");
+        assert_eq!(
+            e.to_string(),
+            "IMDS_GUARD_PROGRAMS=loop: expected bpf_loop or unrolled"
+        );
+    }
+
+    #[test]
+    fn each_build_is_known_by_its_bounds() {
+        for build in [Build::Loop, Build::Unrolled] {
+            assert_eq!(Build::of(build.bounds()), Some(build));
+            assert_eq!(
+                Bounds::from_groups(build.bounds().groups),
+                Some(build.bounds())
+            );
+        }
+        assert_eq!(Build::Unrolled.bounds().groups, 16);
+        assert_eq!(Build::Loop.bounds().groups, imds_guard_common::MAX_GROUPS);
     }
 
     #[test]

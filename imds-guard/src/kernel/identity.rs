@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData};
-use imds_guard_common::{self as common, HostNamespaces, MAX_GROUPS, Offsets, Resolved};
+use imds_guard_common::{self as common, Bounds, HostNamespaces, Offsets, Resolved};
 
 use super::maps::{self, MapError};
 
@@ -61,14 +61,20 @@ pub fn of_files(pid: &Path, net: &Path, user: &Path) -> Result<HostNamespaces, N
     })
 }
 
-/// Writes what the programs were loaded with into `map` (`RESOLVED`).
-pub fn record(map: &mut Map, offsets: &Offsets, host: &HostNamespaces) -> Result<(), MapError> {
+/// Writes what the programs were loaded with into `map` (`RESOLVED`):
+/// `bounds` are those of the build loaded.
+pub fn record(
+    map: &mut Map,
+    offsets: &Offsets,
+    host: &HostNamespaces,
+    bounds: Bounds,
+) -> Result<(), MapError> {
     let access = maps::access(common::MAP_RESOLVED);
     let mut array: Array<&mut MapData, Resolved> = Array::try_from(map).map_err(&access)?;
     let resolved = Resolved {
         offsets: *offsets,
         host: *host,
-        max_groups: MAX_GROUPS,
+        max_groups: bounds.groups,
     };
     array.set(0, resolved, 0).map_err(access)
 }

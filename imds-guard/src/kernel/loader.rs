@@ -47,8 +47,24 @@ const CGROUP_LIMITS_GLOBAL: &str = "CGROUP_LIMITS";
 /// The forward program's global holding [`ForwardOffsets`].
 const FORWARD_OFFSETS_GLOBAL: &str = "FORWARD_OFFSETS";
 
-/// The object `build.rs` compiled from `imds-guard-ebpf`.
+/// The object `build.rs` compiled from `imds-guard-ebpf`, with `bpf_loop`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
+/// The same programs built for kernels without `bpf_loop`.
+static UNROLLED_OBJECT: &[u8] =
+    include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard-unrolled"));
+
+/// Names the build of the programs to load (`bpf_loop` or `unrolled`)
+/// rather than the one the kernel's features choose.
+pub const PROGRAMS_ENV: &str = "IMDS_GUARD_PROGRAMS";
+
+impl features::Build {
+    fn object(self) -> &'static [u8] {
+        match self {
+            features::Build::Loop => OBJECT,
+            features::Build::Unrolled => UNROLLED_OBJECT,
+        }
+    }
+}
 
 /// The guard could not be set up, or a policy put in force: the part that
 /// failed says what and why.
@@ -64,6 +80,9 @@ pub enum GuardError {
     MissingFeature(#[from] features::MissingFeature),
     #[error("cannot check the kernel's features")]
     Features(#[source] BtfError),
+    /// [`PROGRAMS_ENV`] names no build.
+    #[error(transparent)]
+    Asked(features::RequireError),
     #[error(transparent)]
     Offsets(Box<OffsetError>),
     #[error(transparent)]
@@ -118,6 +137,8 @@ pub struct Guard {
     /// Why the forward program could not read packets on this kernel (a
     /// field its BTF does not describe), if so.
     forward_layout: Option<String>,
+    /// Which build of the programs is loaded.
+    build: features::Build,
 }
 
 impl Guard {
@@ -144,7 +165,7 @@ impl Guard {
 
     /// [`Guard::open`] with `host` as the host's namespaces.
     pub fn open_in(ebpf_log_level: u8, host: HostNamespaces) -> Result<Self, GuardError> {
-        if OBJECT.is_empty() {
+        if OBJECT.is_empty() || UNROLLED_OBJECT.is_empty() {
             return Err(GuardError::NoObject);
         }
         // aya's loader parses the kernel's BTF as it is made, as we parse
@@ -158,6 +179,7 @@ impl Guard {
             (loader, ours)
         });
         let Layout {
+            build,
             offsets,
             cgroup_offsets,
             forward,
@@ -173,13 +195,13 @@ impl Guard {
             .override_global(HOST_GLOBAL, &host, true)
             .override_global(FORWARD_OFFSETS_GLOBAL, &forward_offsets, true)
             .map_max_entries(common::MAP_CGROUP_CLASS, capacity)
-            .load(OBJECT)
+            .load(build.object())
             .map_err(GuardError::Object)?;
         let object_maps = object_maps(&ebpf)?;
         let resolved = ebpf
             .map_mut(common::MAP_RESOLVED)
             .ok_or(MapError::Missing(common::MAP_RESOLVED))?;
-        identity::record(resolved, &offsets, &host)?;
+        identity::record(resolved, &offsets, &host, build.bounds())?;
         let maps = PolicyMaps::new(&ebpf)?;
         let classifier = Classifier::new(&mut ebpf, capacity)?;
         Ok(Self {
@@ -188,7 +210,14 @@ impl Guard {
             classifier,
             object_maps,
             forward_layout: forward.err(),
+            build,
         })
+    }
+
+    /// Which build of the programs is loaded: the one with `bpf_loop`, or
+    /// the unrolled one with smaller bounds.
+    pub fn build(&self) -> features::Build {
+        self.build
     }
 
     /// How many instructions the verifier walked for each loaded program
@@ -424,6 +453,7 @@ impl Guard {
 
 /// What the programs are told of the kernel's layout.
 struct Layout {
+    build: features::Build,
     offsets: common::Offsets,
     cgroup_offsets: common::CgroupOffsets,
     /// The forward program's, or why this kernel cannot give them (only
@@ -485,20 +515,26 @@ fn map_data(map: &Map) -> &MapData {
     }
 }
 
-/// The kernel's BTF asked for every feature the guard needs, and the
-/// offsets of the fields the programs read.
+/// The kernel's BTF asked for every feature the guard needs, the build of
+/// the programs it can load (or [`PROGRAMS_ENV`] names), and the offsets
+/// of the fields the programs read.
 fn resolve_layout() -> Result<Layout, GuardError> {
     let btf = Btf::from_sys_fs().map_err(GuardError::Btf)?;
     let release = offsets::kernel_release();
-    features::require(&btf, &release).map_err(|e| match e {
-        features::RequireError::Missing(m) => GuardError::MissingFeature(m),
-        features::RequireError::Btf(e) => GuardError::Features(e),
-    })?;
+    let asked = std::env::var(PROGRAMS_ENV).ok();
+    let build = features::require(&btf, &release)
+        .and_then(|_| features::Build::choose(&btf, &release, asked.as_deref()))
+        .map_err(|e| match e {
+            features::RequireError::Missing(m) => GuardError::MissingFeature(m),
+            features::RequireError::Btf(e) => GuardError::Features(e),
+            asked @ features::RequireError::Asked(_) => GuardError::Asked(asked),
+        })?;
     let offsets = offsets::resolve(&btf, &release).map_err(|e| GuardError::Offsets(Box::new(e)))?;
     let cgroup_offsets = classify::offsets::resolve(&btf, &release)
         .map_err(|e| GuardError::CgroupOffsets(Box::new(e)))?;
     let forward = offsets::resolve_forward(&btf, &release).map_err(|e| Chain(&e).to_string());
     Ok(Layout {
+        build,
         offsets,
         cgroup_offsets,
         forward,

@@ -2,7 +2,7 @@
 //! policy entry and its position in the file. The kernel's records, the
 //! agent's log and `check` all explain through here.
 
-use imds_guard_common::MAX_GROUPS;
+use imds_guard_common::Bounds;
 
 use super::{Action, Entry, Identity, Place, Policy, Reason};
 
@@ -104,11 +104,13 @@ pub fn explain_with(policy: &Policy, reason: Reason, index: Option<usize>, cx: &
             }
         }
         Reason::TooManyGroups => format!(
-            "the process holds {} supplementary groups, more than the {MAX_GROUPS} the guard \
-             reads, and the policy has group rules: one past the bound could be denied, so the \
-             guard fails closed",
+            "the process holds {} supplementary groups, more than the guard reads ({} with \
+             bpf_loop, {} on kernels without it), and the policy has group rules: one past the \
+             bound could be denied, so the guard fails closed",
             cx.groups
-                .map_or_else(|| "too many".to_owned(), |n| n.to_string())
+                .map_or_else(|| "too many".to_owned(), |n| n.to_string()),
+            Bounds::LOOP.groups,
+            Bounds::UNROLLED.groups,
         ),
         Reason::CgroupDenied => cite("its cgroup is denied"),
         Reason::CgroupAllowed => cite("its cgroup is allowed"),

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::Status;
 use crate::{
-    kernel::{offsets, place},
+    kernel::{features::Build, offsets, place},
     policy::hex,
 };
 
@@ -99,8 +99,11 @@ fn identity_json(status: &Status) -> Value {
         .into_iter()
         .map(|(name, value)| (name, json!(value)))
         .collect();
+    let build = imds_guard_common::Bounds::from_groups(r.max_groups).and_then(Build::of);
     json!({
+        "programs": build.map(Build::name),
         "max_groups": r.max_groups,
+        "max_userns_depth": build.map(|b| b.bounds().userns_depth),
         "scans_groups": groups,
         "checks_userns_owners": owners,
         "host_namespaces": {
