@@ -28,6 +28,16 @@ fn assert_reads(sb: &Sandbox, r: &ProbeResult, what: &str) {
     assert_eq!(r.body, sb.imds.credentials_body(), "{what}");
 }
 
+/// The build of the programs the agent loads on this kernel (the unrolled
+/// one where the kernel has no `bpf_loop`, or where `IMDS_GUARD_PROGRAMS`
+/// asks for it), as the kernel's own BTF says.
+fn expected_build() -> imds_guard::kernel::features::Build {
+    use imds_guard::kernel::{btf::Btf, features::Build, offsets::kernel_release};
+    let btf = Btf::from_sys_fs().expect("the kernel's BTF");
+    let asked = std::env::var("IMDS_GUARD_PROGRAMS").ok();
+    Build::choose(&btf, &kernel_release(), asked.as_deref()).expect("a build loads here")
+}
+
 /// The probe was refused at connect.
 fn assert_refused(r: &ProbeResult, what: &str) {
     assert!(
@@ -86,9 +96,12 @@ fn a_supplementary_member_of_an_allowed_group_is_allowed() {
     // makes it read groups, the host's namespaces and the offsets.
     let (_, status) = sb.status();
     let identity = &status["identity"];
+    let build = expected_build();
+    assert_eq!(identity["programs"], build.name(), "{status}");
+    assert_eq!(identity["max_groups"], build.bounds().groups, "{status}");
     assert_eq!(
-        identity["max_groups"],
-        imds_guard_common::MAX_GROUPS,
+        identity["max_userns_depth"],
+        build.bounds().userns_depth,
         "{status}"
     );
     assert_eq!(identity["scans_groups"], true, "{status}");
@@ -166,12 +179,13 @@ fn more_supplementary_groups_than_the_guard_reads_are_refused_under_group_rules(
         return;
     }
     let sb = Sandbox::with_agent("[allow]\nuids = [2000]\n[deny]\ngids = [666]\n");
-    let max = imds_guard_common::MAX_GROUPS;
+    // 64 with bpf_loop, 16 in the unrolled build (5.10 to 5.16).
+    let max = expected_build().bounds().groups;
     let at_bound: Vec<u32> = (10_000..10_000 + max).collect();
     assert_reads(
         &sb,
         &sb.probe_as(2000, 2000).groups(&at_bound).run(http()),
-        "exactly MAX_GROUPS groups",
+        "exactly as many groups as the bound",
     );
     let over: Vec<u32> = (10_000..10_000 + max + 1).collect();
     assert_refused(
@@ -181,6 +195,38 @@ fn more_supplementary_groups_than_the_guard_reads_are_refused_under_group_rules(
     let rec = record(&sb, "deny", 2000, |_| true);
     assert!(
         text(&rec, "reason").contains(&format!("holds {} supplementary groups", max + 1)),
+        "{rec}"
+    );
+}
+
+#[test]
+fn a_caller_nested_deeper_than_the_guard_reads_is_refused_under_deny_rules() {
+    if !privileged_or_skip(
+        "a_caller_nested_deeper_than_the_guard_reads_is_refused_under_deny_rules",
+    ) {
+        return;
+    }
+    // A deny rule makes the programs check every creator up the chain.
+    let sb = Sandbox::with_agent("[allow]\nuids = [2000]\n[deny]\nuids = [4321]\n");
+    let nested = |depth: u32| {
+        let owners = vec![(2000, 2000); depth as usize];
+        let nest = UserNamespace::nested(&sb.cgroup, &owners);
+        let inner = nest.last().expect("one namespace at least");
+        sb.probe_as(2000, 2000).userns(inner.path()).run(http())
+    };
+    // 33 (the kernel's own limit) with bpf_loop, 8 in the unrolled build.
+    let depth = expected_build().bounds().userns_depth;
+    assert_reads(&sb, &nested(depth), "nested as deep as the guard reads");
+    if depth >= imds_guard_common::MAX_USERNS_DEPTH {
+        return;
+    }
+    assert_refused(&nested(depth + 1), "one user namespace deeper");
+    let rec = record(&sb, "deny", 2000, |_| true);
+    assert!(
+        text(&rec, "reason").starts_with(
+            "the guard could not read the caller's groups or user \
+             namespaces"
+        ),
         "{rec}"
     );
 }
