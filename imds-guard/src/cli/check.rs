@@ -7,11 +7,14 @@ use nix::unistd::{Gid, Group, User, getgrouplist};
 use serde_json::json;
 
 use super::{CheckArgs, CliError, Outcome, out::outln};
-use crate::policy::{
-    CgroupClass, CgroupRules, CheckReport, Destination, Outcome as Verdict, Place, Policy,
-    PolicySpec, Process, Resolver as _, SystemResolver,
-    cgroups::{PodName, pods},
-    check,
+use crate::{
+    kernel::features::Build,
+    policy::{
+        CgroupClass, CgroupRules, CheckReport, Destination, Outcome as Verdict, Place, Policy,
+        PolicySpec, Process, Resolver as _, SystemResolver,
+        cgroups::{PodName, pods},
+        check,
+    },
 };
 
 pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
@@ -21,7 +24,8 @@ pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
     let cgroup = cgroup_place(args, &policy)?;
     process.cgroup = cgroup.as_ref().map_or(CgroupClass::Unmatched, |p| p.class);
     let (dst, to) = destination(&policy, args.dst);
-    let report = check(&policy, &process, &dst);
+    // As the programs this kernel loads read groups: 16 without bpf_loop.
+    let report = check(&policy, &process, &dst, Build::running().bounds());
     let asked = Asked {
         process: &process,
         user: user.as_ref(),

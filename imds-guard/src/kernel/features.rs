@@ -167,6 +167,28 @@ impl Build {
     }
 }
 
+/// Names the build of the programs to load (`bpf_loop` or `unrolled`)
+/// rather than the one the kernel's features choose.
+pub const PROGRAMS_ENV: &str = "IMDS_GUARD_PROGRAMS";
+
+impl Build {
+    /// [`Build::choose`] with what [`PROGRAMS_ENV`] asks for.
+    pub fn for_kernel(btf: &Btf, release: &str) -> Result<Self, RequireError> {
+        let asked = std::env::var(PROGRAMS_ENV).ok();
+        Self::choose(btf, release, asked.as_deref())
+    }
+
+    /// The build the agent loads on the running kernel, for what `check`
+    /// and `validate` say of its bounds: the `bpf_loop` one where that
+    /// cannot be told (the agent would not start there).
+    pub fn running() -> Self {
+        Btf::from_sys_fs()
+            .ok()
+            .and_then(|btf| Self::for_kernel(&btf, &super::offsets::kernel_release()).ok())
+            .unwrap_or(Build::Loop)
+    }
+}
+
 /// What [`check`] found of one feature.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found {

@@ -53,10 +53,6 @@ static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-gu
 static UNROLLED_OBJECT: &[u8] =
     include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard-unrolled"));
 
-/// Names the build of the programs to load (`bpf_loop` or `unrolled`)
-/// rather than the one the kernel's features choose.
-pub const PROGRAMS_ENV: &str = "IMDS_GUARD_PROGRAMS";
-
 impl features::Build {
     fn object(self) -> &'static [u8] {
         match self {
@@ -80,7 +76,7 @@ pub enum GuardError {
     MissingFeature(#[from] features::MissingFeature),
     #[error("cannot check the kernel's features")]
     Features(#[source] BtfError),
-    /// [`PROGRAMS_ENV`] names no build.
+    /// `IMDS_GUARD_PROGRAMS` names no build.
     #[error(transparent)]
     Asked(features::RequireError),
     #[error(transparent)]
@@ -516,14 +512,13 @@ fn map_data(map: &Map) -> &MapData {
 }
 
 /// The kernel's BTF asked for every feature the guard needs, the build of
-/// the programs it can load (or [`PROGRAMS_ENV`] names), and the offsets
-/// of the fields the programs read.
+/// the programs it can load (or `IMDS_GUARD_PROGRAMS` names), and the
+/// offsets of the fields the programs read.
 fn resolve_layout() -> Result<Layout, GuardError> {
     let btf = Btf::from_sys_fs().map_err(GuardError::Btf)?;
     let release = offsets::kernel_release();
-    let asked = std::env::var(PROGRAMS_ENV).ok();
     let build = features::require(&btf, &release)
-        .and_then(|_| features::Build::choose(&btf, &release, asked.as_deref()))
+        .and_then(|_| features::Build::for_kernel(&btf, &release))
         .map_err(|e| match e {
             features::RequireError::Missing(m) => GuardError::MissingFeature(m),
             features::RequireError::Btf(e) => GuardError::Features(e),

@@ -7,6 +7,8 @@ use std::{
     str::FromStr,
 };
 
+use imds_guard_common::Bounds;
+
 use super::{
     Action, Mode, Outcome, Place, Policy, Process, Protocol,
     explain::{Context, explain_with},
@@ -84,7 +86,9 @@ impl fmt::Display for Destination {
     }
 }
 
-pub fn check(policy: &Policy, process: &Process, dst: &Destination) -> CheckReport {
+/// `bounds`: those of the build of the programs the kernel loads
+/// (`kernel::features::Build`).
+pub fn check(policy: &Policy, process: &Process, dst: &Destination, bounds: Bounds) -> CheckReport {
     if !policy.protects(dst.addr) {
         return CheckReport {
             outcome: Outcome::Allow,
@@ -111,7 +115,7 @@ pub fn check(policy: &Policy, process: &Process, dst: &Destination) -> CheckRepo
             ),
         };
     }
-    let d = policy.decide_process(process);
+    let d = policy.decide_process_within(process, bounds);
     let outcome = match (d.action, policy.spec.mode) {
         (Action::Allow, _) => Outcome::Allow,
         (Action::Deny, Mode::Enforce) => Outcome::Deny,

@@ -8,7 +8,7 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use imds_guard_common::MAX_GROUPS;
+use imds_guard_common::Bounds;
 
 use super::{Action, CgroupClass, Decision, IdRule, Policy, Reason, Scope};
 
@@ -86,10 +86,21 @@ impl Policy {
     /// Deny first: the uid, the primary gid, the cgroup (or an unclassified
     /// one under a policy that denies cgroups), then (when the policy has a
     /// gid rule) more supplementary groups than the programs read
-    /// ([`MAX_GROUPS`]) or the lowest denied one, then (when it has a uid
+    /// ([`imds_guard_common::MAX_GROUPS`] with `bpf_loop`) or the lowest denied one, then (when it has a uid
     /// or gid deny rule) the creators of the process's user namespaces.
     /// Then allow: the cgroup, then the ids (`allowed`). Then the default.
+    ///
+    /// As the programs built with `bpf_loop` decide ([`Bounds::LOOP`]);
+    /// [`Policy::decide_process_within`] for the unrolled build's bounds.
     pub fn decide_process(&self, p: &Process) -> Decision {
+        self.decide_process_within(p, Bounds::LOOP)
+    }
+
+    /// [`Policy::decide_process`] by programs that read at most
+    /// `bounds.groups` supplementary groups. (A chain of user namespaces
+    /// deeper than `bounds.userns_depth` the kernel reports unreadable,
+    /// which is not a decision of the policy's.)
+    pub fn decide_process_within(&self, p: &Process, bounds: Bounds) -> Decision {
         let by_uid = self.uids.get(&p.uid).copied();
         let by_gid = self.gids.get(&p.gid).copied();
         if let Some(rule) = by_uid.filter(|r| r.action == Action::Deny) {
@@ -104,7 +115,7 @@ impl Policy {
             return denied;
         }
         let scan = if self.scans_groups() {
-            self.scan_groups(&p.groups)
+            self.scan_groups(&p.groups, bounds.groups)
         } else {
             Scan::default()
         };
@@ -202,8 +213,8 @@ impl Policy {
     /// The supplementary groups `groups` as the programs scan them
     /// (`identity.rs`, `scan_groups`): the kernel keeps them sorted
     /// (`groups_sort`), and the scan stops at the first denied one.
-    fn scan_groups(&self, groups: &[u32]) -> Scan {
-        if groups.len() > MAX_GROUPS as usize {
+    fn scan_groups(&self, groups: &[u32], max_groups: u32) -> Scan {
+        if groups.len() > max_groups as usize {
             return Scan {
                 too_many: true,
                 ..Scan::default()
@@ -276,7 +287,7 @@ impl Policy {
 /// each lowest gid with its rule.
 #[derive(Clone, Copy, Debug, Default)]
 struct Scan {
-    /// More than [`MAX_GROUPS`]: not read.
+    /// More than the programs read ([`Bounds::groups`]): not read.
     too_many: bool,
     /// The first denied group; the scan stops there.
     deny: Option<(u32, IdRule)>,

@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, path::Path};
 
-use imds_guard_common::MAX_GROUPS;
+use imds_guard_common::{Bounds, MAX_GROUPS};
 
 use super::{
     Action, Decision, Identity, Location, Mode, Owner, Place, Policy, PolicySpec, Process,
@@ -141,6 +141,18 @@ fn supplementary_groups_allow_and_deny_like_the_primary_one() {
     assert_eq!(
         uids_only.decide_process(&member(0, 0, &many)).action,
         Action::Allow
+    );
+    // The unrolled build (no bpf_loop) reads 16: 17 are too many there,
+    // and not with bpf_loop.
+    let seventeen: Vec<u32> = (10_000..10_017).collect();
+    let root = member(0, 0, &seventeen);
+    assert_eq!(p.decide_process(&root).reason, Reason::UidAllowed);
+    let d = p.decide_process_within(&root, Bounds::UNROLLED);
+    assert_eq!((d.action, d.reason), (Action::Deny, Reason::TooManyGroups));
+    let sixteen = member(0, 0, &seventeen[..16]);
+    assert_eq!(
+        p.decide_process_within(&sixteen, Bounds::UNROLLED).reason,
+        Reason::UidAllowed
     );
 }
 
