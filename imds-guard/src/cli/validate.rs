@@ -1,11 +1,18 @@
 //! `imds-guard validate`: a policy checked without touching the kernel.
 
-use std::{net::IpAddr, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::Path,
+};
 
 use super::{CliError, Outcome, ValidateArgs, out::outln};
-use crate::policy::{
-    Action, DEFAULT_ADDRESSES, Diagnostic, Policy, PolicyError, PolicySpec, Resolver,
-    SystemResolver, Unresolved, hex,
+use crate::{
+    kernel::features::Build,
+    policy::{
+        Action, DEFAULT_ADDRESSES, Diagnostic, Policy, PolicyError, PolicySpec, Resolver,
+        SystemResolver, Unresolved, hex,
+    },
 };
 
 pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
@@ -49,6 +56,9 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
         )?;
     }
     warn(&config, &warnings, args.strict)?;
+    if let Some(note) = group_bound_note(&policy, Build::running(), &over_group_bound_here) {
+        outln!("{}: note: {note}", config.display())?;
+    }
     outln!(
         "{}: valid ({entries} {}, {endpoints} {}); sha256 {} (what `imds-guard status` shows \
          once it is in force)",
@@ -133,6 +143,85 @@ fn deny_only_note(spec: &PolicySpec, subordinate_ids: bool) -> Option<String> {
     })
 }
 
+/// The users of this host's account files whose login holds more than
+/// `bound` groups ([`over_group_bound`] of `/etc/passwd` and
+/// `/etc/group`); none when either cannot be read.
+fn over_group_bound_here(bound: u32) -> Vec<(String, usize)> {
+    match (
+        std::fs::read_to_string("/etc/passwd"),
+        std::fs::read_to_string("/etc/group"),
+    ) {
+        (Ok(passwd), Ok(group)) => over_group_bound(&passwd, &group, bound),
+        _ => Vec::new(),
+    }
+}
+
+/// The users of `passwd` whose login session holds more than `bound`
+/// groups (`initgroups`: the primary gid and every group of `group` that
+/// lists the user), each with how many, most first. Only what the files
+/// say: users and memberships from a directory (LDAP, sssd) are not
+/// listed here.
+fn over_group_bound(passwd: &str, group: &str, bound: u32) -> Vec<(String, usize)> {
+    let fields = |line: &str| -> Vec<String> { line.split(':').map(str::to_owned).collect() };
+    let mut member_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for g in group.lines().map(fields).filter(|g| g.len() >= 4) {
+        for user in g[3].split(',').filter(|u| !u.is_empty()) {
+            member_of
+                .entry(user.to_owned())
+                .or_default()
+                .insert(g[2].clone());
+        }
+    }
+    let mut over: Vec<(String, usize)> = passwd
+        .lines()
+        .map(fields)
+        .filter(|u| u.len() >= 4 && !u[0].starts_with('#'))
+        .filter_map(|u| {
+            let mut groups = member_of.get(&u[0]).cloned().unwrap_or_default();
+            groups.insert(u[3].clone());
+            (groups.len() > bound as usize).then(|| (u[0].clone(), groups.len()))
+        })
+        .collect();
+    over.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    over
+}
+
+/// Who the guard on this kernel refuses for holding more groups than its
+/// programs read, under a policy with group rules: the users `over`
+/// finds past the bound of `build`.
+fn group_bound_note(
+    policy: &Policy,
+    build: Build,
+    over: &dyn Fn(u32) -> Vec<(String, usize)>,
+) -> Option<String> {
+    if !policy.scans_groups() {
+        return None;
+    }
+    let bound = build.bounds().groups;
+    let users = over(bound);
+    if users.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = users
+        .iter()
+        .take(10)
+        .map(|(name, n)| format!("{name} ({n})"))
+        .collect();
+    let more = users.len().saturating_sub(named.len());
+    Some(format!(
+        "this policy has group rules, and the guard on this kernel (the {} build of its \
+         programs) reads at most {bound} supplementary groups, refusing a process that holds \
+         more; these users hold more at login (/etc/passwd, /etc/group): {}{}",
+        build.name(),
+        named.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    ))
+}
+
 fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
@@ -153,6 +242,56 @@ mod tests {
         assert_eq!(n.len(), 1, "{n:?}");
         assert!(n[0].starts_with("fd00:ec2::254 is not protected"), "{n:?}");
         assert!(notes(&spec("[allow]\nuids = [0]\n")).is_empty());
+    }
+
+    #[test]
+    fn users_past_the_group_bound_are_named_under_group_rules() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+                      alice:x:1000:1000::/home/alice:/bin/sh\n\
+                      bob:x:1001:1001::/home/bob:/bin/sh\n";
+        // alice: her own group and three more; bob: his own and one, and
+        // a group listing him twice counts once.
+        let group = "alice:x:1000:\nbob:x:1001:\nadm:x:4:alice,bob,bob\n\
+                     docker:x:999:alice\nvideo:x:44:alice\n";
+        assert_eq!(
+            over_group_bound(passwd, group, 2),
+            [("alice".to_owned(), 4)]
+        );
+        assert_eq!(
+            over_group_bound(passwd, group, 1),
+            [("alice".to_owned(), 4), ("bob".to_owned(), 2)]
+        );
+        assert!(over_group_bound(passwd, group, 4).is_empty());
+
+        let resolver = FakeResolver::default();
+        let with_groups = spec("[allow]\ngids = [44]\n")
+            .resolve(&resolver)
+            .expect("resolves");
+        let some = |_| vec![("alice".to_owned(), 17)];
+        let note = group_bound_note(&with_groups, Build::Unrolled, &some).expect("named");
+        assert!(
+            note.contains(
+                "the unrolled build of its programs) reads at most 16 supplementary \
+                           groups"
+            ) && note.ends_with(
+                "these users hold more at login (/etc/passwd, /etc/group): \
+                                   alice (17)"
+            ),
+            "{note}"
+        );
+        // The bound asked for is the build's.
+        let asked = std::cell::Cell::new(0);
+        let record = |bound| {
+            asked.set(bound);
+            Vec::new()
+        };
+        assert_eq!(group_bound_note(&with_groups, Build::Loop, &record), None);
+        assert_eq!(asked.get(), imds_guard_common::MAX_GROUPS);
+        // No group rule: the groups are never read, nobody is refused.
+        let uids_only = spec("[allow]\nuids = [0]\n")
+            .resolve(&resolver)
+            .expect("resolves");
+        assert_eq!(group_bound_note(&uids_only, Build::Unrolled, &some), None);
     }
 
     #[test]
