@@ -95,6 +95,10 @@ pub struct VmTestArgs {
     /// repeated. Default: every suite.
     #[arg(long = "suite", value_name = "NAME")]
     suites: Vec<String>,
+    /// Leave this suite out (of every suite, or of those `--suite` names);
+    /// may be repeated.
+    #[arg(long = "skip-suite", value_name = "NAME")]
+    skip_suites: Vec<String>,
     /// Boot the guest without a cgroup2 mount, with cgroup v1 hierarchies
     /// only, as Amazon Linux 2 boots; runs only the `cgroup_v1` suite
     /// unless --suite says otherwise (the others need cgroup2).
@@ -147,6 +151,7 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
             .suites
             .retain(|s| runs_by_default(&s.name, args.no_cgroup2));
     }
+    payload.skip(&args.skip_suites)?;
     payload.check_arch(args.arch)?;
     let apt = Apt::new(&vm_dir.join("apt"), args.arch, Suite::Bookworm)?;
     let kernel_apt = match args.kernel.suite() {
@@ -271,7 +276,8 @@ mod tests {
         assert_eq!(a.kernel, KernelSpec::Series(Series::V6_1));
         assert_eq!(a.arch, Arch::X86_64);
         assert_eq!(a.accel, Accel::Auto);
-        assert!(a.suites.is_empty() && a.filter.is_empty() && a.bins.is_none());
+        assert!(a.suites.is_empty() && a.skip_suites.is_empty());
+        assert!(a.filter.is_empty() && a.bins.is_none());
         assert_eq!((a.slowdown, a.timeout), (None, 60));
     }
 
@@ -296,6 +302,8 @@ mod tests {
             "guard",
             "--suite",
             "lifecycle",
+            "--skip-suite",
+            "harness",
             "--bins",
             "/b",
             "--",
@@ -306,6 +314,7 @@ mod tests {
         assert_eq!(a.kernel, KernelSpec::Series(Series::V6_12));
         assert_eq!(a.arch, Arch::Aarch64);
         assert_eq!(a.suites, ["guard", "lifecycle"]);
+        assert_eq!(a.skip_suites, ["harness"]);
         assert_eq!(a.bins, Some(PathBuf::from("/b")));
         assert_eq!(a.filter, ["reload", "--exact"]);
     }

@@ -253,6 +253,21 @@ fn select(all: Vec<Suite>, only: &[String]) -> Result<Vec<Suite>> {
         .collect()
 }
 
+impl Payload {
+    /// Leaves out the suites named in `skip` (`--skip-suite`), each of
+    /// which must be one of them.
+    pub fn skip(&mut self, skip: &[String]) -> Result<()> {
+        for name in skip {
+            if !self.suites.iter().any(|s| &s.name == name) {
+                let known: Vec<&str> = self.suites.iter().map(|s| s.name.as_str()).collect();
+                bail!("no suite `{name}` to skip; there are: {}", known.join(", "));
+            }
+        }
+        self.suites.retain(|s| !skip.contains(&s.name));
+        Ok(())
+    }
+}
+
 /// Executables of cargo's JSON messages whose target kind is `kind`, by
 /// target name.
 fn executables(messages: &str, kind: &str) -> BTreeMap<String, PathBuf> {
@@ -439,5 +454,27 @@ mod tests {
         assert_eq!(select(all.clone(), &[]).expect("all"), vec![s("guard")]);
         let asked = select(all, &["kubernetes".into()]).expect("known");
         assert_eq!(asked, vec![s("kubernetes")]);
+    }
+
+    #[test]
+    fn skipped_suites_are_left_out_and_must_exist() {
+        let s = |n: &str| Suite {
+            name: n.into(),
+            path: PathBuf::from(n),
+        };
+        let mut p = Payload {
+            agent: PathBuf::from("a"),
+            probe: PathBuf::from("p"),
+            helpers: Vec::new(),
+            suites: vec![s("guard"), s("harness"), s("kernel")],
+        };
+        p.skip(&["harness".into()]).expect("known");
+        assert_eq!(p.suites, vec![s("guard"), s("kernel")]);
+        let e = p.skip(&["harness".into()]).expect_err("left out already");
+        assert!(
+            e.to_string().starts_with("no suite `harness` to skip"),
+            "{e}"
+        );
+        assert_eq!(p.suites.len(), 2, "nothing left out on an error");
     }
 }
