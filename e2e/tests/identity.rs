@@ -33,9 +33,9 @@ fn assert_reads(sb: &Sandbox, r: &ProbeResult, what: &str) {
 /// asks for it), as the kernel's own BTF says.
 fn expected_build() -> imds_guard::kernel::features::Build {
     use imds_guard::kernel::{btf::Btf, features::Build, offsets::kernel_release};
-    let btf = Btf::from_sys_fs().expect("the kernel's BTF");
-    let asked = std::env::var("IMDS_GUARD_PROGRAMS").ok();
-    Build::choose(&btf, &kernel_release(), asked.as_deref()).expect("a build loads here")
+    let btf = Btf::from_sys_fs().unwrap_or_else(|e| panic!("the kernel's BTF: {e}"));
+    Build::for_kernel(&btf, &kernel_release())
+        .unwrap_or_else(|e| panic!("no build of the programs loads here: {e}"))
 }
 
 /// The probe was refused at connect.
