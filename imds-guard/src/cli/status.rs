@@ -32,16 +32,26 @@ pub struct KernelReport {
     pub release: String,
     /// Every feature, or why they could not be checked.
     pub features: Result<Vec<Found>, String>,
+    /// The build of the programs the agent loads on this kernel, when it
+    /// can be told.
+    pub build: Option<Build>,
 }
 
-/// Reads the running kernel's BTF for [`features::FEATURES`].
+/// Reads the running kernel's BTF for [`features::FEATURES`], and for
+/// `bpf_loop`, which chooses the build of the programs.
 pub fn kernel_report() -> KernelReport {
-    let features = Btf::from_sys_fs()
-        .and_then(|btf| features::check(&btf))
-        .map_err(|e| Chain(&e).to_string());
+    let release = kernel_release();
+    let (features, build) = match Btf::from_sys_fs() {
+        Ok(btf) => (
+            features::check(&btf).map_err(|e| Chain(&e).to_string()),
+            Build::for_kernel(&btf, &release).ok(),
+        ),
+        Err(e) => (Err(Chain(&e).to_string()), None),
+    };
     KernelReport {
-        release: kernel_release(),
+        release,
         features,
+        build,
     }
 }
 
@@ -56,8 +66,19 @@ impl KernelReport {
                     .map(|f| format!("{} ({})", f.name, f.missing.join(", ")))
                     .collect();
                 if missing.is_empty() {
+                    let build = match self.build {
+                        Some(b @ Build::Loop) => format!("; the {} build loads", b.name()),
+                        Some(b @ Build::Unrolled) => format!(
+                            "; the {} build loads ({} supplementary groups, {} user namespaces \
+                             deep at most)",
+                            b.name(),
+                            b.bounds().groups,
+                            b.bounds().userns_depth
+                        ),
+                        None => String::new(),
+                    };
                     format!(
-                        "has every feature the guard needs ({} checked)",
+                        "has every feature the guard needs ({} checked){build}",
                         found.len()
                     )
                 } else {
@@ -79,7 +100,11 @@ impl KernelReport {
             ),
             Err(e) => json!({ "error": e }),
         };
-        json!({ "release": self.release, "features": features })
+        json!({
+            "release": self.release,
+            "features": features,
+            "programs": self.build.map(Build::name),
+        })
     }
 }
 
