@@ -566,6 +566,13 @@ fn status_reads_what_is_in_force_from_the_kernel() {
     assert!(!features.is_empty(), "{s}");
     assert!(features.iter().all(|f| f["present"] == true), "{s}");
     assert!(text.contains("has every feature the guard needs"), "{text}");
+    // And which build of the programs it takes: the one that is loaded.
+    let programs = s["identity"]["programs"].as_str().expect("a known build");
+    assert_eq!(s["kernel"]["programs"], programs, "{s}");
+    assert!(
+        text.contains(&format!("; the {programs} build loads")),
+        "{text}"
+    );
     // Another user cannot read the pins: it is told so, with an exit code
     // of its own, never "not attached" (5) while the guard enforces. The
     // bpf filesystem is root's alone, as systemd mounts /sys/fs/bpf.
