@@ -60,6 +60,7 @@ mod systemctl;
 mod topology;
 mod user;
 mod util;
+mod workload;
 
 pub use self::{
     action::{Action, ProbeResult},
@@ -85,6 +86,7 @@ pub use self::{
         UPLINK_IMDS_V6, USERNS_ROOT, UserNamespace,
     },
     user::TestUser,
+    workload::{ECS_CREDENTIALS, WorkloadEndpoint},
 };
 
 /// The IPv4 instance metadata address.

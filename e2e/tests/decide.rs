@@ -27,14 +27,14 @@ use imds_guard::{
         records::{DecisionRecord, RecordReason},
     },
     policy::{
-        Action as Verdict, Outcome, Place, Reason,
-        cases::{CASES, Case, CgroupAt},
+        Action as Verdict, EndpointKind, Outcome, Place, Reason,
+        cases::{CASES, Case, CgroupAt, WORKLOAD_ENDPOINT},
     },
 };
 use imds_guard_common::config_flags;
 use imds_guard_e2e::{
     Action, FakeImds, IMDS_PORT, IMDS_V4, Netns, Probe, ProbeResult, Sandbox, TestCgroup,
-    UserNamespace, cgroup_path, privileged_or_skip,
+    UserNamespace, WorkloadEndpoint, cgroup_path, privileged_or_skip,
 };
 
 /// The cgroups the cases run in, below the guarded one, made before the
@@ -114,7 +114,11 @@ impl World<'_> {
         if let Some(inner) = owners.last() {
             probe = probe.userns(inner.path());
         }
-        probe.run(Action::connect(IMDS_V4, IMDS_PORT))
+        let (ip, port) = match c.to {
+            EndpointKind::Host => (IMDS_V4, IMDS_PORT),
+            EndpointKind::Workload => WORKLOAD_ENDPOINT,
+        };
+        probe.run(Action::connect(ip, port))
     }
 }
 
@@ -188,6 +192,11 @@ fn every_case_of_the_table_is_decided_so_by_the_programs() {
     let sb = Sandbox::new();
     let container = Netns::new();
     let _container_imds = FakeImds::start(&container);
+    // The workload endpoint, where the host's callers and the container's
+    // connect.
+    let (ip, port) = WORKLOAD_ENDPOINT;
+    let _workload =
+        [sb.netns_path(), container.path()].map(|n| WorkloadEndpoint::start(n, ip, port));
     let base = cgroup_path(&sb.cgroup);
     let cgroups = Cgroups::make(&sb.cgroup, CASES);
     let host = of_files(
@@ -228,7 +237,7 @@ fn every_case_of_the_table_is_decided_so_by_the_programs() {
         }
         for case in cases {
             let process = case.process(&policy, &base);
-            let twin = policy.decide_process(&process);
+            let twin = case.decide(&policy, &base);
             assert_eq!(twin, case.expected.decision(), "{}: the twin", case.name);
             let r = world.run(case);
             let mut records = Vec::new();
@@ -242,7 +251,8 @@ fn every_case_of_the_table_is_decided_so_by_the_programs() {
             // The table is the bpf_loop build's; the unrolled one (no
             // bpf_loop here, or IMDS_GUARD_PROGRAMS) reads fewer groups, and
             // refuses a case past its bound for that alone.
-            let within = policy.decide_process_within(&process, guard.build().bounds());
+            let within =
+                policy.decide_process_at_within(&process, case.caller.to, guard.build().bounds());
             if within != twin {
                 assert_eq!(within.reason, Reason::TooManyGroups, "{}", case.name);
                 let reason = record.map(|d| d.reason);

@@ -76,6 +76,11 @@ pub mod reason {
     /// The caller's cgroup has no classification, and the policy denies
     /// some cgroups: it might be one of them (fail closed).
     pub const CGROUP_UNKNOWN: u8 = 18;
+    // 24..: the destination.
+    /// The destination is a workload endpoint (each workload's own
+    /// credentials), the caller is not on the host (`Event::namespaces`
+    /// says which namespace differs) and nothing denies it.
+    pub const WORKLOAD: u8 = 24;
 }
 
 /// What kind of record an [`Event`] is: room for record kinds other than

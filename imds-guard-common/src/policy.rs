@@ -75,6 +75,11 @@ const _: () = assert!(size_of::<Ports>() == 36);
 pub mod endpoint_kind {
     /// The host's own secrets (IMDS, WireServer): every caller is judged.
     pub const HOST: u8 = 0;
+    /// Each workload's own credentials (ECS task credentials, EKS Pod
+    /// Identity): a caller not on the host (a container, a pod) that no
+    /// `[deny]` rule refuses is let through (`reason::WORKLOAD`); the
+    /// host's callers are judged as at a host endpoint.
+    pub const WORKLOAD: u8 = 1;
 }
 
 impl Ports {

@@ -8,7 +8,7 @@ use aya_ebpf::{EbpfContext, helpers::generated::bpf_ktime_get_ns};
 use aya_log_ebpf::error;
 use imds_guard_common::{
     COMM_LEN, Config, EVENTS_BYTE_SIZE, Event, IdRule, NO_ID, Offsets, action, config_flags,
-    counter, counter_index, kind, mode, ns, reason, verdict,
+    counter, counter_index, endpoint_kind, kind, mode, ns, reason, verdict,
 };
 
 use crate::{
@@ -149,7 +149,7 @@ pub fn decide<C: EbpfContext>(
         // copy that fails denies.
         (Some(cfg), Ok(ids)) => {
             let owners = creators(caller, generation, cfg);
-            let mut outcome = evaluate(generation, caller, ids, cfg, &owners);
+            let mut outcome = evaluate(generation, caller, ids, cfg, &owners, dst.kind);
             outcome.top = owners.top;
             (
                 opaque(outcome).unwrap_or(internal_error),
@@ -210,6 +210,8 @@ fn creators(caller: &Caller, generation: u32, cfg: &Config) -> Owners {
 /// them is denied, or the creator of any user namespace the caller is in
 /// (by its uid, the gid it created it with, or a denied group it is a
 /// member of);
+/// else, at a workload endpoint ([`endpoint_kind::WORKLOAD`]), allow a
+/// caller not on the host ([`reason::WORKLOAD`]);
 /// else allow if the cgroup is allowed, then the uid, then the primary
 /// gid, then a supplementary group (an allow-on-host rule only for a
 /// caller on the host); else the default. Any action other than ALLOW or
@@ -221,7 +223,14 @@ fn creators(caller: &Caller, generation: u32, cfg: &Config) -> Owners {
 /// them: its unit tests run the twin, `e2e/tests/decide.rs` these
 /// programs, comparing each record's reason, entry and decider.
 #[inline(always)]
-fn evaluate(generation: u32, caller: &Caller, ids: Ids, cfg: &Config, owners: &Owners) -> Outcome {
+fn evaluate(
+    generation: u32,
+    caller: &Caller,
+    ids: Ids,
+    cfg: &Config,
+    owners: &Owners,
+    dst_kind: u8,
+) -> Outcome {
     let by_uid = rule(&UID_RULES, ids.uid, generation);
     let by_gid = rule(&GID_RULES, ids.gid, generation);
     if denies(by_uid.action) {
@@ -270,6 +279,22 @@ fn evaluate(generation: u32, caller: &Caller, ids: Ids, cfg: &Config, owners: &O
             off,
             bits: 0,
         };
+        // A workload endpoint (each workload's own credentials): a caller
+        // that nothing denied and that is known not to be on the host (a
+        // namespace read and found not the agent's; one that could not be
+        // read proves nothing here) is let through, whatever allows it or
+        // not. The namespaces read here are not kept for the rules below:
+        // a caller on the host goes on as at a host endpoint, from the
+        // same state.
+        if dst_kind == endpoint_kind::WORKLOAD {
+            let bits = namespaces(caller, off);
+            if bits & (ns::PID | ns::NET | ns::USER) != 0 {
+                let mut a = Outcome::allow(reason::WORKLOAD, 0, NO_ID);
+                a.namespaces = bits;
+                a.ngroups = scan.held();
+                return a;
+            }
+        }
         // The cgroup's allow first: which allow decides changes only the
         // reason (and an allow-on-host rule alone refuses nothing then).
         if cgroup.kind() == CgroupVerdict::ALLOW {

@@ -4,7 +4,7 @@
 
 use aya_ebpf::programs::SockAddrContext;
 use imds_guard_common::{
-    Ports, Prefix4, Prefixes, V4_SLOTS, V4Key, V6_SLOTS, V6Key, family, transport,
+    Ports, Prefix4, Prefixes, V4_SLOTS, V4Key, V6_SLOTS, V6Key, endpoint_kind, family, transport,
 };
 
 use crate::maps::{ACTIVE, PROTECTED_V4, PROTECTED_V6};
@@ -98,6 +98,30 @@ pub struct Dst {
     /// [`imds_guard_common::event_flags`] for its record: what `egress`
     /// knew of the socket before judging the packet.
     pub flags: u8,
+    /// [`endpoint_kind`] of the address ([`Found::kind`]).
+    pub kind: u8,
+}
+
+/// What [`protected_v4`] and [`protected_v6`] found: 0 not protected,
+/// else the address's kind. A kind the agent never writes counts as a
+/// host endpoint (every caller judged): fail closed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Found(u8);
+
+impl Found {
+    pub const NOT: Self = Self(0);
+    const HOST: u8 = 1;
+    const WORKLOAD: u8 = 2;
+
+    /// The [`endpoint_kind`] of a protected address.
+    #[inline(always)]
+    pub fn kind(self) -> u8 {
+        if self.0 == Self::WORKLOAD {
+            endpoint_kind::WORKLOAD
+        } else {
+            endpoint_kind::HOST
+        }
+    }
 }
 
 /// `user_ip4`, as the kernel stores it (network byte order).
@@ -163,8 +187,8 @@ pub const UNREADABLE: u8 = 255;
 /// state of its own for 6.1's verifier to walk again. The caller knows
 /// only the answer.
 #[inline(always)]
-pub fn protected_v4(generation: u32, ip4: u32, proto: u8, port: u16) -> bool {
-    lookup_v4(query(generation, proto, port), ip4)
+pub fn protected_v4(generation: u32, ip4: u32, proto: u8, port: u16) -> Found {
+    Found(lookup_v4(query(generation, proto, port), ip4))
 }
 
 /// The generation (0 or 1) in the low byte, the protocol in the next,
@@ -178,13 +202,13 @@ fn query(generation: u32, proto: u8, port: u16) -> u32 {
 }
 
 #[inline(never)]
-fn lookup_v4(query: u32, ip4: u32) -> bool {
+fn lookup_v4(query: u32, ip4: u32) -> u8 {
     ports_cover_v4(query, ip4)
 }
 
 /// [`lookup_v4`]'s body, shared with the mapped form of [`lookup_v6`].
 #[inline(always)]
-fn ports_cover_v4(query: u32, ip4: u32) -> bool {
+fn ports_cover_v4(query: u32, ip4: u32) -> u8 {
     let ports = PROTECTED_V4.get_ptr(V4Key {
         generation: query & 0xff,
         addr: ip4,
@@ -205,19 +229,19 @@ fn ports_cover_v4(query: u32, ip4: u32) -> bool {
 /// walked once each, twice as far as connect4. The callee's frame goes
 /// at its return, and the caller knows only the answer.
 #[inline(always)]
-pub fn protected_v6(generation: u32, ip6: &[u32; 4], proto: u8, port: u16) -> bool {
-    lookup_v6(
+pub fn protected_v6(generation: u32, ip6: &[u32; 4], proto: u8, port: u16) -> Found {
+    Found(lookup_v6(
         query(generation, proto, port),
         ip6[0],
         ip6[1],
         ip6[2],
         ip6[3],
-    )
+    ))
 }
 
 /// [`protected_v6`]'s lookup, word by word; `query` as [`query`] makes it.
 #[inline(never)]
-fn lookup_v6(query: u32, w0: u32, w1: u32, w2: u32, w3: u32) -> bool {
+fn lookup_v6(query: u32, w0: u32, w1: u32, w2: u32, w3: u32) -> u8 {
     if w0 == 0 && w1 == 0 && w2 == MAPPED_PREFIX_WORD {
         return ports_cover_v4(query, w3);
     }
@@ -229,12 +253,23 @@ fn lookup_v6(query: u32, w0: u32, w1: u32, w2: u32, w3: u32) -> bool {
 }
 
 /// Whether a protected address's ports (none: not protected) cover the
-/// traffic [`query`] describes.
+/// traffic [`query`] describes, as [`Found`] says it: 0 when they do not,
+/// else the address's kind.
 #[inline(always)]
-fn covers(ports: Option<*const Ports>, query: u32) -> bool {
+fn covers(ports: Option<*const Ports>, query: u32) -> u8 {
     let (transport, port) = (transport_of((query >> 8) as u8), (query >> 16) as u16);
+    let Some(p) = ports else {
+        return 0;
+    };
     // SAFETY: a value of our own map, valid for this run of the program.
-    ports.is_some_and(|p| unsafe { (*p).covers(transport, port) })
+    let (covered, kind) = unsafe { ((*p).covers(transport, port), (*p).kind) };
+    if !covered {
+        0
+    } else if kind == endpoint_kind::WORKLOAD {
+        Found::WORKLOAD
+    } else {
+        Found::HOST
+    }
 }
 
 /// The [`transport`] of an IP protocol as a program read it: the port is
@@ -265,6 +300,7 @@ impl Dst {
             port,
             proto: 0,
             flags: 0,
+            kind: endpoint_kind::HOST,
         }
     }
 
@@ -286,6 +322,7 @@ impl Dst {
             port,
             proto: 0,
             flags: 0,
+            kind: endpoint_kind::HOST,
         }
     }
 

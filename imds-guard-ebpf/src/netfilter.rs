@@ -38,8 +38,8 @@ use imds_guard_common::{
 
 use crate::{
     dst::{
-        UNREADABLE, active_generation, may_be_protected_v4, may_be_protected_v6, protected_v4,
-        protected_v6,
+        Found, UNREADABLE, active_generation, may_be_protected_v4, may_be_protected_v6,
+        protected_v4, protected_v6,
     },
     kernel::{address_of, read, read_ptr},
     maps::{
@@ -253,7 +253,7 @@ fn v4(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> 
         port(off, skb, ip, ihl, h.protocol)
     };
     let generation = active_generation();
-    if !protected_v4(generation, h.daddr, asked, port) {
+    if protected_v4(generation, h.daddr, asked, port) == Found::NOT {
         return Some(None);
     }
     let (s, d) = (h.saddr.to_ne_bytes(), h.daddr.to_ne_bytes());
@@ -317,7 +317,7 @@ fn v6(off: &ForwardOffsets, skb: u64, ip: u64) -> Option<Option<(Packet, u32)>> 
         _ => port(off, skb, ip, 48, proto),
     };
     let generation = active_generation();
-    if !protected_v6(generation, &h.daddr, asked, port) {
+    if protected_v6(generation, &h.daddr, asked, port) == Found::NOT {
         return Some(None);
     }
     let mut packet = Packet {

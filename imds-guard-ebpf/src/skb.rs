@@ -32,8 +32,8 @@ use crate::{
     caller::Caller,
     decide::{Verdict, decide},
     dst::{
-        Dst, UNREADABLE, active_generation, may_be_protected_v4, may_be_protected_v6, protected_v4,
-        protected_v6,
+        Dst, Found, UNREADABLE, active_generation, may_be_protected_v4, may_be_protected_v6,
+        protected_v4, protected_v6,
     },
     kernel::{address_of, opaque},
     sock_state::{self, Standing},
@@ -120,10 +120,12 @@ fn v4(ctx: &SkBuffContext) -> Option<(Dst, u32)> {
     }
     let generation = active_generation();
     let (proto, asked, port) = one_state(v4_ports(ctx));
-    if !protected_v4(generation, daddr, asked, port) {
+    let found = protected_v4(generation, daddr, asked, port);
+    if found == Found::NOT {
         return None;
     }
     let mut dst = Dst::v4(daddr, port);
+    dst.kind = found.kind();
     dst.proto = proto;
     Some((dst, generation))
 }
@@ -162,10 +164,12 @@ fn v6(ctx: &SkBuffContext) -> Option<(Dst, u32)> {
     let (asked, port) = port_at(ctx, proto, 40);
     let (proto, asked, port) = one_state((proto, asked, port));
     let generation = active_generation();
-    if !protected_v6(generation, &daddr, asked, port) {
+    let found = protected_v6(generation, &daddr, asked, port);
+    if found == Found::NOT {
         return None;
     }
     let mut dst = Dst::v6(&daddr, port);
+    dst.kind = found.kind();
     dst.proto = proto;
     Some((dst, generation))
 }

@@ -20,7 +20,7 @@ use crate::{
     caller::Caller,
     decide::{Verdict, decide},
     dst::{
-        Dst, active_generation, may_be_protected_v4, may_be_protected_v6, protected_v4,
+        Dst, Found, active_generation, may_be_protected_v4, may_be_protected_v6, protected_v4,
         protected_v6, user_ip4, user_ip6, user_port,
     },
     kernel::address_of,
@@ -67,10 +67,12 @@ fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
     }
     let generation = active_generation();
     let port = user_port(ctx);
-    if !protected_v4(generation, ip4, protocol(ctx), port) {
+    let found = protected_v4(generation, ip4, protocol(ctx), port);
+    if found == Found::NOT {
         return Verdict::Allow;
     }
     let mut dst = Dst::v4(ip4, port);
+    dst.kind = found.kind();
     let mut caller = Caller::current().with_socket(socket(ctx));
     let recorded = decide(ctx, hook, generation, &mut caller, &mut dst);
     remembered(ctx, &dst, generation, recorded)
@@ -85,10 +87,12 @@ fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
     }
     let generation = active_generation();
     let port = user_port(ctx);
-    if !protected_v6(generation, &ip6, protocol(ctx), port) {
+    let found = protected_v6(generation, &ip6, protocol(ctx), port);
+    if found == Found::NOT {
         return Verdict::Allow;
     }
     let mut dst = Dst::v6(&ip6, port);
+    dst.kind = found.kind();
     let mut caller = Caller::current().with_socket(socket(ctx));
     let recorded = decide(ctx, hook, generation, &mut caller, &mut dst);
     remembered(ctx, &dst, generation, recorded)

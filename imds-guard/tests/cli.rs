@@ -654,3 +654,58 @@ fn check_takes_a_port_and_a_protocol_for_endpoints_with_ports() {
     ]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }
+
+#[test]
+fn check_opens_a_workload_endpoint_to_containers_and_judges_the_host() {
+    let path = policy_file(
+        "check-workload.toml",
+        "[endpoints]\npresets = [\"aws-ec2\", \"aws-ecs\"]\n[allow]\nuids = [0]\n\
+         [deny]\nuids = [3003]\n",
+    );
+    let p = path.to_str().expect("utf-8");
+    let run = |args: &[&str]| {
+        let mut all = vec!["check", "--config", p];
+        all.extend_from_slice(args);
+        let out = imds_guard(&all);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // A container at ECS's task credentials: allowed, and why.
+    let (code, out) = run(&[
+        "--uid",
+        "1000",
+        "--gid",
+        "1000",
+        "--container",
+        "--dst",
+        "169.254.170.2:80",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("workload endpoint"), "{out}");
+    // The same container at the metadata service, a host caller at the
+    // workload endpoint, and a denied uid in a container: denied.
+    for args in [
+        &[
+            "--uid",
+            "1000",
+            "--container",
+            "--dst",
+            "169.254.169.254:80",
+        ][..],
+        &["--uid", "1000", "--dst", "169.254.170.2:80"][..],
+        &[
+            "--uid",
+            "3003",
+            "--gid",
+            "3003",
+            "--container",
+            "--dst",
+            "169.254.170.2:80",
+        ][..],
+    ] {
+        let (code, out) = run(args);
+        assert_eq!(code, Some(4), "{args:?}: {out}");
+    }
+}

@@ -31,7 +31,7 @@ use super::{
     records::entry_number,
     sys::{self, GraceError},
 };
-use crate::policy::{Action, Endpoint, Mode, Policy, Port, Protocol, Scope};
+use crate::policy::{Action, Endpoint, EndpointKind, Mode, Policy, Port, Protocol, Scope};
 
 /// What a policy's config records besides mode and default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -268,7 +268,11 @@ impl PolicyMaps {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         let (mut ports4, mut ports6) = (Vec::new(), Vec::new());
         for addr in policy.spec.protected_addresses() {
-            let ports = kernel_ports(policy.spec.ports_of(addr).as_deref());
+            let mut ports = kernel_ports(policy.spec.ports_of(addr).as_deref());
+            ports.kind = match policy.spec.kind_of(addr) {
+                EndpointKind::Host => common::endpoint_kind::HOST,
+                EndpointKind::Workload => common::endpoint_kind::WORKLOAD,
+            };
             match addr {
                 IpAddr::V4(a) => {
                     v4.push(V4Key {

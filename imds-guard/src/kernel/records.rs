@@ -57,6 +57,7 @@ impl RecordReason {
             reason::CGROUP_DENIED => Self::Policy(Reason::CgroupDenied),
             reason::CGROUP_ALLOWED => Self::Policy(Reason::CgroupAllowed),
             reason::CGROUP_UNKNOWN => Self::Policy(Reason::CgroupUnknown),
+            reason::WORKLOAD => Self::Policy(Reason::Workload),
             _ => return None,
         })
     }

@@ -28,11 +28,11 @@ use std::path::Path;
 use imds_guard_common::{MAX_CGROUP_LEVEL, reason};
 
 pub use self::table::{
-    ALLOWED_CGROUPS, CASES, DENY_LIST, GROUP_DENY, HOST, MEMBERS, MIXED, UIDS_ONLY,
+    ALLOWED_CGROUPS, CASES, DENY_LIST, GROUP_DENY, HOST, MEMBERS, MIXED, UIDS_ONLY, WORKLOAD,
 };
 use super::{
-    Action, CgroupRules, Decision, Owner, Place, Policy, PolicyError, PolicySpec, Process, Reason,
-    Resolver, cgroups::Pods,
+    Action, CgroupRules, Decision, EndpointKind, Owner, Place, Policy, PolicyError, PolicySpec,
+    Process, Reason, Resolver, cgroups::Pods,
 };
 
 /// Where a caller's cgroup is, from the guarded cgroup (`{base}`).
@@ -72,10 +72,20 @@ pub struct Caller {
     pub owners: &'static [(u32, u32)],
     pub place: Place,
     pub cgroup: CgroupAt,
+    /// The kind of endpoint it connects to: a host endpoint is the
+    /// metadata address (169.254.169.254:80), a workload one
+    /// [`WORKLOAD_ENDPOINT`] (the policy must protect it, as [`WORKLOAD`]
+    /// does).
+    pub to: EndpointKind,
 }
 
+/// The workload endpoint the cases connect to: ECS's task credentials
+/// (the `aws-ecs` preset's).
+pub const WORKLOAD_ENDPOINT: (std::net::Ipv4Addr, u16) =
+    (std::net::Ipv4Addr::new(169, 254, 170, 2), 80);
+
 /// A caller on the host, in the guarded cgroup, holding no supplementary
-/// group.
+/// group, connecting to a host endpoint.
 pub const fn host(uid: u32, gid: u32) -> Caller {
     Caller {
         uid,
@@ -84,6 +94,7 @@ pub const fn host(uid: u32, gid: u32) -> Caller {
         owners: &[],
         place: Place::Host,
         cgroup: CgroupAt::Guarded,
+        to: EndpointKind::Host,
     }
 }
 
@@ -109,6 +120,15 @@ impl Caller {
     #[must_use]
     pub const fn cgroup(self, cgroup: CgroupAt) -> Self {
         Self { cgroup, ..self }
+    }
+
+    /// Connecting to [`WORKLOAD_ENDPOINT`].
+    #[must_use]
+    pub const fn to_workload(self) -> Self {
+        Self {
+            to: EndpointKind::Workload,
+            ..self
+        }
     }
 }
 
@@ -168,6 +188,12 @@ impl Case {
     pub fn policy(&self, base: &str) -> Result<Policy, PolicyError> {
         let text = self.policy.replace("{base}", base);
         PolicySpec::parse(Path::new("cases.toml"), &text)?.resolve(&NoNames)
+    }
+
+    /// What both sides decide of the caller under `policy` (the twin's
+    /// answer, at the kind of endpoint the caller connects to).
+    pub fn decide(&self, policy: &Policy, base: &str) -> Decision {
+        policy.decide_process_at(&self.process(policy, base), self.caller.to)
     }
 
     /// The caller as [`Policy::decide_process`] takes it under `policy`:

@@ -115,7 +115,8 @@ pub fn check(policy: &Policy, process: &Process, dst: &Destination, bounds: Boun
             ),
         };
     }
-    let d = policy.decide_process_within(process, bounds);
+    let kind = policy.spec.kind_of(unmapped(dst.addr));
+    let d = policy.decide_process_at_within(process, kind, bounds);
     let outcome = match (d.action, policy.spec.mode) {
         (Action::Allow, _) => Outcome::Allow,
         (Action::Deny, Mode::Enforce) => Outcome::Deny,

@@ -53,7 +53,13 @@ impl Policy {
                 port,
                 at: None,
             };
-            let _ = writeln!(text, "endpoint {e}");
+            // A workload endpoint opens to workloads what a host one
+            // judges: another decision for the same address.
+            if self.spec.kind_of(addr) == super::EndpointKind::Workload {
+                let _ = writeln!(text, "endpoint {e} workload");
+            } else {
+                let _ = writeln!(text, "endpoint {e}");
+            }
         }
         // The rules are most of the text: written without `fmt`, which
         // costs more than the hash for a policy of 100,000 uids.
@@ -250,6 +256,16 @@ mod tests {
         assert_eq!(
             digest("[allow]\nusers = [\"root\"]\nuids = [1000]\n[deny]\ngids = [5]\n"),
             EXPECTED
+        );
+    }
+
+    #[test]
+    fn a_workload_endpoint_is_another_decision_than_a_host_one_at_its_address() {
+        // The same address and port, one judged for everyone, the other
+        // open to workloads.
+        assert_ne!(
+            digest("[endpoints]\naddresses = [\"169.254.170.2:80/tcp\"]\n[allow]\nuids = [0]\n"),
+            digest("[endpoints]\npresets = [\"aws-ecs\"]\n[allow]\nuids = [0]\n")
         );
     }
 

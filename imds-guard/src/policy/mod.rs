@@ -56,6 +56,7 @@ pub use self::{
     error::{Diagnostic, PolicyError},
     explain::{Context, explain, explain_with},
     layout::CgroupLayout,
+    presets::Kind as EndpointKind,
     process::{Owner, Place, Process},
     resolve::{Resolver, SystemResolver},
     source::{ADMIN_POLICY, PACKAGED_POLICY, PolicySource},
@@ -322,6 +323,10 @@ pub struct PolicySpec {
     /// The presets `[endpoints] presets` expanded into `endpoints`, as
     /// `name` or `name (auto: why)`, in file order.
     pub presets: Vec<String>,
+    /// The protected addresses that are workload endpoints (from a
+    /// workload preset: each workload's own credentials), each once; every
+    /// other is a host endpoint.
+    pub workload: Vec<IpAddr>,
 }
 
 impl PolicySpec {
@@ -354,6 +359,16 @@ impl PolicySpec {
             }
         }
         addrs
+    }
+
+    /// Whose secrets `addr` hands out: [`EndpointKind::Workload`] for an
+    /// address of a workload preset, [`EndpointKind::Host`] otherwise.
+    pub fn kind_of(&self, addr: IpAddr) -> EndpointKind {
+        if self.workload.contains(&addr) {
+            EndpointKind::Workload
+        } else {
+            EndpointKind::Host
+        }
     }
 
     /// The ports protected at `addr`: `None` for every port (a bare
@@ -465,6 +480,9 @@ pub enum Reason {
     /// The cgroup has no classification and the policy denies some
     /// cgroups: it might be one of them.
     CgroupUnknown,
+    /// The destination is a workload endpoint, the caller is not on the
+    /// host, and nothing denies it.
+    Workload,
 }
 
 /// The outcome for one process.
@@ -502,6 +520,7 @@ impl Policy {
                 entries: vec![entry],
                 forward: forward::Forward::default(),
                 presets: Vec::new(),
+                workload: Vec::new(),
             },
             default_action: Action::Deny,
             uids: BTreeMap::from([(

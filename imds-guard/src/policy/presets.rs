@@ -18,6 +18,15 @@ pub const DMI_ROOT: &str = "/sys/class/dmi/id";
 /// Reads DMI from another directory (tests, a container with the host's
 /// `/sys` mounted elsewhere).
 pub const DMI_ROOT_ENV: &str = "IMDS_GUARD_DMI_ROOT";
+/// Where a workload preset's `shows` paths are looked for, in place of
+/// `/` (tests, a container with the host's `/` mounted elsewhere).
+pub const HOST_ROOT_ENV: &str = "IMDS_GUARD_HOST_ROOT";
+
+/// The root `shows` paths are looked for under: [`HOST_ROOT_ENV`] when
+/// set, else `/`.
+pub fn host_root() -> PathBuf {
+    std::env::var_os(HOST_ROOT_ENV).map_or_else(|| PathBuf::from("/"), PathBuf::from)
+}
 /// What `auto` picks when no cloud is recognised.
 pub const FALLBACK: &str = "aws-ec2";
 
@@ -226,6 +235,23 @@ pub fn auto<'a>(presets: &'a [Preset], dmi: &Dmi) -> Option<(&'a Preset, String)
             )
         }),
     }
+}
+
+/// The workload presets `auto` adds to `cloud`'s host preset: those of
+/// that cloud (`with`) one of whose `shows` paths exists under `root`
+/// (the host runs them), each with the path that showed it.
+pub fn shown<'a>(presets: &'a [Preset], cloud: &str, root: &Path) -> Vec<(&'a Preset, String)> {
+    presets
+        .iter()
+        .filter(|p| p.kind == Kind::Workload && p.with.as_deref() == Some(cloud))
+        .filter_map(|p| {
+            let path = p.shows.iter().find(|path| {
+                let rel = path.strip_prefix("/").unwrap_or(path);
+                root.join(rel).exists()
+            })?;
+            Some((p, format!("{} exists", path.display())))
+        })
+        .collect()
 }
 
 /// Whether two DMI patterns can match one string.

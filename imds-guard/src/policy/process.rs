@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt};
 
 use imds_guard_common::Bounds;
 
-use super::{Action, CgroupClass, Decision, IdRule, Policy, Reason, Scope};
+use super::{Action, CgroupClass, Decision, EndpointKind, IdRule, Policy, Reason, Scope};
 
 /// Where a process runs, as the programs tell: on the host when its pid
 /// namespace, its socket's network namespace and its user namespace are
@@ -90,17 +90,37 @@ impl Policy {
     /// or gid deny rule) the creators of the process's user namespaces.
     /// Then allow: the cgroup, then the ids (`allowed`). Then the default.
     ///
-    /// As the programs built with `bpf_loop` decide ([`Bounds::LOOP`]);
-    /// [`Policy::decide_process_within`] for the unrolled build's bounds.
+    /// At a host endpoint, as the programs built with `bpf_loop` decide
+    /// ([`Bounds::LOOP`]); [`Policy::decide_process_at_within`] for a
+    /// workload endpoint or the unrolled build's bounds.
     pub fn decide_process(&self, p: &Process) -> Decision {
-        self.decide_process_within(p, Bounds::LOOP)
+        self.decide_process_at_within(p, EndpointKind::Host, Bounds::LOOP)
+    }
+
+    /// [`Policy::decide_process`] at an endpoint of `kind`.
+    pub fn decide_process_at(&self, p: &Process, kind: EndpointKind) -> Decision {
+        self.decide_process_at_within(p, kind, Bounds::LOOP)
     }
 
     /// [`Policy::decide_process`] by programs that read at most
-    /// `bounds.groups` supplementary groups. (A chain of user namespaces
-    /// deeper than `bounds.userns_depth` the kernel reports unreadable,
-    /// which is not a decision of the policy's.)
+    /// `bounds.groups` supplementary groups, at a host endpoint.
     pub fn decide_process_within(&self, p: &Process, bounds: Bounds) -> Decision {
+        self.decide_process_at_within(p, EndpointKind::Host, bounds)
+    }
+
+    /// The decision at an endpoint of `kind`, by programs that read at
+    /// most `bounds.groups` supplementary groups. (A chain of user
+    /// namespaces deeper than `bounds.userns_depth` the kernel reports
+    /// unreadable, which is not a decision of the policy's.) At a workload
+    /// endpoint, a process in a container that nothing denies is allowed
+    /// ([`Reason::Workload`]) before any allow is looked at; one on the
+    /// host is decided as at a host endpoint.
+    pub fn decide_process_at_within(
+        &self,
+        p: &Process,
+        kind: EndpointKind,
+        bounds: Bounds,
+    ) -> Decision {
         let by_uid = self.uids.get(&p.uid).copied();
         let by_gid = self.gids.get(&p.gid).copied();
         if let Some(rule) = by_uid.filter(|r| r.action == Action::Deny) {
@@ -132,6 +152,11 @@ impl Policy {
         }
         if let Some((_, reason, id, rule)) = owner {
             return decided(Action::Deny, reason, rule, id);
+        }
+        // A workload endpoint keeps its workloads' own credentials open to
+        // them: a process in a container that nothing denied.
+        if kind == EndpointKind::Workload && p.place == Place::Container {
+            return unnamed(Action::Allow, Reason::Workload);
         }
         // The cgroup's allow first: which allow decides changes only the
         // reason (and an allow-on-host rule alone refuses nothing then).

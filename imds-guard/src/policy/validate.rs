@@ -150,6 +150,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> 
         source: &source,
         diagnostics: Vec::new(),
         presets: Vec::new(),
+        workload: Vec::new(),
     };
     let (mode, endpoints, entries, forward) = checker.policy(&root);
     if !checker.diagnostics.is_empty() {
@@ -162,6 +163,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> 
         entries,
         forward,
         presets: checker.presets,
+        workload: checker.workload,
     })
 }
 
@@ -179,6 +181,8 @@ struct Checker<'a> {
     diagnostics: Vec<Diagnostic>,
     /// The presets `[endpoints] presets` expanded, and why (`auto`).
     presets: Vec<String>,
+    /// The addresses of workload presets, each once.
+    workload: Vec<IpAddr>,
 }
 
 /// The known keys of a table (unknown ones are reported, not kept).
@@ -429,15 +433,25 @@ impl Checker<'_> {
                 );
                 continue;
             };
-            let picked = if name == "auto" {
+            let picked: Vec<(&presets::Preset, String)> = if name == "auto" {
                 let dmi = presets::Dmi::read(&presets::Dmi::root(), &all);
-                presets::auto(&all, &dmi).map(|(p, why)| (p, format!("{} (auto: {why})", p.name)))
+                match presets::auto(&all, &dmi) {
+                    Some((host, why)) => {
+                        let mut picked = vec![(host, format!("{} (auto: {why})", host.name))];
+                        for (w, why) in presets::shown(&all, &host.cloud, &presets::host_root()) {
+                            picked.push((w, format!("{} (auto: {why})", w.name)));
+                        }
+                        picked
+                    }
+                    None => Vec::new(),
+                }
             } else {
                 all.iter()
-                    .find(|p| p.name == *name)
+                    .filter(|p| p.name == *name)
                     .map(|p| (p, p.name.clone()))
+                    .collect()
             };
-            let Some((preset, said)) = picked else {
+            if picked.is_empty() {
                 let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
                 self.report(
                     at,
@@ -447,28 +461,25 @@ impl Checker<'_> {
                     ),
                 );
                 continue;
-            };
-            if preset.kind == presets::Kind::Workload {
-                self.report(
-                    at,
-                    format!(
-                        "{CONTEXT}: {name:?} hands each workload its own credentials ({}), which must \
-                         stay reachable by the workloads it serves; this guard cannot keep it open to \
-                         them yet and would judge them as the host's callers: leave it out",
-                        preset.serves
-                    ),
-                );
-                continue;
             }
-            self.presets.push(said);
-            for &(addr, port) in &preset.addresses {
-                let e = Endpoint {
-                    addr,
-                    port,
-                    at: Some(at),
-                };
-                let text = format!("{e} (preset {})", preset.name);
-                found.push((e, text));
+            for (preset, said) in picked {
+                if preset.kind == presets::Kind::Workload {
+                    for &(addr, _) in &preset.addresses {
+                        if !self.workload.contains(&addr) {
+                            self.workload.push(addr);
+                        }
+                    }
+                }
+                self.presets.push(said);
+                for &(addr, port) in &preset.addresses {
+                    let e = Endpoint {
+                        addr,
+                        port,
+                        at: Some(at),
+                    };
+                    let text = format!("{e} (preset {})", preset.name);
+                    found.push((e, text));
+                }
             }
         }
         found
@@ -512,6 +523,21 @@ impl Checker<'_> {
                     continue;
                 }
             };
+            if let Some((first, first_text)) = seen
+                .iter()
+                .find(|(e, _)| e.addr == addr && self.workload.contains(&addr))
+            {
+                self.report(
+                    at,
+                    format!(
+                        "{CONTEXT}: {text:?}: {} is a workload endpoint ({first_text}), kept open to \
+                         the workloads it serves; its ports are the preset's, leave it out or the \
+                         preset",
+                        first.addr
+                    ),
+                );
+                continue;
+            }
             if let Some((first, first_text)) = seen.iter().find(|(e, _)| clashes(e, addr, port)) {
                 let message = clash_message(first, first_text, port, text);
                 self.report(at, format!("{CONTEXT}: {message}"));

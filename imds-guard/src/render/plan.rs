@@ -217,6 +217,7 @@ mod tests {
             ],
             forward: Default::default(),
             presets: Vec::new(),
+            workload: Vec::new(),
         };
         let plan = Plan::new(&spec);
         let lines: Vec<u32> = plan.rules.iter().map(|r| r.at.line).collect();

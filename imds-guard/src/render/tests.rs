@@ -233,6 +233,7 @@ fn unchecked(entries: Vec<Entry>) -> PolicySpec {
         entries,
         forward: Default::default(),
         presets: Vec::new(),
+        workload: Vec::new(),
     }
 }
 

@@ -76,6 +76,25 @@ uids = [1002]
 gids = [1610]
 "#;
 
+/// A workload endpoint beside the metadata service (the `aws-ecs`
+/// preset's 169.254.170.2:80), an allow, an allow on the host and denies.
+/// Entries: 1 uid 1001, 2 uid 2001 (host), 3 uid 3003 (deny), 4
+/// `{base}/denied/**` (deny). Default: deny.
+pub const WORKLOAD: &str = r#"
+[endpoints]
+presets = ["aws-ec2", "aws-ecs"]
+
+[allow]
+uids = [1001]
+
+[allow.host]
+uids = [2001]
+
+[deny]
+uids = [3003]
+cgroups = ["{base}/denied/**"]
+"#;
+
 /// The group database of the cases, as `(uid, gid)`: the user is a member
 /// of the group (its primary group, or one that lists it). 1002 is a
 /// member of 1610, 4005 of 1610, 4006 of 1600 and 1610.
@@ -725,5 +744,67 @@ pub const CASES: &[Case] = &[
         policy: MIXED,
         caller: host(5005, 1700).groups(&[1500]),
         expected: allow(Reason::GidAllowed, 3, Some(1700)),
+    },
+    // A workload endpoint: open to callers not on the host that nothing
+    // denies; the host's callers follow the policy; a deny still wins.
+    Case {
+        name: "a container at a workload endpoint",
+        policy: WORKLOAD,
+        caller: container(5005, 5005).to_workload(),
+        expected: allow(Reason::Workload, 0, None),
+    },
+    Case {
+        name: "the same container at the metadata service",
+        policy: WORKLOAD,
+        caller: container(5005, 5005),
+        expected: deny(Reason::Default, 0, None),
+    },
+    Case {
+        name: "a host caller no rule names at a workload endpoint",
+        policy: WORKLOAD,
+        caller: host(5005, 5005).to_workload(),
+        expected: deny(Reason::Default, 0, None),
+    },
+    Case {
+        name: "an allowed host caller at a workload endpoint",
+        policy: WORKLOAD,
+        caller: host(1001, 1001).to_workload(),
+        expected: allow(Reason::UidAllowed, 1, Some(1001)),
+    },
+    Case {
+        name: "a host caller allowed on the host at a workload endpoint",
+        policy: WORKLOAD,
+        caller: host(2001, 2001).to_workload(),
+        expected: allow(Reason::UidAllowed, 2, Some(2001)),
+    },
+    Case {
+        name: "allowed on the host only, in a container, at a workload endpoint",
+        policy: WORKLOAD,
+        caller: container(2001, 2001).to_workload(),
+        expected: allow(Reason::Workload, 0, None),
+    },
+    Case {
+        name: "allowed on the host only, in a container, at the metadata service",
+        policy: WORKLOAD,
+        caller: container(2001, 2001),
+        expected: deny(Reason::HostOnly, 2, Some(2001)),
+    },
+    Case {
+        name: "a denied uid in a container at a workload endpoint",
+        policy: WORKLOAD,
+        caller: container(3003, 3003).to_workload(),
+        expected: deny(Reason::UidDenied, 3, Some(3003)),
+    },
+    Case {
+        name: "a denied cgroup in a container at a workload endpoint",
+        policy: WORKLOAD,
+        caller: container(5005, 5005).cgroup(DENIED).to_workload(),
+        expected: deny(Reason::CgroupDenied, 4, None),
+    },
+    Case {
+        name: "a container whose user namespace a denied uid made, at a workload endpoint",
+        policy: WORKLOAD,
+        caller: container(5005, 5005).owners(&[(3003, 3003)]).to_workload(),
+        expected: deny(Reason::OwnerDenied, 3, Some(3003)),
     },
 ];

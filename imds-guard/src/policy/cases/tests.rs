@@ -30,6 +30,7 @@ fn wire(r: Reason) -> u8 {
         Reason::CgroupDenied => reason::CGROUP_DENIED,
         Reason::CgroupAllowed => reason::CGROUP_ALLOWED,
         Reason::CgroupUnknown => reason::CGROUP_UNKNOWN,
+        Reason::Workload => reason::WORKLOAD,
     }
 }
 
@@ -44,7 +45,7 @@ fn every_case_decides_as_the_table_says() {
         .iter()
         .filter_map(|case| {
             let policy = policy(case);
-            let got = policy.decide_process(&case.process(&policy, BASE));
+            let got = case.decide(&policy, BASE);
             let want = case.expected.decision();
             (got != want).then(|| format!("{}: expected {want:?}, got {got:?}", case.name))
         })

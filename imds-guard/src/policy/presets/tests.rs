@@ -306,19 +306,143 @@ fn a_policy_names_presets_and_auto_expands_to_what_dmi_shows() {
             .contains("duplicate address \"169.254.169.254\""),
         "{e}"
     );
-    // An unknown name, and a workload preset, are refused.
-    let e = parse("[endpoints]\npresets = [\"aws\", \"aws-ecs\"]\n[allow]\nuids = [0]\n")
-        .expect_err("refused");
+    // An unknown name is refused.
+    let e = parse("[endpoints]\npresets = [\"aws\"]\n[allow]\nuids = [0]\n").expect_err("refused");
     let text = e.to_string();
     assert!(
         text.contains("unknown preset \"aws\", expected \"auto\" or one of aws-ec2"),
         "{text}"
     );
+}
+
+#[test]
+fn workload_presets_make_workload_endpoints_whose_addresses_are_theirs_alone() {
+    use std::path::Path;
+
+    use crate::policy::{EndpointKind, PolicySpec};
+
+    let parse = |text: &str| PolicySpec::parse(Path::new("p.toml"), text);
+    let spec = parse(
+        "[endpoints]\npresets = [\"aws-ec2\", \"aws-ecs\", \"aws-eks-pod-identity\"]\n\
+         addresses = [\"127.0.0.1:51678/tcp\"]\n[allow]\nuids = [0]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        spec.addresses(),
+        [
+            "169.254.169.254",
+            "fd00:ec2::254",
+            "169.254.170.2:80/tcp",
+            "169.254.170.23:80/tcp",
+            "[fd00:ec2::23]:80/tcp",
+            "127.0.0.1:51678/tcp"
+        ]
+    );
+    for (addr, kind) in [
+        ("169.254.169.254", EndpointKind::Host),
+        ("127.0.0.1", EndpointKind::Host),
+        ("169.254.170.2", EndpointKind::Workload),
+        ("169.254.170.23", EndpointKind::Workload),
+        ("fd00:ec2::23", EndpointKind::Workload),
+    ] {
+        let ip: IpAddr = addr.parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.kind_of(ip), kind, "{addr}");
+    }
+    // A workload endpoint's address written again, with another port, is
+    // refused: the kind is the address's, its ports the preset's.
+    let e =
+        parse("[endpoints]\npresets = [\"aws-ecs\"]\naddresses = [\"169.254.170.2:8080/tcp\"]\n")
+            .expect_err("refused");
     assert!(
-        text.contains("\"aws-ecs\" hands each workload its own credentials"),
-        "{text}"
+        e.to_string()
+            .contains("169.254.170.2 is a workload endpoint"),
+        "{e}"
     );
 }
+
+#[test]
+fn no_address_is_both_a_host_and_a_workload_endpoint() {
+    let presets = presets();
+    for w in presets.iter().filter(|p| p.kind == Kind::Workload) {
+        assert!(w.with.is_some() && !w.shows.is_empty(), "{}", w.name);
+        for h in presets.iter().filter(|p| p.kind == Kind::Host) {
+            for (addr, _) in &w.addresses {
+                assert!(
+                    h.addresses.iter().all(|(a, _)| a != addr),
+                    "{addr}: {} and {}",
+                    w.name,
+                    h.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn auto_adds_the_workload_presets_the_host_shows_on_its_cloud_only() {
+    let presets = presets();
+    let root = FakeDmi::new("host-root", &[]);
+    let on = |cloud: &str| -> Vec<String> {
+        shown(&presets, cloud, &root.0)
+            .into_iter()
+            .map(|(p, why)| format!("{} ({why})", p.name))
+            .collect()
+    };
+    assert!(on("aws").is_empty());
+    fs::create_dir_all(root.0.join("etc/ecs")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(on("aws"), ["aws-ecs (/etc/ecs exists)"]);
+    // A kubelet: EKS Pod Identity too. Another cloud: neither.
+    fs::create_dir_all(root.0.join("etc/kubernetes/kubelet")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        on("aws"),
+        [
+            "aws-ecs (/etc/ecs exists)",
+            "aws-eks-pod-identity (/etc/kubernetes/kubelet exists)"
+        ]
+    );
+    assert!(on("gcp").is_empty());
+}
+
+#[test]
+fn auto_in_a_policy_adds_what_the_host_root_shows() {
+    use std::path::Path;
+
+    use crate::policy::{EndpointKind, PolicySpec};
+
+    let dmi = FakeDmi::new("policy-ec2-ecs", &[("sys_vendor", "Amazon EC2")]);
+    let root = FakeDmi::new("policy-ec2-ecs-root", &[]);
+    fs::create_dir_all(root.0.join("etc/ecs")).unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY (of the test): as in `auto_in_a_policy_reads_the_dmi_root_it_is_given`;
+    // the two are serialised by the lock.
+    let _lock = ENV_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    unsafe {
+        std::env::set_var(DMI_ROOT_ENV, &dmi.0);
+        std::env::set_var(HOST_ROOT_ENV, &root.0);
+    }
+    let spec = PolicySpec::parse(
+        Path::new("p.toml"),
+        "[endpoints]\npresets = [\"auto\"]\n[allow]\nuids = [0]\n",
+    );
+    unsafe {
+        std::env::remove_var(DMI_ROOT_ENV);
+        std::env::remove_var(HOST_ROOT_ENV);
+    }
+    let spec = spec.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        spec.presets,
+        [
+            "aws-ec2 (auto: DMI sys_vendor=\"Amazon EC2\")",
+            "aws-ecs (auto: /etc/ecs exists)"
+        ]
+    );
+    let ecs: IpAddr = "169.254.170.2".parse().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(spec.kind_of(ecs), EndpointKind::Workload);
+}
+
+/// Serialises the tests that set [`DMI_ROOT_ENV`].
+static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn auto_in_a_policy_reads_the_dmi_root_it_is_given() {
@@ -334,7 +458,11 @@ fn auto_in_a_policy_reads_the_dmi_root_it_is_given() {
         ],
     );
     // SAFETY (of the test): no other test of this binary reads the
-    // variable; each that sets it names its own directory.
+    // variable; each that sets it names its own directory, and takes the
+    // lock.
+    let _lock = ENV_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     unsafe { std::env::set_var(DMI_ROOT_ENV, &dir.0) };
     let spec = PolicySpec::parse(
         Path::new("p.toml"),

@@ -191,6 +191,7 @@ fn many_uids(n: u32) -> PolicySpec {
         entries,
         forward: Default::default(),
         presets: Vec::new(),
+        workload: Vec::new(),
     }
 }
 
