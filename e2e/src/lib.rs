@@ -86,7 +86,7 @@ pub use self::{
         UPLINK_IMDS_V6, USERNS_ROOT, UserNamespace,
     },
     user::TestUser,
-    workload::{ECS_CREDENTIALS, WorkloadEndpoint},
+    workload::{ECS_CREDENTIALS, ECS_INTROSPECTION, EKS_POD_IDENTITY_V6, TcpService},
 };
 
 /// The IPv4 instance metadata address.

@@ -17,6 +17,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
@@ -33,8 +34,8 @@ use imds_guard::{
 };
 use imds_guard_common::config_flags;
 use imds_guard_e2e::{
-    Action, FakeImds, IMDS_PORT, IMDS_V4, Netns, Probe, ProbeResult, Sandbox, TestCgroup,
-    UserNamespace, WorkloadEndpoint, cgroup_path, privileged_or_skip,
+    Action, FakeImds, IMDS_PORT, IMDS_V4, Netns, Probe, ProbeResult, Sandbox, TcpService,
+    TestCgroup, UserNamespace, cgroup_path, privileged_or_skip,
 };
 
 /// The cgroups the cases run in, below the guarded one, made before the
@@ -194,9 +195,8 @@ fn every_case_of_the_table_is_decided_so_by_the_programs() {
     let _container_imds = FakeImds::start(&container);
     // The workload endpoint, where the host's callers and the container's
     // connect.
-    let (ip, port) = WORKLOAD_ENDPOINT;
-    let _workload =
-        [sb.netns_path(), container.path()].map(|n| WorkloadEndpoint::start(n, ip, port));
+    let workload = SocketAddr::from(WORKLOAD_ENDPOINT);
+    let _workload = [sb.netns_path(), container.path()].map(|n| TcpService::start(n, workload));
     let base = cgroup_path(&sb.cgroup);
     let cgroups = Cgroups::make(&sb.cgroup, CASES);
     let host = of_files(

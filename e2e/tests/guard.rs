@@ -6,6 +6,8 @@
 
 #[path = "guard/kept_alive.rs"]
 mod kept_alive;
+#[path = "guard/kinds.rs"]
+mod kinds;
 #[path = "guard/ports.rs"]
 mod ports;
 

@@ -484,3 +484,47 @@ fn auto_in_a_policy_reads_the_dmi_root_it_is_given() {
         ]
     );
 }
+
+/// The recipes of docs/policy.md's "Workload endpoints", as written there
+/// (the indented block after each "### Recipe:" heading).
+fn recipes() -> Vec<(String, String)> {
+    let doc = include_str!("../../../../docs/policy.md");
+    let mut found = Vec::new();
+    for part in doc.split("\n### Recipe: ").skip(1) {
+        let (title, rest) = part.split_once('\n').unwrap_or((part, ""));
+        let block: Vec<&str> = rest
+            .lines()
+            .skip_while(|l| !l.starts_with("    "))
+            .take_while(|l| l.starts_with("    ") || l.is_empty())
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect();
+        found.push((title.to_owned(), block.join("\n")));
+    }
+    found
+}
+
+#[test]
+fn the_workload_recipes_of_the_policy_reference_validate_as_they_say() {
+    use std::path::Path;
+
+    use crate::policy::{EndpointKind, PolicySpec};
+
+    let recipes = recipes();
+    assert_eq!(recipes.len(), 2, "{recipes:?}");
+    for (title, text) in &recipes {
+        let spec = PolicySpec::parse(Path::new("recipe.toml"), text)
+            .unwrap_or_else(|e| panic!("{title}: {e}\n{text}"));
+        let imds: IpAddr = "169.254.169.254".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.kind_of(imds), EndpointKind::Host, "{title}");
+        assert!(!spec.workload.is_empty(), "{title}: no workload endpoint");
+        if title.contains("ECS") {
+            let lo: IpAddr = "127.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(spec.kind_of(lo), EndpointKind::Host, "{title}");
+            assert!(
+                spec.addresses().contains(&"127.0.0.1:51678/tcp".to_owned()),
+                "{title}: {:?}",
+                spec.addresses()
+            );
+        }
+    }
+}
