@@ -108,7 +108,7 @@ fn ecs_recipe(agent: &str) -> String {
     let part = doc
         .split("\n### Recipe: an ECS container instance\n")
         .nth(1)
-        .expect("the ECS recipe in docs/policy.md");
+        .unwrap_or_else(|| panic!("no ECS recipe in docs/policy.md"));
     let block: Vec<&str> = part
         .lines()
         .skip_while(|l| !l.starts_with("    "))
@@ -138,7 +138,10 @@ fn the_ecs_recipe_keeps_tasks_to_their_credentials_and_the_agent_to_itself() {
     // bridged task, in a network namespace of its own, cannot reach the
     // host's loopback at all; the first test has it at the endpoints.
     let userns = UserNamespace::nested(&sb.cgroup, &[(0, 0)]);
-    let ns = userns.last().expect("a user namespace").path();
+    let ns = userns
+        .last()
+        .unwrap_or_else(|| panic!("no user namespace"))
+        .path();
     let host_net = sb.netns_path().to_owned();
     let container = |cgroup: &std::path::Path| {
         Probe::at(&host_net, cgroup)

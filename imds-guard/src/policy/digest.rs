@@ -21,6 +21,34 @@ use sha2::{Digest as _, Sha256};
 use super::{Action, Mode, Policy, Scope};
 
 impl Policy {
+    /// The protected endpoints, sorted, one line each: a bare address as
+    /// before endpoints had ports, so a policy without ports keeps its
+    /// digest.
+    fn write_endpoints(&self, text: &mut String) {
+        let mut endpoints: Vec<_> = self
+            .spec
+            .endpoints
+            .iter()
+            .map(|e| (e.addr, e.port))
+            .collect();
+        endpoints.sort();
+        for (addr, port) in endpoints {
+            let e = super::Endpoint {
+                addr,
+                port,
+                at: None,
+            };
+            // A workload endpoint opens to workloads what a host one
+            // judges: another decision for the same address.
+            let workload = self.spec.kind_of(addr) == super::EndpointKind::Workload;
+            let _ = writeln!(
+                *text,
+                "endpoint {e}{}",
+                if workload { " workload" } else { "" }
+            );
+        }
+    }
+
     /// SHA-256 of the canonical form of the decision this policy makes.
     pub fn digest(&self) -> [u8; 32] {
         // The canonical text is hashed as it is written, a chunk at a
@@ -38,29 +66,7 @@ impl Policy {
         let _ = writeln!(text, "imds-guard policy v1");
         let _ = writeln!(text, "mode {mode}");
         let _ = writeln!(text, "default {}", word(self.default_action));
-        // A bare address is written as before endpoints had ports, so a
-        // policy without ports keeps its digest.
-        let mut endpoints: Vec<_> = self
-            .spec
-            .endpoints
-            .iter()
-            .map(|e| (e.addr, e.port))
-            .collect();
-        endpoints.sort();
-        for (addr, port) in endpoints {
-            let e = super::Endpoint {
-                addr,
-                port,
-                at: None,
-            };
-            // A workload endpoint opens to workloads what a host one
-            // judges: another decision for the same address.
-            if self.spec.kind_of(addr) == super::EndpointKind::Workload {
-                let _ = writeln!(text, "endpoint {e} workload");
-            } else {
-                let _ = writeln!(text, "endpoint {e}");
-            }
-        }
+        self.write_endpoints(&mut text);
         // The rules are most of the text: written without `fmt`, which
         // costs more than the hash for a policy of 100,000 uids.
         for (noun, rules) in [("uid ", &self.uids), ("gid ", &self.gids)] {

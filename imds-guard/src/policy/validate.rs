@@ -433,24 +433,7 @@ impl Checker<'_> {
                 );
                 continue;
             };
-            let picked: Vec<(&presets::Preset, String)> = if name == "auto" {
-                let dmi = presets::Dmi::read(&presets::Dmi::root(), &all);
-                match presets::auto(&all, &dmi) {
-                    Some((host, why)) => {
-                        let mut picked = vec![(host, format!("{} (auto: {why})", host.name))];
-                        for (w, why) in presets::shown(&all, &host.cloud, &presets::host_root()) {
-                            picked.push((w, format!("{} (auto: {why})", w.name)));
-                        }
-                        picked
-                    }
-                    None => Vec::new(),
-                }
-            } else {
-                all.iter()
-                    .filter(|p| p.name == *name)
-                    .map(|p| (p, p.name.clone()))
-                    .collect()
-            };
+            let picked = picked(&all, name);
             if picked.is_empty() {
                 let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
                 self.report(
@@ -734,6 +717,29 @@ impl Checker<'_> {
             self.report(entry.at, message);
         }
     }
+}
+
+/// The presets `name` stands for in `[endpoints] presets`, each with what
+/// the policy says of it: the preset so named, or for `auto` the host
+/// preset DMI shows (EC2's when none) and the workload presets of its
+/// cloud the host shows it runs, each with why. Empty for an unknown name.
+fn picked<'a>(all: &'a [presets::Preset], name: &str) -> Vec<(&'a presets::Preset, String)> {
+    if name != "auto" {
+        return all
+            .iter()
+            .filter(|p| p.name == name)
+            .map(|p| (p, p.name.clone()))
+            .collect();
+    }
+    let dmi = presets::Dmi::read(&presets::Dmi::root(), all);
+    let Some((host, why)) = presets::auto(all, &dmi) else {
+        return Vec::new();
+    };
+    let mut picked = vec![(host, format!("{} (auto: {why})", host.name))];
+    for (w, why) in presets::shown(all, &host.cloud, &presets::host_root()) {
+        picked.push((w, format!("{} (auto: {why})", w.name)));
+    }
+    picked
 }
 
 /// Why identity key `kind` cannot be written in the table of `action` and
