@@ -51,6 +51,11 @@ pub fn explain(
     )
 }
 
+/// Why a workload endpoint let a caller through ([`Reason::Workload`]).
+const WORKLOAD: &str = "it runs in a container (a namespace of its own), the destination is a \
+                        workload endpoint, which hands each workload its own credentials, and \
+                        nothing in [deny] names it";
+
 /// [`explain`], with what else is known of the process.
 pub fn explain_with(policy: &Policy, reason: Reason, index: Option<usize>, cx: &Context) -> String {
     let (uid, gid) = (cx.uid, cx.gid);
@@ -114,10 +119,7 @@ pub fn explain_with(policy: &Policy, reason: Reason, index: Option<usize>, cx: &
         ),
         Reason::CgroupDenied => cite("its cgroup is denied"),
         Reason::CgroupAllowed => cite("its cgroup is allowed"),
-        Reason::Workload => "it runs in a container (a namespace of its own), the destination \
-             is a workload endpoint, which hands each workload its own credentials, and nothing in \
-             [deny] names it"
-            .to_owned(),
+        Reason::Workload => WORKLOAD.to_owned(),
         Reason::CgroupUnknown => "its cgroup has no classification (the guard could not store \
              one, or it is nested too deep), and the policy denies some cgroups: it could be one \
              of them, so the guard fails closed"
