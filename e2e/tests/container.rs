@@ -264,3 +264,42 @@ fn a_pid_namespace_of_its_own_is_refused() {
     assert!(error.contains("hostPID: true"), "{}", agent.output());
     assert_eq!(attachments(w.cgroup.path()), [0; programs::GUARDING]);
 }
+
+/// `--container` runs it in a pid namespace of its own on purpose: it
+/// attaches where `--cgroup` says, and says that "the host" is its
+/// container's pid namespace and that it guards only that cgroup.
+#[test]
+fn with_container_a_pid_namespace_of_its_own_guards_only_the_named_cgroup() {
+    if !privileged_or_skip("with_container_a_pid_namespace_of_its_own_guards_only_the_named_cgroup")
+    {
+        return;
+    }
+    let w = Sandbox::new();
+    w.policy(POLICY);
+    let wrapper = os(&["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]);
+    let agent = Agent::start_wrapped(
+        &wrapper,
+        w.netns_path(),
+        &w.policy_path(),
+        Some(&w.cgroup),
+        &w.pin_dir(),
+        &["--container"],
+    );
+    let ready = agent.wait_ready(READY);
+    let said = |name: &str| field(&ready, name).cloned().unwrap_or(Value::Null);
+    assert_eq!(said("hierarchy"), "named", "{ready}");
+    assert_eq!(said("cgroup_root"), false, "{ready}");
+    assert!(
+        agent
+            .output()
+            .contains("the container's pid namespace (--container)"),
+        "{}",
+        agent.output()
+    );
+    assert_eq!(attachments(w.cgroup.path()), [1; programs::GUARDING]);
+    w.probe_as(NOBODY, NOBODY)
+        .run(Action::connect(IMDS_V4, IMDS_PORT))
+        .assert_errno(libc::EPERM);
+    let (_, status) = w.status();
+    assert_eq!(status["guards"]["cgroup_root"], false, "{status}");
+}

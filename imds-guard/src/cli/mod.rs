@@ -150,6 +150,13 @@ pub struct RunArgs {
     /// CAP_SYS_PTRACE. An agent that cannot enter it refuses to start.
     #[arg(long, value_name = "FILE", default_value = crate::kernel::place::HOST_CGROUP_NS)]
     pub host_cgroupns: PathBuf,
+    /// Run in a container on purpose and guard only the cgroup --cgroup
+    /// names: the container's pid namespace is "the host" of
+    /// [allow.host], and its cgroup namespace is kept rather than left.
+    /// Without it an agent in a container's pid namespace, or in a cgroup
+    /// namespace it cannot leave, refuses to start.
+    #[arg(long, requires = "cgroup")]
+    pub container: bool,
     /// How to write log records: `auto` is the journal when stderr is
     /// connected to it (under systemd), text on stderr otherwise.
     #[arg(long, value_enum, default_value_t = LogFormat::Auto)]

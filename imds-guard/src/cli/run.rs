@@ -19,6 +19,7 @@ pub fn execute(args: RunArgs) -> Result<Outcome, CliError> {
     let request = place::Request {
         cgroup: args.cgroup.as_deref(),
         host_cgroup_ns: &args.host_cgroupns,
+        container: args.container,
         ..place::Request::default()
     };
     let place = place::establish(&request).map_err(place_error)?;

@@ -79,7 +79,8 @@ pub enum PlaceError {
         "the agent runs in a pid namespace (pid:[{ino}]) that is not the host's: \"the host\" of \
          [allow.host] would be its container's processes, and the pids it logs would not be the \
          host's; run it in the host's pid namespace (Kubernetes: hostPID: true; docker, podman: \
-         --pid=host)"
+         --pid=host), or, to guard only this container's processes on purpose, \
+         --container with --cgroup"
     )]
     PidNs { ino: u64 },
     #[error(
@@ -119,6 +120,11 @@ pub struct Request<'a> {
     /// Where to mount a hierarchy when none is mounted whole
     /// ([`OWN_MOUNT`]).
     pub own_mount: &'a Path,
+    /// `--container`: the agent runs in a container on purpose, to guard
+    /// only the cgroup `--cgroup` names: a pid namespace of its own is
+    /// "the host" of `[allow.host]`, and a cgroup namespace of its own is
+    /// kept rather than left.
+    pub container: bool,
 }
 
 impl Default for Request<'_> {
@@ -127,6 +133,7 @@ impl Default for Request<'_> {
             cgroup: None,
             host_cgroup_ns: Path::new(HOST_CGROUP_NS),
             own_mount: Path::new(OWN_MOUNT),
+            container: false,
         }
     }
 }
@@ -150,6 +157,8 @@ pub enum CgroupNs {
     Host,
     /// The agent started in `from` and entered the host's.
     Entered { from: u64 },
+    /// The agent stays in its container's, `ino`, as `--container` asks.
+    Kept { ino: u64 },
 }
 
 /// The agent's network namespace, compared with pid 1's.
@@ -179,7 +188,8 @@ pub struct Placement {
     /// cgroup v1 only keeps every process there), where rules naming
     /// units, cgroups or pods could never match.
     pub layout: bool,
-    /// The agent's pid namespace (the initial one: others are refused).
+    /// The agent's pid namespace (the initial one: others are refused,
+    /// unless `--container`).
     pub pid_ns: u64,
     /// The agent's network namespace: "the host" of `[allow.host]` and the
     /// namespace of the forward table.
@@ -217,6 +227,7 @@ impl Placement {
         match self.cgroup_ns {
             CgroupNs::Host => "host",
             CgroupNs::Entered { .. } => "entered",
+            CgroupNs::Kept { .. } => "container",
         }
     }
 
@@ -239,6 +250,9 @@ impl Placement {
             CgroupNs::Host => String::new(),
             CgroupNs::Entered { from } => format!(
                 " (the agent left its container's cgroup namespace cgroup:[{from}] for the host's)"
+            ),
+            CgroupNs::Kept { ino } => format!(
+                " (in the agent's container's cgroup namespace cgroup:[{ino}], as --container asks)"
             ),
         };
         let what = match &self.hierarchy {
@@ -277,8 +291,13 @@ impl Placement {
             NetNs::NotPid1s { pid1 } => format!("NOT pid 1's (net:[{pid1}])"),
             NetNs::Unknown(why) => format!("pid 1's unknown: {why}"),
         };
+        let pid = if self.pid_ns == PROC_PID_INIT_INO {
+            "the initial pid namespace"
+        } else {
+            "the container's pid namespace (--container)"
+        };
         format!(
-            "the initial pid namespace pid:[{}] and the network namespace net:[{}] ({net})",
+            "{pid} pid:[{}] and the network namespace net:[{}] ({net})",
             self.pid_ns, self.net_ns
         )
     }
@@ -374,7 +393,7 @@ pub fn establish(req: &Request<'_>) -> Result<Placement, PlaceError> {
         return Err(PlaceError::UserNs { ino: user });
     }
     let pid_ns = own_ns("pid")?;
-    if pid_ns != PROC_PID_INIT_INO {
+    if pid_ns != PROC_PID_INIT_INO && !req.container {
         return Err(PlaceError::PidNs { ino: pid_ns });
     }
     let cgroup_ns = leave_cgroup_ns(req)?;
@@ -426,6 +445,9 @@ fn leave_cgroup_ns(req: &Request<'_>) -> Result<CgroupNs, PlaceError> {
     let ino = own_ns("cgroup")?;
     if ino == PROC_CGROUP_INIT_INO {
         return Ok(CgroupNs::Host);
+    }
+    if req.container {
+        return Ok(CgroupNs::Kept { ino });
     }
     match enter(req.host_cgroup_ns) {
         Ok(()) => Ok(CgroupNs::Entered { from: ino }),
