@@ -41,3 +41,22 @@ pub(crate) fn in_private_run(f: impl FnOnce() + Send + 'static) {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// A directory of its own under the temporary directory, removed on drop:
+/// `imds-guard-NAME-PID`.
+pub(crate) struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("imds-guard-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

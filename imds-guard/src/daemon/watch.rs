@@ -258,24 +258,7 @@ mod tests {
     use std::{fs, os::unix::fs::symlink};
 
     use super::*;
-
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("imds-guard-watch-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("temp dir");
-            Self(dir)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testing::TempDir;
 
     /// Writes `policy` as the kubelet updates a ConfigMap volume: a new
     /// `..<stamp>` directory, a `..data_tmp` link to it renamed over
@@ -313,7 +296,7 @@ mod tests {
     #[test]
     fn a_configmap_swap_is_seen_and_the_same_bytes_again_are_not() {
         let rt = runtime();
-        let dir = Dir::new("configmap");
+        let dir = TempDir::new("watch-configmap");
         kubelet_writes(&dir.0, "2026_01", "[allow]\nuids = [1]\n");
         let file = dir.0.join("policy.toml");
         let mut watch = rt
@@ -332,7 +315,7 @@ mod tests {
     #[test]
     fn a_rename_over_the_file_and_a_write_in_place_are_seen() {
         let rt = runtime();
-        let dir = Dir::new("rename");
+        let dir = TempDir::new("watch-rename");
         let file = dir.0.join("policy.toml");
         fs::write(&file, "[allow]\nuids = [1]\n").expect("write");
         let mut watch = rt
@@ -354,7 +337,7 @@ mod tests {
     #[test]
     fn a_write_in_place_is_read_once_left_alone() {
         let rt = runtime();
-        let dir = Dir::new("slow");
+        let dir = TempDir::new("watch-slow");
         let file = dir.0.join("policy.toml");
         fs::write(&file, "[allow]\nuids = [1]\n").expect("write");
         let mut watch = rt
@@ -380,7 +363,7 @@ mod tests {
     #[test]
     fn off_never_fires() {
         let rt = runtime();
-        let dir = Dir::new("off");
+        let dir = TempDir::new("watch-off");
         let file = dir.0.join("policy.toml");
         fs::write(&file, "").expect("write");
         let mut watch = PolicyWatch::off(PolicySource::File(file.clone()));

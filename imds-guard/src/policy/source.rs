@@ -67,28 +67,11 @@ mod tests {
     use std::fs;
 
     use super::*;
-
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("imds-guard-source-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("temp dir");
-            Self(dir)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testing::TempDir;
 
     #[test]
     fn the_administrators_file_wins_when_there_is_one() {
-        let dir = Dir::new("both");
+        let dir = TempDir::new("source-both");
         let (admin, packaged) = (dir.0.join("etc.toml"), dir.0.join("usr.toml"));
         fs::write(&packaged, "").expect("write");
         assert_eq!(first_present(&[&admin, &packaged]), packaged);
@@ -98,7 +81,7 @@ mod tests {
 
     #[test]
     fn a_broken_administrators_file_is_not_passed_over() {
-        let dir = Dir::new("broken");
+        let dir = TempDir::new("source-broken");
         let (admin, packaged) = (dir.0.join("etc.toml"), dir.0.join("usr.toml"));
         fs::write(&packaged, "").expect("write");
         std::os::unix::fs::symlink(dir.0.join("nowhere"), &admin).expect("symlink");
@@ -110,7 +93,7 @@ mod tests {
 
     #[test]
     fn with_neither_the_error_names_the_administrators_file() {
-        let dir = Dir::new("none");
+        let dir = TempDir::new("source-none");
         let (admin, packaged) = (dir.0.join("etc.toml"), dir.0.join("usr.toml"));
         assert_eq!(first_present(&[&admin, &packaged]), admin);
     }
