@@ -241,22 +241,28 @@ fn a_cgroup_namespace_it_cannot_leave_is_refused_even_with_a_named_cgroup() {
     assert_eq!(attachments(inside.path()), [0; programs::GUARDING]);
 }
 
+/// The agent in a pid namespace of its own (as in a container without
+/// `hostPID`), told to attach to the sandbox's cgroup.
+fn in_a_pid_namespace_of_its_own(w: &Sandbox, extra: &[&str]) -> Agent {
+    w.policy(POLICY);
+    let wrapper = os(&["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]);
+    Agent::start_wrapped(
+        &wrapper,
+        w.netns_path(),
+        &w.policy_path(),
+        Some(&w.cgroup),
+        &w.pin_dir(),
+        extra,
+    )
+}
+
 #[test]
 fn a_pid_namespace_of_its_own_is_refused() {
     if !privileged_or_skip("a_pid_namespace_of_its_own_is_refused") {
         return;
     }
     let w = Sandbox::new();
-    w.policy(POLICY);
-    let wrapper = os(&["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]);
-    let agent = Agent::start_wrapped(
-        &wrapper,
-        w.netns_path(),
-        &w.policy_path(),
-        Some(&w.cgroup),
-        &w.pin_dir(),
-        &[],
-    );
+    let agent = in_a_pid_namespace_of_its_own(&w, &[]);
     let status = agent.wait_exit(EXIT).expect("the agent exits");
     assert_eq!(status.code(), Some(6), "{}", agent.output());
     let error = exit_error(&agent);
@@ -275,16 +281,7 @@ fn with_container_a_pid_namespace_of_its_own_guards_only_the_named_cgroup() {
         return;
     }
     let w = Sandbox::new();
-    w.policy(POLICY);
-    let wrapper = os(&["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]);
-    let agent = Agent::start_wrapped(
-        &wrapper,
-        w.netns_path(),
-        &w.policy_path(),
-        Some(&w.cgroup),
-        &w.pin_dir(),
-        &["--container"],
-    );
+    let agent = in_a_pid_namespace_of_its_own(&w, &["--container"]);
     let ready = agent.wait_ready(READY);
     let said = |name: &str| field(&ready, name).cloned().unwrap_or(Value::Null);
     assert_eq!(said("hierarchy"), "named", "{ready}");
