@@ -466,6 +466,65 @@ fn detach_with_a_pin_dir_nothing_is_pinned_at_leaves_the_running_guard_alone() {
     expect_p1(&w);
 }
 
+/// `imds-guard ARGS` in the sandbox's network namespace with the pin
+/// directory given only by `IMDS_GUARD_PIN_DIR`, as in the DaemonSet's pod
+/// (`kubectl exec ... imds-guard status`), where the site ConfigMap sets it.
+fn cli_by_env(w: &Sandbox, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net={}", w.netns_path().display()))
+        .arg("--")
+        .arg(imds_guard_e2e::imds_guard_bin())
+        .args(args)
+        .env("IMDS_GUARD_PIN_DIR", w.pin_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("running imds-guard {args:?}: {e}"))
+}
+
+#[test]
+fn status_reload_and_detach_take_the_pin_dir_from_the_environment() {
+    if !privileged_or_skip("status_reload_and_detach_take_the_pin_dir_from_the_environment") {
+        return;
+    }
+    let w = Sandbox::new();
+    w.policy(P1);
+    let agent = w.start_agent(&[]);
+    let out = cli_by_env(&w, &["status", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status prints JSON");
+    assert_eq!(out.status.code(), Some(0), "{status}");
+    assert_eq!(status["attached"], true, "{status}");
+    assert_eq!(
+        status["pin_dir"].as_str(),
+        w.pin_dir().to_str(),
+        "status read the guard the variable names: {status}"
+    );
+    let out = cli_by_env(
+        &w,
+        &[
+            "reload",
+            "--config",
+            w.policy_path().to_str().expect("UTF-8"),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "reload reached the agent: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli_by_env(&w, &["detach"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("detached {} link(s)", programs::GUARDING)),
+        "detach removed the guard the variable names: {stdout}"
+    );
+    agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("the agent stops");
+    assert_eq!(attachments(&w), vec![0; programs::GUARDING]);
+}
+
 #[test]
 fn sigterm_leaves_the_guard_pinned() {
     if !privileged_or_skip("sigterm_leaves_the_guard_pinned") {

@@ -236,14 +236,24 @@ pub const DEFAULT_PIN_DIR: &str = crate::kernel::pins::DEFAULT_DIR;
 #[derive(Debug, Args)]
 pub struct DetachArgs {
     /// The pin directory of the guard to remove.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = DEFAULT_PIN_DIR,
+        env = "IMDS_GUARD_PIN_DIR"
+    )]
     pub pin_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The pin directory of the guard to report on.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = DEFAULT_PIN_DIR,
+        env = "IMDS_GUARD_PIN_DIR"
+    )]
     pub pin_dir: PathBuf,
     /// One JSON object instead of text.
     #[arg(long)]
@@ -275,7 +285,12 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct ReloadArgs {
     /// The pin directory of the guard whose agent to ask.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = DEFAULT_PIN_DIR,
+        env = "IMDS_GUARD_PIN_DIR"
+    )]
     pub pin_dir: PathBuf,
     /// The policy file the agent reads, to say why a reload was refused
     /// [default: /etc/imds-guard/policy.toml if there is one, else the
