@@ -21,7 +21,7 @@ pub enum CgroupError {
     #[error(
         "the cgroup v2 mount at {mount_point} shows only the subtree {root} (a cgroup namespace?): \
          attaching there would leave the rest of the host unguarded; run in the host's cgroup \
-         namespace, or name the cgroup with --cgroup"
+         namespace, or guard only this container on purpose with --container --cgroup DIR"
     )]
     Subtree { mount_point: PathBuf, root: String },
     #[error("cannot open cgroup {path}")]
