@@ -56,8 +56,12 @@ pub fn execute(args: &ValidateArgs) -> Result<Outcome, CliError> {
         )?;
     }
     warn(&config, &warnings, args.strict)?;
-    if let Some(note) = group_bound_note(&policy, Build::running(), &over_group_bound_here) {
-        outln!("{}: note: {note}", config.display())?;
+    // Which build the kernel takes is read from its BTF (a parse of
+    // megabytes): only a policy with group rules needs it.
+    if policy.scans_groups() {
+        if let Some(note) = group_bound_note(&policy, Build::running(), &over_group_bound_here) {
+            outln!("{}: note: {note}", config.display())?;
+        }
     }
     outln!(
         "{}: valid ({entries} {}, {endpoints} {}); sha256 {} (what `imds-guard status` shows \
