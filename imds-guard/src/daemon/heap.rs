@@ -1,6 +1,7 @@
 //! The agent's heap: one malloc arena for every thread, and the free
 //! pages handed back after what start and reload free (parse trees, BTF,
-//! the verifier's logs), which is large next to what the agent keeps.
+//! the verifier's logs, the programs' objects as read), which is large
+//! next to what the agent keeps.
 
 /// One malloc arena for every thread. glibc gives each thread that
 /// allocates its own arena and keeps what it frees there: a reload on the
@@ -15,13 +16,15 @@ pub fn one_heap() {
     }
 }
 
-/// Returns the heap's free pages to the kernel. glibc keeps freed memory
-/// for reuse, and what start and reload free (parse trees, BTF) is large
-/// next to what the agent keeps.
+/// Returns the heap's free pages to the kernel, and the pages the
+/// programs' objects were read into (`kernel::loader::release_objects`).
+/// glibc keeps freed memory for reuse, and what start and reload free
+/// (parse trees, BTF) is large next to what the agent keeps.
 pub fn trim() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory; no pointer is touched.
     unsafe {
         libc::malloc_trim(0);
     }
+    crate::kernel::loader::release_objects();
 }

@@ -62,6 +62,34 @@ impl features::Build {
     }
 }
 
+/// Lets the kernel take back the pages the programs' objects were read
+/// into: aya keeps its own copy of what it loaded, so the object's pages,
+/// a megabyte and more of the agent's resident memory, are not read again
+/// until the forward program is loaded anew (from [`OBJECT`]). They are
+/// the executable's own read-only pages, never written: whatever touches
+/// them again has them read back from the file. Only the pages wholly
+/// inside each object are given back; a failure keeps them, as before.
+pub fn release_objects() {
+    // SAFETY: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => return,
+    };
+    for object in [OBJECT, UNROLLED_OBJECT] {
+        let start = (object.as_ptr() as usize).next_multiple_of(page);
+        let end = (object.as_ptr() as usize + object.len()) / page * page;
+        if end > start {
+            // SAFETY: [start, end) lies within a `static` byte array of the
+            // executable's read-only data, which no Rust reference writes;
+            // MADV_DONTNEED on a private file mapping's unwritten pages only
+            // drops them, and a later read maps the file's bytes again.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
 /// The guard could not be set up, or a policy put in force: the part that
 /// failed says what and why.
 #[derive(Debug, thiserror::Error)]
@@ -547,4 +575,38 @@ fn with_cgroup_flags(policy: &Policy, stamp: &Stamp) -> Stamp {
         flags |= common::config_flags::CGROUP_DENY;
     }
     Stamp { flags, ..*stamp }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs::File, os::unix::fs::FileExt as _};
+
+    use super::*;
+
+    /// Whether the page holding `at` is mapped in this process now
+    /// (`/proc/self/pagemap`: bit 63 of the page's entry).
+    fn resident(at: usize) -> bool {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mut entry = [0u8; 8];
+        File::open("/proc/self/pagemap")
+            .and_then(|f| f.read_exact_at(&mut entry, (at / page * 8) as u64))
+            .unwrap_or_else(|e| panic!("reading /proc/self/pagemap: {e}"));
+        u64::from_ne_bytes(entry) >> 63 == 1
+    }
+
+    #[test]
+    fn the_objects_pages_go_and_read_back_the_same() {
+        if OBJECT.is_empty() {
+            eprintln!("skipping: built without the eBPF object (AYA_BUILD_SKIP)");
+            return;
+        }
+        let copy = OBJECT.to_vec();
+        let middle = OBJECT.as_ptr() as usize + OBJECT.len() / 2;
+        // Read whole, as aya's loader reads it.
+        assert!(resident(middle), "a page just read is mapped");
+        release_objects();
+        assert!(!resident(middle), "the object's pages were given back");
+        assert_eq!(OBJECT, &copy[..], "read back from the executable");
+    }
 }
