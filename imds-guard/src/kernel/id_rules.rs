@@ -150,6 +150,8 @@ impl<V: Slots> Mirror<V> {
     /// The plan's writes all succeeded.
     pub(super) fn written(&mut self, plan: Plan<V>) {
         self.entries = plan.after;
+        // Kept until the next plan: not the room grown while planning.
+        self.entries.shrink_to_fit();
         self.trusted = true;
     }
 

@@ -152,10 +152,13 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> 
         presets: Vec::new(),
         workload: Vec::new(),
     };
-    let (mode, endpoints, entries, forward) = checker.policy(&root);
+    let (mode, endpoints, mut entries, forward) = checker.policy(&root);
     if !checker.diagnostics.is_empty() {
         return Err(PolicyError::invalid(path, checker.diagnostics));
     }
+    // Kept as long as the policy is in force: not the room grown for them
+    // (up to twice as many, 100,000 uids leaving room for 131,072).
+    entries.shrink_to_fit();
     Ok(PolicySpec {
         path: path.to_owned(),
         mode,
