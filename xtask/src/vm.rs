@@ -4,11 +4,13 @@
 //!
 //! The guest runs from an initramfs and nothing else, built here from
 //! Debian packages: `busybox-static`, `iproute2`, `util-linux`, `nftables`,
-//! `iptables`, `kmod`, `libcap2-bin`, `bash`, `base-passwd`, `uidmap` and
-//! their dependencies, resolved and downloaded by a private apt for the
-//! guest's architecture (`apt.rs`) and unpacked with `dpkg-deb -x`; the kernel's
-//! own modules (`kernel.rs`); and the checkout's agent, probe, helpers and
-//! test binaries, stripped of debug information. A shell script of ours is its `/init` (`init.sh`): it mounts
+//! `iptables`, `kmod`, `libcap2-bin`, `bash`, `base-passwd`, `uidmap`,
+//! `runc` and their dependencies, resolved and downloaded by a private apt
+//! for the guest's architecture (`apt.rs`) and unpacked with `dpkg-deb
+//! -x`; the kernel's own modules (`kernel.rs`); the checkout's agent,
+//! probe, helpers and test binaries, stripped of debug information; and,
+//! for the kubernetes suite on this machine's CPU, the container image of
+//! `cargo xtask image`. A shell script of ours is its `/init` (`init.sh`): it mounts
 //! what the tests need, runs each suite with `--test-threads=1` and
 //! `CI=true`, and streams libtest's JSON events over a virtio serial port
 //! into a file the host parses per test (`results.rs`).
@@ -104,6 +106,12 @@ pub struct VmTestArgs {
     /// unless --suite says otherwise (the others need cgroup2).
     #[arg(long)]
     no_cgroup2: bool,
+    /// The build of the programs every agent in the guest loads
+    /// (`IMDS_GUARD_PROGRAMS` in the suites' environment): `unrolled` on
+    /// a kernel with `bpf_loop` runs what a 5.10 host runs. Default: the
+    /// one the kernel's features choose.
+    #[arg(long, value_enum, value_name = "BUILD")]
+    programs: Option<Programs>,
     /// How QEMU runs the guest: `auto` takes KVM where it works, else TCG.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
@@ -118,6 +126,24 @@ pub struct VmTestArgs {
     /// Arguments for every suite's libtest, e.g. a test-name filter.
     #[arg(last = true, value_name = "TEST-FILTER")]
     filter: Vec<String>,
+}
+
+/// A build of the programs (`imds-guard/src/kernel/features.rs`, `Build`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Programs {
+    #[value(name = "bpf_loop")]
+    BpfLoop,
+    Unrolled,
+}
+
+impl Programs {
+    /// The value of `IMDS_GUARD_PROGRAMS` that asks for it.
+    pub fn env(self) -> &'static str {
+        match self {
+            Programs::BpfLoop => "bpf_loop",
+            Programs::Unrolled => "unrolled",
+        }
+    }
 }
 
 /// The suite that runs in the guest booted with --no-cgroup2.
@@ -153,6 +179,7 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     }
     payload.skip(&args.skip_suites)?;
     payload.check_arch(args.arch)?;
+    let image = image_for(&mut payload, args.arch, !args.suites.is_empty())?;
     let apt = Apt::new(&vm_dir.join("apt"), args.arch, Suite::Bookworm)?;
     let kernel_apt = match args.kernel.suite() {
         Suite::Bookworm => None,
@@ -171,10 +198,16 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
         .join("runs")
         .join(format!("{}-{}", args.arch.rust(), kernel.release));
     fresh_dir(&run_dir)?;
-    let mut outcome = boot(args, &run_dir, &root, &kernel, &payload, accel)?;
+    let guest = Guest {
+        root: &root,
+        kernel: &kernel,
+        payload: &payload,
+        image: image.as_deref(),
+    };
+    let mut outcome = boot(args, &run_dir, &guest, accel)?;
     if accel == Accel::Kvm && !outcome.reached_init && args.accel == Accel::Auto {
         eprintln!("xtask: vm: the guest never reached /init under KVM; trying TCG");
-        outcome = boot(args, &run_dir, &root, &kernel, &payload, Accel::Tcg)?;
+        outcome = boot(args, &run_dir, &guest, Accel::Tcg)?;
     }
 
     let text = fs::read_to_string(&outcome.results)
@@ -217,15 +250,48 @@ fn source(bins: Option<&Path>, arch: Arch, host: Option<Arch>) -> Source<'_> {
     }
 }
 
+/// The container image's OCI archive, when a suite of the payload runs it:
+/// `cargo xtask image`'s, for this machine's CPU. For another CPU the
+/// suite is left out of the default selection, and refused when named.
+fn image_for(payload: &mut bins::Payload, arch: Arch, named: bool) -> Result<Option<PathBuf>> {
+    if !payload.suites.iter().any(|s| s.name == bins::IMAGE_SUITE) {
+        return Ok(None);
+    }
+    if !arch.is_host() {
+        if named {
+            bail!(
+                "the {} suite runs the image of `cargo xtask image`, which is built for this \
+                 machine's CPU only, not {}",
+                bins::IMAGE_SUITE,
+                arch.rust()
+            );
+        }
+        payload.suites.retain(|s| s.name != bins::IMAGE_SUITE);
+        return Ok(None);
+    }
+    eprintln!(
+        "xtask: vm: the container image the {} suite runs",
+        bins::IMAGE_SUITE
+    );
+    crate::image::image().map(Some)
+}
+
+/// What the guest is made of.
+struct Guest<'a> {
+    root: &'a Path,
+    kernel: &'a kernel::Kernel,
+    payload: &'a bins::Payload,
+    image: Option<&'a Path>,
+}
+
 /// Builds the initramfs, boots it once, and removes the initramfs again.
-fn boot(
-    args: &VmTestArgs,
-    run_dir: &Path,
-    root: &Path,
-    kernel: &kernel::Kernel,
-    payload: &bins::Payload,
-    accel: Accel,
-) -> Result<Outcome> {
+fn boot(args: &VmTestArgs, run_dir: &Path, guest: &Guest, accel: Accel) -> Result<Outcome> {
+    let Guest {
+        root,
+        kernel,
+        payload,
+        image,
+    } = *guest;
     let slowdown = args.slowdown.unwrap_or(match accel {
         Accel::Tcg => TCG_SLOWDOWN,
         _ => 1,
@@ -235,10 +301,22 @@ fn boot(
         filter: args.filter.clone(),
         slowdown,
         cgroup2: !args.no_cgroup2,
+        programs: args.programs,
     };
     let initrd = run_dir.join("initrd.cpio");
     let built = Instant::now();
-    guest::initramfs(&initrd, root, kernel, payload, &config, args.arch, run_dir)?;
+    guest::initramfs(
+        &initrd,
+        &guest::Contents {
+            root,
+            kernel,
+            payload,
+            image,
+        },
+        &config,
+        args.arch,
+        run_dir,
+    )?;
     eprintln!(
         "xtask: vm: initramfs of {} MiB in {:.1?}; booting {} under {} (IMDS_GUARD_TEST_SLOWDOWN={slowdown})",
         fs::metadata(&initrd).map(|m| m.len() >> 20).unwrap_or(0),
@@ -279,6 +357,7 @@ mod tests {
         assert!(a.suites.is_empty() && a.skip_suites.is_empty());
         assert!(a.filter.is_empty() && a.bins.is_none());
         assert_eq!((a.slowdown, a.timeout), (None, 60));
+        assert_eq!(a.programs, None);
     }
 
     #[test]
@@ -289,6 +368,15 @@ mod tests {
         assert!(!runs_by_default("cgroup_v1", false));
         assert!(runs_by_default("cgroup_v1", true));
         assert!(!runs_by_default("guard", true));
+    }
+
+    #[test]
+    fn a_build_of_the_programs_is_named_as_the_agent_names_it() {
+        let a = parse(&["--programs", "unrolled"]).expect("valid");
+        assert_eq!(a.programs.map(Programs::env), Some("unrolled"));
+        let a = parse(&["--programs", "bpf_loop"]).expect("valid");
+        assert_eq!(a.programs.map(Programs::env), Some("bpf_loop"));
+        assert!(parse(&["--programs", "loop"]).is_err());
     }
 
     #[test]

@@ -35,18 +35,38 @@ pub struct Config {
     pub slowdown: u32,
     /// Whether `/init` mounts cgroup2 (else cgroup v1 hierarchies only).
     pub cgroup2: bool,
+    /// `IMDS_GUARD_PROGRAMS` for the suites (none: the kernel chooses).
+    pub programs: Option<super::Programs>,
 }
+
+/// What goes into the initramfs besides `/init` and its settings.
+pub struct Contents<'a> {
+    /// The packages' root.
+    pub root: &'a Path,
+    pub kernel: &'a Kernel,
+    pub payload: &'a Payload,
+    /// The container image's OCI archive, put at [`IMAGE`].
+    pub image: Option<&'a Path>,
+}
+
+/// Where the guest has the container image's OCI archive, which `/init`
+/// names to the suites (`IMDS_GUARD_TEST_IMAGE`).
+const IMAGE: &str = "vm/image.oci.tar";
 
 /// Writes the initramfs to `path`; `scratch` holds the stripped binaries.
 pub fn initramfs(
     path: &Path,
-    root: &Path,
-    kernel: &Kernel,
-    payload: &Payload,
+    contents: &Contents,
     config: &Config,
     arch: Arch,
     scratch: &Path,
 ) -> Result<()> {
+    let Contents {
+        root,
+        kernel,
+        payload,
+        image,
+    } = *contents;
     let mut w = Writer::create(path)?;
     w.tree(root, "", &|rel| {
         // Documentation the guest never reads: a third of the packages.
@@ -99,6 +119,10 @@ pub fn initramfs(
         w.symlink(&link, &format!("/{at}"))?;
     }
     let _ = fs::remove_dir_all(&stripped);
+    if let Some(image) = image {
+        let data = fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
+        w.file(IMAGE, 0o644, &data)?;
+    }
     w.file("init", 0o755, INIT.as_bytes())?;
     w.file("vm/env", 0o644, env(config).as_bytes())?;
     w.finish()
@@ -133,11 +157,12 @@ fn strip(bin: &Path, arch: Arch, dir: &Path) -> Result<PathBuf> {
 fn env(config: &Config) -> String {
     let args: Vec<String> = config.filter.iter().map(|a| quote(a)).collect();
     format!(
-        "SUITES={}\nSLOWDOWN={}\nSUITE_TIMEOUT={}\nNO_CGROUP2={}\nset -- {}\n",
+        "SUITES={}\nSLOWDOWN={}\nSUITE_TIMEOUT={}\nNO_CGROUP2={}\nPROGRAMS={}\nset -- {}\n",
         quote(&config.suites.join(" ")),
         config.slowdown,
         SUITE_TIMEOUT_SECS,
         u8::from(!config.cgroup2),
+        quote(config.programs.map_or("", super::Programs::env)),
         args.join(" ")
     )
 }
@@ -158,11 +183,12 @@ mod tests {
             filter: vec!["it's".into(), "--exact".into()],
             slowdown: 10,
             cgroup2: true,
+            programs: Some(super::super::Programs::Unrolled),
         };
         assert_eq!(
             env(&config),
-            "SUITES='guard lifecycle'\nSLOWDOWN=10\nSUITE_TIMEOUT=1200\nNO_CGROUP2=0\nset -- \
-             'it'\\''s' '--exact'\n"
+            "SUITES='guard lifecycle'\nSLOWDOWN=10\nSUITE_TIMEOUT=1200\nNO_CGROUP2=0\n\
+             PROGRAMS='unrolled'\nset -- 'it'\\''s' '--exact'\n"
         );
     }
 
@@ -173,7 +199,8 @@ mod tests {
             filter: vec![],
             slowdown: 1,
             cgroup2: false,
+            programs: None,
         };
-        assert!(env(&config).ends_with("SUITE_TIMEOUT=1200\nNO_CGROUP2=1\nset -- \n"));
+        assert!(env(&config).ends_with("SUITE_TIMEOUT=1200\nNO_CGROUP2=1\nPROGRAMS=''\nset -- \n"));
     }
 }

@@ -75,8 +75,14 @@ while [ -z "$port" ]; do
 done
 report() { echo "$*" >"$port"; }
 
-# SUITES, SLOWDOWN, SUITE_TIMEOUT, and the libtest arguments as "$@".
+# SUITES, SLOWDOWN, SUITE_TIMEOUT, NO_CGROUP2, PROGRAMS, and the libtest
+# arguments as "$@".
 . /vm/env
+# vm-test --programs: the build every agent (and the kernel suite's own
+# loads) takes, whatever the kernel's features choose.
+if [ -n "$PROGRAMS" ]; then
+    export IMDS_GUARD_PROGRAMS="$PROGRAMS"
+fi
 if [ "$NO_CGROUP2" = 1 ]; then
     # As Amazon Linux 2 boots (systemd 219): a tmpfs of v1 hierarchies, no
     # cgroup2 anywhere; the agent mounts its own.
@@ -91,14 +97,17 @@ else
 fi
 say "unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled)" \
     "btf=$([ -e /sys/kernel/btf/vmlinux ] && echo yes || echo no)" \
-    "IMDS_GUARD_TEST_SLOWDOWN=$SLOWDOWN"
+    "IMDS_GUARD_TEST_SLOWDOWN=$SLOWDOWN" "IMDS_GUARD_PROGRAMS=${PROGRAMS:-(the kernel's choice)}"
 
 cd /tmp
 for suite in $SUITES; do
     say "suite $suite"
     report "@vm start $suite"
     # RUSTC_BOOTSTRAP lets a stable libtest print JSON (-Z unstable-options).
-    env CI=true RUST_BACKTRACE=1 RUSTC_BOOTSTRAP=1 \
+    # IMDS_GUARD_TEST_GUEST: this root is disposable, its cgroup root the
+    # tests' own (the kubernetes suite's runc test attaches there).
+    env CI=true RUST_BACKTRACE=1 RUSTC_BOOTSTRAP=1 IMDS_GUARD_TEST_GUEST=1 \
+        IMDS_GUARD_TEST_IMAGE=/vm/image.oci.tar \
         IMDS_GUARD_TEST_SLOWDOWN="$SLOWDOWN" IMDS_GUARD_TEST_NO_CGROUP2="$NO_CGROUP2" \
         IMDS_GUARD_BIN=/vm/bin/imds-guard IMDS_PROBE_BIN=/vm/bin/imds-probe \
         timeout "$SUITE_TIMEOUT" "/vm/tests/$suite" --test-threads=1 \

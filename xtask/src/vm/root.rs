@@ -24,7 +24,9 @@ use crate::process::{cmd, fresh_dir, run};
 /// `-save` and `-restore`; `modprobe` for module autoload; `capsh` and the
 /// `/bin/bash` it runs (the lifecycle suite starts the agent without its
 /// capabilities); the base users and groups; `newuidmap` and `newgidmap`
-/// (setuid root, as unpacked), which the identity suite runs as a user.
+/// (setuid root, as unpacked), which the identity suite runs as a user;
+/// `runc`, the OCI runtime the kubernetes suite runs the DaemonSet's pod
+/// with (the guest has no podman).
 const PACKAGES: &[&str] = &[
     "busybox-static",
     "iproute2",
@@ -36,6 +38,7 @@ const PACKAGES: &[&str] = &[
     "bash",
     "base-passwd",
     "uidmap",
+    "runc",
 ];
 
 /// The `iptables` package's alternatives and the nft variants `update-
