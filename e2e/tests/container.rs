@@ -9,7 +9,8 @@
 //! (`--host-cgroupns` naming its own namespace), so that even a wrong
 //! agent could only reach the test's cgroup. Attaching at the root from a
 //! container is proved in the QEMU guest, whose root is the test's own
-//! (`cgroup_v1.rs`, `cargo xtask vm-test --no-cgroup2`).
+//! (`cgroup_v1.rs`, `cargo xtask vm-test --no-cgroup2`; the DaemonSet's pod
+//! under runc, `kubernetes/runc.rs`, in the ordinary guest).
 
 #![expect(
     clippy::expect_used,

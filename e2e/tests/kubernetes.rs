@@ -22,11 +22,24 @@
 //! `hostPID` (the container gets a pid namespace of its own, and the agent
 //! rightly judges root there as in a container): the same file makes the
 //! host's pid namespace podman's default, which is what `hostPID` asks.
+//!
+//! `runc.rs` runs the same pod with runc, the runtime under containerd and
+//! CRI-O, from a configuration made from the manifest (`oci.rs`, read by
+//! `yaml.rs`): here on the test's cgroup, and in the QEMU guest (which has
+//! no podman) at the root of the guest's cgroup hierarchy, across a
+//! restart of the container.
 
 #![expect(
     clippy::expect_used,
     reason = "test helpers panic with a message, like the tests"
 )]
+
+#[path = "kubernetes/oci.rs"]
+mod oci;
+#[path = "kubernetes/runc.rs"]
+mod runc;
+#[path = "kubernetes/yaml.rs"]
+mod yaml;
 
 use std::{
     fs,
@@ -46,6 +59,9 @@ const EPERM: i32 = libc::EPERM;
 const CONTAINER: &str = "imds-guard-imds-guard";
 /// The pin directory the test's site ConfigMap names, in its bpffs.
 const PIN_DIR: &str = "/sys/fs/bpf/imds-guard";
+
+/// The DaemonSet, built into the tests: the guest has no checkout.
+const DAEMONSET: &str = include_str!("../../deploy/kubernetes/daemonset.yaml");
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -255,7 +271,10 @@ impl Podman {
     fn agent_caps(&self) -> u64 {
         let out = self.podman(&["inspect", "--format", "{{.State.Pid}}", CONTAINER]);
         let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        cap_eff(&fs::read_to_string(format!("/proc/{pid}/status")).expect("the agent's status"))
+        cap_set(
+            &fs::read_to_string(format!("/proc/{pid}/status")).expect("the agent's status"),
+            "CapEff",
+        )
     }
 
     /// `imds-guard ARGS` on the test's pins.
@@ -317,12 +336,13 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn cap_eff(status: &str) -> u64 {
+/// A capability set of a `/proc/PID/status` text (`CapEff`, `CapBnd`).
+fn cap_set(status: &str, set: &str) -> u64 {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .expect("CapEff")
+        .find_map(|l| l.strip_prefix(set)?.strip_prefix(':'))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no {set} in {status}"))
 }
 
 /// Whether podman and the image are here; says why not (a failure in CI).
@@ -346,8 +366,12 @@ fn podman_or_skip(test: &str, image: &str) -> bool {
 #[test]
 fn the_daemonset_pod_guards_the_cgroup_and_a_new_pod_adopts_the_guard() {
     let test = "the_daemonset_pod_guards_the_cgroup_and_a_new_pod_adopts_the_guard";
-    let daemonset = fs::read_to_string(deploy("daemonset.yaml")).expect("daemonset.yaml");
-    if !privileged_or_skip(test) || !podman_or_skip(test, &image(&daemonset)) {
+    let daemonset = DAEMONSET;
+    if runc::in_the_guest() {
+        eprintln!("{test}: not run in the QEMU guest, which has no podman (runc.rs runs there)");
+        return;
+    }
+    if !privileged_or_skip(test) || !podman_or_skip(test, &image(daemonset)) {
         return;
     }
     let sb = Sandbox::new();
@@ -358,7 +382,7 @@ fn the_daemonset_pod_guards_the_cgroup_and_a_new_pod_adopts_the_guard() {
         .assert_ok();
 
     let mut podman = Podman::new(&sb);
-    fs::write(&podman.pod, pod_of_daemonset(&daemonset)).expect("pod.yaml");
+    fs::write(&podman.pod, pod_of_daemonset(daemonset)).expect("pod.yaml");
     let site = sb.dir.path().join("site.yaml");
     fs::write(
         &site,
@@ -388,7 +412,10 @@ fn the_daemonset_pod_guards_the_cgroup_and_a_new_pod_adopts_the_guard() {
     let listed = [39, 38, 12, 21, 19, 24] // BPF PERFMON NET_ADMIN SYS_ADMIN SYS_PTRACE SYS_RESOURCE
         .iter()
         .fold(0u64, |m, c| m | 1 << c);
-    let ours = cap_eff(&fs::read_to_string("/proc/self/status").expect("our status"));
+    let ours = cap_set(
+        &fs::read_to_string("/proc/self/status").expect("our status"),
+        "CapEff",
+    );
     assert_eq!(
         podman.agent_caps(),
         listed & ours,
@@ -423,8 +450,8 @@ fn the_daemonset_pod_guards_the_cgroup_and_a_new_pod_adopts_the_guard() {
 
 #[test]
 fn the_pod_is_the_daemonsets_template_line_for_line() {
-    let daemonset = fs::read_to_string(deploy("daemonset.yaml")).expect("daemonset.yaml");
-    let pod = pod_of_daemonset(&daemonset);
+    let daemonset = DAEMONSET;
+    let pod = pod_of_daemonset(daemonset);
     assert!(pod.starts_with("apiVersion: v1\nkind: Pod\nmetadata:\n  name: imds-guard\n"));
     for needle in [
         "hostNetwork: true",
