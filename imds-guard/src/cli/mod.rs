@@ -276,6 +276,10 @@ pub struct StatusArgs {
     /// patterns and pods classify, and what everyone else gets.
     #[arg(long, conflicts_with = "short")]
     pub rules: bool,
+    /// Where the kubelet keeps its pod log directories: `--rules` names
+    /// the pod of each cgroup a `pods` rule classifies.
+    #[arg(long, value_name = "DIR", default_value = crate::policy::cgroups::pods::DEFAULT_PODS_DIR)]
+    pub kubelet_pods_dir: PathBuf,
     /// The agent's status file, printed (labelled as such) when the pins
     /// cannot be read: run as another user than root.
     #[arg(long, value_name = "PATH", default_value = crate::daemon::status_file::DEFAULT_PATH)]

@@ -15,7 +15,10 @@ use crate::{
         pins::Pins,
         rules::{self, InForce, Rule},
     },
-    policy::{Resolver as _, SystemResolver},
+    policy::{
+        Resolver as _, SystemResolver,
+        cgroups::{Pods, pods},
+    },
 };
 
 /// The rules in force in the guard pinned at `pins`.
@@ -71,8 +74,15 @@ fn named(kind: &str, r: &Rule, name: Option<String>) -> String {
     }
 }
 
-/// Indented lines for `status`.
-pub fn to_text(r: Option<&InForce>) -> String {
+/// The pod whose cgroup `path` is, among those the kubelet lists.
+fn pod_at(path: Option<&String>, listed: &Pods) -> Option<String> {
+    path.and_then(|p| pods::pod_of(p.as_bytes(), listed))
+        .map(ToString::to_string)
+}
+
+/// Indented lines for `status`; a cgroup of a pod the kubelet lists
+/// (`listed`) is named with the pod.
+pub fn to_text(r: Option<&InForce>, listed: &Pods) -> String {
     let Some(r) = r else {
         return "  rules: no guard is pinned here\n".to_owned();
     };
@@ -96,10 +106,13 @@ pub fn to_text(r: Option<&InForce>) -> String {
         line(&mut out, named("gid", rule, group(rule.id)), rule);
     }
     for (rule, path) in &r.cgroups {
-        let who = match path {
+        let mut who = match path {
             Some(p) => format!("cgroup {}", crate::text::printable(p)),
             None => format!("cgroup id {} (not found in the hierarchy)", rule.id),
         };
+        if let Some(pod) = pod_at(path.as_ref(), listed) {
+            let _ = write!(who, " (pod {pod})");
+        }
         line(&mut out, who, rule);
     }
     let _ = writeln!(out, "    everyone else: {}", action_words(r.default_action));
@@ -107,7 +120,7 @@ pub fn to_text(r: Option<&InForce>) -> String {
 }
 
 /// The same for `status --json`, as `rules`.
-pub fn to_json(r: Option<&InForce>) -> Value {
+pub fn to_json(r: Option<&InForce>, listed: &Pods) -> Value {
     let Some(r) = r else {
         return Value::Null;
     };
@@ -126,7 +139,13 @@ pub fn to_json(r: Option<&InForce>) -> Value {
         .cgroups
         .iter()
         .map(|(rule, path)| {
-            json!({"id": rule.id, "path": path, "action": action_name(rule.action), "entry": rule.entry})
+            json!({
+                "id": rule.id,
+                "path": path,
+                "pod": pod_at(path.as_ref(), listed),
+                "action": action_name(rule.action),
+                "entry": rule.entry,
+            })
         })
         .collect();
     json!({

@@ -23,7 +23,11 @@ use crate::{
         pins::Pins,
         place, programs,
     },
-    policy::{Mode, PolicySpec, SystemResolver, hex},
+    policy::{
+        Mode, PolicySpec, SystemResolver,
+        cgroups::{Pods, pods},
+        hex,
+    },
     text,
 };
 
@@ -145,6 +149,13 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
     } else {
         None
     };
+    // To name the pods whose cgroups the rules classify; none when the
+    // kubelet's directory cannot be read.
+    let listed = if args.rules {
+        pods::list(&args.kubelet_pods_dir).unwrap_or_default()
+    } else {
+        Pods::new()
+    };
     if args.json {
         let mut value = inspect::to_json(&status);
         value["kernel"] = kernel.to_json();
@@ -155,7 +166,7 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
             value["required"] = json!({ "mode": mode, "met": met });
         }
         if let Some(r) = &rules {
-            value["rules"] = super::rules::to_json(r.as_ref());
+            value["rules"] = super::rules::to_json(r.as_ref(), &listed);
         }
         outln!("{value}")?;
     } else {
@@ -171,7 +182,7 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
             )?;
         }
         if let Some(r) = &rules {
-            out!("{}", super::rules::to_text(r.as_ref()))?;
+            out!("{}", super::rules::to_text(r.as_ref(), &listed))?;
         }
     }
     // The fallback decides, but not by the policy configured: a health

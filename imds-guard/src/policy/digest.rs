@@ -275,6 +275,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_pod_pattern_is_another_decision_than_the_name_it_starts_with() {
+        let exact = digest("[allow]\npods = [\"kube-system/aws-node\"]\n");
+        let pattern = digest("[allow]\npods = [\"kube-system/aws-node*\"]\n");
+        assert_ne!(exact, pattern);
+        assert_ne!(
+            pattern,
+            digest("[allow]\npods = [\"kube-system/aws-node-*\"]\n")
+        );
+    }
+
     /// Two values of the key named `leaf` (the last part of a key path),
     /// each a valid policy's, that decide differently.
     fn values(leaf: &str) -> Option<[&'static str; 2]> {

@@ -22,7 +22,7 @@ use super::{
     address,
     cgroups::{
         Pattern,
-        pods::{PATTERNS_PER_POD, PodName},
+        pods::{PATTERNS_PER_POD, PodRule},
         units,
     },
     error::Diagnostic,
@@ -128,8 +128,8 @@ const IDENTITY_KEYS: [IdentityKey; 7] = [
     IdentityKey {
         key: "pods",
         syntax: Syntax::Text {
-            plural: "pod names (namespace/name)",
-            check: |text| PodName::parse(text).map(drop),
+            plural: "pod names or name patterns (namespace/name, namespace/prefix*)",
+            check: |text| PodRule::parse(text).map(drop),
             make: Identity::Pod,
         },
     },

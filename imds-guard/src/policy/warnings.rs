@@ -11,14 +11,15 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Action, Diagnostic, Entry, Identity, Policy, PolicySpec, Resolver, Scope, cgroups::Pattern,
+    Action, Diagnostic, Entry, Identity, Policy, PolicySpec, Resolver, Scope,
+    cgroups::{Pattern, PodRule},
     explain::describe as spelled,
 };
 
 impl PolicySpec {
     /// The warnings this file gives whatever the host's users, in file
     /// order: a `[deny] cgroups` pattern without `/**`, an `[allow]` of
-    /// every cgroup.
+    /// every cgroup, an `[allow]` of every pod of a namespace.
     pub fn warnings(&self) -> Vec<Diagnostic> {
         let mut warnings: Vec<Diagnostic> = self
             .entries
@@ -32,6 +33,7 @@ impl PolicySpec {
                          that may connect instead",
                         entry.table()
                     ),
+                    (Action::Allow, Identity::Pod(text)) => whole_namespace(entry.table(), text)?,
                     (Action::Allow, Identity::Cgroup(text)) if text == "/**" => format!(
                         "{} cgroups \"/**\" allows every process (every cgroup); name the \
                          cgroups that may connect instead, or remove [allow] to allow everyone \
@@ -49,6 +51,21 @@ impl PolicySpec {
         warnings.sort_by_key(|d| d.at);
         warnings
     }
+}
+
+/// What `pods = ["namespace/*"]` gives away, if the entry is that form:
+/// every pod of the namespace, present and future, whoever creates it.
+fn whole_namespace(table: &str, text: &str) -> Option<String> {
+    let rule = PodRule::parse(text).ok()?;
+    if !rule.whole_namespace() {
+        return None;
+    }
+    Some(format!(
+        "{table} pods {text:?} allows every pod of namespace {:?}, present and future: whoever \
+         may create a pod there (a Deployment, a Job, a debug pod) reaches the service; name \
+         the workloads instead, by their pods' name prefix ({}/NAME-*)",
+        rule.namespace, rule.namespace
+    ))
 }
 
 /// What a `[deny] cgroups` pattern without a final `**` misses, if it

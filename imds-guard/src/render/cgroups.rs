@@ -88,10 +88,17 @@ impl Out<'_> {
                     self.left_out(
                         entry.at,
                         entry.action,
-                        &format!(
-                            "pod {pod:?} cannot be written: its cgroup follows the uid the \
-                             kubelet gives the pod when it starts"
-                        ),
+                        &if pod.ends_with('*') {
+                            format!(
+                                "pods {pod:?} cannot be written: their cgroups follow the uids \
+                                 the kubelet gives the pods when they start"
+                            )
+                        } else {
+                            format!(
+                                "pod {pod:?} cannot be written: its cgroup follows the uid the \
+                                 kubelet gives the pod when it starts"
+                            )
+                        },
                     );
                     continue;
                 }
@@ -209,7 +216,8 @@ mod tests {
 
     const POLICY: &str = "[allow]\nusers = [\"root\"]\nunits = [\"amazon-ssm-agent.service\"]\n\
                           cgroups = [\"/kubepods.slice/**\", \"/system.slice/docker-*.scope\"]\n\
-                          pods = [\"kube-system/aws-node\"]\n[deny]\ncgroups = \
+                          pods = [\"kube-system/aws-node\", \"kube-system/ebs-csi-node-*\"]\n\
+                          [deny]\ncgroups = \
                           [\"/system.slice/evil.service\"]\n";
 
     fn known(unit: &str) -> UnitPath {
@@ -247,6 +255,10 @@ mod tests {
         assert!(warned.contains("its allow entry is left out"), "{warned}");
         assert!(
             warned.contains("pod \"kube-system/aws-node\" cannot be written"),
+            "{warned}"
+        );
+        assert!(
+            warned.contains("pods \"kube-system/ebs-csi-node-*\" cannot be written"),
             "{warned}"
         );
         assert!(

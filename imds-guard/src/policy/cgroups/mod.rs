@@ -18,7 +18,7 @@ use imds_guard_common::{MAX_CGROUP_LEVEL, MAX_CGROUP_PATTERNS};
 
 pub use self::{
     pattern::{Component, Pattern},
-    pods::{PodName, Pods},
+    pods::{PodName, PodRule, Pods},
 };
 use super::{Action, Diagnostic, Identity, PolicySpec, Resolver};
 
@@ -37,9 +37,9 @@ pub struct CgroupRules {
     /// Units (resolved to their cgroups) and cgroup patterns, in entry
     /// order.
     pub fixed: Vec<CgroupRule>,
-    /// Pod entries, each with its index: their patterns follow the pods
-    /// present (see [`CgroupRules::patterns`]).
-    pub pods: Vec<(PodName, usize)>,
+    /// Pod entries (names and name patterns), each with its index: their
+    /// patterns follow the pods present (see [`CgroupRules::patterns`]).
+    pub pods: Vec<(PodRule, usize)>,
 }
 
 /// What a cgroup is, to a decision: its classification.
@@ -74,24 +74,32 @@ impl CgroupRules {
 
     /// Every pattern in force while `pods` run, in the order the kernel
     /// numbers them: denies first, then allows, each in entry order, so
-    /// that the first that matches decides. What does not fit in
+    /// that the first that matches decides. A pod that several `pods`
+    /// entries name (its exact name and a pattern) is allowed by the first
+    /// of them in the file, once. What does not fit in
     /// [`MAX_CGROUP_PATTERNS`] (pods only: validation bounds the rest) is
     /// left out and returned: those pods are not allowed.
     pub fn patterns(&self, pods: &Pods) -> (Vec<CgroupRule>, Dropped) {
         let mut rules: Vec<CgroupRule> = self.fixed.clone();
         let mut dropped = Dropped::default();
-        for (pod, index) in &self.pods {
-            for uid in pods.get(pod).into_iter().flatten() {
-                let for_uid = pods::patterns(uid);
-                if rules.len() + for_uid.len() > MAX_CGROUP_PATTERNS as usize {
-                    dropped.pods.push((pod.clone(), uid.clone()));
-                    continue;
+        let mut placed = std::collections::BTreeSet::new();
+        for (rule, index) in &self.pods {
+            for (pod, uids) in pods.iter().filter(|(pod, _)| rule.matches(pod)) {
+                for uid in uids {
+                    if !placed.insert(uid) {
+                        continue;
+                    }
+                    let for_uid = pods::patterns(uid);
+                    if rules.len() + for_uid.len() > MAX_CGROUP_PATTERNS as usize {
+                        dropped.pods.push((pod.clone(), uid.clone()));
+                        continue;
+                    }
+                    rules.extend(for_uid.into_iter().map(|pattern| CgroupRule {
+                        pattern,
+                        action: Action::Allow,
+                        index: *index,
+                    }));
                 }
-                rules.extend(for_uid.into_iter().map(|pattern| CgroupRule {
-                    pattern,
-                    action: Action::Allow,
-                    index: *index,
-                }));
             }
         }
         // Stable: a pod's patterns stay together, in their order.
@@ -137,9 +145,10 @@ pub(super) fn resolve(
             },
             // Validated when the file was read.
             Identity::Cgroup(text) => Pattern::parse(text),
+            // Validated when the file was read.
             Identity::Pod(text) => {
-                if let Ok(pod) = PodName::parse(text) {
-                    rules.pods.push((pod, index));
+                if let Ok(rule) = PodRule::parse(text) {
+                    rules.pods.push((rule, index));
                 }
                 continue;
             }

@@ -31,30 +31,50 @@ impl fmt::Display for PodName {
     }
 }
 
+/// A namespace is a DNS label: lowercase letters, digits and `-`, starting
+/// and ending with a letter or digit, 63 bytes at most.
+fn is_namespace(s: &str) -> bool {
+    is_dns(s, 63, false)
+}
+
+/// A pod name is a DNS subdomain: the same, with `.`, 253 bytes at most.
+fn is_pod_name(s: &str) -> bool {
+    is_dns(s, 253, true)
+}
+
+fn is_dns(s: &str, max: usize, dots: bool) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars().all(|c| dns_char(c, dots))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn dns_char(c: char, dots: bool) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.')
+}
+
+fn not_a_namespace(text: &str, namespace: &str) -> String {
+    format!(
+        "{text:?}: {namespace:?} is not a namespace name (lowercase letters, digits and -, 63 at \
+         most)"
+    )
+}
+
 impl PodName {
     /// Parses `namespace/name`, each as Kubernetes allows it (a namespace
     /// is a DNS label, a pod name a DNS subdomain).
     pub fn parse(text: &str) -> Result<Self, String> {
         let Some((namespace, name)) = text.split_once('/') else {
             return Err(format!(
-                "{text:?} is not namespace/name (such as kube-system/aws-node)"
+                "{text:?} is not namespace/name (such as kube-system/aws-node-7xk2p, or \
+                 kube-system/aws-node-* for every pod whose name starts with aws-node-)"
             ));
         };
-        let dns = |s: &str, max: usize, dots: bool| {
-            let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
-            !s.is_empty()
-                && s.len() <= max
-                && s.chars().all(|c| ok(c) || (dots && c == '.'))
-                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-        };
-        if !dns(namespace, 63, false) {
-            return Err(format!(
-                "{text:?}: {namespace:?} is not a namespace name (lowercase letters, digits and -, \
-                 63 at most)"
-            ));
+        if !is_namespace(namespace) {
+            return Err(not_a_namespace(text, namespace));
         }
-        if !dns(name, 253, true) {
+        if !is_pod_name(name) {
             return Err(format!(
                 "{text:?}: {name:?} is not a pod name (lowercase letters, digits, - and ., 253 at \
                  most)"
@@ -64,6 +84,107 @@ impl PodName {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         })
+    }
+}
+
+/// A `pods` entry: one pod by its exact name (`kube-system/aws-node-7xk2p`),
+/// or the pods of one namespace whose names start with a prefix
+/// (`kube-system/aws-node-*`): a workload whose pods are made again under
+/// new generated names (a DaemonSet's, a Deployment's). The namespace is
+/// always exact, so a pattern never reaches past it; `namespace/*` is every
+/// pod of the namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodRule {
+    pub namespace: String,
+    pub name: NameMatch,
+}
+
+/// How a [`PodRule`] matches a pod's name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NameMatch {
+    /// This name only.
+    Exact(String),
+    /// Every name starting with this (possibly empty) prefix: written
+    /// `prefix*`.
+    Prefix(String),
+}
+
+impl fmt::Display for PodRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            NameMatch::Exact(name) => write!(f, "{}/{name}", self.namespace),
+            NameMatch::Prefix(prefix) => write!(f, "{}/{prefix}*", self.namespace),
+        }
+    }
+}
+
+impl PodRule {
+    /// Parses `namespace/name` or `namespace/prefix*`: one `*`, as the last
+    /// character of the name, never in the namespace.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let Some((namespace, name)) = text.split_once('/') else {
+            return PodName::parse(text).map(Self::exact);
+        };
+        if namespace.contains('*') {
+            return Err(format!(
+                "{text:?}: a pod pattern names its namespace exactly ({namespace:?} has a *): \
+                 the namespace is who may create the pods a rule allows, so a rule cannot reach \
+                 across namespaces; write one entry per namespace"
+            ));
+        }
+        let Some(prefix) = name.strip_suffix('*') else {
+            if name.contains('*') {
+                return Err(format!(
+                    "{text:?}: a * in a pod pattern stands only at the end of the name \
+                     (kube-system/aws-node-*: every pod whose name starts with aws-node-)"
+                ));
+            }
+            return PodName::parse(text).map(Self::exact);
+        };
+        if prefix.contains('*') {
+            return Err(format!(
+                "{text:?}: a pod pattern has one *, at the end of the name \
+                 (kube-system/aws-node-*)"
+            ));
+        }
+        if !is_namespace(namespace) {
+            return Err(not_a_namespace(text, namespace));
+        }
+        let prefix_ok = prefix.len() < 253
+            && prefix.chars().all(|c| dns_char(c, true))
+            && (prefix.is_empty() || prefix.starts_with(|c: char| c.is_ascii_alphanumeric()));
+        if !prefix_ok {
+            return Err(format!(
+                "{text:?}: {prefix:?} cannot start a pod name (lowercase letters, digits, - \
+                 and ., starting with a letter or digit, 252 at most before the *)"
+            ));
+        }
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            name: NameMatch::Prefix(prefix.to_owned()),
+        })
+    }
+
+    fn exact(pod: PodName) -> Self {
+        Self {
+            namespace: pod.namespace,
+            name: NameMatch::Exact(pod.name),
+        }
+    }
+
+    /// Whether `pod` is one this rule names: the same namespace, and the
+    /// same name or one that starts with the prefix.
+    pub fn matches(&self, pod: &PodName) -> bool {
+        pod.namespace == self.namespace
+            && match &self.name {
+                NameMatch::Exact(name) => pod.name == *name,
+                NameMatch::Prefix(prefix) => pod.name.starts_with(prefix.as_str()),
+            }
+    }
+
+    /// Whether it names every pod of its namespace (`namespace/*`).
+    pub fn whole_namespace(&self) -> bool {
+        self.name == NameMatch::Prefix(String::new())
     }
 }
 
@@ -191,6 +312,88 @@ mod tests {
                 .expect_err("empty")
                 .contains("not a pod name")
         );
+    }
+
+    fn pod(text: &str) -> PodName {
+        PodName::parse(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn rule(text: &str) -> PodRule {
+        PodRule::parse(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_pattern_matches_generated_names_in_its_own_namespace_only() {
+        let ds = rule("kube-system/aws-node-*");
+        assert_eq!(ds.to_string(), "kube-system/aws-node-*");
+        assert!(!ds.whole_namespace());
+        for name in [
+            "kube-system/aws-node-7xk2p",
+            "kube-system/aws-node-x2k4p",
+            "kube-system/aws-node-termination-handler-5d8f7c9b6-abcde",
+        ] {
+            assert!(ds.matches(&pod(name)), "{name}");
+        }
+        for name in [
+            // The same name in another namespace: never.
+            "default/aws-node-7xk2p",
+            "kube-systemx/aws-node-7xk2p",
+            "kube/aws-node-7xk2p",
+            // The prefix without its -, and other names.
+            "kube-system/aws-node",
+            "kube-system/aws-nodes-7xk2p",
+            "kube-system/coredns-5d8f7c9b6-abcde",
+        ] {
+            assert!(!ds.matches(&pod(name)), "{name}");
+        }
+        let deployment = rule("web/web-5d8f7c9b6-*");
+        assert!(deployment.matches(&pod("web/web-5d8f7c9b6-abcde")));
+        assert!(!deployment.matches(&pod("web/web-7c9b65d8f-abcde")));
+        // Without the -, the name itself too.
+        let bare = rule("ns/agent*");
+        assert!(bare.matches(&pod("ns/agent")));
+        assert!(bare.matches(&pod("ns/agent-0")));
+        assert!(bare.matches(&pod("ns/agents")));
+        // A whole namespace, and nothing outside it.
+        let all = rule("monitoring/*");
+        assert!(all.whole_namespace());
+        assert!(all.matches(&pod("monitoring/anything-0")));
+        assert!(!all.matches(&pod("monitoring-2/anything-0")));
+        // An exact name is that pod alone.
+        let exact = rule("kube-system/aws-node-7xk2p");
+        assert!(exact.matches(&pod("kube-system/aws-node-7xk2p")));
+        assert!(!exact.matches(&pod("kube-system/aws-node-7xk2pq")));
+        assert!(!exact.matches(&pod("kube-system/aws-node-x2k4p")));
+    }
+
+    #[test]
+    fn malformed_patterns_are_refused_saying_where_the_star_may_go() {
+        for (text, why) in [
+            ("kube-system/aws-*-node", "only at the end of the name"),
+            ("kube-system/*-node", "only at the end of the name"),
+            ("kube-system/aws-node-**", "one *, at the end"),
+            ("kube-*/aws-node-*", "names its namespace exactly"),
+            ("*/aws-node-*", "names its namespace exactly"),
+            ("*/aws-node", "names its namespace exactly"),
+            ("kube_system/aws-node-*", "not a namespace name"),
+            ("/aws-node-*", "not a namespace name"),
+            ("kube-system/-node-*", "cannot start a pod name"),
+            ("kube-system/Aws-*", "cannot start a pod name"),
+            ("kube-system/aws_node-*", "cannot start a pod name"),
+            ("kube-system/a/b*", "cannot start a pod name"),
+            ("aws-node-*", "not namespace/name"),
+        ] {
+            let e = PodRule::parse(text).expect_err(text);
+            assert!(e.contains(why), "{text}: {e}");
+            assert!(e.contains(&format!("{text:?}")), "{text}: {e}");
+        }
+        let long = format!("ns/{}*", "a".repeat(253));
+        assert!(
+            PodRule::parse(&long)
+                .expect_err("too long")
+                .contains("252 at most")
+        );
+        assert!(PodRule::parse(&format!("ns/{}*", "a".repeat(252))).is_ok());
     }
 
     #[test]

@@ -71,6 +71,16 @@ fn bad_cgroup_entries_are_refused_where_they_are_with_what_is_wrong() {
             "p.toml:2:9: [allow] pods: \"kube-system\" is not namespace/name",
         ),
         (
+            "[allow]\npods = [\"kube-system/aws-*-node\"]\n",
+            "p.toml:2:9: [allow] pods: \"kube-system/aws-*-node\": a * in a pod pattern stands \
+             only at the end of the name",
+        ),
+        (
+            "[allow]\npods = [\"kube-*/aws-node-*\"]\n",
+            "p.toml:2:9: [allow] pods: \"kube-*/aws-node-*\": a pod pattern names its namespace \
+             exactly",
+        ),
+        (
             "[allow]\ncgroups = [42]\n",
             "p.toml:2:12: [allow] cgroups: expected one of the cgroup path patterns as a string, \
              found integer 42",
@@ -241,5 +251,103 @@ fn pods_allow_the_cgroups_of_the_uids_the_kubelet_lists() {
     assert_eq!(
         CgroupRules::classify(&none, path.as_bytes()),
         CgroupClass::Unmatched
+    );
+}
+
+/// The kubelet's listing of `entries` (`namespace_name_uid`).
+fn listed(entries: &[&str]) -> Pods {
+    let mut listed = Pods::new();
+    for entry in entries {
+        let (pod, uid) = pods::parse_entry(entry).unwrap_or_else(|| panic!("{entry}"));
+        listed.entry(pod).or_default().push(uid);
+    }
+    listed
+}
+
+#[test]
+fn a_pod_pattern_allows_the_pods_it_matches_as_they_come_and_only_in_its_namespace() {
+    let p = policy(
+        "[allow]\npods = [\"kube-system/coredns-0\", \"kube-system/aws-node-*\"]\n\
+         cgroups = [\"/other/**\"]\n",
+    );
+    // Entries are numbered key by key: the cgroup first, then the pods.
+    const EXACT: usize = 1;
+    const PATTERN: usize = 2;
+    let path = |uid: &str| format!("/kubepods/besteffort/pod{uid}/c1");
+    let pods = listed(&[
+        "kube-system_aws-node-7xk2p_0001",
+        "kube-system_aws-node-x2k4p_0002",
+        "default_aws-node-7xk2p_0003",
+        "kube-system_kube-proxy-abcde_0004",
+        "kube-system_coredns-0_0005",
+    ]);
+    let (patterns, dropped) = p.cgroups.patterns(&pods);
+    assert!(dropped.pods.is_empty());
+    let allowed_by = |index| CgroupClass::Rule {
+        action: Action::Allow,
+        index,
+    };
+    let class_of = |uid| CgroupRules::classify(&patterns, path(uid).as_bytes());
+    // Both generated names, each by the pattern.
+    assert_eq!(class_of("0001"), allowed_by(PATTERN));
+    assert_eq!(class_of("0002"), allowed_by(PATTERN));
+    // The same name in another namespace, and another workload: nothing.
+    assert_eq!(class_of("0003"), CgroupClass::Unmatched);
+    assert_eq!(class_of("0004"), CgroupClass::Unmatched);
+    // The exact name still decides for its own pod.
+    assert_eq!(class_of("0005"), allowed_by(EXACT));
+    // One fixed pattern, four per matched pod uid.
+    assert_eq!(patterns.len(), 1 + 3 * pods::PATTERNS_PER_POD);
+    // A pod made later (a rollout's new name) is allowed at the next
+    // listing, with nothing written in the policy.
+    let later = listed(&["kube-system_aws-node-q9z8w_0006"]);
+    let (patterns, _) = p.cgroups.patterns(&later);
+    assert_eq!(
+        CgroupRules::classify(&patterns, path("0006").as_bytes()),
+        allowed_by(PATTERN)
+    );
+    assert_eq!(
+        CgroupRules::classify(&patterns, path("0001").as_bytes()),
+        CgroupClass::Unmatched
+    );
+}
+
+#[test]
+fn a_pod_two_entries_name_is_allowed_once_by_the_first() {
+    let p = policy("[allow]\npods = [\"ns/web-*\", \"ns/web-0\", \"ns/*\"]\n");
+    let pods = listed(&["ns_web-0_0001"]);
+    let (patterns, _) = p.cgroups.patterns(&pods);
+    assert_eq!(patterns.len(), pods::PATTERNS_PER_POD);
+    assert!(patterns.iter().all(|r| r.index == 0));
+}
+
+#[test]
+fn pods_past_what_the_kernel_holds_are_left_out_and_named() {
+    let p = policy("[allow]\npods = [\"ns/web-*\"]\n");
+    let entries: Vec<String> = (0..17).map(|i| format!("ns_web-{i:02}_{i:04}")).collect();
+    let entries: Vec<&str> = entries.iter().map(String::as_str).collect();
+    let (patterns, dropped) = p.cgroups.patterns(&listed(&entries));
+    assert_eq!(patterns.len(), 64);
+    assert_eq!(dropped.pods.len(), 1);
+    assert_eq!(dropped.pods[0].0.to_string(), "ns/web-16");
+}
+
+#[test]
+fn a_whole_namespace_is_warned_of_and_a_prefix_is_not() {
+    let spec = |text: &str| {
+        PolicySpec::parse(Path::new("p.toml"), text).unwrap_or_else(|e| panic!("refused:\n{e}"))
+    };
+    let warned = spec("[allow]\npods = [\"monitoring/*\"]\n").warnings();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0]
+            .message
+            .contains("allows every pod of namespace \"monitoring\""),
+        "{warned:?}"
+    );
+    assert!(
+        spec("[allow]\npods = [\"kube-system/aws-node-*\", \"ns/web-0\"]\n")
+            .warnings()
+            .is_empty()
     );
 }
