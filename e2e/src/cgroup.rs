@@ -95,6 +95,27 @@ impl TestCgroup {
         Ok(TestCgroup { path })
     }
 
+    /// `<cgroup2 root>/kubepods`, where the kubelet's cgroupfs driver
+    /// puts pods (`/kubepods/<qos>/pod<uid>`), for tests of `pods` rules,
+    /// whose cgroup paths are the kubelet's from the root. Refused when it
+    /// exists (a kubelet's, or one a killed test left: its marker, an
+    /// empty `imds-guard-test-<pid>-<n>` cgroup inside, names the dead test
+    /// process, and `cargo xtask test` sweeps it).
+    pub fn kubepods() -> Result<Self, String> {
+        let path = try_cgroup2_root()?.join("kubepods");
+        fs::create_dir(&path).map_err(|e| {
+            format!(
+                "creating {} (the kubelet's cgroup of pods, which the test makes for itself \
+                 and will not take over): {e}",
+                path.display()
+            )
+        })?;
+        let kubepods = TestCgroup { path };
+        let marker = kubepods.path.join(unique_name("imds-guard-test"));
+        fs::create_dir(&marker).map_err(|e| format!("creating {}: {e}", marker.display()))?;
+        Ok(kubepods)
+    }
+
     /// A cgroup below this one, `name`, removed on drop like this one (with
     /// every process still in it); drop it before its parent.
     pub fn child(&self, name: &str) -> Self {

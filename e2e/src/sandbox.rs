@@ -37,13 +37,19 @@ pub struct Sandbox {
 impl Sandbox {
     /// A sandbox with nothing guarding it.
     pub fn new() -> Self {
+        Self::in_cgroup(TestCgroup::new())
+    }
+
+    /// [`Sandbox::new`] whose guard and probes are in `cgroup` (one the
+    /// test made, such as [`TestCgroup::kubepods`]).
+    pub fn in_cgroup(cgroup: TestCgroup) -> Self {
         let netns = Netns::new();
         let imds = FakeImds::start(&netns);
         Self {
             agent: None,
             imds,
             bpffs: TestBpffs::new(),
-            cgroup: TestCgroup::new(),
+            cgroup,
             netns,
             dir: TempDir::new(),
         }

@@ -1,15 +1,19 @@
-//! Units and cgroup paths end to end: the real agent and programs, unit
-//! and cgroup rules matched against cgroups the test creates below its own
-//! test cgroup (never the host's units). systemd is stood in for by a
-//! script the agent runs as `systemctl` (`IMDS_GUARD_SYSTEMCTL`), which
-//! places the units below the test cgroup, as `systemctl show` would
-//! report a running unit's `ControlGroup`.
+//! Units, cgroup paths and pods end to end: the real agent and programs,
+//! unit and cgroup rules matched against cgroups the test creates below
+//! its own test cgroup (never the host's units). systemd is stood in for
+//! by a script the agent runs as `systemctl` (`IMDS_GUARD_SYSTEMCTL`),
+//! which places the units below the test cgroup, as `systemctl show` would
+//! report a running unit's `ControlGroup`. The kubelet is stood in for by
+//! a pod log directory of the test's own (`--kubelet-pods-dir`) and pod
+//! cgroups in the cgroupfs driver's layout below `/kubepods`, a cgroup the
+//! test makes at the cgroup2 root (and refuses to take over if it exists)
+//! and guards.
 
 use std::path::Path;
 
 use imds_guard_e2e::{
     Action, Agent, IMDS_PORT, IMDS_V4, LOG, NOBODY, ProbeResult, READY, Sandbox, TestCgroup,
-    cgroup_path, fake_systemctl, field, privileged_or_skip,
+    cgroup_path, fake_systemctl, field, privileged_or_skip, slowdown::scaled,
 };
 use serde_json::Value;
 
@@ -31,24 +35,37 @@ fn start_agent(sb: &Sandbox, systemctl: &Path) -> Agent {
     let agent = sb.spawn_agent(&[], &[("IMDS_GUARD_SYSTEMCTL", systemctl)]);
     // Scaled: the classification programs lengthen the verifier's part of
     // a start, which an emulated guest multiplies.
-    agent.wait_ready(imds_guard_e2e::slowdown::scaled(READY));
+    agent.wait_ready(scaled(READY));
     agent
 }
 
 /// Writes `policy` and waits until the agent has put it in force.
 fn reload(sb: &Sandbox, agent: &Agent, policy: &str) {
-    let is_reload = |r: &Value| {
-        field(r, "event").and_then(Value::as_str) == Some("reload")
-            && field(r, "outcome").and_then(Value::as_str) == Some("applied")
+    after_reload(agent, || {
+        sb.policy(policy);
+        agent.sighup();
+    });
+}
+
+/// Does `cause` and waits until the agent has applied one reload more.
+fn after_reload(agent: &Agent, cause: impl FnOnce()) {
+    let applied = || {
+        agent
+            .records()
+            .iter()
+            .filter(|r| {
+                field(r, "event").and_then(Value::as_str) == Some("reload")
+                    && field(r, "outcome").and_then(Value::as_str) == Some("applied")
+            })
+            .count()
     };
-    let before = agent.records().iter().filter(|r| is_reload(r)).count();
-    sb.policy(policy);
-    agent.sighup();
-    let deadline = std::time::Instant::now() + LOG;
-    while agent.records().iter().filter(|r| is_reload(r)).count() == before {
+    let before = applied();
+    cause();
+    let deadline = std::time::Instant::now() + scaled(LOG);
+    while applied() == before {
         assert!(
             std::time::Instant::now() < deadline,
-            "the reload was not applied:\n{}",
+            "no reload was applied:\n{}",
             agent.output()
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -299,4 +316,104 @@ fn a_cgroup_too_deep_to_classify_is_denied_under_a_policy_with_cgroup_denies() {
     while let Some(cg) = chain.pop() {
         drop(cg);
     }
+}
+
+/// Pod uids, as the kubelet's log directories and cgroups name them.
+const AWS_NODE_UID: &str = "0d1e2f3a-1111-4b8e-9d2a-0c1d2e3f4a01";
+const SAME_NAME_UID: &str = "0d1e2f3a-2222-4b8e-9d2a-0c1d2e3f4a02";
+const KUBE_PROXY_UID: &str = "0d1e2f3a-3333-4b8e-9d2a-0c1d2e3f4a03";
+const ROLLED_UID: &str = "0d1e2f3a-4444-4b8e-9d2a-0c1d2e3f4a04";
+
+#[test]
+fn a_pod_pattern_allows_a_daemonset_s_generated_names_in_its_namespace_only() {
+    if !privileged_or_skip(
+        "a_pod_pattern_allows_a_daemonset_s_generated_names_in_its_namespace_only",
+    ) {
+        return;
+    }
+    let kubepods = TestCgroup::kubepods().unwrap_or_else(|e| panic!("{e}"));
+    let sb = Sandbox::in_cgroup(kubepods);
+    let besteffort = sb.cgroup.child("besteffort");
+    let pod = |uid: &str| besteffort.child(&format!("pod{uid}"));
+    let aws_node = pod(AWS_NODE_UID);
+    let same_name = pod(SAME_NAME_UID);
+    let kube_proxy = pod(KUBE_PROXY_UID);
+    let container = aws_node.child("0123abcd");
+    let kubelet = sb.dir.path().join("pods");
+    let listed = |entry: String| {
+        std::fs::create_dir_all(kubelet.join(&entry))
+            .unwrap_or_else(|e| panic!("making the kubelet's {entry}: {e}"));
+    };
+    listed(format!("kube-system_aws-node-7xk2p_{AWS_NODE_UID}"));
+    listed(format!("default_aws-node-7xk2p_{SAME_NAME_UID}"));
+    listed(format!("kube-system_kube-proxy-abcde_{KUBE_PROXY_UID}"));
+    let nobody_in = |cg: &TestCgroup| sb.probe_as(NOBODY, NOBODY).cgroup_dir(cg.path());
+
+    // Without the guard, every pod reaches the service.
+    for cg in [&container, &same_name, &kube_proxy] {
+        let r = nobody_in(cg).run(Action::http(IMDS_V4, IMDS_PORT));
+        assert_eq!(r.assert_ok().body, sb.imds.credentials_body(), "unguarded");
+    }
+
+    sb.policy("mode = \"enforce\"\n[allow]\npods = [\"kube-system/aws-node-*\"]\n");
+    let dir = kubelet.to_str().unwrap_or_else(|| panic!("non UTF-8 path"));
+    let agent = sb.start_agent(&["--kubelet-pods-dir", dir]);
+    let agent = &agent;
+
+    // The DaemonSet's pod, by its generated name, in its container's cgroup.
+    let r = nobody_in(&container).run(Action::http(IMDS_V4, IMDS_PORT));
+    assert_eq!(
+        r.assert_ok().body,
+        sb.imds.credentials_body(),
+        "kube-system/aws-node-7xk2p:\n{}",
+        agent.output()
+    );
+    // The same name in another namespace, and another pod of kube-system.
+    for (cg, who) in [
+        (&same_name, "default/aws-node-7xk2p"),
+        (&kube_proxy, "kube-system/kube-proxy-abcde"),
+    ] {
+        let r = nobody_in(cg).run(connect());
+        assert!(denied(&r), "{who}: {r:?}");
+        let rec = denial_for(agent, &r);
+        assert_eq!(
+            field(&rec, "pod").and_then(Value::as_str),
+            Some(who),
+            "the record names the pod: {rec}"
+        );
+    }
+    // status names the pod the pattern matched, and the entry.
+    let out = sb.cli(&["status", "--json", "--rules", "--kubelet-pods-dir", dir]);
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --rules: {e}: {out:?}"));
+    let pods: Vec<(&str, &str)> = status["rules"]["cgroups"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cgroups in {status}"))
+        .iter()
+        .filter_map(|c| Some((c["pod"].as_str()?, c["action"].as_str()?)))
+        .collect();
+    assert!(
+        pods.contains(&("kube-system/aws-node-7xk2p", "allow")),
+        "{status}"
+    );
+    assert!(
+        !pods
+            .iter()
+            .any(|(pod, _)| *pod != "kube-system/aws-node-7xk2p"),
+        "only the matched pod's cgroups have a rule: {status}"
+    );
+
+    // A rollout: a new pod, a new generated name. Its cgroup comes first,
+    // and nothing allows it until the kubelet lists it.
+    let rolled = pod(ROLLED_UID);
+    let r = nobody_in(&rolled).run(connect());
+    assert!(denied(&r), "a pod the kubelet does not list yet: {r:?}");
+    // The agent lists the kubelet's directory every 2 s and reloads.
+    after_reload(agent, || {
+        listed(format!("kube-system_aws-node-q9z8w_{ROLLED_UID}"));
+    });
+    nobody_in(&rolled).run(connect()).assert_ok();
+    nobody_in(&container).run(connect()).assert_ok();
+    let r = nobody_in(&same_name).run(connect());
+    assert!(denied(&r), "default/aws-node-7xk2p after the reload: {r:?}");
 }

@@ -5,7 +5,9 @@
 //! (`imds-guard-test-<pid>-<n>`, `igt-<pid>-<n>`, `igt-bpffs-<pid>-<n>`,
 //! `e2e/src/util.rs`); `cargo xtask test` removes those whose process is
 //! gone before it runs the tests, and nothing else: a name of another form,
-//! or of a live process, is left alone.
+//! or of a live process, is left alone. The one cgroup of a fixed name,
+//! `/kubepods` (the pod tests'), is removed only when it holds a marker of
+//! that form of a gone process.
 
 use std::{
     fs,
@@ -24,6 +26,17 @@ fn owner(name: &str, prefix: &str) -> Option<u32> {
 /// Whether `name` was made by a test process that is gone.
 fn stale(name: &str, prefix: &str) -> bool {
     owner(name, prefix).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Whether the cgroup `dir` (`/kubepods`) is one a killed pod test made:
+/// it holds that test's marker, `imds-guard-test-<pid>-<n>`, of a gone
+/// process (`e2e/src/cgroup.rs`, `TestCgroup::kubepods`). A kubelet's
+/// holds none.
+fn left(dir: &Path) -> bool {
+    fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        stale(&name, "imds-guard-test")
+    })
 }
 
 /// The mount points of file systems of `fstype`, from mountinfo.
@@ -59,7 +72,7 @@ pub fn sweep() {
     for root in mounts("cgroup2") {
         for entry in fs::read_dir(&root).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if stale(&name, "imds-guard-test") {
+            if stale(&name, "imds-guard-test") || (name == "kubepods" && left(&entry.path())) {
                 eprintln!("xtask: sweep: a killed test's cgroup {name}");
                 remove_cgroup(&entry.path());
             }
@@ -124,5 +137,23 @@ mod tests {
         let mine = format!("igt-{}-0", std::process::id());
         assert!(!stale(&mine, "igt"));
         assert!(!stale("system.slice", "imds-guard-test"));
+    }
+
+    #[test]
+    fn a_kubepods_cgroup_is_left_only_with_a_gone_test_s_marker() {
+        let dir = std::env::temp_dir().join(format!("xtask-sweep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("besteffort")).expect("mkdir");
+        // A kubelet's: no marker.
+        assert!(!left(&dir));
+        // A live test's.
+        let live = dir.join(format!("imds-guard-test-{}-0", std::process::id()));
+        fs::create_dir(&live).expect("mkdir");
+        assert!(!left(&dir));
+        fs::remove_dir(&live).expect("rmdir");
+        // A gone one's (pids stop far below this).
+        fs::create_dir(dir.join("imds-guard-test-4294967-0")).expect("mkdir");
+        assert!(left(&dir));
+        let _ = fs::remove_dir_all(&dir);
     }
 }
