@@ -351,3 +351,49 @@ fn a_whole_namespace_is_warned_of_and_a_prefix_is_not() {
             .is_empty()
     );
 }
+
+/// The policy of the shipped ConfigMap (`deploy/kubernetes/policy.yaml`),
+/// as the kubelet writes it into the volume.
+fn shipped_configmap_policy() -> String {
+    let yaml = include_str!("../../../../deploy/kubernetes/policy.yaml");
+    let (_, block) = yaml
+        .split_once("  policy.toml: |\n")
+        .unwrap_or_else(|| panic!("no policy.toml in the ConfigMap"));
+    block
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect()
+}
+
+#[test]
+fn the_shipped_configmap_allows_the_vpc_cni_s_daemonset_pods_by_their_generated_names() {
+    let text = shipped_configmap_policy();
+    let spec = PolicySpec::parse(Path::new("policy.toml"), &text)
+        .unwrap_or_else(|e| panic!("refused:\n{e}\n{text}"));
+    assert!(spec.warnings().is_empty(), "{:?}", spec.warnings());
+    let p = spec.resolve(&resolver()).unwrap_or_else(|e| panic!("{e}"));
+    // Two nodes' aws-node pods, a rollout's, and what must not match.
+    let pods = listed(&[
+        "kube-system_aws-node-7xk2p_0001",
+        "kube-system_aws-node-q9z8w_0002",
+        "default_aws-node-7xk2p_0003",
+        "kube-system_coredns-5d8f7c9b6-abcde_0004",
+    ]);
+    let (patterns, _) = p.cgroups.patterns(&pods);
+    let allowed = |uid: &str| {
+        let path =
+            format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice");
+        matches!(
+            CgroupRules::classify(&patterns, path.as_bytes()),
+            CgroupClass::Rule {
+                action: Action::Allow,
+                ..
+            }
+        )
+    };
+    assert!(allowed("0001"));
+    assert!(allowed("0002"));
+    assert!(!allowed("0003"));
+    assert!(!allowed("0004"));
+}

@@ -517,6 +517,20 @@ fn the_workload_recipes_of_the_policy_reference_validate_as_they_say() {
         let imds: IpAddr = "169.254.169.254".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(spec.kind_of(imds), EndpointKind::Host, "{title}");
         assert!(!spec.workload.is_empty(), "{title}: no workload endpoint");
+        assert!(spec.warnings().is_empty(), "{title}: {:?}", spec.warnings());
+        if title.contains("EKS") {
+            // DaemonSets' pods: by their name and a pattern for the suffix.
+            let pods: Vec<&str> = spec
+                .entries
+                .iter()
+                .filter_map(|e| match &e.identity {
+                    crate::policy::Identity::Pod(p) => Some(p.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert!(!pods.is_empty(), "{title}");
+            assert!(pods.iter().all(|p| p.ends_with("-*")), "{title}: {pods:?}");
+        }
         if title.contains("ECS") {
             let lo: IpAddr = "127.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(spec.kind_of(lo), EndpointKind::Host, "{title}");
