@@ -539,6 +539,53 @@ fn check_places_the_process_by_unit_or_cgroup_and_names_the_rule() {
     );
 }
 
+#[test]
+fn check_names_the_pod_a_pattern_matched_and_the_rule_as_written() {
+    let path = policy_file(
+        "pods.toml",
+        "[allow]\npods = [\"kube-system/aws-node-*\"]\n",
+    );
+    let kubelet = path.with_file_name("pods");
+    for entry in [
+        "kube-system_aws-node-7xk2p_0001",
+        "default_aws-node-7xk2p_0002",
+    ] {
+        fs::create_dir_all(kubelet.join(entry)).expect("mkdir");
+    }
+    let (p, dir) = (
+        path.to_str().expect("utf-8"),
+        kubelet.to_str().expect("utf-8"),
+    );
+    let check = |uid: &str| {
+        imds_guard(&[
+            "check",
+            "--config",
+            p,
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+            "--kubelet-pods-dir",
+            dir,
+            "--cgroup",
+            &format!("/kubepods/besteffort/pod{uid}/0123abc"),
+        ])
+    };
+    let ours = check("0001");
+    let text = String::from_utf8_lossy(&ours.stdout);
+    assert_eq!(ours.status.code(), Some(0), "{text}{}", stderr(&ours));
+    assert!(text.contains("(pod kube-system/aws-node-7xk2p)"), "{text}");
+    assert!(
+        text.contains("allowed by [allow] pods \"kube-system/aws-node-*\""),
+        "{text}"
+    );
+    // The same name in another namespace.
+    let theirs = check("0002");
+    let text = String::from_utf8_lossy(&theirs.stdout);
+    assert_eq!(theirs.status.code(), Some(4), "{text}{}", stderr(&theirs));
+    assert!(text.contains("(pod default/aws-node-7xk2p)"), "{text}");
+}
+
 /// `imds-guard ARGS` with stdout a pipe whose reader is gone, as after
 /// `| head -c 10`: the read end is closed before the command starts, so
 /// its first write meets a closed pipe whatever the timing.

@@ -1,7 +1,8 @@
-//! Kubernetes pods by namespace and name, as the node can tell without API
-//! credentials: the kubelet keeps a log directory per pod,
-//! `/var/log/pods/<namespace>_<name>_<uid>/`, created before the pod's
-//! containers start. A pod's uid names its cgroup.
+//! Kubernetes pods by namespace and name (or a name prefix, for the pods
+//! a DaemonSet or a Deployment makes under generated names), as the node
+//! can tell without API credentials: the kubelet keeps a log directory per
+//! pod, `/var/log/pods/<namespace>_<name>_<uid>/`, created before the
+//! pod's containers start. A pod's uid names its cgroup.
 //!
 //! A pod is allowed only (never denied): its uid, hence its cgroup, is
 //! known only once the kubelet has made the cgroup, so a rule that waits
