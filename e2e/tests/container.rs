@@ -17,9 +17,9 @@
     reason = "test helpers panic with a message, like the tests"
 )]
 
-use std::{ffi::OsString, os::fd::AsFd as _, path::Path, process::Command, time::Duration};
+use std::{ffi::OsString, path::Path, process::Command, time::Duration};
 
-use imds_guard::kernel::{programs, sys};
+use imds_guard::kernel::{inspect, programs};
 use imds_guard_e2e::{
     Action, Agent, IMDS_PORT, IMDS_V4, NOBODY, Sandbox, TempDir, TestCgroup, field,
     privileged_or_skip,
@@ -33,14 +33,7 @@ const POLICY: &str = "[allow]\nuids = [0]\n";
 
 /// Programs attached to `cgroup` itself, per program of ours.
 fn attachments(cgroup: &Path) -> Vec<usize> {
-    let dir = std::fs::File::open(cgroup).expect("open the cgroup");
-    programs::guarding()
-        .map(|(_, attach_type)| {
-            sys::prog_query(dir.as_fd(), attach_type)
-                .expect("query")
-                .len()
-        })
-        .collect()
+    inspect::attached_per_hook(cgroup).expect("query the cgroup's programs")
 }
 
 fn os(args: &[&str]) -> Vec<OsString> {

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use imds_guard::kernel::{programs, sys};
+use imds_guard::kernel::{inspect, programs, sys};
 use imds_guard_e2e::{
     Action, Agent, IMDS_PORT, IMDS_V4, IMDS_V6, Probe, Sandbox, UDP_PORT, field,
     privileged_or_skip, slowdown,
@@ -42,14 +42,7 @@ fn probe(w: &Sandbox, uid: u32) -> Probe {
 
 /// Programs attached to the test cgroup itself, per program of ours on it.
 fn attachments(w: &Sandbox) -> Vec<usize> {
-    let dir = std::fs::File::open(w.cgroup.path()).expect("open the cgroup");
-    programs::guarding()
-        .map(|(_, attach_type)| {
-            sys::prog_query(dir.as_fd(), attach_type)
-                .expect("query")
-                .len()
-        })
-        .collect()
+    inspect::attached_per_hook(w.cgroup.path()).expect("query the cgroup's programs")
 }
 
 fn expect_p1(w: &Sandbox) {

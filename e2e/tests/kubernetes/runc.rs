@@ -23,7 +23,6 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     net::SocketAddr,
-    os::fd::AsFd as _,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -31,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use imds_guard::kernel::{programs, sys};
+use imds_guard::kernel::{inspect, programs};
 use imds_guard_e2e::{
     Action, IMDS_PORT, IMDS_V4, IMDS_V6, NOBODY, Probe, Sandbox, TempDir, TestCgroup, UDP_PORT,
     cgroup2_root, field, imds_guard_bin, privileged_or_skip, slowdown,
@@ -249,14 +248,7 @@ impl Drop for Runc {
 
 /// Programs attached to `cgroup` itself, per program of ours.
 fn attachments(cgroup: &Path) -> Vec<usize> {
-    let dir = File::open(cgroup).expect("open the cgroup");
-    programs::guarding()
-        .map(|(_, attach_type)| {
-            sys::prog_query(dir.as_fd(), attach_type)
-                .expect("query")
-                .len()
-        })
-        .collect()
+    inspect::attached_per_hook(cgroup).expect("query the cgroup's programs")
 }
 
 /// A ConfigMap's data from its manifest.

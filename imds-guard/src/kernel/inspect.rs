@@ -446,6 +446,16 @@ pub fn pinned_prog_ids(pins: &Pins) -> Vec<u32> {
         .collect()
 }
 
+/// How many programs are attached to `cgroup` itself at each of the
+/// guard's hooks, in [`programs::guarding`]'s order (ours or not): one at
+/// each is the guard in force there, alone.
+pub fn attached_per_hook(cgroup: &Path) -> std::io::Result<Vec<usize>> {
+    let dir = std::fs::File::open(cgroup)?;
+    programs::guarding()
+        .map(|(_, attach_type)| Ok(sys::prog_query(dir.as_fd(), attach_type)?.len()))
+        .collect()
+}
+
 /// The programs named like ours attached to `cgroup` whose ids are not in
 /// `ours`.
 pub fn other_guards(cgroup: &Path, ours: &[u32]) -> std::io::Result<Vec<OtherGuard>> {
