@@ -24,8 +24,8 @@
 //! host's pid namespace podman's default, which is what `hostPID` asks.
 //!
 //! `runc.rs` runs the same pod with runc, the runtime under containerd and
-//! CRI-O, from a configuration made from the manifest (`oci.rs`, read by
-//! `yaml.rs`): here on the test's cgroup, and in the QEMU guest (which has
+//! CRI-O, from a configuration made from the manifest (`oci.rs`, the manifest
+//! read with serde_yaml_ng): here on the test's cgroup, and in the QEMU guest (which has
 //! no podman) at the root of the guest's cgroup hierarchy, across a
 //! restart of the container.
 
@@ -38,8 +38,6 @@
 mod oci;
 #[path = "kubernetes/runc.rs"]
 mod runc;
-#[path = "kubernetes/yaml.rs"]
-mod yaml;
 
 use std::{
     fs,

@@ -40,7 +40,7 @@ use serde_json::Value;
 use super::{
     DAEMONSET, cap_set,
     oci::{self, Image, Node, Runtime},
-    text, yaml,
+    text,
 };
 
 const POLICY: &str = include_str!("../../../deploy/kubernetes/policy.yaml");
@@ -80,6 +80,11 @@ fn image_archive() -> Option<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.to_string_lossy().ends_with(".oci.tar"))
         .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+}
+
+/// A manifest of deploy/kubernetes/ as data.
+fn manifest(text: &str) -> Value {
+    serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("reading a manifest: {e}"))
 }
 
 /// Whether runc and the image are here; says why not (a failure in CI).
@@ -322,7 +327,7 @@ fn runc_runs_the_daemonset_pod_and_a_new_container_adopts_the_guard_without_a_ga
     // The node: its bpffs is the test's own (its pins go with it), its
     // pod logs a directory of the test's; /sys/fs/cgroup, /etc/passwd and
     // /etc/group are the machine's.
-    let (policy_name, policy) = config_map(&yaml::parse(POLICY));
+    let (policy_name, policy) = config_map(&manifest(POLICY));
     let mut config_maps = BTreeMap::from([(policy_name, policy)]);
     if !guest {
         config_maps.insert(
@@ -364,7 +369,7 @@ fn runc_runs_the_daemonset_pod_and_a_new_container_adopts_the_guard_without_a_ga
         &fs::read_to_string(bundle.join("config.json")).expect("runc spec's config.json"),
     )
     .expect("runc spec's JSON");
-    let daemonset = yaml::parse(DAEMONSET);
+    let daemonset = manifest(DAEMONSET);
     let pod = &daemonset["spec"]["template"]["spec"];
     let ours = fs::read_to_string("/proc/self/status").expect("our status");
     // A cgroup v2 host (the guest): the container has a cgroup namespace
