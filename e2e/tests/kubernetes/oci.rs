@@ -155,6 +155,22 @@ fn cap_names(add: &Value, bounding: u64) -> Vec<String> {
         .collect()
 }
 
+/// Fails on a key of `object` (`what`: the pod, the container, ...) that
+/// is not in `known`: a manifest field the configuration does not map
+/// fails the test rather than being left out.
+fn only_known(object: &Value, known: &[&str], what: &str) {
+    let keys = object
+        .as_object()
+        .unwrap_or_else(|| panic!("the {what} is not a mapping"))
+        .keys();
+    for key in keys {
+        assert!(
+            known.contains(&key.as_str()),
+            "the {what}'s `{key}` is not mapped to runc's configuration"
+        );
+    }
+}
+
 /// `config.json` for the one container of the pod template `pod` (its
 /// `spec`).
 pub fn config(pod: &Value, image: &Image, node: &Node, runtime: &Runtime) -> Value {
@@ -170,12 +186,7 @@ pub fn config(pod: &Value, image: &Image, node: &Node, runtime: &Runtime) -> Val
         "containers",
         "volumes",
     ];
-    for key in pod.as_object().expect("a pod spec").keys() {
-        assert!(
-            known_pod.contains(&key.as_str()),
-            "the pod's `{key}` is not mapped to runc's configuration"
-        );
-    }
+    only_known(pod, &known_pod, "pod");
     let containers = pod["containers"].as_array().expect("containers");
     assert_eq!(containers.len(), 1, "one container");
     let c = &containers[0];
@@ -189,12 +200,7 @@ pub fn config(pod: &Value, image: &Image, node: &Node, runtime: &Runtime) -> Val
         "resources",
         "volumeMounts",
     ];
-    for key in c.as_object().expect("a container").keys() {
-        assert!(
-            known_container.contains(&key.as_str()),
-            "the container's `{key}` is not mapped to runc's configuration"
-        );
-    }
+    only_known(c, &known_container, "container");
     let mut spec = runtime.default.clone();
 
     // Namespaces: the runtime gives a pod its own; hostNetwork and hostPID
@@ -255,12 +261,7 @@ pub fn config(pod: &Value, image: &Image, node: &Node, runtime: &Runtime) -> Val
         "seccompProfile",
         "capabilities",
     ];
-    for key in sc.as_object().expect("a securityContext").keys() {
-        assert!(
-            known_sc.contains(&key.as_str()),
-            "the securityContext's `{key}` is not mapped to runc's configuration"
-        );
-    }
+    only_known(sc, &known_sc, "securityContext");
     assert_eq!(
         sc["privileged"], false,
         "a privileged container is not what this maps"
