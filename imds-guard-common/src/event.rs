@@ -88,6 +88,8 @@ pub mod reason {
 pub mod kind {
     /// A decision on a protected destination.
     pub const DECISION: u8 = 0;
+    /// A judged request ([`crate::RequestEvent`]).
+    pub const REQUEST: u8 = 1;
 }
 
 /// Bits of [`Event::flags`]: what a record says beyond the decision.

@@ -16,6 +16,7 @@ mod names;
 mod offsets;
 mod policy;
 mod prefix;
+mod request;
 
 pub use self::{
     addr::Ipv6Key,
@@ -44,6 +45,12 @@ pub use self::{
         mode, proto_bits, sock_state, transport,
     },
     prefix::{Prefix4, Prefix6, Prefixes, V4_SLOTS, V6_SLOTS},
+    request::{
+        ENTRY_ANY, EntryFlags, EntryKey, Finish, HEAD_MAX, HEADER_LINE_MAX, HEADERS_MAX, Head,
+        KEY_HEAD_LEN, KEY_PATH_LEN, LINE_MAX, MAX_ENTRY_FLAGS, MAX_REQUEST_RULES, MAX_RULE_SETS,
+        PATH_MAX, Parser, ReqKey, ReqLookup, ReqRule, RequestEvent, Step, TOKEN_HEADER,
+        entry_flags, req_hook, req_method, req_reason, req_version,
+    },
 };
 
 /// Size of the event ring buffer in bytes (a power of two, a multiple of
@@ -99,4 +106,14 @@ mod pod {
     unsafe impl aya::Pod for super::Source6Key {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Prefixes {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ReqKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ReqRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EntryKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EntryFlags {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RequestEvent {}
 }

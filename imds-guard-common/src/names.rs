@@ -77,6 +77,13 @@ pub const MAP_FORWARD_SOURCES_V4: &str = "FWD_SOURCES_V4";
 pub const MAP_FORWARD_SOURCES_V6: &str = "FWD_SOURCES_V6";
 pub const MAP_FORWARD_STATE: &str = "FWD_STATE";
 
+/// The LPM trie of request rules (key: [`crate::ReqKey`]; value:
+/// [`crate::ReqRule`]), both generations.
+pub const MAP_REQ_RULES: &str = "REQ_RULES";
+/// The hash map of what each deciding entry lets its callers send (key:
+/// [`crate::EntryKey`]; value: [`crate::EntryFlags`]), both generations.
+pub const MAP_ENTRY_FLAGS: &str = "ENTRY_FLAGS";
+
 /// The names of the programs, one per hook, as the object file spells them.
 pub const PROGRAM_CONNECT4: &str = "connect4";
 pub const PROGRAM_CONNECT6: &str = "connect6";
