@@ -26,6 +26,12 @@ pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
     let (dst, to) = destination(&policy, args.dst);
     // As the programs this kernel loads read groups: 16 without bpf_loop.
     let report = check(&policy, &process, &dst, Build::running().bounds());
+    let request = match (&args.request, &report.decision) {
+        (Some(request), Some(decision)) if report.outcome != Verdict::Deny => {
+            Some(policy.explain_request(decision, request, args.token))
+        }
+        _ => None,
+    };
     let asked = Asked {
         process: &process,
         user: user.as_ref(),
@@ -34,11 +40,30 @@ pub fn execute(args: &CheckArgs) -> Result<Outcome, CliError> {
         args,
     };
     if args.json {
-        outln!("{}", to_json(&report, &asked, &policy))?;
+        let mut value = to_json(&report, &asked, &policy);
+        if let (Some(text), Some((passes, why))) = (&args.request, &request) {
+            value["request"] = json!({
+                "request": text,
+                "token": args.token,
+                "verdict": if *passes { "allowed" } else { "refused" },
+                "reason": why,
+            });
+        }
+        outln!("{value}")?;
     } else {
         outln!("{}", to_text(&report, &asked))?;
+        if let (Some(text), Some((passes, why))) = (&args.request, &request) {
+            let verdict = if *passes { "allowed" } else { "refused" };
+            let token = if args.token {
+                " with the token header"
+            } else {
+                ""
+            };
+            outln!("request {text:?}{token}: {verdict}: {why}")?;
+        }
     }
-    Ok(if report.outcome == Verdict::Allow {
+    let request_passes = request.as_ref().is_none_or(|(passes, _)| *passes);
+    Ok(if report.outcome == Verdict::Allow && request_passes {
         Outcome::Success
     } else {
         Outcome::Denied

@@ -354,6 +354,14 @@ pub struct CheckArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// A request to judge on the connection ("GET /latest/meta-data/"),
+    /// as the kernel judges each request of a caller a [requests.*] table
+    /// or [imdsv2] names.
+    #[arg(long, value_name = "METHOD PATH")]
+    pub request: Option<String>,
+    /// The request carries the IMDSv2 token header.
+    #[arg(long, requires = "request")]
+    pub token: bool,
 }
 
 /// Where `suggest` and `report` read the agent's decision records.

@@ -10,7 +10,7 @@ use std::{
 use imds_guard_common::Bounds;
 
 use super::{
-    Action, Mode, Outcome, Place, Policy, Process, Protocol,
+    Action, Decision, Mode, Outcome, Place, Policy, Process, Protocol,
     explain::{Context, explain_with},
     unmapped,
 };
@@ -23,6 +23,9 @@ pub struct CheckReport {
     pub outcome: Outcome,
     pub protected: bool,
     pub why: String,
+    /// The decision at connect, for a protected destination (what
+    /// `check --request` judges a request under).
+    pub decision: Option<Decision>,
 }
 
 /// A destination `check` decides for: an address, and optionally a port
@@ -94,6 +97,7 @@ pub fn check(policy: &Policy, process: &Process, dst: &Destination, bounds: Boun
             outcome: Outcome::Allow,
             protected: false,
             why: format!("{} is not a protected address", dst.addr),
+            decision: None,
         };
     }
     // Without a port: whatever the address protects (the decision does
@@ -113,36 +117,62 @@ pub fn check(policy: &Policy, process: &Process, dst: &Destination, bounds: Boun
                 "{dst} is not a protected port (the policy protects {})",
                 ports.join(", ")
             ),
+            decision: None,
         };
     }
     let kind = policy.spec.kind_of(unmapped(dst.addr));
     let d = policy.decide_process_at_within(process, kind, bounds);
+    // A caller whose requests are judged gets TCP only (issue 23): a
+    // datagram to the endpoint carries no request the programs could read.
+    let scope = policy.spec.requests.scope(d.index);
+    if d.action == Action::Allow
+        && (scope.set.is_some() || scope.v2_required)
+        && dst.port.is_some()
+        && dst.protocol == Protocol::Udp
+    {
+        return CheckReport {
+            outcome: match policy.spec.mode {
+                Mode::Enforce => Outcome::Deny,
+                Mode::Audit => Outcome::Audit,
+            },
+            protected: true,
+            why: "its requests are judged (a [requests.*] table or [imdsv2]), which is done \
+                  on TCP only: UDP to a protected endpoint is refused"
+                .to_owned(),
+            decision: Some(d),
+        };
+    }
     let outcome = match (d.action, policy.spec.mode) {
         (Action::Allow, _) => Outcome::Allow,
         (Action::Deny, Mode::Enforce) => Outcome::Deny,
         (Action::Deny, Mode::Audit) => Outcome::Audit,
     };
+    let mut why = explain_with(
+        policy,
+        d.reason,
+        d.index,
+        &Context {
+            uid: process.uid,
+            gid: process.gid,
+            id: d.id,
+            place: Some(process.place),
+            groups: u32::try_from(process.groups.len()).ok(),
+            not_host: (process.place == Place::Container)
+                .then_some("--container: a namespace differs from the agent's"),
+            host_unknown: false,
+            owner: policy
+                .denied_owner(&process.owners)
+                .filter(|&(_, reason, ..)| reason == d.reason)
+                .map(|(owner, ..)| owner.uid),
+        },
+    );
+    if d.action == Action::Allow {
+        why.push_str(&policy.spec.requests.scope_words(scope));
+    }
     CheckReport {
         outcome,
         protected: true,
-        why: explain_with(
-            policy,
-            d.reason,
-            d.index,
-            &Context {
-                uid: process.uid,
-                gid: process.gid,
-                id: d.id,
-                place: Some(process.place),
-                groups: u32::try_from(process.groups.len()).ok(),
-                not_host: (process.place == Place::Container)
-                    .then_some("--container: a namespace differs from the agent's"),
-                host_unknown: false,
-                owner: policy
-                    .denied_owner(&process.owners)
-                    .filter(|&(_, reason, ..)| reason == d.reason)
-                    .map(|(owner, ..)| owner.uid),
-            },
-        ),
+        why,
+        decision: Some(d),
     }
 }

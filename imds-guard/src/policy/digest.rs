@@ -125,6 +125,9 @@ impl Policy {
         for s in sources {
             let _ = writeln!(text, "forward source {s}");
         }
+        // Only a policy with request-level tables has these lines: the
+        // digests of the others stay what they were.
+        self.spec.requests.write_digest(&self.spec, &mut text);
         hasher.update(text.as_bytes());
         hasher.finalize().into()
     }
@@ -302,6 +305,10 @@ mod tests {
             "pods" => ["[\"ns/a\"]", "[\"ns/b\"]"],
             "allow_interfaces" => ["[\"eth1\"]", "[\"eth2\"]"],
             "allow_sources" => ["[\"10.8.0.0/16\"]", "[\"10.9.0.0/16\"]"],
+            "rules" => ["[\"GET /latest/meta-data/\"]", "[\"GET /latest/dynamic/\"]"],
+            "host" | "required" | "whole_service" => ["true", "false"],
+            "imdsv2" => ["\"required\"", "\"optional\""],
+            "exempt" | "require" => ["{ uids = [4242] }", "{}"],
             _ => return None,
         })
     }
@@ -311,11 +318,24 @@ mod tests {
     fn with_key(key: &str, value: &str) -> String {
         let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
         let rules = ["allow", "allow.host", "deny"].contains(&table);
-        let filler = if rules { "" } else { "[deny]\nuids = [4242]\n" };
+        let filler = match table {
+            _ if rules => "",
+            // `[imdsv2]` names allowed entries.
+            "imdsv2" => "[allow]\nuids = [4242]\n",
+            _ => "[deny]\nuids = [4242]\n",
+        };
+        // What the key needs beside it in its table: a request table
+        // has rules, `exempt` goes with required = true.
+        let prelude = match (table, leaf) {
+            ("requests.r", "rules") => "",
+            ("requests.r", _) => "rules = [\"GET /latest/meta-data/\"]\n",
+            ("imdsv2", "exempt") => "required = true\n",
+            _ => "",
+        };
         if table.is_empty() {
             format!("{leaf} = {value}\n{filler}")
         } else {
-            format!("[{table}]\n{leaf} = {value}\n{filler}")
+            format!("[{table}]\n{prelude}{leaf} = {value}\n{filler}")
         }
     }
 

@@ -34,6 +34,7 @@ mod members;
 pub mod presets;
 mod process;
 mod raw;
+pub mod requests;
 mod resolve;
 mod source;
 mod unresolved;
@@ -315,8 +316,9 @@ pub struct PolicySpec {
     pub mode: Mode,
     /// Non-empty, without duplicates, in file order.
     pub endpoints: Vec<Endpoint>,
-    /// In file order: `[allow]` entries, then `[deny]` entries, each in the
-    /// order users, uids, groups, gids.
+    /// In file order: `[allow]` entries (`[allow.host]`'s after), then
+    /// each `[requests.NAME]` table's, then `[deny]` entries, each in the
+    /// order users, uids, groups, gids, units, cgroups, pods.
     pub entries: Vec<Entry>,
     /// Forwarded traffic let through (`[forward]`); none by default.
     pub forward: forward::Forward,
@@ -327,6 +329,9 @@ pub struct PolicySpec {
     /// workload preset: each workload's own credentials), each once; every
     /// other is a host endpoint.
     pub workload: Vec<IpAddr>,
+    /// `[requests.*]`, `[imdsv2]`, `[attribution]` (issue 23); empty for a
+    /// policy without them.
+    pub requests: requests::Requests,
 }
 
 impl PolicySpec {
@@ -521,6 +526,7 @@ impl Policy {
                 forward: forward::Forward::default(),
                 presets: Vec::new(),
                 workload: Vec::new(),
+                requests: requests::Requests::default(),
             },
             default_action: Action::Deny,
             uids: BTreeMap::from([(

@@ -29,12 +29,23 @@ use super::{
     forward::Forward,
     presets,
     raw::{self, Key, Node, Source, Value},
+    requests::Requests,
 };
 
 mod forward;
+mod requests;
 
 /// The keys of the top-level table.
-const TOP_KEYS: &[&str] = &["mode", "endpoints", "allow", "deny", "forward"];
+const TOP_KEYS: &[&str] = &[
+    "mode",
+    "endpoints",
+    "allow",
+    "deny",
+    "forward",
+    "requests",
+    "imdsv2",
+    "attribution",
+];
 /// The table in `[allow]` whose entries allow a caller on the host only
 /// (`[allow.host]`).
 const HOST_KEY: &str = "host";
@@ -151,6 +162,8 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> 
         diagnostics: Vec::new(),
         presets: Vec::new(),
         workload: Vec::new(),
+        requests: Requests::default(),
+        request_entries: HashMap::new(),
     };
     let (mode, endpoints, mut entries, forward) = checker.policy(&root);
     if !checker.diagnostics.is_empty() {
@@ -167,15 +180,20 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<PolicySpec, PolicyError> 
         forward,
         presets: checker.presets,
         workload: checker.workload,
+        requests: checker.requests,
     })
 }
 
 /// A table of rules: its name in messages, and what its entries say.
 #[derive(Clone, Copy)]
-struct Table {
-    name: &'static str,
+struct Table<'t> {
+    name: &'t str,
     action: Action,
     scope: Scope,
+    /// Keys the table holds beside identities, read by the caller
+    /// (`[requests.NAME]`'s `host`, `imdsv2`, `rules`); `[allow]`'s `host`
+    /// table is read here.
+    other_keys: &'t [&'t str],
 }
 
 /// Walks the tree and collects diagnostics.
@@ -186,6 +204,11 @@ struct Checker<'a> {
     presets: Vec<String>,
     /// The addresses of workload presets, each once.
     workload: Vec<IpAddr>,
+    /// `[requests.*]`, `[imdsv2]`, `[attribution]`.
+    requests: Requests,
+    /// The `[requests.NAME]` table of each entry a request table wrote, by
+    /// the entry's location (for messages).
+    request_entries: HashMap<Location, String>,
 }
 
 /// The known keys of a table (unknown ones are reported, not kept).
@@ -243,12 +266,20 @@ impl Checker<'_> {
                     name,
                     action,
                     scope: Scope::Anywhere,
+                    other_keys: &[],
                 };
                 let rules = self.rules(&table, key, node, &mut entries);
                 if action == Action::Allow && rules.written == 0 {
                     empty_allow = Some(rules.at);
                 }
                 tables.push(rules);
+            }
+            // `[requests.NAME]` entries after `[allow]`'s (allow entries
+            // too), before `[deny]`'s.
+            if action == Action::Allow {
+                if let Some(&(key, node)) = fields.get("requests") {
+                    tables.extend(self.request_sets(key, node, &mut entries));
+                }
             }
         }
         // Rules written under a wrong key ("[allowed]", top-level "users")
@@ -278,6 +309,7 @@ impl Checker<'_> {
         }
         self.cross_check(&entries);
         self.cgroup_patterns(&entries);
+        self.request_switches(&fields, &entries);
         (mode, endpoints, entries, forward)
     }
 
@@ -571,6 +603,7 @@ impl Checker<'_> {
             name,
             action,
             scope,
+            other_keys,
         } = *table;
         let Some((items, at)) = self.table(name, key, node) else {
             return Rules {
@@ -578,10 +611,11 @@ impl Checker<'_> {
                 at: self.key_at(key, START),
             };
         };
-        let nests_host = action == Action::Allow && scope == Scope::Anywhere;
+        let nests_host = action == Action::Allow && scope == Scope::Anywhere && name == "allow";
         let mut written: usize = items
             .iter()
             .filter(|(key, _)| !(nests_host && key.name == HOST_KEY))
+            .filter(|(key, _)| !other_keys.contains(&key.name.as_str()))
             .map(|(_, node)| match &node.value {
                 Value::Array(values) => values.len(),
                 _ => 1,
@@ -591,6 +625,7 @@ impl Checker<'_> {
         if nests_host {
             valid.push(HOST_KEY);
         }
+        valid.extend_from_slice(other_keys);
         let fields = self.fields(items, &valid, &format!("in [{name}]"), at);
         for kind in &IDENTITY_KEYS {
             let Some(&(key, list)) = fields.get(kind.key) else {
@@ -598,7 +633,7 @@ impl Checker<'_> {
             };
             let context = format!("[{name}] {}", kind.key);
             let list_at = self.node_at(list, self.key_at(key, at));
-            if let Some(why) = refused(action, scope, kind) {
+            if let Some(why) = refused(name, action, scope, kind) {
                 self.report(self.key_at(key, at), why);
                 continue;
             }
@@ -627,11 +662,12 @@ impl Checker<'_> {
                 }
             }
         }
-        if let Some(&(key, node)) = fields.get(HOST_KEY) {
+        if let Some(&(key, node)) = fields.get(HOST_KEY).filter(|_| nests_host) {
             let host = Table {
                 name: "allow.host",
                 action,
                 scope: Scope::Host,
+                other_keys: &[],
             };
             written += self.rules(&host, key, node, entries).written;
         }
@@ -701,7 +737,21 @@ impl Checker<'_> {
                 }
                 hash_map::Entry::Occupied(slot) => *slot.get(),
             };
-            let message = if earlier.action == entry.action {
+            let here = self.request_table(entry.at).map(str::to_owned);
+            let there = self.request_table(earlier.at).map(str::to_owned);
+            let message = if here.is_some() || there.is_some() {
+                let table = |e: &Entry, t: Option<String>| {
+                    t.map_or(e.table().to_owned(), |t| format!("[{t}]"))
+                };
+                format!(
+                    "{} is in {} here and in {} at {}: an identity may be in one of [allow], \
+                     [allow.host], [requests.*] and [deny] only",
+                    entry.identity,
+                    table(entry, here),
+                    table(earlier, there),
+                    earlier.at.in_words()
+                )
+            } else if earlier.action == entry.action {
                 format!(
                     "duplicate rule: {} is already {} at {}",
                     entry.identity,
@@ -748,14 +798,19 @@ fn picked<'a>(all: &'a [presets::Preset], name: &str) -> Vec<(&'a presets::Prese
 /// Why identity key `kind` cannot be written in the table of `action` and
 /// `scope`, if it cannot: the one place that says which keys each table
 /// takes (the checker and [`every_key`] both ask it).
-fn refused(action: Action, scope: Scope, kind: &IdentityKey) -> Option<String> {
+fn refused(table: &str, action: Action, scope: Scope, kind: &IdentityKey) -> Option<String> {
     if action == Action::Deny && kind.key == "pods" {
         return Some(NO_POD_DENY.to_owned());
     }
     if scope == Scope::Host && matches!(kind.syntax, Syntax::Text { .. }) {
+        let instead = if table == "allow.host" {
+            "list them in [allow]".to_owned()
+        } else {
+            format!("remove `host = true` from [{table}]")
+        };
         return Some(format!(
-            "[allow.host] {}: units, cgroups and pods cannot be limited to the host (the guard \
-             does not tell a cgroup's processes apart by namespace); list them in [allow]",
+            "[{table}] {}: units, cgroups and pods cannot be limited to the host (the guard \
+             does not tell a cgroup's processes apart by namespace); {instead}",
             kind.key
         ));
     }
@@ -772,7 +827,7 @@ pub(super) fn every_key() -> Vec<String> {
     let rules = |table: &str, action: Action, scope: Scope| -> Vec<String> {
         IDENTITY_KEYS
             .iter()
-            .filter(|kind| refused(action, scope, kind).is_none())
+            .filter(|kind| refused(table, action, scope, kind).is_none())
             .map(|kind| format!("{table}.{}", kind.key))
             .collect()
     };
@@ -790,6 +845,19 @@ pub(super) fn every_key() -> Vec<String> {
                 ));
             }
             "deny" => keys.extend(rules(top, Action::Deny, Scope::Anywhere)),
+            // A rule set named `r` stands for every name.
+            "requests" => {
+                keys.extend(rules("requests.r", Action::Allow, Scope::Anywhere));
+                keys.extend(requests::SET_KEYS.iter().map(|k| format!("requests.r.{k}")));
+            }
+            "imdsv2" => keys.extend(requests::IMDSV2_KEYS.iter().map(|k| format!("{top}.{k}"))),
+            "attribution" => {
+                keys.extend(
+                    requests::ATTRIBUTION_KEYS
+                        .iter()
+                        .map(|k| format!("{top}.{k}")),
+                );
+            }
             // A value at the top level (`mode`), or a table this list does
             // not know yet: named as it is, so that it is not forgotten.
             other => keys.push(other.to_owned()),

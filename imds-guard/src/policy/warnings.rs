@@ -48,6 +48,23 @@ impl PolicySpec {
                 })
             })
             .collect();
+        for set in &self.requests.sets {
+            for rule in &set.rules {
+                if !super::requests::documented(&rule.path) {
+                    warnings.push(Diagnostic {
+                        at: rule.at,
+                        message: format!(
+                            "[requests.{}] rule {:?} is outside the metadata service's \
+                             documented tree (/latest/api/token, /latest/meta-data/..., \
+                             /latest/user-data, /latest/dynamic/..., and dated versions such as \
+                             /2021-03-23/...): check the path, which is matched byte for byte",
+                            set.name,
+                            rule.text()
+                        ),
+                    });
+                }
+            }
+        }
         warnings.sort_by_key(|d| d.at);
         warnings
     }

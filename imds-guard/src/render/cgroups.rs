@@ -66,7 +66,8 @@ impl Out<'_> {
     pub(super) fn write_cgroups(&mut self, unit_path: &dyn Fn(&str) -> UnitPath) {
         let spec = self.plan.spec;
         let mut any = false;
-        for entry in &spec.entries {
+        for (index, entry) in spec.entries.iter().enumerate() {
+            let action = super::plan::action_of(spec, index);
             let pattern = match &entry.identity {
                 Identity::Unit(unit) => match unit_path(unit) {
                     UnitPath::Known(path) => Pattern::subtree_of(&path),
@@ -87,7 +88,7 @@ impl Out<'_> {
                 Identity::Pod(pod) => {
                     self.left_out(
                         entry.at,
-                        entry.action,
+                        action,
                         &if pod.ends_with('*') {
                             format!(
                                 "pods {pod:?} cannot be written: their cgroups follow the uids \
@@ -108,11 +109,11 @@ impl Out<'_> {
             let pattern = match pattern {
                 Ok(pattern) => pattern,
                 Err(why) => {
-                    self.left_out(entry.at, entry.action, &format!("{what}: {why}"));
+                    self.left_out(entry.at, action, &format!("{what}: {why}"));
                     continue;
                 }
             };
-            if let Some(m) = self.cgroup_match(&what, &pattern, entry.action, entry.at) {
+            if let Some(m) = self.cgroup_match(&what, &pattern, action, entry.at) {
                 self.cgroups.push(m);
                 any = true;
             }

@@ -289,6 +289,30 @@ impl<'a> Out<'a> {
                 ));
             }
         }
+        let requests = &self.plan.spec.requests;
+        for (&index, &set) in &requests.members {
+            let (Some(e), Some(set)) = (entries.get(index), requests.sets.get(set)) else {
+                continue;
+            };
+            warnings.push((
+                e.at,
+                format!(
+                    "{} cannot express request paths: {} of [requests.{}] is rendered as denied \
+                     (the eBPF guard lets it send the rule set's requests)",
+                    self.target, e.identity, set.name
+                ),
+            ));
+        }
+        if requests.imdsv2.required || !requests.imdsv2.require.is_empty() {
+            self.warn(
+                None,
+                format!(
+                    "{} cannot require IMDSv2 ([imdsv2]): it does not read requests; set \
+                     HttpTokens=required on the instance when every caller can use IMDSv2",
+                    self.target
+                ),
+            );
+        }
         for (at, message) in warnings {
             self.warn(Some(at), message);
         }

@@ -71,6 +71,17 @@ impl Family {
     }
 }
 
+/// What entry `index` of `spec` becomes in a firewall: its action, but a
+/// `[requests.NAME]` identity is denied. A firewall sees addresses and
+/// ports, not the paths the rule set judges: denying is the rendering that
+/// lets through nothing the eBPF guard refuses (a warning says so).
+pub(super) fn action_of(spec: &PolicySpec, index: usize) -> Action {
+    if spec.requests.members.contains_key(&index) {
+        return Action::Deny;
+    }
+    spec.entries.get(index).map_or(Action::Deny, |e| e.action)
+}
+
 /// What every target renders from.
 #[derive(Clone, Debug)]
 pub(super) struct Plan<'a> {
@@ -87,7 +98,8 @@ impl<'a> Plan<'a> {
         let mut rules: Vec<Rule<'a>> = spec
             .entries
             .iter()
-            .filter_map(|entry| {
+            .enumerate()
+            .filter_map(|(index, entry)| {
                 let owner = match &entry.identity {
                     Identity::User(name) => Owner::User(Id::Name(name)),
                     Identity::Uid(uid) => Owner::User(Id::Number(*uid)),
@@ -97,7 +109,7 @@ impl<'a> Plan<'a> {
                     Identity::Unit(_) | Identity::Cgroup(_) | Identity::Pod(_) => return None,
                 };
                 Some(Rule {
-                    action: entry.action,
+                    action: action_of(spec, index),
                     owner,
                     at: entry.at,
                 })
@@ -218,6 +230,7 @@ mod tests {
             forward: Default::default(),
             presets: Vec::new(),
             workload: Vec::new(),
+            requests: Default::default(),
         };
         let plan = Plan::new(&spec);
         let lines: Vec<u32> = plan.rules.iter().map(|r| r.at.line).collect();

@@ -234,6 +234,7 @@ fn unchecked(entries: Vec<Entry>) -> PolicySpec {
         forward: Default::default(),
         presets: Vec::new(),
         workload: Vec::new(),
+        requests: Default::default(),
     }
 }
 

@@ -192,6 +192,7 @@ fn many_uids(n: u32) -> PolicySpec {
         forward: Default::default(),
         presets: Vec::new(),
         workload: Vec::new(),
+        requests: Default::default(),
     }
 }
 

@@ -267,7 +267,7 @@ fn unknown_keys_are_named_with_the_keys_valid_there() {
         (
             "color = \"blue\"\n[allow]\nuids = [0]\n",
             "p.toml:1:1: unknown key \"color\" at the top level \
-             (valid keys: mode, endpoints, allow, deny, forward)",
+             (valid keys: mode, endpoints, allow, deny, forward, requests, imdsv2, attribution)",
         ),
         (
             "[endpoints]\nports = [80]\n[allow]\nuids = [0]\n",
@@ -309,12 +309,12 @@ fn likely_typos_get_the_closest_key() {
         (
             "[allowed]\nusers = [\"root\"]\n",
             "p.toml:1:2: unknown key \"allowed\" at the top level, did you mean \"allow\"? \
-             (valid keys: mode, endpoints, allow, deny, forward)",
+             (valid keys: mode, endpoints, allow, deny, forward, requests, imdsv2, attribution)",
         ),
         (
             "mdoe = \"audit\"\n[allow]\nuids = [0]\n",
             "p.toml:1:1: unknown key \"mdoe\" at the top level, did you mean \"mode\"? \
-             (valid keys: mode, endpoints, allow, deny, forward)",
+             (valid keys: mode, endpoints, allow, deny, forward, requests, imdsv2, attribution)",
         ),
     ];
     for (text, expected) in cases {
@@ -334,7 +334,7 @@ fn misplaced_keys_say_where_they_belong() {
         (
             "users = [\"root\"]\n",
             "p.toml:1:1: unknown key \"users\" at the top level, users belongs in [allow] or \
-             [deny] (valid keys: mode, endpoints, allow, deny, forward)",
+             [deny] (valid keys: mode, endpoints, allow, deny, forward, requests, imdsv2, attribution)",
         ),
         (
             "[allow]\nuids = [0]\naddresses = [\"169.254.169.254\"]\n",
@@ -578,7 +578,7 @@ fn misplaced_entries_are_not_also_reported_as_deciding_nothing() {
     assert_eq!(
         errors("[allowed]\nuids = [0]\n"),
         "p.toml:1:2: unknown key \"allowed\" at the top level, did you mean \"allow\"? \
-         (valid keys: mode, endpoints, allow, deny, forward)"
+         (valid keys: mode, endpoints, allow, deny, forward, requests, imdsv2, attribution)"
     );
     assert_eq!(
         errors("[allow]\nuid = [0]\n"),

@@ -1,0 +1,653 @@
+//! Request-level rules (issue 23): the `[requests.NAME]` rule sets, the
+//! `[imdsv2]` switch and `[attribution]`, as a validated policy holds them;
+//! their compilation into the kernel's maps ([`Requests::compile`]); and the
+//! userspace twin of the kernel's judgement of one request
+//! ([`Policy::judge_request`]), which `check --request` explains.
+//!
+//! A `[requests.NAME]` identity is an allow entry (it is in
+//! [`super::PolicySpec::entries`], after `[allow]`'s and before
+//! `[deny]`'s): the decision at connect is unchanged, and the deciding
+//! entry also decides what the caller may send ([`RequestScope`]). Rules
+//! are allow-only; the verdict does not depend on their order, and the
+//! longest matching rule names the record (what the kernel's LPM trie
+//! answers in one lookup).
+//!
+//! Paths are checked by the parser the `sk_msg` program runs
+//! ([`imds_guard_common::Parser`]): a rule is valid only if the parser
+//! accepts it as it is written, so every rule is a path some request can
+//! carry, and no rule is written in a form the kernel would refuse.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use imds_guard_common::{
+    ENTRY_ANY, EntryFlags, EntryKey, Head, Parser, ReqKey, ReqRule, entry_flags, req_method,
+    req_reason, req_version,
+};
+
+use super::{Decision, Location, Policy, PolicySpec};
+
+/// The request-level part of a policy. Empty ([`Requests::is_empty`]) for
+/// every policy written before it: those keep their meaning and digest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// The `[requests.NAME]` tables in file order; set number = index + 1.
+    pub sets: Vec<RuleSet>,
+    /// Index into [`PolicySpec::entries`] of each entry a set names → the
+    /// set's index.
+    pub members: BTreeMap<usize, usize>,
+    pub imdsv2: Imdsv2,
+    /// `[attribution] whole_service`: record every request of callers
+    /// allowed the whole service.
+    pub whole_service: bool,
+    /// Where the first request-level table is written (for the refusal of
+    /// an agent that does not enforce them).
+    pub at: Option<Location>,
+}
+
+/// One `[requests.NAME]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSet {
+    pub name: String,
+    /// The table's header.
+    pub at: Location,
+    /// `host = true`: its identities are allowed on the host only.
+    pub host: bool,
+    /// `imdsv2 = "required"` (`Some(true)`) or `"optional"` (`Some(false)`);
+    /// `None`: as `[imdsv2]` says.
+    pub imdsv2: Option<bool>,
+    pub rules: Vec<Rule>,
+}
+
+/// One rule: a method and a canonical path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// [`req_method`].
+    pub method: u8,
+    pub path: String,
+    pub at: Location,
+    /// 1-based, in file order over every set: what records name.
+    pub number: u32,
+}
+
+impl Rule {
+    /// `GET /latest/meta-data/`, as written.
+    pub fn text(&self) -> String {
+        format!("{} {}", method_name(self.method), self.path)
+    }
+
+    /// Whether the rule is a subtree (its path ends in `/`).
+    pub fn subtree(&self) -> bool {
+        self.path.ends_with('/')
+    }
+}
+
+/// `[imdsv2]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Imdsv2 {
+    /// `required = true`: every caller must send the token header.
+    pub required: bool,
+    /// Entries (indexes) `exempt` names (with `required = true`).
+    pub exempt: BTreeSet<usize>,
+    /// Entries (indexes) `require` names (with `required = false`).
+    pub require: BTreeSet<usize>,
+}
+
+/// What a deciding entry lets its callers send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestScope {
+    /// `Some(index)` of the rule set judging the paths; `None`: the whole
+    /// service.
+    pub set: Option<usize>,
+    /// Requests without the token header are refused (but the token PUT).
+    pub v2_required: bool,
+    /// Every request is recorded.
+    pub attribute: bool,
+}
+
+impl RequestScope {
+    /// The kernel's value for it.
+    pub fn flags(self) -> EntryFlags {
+        let mut flags = 0;
+        let mut ruleset = 0;
+        if let Some(set) = self.set {
+            flags |= entry_flags::JUDGE;
+            ruleset = u16::try_from(set + 1).unwrap_or(u16::MAX);
+        }
+        if self.v2_required {
+            flags |= entry_flags::V2_REQUIRED;
+        }
+        if self.attribute {
+            flags |= entry_flags::ATTRIBUTE;
+        }
+        EntryFlags {
+            ruleset,
+            flags,
+            _pad: 0,
+        }
+    }
+
+    /// Whether the kernel judges the requests of such a caller (the socket
+    /// goes into the sockhash).
+    pub fn judged(self) -> bool {
+        self.set.is_some() || self.v2_required || self.attribute
+    }
+}
+
+/// One rule compiled: the trie key (prefix length in bits, data) and value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompiledRule {
+    pub prefix_len: u32,
+    pub key: ReqKey,
+    pub value: ReqRule,
+}
+
+/// What one generation of the kernel's request maps holds for a policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// [`imds_guard_common::MAP_REQ_RULES`]'s entries.
+    pub rules: Vec<CompiledRule>,
+    /// [`imds_guard_common::MAP_ENTRY_FLAGS`]'s rows: one per entry whose
+    /// flags differ from the generation's default, and the
+    /// [`ENTRY_ANY`] row when that default is not zero.
+    pub flags: Vec<(EntryKey, EntryFlags)>,
+}
+
+/// A method's name.
+pub fn method_name(method: u8) -> &'static str {
+    match method {
+        req_method::GET => "GET",
+        req_method::HEAD => "HEAD",
+        req_method::PUT => "PUT",
+        _ => "?",
+    }
+}
+
+/// A method by name (as written: case-sensitive).
+pub fn method_of(name: &str) -> Option<u8> {
+    match name {
+        "GET" => Some(req_method::GET),
+        "HEAD" => Some(req_method::HEAD),
+        "PUT" => Some(req_method::PUT),
+        _ => None,
+    }
+}
+
+/// What a reason code says, for messages and records.
+pub fn reason_text(reason: u8) -> &'static str {
+    use req_reason::*;
+    match reason {
+        NONE => "not refused",
+        METHOD => "a method other than GET, HEAD, PUT",
+        H2_PREFACE => "the HTTP/2 preface",
+        TARGET_FORM => "a target that is not a path (absolute, authority or asterisk form)",
+        PATH_BYTE => {
+            "a byte outside [A-Za-z0-9._~-] in the path (':' is allowed inside a segment only)"
+        }
+        PERCENT => "percent-encoding ('%'), which is never decoded",
+        QUERY => "a query ('?') or fragment ('#')",
+        PARAM => "a ';' parameter",
+        EMPTY_SEGMENT => "an empty segment ('//')",
+        DOT_SEGMENT => "a segment ending in '.' ('.', '..', 'name.')",
+        NON_ASCII => "a byte that is not ASCII",
+        CONTROL => "a control byte or NUL",
+        VERSION => "no version, or one other than HTTP/1.0 and HTTP/1.1",
+        BARE_LF => "a line ending in LF without CR",
+        BARE_CR => "a CR not followed by LF",
+        FOLDED => "a folded header line",
+        HEADER_NAME => "a malformed header name",
+        HEADER_VALUE => "a header value byte other than VCHAR, SP, HTAB",
+        CONTENT_LENGTH => "a Content-Length other than one '0'",
+        TRANSFER_ENCODING => "a Transfer-Encoding header",
+        UPGRADE => "an Upgrade header",
+        EXPECT => "an Expect header",
+        TOKEN_REPEATED => "the token header twice",
+        TOKEN_EMPTY => "an empty token header",
+        TRAILING => "bytes after the request head (a body, a pipelined request)",
+        LINE_TOO_LONG => "a request line longer than the parser reads",
+        PATH_TOO_LONG => "a path longer than 240 bytes",
+        HEADER_TOO_LONG => "a header line longer than the parser reads",
+        TOO_MANY_HEADERS => "more than 32 header lines",
+        HEAD_TOO_LONG => "a request head longer than 2048 bytes",
+        INCOMPLETE => "an incomplete request head",
+        NOT_IN_RULES => "no rule of the caller's rule set matches",
+        V1_REFUSED => "an IMDSv1 request (no token header) from a caller that must use IMDSv2",
+        STALE => "judged under a policy no longer in force",
+        TAINTED => "bytes reached the connection by a path the verdict did not see",
+        WRITE_PENDING => "a writer was waiting when the connection was established",
+        SOCKHASH_FULL => "the sockhash is full",
+        ULP => "an upper layer protocol (MPTCP, kTLS) on the socket",
+        POISONED => "an earlier request on the connection was refused",
+        PULL_FAILED => "the message could not be read whole",
+        MEMORY => "the socket's send buffer is too full",
+        FAST_OPEN => "TCP Fast Open",
+        REPAIR => "TCP_REPAIR",
+        NOT_TCP => "not a TCP stream",
+        NOT_IN_SOCKHASH => "the socket could not be judged",
+        _ => "an unknown reason",
+    }
+}
+
+/// Checks a rule as written (`METHOD /path`) with the kernel's parser.
+/// `Err` says why it is not canonical.
+pub fn parse_rule(text: &str) -> Result<(u8, String), String> {
+    let Some((method, path)) = text.split_once(' ') else {
+        return Err(format!(
+            "{text:?} is not a rule: expected a method and a path separated by one space, \
+             like \"GET /latest/meta-data/instance-id\""
+        ));
+    };
+    if method_of(method).is_none() {
+        return Err(format!(
+            "{text:?}: the method must be GET, HEAD or PUT (uppercase), found {method:?}"
+        ));
+    }
+    // The request the rule describes, as a client would send it; a path
+    // the parser refuses (or changes, which it never does) is no rule.
+    let head = format!("{method} {path} HTTP/1.1\r\n\r\n");
+    let mut parser = Parser::new();
+    match parser.parse(head.as_bytes()) {
+        Ok(parsed) if parser.path() == path.as_bytes() => Ok((parsed.method, path.to_owned())),
+        Ok(_) => Err(format!("{text:?}: the path is not canonical")),
+        Err(reason) => Err(format!(
+            "{text:?}: the path is not canonical: {} (requests are judged only in their plain \
+             canonical form; write the path the service serves, byte for byte)",
+            reason_text(reason)
+        )),
+    }
+}
+
+/// Whether `path` is in the service's documented tree: `/latest/api/token`,
+/// `/latest/meta-data/...`, `/latest/user-data`, `/latest/dynamic/...`,
+/// and the same under a dated version (`/2021-03-23/...`); a directory of
+/// the tree itself (`/`, `/latest/`) counts.
+pub fn documented(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    let (version, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let dated = version.len() == 10
+        && version.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if version != "latest" && !dated {
+        return false;
+    }
+    if rest.is_empty() {
+        return true;
+    }
+    let first = rest.split('/').next().unwrap_or("");
+    match first {
+        "meta-data" | "dynamic" => true,
+        "user-data" => rest == "user-data",
+        "api" => version == "latest" && (rest == "api/token" || rest == "api/"),
+        _ => false,
+    }
+}
+
+impl PolicySpec {
+    /// The policy, or an error when it has request-level tables
+    /// (`[requests.*]`, `[imdsv2]`, `[attribution]`): the kernel programs
+    /// that judge requests are not part of this agent yet, and a policy
+    /// whose rules the agent would not enforce is refused like one that
+    /// does not validate (at start, the fallback; at a reload, the policy
+    /// in force stays). `validate`, `check` and `render` read them.
+    pub fn enforced_by_this_agent(self) -> Result<Self, super::PolicyError> {
+        let Some(at) = self.requests.at else {
+            return Ok(self);
+        };
+        Err(super::PolicyError::invalid(
+            &self.path,
+            vec![super::Diagnostic {
+                at,
+                message: "request-level rules ([requests.*], [imdsv2], [attribution]) are not \
+                          enforced by this agent: it does not judge requests in the kernel yet, \
+                          so it refuses the policy rather than let these callers reach the \
+                          whole service; remove these tables (validate, check --request and \
+                          render read them)"
+                    .to_owned(),
+            }],
+        ))
+    }
+}
+
+impl Requests {
+    /// Whether the policy has no request-level table at all.
+    pub fn is_empty(&self) -> bool {
+        self.at.is_none()
+    }
+
+    /// What entry `index` (`None`: the policy's default) lets its callers
+    /// send. Precedence for IMDSv2: the rule set's own `imdsv2`, then
+    /// `[imdsv2] exempt`/`require`, then `[imdsv2] required`.
+    pub fn scope(&self, index: Option<usize>) -> RequestScope {
+        let set = index.and_then(|i| self.members.get(&i).copied());
+        let listed = |list: &BTreeSet<usize>| index.is_some_and(|i| list.contains(&i));
+        let by_switch = if listed(&self.imdsv2.exempt) {
+            false
+        } else if listed(&self.imdsv2.require) {
+            true
+        } else {
+            self.imdsv2.required
+        };
+        let v2_required = set
+            .and_then(|s| self.sets.get(s))
+            .and_then(|s| s.imdsv2)
+            .unwrap_or(by_switch);
+        RequestScope {
+            set,
+            v2_required,
+            attribute: set.is_none() && self.whole_service,
+        }
+    }
+
+    /// What `check` adds to an allowed decision: nothing for the whole
+    /// service, else which requests.
+    pub fn scope_words(&self, scope: RequestScope) -> String {
+        let mut words = String::new();
+        if let Some(set) = scope.set.and_then(|s| self.sets.get(s)) {
+            words.push_str(&format!(
+                "; only the requests of [requests.{}] ({} rules; --request judges one)",
+                set.name,
+                set.rules.len()
+            ));
+        }
+        if scope.v2_required {
+            words.push_str(
+                "; IMDSv2 required (the token header on every request but the token PUT)",
+            );
+        }
+        if scope.attribute {
+            words.push_str("; every request recorded ([attribution] whole_service)");
+        }
+        words
+    }
+
+    /// The maps' content for generation `generation` of `spec` (whose
+    /// `requests` this is): the rules, and the flags of every entry that
+    /// differ from the generation's default (entry numbers 1-based, as
+    /// [`imds_guard_common::IdRule::entry`]).
+    pub fn compile(&self, spec: &PolicySpec, generation: u8) -> Compiled {
+        let mut out = Compiled::default();
+        for (s, set) in self.sets.iter().enumerate() {
+            let ruleset = u16::try_from(s + 1).unwrap_or(u16::MAX);
+            for rule in &set.rules {
+                // Validated: every rule fits.
+                if let Some((prefix_len, key)) =
+                    ReqKey::rule(generation, ruleset, rule.method, rule.path.as_bytes())
+                {
+                    out.rules.push(CompiledRule {
+                        prefix_len,
+                        key,
+                        value: ReqRule {
+                            rule: rule.number,
+                            flags: 0,
+                        },
+                    });
+                }
+            }
+        }
+        let default = self.scope(None).flags();
+        if default != EntryFlags::default() {
+            out.flags.push((
+                EntryKey {
+                    generation: u32::from(generation),
+                    entry: ENTRY_ANY,
+                },
+                default,
+            ));
+        }
+        for (index, entry) in spec.entries.iter().enumerate() {
+            if entry.action != super::Action::Allow {
+                continue;
+            }
+            let flags = self.scope(Some(index)).flags();
+            if flags != default {
+                out.flags.push((
+                    EntryKey {
+                        generation: u32::from(generation),
+                        entry: u32::try_from(index + 1).unwrap_or(u32::MAX),
+                    },
+                    flags,
+                ));
+            }
+        }
+        out
+    }
+
+    /// The digest's lines: each set's rules and switches (sorted, by set
+    /// name), the identities each set names, `[imdsv2]` and
+    /// `[attribution]`. None for a policy without request-level tables.
+    pub(super) fn write_digest(&self, spec: &PolicySpec, text: &mut String) {
+        use std::fmt::Write as _;
+        if self.is_empty() {
+            return;
+        }
+        let mut lines = Vec::new();
+        for set in &self.sets {
+            let imdsv2 = match set.imdsv2 {
+                Some(true) => "required",
+                Some(false) => "optional",
+                None => "default",
+            };
+            lines.push(format!(
+                "requests {} host {} imdsv2 {imdsv2}",
+                set.name, set.host
+            ));
+            for rule in &set.rules {
+                lines.push(format!("requests {} rule {}", set.name, rule.text()));
+            }
+        }
+        for (&index, &set) in &self.members {
+            if let (Some(e), Some(set)) = (spec.entries.get(index), self.sets.get(set)) {
+                lines.push(format!("requests {} names {}", set.name, e.identity));
+            }
+        }
+        for (word, list) in [
+            ("exempt", &self.imdsv2.exempt),
+            ("require", &self.imdsv2.require),
+        ] {
+            for &index in list {
+                if let Some(e) = spec.entries.get(index) {
+                    lines.push(format!("imdsv2 {word} {} {}", e.table(), e.identity));
+                }
+            }
+        }
+        lines.push(format!("imdsv2 required {}", self.imdsv2.required));
+        lines.push(format!("attribution whole_service {}", self.whole_service));
+        lines.sort();
+        lines.dedup();
+        for line in lines {
+            let _ = writeln!(text, "{line}");
+        }
+    }
+
+    /// The longest rule of set `set` matching `method` and `path`, as the
+    /// trie answers.
+    pub fn longest_match(&self, set: usize, method: u8, path: &[u8]) -> Option<&Rule> {
+        let ruleset = u16::try_from(set + 1).ok()?;
+        let (lookup_len, lookup) = ReqKey::lookup(0, ruleset, method, path)?;
+        self.sets
+            .get(set)?
+            .rules
+            .iter()
+            .filter_map(|rule| {
+                let (len, key) = ReqKey::rule(0, ruleset, rule.method, rule.path.as_bytes())?;
+                key.covers(len, lookup_len, &lookup).then_some((len, rule))
+            })
+            .max_by_key(|&(len, _)| len)
+            .map(|(_, rule)| rule)
+    }
+}
+
+/// The judgement of one request, as the kernel gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestVerdict {
+    /// The caller has the whole service: not judged (`recorded` when
+    /// `[attribution] whole_service` records it).
+    Whole { head: Head, recorded: bool },
+    /// Allowed: IMDSv2 satisfied, and the rule (for a rule set) that
+    /// matched, the longest.
+    Allowed { head: Head, rule: Option<Rule> },
+    /// Refused for this [`req_reason`].
+    Refused { head: Option<Head>, reason: u8 },
+}
+
+impl Policy {
+    /// What the programs do with `message` (one whole write) on a
+    /// connection that `decision` let through: the twin of the `sk_msg`
+    /// program's verdict. A connection refused at connect sends nothing:
+    /// `None`.
+    pub fn judge_request(&self, decision: &Decision, message: &[u8]) -> Option<RequestVerdict> {
+        if decision.action != super::Action::Allow {
+            return None;
+        }
+        let scope = self.spec.requests.scope(decision.index);
+        let mut parser = Parser::new();
+        let parsed = parser.parse(message);
+        // A caller with the whole service is never refused: with
+        // attribution on, the programs record what they parse (an
+        // unparsed head as such) and let everything through.
+        if scope.set.is_none() && !scope.v2_required {
+            let head = parsed.unwrap_or(Head {
+                method: req_method::NONE,
+                version: req_version::UNPARSED,
+                http_minor: 0,
+                path_len: 0,
+            });
+            return Some(RequestVerdict::Whole {
+                head,
+                recorded: scope.attribute,
+            });
+        }
+        // Judged (paths, or IMDSv2 required): what is not canonical is
+        // refused, whatever it would have asked.
+        let head = match parsed {
+            Ok(head) => head,
+            Err(reason) => return Some(RequestVerdict::Refused { head: None, reason }),
+        };
+        if scope.v2_required && head.version == req_version::V1 {
+            return Some(RequestVerdict::Refused {
+                head: Some(head),
+                reason: req_reason::V1_REFUSED,
+            });
+        }
+        let Some(set) = scope.set else {
+            return Some(RequestVerdict::Allowed { head, rule: None });
+        };
+        match self
+            .spec
+            .requests
+            .longest_match(set, head.method, parser.path())
+        {
+            Some(rule) => Some(RequestVerdict::Allowed {
+                head,
+                rule: Some(rule.clone()),
+            }),
+            None => Some(RequestVerdict::Refused {
+                head: Some(head),
+                reason: req_reason::NOT_IN_RULES,
+            }),
+        }
+    }
+}
+
+impl Policy {
+    /// `check --request`: whether `request` (`METHOD PATH`, with the token
+    /// header when `token`) passes on a connection `decision` let through,
+    /// and why: the rule set and the rule (the longest match), or the
+    /// refusal reason.
+    pub fn explain_request(
+        &self,
+        decision: &Decision,
+        request: &str,
+        token: bool,
+    ) -> (bool, String) {
+        let message = request_message(request, token);
+        let Some(verdict) = self.judge_request(decision, &message) else {
+            return (false, "the connection itself is refused".to_owned());
+        };
+        let set_name = |d: &Decision| {
+            let set = self.spec.requests.scope(d.index).set?;
+            self.spec
+                .requests
+                .sets
+                .get(set)
+                .map(|s| format!("[requests.{}]", s.name))
+        };
+        let kind = |head: &Head| match head.version {
+            req_version::TOKEN_PUT => "the token PUT",
+            req_version::V2 => "IMDSv2",
+            req_version::V1 => "IMDSv1",
+            _ => "unparsed",
+        };
+        match verdict {
+            RequestVerdict::Whole { recorded, .. } => (
+                true,
+                format!(
+                    "the caller has the whole service: its requests are not judged{}",
+                    if recorded {
+                        " (recorded: [attribution] whole_service)"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            RequestVerdict::Allowed { head, rule: None } => (
+                true,
+                format!(
+                    "{}: IMDSv2 is required of this caller, and satisfied",
+                    kind(&head)
+                ),
+            ),
+            RequestVerdict::Allowed {
+                head,
+                rule: Some(rule),
+            } => (
+                true,
+                format!(
+                    "{}: rule {} {:?} of {} at {} (the longest matching rule)",
+                    kind(&head),
+                    rule.number,
+                    rule.text(),
+                    set_name(decision).unwrap_or_default(),
+                    rule.at
+                ),
+            ),
+            RequestVerdict::Refused { head, reason } => {
+                let mut why = reason_text(reason).to_owned();
+                if reason == req_reason::NOT_IN_RULES {
+                    if let Some(name) = set_name(decision) {
+                        why = format!("no rule of {name} matches");
+                    }
+                }
+                let kind = head.as_ref().map_or("", kind);
+                (
+                    false,
+                    if kind.is_empty() {
+                        why
+                    } else {
+                        format!("{kind}: {why}")
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// The request `check --request "GET /path" [--token]` describes, as a
+/// client sends it.
+pub fn request_message(request: &str, token: bool) -> Vec<u8> {
+    let mut text = format!("{request} HTTP/1.1\r\nHost: 169.254.169.254\r\n");
+    if token {
+        text.push_str("X-aws-ec2-metadata-token: (token)\r\n");
+    }
+    text.push_str("\r\n");
+    text.into_bytes()
+}
+
+#[cfg(test)]
+mod tests;
