@@ -756,3 +756,100 @@ fn check_opens_a_workload_endpoint_to_containers_and_judges_the_host() {
         assert_eq!(code, Some(4), "{args:?}: {out}");
     }
 }
+
+const REQUEST_POLICY: &str = "[allow]\nuids = [0]\n[requests.monitoring]\nuids = [900]\n\
+     rules = [\"GET /latest/meta-data/placement/\", \"PUT /latest/api/token\"]\n\
+     [imdsv2]\nrequired = true\nexempt = { uids = [0] }\n";
+
+#[test]
+fn check_request_names_the_longest_rule_or_the_refusal() {
+    let path = policy_file("check-request.toml", REQUEST_POLICY);
+    let p = path.to_str().expect("utf-8");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["check", "--config", p, "--uid", "900", "--gid", "900"];
+        args.extend_from_slice(extra);
+        let out = imds_guard(&args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("uid 900 is allowed by [requests.monitoring] uids 900 at"),
+        "{out}"
+    );
+    assert!(
+        out.contains("only the requests of [requests.monitoring] (2 rules"),
+        "{out}"
+    );
+    let (code, out) = run(&[
+        "--request",
+        "GET /latest/meta-data/placement/region",
+        "--token",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "request \"GET /latest/meta-data/placement/region\" with the token header: allowed: \
+             IMDSv2: rule 1 \"GET /latest/meta-data/placement/\" of [requests.monitoring] at 5:10"
+        ),
+        "{out}"
+    );
+    let (code, out) = run(&["--request", "GET /latest/meta-data/iam/info", "--token"]);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(
+        out.contains("refused: IMDSv2: no rule of [requests.monitoring] matches"),
+        "{out}"
+    );
+    let (code, out) = run(&["--request", "GET /latest/meta-data/placement/region"]);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("refused: IMDSv1: an IMDSv1 request"), "{out}");
+    let (code, out) = run(&["--request", "GET /latest/meta-data/%2e%2e/", "--json"]);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("\"verdict\":\"refused\""), "{out}");
+}
+
+#[test]
+fn run_refuses_request_tables_until_the_kernel_enforces_them() {
+    let path = policy_file("run-requests.toml", REQUEST_POLICY);
+    let out = imds_guard(&[
+        "run",
+        "--config",
+        path.to_str().expect("utf-8"),
+        "--cgroup",
+        "/nonexistent",
+        "--fallback",
+        "none",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("are not enforced by this agent"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("nothing was attached"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn render_strict_fails_on_request_tables() {
+    let path = policy_file("render-requests.toml", REQUEST_POLICY);
+    let out = imds_guard(&[
+        "render",
+        "--config",
+        path.to_str().expect("utf-8"),
+        "--iptables",
+        "--strict",
+    ]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot express request paths"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -19,6 +19,7 @@
 //! [`CgroupRules::classify`], the programs as cgroups are listed and made).
 //! Ids are numbers, so no policy needs a user database.
 
+mod requests;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -27,8 +28,11 @@ use std::path::Path;
 
 use imds_guard_common::{MAX_CGROUP_LEVEL, reason};
 
-pub use self::table::{
-    ALLOWED_CGROUPS, CASES, DENY_LIST, GROUP_DENY, HOST, MEMBERS, MIXED, UIDS_ONLY, WORKLOAD,
+pub use self::{
+    requests::{REQUEST_CASES, REQUESTS, RequestCase},
+    table::{
+        ALLOWED_CGROUPS, CASES, DENY_LIST, GROUP_DENY, HOST, MEMBERS, MIXED, UIDS_ONLY, WORKLOAD,
+    },
 };
 use super::{
     Action, CgroupRules, Decision, EndpointKind, Owner, Place, Policy, PolicyError, PolicySpec,

@@ -60,10 +60,18 @@ const WORKLOAD: &str = "it runs in a container (a namespace of its own), the des
 pub fn explain_with(policy: &Policy, reason: Reason, index: Option<usize>, cx: &Context) -> String {
     let (uid, gid) = (cx.uid, cx.gid);
     let entry = index.and_then(|i| policy.spec.entries.get(i));
+    // A `[requests.NAME]` entry is an allow entry that names its table.
+    let set = index
+        .and_then(|i| policy.spec.requests.members.get(&i))
+        .and_then(|&s| policy.spec.requests.sets.get(s));
     let cite = |what: &str| match entry {
         Some(e) => format!(
             "{what} by {} at {}:{}:{}",
-            describe(e),
+            match set {
+                Some(set) =>
+                    describe(e).replacen(e.table(), &format!("[requests.{}]", set.name), 1),
+                None => describe(e),
+            },
             policy.spec.path.display(),
             e.at.line,
             e.at.col

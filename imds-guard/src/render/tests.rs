@@ -396,3 +396,44 @@ fn what_a_firewall_cannot_match_of_the_callers_identity_is_a_warning() {
         );
     }
 }
+
+/// A `[requests.NAME]` identity is rendered as denied (a firewall cannot
+/// read paths), with a warning that `--strict` turns into a failure; the
+/// whole-service allow stays an allow. `[imdsv2]` warns too.
+#[test]
+fn request_sets_are_rendered_as_denied_with_a_warning() {
+    let toml = format!(
+        "{AWS_V4}[allow]\nusers = [\"root\"]\n[requests.monitoring]\nusers = [\"cw\"]\n\
+         rules = [\"GET /latest/meta-data/placement/\"]\n[imdsv2]\nrequired = true\n"
+    );
+    let rendered = render(&policy(&toml), Target::Iptables, Format::Commands);
+    let lines = adding_lines(&rendered.text);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("--uid-owner cw --jump REJECT")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("--uid-owner root --jump RETURN")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("--uid-owner cw --jump RETURN")),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        rendered.warnings,
+        [
+            "policy.toml: iptables cannot require IMDSv2 ([imdsv2]): it does not read \
+             requests; set HttpTokens=required on the instance when every caller can use IMDSv2",
+            "policy.toml:6:10: iptables cannot express request paths: user \"cw\" of \
+             [requests.monitoring] is rendered as denied (the eBPF guard lets it send the rule \
+             set's requests)",
+        ]
+    );
+}

@@ -149,3 +149,37 @@ fn every_case_can_be_made() {
         );
     }
 }
+
+/// The request-level cases: the twin decides as the table says, its
+/// entry's scope is the expected one, and the flags the maps hold for
+/// that entry (its row, or the generation's default row) are that scope's.
+#[test]
+fn request_cases_decide_and_scope_as_the_table_says() {
+    use imds_guard_common::{ENTRY_ANY, EntryFlags};
+
+    use super::REQUEST_CASES;
+    for rc in &REQUEST_CASES {
+        let case = &rc.case;
+        let p = policy(case);
+        let d = case.decide(&p, BASE);
+        assert_eq!(d, case.expected.decision(), "{}", case.name);
+        let Some(scope) = rc.scope else {
+            assert_eq!(d.action, crate::policy::Action::Deny, "{}", case.name);
+            continue;
+        };
+        assert_eq!(p.spec.requests.scope(d.index), scope, "{}", case.name);
+        let compiled = p.spec.requests.compile(&p.spec, 0);
+        let row = |entry: u32| {
+            compiled
+                .flags
+                .iter()
+                .find(|(k, _)| k.entry == entry)
+                .map(|&(_, f)| f)
+        };
+        let entry = case.expected.entry;
+        let looked_up = row(entry)
+            .or_else(|| row(ENTRY_ANY))
+            .unwrap_or(EntryFlags::default());
+        assert_eq!(looked_up, scope.flags(), "{}", case.name);
+    }
+}
