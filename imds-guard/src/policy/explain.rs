@@ -60,18 +60,10 @@ const WORKLOAD: &str = "it runs in a container (a namespace of its own), the des
 pub fn explain_with(policy: &Policy, reason: Reason, index: Option<usize>, cx: &Context) -> String {
     let (uid, gid) = (cx.uid, cx.gid);
     let entry = index.and_then(|i| policy.spec.entries.get(i));
-    // A `[requests.NAME]` entry is an allow entry that names its table.
-    let set = index
-        .and_then(|i| policy.spec.requests.members.get(&i))
-        .and_then(|&s| policy.spec.requests.sets.get(s));
     let cite = |what: &str| match entry {
         Some(e) => format!(
             "{what} by {} at {}:{}:{}",
-            match set {
-                Some(set) =>
-                    describe(e).replacen(e.table(), &format!("[requests.{}]", set.name), 1),
-                None => describe(e),
-            },
+            described(policy, index, e),
             policy.spec.path.display(),
             e.at.line,
             e.at.col
@@ -196,6 +188,18 @@ fn groups_too(cx: &Context) -> String {
 /// "allowed" or "allowed on the host".
 fn done(entry: Option<&Entry>) -> &'static str {
     entry.map_or("allowed", Entry::done)
+}
+
+/// [`describe`], naming the `[requests.NAME]` table of an entry a request
+/// table wrote (an allow entry, which [`Entry::table`] calls `[allow]`).
+fn described(policy: &Policy, index: Option<usize>, e: &Entry) -> String {
+    let set = index
+        .and_then(|i| policy.spec.requests.members.get(&i))
+        .and_then(|&s| policy.spec.requests.sets.get(s));
+    match set {
+        Some(set) => describe(e).replacen(e.table(), &format!("[requests.{}]", set.name), 1),
+        None => describe(e),
+    }
 }
 
 /// `[deny] users "apache"`, `[allow.host] uids 0`.

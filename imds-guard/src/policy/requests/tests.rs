@@ -130,7 +130,7 @@ fn scope_and_flags_of_each_entry() {
         }
     );
     // legacy: its set says optional, above [imdsv2] required.
-    assert_eq!(r.scope(Some(3)).v2_required, false);
+    assert!(!r.scope(Some(3)).v2_required);
     // The default (no entry): required, recorded.
     assert_eq!(
         r.scope(None).flags(),
@@ -476,6 +476,24 @@ fn judges_requests_as_the_kernel_does() {
         )),
         req_reason::DOT_SEGMENT
     );
+}
+
+/// Another set, with IMDSv1; a whole-service caller; a denied one.
+#[test]
+fn judges_other_callers_as_the_kernel_does() {
+    let p = resolved(MONITORING);
+    let judge = |d, text: &str, token| {
+        p.judge_request(d, &request_message(text, token))
+            .expect("let through at connect")
+    };
+    let allowed_by = |v: RequestVerdict| match v {
+        RequestVerdict::Allowed { rule, .. } => rule.map(|r| r.number),
+        other => panic!("refused: {other:?}"),
+    };
+    let refused = |v: RequestVerdict| match v {
+        RequestVerdict::Refused { reason, .. } => reason,
+        other => panic!("allowed: {other:?}"),
+    };
     // legacy: its own set, IMDSv1 allowed.
     let legacy = p.decide(901, 901);
     assert_eq!(
@@ -589,4 +607,48 @@ fn request_tables_change_the_digest_and_others_keep_theirs() {
         with("[requests.r]\nuids = [5]\nrules = [\"GET /a\", \"GET /b/\"]\n"),
         with("[requests.r]\nuids = [5]\nrules = [\"GET /b/\", \"GET /a\"]\n")
     );
+}
+
+/// The recipes of docs/policy.md's "Request rules", as written there: they
+/// validate, and do what their text says.
+#[test]
+fn the_request_recipes_of_the_policy_reference_do_what_they_say() {
+    let doc = include_str!("../../../../docs/policy.md");
+    let section = doc
+        .split_once("\n## Request rules")
+        .map_or("", |(_, rest)| rest);
+    let section = section.split_once("\n## ").map_or(section, |(s, _)| s);
+    let mut recipes = Vec::new();
+    for part in section.split("\n### Recipe: ").skip(1) {
+        let (title, rest) = part.split_once('\n').unwrap_or((part, ""));
+        let block: Vec<&str> = rest
+            .lines()
+            .skip_while(|l| !l.starts_with("    "))
+            .take_while(|l| l.starts_with("    ") || l.is_empty())
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect();
+        recipes.push((title.to_owned(), block.join("\n")));
+    }
+    assert_eq!(recipes.len(), 2, "{recipes:?}");
+    let monitoring = spec(&recipes[0].1);
+    assert!(
+        monitoring.warnings().is_empty(),
+        "{:?}",
+        monitoring.warnings()
+    );
+    let requests = &monitoring.requests;
+    let set = requests.scope(Some(1)).set.expect("the units' rule set");
+    let get = |path: &str| requests.longest_match(set, req_method::GET, path.as_bytes());
+    assert!(get("/latest/meta-data/placement/region").is_some());
+    assert!(get("/latest/meta-data/network/interfaces/macs/0e:49:61:0f:c3:11/subnet-id").is_some());
+    assert!(get("/latest/meta-data/iam/security-credentials/role").is_none());
+    assert!(get("/latest/meta-data/iam/info").is_none());
+    assert!(get("/latest/user-data").is_none());
+    let v2 = spec(&recipes[1].1);
+    let scopes: Vec<bool> = (0..v2.entries.len())
+        .map(|i| v2.requests.scope(Some(i)).v2_required)
+        .collect();
+    // [allow] first: app.service required, legacy.service exempt; then
+    // [allow.host]'s root, required.
+    assert_eq!(scopes, [true, false, true], "{}", recipes[1].0);
 }

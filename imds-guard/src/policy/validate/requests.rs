@@ -61,28 +61,7 @@ impl Checker<'_> {
                 .filter(|(k, _)| SET_KEYS.contains(&k.name.as_str()))
                 .map(|(k, n)| (k.name.as_str(), (k, n)))
                 .collect();
-            let host = match fields.get("host") {
-                Some(&(k, n)) => self.boolean(&table_name, "host", k, n, set_at),
-                None => false,
-            };
-            let imdsv2 = match fields.get("imdsv2") {
-                Some(&(k, n)) => match &n.value {
-                    Value::String(s) if s == "required" => Some(true),
-                    Value::String(s) if s == "optional" => Some(false),
-                    other => {
-                        self.report(
-                            self.node_at(n, self.key_at(k, set_at)),
-                            format!(
-                                "[{table_name}] imdsv2: expected \"required\" or \"optional\", \
-                                 found {}",
-                                other.describe()
-                            ),
-                        );
-                        None
-                    }
-                },
-                None => None,
-            };
+            let (host, imdsv2) = self.set_switches(&table_name, &fields, set_at);
             let rules = match fields.get("rules") {
                 Some(&(k, n)) => self.request_rules(&table_name, k, n, set_at, &mut number),
                 None => {
@@ -119,6 +98,37 @@ impl Checker<'_> {
             out.push(written);
         }
         out
+    }
+
+    /// A set's `host` and `imdsv2`.
+    fn set_switches(
+        &mut self,
+        table: &str,
+        fields: &Fields<'_>,
+        at: Location,
+    ) -> (bool, Option<bool>) {
+        let host = match fields.get("host") {
+            Some(&(k, n)) => self.boolean(table, "host", k, n, at),
+            None => false,
+        };
+        let imdsv2 = match fields.get("imdsv2") {
+            Some(&(k, n)) => match &n.value {
+                Value::String(s) if s == "required" => Some(true),
+                Value::String(s) if s == "optional" => Some(false),
+                other => {
+                    self.report(
+                        self.node_at(n, self.key_at(k, at)),
+                        format!(
+                            "[{table}] imdsv2: expected \"required\" or \"optional\", found {}",
+                            other.describe()
+                        ),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        (host, imdsv2)
     }
 
     fn boolean(&mut self, table: &str, name: &str, key: &Key, node: &Node, at: Location) -> bool {
