@@ -280,4 +280,4 @@ pub fn overlap(a: &[(String, String)], b: &[(String, String)]) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

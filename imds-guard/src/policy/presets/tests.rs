@@ -485,13 +485,18 @@ fn auto_in_a_policy_reads_the_dmi_root_it_is_given() {
     );
 }
 
-/// The recipes of docs/policy.md's "Workload endpoints", as written there
-/// (the indented block after each "### Recipe:" heading).
+/// The recipes of docs/policy.md's "Workload endpoints", as written there.
 fn recipes() -> Vec<(String, String)> {
+    recipes_in("Workload endpoints")
+}
+
+/// The recipes of the section `heading` of docs/policy.md, as written
+/// there: the title and the indented block after each "### Recipe:"
+/// heading.
+pub(in crate::policy) fn recipes_in(heading: &str) -> Vec<(String, String)> {
     let doc = include_str!("../../../../docs/policy.md");
-    // That section only (the request rules' recipes are tested with them).
     let section = doc
-        .split_once("\n## Workload endpoints")
+        .split_once(&format!("\n## {heading}"))
         .map_or("", |(_, rest)| rest);
     let section = section.split_once("\n## ").map_or(section, |(s, _)| s);
     let mut found = Vec::new();

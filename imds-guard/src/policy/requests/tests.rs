@@ -613,22 +613,7 @@ fn request_tables_change_the_digest_and_others_keep_theirs() {
 /// validate, and do what their text says.
 #[test]
 fn the_request_recipes_of_the_policy_reference_do_what_they_say() {
-    let doc = include_str!("../../../../docs/policy.md");
-    let section = doc
-        .split_once("\n## Request rules")
-        .map_or("", |(_, rest)| rest);
-    let section = section.split_once("\n## ").map_or(section, |(s, _)| s);
-    let mut recipes = Vec::new();
-    for part in section.split("\n### Recipe: ").skip(1) {
-        let (title, rest) = part.split_once('\n').unwrap_or((part, ""));
-        let block: Vec<&str> = rest
-            .lines()
-            .skip_while(|l| !l.starts_with("    "))
-            .take_while(|l| l.starts_with("    ") || l.is_empty())
-            .map(|l| l.strip_prefix("    ").unwrap_or(l))
-            .collect();
-        recipes.push((title.to_owned(), block.join("\n")));
-    }
+    let recipes = crate::policy::presets::tests::recipes_in("Request rules");
     assert_eq!(recipes.len(), 2, "{recipes:?}");
     let monitoring = spec(&recipes[0].1);
     assert!(
