@@ -41,8 +41,8 @@ pub use self::{
     offsets::{Offsets, PF_KTHREAD},
     policy::{
         Config, GENERATIONS, IdRule, IdRules, MAX_ENDPOINTS, MAX_ID_RULES, MAX_PORTS, Membership,
-        Memberships, PortRule, Ports, SockState, V4Key, V6Key, action, config_flags, endpoint_kind,
-        mode, proto_bits, sock_state, transport,
+        Memberships, PortRule, Ports, RequestOffsets, SockState, V4Key, V6Key, action,
+        config_flags, endpoint_kind, mode, proto_bits, sock_state, stage, transport,
     },
     prefix::{Prefix4, Prefix6, Prefixes, V4_SLOTS, V6_SLOTS},
     request::{
@@ -79,6 +79,8 @@ mod pod {
     unsafe impl aya::Pod for super::Offsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RequestOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HostNamespaces {}
     // SAFETY: as above.

@@ -27,6 +27,10 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 /// The socket storage of sockets whose traffic to a protected address was
 /// let through, and under which policy (value: [`crate::SockState`]).
 pub const MAP_DECIDED: &str = "DECIDED";
+/// The sockhash of sockets whose requests are judged (key: the socket
+/// cookie), which the `sk_msg` program is attached to. Pinned: the
+/// program stays attached only while the map has a user reference.
+pub const MAP_REQ_SOCKS: &str = "REQ_SOCKS";
 /// The section, and the one-entry array aya makes of it, holding the
 /// programs' [`crate::Prefixes`]: a global the programs read with a load
 /// (no lookup), which the agent writes at every apply.
@@ -90,6 +94,12 @@ pub const PROGRAM_CONNECT6: &str = "connect6";
 pub const PROGRAM_SENDMSG4: &str = "sendmsg4";
 pub const PROGRAM_SENDMSG6: &str = "sendmsg6";
 pub const PROGRAM_EGRESS: &str = "egress";
+
+/// The request-level programs (issue 23): `cgroup/sock_ops` puts the
+/// sockets of callers allowed some requests into [`MAP_REQ_SOCKS`] as they
+/// are established; `sk_msg`, attached to that map, judges each request.
+pub const PROGRAM_REQ_SOCKOPS: &str = "req_sockops";
+pub const PROGRAM_REQ_MSG: &str = "req_msg";
 
 /// The programs that classify cgroups as they come and go (raw
 /// tracepoints of the same names).

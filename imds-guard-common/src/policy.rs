@@ -140,12 +140,16 @@ pub struct V6Key {
 const _: () = assert!(size_of::<V6Key>() == 20);
 
 /// The value of [`crate::MAP_DECIDED`], a socket's own storage: what was
-/// let through on it, and under which policy. Written where a protected
-/// destination is let through (a `sock_addr` hook, or `egress` after it
-/// judged a packet); `egress` lets a packet go unjudged only when `addr`
-/// is its destination and `epoch` the [`Config::epoch`] in force, so a
-/// reload (or the switch from audit to enforce) has the next packet of
-/// every connection judged again by the new policy.
+/// let through on it, under which policy, and, for a caller the policy
+/// allows only some requests (issue 23), how far its byte stream was
+/// judged. Written where a protected destination is let through (a
+/// `sock_addr` hook, or `egress` after it judged a packet); `egress` lets a
+/// packet go unjudged only when `addr` is its destination and `epoch` the
+/// [`Config::epoch`] in force, so a reload (or the switch from audit to
+/// enforce) has the next packet of every connection judged again by the
+/// new policy. The request fields (`flags` to `tgid`) are kept when
+/// `egress` re-stamps the epoch (a merge, not an overwrite): only the
+/// `sk_msg` program moves `judged_end`, only `sock_ops` sets `base_seq`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockState {
@@ -156,12 +160,36 @@ pub struct SockState {
     pub epoch: u32,
     /// [`sock_state::ALLOWED`] or [`sock_state::AUDITED`].
     pub verdict: u8,
-    /// 0 for now (request-level judgement will keep its bits here).
+    /// [`crate::entry_flags`] of the deciding entry, as the connect found
+    /// them.
     pub flags: u8,
-    /// 0 for now (the request rule set of a caller allowed some requests).
+    /// The request rule set of a caller allowed some requests (part of the
+    /// rule lookup's key); 0 for the others.
     pub ruleset: u16,
+    /// [`stage`]: what `sock_ops` and `sk_msg` did with the socket.
+    pub stage: u8,
+    /// [`crate::ns`] bits of the connector, for records.
+    pub ns: u8,
+    /// Requests `sk_msg` let through (saturating): the record budget.
+    pub requests: u16,
+    /// The sequence number of the first byte after the handshake
+    /// (`tcp_sock.write_seq` at `ACTIVE_ESTABLISHED`), set by `sock_ops`.
+    pub base_seq: u32,
+    /// One past the last byte `sk_msg` let through; `egress` lets payload
+    /// leave only within `[base_seq, judged_end)`.
+    pub judged_end: u32,
+    /// The deciding policy entry (1-based, 0 for none).
+    pub entry: u32,
+    /// The connector's uid and gid.
+    pub uid: u32,
+    pub gid: u32,
+    /// The connector's cgroup id (unit, pod).
+    pub cgroup_id: u64,
+    /// The connector's tgid.
+    pub tgid: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<SockState>() == 24);
+const _: () = assert!(size_of::<SockState>() == 64);
 
 /// [`SockState::verdict`]: how the socket was let through.
 pub mod sock_state {
@@ -171,6 +199,69 @@ pub mod sock_state {
     /// switch to enforce changes the epoch, and its next packet is judged
     /// (and dropped) then.
     pub const AUDITED: u8 = 2;
+}
+
+/// Bits of [`SockState::stage`].
+pub mod stage {
+    /// `sock_ops` put the socket in the sockhash and set `base_seq`.
+    pub const IN_SOCKHASH: u8 = 1;
+    /// `sk_msg` refused a request on it: every later one is refused too.
+    pub const POISONED: u8 = 2;
+    /// Bytes reached the stream other than through `sk_msg`'s verdict
+    /// (`write_seq` moved under it): nothing more leaves.
+    pub const TAINTED: u8 = 4;
+    /// `sock_ops` could not put it in the sockhash (full, a ULP, a writer
+    /// already waiting): its payload never leaves.
+    pub const REFUSED: u8 = 8;
+}
+
+/// Where the request programs read a TCP socket's state, resolved by the
+/// agent from the kernel's BTF (as [`crate::Offsets`]), each from the start
+/// of `struct sock` (a `tcp_sock` starts with it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestOffsets {
+    /// [`RequestOffsets::VALID`] once written.
+    pub valid: u32,
+    /// `tcp_sock.write_seq`: one past the last byte queued.
+    pub tcp_write_seq: u32,
+    /// `sock.sk_wmem_queued`.
+    pub sk_wmem_queued: u32,
+    /// `sock.sk_sndbuf`.
+    pub sk_sndbuf: u32,
+    /// `sock.sk_write_pending`: writers waiting for the connect.
+    pub sk_write_pending: u32,
+    /// `inet_connection_sock.icsk_ulp_ops`: MPTCP subflows, kTLS.
+    pub icsk_ulp_ops: u32,
+    /// `tcp_sock.fastopen_req`: `sendto(MSG_FASTOPEN)`'s data.
+    pub tcp_fastopen_req: u32,
+    /// The byte of `tcp_sock` holding the one-bit `repair` (`TCP_REPAIR`),
+    /// and its mask there.
+    pub tcp_repair: u32,
+    pub tcp_repair_mask: u32,
+    /// The same for `fastopen_connect` (`TCP_FASTOPEN_CONNECT`).
+    pub tcp_fastopen_connect: u32,
+    pub tcp_fastopen_connect_mask: u32,
+}
+const _: () = assert!(size_of::<RequestOffsets>() == 44);
+
+impl RequestOffsets {
+    /// The value of [`RequestOffsets::valid`] once resolved.
+    pub const VALID: u32 = 0x2e9_0ff5;
+    /// Nothing resolved: the request programs refuse everything.
+    pub const UNSET: Self = Self {
+        valid: 0,
+        tcp_write_seq: 0,
+        sk_wmem_queued: 0,
+        sk_sndbuf: 0,
+        sk_write_pending: 0,
+        icsk_ulp_ops: 0,
+        tcp_fastopen_req: 0,
+        tcp_repair: 0,
+        tcp_repair_mask: 0,
+        tcp_fastopen_connect: 0,
+        tcp_fastopen_connect_mask: 0,
+    };
 }
 
 /// What a rule or a default says.

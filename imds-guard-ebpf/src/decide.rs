@@ -109,7 +109,8 @@ impl Outcome {
 /// Decides a connection (or datagram, or packet) by `caller` to the
 /// protected destination `dst`, under policy `generation`; returns what
 /// its record says, one of [`verdict`] ([`Verdict::of`] makes it the
-/// hook's answer).
+/// hook's answer), and the deciding entry (1-based, 0 for none), whose
+/// scope (`scope.rs`) says whether the caller's requests are judged.
 #[inline(always)]
 pub fn decide<C: EbpfContext>(
     ctx: &C,
@@ -117,14 +118,14 @@ pub fn decide<C: EbpfContext>(
     generation: u32,
     caller: &mut Caller,
     dst: &mut Dst,
-) -> u8 {
+) -> (u8, u32) {
     // One state from here on, however the caller and the destination were
     // found (see `forget`). A copy that fails leaves nothing to judge or
     // record: denied, and counted as an error.
     if !forget(caller) || !forget(dst) {
         bump(hook, counter::DENIED);
         bump(hook, counter::ERRORS);
-        return verdict::DENIED;
+        return (verdict::DENIED, 0);
     }
     let (caller, dst) = (&*caller, &*dst);
     let internal_error = Outcome::deny(reason::INTERNAL_ERROR, 0, NO_ID);
@@ -178,7 +179,7 @@ pub fn decide<C: EbpfContext>(
         emit(hook, v, &outcome, caller, generation, dst);
     }
 
-    v
+    (v, outcome.entry)
 }
 
 /// The creators of the user namespaces `caller` is in ([`walk_owners`]),

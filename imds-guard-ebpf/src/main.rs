@@ -13,18 +13,25 @@
 //! (a netfilter program the agent loads itself). `walk.rs` runs the walks
 //! over groups and user namespaces: `bpf_loop`, or, built with the
 //! `unrolled` feature for kernels without it, a bounded loop.
+//! `request.rs` and `judge.rs` judge the requests of callers the policy
+//! allows only some requests (`sock_ops` and `sk_msg`), and `backstop.rs` is
+//! `egress`'s part of it.
 #![no_std]
 #![no_main]
 
+mod backstop;
 mod caller;
 mod charge;
 mod classify;
 mod decide;
 mod dst;
 mod identity;
+#[cfg(not(feature = "unrolled"))]
+mod judge;
 mod kernel;
 mod maps;
 mod netfilter;
+mod request;
 mod rules;
 mod skb;
 mod sock_addr;

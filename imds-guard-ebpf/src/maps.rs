@@ -4,15 +4,16 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use imds_guard_common::{
     Budget, BudgetKey, CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupEntry, CgroupPatterns,
-    ComponentKey, Config, EVENTS_BYTE_SIZE, FORWARD_EVENTS_BYTE_SIZE, FORWARD_SOURCES,
-    ForwardState, GENERATIONS, IdRules, InterfaceKey, LENGTHS_LEN, MAX_CGROUP_PATTERNS,
-    MAX_CGROUPS, MAX_CREATORS, MAX_ENDPOINTS, MAX_FORWARD_EXCEPTIONS, MAX_ID_RULES,
-    MAX_PATTERN_DEPTH, Memberships, Ports, Resolved, SockState, Source4Key, Source6Key, V4Key,
-    V6Key, cgroup_stat, forward_counter,
+    ComponentKey, Config, EVENTS_BYTE_SIZE, EntryFlags, EntryKey, FORWARD_EVENTS_BYTE_SIZE,
+    FORWARD_SOURCES, ForwardState, GENERATIONS, IdRules, InterfaceKey, LENGTHS_LEN,
+    MAX_CGROUP_PATTERNS, MAX_CGROUPS, MAX_CREATORS, MAX_ENDPOINTS, MAX_ENTRY_FLAGS,
+    MAX_FORWARD_EXCEPTIONS, MAX_ID_RULES, MAX_PATTERN_DEPTH, MAX_REQUEST_RULES, Memberships, Ports,
+    ReqKey, ReqRule, Resolved, SockState, Source4Key, Source6Key, V4Key, V6Key, cgroup_stat,
+    forward_counter,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate entries on insert. Memory then follows the
@@ -92,6 +93,27 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 /// to lock (an LRU map by socket cookie cost an allowed connect 800 ns).
 #[btf_map]
 pub static DECIDED: SkStorage<SockState> = SkStorage::new();
+
+/// The scope of each allowing policy entry, per generation (issue 23):
+/// an entry it does not hold allows the whole service, as before request
+/// rules. Read once per connect that is allowed, after the decision.
+#[map]
+pub static ENTRY_FLAGS: HashMap<EntryKey, EntryFlags> =
+    HashMap::with_max_entries(MAX_ENTRY_FLAGS, NO_PREALLOC);
+
+/// The request rules of every rule set, per generation (issue 23): one
+/// LPM lookup of the parsed path finds the longest rule that allows it
+/// (`imds_guard_common::ReqKey`).
+#[map]
+pub static REQ_RULES: LpmTrie<ReqKey, ReqRule> =
+    LpmTrie::with_max_entries(MAX_REQUEST_RULES * GENERATIONS, 0);
+
+/// The sockets whose requests are judged, by socket cookie: `req_sockops`
+/// puts them here as they are established, and `req_msg`, attached to
+/// this map, judges each message they send. Pinned by the agent, so that
+/// `req_msg` stays attached with the agent gone.
+#[map]
+pub static REQ_SOCKS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
 
 /// Every cgroup v2 cgroup by id, with the rule each generation's patterns
 /// give its path (`imds_guard_common::cgroups`) and who it is charged to.

@@ -29,13 +29,15 @@ use aya_ebpf::{
 use imds_guard_common::{event_flags, hook};
 
 use crate::{
+    backstop::backstop,
     caller::Caller,
     decide::{Verdict, decide},
     dst::{
         Dst, Found, UNREADABLE, active_generation, may_be_protected_v4, may_be_protected_v6,
         protected_v4, protected_v6,
     },
-    kernel::{address_of, opaque},
+    kernel::{address_of, forget, opaque},
+    request::judged,
     sock_state::{self, Standing},
 };
 
@@ -230,7 +232,8 @@ fn has_ports(proto: u8) -> bool {
 /// on this socket to this address under the policy in force; judge the
 /// rest by the socket's owner, and remember what is let through. A socket
 /// let through to this address under an earlier policy is a revocation
-/// when refused now: its record says so.
+/// when refused now: its record says so. A socket whose caller's requests
+/// are judged (issue 23) sends only what `req_msg` judged (`backstop.rs`).
 #[inline(always)]
 fn judge(ctx: &SkBuffContext, generation: u32, dst: &mut Dst) -> Verdict {
     let skb = ctx.skb.skb;
@@ -239,9 +242,11 @@ fn judge(ctx: &SkBuffContext, generation: u32, dst: &mut Dst) -> Verdict {
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     // SAFETY: null or a full socket, from `bpf_sk_fullsock`.
     match unsafe { sock_state::standing(full, dst, generation) } {
-        Standing::Current => return Verdict::Allow,
-        Standing::Stale => dst.flags = event_flags::REVOKED,
-        Standing::Unknown => {}
+        (Standing::Current, flags) if !judged(flags) => return Verdict::Allow,
+        // SAFETY: as above.
+        (Standing::Current, flags) => return unsafe { backstop(ctx, full, dst, flags) },
+        (Standing::Stale, _) => dst.flags = event_flags::REVOKED,
+        (Standing::Unknown, _) => {}
     }
     let sk = if full.is_null() {
         None
@@ -249,16 +254,41 @@ fn judge(ctx: &SkBuffContext, generation: u32, dst: &mut Dst) -> Verdict {
         address_of(full)
     };
     let mut caller = Caller::of_socket(sk, cgroup_id);
-    let recorded = decide(ctx, hook::EGRESS, generation, &mut caller, dst);
-    if let Some(state) = sock_state::let_through(dst, generation, recorded) {
-        // Found again rather than kept across the decision: a pointer that
-        // may be null would split every state of the decision in two.
-        // SAFETY: null or a full socket, from `bpf_sk_fullsock`.
-        unsafe { sock_state::store(full_socket(ctx), &state) };
+    let (recorded, entry) = decide(ctx, hook::EGRESS, generation, &mut caller, dst);
+    // One state from here, whatever the decision was (see `opaque`): what
+    // follows (the scope, the store, the backstop) was walked once per
+    // way out of the decision, past a quarter of 6.1's budget. A copy
+    // that fails refuses.
+    let Some((recorded, entry)) = opaque((recorded, entry)) else {
+        return Verdict::Reject;
+    };
+    let Some(mut state) = sock_state::let_through(dst, generation, recorded) else {
+        // A refusal leaves the state as it was: the next packet is judged
+        // again (and its record rate-limited by the agent).
+        return Verdict::of(recorded);
+    };
+    // Allowed or audited from here, one state again.
+    if !sock_state::scoped(&mut state, generation, recorded, entry) || !forget(&mut state) {
+        return Verdict::Reject;
     }
-    // A refusal leaves the state as it was: the next packet is judged
-    // again (and its record rate-limited by the agent).
-    Verdict::of(recorded)
+    let flags = state.flags;
+    // Found again rather than kept across the decision: a pointer that
+    // may be null would split every state of the decision in two.
+    // SAFETY: null or a full socket, from `bpf_sk_fullsock`.
+    let stored = unsafe { sock_state::store(full_socket(ctx), &state) };
+    if judged(flags) {
+        if !stored {
+            return Verdict::Reject;
+        }
+        // Judged now, let through unjudged before (a reload, a socket
+        // made before the guard): its payload was never judged, and is
+        // dropped (its range is empty unless `req_sockops` set it).
+        // SAFETY: as above.
+        return unsafe { backstop(ctx, full_socket(ctx), dst, flags) };
+    }
+    // Let through (allowed, or audited): `let_through` stores nothing
+    // else.
+    Verdict::Allow
 }
 
 /// The packet's full socket (`bpf_sk_fullsock`), or null when it has none.

@@ -14,7 +14,7 @@
 //! packet from its own headers whatever a hook let through.
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use imds_guard_common::hook;
+use imds_guard_common::{NO_ID, hook};
 
 use crate::{
     caller::Caller,
@@ -25,6 +25,7 @@ use crate::{
     },
     kernel::address_of,
     maps::DECIDED,
+    request::{judgeable, judged},
     sock_state,
 };
 
@@ -74,8 +75,8 @@ fn v4(ctx: &SockAddrContext, hook: u8) -> Verdict {
     let mut dst = Dst::v4(ip4, port);
     dst.kind = found.kind();
     let mut caller = Caller::current().with_socket(socket(ctx));
-    let recorded = decide(ctx, hook, generation, &mut caller, &mut dst);
-    remembered(ctx, &dst, generation, recorded)
+    let decided = decide(ctx, hook, generation, &mut caller, &mut dst);
+    remembered(ctx, &dst, generation, decided, &caller)
 }
 
 /// An IPv6 destination (`user_ip6`), IPv4-mapped ones included.
@@ -94,8 +95,8 @@ fn v6(ctx: &SockAddrContext, hook: u8) -> Verdict {
     let mut dst = Dst::v6(&ip6, port);
     dst.kind = found.kind();
     let mut caller = Caller::current().with_socket(socket(ctx));
-    let recorded = decide(ctx, hook, generation, &mut caller, &mut dst);
-    remembered(ctx, &dst, generation, recorded)
+    let decided = decide(ctx, hook, generation, &mut caller, &mut dst);
+    remembered(ctx, &dst, generation, decided, &caller)
 }
 
 /// The address of the socket being connected (`bpf_sock_addr.sk`, a full
@@ -117,19 +118,54 @@ fn socket(ctx: &SockAddrContext) -> Option<u64> {
 /// epoch, and the next packet is judged by the policy then in force. One
 /// record per connection, not one per packet. Should the storage not be
 /// had (no memory), `egress` judges its packets by the owner instead.
+///
+/// The state also keeps the scope of the deciding entry: a caller whose
+/// requests are judged (`request.rs`) is refused here what a sockhash
+/// cannot judge, and when its socket's state cannot be stored (nothing
+/// would remember that its requests are judged).
 #[inline(always)]
-fn remembered(ctx: &SockAddrContext, dst: &Dst, generation: u32, recorded: u8) -> Verdict {
-    if let Some(mut state) = sock_state::let_through(dst, generation, recorded) {
-        // SAFETY: the helper reads the socket of the program's own context,
-        // which the kernel guarantees is a full socket here; a non-null
-        // result points at this socket's storage, valid for this run.
-        unsafe {
-            let p = DECIDED.get_or_insert_ptr_mut(ctx, Some(&mut state));
-            // An existing storage keeps its value: overwrite it.
-            if !p.is_null() {
-                *p = state;
+fn remembered(
+    ctx: &SockAddrContext,
+    dst: &Dst,
+    generation: u32,
+    (recorded, entry): (u8, u32),
+    caller: &Caller,
+) -> Verdict {
+    let Some(mut state) = sock_state::let_through(dst, generation, recorded) else {
+        return Verdict::of(recorded);
+    };
+    if !sock_state::scoped(&mut state, generation, recorded, entry) {
+        return Verdict::Reject;
+    }
+    let judged = judged(state.flags);
+    if judged && !judgeable(socket(ctx), sock_type(ctx), u32::from(protocol(ctx))) {
+        return Verdict::Reject;
+    }
+    state.uid = caller.ids().map_or(NO_ID, |ids| ids.uid);
+    state.gid = caller.ids().map_or(NO_ID, |ids| ids.gid);
+    state.cgroup_id = caller.cgroup_id;
+    state.tgid = caller.tgid;
+    // SAFETY: the helper reads the socket of the program's own context,
+    // which the kernel guarantees is a full socket here; a non-null
+    // result points at this socket's storage, valid for this run.
+    unsafe {
+        let p = DECIDED.get_or_insert_ptr_mut(ctx, Some(&mut state));
+        if p.is_null() {
+            if judged {
+                return Verdict::Reject;
             }
+        } else {
+            // An existing storage (a datagram socket connected again)
+            // keeps nothing of its last connect: overwritten whole.
+            *p = state;
         }
     }
     Verdict::of(recorded)
+}
+
+/// The socket's type (`bpf_sock_addr.type`).
+#[inline(always)]
+fn sock_type(ctx: &SockAddrContext) -> u32 {
+    // SAFETY: as in `protocol`: one aligned 4-byte load of the context.
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.sock_addr).type_) }
 }

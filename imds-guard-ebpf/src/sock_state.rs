@@ -9,17 +9,25 @@
 //!
 //! The storage is created only for a protected destination let through,
 //! never for other traffic, which leaves the hooks before any of this.
+//!
+//! For a caller the policy allows only some requests (issue 23) the same
+//! state carries the scope of the deciding entry ([`scope`]) and how far
+//! its byte stream was judged: `sock_ops` (`request.rs`) sets `base_seq`,
+//! `sk_msg` moves `judged_end`, and `egress` lets payload leave only
+//! inside that range. A re-decision by `egress` merges ([`store`]): it
+//! never loses the range.
 
 use aya_ebpf::{bindings::bpf_sock, helpers::generated::bpf_sk_storage_get};
-use imds_guard_common::{SockState, sock_state, verdict};
+use imds_guard_common::{ENTRY_ANY, EntryFlags, EntryKey, SockState, sock_state, verdict};
 
 use crate::{
     dst::Dst,
-    maps::{CONFIG, DECIDED},
+    kernel::opaque,
+    maps::{CONFIG, DECIDED, ENTRY_FLAGS},
 };
 
 /// `BPF_SK_STORAGE_GET_F_CREATE` (include/uapi/linux/bpf.h).
-const CREATE: u64 = 1;
+pub const CREATE: u64 = 1;
 
 /// The epoch of policy `generation`: `None` while its config is not
 /// written (0), when nothing may be let through unjudged.
@@ -43,9 +51,47 @@ pub fn let_through(dst: &Dst, generation: u32, recorded: u8) -> Option<SockState
         addr: dst.stored_addr(),
         epoch: epoch(generation)?,
         verdict,
-        flags: 0,
-        ruleset: 0,
+        ..SockState::default()
     })
+}
+
+/// Gives `state`, of a destination let through as `recorded` under
+/// `generation` by policy entry `entry`, that entry's scope ([`scope`];
+/// none for an audited refusal), laundered so that what follows is one
+/// state for the verifier whatever the decision was (see `opaque`).
+/// `false` when the copy fails (it reads our own stack, and does not):
+/// the caller refuses.
+#[inline(always)]
+pub fn scoped(state: &mut SockState, generation: u32, recorded: u8, entry: u32) -> bool {
+    let found = if recorded == verdict::ALLOWED {
+        scope(generation, entry)
+    } else {
+        EntryFlags::default()
+    };
+    let Some(found) = opaque(found) else {
+        return false;
+    };
+    state.flags = found.flags;
+    state.ruleset = found.ruleset;
+    state.entry = entry;
+    true
+}
+
+/// The scope of policy entry `entry` of `generation` for a caller it
+/// allowed: the entry's own row, else the generation's default row
+/// ([`ENTRY_ANY`]: IMDSv2 required, or attribution, for everyone), else
+/// the whole service (no flags).
+#[inline(always)]
+pub fn scope(generation: u32, entry: u32) -> EntryFlags {
+    let own = EntryKey { generation, entry };
+    let any = EntryKey {
+        generation,
+        entry: ENTRY_ANY,
+    };
+    // SAFETY: hash map values, copied out at once.
+    unsafe { ENTRY_FLAGS.get(own).or_else(|| ENTRY_FLAGS.get(any)) }
+        .copied()
+        .unwrap_or_default()
 }
 
 /// How a packet's socket stands with its destination.
@@ -63,54 +109,65 @@ pub enum Standing {
 }
 
 /// Where the state of full socket `sk` stands with `dst` under
-/// `generation`. The hot path of an allowed connection: one storage
-/// lookup, one array lookup.
+/// `generation`, and the [`SockState::flags`] it holds (0 without one).
+/// The hot path of an allowed connection: one storage lookup, one array
+/// lookup.
 ///
 /// # Safety
 ///
 /// `sk` must be null or a full socket (`bpf_sk_fullsock`).
 #[inline(always)]
-pub unsafe fn standing(sk: *mut bpf_sock, dst: &Dst, generation: u32) -> Standing {
+pub unsafe fn standing(sk: *mut bpf_sock, dst: &Dst, generation: u32) -> (Standing, u8) {
     if sk.is_null() {
-        return Standing::Unknown;
+        return (Standing::Unknown, 0);
     }
     // SAFETY: a full socket, by the caller's contract.
     let state = unsafe { state_of(sk, 0) };
     if state.is_null() {
-        return Standing::Unknown;
+        return (Standing::Unknown, 0);
     }
     // SAFETY: checked for null; the socket's own storage, valid for this
     // run.
-    let (addr, stored) = unsafe { ((*state).addr, (*state).epoch) };
+    let (addr, stored, flags) = unsafe { ((*state).addr, (*state).epoch, (*state).flags) };
     if addr != dst.stored_addr() {
-        return Standing::Unknown;
+        return (Standing::Unknown, 0);
     }
     match epoch(generation) {
-        Some(e) if e == stored => Standing::Current,
-        _ => Standing::Stale,
+        Some(e) if e == stored => (Standing::Current, flags),
+        _ => (Standing::Stale, flags),
     }
 }
 
-/// Stores `state` in full socket `sk`'s storage, creating it. A socket
-/// whose storage cannot be had (no memory) keeps what it had, or nothing:
-/// its next packet is judged again.
+/// Stores `state` in full socket `sk`'s storage, creating it; returns
+/// whether it is stored. An existing storage keeps what only the request
+/// programs write (the stage, the judged range, the request count and the
+/// connector): a re-decision moves the epoch and the scope, never the
+/// range. A socket whose storage cannot be had (no memory) keeps what it
+/// had, or nothing: its next packet is judged again.
 ///
 /// # Safety
 ///
 /// `sk` must be null or a full socket (`bpf_sk_fullsock`).
 #[inline(always)]
-pub unsafe fn store(sk: *mut bpf_sock, state: &SockState) {
+pub unsafe fn store(sk: *mut bpf_sock, state: &SockState) -> bool {
     if sk.is_null() {
-        return;
+        return false;
     }
     // SAFETY: a full socket, by the caller's contract; a non-null result
-    // points at its storage, valid for this run. An existing storage keeps
-    // its value: overwritten.
+    // points at its storage, valid for this run (zeroed when created, so
+    // a merge into it is the whole state).
     unsafe {
         let p = state_of(sk, CREATE);
-        if !p.is_null() {
-            *p = *state;
+        if p.is_null() {
+            return false;
         }
+        (*p).addr = state.addr;
+        (*p).epoch = state.epoch;
+        (*p).verdict = state.verdict;
+        (*p).flags = state.flags;
+        (*p).ruleset = state.ruleset;
+        (*p).entry = state.entry;
+        true
     }
 }
 
@@ -122,7 +179,7 @@ pub unsafe fn store(sk: *mut bpf_sock, state: &SockState) {
 ///
 /// `sk` must be a full socket (`bpf_sk_fullsock`), as the helper requires.
 #[inline(always)]
-unsafe fn state_of(sk: *mut bpf_sock, flags: u64) -> *mut SockState {
+pub unsafe fn state_of(sk: *mut bpf_sock, flags: u64) -> *mut SockState {
     let map = core::ptr::addr_of!(DECIDED).cast_mut().cast();
     // SAFETY: the map is the program's own (its address is what the loader
     // relocates); `sk` is a full socket by the caller's contract.

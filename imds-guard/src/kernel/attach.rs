@@ -15,6 +15,7 @@ use aya::{
     Ebpf,
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, ProgramFd,
+        SockOps,
         links::{FdLink, LinkError},
     },
     util::KernelVersion,
@@ -68,6 +69,13 @@ pub enum AttachError {
         /// The command that detaches it.
         detach: String,
     },
+    #[error("cannot link program {name} to {cgroup}")]
+    Link {
+        name: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot replace the program of the pinned link {path}")]
     Update {
         path: PathBuf,
@@ -95,10 +103,13 @@ enum Step {
 
 /// Attaches the programs of `ebpf` (loaded) to the cgroup v2 directory
 /// `cgroup`, adopting the links pinned in `pins` (see `Guard::attach`).
+/// Links made here that aya does not hold and nothing pins are pushed
+/// onto `held`: they last as long as the caller keeps them.
 pub(super) fn attach(
     ebpf: &mut Ebpf,
     cgroup: &Path,
     pins: Option<&Pins>,
+    held: &mut Vec<OwnedFd>,
 ) -> Result<AttachReport, AttachError> {
     let file = cgroup::open(cgroup)?;
     let cgroup_id = cgroup::id(&file, cgroup)?;
@@ -114,7 +125,9 @@ pub(super) fn attach(
                 report.adopted += 1;
             }
             Step::Attach => {
-                attach_new(ebpf, row, &file, cgroup, pins)?;
+                if let Some(link) = attach_new(ebpf, row, &file, cgroup, pins)? {
+                    held.push(link);
+                }
                 report.attached += 1;
             }
         }
@@ -168,14 +181,15 @@ fn adopt(ebpf: &mut Ebpf, row: &Row, path: PathBuf, link: &OwnedFd) -> Result<()
 }
 
 /// Attaches our program of `row` to `file` (the cgroup at `path`), and
-/// pins its link when pinning.
+/// pins its link when pinning. A link that neither aya nor a pin holds is
+/// returned, for the caller to keep.
 fn attach_new(
     ebpf: &mut Ebpf,
     row: &Row,
     file: &File,
     path: &Path,
     pins: Option<&Pins>,
-) -> Result<(), AttachError> {
+) -> Result<Option<OwnedFd>, AttachError> {
     let name = row.name;
     let attach_err = |source| AttachError::Attach {
         name,
@@ -211,17 +225,38 @@ fn attach_new(
                 None => None,
             }
         }
+        Program::SockOps(p) => {
+            let prog = p.fd().map_err(attach_err)?;
+            let link = sys::link_create_cgroup(
+                prog.as_fd(),
+                file.as_fd(),
+                aya_obj::generated::bpf_attach_type::BPF_CGROUP_SOCK_OPS,
+            )
+            .map_err(|source| AttachError::Link {
+                name,
+                cgroup: path.to_owned(),
+                source,
+            })?;
+            return match pins {
+                Some(pins) => {
+                    pins.pin_link_fd(name, link.as_fd())?;
+                    Ok(None)
+                }
+                None => Ok(Some(link)),
+            };
+        }
     };
     if let (Some(pins), Some(link)) = (pins, link) {
         pins.pin_link(name, link)?;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A cgroup program, as its type.
 enum Program<'a> {
     SockAddr(&'a mut CgroupSockAddr),
     Skb(&'a mut CgroupSkb),
+    SockOps(&'a mut SockOps),
 }
 
 impl Program<'_> {
@@ -229,6 +264,7 @@ impl Program<'_> {
         match self {
             Self::SockAddr(p) => p.fd(),
             Self::Skb(p) => p.fd(),
+            Self::SockOps(p) => p.fd(),
         }
     }
 }
@@ -241,7 +277,10 @@ fn program<'a>(ebpf: &'a mut Ebpf, row: &Row) -> Result<Program<'a>, AttachError
             .and_then(|p| p.try_into().ok())
             .map(Program::SockAddr),
         Kind::SkbEgress => program.and_then(|p| p.try_into().ok()).map(Program::Skb),
-        Kind::RawTracepoint(_) | Kind::Netfilter(_) | Kind::Map => None,
+        Kind::SockOps => program
+            .and_then(|p| p.try_into().ok())
+            .map(Program::SockOps),
+        Kind::RawTracepoint(_) | Kind::Netfilter(_) | Kind::SkMsg(_) | Kind::Map => None,
     };
     typed.ok_or(AttachError::MissingProgram(row.name))
 }

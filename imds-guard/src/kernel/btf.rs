@@ -288,6 +288,46 @@ impl Btf {
         Ok(current)
     }
 
+    /// A one-bit field `member` of struct `strukt` (directly, or inside
+    /// its anonymous structs and unions): the byte that holds it, from the
+    /// start of the struct, and its mask in that byte. Little-endian
+    /// layout (x86_64, arm64): bit `n` of the struct is bit `n % 8` of
+    /// byte `n / 8`.
+    pub fn flag_bit(&self, strukt: &str, member: &str) -> Result<(u32, u8), BtfError> {
+        let no_member = || BtfError::NoMember {
+            strukt: strukt.to_owned(),
+            names: vec![member.to_owned()],
+        };
+        let Some(c) = self.composite(self.struct_id(strukt)?)? else {
+            return Err(BtfError::NoStruct(strukt.to_owned()));
+        };
+        let mut todo = vec![(c.members, 0u32)];
+        for _ in 0..8 {
+            let mut next = Vec::new();
+            for (members, base) in todo {
+                for m in &members {
+                    if m.name == member {
+                        if m.bitfield_size != 1 {
+                            return Err(no_member());
+                        }
+                        let bit = base + m.bit_offset;
+                        return Ok((bit / 8, 1u8 << (bit % 8)));
+                    }
+                    if m.name.is_empty() {
+                        if let Some(inner) = self.composite(m.type_id)? {
+                            next.push((inner.members, base + m.bit_offset));
+                        }
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            todo = next;
+        }
+        Err(no_member())
+    }
+
     /// The struct (or union) named `name`.
     fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
         self.by_name

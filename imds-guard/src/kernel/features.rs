@@ -50,6 +50,15 @@ pub const FEATURES: &[Feature] = &[
         ),
     },
     Feature {
+        name: "cgroup sock_ops programs and sockhashes",
+        needed_for: "judging the requests of callers allowed some requests",
+        since: "4.18",
+        how: How::Enumerators(
+            "bpf_attach_type",
+            &["BPF_CGROUP_SOCK_OPS", "BPF_SK_MSG_VERDICT"],
+        ),
+    },
+    Feature {
         name: "cgroup bpf_link",
         needed_for: "attachments that survive the agent (pinned links)",
         since: "5.7",

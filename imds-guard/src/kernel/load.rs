@@ -37,9 +37,13 @@ pub enum LoadError {
 
 /// Loads every program of [`programs::TABLE`] into the kernel. The
 /// verifier is most of a start's time: two CPUs take the programs from
-/// one queue.
-pub(super) fn load_all(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let expected = || programs::aya_loaded().map(|row| row.name);
+/// one queue. The build without `bpf_loop` has no request programs.
+pub(super) fn load_all(ebpf: &mut Ebpf, build: features::Build) -> Result<(), LoadError> {
+    let expected = || {
+        programs::aya_loaded()
+            .filter(move |row| build == features::Build::Loop || !row.kind.loop_only())
+            .map(|row| row.name)
+    };
     let mut found = Vec::with_capacity(expected().count());
     for (name, program) in ebpf.programs_mut() {
         if name == common::PROGRAM_FORWARD {
@@ -178,6 +182,8 @@ fn load_one(program: &mut aya::programs::Program) -> Option<Result<(), ProgramEr
         aya::programs::Program::CgroupSockAddr(p) => Some(p.load()),
         aya::programs::Program::CgroupSkb(p) => Some(p.load()),
         aya::programs::Program::RawTracePoint(p) => Some(p.load()),
+        aya::programs::Program::SockOps(p) => Some(p.load()),
+        aya::programs::Program::SkMsg(p) => Some(p.load()),
         _ => None,
     }
 }

@@ -14,7 +14,9 @@ use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
     maps::{Map, MapData, RingBuf},
 };
-use imds_guard_common::{self as common, CgroupLimits, ForwardOffsets, HostNamespaces};
+use imds_guard_common::{
+    self as common, CgroupLimits, EntryFlags, ForwardOffsets, HostNamespaces, RequestOffsets,
+};
 
 use super::{
     attach::{self, AttachError, AttachReport},
@@ -33,6 +35,7 @@ use super::{
     pins::{PinError, Pins},
     policy_maps::{PolicyMapError, PolicyMaps, Stamp},
     programs,
+    requests::{self, RequestError},
 };
 use crate::{chain::Chain, policy::Policy};
 
@@ -46,6 +49,8 @@ const HOST_GLOBAL: &str = "HOST";
 const CGROUP_LIMITS_GLOBAL: &str = "CGROUP_LIMITS";
 /// The forward program's global holding [`ForwardOffsets`].
 const FORWARD_OFFSETS_GLOBAL: &str = "FORWARD_OFFSETS";
+/// The request programs' global holding [`RequestOffsets`].
+const REQUEST_OFFSETS_GLOBAL: &str = "REQUEST_OFFSETS";
 
 /// The object `build.rs` compiled from `imds-guard-ebpf`, with `bpf_loop`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
@@ -129,6 +134,8 @@ pub enum GuardError {
     Netfilter(#[from] NetfilterError),
     #[error("the forward program cannot be loaded: {0}")]
     ForwardLayout(String),
+    #[error(transparent)]
+    Requests(#[from] RequestError),
 }
 
 /// How long the steps of [`Guard::load_and_apply`] took, for the agent's
@@ -163,6 +170,9 @@ pub struct Guard {
     forward_layout: Option<String>,
     /// Which build of the programs is loaded.
     build: features::Build,
+    /// Links made without pins that aya does not hold (`req_sockops`'s):
+    /// they detach as this handle drops.
+    held_links: Vec<OwnedFd>,
 }
 
 impl Guard {
@@ -177,7 +187,7 @@ impl Guard {
     /// to be on the host (a test's, rather than this process's).
     pub fn load_in(ebpf_log_level: u8, host: HostNamespaces) -> Result<Self, GuardError> {
         let mut guard = Self::open_in(ebpf_log_level, host)?;
-        load::load_all(&mut guard.ebpf)?;
+        load::load_all(&mut guard.ebpf, guard.build)?;
         Ok(guard)
     }
 
@@ -207,6 +217,7 @@ impl Guard {
             offsets,
             cgroup_offsets,
             forward,
+            request,
         } = resolved?;
         let forward_offsets = forward.as_ref().copied().unwrap_or(ForwardOffsets::UNSET);
         let capacity = classify::capacity();
@@ -218,7 +229,9 @@ impl Guard {
             .override_global(CGROUP_LIMITS_GLOBAL, &limits, true)
             .override_global(HOST_GLOBAL, &host, true)
             .override_global(FORWARD_OFFSETS_GLOBAL, &forward_offsets, true)
+            .override_global(REQUEST_OFFSETS_GLOBAL, &request, true)
             .map_max_entries(common::MAP_CGROUP_CLASS, capacity)
+            .map_max_entries(common::MAP_REQ_SOCKS, requests::req_socks())
             .load(build.object())
             .map_err(GuardError::Object)?;
         let object_maps = object_maps(&ebpf)?;
@@ -235,6 +248,7 @@ impl Guard {
             object_maps,
             forward_layout: forward.err(),
             build,
+            held_links: Vec::new(),
         })
     }
 
@@ -271,13 +285,17 @@ impl Guard {
         policy: &Policy,
         stamp: &Stamp,
     ) -> Result<(u32, LoadTimes), GuardError> {
-        let Self { ebpf, maps, .. } = self;
+        requests::supported(self.build, policy)?;
+        let Self {
+            ebpf, maps, build, ..
+        } = self;
+        let build = *build;
         let stamp = with_cgroup_flags(policy, stamp);
         let mut times = LoadTimes::default();
         let generation = std::thread::scope(|scope| {
             let loading = scope.spawn(|| {
                 let started = Instant::now();
-                (load::load_all(ebpf), started.elapsed())
+                (load::load_all(ebpf, build), started.elapsed())
             });
             let started = Instant::now();
             let applied = maps.apply(policy, &stamp);
@@ -307,6 +325,7 @@ impl Guard {
     /// under them, are written first (`classify/`), once no program reads
     /// the generation being written any more.
     pub fn apply(&mut self, policy: &Policy, stamp: &Stamp) -> Result<u32, GuardError> {
+        requests::supported(self.build, policy)?;
         self.maps.settle()?;
         let next = self.maps.next_generation();
         self.classifier.prepare(&mut self.ebpf, next, policy)?;
@@ -423,7 +442,11 @@ impl Guard {
         cgroup: &Path,
         pins: Option<&Pins>,
     ) -> Result<AttachReport, GuardError> {
-        let report = attach::attach(&mut self.ebpf, cgroup, pins)?;
+        // The verdict program first: a socket `req_sockops` puts into the
+        // sockhash before it is attached would send unjudged (and
+        // `egress` would drop all it sends).
+        requests::attach_sk_msgs(&mut self.ebpf, self.build)?;
+        let report = attach::attach(&mut self.ebpf, cgroup, pins, &mut self.held_links)?;
         if let Some(pins) = pins {
             for name in programs::pinned_maps() {
                 let map = self.ebpf.map(name).ok_or(MapError::Missing(name))?;
@@ -432,6 +455,46 @@ impl Guard {
             self.classifier.pin(pins)?;
         }
         Ok(report)
+    }
+
+    /// Writes the scope of policy entry `entry` of `generation` directly
+    /// (`requests.rs`): for tests.
+    pub fn write_entry_flags(
+        &mut self,
+        generation: u32,
+        entry: u32,
+        flags: EntryFlags,
+    ) -> Result<(), GuardError> {
+        Ok(requests::write_entry_flags(
+            &mut self.ebpf,
+            generation,
+            entry,
+            flags,
+        )?)
+    }
+
+    /// Writes one request rule directly (`requests.rs`): for tests.
+    pub fn write_request_rule(
+        &mut self,
+        generation: u32,
+        ruleset: u16,
+        method: u8,
+        path: &str,
+        rule: u32,
+    ) -> Result<(), GuardError> {
+        Ok(requests::write_request_rule(
+            &mut self.ebpf,
+            generation,
+            ruleset,
+            method,
+            path,
+            rule,
+        )?)
+    }
+
+    /// How many sockets are in the sockhash of judged sockets now.
+    pub fn judged_sockets(&self) -> Result<usize, GuardError> {
+        Ok(requests::judged_sockets(&self.ebpf)?)
     }
 
     /// Loads the forward program and links it at the forward hook of this
@@ -483,6 +546,8 @@ struct Layout {
     /// The forward program's, or why this kernel cannot give them (only
     /// that program then cannot be used).
     forward: Result<ForwardOffsets, String>,
+    /// The request programs'.
+    request: RequestOffsets,
 }
 
 /// A descriptor of every map of `ebpf`, by name.
@@ -556,11 +621,14 @@ fn resolve_layout() -> Result<Layout, GuardError> {
     let cgroup_offsets = classify::offsets::resolve(&btf, &release)
         .map_err(|e| GuardError::CgroupOffsets(Box::new(e)))?;
     let forward = offsets::resolve_forward(&btf, &release).map_err(|e| Chain(&e).to_string());
+    let request =
+        offsets::resolve_request(&btf, &release).map_err(|e| GuardError::Offsets(Box::new(e)))?;
     Ok(Layout {
         build,
         offsets,
         cgroup_offsets,
         forward,
+        request,
     })
 }
 

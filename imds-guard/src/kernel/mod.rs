@@ -6,7 +6,8 @@
 //! first in `prefixes.rs`; `classify/` keeps every cgroup's rule for unit,
 //! cgroup and pod entries). `inspect.rs` reads back what is in force,
 //! `rules.rs` whom its rules name, `counters.rs` what the programs counted,
-//! `records.rs` what they report.
+//! `records.rs` what they report; `requests.rs` the agent's side of
+//! request-level judgement.
 //! `place.rs` settles where the guard goes (the cgroup, the hierarchy, a
 //! namespace left for the host's) before anything else runs.
 //! `btf.rs`, `offsets.rs`, `features.rs` and `identity.rs` are what the
@@ -44,6 +45,7 @@ mod prefixes;
 pub mod programs;
 pub mod records;
 pub mod refused;
+pub mod requests;
 pub mod rules;
 pub mod sys;
 

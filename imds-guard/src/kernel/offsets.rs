@@ -7,7 +7,7 @@
 //! a message naming the field and the kernel: the programs never read
 //! memory at a guessed place.
 
-use imds_guard_common::{ForwardOffsets, Offsets};
+use imds_guard_common::{ForwardOffsets, Offsets, RequestOffsets};
 
 use super::btf::{Btf, BtfError};
 
@@ -266,6 +266,53 @@ pub fn resolve(btf: &Btf, release: &str) -> Result<Offsets, OffsetError> {
         (w.set)(&mut offsets, value);
     }
     Ok(offsets)
+}
+
+/// The offsets the request programs read a TCP socket at (`request.rs`,
+/// `judge.rs`), each from the start of `struct sock`, which a `tcp_sock`
+/// starts with (through `inet_connection_sock` and `inet_sock`).
+pub fn resolve_request(btf: &Btf, release: &str) -> Result<RequestOffsets, OffsetError> {
+    let why = "judging the requests of callers allowed some requests";
+    let field = |strukt: &'static str, path: &'static [&'static [&'static str]]| {
+        btf.field(strukt, path)
+            .map(|f| f.offset)
+            .map_err(|source| OffsetError {
+                release: release.to_owned(),
+                field: format!(
+                    "{strukt}.{}",
+                    path.iter()
+                        .map(|n| n.join("|"))
+                        .collect::<Vec<_>>()
+                        .join(".")
+                ),
+                why,
+                source: Box::new(source),
+            })
+    };
+    let bit = |member: &'static str| {
+        btf.flag_bit("tcp_sock", member)
+            .map_err(|source| OffsetError {
+                release: release.to_owned(),
+                field: format!("tcp_sock.{member}"),
+                why,
+                source: Box::new(source),
+            })
+    };
+    let repair = bit("repair")?;
+    let fastopen_connect = bit("fastopen_connect")?;
+    Ok(RequestOffsets {
+        valid: RequestOffsets::VALID,
+        tcp_write_seq: field("tcp_sock", &[&["write_seq"]])?,
+        sk_wmem_queued: field("sock", &[&["sk_wmem_queued"]])?,
+        sk_sndbuf: field("sock", &[&["sk_sndbuf"]])?,
+        sk_write_pending: field("sock", &[&["sk_write_pending"]])?,
+        icsk_ulp_ops: field("inet_connection_sock", &[&["icsk_ulp_ops"]])?,
+        tcp_fastopen_req: field("tcp_sock", &[&["fastopen_req"]])?,
+        tcp_repair: repair.0,
+        tcp_repair_mask: u32::from(repair.1),
+        tcp_fastopen_connect: fastopen_connect.0,
+        tcp_fastopen_connect_mask: u32::from(fastopen_connect.1),
+    })
 }
 
 /// The offsets the `forward` program reads a packet and its hook state at
@@ -529,5 +576,28 @@ mod tests {
         assert!(o.user_ns_inum > o.user_ns_owner && o.sock_net > 0);
         // `kuid_t owner; kgid_t group;` side by side, since 3.8.
         assert_eq!(o.user_ns_group, o.user_ns_owner + 4);
+    }
+
+    #[test]
+    fn this_kernel_has_every_field_the_request_programs_read() {
+        let btf = Btf::from_sys_fs().expect("this kernel publishes its BTF");
+        let o = resolve_request(&btf, &kernel_release()).expect("every field is there");
+        assert_eq!(o.valid, RequestOffsets::VALID);
+        // A tcp_sock starts with the sock, then the TCP fields.
+        assert!(o.tcp_write_seq > o.sk_sndbuf && o.icsk_ulp_ops > o.sk_write_pending);
+        // One-bit fields: one bit of one byte each, in tcp_sock.
+        for mask in [o.tcp_repair_mask, o.tcp_fastopen_connect_mask] {
+            assert_eq!(mask.count_ones(), 1, "{o:?}");
+            assert!(mask < 0x100, "{o:?}");
+        }
+        assert!(o.tcp_repair > o.sk_sndbuf && o.tcp_fastopen_connect > o.sk_sndbuf);
+    }
+
+    #[test]
+    fn a_field_of_several_bits_is_no_flag() {
+        let btf = Btf::from_sys_fs().expect("this kernel publishes its BTF");
+        // `u8 nonagle : 4` in tcp_sock since 2.6.
+        assert!(btf.flag_bit("tcp_sock", "nonagle").is_err());
+        assert!(btf.flag_bit("tcp_sock", "no_such_member").is_err());
     }
 }

@@ -9,7 +9,7 @@
 
 use std::{
     fs,
-    os::fd::OwnedFd,
+    os::fd::{BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -181,6 +181,13 @@ impl Pins {
         link.pin(&path)
             .map(drop)
             .map_err(|e| pin_err("pin the link at", &path)(chain(e)))
+    }
+
+    /// Pins `link` (a bpf_link aya does not hold), which then keeps it
+    /// attached after we exit.
+    pub fn pin_link_fd(&self, program: &str, link: BorrowedFd<'_>) -> Result<(), PinError> {
+        let path = self.link_path(program);
+        sys::obj_pin(link, &path).map_err(pin_err("pin the link at", &path))
     }
 
     /// Pins `map`, replacing the pin of an earlier agent's map.

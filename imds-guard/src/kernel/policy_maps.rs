@@ -19,8 +19,8 @@ use std::{
 
 use aya::Ebpf;
 use imds_guard_common::{
-    self as common, IdRule, IdRules, Ipv6Key, Membership, Memberships, Prefixes, V4Key, V6Key,
-    action, config_flags, mode,
+    self as common, EntryFlags, EntryKey, IdRule, IdRules, Ipv6Key, Membership, Memberships,
+    Prefixes, ReqLookup, V4Key, V6Key, action, config_flags, mode,
 };
 
 use super::{
@@ -58,11 +58,14 @@ pub enum PolicyMapError {
     GenerationMismatch { live: u32 },
 }
 
-/// The protected addresses one generation was written with.
+/// The protected addresses one generation was written with, and its
+/// request rules and entry scopes (issue 23).
 #[derive(Debug, Default)]
 struct Written {
     v4: Vec<V4Key>,
     v6: Vec<V6Key>,
+    req_rules: Vec<ReqLookup>,
+    entry_flags: Vec<EntryKey>,
 }
 
 /// The maps a policy is written into, by descriptors of their own (so that
@@ -103,6 +106,11 @@ pub(super) struct PolicyMaps {
     answered: u32,
     /// `[forward]`'s exceptions, per generation, for the forward program.
     exceptions: Exceptions,
+    /// The request rules and the entries' scopes; `None` in a build that
+    /// judges no requests (without `bpf_loop`), where a policy with
+    /// request-level tables is refused before it gets here.
+    req_rules: Option<OwnedFd>,
+    entry_flags: Option<OwnedFd>,
 }
 
 impl PolicyMaps {
@@ -129,6 +137,8 @@ impl PolicyMaps {
             epoch: 0,
             answered: 0,
             exceptions: Exceptions::new(ebpf)?,
+            req_rules: descriptor(ebpf, common::MAP_REQ_RULES).ok(),
+            entry_flags: descriptor(ebpf, common::MAP_ENTRY_FLAGS).ok(),
         })
     }
 
@@ -164,6 +174,7 @@ impl PolicyMaps {
         // Its addresses go (the slot of the id maps is rewritten below).
         self.clear_generation(next)?;
         self.write_endpoints(next, policy)?;
+        self.write_requests(next, policy)?;
         self.exceptions.write(next, policy)?;
         // Before anything can decide under it: the prefixes cover the
         // addresses of the generation in force and of this one.
@@ -298,6 +309,36 @@ impl PolicyMaps {
         Ok(())
     }
 
+    /// Writes the request rules of `policy` and the scope of each of its
+    /// entries that is not the whole service into `generation` (cleared
+    /// first by [`PolicyMaps::clear_generation`]): before its config, so
+    /// before anything decides under it.
+    fn write_requests(&mut self, generation: u32, policy: &Policy) -> Result<(), MapError> {
+        let compiled = policy.spec.requests.compile(&policy.spec, generation as u8);
+        if compiled.rules.is_empty() && compiled.flags.is_empty() {
+            return Ok(());
+        }
+        let (Some(rules_fd), Some(flags_fd)) = (&self.req_rules, &self.entry_flags) else {
+            return Err(MapError::Missing(common::MAP_REQ_RULES));
+        };
+        // An LPM trie takes no batches: one update each (at most
+        // `MAX_REQUEST_RULES`), each remembered once written, to clear by.
+        for rule in &compiled.rules {
+            let key = ReqLookup {
+                prefix_len: rule.prefix_len,
+                key: rule.key,
+            };
+            sys::map_update(rules_fd.as_fd(), &key, &rule.value)
+                .map_err(maps::write(common::MAP_REQ_RULES))?;
+            self.written[(generation % common::GENERATIONS) as usize]
+                .req_rules
+                .push(key);
+        }
+        let (keys, values): (Vec<EntryKey>, Vec<EntryFlags>) = compiled.flags.into_iter().unzip();
+        self.written[(generation % common::GENERATIONS) as usize].entry_flags = keys.clone();
+        update(flags_fd, common::MAP_ENTRY_FLAGS, &keys, &values)
+    }
+
     /// Puts the rules of `policy` in slot `generation` (every slot with
     /// `None`) of the uid and gid maps, and its members of denied groups
     /// in that of the members map, writing only what changes there.
@@ -413,6 +454,14 @@ impl PolicyMaps {
     fn clear_generation(&mut self, generation: u32) -> Result<(), MapError> {
         let written = std::mem::take(self.written_mut(generation));
         self.exceptions.clear(generation)?;
+        if let Some(fd) = &self.entry_flags {
+            delete(fd, common::MAP_ENTRY_FLAGS, &written.entry_flags)?;
+        }
+        if let Some(fd) = &self.req_rules {
+            for key in &written.req_rules {
+                sys::map_delete(fd.as_fd(), key).map_err(maps::write(common::MAP_REQ_RULES))?;
+            }
+        }
         delete(&self.v4, common::MAP_PROTECTED_V4, &written.v4)?;
         delete(&self.v6, common::MAP_PROTECTED_V6, &written.v6)
     }

@@ -36,6 +36,14 @@ pub enum Kind {
     /// (`BPF_LINK_UPDATE` is `EOPNOTSUPP`): a later agent links its own
     /// first, at another priority, then detaches this one.
     Netfilter(u32),
+    /// `BPF_PROG_TYPE_SOCK_OPS` on the guarded cgroup (`req_sockops`):
+    /// pinned, adopted and detached as a sock_addr program is.
+    SockOps,
+    /// `BPF_PROG_TYPE_SK_MSG`, attached (`BPF_SK_MSG_VERDICT`) to the
+    /// sockhash of this name, which is pinned: the attachment lasts as
+    /// long as the map has a user (its pin, or an agent). Only in the
+    /// build with `bpf_loop`.
+    SkMsg(&'static str),
     /// A map pinned for `status` to read the guard from the kernel.
     Map,
 }
@@ -47,7 +55,8 @@ impl Kind {
         match self {
             Self::SockAddr(attach_type) => Some(attach_type),
             Self::SkbEgress => Some(bpf_attach_type::BPF_CGROUP_INET_EGRESS),
-            Self::RawTracepoint(_) | Self::Netfilter(_) | Self::Map => None,
+            Self::SockOps => Some(bpf_attach_type::BPF_CGROUP_SOCK_OPS),
+            Self::RawTracepoint(_) | Self::Netfilter(_) | Self::SkMsg(_) | Self::Map => None,
         }
     }
 
@@ -55,8 +64,17 @@ impl Kind {
     pub const fn aya_loads(self) -> bool {
         matches!(
             self,
-            Self::SockAddr(_) | Self::SkbEgress | Self::RawTracepoint(_)
+            Self::SockAddr(_)
+                | Self::SkbEgress
+                | Self::RawTracepoint(_)
+                | Self::SockOps
+                | Self::SkMsg(_)
         )
+    }
+
+    /// Whether only the build with `bpf_loop` has it.
+    pub const fn loop_only(self) -> bool {
+        matches!(self, Self::SkMsg(_))
     }
 
     pub const fn is_program(self) -> bool {
@@ -148,6 +166,19 @@ pub const TABLE: &[Row] = &[
         kind: Kind::SkbEgress,
         decides: decides(Hook::Egress, Subject::Packet),
     },
+    // Request-level judgement (issue 23): `req_sockops` puts the sockets
+    // of callers allowed some requests into `REQ_SOCKS` as they are
+    // established; `req_msg`, attached to that map, judges each request.
+    Row {
+        name: common::PROGRAM_REQ_SOCKOPS,
+        kind: Kind::SockOps,
+        decides: None,
+    },
+    Row {
+        name: common::PROGRAM_REQ_MSG,
+        kind: Kind::SkMsg(common::MAP_REQ_SOCKS),
+        decides: None,
+    },
     // The cgroup classifier (`classify/`): each a raw tracepoint of its
     // own name.
     Row {
@@ -189,6 +220,9 @@ pub const TABLE: &[Row] = &[
     map(common::MAP_CGROUP_AGENT_CHARGES),
     map(common::MAP_FORWARD_COUNTERS),
     map(common::MAP_FORWARD_STATE),
+    // The judged sockets: pinned so that `req_msg` stays attached to it
+    // with the agent gone.
+    map(common::MAP_REQ_SOCKS),
 ];
 
 /// Every program.
@@ -214,6 +248,14 @@ pub fn guarding() -> impl Iterator<Item = (&'static Row, bpf_attach_type)> {
     TABLE
         .iter()
         .filter_map(|row| Some((row, row.kind.cgroup_attach_type()?)))
+}
+
+/// The `sk_msg` programs, with the sockhashes they attach to.
+pub fn sk_msgs() -> impl Iterator<Item = (&'static Row, &'static str)> {
+    TABLE.iter().filter_map(|row| match row.kind {
+        Kind::SkMsg(map) => Some((row, map)),
+        _ => None,
+    })
 }
 
 /// The raw tracepoint programs, with their tracepoints.
@@ -372,12 +414,19 @@ mod tests {
                 assert!(row.kind.cgroup_attach_type().is_some(), "{row:?}");
             }
         }
-        assert_eq!(GUARDING, Hook::ALL.len());
+        // Every hook, and `req_sockops`, which decides nothing itself.
+        assert_eq!(GUARDING, Hook::ALL.len() + 1);
         assert_eq!(guarding().count(), GUARDING);
         assert_eq!(
             programs().count(),
-            GUARDING + tracepoints().count() + netfilter_links().count()
+            GUARDING + tracepoints().count() + netfilter_links().count() + sk_msgs().count()
         );
-        assert_eq!(aya_loaded().count(), GUARDING + tracepoints().count());
+        assert_eq!(
+            aya_loaded().count(),
+            GUARDING + tracepoints().count() + sk_msgs().count()
+        );
+        for (_, map) in sk_msgs() {
+            assert!(pinned_maps().any(|m| m == map), "{map} must be pinned");
+        }
     }
 }

@@ -243,6 +243,21 @@ pub fn link_create_netfilter(
     bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(new_fd)
 }
 
+/// Links `prog` to the cgroup `cgroup` at `attach_type` (a bpf_link, which
+/// the kernel attaches as multi-attach): aya 0.14 makes one for a
+/// `sock_ops` program but cannot turn it into an `FdLink` to pin.
+pub fn link_create_cgroup(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: bpf_attach_type,
+) -> io::Result<OwnedFd> {
+    let mut attr = attr();
+    attr.link_create.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    attr.link_create.__bindgen_anon_2.target_fd = cgroup.as_raw_fd() as u32;
+    attr.link_create.attach_type = attach_type as u32;
+    bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(new_fd)
+}
+
 /// Pins `fd` (a link) at `path` in a bpf filesystem.
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let path = CString::new(path.as_os_str().as_bytes())

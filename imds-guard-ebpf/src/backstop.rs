@@ -1,0 +1,107 @@
+//! The per-packet backstop of request-level judgement (design §3): a
+//! packet of a socket whose caller is judged (`request::judged`)
+//! leaves only if it carries no payload, or payload that `req_msg`
+//! judged and let through (inside `[base_seq, judged_end)`). What reached
+//! TCP by any other path (Fast Open data, a socket the sockhash refused,
+//! a writer that raced the insertion, `req_msg` detached, MPTCP) is
+//! outside the range; anything that is not a TCP stream (a raw socket, a
+//! packet built with `IP_HDRINCL`, UDP) is dropped whole.
+//!
+//! It does not trust the sockhash: only `req_msg` moves the range's end,
+//! only `req_sockops` sets its start.
+
+use aya_ebpf::{bindings::bpf_sock, programs::SkBuffContext};
+use imds_guard_common::{family, stage};
+
+use crate::{
+    decide::Verdict,
+    dst::Dst,
+    request::{IPPROTO_TCP, SOCK_STREAM, judged},
+    sock_state::state_of,
+};
+
+/// `IPPROTO_TCP` in a packet's header.
+const TCP: u8 = 6;
+/// An IPv4 header's `frag_off` bits: more fragments, and the offset.
+const IP_MF_OFFSET: u16 = 0x3fff;
+
+/// Whether the packet in `ctx` to `dst`, of full socket `sk` (null for
+/// none), may leave, for a socket whose stored scope has `flags`: every
+/// packet of a socket not judged may; of a judged one, see the module.
+///
+/// # Safety
+///
+/// `sk` must be null or a full socket (`bpf_sk_fullsock`).
+#[inline(always)]
+pub unsafe fn backstop(ctx: &SkBuffContext, sk: *mut bpf_sock, dst: &Dst, flags: u8) -> Verdict {
+    if !judged(flags) {
+        return Verdict::Allow;
+    }
+    if sk.is_null() {
+        return Verdict::Reject;
+    }
+    // SAFETY: a full socket, by the caller's contract: the verifier lets a
+    // program read these fields of one.
+    let (sock_type, protocol) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*sk).type_),
+            core::ptr::read_volatile(&raw const (*sk).protocol),
+        )
+    };
+    if sock_type != SOCK_STREAM || protocol != IPPROTO_TCP {
+        return Verdict::Reject;
+    }
+    let Some((seq, len)) = tcp_payload(ctx, dst.family) else {
+        return Verdict::Reject;
+    };
+    if len == 0 {
+        // The handshake, acknowledgements, FIN, RST, keep-alive and
+        // zero-window probes without data.
+        return Verdict::Allow;
+    }
+    // SAFETY: a full socket.
+    let state = unsafe { state_of(sk, 0) };
+    if state.is_null() {
+        return Verdict::Reject;
+    }
+    // SAFETY: checked for null; this socket's storage, valid for this run.
+    let (st, base, end) = unsafe { ((*state).stage, (*state).base_seq, (*state).judged_end) };
+    if st & stage::IN_SOCKHASH == 0 || st & stage::TAINTED != 0 {
+        return Verdict::Reject;
+    }
+    // Serial-number arithmetic (mod 2^32): base <= seq and seq + len <= end.
+    let last = seq.wrapping_add(len);
+    if (seq.wrapping_sub(base) as i32) < 0 || (end.wrapping_sub(last) as i32) < 0 {
+        return Verdict::Reject;
+    }
+    Verdict::Allow
+}
+
+/// The sequence number and payload length of a TCP packet of `family`
+/// (the whole of a GSO super-packet: `len` is the skb's); `None` when the
+/// packet is not TCP straight after the IP header (an IPv6 extension
+/// header, a fragment), or cannot be read: dropped.
+#[inline(always)]
+fn tcp_payload(ctx: &SkBuffContext, fam: u8) -> Option<(u32, u32)> {
+    let (l3, proto) = if fam == family::INET {
+        let frag = u16::from_be(ctx.load::<u16>(6).ok()?);
+        if frag & IP_MF_OFFSET != 0 {
+            return None;
+        }
+        let ihl = u32::from(ctx.load::<u8>(0).ok()? & 0x0f) * 4;
+        (ihl, ctx.load::<u8>(9).ok()?)
+    } else {
+        (40, ctx.load::<u8>(6).ok()?)
+    };
+    if proto != TCP || l3 < 20 {
+        return None;
+    }
+    let seq = u32::from_be(ctx.load::<u32>(l3 as usize + 4).ok()?);
+    let doff = u32::from(ctx.load::<u8>(l3 as usize + 12).ok()? >> 4) * 4;
+    let total = ctx.len();
+    let headers = l3 + doff;
+    if doff < 20 || total < headers {
+        return None;
+    }
+    Some((seq, total - headers))
+}

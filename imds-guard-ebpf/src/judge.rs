@@ -1,0 +1,275 @@
+//! `req_msg`, the `sk_msg` verdict program attached to `REQ_SOCKS`
+//! (`request.rs` puts judged sockets there): it judges every message such
+//! a socket sends before it reaches TCP, and moves the socket's judged
+//! range past what it lets through (`egress` drops payload outside it).
+//! Only in the build with `bpf_loop`: the parser runs under it.
+
+use aya_ebpf::{
+    bindings::{bpf_sock, sk_action},
+    cty::c_void,
+    helpers::generated::{bpf_loop, bpf_msg_cork_bytes, bpf_msg_pull_data, bpf_probe_read_kernel},
+    macros::{map, sk_msg},
+    maps::{PerCpuArray, lpm_trie::Key},
+    programs::SkMsgContext,
+};
+use imds_guard_common::{
+    Finish, HEAD_MAX, Parser, ReqKey, SockState, Step, entry_flags, req_version, stage,
+};
+
+use crate::{
+    dst::active_generation,
+    kernel::{address_of, read},
+    maps::REQ_RULES,
+    request::{judged, request_offsets},
+    sock_state::{epoch, state_of},
+};
+
+/// The longest message (a request head) `req_msg` judges.
+pub const MAX_HEAD: u32 = HEAD_MAX as u32;
+const _: () = assert!(MAX_HEAD.is_power_of_two());
+
+/// `req_msg`'s [`Scratch`], one per CPU.
+#[map]
+static REQ_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+use REQ_SCRATCH as SCRATCH;
+
+/// What [`judge_head`] says of a message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Judged {
+    /// One complete, canonical request head the rules allow, ending at the
+    /// end of the message.
+    Pass,
+    /// A head not complete yet: wait for more (corked).
+    More,
+    /// Refused.
+    Refuse,
+}
+
+/// The `sk_msg` verdict program attached to [`REQ_SOCKS`]: every message a
+/// judged socket sends (`sendmsg`, `writev`, `sendfile`, `splice`,
+/// io_uring sends) comes here before it reaches TCP. `SK_PASS` only for a
+/// message this program judged and allowed, whose bytes then extend the
+/// judged range; anything else is `SK_DROP` (the sender gets `EACCES`,
+/// and the kernel drops every later message of the socket too).
+#[sk_msg]
+pub fn req_msg(ctx: SkMsgContext) -> u32 {
+    if try_req_msg(&ctx) {
+        sk_action::SK_PASS
+    } else {
+        sk_action::SK_DROP
+    }
+}
+
+#[inline(always)]
+fn try_req_msg(ctx: &SkMsgContext) -> bool {
+    // SAFETY: the program's own context; `sk` is the sending full socket.
+    let sk: *mut bpf_sock =
+        unsafe { core::ptr::read_volatile(&raw const (*ctx.msg).__bindgen_anon_3.sk) };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a full socket (one in a sockhash).
+    let state = unsafe { state_of(sk, 0) };
+    if state.is_null() {
+        return false;
+    }
+    // SAFETY: checked for null; this socket's storage, valid for this run
+    // (the program runs under the socket's lock, as `egress` may not: the
+    // range only grows, and `egress` reads it whole per packet).
+    let s: SockState = unsafe { *state };
+    let size = ctx.size();
+    let Some(write_seq) = written(sk) else {
+        taint(state);
+        return false;
+    };
+    // Bytes reached the stream other than through this verdict: a plain
+    // path writer, a partial push. Nothing more is judged on it.
+    if s.stage & stage::TAINTED != 0
+        || s.stage & stage::IN_SOCKHASH == 0
+        || write_seq != s.judged_end
+    {
+        taint(state);
+        return false;
+    }
+    if !judged(s.flags) {
+        // Whole service (attributed): let through, judged or not.
+        passed(state, write_seq, size);
+        return true;
+    }
+    // Let through under another policy: the rules may have changed, and
+    // the next request is refused (a reload cuts a judged connection as it
+    // cuts a refused one; the client reconnects under the new rules).
+    if s.stage & stage::POISONED != 0 || epoch(active_generation()) != Some(s.epoch) {
+        poison(state);
+        return false;
+    }
+    if size == 0 || size > MAX_HEAD || !room(sk, size) {
+        poison(state);
+        return false;
+    }
+    // The whole message in one place the program may read, and a private
+    // copy of what `sendfile`/`splice` handed over by page (6.1): what is
+    // judged is what is sent.
+    // SAFETY: the program's own context.
+    if unsafe { bpf_msg_pull_data(ctx.msg.cast(), 0, size, 0) } != 0 {
+        poison(state);
+        return false;
+    }
+    match judge_head(ctx, &s, size) {
+        Judged::Pass => {
+            passed(state, write_seq, size);
+            true
+        }
+        Judged::More => {
+            // Wait for the rest: the kernel keeps the message and runs us
+            // again on all of it. SK_DROP meanwhile: where it cannot keep
+            // it (its scatterlist full), what applies is the drop.
+            // SAFETY: the program's own context.
+            unsafe { bpf_msg_cork_bytes(ctx.msg.cast(), size + 1) };
+            false
+        }
+        Judged::Refuse => {
+            poison(state);
+            false
+        }
+    }
+}
+
+/// Where `req_msg` parses: the parser's state and a copy of the message,
+/// in a per-CPU map value, so that the `bpf_loop` callback that steps the
+/// parser sees them as memory it must not assume anything of (one walk of
+/// the callback by the verifier, whatever the bytes).
+#[repr(C)]
+pub struct Scratch {
+    pub parser: Parser,
+    pub buf: [u8; MAX_HEAD as usize],
+}
+
+/// What the `bpf_loop` callback is handed.
+#[repr(C)]
+struct Walk {
+    scratch: *mut Scratch,
+}
+
+/// One byte of the message through the parser: the `bpf_loop` callback.
+/// Stops (1) at a refusal; the end of a head is not a stop (a byte after
+/// it is a refusal, `TRAILING`).
+extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `Walk`, live for the whole loop; its
+    // `scratch` is this CPU's map value, checked for null by the caller.
+    let scratch = unsafe { &mut *(*ctx.cast::<Walk>()).scratch };
+    let b = scratch.buf[(index as usize) & (MAX_HEAD as usize - 1)];
+    match scratch.parser.step(b) {
+        Step::Refused(_) => 1,
+        Step::Continue | Step::Done(_) => 0,
+    }
+}
+
+/// Judges the request head of `size` bytes (at most [`MAX_HEAD`]) in the
+/// message, pulled, so whole between `data` and `data_end`, for the socket
+/// in state `s`: the canonical parser over every byte, then, for a caller
+/// with a rule set, one lookup of the path in [`REQ_RULES`].
+#[inline(always)]
+fn judge_head(ctx: &SkMsgContext, s: &SockState, size: u32) -> Judged {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Judged::Refuse;
+    };
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data == 0 || data + size as usize > end || size == 0 || size > MAX_HEAD {
+        return Judged::Refuse;
+    }
+    // The same size, bounded where the helper takes it: 6.1's verifier
+    // loses the bound above once the value is spilled ("R2 unbounded
+    // memory access"); for 1..=MAX_HEAD this is the identity.
+    let size = ((size - 1) & (MAX_HEAD - 1)) + 1;
+    // SAFETY: `scratch` is this CPU's map value, ours for this run (the
+    // program runs with migration disabled); the helper copies `size`
+    // bytes, at most its buffer's, from the message it reads cleanly or
+    // fails.
+    let copied = unsafe {
+        (*scratch).parser.reset();
+        bpf_probe_read_kernel(
+            (&raw mut (*scratch).buf).cast(),
+            size,
+            data as *const c_void,
+        )
+    };
+    if copied != 0 {
+        return Judged::Refuse;
+    }
+    let mut walk = Walk { scratch };
+    // SAFETY: `step` has the callback's signature; `walk` lives on this
+    // frame for the whole loop.
+    let ran = unsafe { bpf_loop(size, step as *mut c_void, (&raw mut walk).cast(), 0) };
+    if ran < 0 {
+        return Judged::Refuse;
+    }
+    // SAFETY: as above.
+    let parser = unsafe { &mut (*scratch).parser };
+    let head = match parser.finish() {
+        Finish::Head(head) => head,
+        Finish::Incomplete if size < MAX_HEAD => return Judged::More,
+        Finish::Incomplete | Finish::Refused(_) => return Judged::Refuse,
+    };
+    if s.flags & entry_flags::V2_REQUIRED != 0 && head.version == req_version::V1 {
+        return Judged::Refuse;
+    }
+    if s.flags & entry_flags::JUDGE == 0 {
+        // IMDSv2 required of a caller with the whole service: canonical,
+        // and with the token, is all it takes.
+        return Judged::Pass;
+    }
+    parser.set_scope(active_generation() as u8, s.ruleset);
+    // SAFETY: `ReqLookup` is laid out as aya's `Key<ReqKey>` (the prefix
+    // length, then the data), and lives in the map value for this run.
+    let key = unsafe { &*(&raw const parser.lookup).cast::<Key<ReqKey>>() };
+    if REQ_RULES.get(key).is_some() {
+        Judged::Pass
+    } else {
+        Judged::Refuse
+    }
+}
+
+/// `tcp_sock.write_seq` of the full socket `sk`.
+#[inline(always)]
+fn written(sk: *mut bpf_sock) -> Option<u32> {
+    let off = request_offsets()?;
+    read::<u32>(address_of(sk)?, off.tcp_write_seq)
+}
+
+/// Mitigation (a) of the design's risk R1: a message that could make the
+/// push wait for memory (releasing the socket lock mid-message, where a
+/// plain-path writer could slip bytes inside the range) is refused.
+#[inline(always)]
+fn room(sk: *mut bpf_sock, size: u32) -> bool {
+    let (Some(off), Some(addr)) = (request_offsets(), address_of(sk)) else {
+        return false;
+    };
+    let queued = read::<i32>(addr, off.sk_wmem_queued);
+    let sndbuf = read::<i32>(addr, off.sk_sndbuf);
+    match (queued, sndbuf) {
+        (Some(q), Some(b)) if q >= 0 && b > 0 => (q as u32) + size <= (b as u32) / 2,
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn passed(state: *mut SockState, write_seq: u32, size: u32) {
+    // SAFETY: the caller's non-null storage pointer, valid for this run.
+    unsafe {
+        (*state).judged_end = write_seq.wrapping_add(size);
+        (*state).requests = (*state).requests.saturating_add(1);
+    }
+}
+
+#[inline(always)]
+fn poison(state: *mut SockState) {
+    // SAFETY: as in `passed`.
+    unsafe { (*state).stage |= stage::POISONED };
+}
+
+#[inline(always)]
+fn taint(state: *mut SockState) {
+    // SAFETY: as in `passed`.
+    unsafe { (*state).stage |= stage::TAINTED | stage::POISONED };
+}
