@@ -812,31 +812,6 @@ fn check_request_names_the_longest_rule_or_the_refusal() {
 }
 
 #[test]
-fn run_refuses_request_tables_until_the_kernel_enforces_them() {
-    let path = policy_file("run-requests.toml", REQUEST_POLICY);
-    let out = imds_guard(&[
-        "run",
-        "--config",
-        path.to_str().expect("utf-8"),
-        "--cgroup",
-        "/nonexistent",
-        "--fallback",
-        "none",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("are not enforced by this agent"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("nothing was attached"),
-        "{}",
-        stderr(&out)
-    );
-}
-
-#[test]
 fn render_strict_fails_on_request_tables() {
     let path = policy_file("render-requests.toml", REQUEST_POLICY);
     let out = imds_guard(&[

@@ -70,7 +70,6 @@ pub fn choose(
 ) -> Result<Chosen, PolicyError> {
     let loaded = PolicySpec::load(config)
         .and_then(|s| s.for_layout(layout))
-        .and_then(PolicySpec::enforced_by_this_agent)
         .and_then(|s| s.resolve_available(resolver));
     let error = match loaded {
         Ok((policy, unresolved)) => {
@@ -92,7 +91,6 @@ pub fn choose(
     let policy = match fallback {
         Fallback::File(file) => match PolicySpec::load(file)
             .and_then(|s| s.for_layout(layout))
-            .and_then(PolicySpec::enforced_by_this_agent)
             .and_then(|s| s.resolve(resolver))
         {
             Ok(p) => p,

@@ -246,7 +246,6 @@ fn failed(e: &GuardError) {
 fn load(config: &Path, layout: CgroupLayout) -> Option<(Policy, Vec<Unresolved>)> {
     let loaded = PolicySpec::load(config)
         .and_then(|s| s.for_layout(layout))
-        .and_then(PolicySpec::enforced_by_this_agent)
         .and_then(|s| s.resolve_available(&SystemResolver));
     match loaded {
         Ok(loaded) => {

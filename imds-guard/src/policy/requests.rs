@@ -287,32 +287,6 @@ pub fn documented(path: &str) -> bool {
     }
 }
 
-impl PolicySpec {
-    /// The policy, or an error when it has request-level tables
-    /// (`[requests.*]`, `[imdsv2]`, `[attribution]`): the kernel programs
-    /// that judge requests are not part of this agent yet, and a policy
-    /// whose rules the agent would not enforce is refused like one that
-    /// does not validate (at start, the fallback; at a reload, the policy
-    /// in force stays). `validate`, `check` and `render` read them.
-    pub fn enforced_by_this_agent(self) -> Result<Self, super::PolicyError> {
-        let Some(at) = self.requests.at else {
-            return Ok(self);
-        };
-        Err(super::PolicyError::invalid(
-            &self.path,
-            vec![super::Diagnostic {
-                at,
-                message: "request-level rules ([requests.*], [imdsv2], [attribution]) are not \
-                          enforced by this agent: it does not judge requests in the kernel yet, \
-                          so it refuses the policy rather than let these callers reach the \
-                          whole service; remove these tables (validate, check --request and \
-                          render read them)"
-                    .to_owned(),
-            }],
-        ))
-    }
-}
-
 impl Requests {
     /// Whether the policy has no request-level table at all.
     pub fn is_empty(&self) -> bool {

@@ -99,12 +99,6 @@ fn a_policy_without_request_tables_has_none() {
     assert_eq!(s.requests, Requests::default());
     // Nothing judged, nothing compiled.
     assert_eq!(s.requests.compile(&s, 0), Compiled::default());
-    assert_eq!(
-        s.clone()
-            .enforced_by_this_agent()
-            .expect("no request table"),
-        s
-    );
 }
 
 #[test]
@@ -398,22 +392,6 @@ fn documented_tree() {
         "/latest/meta-dataX/",
     ] {
         assert!(!documented(p), "{p}");
-    }
-}
-
-#[test]
-fn the_agent_refuses_a_policy_with_request_tables_until_it_enforces_them() {
-    for text in [
-        MONITORING,
-        "[allow]\nuids = [0]\n[imdsv2]\nrequired = true\n",
-        "[allow]\nuids = [0]\n[attribution]\nwhole_service = false\n",
-    ] {
-        let err = spec(text)
-            .enforced_by_this_agent()
-            .expect_err("refused")
-            .to_string();
-        assert!(err.starts_with("p.toml:"), "{err}");
-        assert!(err.contains("are not enforced by this agent"), "{err}");
     }
 }
 
