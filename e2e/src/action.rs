@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::Attack;
+use crate::{Attack, Script};
 
 /// One network action of a probe. Each is a single, distinct way for a
 /// process to reach an address, so each exercises one kernel hook path.
@@ -44,6 +44,8 @@ pub enum Action {
     Tfo(SocketAddr),
     /// One of the packet-path attacks (see [`Attack`]).
     Attack(Attack),
+    /// A [`Script`] of requests on one connection (`send ADDR PORT NAME`).
+    Send(SocketAddr, Script),
     /// A local service on the address, as an IMDS emulator on a host where
     /// the address is local: `imds-probe` listens, reports once, and
     /// answers every connection with an HTTP 200 until stdin ends
@@ -92,6 +94,7 @@ impl Action {
             Action::UdpConnect(_) => "udp-connect",
             Action::Tfo(_) => "tfo",
             Action::Attack(a) => a.verb(),
+            Action::Send(..) => "send",
             Action::Listen(_) => "listen",
         }
     }
@@ -106,6 +109,7 @@ impl Action {
             | Action::UdpSend(a)
             | Action::UdpConnect(a)
             | Action::Tfo(a)
+            | Action::Send(a, _)
             | Action::Listen(a) => a,
             Action::ConnectMapped(a) | Action::UdpSendMapped(a) => SocketAddr::V4(a),
             Action::Attack(a) => a.addr(),
@@ -124,6 +128,9 @@ impl Action {
         if let Action::Attack(a) = self {
             args.extend(a.extra_args());
         }
+        if let Action::Send(_, script) = self {
+            args.push(script.name().to_owned());
+        }
         args
     }
 
@@ -136,6 +143,14 @@ impl Action {
         let port: u16 = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
         if Attack::is_verb(verb) {
             return Attack::from_args(verb, SocketAddr::new(ip, port), extra).map(Action::Attack);
+        }
+        if verb == "send" {
+            let [name] = extra else {
+                return Err(format!("send takes ADDR PORT SCRIPT, got {args:?}"));
+            };
+            let script =
+                Script::from_name(name).ok_or_else(|| format!("unknown script {name:?}"))?;
+            return Ok(Action::Send(SocketAddr::new(ip, port), script));
         }
         if !extra.is_empty() {
             return Err(format!("{verb} takes ADDR PORT only, got {args:?}"));

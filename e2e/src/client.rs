@@ -29,6 +29,7 @@ use crate::{
         request,
     },
     outcome::{Failure, Outcome, Step, os_failure},
+    requests,
 };
 
 /// `tcp_info.tcpi_options` bit for "SYN data was acknowledged"
@@ -97,6 +98,7 @@ pub fn perform(action: &Action) -> ProbeResult {
         Action::UdpConnect(addr) => udp_connect(addr),
         Action::Tfo(addr) => tfo(addr),
         Action::Attack(attack) => attack::perform(attack),
+        Action::Send(addr, script) => requests::run(addr, script),
         Action::Listen(addr) => return listen(addr).0,
     };
     report(outcome)

@@ -53,6 +53,7 @@ mod oracle;
 mod outcome;
 mod probe;
 mod prober;
+mod requests;
 mod sandbox;
 mod skip;
 pub mod slowdown;
@@ -70,13 +71,16 @@ pub use self::{
     bpffs::TestBpffs,
     cgroup::{TestCgroup, cgroup2_root},
     etc::PrivateEtc,
-    fake_imds::{FakeImds, IMDS_PORT, PLAIN_PORT, ROLE, UDP_PORT, tcp_addrs, udp_addrs},
+    fake_imds::{
+        FakeImds, IMDS_PORT, INSTANCE_ID, PLAIN_PORT, ROLE, UDP_PORT, tcp_addrs, udp_addrs,
+    },
     files::{TempDir, configmap_write, write_policy},
     mptcp_server::MptcpServer,
     netns::Netns,
     oracle::{Arrivals, Counts, Oracle},
     probe::{HeldProbe, NOBODY, Probe},
     prober::{Prober, flood, send_later_fragment},
+    requests::{INSTANCE_ID_PATH, Script, credentials_path},
     sandbox::{LOG, READY, Sandbox},
     skip::privileged_or_skip,
     systemctl::{cgroup_path, fake_systemctl},

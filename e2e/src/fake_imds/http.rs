@@ -13,6 +13,14 @@ use crate::util::random_hex;
 
 /// The only IAM role the fake instance has.
 pub const ROLE: &str = "imds-guard-test-role";
+/// The instance id the fake IMDS serves, with or without a token (as an
+/// instance that still allows IMDSv1 serves it).
+pub const INSTANCE_ID: &str = "i-0imdsguardtest0";
+/// Paths served without a token (IMDSv1); the rest want one.
+const PUBLIC: [(&str, &str); 2] = [
+    ("/latest/meta-data/instance-id", INSTANCE_ID),
+    ("/latest/meta-data/placement/region", "us-east-1"),
+];
 
 const TOKEN_PATH: &str = "/latest/api/token";
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
@@ -179,6 +187,7 @@ impl Imds {
     fn route(&mut self, req: &Request) -> Response {
         match (req.method.as_str(), req.path.as_str()) {
             ("PUT", TOKEN_PATH) => self.issue_token(req),
+            ("GET", path) if PUBLIC.iter().any(|(p, _)| *p == path) => self.get(path),
             ("GET", path) => {
                 let authorized = req
                     .header(TOKEN_HEADER)
@@ -219,6 +228,13 @@ impl Imds {
                 "ami-id\nhostname\niam/\ninstance-id\ninstance-type\nlocal-ipv4\nplacement/",
             ),
             CREDENTIALS => Response::new(200, ROLE),
+            p if PUBLIC.iter().any(|(public, _)| *public == p) => Response::new(
+                200,
+                PUBLIC
+                    .iter()
+                    .find(|(public, _)| *public == p)
+                    .map_or("", |(_, body)| *body),
+            ),
             p if p.strip_prefix(CREDENTIALS) == Some(ROLE) => {
                 Response::new(200, self.credentials.clone())
             }

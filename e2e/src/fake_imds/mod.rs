@@ -35,7 +35,7 @@ use nix::{
     },
 };
 
-pub use self::http::ROLE;
+pub use self::http::{INSTANCE_ID, ROLE};
 use self::http::{Imds, Response, take_request};
 use crate::{
     IMDS_V4, IMDS_V6, Netns,
@@ -86,6 +86,10 @@ struct Stats {
     requests: usize,
     accepted: HashMap<SocketAddr, usize>,
     datagrams: HashMap<SocketAddr, usize>,
+    /// Every byte each TCP connection sent, by connection, in the order
+    /// they were accepted: the oracle of the request-level tests (a
+    /// refused request passes only if its bytes never arrived).
+    received: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -179,6 +183,20 @@ impl FakeImds {
         self.settle().accepted.get(&addr).copied().unwrap_or(0)
     }
 
+    /// Every byte each TCP connection sent so far, by connection, in the
+    /// order the connections were accepted.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.settle().received.clone()
+    }
+
+    /// Whether any TCP connection sent `needle` (within what one read
+    /// returned, or across reads: the log is per connection).
+    pub fn received_contains(&self, needle: &[u8]) -> bool {
+        self.received()
+            .iter()
+            .any(|log| log.windows(needle.len()).any(|w| w == needle))
+    }
+
     /// Datagrams received on the UDP socket at `addr` (one of [`udp_addrs`]).
     pub fn udp_received(&self, addr: SocketAddr) -> usize {
         assert!(
@@ -255,6 +273,8 @@ fn bound(addr: SocketAddr, ty: SockType) -> OwnedFd {
 /// An accepted connection: nonblocking, with what it sent so far of a
 /// request not yet whole.
 struct Conn {
+    /// Its slot in `Stats::received`.
+    id: usize,
     stream: TcpStream,
     pending: Vec<u8>,
     /// When it was answered for the last time and shut for writing; it is
@@ -287,12 +307,18 @@ fn serve(sockets: &Sockets, shared: &Shared, mut imds: Imds) {
                 let Ok((stream, _)) = listener.accept() else {
                     break;
                 };
-                *lock(&shared.stats).accepted.entry(*addr).or_default() += 1;
+                let id = {
+                    let mut stats = lock(&shared.stats);
+                    *stats.accepted.entry(*addr).or_default() += 1;
+                    stats.received.push(Vec::new());
+                    stats.received.len() - 1
+                };
                 let setup = stream
                     .set_nonblocking(true)
                     .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)));
                 if setup.is_ok() {
                     conns.push(Conn {
+                        id,
                         stream,
                         pending: Vec::new(),
                         closing: None,
@@ -318,7 +344,13 @@ fn serve(sockets: &Sockets, shared: &Shared, mut imds: Imds) {
 /// gave up, or the close awaited after the last response), or broken.
 fn serve_conn(conn: &mut Conn, shared: &Shared, imds: &mut Imds, buf: &mut [u8]) -> bool {
     loop {
-        match conn.stream.read(buf) {
+        let read = conn.stream.read(buf);
+        if let Ok(n @ 1..) = read {
+            if let Some(log) = lock(&shared.stats).received.get_mut(conn.id) {
+                log.extend_from_slice(&buf[..n]);
+            }
+        }
+        match read {
             Ok(0) => return false,
             // Past the last response, input is only read to see the close.
             Ok(_) if conn.closing.is_some() => {}
