@@ -846,7 +846,7 @@ fn a_pinned_link_that_was_detached_is_replaced_not_trusted() {
     let pin = w.pin_dir().join("link_connect6");
     let link = sys::obj_get(&pin).expect("open the pinned link");
     sys::link_detach(link.as_fd()).expect("detach it");
-    assert_eq!(attachments(&w), vec![1, 0, 1, 1, 1]);
+    assert_eq!(attachments(&w), vec![1, 0, 1, 1, 1, 1]);
     let (code, _) = w.status();
     assert_eq!(code, Some(5), "a detached hook is not enforcing");
 
