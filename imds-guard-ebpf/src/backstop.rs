@@ -10,13 +10,14 @@
 //! It does not trust the sockhash: only `req_msg` moves the range's end,
 //! only `req_sockops` sets its start.
 
-use aya_ebpf::{bindings::bpf_sock, programs::SkBuffContext};
+use aya_ebpf::{bindings::__sk_buff, programs::SkBuffContext};
 use imds_guard_common::{family, stage};
 
 use crate::{
     decide::Verdict,
     dst::Dst,
     request::{IPPROTO_TCP, SOCK_STREAM, judged},
+    skb::full_socket,
     sock_state::state_of,
 };
 
@@ -25,22 +26,45 @@ const TCP: u8 = 6;
 /// An IPv4 header's `frag_off` bits: more fragments, and the offset.
 const IP_MF_OFFSET: u16 = 0x3fff;
 
-/// Whether the packet in `ctx` to `dst`, of full socket `sk` (null for
-/// none), may leave, for a socket whose stored scope has `flags`: every
-/// packet of a socket not judged may; of a judged one, see the module.
-///
-/// # Safety
-///
-/// `sk` must be null or a full socket (`bpf_sk_fullsock`).
+/// Whether the packet in `ctx` to `dst` may leave, for a socket whose
+/// stored scope has `flags`: every packet of a socket not judged may; of a
+/// judged one, see the module ([`imds_guard_backstop`]).
 #[inline(always)]
-pub unsafe fn backstop(ctx: &SkBuffContext, sk: *mut bpf_sock, dst: &Dst, flags: u8) -> Verdict {
+pub fn backstop(ctx: &SkBuffContext, dst: &Dst, flags: u8) -> Verdict {
     if !judged(flags) {
         return Verdict::Allow;
     }
-    if sk.is_null() {
-        return Verdict::Reject;
+    let answer = imds_guard_backstop(ctx.skb.skb, u32::from(dst.family));
+    // Read back (volatile) so that LLVM, which knows the function answers
+    // only 0 or 1, cannot hand its return value on as the program's: the
+    // verifier knows nothing of it, and refuses a program whose answer it
+    // cannot bound.
+    // SAFETY: a local of ours.
+    let answer = unsafe { core::ptr::read_volatile(&raw const answer) };
+    if answer == Verdict::Allow as i32 {
+        Verdict::Allow
+    } else {
+        Verdict::Reject
     }
-    // SAFETY: a full socket, by the caller's contract: the verifier lets a
+}
+
+/// The backstop for the packet `skb` of `family` ([`family`]), whose
+/// socket's caller is judged: 1 lets it leave, 0 drops it.
+///
+/// A global function (BTF linkage global, as `#[no_mangle]` makes it),
+/// as `skb::imds_guard_settle` is, which calls it too: the verifier walks
+/// it once, on its own, with arguments it knows nothing of, and each
+/// caller only sees an unknown answer. Its arguments are the context and
+/// a scalar, all that kernels before 5.12 take of a global function.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn imds_guard_backstop(skb: *mut __sk_buff, family: u32) -> i32 {
+    let ctx = SkBuffContext::new(skb);
+    let sk = full_socket(&ctx);
+    if sk.is_null() {
+        return Verdict::Reject as i32;
+    }
+    // SAFETY: a full socket, from `bpf_sk_fullsock`: the verifier lets a
     // program read these fields of one.
     let (sock_type, protocol) = unsafe {
         (
@@ -49,32 +73,32 @@ pub unsafe fn backstop(ctx: &SkBuffContext, sk: *mut bpf_sock, dst: &Dst, flags:
         )
     };
     if sock_type != SOCK_STREAM || protocol != IPPROTO_TCP {
-        return Verdict::Reject;
+        return Verdict::Reject as i32;
     }
-    let Some((seq, len)) = tcp_payload(ctx, dst.family) else {
-        return Verdict::Reject;
+    let Some((seq, len)) = tcp_payload(&ctx, family) else {
+        return Verdict::Reject as i32;
     };
     if len == 0 {
         // The handshake, acknowledgements, FIN, RST, keep-alive and
         // zero-window probes without data.
-        return Verdict::Allow;
+        return Verdict::Allow as i32;
     }
     // SAFETY: a full socket.
     let state = unsafe { state_of(sk, 0) };
     if state.is_null() {
-        return Verdict::Reject;
+        return Verdict::Reject as i32;
     }
     // SAFETY: checked for null; this socket's storage, valid for this run.
     let (st, base, end) = unsafe { ((*state).stage, (*state).base_seq, (*state).judged_end) };
     if st & stage::IN_SOCKHASH == 0 || st & stage::TAINTED != 0 {
-        return Verdict::Reject;
+        return Verdict::Reject as i32;
     }
     // Serial-number arithmetic (mod 2^32): base <= seq and seq + len <= end.
     let last = seq.wrapping_add(len);
     if (seq.wrapping_sub(base) as i32) < 0 || (end.wrapping_sub(last) as i32) < 0 {
-        return Verdict::Reject;
+        return Verdict::Reject as i32;
     }
-    Verdict::Allow
+    Verdict::Allow as i32
 }
 
 /// The sequence number and payload length of a TCP packet of `family`
@@ -82,8 +106,8 @@ pub unsafe fn backstop(ctx: &SkBuffContext, sk: *mut bpf_sock, dst: &Dst, flags:
 /// packet is not TCP straight after the IP header (an IPv6 extension
 /// header, a fragment), or cannot be read: dropped.
 #[inline(always)]
-fn tcp_payload(ctx: &SkBuffContext, fam: u8) -> Option<(u32, u32)> {
-    let (l3, proto) = if fam == family::INET {
+fn tcp_payload(ctx: &SkBuffContext, fam: u32) -> Option<(u32, u32)> {
+    let (l3, proto) = if fam == u32::from(family::INET) {
         let frag = u16::from_be(ctx.load::<u16>(6).ok()?);
         if frag & IP_MF_OFFSET != 0 {
             return None;

@@ -326,6 +326,35 @@ impl Dst {
         }
     }
 
+    /// The address as two words (in memory order), to hand to a
+    /// function that takes scalars only ([`Dst::from_words`]).
+    #[inline(always)]
+    pub fn addr_words(&self) -> (u64, u64) {
+        let a = self.addr;
+        (
+            u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+            u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+        )
+    }
+
+    /// The destination of `family` at the address [`Dst::addr_words`]
+    /// gave, with nothing else known of it.
+    #[inline(always)]
+    pub fn from_words(family: u8, lo: u64, hi: u64) -> Self {
+        let (lo, hi) = (lo.to_ne_bytes(), hi.to_ne_bytes());
+        Self {
+            family,
+            addr: [
+                lo[0], lo[1], lo[2], lo[3], lo[4], lo[5], lo[6], lo[7], hi[0], hi[1], hi[2], hi[3],
+                hi[4], hi[5], hi[6], hi[7],
+            ],
+            port: 0,
+            proto: 0,
+            flags: 0,
+            kind: 0,
+        }
+    }
+
     /// The destination as [`imds_guard_common::SockState`] keeps it:
     /// IPv6, an IPv4 address in its mapped form.
     #[inline(always)]
