@@ -42,14 +42,29 @@ pub fn epoch(generation: u32) -> Option<u32> {
 /// be read.
 #[inline(always)]
 pub fn let_through(dst: &Dst, generation: u32, recorded: u8) -> Option<SockState> {
+    let_through_at(|| dst.stored_addr(), generation, recorded)
+}
+
+/// [`let_through`] for the destination whose stored address `addr` gives
+/// ([`Dst::stored_addr`]), asked for after the epoch's lookup: an address
+/// read before it is kept across the helper call, 16 bytes spilled one
+/// to a stack slot, which took `connect6` and the function that remembers
+/// its sockets together past the 512 bytes of stack 6.1 allows.
+#[inline(always)]
+pub fn let_through_at(
+    addr: impl FnOnce() -> [u8; 16],
+    generation: u32,
+    recorded: u8,
+) -> Option<SockState> {
     let verdict = match recorded {
         verdict::ALLOWED => sock_state::ALLOWED,
         verdict::AUDITED => sock_state::AUDITED,
         _ => return None,
     };
+    let epoch = epoch(generation)?;
     Some(SockState {
-        addr: dst.stored_addr(),
-        epoch: epoch(generation)?,
+        addr: addr(),
+        epoch,
         verdict,
         ..SockState::default()
     })
