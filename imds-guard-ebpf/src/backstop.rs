@@ -34,18 +34,7 @@ pub fn backstop(ctx: &SkBuffContext, dst: &Dst, flags: u8) -> Verdict {
     if !judged(flags) {
         return Verdict::Allow;
     }
-    let answer = imds_guard_backstop(ctx.skb.skb, u32::from(dst.family));
-    // Read back (volatile) so that LLVM, which knows the function answers
-    // only 0 or 1, cannot hand its return value on as the program's: the
-    // verifier knows nothing of it, and refuses a program whose answer it
-    // cannot bound.
-    // SAFETY: a local of ours.
-    let answer = unsafe { core::ptr::read_volatile(&raw const answer) };
-    if answer == Verdict::Allow as i32 {
-        Verdict::Allow
-    } else {
-        Verdict::Reject
-    }
+    Verdict::of_answer(imds_guard_backstop(ctx.skb.skb, u32::from(dst.family)))
 }
 
 /// The backstop for the packet `skb` of `family` ([`family`]), whose

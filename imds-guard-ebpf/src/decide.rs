@@ -46,6 +46,23 @@ impl From<Verdict> for i32 {
 }
 
 impl Verdict {
+    /// What the answer of one of our global functions says (1 lets
+    /// through, anything else refuses). Read back (volatile) first, so that
+    /// LLVM, which knows what the function can answer, cannot hand that
+    /// value on as the program's own: the verifier knows nothing of a
+    /// global function's answer, and refuses a program whose return value
+    /// it cannot bound.
+    #[inline(always)]
+    pub fn of_answer(answer: i32) -> Self {
+        // SAFETY: a local of ours.
+        let answer = unsafe { core::ptr::read_volatile(&raw const answer) };
+        if answer == Self::Allow as i32 {
+            Self::Allow
+        } else {
+            Self::Reject
+        }
+    }
+
     /// What the hook returns for a decision recorded as `recorded` (one of
     /// [`verdict`]): allowed and audited go on; denied, or a value no
     /// decision records, is rejected.

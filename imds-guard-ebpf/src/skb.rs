@@ -255,22 +255,13 @@ fn judge(ctx: &SkBuffContext, generation: u32, dst: &mut Dst) -> Verdict {
     let mut caller = Caller::of_socket(sk, cgroup_id);
     let (recorded, entry) = decide(ctx, hook::EGRESS, generation, &mut caller, dst);
     let (lo, hi) = dst.addr_words();
-    let answer = imds_guard_settle(
+    Verdict::of_answer(imds_guard_settle(
         skb,
         lo,
         hi,
         entry,
         generation | u32::from(recorded) << 8 | u32::from(dst.family) << 16,
-    );
-    // Read back (volatile) so that LLVM, which knows what the function
-    // can answer, hands the verifier a value it bounds here.
-    // SAFETY: a local of ours.
-    let answer = unsafe { core::ptr::read_volatile(&raw const answer) };
-    if answer == Verdict::Allow as i32 {
-        Verdict::Allow
-    } else {
-        Verdict::Reject
-    }
+    ))
 }
 
 /// What follows `egress`'s decision of packet `skb` to the destination

@@ -154,15 +154,7 @@ fn remembered(
             imds_guard_remember6(ctx.sock_addr, query, ids, caller.cgroup_id, caller.tgid)
         }
     };
-    // Read back (volatile) so that LLVM, which knows what the function
-    // can answer, hands the verifier a value it bounds here.
-    // SAFETY: a local of ours.
-    let answer = unsafe { core::ptr::read_volatile(&raw const answer) };
-    if answer == Verdict::Allow as i32 {
-        Verdict::Allow
-    } else {
-        Verdict::Reject
-    }
+    Verdict::of_answer(answer)
 }
 
 /// Which of `user_ip4` and `user_ip6` the hook reads.
