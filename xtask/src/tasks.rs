@@ -18,12 +18,20 @@ pub fn test(extra: &[String]) -> Result<()> {
     eprintln!("xtask: unit tests");
     run(cargo().args(["test", "--workspace", "--exclude", "imds-guard-e2e"]))?;
     // The release build it needs is the packages' too (built once).
-    if extra.is_empty() || extra.iter().any(|a| a.contains("kubernetes")) {
+    // The suite is told which archive: a target directory set by
+    // CARGO_TARGET_DIR is not where the test would look for it.
+    let image = if extra.is_empty() || extra.iter().any(|a| a.contains("kubernetes")) {
         eprintln!("xtask: the container image the kubernetes suite plays");
-        crate::image::image()?;
-    }
+        Some(crate::image::image()?)
+    } else {
+        None
+    };
     eprintln!("xtask: privileged end-to-end tests (one at a time)");
-    run(cargo()
+    let mut e2e = cargo();
+    if let Some(image) = image {
+        e2e.env("IMDS_GUARD_TEST_IMAGE", image);
+    }
+    run(e2e
         .args(["test", "-p", "imds-guard-e2e", "--"])
         .arg("--test-threads=1")
         .args(extra))?;
