@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Attack, Script};
+use crate::{Attack, Script, Trick};
 
 /// One network action of a probe. Each is a single, distinct way for a
 /// process to reach an address, so each exercises one kernel hook path.
@@ -46,6 +46,8 @@ pub enum Action {
     Attack(Attack),
     /// A [`Script`] of requests on one connection (`send ADDR PORT NAME`).
     Send(SocketAddr, Script),
+    /// A [`Trick`] against request-level judgement (`trick ADDR PORT NAME`).
+    Trick(SocketAddr, Trick),
     /// A local service on the address, as an IMDS emulator on a host where
     /// the address is local: `imds-probe` listens, reports once, and
     /// answers every connection with an HTTP 200 until stdin ends
@@ -95,6 +97,7 @@ impl Action {
             Action::Tfo(_) => "tfo",
             Action::Attack(a) => a.verb(),
             Action::Send(..) => "send",
+            Action::Trick(..) => "trick",
             Action::Listen(_) => "listen",
         }
     }
@@ -110,6 +113,7 @@ impl Action {
             | Action::UdpConnect(a)
             | Action::Tfo(a)
             | Action::Send(a, _)
+            | Action::Trick(a, _)
             | Action::Listen(a) => a,
             Action::ConnectMapped(a) | Action::UdpSendMapped(a) => SocketAddr::V4(a),
             Action::Attack(a) => a.addr(),
@@ -131,6 +135,9 @@ impl Action {
         if let Action::Send(_, script) = self {
             args.push(script.name().to_owned());
         }
+        if let Action::Trick(_, trick) = self {
+            args.push(trick.name().to_owned());
+        }
         args
     }
 
@@ -151,6 +158,13 @@ impl Action {
             let script =
                 Script::from_name(name).ok_or_else(|| format!("unknown script {name:?}"))?;
             return Ok(Action::Send(SocketAddr::new(ip, port), script));
+        }
+        if verb == "trick" {
+            let [name] = extra else {
+                return Err(format!("trick takes ADDR PORT NAME, got {args:?}"));
+            };
+            let trick = Trick::from_name(name).ok_or_else(|| format!("unknown trick {name:?}"))?;
+            return Ok(Action::Trick(SocketAddr::new(ip, port), trick));
         }
         if !extra.is_empty() {
             return Err(format!("{verb} takes ADDR PORT only, got {args:?}"));

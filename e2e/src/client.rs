@@ -29,7 +29,7 @@ use crate::{
         request,
     },
     outcome::{Failure, Outcome, Step, os_failure},
-    requests,
+    requests, tricks,
 };
 
 /// `tcp_info.tcpi_options` bit for "SYN data was acknowledged"
@@ -99,6 +99,7 @@ pub fn perform(action: &Action) -> ProbeResult {
         Action::Tfo(addr) => tfo(addr),
         Action::Attack(attack) => attack::perform(attack),
         Action::Send(addr, script) => requests::run(addr, script),
+        Action::Trick(addr, trick) => tricks::run(addr, trick),
         Action::Listen(addr) => return listen(addr).0,
     };
     report(outcome)

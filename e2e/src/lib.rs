@@ -59,6 +59,7 @@ mod skip;
 pub mod slowdown;
 mod systemctl;
 mod topology;
+mod tricks;
 mod user;
 mod util;
 mod workload;
@@ -89,6 +90,7 @@ pub use self::{
         UNPROTECTED_V4, UNPROTECTED_V6, UPLINK_HOST_V4, UPLINK_HOST_V6, UPLINK_IMDS_V4,
         UPLINK_IMDS_V6, USERNS_ROOT, UserNamespace,
     },
+    tricks::Trick,
     user::TestUser,
     workload::{ECS_CREDENTIALS, ECS_INTROSPECTION, EKS_POD_IDENTITY_V6, TcpService},
 };

@@ -29,6 +29,9 @@ use imds_guard_e2e::{
     Script, credentials_path, privileged_or_skip,
 };
 
+#[path = "requests/attack.rs"]
+mod attack;
+
 const EACCES: i32 = libc::EACCES;
 const EPERM: i32 = libc::EPERM;
 /// The caller whose requests the tests judge.
