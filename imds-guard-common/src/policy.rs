@@ -242,8 +242,13 @@ pub struct RequestOffsets {
     /// The same for `fastopen_connect` (`TCP_FASTOPEN_CONNECT`).
     pub tcp_fastopen_connect: u32,
     pub tcp_fastopen_connect_mask: u32,
+    /// `tcp_sock.notsent_lowat` (`TCP_NOTSENT_LOWAT`; 0: the namespace's).
+    pub tcp_notsent_lowat: u32,
+    /// `net.ipv4.sysctl_tcp_notsent_lowat`, from the start of `struct net`
+    /// (reached through [`crate::Offsets::sock_net`]).
+    pub net_tcp_notsent_lowat: u32,
 }
-const _: () = assert!(size_of::<RequestOffsets>() == 44);
+const _: () = assert!(size_of::<RequestOffsets>() == 52);
 
 impl RequestOffsets {
     /// The value of [`RequestOffsets::valid`] once resolved.
@@ -261,6 +266,8 @@ impl RequestOffsets {
         tcp_repair_mask: 0,
         tcp_fastopen_connect: 0,
         tcp_fastopen_connect_mask: 0,
+        tcp_notsent_lowat: 0,
+        net_tcp_notsent_lowat: 0,
     };
 }
 

@@ -18,7 +18,7 @@ use imds_guard_common::{
 
 use crate::{
     dst::active_generation,
-    kernel::{address_of, read},
+    kernel::{address_of, offsets, read, read_ptr},
     maps::REQ_RULES,
     request::{judged, request_offsets},
     sock_state::{epoch, state_of},
@@ -239,7 +239,13 @@ fn written(sk: *mut bpf_sock) -> Option<u32> {
 
 /// Mitigation (a) of the design's risk R1: a message that could make the
 /// push wait for memory (releasing the socket lock mid-message, where a
-/// plain-path writer could slip bytes inside the range) is refused.
+/// plain-path writer could slip bytes inside the range) is refused. The
+/// push waits when the queue reaches the send buffer (kept to half of it
+/// here), and when the bytes not yet sent reach the socket's
+/// `TCP_NOTSENT_LOWAT` (`tcp_stream_memory_free`): an option any caller
+/// may set to one byte, or its namespace's `net.ipv4.tcp_notsent_lowat`
+/// (by default the largest value), so the queue (which holds every byte
+/// not yet sent) and the message must stay below it.
 #[inline(always)]
 fn room(sk: *mut bpf_sock, size: u32) -> bool {
     let (Some(off), Some(addr)) = (request_offsets(), address_of(sk)) else {
@@ -247,8 +253,17 @@ fn room(sk: *mut bpf_sock, size: u32) -> bool {
     };
     let queued = read::<i32>(addr, off.sk_wmem_queued);
     let sndbuf = read::<i32>(addr, off.sk_sndbuf);
-    match (queued, sndbuf) {
-        (Some(q), Some(b)) if q >= 0 && b > 0 => (q as u32) + size <= (b as u32) / 2,
+    let lowat = match read::<u32>(addr, off.tcp_notsent_lowat) {
+        Some(0) => offsets()
+            .and_then(|o| read_ptr(addr, o.sock_net))
+            .and_then(|net| read::<u32>(net, off.net_tcp_notsent_lowat)),
+        own => own,
+    };
+    match (queued, sndbuf, lowat) {
+        (Some(q), Some(b), Some(l)) if q >= 0 && b > 0 => {
+            let used = (q as u32).saturating_add(size);
+            used <= (b as u32) / 2 && used < l
+        }
         _ => false,
     }
 }

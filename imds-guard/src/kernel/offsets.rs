@@ -312,6 +312,8 @@ pub fn resolve_request(btf: &Btf, release: &str) -> Result<RequestOffsets, Offse
         tcp_repair_mask: u32::from(repair.1),
         tcp_fastopen_connect: fastopen_connect.0,
         tcp_fastopen_connect_mask: u32::from(fastopen_connect.1),
+        tcp_notsent_lowat: field("tcp_sock", &[&["notsent_lowat"]])?,
+        net_tcp_notsent_lowat: field("net", &[&["ipv4"], &["sysctl_tcp_notsent_lowat"]])?,
     })
 }
 
@@ -591,6 +593,7 @@ mod tests {
             assert!(mask < 0x100, "{o:?}");
         }
         assert!(o.tcp_repair > o.sk_sndbuf && o.tcp_fastopen_connect > o.sk_sndbuf);
+        assert!(o.tcp_notsent_lowat > o.sk_sndbuf && o.net_tcp_notsent_lowat > 0);
     }
 
     #[test]
