@@ -48,6 +48,8 @@ pub enum Trick {
     /// `TCP_NOTSENT_LOWAT` of one byte before the first request: a send
     /// that may then sleep mid-message for the unsent bytes to drain.
     NotsentLowat,
+    /// `TCP_NOTSENT_LOWAT` of 64 KiB: room for any request head.
+    NotsentLowatRoomy,
     /// Run as root: a child that becomes [`HANDOFF_UID`] connects and
     /// sends the allowed requests, then hands the socket over
     /// `SCM_RIGHTS` to its root parent, which sends the credentials.
@@ -55,13 +57,14 @@ pub enum Trick {
 }
 
 impl Trick {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Reconnect,
         Self::ConnectAgain,
         Self::MsgMore,
         Self::Cork,
         Self::Urgent,
         Self::NotsentLowat,
+        Self::NotsentLowatRoomy,
         Self::HandOff,
     ];
 
@@ -73,6 +76,7 @@ impl Trick {
             Self::Cork => "cork",
             Self::Urgent => "urgent",
             Self::NotsentLowat => "notsent-lowat",
+            Self::NotsentLowatRoomy => "notsent-lowat-roomy",
             Self::HandOff => "hand-off",
         }
     }
@@ -106,8 +110,12 @@ pub(crate) fn run(addr: SocketAddr, trick: Trick) -> Step<Outcome> {
 }
 
 fn steps(addr: SocketAddr, trick: Trick, conn: &mut Conn<'_>) -> Step<()> {
-    if trick == Trick::NotsentLowat {
-        set_int(conn.fd(), libc::IPPROTO_TCP, TCP_NOTSENT_LOWAT, 1)?;
+    match trick {
+        Trick::NotsentLowat => set_int(conn.fd(), libc::IPPROTO_TCP, TCP_NOTSENT_LOWAT, 1)?,
+        Trick::NotsentLowatRoomy => {
+            set_int(conn.fd(), libc::IPPROTO_TCP, TCP_NOTSENT_LOWAT, 65_536)?;
+        }
+        _ => {}
     }
     let token = conn.token(addr)?;
     let with_token = |path: &str| head(addr, "GET", path, (TOKEN_HEADER, &token));

@@ -179,3 +179,46 @@ fn a_judged_caller_that_rewrites_its_destination_to_the_service_sends_nothing() 
         );
     }
 }
+
+#[test]
+fn a_request_whose_send_could_sleep_mid_message_is_refused() {
+    if !privileged_or_skip("a_request_whose_send_could_sleep_mid_message_is_refused") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let (mut guard, policy, generation) = guard(&sb);
+    let run = |trick, addr| judged(&sb).run(Action::Trick(addr, trick));
+    // Whole service: a socket whose unsent bytes may be one byte at most
+    // (TCP_NOTSENT_LOWAT, any caller's to set) gets every answer.
+    for addr in addrs() {
+        for trick in [Trick::NotsentLowat, Trick::NotsentLowatRoomy] {
+            let r = run(trick, addr);
+            assert!(
+                r.assert_ok().body.contains(sb.imds.credentials_body()),
+                "{addr} {trick:?}: {r:?}"
+            );
+        }
+    }
+    judge(&mut guard, &policy, generation);
+    for addr in addrs() {
+        // Judged: a send on it may wait mid-message for its bytes to
+        // drain, with the socket's lock released (the design's risk R1),
+        // so even the allowed token `PUT` is refused, and nothing leaves.
+        let seen = sb.imds.received().len();
+        run(Trick::NotsentLowat, addr).assert_errno(EACCES);
+        let logs = received_since(&sb, seen);
+        assert!(
+            logs.iter().all(Vec::is_empty),
+            "{addr}: {:?}",
+            logs.iter()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect::<Vec<_>>()
+        );
+        // A low-water mark with room for a request head: judged as ever.
+        let seen = sb.imds.received().len();
+        let r = run(Trick::NotsentLowatRoomy, addr);
+        r.assert_errno(EACCES);
+        assert!(r.body.contains(INSTANCE_ID), "{addr}: {r:?}");
+        assert!(!credentials_arrived(&sb, seen), "{addr}: {r:?}");
+    }
+}
