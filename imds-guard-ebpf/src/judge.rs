@@ -99,7 +99,12 @@ fn try_req_msg(ctx: &SkMsgContext) -> bool {
     // Let through under another policy: the rules may have changed, and
     // the next request is refused (a reload cuts a judged connection as it
     // cuts a refused one; the client reconnects under the new rules).
-    if s.stage & stage::POISONED != 0 || epoch(active_generation()) != Some(s.epoch) {
+    // One reading of the generation for the epoch and the rules: read
+    // again for the lookup, a reload between the two would judge the
+    // socket's rule set number (the old policy's) by the new policy's
+    // rule set of that number.
+    let generation = active_generation();
+    if s.stage & stage::POISONED != 0 || epoch(generation) != Some(s.epoch) {
         poison(state);
         return false;
     }
@@ -115,7 +120,7 @@ fn try_req_msg(ctx: &SkMsgContext) -> bool {
         poison(state);
         return false;
     }
-    match judge_head(ctx, &s, size) {
+    match judge_head(ctx, &s, size, generation) {
         Judged::Pass => {
             passed(state, write_seq, size);
             true
@@ -168,9 +173,10 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
 /// Judges the request head of `size` bytes (at most [`MAX_HEAD`]) in the
 /// message, pulled, so whole between `data` and `data_end`, for the socket
 /// in state `s`: the canonical parser over every byte, then, for a caller
-/// with a rule set, one lookup of the path in [`REQ_RULES`].
+/// with a rule set, one lookup of the path in [`REQ_RULES`] under policy
+/// `generation` (the one whose epoch the socket holds).
 #[inline(always)]
-fn judge_head(ctx: &SkMsgContext, s: &SockState, size: u32) -> Judged {
+fn judge_head(ctx: &SkMsgContext, s: &SockState, size: u32, generation: u32) -> Judged {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Judged::Refuse;
     };
@@ -219,7 +225,7 @@ fn judge_head(ctx: &SkMsgContext, s: &SockState, size: u32) -> Judged {
         // and with the token, is all it takes.
         return Judged::Pass;
     }
-    parser.set_scope(active_generation() as u8, s.ruleset);
+    parser.set_scope(generation as u8, s.ruleset);
     // SAFETY: `ReqLookup` is laid out as aya's `Key<ReqKey>` (the prefix
     // length, then the data), and lives in the map value for this run.
     let key = unsafe { &*(&raw const parser.lookup).cast::<Key<ReqKey>>() };
