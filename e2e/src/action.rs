@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Attack, Script, Trick};
+use crate::{Attack, Evasion, Script, Trick};
 
 /// One network action of a probe. Each is a single, distinct way for a
 /// process to reach an address, so each exercises one kernel hook path.
@@ -48,6 +48,9 @@ pub enum Action {
     Send(SocketAddr, Script),
     /// A [`Trick`] against request-level judgement (`trick ADDR PORT NAME`).
     Trick(SocketAddr, Trick),
+    /// An [`Evasion`] of request judgement on one connection (`evade ADDR
+    /// PORT NAME`).
+    Evade(SocketAddr, Evasion),
     /// A local service on the address, as an IMDS emulator on a host where
     /// the address is local: `imds-probe` listens, reports once, and
     /// answers every connection with an HTTP 200 until stdin ends
@@ -98,6 +101,7 @@ impl Action {
             Action::Attack(a) => a.verb(),
             Action::Send(..) => "send",
             Action::Trick(..) => "trick",
+            Action::Evade(..) => "evade",
             Action::Listen(_) => "listen",
         }
     }
@@ -114,6 +118,7 @@ impl Action {
             | Action::Tfo(a)
             | Action::Send(a, _)
             | Action::Trick(a, _)
+            | Action::Evade(a, _)
             | Action::Listen(a) => a,
             Action::ConnectMapped(a) | Action::UdpSendMapped(a) => SocketAddr::V4(a),
             Action::Attack(a) => a.addr(),
@@ -137,6 +142,9 @@ impl Action {
         }
         if let Action::Trick(_, trick) = self {
             args.push(trick.name().to_owned());
+        }
+        if let Action::Evade(_, evasion) = self {
+            args.push(evasion.name());
         }
         args
     }
@@ -165,6 +173,14 @@ impl Action {
             };
             let trick = Trick::from_name(name).ok_or_else(|| format!("unknown trick {name:?}"))?;
             return Ok(Action::Trick(SocketAddr::new(ip, port), trick));
+        }
+        if verb == "evade" {
+            let [name] = extra else {
+                return Err(format!("evade takes ADDR PORT EVASION, got {args:?}"));
+            };
+            let evasion =
+                Evasion::from_name(name).ok_or_else(|| format!("unknown evasion {name:?}"))?;
+            return Ok(Action::Evade(SocketAddr::new(ip, port), evasion));
         }
         if !extra.is_empty() {
             return Err(format!("{verb} takes ADDR PORT only, got {args:?}"));
@@ -286,6 +302,11 @@ mod tests {
             Action::udp_send_mapped(v4, 5353),
             Action::udp_connect(v4, 5353),
             Action::tfo(v6, 80),
+            Action::Evade(
+                SocketAddr::new(v4.into(), 80),
+                Evasion::Way(crate::Way::UringSendZc),
+            ),
+            Action::Evade(SocketAddr::new(v6.into(), 80), Evasion::Head(43)),
             Action::attack(Attack::udplite(SocketAddr::new(v6.into(), 5353))),
             Action::attack(Attack::packet(
                 SocketAddr::new(v4.into(), 80),

@@ -100,6 +100,7 @@ pub fn perform(action: &Action) -> ProbeResult {
         Action::Attack(attack) => attack::perform(attack),
         Action::Send(addr, script) => requests::run(addr, script),
         Action::Trick(addr, trick) => tricks::run(addr, trick),
+        Action::Evade(addr, evasion) => crate::evasion::run(addr, evasion),
         Action::Listen(addr) => return listen(addr).0,
     };
     report(outcome)

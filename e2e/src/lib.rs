@@ -44,6 +44,7 @@ mod bpffs;
 mod cgroup;
 pub mod client;
 mod etc;
+mod evasion;
 mod fake_imds;
 mod files;
 mod imdsv2;
@@ -72,6 +73,7 @@ pub use self::{
     bpffs::TestBpffs,
     cgroup::{TestCgroup, cgroup2_root},
     etc::PrivateEtc,
+    evasion::{Evasion, HEAD_CASES, VMSPLICE_MARK, Way, allowed_prefix, head_case},
     fake_imds::{
         FakeImds, IMDS_PORT, INSTANCE_ID, PLAIN_PORT, ROLE, UDP_PORT, tcp_addrs, udp_addrs,
     },

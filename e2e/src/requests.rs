@@ -110,7 +110,7 @@ impl Script {
 
 /// The instance id's path.
 pub const INSTANCE_ID_PATH: &str = "/latest/meta-data/instance-id";
-const TOKEN_HEADER: &str = "X-aws-ec2-metadata-token";
+pub(crate) const TOKEN_HEADER: &str = "X-aws-ec2-metadata-token";
 
 /// `IPPROTO_MPTCP` (include/uapi/linux/in.h).
 const IPPROTO_MPTCP: libc::c_int = 262;
@@ -339,7 +339,7 @@ fn connect_raw(
 /// (read until the `Content-Length` the fake IMDS always sends). Reads
 /// one byte at a time, so that a pipelined second response stays for the
 /// next call.
-fn response(stream: &mut TcpStream) -> Step<(String, String)> {
+pub(crate) fn response(stream: &mut TcpStream) -> Step<(String, String)> {
     stream
         .set_read_timeout(Some(TIMEOUT))
         .map_err(|e| os_failure("setting the read timeout", e))?;

@@ -31,6 +31,8 @@ use imds_guard_e2e::{
 
 #[path = "requests/attack.rs"]
 mod attack;
+#[path = "requests/evasion.rs"]
+mod evasion;
 
 const EACCES: i32 = libc::EACCES;
 const EPERM: i32 = libc::EPERM;
