@@ -5,9 +5,11 @@
 
 use std::net::SocketAddr;
 
+use imds_guard::kernel::{Guard, Stamp, pins::Pins};
+use imds_guard_common::req_method;
 use imds_guard_e2e::{
-    Action, Evasion, HEAD_CASES, INSTANCE_ID, INSTANCE_ID_PATH, Probe, Sandbox, VMSPLICE_MARK, Way,
-    allowed_prefix, credentials_path, head_case, privileged_or_skip,
+    Action, Evasion, HEAD_CASES, INSTANCE_ID, INSTANCE_ID_PATH, Probe, Sandbox, Script,
+    VMSPLICE_MARK, Way, allowed_prefix, credentials_path, head_case, privileged_or_skip,
 };
 
 use super::{EACCES, addrs, contains, guard, judge, judged, received_since};
@@ -284,4 +286,51 @@ fn a_writer_waiting_in_the_connect_sends_nothing_unjudged() {
         );
     }
     assert_eq!(guard.judged_sockets().expect("sockhash"), 0);
+}
+
+#[test]
+fn an_upgrade_retires_the_old_agents_judged_connections_and_judges_new_ones() {
+    if !privileged_or_skip(
+        "an_upgrade_retires_the_old_agents_judged_connections_and_judges_new_ones",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pins = Pins::new(sb.pin_dir());
+    pins.prepare().expect("pin directory");
+    let policy = super::policy(super::POLICY);
+    // The old agent: the SDK's whole flow allowed (the listing too), so
+    // its kept-alive connection is answered the credentials.
+    let mut old = Guard::load(0).expect("load the programs");
+    let generation = old.apply(&policy, &Stamp::default()).expect("apply");
+    judge(&mut old, &policy, generation);
+    old.write_request_rule(generation, 1, req_method::GET, "/latest/meta-data/", 9)
+        .expect("request rule");
+    old.attach(sb.cgroup.path(), Some(&pins))
+        .expect("attach, pinned");
+    let addr = addrs()[0];
+    let mut held = judged(&sb).hold(addr);
+    assert_eq!(held.fetch().assert_ok().body, sb.imds.credentials_body());
+    // The new agent adopts the pins (the old one is gone): its rules do
+    // not hold the listing.
+    let mut new = Guard::load(0).expect("load the programs");
+    let generation = new.apply(&policy, &Stamp::default()).expect("apply");
+    judge(&mut new, &policy, generation);
+    let report = new
+        .attach(sb.cgroup.path(), Some(&pins))
+        .expect("adopt the pins");
+    assert!(report.adopted > 0 && report.retired, "{report:?}");
+    drop(old);
+    // The old agent's connection: its next request is refused at once,
+    // and not a byte of it leaves.
+    let seen = sb.imds.received();
+    let r = held.fetch();
+    r.assert_errno(EACCES);
+    assert_eq!(sb.imds.received(), seen, "a byte left after the upgrade");
+    drop(held);
+    // New connections: judged by the new agent's rules.
+    let r = judged(&sb).run(Action::Send(addr, Script::Credentials));
+    r.assert_errno(EACCES);
+    assert!(r.body.contains(INSTANCE_ID), "{r:?}");
+    pins.detach_all().expect("detach");
 }

@@ -382,6 +382,7 @@ impl Daemon {
             config = %config.display(),
             pin_dir = %self.attached.pin_dir().display(),
             adopted = report.adopted,
+            retired = report.retired,
             programs = self.attached.programs().unwrap_or("unknown"),
             endpoints = %endpoints.join(","),
             presets = %policy.spec.presets.join(","),

@@ -91,6 +91,9 @@ pub struct AttachReport {
     pub adopted: usize,
     /// Programs attached anew.
     pub attached: usize,
+    /// Whether an earlier agent's judged sockets were retired
+    /// (`retire.rs`).
+    pub retired: bool,
 }
 
 /// What [`attach`] does for one program.

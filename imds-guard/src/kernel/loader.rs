@@ -36,6 +36,7 @@ use super::{
     policy_maps::{PolicyMapError, PolicyMaps, Stamp},
     programs,
     requests::{self, RequestError},
+    retire,
 };
 use crate::{chain::Chain, policy::Policy};
 
@@ -173,6 +174,10 @@ pub struct Guard {
     /// Links made without pins that aya does not hold (`req_sockops`'s):
     /// they detach as this handle drops.
     held_links: Vec<OwnedFd>,
+    /// The sockhashes of judged sockets of earlier agents this one
+    /// retired at attach (`retire.rs`): kept open so that their sockets'
+    /// requests are refused at once rather than dropped unanswered.
+    retired: Vec<OwnedFd>,
 }
 
 impl Guard {
@@ -249,6 +254,7 @@ impl Guard {
             forward_layout: forward.err(),
             build,
             held_links: Vec::new(),
+            retired: Vec::new(),
         })
     }
 
@@ -446,7 +452,20 @@ impl Guard {
         // sockhash before it is attached would send unjudged (and
         // `egress` would drop all it sends).
         requests::attach_sk_msgs(&mut self.ebpf, self.build)?;
-        let report = attach::attach(&mut self.ebpf, cgroup, pins, &mut self.held_links)?;
+        // An earlier agent's maps, before ours replace their pins.
+        let earlier = match pins {
+            Some(pins) => Some(retire::Earlier::open(pins, &self.ebpf)?),
+            None => None,
+        };
+        let mut report = attach::attach(&mut self.ebpf, cgroup, pins, &mut self.held_links)?;
+        // Our programs decide every new connection now: the earlier
+        // agent's judged sockets are refused their next request.
+        if let Some(earlier) = earlier {
+            report.retired = earlier.retire()?.is_some_and(|socks| {
+                self.retired.push(socks);
+                true
+            });
+        }
         if let Some(pins) = pins {
             for name in programs::pinned_maps() {
                 let map = self.ebpf.map(name).ok_or(MapError::Missing(name))?;

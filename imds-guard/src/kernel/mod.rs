@@ -46,6 +46,7 @@ pub mod programs;
 pub mod records;
 pub mod refused;
 pub mod requests;
+mod retire;
 pub mod rules;
 pub mod sys;
 
