@@ -668,6 +668,9 @@ fn repair_send(fd: RawFd, bytes: &[u8]) -> Step<()> {
     Ok(())
 }
 
+/// How long [`Way::WritePending`]'s write may wait for the handshake.
+const PENDING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// A non-blocking connect made blocking, and the credentials `GET`
 /// written at once (the writer waits for the handshake in the kernel).
 fn write_pending(addr: SocketAddr, transcript: &mut String) -> Step<()> {
@@ -705,9 +708,11 @@ fn write_pending(addr: SocketAddr, transcript: &mut String) -> Step<()> {
         libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
     }
     let mut stream = TcpStream::from(fd);
+    // The write waits for the handshake, which the test delays by a SYN
+    // retransmission or more (1 s, then 3 s, on a slow guest).
     stream
         .set_read_timeout(Some(TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
+        .and_then(|()| stream.set_write_timeout(Some(PENDING_TIMEOUT)))
         .map_err(|e| os_failure("setting socket timeouts", e))?;
     let credentials = head(addr, "GET", &credentials_path(), ("Accept", "*/*"));
     stream
@@ -715,4 +720,45 @@ fn write_pending(addr: SocketAddr, transcript: &mut String) -> Step<()> {
         .map_err(|e| os_failure("send while connecting", e))?;
     exchange(&mut stream, transcript)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    #[test]
+    fn every_head_case_is_there_and_sized_as_named() {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), 80);
+        let mut names = std::collections::HashSet::new();
+        for n in 0..HEAD_CASES {
+            let (name, bytes) = head_case(addr, n).unwrap_or_else(|| panic!("case {n}"));
+            assert!(names.insert(name), "{name} twice");
+            assert!(!bytes.is_empty(), "{name}");
+            match name {
+                "head-2049" => assert_eq!(bytes.len(), 2049),
+                "request-line-257" => {
+                    let line = bytes.split(|&b| b == b'\r').next().unwrap_or_default();
+                    assert_eq!(line.len(), 257);
+                }
+                "uri-65k" => assert!(bytes.len() > 65 * 1024),
+                _ => {}
+            }
+        }
+        assert!(head_case(addr, HEAD_CASES).is_none());
+    }
+
+    #[test]
+    fn evasions_round_trip_by_name() {
+        let all = Way::ALL
+            .map(Evasion::Way)
+            .into_iter()
+            .chain((0..HEAD_CASES as u8).map(Evasion::Head));
+        for e in all {
+            assert_eq!(Evasion::from_name(&e.name()), Some(e));
+        }
+        assert_eq!(Evasion::from_name(&format!("head-{HEAD_CASES}")), None);
+        assert_eq!(Evasion::from_name("write"), None);
+    }
 }

@@ -233,8 +233,18 @@ fn with_a_late_handshake(
     );
     std::thread::scope(|s| {
         let run = s.spawn(|| probe.run(Action::Evade(addr, Evasion::Way(Way::WritePending))));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !nft(sb, &["list", "chain", "inet", "evade", "late"]).contains("packets 1") {
+        let deadline = std::time::Instant::now()
+            + imds_guard_e2e::slowdown::scaled(std::time::Duration::from_secs(5));
+        let dropped = || {
+            let chain = nft(sb, &["list", "chain", "inet", "evade", "late"]);
+            chain
+                .split("packets ")
+                .nth(1)
+                .and_then(|n| n.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        };
+        while !dropped() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no SYN-ACK was dropped"
