@@ -344,3 +344,39 @@ fn an_upgrade_retires_the_old_agents_judged_connections_and_judges_new_ones() {
     assert!(r.body.contains(INSTANCE_ID), "{r:?}");
     pins.detach_all().expect("detach");
 }
+
+/// uid 1001 allowed the token and the metadata subtree by a request
+/// table (the SDK's flow, credentials included), root the whole service.
+const FLOW_POLICY: &str = "mode = \"enforce\"\n[allow]\nuids = [0]\n\
+    [requests.flow]\nuids = [1001]\nrules = [\"PUT /latest/api/token\", \
+    \"GET /latest/meta-data/\"]\n";
+
+#[test]
+fn a_restarted_agent_refuses_the_next_request_of_a_connection_its_predecessor_judged() {
+    if !privileged_or_skip(
+        "a_restarted_agent_refuses_the_next_request_of_a_connection_its_predecessor_judged",
+    ) {
+        return;
+    }
+    let sb = Sandbox::with_agent(FLOW_POLICY);
+    let addr = addrs()[0];
+    let mut held = judged(&sb).hold(addr);
+    assert_eq!(held.fetch().assert_ok().body, sb.imds.credentials_body());
+    // Stopped (its guard stays pinned), then a new agent takes over.
+    sb.agent().terminate();
+    let ready = sb.start_agent(&[]);
+    let record = ready.wait_ready(imds_guard_e2e::READY);
+    assert_eq!(
+        imds_guard_e2e::field(&record, "retired").and_then(serde_json::Value::as_bool),
+        Some(true),
+        "{record}"
+    );
+    let seen = sb.imds.received();
+    held.fetch().assert_errno(EACCES);
+    assert_eq!(sb.imds.received(), seen, "a byte left after the restart");
+    // A new connection: judged by the new agent, and answered.
+    let mut again = judged(&sb).hold(addr);
+    assert_eq!(again.fetch().assert_ok().body, sb.imds.credentials_body());
+    drop((held, again));
+    drop(ready);
+}
