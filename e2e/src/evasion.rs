@@ -26,7 +26,7 @@ use crate::{
     fake_imds::ROLE,
     imdsv2::{TIMEOUT, TOKEN_PATH, TTL_HEADER, connect},
     outcome::{Failure, Outcome, Step, os_failure},
-    requests::{INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, response},
+    requests::{INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, response, transcribed},
 };
 
 /// A way of handing a request head to TCP other than `write`.
@@ -310,16 +310,7 @@ pub(crate) fn run(addr: SocketAddr, evasion: Evasion) -> Step<Outcome> {
         Evasion::Way(way) => via(addr, way, &mut transcript),
         Evasion::Head(n) => head_after_allowed(addr, usize::from(n), &mut transcript),
     };
-    match done {
-        Ok(()) => Ok(Outcome {
-            body: transcript,
-            ..Outcome::default()
-        }),
-        Err(f) => Err(Failure {
-            body: transcript,
-            ..f
-        }),
-    }
+    transcribed(transcript, done)
 }
 
 fn failure(error: impl Into<String>) -> Failure {
@@ -396,20 +387,8 @@ fn send_via(stream: &TcpStream, way: Way, bytes: &[u8]) -> Step<()> {
     let sent = match way {
         Way::Sendfile => sendfile(fd, bytes)?,
         Way::Splice => {
-            let (r, w) = pipe_with(bytes)?;
-            // SAFETY: both descriptors are open; no offsets.
-            let n = unsafe {
-                libc::splice(
-                    r.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    fd,
-                    std::ptr::null_mut(),
-                    bytes.len(),
-                    0,
-                )
-            };
-            drop(w);
-            check(n, "splice")?
+            let (r, _w) = pipe_with(bytes)?;
+            splice(&r, fd, bytes.len())?
         }
         Way::Vmsplice => vmsplice(fd, bytes)?,
         Way::ZeroCopy => {
@@ -463,15 +442,28 @@ fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int)
     Ok(())
 }
 
-/// A pipe holding `bytes` (at most a page: the pipe takes them at once).
-fn pipe_with(bytes: &[u8]) -> Step<(OwnedFd, OwnedFd)> {
+/// A pipe: its read end, then its write end.
+fn pipe() -> Step<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(last_os("pipe2"));
     }
     // SAFETY: just opened, owned here.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `splice` of `len` bytes from the pipe `from` to the socket `to`.
+fn splice(from: &OwnedFd, to: RawFd, len: usize) -> Step<usize> {
+    let null = std::ptr::null_mut();
+    // SAFETY: both descriptors are open; no offsets.
+    let n = unsafe { libc::splice(from.as_raw_fd(), null, to, null, len, 0) };
+    check(n, "splice")
+}
+
+/// A pipe holding `bytes` (at most a page: the pipe takes them at once).
+fn pipe_with(bytes: &[u8]) -> Step<(OwnedFd, OwnedFd)> {
+    let (r, w) = pipe()?;
     // SAFETY: `bytes` outlives the call.
     let n = unsafe { libc::write(w.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
     if check(n, "write to the pipe")? != bytes.len() {
@@ -529,13 +521,7 @@ fn vmsplice(fd: RawFd, bytes: &[u8]) -> Step<usize> {
     // SAFETY: the page is ours, writable, and a page long.
     let buf = unsafe { std::slice::from_raw_parts_mut(page.cast::<u8>(), PAGE) };
     buf[..bytes.len()].copy_from_slice(bytes);
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(last_os("pipe2"));
-    }
-    // SAFETY: just opened, owned here.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (r, w) = pipe()?;
     let iov = libc::iovec {
         iov_base: page,
         iov_len: bytes.len(),
@@ -547,18 +533,7 @@ fn vmsplice(fd: RawFd, bytes: &[u8]) -> Step<usize> {
     if check(n, "vmsplice")? != bytes.len() {
         return Err(failure("short vmsplice"));
     }
-    // SAFETY: both descriptors are open; no offsets.
-    let n = unsafe {
-        libc::splice(
-            r.as_raw_fd(),
-            std::ptr::null_mut(),
-            fd,
-            std::ptr::null_mut(),
-            bytes.len(),
-            0,
-        )
-    };
-    let sent = check(n, "splice");
+    let sent = splice(&r, fd, bytes.len());
     // What the page says now is not what was judged.
     if let Some(at) = buf[..bytes.len()]
         .windows(b"instance-id".len())

@@ -142,7 +142,14 @@ pub fn head(addr: SocketAddr, method: &str, path: &str, header: (&str, &str)) ->
 /// order (status line, then body), also when a later step fails.
 pub(crate) fn run(addr: SocketAddr, script: Script) -> Step<Outcome> {
     let mut transcript = String::new();
-    match steps(addr, script, &mut transcript) {
+    let done = steps(addr, script, &mut transcript);
+    transcribed(transcript, done)
+}
+
+/// What a run of steps reports: its transcript as the body, whether it
+/// finished or failed.
+pub(crate) fn transcribed(transcript: String, done: Step<()>) -> Step<Outcome> {
+    match done {
         Ok(()) => Ok(Outcome {
             body: transcript,
             ..Outcome::default()
@@ -359,9 +366,12 @@ pub(crate) fn response(stream: &mut TcpStream) -> Step<(String, String)> {
                 return Ok((status, body));
             }
         }
-        let n = stream
-            .read(&mut buf)
-            .map_err(|e| os_failure("reading the response", e))?;
+        // A read with a timeout is not restarted after a signal, nor
+        // after io_uring's task work of a ring just dropped (6.1).
+        let n = match stream.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read.map_err(|e| os_failure("reading the response", e))?,
+        };
         if n == 0 {
             return Err(Failure {
                 errno: None,
