@@ -10,11 +10,16 @@
 //!   packet;
 //! - [`stream`]: one TCP connection written to as fast as it goes (bulk
 //!   throughput, where a packet carries up to 64 KiB on loopback);
+//! - [`requests`]: one kept-alive connection to the fake IMDS, a `GET`
+//!   and its whole response at a time (the cost of request-level
+//!   judgement, issue 23, per request);
 //! - [`paced`]: denied connects at a steady pace, each as its own real uid,
 //!   so that every one is a log record of its own (the agent rate-limits
 //!   records per uid and destination), with the time each was made.
 
 use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
     os::fd::AsRawFd,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -32,7 +37,7 @@ use nix::{
     unistd::{Gid, Uid, setresgid, setresuid, write},
 };
 
-use super::job::{Job, Tally, mono_ns};
+use super::job::{Job, REQUEST_PATH, Tally, mono_ns};
 
 fn family(job: &Job) -> AddressFamily {
     if job.dst.is_ipv4() {
@@ -132,6 +137,84 @@ pub fn stream(job: &Job, chunk: usize) -> Tally {
     let buf = vec![0x5a_u8; chunk];
     timed_loop(job, &mut tally, || write(&fd, &buf).map(|n| n as u64));
     tally
+}
+
+/// [`Mode::Requests`](super::job::Mode::Requests): one TCP connection to
+/// the destination, kept alive, the `GET` of [`REQUEST_PATH`] written in
+/// one write and its response read to its last byte, over and over. A
+/// request the guard refuses fails its write (`EACCES`), and a response
+/// that is not a `200` is an error (`EPROTO`): either ends the loop.
+pub fn requests(job: &Job) -> Tally {
+    let mut tally = Tally::default();
+    let mut conn = match TcpStream::connect(job.dst).and_then(|c| {
+        c.set_nodelay(true)?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            tally.other = 1;
+            tally.last_errno = e.raw_os_error();
+            return tally;
+        }
+    };
+    let host = match job.dst {
+        std::net::SocketAddr::V4(a) => a.ip().to_string(),
+        std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    let head = format!(
+        "GET {REQUEST_PATH} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: imds-guard-bench\r\n\
+         Connection: keep-alive\r\n\r\n"
+    );
+    let mut buf = vec![0_u8; 4096];
+    timed_loop(job, &mut tally, || {
+        request_once(&mut conn, head.as_bytes(), &mut buf)
+    });
+    tally
+}
+
+/// One request written and its response read whole (head, then as many
+/// body bytes as its `Content-Length` says); the bytes written.
+fn request_once(conn: &mut TcpStream, head: &[u8], buf: &mut [u8]) -> Result<u64, Errno> {
+    let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    conn.write_all(head).map_err(errno)?;
+    let mut have = 0;
+    loop {
+        let n = conn.read(&mut buf[have..]).map_err(errno)?;
+        if n == 0 {
+            return Err(Errno::ECONNRESET);
+        }
+        have += n;
+        if let Some(whole) = response_len(&buf[..have])? {
+            if have >= whole {
+                return Ok(head.len() as u64);
+            }
+        }
+        if have == buf.len() {
+            return Err(Errno::EMSGSIZE);
+        }
+    }
+}
+
+/// The length of the response at the start of `bytes` (head and body),
+/// once its head is complete; an error if it is not a `200` with a
+/// `Content-Length`.
+fn response_len(bytes: &[u8]) -> Result<Option<usize>, Errno> {
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| Errno::EPROTO)?;
+    if !head.starts_with("HTTP/1.1 200 ") {
+        return Err(Errno::EPROTO);
+    }
+    let body = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .ok_or(Errno::EPROTO)?;
+    Ok(Some(end + 4 + body))
 }
 
 /// Runs `op` for the warmup, then for the timed loop, like the connect

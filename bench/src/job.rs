@@ -36,6 +36,10 @@ pub struct Job {
     pub groups: Vec<u32>,
 }
 
+/// The path a [`Mode::Requests`] worker asks for: one the fake IMDS
+/// serves without a token (IMDSv1), as EC2's serves the instance id.
+pub const REQUEST_PATH: &str = "/latest/meta-data/instance-id";
+
 /// What a worker's loop does with its destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {
@@ -46,6 +50,10 @@ pub enum Mode {
     Datagrams { size: usize },
     /// One TCP connection, write() of `chunk` bytes at a time.
     Stream { chunk: usize },
+    /// One TCP connection kept alive: the `GET` of [`REQUEST_PATH`] in one
+    /// write, then its whole response read, over and over (an operation
+    /// is a request answered).
+    Requests,
     /// One connect every `every_us`, each as the next real uid from
     /// `first_uid` (the effective uid stays root to switch), until
     /// `Running::stop`, `max_connects` or `run_ms`; every connect's

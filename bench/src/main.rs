@@ -20,7 +20,8 @@
 //! Sections (each can run alone with `--only`):
 //! 1. [`hotpath`]: connect rate to a destination no policy protects;
 //! 2. [`runtime`]: program run time per invocation, from bpf_stats, beside
-//!    the [`floor`]'s (empty programs of the same types);
+//!    the [`floor`]'s (empty programs of the same types), and what
+//!    request-level judgement costs a request on a kept-alive connection;
 //! 3. [`scale`]: 1 to 100,000 allowed uids, hot and protected paths;
 //! 4. [`storm`]: denials per second and the agent's event accounting;
 //! 5. [`agent`]: start to enforcing (taken apart by its [`phases`]),

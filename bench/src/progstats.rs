@@ -28,7 +28,11 @@ use serde_json::Value;
 use super::nsexec;
 
 const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_QUERY: libc::c_long = 16;
+/// `BPF_SK_MSG_VERDICT` (include/uapi/linux/bpf.h `enum bpf_attach_type`).
+const BPF_SK_MSG_VERDICT: u32 = 7;
 const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_STATS_RUN_TIME: u32 = 0;
 
@@ -215,6 +219,74 @@ pub fn status_programs(status: &Value) -> anyhow::Result<Vec<(String, u32)>> {
         "imds-guard status lists no links: {status}"
     );
     Ok(out)
+}
+
+/// The `sk_msg` program attached to the sockhash pinned at `map_pin` (the
+/// guard's `req_msg` on `REQ_SOCKS`): it has no cgroup link for `status`
+/// to list, so it is found through the map the agent pinned
+/// (`BPF_PROG_QUERY` on a sockmap, Linux 5.19 and later). Exactly one
+/// program, or an error.
+pub fn sk_msg_program(map_pin: &Path) -> anyhow::Result<Prog> {
+    use std::os::unix::ffi::OsStrExt as _;
+    #[repr(C)]
+    struct GetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct QueryAttr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+    }
+    let path = std::ffi::CString::new(map_pin.as_os_str().as_bytes())
+        .with_context(|| format!("{} has a NUL", map_pin.display()))?;
+    let mut get = GetAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let map = bpf_fd(BPF_OBJ_GET, &mut get)
+        .with_context(|| format!("opening the pinned map {}", map_pin.display()))?;
+    let mut ids = [0_u32; 4];
+    let mut query = QueryAttr {
+        target_fd: map.as_raw_fd() as u32,
+        attach_type: BPF_SK_MSG_VERDICT,
+        query_flags: 0,
+        attach_flags: 0,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+    };
+    // SAFETY: `query` is the `#[repr(C)]` prefix of `union bpf_attr` that
+    // BPF_PROG_QUERY reads and writes (the count back into `prog_cnt`),
+    // and `ids` outlives the call with room for `prog_cnt` ids.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            (&raw mut query).cast::<libc::c_void>(),
+            size_of::<QueryAttr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| {
+            format!(
+                "BPF_PROG_QUERY on {} (a sockmap answers it from Linux 5.19)",
+                map_pin.display()
+            )
+        });
+    }
+    ensure!(
+        query.prog_cnt == 1,
+        "{} has {} sk_msg programs attached, not one",
+        map_pin.display(),
+        query.prog_cnt
+    );
+    Prog::by_id(ids[0])
 }
 
 /// The program `name` of [`guard_programs`], or an error that says which

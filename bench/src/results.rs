@@ -85,7 +85,9 @@ impl Health {
 pub fn failed_checks(r: &Results) -> Vec<String> {
     let mut failed = Vec::new();
     if r.runtime.as_ref().is_some_and(|rt| !rt.counts_exact) {
-        failed.push("run_cnt did not grow by exactly the connects made".to_owned());
+        failed.push(
+            "run_cnt did not grow by exactly the connects (datagrams, requests) made".to_owned(),
+        );
     }
     for (i, run) in r.storm.iter().flat_map(|st| &st.runs).enumerate() {
         if run.denied_matches() == Some(false) {
@@ -121,7 +123,7 @@ pub mod sample {
         machine::Machine,
         packets::{self, PacketsResult},
         phases::{Phases, Start},
-        runtime::{Route, Row, RuntimeResult},
+        runtime::{Caller, RequestRow, Route, Row, RuntimeResult},
         scale::{Cell, ScaleResult},
         setup::{Arm, Kind},
         stats::Summary,
@@ -166,8 +168,26 @@ pub mod sample {
                 }
             })
             .collect();
+        let requests = Caller::ALL
+            .into_iter()
+            .map(|caller| {
+                let judged = caller == Caller::Judged;
+                RequestRow {
+                    caller,
+                    per_request_ns: about(if judged { 21_000.0 } else { 20_000.0 }, 500.0),
+                    vs_whole: judged.then(|| about(1.05, 0.01)),
+                    msg_ns: judged.then(|| about(450.0, 20.0)),
+                    msg_per_request: about(if judged { 1.0 } else { 0.0 }, 0.0),
+                    sockops_ns: about(60.0, 5.0),
+                    sockops_runs: 9,
+                    all_ns: about(if judged { 700.0 } else { 250.0 }, 20.0),
+                    requests: 30_000,
+                }
+            })
+            .collect();
         RuntimeResult {
             rows,
+            requests,
             rounds: 3,
             counts_exact: true,
             stats_how: "`BPF_ENABLE_STATS`",

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use imds_guard_e2e::{Agent, Netns, TempDir, TestBpffs, TestCgroup, write_policy};
+use imds_guard_e2e::{Agent, FakeImds, Netns, TempDir, TestBpffs, TestCgroup, write_policy};
 use nix::errno::Errno;
 use serde_json::Value;
 
@@ -167,7 +167,7 @@ pub struct Setup {
     agent: Option<Agent>,
     pins: Option<TestBpffs>,
     floor: Option<Floor>,
-    _sink: Sink,
+    _server: Server,
     pub cgroup: TestCgroup,
     pub netns: Netns,
     /// Agent: spawn to its `ready` record. Floor: loading and attaching
@@ -177,11 +177,42 @@ pub struct Setup {
     pub ready: Option<Value>,
 }
 
+/// What answers behind the namespace's addresses.
+enum Server {
+    /// Accepts and closes: connect loops.
+    Sink { _serving: Sink },
+    /// The test harness's fake IMDS, which answers HTTP requests on kept-
+    /// alive connections: request loops (`Mode::Requests`).
+    Imds { _serving: FakeImds },
+}
+
 impl Setup {
+    /// A configuration whose addresses accept and close ([`Sink`]).
     pub fn new(kind: Kind, policy: &PolicyFile) -> anyhow::Result<Self> {
         let netns = Netns::new();
+        let server = Server::Sink {
+            _serving: Sink::start(&netns)?,
+        };
+        Self::serving(kind, policy, netns, server)
+    }
+
+    /// A configuration whose addresses are served by the fake IMDS (the
+    /// same addresses and ports as [`Sink`]'s), for request loops.
+    pub fn with_imds(kind: Kind, policy: &PolicyFile) -> anyhow::Result<Self> {
+        let netns = Netns::new();
+        let server = Server::Imds {
+            _serving: FakeImds::start(&netns),
+        };
+        Self::serving(kind, policy, netns, server)
+    }
+
+    fn serving(
+        kind: Kind,
+        policy: &PolicyFile,
+        netns: Netns,
+        server: Server,
+    ) -> anyhow::Result<Self> {
         let cgroup = TestCgroup::new();
-        let sink = Sink::start(&netns)?;
         let (mut agent, mut pins, mut floor, mut ready) = (None, None, None, None);
         let load_time = match kind {
             Kind::None => Duration::ZERO,
@@ -232,7 +263,7 @@ impl Setup {
             agent,
             pins,
             floor,
-            _sink: sink,
+            _server: server,
             cgroup,
             netns,
             load_time,

@@ -3,7 +3,8 @@
 //! namespace, becomes the wanted uid, and does connect()+close() to one
 //! address in a tight loop, timing itself with the monotonic clock. What
 //! it is asked and what it reports are in `job`; the loops, connects and
-//! the other things a worker can do (datagrams, a stream, paced denials),
+//! the other things a worker can do (datagrams, a stream, requests on a
+//! kept-alive connection, paced denials),
 //! in `flow`.
 //!
 //! A process of its own is the only faithful subject: the guard decides by
@@ -58,6 +59,7 @@ pub fn main(job: &str) -> ExitCode {
         Mode::Connect => flow::connects(&job),
         Mode::Datagrams { size } => flow::datagrams(&job, size),
         Mode::Stream { chunk } => flow::stream(&job, chunk),
+        Mode::Requests => flow::requests(&job),
         Mode::Paced {
             first_uid,
             every_us,

@@ -49,6 +49,9 @@ pub enum Bound {
         figure: Summary,
         by: f64,
     },
+    /// No bound: a figure a goal reports without a number to meet (the
+    /// issue gives none); never met or missed.
+    Reported,
 }
 
 /// One thing a goal asks of the run.
@@ -87,6 +90,7 @@ impl Check {
                     Bound::Over { figure, by, .. } => {
                         (figure.n > 0).then_some(value.median - figure.median <= by)
                     }
+                    Bound::Reported => None,
                 }
             }
         }
@@ -150,6 +154,7 @@ impl Check {
                     over / by
                 )
             }
+            Bound::Reported => format!("{what} {shown}: reported, no bound"),
             Bound::Above { whose, figure } => format!(
                 "{what} {shown} against {whose} {}: {}",
                 figure.show(|x| unit.show(x)),
@@ -204,6 +209,7 @@ mod tests {
             by: 5.0,
         };
         assert_eq!(figure(wide, unmeasured).met(), None);
+        assert_eq!(figure(wide, Bound::Reported).met(), None);
         assert_eq!(
             figure(wide, over(5.0)).line(),
             "x 500.0 ns [100.0 ns–900.0 ns] against the empty program's 20.0 ns [19.0 ns–21.0 \

@@ -1,7 +1,9 @@
 //! The goals of issue 21 against the floor: the guard's run time on
 //! traffic it does not protect, next to an empty program's of the same
 //! type in the same rounds (section 2), and the small-datagram rate next
-//! to the empty programs' cgroup's (section 6, reported, not judged).
+//! to the empty programs' cgroup's (section 6, reported, not judged);
+//! and what request-level judgement costs a request (section 2,
+//! reported).
 
 use super::{
     Bound, DATAGRAM_RATE_MIN, Goal, GoalId, HOT_OVER_FLOOR_NS, Judged, PACKET_OVER_FLOOR_NS, Unit,
@@ -9,7 +11,7 @@ use super::{
 };
 use crate::{
     results::Results,
-    runtime::Route,
+    runtime::{Caller, Route},
     setup::{Arm, Kind},
     stats::{ns, ns_diff, pct},
 };
@@ -23,6 +25,7 @@ pub(super) fn run_time_row(id: GoalId, r: &Results) -> Judged {
     let rt = r.runtime.as_ref().ok_or("section 2 did not run")?;
     let (route, by) = match id {
         GoalId::HotConnectFloor => (Route::Unprotected4, HOT_OVER_FLOOR_NS),
+        GoalId::PacketFloorRequests => (Route::Datagram4Requests, PACKET_OVER_FLOOR_NS),
         _ => (Route::Datagram4, PACKET_OVER_FLOOR_NS),
     };
     let row = rt.row(route).ok_or("the route was not timed")?;
@@ -74,5 +77,43 @@ pub(super) fn datagram_rate_row(r: &Results) -> Judged {
             Unit::Share,
             Bound::AtLeast(DATAGRAM_RATE_MIN),
         )],
+    })
+}
+
+/// [`GoalId::RequestCost`]: the path-judged request's time against the
+/// whole-service one's in the same rounds, and `req_msg`'s run time per
+/// request; reported with no bound (the issue gives none).
+pub(super) fn request_row(r: &Results) -> Judged {
+    let rt = r.runtime.as_ref().ok_or("section 2 did not run")?;
+    let judged = rt
+        .request(Caller::Judged)
+        .ok_or("no path-judged request timed")?;
+    let whole = rt
+        .request(Caller::WholeService)
+        .ok_or("no whole-service request timed")?;
+    let ratio = judged
+        .vs_whole
+        .ok_or("no ratio to the whole-service request")?;
+    let msg = judged.msg_ns.ok_or("req_msg never ran")?;
+    Ok(Goal {
+        id: GoalId::RequestCost,
+        measured: format!(
+            "{} of the whole-service request's time ({} against {}); req_msg {} per run, \
+             req_sockops {} per run",
+            ratio.show(pct),
+            judged.per_request_ns.show(ns),
+            whole.per_request_ns.show(ns),
+            msg.show(ns),
+            judged.sockops_ns.show(ns)
+        ),
+        checks: vec![
+            figure(
+                "time per request against the whole-service request's",
+                ratio,
+                Unit::Share,
+                Bound::Reported,
+            ),
+            figure("req_msg per run", msg, Unit::Ns, Bound::Reported),
+        ],
     })
 }

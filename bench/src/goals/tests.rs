@@ -132,6 +132,7 @@ fn every_goal_not_met_has_its_line_and_no_other_does() {
             GoalId::ProtectedSmallest,
             GoalId::HotConnectFloor,
             GoalId::PacketFloor,
+            GoalId::PacketFloorRequests,
             GoalId::Connect4Time,
             GoalId::AllProgramsTime,
             GoalId::Start,
@@ -168,18 +169,29 @@ fn floor_goals_are_judged_on_run_time_over_the_empty_programs() {
             .is_some_and(|l| l.contains(": egress 80.0 ns") && l.contains("+ 5.0 ns")),
         "{packet:#?}"
     );
+    // With a request policy loaded: its own row, against the same floor.
+    let with_requests = goal(&g, GoalId::PacketFloorRequests);
+    assert!(
+        with_requests
+            .shortfall()
+            .is_some_and(|l| l.contains(": egress 80.0 ns") && l.contains("+ 5.0 ns")),
+        "{with_requests:#?}"
+    );
     // Within the margin: met; the egress row at 24 ns is within 5 ns of
-    // 20 ns, the connect4 row at 31 ns is not within 10 ns.
+    // 20 ns, the connect4 row at 31 ns is not within 10 ns, nor the egress
+    // row with a request policy at 26 ns within 5 ns.
     let rt = r.runtime.as_mut().expect("sample has section 2");
     for row in &mut rt.rows {
         row.ns = match row.route {
             Route::Datagram4 => about(24.0, 2.0),
+            Route::Datagram4Requests => about(26.0, 2.0),
             Route::Unprotected4 => about(31.0, 2.0),
             _ => row.ns,
         };
     }
     let g = goals(&r, &settings());
     assert_eq!(goal(&g, GoalId::PacketFloor).met(), Some(true));
+    assert_eq!(goal(&g, GoalId::PacketFloorRequests).met(), Some(false));
     assert_eq!(goal(&g, GoalId::HotConnectFloor).met(), Some(false));
     // Without the floor's figure the goal is open, never judged against
     // nothing; without the row, too.
@@ -196,6 +208,38 @@ fn floor_goals_are_judged_on_run_time_over_the_empty_programs() {
         assert_eq!(row.met(), None, "{row:#?}");
         assert!(row.measured.starts_with("not measured"), "{row:#?}");
     }
+}
+
+#[test]
+fn the_request_cost_is_reported_by_caller_and_never_judged() {
+    let mut r = sample::results();
+    let g = goals(&r, &settings());
+    let cost = goal(&g, GoalId::RequestCost);
+    assert_eq!(
+        cost.measured,
+        "105.0% [104.0%–106.0%] of the whole-service request's time (21,000 ns [20,500 \
+         ns–21,500 ns] against 20,000 ns [19,500 ns–20,500 ns]); req_msg 450.0 ns [430.0 \
+         ns–470.0 ns] per run, req_sockops 60.0 ns [55.0 ns–65.0 ns] per run"
+    );
+    assert_eq!((cost.met(), cost.shortfall()), (None, None));
+    assert_eq!(cost.verdict(), "not judged");
+    // Found by caller, not by place.
+    let rt = r.runtime.as_mut().expect("sample has section 2");
+    rt.requests.reverse();
+    let g = goals(&r, &settings());
+    assert!(
+        goal(&g, GoalId::RequestCost)
+            .measured
+            .starts_with("105.0% ")
+    );
+    // Without the whole-service loop, nothing to report.
+    let rt = r.runtime.as_mut().expect("sample has section 2");
+    rt.requests
+        .retain(|row| row.caller != crate::runtime::Caller::WholeService);
+    let g = goals(&r, &settings());
+    let cost = goal(&g, GoalId::RequestCost);
+    assert_eq!(cost.verdict(), "–");
+    assert!(cost.measured.starts_with("not measured"), "{cost:#?}");
 }
 
 #[test]

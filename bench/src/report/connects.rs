@@ -7,6 +7,7 @@ use super::{policy, rate, ratio, secs};
 use crate::{
     flowsink::DGRAM_V4,
     hotpath::{self, HotResult},
+    job::REQUEST_PATH,
     runtime::{self, RuntimeResult},
     scale::ScaleResult,
     setup::{Arm, Kind},
@@ -56,8 +57,8 @@ pub(super) fn run_time(md: &mut String, rt: &RuntimeResult) {
          Policy {}; allowed uid 1001, denied 65534; {}-byte datagrams to {}, out of a veth; \
          the guard's programs: {}; beside them, the same loops in a cgroup of their own with \
          an empty program of the same type (`r0 = 1; exit`), in the same rounds; accounting \
-         on with {}; {} rounds. run_cnt grew by exactly the connects (or datagrams) of every \
-         loop: {}.\n",
+         on with {}; {} rounds. run_cnt grew by exactly the connects (datagrams, requests) of \
+         every loop: {}.\n",
         policy(runtime::POLICY),
         runtime::DATAGRAM,
         DGRAM_V4,
@@ -87,6 +88,54 @@ pub(super) fn run_time(md: &mut String, rt: &RuntimeResult) {
             row.share.show(pct),
             row.all_ns.show(ns),
             thousands(row.runs as f64),
+        ]);
+    }
+    md.push_str(&t.render());
+    md.push('\n');
+    if !rt.requests.is_empty() {
+        requests(md, rt);
+    }
+}
+
+/// The request loops of section 2 (issue 23): a path-judged request
+/// against a whole-service one, on kept-alive connections.
+fn requests(md: &mut String, rt: &RuntimeResult) {
+    let _ = writeln!(
+        md,
+        "### Request-level judgement: a path-judged request against a whole-service one\n\n\
+         Policy {}, in a configuration of its own whose addresses the fake IMDS serves; each \
+         caller sends `GET {}` on one kept-alive connection to 169.254.169.254:80, one write \
+         per request, and reads each response whole; in the same rounds as the rows above. \
+         `req_msg` judges each request of the `[requests.bench]` caller, and never runs for \
+         the whole-service caller (both checked every round); `req_sockops` runs on the \
+         connections' sock_ops events, not per request.\n",
+        policy(&runtime::request_policy()),
+        REQUEST_PATH,
+    );
+    let mut t = Table::new(&[
+        "caller",
+        "time per request",
+        "vs whole service",
+        "req_msg, ns per run",
+        "req_msg runs per request",
+        "req_sockops, ns per run",
+        "req_sockops runs",
+        "every program, per request",
+        "requests",
+    ]);
+    for row in &rt.requests {
+        t.row(vec![
+            row.caller.label().to_owned(),
+            row.per_request_ns.show(ns),
+            row.vs_whole
+                .map_or_else(|| "100% (baseline)".to_owned(), |r| r.show(pct)),
+            row.msg_ns
+                .map_or_else(|| "never ran".to_owned(), |m| m.show(ns)),
+            row.msg_per_request.show(|x| format!("{x:.2}")),
+            row.sockops_ns.show(ns),
+            thousands(row.sockops_runs as f64),
+            row.all_ns.show(ns),
+            thousands(row.requests as f64),
         ]);
     }
     md.push_str(&t.render());

@@ -221,7 +221,7 @@ mod tests {
             }
         }
         assert_eq!(goals.len(), GoalId::ALL.len());
-        assert_eq!(md.matches("\n- **").count(), 8, "{md}");
+        assert_eq!(md.matches("\n- **").count(), 9, "{md}");
         // Tables of the sections that ran, none of the others.
         assert!(md.contains("## 2. Program run time per invocation"));
         assert!(!md.contains("## 1. "));
@@ -249,6 +249,29 @@ mod tests {
                 "| allowed, agent stopped | connect4 | 80.0 ns [70.0 ns–90.0 ns] | – | – |"
             )
         );
+        // Section 2's request loops, by caller, with the ratio to the
+        // whole-service request and req_msg's run time.
+        assert!(
+            md.contains(
+                "### Request-level judgement: a path-judged request against a whole-service one"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| path-judged (a `[requests.bench]` caller, an allowed `GET`) | 21,000 ns [20,500 \
+                 ns–21,500 ns] | 105.0% [104.0%–106.0%] | 450.0 ns [430.0 ns–470.0 ns] | 1.00 [1.00–1.00] |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 100% (baseline) | never ran | 0.00 [0.00–0.00] |"),
+            "{md}"
+        );
+        assert!(md.contains(
+            "| not protected, a UDP datagram out of a device, request policy loaded | egress | \
+             80.0 ns [70.0 ns–90.0 ns] | 20.0 ns [19.0 ns–21.0 ns] | +60.0 ns |"
+        ));
         // Section 6: the guard against the empty programs' cgroup, and the
         // run time per datagram section 2 timed.
         assert!(md.contains("| imds-guard | 440,000/s"), "{md}");
