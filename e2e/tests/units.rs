@@ -9,6 +9,9 @@
 //! test makes at the cgroup2 root (and refuses to take over if it exists)
 //! and guards.
 
+#[path = "units/reload_without_cgroup_rules.rs"]
+mod reload_without_cgroup_rules;
+
 use std::path::Path;
 
 use imds_guard_e2e::{

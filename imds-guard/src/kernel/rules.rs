@@ -65,7 +65,14 @@ pub fn read(pins: &Pins) -> Result<Option<InForce>, StatusError> {
         )
     };
     let (uids, gids) = (ids(common::MAP_UID_RULES)?, ids(common::MAP_GID_RULES)?);
-    let cgroups = match pins.open_map(common::MAP_CGROUP_CLASS, Map::HashMap)? {
+    // Without `CGROUP_RULES` the programs look no cgroup up, and the
+    // agent leaves that generation's entries unwritten (`classify/`).
+    let cgroup_rules = config.flags & common::config_flags::CGROUP_RULES != 0;
+    let class = match cgroup_rules {
+        true => pins.open_map(common::MAP_CGROUP_CLASS, Map::HashMap)?,
+        false => None,
+    };
+    let cgroups = match class {
         Some(map) => {
             let map: HashMap<_, u64, common::CgroupEntry> =
                 HashMap::try_from(&map).map_err(maps::access(common::MAP_CGROUP_CLASS))?;

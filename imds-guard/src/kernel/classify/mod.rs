@@ -18,6 +18,11 @@
 //!    have been lost meanwhile (a full ring), the hierarchy is listed once
 //!    more, which finds those cgroups visible by then.
 //!
+//! A reload to a policy without cgroup rules stops after step 1: its
+//! generation runs without `CGROUP_RULES`, under which no program and no
+//! `status` reads a classification, so it waits for no grace period and
+//! lists nothing (about 10 ms of a reload).
+//!
 //! Only then is `g` put in force (`policy_maps.rs`). Both generations are
 //! written, not only `g`: the one in force gets the value it has already
 //! (the two matchers agree: `tables.rs`), and an entry that could not be
@@ -288,6 +293,16 @@ impl Classifier {
         self.rules[slot] = rules;
         if !self.attached {
             self.attach(ebpf)?;
+        } else if policy.cgroups.is_empty() {
+            // A reload to a policy without cgroup rules: its generation
+            // runs without `CGROUP_RULES`, so no program reads its
+            // entries (`cgroup_rule` in decide.rs looks nothing up) and
+            // `status --rules` shows none: neither the grace period nor
+            // the listing is owed to it, only its (empty) tables, which
+            // the programs classify new cgroups by. The generation in
+            // force keeps its entries as they are; the next policy with
+            // cgroup rules lists the hierarchy again, for both.
+            return Ok(());
         }
         self.grace.wait()?;
         self.classify_all()
