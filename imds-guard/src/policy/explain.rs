@@ -192,7 +192,7 @@ fn done(entry: Option<&Entry>) -> &'static str {
 
 /// [`describe`], naming the `[requests.NAME]` table of an entry a request
 /// table wrote (an allow entry, which [`Entry::table`] calls `[allow]`).
-fn described(policy: &Policy, index: Option<usize>, e: &Entry) -> String {
+pub(super) fn described(policy: &Policy, index: Option<usize>, e: &Entry) -> String {
     let set = index
         .and_then(|i| policy.spec.requests.members.get(&i))
         .and_then(|&s| policy.spec.requests.sets.get(s));

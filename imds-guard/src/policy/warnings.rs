@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use super::{
     Action, Diagnostic, Entry, Identity, Policy, PolicySpec, Resolver, Scope,
     cgroups::{Pattern, PodRule},
-    explain::describe as spelled,
+    explain::{describe as spelled, described},
 };
 
 impl PolicySpec {
@@ -117,6 +117,7 @@ impl Policy {
         let mut warnings = self.spec.warnings();
         warnings.extend(self.host_users_readmitted(resolver));
         warnings.extend(self.allowed_members_of_denied_groups());
+        warnings.extend(self.request_callers_in_allowed_groups(resolver));
         warnings.sort_by_key(|d| d.at);
         warnings
     }
@@ -160,6 +161,70 @@ impl Policy {
                     spelled(group),
                     spelled(host),
                     host.at.in_words()
+                ),
+            });
+        }
+        warnings
+    }
+
+    /// Users a `[requests.NAME]` table names by uid who are members of a
+    /// group another allow entry names (`[allow]`, `[allow.host]`, or
+    /// another table): both entries could decide for their processes, and
+    /// which one does sets what they may send (docs/request-level.md §6).
+    /// The uid is decided first, so the table's rules apply; reordering
+    /// the decision, or the user leaving the table, would change that.
+    fn request_callers_in_allowed_groups(&self, resolver: &dyn Resolver) -> Vec<Diagnostic> {
+        let sets = &self.spec.requests.members;
+        if sets.is_empty() {
+            return Vec::new();
+        }
+        let groups: BTreeMap<u32, usize> = self
+            .gids
+            .iter()
+            .filter(|(_, rule)| rule.action == Action::Allow)
+            .map(|(&gid, rule)| (gid, rule.entry()))
+            .collect();
+        let gids: Vec<u32> = groups.keys().copied().collect();
+        if gids.is_empty() {
+            return Vec::new();
+        }
+        // A lookup that fails leaves nothing to warn of, as above.
+        let members = resolver.members(&gids).unwrap_or_default();
+        let mut warnings = Vec::new();
+        for (uid, gid) in members {
+            let Some(rule) = self.uids.get(&uid).filter(|r| r.action == Action::Allow) else {
+                continue;
+            };
+            let (user, group) = (rule.entry(), groups[&gid]);
+            let Some(&set) = sets.get(&user) else {
+                continue;
+            };
+            if sets.get(&group) == Some(&set) {
+                continue;
+            }
+            let (Some(entry), Some(by_group)) =
+                (self.spec.entries.get(user), self.spec.entries.get(group))
+            else {
+                continue;
+            };
+            let table = described(self, Some(user), entry);
+            let name = self
+                .spec
+                .requests
+                .sets
+                .get(set)
+                .map_or("", |s| s.name.as_str());
+            warnings.push(Diagnostic {
+                at: entry.at,
+                message: format!(
+                    "{table} names uid {uid}, which is a member of gid {gid}, allowed by {} at \
+                     {}: the uid is decided first, so its processes may send only the \
+                     requests of [requests.{name}], and {} decides only for others holding the \
+                     group; which entry decides sets what a caller may send, so name the user \
+                     in one of them, or take it out of the group",
+                    described(self, Some(group), by_group),
+                    by_group.at.in_words(),
+                    described(self, Some(group), by_group),
                 ),
             });
         }

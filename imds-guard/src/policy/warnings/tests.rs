@@ -126,6 +126,45 @@ fn a_user_allowed_by_uid_who_is_a_member_of_a_denied_group_is_warned_of() {
 }
 
 #[test]
+fn a_request_table_s_user_who_is_a_member_of_an_allowed_group_is_warned_of() {
+    let text = "[allow]\ngroups = [\"wheel\"]\n[requests.monitor]\nusers = [\"alice\"]\nrules = \
+                [\"GET /latest/meta-data/instance-id\"]\n";
+    let w = warnings(text);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(w[0].at, at(4, 10));
+    assert_eq!(
+        w[0].message,
+        "[requests.monitor] users \"alice\" names uid 1000, which is a member of gid 10, \
+         allowed by [allow] groups \"wheel\" at line 2, column 11: the uid is decided first, so \
+         its processes may send only the requests of [requests.monitor], and [allow] groups \
+         \"wheel\" decides only for others holding the group; which entry decides sets what a \
+         caller may send, so name the user in one of them, or take it out of the group"
+    );
+    // Another table's group decides with another scope too.
+    let two_tables = "[requests.a]\ngroups = [\"wheel\"]\nrules = [\"GET \
+                      /latest/meta-data/placement/\"]\n[requests.b]\nuids = [1000]\nrules = \
+                      [\"GET /latest/meta-data/instance-id\"]\n";
+    assert_eq!(warnings(two_tables).len(), 1, "{:#?}", warnings(two_tables));
+    // Not a member, the group in the same table, or the user allowed the
+    // whole service: nothing.
+    assert!(
+        warnings(
+            "[allow]\ngroups = [\"contractors\"]\n[requests.m]\nusers = [\"root\"]\nrules = \
+             [\"GET /latest/meta-data/instance-id\"]\n"
+        )
+        .is_empty()
+    );
+    assert!(
+        warnings(
+            "[requests.m]\nusers = [\"alice\"]\ngroups = [\"wheel\"]\nrules = [\"GET \
+             /latest/meta-data/instance-id\"]\n"
+        )
+        .is_empty()
+    );
+    assert!(warnings("[allow]\nusers = [\"alice\"]\ngroups = [\"wheel\"]\n").is_empty());
+}
+
+#[test]
 fn the_shipped_policy_and_the_fallback_give_none() {
     let shipped = include_str!("../../../../config/imds-guard.toml");
     assert!(warnings(shipped).is_empty(), "{:#?}", warnings(shipped));
