@@ -562,3 +562,72 @@ fn the_agent_enforces_a_request_table_and_its_programs_outlive_it() {
     sb.agent().kill();
     check(&sb);
 }
+
+/// Design row 26: where the programs that judge requests cannot run (the
+/// unrolled build: no `bpf_loop` on the kernel, as on 5.10, or asked for
+/// with `IMDS_GUARD_PROGRAMS`), a policy with a request table is refused
+/// by name, at start and at reload, and a running guard keeps the policy
+/// it had: the table's callers are never let through to the whole
+/// service.
+#[test]
+fn a_request_table_is_refused_where_the_programs_cannot_judge_requests() {
+    use imds_guard_e2e::field;
+    use serde_json::Value;
+
+    if !privileged_or_skip("a_request_table_is_refused_where_the_programs_cannot_judge_requests") {
+        return;
+    }
+    let unrolled = [("IMDS_GUARD_PROGRAMS", "unrolled")];
+    let wait = Duration::from_secs(120);
+    let says_why = |text: &str| {
+        text.contains("request-level rules")
+            && text.contains("bpf_loop")
+            && text.contains("unrolled")
+    };
+    let sb = Sandbox::new();
+    // At start: refused, nothing attached (the caller reaches the service,
+    // as before any agent ran).
+    sb.policy(REQUEST_POLICY);
+    let refused = sb.spawn_agent(&[], &unrolled);
+    let code = refused.wait_exit(wait).expect("the agent exits");
+    assert!(!code.success(), "{}", refused.output());
+    assert!(says_why(&refused.output()), "{}", refused.output());
+    // A policy without a table starts on the same build.
+    sb.policy(WHOLE_POLICY);
+    let agent = sb.spawn_agent(&[], &unrolled);
+    let ready = agent.wait_ready(wait);
+    assert_eq!(
+        field(&ready, "programs").and_then(Value::as_str),
+        Some("unrolled"),
+        "{ready}"
+    );
+    // A reload that brings the table is refused, and the policy in force
+    // stays: uid 1001 still reads the whole service, nobody nothing.
+    sb.policy(REQUEST_POLICY);
+    agent.sighup();
+    agent
+        .wait_for(
+            |r| {
+                field(r, "event").and_then(Value::as_str) == Some("reload")
+                    && field(r, "outcome")
+                        .and_then(Value::as_str)
+                        .is_some_and(|o| o != "applied")
+                    && field(r, "message")
+                        .and_then(Value::as_str)
+                        .is_some_and(says_why)
+            },
+            wait,
+        )
+        .unwrap_or_else(|| panic!("no refused reload:\n{}", agent.output()));
+    for addr in addrs() {
+        let r = judged(&sb).run(Action::Send(addr, Script::Credentials));
+        assert!(
+            r.assert_ok().body.contains(sb.imds.credentials_body()),
+            "{addr}"
+        );
+        sb.probe()
+            .run(Action::connect(addr.ip(), addr.port()))
+            .assert_errno(EPERM);
+    }
+    drop(agent);
+}

@@ -26,9 +26,10 @@ use crate::policy::Policy;
 pub enum RequestError {
     #[error(
         "request-level rules ([requests.*], [imdsv2], [attribution]) need bpf_loop \
-         (Linux 5.17), which this kernel ({release}) lacks: the programs that judge requests \
-         cannot run here, so the policy is refused rather than let these callers reach the \
-         whole service"
+         (Linux 5.17), and the programs loaded on this kernel ({release}) are the unrolled build \
+         without it (the kernel lacks it, or IMDS_GUARD_PROGRAMS asked for that build): the \
+         programs that judge requests cannot run here, so the policy is refused rather than \
+         let these callers reach the whole service"
     )]
     NeedLoop { release: String },
     #[error("the eBPF object has no program {0}")]
