@@ -48,8 +48,9 @@ pub use self::{
     request::{
         ENTRY_ANY, EntryFlags, EntryKey, Finish, HEAD_MAX, HEADER_LINE_MAX, HEADERS_MAX, Head,
         KEY_HEAD_LEN, KEY_PATH_LEN, LINE_MAX, MAX_ENTRY_FLAGS, MAX_REQUEST_RULES, MAX_RULE_SETS,
-        PATH_MAX, Parser, ReqKey, ReqLookup, ReqRule, RequestEvent, Step, TOKEN_HEADER,
-        entry_flags, req_hook, req_method, req_reason, req_version,
+        PATH_MAX, Parser, RECORDED_PER_SOCKET, ReqKey, ReqLookup, ReqRule, RequestEvent, Step,
+        TOKEN_HEADER, USAGE_ENTRIES, Usage, UsageKey, entry_flags, req_counter, req_hook,
+        req_method, req_reason, req_version,
     },
 };
 
@@ -118,4 +119,8 @@ mod pod {
     unsafe impl aya::Pod for super::EntryFlags {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RequestEvent {}
+    // SAFETY: repr(C) integers, padding explicit.
+    unsafe impl aya::Pod for super::UsageKey {}
+    // SAFETY: repr(C) integers, no padding.
+    unsafe impl aya::Pod for super::Usage {}
 }

@@ -87,6 +87,13 @@ pub const MAP_REQ_RULES: &str = "REQ_RULES";
 /// The hash map of what each deciding entry lets its callers send (key:
 /// [`crate::EntryKey`]; value: [`crate::EntryFlags`]), both generations.
 pub const MAP_ENTRY_FLAGS: &str = "ENTRY_FLAGS";
+/// The LRU hash map of who sent which kind of request, and how it was
+/// judged (key: [`crate::UsageKey`]; value: [`crate::Usage`]): the census
+/// `imds-guard report imdsv1` reads from its pin.
+pub const MAP_REQ_USAGE: &str = "REQ_USAGE";
+/// The per-CPU array of request counters, indexed as [`crate::req_counter`]
+/// says.
+pub const MAP_REQ_COUNTERS: &str = "REQ_COUNTERS";
 
 /// The names of the programs, one per hook, as the object file spells them.
 pub const PROGRAM_CONNECT4: &str = "connect4";

@@ -13,13 +13,14 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use imds_guard_common::{
-    Finish, HEAD_MAX, Parser, ReqKey, SockState, Step, entry_flags, req_version, stage,
+    Finish, HEAD_MAX, Parser, ReqKey, SockState, Step, entry_flags, req_reason, req_version, stage,
 };
 
 use crate::{
     dst::active_generation,
     kernel::{address_of, offsets, read, read_ptr},
     maps::REQ_RULES,
+    req_record::{Judgement, settle},
     request::{judged, request_offsets},
     sock_state::{epoch, state_of},
 };
@@ -78,23 +79,24 @@ fn try_req_msg(ctx: &SkMsgContext) -> bool {
     // range only grows, and `egress` reads it whole per packet).
     let s: SockState = unsafe { *state };
     let size = ctx.size();
-    let Some(write_seq) = written(sk) else {
-        taint(state);
-        return false;
-    };
     // Bytes reached the stream other than through this verdict: a plain
     // path writer, a partial push. Nothing more is judged on it.
-    if s.stage & stage::TAINTED != 0
-        || s.stage & stage::IN_SOCKHASH == 0
-        || write_seq != s.judged_end
-    {
-        taint(state);
-        return false;
-    }
+    let write_seq = match written(sk) {
+        Some(seq)
+            if s.stage & stage::TAINTED == 0
+                && s.stage & stage::IN_SOCKHASH != 0
+                && seq == s.judged_end =>
+        {
+            seq
+        }
+        _ => {
+            taint(state);
+            return refuse(ctx, &s, req_reason::TAINTED);
+        }
+    };
     if !judged(s.flags) {
-        // Whole service (attributed): let through, judged or not.
-        passed(state, write_seq, size);
-        return true;
+        // Whole service (attributed): let through, recorded.
+        return attributed(ctx, state, &s, write_seq, size);
     }
     // Let through under another policy: the rules may have changed, and
     // the next request is refused (a reload cuts a judged connection as it
@@ -104,13 +106,21 @@ fn try_req_msg(ctx: &SkMsgContext) -> bool {
     // socket's rule set number (the old policy's) by the new policy's
     // rule set of that number.
     let generation = active_generation();
-    if s.stage & stage::POISONED != 0 || epoch(generation) != Some(s.epoch) {
+    if s.stage & stage::POISONED == 0 && epoch(generation) != Some(s.epoch) {
         poison(state);
+        return refuse(ctx, &s, req_reason::STALE);
+    }
+    if s.stage & stage::POISONED != 0 {
+        // Refused before, and recorded then.
         return false;
     }
-    if size == 0 || size > MAX_HEAD || !room(sk, size) {
+    if size == 0 || size > MAX_HEAD {
         poison(state);
-        return false;
+        return refuse(ctx, &s, req_reason::HEAD_TOO_LONG);
+    }
+    if !room(sk, size) {
+        poison(state);
+        return refuse(ctx, &s, req_reason::MEMORY);
     }
     // The whole message in one place the program may read, and a private
     // copy of what `sendfile`/`splice` handed over by page (6.1): what is
@@ -118,11 +128,14 @@ fn try_req_msg(ctx: &SkMsgContext) -> bool {
     // SAFETY: the program's own context.
     if unsafe { bpf_msg_pull_data(ctx.msg.cast(), 0, size, 0) } != 0 {
         poison(state);
-        return false;
+        return refuse(ctx, &s, req_reason::PULL_FAILED);
     }
-    match judge_head(ctx, &s, size, generation) {
+    let mut j = Judgement::refused(req_reason::NONE);
+    match judge_head(ctx, &s, size, generation, &mut j) {
         Judged::Pass => {
             passed(state, write_seq, size);
+            j.pass = true;
+            settle(ctx.msg, &s, s.requests, &j, scratch_path());
             true
         }
         Judged::More => {
@@ -135,8 +148,65 @@ fn try_req_msg(ctx: &SkMsgContext) -> bool {
         }
         Judged::Refuse => {
             poison(state);
+            settle(ctx.msg, &s, s.requests, &j, scratch_path());
             false
         }
+    }
+}
+
+/// A refusal of the socket in state `s` for `reason`, before its request
+/// was read: recorded unless the socket was refused before (a refusal is
+/// sticky, and was recorded then). Always `false`.
+#[inline(always)]
+fn refuse(ctx: &SkMsgContext, s: &SockState, reason: u8) -> bool {
+    if s.stage & stage::POISONED == 0 {
+        settle(
+            ctx.msg,
+            s,
+            s.requests,
+            &Judgement::refused(reason),
+            core::ptr::null(),
+        );
+    }
+    false
+}
+
+/// A request of a caller allowed the whole service, recorded
+/// (`[attribution] whole_service`): parsed as a judged one is, never
+/// refused for what it asks. What the parser cannot read (not canonical,
+/// split over writes, longer than [`MAX_HEAD`]) leaves as it is, recorded
+/// as `UNPARSED` with the parser's reason.
+#[inline(always)]
+fn attributed(
+    ctx: &SkMsgContext,
+    state: *mut SockState,
+    s: &SockState,
+    write_seq: u32,
+    size: u32,
+) -> bool {
+    let mut j = Judgement::refused(req_reason::HEAD_TOO_LONG);
+    let mut path = core::ptr::null();
+    // SAFETY: the program's own context.
+    if size > 0 && size <= MAX_HEAD && unsafe { bpf_msg_pull_data(ctx.msg.cast(), 0, size, 0) } == 0
+    {
+        j.reason = req_reason::NONE;
+        judge_head(ctx, s, size, &mut j);
+        path = scratch_path();
+    }
+    j.pass = true;
+    passed(state, write_seq, size);
+    settle(ctx.msg, s, s.requests, &j, path);
+    true
+}
+
+/// The path bytes the parser read last on this CPU (null without its
+/// scratch).
+#[inline(always)]
+fn scratch_path() -> *const u8 {
+    match SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's map value, for this run.
+        Some(scratch) => unsafe { (&raw const (*scratch).parser.lookup.key.path).cast() },
+        None => core::ptr::null(),
     }
 }
 
@@ -174,14 +244,23 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
 /// message, pulled, so whole between `data` and `data_end`, for the socket
 /// in state `s`: the canonical parser over every byte, then, for a caller
 /// with a rule set, one lookup of the path in [`REQ_RULES`] under policy
-/// `generation` (the one whose epoch the socket holds).
+/// `generation` (the one whose epoch the socket holds). `j` says what was
+/// read (method, version, path length, rule) and why a refusal.
 #[inline(always)]
-fn judge_head(ctx: &SkMsgContext, s: &SockState, size: u32, generation: u32) -> Judged {
+fn judge_head(
+    ctx: &SkMsgContext,
+    s: &SockState,
+    size: u32,
+    generation: u32,
+    j: &mut Judgement,
+) -> Judged {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        j.reason = req_reason::PULL_FAILED;
         return Judged::Refuse;
     };
     let (data, end) = (ctx.data(), ctx.data_end());
     if data == 0 || data + size as usize > end || size == 0 || size > MAX_HEAD {
+        j.reason = req_reason::PULL_FAILED;
         return Judged::Refuse;
     }
     // The same size, bounded where the helper takes it: 6.1's verifier
@@ -201,38 +280,61 @@ fn judge_head(ctx: &SkMsgContext, s: &SockState, size: u32, generation: u32) -> 
         )
     };
     if copied != 0 {
+        j.reason = req_reason::PULL_FAILED;
         return Judged::Refuse;
     }
     let mut walk = Walk { scratch };
     // SAFETY: `step` has the callback's signature; `walk` lives on this
     // frame for the whole loop.
     let ran = unsafe { bpf_loop(size, step as *mut c_void, (&raw mut walk).cast(), 0) };
-    if ran < 0 {
-        return Judged::Refuse;
-    }
     // SAFETY: as above.
     let parser = unsafe { &mut (*scratch).parser };
+    j.method = parser.method();
+    j.path_len = parser.path_len();
+    if ran < 0 {
+        j.reason = req_reason::PULL_FAILED;
+        return Judged::Refuse;
+    }
     let head = match parser.finish() {
         Finish::Head(head) => head,
-        Finish::Incomplete if size < MAX_HEAD => return Judged::More,
-        Finish::Incomplete | Finish::Refused(_) => return Judged::Refuse,
+        Finish::Incomplete if size < MAX_HEAD => {
+            j.reason = req_reason::INCOMPLETE;
+            return Judged::More;
+        }
+        Finish::Incomplete => {
+            j.reason = req_reason::HEAD_TOO_LONG;
+            return Judged::Refuse;
+        }
+        Finish::Refused(reason) => {
+            j.reason = reason;
+            return Judged::Refuse;
+        }
     };
+    j.version = head.version;
+    j.http_minor = head.http_minor;
     if s.flags & entry_flags::V2_REQUIRED != 0 && head.version == req_version::V1 {
+        j.reason = req_reason::V1_REFUSED;
         return Judged::Refuse;
     }
     if s.flags & entry_flags::JUDGE == 0 {
-        // IMDSv2 required of a caller with the whole service: canonical,
-        // and with the token, is all it takes.
+        // IMDSv2 required of a caller with the whole service (or nothing
+        // required of an attributed one): canonical, and with the token,
+        // is all it takes.
         return Judged::Pass;
     }
     parser.set_scope(generation as u8, s.ruleset);
     // SAFETY: `ReqLookup` is laid out as aya's `Key<ReqKey>` (the prefix
     // length, then the data), and lives in the map value for this run.
     let key = unsafe { &*(&raw const parser.lookup).cast::<Key<ReqKey>>() };
-    if REQ_RULES.get(key).is_some() {
-        Judged::Pass
-    } else {
-        Judged::Refuse
+    match REQ_RULES.get(key) {
+        Some(rule) => {
+            j.rule = rule.rule;
+            Judged::Pass
+        }
+        None => {
+            j.reason = req_reason::NOT_IN_RULES;
+            Judged::Refuse
+        }
     }
 }
 

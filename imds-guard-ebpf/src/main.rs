@@ -31,6 +31,8 @@ mod judge;
 mod kernel;
 mod maps;
 mod netfilter;
+#[cfg(not(feature = "unrolled"))]
+mod req_record;
 mod request;
 mod rules;
 mod skb;

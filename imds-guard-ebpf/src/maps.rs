@@ -4,7 +4,7 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use imds_guard_common::{
     Budget, BudgetKey, CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupEntry, CgroupPatterns,
@@ -12,8 +12,8 @@ use imds_guard_common::{
     FORWARD_SOURCES, ForwardState, GENERATIONS, IdRules, InterfaceKey, LENGTHS_LEN,
     MAX_CGROUP_PATTERNS, MAX_CGROUPS, MAX_CREATORS, MAX_ENDPOINTS, MAX_ENTRY_FLAGS,
     MAX_FORWARD_EXCEPTIONS, MAX_ID_RULES, MAX_PATTERN_DEPTH, MAX_REQUEST_RULES, Memberships, Ports,
-    ReqKey, ReqRule, Resolved, SockState, Source4Key, Source6Key, V4Key, V6Key, cgroup_stat,
-    forward_counter,
+    ReqKey, ReqRule, Resolved, SockState, Source4Key, Source6Key, USAGE_ENTRIES, Usage, UsageKey,
+    V4Key, V6Key, cgroup_stat, forward_counter, req_counter,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate entries on insert. Memory then follows the
@@ -114,6 +114,22 @@ pub static REQ_RULES: LpmTrie<ReqKey, ReqRule> =
 /// `req_msg` stays attached with the agent gone.
 #[map]
 pub static REQ_SOCKS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
+
+/// Who sent which kind of request, and how `req_msg` judged it (issue 23's
+/// census: which units and users still use IMDSv1): one atomic add per
+/// judged request to this CPU's value (per-CPU: no atomic, no lock; the
+/// Debian toolchain's `core` has no atomic add for BPF either). LRU: with
+/// more callers than entries, the one seen least recently is forgotten
+/// (`imds-guard report imdsv1` says when it is full). Pinned, so that the
+/// census outlives the agent.
+#[map]
+pub static REQ_USAGE: LruPerCpuHashMap<UsageKey, Usage> =
+    LruPerCpuHashMap::with_max_entries(USAGE_ENTRIES, 0);
+
+/// Per-CPU request counters, indexed as [`req_counter`] says: by version
+/// and verdict, refusals by reason, records lost.
+#[map]
+pub static REQ_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(req_counter::LEN, 0);
 
 /// Every cgroup v2 cgroup by id, with the rule each generation's patterns
 /// give its path (`imds_guard_common::cgroups`) and who it is charged to.

@@ -242,3 +242,71 @@ pub struct RequestEvent {
     pub _pad: [u8; 4],
 }
 const _: () = assert!(size_of::<RequestEvent>() == 320);
+
+/// Allowed requests of one socket that are recorded ([`RequestEvent`]);
+/// the later ones are only counted. Refusals are always recorded (at most
+/// one per socket: a refusal is sticky).
+pub const RECORDED_PER_SOCKET: u16 = 4;
+
+/// Entries of [`crate::MAP_REQ_USAGE`]: distinct callers, kinds and
+/// verdicts a host keeps; the least recently seen is forgotten first.
+pub const USAGE_ENTRIES: u32 = 4096;
+
+/// Key of [`crate::MAP_REQ_USAGE`]: who sent (the connector's cgroup, uid
+/// and deciding entry), what kind of request ([`super::req_version`]) and
+/// how it was judged ([`crate::verdict`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UsageKey {
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub entry: u32,
+    pub version: u8,
+    pub verdict: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<UsageKey>() == 24);
+
+/// Value of [`crate::MAP_REQ_USAGE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Requests counted (one atomic add each).
+    pub count: u64,
+    /// `bpf_ktime_get_ns()` of the last one (CLOCK_MONOTONIC).
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<Usage>() == 16);
+
+/// Indexes of [`crate::MAP_REQ_COUNTERS`]: every judged request counted
+/// by version and verdict, every refusal by reason, and the records the
+/// ring had no room for.
+pub mod req_counter {
+    /// Versions ([`super::super::req_version`]) counted: `UNPARSED` to
+    /// `TOKEN_PUT`.
+    pub const VERSIONS: u32 = 4;
+    /// Verdicts counted per version: allowed (0), refused (1).
+    pub const VERDICTS: u32 = 2;
+    /// The first reason counter; a refusal for reason `r` counts at
+    /// `REASONS + r`.
+    pub const REASONS: u32 = VERSIONS * VERDICTS;
+    /// Reasons counted (`req_reason` values are below it).
+    pub const REASON_COUNT: u32 = 128;
+    /// Request records the ring had no room for.
+    pub const RECORDS_LOST: u32 = REASONS + REASON_COUNT;
+    /// Entries of the map.
+    pub const LEN: u32 = RECORDS_LOST + 1;
+
+    /// The counter of requests of `version` let through (`refused`
+    /// false) or refused.
+    #[inline(always)]
+    pub const fn by_version(version: u8, refused: bool) -> u32 {
+        (version as u32 & (VERSIONS - 1)) * VERDICTS + refused as u32
+    }
+
+    /// The counter of refusals for `reason`.
+    #[inline(always)]
+    pub const fn by_reason(reason: u8) -> u32 {
+        REASONS + (reason as u32 & (REASON_COUNT - 1))
+    }
+}

@@ -8,6 +8,7 @@
 mod check;
 mod detach;
 mod exit;
+mod imdsv1;
 pub mod generate;
 mod out;
 mod records;
@@ -62,6 +63,10 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
         Command::Reload(args) => reload::execute(&args),
         Command::Check(args) => check::execute(&args),
         Command::Suggest(args) => suggest::execute(&args),
+        Command::Report(ReportArgs {
+            what: Some(ReportCommand::Imdsv1(args)),
+            ..
+        }) => imdsv1::execute(&args),
         Command::Report(args) => report::execute(&args),
         Command::Generate(args) => generate::run_generate(&args, Cli::command())
             .map(|()| Outcome::Success)
@@ -402,9 +407,42 @@ pub struct SuggestArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ReportArgs {
+    #[command(subcommand)]
+    pub what: Option<ReportCommand>,
     #[command(flatten)]
     pub records: RecordsArgs,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Which units, pods and users still send IMDSv1 requests (no token
+    /// header), from the census the guard keeps in the kernel.
+    ///
+    /// Read from the pinned census: works with the agent stopped. Counts
+    /// the callers whose requests the guard parses ([requests.*] tables,
+    /// IMDSv2 required, [attribution] whole_service = true), since the
+    /// agent that made the census loaded its programs.
+    Imdsv1(Imdsv1Args),
+}
+
+#[derive(Debug, Args)]
+pub struct Imdsv1Args {
+    /// The pin directory of the guard to report on.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = DEFAULT_PIN_DIR,
+        env = "IMDS_GUARD_PIN_DIR"
+    )]
+    pub pin_dir: PathBuf,
+    /// Where the kubelet keeps its pod log directories, to name pods.
+    #[arg(long, value_name = "DIR", default_value = crate::policy::cgroups::pods::DEFAULT_PODS_DIR)]
+    pub kubelet_pods_dir: PathBuf,
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -156,6 +156,11 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
     } else {
         Pods::new()
     };
+    // The request census, when the guard keeps one; a census that cannot
+    // be read leaves the line out rather than the status.
+    let imdsv1 = super::imdsv1::read(&args.pin_dir, &args.kubelet_pods_dir)
+        .ok()
+        .flatten();
     if args.json {
         let mut value = inspect::to_json(&status);
         value["kernel"] = kernel.to_json();
@@ -168,9 +173,15 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
         if let Some(r) = &rules {
             value["rules"] = super::rules::to_json(r.as_ref(), &listed);
         }
+        if let Some(r) = &imdsv1 {
+            value["imdsv1"] = r.json();
+        }
         outln!("{value}")?;
     } else {
         out!("{}", to_text(&status))?;
+        if let Some(r) = &imdsv1 {
+            outln!("  callers still using IMDSv1: {}", r.status_line())?;
+        }
         outln!("  {}", kernel.summary())?;
         if let Some(c) = &compared {
             outln!("  {}", c.summary())?;

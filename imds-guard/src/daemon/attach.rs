@@ -11,6 +11,7 @@ use crate::{
         AttachReport, Counters, Guard,
         inspect::{self, Status},
         pins::{AgentLock, Pins},
+        usage::RequestCounters,
     },
 };
 
@@ -100,6 +101,11 @@ impl Attachment {
     /// last counters then stand) or when they cannot be read.
     pub(super) fn counters(&self) -> Option<Counters> {
         self.guard.as_ref().and_then(|g| g.counters().ok())
+    }
+
+    /// What the request programs counted, if a guard is attached.
+    pub(super) fn request_counters(&self) -> Option<RequestCounters> {
+        self.guard.as_ref().and_then(|g| g.request_counters().ok())
     }
 
     /// The pinned config says a reload was refused, for `status`, until a

@@ -15,6 +15,7 @@
 //! caller in the overflow summary). What the kernel could not deliver is
 //! reported.
 
+use imds_guard_common::kind;
 use std::{
     collections::HashMap,
     fmt,
@@ -32,6 +33,7 @@ use crate::{
     kernel::{
         programs::Hook,
         records::{DecisionRecord, RecordReason, proto_name},
+        request_records::record_kind,
     },
     policy::{Context, Mode, Outcome, Policy, Reason, Resolver, explain_with},
     text::printable,
@@ -110,6 +112,9 @@ struct Key {
     /// For a forwarded packet, the interface it came in on: a flood from
     /// one container spends that container's budget, not another's.
     interface: Option<String>,
+    /// A record of a judged request (`request.rs`): a budget apart from
+    /// the same caller's decisions, so that its requests cannot hide them.
+    request: bool,
 }
 
 /// What a summary of suppressed records shows.
@@ -181,6 +186,10 @@ impl EventLog {
         places: &dyn Fn(u64) -> Option<CgroupPlace>,
         now: Instant,
     ) {
+        if record_kind(bytes) == Some(kind::REQUEST) {
+            self.request_bytes(bytes, policies, resolver, places, now);
+            return;
+        }
         match DecisionRecord::decode(bytes) {
             Ok(d) => match policies.get(d.generation) {
                 Some(policy) => self.record_in(&d, &policy, resolver, places, now),
@@ -286,7 +295,19 @@ impl EventLog {
             who,
             dst,
             interface,
+            request: false,
         };
+        self.admit_key(key, who, now, sample)
+    }
+
+    /// Whether a record under `key` may be logged now; counts it otherwise.
+    fn admit_key(
+        &mut self,
+        key: Key,
+        who: Who,
+        now: Instant,
+        sample: impl FnOnce() -> Sample,
+    ) -> bool {
         match self.limiter.admit(key, now, sample) {
             Admit::Log => true,
             Admit::Suppressed => false,
@@ -552,5 +573,6 @@ fn emit_forward(r: &ForwardRecord) {
     );
 }
 
+mod request;
 #[cfg(test)]
 mod tests;

@@ -582,6 +582,9 @@ impl Daemon {
         if let Some(c) = &counters {
             self.exporter.metrics().set_counters(c);
         }
+        if let Some(c) = self.attached.request_counters() {
+            self.exporter.metrics().set_request_counters(&c);
+        }
         self.log
             .tick(std::time::Instant::now(), counters.map(|c| c.events_lost));
         self.forward_changed();

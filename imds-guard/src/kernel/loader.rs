@@ -37,6 +37,7 @@ use super::{
     programs,
     requests::{self, RequestError},
     retire,
+    usage,
 };
 use crate::{chain::Chain, policy::Policy};
 
@@ -554,6 +555,24 @@ impl Guard {
             .map(common::MAP_COUNTERS)
             .ok_or(MapError::Missing(common::MAP_COUNTERS))?;
         Ok(counters::read(map)?)
+    }
+
+    /// What `req_msg` counted of the requests it judged.
+    pub fn request_counters(&self) -> Result<usage::RequestCounters, GuardError> {
+        let map = self
+            .ebpf
+            .map(common::MAP_REQ_COUNTERS)
+            .ok_or(MapError::Missing(common::MAP_REQ_COUNTERS))?;
+        Ok(usage::read_counters(map)?)
+    }
+
+    /// The census of who sent which kind of request.
+    pub fn census(&self) -> Result<usage::Census, GuardError> {
+        let map = self
+            .ebpf
+            .map(common::MAP_REQ_USAGE)
+            .ok_or(MapError::Missing(common::MAP_REQ_USAGE))?;
+        Ok(usage::read_census(map)?)
     }
 }
 

@@ -7,7 +7,7 @@
 //! cgroup and pod entries). `inspect.rs` reads back what is in force,
 //! `rules.rs` whom its rules name, `counters.rs` what the programs counted,
 //! `records.rs` what they report; `requests.rs` the agent's side of
-//! request-level judgement.
+//! request-level judgement, `usage.rs` what it counted of requests.
 //! `place.rs` settles where the guard goes (the cgroup, the hierarchy, a
 //! namespace left for the host's) before anything else runs.
 //! `btf.rs`, `offsets.rs`, `features.rs` and `identity.rs` are what the
@@ -45,10 +45,12 @@ mod prefixes;
 pub mod programs;
 pub mod records;
 pub mod refused;
+pub mod request_records;
 pub mod requests;
 mod retire;
 pub mod rules;
 pub mod sys;
+pub mod usage;
 
 pub use self::{
     attach::AttachReport,

@@ -223,6 +223,11 @@ pub const TABLE: &[Row] = &[
     // The judged sockets: pinned so that `req_msg` stays attached to it
     // with the agent gone.
     map(common::MAP_REQ_SOCKS),
+    // What `req_msg` counted: the census of who sends which kind of
+    // request (`report imdsv1` reads it with the agent gone), and the
+    // counters by version, verdict and reason.
+    map(common::MAP_REQ_USAGE),
+    map(common::MAP_REQ_COUNTERS),
 ];
 
 /// Every program.

@@ -66,16 +66,18 @@ impl RecordReason {
 /// A record the agent cannot read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("a record of {0} bytes is shorter than a decision record")]
+    #[error("a record of {0} bytes is shorter than its kind of record")]
     Short(usize),
-    #[error("a decision record names hook {0}, which this agent does not know")]
+    #[error("a record names hook {0}, which this agent does not know")]
     Hook(u8),
-    #[error("a decision record has verdict {0}, which this agent does not know")]
+    #[error("a record has verdict {0}, which this agent does not know")]
     Outcome(u8),
-    #[error("a decision record has reason {0}, which this agent does not know")]
+    #[error("a record has reason {0}, which this agent does not know")]
     Reason(u8),
     #[error("a record of kind {0}, which this agent does not know")]
     Kind(u8),
+    #[error("a request record has version {0}, which this agent does not know")]
+    Version(u8),
 }
 
 /// One decision, decoded.

@@ -226,6 +226,74 @@ pub fn reason_text(reason: u8) -> &'static str {
     }
 }
 
+/// Every reason code the programs give, in order.
+pub const REASONS: &[u8] = &{
+    let mut all = [0u8; 31 + 14];
+    let mut i = 0;
+    while i < 31 {
+        all[i] = i as u8;
+        i += 1;
+    }
+    while i < all.len() {
+        all[i] = req_reason::NOT_IN_RULES + (i - 31) as u8;
+        i += 1;
+    }
+    all
+};
+
+/// A reason code's name, for metrics labels and reports: `v1_refused`.
+pub fn reason_name(reason: u8) -> &'static str {
+    use req_reason::*;
+    match reason {
+        NONE => "none",
+        METHOD => "method",
+        H2_PREFACE => "h2_preface",
+        TARGET_FORM => "target_form",
+        PATH_BYTE => "path_byte",
+        PERCENT => "percent",
+        QUERY => "query",
+        PARAM => "param",
+        EMPTY_SEGMENT => "empty_segment",
+        DOT_SEGMENT => "dot_segment",
+        NON_ASCII => "non_ascii",
+        CONTROL => "control",
+        VERSION => "version",
+        BARE_LF => "bare_lf",
+        BARE_CR => "bare_cr",
+        FOLDED => "folded",
+        HEADER_NAME => "header_name",
+        HEADER_VALUE => "header_value",
+        CONTENT_LENGTH => "content_length",
+        TRANSFER_ENCODING => "transfer_encoding",
+        UPGRADE => "upgrade",
+        EXPECT => "expect",
+        TOKEN_REPEATED => "token_repeated",
+        TOKEN_EMPTY => "token_empty",
+        TRAILING => "trailing",
+        LINE_TOO_LONG => "line_too_long",
+        PATH_TOO_LONG => "path_too_long",
+        HEADER_TOO_LONG => "header_too_long",
+        TOO_MANY_HEADERS => "too_many_headers",
+        HEAD_TOO_LONG => "head_too_long",
+        INCOMPLETE => "incomplete",
+        NOT_IN_RULES => "not_in_rules",
+        V1_REFUSED => "v1_refused",
+        STALE => "stale",
+        TAINTED => "tainted",
+        WRITE_PENDING => "write_pending",
+        SOCKHASH_FULL => "sockhash_full",
+        ULP => "ulp",
+        POISONED => "poisoned",
+        PULL_FAILED => "pull_failed",
+        MEMORY => "memory",
+        FAST_OPEN => "fast_open",
+        REPAIR => "repair",
+        NOT_TCP => "not_tcp",
+        NOT_IN_SOCKHASH => "not_in_sockhash",
+        _ => "unknown",
+    }
+}
+
 /// Checks a rule as written (`METHOD /path`) with the kernel's parser.
 /// `Err` says why it is not canonical.
 pub fn parse_rule(text: &str) -> Result<(u8, String), String> {

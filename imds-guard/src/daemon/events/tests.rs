@@ -77,6 +77,7 @@ fn one_caller_changing_ports_and_pids_stays_one_key() {
         who: Who::Uid(1001),
         dst: "169.254.169.254".parse().expect("ip"),
         interface: None,
+        request: false,
     };
     assert!(!log.limiter_has(&key));
     log.record(&denial(1001, 9, 80), &p, &r, t0);
@@ -98,6 +99,7 @@ fn subordinate_ids_count_as_their_user_and_cannot_hide_another_caller_or_the_use
         who,
         dst,
         interface: None,
+        request: false,
     };
     // 4,200 subordinate ids of uid 2345, more than the keys tracked,
     // each from a process of its own.

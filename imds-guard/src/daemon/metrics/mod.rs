@@ -20,7 +20,10 @@ use imds_guard_common::counter;
 
 pub use self::http::{Exporter, sandbox_hint, serve};
 use crate::{
-    kernel::{Counters, classify::CgroupFill, forward::ForwardCounters, programs::Hook},
+    kernel::{
+        Counters, classify::CgroupFill, forward::ForwardCounters, programs::Hook,
+        usage::RequestCounters,
+    },
     policy::Mode,
 };
 
@@ -174,6 +177,8 @@ pub struct Metrics {
 #[derive(Clone, Debug, Default)]
 struct State {
     counters: Counters,
+    /// What the request programs counted.
+    requests: RequestCounters,
     reloads: [u64; ReloadOutcome::ALL.len()],
     enforcing: Enforcing,
     digest: Option<String>,
@@ -196,6 +201,12 @@ impl Metrics {
     /// ([`crate::kernel::Guard::counters`]).
     pub fn set_counters(&self, counters: &Counters) {
         self.state().counters = *counters;
+    }
+
+    /// Replaces the request counters with a snapshot read from the kernel
+    /// ([`crate::kernel::Guard::request_counters`]).
+    pub fn set_request_counters(&self, counters: &RequestCounters) {
+        self.state().requests = *counters;
     }
 
     /// The forward table's counters (`None`: there is no table) and
@@ -266,7 +277,8 @@ impl fmt::Display for Exposition<'_> {
     /// increment (Prometheus's advice on initialising metrics).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.state(f)?;
-        self.counters(f)
+        self.counters(f)?;
+        self.requests(f)
     }
 }
 
@@ -511,5 +523,6 @@ impl fmt::Display for LabelValue<'_> {
     }
 }
 
+mod requests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
-use imds_guard_common::{counter, hook};
+use imds_guard_common::{counter, hook, req_reason, req_version};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -14,7 +14,7 @@ use super::{
     parse_listen, serve,
 };
 use crate::{
-    kernel::{Counters, classify::CgroupFill, forward::ForwardCounters},
+    kernel::{Counters, classify::CgroupFill, forward::ForwardCounters, usage::RequestCounters},
     policy::Mode,
 };
 
@@ -124,6 +124,65 @@ imds_guard_cgroup_events_lost_total 17
 # HELP imds_guard_cgroup_rescans_total Times the agent listed the cgroup hierarchy again after lost events.
 # TYPE imds_guard_cgroup_rescans_total counter
 imds_guard_cgroup_rescans_total 3
+# HELP imds_guard_requests_total Requests to a protected address judged by the request programs (callers allowed some requests, IMDSv2 required, or attributed), by kind (v1: no token header, v2: with it, token_put: PUT /latest/api/token, unparsed: not read as a canonical request) and verdict.
+# TYPE imds_guard_requests_total counter
+imds_guard_requests_total{version="unparsed",verdict="allowed"} 0
+imds_guard_requests_total{version="unparsed",verdict="refused"} 0
+imds_guard_requests_total{version="v1",verdict="allowed"} 4
+imds_guard_requests_total{version="v1",verdict="refused"} 2
+imds_guard_requests_total{version="v2",verdict="allowed"} 9
+imds_guard_requests_total{version="v2",verdict="refused"} 0
+imds_guard_requests_total{version="token_put",verdict="allowed"} 3
+imds_guard_requests_total{version="token_put",verdict="refused"} 0
+# HELP imds_guard_request_refusals_total Requests refused, by reason.
+# TYPE imds_guard_request_refusals_total counter
+imds_guard_request_refusals_total{reason="method"} 0
+imds_guard_request_refusals_total{reason="h2_preface"} 0
+imds_guard_request_refusals_total{reason="target_form"} 0
+imds_guard_request_refusals_total{reason="path_byte"} 0
+imds_guard_request_refusals_total{reason="percent"} 0
+imds_guard_request_refusals_total{reason="query"} 0
+imds_guard_request_refusals_total{reason="param"} 0
+imds_guard_request_refusals_total{reason="empty_segment"} 0
+imds_guard_request_refusals_total{reason="dot_segment"} 0
+imds_guard_request_refusals_total{reason="non_ascii"} 0
+imds_guard_request_refusals_total{reason="control"} 0
+imds_guard_request_refusals_total{reason="version"} 0
+imds_guard_request_refusals_total{reason="bare_lf"} 0
+imds_guard_request_refusals_total{reason="bare_cr"} 0
+imds_guard_request_refusals_total{reason="folded"} 0
+imds_guard_request_refusals_total{reason="header_name"} 0
+imds_guard_request_refusals_total{reason="header_value"} 0
+imds_guard_request_refusals_total{reason="content_length"} 0
+imds_guard_request_refusals_total{reason="transfer_encoding"} 0
+imds_guard_request_refusals_total{reason="upgrade"} 0
+imds_guard_request_refusals_total{reason="expect"} 0
+imds_guard_request_refusals_total{reason="token_repeated"} 0
+imds_guard_request_refusals_total{reason="token_empty"} 0
+imds_guard_request_refusals_total{reason="trailing"} 0
+imds_guard_request_refusals_total{reason="line_too_long"} 0
+imds_guard_request_refusals_total{reason="path_too_long"} 0
+imds_guard_request_refusals_total{reason="header_too_long"} 0
+imds_guard_request_refusals_total{reason="too_many_headers"} 0
+imds_guard_request_refusals_total{reason="head_too_long"} 0
+imds_guard_request_refusals_total{reason="incomplete"} 0
+imds_guard_request_refusals_total{reason="not_in_rules"} 0
+imds_guard_request_refusals_total{reason="v1_refused"} 2
+imds_guard_request_refusals_total{reason="stale"} 0
+imds_guard_request_refusals_total{reason="tainted"} 0
+imds_guard_request_refusals_total{reason="write_pending"} 0
+imds_guard_request_refusals_total{reason="sockhash_full"} 0
+imds_guard_request_refusals_total{reason="ulp"} 0
+imds_guard_request_refusals_total{reason="poisoned"} 0
+imds_guard_request_refusals_total{reason="pull_failed"} 0
+imds_guard_request_refusals_total{reason="memory"} 0
+imds_guard_request_refusals_total{reason="fast_open"} 0
+imds_guard_request_refusals_total{reason="repair"} 0
+imds_guard_request_refusals_total{reason="not_tcp"} 0
+imds_guard_request_refusals_total{reason="not_in_sockhash"} 0
+# HELP imds_guard_request_records_lost_total Request records dropped because the ring buffer was full; the requests are still judged and counted.
+# TYPE imds_guard_request_records_lost_total counter
+imds_guard_request_records_lost_total 1
 "#;
 
 fn known() -> Metrics {
@@ -155,6 +214,13 @@ fn known() -> Metrics {
         },
         3,
     );
+    let mut requests = RequestCounters::default();
+    requests.by_version[usize::from(req_version::V1)] = [4, 2];
+    requests.by_version[usize::from(req_version::V2)] = [9, 0];
+    requests.by_version[usize::from(req_version::TOKEN_PUT)] = [3, 0];
+    requests.by_reason[usize::from(req_reason::V1_REFUSED)] = 2;
+    requests.records_lost = 1;
+    m.set_request_counters(&requests);
     m
 }
 
@@ -213,7 +279,7 @@ fn label_values_are_escaped_and_the_digest_replaced() {
         text.contains("imds_guard_policy_info{digest=\"a\\\"b\\\\c\\nd\"} 1\n"),
         "{text}"
     );
-    assert!(!text.contains("old"), "{text}");
+    assert!(!text.contains("\"old\""), "{text}");
 }
 
 /// A structural check of the exposition format, independent of the pinned

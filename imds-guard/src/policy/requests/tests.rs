@@ -615,3 +615,18 @@ fn the_request_recipes_of_the_policy_reference_do_what_they_say() {
     // [allow.host]'s root, required.
     assert_eq!(scopes, [true, false, true], "{}", recipes[1].0);
 }
+
+#[test]
+fn every_reason_the_programs_give_has_a_name_and_words_of_its_own() {
+    let mut names = BTreeSet::new();
+    for &reason in REASONS {
+        let name = reason_name(reason);
+        assert_ne!(name, "unknown", "reason {reason}");
+        assert_ne!(reason_text(reason), "an unknown reason", "reason {reason}");
+        assert!(names.insert(name), "{name} twice");
+    }
+    assert!(REASONS.contains(&req_reason::INCOMPLETE));
+    assert!(REASONS.contains(&req_reason::NOT_IN_SOCKHASH));
+    assert_eq!(reason_name(req_reason::NOT_IN_SOCKHASH + 1), "unknown");
+    assert_eq!(reason_name(req_reason::INCOMPLETE + 1), "unknown");
+}
