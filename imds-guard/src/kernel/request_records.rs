@@ -293,10 +293,18 @@ mod tests {
         ev.rule = 3;
         let r = RequestRecord::from_event(&ev).expect("valid");
         assert_eq!((r.path.as_str(), r.rule), ("/x", Some(3)));
-        let mut ev = event(verdict::DENIED, req_reason::TAINTED, req_version::UNPARSED, "");
+        let mut ev = event(
+            verdict::DENIED,
+            req_reason::TAINTED,
+            req_version::UNPARSED,
+            "",
+        );
         ev.method = 0;
         let r = RequestRecord::from_event(&ev).expect("valid");
-        assert_eq!((r.version, r.http, r.method), (Version::Unparsed, None, None));
+        assert_eq!(
+            (r.version, r.http, r.method),
+            (Version::Unparsed, None, None)
+        );
         assert_eq!(r.request_line(), "an unread request");
         // A path longer than the field cannot overrun it.
         ev.path = [b'a'; PATH_MAX as usize];

@@ -104,9 +104,8 @@ impl Default for RequestCounters {
 pub fn read_counters(map: &Map) -> Result<RequestCounters, MapError> {
     let access = maps::access(common::MAP_REQ_COUNTERS);
     let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(&access)?;
-    let sum = |i: u32| -> Result<u64, MapError> {
-        Ok(array.get(&i, 0).map_err(&access)?.iter().sum())
-    };
+    let sum =
+        |i: u32| -> Result<u64, MapError> { Ok(array.get(&i, 0).map_err(&access)?.iter().sum()) };
     let mut c = RequestCounters::default();
     for version in 0..req_counter::VERSIONS {
         for refused in [false, true] {
