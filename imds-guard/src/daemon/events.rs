@@ -15,13 +15,14 @@
 //! caller in the overflow summary). What the kernel could not deliver is
 //! reported.
 
-use imds_guard_common::kind;
 use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
+
+use imds_guard_common::kind;
 
 use super::{
     nflog::Logged,

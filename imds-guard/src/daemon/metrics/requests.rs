@@ -43,7 +43,10 @@ impl Exposition<'_> {
         for &reason in REASONS.iter().filter(|&&r| r != 0) {
             let n = c.by_reason[usize::from(reason)];
             let name = reason_name(reason);
-            writeln!(f, "imds_guard_request_refusals_total{{reason=\"{name}\"}} {n}")?;
+            writeln!(
+                f,
+                "imds_guard_request_refusals_total{{reason=\"{name}\"}} {n}"
+            )?;
         }
         header(
             f,
@@ -52,7 +55,11 @@ impl Exposition<'_> {
             "Request records dropped because the ring buffer was full; the requests are still judged and counted.",
         )?;
         let mut line = String::new();
-        write!(line, "imds_guard_request_records_lost_total {}", c.records_lost)?;
+        write!(
+            line,
+            "imds_guard_request_records_lost_total {}",
+            c.records_lost
+        )?;
         writeln!(f, "{line}")
     }
 }
