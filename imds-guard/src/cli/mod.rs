@@ -8,8 +8,8 @@
 mod check;
 mod detach;
 mod exit;
-mod imdsv1;
 pub mod generate;
+mod imdsv1;
 mod out;
 mod records;
 mod reload;

@@ -22,6 +22,7 @@ use crate::{
         offsets::{self, kernel_release},
         pins::Pins,
         place, programs,
+        rules::InForce,
     },
     policy::{
         Mode, PolicySpec, SystemResolver,
@@ -144,18 +145,7 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
         .require
         .as_deref()
         .map(|mode| status.mode_name() == mode);
-    let rules = if args.rules {
-        Some(super::rules::read(&Pins::new(&args.pin_dir))?)
-    } else {
-        None
-    };
-    // To name the pods whose cgroups the rules classify; none when the
-    // kubelet's directory cannot be read.
-    let listed = if args.rules {
-        pods::list(&args.kubelet_pods_dir).unwrap_or_default()
-    } else {
-        Pods::new()
-    };
+    let (rules, listed) = rules_of(args)?;
     // The request census, when the guard keeps one; a census that cannot
     // be read leaves the line out rather than the status.
     let imdsv1 = super::imdsv1::read(&args.pin_dir, &args.kubelet_pods_dir)
@@ -208,6 +198,18 @@ pub fn execute(args: &StatusArgs) -> Result<Outcome, CliError> {
     } else {
         Outcome::NotEnforcing
     })
+}
+
+/// What `--rules` reads: the rules in force, and the pods to name the
+/// cgroups they classify (none when the kubelet's directory cannot be
+/// read).
+fn rules_of(args: &StatusArgs) -> Result<(Option<Option<InForce>>, Pods), CliError> {
+    if !args.rules {
+        return Ok((None, Pods::new()));
+    }
+    let rules = super::rules::read(&Pins::new(&args.pin_dir))?;
+    let listed = pods::list(&args.kubelet_pods_dir).unwrap_or_default();
+    Ok((Some(rules), listed))
 }
 
 /// The policy in force compared with a file's.

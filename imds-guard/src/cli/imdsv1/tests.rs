@@ -10,9 +10,7 @@ impl Names for Fake {
         match id {
             10 => Some("/system.slice/legacy.service".to_owned()),
             11 => Some("/user.slice/user-1000.slice/session-3.scope".to_owned()),
-            12 => Some(
-                "/kubepods.slice/kubepods-pod1234.slice/cri-containerd-ab.scope".to_owned(),
-            ),
+            12 => Some("/kubepods.slice/kubepods-pod1234.slice/cri-containerd-ab.scope".to_owned()),
             _ => None,
         }
     }
@@ -54,7 +52,14 @@ fn names_the_v1_callers_by_unit_pod_and_user_and_leaves_out_the_v2_ones() {
             row(10, 1001, req_version::V1, verdict::DENIED, 2, 150 * SEC),
             row(10, 1001, req_version::V2, verdict::ALLOWED, 7, 190 * SEC),
             row(11, 1002, req_version::V2, verdict::ALLOWED, 3, 100 * SEC),
-            row(11, 1002, req_version::TOKEN_PUT, verdict::ALLOWED, 1, 100 * SEC),
+            row(
+                11,
+                1002,
+                req_version::TOKEN_PUT,
+                verdict::ALLOWED,
+                1,
+                100 * SEC,
+            ),
             row(12, 0, req_version::V1, verdict::DENIED, 9, 190 * SEC),
             row(99, 1003, req_version::V1, verdict::ALLOWED, 1, 200 * SEC),
         ],
@@ -79,18 +84,12 @@ fn names_the_v1_callers_by_unit_pod_and_user_and_leaves_out_the_v2_ones() {
         ),
         "{text}"
     );
-    assert!(
-        text.contains("pod default/web (/kubepods.slice/"),
-        "{text}"
-    );
+    assert!(text.contains("pod default/web (/kubepods.slice/"), "{text}");
     assert!(text.contains("cgroup id 99 (gone) as uid 1003"), "{text}");
     assert!(!text.contains("1002"), "the v2 caller is not named: {text}");
     assert!(text.contains("since 2026-12-07T17:00:00Z"), "{text}");
     assert!(!text.contains("census is full"), "{text}");
-    assert_eq!(
-        r.status_line(),
-        "3 (imds-guard report imdsv1 names them)"
-    );
+    assert_eq!(r.status_line(), "3 (imds-guard report imdsv1 names them)");
     let json = r.json();
     assert_eq!(json["callers"][1]["unit"], "legacy.service");
     assert_eq!(json["callers"][1]["user"], "legacy");
