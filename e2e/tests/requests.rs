@@ -33,6 +33,8 @@ use imds_guard_e2e::{
 mod attack;
 #[path = "requests/evasion.rs"]
 mod evasion;
+#[path = "requests/records.rs"]
+mod records;
 
 const EACCES: i32 = libc::EACCES;
 const EPERM: i32 = libc::EPERM;
