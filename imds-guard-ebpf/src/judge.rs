@@ -94,25 +94,26 @@ fn try_req_msg(ctx: &SkMsgContext) -> bool {
             return refuse(ctx, &s, req_reason::TAINTED);
         }
     };
-    if !judged(s.flags) {
-        // Whole service (attributed): let through, recorded.
-        return attributed(ctx, state, &s, write_seq, size);
-    }
-    // Let through under another policy: the rules may have changed, and
-    // the next request is refused (a reload cuts a judged connection as it
-    // cuts a refused one; the client reconnects under the new rules).
-    // One reading of the generation for the epoch and the rules: read
-    // again for the lookup, a reload between the two would judge the
-    // socket's rule set number (the old policy's) by the new policy's
-    // rule set of that number.
-    let generation = active_generation();
-    if s.stage & stage::POISONED == 0 && epoch(generation) != Some(s.epoch) {
-        poison(state);
-        return refuse(ctx, &s, req_reason::STALE);
-    }
     if s.stage & stage::POISONED != 0 {
         // Refused before, and recorded then.
         return false;
+    }
+    // Let through under another policy: the rules may have changed, and
+    // the next request is refused (a reload cuts a judged connection as it
+    // cuts a refused one; the client reconnects under the new rules). So
+    // for an attributed one: the new policy may judge its caller, and its
+    // scope was read at connect. One reading of the generation for the
+    // epoch and the rules: read again for the lookup, a reload between the
+    // two would judge the socket's rule set number (the old policy's) by
+    // the new policy's rule set of that number.
+    let generation = active_generation();
+    if epoch(generation) != Some(s.epoch) {
+        poison(state);
+        return refuse(ctx, &s, req_reason::STALE);
+    }
+    if !judged(s.flags) {
+        // Whole service (attributed): let through, recorded.
+        return attributed(ctx, state, &s, write_seq, size);
     }
     if size == 0 || size > MAX_HEAD {
         poison(state);
