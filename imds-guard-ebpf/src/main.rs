@@ -31,7 +31,6 @@ mod judge;
 mod kernel;
 mod maps;
 mod netfilter;
-#[cfg(not(feature = "unrolled"))]
 mod req_record;
 mod request;
 mod rules;

@@ -1,4 +1,5 @@
-//! What `req_msg` leaves behind of each request it judges (design §6):
+//! What `req_msg` leaves behind of each request it judges (design §6),
+//! and `req_sockops` of each socket it could not put in the sockhash:
 //! a count by version and verdict (and by reason for a refusal) in
 //! [`REQ_COUNTERS`], one add to the census [`REQ_USAGE`], and a
 //! [`RequestEvent`] in the events ring for every refusal and for the first
@@ -8,14 +9,17 @@
 //! request the parser keeps), never a header value: the token never
 //! reaches the ring.
 
+#[cfg(not(feature = "unrolled"))]
+use aya_ebpf::{bindings::sk_msg_md, helpers::generated::bpf_get_current_pid_tgid};
 use aya_ebpf::{
-    bindings::sk_msg_md,
     cty::c_void,
-    helpers::generated::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_kernel},
 };
+#[cfg(not(feature = "unrolled"))]
+use imds_guard_common::req_hook;
 use imds_guard_common::{
     EVENTS_BYTE_SIZE, PATH_MAX, RECORDED_PER_SOCKET, RequestEvent, SockState, Usage, UsageKey,
-    family, kind, req_counter, req_hook, verdict,
+    family, kind, req_counter, verdict,
 };
 
 use crate::{
@@ -33,6 +37,73 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 /// `AF_INET6` in `sk_msg_md.family`.
 const AF_INET6: u32 = 10;
+
+/// Where the request went, as a record says it.
+pub struct Dst {
+    /// [`family`].
+    pub family: u8,
+    /// Network byte order; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+}
+
+impl Dst {
+    /// From a socket's `family`, `remote_ip4`, `remote_ip6` and
+    /// `remote_port` as `sk_msg_md` and `bpf_sock_ops` give them.
+    #[inline(always)]
+    pub fn of(fam: u32, ip4: u32, ip6: [u32; 4], port: u32) -> Self {
+        let mut addr = [0u8; 16];
+        let family = if fam == AF_INET6 {
+            let mut i = 0;
+            while i < 4 {
+                let w = ip6[i].to_ne_bytes();
+                addr[i * 4] = w[0];
+                addr[i * 4 + 1] = w[1];
+                addr[i * 4 + 2] = w[2];
+                addr[i * 4 + 3] = w[3];
+                i += 1;
+            }
+            family::INET6
+        } else {
+            let w = ip4.to_ne_bytes();
+            addr[0] = w[0];
+            addr[1] = w[1];
+            addr[2] = w[2];
+            addr[3] = w[3];
+            family::INET
+        };
+        // The port, network byte order, in the low 16 bits, or shifted to
+        // the high ones as some kernels give it: a port is never 0.
+        let port = if port >> 16 != 0 {
+            u16::from_be((port >> 16) as u16)
+        } else {
+            u16::from_be(port as u16)
+        };
+        Self { family, addr, port }
+    }
+
+    /// The destination of the message `msg`.
+    #[cfg(not(feature = "unrolled"))]
+    #[inline(always)]
+    pub fn of_msg(msg: *mut sk_msg_md) -> Self {
+        // SAFETY: the program's own context, read as the verifier lets a
+        // program read it (one field at a time).
+        unsafe {
+            Self::of(
+                core::ptr::read_volatile(&raw const (*msg).family),
+                core::ptr::read_volatile(&raw const (*msg).remote_ip4),
+                [
+                    core::ptr::read_volatile(&raw const (*msg).remote_ip6[0]),
+                    core::ptr::read_volatile(&raw const (*msg).remote_ip6[1]),
+                    core::ptr::read_volatile(&raw const (*msg).remote_ip6[2]),
+                    core::ptr::read_volatile(&raw const (*msg).remote_ip6[3]),
+                ],
+                core::ptr::read_volatile(&raw const (*msg).remote_port),
+            )
+        }
+    }
+}
 
 /// One judged request, as the record and the counters say it.
 pub struct Judgement {
@@ -81,8 +152,31 @@ fn bump(index: u32) {
 /// through before this one), adds it to the census, and records it when
 /// the budget allows: every refusal, the first [`RECORDED_PER_SOCKET`]
 /// requests let through. `path` holds the path bytes the parser read.
+#[cfg(not(feature = "unrolled"))]
 #[inline(always)]
 pub fn settle(msg: *mut sk_msg_md, s: &SockState, requests: u16, j: &Judgement, path: *const u8) {
+    // SAFETY: a helper without preconditions.
+    let sender = unsafe { bpf_get_current_pid_tgid() };
+    let at = At {
+        dst: Dst::of_msg(msg),
+        hook: req_hook::REQUEST,
+        sender,
+    };
+    settle_to(&at, s, requests, j, path);
+}
+
+/// Where a record comes from: the destination, the hook
+/// ([`req_hook`]), the sender (`pid_tgid`; 0 for none: `sock_ops` runs
+/// for the socket, not for a sender).
+pub struct At {
+    pub dst: Dst,
+    pub hook: u8,
+    pub sender: u64,
+}
+
+/// [`settle`] for a record from `at`.
+#[inline(always)]
+pub fn settle_to(at: &At, s: &SockState, requests: u16, j: &Judgement, path: *const u8) {
     bump(req_counter::by_version(j.version, !j.pass));
     if !j.pass {
         bump(req_counter::by_reason(j.reason));
@@ -98,7 +192,7 @@ pub fn settle(msg: *mut sk_msg_md, s: &SockState, requests: u16, j: &Judgement, 
     if j.pass && requests >= RECORDED_PER_SOCKET {
         return;
     }
-    emit(msg, s, j, v, now, path);
+    emit(at, s, j, v, now, path);
 }
 
 /// One add to this CPU's count of the census entry of this caller, kind
@@ -134,36 +228,12 @@ fn census(s: &SockState, version: u8, v: u8, now: u64) {
 }
 
 #[inline(always)]
-fn emit(msg: *mut sk_msg_md, s: &SockState, j: &Judgement, v: u8, now: u64, path: *const u8) {
+fn emit(at: &At, s: &SockState, j: &Judgement, v: u8, now: u64, path: *const u8) {
     let Some(mut entry) = EVENTS.reserve::<RequestEvent>(0) else {
         bump(req_counter::RECORDS_LOST);
         return;
     };
     let e = entry.as_mut_ptr();
-    // SAFETY: a helper without preconditions.
-    let pid_tgid = unsafe { bpf_get_current_pid_tgid() };
-    // SAFETY: the program's own context, read as the verifier lets a
-    // program read it (one field at a time).
-    let (fam, ip4, ip6, port) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*msg).family),
-            core::ptr::read_volatile(&raw const (*msg).remote_ip4),
-            [
-                core::ptr::read_volatile(&raw const (*msg).remote_ip6[0]),
-                core::ptr::read_volatile(&raw const (*msg).remote_ip6[1]),
-                core::ptr::read_volatile(&raw const (*msg).remote_ip6[2]),
-                core::ptr::read_volatile(&raw const (*msg).remote_ip6[3]),
-            ],
-            core::ptr::read_volatile(&raw const (*msg).remote_port),
-        )
-    };
-    // The port, network byte order, in the low 16 bits, or shifted to the
-    // high ones as `sock_ops` gives it on some kernels: a port is never 0.
-    let port = if port >> 16 != 0 {
-        u16::from_be((port >> 16) as u16)
-    } else {
-        u16::from_be(port as u16)
-    };
     let path_len = if j.path_len > PATH_MAX {
         PATH_MAX
     } else {
@@ -175,32 +245,25 @@ fn emit(msg: *mut sk_msg_md, s: &SockState, j: &Judgement, v: u8, now: u64, path
     unsafe {
         (*e).ts_ns = now;
         (*e).cgroup_id = s.cgroup_id;
-        (*e).tid = pid_tgid as u32;
+        (*e).tid = at.sender as u32;
         (*e).tgid = s.tgid;
         (*e).uid = s.uid;
         (*e).gid = s.gid;
         (*e).entry = s.entry;
-        (*e).port = port;
-        (*e).hook = req_hook::REQUEST;
+        (*e).port = at.dst.port;
+        (*e).hook = at.hook;
         (*e).verdict = v;
         (*e).reason = j.reason;
         (*e).generation = active_generation() as u8;
         (*e).kind = kind::REQUEST;
-        if fam == AF_INET6 {
-            (*e).family = family::INET6;
-            let a = &raw mut (*e).addr;
-            core::ptr::write_unaligned(a.cast::<[u32; 4]>(), ip6);
-        } else {
-            (*e).family = family::INET;
-            (*e).addr = [0; 16];
-            core::ptr::write_unaligned((&raw mut (*e).addr).cast::<u32>(), ip4);
-        }
+        (*e).family = at.dst.family;
+        (*e).addr = at.dst.addr;
         (*e).method = j.method;
         (*e).version = j.version;
         (*e).http_minor = j.http_minor;
         (*e).namespaces = s.ns;
         (*e).rule = j.rule;
-        (*e).sender_tgid = (pid_tgid >> 32) as u32;
+        (*e).sender_tgid = (at.sender >> 32) as u32;
         (*e).ruleset = s.ruleset;
         (*e).path_len = 0;
         (*e).path = [0; PATH_MAX as usize];

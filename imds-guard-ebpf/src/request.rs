@@ -17,12 +17,13 @@
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::sock_ops, programs::SockOpsContext,
 };
-use imds_guard_common::{RequestOffsets, entry_flags, stage};
+use imds_guard_common::{RequestOffsets, SockState, entry_flags, req_hook, req_reason, stage};
 
 use crate::{
     dst::{may_be_protected_v4, may_be_protected_v6},
     kernel::{address_of, read},
     maps::REQ_SOCKS,
+    req_record::{At, Dst, Judgement, settle_to},
     sock_state::state_of,
 };
 
@@ -137,18 +138,23 @@ fn established(ctx: &SockOpsContext) {
     }
     let addr = address_of(sk);
     let (Some(addr), Some(off)) = (addr, request_offsets()) else {
-        // SAFETY: as above.
-        unsafe { (*state).stage |= stage::REFUSED };
+        refused(ctx, state, req_reason::NOT_IN_SOCKHASH);
         return;
     };
     // A writer sleeping in `sk_stream_wait_connect` is already inside the
     // plain `tcp_sendmsg`: its bytes would go past `sk_msg`.
     let pending = read::<i32>(addr, off.sk_write_pending);
     let write_seq = read::<u32>(addr, off.tcp_write_seq);
-    let (Some(0), Some(write_seq)) = (pending, write_seq) else {
-        // SAFETY: as above.
-        unsafe { (*state).stage |= stage::REFUSED };
-        return;
+    let write_seq = match (pending, write_seq) {
+        (Some(0), Some(seq)) => seq,
+        (Some(p), Some(_)) if p != 0 => {
+            refused(ctx, state, req_reason::WRITE_PENDING);
+            return;
+        }
+        _ => {
+            refused(ctx, state, req_reason::NOT_IN_SOCKHASH);
+            return;
+        }
     };
     // SAFETY: as above.
     unsafe {
@@ -159,12 +165,52 @@ fn established(ctx: &SockOpsContext) {
     let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     // SAFETY: the program's own context, which the helper takes.
     let inserted = REQ_SOCKS.update(&mut cookie, unsafe { &mut *ctx.ops }, NOEXIST);
-    // SAFETY: as above.
-    unsafe {
-        (*state).stage |= if inserted.is_ok() {
-            stage::IN_SOCKHASH
-        } else {
-            stage::REFUSED
-        };
+    match inserted {
+        // SAFETY: as above.
+        Ok(()) => unsafe { (*state).stage |= stage::IN_SOCKHASH },
+        // The sockhash full (`sock_hash_alloc_elem`), a ULP the psock
+        // refuses (`sk_psock_init`), anything else.
+        Err(E2BIG) => refused(ctx, state, req_reason::SOCKHASH_FULL),
+        Err(EINVAL) => refused(ctx, state, req_reason::ULP),
+        Err(_) => refused(ctx, state, req_reason::NOT_IN_SOCKHASH),
     }
+}
+
+/// `-E2BIG`, `-EINVAL` as `bpf_sock_hash_update` returns them.
+const E2BIG: i32 = -7;
+const EINVAL: i32 = -22;
+
+/// The socket of `state` could not go into [`REQ_SOCKS`] for `reason`:
+/// its payload never leaves (`egress` drops it), and the refusal is
+/// counted and recorded as a request refusal of the `sockops` hook.
+#[inline(always)]
+fn refused(ctx: &SockOpsContext, state: *mut SockState, reason: u8) {
+    // SAFETY: the caller's non-null storage pointer, valid for this run.
+    let s = unsafe {
+        (*state).stage |= stage::REFUSED;
+        *state
+    };
+    let ops = ctx.ops;
+    // SAFETY: the program's own context, one field at a time at its own
+    // offset (the verifier refuses a load through a moved context
+    // pointer, which reading the array whole can compile to).
+    let dst = unsafe {
+        Dst::of(
+            core::ptr::read_volatile(&raw const (*ops).family),
+            core::ptr::read_volatile(&raw const (*ops).remote_ip4),
+            [
+                core::ptr::read_volatile(&raw const (*ops).remote_ip6[0]),
+                core::ptr::read_volatile(&raw const (*ops).remote_ip6[1]),
+                core::ptr::read_volatile(&raw const (*ops).remote_ip6[2]),
+                core::ptr::read_volatile(&raw const (*ops).remote_ip6[3]),
+            ],
+            core::ptr::read_volatile(&raw const (*ops).remote_port),
+        )
+    };
+    let at = At {
+        dst,
+        hook: req_hook::SOCKOPS,
+        sender: 0,
+    };
+    settle_to(&at, &s, 0, &Judgement::refused(reason), core::ptr::null());
 }

@@ -12,7 +12,7 @@ use imds_guard_common::req_reason;
 use super::{CgroupPlace, EventLog, Key, Policies, Sample, Who};
 use crate::{
     chain::Chain,
-    kernel::request_records::{RequestRecord, Version},
+    kernel::request_records::{RequestHook, RequestRecord, Version},
     policy::{Outcome, Policy, Resolver, requests::reason_text},
 };
 
@@ -136,13 +136,21 @@ fn emit_request(
         Outcome::Audit => "would refuse (audit mode)",
         Outcome::Allow => "allowed",
     };
-    let message = format!(
-        "{verdict} {} request {} to {} by pid {} {ids}{at}: {why}",
-        r.version.as_str(),
-        r.request_line(),
-        SocketAddr::new(r.dst, r.port),
-        r.sender_pid
-    );
+    let to = SocketAddr::new(r.dst, r.port);
+    let message = match r.hook {
+        RequestHook::Request => format!(
+            "{verdict} {} request {} to {to} by pid {} {ids}{at}: {why}",
+            r.version.as_str(),
+            r.request_line(),
+            r.sender_pid
+        ),
+        // Nothing was sent yet: the connection cannot send anything.
+        RequestHook::Sockops => format!(
+            "{verdict} every request on a connection to {to} of pid {} {ids}{at}: it could not \
+             be judged ({why}), so nothing it sends leaves",
+            r.pid
+        ),
+    };
     let cgroup = place.map(|p| p.path.as_str());
     let pod = place.and_then(|p| p.pod.as_deref());
     macro_rules! record {
@@ -153,8 +161,8 @@ fn emit_request(
                 uid = r.uid,
                 user = user,
                 gid = r.gid,
-                pid = r.sender_pid,
-                tid = r.sender_tid,
+                pid = (r.sender_pid != 0).then_some(r.sender_pid),
+                tid = (r.sender_tid != 0).then_some(r.sender_tid),
                 connector_pid = r.pid,
                 dst = %r.dst,
                 port = r.port,
