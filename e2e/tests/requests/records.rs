@@ -10,7 +10,11 @@
 use std::{collections::HashMap, net::SocketAddr, os::unix::fs::MetadataExt as _, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use imds_guard::kernel::request_records::{RequestRecord, Version, record_kind};
+use imds_guard::kernel::{
+    Stamp,
+    request_records::{RequestHook, RequestRecord, Version, record_kind},
+    requests::REQ_SOCKS_ENV,
+};
 use imds_guard_common::{entry_flags, kind, req_reason, req_version, verdict};
 use imds_guard_e2e::{
     Action, INSTANCE_ID, INSTANCE_ID_PATH, Sandbox, Script, credentials_path, field,
@@ -534,4 +538,97 @@ fn imdsv2_for_everyone_refuses_a_whole_service_callers_v1_request_and_records_it
     let refused = refused.unwrap_or_else(|| panic!("no refusal record: {}", agent.output()));
     assert_eq!(s(&refused, "version"), Some("v1"));
     assert_eq!(s(&refused, "path"), Some(INSTANCE_ID_PATH));
+}
+
+#[test]
+fn a_reload_that_narrows_an_attributed_caller_cuts_its_kept_alive_connection() {
+    if !privileged_or_skip(
+        "a_reload_that_narrows_an_attributed_caller_cuts_its_kept_alive_connection",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let (mut guard, policy, generation) = guard(&sb);
+    // Attributed: the whole service, recorded; its connection is in the
+    // sockhash and answered the credentials.
+    scope(&mut guard, &policy, generation, entry_flags::ATTRIBUTE);
+    let addr = addrs()[0];
+    let mut held = judged(&sb).hold(addr);
+    assert_eq!(held.fetch().assert_ok().body, sb.imds.credentials_body());
+    // A reload that gives the caller a request table without the
+    // credentials: its kept-alive connection must not keep the whole
+    // service.
+    let next = guard.apply(&policy, &Stamp::default()).expect("reload");
+    scope(&mut guard, &policy, next, entry_flags::JUDGE);
+    let seen = sb.imds.received();
+    held.fetch().assert_errno(EACCES);
+    assert_eq!(sb.imds.received(), seen, "a byte left after the reload");
+    // New connections: judged by the new rules.
+    let r = judged(&sb).run(Action::Send(addr, Script::Credentials));
+    r.assert_errno(EACCES);
+    assert!(r.body.contains(INSTANCE_ID), "{r:?}");
+}
+
+#[test]
+fn a_socket_the_full_sockhash_cannot_take_is_recorded_as_refused_by_sockops() {
+    if !privileged_or_skip(
+        "a_socket_the_full_sockhash_cannot_take_is_recorded_as_refused_by_sockops",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new();
+    // SAFETY: the suite runs one test at a time; the guard reads it as it
+    // loads, and it is removed at once.
+    unsafe { std::env::set_var(REQ_SOCKS_ENV, "1") };
+    let (mut guard, policy, generation) = guard(&sb);
+    // SAFETY: as above.
+    unsafe { std::env::remove_var(REQ_SOCKS_ENV) };
+    let mut ring = guard.take_events().expect("the events ring");
+    let addr = addrs()[0];
+    // Whole service: a second connection beside a held one is answered,
+    // and nothing is recorded.
+    let held = judged(&sb).hold(addr);
+    let r = judged(&sb).run(Action::Send(addr, Script::V1ThenV2));
+    assert_eq!(r.assert_ok().body.matches(INSTANCE_ID).count(), 2);
+    drop(held);
+    let (records, _) = drain(&mut ring);
+    assert!(records.is_empty(), "{records:?}");
+    // Judged: one held connection fills the sockhash; the next one's
+    // request never leaves, and the socket is recorded as refused by
+    // `sock_ops`, the sockhash full.
+    scope(&mut guard, &policy, generation, entry_flags::V2_REQUIRED);
+    let held = judged(&sb).hold(addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while guard.judged_sockets().expect("sockhash") < 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = sb.imds.received().len();
+    let r = judged(&sb).run(Action::Send(addr, Script::Credentials));
+    assert!(!r.ok, "{r:?}");
+    let logs = super::received_since(&sb, seen);
+    assert!(
+        logs[0].is_empty(),
+        "{:?} left",
+        String::from_utf8_lossy(&logs[0])
+    );
+    let (records, _) = drain(&mut ring);
+    let full: Vec<_> = records
+        .iter()
+        .filter(|r| r.hook == RequestHook::Sockops)
+        .collect();
+    assert_eq!(full.len(), 1, "{records:?}");
+    let r = full[0];
+    assert_eq!(
+        (r.outcome.as_str(), r.reason, r.version),
+        ("deny", req_reason::SOCKHASH_FULL, Version::Unparsed)
+    );
+    assert!(same_dst(r, addr), "{r:?}");
+    assert_eq!((r.uid, r.sender_pid), (JUDGED, 0), "{r:?}");
+    assert_ne!(r.pid, 0, "the connector is named: {r:?}");
+    let counters = guard.request_counters().expect("request counters");
+    assert_eq!(
+        counters.by_reason[usize::from(req_reason::SOCKHASH_FULL)],
+        1
+    );
+    drop(held);
 }
