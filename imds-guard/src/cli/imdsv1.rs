@@ -273,43 +273,9 @@ struct HostNames {
 
 impl HostNames {
     fn new(ids: &HashSet<u64>, kubelet_pods_dir: &Path) -> Self {
-        let mut paths = HashMap::new();
-        if let Ok(root) = cgroup::cgroup2_root() {
-            walk(&root, ids, &mut paths);
-        }
         Self {
-            paths,
+            paths: cgroup::paths_of(ids, 200_000),
             pods: pods::list(kubelet_pods_dir).unwrap_or_default(),
-        }
-    }
-}
-
-/// Finds the cgroups of `ids` below `root` (at most 100,000 looked at).
-fn walk(root: &Path, ids: &HashSet<u64>, found: &mut HashMap<u64, String>) {
-    use std::os::unix::fs::MetadataExt as _;
-    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
-    let mut seen = 0;
-    while let Some(dir) = queue.pop_front() {
-        if let Ok(m) = std::fs::metadata(&dir)
-            && ids.contains(&m.ino())
-        {
-            let rel = dir.strip_prefix(root).unwrap_or(&dir);
-            found.insert(m.ino(), format!("/{}", rel.display()));
-            if found.len() == ids.len() {
-                return;
-            }
-        }
-        seen += 1;
-        if seen >= 100_000 {
-            return;
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            queue.extend(
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
         }
     }
 }

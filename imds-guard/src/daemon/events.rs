@@ -485,15 +485,20 @@ pub struct CgroupPlace {
     pub pod: Option<String>,
 }
 
-fn emit(d: &DecisionRecord, user: Option<&str>, place: Option<&CgroupPlace>, why: &str) {
-    let at = match place {
+/// ` in cgroup PATH (pod NS/NAME)`, or nothing when the cgroup is unknown.
+fn place_words(place: Option<&CgroupPlace>) -> String {
+    match place {
         Some(CgroupPlace {
             path,
             pod: Some(pod),
         }) => format!(" in cgroup {path} (pod {pod})"),
         Some(place) => format!(" in cgroup {}", place.path),
         None => String::new(),
-    };
+    }
+}
+
+fn emit(d: &DecisionRecord, user: Option<&str>, place: Option<&CgroupPlace>, why: &str) {
+    let at = place_words(place);
     let message = format!("{}{at}: {why}", describe(d, user));
     let cgroup = place.map(|p| p.path.as_str());
     let pod = place.and_then(|p| p.pod.as_deref());

@@ -103,6 +103,44 @@ pub fn find_by_id(root: &Path, id: u64, limit: usize) -> Option<PathBuf> {
     None
 }
 
+/// The paths (from the cgroup v2 root, `/a/b`) of the cgroups of `wanted`
+/// ids, found in one breadth-first walk of the hierarchy (a cgroup's id is
+/// its directory's inode number), at most `limit` directories looked at;
+/// empty without a cgroup v2 root. For reports.
+pub fn paths_of(
+    wanted: &std::collections::HashSet<u64>,
+    limit: usize,
+) -> std::collections::HashMap<u64, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut found = std::collections::HashMap::new();
+    let Ok(root) = cgroup2_root() else {
+        return found;
+    };
+    let mut queue = std::collections::VecDeque::from([root.clone()]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        if let Ok(meta) = std::fs::metadata(&dir)
+            && wanted.contains(&meta.ino())
+        {
+            let rel = dir.strip_prefix(&root).unwrap_or(&dir);
+            found.insert(meta.ino(), format!("/{}", rel.display()));
+        }
+        seen += 1;
+        if seen >= limit || found.len() == wanted.len() {
+            break;
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            queue.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    found
+}
+
 /// Opens `path` and checks that it is a directory of a cgroup v2 hierarchy.
 pub fn open(path: &Path) -> Result<File, CgroupError> {
     let file = File::open(path).map_err(|source| CgroupError::Open {

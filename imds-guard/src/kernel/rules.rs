@@ -4,11 +4,7 @@
 //! action and the number of the policy entry that made it. What the
 //! programs decide from, not what a file says.
 
-use std::{
-    collections::{HashMap as StdHashMap, HashSet, VecDeque},
-    os::unix::fs::MetadataExt as _,
-    path::Path,
-};
+use std::collections::HashSet;
 
 use aya::maps::{HashMap, Map};
 use imds_guard_common::{self as common, IdRules};
@@ -120,9 +116,7 @@ fn in_slot(
 /// hierarchy (a cgroup's id is its directory's inode number).
 fn name_cgroups(rules: Vec<Rule>) -> Vec<(Rule, Option<String>)> {
     let wanted: HashSet<u64> = rules.iter().map(|r| r.id).collect();
-    let found = super::cgroup::cgroup2_root()
-        .map(|root| walk(&root, &wanted))
-        .unwrap_or_default();
+    let found = super::cgroup::paths_of(&wanted, WALK_LIMIT);
     rules
         .into_iter()
         .map(|r| {
@@ -130,31 +124,4 @@ fn name_cgroups(rules: Vec<Rule>) -> Vec<(Rule, Option<String>)> {
             (r, path)
         })
         .collect()
-}
-
-fn walk(root: &Path, wanted: &HashSet<u64>) -> StdHashMap<u64, String> {
-    let mut found = StdHashMap::new();
-    let mut queue = VecDeque::from([root.to_path_buf()]);
-    let mut seen = 0;
-    while let Some(dir) = queue.pop_front() {
-        if let Ok(meta) = std::fs::metadata(&dir)
-            && wanted.contains(&meta.ino())
-        {
-            let rel = dir.strip_prefix(root).unwrap_or(&dir);
-            found.insert(meta.ino(), format!("/{}", rel.display()));
-        }
-        seen += 1;
-        if seen >= WALK_LIMIT || found.len() == wanted.len() {
-            break;
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            queue.extend(
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    found
 }

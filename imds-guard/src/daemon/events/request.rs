@@ -9,7 +9,7 @@ use std::{net::SocketAddr, time::Instant};
 
 use imds_guard_common::req_reason;
 
-use super::{CgroupPlace, EventLog, Key, Policies, Sample, Who};
+use super::{CgroupPlace, EventLog, Key, Policies, Sample, Who, place_words};
 use crate::{
     chain::Chain,
     kernel::request_records::{RequestHook, RequestRecord, Version},
@@ -119,14 +119,7 @@ fn emit_request(
 ) {
     let (rule, table) = rule_text(policy, r);
     let why = request_reason(r, rule.as_deref(), table.as_deref());
-    let at = match place {
-        Some(CgroupPlace {
-            path,
-            pod: Some(pod),
-        }) => format!(" in cgroup {path} (pod {pod})"),
-        Some(place) => format!(" in cgroup {}", place.path),
-        None => String::new(),
-    };
+    let at = place_words(place);
     let ids = match user {
         Some(u) => format!("uid {} ({u}) gid {}", r.uid, r.gid),
         None => format!("uid {} gid {}", r.uid, r.gid),
