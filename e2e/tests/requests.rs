@@ -31,6 +31,8 @@ use imds_guard_e2e::{
 
 #[path = "requests/attack.rs"]
 mod attack;
+#[path = "requests/attribution.rs"]
+mod attribution;
 #[path = "requests/evasion.rs"]
 mod evasion;
 #[path = "requests/records.rs"]
