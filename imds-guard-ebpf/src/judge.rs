@@ -113,7 +113,7 @@ fn try_req_msg(ctx: &SkMsgContext) -> bool {
     }
     if !judged(s.flags) {
         // Whole service (attributed): let through, recorded.
-        return attributed(ctx, state, &s, write_seq, size);
+        return attributed(ctx, state, &s, write_seq, size, generation);
     }
     if size == 0 || size > MAX_HEAD {
         poison(state);
@@ -241,6 +241,7 @@ fn attributed(
     s: &SockState,
     write_seq: u32,
     size: u32,
+    generation: u32,
 ) -> bool {
     let mut j = Judgement::refused(req_reason::HEAD_TOO_LONG);
     let mut path = core::ptr::null();
@@ -248,7 +249,7 @@ fn attributed(
     if size > 0 && size <= MAX_HEAD && unsafe { bpf_msg_pull_data(ctx.msg.cast(), 0, size, 0) } == 0
     {
         j.reason = req_reason::NONE;
-        judge_head(ctx, s, size, &mut j);
+        judge_head(ctx, s, size, generation, &mut j);
         path = scratch_path();
     }
     j.pass = true;
