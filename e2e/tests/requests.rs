@@ -208,7 +208,7 @@ fn pipelined_requests_in_one_write_are_refused() {
     for script in [Script::PipelinedAllowed, Script::PipelinedCredentials] {
         let r = judged(&sb).run(Action::Send(addr, script));
         assert_eq!(
-            r.assert_ok().body.matches("200").count(),
+            r.assert_ok().body.matches("http/1.1 200 ok").count(),
             3,
             "{script:?}: token and two answers: {r:?}"
         );
