@@ -36,8 +36,7 @@ use super::{
     policy_maps::{PolicyMapError, PolicyMaps, Stamp},
     programs,
     requests::{self, RequestError},
-    retire,
-    usage,
+    retire, usage,
 };
 use crate::{chain::Chain, policy::Policy};
 
