@@ -24,7 +24,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData, MapInfo},
+    maps::{Map, MapData},
 };
 use imds_guard_common::{self as common, Config};
 
@@ -120,7 +120,11 @@ fn other_map(
             std::io::Error::other(e),
         )
     };
-    let info = MapInfo::from_pin(&path).map_err(open_err)?;
+    // Opened by its pin (BPF_OBJ_GET, the bpffs file's permissions), not
+    // by id: `bpf_map_get_fd_by_id` needs CAP_SYS_ADMIN, which the
+    // packaged unit does not give the agent.
+    let data = MapData::from_pin(&path).map_err(open_err)?;
+    let info = data.info().map_err(open_err)?;
     let own = match ebpf.map(name) {
         Some(map) => map_data(map).and_then(|d| d.info().ok()).map(|i| i.id()),
         None => None,
@@ -128,8 +132,8 @@ fn other_map(
     if own == Some(info.id()) || (info.key_size() as usize, info.value_size() as usize) != sizes {
         return Ok(None);
     }
-    let fd = info.fd().map_err(open_err)?;
-    let fd = fd
+    let fd = data
+        .fd()
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| PinError::new("open the earlier agent's map", &path, e))?;
