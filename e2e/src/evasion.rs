@@ -26,7 +26,9 @@ use crate::{
     fake_imds::ROLE,
     imdsv2::{TIMEOUT, TOKEN_PATH, TTL_HEADER, connect},
     outcome::{Failure, Outcome, Step, os_failure},
-    requests::{INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, response, transcribed},
+    requests::{
+        INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, response, set_int, transcribed,
+    },
 };
 
 /// A way of handing a request head to TCP other than `write`.
@@ -423,23 +425,6 @@ fn check(n: isize, what: &str) -> Step<usize> {
     } else {
         Ok(n as usize)
     }
-}
-
-fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> Step<()> {
-    // SAFETY: an int option, its size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&raw const value).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(last_os(format!("setsockopt {level}/{name} = {value}")));
-    }
-    Ok(())
 }
 
 /// A pipe: its read end, then its write end.

@@ -9,7 +9,7 @@
 use std::{
     io::{IoSlice, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
 
 use nix::sys::socket::{SockaddrLike as _, SockaddrStorage};
@@ -308,23 +308,7 @@ fn connect_raw(
     // SAFETY: a descriptor we just opened and nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     if let Some((level, name)) = option {
-        let one: libc::c_int = 1;
-        // SAFETY: an int option, its size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                level,
-                name,
-                (&raw const one).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(os_failure(
-                format!("setsockopt {name}"),
-                std::io::Error::last_os_error(),
-            ));
-        }
+        set_int(fd.as_raw_fd(), level, name, 1)?;
     }
     let dest = SockaddrStorage::from(addr);
     // SAFETY: `dest` outlives the call; its length is its own.
@@ -381,4 +365,30 @@ pub(crate) fn response(stream: &mut TcpStream) -> Step<(String, String)> {
         }
         raw.extend_from_slice(&buf[..n]);
     }
+}
+
+/// `setsockopt` of an int option on `fd`.
+pub(crate) fn set_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> Step<()> {
+    // SAFETY: an int option, its size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(os_failure(
+            format!("setsockopt {level}/{name} = {value}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }

@@ -20,10 +20,9 @@ use nix::sys::socket::{SockaddrLike as _, SockaddrStorage};
 use crate::{
     imdsv2::{TIMEOUT, TOKEN_PATH, TTL_HEADER, connect},
     outcome::{Failure, Outcome, Step, os_failure},
-    requests::{INSTANCE_ID_PATH, credentials_path, head},
+    requests::{INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, set_int},
 };
 
-const TOKEN_HEADER: &str = "X-aws-ec2-metadata-token";
 /// `TCP_NOTSENT_LOWAT` (include/uapi/linux/tcp.h).
 const TCP_NOTSENT_LOWAT: libc::c_int = 25;
 /// The judged caller the hand-off's child becomes (the tests' `JUDGED`).
@@ -305,26 +304,6 @@ fn connect_fd(fd: RawFd, addr: SocketAddr) -> Step<()> {
     if unsafe { libc::connect(fd, dest.as_ptr(), dest.len()) } != 0 {
         return Err(os_failure(
             format!("connect {addr} again"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
-}
-
-fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> Step<()> {
-    // SAFETY: an int option, its size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&raw const value).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(os_failure(
-            format!("setsockopt {level}/{name} = {value}"),
             std::io::Error::last_os_error(),
         ));
     }
