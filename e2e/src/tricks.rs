@@ -20,7 +20,7 @@ use nix::sys::socket::{SockaddrLike as _, SockaddrStorage};
 use crate::{
     imdsv2::{TIMEOUT, TOKEN_PATH, TTL_HEADER, connect},
     outcome::{Failure, Outcome, Step, os_failure},
-    requests::{INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, set_int},
+    requests::{INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, set_int, transcribed},
 };
 
 /// `TCP_NOTSENT_LOWAT` (include/uapi/linux/tcp.h).
@@ -96,16 +96,7 @@ pub(crate) fn run(addr: SocketAddr, trick: Trick) -> Step<Outcome> {
             steps(addr, trick, &mut conn)
         })
     };
-    match result {
-        Ok(()) => Ok(Outcome {
-            body: transcript,
-            ..Outcome::default()
-        }),
-        Err(f) => Err(Failure {
-            body: transcript,
-            ..f
-        }),
-    }
+    transcribed(transcript, result)
 }
 
 fn steps(addr: SocketAddr, trick: Trick, conn: &mut Conn<'_>) -> Step<()> {
