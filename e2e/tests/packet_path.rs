@@ -300,17 +300,46 @@ fn topology_for(attacks: &[&str], policy: Option<&str>) -> Topology {
     topo
 }
 
+/// How many connections a row may take to show its path. An MPTCP
+/// subflow opens only once the server's ADD_ADDR reaches the client's path
+/// manager; in the emulated 6.1 guest under load one connection in many got
+/// no subflow in 20 s (CI, 2026-12), the kernel's ADD_ADDR retransmission
+/// being two minutes away. A fresh connection is another ADD_ADDR. Every
+/// other row is one attempt: its path is the probe's own doing.
+fn tries(row: &Row) -> u32 {
+    match row.action {
+        Action::Attack(Attack::MptcpAddAddr(_)) => 3,
+        _ => 1,
+    }
+}
+
 /// Runs every row of `attack` without a guard and asserts that each works.
 fn assert_unguarded_paths_work(attack: &str) {
     let topo = topology_for(&[attack], None);
     for row in rows(&topo, attack) {
-        let r = topo.attempt(&row.probe, row.action);
-        if let Err(why) = worked(&row, &r) {
-            panic!(
-                "{} as {}: the path did not work without a guard: {why}",
-                row.action, row.who
-            );
+        let mut why = String::new();
+        for attempt in 1..=tries(&row) {
+            let r = topo.attempt(&row.probe, row.action);
+            match worked(&row, &r) {
+                Ok(()) => {
+                    why.clear();
+                    break;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "{} as {}: attempt {attempt} did not show the path: {e}",
+                        row.action, row.who
+                    );
+                    why = e;
+                }
+            }
         }
+        assert!(
+            why.is_empty(),
+            "{} as {}: the path did not work without a guard: {why}",
+            row.action,
+            row.who
+        );
     }
 }
 
@@ -331,18 +360,30 @@ fn assert_path_closed(attack: &str, stop: Stop) {
     assert_unguarded_paths_work(attack);
     let topo = topology_for(&[attack], Some(ONLY_ROOT));
     for row in rows(&topo, attack) {
-        let seen = topo.agent().records().len();
-        let r = topo.attempt(&row.probe, row.action);
-        assert!(
-            !r.reached(),
-            "{} as {}: reached the metadata service under the guard: arrived {:?}, served {}, \
-             probe {:?}",
-            row.action,
-            row.who,
-            r.arrived,
-            r.served,
-            r.probe
-        );
+        let mut seen = 0;
+        for attempt in 1..=tries(&row) {
+            seen = topo.agent().records().len();
+            let r = topo.attempt(&row.probe, row.action);
+            assert!(
+                !r.reached(),
+                "{} as {}: reached the metadata service under the guard: arrived {:?}, \
+                 served {}, probe {:?}",
+                row.action,
+                row.who,
+                r.arrived,
+                r.served,
+                r.probe
+            );
+            // Another connection only where the attempt may not have tried
+            // the path at all (see `tries`); the last one must be logged.
+            if attempt == tries(&row) || refusal_logged(topo.agent(), seen, stop) {
+                break;
+            }
+            eprintln!(
+                "{} as {}: attempt {attempt} logged no refusal; another connection",
+                row.action, row.who
+            );
+        }
         assert_refusal_logged(topo.agent(), seen, &row, stop);
     }
     assert!(
@@ -355,6 +396,19 @@ fn assert_path_closed(attack: &str, stop: Stop) {
 /// The agent logged a denial for `row` since record `seen`, on the path
 /// `stop` names.
 fn assert_refusal_logged(agent: &Agent, seen: usize, row: &Row, stop: Stop) {
+    if !refusal_logged(agent, seen, stop) {
+        panic!(
+            "{} as {}: no {stop:?} denial logged; records since:\n{}",
+            row.action,
+            row.who,
+            records_since(agent, seen)
+        );
+    }
+}
+
+/// Whether the agent logged a denial to a metadata address since record
+/// `seen`, on the path `stop` names, waiting for it up to `LOG`.
+fn refusal_logged(agent: &Agent, seen: usize, stop: Stop) -> bool {
     let str_of = |rec: &Value, k: &str| field(rec, k).and_then(Value::as_str).map(str::to_owned);
     let to_imds = |rec: &Value| {
         str_of(rec, "dst")
@@ -381,14 +435,7 @@ fn assert_refusal_logged(agent: &Agent, seen: usize, row: &Row, stop: Stop) {
                 }
             }
     };
-    if agent.wait_for_after(seen, matches, LOG).is_none() {
-        panic!(
-            "{} as {}: no {stop:?} denial logged; records since:\n{}",
-            row.action,
-            row.who,
-            records_since(agent, seen)
-        );
-    }
+    agent.wait_for_after(seen, matches, LOG).is_some()
 }
 
 #[test]
