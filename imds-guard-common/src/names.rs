@@ -31,6 +31,10 @@ pub const MAP_DECIDED: &str = "DECIDED";
 /// cookie), which the `sk_msg` program is attached to. Pinned: the
 /// program stays attached only while the map has a user reference.
 pub const MAP_REQ_SOCKS: &str = "REQ_SOCKS";
+/// The socket storage of what each judged socket let through, by stream
+/// position (value: [`crate::JudgedBytes`]), which `egress` compares its
+/// payload with.
+pub const MAP_REQ_BYTES: &str = "REQ_BYTES";
 /// The section, and the one-entry array aya makes of it, holding the
 /// programs' [`crate::Prefixes`]: a global the programs read with a load
 /// (no lookup), which the agent writes at every apply.

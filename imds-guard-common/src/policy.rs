@@ -247,8 +247,10 @@ pub struct RequestOffsets {
     /// `net.ipv4.sysctl_tcp_notsent_lowat`, from the start of `struct net`
     /// (reached through [`crate::Offsets::sock_net`]).
     pub net_tcp_notsent_lowat: u32,
+    /// `tcp_sock.snd_una`: the first byte the peer has not acknowledged.
+    pub tcp_snd_una: u32,
 }
-const _: () = assert!(size_of::<RequestOffsets>() == 52);
+const _: () = assert!(size_of::<RequestOffsets>() == 56);
 
 impl RequestOffsets {
     /// The value of [`RequestOffsets::valid`] once resolved.
@@ -268,6 +270,7 @@ impl RequestOffsets {
         tcp_fastopen_connect_mask: 0,
         tcp_notsent_lowat: 0,
         net_tcp_notsent_lowat: 0,
+        tcp_snd_una: 0,
     };
 }
 

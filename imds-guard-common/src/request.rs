@@ -41,6 +41,24 @@ use core::mem::size_of;
 
 /// Longest request head (request line, header lines, final CRLF).
 pub const HEAD_MAX: u16 = 2048;
+/// The stream positions a judged socket keeps the bytes of: every byte
+/// `req_msg` let through and the peer has not acknowledged yet must fit
+/// (it refuses a message that would not), so that `egress` can compare
+/// each byte of payload it sends, retransmissions included, with the one
+/// judged at that position. A power of two.
+pub const JUDGED_RING: u32 = 4096;
+
+/// What a judged socket let through, by stream position: byte `p` of the
+/// stream (counted from the judged range's start) at `bytes[p %
+/// JUDGED_RING]`. The [`HEAD_MAX`] bytes past the ring are where a head
+/// copied whole at the ring's end runs over (the program then copies the
+/// wrapped part to the start again): they are never read.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct JudgedBytes {
+    pub bytes: [u8; JUDGED_RING as usize + HEAD_MAX as usize],
+}
+
 /// Longest request line, CRLF included.
 pub const LINE_MAX: u16 = 256;
 /// Longest path: fits [`ReqKey::path`] with the exact-rule terminator.
@@ -171,6 +189,9 @@ pub mod req_reason {
     pub const NOT_TCP: u8 = 76;
     /// The socket could not enter the sockhash for another reason.
     pub const NOT_IN_SOCKHASH: u8 = 77;
+    /// The bytes let through could not be kept for `egress` to compare
+    /// what leaves with (`JudgedBytes`).
+    pub const NOT_KEPT: u8 = 78;
 }
 
 /// What a parsed head is.

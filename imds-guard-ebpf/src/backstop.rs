@@ -1,16 +1,22 @@
 //! The per-packet backstop of request-level judgement (design §3): a
 //! packet of a socket whose caller is judged (`request::judged`)
 //! leaves only if it carries no payload, or payload that `req_msg`
-//! judged and let through (inside `[base_seq, judged_end)`). What reached
-//! TCP by any other path (Fast Open data, a socket the sockhash refused,
-//! a writer that raced the insertion, `req_msg` detached, MPTCP) is
-//! outside the range; anything that is not a TCP stream (a raw socket, a
-//! packet built with `IP_HDRINCL`, UDP) is dropped whole.
+//! judged and let through: inside `[base_seq, judged_end)`, and byte for
+//! byte what was judged at that position (`judged_bytes.rs`). What
+//! reached TCP by any other path (Fast Open data, a socket the sockhash
+//! refused, a writer that raced the insertion, `req_msg` detached, MPTCP)
+//! is outside the range; what the kernel pushed without a verdict inside
+//! it (after a push that failed or waited) differs from the bytes kept;
+//! anything that is not a TCP stream (a raw socket, a packet built with
+//! `IP_HDRINCL`, UDP) is dropped whole.
 //!
-//! It does not trust the sockhash: only `req_msg` moves the range's end,
-//! only `req_sockops` sets its start.
+//! It does not trust the sockhash: only `req_msg` moves the range's end
+//! and keeps the bytes, only `req_sockops` sets its start.
 
-use aya_ebpf::{bindings::__sk_buff, programs::SkBuffContext};
+use aya_ebpf::{
+    bindings::{__sk_buff, bpf_sock},
+    programs::SkBuffContext,
+};
 use imds_guard_common::{family, stage};
 
 use crate::{
@@ -64,7 +70,7 @@ pub extern "C" fn imds_guard_backstop(skb: *mut __sk_buff, family: u32) -> i32 {
     if sock_type != SOCK_STREAM || protocol != IPPROTO_TCP {
         return Verdict::Reject as i32;
     }
-    let Some((seq, len)) = tcp_payload(&ctx, family) else {
+    let Some((seq, len, at)) = tcp_payload(&ctx, family) else {
         return Verdict::Reject as i32;
     };
     if len == 0 {
@@ -87,15 +93,38 @@ pub extern "C" fn imds_guard_backstop(skb: *mut __sk_buff, family: u32) -> i32 {
     if (seq.wrapping_sub(base) as i32) < 0 || (end.wrapping_sub(last) as i32) < 0 {
         return Verdict::Reject as i32;
     }
-    Verdict::Allow as i32
+    if same_as_judged(skb, sk, at, len, seq.wrapping_sub(base)) {
+        Verdict::Allow as i32
+    } else {
+        Verdict::Reject as i32
+    }
 }
 
-/// The sequence number and payload length of a TCP packet of `family`
-/// (the whole of a GSO super-packet: `len` is the skb's); `None` when the
+/// Whether the payload is what `req_msg` kept at its position
+/// (`judged_bytes.rs`).
+#[cfg(not(feature = "unrolled"))]
+#[inline(always)]
+fn same_as_judged(skb: *mut __sk_buff, sk: *mut bpf_sock, at: u32, len: u32, pos: u32) -> bool {
+    // SAFETY: `sk` is this packet's full socket, `skb` our context.
+    unsafe { crate::judged_bytes::same(skb, sk, at, len, pos) }
+}
+
+/// The build without `bpf_loop` judges no requests, so it keeps nothing
+/// to compare with: payload of a judged socket never leaves (there is
+/// none: such policies are refused there).
+#[cfg(feature = "unrolled")]
+#[inline(always)]
+fn same_as_judged(_: *mut __sk_buff, _: *mut bpf_sock, _: u32, _: u32, _: u32) -> bool {
+    false
+}
+
+/// The sequence number, payload length and the payload's offset of a TCP
+/// packet of `family` (the whole of a GSO super-packet: `len` is the
+/// skb's); `None` when the
 /// packet is not TCP straight after the IP header (an IPv6 extension
 /// header, a fragment), or cannot be read: dropped.
 #[inline(always)]
-fn tcp_payload(ctx: &SkBuffContext, fam: u32) -> Option<(u32, u32)> {
+fn tcp_payload(ctx: &SkBuffContext, fam: u32) -> Option<(u32, u32, u32)> {
     let (l3, proto) = if fam == u32::from(family::INET) {
         let frag = u16::from_be(ctx.load::<u16>(6).ok()?);
         if frag & IP_MF_OFFSET != 0 {
@@ -116,5 +145,5 @@ fn tcp_payload(ctx: &SkBuffContext, fam: u32) -> Option<(u32, u32)> {
     if doff < 20 || total < headers {
         return None;
     }
-    Some((seq, total - headers))
+    Some((seq, total - headers, headers))
 }

@@ -13,11 +13,12 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use imds_guard_common::{
-    Finish, HEAD_MAX, Parser, ReqKey, SockState, Step, entry_flags, req_reason, req_version, stage,
+    Finish, HEAD_MAX, JUDGED_RING, Parser, ReqKey, SockState, Step, entry_flags, req_reason, req_version, stage,
 };
 
 use crate::{
     dst::active_generation,
+    judged_bytes,
     kernel::{address_of, offsets, read, read_ptr},
     maps::REQ_RULES,
     req_record::{Judgement, settle},
@@ -134,6 +135,21 @@ fn try_req_msg(ctx: &SkMsgContext) -> bool {
     let mut j = Judgement::refused(req_reason::NONE);
     match judge_head(ctx, &s, size, generation, &mut j) {
         Judged::Pass => {
+            // What `egress` will let leave: the bytes judged, kept before
+            // the range moves past them.
+            let at = write_seq.wrapping_sub(s.base_seq);
+            // SAFETY: a full socket; the scratch buffer holds the `size`
+            // bytes the parser judged (`judge_head`).
+            let kept = SCRATCH.get_ptr(0).is_some_and(|scratch| unsafe {
+                judged_bytes::keep(sk, at, (&raw const (*scratch).buf).cast(), size)
+            });
+            if !kept {
+                poison(state);
+                j.pass = false;
+                j.reason = req_reason::NOT_KEPT;
+                record(ctx, &j, s.requests, true);
+                return false;
+            }
             passed(state, write_seq, size);
             j.pass = true;
             record(ctx, &j, s.requests, true);
@@ -412,12 +428,28 @@ fn written(sk: *mut bpf_sock) -> Option<u32> {
 /// `TCP_NOTSENT_LOWAT` (`tcp_stream_memory_free`): an option any caller
 /// may set to one byte, or its namespace's `net.ipv4.tcp_notsent_lowat`
 /// (by default the largest value), so the queue (which holds every byte
-/// not yet sent) and the message must stay below it.
+/// not yet sent) and the message must stay below it. It makes a wait
+/// rarer, not impossible (a failed memory charge, a small `TCP_MAXSEG`
+/// with `MSG_OOB`): what closes the race is that `egress` sends only the
+/// bytes judged (`judged_bytes.rs`). And the bytes not acknowledged, with
+/// this head, must fit in what a socket keeps of them.
 #[inline(always)]
 fn room(sk: *mut bpf_sock, size: u32) -> bool {
     let (Some(off), Some(addr)) = (request_offsets(), address_of(sk)) else {
         return false;
     };
+    // Every byte not acknowledged yet, and this head, must stay kept
+    // (`judged_bytes.rs`), for `egress` to compare retransmissions too.
+    let unacked = match (
+        read::<u32>(addr, off.tcp_write_seq),
+        read::<u32>(addr, off.tcp_snd_una),
+    ) {
+        (Some(w), Some(u)) => w.wrapping_sub(u),
+        _ => return false,
+    };
+    if unacked > JUDGED_RING || unacked + size > JUDGED_RING {
+        return false;
+    }
     let queued = read::<i32>(addr, off.sk_wmem_queued);
     let sndbuf = read::<i32>(addr, off.sk_sndbuf);
     let lowat = match read::<u32>(addr, off.tcp_notsent_lowat) {

@@ -14,8 +14,9 @@
 //! over groups and user namespaces: `bpf_loop`, or, built with the
 //! `unrolled` feature for kernels without it, a bounded loop.
 //! `request.rs` and `judge.rs` judge the requests of callers the policy
-//! allows only some requests (`sock_ops` and `sk_msg`), and `backstop.rs` is
-//! `egress`'s part of it.
+//! allows only some requests (`sock_ops` and `sk_msg`), `backstop.rs` is
+//! `egress`'s part of it, and `judged_bytes.rs` keeps what was judged so
+//! that `egress` sends nothing else.
 #![no_std]
 #![no_main]
 
@@ -28,6 +29,8 @@ mod dst;
 mod identity;
 #[cfg(not(feature = "unrolled"))]
 mod judge;
+#[cfg(not(feature = "unrolled"))]
+mod judged_bytes;
 mod kernel;
 mod maps;
 mod netfilter;

@@ -11,7 +11,8 @@ use imds_guard_common::{
     ComponentKey, Config, EVENTS_BYTE_SIZE, EntryFlags, EntryKey, FORWARD_EVENTS_BYTE_SIZE,
     FORWARD_SOURCES, ForwardState, GENERATIONS, IdRules, InterfaceKey, LENGTHS_LEN,
     MAX_CGROUP_PATTERNS, MAX_CGROUPS, MAX_CREATORS, MAX_ENDPOINTS, MAX_ENTRY_FLAGS,
-    MAX_FORWARD_EXCEPTIONS, MAX_ID_RULES, MAX_PATTERN_DEPTH, MAX_REQUEST_RULES, Memberships, Ports,
+    JudgedBytes, MAX_FORWARD_EXCEPTIONS, MAX_ID_RULES, MAX_PATTERN_DEPTH, MAX_REQUEST_RULES,
+    Memberships, Ports,
     ReqKey, ReqRule, Resolved, SockState, Source4Key, Source6Key, USAGE_ENTRIES, Usage, UsageKey,
     V4Key, V6Key, cgroup_stat, forward_counter, req_counter,
 };
@@ -93,6 +94,14 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 /// to lock (an LRU map by socket cookie cost an allowed connect 800 ns).
 #[btf_map]
 pub static DECIDED: SkStorage<SockState> = SkStorage::new();
+
+/// What each judged socket let through, by stream position (issue 23):
+/// `req_msg` copies each head it lets through here before it moves the
+/// judged range past it, and `egress` lets a payload byte of the socket
+/// leave only if it is the byte kept at that position. Created for a
+/// judged socket only.
+#[btf_map]
+pub static REQ_BYTES: SkStorage<JudgedBytes> = SkStorage::new();
 
 /// The scope of each allowing policy entry, per generation (issue 23):
 /// an entry it does not hold allows the whole service, as before request

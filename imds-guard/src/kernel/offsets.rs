@@ -314,6 +314,7 @@ pub fn resolve_request(btf: &Btf, release: &str) -> Result<RequestOffsets, Offse
         tcp_fastopen_connect_mask: u32::from(fastopen_connect.1),
         tcp_notsent_lowat: field("tcp_sock", &[&["notsent_lowat"]])?,
         net_tcp_notsent_lowat: field("net", &[&["ipv4"], &["sysctl_tcp_notsent_lowat"]])?,
+        tcp_snd_una: field("tcp_sock", &[&["snd_una"]])?,
     })
 }
 

@@ -222,13 +222,14 @@ pub fn reason_text(reason: u8) -> &'static str {
         REPAIR => "TCP_REPAIR",
         NOT_TCP => "not a TCP stream",
         NOT_IN_SOCKHASH => "the socket could not be judged",
+        NOT_KEPT => "what it let through could not be kept to check what leaves",
         _ => "an unknown reason",
     }
 }
 
 /// Every reason code the programs give, in order.
 pub const REASONS: &[u8] = &{
-    let mut all = [0u8; 31 + 14];
+    let mut all = [0u8; 31 + 15];
     let mut i = 0;
     while i < 31 {
         all[i] = i as u8;
@@ -290,6 +291,7 @@ pub fn reason_name(reason: u8) -> &'static str {
         REPAIR => "repair",
         NOT_TCP => "not_tcp",
         NOT_IN_SOCKHASH => "not_in_sockhash",
+        NOT_KEPT => "not_kept",
         _ => "unknown",
     }
 }
