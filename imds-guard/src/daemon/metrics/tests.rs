@@ -180,6 +180,7 @@ imds_guard_request_refusals_total{reason="fast_open"} 0
 imds_guard_request_refusals_total{reason="repair"} 0
 imds_guard_request_refusals_total{reason="not_tcp"} 0
 imds_guard_request_refusals_total{reason="not_in_sockhash"} 0
+imds_guard_request_refusals_total{reason="not_kept"} 0
 # HELP imds_guard_request_records_lost_total Request records dropped because the ring buffer was full; the requests are still judged and counted.
 # TYPE imds_guard_request_records_lost_total counter
 imds_guard_request_records_lost_total 1

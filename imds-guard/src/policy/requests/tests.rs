@@ -626,7 +626,7 @@ fn every_reason_the_programs_give_has_a_name_and_words_of_its_own() {
         assert!(names.insert(name), "{name} twice");
     }
     assert!(REASONS.contains(&req_reason::INCOMPLETE));
-    assert!(REASONS.contains(&req_reason::NOT_IN_SOCKHASH));
-    assert_eq!(reason_name(req_reason::NOT_IN_SOCKHASH + 1), "unknown");
+    assert!(REASONS.contains(&req_reason::NOT_KEPT));
+    assert_eq!(reason_name(req_reason::NOT_KEPT + 1), "unknown");
     assert_eq!(reason_name(req_reason::INCOMPLETE + 1), "unknown");
 }
