@@ -47,10 +47,10 @@ pub use self::{
     prefix::{Prefix4, Prefix6, Prefixes, V4_SLOTS, V6_SLOTS},
     request::{
         ENTRY_ANY, EntryFlags, EntryKey, Finish, HEAD_MAX, HEADER_LINE_MAX, HEADERS_MAX, Head,
-        JUDGED_RING, JudgedBytes, KEY_HEAD_LEN, KEY_PATH_LEN, LINE_MAX, MAX_ENTRY_FLAGS, MAX_REQUEST_RULES, MAX_RULE_SETS,
-        PATH_MAX, Parser, RECORDED_PER_SOCKET, ReqKey, ReqLookup, ReqRule, RequestEvent, Step,
-        TOKEN_HEADER, USAGE_ENTRIES, Usage, UsageKey, entry_flags, req_counter, req_hook,
-        req_method, req_reason, req_version,
+        JUDGED_RING, JudgedBytes, KEY_HEAD_LEN, KEY_PATH_LEN, LINE_MAX, MAX_ENTRY_FLAGS,
+        MAX_REQUEST_RULES, MAX_RULE_SETS, PATH_MAX, Parser, RECORDED_PER_SOCKET, ReqKey, ReqLookup,
+        ReqRule, RequestEvent, Step, TOKEN_HEADER, USAGE_ENTRIES, Usage, UsageKey, entry_flags,
+        req_counter, req_hook, req_method, req_reason, req_version,
     },
 };
 

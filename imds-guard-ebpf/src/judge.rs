@@ -13,7 +13,8 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use imds_guard_common::{
-    Finish, HEAD_MAX, JUDGED_RING, Parser, ReqKey, SockState, Step, entry_flags, req_reason, req_version, stage,
+    Finish, HEAD_MAX, JUDGED_RING, Parser, ReqKey, SockState, Step, entry_flags, req_reason,
+    req_version, stage,
 };
 
 use crate::{

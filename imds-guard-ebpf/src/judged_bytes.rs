@@ -25,7 +25,7 @@
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
     cty::c_void,
-    helpers::generated::{bpf_loop, bpf_probe_read_kernel, bpf_skb_load_bytes, bpf_sk_storage_get},
+    helpers::generated::{bpf_loop, bpf_probe_read_kernel, bpf_sk_storage_get, bpf_skb_load_bytes},
 };
 use imds_guard_common::{HEAD_MAX, JUDGED_RING, JudgedBytes};
 
@@ -76,7 +76,10 @@ pub unsafe fn keep(sk: *mut bpf_sock, at: u32, head: *const u8, size: u32) -> bo
     // `head` or fails.
     let whole = unsafe {
         bpf_probe_read_kernel(
-            (&raw mut (*ring).bytes).cast::<u8>().add(pos as usize).cast(),
+            (&raw mut (*ring).bytes)
+                .cast::<u8>()
+                .add(pos as usize)
+                .cast(),
             size,
             head.cast::<c_void>(),
         )

@@ -9,10 +9,9 @@ use aya_ebpf::{
 use imds_guard_common::{
     Budget, BudgetKey, CGROUP_EVENTS_BYTE_SIZE, COUNTERS_LEN, CgroupEntry, CgroupPatterns,
     ComponentKey, Config, EVENTS_BYTE_SIZE, EntryFlags, EntryKey, FORWARD_EVENTS_BYTE_SIZE,
-    FORWARD_SOURCES, ForwardState, GENERATIONS, IdRules, InterfaceKey, LENGTHS_LEN,
+    FORWARD_SOURCES, ForwardState, GENERATIONS, IdRules, InterfaceKey, JudgedBytes, LENGTHS_LEN,
     MAX_CGROUP_PATTERNS, MAX_CGROUPS, MAX_CREATORS, MAX_ENDPOINTS, MAX_ENTRY_FLAGS,
-    JudgedBytes, MAX_FORWARD_EXCEPTIONS, MAX_ID_RULES, MAX_PATTERN_DEPTH, MAX_REQUEST_RULES,
-    Memberships, Ports,
+    MAX_FORWARD_EXCEPTIONS, MAX_ID_RULES, MAX_PATTERN_DEPTH, MAX_REQUEST_RULES, Memberships, Ports,
     ReqKey, ReqRule, Resolved, SockState, Source4Key, Source6Key, USAGE_ENTRIES, Usage, UsageKey,
     V4Key, V6Key, cgroup_stat, forward_counter, req_counter,
 };
