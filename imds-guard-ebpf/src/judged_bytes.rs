@@ -26,16 +26,16 @@ use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
     cty::c_void,
     helpers::generated::{bpf_loop, bpf_probe_read_kernel, bpf_sk_storage_get, bpf_skb_load_bytes},
+    macros::map,
+    maps::PerCpuArray,
 };
 use imds_guard_common::{HEAD_MAX, JUDGED_RING, JudgedBytes};
 
 use crate::{kernel::opaque, maps::REQ_BYTES, sock_state::CREATE};
 
-/// Bytes of payload compared per step of the loop: its buffer is on the
-/// stack of the fourth frame down from `egress` (`imds_guard_settle`,
-/// `imds_guard_backstop`, this callback), which the verifier holds to 512
-/// bytes together (64 took them to 560).
-const CHUNK: u32 = 16;
+/// Bytes of payload compared per step of the loop (read into the per-CPU
+/// [`Compare`], not onto the stack).
+const CHUNK: u32 = 64;
 /// A ring position from a stream offset.
 const RING_MASK: u32 = JUDGED_RING - 1;
 const _: () = assert!(JUDGED_RING.is_power_of_two() && HEAD_MAX as u32 <= JUDGED_RING);
@@ -68,8 +68,13 @@ pub unsafe fn keep(sk: *mut bpf_sock, at: u32, head: *const u8, size: u32) -> bo
     if ring.is_null() || size == 0 || size > HEAD_MAX as u32 {
         return false;
     }
-    // For 1..=HEAD_MAX the identity, bounded where the helper takes it.
-    let size = ((size - 1) & (HEAD_MAX as u32 - 1)) + 1;
+    // For 1..=HEAD_MAX the identity, bounded where the helper takes it,
+    // through `opaque`: LLVM knows the mask changes nothing and drops it,
+    // and 6.1's verifier loses the bound of a spilled value.
+    let Some(size) = opaque(size) else {
+        return false;
+    };
+    let size = (size.wrapping_sub(1) & (HEAD_MAX as u32 - 1)) + 1;
     let pos = at & RING_MASK;
     // SAFETY: `ring` is this socket's storage, `JUDGED_RING + HEAD_MAX`
     // bytes: `pos + size` stays inside; the helper reads `size` bytes of
@@ -92,9 +97,8 @@ pub unsafe fn keep(sk: *mut bpf_sock, at: u32, head: *const u8, size: u32) -> bo
         return true;
     }
     // Ran past the ring's end: the part past it again at the start. Both
-    // lengths bounded where the helper takes them, through `opaque`: LLVM
-    // knows the masks change nothing here and would drop them, and the
-    // verifier does not.
+    // lengths bounded where the helper takes them, through `opaque` as
+    // above.
     let (Some(over), Some(from)) = (opaque(end - JUDGED_RING), opaque(JUDGED_RING - pos)) else {
         return false;
     };
@@ -111,11 +115,21 @@ pub unsafe fn keep(sk: *mut bpf_sock, at: u32, head: *const u8, size: u32) -> bo
     }
 }
 
-/// What [`step`] is handed.
+/// What [`step`] is handed, on `same`'s stack (where `bpf_loop` wants
+/// it): pointers only. The rest is in the per-CPU [`Compare`], so that
+/// the callback's frame stays small: it is the fourth down from `egress`
+/// (`imds_guard_settle`, `imds_guard_backstop`, this), which 6.1's
+/// verifier holds to 512 bytes together.
 #[repr(C)]
-struct Compare {
+struct Walk {
     skb: *mut __sk_buff,
     ring: *const JudgedBytes,
+    cmp: *mut Compare,
+}
+
+/// One comparison's state and its buffer of payload, one per CPU.
+#[repr(C)]
+pub struct Compare {
     /// The payload's offset in the packet.
     at: u32,
     /// Its length.
@@ -124,7 +138,11 @@ struct Compare {
     pos: u32,
     /// Cleared at the first byte that differs (or cannot be read).
     same: u32,
+    buf: [u8; CHUNK as usize],
 }
+
+#[map]
+static REQ_COMPARE: PerCpuArray<Compare> = PerCpuArray::with_max_entries(1, 0);
 
 /// Whether the `len` bytes of payload at offset `at` of packet `skb`, of
 /// the full socket `sk`, are the bytes kept at offset `pos` (and on) from
@@ -137,37 +155,43 @@ struct Compare {
 pub unsafe fn same(skb: *mut __sk_buff, sk: *mut bpf_sock, at: u32, len: u32, pos: u32) -> bool {
     // SAFETY: as the caller says.
     let ring = unsafe { kept(sk, false) };
+    let Some(cmp) = REQ_COMPARE.get_ptr_mut(0) else {
+        return false;
+    };
     if ring.is_null() || len > JUDGED_RING {
         return false;
     }
-    let mut c = Compare {
-        skb,
-        ring,
-        at,
-        len,
-        pos,
-        same: 1,
-    };
+    // SAFETY: this CPU's value, ours for this run (the program runs with
+    // migration disabled).
+    unsafe {
+        (*cmp).at = at;
+        (*cmp).len = len;
+        (*cmp).pos = pos;
+        (*cmp).same = 1;
+    }
+    let mut walk = Walk { skb, ring, cmp };
     let steps = len.div_ceil(CHUNK);
-    // SAFETY: `step` has the callback's signature; `c` lives on this frame
-    // for the whole loop.
-    let ran = unsafe { bpf_loop(steps, step as *mut c_void, (&raw mut c).cast(), 0) };
-    ran >= 0 && c.same == 1
+    // SAFETY: `step` has the callback's signature; `walk` lives on this
+    // frame for the whole loop.
+    let ran = unsafe { bpf_loop(steps, step as *mut c_void, (&raw mut walk).cast(), 0) };
+    // SAFETY: as above.
+    ran >= 0 && unsafe { (*cmp).same } == 1
 }
 
 /// One chunk of [`same`]: 1 (stop) at the first difference.
 extern "C" fn step(index: u32, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Compare` on `same`'s frame.
-    let c = unsafe { &mut *ctx.cast::<Compare>() };
+    // SAFETY: `ctx` is the `Walk` on `same`'s frame; its pointers are the
+    // context, the socket's storage and this CPU's `Compare`.
+    let w = unsafe { &*ctx.cast::<Walk>() };
+    let c = unsafe { &mut *w.cmp };
     let off = index.wrapping_mul(CHUNK);
     if off >= c.len || off >= JUDGED_RING {
         return 1;
     }
     let n = (c.len - off).min(CHUNK);
     let n = ((n - 1) & (CHUNK - 1)) + 1;
-    let mut buf = [0u8; CHUNK as usize];
     // SAFETY: the packet of the program's context; `n` bytes into `buf`.
-    let read = unsafe { bpf_skb_load_bytes(c.skb.cast(), c.at + off, buf.as_mut_ptr().cast(), n) };
+    let read = unsafe { bpf_skb_load_bytes(w.skb.cast(), c.at + off, (&raw mut c.buf).cast(), n) };
     if read != 0 {
         c.same = 0;
         return 1;
@@ -181,8 +205,8 @@ extern "C" fn step(index: u32, ctx: *mut c_void) -> i64 {
         let at = (base.wrapping_add(k) & RING_MASK) as usize;
         // SAFETY: `ring` is the socket's storage, valid for this run; `at`
         // is inside its first `JUDGED_RING` bytes.
-        let kept = unsafe { (*c.ring).bytes[at] };
-        if kept != buf[(k & (CHUNK - 1)) as usize] {
+        let kept = unsafe { (*w.ring).bytes[at] };
+        if kept != c.buf[(k & (CHUNK - 1)) as usize] {
             c.same = 0;
             return 1;
         }
