@@ -47,13 +47,46 @@ pub fn backstop(ctx: &SkBuffContext, dst: &Dst, flags: u8) -> Verdict {
 /// socket's caller is judged: 1 lets it leave, 0 drops it.
 ///
 /// A global function (BTF linkage global, as `#[no_mangle]` makes it),
-/// as `skb::imds_guard_settle` is, which calls it too: the verifier walks
-/// it once, on its own, with arguments it knows nothing of, and each
-/// caller only sees an unknown answer. Its arguments are the context and
-/// a scalar, all that kernels before 5.12 take of a global function.
+/// as `skb::imds_guard_settle` is: the verifier walks it once, on its
+/// own, with arguments it knows nothing of, and the caller only sees an
+/// unknown answer. Its arguments are the context and a scalar, all that
+/// kernels before 5.12 take of a global function.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn imds_guard_backstop(skb: *mut __sk_buff, family: u32) -> i32 {
+    check::<true>(skb, family)
+}
+
+/// [`backstop`] for a packet whose judged socket `egress` has just decided
+/// again (`skb::imds_guard_settle`: after a reload, or a socket it had no
+/// state of): it leaves only without payload. What it carried is sent
+/// again (TCP retransmits it) once the socket stands current, and is
+/// compared then. `imds_guard_settle` is a frame deeper than `egress`,
+/// and 6.1's verifier counts the comparison's loop callback as a frame
+/// below where its address is taken: the four would pass the 512 bytes of
+/// stack it allows.
+#[inline(always)]
+pub fn backstop_afresh(ctx: &SkBuffContext, dst: &Dst, flags: u8) -> Verdict {
+    if !judged(flags) {
+        return Verdict::Allow;
+    }
+    Verdict::of_answer(imds_guard_backstop_afresh(
+        ctx.skb.skb,
+        u32::from(dst.family),
+    ))
+}
+
+/// [`backstop_afresh`]'s global function, as [`imds_guard_backstop`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn imds_guard_backstop_afresh(skb: *mut __sk_buff, family: u32) -> i32 {
+    check::<false>(skb, family)
+}
+
+/// The backstop's body; payload inside the judged range leaves only when
+/// `COMPARE`, and then only if it is what was judged there.
+#[inline(always)]
+fn check<const COMPARE: bool>(skb: *mut __sk_buff, family: u32) -> i32 {
     let ctx = SkBuffContext::new(skb);
     let sk = full_socket(&ctx);
     if sk.is_null() {
@@ -93,7 +126,7 @@ pub extern "C" fn imds_guard_backstop(skb: *mut __sk_buff, family: u32) -> i32 {
     if (seq.wrapping_sub(base) as i32) < 0 || (end.wrapping_sub(last) as i32) < 0 {
         return Verdict::Reject as i32;
     }
-    if same_as_judged(skb, sk, at, len, seq.wrapping_sub(base)) {
+    if COMPARE && same_as_judged(skb, sk, at, len, seq.wrapping_sub(base)) {
         Verdict::Allow as i32
     } else {
         Verdict::Reject as i32

@@ -29,7 +29,7 @@ use aya_ebpf::{
 use imds_guard_common::{event_flags, hook};
 
 use crate::{
-    backstop::backstop,
+    backstop::{backstop, backstop_afresh},
     caller::Caller,
     decide::{Verdict, decide},
     dst::{
@@ -314,9 +314,9 @@ fn settle(ctx: &SkBuffContext, dst: &Dst, generation: u32, recorded: u8, entry: 
             return Verdict::Reject;
         }
         // Judged now, let through unjudged before (a reload, a socket
-        // made before the guard): its payload was never judged, and is
-        // dropped (its range is empty unless `req_sockops` set it).
-        return backstop(ctx, dst, flags);
+        // made before the guard): its payload leaves only once the socket
+        // stands current (`backstop_afresh`).
+        return backstop_afresh(ctx, dst, flags);
     }
     // Let through (allowed, or audited): `let_through` stores nothing
     // else.
