@@ -13,6 +13,9 @@
 //! - [`Evasion::Head`]: one request head of [`head_case`]'s table, which
 //!   a proxy would have to normalise or could read two ways, sent in one
 //!   write after an allowed `GET` (its exact bytes: [`allowed_prefix`]).
+//! - [`Evasion::FailedPush`]: an allowed head whose push fails after the
+//!   verdict, then a forbidden head of the same length
+//!   ([`crate::failed_push`]).
 
 use std::{
     io::Write as _,
@@ -23,6 +26,7 @@ use std::{
 use io_uring::{IoUring, opcode, types};
 
 use crate::{
+    failed_push::{self, FailedPush},
     fake_imds::ROLE,
     imdsv2::{TIMEOUT, TOKEN_PATH, TTL_HEADER, connect},
     outcome::{Failure, Outcome, Step, os_failure},
@@ -120,6 +124,9 @@ pub enum Evasion {
     Way(Way),
     /// Case `n` of [`head_case`], after [`allowed_prefix`].
     Head(u8),
+    /// The token, an allowed head whose push fails this way, then the
+    /// credentials head in the judged range it left.
+    FailedPush(FailedPush),
 }
 
 impl Evasion {
@@ -127,6 +134,7 @@ impl Evasion {
         match self {
             Self::Way(way) => way.name().to_owned(),
             Self::Head(n) => format!("head-{n}"),
+            Self::FailedPush(push) => push.name().to_owned(),
         }
     }
 
@@ -134,6 +142,9 @@ impl Evasion {
         if let Some(n) = name.strip_prefix("head-") {
             let n: u8 = n.parse().ok()?;
             return (usize::from(n) < HEAD_CASES).then_some(Self::Head(n));
+        }
+        if let Some(push) = FailedPush::ALL.into_iter().find(|p| p.name() == name) {
+            return Some(Self::FailedPush(push));
         }
         Way::ALL
             .into_iter()
@@ -311,6 +322,7 @@ pub(crate) fn run(addr: SocketAddr, evasion: Evasion) -> Step<Outcome> {
     let done = match evasion {
         Evasion::Way(way) => via(addr, way, &mut transcript),
         Evasion::Head(n) => head_after_allowed(addr, usize::from(n), &mut transcript),
+        Evasion::FailedPush(push) => failed_push::run(addr, push, &mut transcript),
     };
     transcribed(transcript, done)
 }
@@ -714,7 +726,8 @@ mod tests {
         let all = Way::ALL
             .map(Evasion::Way)
             .into_iter()
-            .chain((0..HEAD_CASES as u8).map(Evasion::Head));
+            .chain((0..HEAD_CASES as u8).map(Evasion::Head))
+            .chain(FailedPush::ALL.map(Evasion::FailedPush));
         for e in all {
             assert_eq!(Evasion::from_name(&e.name()), Some(e));
         }

@@ -45,6 +45,7 @@ mod cgroup;
 pub mod client;
 mod etc;
 mod evasion;
+mod failed_push;
 mod fake_imds;
 mod files;
 mod imdsv2;
@@ -74,6 +75,7 @@ pub use self::{
     cgroup::{TestCgroup, cgroup2_root},
     etc::PrivateEtc,
     evasion::{Evasion, HEAD_CASES, VMSPLICE_MARK, Way, allowed_prefix, head_case},
+    failed_push::{FailedPush, Pushed},
     fake_imds::{
         FakeImds, IMDS_PORT, INSTANCE_ID, PLAIN_PORT, ROLE, UDP_PORT, tcp_addrs, udp_addrs,
     },
