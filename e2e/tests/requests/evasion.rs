@@ -227,9 +227,8 @@ fn a_verdict_left_by_a_failed_or_partial_push_never_carries_another_request() {
     // Judged: whatever the push did, not a byte of the credentials head
     // reaches the service, and no credentials come back. A push that took
     // the whole head leaves no verdict behind, and the credentials head
-    // is refused at its own: so far the fast open send behind `req_msg`
-    // on 6.18 (see [`FailedPush::FastOpen`]), and both flags on 6.1
-    // (`do_tcp_sendpages` ignores them).
+    // is refused at its own: so far only the fast open send behind
+    // `req_msg` on 6.18 (see [`FailedPush::FastOpen`]).
     judge(&mut guard, &policy, generation);
     let mut left = Vec::new();
     for &(addr, push) in &cases {
