@@ -41,7 +41,7 @@ mod agent;
 mod attack;
 mod bins;
 mod bpffs;
-mod cgroup;
+pub mod cgroup;
 pub mod client;
 mod etc;
 mod evasion;

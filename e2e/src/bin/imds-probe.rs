@@ -194,9 +194,7 @@ fn ns_id(path: &Path) -> Result<(u64, u64), String> {
 
 /// Joins the cgroup and the namespace, then drops privileges.
 fn enter(opts: &Options) -> Result<(), String> {
-    let procs = opts.cgroup.join("cgroup.procs");
-    // "0" moves the writing process itself.
-    fs::write(&procs, "0").map_err(|e| format!("joining {}: {e}", procs.display()))?;
+    imds_guard_e2e::cgroup::join(&opts.cgroup)?;
 
     let own = Path::new("/proc/thread-self/ns/net");
     let before = ns_id(own)?;

@@ -104,8 +104,7 @@ fn main() -> ExitCode {
 }
 
 fn run(opts: &Options) -> Result<String, String> {
-    fs::write(opts.cgroup.join("cgroup.procs"), "0")
-        .map_err(|e| format!("joining {}: {e}", opts.cgroup.display()))?;
+    imds_guard_e2e::cgroup::join(&opts.cgroup)?;
     let before = fs::metadata("/proc/thread-self/ns/net").map_err(|e| e.to_string())?;
     let ns = fs::File::open(&opts.netns).map_err(|e| format!("{}: {e}", opts.netns.display()))?;
     setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
