@@ -59,6 +59,7 @@ mod requests;
 mod sandbox;
 mod skip;
 pub mod slowdown;
+mod stall;
 mod systemctl;
 mod topology;
 mod tricks;
@@ -88,6 +89,10 @@ pub use self::{
     requests::{INSTANCE_ID_PATH, Script, credentials_path},
     sandbox::{LOG, READY, Sandbox},
     skip::privileged_or_skip,
+    stall::{
+        FILLER_LEN, STALL_PORT, STALLED_BODY, STALLED_LEN, STALLED_PATH, Serving, Stalled,
+        StalledListener, filler_request, next_request, stalled_request,
+    },
     systemctl::{cgroup_path, fake_systemctl},
     topology::{
         Container, ContainerKind, MPTCP_PORT, Reached, Topology, TopologyBuilder, TunDevice,

@@ -214,6 +214,13 @@ impl Probe {
         held
     }
 
+    /// Starts `action` in a new probe process and returns at once, for a
+    /// test that watches the probe while it acts (its pid, what it waits
+    /// in); [`HeldProbe::result_within`] reads what it reported.
+    pub fn start(&self, action: Action) -> HeldProbe {
+        self.spawn_held(action)
+    }
+
     fn spawn_held(&self, action: Action) -> HeldProbe {
         let bin = self.bin.clone().unwrap_or_else(probe_bin);
         let mut child = Command::new(&bin)
@@ -283,8 +290,13 @@ impl HeldProbe {
     /// The next line the probe prints, as a result. Panics if it prints
     /// none within 10 s (times the slowdown).
     fn next_result(&mut self) -> ProbeResult {
+        self.result_within(crate::slowdown::scaled(PROBE_TIMEOUT))
+    }
+
+    /// The next line the probe prints, as a result. Panics if it prints
+    /// none within `timeout`.
+    pub fn result_within(&mut self, timeout: Duration) -> ProbeResult {
         let action = self.action;
-        let timeout = crate::slowdown::scaled(PROBE_TIMEOUT);
         let line = match self.lines.recv_timeout(timeout) {
             Ok(line) => line,
             Err(e) => panic!("probe `{action}` reported nothing ({e}); {}", self.end()),

@@ -159,6 +159,34 @@ impl Sandbox {
         (out.status.code(), json)
     }
 
+    /// A free loopback port of the sandbox's namespace (bound and released;
+    /// an agent, which runs there, binds it next: `--metrics-listen`).
+    pub fn free_port(&self) -> u16 {
+        self.netns.in_netns(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or_else(|e| panic!("a free loopback port: {e}"))
+        })
+    }
+
+    /// `GET /metrics` from the agent's endpoint on `port`, on the loopback
+    /// of the sandbox's namespace (no metadata address): the whole
+    /// response, status line first.
+    pub fn scrape_metrics(&self, port: u16) -> String {
+        use std::io::{Read as _, Write as _};
+        self.netns.in_netns(|| {
+            let mut out = String::new();
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .and_then(|mut s| {
+                    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+                    s.read_to_string(&mut out)
+                })
+                .unwrap_or_else(|e| panic!("scraping the metrics on port {port}: {e}"));
+            out
+        })
+    }
+
     /// The sandbox's namespace, as `nsenter --net=` takes it.
     pub fn netns_path(&self) -> &Path {
         self.netns.path()

@@ -21,6 +21,7 @@ use crate::{
     imdsv2::{TIMEOUT, TOKEN_PATH, TTL_HEADER, connect},
     outcome::{Failure, Outcome, Step, os_failure},
     requests::{INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, set_int, transcribed},
+    stall,
 };
 
 /// `TCP_NOTSENT_LOWAT` (include/uapi/linux/tcp.h).
@@ -53,10 +54,19 @@ pub enum Trick {
     /// sends the allowed requests, then hands the socket over
     /// `SCM_RIGHTS` to its root parent, which sends the credentials.
     HandOff,
+    /// Not an SDK's start: an allowed request (the placement `GET`, padded
+    /// to 500 bytes) that fills part of the window of a listener that
+    /// reads nothing until the test releases it ([`crate::stall`]); once
+    /// it is acknowledged, a second one (2000 bytes) in one blocking
+    /// `send(MSG_OOB)` from a socket with the smallest send buffer and
+    /// segment size: the judged push waits for memory mid-message. Then
+    /// both responses, a next request on the same connection and its
+    /// response.
+    WaitForMemory,
 }
 
 impl Trick {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Reconnect,
         Self::ConnectAgain,
         Self::MsgMore,
@@ -65,6 +75,7 @@ impl Trick {
         Self::NotsentLowat,
         Self::NotsentLowatRoomy,
         Self::HandOff,
+        Self::WaitForMemory,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +88,7 @@ impl Trick {
             Self::NotsentLowat => "notsent-lowat",
             Self::NotsentLowatRoomy => "notsent-lowat-roomy",
             Self::HandOff => "hand-off",
+            Self::WaitForMemory => "wait-for-memory",
         }
     }
 
@@ -90,6 +102,11 @@ pub(crate) fn run(addr: SocketAddr, trick: Trick) -> Step<Outcome> {
     let mut transcript = String::new();
     let result = if trick == Trick::HandOff {
         hand_off(addr, &mut transcript)
+    } else if trick == Trick::WaitForMemory {
+        stall::connect(addr).and_then(|stream| {
+            let mut conn = Conn::new(stream, &mut transcript);
+            wait_for_memory(addr, &mut conn)
+        })
     } else {
         connect(addr).and_then(|stream| {
             let mut conn = Conn::new(stream, &mut transcript);
@@ -175,6 +192,70 @@ fn steps(addr: SocketAddr, trick: Trick, conn: &mut Conn<'_>) -> Step<()> {
         _ => conn.send(&credentials, 0)?,
     }
     conn.response().map(drop)
+}
+
+/// [`Trick::WaitForMemory`]: the transcript says how much of the stalled
+/// request's write the kernel took, then each response or why there was
+/// none; the next request is sent whatever became of the stalled one. The
+/// result is the first failure.
+fn wait_for_memory(addr: SocketAddr, conn: &mut Conn<'_>) -> Step<()> {
+    let window = stall::peer_window(conn.fd())?;
+    conn.transcript.push_str(&format!("window {window}\n"));
+    if !stall::window_fits(window) {
+        return Err(Failure {
+            errno: None,
+            error: format!("a window of {window} bytes does not fit the filler"),
+            body: String::new(),
+        });
+    }
+    let filler = stall::filler_request(addr);
+    conn.send(&filler, 0)?;
+    stall::until_acknowledged(conn.fd())?;
+    let request = stall::stalled_request(addr);
+    // SAFETY: a buffer and its length.
+    let n = unsafe {
+        libc::send(
+            conn.fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            libc::MSG_OOB,
+        )
+    };
+    let error = std::io::Error::last_os_error();
+    conn.transcript
+        .push_str(&format!("sent {} of {}\n", n.max(0), request.len()));
+    let first = if n < 0 {
+        Err(os_failure("send", error))
+    } else if n as usize != request.len() {
+        Err(Failure {
+            errno: None,
+            error: format!("send took {n} of {} bytes", request.len()),
+            body: String::new(),
+        })
+    } else {
+        Ok(())
+    };
+    // The filler's answer comes first, once the listener reads, whatever
+    // became of the stalled request.
+    let first = conn
+        .response()
+        .and(first)
+        .and_then(|()| conn.response().map(drop));
+    if let Err(f) = &first {
+        conn.transcript
+            .push_str(&format!("no answer: {}\n", f.error));
+    }
+    let next = conn
+        .stream
+        .set_write_timeout(Some(stall::next_wait()))
+        .map_err(|e| os_failure("setting the write timeout", e))
+        .and_then(|()| conn.send(&stall::next_request(addr), 0))
+        .and_then(|()| conn.response().map(drop));
+    if let Err(f) = &next {
+        conn.transcript
+            .push_str(&format!("next: no answer: {}\n", f.error));
+    }
+    first.and(next)
 }
 
 /// [`Trick::HandOff`]: the child connects as [`HANDOFF_UID`], the parent

@@ -658,31 +658,6 @@ fn status_reads_what_is_in_force_from_the_kernel() {
     drop(agent);
 }
 
-/// A free loopback port of the sandbox's namespace (bound and released;
-/// the agent, which runs there, binds it next).
-fn free_port(w: &Sandbox) -> u16 {
-    w.netns.in_netns(|| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port")
-    })
-}
-
-/// GET /metrics from the agent, on the loopback of the sandbox's namespace
-/// (the metrics endpoint is no metadata address).
-fn scrape(w: &Sandbox, port: u16) -> String {
-    use std::io::{Read as _, Write as _};
-    w.netns.in_netns(|| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .expect("send");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
-    })
-}
-
 #[test]
 fn metrics_count_decisions_and_reloads() {
     if !privileged_or_skip("metrics_count_decisions_and_reloads") {
@@ -690,7 +665,7 @@ fn metrics_count_decisions_and_reloads() {
     }
     let w = Sandbox::new();
     w.policy(P1);
-    let port = free_port(&w);
+    let port = w.free_port();
     let agent = Agent::start_pinned(
         &w.netns,
         &w.dir.path().join("policy.toml"),
@@ -717,7 +692,7 @@ fn metrics_count_decisions_and_reloads() {
     // Counters reach the metrics on the agent's one-second tick.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let body = loop {
-        let body = scrape(&w, port);
+        let body = w.scrape_metrics(port);
         if body.contains("imds_guard_decisions_total{verdict=\"denied\",hook=\"connect6\"} 1")
             || std::time::Instant::now() > deadline
         {

@@ -37,6 +37,8 @@ mod attribution;
 mod evasion;
 #[path = "requests/records.rs"]
 mod records;
+#[path = "requests/wait.rs"]
+mod wait;
 
 const EACCES: i32 = libc::EACCES;
 const EPERM: i32 = libc::EPERM;
