@@ -214,6 +214,28 @@ impl Drop for TestCgroup {
     }
 }
 
+/// Moves the calling process into the cgroup directory `dir`, which must
+/// be one (a cgroup2 or cgroup v1 filesystem): on a plain directory (a
+/// tmpfs where the hierarchy was expected, a typo) writing `cgroup.procs`
+/// would only make a file, the process would stay where it was, and a
+/// test would judge a caller it did not mean to.
+pub fn join(dir: &Path) -> Result<(), String> {
+    use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
+
+    let fs = statfs(dir).map_err(|e| format!("statfs {}: {e}", dir.display()))?;
+    let kind = fs.filesystem_type();
+    if kind != CGROUP2_SUPER_MAGIC && kind != CGROUP_SUPER_MAGIC {
+        return Err(format!(
+            "{} is not a cgroup (filesystem type {:#x})",
+            dir.display(),
+            kind.0
+        ));
+    }
+    let procs = dir.join("cgroup.procs");
+    // "0" moves the writing process itself.
+    fs::write(&procs, "0").map_err(|e| format!("joining {}: {e}", procs.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,26 +269,4 @@ mod tests {
         let mountinfo = "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         assert_eq!(parse_cgroup2_root(mountinfo), None);
     }
-}
-
-/// Moves the calling process into the cgroup directory `dir`, which must
-/// be one (a cgroup2 or cgroup v1 filesystem): on a plain directory (a
-/// tmpfs where the hierarchy was expected, a typo) writing `cgroup.procs`
-/// would only make a file, the process would stay where it was, and a
-/// test would judge a caller it did not mean to.
-pub fn join(dir: &Path) -> Result<(), String> {
-    use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
-
-    let fs = statfs(dir).map_err(|e| format!("statfs {}: {e}", dir.display()))?;
-    let kind = fs.filesystem_type();
-    if kind != CGROUP2_SUPER_MAGIC && kind != CGROUP_SUPER_MAGIC {
-        return Err(format!(
-            "{} is not a cgroup (filesystem type {:#x})",
-            dir.display(),
-            kind.0
-        ));
-    }
-    let procs = dir.join("cgroup.procs");
-    // "0" moves the writing process itself.
-    fs::write(&procs, "0").map_err(|e| format!("joining {}: {e}", procs.display()))
 }
