@@ -16,15 +16,15 @@
 use std::{
     io::Write as _,
     net::{SocketAddr, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd as _, RawFd},
 };
-
-use nix::sys::socket::{SockaddrLike as _, SockaddrStorage};
 
 use crate::{
     imdsv2::{TIMEOUT, TOKEN_PATH, TTL_HEADER},
     outcome::{Failure, Step, os_failure},
-    requests::{INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, response, set_int},
+    requests::{
+        INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, response, set_int, stream_to,
+    },
 };
 
 /// A way for the push of a head `req_msg` let through to fail.
@@ -275,40 +275,15 @@ const SMALL_MSS: libc::c_int = 88;
 /// `SS_CONNECTED`, 0) and is sent whole, where a socket already
 /// `SS_CONNECTED` answers `EISCONN`.
 fn connect_blocking(addr: SocketAddr, small: bool) -> Step<TcpStream> {
-    let family = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
+    let options: &[_] = if small {
+        &[
+            (libc::IPPROTO_TCP, libc::TCP_MAXSEG, SMALL_MSS),
+            (libc::SOL_SOCKET, libc::SO_SNDBUF, 1),
+        ]
+    } else {
+        &[]
     };
-    // SAFETY: a plain socket(2) call; the descriptor is owned below.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(os_failure("socket", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a descriptor we just opened and nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if small {
-        set_int(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_MAXSEG,
-            SMALL_MSS,
-        )?;
-        set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
-    }
-    let dest = SockaddrStorage::from(addr);
-    // SAFETY: `dest` outlives the call; its length is its own.
-    if unsafe { libc::connect(fd.as_raw_fd(), dest.as_ptr(), dest.len()) } != 0 {
-        return Err(os_failure(
-            format!("connect {addr}"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let stream = TcpStream::from(fd);
-    stream
-        .set_read_timeout(Some(TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
-        .map_err(|e| os_failure("setting socket timeouts", e))?;
-    Ok(stream)
+    stream_to(addr, 0, options, Some(TIMEOUT), Some(TIMEOUT))
 }
 
 #[cfg(test)]

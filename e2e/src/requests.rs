@@ -10,6 +10,7 @@ use std::{
     io::{IoSlice, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    time::Duration,
 };
 
 use nix::sys::socket::{SockaddrLike as _, SockaddrStorage};
@@ -293,6 +294,23 @@ fn connect_raw(
     protocol: libc::c_int,
     option: Option<(libc::c_int, libc::c_int)>,
 ) -> Step<TcpStream> {
+    let options: Vec<_> = option
+        .map(|(level, name)| (level, name, 1))
+        .into_iter()
+        .collect();
+    stream_to(addr, protocol, &options, Some(TIMEOUT), Some(TIMEOUT))
+}
+
+/// A stream connection of `protocol` to `addr` by a blocking `connect`,
+/// with each integer option of `options` (level, name, value) set before
+/// it, and `read` and `write` as the timeouts (none where `None`).
+pub(crate) fn stream_to(
+    addr: SocketAddr,
+    protocol: libc::c_int,
+    options: &[(libc::c_int, libc::c_int, libc::c_int)],
+    read: Option<Duration>,
+    write: Option<Duration>,
+) -> Step<TcpStream> {
     let family = match addr {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
@@ -307,8 +325,8 @@ fn connect_raw(
     }
     // SAFETY: a descriptor we just opened and nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if let Some((level, name)) = option {
-        set_int(fd.as_raw_fd(), level, name, 1)?;
+    for &(level, name, value) in options {
+        set_int(fd.as_raw_fd(), level, name, value)?;
     }
     let dest = SockaddrStorage::from(addr);
     // SAFETY: `dest` outlives the call; its length is its own.
@@ -320,8 +338,8 @@ fn connect_raw(
     }
     let stream = TcpStream::from(fd);
     stream
-        .set_read_timeout(Some(TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
+        .set_read_timeout(read)
+        .and_then(|()| stream.set_write_timeout(write))
         .map_err(|e| os_failure("setting socket timeouts", e))?;
     Ok(stream)
 }

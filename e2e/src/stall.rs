@@ -34,7 +34,7 @@
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd as _, RawFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -44,14 +44,14 @@ use std::{
 };
 
 use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrLike as _, SockaddrStorage, bind, listen,
-    setsockopt, socket, sockopt,
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
+    sockopt,
 };
 
 use crate::{
     Netns,
     outcome::{Failure, Step, os_failure},
-    requests::{head, set_int},
+    requests::{head, stream_to},
     slowdown::scaled,
     util::lock,
 };
@@ -177,42 +177,11 @@ pub fn next_request(addr: SocketAddr) -> Vec<u8> {
 /// The sender's connection: a stream socket with [`SENDER_SNDBUF`] set
 /// before `connect`, the write waiting up to [`WRITE_WAIT`].
 pub(crate) fn connect(addr: SocketAddr) -> Step<TcpStream> {
-    let family = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: a plain socket(2) call; the descriptor is owned below.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(os_failure("socket", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a descriptor we just opened and nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_int(
-        fd.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_SNDBUF,
-        SENDER_SNDBUF,
-    )?;
-    set_int(
-        fd.as_raw_fd(),
-        libc::IPPROTO_TCP,
-        libc::TCP_MAXSEG,
-        SENDER_MAXSEG,
-    )?;
-    let dest = SockaddrStorage::from(addr);
-    // SAFETY: `dest` outlives the call; its length is its own.
-    if unsafe { libc::connect(fd.as_raw_fd(), dest.as_ptr(), dest.len()) } != 0 {
-        return Err(os_failure(
-            format!("connect {addr}"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let stream = TcpStream::from(fd);
-    stream
-        .set_write_timeout(Some(scaled(WRITE_WAIT)))
-        .map_err(|e| os_failure("setting the write timeout", e))?;
-    Ok(stream)
+    let options = [
+        (libc::SOL_SOCKET, libc::SO_SNDBUF, SENDER_SNDBUF),
+        (libc::IPPROTO_TCP, libc::TCP_MAXSEG, SENDER_MAXSEG),
+    ];
+    stream_to(addr, 0, &options, None, Some(scaled(WRITE_WAIT)))
 }
 
 /// Waits until the listener's kernel has acknowledged every byte sent on
