@@ -31,7 +31,7 @@ use crate::{
     imdsv2::{TIMEOUT, TOKEN_PATH, TTL_HEADER, connect},
     outcome::{Failure, Outcome, Step, os_failure},
     requests::{
-        INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, response, set_int, transcribed,
+        INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, exchange, head, set_int, transcribed,
     },
 };
 
@@ -337,15 +337,6 @@ fn failure(error: impl Into<String>) -> Failure {
 
 fn last_os(what: impl std::fmt::Display) -> Failure {
     os_failure(what, std::io::Error::last_os_error())
-}
-
-fn exchange(stream: &mut TcpStream, transcript: &mut String) -> Step<String> {
-    let (status, body) = response(stream)?;
-    transcript.push_str(&status);
-    transcript.push('\n');
-    transcript.push_str(&body);
-    transcript.push('\n');
-    Ok(body)
 }
 
 fn head_after_allowed(addr: SocketAddr, n: usize, transcript: &mut String) -> Step<()> {

@@ -23,7 +23,7 @@ use crate::{
     imdsv2::{TIMEOUT, TOKEN_PATH, TTL_HEADER},
     outcome::{Failure, Step, os_failure},
     requests::{
-        INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, head, response, set_int, stream_to,
+        INSTANCE_ID_PATH, TOKEN_HEADER, credentials_path, exchange, head, set_int, stream_to,
     },
 };
 
@@ -207,15 +207,6 @@ pub(crate) fn run(addr: SocketAddr, push: FailedPush, transcript: &mut String) -
         exchange(&mut stream, transcript)?;
     }
     Ok(())
-}
-
-fn exchange(stream: &mut TcpStream, transcript: &mut String) -> Step<String> {
-    let (status, body) = response(stream)?;
-    transcript.push_str(&status);
-    transcript.push('\n');
-    transcript.push_str(&body);
-    transcript.push('\n');
-    Ok(body)
 }
 
 /// Sends `bytes` on `fd` once, the way `push` makes the push fail: the

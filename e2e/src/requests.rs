@@ -344,6 +344,17 @@ pub(crate) fn stream_to(
     Ok(stream)
 }
 
+/// The next response on `stream` ([`response`]), its status line and body
+/// added to `transcript`: the body.
+pub(crate) fn exchange(stream: &mut TcpStream, transcript: &mut String) -> Step<String> {
+    let (status, body) = response(stream)?;
+    transcript.push_str(&status);
+    transcript.push('\n');
+    transcript.push_str(&body);
+    transcript.push('\n');
+    Ok(body)
+}
+
 /// The next response on `stream`: its status line and body, as text
 /// (read until the `Content-Length` the fake IMDS always sends). Reads
 /// one byte at a time, so that a pipelined second response stays for the
