@@ -26,15 +26,12 @@ use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
     cty::c_void,
     helpers::generated::{bpf_loop, bpf_probe_read_kernel, bpf_sk_storage_get, bpf_skb_load_bytes},
-    macros::map,
-    maps::PerCpuArray,
 };
 use imds_guard_common::{HEAD_MAX, JUDGED_RING, JudgedBytes};
 
 use crate::{kernel::opaque, maps::REQ_BYTES, sock_state::CREATE};
 
-/// Bytes of payload compared per step of the loop (read into the per-CPU
-/// [`Compare`], not onto the stack).
+/// Bytes of payload compared per step of the loop.
 const CHUNK: u32 = 64;
 /// A ring position from a stream offset.
 const RING_MASK: u32 = JUDGED_RING - 1;
@@ -115,21 +112,14 @@ pub unsafe fn keep(sk: *mut bpf_sock, at: u32, head: *const u8, size: u32) -> bo
     }
 }
 
-/// What [`step`] is handed, on `same`'s stack (where `bpf_loop` wants
-/// it): pointers only. The rest is in the per-CPU [`Compare`], so that
-/// the callback's frame stays small: it is the fourth down from `egress`
-/// (`imds_guard_settle`, `imds_guard_backstop`, this), which 6.1's
-/// verifier holds to 512 bytes together.
+/// What [`step`] is handed: on `same`'s stack, where `bpf_loop` wants it,
+/// and where a run that interrupts this one on the same CPU (a softirq's
+/// `egress` for another judged socket) cannot touch it, as it could a
+/// per-CPU value.
 #[repr(C)]
-struct Walk {
+struct Compare {
     skb: *mut __sk_buff,
     ring: *const JudgedBytes,
-    cmp: *mut Compare,
-}
-
-/// One comparison's state and its buffer of payload, one per CPU.
-#[repr(C)]
-pub struct Compare {
     /// The payload's offset in the packet.
     at: u32,
     /// Its length.
@@ -138,11 +128,7 @@ pub struct Compare {
     pos: u32,
     /// Cleared at the first byte that differs (or cannot be read).
     same: u32,
-    buf: [u8; CHUNK as usize],
 }
-
-#[map]
-static REQ_COMPARE: PerCpuArray<Compare> = PerCpuArray::with_max_entries(1, 0);
 
 /// Whether the `len` bytes of payload at offset `at` of packet `skb`, of
 /// the full socket `sk`, are the bytes kept at offset `pos` (and on) from
@@ -155,43 +141,40 @@ static REQ_COMPARE: PerCpuArray<Compare> = PerCpuArray::with_max_entries(1, 0);
 pub unsafe fn same(skb: *mut __sk_buff, sk: *mut bpf_sock, at: u32, len: u32, pos: u32) -> bool {
     // SAFETY: as the caller says.
     let ring = unsafe { kept(sk, false) };
-    let Some(cmp) = REQ_COMPARE.get_ptr_mut(0) else {
-        return false;
-    };
     if ring.is_null() || len > JUDGED_RING {
         return false;
     }
-    // SAFETY: this CPU's value, ours for this run (the program runs with
-    // migration disabled).
-    unsafe {
-        (*cmp).at = at;
-        (*cmp).len = len;
-        (*cmp).pos = pos;
-        (*cmp).same = 1;
-    }
-    let mut walk = Walk { skb, ring, cmp };
+    let mut c = Compare {
+        skb,
+        ring,
+        at,
+        len,
+        pos,
+        same: 1,
+    };
     let steps = len.div_ceil(CHUNK);
-    // SAFETY: `step` has the callback's signature; `walk` lives on this
-    // frame for the whole loop.
-    let ran = unsafe { bpf_loop(steps, step as *mut c_void, (&raw mut walk).cast(), 0) };
-    // SAFETY: as above.
-    ran >= 0 && unsafe { (*cmp).same } == 1
+    // SAFETY: `step` has the callback's signature; `c` lives on this frame
+    // for the whole loop.
+    let ran = unsafe { bpf_loop(steps, step as *mut c_void, (&raw mut c).cast(), 0) };
+    ran >= 0 && c.same == 1
 }
 
-/// One chunk of [`same`]: 1 (stop) at the first difference.
+/// One chunk of [`same`]: 1 (stop) at the first difference. Its buffer is
+/// on its own stack: `egress` (272 bytes), `imds_guard_backstop` and this
+/// frame stay within the 512 bytes 6.1 allows together (the decision's
+/// tail, `imds_guard_settle`, is never above it: `backstop_afresh`).
 extern "C" fn step(index: u32, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Walk` on `same`'s frame; its pointers are the
-    // context, the socket's storage and this CPU's `Compare`.
-    let w = unsafe { &*ctx.cast::<Walk>() };
-    let c = unsafe { &mut *w.cmp };
+    // SAFETY: `ctx` is the `Compare` on `same`'s frame.
+    let c = unsafe { &mut *ctx.cast::<Compare>() };
     let off = index.wrapping_mul(CHUNK);
     if off >= c.len || off >= JUDGED_RING {
         return 1;
     }
     let n = (c.len - off).min(CHUNK);
     let n = ((n - 1) & (CHUNK - 1)) + 1;
+    let mut buf = [0u8; CHUNK as usize];
     // SAFETY: the packet of the program's context; `n` bytes into `buf`.
-    let read = unsafe { bpf_skb_load_bytes(w.skb.cast(), c.at + off, (&raw mut c.buf).cast(), n) };
+    let read = unsafe { bpf_skb_load_bytes(c.skb.cast(), c.at + off, buf.as_mut_ptr().cast(), n) };
     if read != 0 {
         c.same = 0;
         return 1;
@@ -205,8 +188,8 @@ extern "C" fn step(index: u32, ctx: *mut c_void) -> i64 {
         let at = (base.wrapping_add(k) & RING_MASK) as usize;
         // SAFETY: `ring` is the socket's storage, valid for this run; `at`
         // is inside its first `JUDGED_RING` bytes.
-        let kept = unsafe { (*w.ring).bytes[at] };
-        if kept != c.buf[(k & (CHUNK - 1)) as usize] {
+        let kept = unsafe { (*c.ring).bytes[at] };
+        if kept != buf[(k & (CHUNK - 1)) as usize] {
             c.same = 0;
             return 1;
         }
