@@ -6,10 +6,13 @@
 
 use aya_ebpf::{
     bindings::{bpf_sock, sk_action, sk_msg_md},
+    btf_maps::SkStorage,
     cty::c_void,
-    helpers::generated::{bpf_loop, bpf_msg_cork_bytes, bpf_msg_pull_data, bpf_probe_read_kernel},
-    macros::{map, sk_msg},
-    maps::{PerCpuArray, lpm_trie::Key},
+    helpers::generated::{
+        bpf_loop, bpf_msg_cork_bytes, bpf_msg_pull_data, bpf_probe_read_kernel, bpf_sk_storage_get,
+    },
+    macros::{btf_map, sk_msg},
+    maps::lpm_trie::Key,
     programs::SkMsgContext,
 };
 use imds_guard_common::{
@@ -24,17 +27,31 @@ use crate::{
     maps::REQ_RULES,
     req_record::{Judgement, settle},
     request::{judged, request_offsets},
-    sock_state::{epoch, state_of},
+    sock_state::{CREATE, epoch, state_of},
 };
 
 /// The longest message (a request head) `req_msg` judges.
 pub const MAX_HEAD: u32 = HEAD_MAX as u32;
 const _: () = assert!(MAX_HEAD.is_power_of_two());
 
-/// `req_msg`'s [`Scratch`], one per CPU.
-#[map]
-static REQ_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-use REQ_SCRATCH as SCRATCH;
+/// `req_msg`'s [`Scratch`], one per judged socket (socket storage): the
+/// program runs under the socket's lock, so nothing else writes it while
+/// a head is judged. Per CPU it was not private enough: `sk_msg` programs
+/// run with migration disabled, not preemption, and on a kernel that
+/// preempts (`preempt=full`, RT) another task's run on the same CPU could
+/// overwrite the parser's state or the copy between the parse and
+/// `judged_bytes::keep`.
+#[btf_map]
+static REQ_SCRATCH: SkStorage<Scratch> = SkStorage::new();
+
+/// The scratch of the full socket `sk`, made on first use; null when it
+/// cannot be (the head is then refused).
+#[inline(always)]
+fn scratch_of(sk: *mut bpf_sock) -> *mut Scratch {
+    let map = core::ptr::addr_of!(REQ_SCRATCH).cast_mut().cast();
+    // SAFETY: the map is the program's own; `sk` the message's full socket.
+    unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), CREATE) }.cast()
+}
 
 /// What [`judge_head`] says of a message.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -134,16 +151,16 @@ fn try_req_msg(ctx: &SkMsgContext) -> bool {
         return refuse(ctx, &s, req_reason::PULL_FAILED);
     }
     let mut j = Judgement::refused(req_reason::NONE);
-    match judge_head(ctx, &s, size, generation, &mut j) {
+    match judge_head(ctx, sk, &s, size, generation, &mut j) {
         Judged::Pass => {
             // What `egress` will let leave: the bytes judged, kept before
             // the range moves past them.
             let at = write_seq.wrapping_sub(s.base_seq);
             // SAFETY: a full socket; the scratch buffer holds the `size`
             // bytes the parser judged (`judge_head`).
-            let kept = SCRATCH.get_ptr(0).is_some_and(|scratch| unsafe {
-                judged_bytes::keep(sk, at, (&raw const (*scratch).buf).cast(), size)
-            });
+            let scratch = scratch_of(sk);
+            let kept = !scratch.is_null()
+                && unsafe { judged_bytes::keep(sk, at, (&raw const (*scratch).buf).cast(), size) };
             if !kept {
                 poison(state);
                 j.pass = false;
@@ -238,7 +255,7 @@ pub extern "C" fn imds_guard_request_record(
         rule,
     };
     let path = if (what >> 40) & 0xff != 0 {
-        scratch_path()
+        scratch_path(sk)
     } else {
         core::ptr::null()
     };
@@ -266,8 +283,13 @@ fn attributed(
     if size > 0 && size <= MAX_HEAD && unsafe { bpf_msg_pull_data(ctx.msg.cast(), 0, size, 0) } == 0
     {
         j.reason = req_reason::NONE;
-        judge_head(ctx, s, size, generation, &mut j);
-        path = scratch_path();
+        let sk: *mut bpf_sock =
+            // SAFETY: the program's own context; checked for null below.
+            unsafe { core::ptr::read_volatile(&raw const (*ctx.msg).__bindgen_anon_3.sk) };
+        if !sk.is_null() {
+            judge_head(ctx, sk, s, size, generation, &mut j);
+            path = scratch_path(sk);
+        }
     }
     j.pass = true;
     passed(state, write_seq, size);
@@ -275,19 +297,20 @@ fn attributed(
     true
 }
 
-/// The path bytes the parser read last on this CPU (null without its
-/// scratch).
+/// The path bytes the parser read last for the full socket `sk` (null
+/// without its scratch).
 #[inline(always)]
-fn scratch_path() -> *const u8 {
-    match SCRATCH.get_ptr_mut(0) {
-        // SAFETY: this CPU's map value, for this run.
-        Some(scratch) => unsafe { (&raw const (*scratch).parser.lookup.key.path).cast() },
-        None => core::ptr::null(),
+fn scratch_path(sk: *mut bpf_sock) -> *const u8 {
+    let scratch = scratch_of(sk);
+    if scratch.is_null() {
+        return core::ptr::null();
     }
+    // SAFETY: the socket's storage, for this run.
+    unsafe { (&raw const (*scratch).parser.lookup.key.path).cast() }
 }
 
 /// Where `req_msg` parses: the parser's state and a copy of the message,
-/// in a per-CPU map value, so that the `bpf_loop` callback that steps the
+/// in a map value (the socket's storage), so that the `bpf_loop` callback that steps the
 /// parser sees them as memory it must not assume anything of (one walk of
 /// the callback by the verifier, whatever the bytes).
 #[repr(C)]
@@ -307,7 +330,7 @@ struct Walk {
 /// it is a refusal, `TRAILING`).
 extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the caller's `Walk`, live for the whole loop; its
-    // `scratch` is this CPU's map value, checked for null by the caller.
+    // `scratch` is the socket's storage, checked for null by the caller.
     let scratch = unsafe { &mut *(*ctx.cast::<Walk>()).scratch };
     let b = scratch.buf[(index as usize) & (MAX_HEAD as usize - 1)];
     match scratch.parser.step(b) {
@@ -325,15 +348,17 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn judge_head(
     ctx: &SkMsgContext,
+    sk: *mut bpf_sock,
     s: &SockState,
     size: u32,
     generation: u32,
     j: &mut Judgement,
 ) -> Judged {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    let scratch = scratch_of(sk);
+    if scratch.is_null() {
         j.reason = req_reason::PULL_FAILED;
         return Judged::Refuse;
-    };
+    }
     let (data, end) = (ctx.data(), ctx.data_end());
     if data == 0 || data + size as usize > end || size == 0 || size > MAX_HEAD {
         j.reason = req_reason::PULL_FAILED;
@@ -343,8 +368,8 @@ fn judge_head(
     // loses the bound above once the value is spilled ("R2 unbounded
     // memory access"); for 1..=MAX_HEAD this is the identity.
     let size = ((size - 1) & (MAX_HEAD - 1)) + 1;
-    // SAFETY: `scratch` is this CPU's map value, ours for this run (the
-    // program runs with migration disabled); the helper copies `size`
+    // SAFETY: `scratch` is the socket's storage, ours for this run (the
+    // program runs under the socket's lock); the helper copies `size`
     // bytes, at most its buffer's, from the message it reads cleanly or
     // fails.
     let copied = unsafe {
