@@ -8,9 +8,7 @@ use aya_ebpf::{
     bindings::{bpf_sock, sk_action, sk_msg_md},
     btf_maps::SkStorage,
     cty::c_void,
-    helpers::generated::{
-        bpf_loop, bpf_msg_cork_bytes, bpf_msg_pull_data, bpf_probe_read_kernel, bpf_sk_storage_get,
-    },
+    helpers::generated::{bpf_loop, bpf_msg_cork_bytes, bpf_msg_pull_data, bpf_probe_read_kernel},
     macros::{btf_map, sk_msg},
     maps::lpm_trie::Key,
     programs::SkMsgContext,
@@ -27,7 +25,7 @@ use crate::{
     maps::REQ_RULES,
     req_record::{Judgement, settle},
     request::{judged, request_offsets},
-    sock_state::{CREATE, epoch, state_of},
+    sock_state::{CREATE, epoch, state_of, storage_of},
 };
 
 /// The longest message (a request head) `req_msg` judges.
@@ -48,9 +46,15 @@ static REQ_SCRATCH: SkStorage<Scratch> = SkStorage::new();
 /// cannot be (the head is then refused).
 #[inline(always)]
 fn scratch_of(sk: *mut bpf_sock) -> *mut Scratch {
-    let map = core::ptr::addr_of!(REQ_SCRATCH).cast_mut().cast();
-    // SAFETY: the map is the program's own; `sk` the message's full socket.
-    unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), CREATE) }.cast()
+    // SAFETY: `sk` is the message's full socket.
+    unsafe { storage_of(&REQ_SCRATCH, sk, CREATE) }
+}
+
+/// The sending full socket of message `msg` (null for none).
+#[inline(always)]
+fn sock_of(msg: *mut sk_msg_md) -> *mut bpf_sock {
+    // SAFETY: the program's own context, one field read at its offset.
+    unsafe { core::ptr::read_volatile(&raw const (*msg).__bindgen_anon_3.sk) }
 }
 
 /// What [`judge_head`] says of a message.
@@ -82,9 +86,7 @@ pub fn req_msg(ctx: SkMsgContext) -> u32 {
 
 #[inline(always)]
 fn try_req_msg(ctx: &SkMsgContext) -> bool {
-    // SAFETY: the program's own context; `sk` is the sending full socket.
-    let sk: *mut bpf_sock =
-        unsafe { core::ptr::read_volatile(&raw const (*ctx.msg).__bindgen_anon_3.sk) };
+    let sk = sock_of(ctx.msg);
     if sk.is_null() {
         return false;
     }
@@ -232,9 +234,7 @@ pub extern "C" fn imds_guard_request_record(
     rule: u32,
     requests: u32,
 ) -> i32 {
-    // SAFETY: the program's own context; `sk` is the sending full socket.
-    let sk: *mut bpf_sock =
-        unsafe { core::ptr::read_volatile(&raw const (*msg).__bindgen_anon_3.sk) };
+    let sk = sock_of(msg);
     if sk.is_null() {
         return 0;
     }
@@ -283,9 +283,7 @@ fn attributed(
     if size > 0 && size <= MAX_HEAD && unsafe { bpf_msg_pull_data(ctx.msg.cast(), 0, size, 0) } == 0
     {
         j.reason = req_reason::NONE;
-        let sk: *mut bpf_sock =
-            // SAFETY: the program's own context; checked for null below.
-            unsafe { core::ptr::read_volatile(&raw const (*ctx.msg).__bindgen_anon_3.sk) };
+        let sk = sock_of(ctx.msg);
         if !sk.is_null() {
             judge_head(ctx, sk, s, size, generation, &mut j);
             path = scratch_path(sk);

@@ -25,11 +25,15 @@
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
     cty::c_void,
-    helpers::generated::{bpf_loop, bpf_probe_read_kernel, bpf_sk_storage_get, bpf_skb_load_bytes},
+    helpers::generated::{bpf_loop, bpf_probe_read_kernel, bpf_skb_load_bytes},
 };
 use imds_guard_common::{HEAD_MAX, JUDGED_RING, JudgedBytes};
 
-use crate::{kernel::opaque, maps::REQ_BYTES, sock_state::CREATE};
+use crate::{
+    kernel::opaque,
+    maps::REQ_BYTES,
+    sock_state::{CREATE, storage_of},
+};
 
 /// Bytes of payload compared per step of the loop.
 const CHUNK: u32 = 64;
@@ -44,11 +48,9 @@ const _: () = assert!(JUDGED_RING.is_power_of_two() && HEAD_MAX as u32 <= JUDGED
 /// `sk` is a full socket.
 #[inline(always)]
 unsafe fn kept(sk: *mut bpf_sock, create: bool) -> *mut JudgedBytes {
-    let map = core::ptr::addr_of!(REQ_BYTES).cast_mut().cast();
     let flags = if create { CREATE } else { 0 };
-    // SAFETY: the map is the program's own; `sk` a full socket by the
-    // caller's contract.
-    unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), flags) }.cast()
+    // SAFETY: as the caller says.
+    unsafe { storage_of(&REQ_BYTES, sk, flags) }
 }
 
 /// Keeps the `size` bytes at `head` (1..=[`HEAD_MAX`], a copy of what

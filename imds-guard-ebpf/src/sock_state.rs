@@ -17,7 +17,7 @@
 //! inside that range. A re-decision by `egress` merges ([`store`]): it
 //! never loses the range.
 
-use aya_ebpf::{bindings::bpf_sock, helpers::generated::bpf_sk_storage_get};
+use aya_ebpf::{bindings::bpf_sock, btf_maps::SkStorage, helpers::generated::bpf_sk_storage_get};
 use imds_guard_common::{ENTRY_ANY, EntryFlags, EntryKey, SockState, sock_state, verdict};
 
 use crate::{
@@ -195,7 +195,20 @@ pub unsafe fn store(sk: *mut bpf_sock, state: &SockState) -> bool {
 /// `sk` must be a full socket (`bpf_sk_fullsock`), as the helper requires.
 #[inline(always)]
 pub unsafe fn state_of(sk: *mut bpf_sock, flags: u64) -> *mut SockState {
-    let map = core::ptr::addr_of!(DECIDED).cast_mut().cast();
+    // SAFETY: as the caller says.
+    unsafe { storage_of(&DECIDED, sk, flags) }
+}
+
+/// The value of socket storage `map` for `sk` (made with [`CREATE`] in
+/// `flags`), null when it has none or none can be had: [`state_of`] for
+/// any of the programs' socket storages.
+///
+/// # Safety
+///
+/// `sk` must be a full socket, as the helper requires.
+#[inline(always)]
+pub unsafe fn storage_of<T>(map: &SkStorage<T>, sk: *mut bpf_sock, flags: u64) -> *mut T {
+    let map = core::ptr::from_ref(map).cast_mut().cast();
     // SAFETY: the map is the program's own (its address is what the loader
     // relocates); `sk` is a full socket by the caller's contract.
     unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), flags) }.cast()
